@@ -1,0 +1,526 @@
+//! The command line: clap definitions ("low args"), their translation into the library's options
+//! ("high args"), key input, progress display and output. Everything user-facing lives here.
+
+mod keys;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use diskseal::crypto::hash::Hash;
+use diskseal::image::ImageFormat;
+use diskseal::luks::kdf::{Kdf, KdfCost, KdfType};
+use diskseal::luks::{self, FormatOptions, LuksVersion};
+use diskseal::ops::{self, EncryptOptions, Run, Unlock};
+use diskseal::pipeline::Progress;
+use diskseal::profile::Profile;
+use diskseal::{Error, Result};
+
+use report::Out;
+
+static CANCEL: AtomicBool = AtomicBool::new(false);
+
+const EXAMPLES: &str = "\
+Examples:
+  # Encrypt a raw disk into LUKS2 (argon2id keyslot, passphrase read from a file, used verbatim):
+  diskseal encrypt --key-file pass.txt disk.raw disk.luks
+  # LUKS1 for QEMU's driver=luks, with fixed KDF cost for reproducible timing:
+  diskseal encrypt --profile luks1 --pbkdf-force-iterations 100000 --key-file pass.txt disk.raw disk.luks1
+  # IBM classic import: the key file is the raw DEK, the passphrase is its base64 text:
+  diskseal keygen --bytes 32 -o dek.bin
+  diskseal encrypt --profile ibm-classic-luks --key-file dek.bin disk.raw disk-enc.raw
+  # Check the result against its source, then look at the header:
+  diskseal verify --key-file pass.txt --against disk.raw disk.luks
+  diskseal dump disk.luks
+
+Exit status: 0 success, 1 verification failed, 2 error.";
+
+/// Encrypt virtual-machine disk images into LUKS containers, offline.
+#[derive(Debug, Parser)]
+#[command(name = "diskseal", version, about, after_help = EXAMPLES, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// No progress bar and no summary on success.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Encrypt a disk image into a new LUKS2/LUKS1 file.
+    #[command(after_help = EXAMPLES)]
+    Encrypt(EncryptArgs),
+    /// Decrypt a LUKS file back into a raw image.
+    Decrypt(DecryptArgs),
+    /// Unlock a LUKS file, check every structure and decrypt the whole payload; with --against, compare it
+    /// with a source image (exit 1 on mismatch).
+    Verify(VerifyArgs),
+    /// Show a LUKS header, like `cryptsetup luksDump` (no key needed).
+    Dump(DumpArgs),
+    /// Make a random data-encryption key file (mode 0600).
+    Keygen(KeygenArgs),
+}
+
+#[derive(Debug, Args)]
+struct KeyArgs {
+    /// Passphrase file, used verbatim ("-" reads stdin). With --profile ibm-classic-luks: the raw DEK.
+    /// Without it, the passphrase is asked for on a terminal.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// Drop one trailing newline from the key file.
+    #[arg(long)]
+    strip_newline: bool,
+    /// Volume (master) key file: raw bytes, 32 or 64.
+    #[arg(long, value_name = "FILE")]
+    volume_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct EncryptArgs {
+    /// Output profile: luks2, luks1 or ibm-classic-luks.
+    #[arg(long, default_value = "luks2", value_name = "PROFILE")]
+    profile: String,
+    /// Input format (default: detected; raw).
+    #[arg(short = 'f', long = "format", value_name = "FMT")]
+    input_format: Option<String>,
+    /// Output container.
+    #[arg(short = 'O', long = "output-format", default_value = "raw", value_parser = ["raw"], value_name = "FMT")]
+    output_format: String,
+    /// LUKS version (default: the profile's).
+    #[arg(long = "type", value_parser = ["luks1", "luks2"], value_name = "TYPE")]
+    luks_type: Option<String>,
+    /// Payload cipher.
+    #[arg(long, default_value = "aes-xts-plain64", value_name = "CIPHER")]
+    cipher: String,
+    /// Volume key size in bits: 256 (AES-128-XTS) or 512 (AES-256-XTS).
+    #[arg(long, value_parser = ["256", "512"], value_name = "BITS")]
+    key_size: Option<String>,
+    /// Payload sector size: 512 or 4096 (default: 4096 when the image allows it, LUKS2 only).
+    #[arg(long, value_name = "BYTES")]
+    sector_size: Option<u32>,
+    /// Keyslot KDF: argon2id (LUKS2 default), argon2i or pbkdf2.
+    #[arg(long, value_name = "KDF")]
+    pbkdf: Option<String>,
+    /// Target keyslot unlock time in ms.
+    #[arg(long, default_value_t = 2000, value_name = "MS")]
+    iter_time: u32,
+    /// Argon2 memory cost in KiB (default: 1 GiB, at most half the RAM).
+    #[arg(long, value_name = "KIB")]
+    pbkdf_memory: Option<u32>,
+    /// Argon2 lanes (default: CPUs, at most 4).
+    #[arg(long, value_name = "N")]
+    pbkdf_parallel: Option<u32>,
+    /// Skip the KDF benchmark: PBKDF2 iterations or Argon2 time cost.
+    #[arg(long, value_name = "N")]
+    pbkdf_force_iterations: Option<u32>,
+    /// Hash for PBKDF2, the AF splitter and the digest.
+    #[arg(long, default_value = "sha256", value_name = "HASH")]
+    hash: String,
+    /// LUKS2 label.
+    #[arg(long, default_value = "", value_name = "LABEL")]
+    label: String,
+    /// LUKS2 subsystem.
+    #[arg(long, default_value = "", value_name = "NAME")]
+    subsystem: String,
+    /// UUID of the new header (default: random).
+    #[arg(long, value_name = "UUID")]
+    uuid: Option<String>,
+    /// Payload offset in 512-byte sectors (default: 16 MiB for LUKS2, 2 MiB for LUKS1).
+    #[arg(long, value_name = "SECTORS")]
+    offset: Option<u64>,
+    /// LUKS2 metadata size per copy (16k..4m).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    luks2_metadata_size: Option<u64>,
+    /// LUKS2 keyslots area size.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    luks2_keyslots_size: Option<u64>,
+    /// Pad an input that is not a whole number of sectors with zeros.
+    #[arg(long)]
+    pad: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Overwrite DST if it exists.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    key: KeyArgs,
+    /// Source disk image.
+    src: PathBuf,
+    /// Encrypted output.
+    dst: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct DecryptArgs {
+    /// How to read the key file: luks2/luks1 (passphrase) or ibm-classic-luks (raw DEK).
+    #[arg(long, default_value = "luks2", value_name = "PROFILE")]
+    profile: String,
+    /// Output format.
+    #[arg(short = 'O', long = "output-format", default_value = "raw", value_parser = ["raw"], value_name = "FMT")]
+    output_format: String,
+    /// Worker threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Overwrite DST if it exists.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    key: KeyArgs,
+    /// Encrypted LUKS file.
+    src: PathBuf,
+    /// Plain output image.
+    dst: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct VerifyArgs {
+    /// How to read the key file: luks2/luks1 (passphrase) or ibm-classic-luks (raw DEK).
+    #[arg(long, default_value = "luks2", value_name = "PROFILE")]
+    profile: String,
+    /// Source image the plaintext must equal.
+    #[arg(long, value_name = "SRC")]
+    against: Option<PathBuf>,
+    /// Format of the --against image (default: detected).
+    #[arg(short = 'f', long = "format", value_name = "FMT")]
+    input_format: Option<String>,
+    /// Worker threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    #[command(flatten)]
+    key: KeyArgs,
+    /// Encrypted LUKS file.
+    src: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct DumpArgs {
+    /// Encrypted LUKS file.
+    src: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct KeygenArgs {
+    /// Key length: 32 (AES-128-XTS) or 64 (AES-256-XTS) bytes.
+    #[arg(long, default_value_t = 64, value_parser = parse_key_bytes)]
+    bytes: usize,
+    /// Where to write the key (must not exist).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: PathBuf,
+}
+
+fn parse_key_bytes(s: &str) -> std::result::Result<usize, String> {
+    match s {
+        "32" => Ok(32),
+        "64" => Ok(64),
+        _ => Err("must be 32 or 64".into()),
+    }
+}
+
+/// Parses "16384", "16k", "4m", "1g" (binary units).
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let (num, mult) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        None => (t.as_str(), 1u64),
+        Some((i, _)) => {
+            let mult = match &t[i..] {
+                "k" | "kib" => 1 << 10,
+                "m" | "mib" => 1 << 20,
+                "g" | "gib" => 1 << 30,
+                other => return Err(format!("unknown size unit {other:?} (use k, m or g)")),
+            };
+            (&t[..i], mult)
+        }
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a size"))
+}
+
+/// Entry point: parse, run, report.
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = Out::new(cli.quiet, cli.json);
+    let _ = ctrlc::set_handler(|| {
+        if CANCEL.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+    match run(&cli, &out) {
+        Ok(code) => code,
+        Err(e) => {
+            out.error(&e);
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: &Cli, out: &Out) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Encrypt(a) => encrypt(a, out),
+        Command::Decrypt(a) => decrypt(a, out),
+        Command::Verify(a) => verify(a, out),
+        Command::Dump(a) => dump(a, out),
+        Command::Keygen(a) => keygen(a, out),
+    }
+}
+
+fn input_format(f: &Option<String>) -> Result<Option<ImageFormat>> {
+    f.as_deref().map(ImageFormat::parse).transpose()
+}
+
+/// Runs `job` with a progress bar (on a terminal, unless quiet or JSON).
+fn with_progress<T>(out: &Out, label: &str, threads: Option<usize>, job: impl FnOnce(&Run<'_>) -> Result<T>) -> Result<T> {
+    let progress = Progress::new();
+    let total = AtomicU64::new(0);
+    let run = Run { threads, cancel: &CANCEL, progress: &progress, total: &total };
+    if !out.show_progress() {
+        return job(&run);
+    }
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| report::progress_bar(label, &progress, &total, &done));
+        let r = job(&run);
+        done.store(true, Ordering::SeqCst);
+        r
+    })
+}
+
+fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
+    let profile = Profile::parse(&a.profile)?;
+    if a.cipher != "aes-xts-plain64" {
+        return Err(Error::unsupported(format!("cipher {:?} is not supported", a.cipher)).hint("diskseal writes aes-xts-plain64"));
+    }
+    let version = match a.luks_type.as_deref() {
+        Some("luks1") => LuksVersion::Luks1,
+        Some(_) => LuksVersion::Luks2,
+        None => profile.default_version(),
+    };
+    let mut luks = FormatOptions::new(version);
+    if let Some(k) = &a.pbkdf {
+        luks.kdf = KdfType::parse(k)?;
+    }
+    luks.hash = Hash::parse(&a.hash)?;
+    let mut cost = KdfCost { iter_time_ms: a.iter_time, force_iterations: a.pbkdf_force_iterations, ..KdfCost::default() };
+    if let Some(m) = a.pbkdf_memory {
+        cost.memory_kib = m;
+    }
+    if let Some(p) = a.pbkdf_parallel {
+        cost.parallel = p;
+    }
+    luks.cost = cost;
+    luks.label = a.label.clone();
+    luks.subsystem = a.subsystem.clone();
+    luks.uuid = a.uuid.clone();
+    luks.data_offset = a
+        .offset
+        .map(|s| s.checked_mul(512).ok_or_else(|| Error::invalid("--offset is too large")))
+        .transpose()?;
+    luks.metadata_size = a.luks2_metadata_size;
+    luks.keyslots_size = a.luks2_keyslots_size;
+    if version == LuksVersion::Luks1 && (a.luks2_metadata_size.is_some() || a.luks2_keyslots_size.is_some()) {
+        return Err(Error::invalid("--luks2-metadata-size and --luks2-keyslots-size need --type luks2"));
+    }
+
+    let volume_key = a.key.volume_key_file.as_deref().map(keys::read_volume_key).transpose()?;
+    let key_bytes = match (&a.key_size, &volume_key) {
+        (Some(bits), Some(k)) if bits.parse::<usize>().unwrap_or(0) / 8 != k.len() => {
+            return Err(Error::invalid(format!("--key-size {bits} does not match the {}-byte volume key file", k.len())));
+        }
+        (_, Some(k)) => k.len(),
+        (Some(bits), None) => bits.parse::<usize>().unwrap_or(512) / 8,
+        (None, None) => 64,
+    };
+    let passphrase = keys::passphrase(&a.key, profile, out, Some(&a.dst), true)?;
+    let opts = EncryptOptions {
+        luks,
+        key_bytes,
+        sector_size: a.sector_size,
+        pad: a.pad,
+        input_format: input_format(&a.input_format)?,
+        force: a.force,
+    };
+    out.note(&format!("{}: deriving the keyslot key and encrypting", a.dst.display()));
+    let r = with_progress(out, "encrypting", a.threads, |run| ops::encrypt(&a.src, &a.dst, &opts, &passphrase, volume_key, run))?;
+    let kdf = kdf_text(&r.kdf);
+    let rate = report::rate(r.virtual_size + r.padded, r.elapsed);
+    if out.json {
+        out.print_json(&json!({
+            "command": "encrypt",
+            "profile": profile.name(),
+            "source": a.src, "output": a.dst,
+            "input_format": r.input_format,
+            "luks_version": r.version.name(),
+            "uuid": r.uuid,
+            "cipher": "aes-xts-plain64",
+            "key_bits": key_bytes * 8,
+            "sector_size": r.sector_size,
+            "data_offset": r.data_offset,
+            "virtual_size": r.virtual_size,
+            "padded_bytes": r.padded,
+            "output_size": r.output_size,
+            "kdf": kdf,
+            "seconds": r.elapsed.as_secs_f64(),
+            "threads": r.threads,
+        }));
+    } else {
+        if r.padded > 0 {
+            out.warn(&format!("payload padded with {} zero bytes to a whole sector", r.padded));
+        }
+        out.summary(&format!(
+            "{} -> {}: {} aes-xts-plain64 {}-bit, sector {}, {kdf}, UUID {}; {} in {:.2} s ({rate}), {} threads",
+            a.src.display(),
+            a.dst.display(),
+            r.version.name().to_uppercase(),
+            key_bytes * 8,
+            r.sector_size,
+            r.uuid,
+            report::bytes(r.virtual_size),
+            r.elapsed.as_secs_f64(),
+            r.threads
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn kdf_text(k: &Kdf) -> String {
+    match k {
+        Kdf::Pbkdf2 { hash, iterations } => format!("pbkdf2-{} {iterations} iterations", hash.name()),
+        Kdf::Argon2 { kind, time, memory_kib, parallel } => {
+            format!("{} time {time}, memory {memory_kib} KiB, {parallel} lanes", kind.name())
+        }
+    }
+}
+
+fn unlock_how(k: &KeyArgs, profile: &str, out: &Out, target: &Path) -> Result<Unlock> {
+    let profile = Profile::parse(profile)?;
+    if let Some(vk) = &k.volume_key_file {
+        if k.key_file.is_some() {
+            return Err(Error::invalid("give either --key-file or --volume-key-file, not both"));
+        }
+        return Ok(Unlock::VolumeKey(keys::read_volume_key(vk)?));
+    }
+    Ok(Unlock::Passphrase(keys::passphrase(k, profile, out, Some(target), false)?))
+}
+
+fn decrypt(a: &DecryptArgs, out: &Out) -> Result<ExitCode> {
+    let how = unlock_how(&a.key, &a.profile, out, &a.src)?;
+    let r = with_progress(out, "decrypting", a.threads, |run| ops::decrypt(&a.src, &a.dst, how, a.force, run))?;
+    for w in &r.warnings {
+        out.warn(w);
+    }
+    if out.json {
+        out.print_json(&json!({"command": "decrypt", "source": a.src, "output": a.dst, "keyslot": r.keyslot,
+            "payload_size": r.payload_len, "seconds": r.elapsed.as_secs_f64()}));
+    } else {
+        out.summary(&format!(
+            "{} -> {}: {} decrypted in {:.2} s ({})",
+            a.src.display(),
+            a.dst.display(),
+            report::bytes(r.payload_len),
+            r.elapsed.as_secs_f64(),
+            report::rate(r.payload_len, r.elapsed)
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(a: &VerifyArgs, out: &Out) -> Result<ExitCode> {
+    let how = unlock_how(&a.key, &a.profile, out, &a.src)?;
+    let fmt = input_format(&a.input_format)?;
+    let against = a.against.as_deref().map(|p| (p, fmt));
+    let r = with_progress(out, "verifying", a.threads, |run| ops::verify(&a.src, how, against, run))?;
+    for w in &r.warnings {
+        out.warn(w);
+    }
+    if out.json {
+        out.print_json(&json!({"command": "verify", "image": a.src, "ok": r.ok(), "luks_version": r.version.name(),
+            "keyslot": r.keyslot, "payload_size": r.payload_len, "plaintext_sha256": r.plaintext_sha256,
+            "against": a.against, "source_size": r.source_size, "first_mismatch": r.mismatch}));
+    } else if let Some(m) = r.mismatch {
+        out.always(&format!(
+            "{}: MISMATCH: the decrypted payload differs from {} at byte offset {m:#x} ({m})",
+            a.src.display(),
+            a.against.as_deref().unwrap_or(Path::new("?")).display()
+        ));
+    } else {
+        let what = match &a.against {
+            Some(p) => format!("identical to {}", p.display()),
+            None => "all structures valid".into(),
+        };
+        out.summary(&format!(
+            "{}: OK, {}, payload {} {what}; plaintext sha256 {}",
+            a.src.display(),
+            r.version.name().to_uppercase(),
+            report::bytes(r.payload_len),
+            r.plaintext_sha256
+        ));
+    }
+    Ok(if r.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn dump(a: &DumpArgs, out: &Out) -> Result<ExitCode> {
+    let file = std::fs::File::open(&a.src).map_err(|e| Error::io("open", &a.src, None, e))?;
+    let l = luks::Luks::open(&file, &a.src)?;
+    if out.json {
+        out.print_json(&l.to_json());
+    } else {
+        out.always(l.dump_text().trim_end());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keygen(a: &KeygenArgs, out: &Out) -> Result<ExitCode> {
+    keys::write_new_key(&a.output, a.bytes)?;
+    if out.json {
+        out.print_json(&json!({"command": "keygen", "output": a.output, "bytes": a.bytes}));
+    } else {
+        out.summary(&format!("{}: wrote a random {}-byte key (mode 0600)", a.output.display(), a.bytes));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("16k"), Ok(16384));
+        assert_eq!(parse_size("4M"), Ok(4 << 20));
+        assert_eq!(parse_size("123"), Ok(123));
+        assert!(parse_size("1t").is_err());
+        assert!(parse_size("99999999999999999999g").is_err());
+    }
+
+    #[test]
+    fn every_encrypt_flag_parses() {
+        let cli = Cli::try_parse_from([
+            "diskseal", "encrypt", "--profile", "luks1", "-f", "raw", "--type", "luks2", "--key-size", "256",
+            "--sector-size", "4096", "--pbkdf", "argon2i", "--iter-time", "10", "--pbkdf-memory", "1024",
+            "--pbkdf-parallel", "2", "--pbkdf-force-iterations", "4", "--hash", "sha512", "--label", "l",
+            "--subsystem", "s", "--uuid", "fbcb5ed2-b742-4cdd-9753-d1af94f39c9d", "--offset", "32768",
+            "--luks2-metadata-size", "16k", "--luks2-keyslots-size", "1m", "--pad", "--threads", "2", "--force",
+            "--key-file", "k", "--strip-newline", "--volume-key-file", "v", "-q", "--json", "a", "b",
+        ])
+        .unwrap();
+        assert!(cli.quiet && cli.json);
+        assert!(Cli::try_parse_from(["diskseal", "encrypt", "--key-size", "384", "a", "b"]).is_err());
+        assert!(Cli::try_parse_from(["diskseal", "keygen", "--bytes", "48", "-o", "x"]).is_err());
+    }
+}

@@ -1,0 +1,99 @@
+//! Output for humans and machines: errors with their hint, warnings, the summary line, JSON, and the
+//! progress bar (only on a terminal, never with -q or --json).
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use diskseal::Error;
+use diskseal::pipeline::Progress;
+
+/// Where and how to print.
+#[derive(Debug)]
+pub(super) struct Out {
+    quiet: bool,
+    pub(super) json: bool,
+    tty: bool,
+}
+
+impl Out {
+    pub(super) fn new(quiet: bool, json: bool) -> Out {
+        Out { quiet, json, tty: std::io::stderr().is_terminal() }
+    }
+
+    pub(super) fn show_progress(&self) -> bool {
+        self.tty && !self.quiet && !self.json
+    }
+
+    /// An error: what failed, then what to try.
+    pub(super) fn error(&self, e: &Error) {
+        eprintln!("diskseal: error: {e}");
+        if let Some(h) = e.hint_text() {
+            eprintln!("  hint: {h}");
+        }
+    }
+
+    pub(super) fn warn(&self, msg: &str) {
+        if !self.quiet {
+            eprintln!("diskseal: warning: {msg}");
+        }
+    }
+
+    /// Progress notes on a terminal only.
+    pub(super) fn note(&self, msg: &str) {
+        if self.show_progress() {
+            eprintln!("{msg}");
+        }
+    }
+
+    pub(super) fn summary(&self, msg: &str) {
+        if !self.quiet {
+            println!("{msg}");
+        }
+    }
+
+    pub(super) fn always(&self, msg: &str) {
+        println!("{msg}");
+    }
+
+    pub(super) fn print_json(&self, v: &serde_json::Value) {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    }
+}
+
+/// Draws a bar with rate and ETA until `done` is set.
+pub(super) fn progress_bar(label: &str, progress: &Progress, total: &AtomicU64, done: &AtomicBool) {
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+    )
+    .map(|s| s.progress_chars("=> "));
+    if let Ok(style) = style {
+        bar.set_style(style);
+    }
+    bar.set_message(label.to_owned());
+    while !done.load(Ordering::SeqCst) {
+        bar.set_length(total.load(Ordering::Relaxed));
+        bar.set_position(progress.done());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bar.finish_and_clear();
+}
+
+/// "1.50 GiB".
+pub(super) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.2} {}", UNITS[u]) }
+}
+
+/// "1.23 GB/s".
+pub(super) fn rate(n: u64, d: Duration) -> String {
+    let s = d.as_secs_f64().max(1e-9);
+    format!("{:.2} GB/s", n as f64 / s / 1e9)
+}

@@ -1,0 +1,13 @@
+//! Cryptographic building blocks that no crate provides the way we need them.
+//!
+//! - [`xts`]: our AES-XTS engine over the `aes` crate's wide block functions (tweaks computed for a whole
+//!   data unit, one `encrypt_blocks` call per batch, never one block at a time).
+//! - [`iv`]: every IV rule (plain64, plain, the qcow2 host-offset counter) lives here and nowhere else.
+//! - [`hash`]: the hash algorithms LUKS names by string, for PBKDF2, the AF splitter and checksums.
+
+pub mod hash;
+pub mod iv;
+pub mod xts;
+
+pub use iv::IvScheme;
+pub use xts::Xts;

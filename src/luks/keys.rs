@@ -1,0 +1,117 @@
+//! Secret types: the volume key (the LUKS master key / DEK) and passphrases.
+//!
+//! Both hold their bytes in [`Zeroizing`] buffers, are read only through `expose()`, and print as
+//! `<redacted>` in `Debug`, so they cannot leak through logs or error messages.
+
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+
+/// Fills a fresh buffer from the operating system's CSPRNG.
+pub fn random_bytes(len: usize) -> Result<Zeroizing<Vec<u8>>> {
+    let mut buf = Zeroizing::new(vec![0u8; len]);
+    getrandom::fill(&mut buf).map_err(|e| Error::new(crate::ErrorKind::Io, format!("OS random generator failed: {e}")))?;
+    Ok(buf)
+}
+
+/// The key that encrypts the payload (LUKS "volume key"/"master key"): 32 or 64 bytes of AES-XTS key.
+pub struct VolumeKey(Zeroizing<Vec<u8>>);
+
+impl VolumeKey {
+    /// A new random key of `len` bytes (32 or 64) whose two XTS halves differ.
+    pub fn generate(len: usize) -> Result<Self> {
+        check_len(len)?;
+        loop {
+            let bytes = random_bytes(len)?;
+            if let Ok(key) = Self::from_bytes(bytes) {
+                return Ok(key);
+            }
+        }
+    }
+
+    /// Wraps existing key bytes; refuses a wrong length or two identical XTS halves
+    /// (OpenSSL and the kernel in FIPS mode reject K1 == K2).
+    pub fn from_bytes(bytes: Zeroizing<Vec<u8>>) -> Result<Self> {
+        check_len(bytes.len())?;
+        let (k1, k2) = bytes.split_at(bytes.len() / 2);
+        if k1 == k2 {
+            return Err(Error::invalid("the volume key's two XTS halves are identical, which XTS forbids")
+                .hint("use a key from `diskseal keygen` or another random source"));
+        }
+        Ok(VolumeKey(bytes))
+    }
+
+    /// The key bytes.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Key length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always false: a volume key has 32 or 64 bytes.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn check_len(len: usize) -> Result<()> {
+    if len == 32 || len == 64 {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!("volume key must be 32 or 64 bytes (AES-128/256-XTS), got {len}")))
+    }
+}
+
+impl std::fmt::Debug for VolumeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VolumeKey({} bits, <redacted>)", self.0.len() * 8)
+    }
+}
+
+/// A keyslot passphrase: arbitrary bytes, used verbatim.
+pub struct Passphrase(Zeroizing<Vec<u8>>);
+
+impl Passphrase {
+    /// Wraps passphrase bytes; an empty passphrase is refused.
+    pub fn new(bytes: Zeroizing<Vec<u8>>) -> Result<Self> {
+        if bytes.is_empty() {
+            return Err(Error::invalid("the passphrase is empty").hint("an empty key file cannot open a keyslot"));
+        }
+        Ok(Passphrase(bytes))
+    }
+
+    /// The passphrase bytes.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Passphrase(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_bytes() {
+        let key = VolumeKey::generate(64).unwrap();
+        let shown = format!("{key:?}");
+        assert_eq!(shown, "VolumeKey(512 bits, <redacted>)");
+        let pass = Passphrase::new(Zeroizing::new(b"hunter2".to_vec())).unwrap();
+        assert!(!format!("{pass:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn refuses_weak_keys() {
+        assert!(VolumeKey::from_bytes(Zeroizing::new(vec![7u8; 64])).is_err());
+        assert!(VolumeKey::from_bytes(Zeroizing::new(vec![7u8; 48])).is_err());
+        assert!(Passphrase::new(Zeroizing::new(Vec::new())).is_err());
+    }
+}
