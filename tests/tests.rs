@@ -1,1 +1,13 @@
-mod x {}
+//! The one integration-test binary: every test module is declared here.
+//!
+//! Oracle tests need `cryptsetup` and `qemu-img`; without them they skip with a `SKIPPED-ORACLE` line,
+//! unless `DISKSEAL_REQUIRE_ORACLES=1` (as in CI), where a missing tool fails the test.
+
+#![allow(unreachable_pub)]
+
+mod util;
+
+mod cli;
+mod cryptsetup;
+mod qemu;
+mod xts;
