@@ -135,7 +135,6 @@ pub fn encrypt(
     let data_offset = formatted.data_offset;
     out.write_at(&formatted.header, 0)?;
     let output_size = data_offset + payload_len;
-    out.set_len(output_size)?;
 
     let xts = Xts::new(key.expose())?;
     let pipeline = Pipeline::new(run.threads, DEFAULT_CHUNK)?;
@@ -150,6 +149,7 @@ pub fn encrypt(
         out.write_at(buf, data_offset + off)
     })?;
     let elapsed = start.elapsed();
+    out.set_len(output_size)?;
     out.commit(0o644)?;
     Ok(EncryptReport {
         version,
@@ -241,7 +241,6 @@ pub fn decrypt(src: &Path, dst: &Path, how: Unlock, force: bool, run: &Run<'_>) 
     let u = unlock(src, how)?;
     let len = u.luks.payload_len();
     let out = OutputFile::create(dst, force)?;
-    out.set_len(len)?;
     let pipeline = Pipeline::new(run.threads, DEFAULT_CHUNK)?;
     run.total.store(len, std::sync::atomic::Ordering::Relaxed);
     let start = Instant::now();
@@ -250,6 +249,7 @@ pub fn decrypt(src: &Path, dst: &Path, how: Unlock, force: bool, run: &Run<'_>) 
         out.write_at(buf, off)
     })?;
     let elapsed = start.elapsed();
+    out.set_len(len)?;
     out.commit(0o644)?;
     Ok(DecryptReport { payload_len: len, keyslot: u.keyslot, elapsed, warnings: u.luks.warnings.clone() })
 }
