@@ -131,7 +131,7 @@ fn verify_reports_a_mismatch_with_exit_1() {
     std::fs::write(d.join("other.raw"), other).unwrap();
     let r = diskseal(d, &["verify", "--key-file", "pw", "--against", "other.raw", "o.luks"]);
     assert_eq!(r.code, 1, "{} {}", r.stdout, r.stderr);
-    assert!(r.stdout.contains(&format!("MISMATCH")) && r.stdout.contains(&format!("({})", MIB + 77)), "{}", r.stdout);
+    assert!(r.stdout.contains(&"MISMATCH".to_string()) && r.stdout.contains(&format!("({})", MIB + 77)), "{}", r.stdout);
     let r = diskseal(d, &["verify", "--json", "--key-file", "pw", "--against", "other.raw", "o.luks"]);
     assert_eq!(r.code, 1);
     let j: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();

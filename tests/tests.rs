@@ -3,7 +3,7 @@
 //! Oracle tests need `cryptsetup` and `qemu-img`; without them they skip with a `SKIPPED-ORACLE` line,
 //! unless `DISKSEAL_REQUIRE_ORACLES=1` (as in CI), where a missing tool fails the test.
 
-#![allow(unreachable_pub)]
+#![allow(unreachable_pub, clippy::unwrap_used)]
 
 mod util;
 

@@ -57,7 +57,7 @@ pub(crate) struct Cli {
 enum Command {
     /// Encrypt a disk image into a new LUKS2/LUKS1 file.
     #[command(after_help = EXAMPLES)]
-    Encrypt(EncryptArgs),
+    Encrypt(Box<EncryptArgs>),
     /// Decrypt a LUKS file back into a raw image.
     Decrypt(DecryptArgs),
     /// Unlock a LUKS file, check every structure and decrypt the whole payload; with --against, compare it

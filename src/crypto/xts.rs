@@ -67,7 +67,7 @@ impl std::fmt::Debug for Xts {
 /// Multiplies a tweak by x in GF(2^128) (IEEE 1619 little-endian convention).
 #[inline(always)]
 fn double(t: u128) -> u128 {
-    (t << 1) ^ (((t >> 127) as u128) * 0x87)
+    (t << 1) ^ ((t >> 127) * 0x87)
 }
 
 #[derive(Clone, Copy)]
@@ -121,7 +121,7 @@ impl Xts {
     }
 
     fn check_unit(&self, len: usize) -> Result<()> {
-        if len == 0 || len % 16 != 0 || len > BATCH_BYTES {
+        if len == 0 || !len.is_multiple_of(16) || len > BATCH_BYTES {
             return Err(Error::invalid(format!("XTS data unit of {len} bytes is not a multiple of 16 up to 4096")));
         }
         Ok(())
@@ -131,7 +131,7 @@ impl Xts {
         if !matches!(unit, 512 | 1024 | 2048 | 4096) {
             return Err(Error::invalid(format!("XTS data unit must be 512, 1024, 2048 or 4096 bytes, got {unit}")));
         }
-        if buf.len() % unit != 0 {
+        if !buf.len().is_multiple_of(unit) {
             return Err(Error::invalid(format!(
                 "XTS buffer of {} bytes is not a whole number of {unit}-byte data units",
                 buf.len()

@@ -75,13 +75,12 @@ pub fn open(path: &Path, format: Option<ImageFormat>) -> Result<Box<dyn DiskImag
     if meta.is_dir() {
         return Err(Error::invalid("input is a directory").with_path(path));
     }
-    if format.is_none() {
-        if let Some(name) = sniff(&file, meta.len()) {
+    if format.is_none()
+        && let Some(name) = sniff(&file, meta.len()) {
             return Err(Error::unsupported(format!("input is a {name} image, which diskseal cannot read yet"))
                 .with_path(path)
                 .hint("convert it first with `qemu-img convert -O raw`, or pass -f raw to encrypt the file as it is"));
         }
-    }
     Ok(Box::new(raw::RawImage::new(file, path)?))
 }
 

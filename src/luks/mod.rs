@@ -189,7 +189,7 @@ pub enum Header {
     /// LUKS1.
     V1(luks1::Luks1Header),
     /// LUKS2.
-    V2(luks2::Luks2Header),
+    V2(Box<luks2::Luks2Header>),
 }
 
 /// A LUKS file: its header, the payload segment, and the file's size.
@@ -223,12 +223,12 @@ impl Luks {
         let version = u16::from_be_bytes([head[6], head[7]]);
         let (header, warnings) = if head[..6] == luks1::MAGIC && version == 1 {
             (Header::V1(luks1::Luks1Header::read(file, path, file_len)?), Vec::new())
-        } else if (head[..6] == luks1::MAGIC && version == 2) || head[..6] != luks1::MAGIC {
+        } else if version == 2 || head[..6] != luks1::MAGIC {
             // A LUKS2 primary, or a damaged primary whose secondary may still be intact.
             match luks2::Luks2Header::read(file, path, file_len) {
                 Ok(h) => {
                     let w = h.warnings.clone();
-                    (Header::V2(h), w)
+                    (Header::V2(Box::new(h)), w)
                 }
                 Err(e) if head[..6] != luks1::MAGIC && e.kind() == crate::ErrorKind::InvalidFormat => {
                     return Err(Error::format("not a LUKS file (no LUKS magic at offset 0)")

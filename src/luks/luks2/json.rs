@@ -253,7 +253,7 @@ impl Metadata {
                 format!("{} does not match the binary header's JSON area of {} bytes", config.json_size, hdr_size - 4096),
             ));
         }
-        if config.keyslots_size % 4096 != 0 || config.keyslots_size > 128 * 1024 * 1024 {
+        if !config.keyslots_size.is_multiple_of(4096) || config.keyslots_size > 128 * 1024 * 1024 {
             return Err(err("config.keyslots_size", format!("{} is not 4 KiB-aligned or exceeds 128 MiB", config.keyslots_size)));
         }
         let areas_end = 2 * hdr_size + config.keyslots_size;

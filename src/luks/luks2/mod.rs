@@ -52,10 +52,7 @@ pub fn format(opts: &FormatOptions, key: &VolumeKey, passphrase: &Passphrase) ->
     let area_size = (keyslot::material_len(key_len, STRIPES) as u64).div_ceil(4096) * 4096;
     let data_offset = opts.data_offset.unwrap_or(DEFAULT_DATA_OFFSET);
     let sector = u64::from(opts.sector_size);
-    if data_offset % 4096 != 0 && data_offset % sector != 0 {
-        return Err(Error::invalid(format!("data offset {data_offset} is not aligned to the sector size {sector}")));
-    }
-    if data_offset % sector != 0 {
+    if !data_offset.is_multiple_of(sector) {
         return Err(Error::invalid(format!("data offset {data_offset} is not a multiple of the sector size {sector}")));
     }
     let keyslots_size = match opts.keyslots_size {
