@@ -252,3 +252,27 @@ fn ibm_classic_luks_passphrase_is_the_base64_dek() {
         std::fs::remove_file(d.join("ibm.raw")).unwrap();
     }
 }
+
+#[test]
+fn every_hash_cryptsetup_allows_both_ways() {
+    require!("cryptsetup");
+    let dir = setup(MIB, 12);
+    let d = dir.path();
+    for (_, hash) in diskseal::crypto::hash::ALL {
+        // Ours (LUKS2 keyslot, AF and digest with this hash) opens in cryptsetup.
+        let mut args = vec!["encrypt", "-q", "--hash", hash, "--key-file", "pw"];
+        args.extend(FAST_PBKDF2);
+        args.extend(["src.raw", "h.luks"]);
+        diskseal(d, &args).ok();
+        let dump = cryptsetup(d, &["luksDump", "h.luks"]).ok().stdout;
+        assert!(dump.contains(&format!("AF hash:    {hash}")), "{hash}: {dump}");
+        cryptsetup(d, &["open", "--test-passphrase", "--key-file", "pw", "h.luks"]).ok();
+        // cryptsetup's LUKS1 with this hash opens in diskseal.
+        std::fs::File::create(d.join("h1.luks")).unwrap().set_len(3 * MIB as u64).unwrap();
+        cryptsetup(d, &["luksFormat", "--batch-mode", "--type", "luks1", "--hash", hash, "--pbkdf-force-iterations", "1000", "--key-file", "pw", "h1.luks"]).ok();
+        let r = diskseal(d, &["verify", "--json", "--key-file", "pw", "h1.luks"]).ok();
+        assert!(r.stdout.contains("\"keyslot\": 0"), "{hash}: {}", r.stdout);
+        std::fs::remove_file(d.join("h.luks")).unwrap();
+        std::fs::remove_file(d.join("h1.luks")).unwrap();
+    }
+}

@@ -1,82 +1,139 @@
 //! The hash algorithms LUKS names by string (`"sha256"`), dispatched to the RustCrypto crates for
 //! plain digests and PBKDF2-HMAC.
 
+use blake2::{Blake2b512, Blake2s256};
+use ripemd::Ripemd160;
 use sha1::Sha1;
-use sha2::{Digest, Sha256, Sha384, Sha512};
+use sha2::{Digest, Sha224, Sha256, Sha384, Sha512};
+use sha3::{Sha3_256, Sha3_384, Sha3_512};
+use sm3::Sm3;
+use whirlpool::Whirlpool;
 
 use crate::error::{Error, Result};
 
-/// A hash algorithm usable for LUKS keyslots, the AF splitter, digests and header checksums.
+/// A hash algorithm usable for LUKS keyslots, the AF splitter, digests and header checksums: every hash
+/// cryptsetup 2.6 (OpenSSL backend) accepts for `--hash`, except stribog, which it lacks here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hash {
-    /// SHA-1 (old LUKS1 default; read only by choice, still written on request).
+    /// SHA-1 (the old LUKS1 default).
     Sha1,
+    /// SHA-224.
+    Sha224,
     /// SHA-256 (the default everywhere).
     Sha256,
     /// SHA-384.
     Sha384,
     /// SHA-512.
     Sha512,
+    /// SHA3-256.
+    Sha3_256,
+    /// SHA3-384.
+    Sha3_384,
+    /// SHA3-512.
+    Sha3_512,
+    /// RIPEMD-160.
+    Ripemd160,
+    /// Whirlpool.
+    Whirlpool,
+    /// BLAKE2b-512.
+    Blake2b512,
+    /// BLAKE2s-256.
+    Blake2s256,
+    /// SM3.
+    Sm3,
+}
+
+/// Every supported hash, with cryptsetup's name.
+pub const ALL: [(Hash, &str); 13] = [
+    (Hash::Sha1, "sha1"),
+    (Hash::Sha224, "sha224"),
+    (Hash::Sha256, "sha256"),
+    (Hash::Sha384, "sha384"),
+    (Hash::Sha512, "sha512"),
+    (Hash::Sha3_256, "sha3-256"),
+    (Hash::Sha3_384, "sha3-384"),
+    (Hash::Sha3_512, "sha3-512"),
+    (Hash::Ripemd160, "ripemd160"),
+    (Hash::Whirlpool, "whirlpool"),
+    (Hash::Blake2b512, "blake2b-512"),
+    (Hash::Blake2s256, "blake2s-256"),
+    (Hash::Sm3, "sm3"),
+];
+
+/// Runs `$body` with `$t` bound to the RustCrypto type of `$hash`.
+macro_rules! with_hash {
+    ($hash:expr, $t:ident => $body:expr) => {
+        match $hash {
+            Hash::Sha1 => { type $t = Sha1; $body }
+            Hash::Sha224 => { type $t = Sha224; $body }
+            Hash::Sha256 => { type $t = Sha256; $body }
+            Hash::Sha384 => { type $t = Sha384; $body }
+            Hash::Sha512 => { type $t = Sha512; $body }
+            Hash::Sha3_256 => { type $t = Sha3_256; $body }
+            Hash::Sha3_384 => { type $t = Sha3_384; $body }
+            Hash::Sha3_512 => { type $t = Sha3_512; $body }
+            Hash::Ripemd160 => { type $t = Ripemd160; $body }
+            Hash::Whirlpool => { type $t = Whirlpool; $body }
+            Hash::Blake2b512 => { type $t = Blake2b512; $body }
+            Hash::Blake2s256 => { type $t = Blake2s256; $body }
+            Hash::Sm3 => { type $t = Sm3; $body }
+        }
+    };
 }
 
 impl Hash {
-    /// Parses cryptsetup's name for the hash.
+    /// Parses cryptsetup's name for the hash (case-insensitive).
     pub fn parse(name: &str) -> Result<Hash> {
-        match name.to_ascii_lowercase().as_str() {
-            "sha1" => Ok(Hash::Sha1),
-            "sha256" => Ok(Hash::Sha256),
-            "sha384" => Ok(Hash::Sha384),
-            "sha512" => Ok(Hash::Sha512),
-            _ => Err(Error::unsupported(format!("unsupported hash {name:?}"))
-                .hint("diskseal supports sha1, sha256, sha384 and sha512")),
-        }
+        let lower = name.to_ascii_lowercase();
+        ALL.iter().find(|(_, n)| *n == lower).map(|(h, _)| *h).ok_or_else(|| {
+            Error::unsupported(format!("unsupported hash {name:?}")).hint(format!(
+                "diskseal supports {}",
+                ALL.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
+            ))
+        })
     }
 
     /// cryptsetup's name for the hash.
     pub fn name(self) -> &'static str {
-        match self {
-            Hash::Sha1 => "sha1",
-            Hash::Sha256 => "sha256",
-            Hash::Sha384 => "sha384",
-            Hash::Sha512 => "sha512",
-        }
+        ALL.iter().find(|(h, _)| *h == self).map_or("?", |(_, n)| n)
     }
 
     /// Digest length in bytes.
     pub fn output_len(self) -> usize {
-        match self {
-            Hash::Sha1 => 20,
-            Hash::Sha256 => 32,
-            Hash::Sha384 => 48,
-            Hash::Sha512 => 64,
-        }
+        with_hash!(self, H => <H as Digest>::output_size())
     }
 
     /// The digest of the concatenation of `parts`.
     pub fn digest(self, parts: &[&[u8]]) -> Vec<u8> {
-        fn run<D: Digest>(parts: &[&[u8]]) -> Vec<u8> {
-            let mut h = D::new();
+        with_hash!(self, H => {
+            let mut h = H::new();
             for p in parts {
-                h.update(p);
+                Digest::update(&mut h, p);
             }
             h.finalize().to_vec()
-        }
-        match self {
-            Hash::Sha1 => run::<Sha1>(parts),
-            Hash::Sha256 => run::<Sha256>(parts),
-            Hash::Sha384 => run::<Sha384>(parts),
-            Hash::Sha512 => run::<Sha512>(parts),
-        }
+        })
     }
 
     /// PBKDF2-HMAC with this hash, filling `out`.
     pub fn pbkdf2(self, password: &[u8], salt: &[u8], iterations: u32, out: &mut [u8]) {
-        match self {
-            Hash::Sha1 => pbkdf2::pbkdf2_hmac::<Sha1>(password, salt, iterations, out),
-            Hash::Sha256 => pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, out),
-            Hash::Sha384 => pbkdf2::pbkdf2_hmac::<Sha384>(password, salt, iterations, out),
-            Hash::Sha512 => pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, iterations, out),
-        }
+        // BLAKE2's lazy buffering rules out the precomputed `Hmac`; `SimpleHmac` computes the same MAC.
+        let r = match self {
+            Hash::Blake2b512 => pbkdf2::pbkdf2::<hmac::SimpleHmac<Blake2b512>>(password, salt, iterations, out),
+            Hash::Blake2s256 => pbkdf2::pbkdf2::<hmac::SimpleHmac<Blake2s256>>(password, salt, iterations, out),
+            Hash::Sha1 => Ok(pbkdf2::pbkdf2_hmac::<Sha1>(password, salt, iterations, out)),
+            Hash::Sha224 => Ok(pbkdf2::pbkdf2_hmac::<Sha224>(password, salt, iterations, out)),
+            Hash::Sha256 => Ok(pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, out)),
+            Hash::Sha384 => Ok(pbkdf2::pbkdf2_hmac::<Sha384>(password, salt, iterations, out)),
+            Hash::Sha512 => Ok(pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, iterations, out)),
+            Hash::Sha3_256 => Ok(pbkdf2::pbkdf2_hmac::<Sha3_256>(password, salt, iterations, out)),
+            Hash::Sha3_384 => Ok(pbkdf2::pbkdf2_hmac::<Sha3_384>(password, salt, iterations, out)),
+            Hash::Sha3_512 => Ok(pbkdf2::pbkdf2_hmac::<Sha3_512>(password, salt, iterations, out)),
+            Hash::Ripemd160 => Ok(pbkdf2::pbkdf2_hmac::<Ripemd160>(password, salt, iterations, out)),
+            Hash::Whirlpool => Ok(pbkdf2::pbkdf2_hmac::<Whirlpool>(password, salt, iterations, out)),
+            Hash::Sm3 => Ok(pbkdf2::pbkdf2_hmac::<Sm3>(password, salt, iterations, out)),
+        };
+        // HMAC accepts keys of any length, so this cannot fail.
+        debug_assert!(r.is_ok());
     }
 }
 
@@ -103,11 +160,12 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for h in [Hash::Sha1, Hash::Sha256, Hash::Sha384, Hash::Sha512] {
+        for (h, _) in ALL {
             assert_eq!(Hash::parse(h.name()).unwrap(), h);
             assert_eq!(h.digest(&[b""]).len(), h.output_len());
         }
-        assert!(Hash::parse("whirlpool").is_err());
+        assert!(Hash::parse("stribog512").is_err());
+        assert!(Hash::parse("md5").is_err());
     }
 
     fn hex(b: &[u8]) -> String {
