@@ -15,5 +15,5 @@ mkdir -p "$out"
 "$bin" dump "$out/sample.luks"
 if command -v cryptsetup >/dev/null; then
     cryptsetup open --test-passphrase --key-file fixtures/images/sample.pass "$out/sample.luks" &&
-        echo "cryptsetup: the passphrase opens keyslot of $out/sample.luks"
+        echo "cryptsetup: the sample passphrase opens $out/sample.luks"
 fi

@@ -403,7 +403,7 @@ impl Luks {
                             let _ = writeln!(s, "\tTime cost:  {t}\n\tMemory:     {m}\n\tThreads:    {c}");
                         }
                         let _ = writeln!(s, "\tAF stripes: {}\n\tAF hash:    {}", l.stripes, l.af_hash);
-                        let _ = writeln!(s, "\tArea offset:{} [bytes]\n\tArea length:{} [bytes]", l.area_offset, l.area_size);
+                        let _ = writeln!(s, "\tArea offset: {} [bytes]\n\tArea length: {} [bytes]", l.area_offset, l.area_size);
                     }
                 }
                 let _ = writeln!(s, "Tokens:         {}", h.meta.tokens);
