@@ -1,17 +1,24 @@
 //! Disk images, behind one trait: [`DiskImage`] gives the virtual size, positional reads usable from
-//! many threads, and the allocation map as [`Extent`]s. [`open`] sniffs the format.
+//! many threads, the allocation map as [`Extent`]s and an [`ImageInfo`] for `diskseal info`.
+//! [`open`] sniffs the format (raw as the fallback; `-f` forces one).
 //!
-//! - [`raw`]: plain files.
+//! - [`raw`]: plain files;
+//! - [`vhd`]: Microsoft VHD (fixed, dynamic, differencing with parent chains);
+//! - [`qcow2`]: QEMU qcow2 v2/v3 (zero, compressed zlib/zstd, extended L2, backing chains).
 //!
-//! Container formats (VHD, QCOW2) are recognised by their magic and refused with a clear message until
-//! their readers exist, so they are never encrypted as if they were raw disks.
+//! Backing files and parents are opened through [`open_backing`], which bounds the chain depth and
+//! refuses loops.
 
+pub mod qcow2;
 pub mod raw;
+pub mod vhd;
 
 use std::fmt::Debug;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
 
 use crate::error::{Error, Result};
 
@@ -20,9 +27,9 @@ use crate::error::{Error, Result};
 pub enum ExtentKind {
     /// Data that must be read.
     Data,
-    /// Known to read as zeros (allocated or flagged zero).
+    /// Known to read as zeros (allocated zeros or a zero flag).
     Zero,
-    /// Not allocated: reads as zeros.
+    /// Not allocated in any layer: reads as zeros.
     Unallocated,
 }
 
@@ -37,6 +44,27 @@ pub struct Extent {
     pub kind: ExtentKind,
 }
 
+/// What `diskseal info` shows about an image (like `qemu-img info`).
+#[derive(Debug, Clone)]
+pub struct ImageInfo {
+    /// Format name as qemu-img prints it ("raw", "vpc", "qcow2").
+    pub format: &'static str,
+    /// The file.
+    pub path: PathBuf,
+    /// Virtual disk size.
+    pub virtual_size: u64,
+    /// Cluster (qcow2) or block (VHD) size.
+    pub cluster_size: Option<u64>,
+    /// The backing file / parent as named in the image, and its format if recorded.
+    pub backing_file: Option<String>,
+    /// The backing format recorded in the image.
+    pub backing_format: Option<String>,
+    /// The opened backing image's info (the chain).
+    pub backing: Option<Box<ImageInfo>>,
+    /// Format-specific details (qcow2 compat, compression type, VHD subformat, creator, ...).
+    pub details: Value,
+}
+
 /// A readable virtual disk.
 pub trait DiskImage: Debug + Send + Sync {
     /// The format's name, as `qemu-img info` prints it ("raw", "qcow2", "vpc").
@@ -45,69 +73,129 @@ pub trait DiskImage: Debug + Send + Sync {
     fn virtual_size(&self) -> u64;
     /// Fills `buf` with the virtual disk's bytes at `offset`; `offset + buf.len()` must not exceed the size.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
-    /// The allocation map, covering `0..virtual_size()` in order.
+    /// The allocation map, covering `0..virtual_size()` in order, with backing layers resolved.
     fn extents(&self) -> Result<Vec<Extent>> {
         Ok(vec![Extent { offset: 0, len: self.virtual_size(), kind: ExtentKind::Data }])
     }
+    /// Facts for `diskseal info`.
+    fn info(&self) -> ImageInfo;
 }
 
-/// An image format diskseal can be told to use (`-f`).
+/// An image format diskseal reads (`-f`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImageFormat {
     /// A plain disk image.
     Raw,
+    /// Microsoft VHD ("vpc" in QEMU).
+    Vpc,
+    /// QEMU qcow2.
+    Qcow2,
 }
 
 impl ImageFormat {
-    /// Parses `-f` values.
+    /// Parses `-f` values (QEMU's names; "vhd" is accepted for "vpc").
     pub fn parse(name: &str) -> Result<ImageFormat> {
         match name {
             "raw" => Ok(ImageFormat::Raw),
-            other => Err(Error::unsupported(format!("unknown input format {other:?}")).hint("supported: raw")),
+            "vpc" | "vhd" => Ok(ImageFormat::Vpc),
+            "qcow2" => Ok(ImageFormat::Qcow2),
+            other => Err(Error::unsupported(format!("unknown image format {other:?}")).hint("supported: raw, vpc (vhd), qcow2")),
         }
     }
 }
 
+/// Deepest backing chain accepted (QEMU has no fixed limit; this bounds memory and file handles).
+pub const MAX_CHAIN_DEPTH: usize = 64;
+
 /// Opens `path` as a disk image: `format` forces one, otherwise the magic decides (raw as the fallback).
 pub fn open(path: &Path, format: Option<ImageFormat>) -> Result<Box<dyn DiskImage>> {
-    let file = File::open(path).map_err(|e| Error::io("open input", path, None, e))?;
+    open_backing(path, format, &mut Vec::new())
+}
+
+/// Opens an image that is part of a chain; `chain` holds the files already open above it (for loop and
+/// depth checks) and is extended by the callee before it opens its own backing file.
+pub fn open_backing(path: &Path, format: Option<ImageFormat>, chain: &mut Vec<PathBuf>) -> Result<Box<dyn DiskImage>> {
+    let file = File::open(path).map_err(|e| {
+        let hint = if chain.is_empty() { None } else { Some(format!("it is the backing file of {}", chain[chain.len() - 1].display())) };
+        let err = Error::io("open image", path, None, e);
+        match hint {
+            Some(h) => err.hint(h),
+            None => err,
+        }
+    })?;
     let meta = file.metadata().map_err(|e| Error::io("stat", path, None, e))?;
     if meta.is_dir() {
         return Err(Error::invalid("input is a directory").with_path(path));
     }
-    if format.is_none()
-        && let Some(name) = sniff(&file, meta.len()) {
-            return Err(Error::unsupported(format!("input is a {name} image, which diskseal cannot read yet"))
-                .with_path(path)
-                .hint("convert it first with `qemu-img convert -O raw`, or pass -f raw to encrypt the file as it is"));
-        }
-    Ok(Box::new(raw::RawImage::new(file, path)?))
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    if chain.contains(&canonical) {
+        return Err(Error::corrupt("backing chain loops back to this file").with_path(path));
+    }
+    if chain.len() >= MAX_CHAIN_DEPTH {
+        return Err(Error::unsupported(format!("backing chain deeper than {MAX_CHAIN_DEPTH} images")).with_path(path));
+    }
+    let format = match format {
+        Some(f) => f,
+        None => match sniff(&file, meta.len()) {
+            Sniffed::Format(f) => f,
+            Sniffed::Refused(name) => {
+                return Err(Error::unsupported(format!("input is a {name} image, which diskseal cannot read"))
+                    .with_path(path)
+                    .hint("convert it first with `qemu-img convert -O raw`, or pass -f raw to use the file as it is"));
+            }
+        },
+    };
+    chain.push(canonical);
+    let r = match format {
+        ImageFormat::Raw => raw::RawImage::new(file, path).map(|i| Box::new(i) as Box<dyn DiskImage>),
+        ImageFormat::Vpc => vhd::open(file, path, chain),
+        ImageFormat::Qcow2 => qcow2::open(file, path, chain),
+    };
+    chain.pop();
+    r
 }
 
-/// Names a container format found by its magic, if any.
-fn sniff(file: &File, len: u64) -> Option<&'static str> {
+enum Sniffed {
+    Format(ImageFormat),
+    Refused(&'static str),
+}
+
+/// Finds the format by its magic.
+fn sniff(file: &File, len: u64) -> Sniffed {
     let mut head = [0u8; 8];
     if file.read_exact_at(&mut head, 0).is_err() {
-        return None;
+        return Sniffed::Format(ImageFormat::Raw);
     }
     if head[..4] == *b"QFI\xfb" {
-        return Some("QCOW2");
-    }
-    if head[..6] == *b"LUKS\xba\xbe" {
-        return Some("LUKS (already encrypted)");
+        return Sniffed::Format(ImageFormat::Qcow2);
     }
     if &head == b"conectix" {
-        return Some("VHD");
+        return Sniffed::Format(ImageFormat::Vpc);
     }
     let mut tail = [0u8; 8];
     if len >= 512 && file.read_exact_at(&mut tail, len - 512).is_ok() && &tail == b"conectix" {
-        return Some("VHD");
+        return Sniffed::Format(ImageFormat::Vpc);
+    }
+    if head[..6] == *b"LUKS\xba\xbe" {
+        return Sniffed::Refused("LUKS (already encrypted)");
     }
     if &head == b"vhdxfile" {
-        return Some("VHDX");
+        return Sniffed::Refused("VHDX");
     }
     if head[..4] == *b"KDMV" {
-        return Some("VMDK");
+        return Sniffed::Refused("VMDK");
     }
-    None
+    Sniffed::Format(ImageFormat::Raw)
+}
+
+/// Merges adjacent extents of the same kind (helper for readers).
+pub fn coalesce(extents: Vec<Extent>) -> Vec<Extent> {
+    let mut out: Vec<Extent> = Vec::with_capacity(extents.len());
+    for e in extents.into_iter().filter(|e| e.len > 0) {
+        match out.last_mut() {
+            Some(last) if last.kind == e.kind && last.offset + last.len == e.offset => last.len += e.len,
+            _ => out.push(e),
+        }
+    }
+    out
 }

@@ -3,8 +3,10 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use serde_json::json;
+
 use crate::error::{Error, Result};
-use crate::image::DiskImage;
+use crate::image::{DiskImage, ImageInfo};
 use crate::io::read_exact_at;
 
 /// A raw disk image file.
@@ -34,5 +36,18 @@ impl DiskImage for RawImage {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         read_exact_at(&self.file, &self.path, buf, offset)
+    }
+
+    fn info(&self) -> ImageInfo {
+        ImageInfo {
+            format: "raw",
+            path: self.path.clone(),
+            virtual_size: self.size,
+            cluster_size: None,
+            backing_file: None,
+            backing_format: None,
+            backing: None,
+            details: json!({}),
+        }
     }
 }
