@@ -4,15 +4,17 @@
 use std::fs::File;
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::crypto::iv::luks_sector;
+use crate::crypto::IvScheme;
+use crate::crypto::iv::{luks_sector, qcow2_sector};
 use crate::crypto::xts::Xts;
 use crate::error::{Error, ErrorKind, Result};
-use crate::image::{self, ImageFormat};
+use crate::image::qcow2::writer::Qcow2Writer;
+use crate::image::{self, DiskImage, Extent, ExtentKind, ImageFormat};
 use crate::io::{OutputFile, read_exact_at, same_file};
 use crate::luks::kdf::Kdf;
 use crate::luks::keys::{Passphrase, VolumeKey};
@@ -32,6 +34,15 @@ pub struct Run<'a> {
     pub total: &'a std::sync::atomic::AtomicU64,
 }
 
+/// The container the encrypted image is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Container {
+    /// A LUKS file (header, then the payload).
+    Raw,
+    /// QEMU qcow2 v3 with qcow2-native LUKS1 (`encrypt.format=luks`), sparse.
+    Qcow2Luks,
+}
+
 /// Options of [`encrypt`].
 #[derive(Debug, Clone)]
 pub struct EncryptOptions {
@@ -48,6 +59,13 @@ pub struct EncryptOptions {
     pub input_format: Option<ImageFormat>,
     /// Replace an existing output.
     pub force: bool,
+    /// The output container.
+    pub container: Container,
+    /// Raw LUKS output: leave unallocated and zero runs of the source as holes instead of encrypting
+    /// zeros (the guest then reads garbage there, not zeros).
+    pub sparse: bool,
+    /// New virtual size (grow only).
+    pub resize: Option<u64>,
 }
 
 /// What [`encrypt`] did.
@@ -60,10 +78,12 @@ pub struct EncryptReport {
     /// Input format.
     pub input_format: &'static str,
     /// Source virtual size.
+    pub source_size: u64,
+    /// Virtual size of the encrypted disk (after --resize / --pad).
     pub virtual_size: u64,
     /// Zero bytes added by `--pad`.
     pub padded: u64,
-    /// Payload offset.
+    /// Payload offset (raw LUKS) or LUKS header offset (qcow2).
     pub data_offset: u64,
     /// Payload sector size.
     pub sector_size: u32,
@@ -71,6 +91,8 @@ pub struct EncryptReport {
     pub kdf: Kdf,
     /// Output file size.
     pub output_size: u64,
+    /// Bytes of the source read and encrypted (holes and zero runs are not read).
+    pub data_bytes: u64,
     /// Time spent on the data.
     pub elapsed: Duration,
     /// Worker threads used.
@@ -86,7 +108,45 @@ fn refuse_same(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Encrypts the disk image `src` into a new LUKS file `dst`.
+/// Fills `buf` with the source's bytes at `off`: only `Data` extents are read, the rest (and anything past
+/// the source's end) is zeroed. Returns the number of bytes read from the source.
+fn fill(image: &dyn DiskImage, extents: &[Extent], buf: &mut [u8], off: u64) -> Result<u64> {
+    let end = off + buf.len() as u64;
+    buf.fill(0);
+    let mut read = 0;
+    let first = extents.partition_point(|e| e.offset + e.len <= off);
+    for e in extents[first..].iter().take_while(|e| e.offset < end) {
+        if e.kind != ExtentKind::Data {
+            continue;
+        }
+        let a = e.offset.max(off);
+        let b = (e.offset + e.len).min(end);
+        image.read_at(&mut buf[(a - off) as usize..(b - off) as usize], a)?;
+        read += b - a;
+    }
+    Ok(read)
+}
+
+/// Sub-ranges of `[off, off+len)` (relative, sector-aligned) that hold source data.
+fn data_ranges(extents: &[Extent], off: u64, len: u64, sector: u64) -> Vec<(u64, u64)> {
+    let end = off + len;
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let first = extents.partition_point(|e| e.offset + e.len <= off);
+    for e in extents[first..].iter().take_while(|e| e.offset < end) {
+        if e.kind != ExtentKind::Data {
+            continue;
+        }
+        let a = (e.offset.max(off) - off) / sector * sector;
+        let b = ((e.offset + e.len).min(end) - off).div_ceil(sector) * sector;
+        match out.last_mut() {
+            Some(last) if last.1 >= a => last.1 = last.1.max(b),
+            _ => out.push((a, b.min(len))),
+        }
+    }
+    out
+}
+
+/// Encrypts the disk image `src` into a new file `dst` (a LUKS file, or qcow2 with native LUKS).
 pub fn encrypt(
     src: &Path,
     dst: &Path,
@@ -100,8 +160,29 @@ pub fn encrypt(
         return Err(Error::invalid("output file already exists").with_path(dst).hint("pass --force to overwrite it"));
     }
     let image = image::open(src, opts.input_format)?;
-    let vsize = image.virtual_size();
+    let source_size = image.virtual_size();
+    if source_size == 0 {
+        return Err(Error::invalid("input is empty").with_path(src));
+    }
+    let vsize = match opts.resize {
+        Some(r) if r < source_size => {
+            return Err(Error::invalid(format!("--resize {r} is smaller than the source's virtual size {source_size}"))
+                .hint("diskseal only grows disks; shrink the file system and the image first"));
+        }
+        Some(r) => r,
+        None => source_size,
+    };
+    let extents = image.extents()?;
     let version = opts.luks.version;
+    if opts.container == Container::Qcow2Luks {
+        if version != LuksVersion::Luks1 {
+            return Err(Error::invalid("qcow2 images hold LUKS1 only (QEMU has no LUKS2)"));
+        }
+        if std::str::from_utf8(passphrase.expose()).is_err() {
+            return Err(Error::invalid("the passphrase is not valid UTF-8, which QEMU requires for qcow2 encryption")
+                .hint("use a text passphrase, e.g. the base64 of random bytes"));
+        }
+    }
     let sector = match opts.sector_size {
         Some(s) => s,
         None if version == LuksVersion::Luks2 && vsize % 4096 == 0 => 4096,
@@ -115,14 +196,9 @@ pub fn encrypt(
     }
     let payload_len = vsize.div_ceil(u64::from(sector)) * u64::from(sector);
     if payload_len != vsize && !opts.pad {
-        return Err(Error::invalid(format!(
-            "input size {vsize} is not a multiple of the {sector}-byte sector size"
-        ))
-        .with_path(src)
-        .hint("pass --pad to pad the payload with zeros, or choose a smaller --sector-size"));
-    }
-    if vsize == 0 {
-        return Err(Error::invalid("input is empty").with_path(src));
+        return Err(Error::invalid(format!("input size {vsize} is not a multiple of the {sector}-byte sector size"))
+            .with_path(src)
+            .hint("pass --pad to pad the payload with zeros, or choose a smaller --sector-size"));
     }
     let key = match volume_key {
         Some(k) => k,
@@ -132,43 +208,143 @@ pub fn encrypt(
     fmt.sector_size = sector;
     let formatted = luks::format(&fmt, &key, passphrase)?;
     let out = OutputFile::create(dst, opts.force)?;
-    let data_offset = formatted.data_offset;
-    out.write_at(&formatted.header, 0)?;
-    let output_size = data_offset + payload_len;
-
     let xts = Xts::new(key.expose())?;
     let pipeline = Pipeline::new(run.threads, DEFAULT_CHUNK)?;
     run.total.store(payload_len, std::sync::atomic::Ordering::Relaxed);
     let start = Instant::now();
-    let unit = sector as usize;
-    pipeline.run(payload_len, run.cancel, run.progress, |buf, off| {
-        let real = vsize.saturating_sub(off).min(buf.len() as u64) as usize;
-        image.read_at(&mut buf[..real], off)?;
-        buf[real..].fill(0);
-        xts.encrypt(buf, unit, luks_sector(0, off), fmt_iv())?;
-        out.write_at(buf, data_offset + off)
-    })?;
+    let data_bytes = AtomicU64::new(0);
+    let (data_offset, output_size) = match opts.container {
+        Container::Raw => {
+            let data_offset = formatted.data_offset;
+            out.write_at(&formatted.header, 0)?;
+            let unit = sector as usize;
+            let sparse = opts.sparse;
+            pipeline.run(payload_len, run.cancel, run.progress, |buf, off| {
+                data_bytes.fetch_add(fill(image.as_ref(), &extents, buf, off)?, Ordering::Relaxed);
+                if sparse {
+                    for (a, b) in data_ranges(&extents, off, buf.len() as u64, u64::from(sector)) {
+                        let part = &mut buf[a as usize..b as usize];
+                        xts.encrypt(part, unit, luks_sector(0, off + a), IvScheme::Plain64)?;
+                        out.write_at(part, data_offset + off + a)?;
+                    }
+                    return Ok(());
+                }
+                xts.encrypt(buf, unit, luks_sector(0, off), IvScheme::Plain64)?;
+                out.write_at(buf, data_offset + off)
+            })?;
+            let size = data_offset + payload_len;
+            out.set_len(size)?;
+            (data_offset, size)
+        }
+        Container::Qcow2Luks => {
+            let writer = Qcow2Writer::new(&out, payload_len, Some(&formatted.header))?;
+            let size = encrypt_qcow2(&pipeline, image.as_ref(), &extents, payload_len, &xts, writer, &out, run, &data_bytes)?;
+            (1 << crate::image::qcow2::writer::CLUSTER_BITS, size)
+        }
+    };
     let elapsed = start.elapsed();
-    out.set_len(output_size)?;
     out.commit(0o644)?;
     Ok(EncryptReport {
         version,
         uuid: formatted.uuid,
         input_format: image.format_name(),
-        virtual_size: vsize,
+        source_size,
+        virtual_size: payload_len,
         padded: payload_len - vsize,
         data_offset,
         sector_size: sector,
         kdf: formatted.keyslot_kdf,
         output_size,
+        data_bytes: data_bytes.into_inner(),
         elapsed,
         threads: pipeline.threads(),
     })
 }
 
-/// The payload IV scheme diskseal writes (aes-xts-plain64).
-fn fmt_iv() -> crate::crypto::IvScheme {
-    crate::crypto::IvScheme::Plain64
+/// The qcow2 data path, in waves: read chunks in parallel (holes are not read), find the clusters that
+/// hold non-zero data, allocate them in guest order, then encrypt (IV = host offset / 512) and write them
+/// in parallel. Returns the final file length.
+#[allow(clippy::too_many_arguments)]
+fn encrypt_qcow2(
+    pipeline: &Pipeline,
+    image: &dyn DiskImage,
+    extents: &[Extent],
+    len: u64,
+    xts: &Xts,
+    mut writer: Qcow2Writer,
+    out: &OutputFile,
+    run: &Run<'_>,
+    data_bytes: &AtomicU64,
+) -> Result<u64> {
+    use rayon::prelude::*;
+    let cs = writer.cluster_size();
+    let chunk = (pipeline.chunk() as u64 / cs).max(1) * cs;
+    let wave = pipeline.threads() * 2;
+    let mut bufs: Vec<(Vec<u8>, u64, Vec<(u64, u64)>)> = (0..wave).map(|_| (Vec::new(), 0, Vec::new())).collect();
+    let mut off = 0u64;
+    while off < len {
+        Pipeline::check_cancel(run.cancel)?;
+        let mut jobs: Vec<&mut (Vec<u8>, u64, Vec<(u64, u64)>)> = Vec::new();
+        for b in bufs.iter_mut() {
+            if off >= len {
+                break;
+            }
+            let n = chunk.min(len - off);
+            b.0.resize(n as usize, 0);
+            b.1 = off;
+            b.2.clear();
+            jobs.push(b);
+            off += n;
+        }
+        // Read, and note which clusters are worth allocating.
+        pipeline.install(|| {
+            jobs.par_iter_mut().try_for_each(|job| -> Result<()> {
+                let (buf, at, alloc) = &mut **job;
+                if data_ranges(extents, *at, buf.len() as u64, cs).is_empty() {
+                    return Ok(());
+                }
+                data_bytes.fetch_add(fill(image, extents, buf, *at)?, Ordering::Relaxed);
+                for (i, c) in buf.chunks(cs as usize).enumerate() {
+                    if c.iter().any(|&b| b != 0) {
+                        alloc.push((i as u64, 0));
+                    }
+                }
+                Ok(())
+            })
+        })?;
+        // Allocate host clusters in guest order.
+        for job in jobs.iter_mut() {
+            let at = job.1;
+            for (i, host) in job.2.iter_mut() {
+                *host = writer.allocate(at / cs + *i)?;
+            }
+        }
+        // Encrypt and write.
+        pipeline.install(|| {
+            jobs.par_iter_mut().try_for_each(|job| -> Result<()> {
+                let (buf, _, alloc) = &mut **job;
+                let blen = buf.len() as u64;
+                for &(i, host) in alloc.iter() {
+                    let c = &mut buf[(i * cs) as usize..((i + 1) * cs).min(blen) as usize];
+                    let mut cluster;
+                    let data: &mut [u8] = if c.len() as u64 == cs {
+                        c
+                    } else {
+                        cluster = vec![0u8; cs as usize];
+                        cluster[..c.len()].copy_from_slice(c);
+                        &mut cluster
+                    };
+                    xts.encrypt(data, 512, qcow2_sector(host), IvScheme::Plain64)?;
+                    out.write_at(data, host)?;
+                }
+                Ok(())
+            })
+        })?;
+        for job in &jobs {
+            Pipeline::advance(run.progress, job.0.len() as u64);
+        }
+    }
+    writer.finish(out)
 }
 
 /// How to unlock an existing LUKS file.

@@ -15,7 +15,7 @@ use diskseal::crypto::hash::Hash;
 use diskseal::image::ImageFormat;
 use diskseal::luks::kdf::{Kdf, KdfCost, KdfType};
 use diskseal::luks::{self, FormatOptions, LuksVersion};
-use diskseal::ops::{self, EncryptOptions, Run, Unlock};
+use diskseal::ops::{self, Container, EncryptOptions, Run, Unlock};
 use diskseal::pipeline::Progress;
 use diskseal::profile::Profile;
 use diskseal::{Error, Result};
@@ -85,15 +85,23 @@ struct KeyArgs {
 
 #[derive(Debug, Args)]
 struct EncryptArgs {
-    /// Output profile: luks2, luks1 or ibm-classic-luks.
+    /// Output profile: luks2, luks1, ibm-classic-luks or ibm-vpc.
     #[arg(long, default_value = "luks2", value_name = "PROFILE")]
     profile: String,
     /// Input format (default: detected; raw).
     #[arg(short = 'f', long = "format", value_name = "FMT")]
     input_format: Option<String>,
-    /// Output container.
-    #[arg(short = 'O', long = "output-format", default_value = "raw", value_parser = ["raw"], value_name = "FMT")]
-    output_format: String,
+    /// Output container: raw (a LUKS file) or qcow2 (QEMU-native LUKS1; the ibm-vpc default).
+    #[arg(short = 'O', long = "output-format", value_parser = ["raw", "qcow2"], value_name = "FMT")]
+    output_format: Option<String>,
+    /// Grow the virtual disk to SIZE (e.g. 100G; IBM VPC wants exactly 100 GiB for re-captured images).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    resize: Option<u64>,
+    /// Raw LUKS output: leave the source's unallocated and zero runs as holes instead of encrypting zeros.
+    /// WARNING: dm-crypt decrypts a hole as random-looking bytes, not zeros; only use this when the guest
+    /// never reads blocks it did not write (e.g. a file system that was trimmed).
+    #[arg(long)]
+    sparse: bool,
     /// LUKS version (default: the profile's).
     #[arg(long = "type", value_parser = ["luks1", "luks2"], value_name = "TYPE")]
     luks_type: Option<String>,
@@ -341,6 +349,19 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         (None, None) => 64,
     };
     let passphrase = keys::passphrase(&a.key, profile, out, Some(&a.dst), true)?;
+    let container = match (a.output_format.as_deref(), profile) {
+        (Some("qcow2"), _) | (None, Profile::IbmVpc) => Container::Qcow2Luks,
+        (Some(_), Profile::IbmVpc) => {
+            return Err(Error::invalid("the ibm-vpc profile writes qcow2").hint("drop -O or use -O qcow2"));
+        }
+        _ => Container::Raw,
+    };
+    if container == Container::Qcow2Luks && version != LuksVersion::Luks1 {
+        return Err(Error::invalid("qcow2 output holds LUKS1 only (QEMU has no LUKS2)").hint("drop --type luks2"));
+    }
+    if a.sparse && container != Container::Raw {
+        return Err(Error::invalid("--sparse applies to raw LUKS output; qcow2 output is always sparse"));
+    }
     let opts = EncryptOptions {
         luks,
         key_bytes,
@@ -348,11 +369,20 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         pad: a.pad,
         input_format: input_format(&a.input_format)?,
         force: a.force,
+        container,
+        sparse: a.sparse,
+        resize: a.resize,
     };
     out.note(&format!("{}: deriving the keyslot key and encrypting", a.dst.display()));
     let r = with_progress(out, "encrypting", a.threads, |run| ops::encrypt(&a.src, &a.dst, &opts, &passphrase, volume_key, run))?;
     let kdf = kdf_text(&r.kdf);
-    let rate = report::rate(r.virtual_size + r.padded, r.elapsed);
+    let rate = report::rate(r.virtual_size, r.elapsed);
+    if profile == Profile::IbmVpc && !(10 << 30..=250 << 30).contains(&r.virtual_size) {
+        out.warn(&format!(
+            "IBM VPC boot images must be 10 to 250 GiB; this one is {} (use --resize 100G)",
+            report::bytes(r.virtual_size)
+        ));
+    }
     if out.json {
         out.print_json(&json!({
             "command": "encrypt",
@@ -365,8 +395,11 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
             "key_bits": key_bytes * 8,
             "sector_size": r.sector_size,
             "data_offset": r.data_offset,
+            "container": if container == Container::Qcow2Luks { "qcow2" } else { "raw" },
+            "source_size": r.source_size,
             "virtual_size": r.virtual_size,
             "padded_bytes": r.padded,
+            "data_bytes_read": r.data_bytes,
             "output_size": r.output_size,
             "kdf": kdf,
             "seconds": r.elapsed.as_secs_f64(),
@@ -377,9 +410,10 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
             out.warn(&format!("payload padded with {} zero bytes to a whole sector", r.padded));
         }
         out.summary(&format!(
-            "{} -> {}: {} aes-xts-plain64 {}-bit, sector {}, {kdf}, UUID {}; {} in {:.2} s ({rate}), {} threads",
+            "{} -> {}: {}{} aes-xts-plain64 {}-bit, sector {}, {kdf}, UUID {}; {} in {:.2} s ({rate}), {} threads",
             a.src.display(),
             a.dst.display(),
+            if container == Container::Qcow2Luks { "qcow2 + " } else { "" },
             r.version.name().to_uppercase(),
             key_bytes * 8,
             r.sector_size,

@@ -12,3 +12,4 @@ pub fn open(_file: File, path: &Path, _chain: &mut Vec<PathBuf>) -> Result<Box<d
         .with_path(path)
         .hint("convert it first with `qemu-img convert -O raw`, or pass -f raw to use the file as it is"))
 }
+pub mod writer;
