@@ -67,6 +67,17 @@ enum Command {
     Dump(DumpArgs),
     /// Make a random data-encryption key file (mode 0600).
     Keygen(KeygenArgs),
+    /// Describe a disk image (format, sizes, allocation, backing chain, encryption), like `qemu-img info`.
+    Info(InfoArgs),
+}
+
+#[derive(Debug, Args)]
+struct InfoArgs {
+    /// Force the image format (default: detected).
+    #[arg(short = 'f', long = "format", value_name = "FMT")]
+    input_format: Option<String>,
+    /// The image.
+    src: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -279,6 +290,7 @@ fn run(cli: &Cli, out: &Out) -> Result<ExitCode> {
         Command::Verify(a) => verify(a, out),
         Command::Dump(a) => dump(a, out),
         Command::Keygen(a) => keygen(a, out),
+        Command::Info(a) => info(a, out),
     }
 }
 
@@ -510,6 +522,55 @@ fn dump(a: &DumpArgs, out: &Out) -> Result<ExitCode> {
     } else {
         out.always(l.dump_text().trim_end());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn info(a: &InfoArgs, out: &Out) -> Result<ExitCode> {
+    let v = ops::info(&a.src, input_format(&a.input_format)?)?;
+    if out.json {
+        out.print_json(&v);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let num = |k: &str| v[k].as_u64().unwrap_or(0);
+    let mut text = format!(
+        "image: {}\nfile format: {}\nvirtual size: {} ({} bytes)\ndisk size: {}\n",
+        a.src.display(),
+        v["format"].as_str().unwrap_or("?"),
+        report::bytes(num("virtual-size")),
+        num("virtual-size"),
+        report::bytes(num("actual-size")),
+    );
+    if let Some(c) = v["cluster-size"].as_u64() {
+        text += &format!("cluster_size: {c}\n");
+    }
+    text += &format!("encrypted: {}\n", if v["encrypted"] == true { "yes" } else { "no" });
+    if let Some(b) = v["backing-filename"].as_str() {
+        text += &format!("backing file: {b}\n");
+    }
+    if let Some(b) = v["backing-filename-format"].as_str() {
+        text += &format!("backing file format: {b}\n");
+    }
+    if let Some(a) = v.get("allocation") {
+        text += &format!(
+            "allocation: data {}, zero {}, unallocated {}\n",
+            report::bytes(a["data"].as_u64().unwrap_or(0)),
+            report::bytes(a["zero"].as_u64().unwrap_or(0)),
+            report::bytes(a["unallocated"].as_u64().unwrap_or(0))
+        );
+    }
+    if let Some(f) = v.get("format-specific") {
+        text += &format!("format specific information: {f}\n");
+    }
+    for (i, b) in v["backing-chain"].as_array().into_iter().flatten().enumerate() {
+        text += &format!(
+            "backing {}: {} ({}, {})\n",
+            i + 1,
+            b["filename"].as_str().unwrap_or("?"),
+            b["format"].as_str().unwrap_or("?"),
+            report::bytes(b["virtual-size"].as_u64().unwrap_or(0))
+        );
+    }
+    out.always(text.trim_end());
     Ok(ExitCode::SUCCESS)
 }
 
