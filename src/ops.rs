@@ -261,6 +261,10 @@ pub fn encrypt(
     })
 }
 
+/// A chunk of the qcow2 data path: its buffer, guest offset, and (cluster index, host offset) of the
+/// clusters that hold data.
+type ClusterJob = (Vec<u8>, u64, Vec<(u64, u64)>);
+
 /// The qcow2 data path, in waves: read chunks in parallel (holes are not read), find the clusters that
 /// hold non-zero data, allocate them in guest order, then encrypt (IV = host offset / 512) and write them
 /// in parallel. Returns the final file length.
@@ -280,11 +284,11 @@ fn encrypt_qcow2(
     let cs = writer.cluster_size();
     let chunk = (pipeline.chunk() as u64 / cs).max(1) * cs;
     let wave = pipeline.threads() * 2;
-    let mut bufs: Vec<(Vec<u8>, u64, Vec<(u64, u64)>)> = (0..wave).map(|_| (Vec::new(), 0, Vec::new())).collect();
+    let mut bufs: Vec<ClusterJob> = (0..wave).map(|_| (Vec::new(), 0, Vec::new())).collect();
     let mut off = 0u64;
     while off < len {
         Pipeline::check_cancel(run.cancel)?;
-        let mut jobs: Vec<&mut (Vec<u8>, u64, Vec<(u64, u64)>)> = Vec::new();
+        let mut jobs: Vec<&mut ClusterJob> = Vec::new();
         for b in bufs.iter_mut() {
             if off >= len {
                 break;
