@@ -238,7 +238,15 @@ pub fn encrypt(
         }
         Container::Qcow2Luks => {
             let writer = Qcow2Writer::new(&out, payload_len, Some(&formatted.header))?;
-            let size = encrypt_qcow2(&pipeline, image.as_ref(), &extents, payload_len, &xts, writer, &out, run, &data_bytes)?;
+            let cs = writer.cluster_size();
+            let read = |buf: &mut [u8], at: u64| -> Result<bool> {
+                if data_ranges(&extents, at, buf.len() as u64, cs).is_empty() {
+                    return Ok(false);
+                }
+                data_bytes.fetch_add(fill(image.as_ref(), &extents, buf, at)?, Ordering::Relaxed);
+                Ok(true)
+            };
+            let size = write_qcow2(&pipeline, payload_len, &read, Some(&xts), writer, &out, run)?;
             (1 << crate::image::qcow2::writer::CLUSTER_BITS, size)
         }
     };
@@ -265,20 +273,18 @@ pub fn encrypt(
 /// clusters that hold data.
 type ClusterJob = (Vec<u8>, u64, Vec<(u64, u64)>);
 
-/// The qcow2 data path, in waves: read chunks in parallel (holes are not read), find the clusters that
-/// hold non-zero data, allocate them in guest order, then encrypt (IV = host offset / 512) and write them
-/// in parallel. Returns the final file length.
-#[allow(clippy::too_many_arguments)]
-fn encrypt_qcow2(
+/// The qcow2 data path, in waves: `read(buf, offset)` fills chunks in parallel (returning false when the
+/// chunk is known to be all zeros without reading), the clusters holding non-zero data are allocated in
+/// guest order, then encrypted with `xts` (IV = host offset / 512) when given, and written in parallel.
+/// Returns the final file length.
+fn write_qcow2(
     pipeline: &Pipeline,
-    image: &dyn DiskImage,
-    extents: &[Extent],
     len: u64,
-    xts: &Xts,
+    read: &(dyn Fn(&mut [u8], u64) -> Result<bool> + Sync),
+    xts: Option<&Xts>,
     mut writer: Qcow2Writer,
     out: &OutputFile,
     run: &Run<'_>,
-    data_bytes: &AtomicU64,
 ) -> Result<u64> {
     use rayon::prelude::*;
     let cs = writer.cluster_size();
@@ -304,10 +310,9 @@ fn encrypt_qcow2(
         pipeline.install(|| {
             jobs.par_iter_mut().try_for_each(|job| -> Result<()> {
                 let (buf, at, alloc) = &mut **job;
-                if data_ranges(extents, *at, buf.len() as u64, cs).is_empty() {
+                if !read(buf, *at)? {
                     return Ok(());
                 }
-                data_bytes.fetch_add(fill(image, extents, buf, *at)?, Ordering::Relaxed);
                 for (i, c) in buf.chunks(cs as usize).enumerate() {
                     if c.iter().any(|&b| b != 0) {
                         alloc.push((i as u64, 0));
@@ -338,7 +343,9 @@ fn encrypt_qcow2(
                         cluster[..c.len()].copy_from_slice(c);
                         &mut cluster
                     };
-                    xts.encrypt(data, 512, qcow2_sector(host), IvScheme::Plain64)?;
+                    if let Some(xts) = xts {
+                        xts.encrypt(data, 512, qcow2_sector(host), IvScheme::Plain64)?;
+                    }
                     out.write_at(data, host)?;
                 }
                 Ok(())
@@ -412,8 +419,8 @@ pub struct DecryptReport {
     pub warnings: Vec<String>,
 }
 
-/// Decrypts the LUKS file `src` into a raw image `dst`.
-pub fn decrypt(src: &Path, dst: &Path, how: Unlock, force: bool, run: &Run<'_>) -> Result<DecryptReport> {
+/// Decrypts the LUKS file `src` into a plain image `dst`: raw, or a sparse qcow2 when `qcow2` is set.
+pub fn decrypt(src: &Path, dst: &Path, how: Unlock, force: bool, qcow2: bool, run: &Run<'_>) -> Result<DecryptReport> {
     refuse_same(src, dst)?;
     if !force && std::fs::symlink_metadata(dst).is_ok() {
         return Err(Error::invalid("output file already exists").with_path(dst).hint("pass --force to overwrite it"));
@@ -424,12 +431,21 @@ pub fn decrypt(src: &Path, dst: &Path, how: Unlock, force: bool, run: &Run<'_>) 
     let pipeline = Pipeline::new(run.threads, DEFAULT_CHUNK)?;
     run.total.store(len, std::sync::atomic::Ordering::Relaxed);
     let start = Instant::now();
-    pipeline.run(len, run.cancel, run.progress, |buf, off| {
-        u.read_plain(src, buf, off)?;
-        out.write_at(buf, off)
-    })?;
+    if qcow2 {
+        let writer = Qcow2Writer::new(&out, len, None)?;
+        let read = |buf: &mut [u8], at: u64| -> Result<bool> {
+            u.read_plain(src, buf, at)?;
+            Ok(true)
+        };
+        write_qcow2(&pipeline, len, &read, None, writer, &out, run)?;
+    } else {
+        pipeline.run(len, run.cancel, run.progress, |buf, off| {
+            u.read_plain(src, buf, off)?;
+            out.write_at(buf, off)
+        })?;
+        out.set_len(len)?;
+    }
     let elapsed = start.elapsed();
-    out.set_len(len)?;
     out.commit(0o644)?;
     Ok(DecryptReport { payload_len: len, keyslot: u.keyslot, elapsed, warnings: u.luks.warnings.clone() })
 }

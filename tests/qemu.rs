@@ -152,3 +152,21 @@ fn sparse_raw_sources_are_read_only_where_they_hold_data() {
     let (a, b) = (read(d.join("holey.raw")), read(d.join("sp.raw")));
     assert!(a[5 << 20..6 << 20] == b[5 << 20..6 << 20] && a[200 << 20..(200 << 20) + 4096] == b[200 << 20..(200 << 20) + 4096]);
 }
+
+#[test]
+fn decrypt_to_plain_qcow2() {
+    require!("qemu-img");
+    let dir = setup(0, 0);
+    let d = dir.path();
+    std::fs::write(d.join("pw"), b"secret pass").unwrap();
+    sparse_source(d, "sp.raw", 64 << 20, &[(1 << 20, 3 << 20), ((40 << 20) + 512, 1000)]);
+    let mut args = vec!["encrypt", "-q", "--key-file", "pw"];
+    args.extend(FAST_PBKDF2);
+    args.extend(["sp.raw", "e.luks"]);
+    diskseal(d, &args).ok();
+    diskseal(d, &["decrypt", "-q", "-O", "qcow2", "--key-file", "pw", "e.luks", "plain.qcow2"]).ok();
+    let check = run_in(d, "qemu-img", &["check", "plain.qcow2"]);
+    assert_eq!(check.code, 0, "{} {}", check.stdout, check.stderr);
+    run_in(d, "qemu-img", &["compare", "-f", "qcow2", "-F", "raw", "plain.qcow2", "sp.raw"]).ok();
+    assert!(std::fs::metadata(d.join("plain.qcow2")).unwrap().len() < 6 << 20);
+}

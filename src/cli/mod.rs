@@ -183,8 +183,8 @@ struct DecryptArgs {
     /// How to read the key file: luks2/luks1 (passphrase) or ibm-classic-luks (raw DEK).
     #[arg(long, default_value = "luks2", value_name = "PROFILE")]
     profile: String,
-    /// Output format.
-    #[arg(short = 'O', long = "output-format", default_value = "raw", value_parser = ["raw"], value_name = "FMT")]
+    /// Output format: raw, or qcow2 (plain, sparse: only non-zero clusters are stored).
+    #[arg(short = 'O', long = "output-format", default_value = "raw", value_parser = ["raw", "qcow2"], value_name = "FMT")]
     output_format: String,
     /// Worker threads (default: all cores).
     #[arg(long, value_name = "N")]
@@ -460,7 +460,7 @@ fn unlock_how(k: &KeyArgs, profile: &str, out: &Out, target: &Path) -> Result<Un
 
 fn decrypt(a: &DecryptArgs, out: &Out) -> Result<ExitCode> {
     let how = unlock_how(&a.key, &a.profile, out, &a.src)?;
-    let r = with_progress(out, "decrypting", a.threads, |run| ops::decrypt(&a.src, &a.dst, how, a.force, run))?;
+    let r = with_progress(out, "decrypting", a.threads, |run| ops::decrypt(&a.src, &a.dst, how, a.force, a.output_format == "qcow2", run))?;
     for w in &r.warnings {
         out.warn(w);
     }
