@@ -34,7 +34,7 @@ use crate::image::{DiskImage, Extent, ExtentKind, ImageFormat, ImageInfo, coales
 use crate::io::read_exact_at;
 
 use dynamic::{DynamicHeader, HEADER_SIZE, RawDynamicHeader, UNALLOCATED};
-use footer::{COOKIE, DiskType, FOOTER_SIZE, Footer, RawFooter, fourcc};
+use footer::{COOKIE, DiskType, FOOTER_SIZE, Footer, RawFooter, SizeRule, fourcc};
 
 /// Opens a VHD file (fixed, dynamic or differencing; a differencing image opens its parent chain).
 pub fn open(file: File, path: &Path, chain: &mut Vec<PathBuf>) -> Result<Box<dyn DiskImage>> {
@@ -134,11 +134,15 @@ impl VhdImage {
         let sparse = match footer.disk_type {
             DiskType::Fixed => {
                 if vsize > data_end {
+                    let (field, field_at) = match footer.size_rule {
+                        SizeRule::Chs => ("disk geometry", 56),
+                        _ => ("current size", 48),
+                    };
                     return Err(Error::corrupt(format!(
-                        "fixed VHD holds {data_end} bytes of data before its footer, but its virtual size is {vsize}"
+                        "fixed VHD is truncated: {data_end} bytes of data before the footer, but footer field '{field}' gives a virtual size of {vsize}"
                     ))
                     .with_path(path)
-                    .at(footer_at + 48)
+                    .at(footer_at + field_at)
                     .hint("the file is truncated"));
                 }
                 None
