@@ -472,7 +472,7 @@ fn ownership(sectors: usize, seed: u64) -> Vec<bool> {
     let mut s = 0;
     while s < sectors {
         let run = 1 + (r[s] as usize % 700);
-        let v = r[(s * 7) % sectors] % 3 == 0;
+        let v = r[(s * 7) % sectors].is_multiple_of(3);
         for o in own.iter_mut().skip(s).take(run) {
             *o = v;
         }
@@ -699,4 +699,38 @@ fn vhd_dynamic_encrypts_and_verifies() {
     args.extend(["in.vhd", "out.luks"]);
     diskseal(d, &args).ok();
     diskseal(d, &["verify", "-q", "--key-file", "pw", "--against", "in.raw", "out.luks"]).ok();
+}
+
+#[test]
+fn vhd_size_rule_follows_the_creator_like_qemu() {
+    require!("qemu-img");
+    let dir = setup_src(ODD, 9);
+    let d = dir.path();
+    qemu(d, &["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic", "src.raw", "d.vhd"]);
+    let good = read(d.join("d.vhd"));
+    let cases: [(&[u8; 4], bool, &str); 7] = [
+        (b"vpc ", false, "chs"),
+        (b"qemu", false, "chs"),
+        (b"qemu", true, "current_size (geometry at maximum)"),
+        (b"qem2", false, "current_size"),
+        (b"win ", false, "current_size"),
+        (b"d2v ", false, "current_size"),
+        (b"abcd", false, "current_size"),
+    ];
+    for (creator, max_chs, rule) in cases {
+        let mut b = good.clone();
+        edit_footers(&mut b, |f| {
+            f[28..32].copy_from_slice(creator);
+            put64(f, 48, 10 * MIB as u64 + 1000); // not a whole sector: rounded down
+            if max_chs {
+                f[56..60].copy_from_slice(&[0xff, 0xff, 16, 255]);
+            }
+        });
+        std::fs::write(d.join("c.vhd"), &b).unwrap();
+        check_against_qemu(d, "c.vhd");
+        let img = image::open(&d.join("c.vhd"), None).unwrap();
+        assert_eq!(img.info().details["size_rule"], rule, "{creator:?}");
+        let want = if rule == "chs" { 483 * 4 * 17 * 512 } else { 10 * MIB as u64 + 512 };
+        assert_eq!(img.virtual_size(), want, "{creator:?}");
+    }
 }
