@@ -734,3 +734,47 @@ fn vhd_size_rule_follows_the_creator_like_qemu() {
         assert_eq!(img.virtual_size(), want, "{creator:?}");
     }
 }
+
+#[test]
+fn vhd_random_damage_never_panics() {
+    require!("qemu-img");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("src.raw"), pattern(3 * MIB, 11)).unwrap();
+    qemu(d, &["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic,force_size=on", "src.raw", "good.vhd"]);
+    let (base_path, _, _) = base(d);
+    let diff = Layer {
+        uuid: [0x44; 16],
+        parent_uuid: vhd_uuid(&base_path),
+        parent_name: "base.vhd",
+        locators: vec![(b"W2ru", utf16le("sub dir\\base.vhd")), (b"MacX", b"file:///nowhere".to_vec())],
+        vsize: 5 * MIB as u64,
+        block_size: 1 << 20,
+        own: ownership(5 * MIB / 512, 12),
+        data: pattern(5 * MIB, 13),
+    };
+    write_diff(&d.join("diff.vhd"), &diff);
+    let r = pattern(4 * 400, 14);
+    for name in ["good.vhd", "diff.vhd"] {
+        let good = read(d.join(name));
+        let n = good.len();
+        for (i, c) in r.chunks_exact(4).enumerate() {
+            let mut b = good.clone();
+            // Damage the metadata: footer copy, dynamic header, locators and BAT, or the end footer.
+            let at = if i % 4 == 3 { n - 512 + c[0] as usize * 2 % 512 } else { (u16::from_le_bytes([c[0], c[1]]) as usize) % 4096 };
+            b[at] ^= c[2] | 1;
+            if i % 2 == 0 {
+                edit_footers(&mut b, |_| {});
+                edit_dyn(&mut b, |_| {});
+            }
+            let p = d.join("x.vhd");
+            std::fs::write(&p, &b).unwrap();
+            if let Ok(img) = image::open(&p, None) {
+                let _ = img.extents();
+                let mut buf = vec![0u8; img.virtual_size().min(8 << 20) as usize];
+                let _ = img.read_at(&mut buf, 0);
+                let _ = img.info();
+            }
+        }
+    }
+}
