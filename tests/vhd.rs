@@ -547,6 +547,7 @@ fn vhd_differencing_two_and_three_deep() {
     assert_eq!(info.cluster_size, Some(512 * 1024));
     assert!(info.backing_file.as_deref().unwrap().ends_with("base.vhd"));
     assert_eq!(info.backing.as_ref().unwrap().details["subformat"], "dynamic");
+    assert!(info.details["warnings"].to_string().contains("parent's virtual size"), "{}", info.details);
     drop(img);
 
     // top.vhd: same size, 2 MiB blocks, absolute W2ku locator only (and a wrong name).
@@ -777,4 +778,19 @@ fn vhd_random_damage_never_panics() {
             }
         }
     }
+}
+
+#[test]
+fn vhd_dynamic_bitmaps_are_ignored_like_qemu() {
+    require!("qemu-img");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut b = dynamic_image(d, 6 * MIB);
+    // Clear the sector bitmap of the first allocated block: QEMU still reads the block's data.
+    let first = u32::from_be_bytes(b[1536..1540].try_into().unwrap()) as usize * 512;
+    b[first..first + 512].fill(0);
+    std::fs::write(d.join("nobits.vhd"), &b).unwrap();
+    check_against_qemu(d, "nobits.vhd");
+    let img = image::open(&d.join("nobits.vhd"), None).unwrap();
+    check_reads(img.as_ref(), &read(d.join("src.raw")));
 }

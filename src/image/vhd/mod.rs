@@ -170,7 +170,7 @@ impl VhdImage {
                 }
                 let bat = dynamic::read_bat(&file, path, &header, data_end, vsize)?;
                 let parent = if footer.disk_type == DiskType::Differencing {
-                    Some(find_parent(&file, path, len, &header, chain, &mut warnings)?)
+                    Some(find_parent(&file, path, len, &header, vsize, chain, &mut warnings)?)
                 } else {
                     None
                 };
@@ -297,6 +297,7 @@ impl VhdImage {
             if let Some(p) = &s.parent {
                 d["parent_uuid"] = json!(uuid_string(&s.header.raw.parent_unique_id));
                 d["parent_name"] = json!(s.header.parent_name());
+                d["parent_timestamp"] = json!(s.header.raw.parent_timestamp);
                 d["parent_path"] = json!(p.path.display().to_string());
             }
         }
@@ -310,6 +311,7 @@ fn find_parent(
     path: &Path,
     len: u64,
     header: &DynamicHeader,
+    child_size: u64,
     chain: &mut Vec<PathBuf>,
     warnings: &mut Vec<String>,
 ) -> Result<Parent> {
@@ -351,6 +353,12 @@ fn find_parent(
         let image = open_backing(&c, Some(ImageFormat::Vpc), chain)?;
         let got = image.info().details.get("uuid").and_then(Value::as_str).unwrap_or_default().to_string();
         if got == want {
+            let psize = image.virtual_size();
+            if psize != child_size {
+                warnings.push(format!(
+                    "the parent's virtual size {psize} differs from this image's {child_size}; what lies past the parent's end reads as zeros"
+                ));
+            }
             return Ok(Parent { image, path: c });
         }
         mismatch.get_or_insert((c, got));
