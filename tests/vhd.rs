@@ -794,3 +794,40 @@ fn vhd_dynamic_bitmaps_are_ignored_like_qemu() {
     let img = image::open(&d.join("nobits.vhd"), None).unwrap();
     check_reads(img.as_ref(), &read(d.join("src.raw")));
 }
+
+#[test]
+fn vhd_deep_chains_open_and_too_deep_ones_are_refused() {
+    require!("qemu-img");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (base_path, raw, _) = base(d);
+    std::fs::copy(&base_path, d.join("l0.vhd")).unwrap();
+    let mut parent_uuid = vhd_uuid(&base_path);
+    let mut model = raw.clone();
+    for i in 1..=70usize {
+        let mut uuid = [0u8; 16];
+        uuid[..8].copy_from_slice(&(i as u64).to_be_bytes());
+        // Each layer owns one sector of its own.
+        let mut own = vec![false; 5 * MIB / 512];
+        own[i * 97] = true;
+        let layer = Layer {
+            uuid,
+            parent_uuid,
+            parent_name: "x",
+            locators: vec![(b"W2ru", utf16le(&format!("l{}.vhd", i - 1)))],
+            vsize: 5 * MIB as u64,
+            block_size: 2 << 20,
+            own,
+            data: pattern(5 * MIB, 200 + i as u64),
+        };
+        let mut kinds = Vec::new();
+        apply(&mut model, &mut kinds, &layer);
+        write_diff(&d.join(format!("l{i}.vhd")), &layer);
+        parent_uuid = uuid;
+        if i == 40 {
+            check_reads(image::open(&d.join("l40.vhd"), None).unwrap().as_ref(), &model);
+        }
+    }
+    let e = open_err(&d.join("l70.vhd"));
+    assert!(e.to_string().contains("deeper than"), "{e}");
+}
