@@ -10,4 +10,5 @@ mod util;
 mod cli;
 mod cryptsetup;
 mod qemu;
+mod vhd;
 mod xts;
