@@ -14,6 +14,7 @@ use crate::crypto::iv::{luks_sector, qcow2_sector};
 use crate::crypto::xts::Xts;
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::qcow2::writer::Qcow2Writer;
+use crate::image::vhd::footer as vhd_footer;
 use crate::image::{self, DiskImage, Extent, ExtentKind, ImageFormat};
 use crate::io::{OutputFile, read_exact_at, same_file};
 use crate::luks::kdf::Kdf;
@@ -39,6 +40,12 @@ pub struct Run<'a> {
 pub enum Container {
     /// A LUKS file (header, then the payload).
     Raw,
+    /// A LUKS file wrapped as a fixed VHD (a 512-byte footer after the payload); `align` rounds the
+    /// virtual size up to a whole MiB (the payload grows by encrypted zeros).
+    Vhd {
+        /// Round the VHD size up to 1 MiB.
+        align: bool,
+    },
     /// QEMU qcow2 v3 with qcow2-native LUKS1 (`encrypt.format=luks`), sparse.
     Qcow2Luks,
 }
@@ -194,18 +201,28 @@ pub fn encrypt(
     if !matches!(sector, 512 | 1024 | 2048 | 4096) {
         return Err(Error::invalid(format!("--sector-size {sector} must be 512, 1024, 2048 or 4096")));
     }
-    let payload_len = vsize.div_ceil(u64::from(sector)) * u64::from(sector);
+    let mut payload_len = vsize.div_ceil(u64::from(sector)) * u64::from(sector);
     if payload_len != vsize && !opts.pad {
         return Err(Error::invalid(format!("input size {vsize} is not a multiple of the {sector}-byte sector size"))
             .with_path(src)
             .hint("pass --pad to pad the payload with zeros, or choose a smaller --sector-size"));
     }
+    let mut fmt = opts.luks.clone();
+    fmt.sector_size = sector;
+    if let Container::Vhd { align } = opts.container {
+        // The data offset is a whole MiB, so aligning the VHD size aligns the payload.
+        if align {
+            payload_len = vhd_footer::aligned_size(payload_len);
+        }
+        if version == LuksVersion::Luks2 {
+            // A fixed segment size keeps the footer out of the encrypted device.
+            fmt.segment_size = Some(payload_len);
+        }
+    }
     let key = match volume_key {
         Some(k) => k,
         None => VolumeKey::generate(opts.key_bytes)?,
     };
-    let mut fmt = opts.luks.clone();
-    fmt.sector_size = sector;
     let formatted = luks::format(&fmt, &key, passphrase)?;
     let out = OutputFile::create(dst, opts.force)?;
     let xts = Xts::new(key.expose())?;
@@ -214,7 +231,7 @@ pub fn encrypt(
     let start = Instant::now();
     let data_bytes = AtomicU64::new(0);
     let (data_offset, output_size) = match opts.container {
-        Container::Raw => {
+        Container::Raw | Container::Vhd { .. } => {
             let data_offset = formatted.data_offset;
             out.write_at(&formatted.header, 0)?;
             let unit = sector as usize;
@@ -232,7 +249,16 @@ pub fn encrypt(
                 xts.encrypt(buf, unit, luks_sector(0, off), IvScheme::Plain64)?;
                 out.write_at(buf, data_offset + off)
             })?;
-            let size = data_offset + payload_len;
+            let mut size = data_offset + payload_len;
+            if let Container::Vhd { .. } = opts.container {
+                vhd_footer::check_fixed_size(size)?;
+                let uuid = uuid::Uuid::parse_str(&formatted.uuid).map(|u| *u.as_bytes()).unwrap_or([0; 16]);
+                let since_2000 = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs().saturating_sub(946_684_800)) as u32;
+                out.write_at(&vhd_footer::fixed_footer(size, uuid, since_2000), size)?;
+                size += 512;
+            }
             out.set_len(size)?;
             (data_offset, size)
         }

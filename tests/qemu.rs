@@ -170,3 +170,35 @@ fn decrypt_to_plain_qcow2() {
     run_in(d, "qemu-img", &["compare", "-f", "qcow2", "-F", "raw", "plain.qcow2", "sp.raw"]).ok();
     assert!(std::fs::metadata(d.join("plain.qcow2")).unwrap().len() < 6 << 20);
 }
+
+#[test]
+fn vhd_wrapped_luks_reads_in_qemu_and_opens_in_cryptsetup() {
+    require!("qemu-img", "cryptsetup");
+    let dir = setup((5 << 20) + 4096, 24);
+    let d = dir.path();
+    for (ty, align) in [("luks2", false), ("luks2", true), ("luks1", false)] {
+        let mut args = vec!["encrypt", "-q", "--type", ty, "-O", "vhd", "--key-file", "pw"];
+        if align {
+            args.push("--vhd-align");
+        }
+        args.extend(FAST_PBKDF2);
+        args.extend(["src.raw", "w.vhd"]);
+        diskseal(d, &args).ok();
+        let len = std::fs::metadata(d.join("w.vhd")).unwrap().len();
+        let info: serde_json::Value =
+            serde_json::from_str(&run_in(d, "qemu-img", &["info", "-f", "vpc", "--output=json", "w.vhd"]).ok().stdout).unwrap();
+        assert_eq!(info["virtual-size"], len - 512, "{ty}: qemu sees the LUKS file as the VHD's disk");
+        if align {
+            assert_eq!((len - 512) % (1 << 20), 0);
+        }
+        // cryptsetup opens the file as it is; the LUKS2 segment stops before the footer.
+        run_in(d, "cryptsetup", &["open", "--test-passphrase", "--key-file", "pw", "w.vhd"]).ok();
+        if ty == "luks2" {
+            let dump = run_in(d, "cryptsetup", &["luksDump", "w.vhd"]).ok().stdout;
+            assert!(!dump.contains("(whole device)"), "{dump}");
+        }
+        // diskseal sees through the footer; with --vhd-align the payload grows by zeros.
+        diskseal(d, &["verify", "-q", "--key-file", "pw", "--against", "src.raw", "w.vhd"]).ok();
+        std::fs::remove_file(d.join("w.vhd")).unwrap();
+    }
+}

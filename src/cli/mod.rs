@@ -102,9 +102,13 @@ struct EncryptArgs {
     /// Input format (default: detected; raw).
     #[arg(short = 'f', long = "format", value_name = "FMT")]
     input_format: Option<String>,
-    /// Output container: raw (a LUKS file) or qcow2 (QEMU-native LUKS1; the ibm-vpc default).
-    #[arg(short = 'O', long = "output-format", value_parser = ["raw", "qcow2"], value_name = "FMT")]
+    /// Output container: raw (a LUKS file), vhd (the LUKS file wrapped as a fixed VHD, still opened by
+    /// cryptsetup as is) or qcow2 (QEMU-native LUKS1; the ibm-vpc default).
+    #[arg(short = 'O', long = "output-format", value_parser = ["raw", "vhd", "qcow2"], value_name = "FMT")]
     output_format: Option<String>,
+    /// With -O vhd: round the virtual size up to a whole MiB (Azure-style consumers require it).
+    #[arg(long)]
+    vhd_align: bool,
     /// Grow the virtual disk to SIZE (e.g. 100G; IBM VPC wants exactly 100 GiB for re-captured images).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     resize: Option<u64>,
@@ -366,13 +370,17 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         (Some(_), Profile::IbmVpc) => {
             return Err(Error::invalid("the ibm-vpc profile writes qcow2").hint("drop -O or use -O qcow2"));
         }
+        (Some("vhd"), _) => Container::Vhd { align: a.vhd_align },
         _ => Container::Raw,
     };
+    if a.vhd_align && !matches!(container, Container::Vhd { .. }) {
+        return Err(Error::invalid("--vhd-align needs -O vhd"));
+    }
     if container == Container::Qcow2Luks && version != LuksVersion::Luks1 {
         return Err(Error::invalid("qcow2 output holds LUKS1 only (QEMU has no LUKS2)").hint("drop --type luks2"));
     }
-    if a.sparse && container != Container::Raw {
-        return Err(Error::invalid("--sparse applies to raw LUKS output; qcow2 output is always sparse"));
+    if a.sparse && container == Container::Qcow2Luks {
+        return Err(Error::invalid("--sparse applies to raw and vhd LUKS output; qcow2 output is always sparse"));
     }
     let opts = EncryptOptions {
         luks,
@@ -407,7 +415,7 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
             "key_bits": key_bytes * 8,
             "sector_size": r.sector_size,
             "data_offset": r.data_offset,
-            "container": if container == Container::Qcow2Luks { "qcow2" } else { "raw" },
+            "container": match container { Container::Qcow2Luks => "qcow2", Container::Vhd { .. } => "vhd", Container::Raw => "raw" },
             "source_size": r.source_size,
             "virtual_size": r.virtual_size,
             "padded_bytes": r.padded,

@@ -205,6 +205,20 @@ pub struct Luks {
     pub warnings: Vec<String>,
 }
 
+/// True when the last 512 bytes are a valid fixed-VHD footer describing the rest of the file.
+fn has_fixed_vhd_footer(file: &File, file_len: u64) -> bool {
+    use crate::image::vhd::footer::{FOOTER_SIZE, RawFooter};
+    if file_len < 1024 {
+        return false;
+    }
+    let mut b = [0u8; FOOTER_SIZE];
+    if file.read_exact_at(&mut b, file_len - 512).is_err() {
+        return false;
+    }
+    let raw = RawFooter::decode(&b);
+    &raw.cookie == b"conectix" && raw.disk_type == 2 && raw.checksum == raw.computed_checksum() && raw.current_size == file_len - 512
+}
+
 /// True when `file` starts with the LUKS magic ("LUKS\xba\xbe") or a LUKS2 secondary at 16 KiB.
 pub fn probe(file: &File) -> bool {
     let mut m = [0u8; 6];
@@ -246,6 +260,8 @@ impl Luks {
             Header::V2(h) => h.segment(),
         }
         .map_err(|e| e.with_path(path))?;
+        // A LUKS file wrapped as a fixed VHD (`-O vhd`): the footer is not payload.
+        let file_len = if segment.size.is_none() && has_fixed_vhd_footer(file, file_len) { file_len - 512 } else { file_len };
         segment.payload_len(file_len).map_err(|e| e.with_path(path))?;
         Ok(Luks { header, segment, file_len, warnings })
     }
