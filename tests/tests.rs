@@ -9,5 +9,6 @@ mod util;
 
 mod cli;
 mod cryptsetup;
+mod qcow2;
 mod qemu;
 mod xts;
