@@ -289,8 +289,8 @@ fn minimal_qcow2() -> (Vec<u8>, Vec<u8>) {
     for i in 0..6 {
         q[2 * C + 2 * i + 1] = 1; // 16-bit refcount 1 for clusters 0..=5
     }
-    put64(&mut q, 3 * C, (1 << 63) | 4 * C as u64); // L1[0] -> L2
-    put64(&mut q, 4 * C, (1 << 63) | 5 * C as u64); // L2[0] -> data
+    put64(&mut q, 3 * C, (1 << 63) | (4 * C as u64)); // L1[0] -> L2
+    put64(&mut q, 4 * C, (1 << 63) | (5 * C as u64)); // L2[0] -> data
     let data = pattern(C, 77);
     q[5 * C..].copy_from_slice(&data);
     let mut plain = data;

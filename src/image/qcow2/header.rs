@@ -317,7 +317,7 @@ impl Header {
             if (raw.header_length as usize) < V3_MIN_HEADER_LEN {
                 return Err(bad(format!("header_length {:#x} shorter than the minimum {V3_MIN_HEADER_LEN:#x}", raw.header_length), 0x64));
             }
-            if raw.header_length % 8 != 0 {
+            if !raw.header_length.is_multiple_of(8) {
                 return Err(bad(format!("header_length {:#x} is not a multiple of 8", raw.header_length), 0x64));
             }
             if u64::from(raw.header_length) > cluster_size {
@@ -441,7 +441,7 @@ impl Header {
         }
         let l1_offset = raw.l1_table_offset;
         if l1_size > 0 {
-            if l1_offset % cluster_size != 0 {
+            if !l1_offset.is_multiple_of(cluster_size) {
                 return Err(bad(format!("l1_table_offset {l1_offset:#x} is not cluster-aligned"), 0x28));
             }
             if l1_offset < cluster_size {

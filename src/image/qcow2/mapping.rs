@@ -64,7 +64,7 @@ impl Mapping {
         }
         let rt = h.raw.refcount_table_offset;
         let rt_len = u64::from(h.raw.refcount_table_clusters) * cs;
-        if rt != 0 && rt % cs == 0 && rt.checked_add(rt_len).is_some_and(|e| e <= file_len) {
+        if rt != 0 && rt.is_multiple_of(cs) && rt.checked_add(rt_len).is_some_and(|e| e <= file_len) {
             metadata.push((rt, rt + rt_len, "the refcount table"));
         }
         Ok(Mapping {
@@ -99,7 +99,7 @@ impl Mapping {
     /// Checks a host cluster offset named by the entry at `entry_at`.
     fn check_host(&self, what: &str, host: u64, guest: u64, entry_at: u64) -> Result<()> {
         let err = |msg: String| Err(Error::corrupt(msg).with_path(&self.path).at(entry_at));
-        if host % self.cluster_size() != 0 {
+        if !host.is_multiple_of(self.cluster_size()) {
             return err(format!("{what} offset {host:#x} (guest offset {guest:#x}) is not cluster-aligned"));
         }
         if host >= self.file_len {
