@@ -524,6 +524,13 @@ fn qcow2_hostile_inputs_are_clear_errors() {
         with(&z, &[(at, &((entry & !((1u64 << x) - 1)) | 0x100).to_be_bytes())]);
         fail("compressed in header", &["compressed cluster", "inside the header cluster"]);
     }
+    // The zero flag in a version 2 image (QEMU calls it corruption as well).
+    qimg(d, &["convert", "-O", "qcow2", "-o", "compat=0.10", "src.raw", "v2.qcow2"]);
+    let v2 = read(d.join("v2.qcow2"));
+    let (v2l2, _) = first_l2(&d.join("v2.qcow2"));
+    let e0 = be64(&v2, v2l2 as usize);
+    with(&v2, &[(v2l2, &(e0 | 1).to_be_bytes())]);
+    fail("v2 zero flag", &["zero flag", "version 2", &format!("{v2l2:#x}")]);
     // The original still reads.
     std::fs::write(&p, &good).unwrap();
     let img = image::open(&p, None).unwrap();
@@ -552,4 +559,33 @@ fn qcow2_encrypt_end_to_end() {
     diskseal(d, &["verify", "-q", "--key-file", "pw", "--against", "plain.raw", "out.luks"]).ok();
     diskseal(d, &["decrypt", "-q", "--key-file", "pw", "out.luks", "back.raw"]).ok();
     assert!(read(d.join("back.raw")) == read(d.join("plain.raw")));
+}
+
+/// A 2 TiB image opens without reading its L2 tables, and its map and scattered reads stay cheap.
+#[test]
+fn qcow2_huge_sparse_image_is_cheap() {
+    require!("qemu-img", "qemu-io");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    qimg(d, &["create", "-q", "-f", "qcow2", "huge.qcow2", "2T"]);
+    qio(d, "huge.qcow2", &["write -P 0x61 1T 64k", "write -z 1536G 1M", "write -P 0x62 2199023190016 65536"]);
+    let t = std::time::Instant::now();
+    let img = open(d, "huge.qcow2");
+    let ext = img.extents().unwrap();
+    assert!(t.elapsed().as_secs() < 5, "took {:?}", t.elapsed());
+    let t40 = 1u64 << 40;
+    let size = 2 * t40;
+    assert_eq!(ext, vec![
+        image::Extent { offset: 0, len: t40, kind: ExtentKind::Unallocated },
+        image::Extent { offset: t40, len: 65536, kind: ExtentKind::Data },
+        image::Extent { offset: t40 + 65536, len: t40 / 2 - 65536, kind: ExtentKind::Unallocated },
+        image::Extent { offset: 3 * t40 / 2, len: 1 << 20, kind: ExtentKind::Zero },
+        image::Extent { offset: 3 * t40 / 2 + (1 << 20), len: size - 65536 - (3 * t40 / 2 + (1 << 20)), kind: ExtentKind::Unallocated },
+        image::Extent { offset: size - 65536, len: 65536, kind: ExtentKind::Data },
+    ]);
+    let mut b = vec![0u8; 100_000];
+    img.read_at(&mut b, t40 - 30_000).unwrap();
+    assert!(b[..30_000].iter().all(|&x| x == 0) && b[30_000..95_536].iter().all(|&x| x == 0x61) && b[95_536..].iter().all(|&x| x == 0));
+    img.read_at(&mut b, size - 100_000).unwrap();
+    assert!(b[..100_000 - 65536].iter().all(|&x| x == 0) && b[100_000 - 65536..].iter().all(|&x| x == 0x62));
 }

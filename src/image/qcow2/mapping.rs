@@ -196,8 +196,14 @@ impl Mapping {
         }
         let host = word & OFFSET_MASK;
         if !self.extended_l2 {
-            if self.zero_flag && word & ZERO_FLAG != 0 {
-                return f(lo, hi, Run::Zero);
+            if word & ZERO_FLAG != 0 {
+                if self.zero_flag {
+                    return f(lo, hi, Run::Zero);
+                }
+                // QEMU reports this as corruption too (its block status fails on it).
+                return Err(Error::corrupt(format!("L2 entry for guest offset {cstart:#x} has the zero flag, which version 2 images do not have"))
+                    .with_path(&self.path)
+                    .at(entry_at));
             }
             if host == 0 {
                 return f(lo, hi, Run::Backing);
