@@ -139,22 +139,55 @@ impl Qcow2Image {
     }
 }
 
-/// Reads what `qemu-img info` shows of a qcow2-embedded LUKS header (best effort: never fails).
+/// Length of a LUKS1 header with its eight keyslot descriptors.
+const LUKS1_PHDR_LEN: usize = 208 + 8 * 48;
+
+/// What `qemu-img info` shows of a qcow2-embedded LUKS header (best effort: never fails; without a
+/// readable LUKS1 header only the format and the header's place are given).
 fn luks_details(file: &File, path: &Path, off: u64, len: u64, file_len: u64) -> Value {
     let mut v = json!({"format": "luks", "header-offset": off, "header-length": len});
-    let mut hdr = [0u8; 208];
-    if off.checked_add(208).is_some_and(|e| e <= file_len) && read_exact_at(file, path, &mut hdr, off).is_ok() && &hdr[..6] == b"LUKS\xba\xbe" {
-        let s = |r: std::ops::Range<usize>| {
-            let b = &hdr[r];
-            let e = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-            String::from_utf8_lossy(&b[..e]).into_owned()
-        };
-        v["version"] = json!(u16::from_be_bytes([hdr[6], hdr[7]]));
-        v["cipher-alg"] = json!(s(8..40));
-        v["cipher-mode"] = json!(s(40..72));
-        v["hash-alg"] = json!(s(72..104));
-        v["payload-offset"] = json!(u64::from(u32::from_be_bytes([hdr[104], hdr[105], hdr[106], hdr[107]])) * 512);
+    let mut hdr = [0u8; LUKS1_PHDR_LEN];
+    let readable = off.checked_add(LUKS1_PHDR_LEN as u64).is_some_and(|e| e <= file_len)
+        && read_exact_at(file, path, &mut hdr, off).is_ok()
+        && hdr[..6] == *b"LUKS\xba\xbe";
+    if !readable {
+        return v;
     }
+    let text = |r: std::ops::Range<usize>| {
+        let b = &hdr[r];
+        let e = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        String::from_utf8_lossy(&b[..e]).into_owned()
+    };
+    let u32_at = |at: usize| u32::from_be_bytes([hdr[at], hdr[at + 1], hdr[at + 2], hdr[at + 3]]);
+    let (cipher, mode_spec) = (text(8..40), text(40..72));
+    let (mode, ivgen) = mode_spec.split_once('-').unwrap_or((mode_spec.as_str(), ""));
+    let key_bits = u64::from(u32_at(108)) * 8 / if mode == "xts" { 2 } else { 1 };
+    v["cipher-alg"] = json!(format!("{cipher}-{key_bits}"));
+    v["cipher-mode"] = json!(mode);
+    match ivgen.split_once(':') {
+        Some((alg, hash)) => {
+            v["ivgen-alg"] = json!(alg);
+            v["ivgen-hash-alg"] = json!(hash);
+        }
+        None => v["ivgen-alg"] = json!(ivgen),
+    }
+    v["hash-alg"] = json!(text(72..104));
+    v["payload-offset"] = json!(u64::from(u32_at(104)) * 512);
+    v["master-key-iters"] = json!(u32_at(164));
+    v["uuid"] = json!(text(168..208));
+    let slots: Vec<Value> = (0..8)
+        .map(|i| {
+            let at = 208 + 48 * i;
+            let active = u32_at(at) == 0x00ac_71f3;
+            let mut s = json!({"active": active, "key-offset": u64::from(u32_at(at + 40)) * 512});
+            if active {
+                s["iters"] = json!(u32_at(at + 4));
+                s["stripes"] = json!(u32_at(at + 44));
+            }
+            s
+        })
+        .collect();
+    v["slots"] = json!(slots);
     v
 }
 
