@@ -233,6 +233,8 @@ fn qcow2_compressed_zlib_and_zstd_match_qemu() {
         qimg(d, &["convert", "-c", "-O", "qcow2", "-o", &format!("compression_type={ct},cluster_size=4096"), "src.raw", &small]);
         check(d, &small);
     }
+    qimg(d, &["convert", "-c", "-O", "qcow2", "-o", "compat=0.10", "src.raw", "v2z.qcow2"]);
+    check(d, "v2z.qcow2");
 }
 
 #[test]
@@ -599,4 +601,65 @@ fn qcow2_huge_sparse_image_is_cheap() {
     assert!(b[..30_000].iter().all(|&x| x == 0) && b[30_000..95_536].iter().all(|&x| x == 0x61) && b[95_536..].iter().all(|&x| x == 0));
     img.read_at(&mut b, size - 100_000).unwrap();
     assert!(b[..100_000 - 65536].iter().all(|&x| x == 0) && b[100_000 - 65536..].iter().all(|&x| x == 0x62));
+}
+
+/// Random byte corruption in the metadata and compressed data of qemu-img files gives errors or
+/// data, never a panic, a hang or a huge allocation.
+#[test]
+fn qcow2_random_corruption_never_panics() {
+    require!("qemu-img", "qemu-io");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_mixed(d, "src.raw", 2 * MIB, 9);
+    qimg(d, &["convert", "-c", "-O", "qcow2", "-o", "cluster_size=4096", "src.raw", "z.qcow2"]);
+    qimg(d, &["convert", "-c", "-O", "qcow2", "-o", "compression_type=zstd,cluster_size=16k", "src.raw", "zs.qcow2"]);
+    qimg(d, &["create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "-b", "src.raw", "-F", "raw", "e.qcow2", "2M"]);
+    qio(d, "e.qcow2", &["write -P 0x55 4k 8k", "write -z 200k 6k"]);
+    let p = d.join("bad.qcow2");
+    let mut x = 0x1234_5678_9abc_def1_u64;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let (mut opened, mut failed) = (0, 0);
+    for src in ["z.qcow2", "zs.qcow2", "e.qcow2"] {
+        let orig = read(d.join(src));
+        for _ in 0..150 {
+            let mut b = orig.clone();
+            for _ in 0..1 + rnd() % 4 {
+                // The header, the first clusters (tables), or anywhere.
+                let span = match rnd() % 3 {
+                    0 => b.len() as u64,
+                    1 => 256,
+                    _ => (b.len() as u64).min(0x40000),
+                };
+                let at = (rnd() % span) as usize;
+                b[at] ^= 1 << (rnd() % 8);
+                if rnd() % 4 == 0 {
+                    b[at] = rnd() as u8;
+                }
+            }
+            std::fs::write(&p, &b).unwrap();
+            match image::open(&p, None) {
+                Err(_) => failed += 1,
+                Ok(img) => {
+                    opened += 1;
+                    let size = img.virtual_size();
+                    let mut buf = vec![0u8; size.min(2 * MIB as u64) as usize];
+                    if img.read_at(&mut buf, 0).is_err() {
+                        failed += 1;
+                    }
+                    let tail = buf.len().min(1000);
+                    let _ = img.read_at(&mut buf[..tail], size - tail as u64);
+                    if size <= 1 << 40 {
+                        let _ = img.extents();
+                    }
+                    let _ = img.info();
+                }
+            }
+        }
+    }
+    assert!(opened > 0 && failed > 0, "opened {opened}, failed {failed}");
 }
