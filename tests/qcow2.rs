@@ -208,6 +208,11 @@ fn qcow2_v2_and_v3_with_zero_clusters_match_qemu() {
     assert_eq!(v2.info().details["compat"], "0.10");
     let v3 = check(d, "v3.qcow2");
     assert!(v3.extents().unwrap().iter().any(|e| e.kind == ExtentKind::Zero));
+    // Internal snapshots: only the active L1 table counts.
+    qimg(d, &["snapshot", "-c", "s1", "v3.qcow2"]);
+    qio(d, "v3.qcow2", &["write -P 0x71 0 100k", "write -z 2M 64k"]);
+    let snap = check(d, "v3.qcow2");
+    assert_eq!(snap.info().details["snapshots"], 1);
     // Empty image: everything unallocated, reads zeros.
     qimg(d, &["create", "-q", "-f", "qcow2", "empty.qcow2", "3M"]);
     let e = check(d, "empty.qcow2");
