@@ -161,6 +161,11 @@ fn check(d: &Path, name: &str) -> Box<dyn DiskImage> {
             assert!(want[e.offset as usize..(e.offset + e.len) as usize].iter().all(|&b| b == 0), "{name}: {e:?} is not zero");
         }
     }
+    // Allocated clusters of the top layer, as qemu-img check counts them.
+    let checked: Value = serde_json::from_str(&run_in(d, "qemu-img", &["check", "--output=json", name]).stdout).unwrap();
+    // (qemu-img leaves the field out when it is 0.)
+    let theirs = checked["allocated-clusters"].as_u64().unwrap_or(0);
+    assert_eq!(img.info().details["allocated-clusters"].as_u64(), Some(theirs), "{name}: allocated clusters");
     // Info, down the chain.
     let chain: Value = serde_json::from_str(&qimg(d, &["info", "--output=json", "--backing-chain", name])).unwrap();
     let mut info = Some(img.info());

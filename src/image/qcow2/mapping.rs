@@ -248,6 +248,37 @@ impl Mapping {
         Ok(())
     }
 
+    /// Guest clusters this layer stores (standard clusters with a host offset, zero-flagged or not, and
+    /// compressed clusters), as `qemu-img check` counts "allocated-clusters". Returns `None` without
+    /// reading anything when the allocated L2 tables hold more than `max_l2_bytes`.
+    pub fn allocated_clusters(&self, max_l2_bytes: u64) -> Result<Option<u64>> {
+        let cs = self.cluster_size();
+        let allocated_tables = self.l1.iter().filter(|&&e| e & OFFSET_MASK != 0).count() as u64;
+        if allocated_tables.saturating_mul(cs) > max_l2_bytes {
+            return Ok(None);
+        }
+        let esz: usize = if self.extended_l2 { 16 } else { 8 };
+        let guest_clusters = self.size.div_ceil(cs);
+        let per_table = 1u64 << self.l2_bits;
+        let mut table = vec![0u8; cs as usize];
+        let mut count = 0;
+        for i in 0..self.l1.len() {
+            let Some(l2) = self.l2_offset(i)? else { continue };
+            let first = i as u64 * per_table;
+            if first >= guest_clusters {
+                break;
+            }
+            let n = (guest_clusters - first).min(per_table) as usize;
+            read_exact_at(&self.file, &self.path, &mut table[..n * esz], l2)?;
+            count += table[..n * esz]
+                .chunks_exact(esz)
+                .map(|e| u64::from_be_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]))
+                .filter(|w| w & COMPRESSED != 0 || w & OFFSET_MASK != 0)
+                .count() as u64;
+        }
+        Ok(Some(count))
+    }
+
     /// The guest size this mapping covers.
     pub fn size(&self) -> u64 {
         self.size

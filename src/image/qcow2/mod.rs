@@ -303,6 +303,10 @@ impl DiskImage for Qcow2Image {
             "snapshots": h.raw.nb_snapshots,
             "bitmaps": h.has_bitmaps,
         });
+        // Only when cheap: at most 8 MiB of L2 tables are read.
+        if let Ok(Some(n)) = self.mapping.allocated_clusters(8 << 20) {
+            details["allocated-clusters"] = json!(n);
+        }
         if let Some(enc) = &self.encrypt {
             details["encrypt"] = enc.clone();
         }
