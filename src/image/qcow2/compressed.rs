@@ -46,8 +46,9 @@ impl std::fmt::Display for InflateError {
     }
 }
 
-/// Largest zstd window accepted: QEMU compresses one cluster (≤ 2 MiB) per frame.
-const MAX_ZSTD_WINDOW: u64 = 32 << 20;
+/// Largest zstd window accepted: QEMU compresses one cluster (≤ 2 MiB) per frame, so its windows are
+/// at most 2 MiB; this bounds what a hostile frame can make the (per-thread, reused) decoder allocate.
+const MAX_ZSTD_WINDOW: u64 = 8 << 20;
 
 /// Inflates raw deflate `input` into `out` (one cluster); success iff `out` is filled.
 pub fn inflate_zlib(input: &[u8], out: &mut [u8]) -> Result<(), InflateError> {
@@ -75,8 +76,27 @@ pub fn inflate_zlib(input: &[u8], out: &mut [u8]) -> Result<(), InflateError> {
 /// Decodes a zstd frame in `input` into `out` (one cluster); success iff `out` is filled and the frame
 /// produces nothing more.
 pub fn inflate_zstd(input: &[u8], out: &mut [u8]) -> Result<(), InflateError> {
+    thread_local! {
+        // The decoder's tables and buffers are reused across clusters (per thread).
+        static DECODER: std::cell::RefCell<ruzstd::decoding::FrameDecoder> = std::cell::RefCell::new({
+            let mut d = ruzstd::decoding::FrameDecoder::new();
+            d.set_max_window_size(MAX_ZSTD_WINDOW);
+            d
+        });
+    }
+    DECODER.with(|d| match d.try_borrow_mut() {
+        Ok(mut d) => inflate_zstd_with(&mut d, input, out),
+        Err(_) => {
+            let mut fresh = ruzstd::decoding::FrameDecoder::new();
+            fresh.set_max_window_size(MAX_ZSTD_WINDOW);
+            inflate_zstd_with(&mut fresh, input, out)
+        }
+    })
+}
+
+fn inflate_zstd_with(decoder: &mut ruzstd::decoding::FrameDecoder, input: &[u8], out: &mut [u8]) -> Result<(), InflateError> {
     let mut src = input;
-    let mut dec = ruzstd::decoding::StreamingDecoder::new_with_max_window_size(&mut src, MAX_ZSTD_WINDOW)
+    let mut dec = ruzstd::decoding::StreamingDecoder::new_with_decoder(&mut src, decoder)
         .map_err(|e| InflateError::Garbage(e.to_string()))?;
     let mut filled = 0;
     while filled < out.len() {
