@@ -430,6 +430,11 @@ fn qcow2_backing_chain_errors() {
     let e = open_err(d, "orphan.qcow2");
     assert!(e.to_string().contains(&d.join("gone.raw").display().to_string()), "{e}");
     assert!(e.hint_text().unwrap().contains("orphan.qcow2"), "{e:?}");
+    // A backing format diskseal does not read.
+    qimg(d, &["create", "-q", "-f", "vmdk", "b.vmdk", "1M"]);
+    qimg(d, &["create", "-q", "-f", "qcow2", "-b", "b.vmdk", "-F", "vmdk", "onvmdk.qcow2", "1M"]);
+    let e = open_err(d, "onvmdk.qcow2");
+    assert!(e.kind() == ErrorKind::Unsupported && e.to_string().contains("\"vmdk\"") && e.to_string().contains("onvmdk.qcow2"), "{e}");
     // A loop: a -> b -> a.
     qimg(d, &["create", "-q", "-f", "qcow2", "a.qcow2", "1M"]);
     qimg(d, &["create", "-q", "-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", "b.qcow2", "1M"]);

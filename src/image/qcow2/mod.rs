@@ -81,7 +81,9 @@ impl Qcow2Image {
                 }
                 let format = match &header.backing_format {
                     Some(f) => Some(ImageFormat::parse(f).map_err(|e| {
-                        Error::unsupported(format!("backing file format {f:?}: {}", e.message())).with_path(path)
+                        Error::unsupported(format!("backing file {name:?} has format {f:?}, which diskseal cannot read"))
+                            .with_path(path)
+                            .hint(e.hint_text().unwrap_or("convert the backing file first"))
                     })?),
                     None => None,
                 };
