@@ -235,6 +235,22 @@ fn qcow2_compressed_zlib_and_zstd_match_qemu() {
         qimg(d, &["convert", "-c", "-O", "qcow2", "-o", &format!("compression_type={ct}"), "src.raw", &name]);
         let img = check(d, &name);
         assert_eq!(img.info().details["compression-type"], ct);
+        // Many threads at once (the zstd decoder is per thread).
+        let want = read(d.join("src.raw"));
+        std::thread::scope(|s| {
+            for t in 0..3u64 {
+                let (img, want) = (&img, &want);
+                s.spawn(move || {
+                    let mut buf = vec![0u8; 100 * KIB + 7];
+                    let mut off = t * 4099;
+                    while off + buf.len() as u64 <= want.len() as u64 {
+                        img.read_at(&mut buf, off).unwrap();
+                        assert!(buf[..] == want[off as usize..off as usize + buf.len()]);
+                        off += 211 * KIB as u64;
+                    }
+                });
+            }
+        });
         // Overwrite parts: compressed and plain clusters side by side.
         qio(d, &name, &["write -P 0x44 100k 20k"]);
         check(d, &name);

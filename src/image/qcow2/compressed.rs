@@ -148,6 +148,21 @@ mod tests {
     }
 
     #[test]
+    fn zstd_exact_cluster_only() {
+        let data: Vec<u8> = (0..8192u32).map(|i| (i % 13) as u8).collect();
+        let mut z = ruzstd::encoding::compress_to_vec(&data[..], ruzstd::encoding::CompressionLevel::Fastest);
+        z.resize(z.len().div_ceil(512) * 512, 0); // sector padding
+        let mut out = vec![0u8; 8192];
+        inflate_zstd(&z, &mut out).unwrap();
+        assert_eq!(out, data);
+        assert_eq!(inflate_zstd(&z, &mut [0u8; 4096]), Err(InflateError::TooLong));
+        assert_eq!(inflate_zstd(&z, &mut vec![0u8; 16384]), Err(InflateError::Short(8192)));
+        // The reused decoder is not disturbed by the failures.
+        inflate_zstd(&z, &mut out).unwrap();
+        assert_eq!(out, data);
+    }
+
+    #[test]
     fn zstd_garbage_is_an_error() {
         let mut out = vec![0u8; 4096];
         assert!(inflate_zstd(&[0xff; 64], &mut out).is_err());
