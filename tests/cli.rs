@@ -268,16 +268,51 @@ fn hostile_luks1_headers() {
     fails_with(diskseal(d, &["verify", "--key-file", "pw", "h.luks"]), &["h.luks", "hashSpec", "unsupported hash \"md5\""]);
 }
 
+/// A 1 MiB qcow2 v3 image with 64 KiB clusters whose first cluster holds data (header, refcount table,
+/// refcount block, L1, L2, data), and the raw disk it stands for.
+fn minimal_qcow2() -> (Vec<u8>, Vec<u8>) {
+    const C: usize = 65536;
+    let mut q = vec![0u8; 6 * C];
+    let put32 = |q: &mut Vec<u8>, at: usize, v: u32| q[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    let put64 = |q: &mut Vec<u8>, at: usize, v: u64| q[at..at + 8].copy_from_slice(&v.to_be_bytes());
+    q[..4].copy_from_slice(b"QFI\xfb");
+    put32(&mut q, 4, 3); // version
+    put32(&mut q, 20, 16); // cluster_bits
+    put64(&mut q, 24, MIB as u64); // size
+    put32(&mut q, 36, 1); // l1_size
+    put64(&mut q, 40, 3 * C as u64); // l1_table_offset
+    put64(&mut q, 48, C as u64); // refcount_table_offset
+    put32(&mut q, 56, 1); // refcount_table_clusters
+    put32(&mut q, 96, 4); // refcount_order
+    put32(&mut q, 100, 104); // header_length
+    put64(&mut q, C, 2 * C as u64); // refcount table -> refcount block
+    for i in 0..6 {
+        q[2 * C + 2 * i + 1] = 1; // 16-bit refcount 1 for clusters 0..=5
+    }
+    put64(&mut q, 3 * C, (1 << 63) | (4 * C as u64)); // L1[0] -> L2
+    put64(&mut q, 4 * C, (1 << 63) | (5 * C as u64)); // L2[0] -> data
+    let data = pattern(C, 77);
+    q[5 * C..].copy_from_slice(&data);
+    let mut plain = data;
+    plain.resize(MIB, 0);
+    (q, plain)
+}
+
 #[test]
 fn container_inputs_are_not_mistaken_for_raw() {
     let dir = setup(MIB, 39);
     let d = dir.path();
     make(d, "o.luks", &[]);
     fails_with(diskseal(d, &["encrypt", "--key-file", "pw", "o.luks", "x.luks"]), &["o.luks", "LUKS (already encrypted)", "-f raw"]);
-    let mut q = b"QFI\xfb\0\0\0\x03".to_vec();
-    q.resize(65536, 0);
+    // A valid qcow2 (built by hand, laid out as in formats.md §5.3) is read as qcow2, not as raw.
+    let (q, plain) = minimal_qcow2();
     std::fs::write(d.join("q.img"), q).unwrap();
-    fails_with(diskseal(d, &["encrypt", "--key-file", "pw", "q.img", "x.luks"]), &["q.img", "QCOW2", "qemu-img convert"]);
+    std::fs::write(d.join("q.raw"), plain).unwrap();
+    let mut args = vec!["encrypt", "-q", "--key-file", "pw"];
+    args.extend(FAST_PBKDF2);
+    args.extend(["q.img", "x.luks"]);
+    diskseal(d, &args).ok();
+    diskseal(d, &["verify", "-q", "--key-file", "pw", "--against", "q.raw", "x.luks"]).ok();
     make(d, "forced.luks", &["-f", "raw", "--force"]);
 }
 

@@ -9,6 +9,7 @@ mod util;
 
 mod cli;
 mod cryptsetup;
+mod qcow2;
 mod qemu;
 mod vhd;
 mod xts;
