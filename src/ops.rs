@@ -13,12 +13,14 @@ use crate::crypto::IvScheme;
 use crate::crypto::iv::{luks_sector, qcow2_sector};
 use crate::crypto::xts::Xts;
 use crate::error::{Error, ErrorKind, Result};
+use crate::image::qcow2::Qcow2Image;
 use crate::image::qcow2::writer::Qcow2Writer;
 use crate::image::vhd::footer as vhd_footer;
 use crate::image::{self, DiskImage, Extent, ExtentKind, ImageFormat};
-use crate::io::{OutputFile, read_exact_at, same_file};
+use crate::io::{OutputFile, same_file};
 use crate::luks::kdf::Kdf;
 use crate::luks::keys::{Passphrase, VolumeKey};
+use crate::luks::payload::LuksPayload;
 use crate::luks::{self, FormatOptions, Luks, LuksVersion};
 use crate::pipeline::{DEFAULT_CHUNK, Pipeline, Progress};
 
@@ -393,21 +395,40 @@ pub enum Unlock {
     VolumeKey(VolumeKey),
 }
 
-/// An unlocked LUKS file.
+/// An unlocked encrypted image: its plaintext as a [`DiskImage`].
 #[derive(Debug)]
 pub struct Unlocked {
-    /// The open file.
-    pub file: File,
-    /// Its header.
-    pub luks: Luks,
+    /// The plaintext view.
+    pub image: Box<dyn DiskImage>,
+    /// What it is: "LUKS1", "LUKS2" or "qcow2 + LUKS1".
+    pub kind: &'static str,
     /// The keyslot that opened, when a passphrase was used.
     pub keyslot: Option<u32>,
-    xts: Xts,
+    /// Header warnings.
+    pub warnings: Vec<String>,
 }
 
-/// Opens `path`, checks its header, and recovers (or checks) the volume key.
+/// Opens an encrypted image (a LUKS file, or a qcow2 with QEMU-native LUKS), checks its header, and
+/// recovers (or checks) the volume key.
 pub fn unlock(path: &Path, how: Unlock) -> Result<Unlocked> {
     let file = File::open(path).map_err(|e| Error::io("open", path, None, e))?;
+    let mut magic = [0u8; 4];
+    let is_qcow2 = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok() && magic == *b"QFI\xfb";
+    if is_qcow2 {
+        let mut q = Qcow2Image::open(file, path, &mut Vec::new())?;
+        if q.luks_header()?.is_none() {
+            return Err(Error::invalid("this qcow2 image is not encrypted").with_path(path));
+        }
+        let (key, keyslot) = match how {
+            Unlock::Passphrase(p) => {
+                let (k, slot) = q.unlock(&p)?;
+                (k, Some(slot))
+            }
+            Unlock::VolumeKey(k) => (k, None),
+        };
+        q.set_key(&key)?;
+        return Ok(Unlocked { image: Box::new(q), kind: "qcow2 + LUKS1", keyslot, warnings: Vec::new() });
+    }
     let luks = Luks::open(&file, path)?;
     let (key, keyslot) = match how {
         Unlock::Passphrase(p) => {
@@ -419,17 +440,9 @@ pub fn unlock(path: &Path, how: Unlock) -> Result<Unlocked> {
             (k, None)
         }
     };
-    let xts = Xts::new(key.expose())?;
-    Ok(Unlocked { file, luks, keyslot, xts })
-}
-
-impl Unlocked {
-    /// Decrypts the payload bytes at `off` (sector-aligned, whole sectors) into `buf`.
-    fn read_plain(&self, path: &Path, buf: &mut [u8], off: u64) -> Result<()> {
-        let seg = &self.luks.segment;
-        read_exact_at(&self.file, path, buf, seg.offset + off)?;
-        self.xts.decrypt(buf, seg.sector_size as usize, luks_sector(seg.iv_tweak, off), seg.cipher.iv)
-    }
+    let kind = if luks.version() == LuksVersion::Luks1 { "LUKS1" } else { "LUKS2" };
+    let warnings = luks.warnings.clone();
+    Ok(Unlocked { image: Box::new(LuksPayload::new(file, path, luks, &key)?), kind, keyslot, warnings })
 }
 
 /// What [`decrypt`] did.
@@ -452,35 +465,41 @@ pub fn decrypt(src: &Path, dst: &Path, how: Unlock, force: bool, qcow2: bool, ru
         return Err(Error::invalid("output file already exists").with_path(dst).hint("pass --force to overwrite it"));
     }
     let u = unlock(src, how)?;
-    let len = u.luks.payload_len();
+    let image = u.image.as_ref();
+    let len = image.virtual_size();
+    let extents = image.extents()?;
     let out = OutputFile::create(dst, force)?;
     let pipeline = Pipeline::new(run.threads, DEFAULT_CHUNK)?;
     run.total.store(len, std::sync::atomic::Ordering::Relaxed);
     let start = Instant::now();
     if qcow2 {
         let writer = Qcow2Writer::new(&out, len, None)?;
+        let cs = writer.cluster_size();
         let read = |buf: &mut [u8], at: u64| -> Result<bool> {
-            u.read_plain(src, buf, at)?;
+            if data_ranges(&extents, at, buf.len() as u64, cs).is_empty() {
+                return Ok(false);
+            }
+            fill(image, &extents, buf, at)?;
             Ok(true)
         };
         write_qcow2(&pipeline, len, &read, None, writer, &out, run)?;
     } else {
         pipeline.run(len, run.cancel, run.progress, |buf, off| {
-            u.read_plain(src, buf, off)?;
+            fill(image, &extents, buf, off)?;
             out.write_at(buf, off)
         })?;
         out.set_len(len)?;
     }
     let elapsed = start.elapsed();
     out.commit(0o644)?;
-    Ok(DecryptReport { payload_len: len, keyslot: u.keyslot, elapsed, warnings: u.luks.warnings.clone() })
+    Ok(DecryptReport { payload_len: len, keyslot: u.keyslot, elapsed, warnings: u.warnings })
 }
 
 /// What [`verify`] found.
 #[derive(Debug, Clone)]
 pub struct VerifyReport {
-    /// LUKS version.
-    pub version: LuksVersion,
+    /// What was verified: "LUKS1", "LUKS2" or "qcow2 + LUKS1".
+    pub kind: &'static str,
     /// Keyslot used, if a passphrase was given.
     pub keyslot: Option<u32>,
     /// Payload size.
@@ -505,7 +524,9 @@ impl VerifyReport {
 /// Unlocks `enc`, decrypts the whole payload (hashing it), and compares it with `against` if given.
 pub fn verify(enc: &Path, how: Unlock, against: Option<(&Path, Option<ImageFormat>)>, run: &Run<'_>) -> Result<VerifyReport> {
     let u = unlock(enc, how)?;
-    let len = u.luks.payload_len();
+    let image = u.image.as_ref();
+    let len = image.virtual_size();
+    let extents = image.extents()?;
     let source = match against {
         Some((p, f)) => Some(image::open(p, f)?),
         None => None,
@@ -524,7 +545,7 @@ pub fn verify(enc: &Path, how: Unlock, against: Option<(&Path, Option<ImageForma
         run.cancel,
         run.progress,
         |buf, off| {
-            u.read_plain(enc, buf, off)?;
+            fill(image, &extents, buf, off)?;
             if let (Some(src), Some(size)) = (&source, src_size) {
                 let real = size.saturating_sub(off).min(buf.len() as u64) as usize;
                 let mut theirs = vec![0u8; buf.len()];
@@ -546,13 +567,13 @@ pub fn verify(enc: &Path, how: Unlock, against: Option<(&Path, Option<ImageForma
     )?;
     let plaintext_sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     Ok(VerifyReport {
-        version: u.luks.version(),
+        kind: u.kind,
         keyslot: u.keyslot,
         payload_len: len,
         plaintext_sha256,
         source_size: src_size,
         mismatch: mismatch.into_inner().unwrap_or(None),
-        warnings: u.luks.warnings.clone(),
+        warnings: u.warnings,
     })
 }
 

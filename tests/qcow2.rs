@@ -426,7 +426,7 @@ fn qcow2_luks_and_external_data_file_are_refused_clearly() {
     let mut buf = [0u8; 512];
     let e = img.read_at(&mut buf, 0).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported);
-    assert!(e.to_string().contains("LUKS") && e.hint_text().unwrap().contains("qemu-img convert"), "{e}");
+    assert!(e.to_string().contains("LUKS") && e.hint_text().unwrap().contains("diskseal decrypt"), "{e}");
 
     qimg(d, &["create", "-q", "-f", "qcow2", "-o", "data_file=data.raw", "ext.qcow2", "1M"]);
     let e = open_err(d, "ext.qcow2");

@@ -202,3 +202,40 @@ fn vhd_wrapped_luks_reads_in_qemu_and_opens_in_cryptsetup() {
         std::fs::remove_file(d.join("w.vhd")).unwrap();
     }
 }
+
+#[test]
+fn qcow2_luks_images_decrypt_and_verify_both_ways() {
+    require!("qemu-img");
+    let dir = setup(0, 0);
+    let d = dir.path();
+    std::fs::write(d.join("pw"), b"secret pass").unwrap();
+    sparse_source(d, "sp.raw", 32 << 20, &[(0, 1 << 20), ((20 << 20) + 512, 300_000)]);
+    // qemu-img's own qcow2-LUKS (the IBM docs' command).
+    run_in(d, "qemu-img", &[
+        "convert", "-f", "raw", "-O", "qcow2", "--object", "secret,id=sec0,file=pw", "-o",
+        "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", "sp.raw", "qemu.qcow2",
+    ])
+    .ok();
+    // ours.
+    let mut args = vec!["encrypt", "-q", "--profile", "ibm-vpc", "--key-file", "pw"];
+    args.extend(FAST_PBKDF2);
+    args.extend(["sp.raw", "ours.qcow2"]);
+    diskseal(d, &args).ok();
+    for img in ["qemu.qcow2", "ours.qcow2"] {
+        let v = diskseal(d, &["verify", "--key-file", "pw", "--against", "sp.raw", img]).ok();
+        assert!(v.stdout.contains("qcow2 + LUKS1") && v.stdout.contains("identical"), "{}", v.stdout);
+        diskseal(d, &["decrypt", "-q", "--force", "--key-file", "pw", img, "plain.raw"]).ok();
+        assert!(read(d.join("plain.raw")) == read(d.join("sp.raw")), "{img}");
+        diskseal(d, &["decrypt", "-q", "--force", "-O", "qcow2", "--key-file", "pw", img, "plain.qcow2"]).ok();
+        run_in(d, "qemu-img", &["compare", "-f", "qcow2", "-F", "raw", "plain.qcow2", "sp.raw"]).ok();
+        let info: serde_json::Value = serde_json::from_str(&diskseal(d, &["info", "--json", img]).ok().stdout).unwrap();
+        assert_eq!(info["encrypted"], true, "{info}");
+        assert_eq!(info["format-specific"]["encrypt"]["format"], "luks");
+    }
+    std::fs::write(d.join("bad"), b"nope").unwrap();
+    let r = diskseal(d, &["verify", "--key-file", "bad", "ours.qcow2"]);
+    assert!(r.code == 2 && r.stderr.contains("no keyslot opens"), "{}", r.stderr);
+    // A plain qcow2 is not an encrypted image.
+    let r = diskseal(d, &["verify", "--key-file", "pw", "plain.qcow2"]);
+    assert!(r.code == 2 && r.stderr.contains("not encrypted"), "{}", r.stderr);
+}

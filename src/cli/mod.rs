@@ -497,7 +497,7 @@ fn verify(a: &VerifyArgs, out: &Out) -> Result<ExitCode> {
         out.warn(w);
     }
     if out.json {
-        out.print_json(&json!({"command": "verify", "image": a.src, "ok": r.ok(), "luks_version": r.version.name(),
+        out.print_json(&json!({"command": "verify", "image": a.src, "ok": r.ok(), "encryption": r.kind,
             "keyslot": r.keyslot, "payload_size": r.payload_len, "plaintext_sha256": r.plaintext_sha256,
             "against": a.against, "source_size": r.source_size, "first_mismatch": r.mismatch}));
     } else if let Some(m) = r.mismatch {
@@ -514,7 +514,7 @@ fn verify(a: &VerifyArgs, out: &Out) -> Result<ExitCode> {
         out.summary(&format!(
             "{}: OK, {}, payload {} {what}; plaintext sha256 {}",
             a.src.display(),
-            r.version.name().to_uppercase(),
+            r.kind,
             report::bytes(r.payload_len),
             r.plaintext_sha256
         ));

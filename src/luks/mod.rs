@@ -13,6 +13,7 @@ pub mod keys;
 pub mod keyslot;
 pub mod luks1;
 pub mod luks2;
+pub mod payload;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;

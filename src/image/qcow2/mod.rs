@@ -24,7 +24,11 @@ use self::header::Header;
 use self::mapping::{Mapping, Run};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{DiskImage, Extent, ExtentKind, ImageFormat, ImageInfo, coalesce, open_backing};
+use crate::crypto::iv::qcow2_sector;
+use crate::crypto::{IvScheme, Xts};
 use crate::io::read_exact_at;
+use crate::luks::keys::{Passphrase, VolumeKey};
+use crate::luks::luks1::Luks1Header;
 
 /// An open qcow2 image (and its backing chain).
 #[derive(Debug)]
@@ -34,6 +38,9 @@ pub struct Qcow2Image {
     mapping: Mapping,
     backing: Option<Box<dyn DiskImage>>,
     encrypt: Option<Value>,
+    /// The data key once [`Qcow2Image::set_key`] accepted it (QEMU-native LUKS).
+    crypto: Option<Xts>,
+    iv: IvScheme,
 }
 
 /// Opens a qcow2 file; `chain` holds the images above it (see [`open_backing`]).
@@ -93,7 +100,52 @@ impl Qcow2Image {
                 Some(open_backing(&bpath, format, chain)?)
             }
         };
-        Ok(Qcow2Image { path: path.to_owned(), header, mapping, backing, encrypt })
+        Ok(Qcow2Image { path: path.to_owned(), header, mapping, backing, encrypt, crypto: None, iv: IvScheme::Plain64 })
+    }
+
+    /// The embedded LUKS1 header of a QEMU-native LUKS image (crypt_method 2) and where it starts.
+    pub fn luks_header(&self) -> Result<Option<(Luks1Header, u64)>> {
+        match (self.header.raw.crypt_method, self.header.fde) {
+            (2, Some((off, len))) => {
+                let h = Luks1Header::read_at(self.mapping.file(), &self.path, off, len)?;
+                if h.cipher_name != "aes" || !h.cipher_mode.starts_with("xts-") {
+                    return Err(Error::unsupported(format!(
+                        "qcow2 LUKS cipher {}-{} is not supported",
+                        h.cipher_name, h.cipher_mode
+                    ))
+                    .with_path(&self.path)
+                    .at(off + 8)
+                    .hint("diskseal reads aes-xts-plain64 / aes-xts-plain"));
+                }
+                Ok(Some((h, off)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Unlocks the embedded LUKS1 header with `passphrase`; returns the volume key and keyslot.
+    pub fn unlock(&self, passphrase: &Passphrase) -> Result<(VolumeKey, u32)> {
+        let Some((h, off)) = self.luks_header()? else {
+            return Err(Error::invalid("this qcow2 image is not encrypted").with_path(&self.path));
+        };
+        h.unlock_at(self.mapping.file(), &self.path, off, passphrase)
+    }
+
+    /// Checks `key` against the embedded LUKS1 digest and, if it matches, decrypts data reads with it
+    /// (512-byte sectors, IV = host offset / 512, as QEMU does).
+    pub fn set_key(&mut self, key: &VolumeKey) -> Result<()> {
+        let Some((h, off)) = self.luks_header()? else {
+            return Err(Error::invalid("this qcow2 image is not encrypted").with_path(&self.path));
+        };
+        if key.len() != h.key_bytes as usize || !h.check_volume_key(key)? {
+            return Err(Error::new(ErrorKind::WrongKey, "the volume key does not match the qcow2 LUKS header's digest")
+                .with_path(&self.path)
+                .at(off));
+        }
+        let cipher = crate::crypto::iv::CipherSpec::parse_luks1(&h.cipher_name, &h.cipher_mode)?;
+        self.iv = cipher.iv;
+        self.crypto = Some(Xts::new(key.expose())?);
+        Ok(())
     }
 
     /// The checked header.
@@ -117,6 +169,25 @@ impl Qcow2Image {
     }
 
     fn data_read(&self, buf: &mut [u8], host: u64) -> Result<()> {
+        if let Some(xts) = &self.crypto {
+            // Whole 512-byte sectors are decrypted, IV = host sector number.
+            let start = host / 512 * 512;
+            let end = (host + buf.len() as u64).div_ceil(512) * 512;
+            if start == host && end == host + buf.len() as u64 {
+                self.plain_read(buf, host)?;
+                return xts.decrypt(buf, 512, qcow2_sector(host), self.iv);
+            }
+            let mut tmp = vec![0u8; (end - start) as usize];
+            self.plain_read(&mut tmp, start)?;
+            xts.decrypt(&mut tmp, 512, qcow2_sector(start), self.iv)?;
+            let at = (host - start) as usize;
+            buf.copy_from_slice(&tmp[at..at + buf.len()]);
+            return Ok(());
+        }
+        self.plain_read(buf, host)
+    }
+
+    fn plain_read(&self, buf: &mut [u8], host: u64) -> Result<()> {
         // A file may end inside its last data cluster: the rest reads as zeros, as in QEMU.
         let flen = self.mapping.file_len();
         let n = if host >= flen { 0 } else { (flen - host).min(buf.len() as u64) as usize };
@@ -209,11 +280,11 @@ impl DiskImage for Qcow2Image {
             Error::invalid(format!("read of {:#x} bytes at {offset:#x} is past the virtual size {:#x}", buf.len(), self.header.size))
                 .with_path(&self.path)
         })?;
-        if self.encrypt.is_some() {
+        if self.encrypt.is_some() && self.crypto.is_none() {
             return Err(Error::new(ErrorKind::Unsupported, "qcow2 image is LUKS-encrypted (crypt_method 2)")
                 .with_path(&self.path)
                 .at(0x20)
-                .hint("decrypt it first: `qemu-img convert --object secret,id=s,file=PASSFILE --image-opts driver=qcow2,encrypt.key-secret=s,file.filename=IMAGE -O raw plain.raw`"));
+                .hint("use `diskseal decrypt --key-file PASSFILE IMAGE plain.raw` (or verify) to read it"));
         }
         if buf.is_empty() {
             return Ok(());
