@@ -9,6 +9,7 @@ mod util;
 
 mod cli;
 mod cryptsetup;
+mod inputs;
 mod qcow2;
 mod qemu;
 mod vhd;

@@ -584,6 +584,16 @@ fn vhd_differencing_two_and_three_deep() {
             });
         }
     });
+    drop(img);
+
+    // Oracle: the chain encrypted as LUKS1 and decrypted by QEMU (driver=luks) is the merged disk.
+    std::fs::write(d.join("pw"), b"secret pass").unwrap();
+    let mut args = vec!["encrypt", "-q", "--profile", "luks1", "--key-file", "pw"];
+    args.extend(FAST_PBKDF2);
+    args.extend([top_path.to_str().unwrap(), "chain.luks"]);
+    diskseal(d, &args).ok();
+    qemu(d, &["convert", "--object", "secret,id=s,file=pw", "--image-opts", "driver=luks,key-secret=s,file.filename=chain.luks", "-O", "raw", "chain.raw"]);
+    assert!(read(d.join("chain.raw")) == model, "QEMU's decryption of the encrypted chain differs from the merged layers");
 }
 
 #[test]
