@@ -231,6 +231,8 @@ fn qcow2_luks_images_decrypt_and_verify_both_ways() {
         let info: serde_json::Value = serde_json::from_str(&diskseal(d, &["info", "--json", img]).ok().stdout).unwrap();
         assert_eq!(info["encrypted"], true, "{info}");
         assert_eq!(info["format-specific"]["encrypt"]["format"], "luks");
+        let dump = diskseal(d, &["dump", img]).ok().stdout;
+        assert!(dump.contains("QEMU-native LUKS") && dump.contains("Version:        1") && dump.contains("0: ENABLED"), "{dump}");
     }
     std::fs::write(d.join("bad"), b"nope").unwrap();
     let r = diskseal(d, &["verify", "--key-file", "bad", "ours.qcow2"]);

@@ -63,7 +63,7 @@ enum Command {
     /// Unlock a LUKS file, check every structure and decrypt the whole payload; with --against, compare it
     /// with a source image (exit 1 on mismatch).
     Verify(VerifyArgs),
-    /// Show a LUKS header, like `cryptsetup luksDump` (no key needed).
+    /// Show a LUKS header (LUKS file or qcow2 with QEMU-native LUKS), like `cryptsetup luksDump`.
     Dump(DumpArgs),
     /// Make a random data-encryption key file (mode 0600).
     Keygen(KeygenArgs),
@@ -524,6 +524,22 @@ fn verify(a: &VerifyArgs, out: &Out) -> Result<ExitCode> {
 
 fn dump(a: &DumpArgs, out: &Out) -> Result<ExitCode> {
     let file = std::fs::File::open(&a.src).map_err(|e| Error::io("open", &a.src, None, e))?;
+    let mut magic = [0u8; 4];
+    let is_qcow2 = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok() && magic == *b"QFI\xfb";
+    if is_qcow2 {
+        let q = diskseal::image::qcow2::Qcow2Image::open(file, &a.src, &mut Vec::new())?;
+        let Some((h, base)) = q.luks_header()? else {
+            return Err(Error::invalid("this qcow2 image is not encrypted").with_path(&a.src).hint("see `diskseal info`"));
+        };
+        let l = luks::Luks::embedded(h, std::fs::metadata(&a.src).map_or(0, |m| m.len()))?;
+        if out.json {
+            out.print_json(&json!({"container": "qcow2", "luks_header_offset": base, "luks": l.to_json()}));
+        } else {
+            out.always(&format!("qcow2 image with QEMU-native LUKS; LUKS header at offset {base:#x}"));
+            out.always(l.dump_text().trim_end());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let l = luks::Luks::open(&file, &a.src)?;
     if out.json {
         out.print_json(&l.to_json());

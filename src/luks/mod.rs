@@ -267,6 +267,13 @@ impl Luks {
         Ok(Luks { header, segment, file_len, warnings })
     }
 
+    /// A LUKS1 header embedded in another container (qcow2); the payload lives elsewhere, so the
+    /// segment describes the header only and `file_len` is the container's size.
+    pub fn embedded(header: luks1::Luks1Header, file_len: u64) -> Result<Luks> {
+        let segment = header.segment()?;
+        Ok(Luks { header: Header::V1(header), segment, file_len, warnings: Vec::new() })
+    }
+
     /// LUKS1 or LUKS2.
     pub fn version(&self) -> LuksVersion {
         match self.header {
