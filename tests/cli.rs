@@ -360,3 +360,46 @@ fn interrupt_leaves_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
     assert_eq!(listing(d), ["big.raw", "pw"]);
 }
+
+/// SIGKILL at random points: the destination is either absent or (with --force) still the old file,
+/// and the next run removes the leftover temporary file.
+#[test]
+fn kill_9_never_leaves_a_partial_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("pw"), b"secret pass").unwrap();
+    let f = std::fs::File::create(d.join("src.raw")).unwrap();
+    f.set_len(1 << 30).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &pattern(64 << 20, 5), 100 << 20).unwrap();
+    std::fs::write(d.join("old.luks"), b"the previous image").unwrap();
+    let delays = pattern(40, 77);
+    for trial in 0..20 {
+        let (dst, force) = if trial % 2 == 0 { ("new.luks", false) } else { ("old.luks", true) };
+        let mut cmd = std::process::Command::new(crate::util::diskseal_bin());
+        cmd.args(["encrypt", "-q", "--threads", "2", "--key-file", "pw"]).args(FAST_PBKDF2);
+        if force {
+            cmd.arg("--force");
+        }
+        let mut child = cmd.args(["src.raw", dst]).current_dir(d).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(u64::from(delays[trial]) * 3));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if status.success() {
+            std::fs::remove_file(d.join(dst)).ok();
+            if force {
+                std::fs::write(d.join("old.luks"), b"the previous image").unwrap();
+            }
+            continue;
+        }
+        if force {
+            assert_eq!(read(d.join("old.luks")), b"the previous image", "trial {trial}");
+        } else {
+            assert!(!d.join("new.luks").exists(), "trial {trial}: partial output left");
+        }
+    }
+    // The next run cleans up what killed runs left behind.
+    make(d, "new.luks", &["--force"]);
+    make(d, "old.luks", &["--force"]);
+    let left: Vec<String> = listing(d).into_iter().filter(|f| f.ends_with(".tmp")).collect();
+    assert!(left.is_empty(), "stale temporary files: {left:?}");
+}
