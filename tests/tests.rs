@@ -8,6 +8,7 @@
 mod util;
 
 mod cli;
+mod corpus;
 mod cryptsetup;
 mod inputs;
 mod qcow2;

@@ -352,6 +352,7 @@ impl Luks {
                 v["metadata_size"] = json!(h.bin.hdr_size);
                 v["keyslots_size"] = json!(h.meta.config.keyslots_size);
                 v["flags"] = json!(h.meta.config.flags);
+                v["requirements"] = json!(h.meta.config.requirements);
                 v["metadata"] = h.meta.raw.clone();
             }
         }
@@ -400,6 +401,9 @@ impl Luks {
                 let _ = writeln!(s, "Keyslots area:  {} [bytes]", h.meta.config.keyslots_size);
                 if !h.meta.config.flags.is_empty() {
                     let _ = writeln!(s, "Flags:          {}", h.meta.config.flags.join(" "));
+                }
+                if !h.meta.config.requirements.is_empty() {
+                    let _ = writeln!(s, "Requirements:   {} (unmet: diskseal cannot unlock this device)", h.meta.config.requirements.join(" "));
                 }
                 let _ = writeln!(s, "\nData segments:");
                 for g in &h.meta.segments {
