@@ -373,7 +373,7 @@ fn kill_9_never_leaves_a_partial_output() {
     std::os::unix::fs::FileExt::write_all_at(&f, &pattern(64 << 20, 5), 100 << 20).unwrap();
     std::fs::write(d.join("old.luks"), b"the previous image").unwrap();
     let delays = pattern(40, 77);
-    for trial in 0..20 {
+    for (trial, &delay) in delays.iter().take(20).enumerate() {
         let (dst, force) = if trial % 2 == 0 { ("new.luks", false) } else { ("old.luks", true) };
         let mut cmd = std::process::Command::new(crate::util::diskseal_bin());
         cmd.args(["encrypt", "-q", "--threads", "2", "--key-file", "pw"]).args(FAST_PBKDF2);
@@ -381,7 +381,7 @@ fn kill_9_never_leaves_a_partial_output() {
             cmd.arg("--force");
         }
         let mut child = cmd.args(["src.raw", dst]).current_dir(d).spawn().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(u64::from(delays[trial]) * 3));
+        std::thread::sleep(std::time::Duration::from_millis(u64::from(delay) * 3));
         let _ = child.kill();
         let status = child.wait().unwrap();
         if status.success() {
