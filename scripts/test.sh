@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v cryptsetup >/dev/null || need+=(cryptsetup-bin)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
+[[ -x /usr/bin/time ]] || need+=(time)
 if ((${#need[@]})); then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
         echo "installing test tools: ${need[*]}"

@@ -10,6 +10,7 @@ mod util;
 mod cli;
 mod corpus;
 mod cryptsetup;
+mod hygiene;
 mod inputs;
 mod qcow2;
 mod qemu;
