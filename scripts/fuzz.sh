@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Fuzz every parser with cargo-fuzz (libFuzzer). Usage:
+#   bash scripts/fuzz.sh                 # 10,000,000 executions per target
+#   bash scripts/fuzz.sh 200000          # a given number of executions per target
+#   bash scripts/fuzz.sh --seconds 600   # a time budget per target
+#   bash scripts/fuzz.sh smoke           # a short run of each target (CI)
+# Seeds are in fuzz/seeds/<target> (see fuzz/README.md); new corpus entries go to fuzz/corpus/<target>
+# (not committed); crashes go to fuzz/artifacts/<target>; each one found becomes a regression test.
+# The toolchain here is stable: RUSTC_BOOTSTRAP lets cargo-fuzz use its -Z flags.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+limit=(-runs=10000000)
+case "${1:-}" in
+    smoke) limit=(-runs=3000) ;;
+    --seconds) limit=(-max_total_time="$2") ;;
+    "") ;;
+    *) limit=(-runs="$1") ;;
+esac
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+export RUSTC_BOOTSTRAP=1
+cd fuzz
+mkdir -p logs
+for t in $(cargo fuzz list); do
+    mkdir -p "corpus/$t"
+    max_len=65536
+    [[ $t == luks_file ]] && max_len=300000
+    echo "== fuzz $t: ${limit[*]}"
+    if ! cargo fuzz run "$t" "corpus/$t" "seeds/$t" -- "${limit[@]}" -max_len="$max_len" -timeout=10 \
+        -rss_limit_mb=2048 -print_final_stats=1 >"logs/$t.log" 2>&1; then
+        tail -40 "logs/$t.log" >&2
+        echo "fuzz target $t failed (crash, leak, timeout or OOM): see fuzz/artifacts/$t" >&2
+        exit 1
+    fi
+    grep -E "^stat::(number_of_executed_units|peak_rss_mb)" "logs/$t.log"
+done
