@@ -19,3 +19,6 @@ if ((${#need[@]})); then
 fi
 
 cargo test --locked --all-targets
+
+# A short run of every fuzz target (the long runs: bash scripts/fuzz.sh).
+bash scripts/fuzz.sh smoke
