@@ -532,6 +532,10 @@ pub fn verify(enc: &Path, how: Unlock, against: Option<(&Path, Option<ImageForma
         None => None,
     };
     let src_size = source.as_ref().map(|s| s.virtual_size());
+    let src_extents = match &source {
+        Some(s) => s.extents()?,
+        None => Vec::new(),
+    };
     // A padded payload is longer than its source; the extra bytes must then be zeros.
     let mismatch = Mutex::new(match src_size {
         Some(s) if s > len => Some(len),
@@ -549,7 +553,7 @@ pub fn verify(enc: &Path, how: Unlock, against: Option<(&Path, Option<ImageForma
             if let (Some(src), Some(size)) = (&source, src_size) {
                 let real = size.saturating_sub(off).min(buf.len() as u64) as usize;
                 let mut theirs = vec![0u8; buf.len()];
-                src.read_at(&mut theirs[..real], off)?;
+                fill(src.as_ref(), &src_extents, &mut theirs[..real], off)?;
                 if let Some(i) = buf.iter().zip(&theirs).position(|(a, b)| a != b) {
                     let at = off + i as u64;
                     let mut m = mismatch.lock().map_err(|_| Error::new(ErrorKind::Io, "worker panicked"))?;
