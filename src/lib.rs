@@ -14,6 +14,64 @@
 //! - [`ops`]: encrypt / decrypt / verify as library calls.
 //!
 //! The library never prints and never exits; errors are [`Error`]s that name the file, field and offset.
+//!
+//! # Examples
+//!
+//! Encrypt a disk image into LUKS2, then prove the plaintext equals the source:
+//!
+//! ```
+//! use std::sync::atomic::{AtomicBool, AtomicU64};
+//! use diskseal::luks::keys::Passphrase;
+//! use diskseal::luks::{FormatOptions, LuksVersion};
+//! use diskseal::ops::{self, Container, EncryptOptions, Run, Unlock};
+//! use diskseal::pipeline::Progress;
+//! use zeroize::Zeroizing;
+//!
+//! # fn main() -> diskseal::Result<()> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let (src, dst) = (dir.path().join("disk.raw"), dir.path().join("disk.luks"));
+//! std::fs::write(&src, vec![7u8; 1 << 20]).unwrap();
+//!
+//! let mut luks = FormatOptions::new(LuksVersion::Luks2);
+//! luks.cost.force_iterations = Some(4); // argon2id time cost; omit to benchmark like cryptsetup
+//! luks.cost.memory_kib = 32 * 1024;
+//! let opts = EncryptOptions {
+//!     luks,
+//!     key_bytes: 64,
+//!     sector_size: None,
+//!     pad: false,
+//!     input_format: None,
+//!     force: false,
+//!     container: Container::Raw,
+//!     sparse: false,
+//!     resize: None,
+//! };
+//! let pass = || Passphrase::new(Zeroizing::new(b"correct horse".to_vec()));
+//! let (cancel, progress, total) = (AtomicBool::new(false), Progress::new(), AtomicU64::new(0));
+//! let run = Run { threads: None, cancel: &cancel, progress: &progress, total: &total };
+//!
+//! let report = ops::encrypt(&src, &dst, &opts, &pass()?, None, &run)?;
+//! assert_eq!(report.sector_size, 4096);
+//! let check = ops::verify(&dst, Unlock::Passphrase(pass()?), Some((&src, None)), &run)?;
+//! assert!(check.ok());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Read any supported image through the one trait:
+//!
+//! ```no_run
+//! use diskseal::image::{self, ExtentKind};
+//!
+//! # fn main() -> diskseal::Result<()> {
+//! let disk = image::open("vm.qcow2".as_ref(), None)?; // format sniffed; backing chain opened
+//! let data: u64 = disk.extents()?.iter().filter(|e| e.kind == ExtentKind::Data).map(|e| e.len).sum();
+//! let mut first = vec![0u8; 512];
+//! disk.read_at(&mut first, 0)?;
+//! println!("{} of {} bytes hold data", data, disk.virtual_size());
+//! # Ok(())
+//! # }
+//! ```
 
 #![deny(unsafe_code)]
 
