@@ -2,9 +2,12 @@
 //! `crypto/block-luks.c`), written with cryptsetup 2.x's layout and read with QEMU's and cryptsetup's
 //! checks.
 //!
-//! Layout (big-endian): magic[6] version u16 cipherName[32] cipherMode[32] hashSpec[32]
+//! Layout (big-endian):
+//! ```text
+//! magic[6] version u16 cipherName[32] cipherMode[32] hashSpec[32]
 //! payloadOffset u32 keyBytes u32 mkDigest[20] mkDigestSalt[32] mkDigestIterations u32 uuid[40], then
-//! 8 × { active u32, iterations u32, salt[32], keyMaterialOffset u32, stripes u32 }.
+//! 8 × { active u32, iterations u32, salt[32], keyMaterialOffset u32, stripes u32 }
+//! ```
 //! Written layout (cryptsetup 2.6.1, checked with `luksDump`): key material at sector 8, slots
 //! `round_up(key*4000, 4096)` apart, payload at the next 1 MiB boundary (sector 4096 for 64-byte keys).
 

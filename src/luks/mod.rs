@@ -1,4 +1,4 @@
-//! LUKS containers, versions 1 and 2: the one way to format a header ([`format`]) and to open one
+//! LUKS containers, versions 1 and 2: the one way to format a header ([`format()`](fn@format)) and to open one
 //! ([`Luks::open`]).
 //!
 //! - [`keys`]: `VolumeKey` and `Passphrase`, zeroizing and redacted;

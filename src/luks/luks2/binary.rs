@@ -1,8 +1,10 @@
 //! The 4096-byte LUKS2 binary header: raw layout, validation, encoding and its SHA checksum.
 //!
 //! Layout (big-endian, LUKS2 On-Disk Format Specification v1.1.4, Fig. 2; cryptsetup `luks2.h`):
+//! ```text
 //! magic[6] version u16 hdr_size u64 seqid u64 label[48] checksum_alg[32] salt[64] uuid[40]
-//! subsystem[48] hdr_offset u64 pad[184] csum[64] pad[3584].
+//! subsystem[48] hdr_offset u64 pad[184] csum[64] pad[3584]
+//! ```
 //! The checksum covers the binary header (csum zeroed) and the whole JSON area after it.
 
 use crate::crypto::hash::Hash;

@@ -2,7 +2,7 @@
 //! copy; unlock a keyslot; check the volume key against its digest).
 //!
 //! - [`binary`] owns the 4096-byte binary header and its checksum;
-//! - [`json`] owns the JSON metadata model and its validation.
+//! - [`json`](mod@json) owns the JSON metadata model and its validation.
 //!
 //! Layout written (cryptsetup's defaults, `formats.md` §1.1, §1.5):
 //! `[hdr1 + JSON1 | hdr2 + JSON2 | keyslots area (random fill, keyslot 0 at 2*hdr_size) | pad | payload]`.
