@@ -95,15 +95,26 @@ impl Pipeline {
     {
         let chunk = self.chunk as u64;
         let n = len.div_ceil(chunk);
+        // Buffers are reused across chunks: at most one per worker is ever allocated.
+        let pool: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+        let take = || pool.lock().map(|mut p| p.pop()).ok().flatten().unwrap_or_default();
+        let give = |b: Vec<u8>| {
+            if let Ok(mut p) = pool.lock() {
+                p.push(b);
+            }
+        };
         self.pool.install(|| {
-            (0..n).into_par_iter().try_for_each_init(Vec::new, |buf: &mut Vec<u8>, i| {
+            (0..n).into_par_iter().try_for_each(|i| {
                 if cancel.load(Ordering::Relaxed) {
                     return Err(interrupted());
                 }
                 let off = i * chunk;
                 let this = chunk.min(len - off) as usize;
+                let mut buf = take();
                 buf.resize(this, 0);
-                work(&mut buf[..this], off)?;
+                let r = work(&mut buf[..this], off);
+                give(buf);
+                r?;
                 progress.add(this as u64);
                 Ok(())
             })
