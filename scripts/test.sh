@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite. Installs the oracle tools the tests drive (cryptsetup, qemu-img) when they are
+# The whole test suite. Installs the oracle tools the tests drive (cryptsetup, qemu-img, age) when they are
 # missing and this runs as root; otherwise the oracle tests say SKIPPED-ORACLE and pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v cryptsetup >/dev/null || need+=(cryptsetup-bin)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
+command -v age >/dev/null || need+=(age)
 if ((${#need[@]})); then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
         echo "installing test tools: ${need[*]}"
@@ -17,4 +18,4 @@ if ((${#need[@]})); then
     fi
 fi
 
-cargo test --locked --all-targets
+cargo test --locked --workspace --all-targets

@@ -7,6 +7,7 @@
 
 mod util;
 
+mod bundle;
 mod cli;
 mod cryptsetup;
 mod qemu;

@@ -1,6 +1,7 @@
 //! The command line: clap definitions ("low args"), their translation into the library's options
 //! ("high args"), key input, progress display and output. Everything user-facing lives here.
 
+mod bundle;
 mod keys;
 mod report;
 
@@ -67,6 +68,9 @@ enum Command {
     Dump(DumpArgs),
     /// Make a random data-encryption key file (mode 0600).
     Keygen(KeygenArgs),
+    /// Make the air-gap hand-off bundle: the image, manifest.json and the key sealed with age (dek.age).
+    #[command(after_help = bundle::EXAMPLES)]
+    Bundle(bundle::BundleArgs),
 }
 
 #[derive(Debug, Args)]
@@ -148,9 +152,15 @@ struct EncryptArgs {
     /// Worker threads (default: all cores).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
-    /// Overwrite DST if it exists.
+    /// Overwrite DST if it exists (and the --bundle directory).
     #[arg(long)]
     force: bool,
+    /// Also write the air-gap hand-off bundle DIR (see `diskseal bundle`); needs --recipient.
+    #[arg(long, value_name = "DIR", requires = "recipient")]
+    bundle: Option<PathBuf>,
+    /// The agent's age recipient for --bundle.
+    #[arg(long, value_name = "AGE1...", requires = "bundle")]
+    recipient: Option<String>,
     #[command(flatten)]
     key: KeyArgs,
     /// Source disk image.
@@ -271,6 +281,7 @@ fn run(cli: &Cli, out: &Out) -> Result<ExitCode> {
         Command::Verify(a) => verify(a, out),
         Command::Dump(a) => dump(a, out),
         Command::Keygen(a) => keygen(a, out),
+        Command::Bundle(a) => bundle::run(a, out),
     }
 }
 
@@ -340,6 +351,17 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         (Some(bits), None) => bits.parse::<usize>().unwrap_or(512) / 8,
         (None, None) => 64,
     };
+    let bundle_key = match (&a.bundle, &a.recipient, &a.key.key_file) {
+        (Some(dir), Some(r), Some(k)) if k.as_os_str() != "-" => {
+            diskseal::bundle::parse_recipient(r)?;
+            if !a.force && std::fs::symlink_metadata(dir).is_ok() {
+                return Err(Error::invalid("bundle directory already exists").with_path(dir).hint("pass --force to replace it"));
+            }
+            Some(keys::read_key_file(k, a.key.strip_newline, &Out::new(true, false))?)
+        }
+        (Some(_), _, _) => return Err(Error::invalid("--bundle needs --key-file FILE (not stdin or a prompt)")),
+        _ => None,
+    };
     let passphrase = keys::passphrase(&a.key, profile, out, Some(&a.dst), true)?;
     let opts = EncryptOptions {
         luks,
@@ -388,6 +410,12 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
             r.elapsed.as_secs_f64(),
             r.threads
         ));
+    }
+    if let (Some(dir), Some(recipient), Some(key)) = (&a.bundle, &a.recipient, bundle_key) {
+        let opts = diskseal::bundle::BundleOptions { profile, recipient: recipient.clone(), force: a.force };
+        let req = bundle::Request { image: &a.dst, key, dir, opts, threads: a.threads };
+        // With --json the encrypt report was printed already; the bundle's follows it.
+        return bundle::make(req, out);
     }
     Ok(ExitCode::SUCCESS)
 }
