@@ -1,0 +1,2 @@
+//! x
+#![allow(unreachable_pub, clippy::unwrap_used, missing_docs)]
