@@ -5,3 +5,6 @@
 
 mod fake_ibm;
 mod kms;
+mod audit;
+mod cli;
+mod util;
