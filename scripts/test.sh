@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite. Installs the oracle tools the tests drive (cryptsetup, qemu-img, age) when they are
+# The whole test suite. Installs the oracle tools the tests drive (cryptsetup, qemu-img, age, softhsm2, opensc) when they are
 # missing and this runs as root; otherwise the oracle tests say SKIPPED-ORACLE and pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,8 @@ need=()
 command -v cryptsetup >/dev/null || need+=(cryptsetup-bin)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v age >/dev/null || need+=(age)
+command -v softhsm2-util >/dev/null || need+=(softhsm2)
+command -v pkcs11-tool >/dev/null || need+=(opensc)
 if ((${#need[@]})); then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
         echo "installing test tools: ${need[*]}"

@@ -89,7 +89,7 @@ enum AuditCmd {
 /// KMS connection flags (each also settable by environment or config file).
 #[derive(Debug, Args)]
 struct KmsArgs {
-    /// key-protect (default) or hpcs.
+    /// key-protect (default), hpcs or pkcs11.
     #[arg(long, value_name = "SERVICE")]
     service: Option<String>,
     /// IBM Cloud region, e.g. us-south.
@@ -131,6 +131,21 @@ struct KmsArgs {
     /// Per-request timeout in seconds (default 30).
     #[arg(long, value_name = "S")]
     timeout_secs: Option<u64>,
+    /// PKCS#11 module (with --service pkcs11).
+    #[arg(long, value_name = "SO")]
+    pkcs11_module: Option<PathBuf>,
+    /// PKCS#11 token label.
+    #[arg(long, value_name = "LABEL")]
+    token_label: Option<String>,
+    /// Label of the wrapping key on the token.
+    #[arg(long, value_name = "LABEL")]
+    key_label: Option<String>,
+    /// File holding the token's user PIN (else DISKSEAL_PKCS11_PIN).
+    #[arg(long, value_name = "FILE")]
+    pin_file: Option<PathBuf>,
+    /// PKCS#11 mechanism: aes-kwp (default), rsa-oaep (SHA-1), rsa-oaep-sha256.
+    #[arg(long, value_name = "MECH")]
+    mechanism: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -186,6 +201,11 @@ impl KmsArgs {
             max_retry_wait_ms: self.max_retry_wait_ms,
             retry_base_ms: self.retry_base_ms,
             timeout_secs: self.timeout_secs,
+            pkcs11_module: self.pkcs11_module.clone(),
+            token_label: self.token_label.clone(),
+            key_label: self.key_label.clone(),
+            pin_file: self.pin_file.clone(),
+            mechanism: self.mechanism.clone(),
             ..FileConfig::default()
         }
     }
@@ -256,10 +276,10 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Wrap(a) => wrap(cli, a),
         Command::Unwrap(a) => {
             let l = layers(cli, Some(&a.kms))?;
-            let kms = KeyProtect::new(l.kms()?);
+            let kms = wrapper(&l)?;
             let wdek = read_wdek(&a.wdek_file)?;
             let r = kms.unwrap(&wdek);
-            log_kms(&l, "kms.secrets.unwrap", &kms, r.as_ref().map(|u| u.correlation_id.clone()).map_err(Clone::clone), None, json!({}))?;
+            log_kms(&l, "kms.secrets.unwrap", kms.as_ref(), r.as_ref().map(|u| u.correlation_id.clone()).map_err(Clone::clone), None, json!({}))?;
             let u = r?;
             write_secret_file(&a.output, u.plaintext.expose())?;
             print(cli, json!({"output": a.output, "bytes": u.plaintext.expose().len(), "key_version": u.key_version, "rewrapped": u.rewrapped}),
@@ -268,10 +288,10 @@ fn run(cli: &Cli) -> Result<()> {
         }
         Command::Rewrap(a) => {
             let l = layers(cli, Some(&a.kms))?;
-            let kms = KeyProtect::new(l.kms()?);
+            let kms = wrapper(&l)?;
             let wdek = read_wdek(&a.wdek_file)?;
             let r = kms.rewrap(&wdek);
-            log_kms(&l, "kms.secrets.rewrap", &kms, r.as_ref().map(|w| w.correlation_id.clone()).map_err(Clone::clone), None, json!({}))?;
+            log_kms(&l, "kms.secrets.rewrap", kms.as_ref(), r.as_ref().map(|w| w.correlation_id.clone()).map_err(Clone::clone), None, json!({}))?;
             let w = r?;
             print_wrapped(cli, &w);
             Ok(())
@@ -282,6 +302,14 @@ fn run(cli: &Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The configured backend.
+fn wrapper(l: &Layers) -> Result<Box<dyn KeyWrapper>> {
+    if l.is_pkcs11() {
+        return Ok(Box::new(crate::kms::pkcs11::Pkcs11::new(l.pkcs11()?)?));
+    }
+    Ok(Box::new(KeyProtect::new(l.kms()?)))
 }
 
 fn verify_bundle(l: &Layers, bundle: &Path) -> Result<crate::verify::Verified> {
@@ -319,12 +347,12 @@ fn wrap(cli: &Cli, a: &WrapArgs) -> Result<()> {
         }
         (None, None) => (None, None, None),
     };
-    let kms = KeyProtect::new(l.kms()?);
+    let kms = wrapper(&l)?;
     let details = json!({"bundle": bundle_name});
     match key {
         Some(key) => {
             let r = kms.wrap(&key);
-            log_kms(&l, "kms.secrets.wrap", &kms, r.as_ref().map(|w| w.correlation_id.clone()).map_err(Clone::clone), image_sha.clone(), details)?;
+            log_kms(&l, "kms.secrets.wrap", kms.as_ref(), r.as_ref().map(|w| w.correlation_id.clone()).map_err(Clone::clone), image_sha.clone(), details)?;
             print_wrapped(cli, &r?);
         }
         None => {
@@ -333,7 +361,7 @@ fn wrap(cli: &Cli, a: &WrapArgs) -> Result<()> {
                 return Err(Error::Config(format!("{} already exists; it is never overwritten", out.display())));
             }
             let r = kms.generate();
-            log_kms(&l, "kms.secrets.wrap", &kms, r.as_ref().map(|g| g.wrapped.correlation_id.clone()).map_err(Clone::clone), None, json!({"generated": true}))?;
+            log_kms(&l, "kms.secrets.wrap", kms.as_ref(), r.as_ref().map(|g| g.wrapped.correlation_id.clone()).map_err(Clone::clone), None, json!({"generated": true}))?;
             let g = r?;
             write_secret_file(out, g.plaintext.expose())?;
             print_wrapped(cli, &g.wrapped);

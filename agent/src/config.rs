@@ -61,6 +61,16 @@ pub struct FileConfig {
     pub retry_base_ms: Option<u64>,
     /// Per-request timeout in seconds (default 30).
     pub timeout_secs: Option<u64>,
+    /// PKCS#11 module path (service "pkcs11").
+    pub pkcs11_module: Option<PathBuf>,
+    /// PKCS#11 token label.
+    pub token_label: Option<String>,
+    /// Label of the wrapping key on the token.
+    pub key_label: Option<String>,
+    /// File holding the token's user PIN.
+    pub pin_file: Option<PathBuf>,
+    /// PKCS#11 mechanism: aes-kwp (default), rsa-oaep (SHA-1), rsa-oaep-sha256.
+    pub mechanism: Option<String>,
 }
 
 impl FileConfig {
@@ -89,6 +99,11 @@ impl FileConfig {
             max_retry_wait_ms: self.max_retry_wait_ms.or(lower.max_retry_wait_ms),
             retry_base_ms: self.retry_base_ms.or(lower.retry_base_ms),
             timeout_secs: self.timeout_secs.or(lower.timeout_secs),
+            pkcs11_module: self.pkcs11_module.or(lower.pkcs11_module),
+            token_label: self.token_label.or(lower.token_label),
+            key_label: self.key_label.or(lower.key_label),
+            pin_file: self.pin_file.or(lower.pin_file),
+            mechanism: self.mechanism.or(lower.mechanism),
         }
     }
 }
@@ -104,6 +119,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("DISKSEAL_IAM_ENDPOINT", "iam_endpoint"),
     ("DISKSEAL_AGENT_IDENTITY", "identity"),
     ("DISKSEAL_AGENT_AUDIT_LOG", "audit_log"),
+    ("DISKSEAL_PKCS11_MODULE", "pkcs11_module"),
+    ("DISKSEAL_PKCS11_TOKEN", "token_label"),
 ];
 
 fn from_env(env: &dyn Fn(&str) -> Option<String>) -> FileConfig {
@@ -118,6 +135,8 @@ fn from_env(env: &dyn Fn(&str) -> Option<String>) -> FileConfig {
         iam_endpoint: get("DISKSEAL_IAM_ENDPOINT"),
         identity: get("DISKSEAL_AGENT_IDENTITY").map(PathBuf::from),
         audit_log: get("DISKSEAL_AGENT_AUDIT_LOG").map(PathBuf::from),
+        pkcs11_module: get("DISKSEAL_PKCS11_MODULE").map(PathBuf::from),
+        token_label: get("DISKSEAL_PKCS11_TOKEN"),
         ..FileConfig::default()
     }
 }
@@ -196,6 +215,7 @@ pub struct Layers {
     merged: FileConfig,
     api_key_env: Option<SecretString>,
     api_key_flag_file: Option<PathBuf>,
+    pin_env: Option<SecretString>,
     home: PathBuf,
 }
 
@@ -217,7 +237,8 @@ impl Layers {
         let api_key_flag_file = flags.api_key_file.clone();
         let merged = flags.or(from_env(env)).or(file);
         let api_key_env = env("IBMCLOUD_API_KEY").filter(|k| !k.is_empty()).map(SecretString::new);
-        Ok(Layers { merged, api_key_env, api_key_flag_file, home })
+        let pin_env = env("DISKSEAL_PKCS11_PIN").filter(|k| !k.is_empty()).map(SecretString::new);
+        Ok(Layers { merged, api_key_env, api_key_flag_file, pin_env, home })
     }
 
     /// The agent's age identity file.
@@ -253,12 +274,43 @@ impl Layers {
         ))
     }
 
+    /// True when the configured service is a PKCS#11 token.
+    pub fn is_pkcs11(&self) -> bool {
+        self.merged.service.as_deref() == Some("pkcs11")
+    }
+
+    /// Resolves the PKCS#11 settings; the PIN comes from `pin_file` or `DISKSEAL_PKCS11_PIN`.
+    pub fn pkcs11(&self) -> Result<crate::kms::pkcs11::Pkcs11Settings> {
+        use crate::kms::pkcs11::{Pkcs11Mechanism, Pkcs11Settings};
+        let m = &self.merged;
+        let mech = m.mechanism.as_deref().unwrap_or("aes-kwp");
+        let mechanism = Pkcs11Mechanism::parse(mech)
+            .ok_or_else(|| Error::Config(format!("unknown PKCS#11 mechanism {mech:?}: use aes-kwp, rsa-oaep or rsa-oaep-sha256")))?;
+        let pin = match (&m.pin_file, &self.pin_env) {
+            (Some(p), _) => {
+                let t = std::fs::read_to_string(p).map_err(|e| Error::io("read PIN file", p, e))?;
+                SecretString::new(t.trim_end_matches(['\r', '\n']).to_owned())
+            }
+            (None, Some(pin)) => pin.clone(),
+            (None, None) => return Err(Error::Config("no PKCS#11 PIN: pass --pin-file FILE or set DISKSEAL_PKCS11_PIN".into())),
+        };
+        let need = |v: Option<String>, what: &str, flag: &str| v.ok_or_else(|| Error::Config(format!("no {what}: pass {flag} or set it in the config file")));
+        Ok(Pkcs11Settings {
+            module: m.pkcs11_module.clone().ok_or_else(|| Error::Config("no PKCS#11 module: pass --pkcs11-module or set DISKSEAL_PKCS11_MODULE".into()))?,
+            token_label: need(m.token_label.clone(), "token label", "--token-label")?,
+            key_label: need(m.key_label.clone(), "wrapping key label", "--key-label")?,
+            pin,
+            mechanism,
+        })
+    }
+
     /// Resolves the IBM KMS settings: endpoint tables, required fields, the API key.
     pub fn kms(&self) -> Result<KmsSettings> {
         let m = &self.merged;
         let service = match m.service.as_deref().unwrap_or("key-protect") {
             "key-protect" | "kp" => Service::KeyProtect,
             "hpcs" | "hs-crypto" => Service::Hpcs,
+            "pkcs11" => return Err(Error::Config("service pkcs11 has no IBM endpoint".into())),
             other => return Err(Error::Config(format!("unknown service {other:?}: use key-protect or hpcs"))),
         };
         if let Some(r) = &m.region

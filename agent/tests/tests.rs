@@ -8,3 +8,4 @@ mod kms;
 mod audit;
 mod cli;
 mod util;
+mod pkcs11;

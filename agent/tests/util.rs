@@ -46,6 +46,16 @@ pub fn agent(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Ran {
 /// True when `tool` runs; else prints a skip line, or panics when oracles are required (CI).
 pub fn have(tool: &str) -> bool {
     let ok = Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    found(tool, ok)
+}
+
+/// Like [`have`] for tools without `--version` (pkcs11-tool): only checks that it starts.
+pub fn installed(tool: &str) -> bool {
+    let ok = Command::new(tool).arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    found(tool, ok)
+}
+
+fn found(tool: &str, ok: bool) -> bool {
     if !ok {
         if std::env::var_os("DISKSEAL_REQUIRE_ORACLES").is_some_and(|v| v == "1") {
             panic!("oracle tool {tool} is missing and DISKSEAL_REQUIRE_ORACLES=1");
