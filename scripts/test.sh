@@ -20,4 +20,9 @@ if ((${#need[@]})); then
     fi
 fi
 
+# AWS KMS tests talk to moto's server (KMS with SigV4 checks); boto3 sets up its user and key.
+if ! command -v moto_server >/dev/null || ! python3 -c 'import boto3' 2>/dev/null; then
+    python3 -m pip install -q 'moto[server]' boto3 || echo "warning: moto/boto3 not installed; AWS KMS tests will be skipped" >&2
+fi
+
 cargo test --locked --workspace --all-targets

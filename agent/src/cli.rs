@@ -89,7 +89,7 @@ enum AuditCmd {
 /// KMS connection flags (each also settable by environment or config file).
 #[derive(Debug, Args)]
 struct KmsArgs {
-    /// key-protect (default), hpcs or pkcs11.
+    /// key-protect (default), hpcs, pkcs11 or aws-kms.
     #[arg(long, value_name = "SERVICE")]
     service: Option<String>,
     /// IBM Cloud region, e.g. us-south.
@@ -146,6 +146,9 @@ struct KmsArgs {
     /// PKCS#11 mechanism: aes-kwp (default), rsa-oaep (SHA-1), rsa-oaep-sha256.
     #[arg(long, value_name = "MECH")]
     mechanism: Option<String>,
+    /// AWS region (with --service aws-kms; else AWS_REGION).
+    #[arg(long, value_name = "REGION")]
+    aws_region: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -206,6 +209,7 @@ impl KmsArgs {
             key_label: self.key_label.clone(),
             pin_file: self.pin_file.clone(),
             mechanism: self.mechanism.clone(),
+            aws_region: self.aws_region.clone(),
             ..FileConfig::default()
         }
     }
@@ -308,6 +312,9 @@ fn run(cli: &Cli) -> Result<()> {
 fn wrapper(l: &Layers) -> Result<Box<dyn KeyWrapper>> {
     if l.is_pkcs11() {
         return Ok(Box::new(crate::kms::pkcs11::Pkcs11::new(l.pkcs11()?)?));
+    }
+    if l.service() == "aws-kms" {
+        return Ok(Box::new(crate::kms::aws::AwsKms::new(l.aws()?)));
     }
     Ok(Box::new(KeyProtect::new(l.kms()?)))
 }

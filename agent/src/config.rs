@@ -71,6 +71,8 @@ pub struct FileConfig {
     pub pin_file: Option<PathBuf>,
     /// PKCS#11 mechanism: aes-kwp (default), rsa-oaep (SHA-1), rsa-oaep-sha256.
     pub mechanism: Option<String>,
+    /// AWS region (service "aws-kms").
+    pub aws_region: Option<String>,
 }
 
 impl FileConfig {
@@ -104,6 +106,7 @@ impl FileConfig {
             key_label: self.key_label.or(lower.key_label),
             pin_file: self.pin_file.or(lower.pin_file),
             mechanism: self.mechanism.or(lower.mechanism),
+            aws_region: self.aws_region.or(lower.aws_region),
         }
     }
 }
@@ -121,6 +124,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("DISKSEAL_AGENT_AUDIT_LOG", "audit_log"),
     ("DISKSEAL_PKCS11_MODULE", "pkcs11_module"),
     ("DISKSEAL_PKCS11_TOKEN", "token_label"),
+    ("AWS_REGION", "aws_region"),
+    ("AWS_DEFAULT_REGION", "aws_region"),
 ];
 
 fn from_env(env: &dyn Fn(&str) -> Option<String>) -> FileConfig {
@@ -137,6 +142,7 @@ fn from_env(env: &dyn Fn(&str) -> Option<String>) -> FileConfig {
         audit_log: get("DISKSEAL_AGENT_AUDIT_LOG").map(PathBuf::from),
         pkcs11_module: get("DISKSEAL_PKCS11_MODULE").map(PathBuf::from),
         token_label: get("DISKSEAL_PKCS11_TOKEN"),
+        aws_region: get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION")),
         ..FileConfig::default()
     }
 }
@@ -216,6 +222,7 @@ pub struct Layers {
     api_key_env: Option<SecretString>,
     api_key_flag_file: Option<PathBuf>,
     pin_env: Option<SecretString>,
+    aws_env: (Option<String>, Option<SecretString>, Option<SecretString>),
     home: PathBuf,
 }
 
@@ -238,7 +245,12 @@ impl Layers {
         let merged = flags.or(from_env(env)).or(file);
         let api_key_env = env("IBMCLOUD_API_KEY").filter(|k| !k.is_empty()).map(SecretString::new);
         let pin_env = env("DISKSEAL_PKCS11_PIN").filter(|k| !k.is_empty()).map(SecretString::new);
-        Ok(Layers { merged, api_key_env, api_key_flag_file, pin_env, home })
+        let aws_env = (
+            env("AWS_ACCESS_KEY_ID").filter(|k| !k.is_empty()),
+            env("AWS_SECRET_ACCESS_KEY").filter(|k| !k.is_empty()).map(SecretString::new),
+            env("AWS_SESSION_TOKEN").filter(|k| !k.is_empty()).map(SecretString::new),
+        );
+        Ok(Layers { merged, api_key_env, api_key_flag_file, pin_env, aws_env, home })
     }
 
     /// The agent's age identity file.
@@ -272,6 +284,34 @@ impl Layers {
         Err(Error::Config(
             "no IBM Cloud API key: set IBMCLOUD_API_KEY, or pass --api-key-file FILE, or set api_key_file in the config file".into(),
         ))
+    }
+
+    /// The configured service name.
+    pub fn service(&self) -> &str {
+        self.merged.service.as_deref().unwrap_or("key-protect")
+    }
+
+    /// Resolves the AWS KMS settings; credentials from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+    pub fn aws(&self) -> Result<crate::kms::aws::AwsSettings> {
+        let m = &self.merged;
+        let region = m.aws_region.clone().ok_or_else(|| Error::Config("no AWS region: pass --aws-region or set AWS_REGION".into()))?;
+        let (ak, sk, token) = self.aws_env.clone();
+        let (Some(access_key_id), Some(secret_access_key)) = (ak, sk) else {
+            return Err(Error::Config("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into()));
+        };
+        let mut retry = RetryPolicy::default();
+        if let Some(s) = m.timeout_secs {
+            retry.timeout = Duration::from_secs(s.max(1));
+        }
+        Ok(crate::kms::aws::AwsSettings {
+            endpoint: m.endpoint.clone().unwrap_or_else(|| format!("https://kms.{region}.amazonaws.com")).trim_end_matches('/').to_owned(),
+            region,
+            key_id: m.key_id.clone().ok_or_else(|| Error::Config("no key id: pass --key-id (id, ARN or alias/NAME)".into()))?,
+            access_key_id,
+            secret_access_key,
+            session_token: token,
+            retry,
+        })
     }
 
     /// True when the configured service is a PKCS#11 token.
@@ -310,7 +350,7 @@ impl Layers {
         let service = match m.service.as_deref().unwrap_or("key-protect") {
             "key-protect" | "kp" => Service::KeyProtect,
             "hpcs" | "hs-crypto" => Service::Hpcs,
-            "pkcs11" => return Err(Error::Config("service pkcs11 has no IBM endpoint".into())),
+            "pkcs11" | "aws-kms" => return Err(Error::Config(format!("service {} has no IBM endpoint", m.service.as_deref().unwrap_or("")))),
             other => return Err(Error::Config(format!("unknown service {other:?}: use key-protect or hpcs"))),
         };
         if let Some(r) = &m.region

@@ -41,3 +41,10 @@ mod tests {
         assert_eq!(event_time(951_782_400, 5), "2000-02-29T00:00:00.05+0000");
     }
 }
+
+/// SigV4's `x-amz-date` (`YYYYMMDDTHHMMSSZ`) for Unix seconds.
+pub fn amz_date(secs: u64) -> String {
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
+}

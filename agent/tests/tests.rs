@@ -9,3 +9,4 @@ mod audit;
 mod cli;
 mod util;
 mod pkcs11;
+mod aws;

@@ -7,6 +7,7 @@
 //!
 //! [`conformance`] is the behaviour every backend must show; the tests run it against each.
 
+pub mod aws;
 pub mod fake;
 pub mod keyprotect;
 pub mod pkcs11;
