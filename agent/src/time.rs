@@ -16,6 +16,13 @@ pub fn event_time(secs: u64, centis: u32) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{centis:02}+0000", rem / 3600, rem / 60 % 60, rem % 60)
 }
 
+/// SigV4's `x-amz-date` (`YYYYMMDDTHHMMSSZ`) for Unix seconds.
+pub fn amz_date(secs: u64) -> String {
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -39,12 +46,6 @@ mod tests {
         // The sample in the Activity Tracker docs.
         assert_eq!(event_time(1_572_817_253, 94), "2019-11-03T21:40:53.94+0000");
         assert_eq!(event_time(951_782_400, 5), "2000-02-29T00:00:00.05+0000");
+        assert_eq!(amz_date(1_440_938_160), "20150830T123600Z");
     }
-}
-
-/// SigV4's `x-amz-date` (`YYYYMMDDTHHMMSSZ`) for Unix seconds.
-pub fn amz_date(secs: u64) -> String {
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    format!("{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
 }

@@ -52,20 +52,30 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     m.finalize().into_bytes().to_vec()
 }
 
-/// A SigV4 `Authorization` header for a request with the given (lower-case, trimmed) headers.
-/// `headers` must include `host` and `x-amz-date`; they are signed in sorted order.
-pub fn sigv4_authorization(
-    method: &str,
-    path: &str,
-    query: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-    access_key: &str,
-    secret: &str,
-    region: &str,
-    service: &str,
-    amz_date: &str,
-) -> String {
+/// What SigV4 signs.
+#[derive(Debug)]
+pub struct SigV4<'a> {
+    /// HTTP method.
+    pub method: &'a str,
+    /// URI-encoded path.
+    pub path: &'a str,
+    /// Canonical query string.
+    pub query: &'a str,
+    /// Headers to sign; must include `host` and `x-amz-date`.
+    pub headers: &'a [(&'a str, &'a str)],
+    /// Request body.
+    pub body: &'a [u8],
+    /// Region.
+    pub region: &'a str,
+    /// Service, e.g. "kms".
+    pub service: &'a str,
+    /// The `x-amz-date` value.
+    pub amz_date: &'a str,
+}
+
+/// A SigV4 `Authorization` header; the headers are signed lower-cased, trimmed and sorted.
+pub fn sigv4_authorization(r: &SigV4<'_>, access_key: &str, secret: &str) -> String {
+    let SigV4 { method, path, query, headers, body, region, service, amz_date } = *r;
     let mut h: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned())).collect();
     h.sort();
     let canonical_headers: String = h.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
@@ -118,18 +128,17 @@ impl AwsKms {
         if let Some(t) = &token {
             headers.push(("x-amz-security-token", t.as_str()));
         }
-        let auth = sigv4_authorization(
-            "POST",
-            "/",
-            "",
-            &headers,
-            body.as_bytes(),
-            &self.s.access_key_id,
-            self.s.secret_access_key.expose(),
-            &self.s.region,
-            "kms",
-            &amz_date,
-        );
+        let req = SigV4 {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &headers,
+            body: body.as_bytes(),
+            region: &self.s.region,
+            service: "kms",
+            amz_date: &amz_date,
+        };
+        let auth = sigv4_authorization(&req, &self.s.access_key_id, self.s.secret_access_key.expose());
         let mut req = self.agent.post(&url).header("authorization", &auth);
         for (k, v) in &headers {
             if *k != "host" {
@@ -252,18 +261,17 @@ mod tests {
     /// AWS's published SigV4 test suite, case "get-vanilla".
     #[test]
     fn sigv4_get_vanilla() {
-        let auth = sigv4_authorization(
-            "GET",
-            "/",
-            "",
-            &[("host", "example.amazonaws.com"), ("x-amz-date", "20150830T123600Z")],
-            b"",
-            "AKIDEXAMPLE",
-            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
-            "us-east-1",
-            "service",
-            "20150830T123600Z",
-        );
+        let req = SigV4 {
+            method: "GET",
+            path: "/",
+            query: "",
+            headers: &[("host", "example.amazonaws.com"), ("x-amz-date", "20150830T123600Z")],
+            body: b"",
+            region: "us-east-1",
+            service: "service",
+            amz_date: "20150830T123600Z",
+        };
+        let auth = sigv4_authorization(&req, "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY");
         assert_eq!(
             auth,
             "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date, \
