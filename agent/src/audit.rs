@@ -90,6 +90,15 @@ pub fn append(log: &Path, ev: &Event) -> Result<()> {
     if let Some(dir) = log.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
     }
+    use std::os::unix::fs::OpenOptionsExt;
+    // One writer at a time: the lock covers reading the tip, appending and updating the head.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(log)
+        .map_err(|e| Error::io("open audit log", log, e))?;
+    f.lock().map_err(|e| Error::io("lock audit log", log, e))?;
     let (seq, prev) = tip(log)?;
     let outcome = if ev.success { "success" } else { "failure" };
     let mut reason = json!({"reasonCode": ev.reason_code, "reasonType": if ev.success { "OK" } else { "Error" }});
@@ -113,18 +122,12 @@ pub fn append(log: &Path, ev: &Event) -> Result<()> {
         "message": format!("diskseal-agent: {} {}", ev.action, outcome),
     })
     .to_string();
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(log)
-        .map_err(|e| Error::io("open audit log", log, e))?;
     f.write_all(format!("{line}\n").as_bytes()).and_then(|()| f.sync_all()).map_err(|e| Error::io("append to audit log", log, e))?;
     let head = head_path(log);
     let tmp = head.with_extension("head.tmp");
     let head_text = json!({"seq": seq + 1, "sha256": sha_hex(line.as_bytes())}).to_string();
     std::fs::write(&tmp, head_text).and_then(|()| std::fs::rename(&tmp, &head)).map_err(|e| Error::io("write audit head", &head, e))?;
+    f.unlock().map_err(|e| Error::io("unlock audit log", log, e))?;
     Ok(())
 }
 

@@ -72,6 +72,9 @@ enum Command {
 enum BundleCmd {
     /// Check a bundle: manifest, image sha256, and that the key unseals with the identity.
     Verify {
+        /// Also unlock the image with the key and check the plaintext's sha256 (reads the whole image).
+        #[arg(long)]
+        deep: bool,
         /// The bundle directory.
         bundle: PathBuf,
     },
@@ -265,14 +268,13 @@ fn run(cli: &Cli) -> Result<()> {
             print(cli, json!({"identity": path, "recipient": recipient}), recipient.clone());
             Ok(())
         }
-        Command::Bundle(BundleCmd::Verify { bundle }) => {
+        Command::Bundle(BundleCmd::Verify { bundle, deep }) => {
             let l = layers(cli, None)?;
-            let r = verify_bundle(&l, bundle);
-            let v = r?;
+            let v = verify_bundle(&l, bundle, *deep)?;
             let m = &v.manifest;
             print(
                 cli,
-                json!({"bundle": bundle, "ok": true, "image": m.image.file, "image_sha256": m.image.sha256, "profile": m.profile, "key_bytes": m.key.length}),
+                json!({"bundle": bundle, "ok": true, "deep": deep, "image": m.image.file, "image_sha256": m.image.sha256, "profile": m.profile, "key_bytes": m.key.length}),
                 format!("{}: OK: {} sha256 {} matches; the key ({} bytes, {}) unseals", bundle.display(), m.image.file, m.image.sha256, m.key.length, m.key.kind),
             );
             Ok(())
@@ -319,8 +321,13 @@ fn wrapper(l: &Layers) -> Result<Box<dyn KeyWrapper>> {
     Ok(Box::new(KeyProtect::new(l.kms()?)))
 }
 
-fn verify_bundle(l: &Layers, bundle: &Path) -> Result<crate::verify::Verified> {
-    let r = crate::identity::load(&l.identity()).and_then(|ids| crate::verify::verify(bundle, &ids));
+fn verify_bundle(l: &Layers, bundle: &Path, deep: bool) -> Result<crate::verify::Verified> {
+    let r = crate::identity::load(&l.identity()).and_then(|ids| crate::verify::verify(bundle, &ids)).and_then(|v| {
+        if deep {
+            crate::verify::verify_plaintext(&v)?;
+        }
+        Ok(v)
+    });
     let (ok, failure) = match &r {
         Ok(_) => (true, None),
         Err(e) => (false, Some(e.to_string())),
@@ -333,6 +340,7 @@ fn verify_bundle(l: &Layers, bundle: &Path) -> Result<crate::verify::Verified> {
         target_id: bundle.display().to_string(),
         target_type: "diskseal/bundle".into(),
         image_sha256: r.as_ref().ok().map(|v| v.manifest.image.sha256.clone()),
+        details: json!({"deep": deep}),
         ..Event::default()
     })?;
     r
@@ -342,7 +350,7 @@ fn wrap(cli: &Cli, a: &WrapArgs) -> Result<()> {
     let l = layers(cli, Some(&a.kms))?;
     let (key, image_sha, bundle_name) = match (&a.bundle, &a.dek_file) {
         (Some(b), _) => {
-            let v = verify_bundle(&l, b)?;
+            let v = verify_bundle(&l, b, false)?;
             (Some(v.key), Some(v.manifest.image.sha256.clone()), Some(b.display().to_string()))
         }
         (None, Some(f)) => {

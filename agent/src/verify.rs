@@ -99,3 +99,23 @@ pub fn verify(dir: &Path, identities: &[age::x25519::Identity]) -> Result<Verifi
     profile.passphrase(Zeroizing::new(key.expose().to_vec())).map_err(|e| bad(dir, format!("sealed key: {}", e.message())))?;
     Ok(Verified { dir: dir.to_owned(), manifest, key })
 }
+
+/// The deep check: unlocks the image with the unsealed key, decrypts the whole payload and compares its
+/// SHA-256 with the manifest's `plaintext.sha256` (slow: a KDF plus a full read).
+pub fn verify_plaintext(v: &Verified) -> Result<()> {
+    let profile = Profile::parse(&v.manifest.profile)?;
+    let pass = profile.passphrase(Zeroizing::new(v.key.expose().to_vec()))?;
+    let image = v.dir.join(&v.manifest.image.file);
+    let q = diskseal::bundle::QuietRun::default();
+    let r = diskseal::ops::verify(&image, diskseal::ops::Unlock::Passphrase(pass), None, &q.run()).map_err(|e| {
+        if e.kind() == diskseal::ErrorKind::WrongKey {
+            bad(&v.dir, format!("the sealed key does not open {}: {}", v.manifest.image.file, e.message()))
+        } else {
+            Error::Diskseal(e)
+        }
+    })?;
+    if r.plaintext_sha256 != v.manifest.plaintext.sha256 {
+        return Err(bad(&v.dir, format!("plaintext sha256 {} does not match the manifest's {}", r.plaintext_sha256, v.manifest.plaintext.sha256)));
+    }
+    Ok(())
+}

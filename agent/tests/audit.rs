@@ -117,3 +117,15 @@ fn tampering_makes_audit_verify_exit_1() {
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains("line 2: prevHash"), "{}", out.stderr);
 }
+
+#[test]
+fn concurrent_writers_keep_the_chain() {
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("a.jsonl");
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| write_log(&log, 10));
+        }
+    });
+    assert_eq!(audit::verify(&log).unwrap().lines, 40);
+}

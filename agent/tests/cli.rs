@@ -258,3 +258,21 @@ fn kms_unreachable_through_the_cli() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains(&format!("cannot reach IAM at {url} after 2 attempt(s)")) && out.stderr.contains("hint:"), "{}", out.stderr);
 }
+
+#[test]
+fn deep_verify_unlocks_the_image() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let r = init(p);
+    let b = make_bundle(p, &r);
+    let out = agent(p, &["--json", "bundle", "verify", "--deep", "bundle"], &[]).ok();
+    assert!(out.stdout.contains("\"deep\": true"), "{}", out.stdout);
+    // A sealed key of the right size that does not open the image: only --deep sees it.
+    let rec: age::x25519::Recipient = r.parse().unwrap();
+    let wrong = vec![b'x'; PASSPHRASE.len()];
+    std::fs::write(b.join("dek.age"), age::encrypt(&rec, &wrong).unwrap()).unwrap();
+    agent(p, &["bundle", "verify", "bundle"], &[]).ok();
+    let out = agent(p, &["bundle", "verify", "--deep", "bundle"], &[]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("the sealed key does not open disk.luks"), "{}", out.stderr);
+}

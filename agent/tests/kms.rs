@@ -192,3 +192,16 @@ fn slow_kms_times_out_and_is_retried() {
     kp.wrap(&secret(b"k")).unwrap();
     assert_eq!(fake.with(|s| s.kp_calls), 2);
 }
+
+#[test]
+fn hpcs_speaks_the_same_key_api() {
+    let fake = FakeIbm::start();
+    let mut s = settings(&fake);
+    s.service = Service::Hpcs;
+    let kp = KeyProtect::new(s);
+    assert!(kp.target().starts_with("crn:v1:bluemix:public:hs-crypto:us-south:"), "{}", kp.target());
+    let w = kp.wrap(&secret(b"hpcs")).unwrap();
+    assert_eq!(kp.unwrap(&w.ciphertext).unwrap().plaintext.expose(), b"hpcs");
+    let e = kp.unwrap("bm9wZQ==").unwrap_err();
+    assert!(e.to_string().starts_with("Hyper Protect Crypto Services at http://127.0.0.1:"), "{e}");
+}
