@@ -299,10 +299,7 @@ impl Layers {
         let (Some(access_key_id), Some(secret_access_key)) = (ak, sk) else {
             return Err(Error::Config("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into()));
         };
-        let mut retry = RetryPolicy::default();
-        if let Some(s) = m.timeout_secs {
-            retry.timeout = Duration::from_secs(s.max(1));
-        }
+        let retry = self.retry();
         Ok(crate::kms::aws::AwsSettings {
             endpoint: m.endpoint.clone().unwrap_or_else(|| format!("https://kms.{region}.amazonaws.com")).trim_end_matches('/').to_owned(),
             region,
@@ -371,6 +368,22 @@ impl Layers {
         let need = |v: &Option<String>, what: &str, flag: &str, env: &str| {
             v.clone().ok_or_else(|| Error::Config(format!("no {what}: pass {flag}, set {env}, or set it in the config file")))
         };
+        Ok(KmsSettings {
+            service,
+            region: m.region.clone(),
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            iam_endpoint: m.iam_endpoint.clone().unwrap_or_else(|| IAM_ENDPOINT.into()).trim_end_matches('/').to_owned(),
+            instance_id: need(&m.instance_id, "KMS instance id", "--instance-id", "DISKSEAL_KMS_INSTANCE_ID")?,
+            key_id: need(&m.key_id, "root key id", "--key-id", "DISKSEAL_KMS_KEY_ID")?,
+            key_ring: m.key_ring.clone(),
+            api_key: self.api_key()?,
+            retry: self.retry(),
+        })
+    }
+
+    /// The retry policy from the merged settings.
+    pub fn retry(&self) -> RetryPolicy {
+        let m = &self.merged;
         let mut retry = RetryPolicy::default();
         if let Some(n) = m.max_attempts {
             retry.max_attempts = n.clamp(1, 10);
@@ -384,17 +397,7 @@ impl Layers {
         if let Some(s) = m.timeout_secs {
             retry.timeout = Duration::from_secs(s.max(1));
         }
-        Ok(KmsSettings {
-            service,
-            region: m.region.clone(),
-            endpoint: endpoint.trim_end_matches('/').to_owned(),
-            iam_endpoint: m.iam_endpoint.clone().unwrap_or_else(|| IAM_ENDPOINT.into()).trim_end_matches('/').to_owned(),
-            instance_id: need(&m.instance_id, "KMS instance id", "--instance-id", "DISKSEAL_KMS_INSTANCE_ID")?,
-            key_id: need(&m.key_id, "root key id", "--key-id", "DISKSEAL_KMS_KEY_ID")?,
-            key_ring: m.key_ring.clone(),
-            api_key: self.api_key()?,
-            retry,
-        })
+        retry
     }
 }
 

@@ -30,7 +30,7 @@ pub struct AwsSettings {
     pub secret_access_key: SecretString,
     /// Session token, if any (redacted).
     pub session_token: Option<SecretString>,
-    /// Timeout (retries are not done for AWS yet; one attempt).
+    /// Retries and timeout (429 and 5xx are retried; KMS's HTTP 400 ThrottlingException is not).
     pub retry: RetryPolicy,
 }
 
@@ -139,24 +139,16 @@ impl AwsKms {
             amz_date: &amz_date,
         };
         let auth = sigv4_authorization(&req, &self.s.access_key_id, self.s.secret_access_key.expose());
-        let mut req = self.agent.post(&url).header("authorization", &auth);
-        for (k, v) in &headers {
-            if *k != "host" {
-                req = req.header(*k, *v);
+        let reply = super::http::with_retries(&self.s.retry, &self.label(), || {
+            let mut req = self.agent.post(&url).header("authorization", &auth);
+            for (k, v) in &headers {
+                if *k != "host" {
+                    req = req.header(*k, *v);
+                }
             }
-        }
-        let mut resp = req.send(body.as_str()).map_err(|e| KmsError {
-            kind: KmsErrorKind::Unreachable,
-            endpoint: self.label(),
-            status: None,
-            reason: None,
-            message: e.to_string(),
-            correlation_id: None,
-            attempts: 1,
+            req.send(body.as_str())
         })?;
-        let status = resp.status().as_u16();
-        let request_id = resp.headers().get("x-amzn-requestid").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let (status, text, request_id) = (reply.status, reply.body, reply.correlation_id);
         if status != 200 {
             let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             let reason = v["__type"]

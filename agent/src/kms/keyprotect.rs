@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
 use super::{Generated, KeyWrapper, KmsError, KmsErrorKind, Unwrapped, Wrapped, b64, uuid4};
-use crate::config::{KmsSettings, RetryPolicy, Service};
+use super::http::Reply;
+use crate::config::{KmsSettings, Service};
 use crate::secret::{SecretBytes, SecretString};
 
 const KEY_ACTION: &str = "application/vnd.ibm.kms.key_action+json";
@@ -35,13 +36,6 @@ pub struct KeyProtect {
     s: KmsSettings,
     agent: ureq::Agent,
     token: Mutex<Option<Token>>,
-}
-
-/// A response: status, body, `Retry-After` and correlation-id headers.
-struct Reply {
-    status: u16,
-    body: String,
-    correlation_id: Option<String>,
 }
 
 impl KeyProtect {
@@ -62,56 +56,12 @@ impl KeyProtect {
         }
     }
 
-    /// Sends with retries; `send` makes one attempt.
     fn with_retries(
         &self,
         label: &str,
-        mut send: impl FnMut() -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        send: impl FnMut() -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<Reply, KmsError> {
-        let policy = self.s.retry;
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let last = attempt >= policy.max_attempts;
-            match send() {
-                Ok(mut resp) => {
-                    let status = resp.status().as_u16();
-                    let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-                    let retry_after = header("retry-after");
-                    let correlation_id = header("correlation-id").or_else(|| header("transaction-id"));
-                    let body = resp.body_mut().read_to_string().unwrap_or_default();
-                    let retryable = status == 429 || (status >= 500 && status != 501);
-                    if retryable && !last {
-                        let wait = retry_after
-                            .and_then(|v| v.trim().parse::<u64>().ok())
-                            .map(Duration::from_secs)
-                            .unwrap_or_else(|| backoff(&policy, attempt));
-                        std::thread::sleep(wait.min(policy.max_wait));
-                        continue;
-                    }
-                    return Ok(Reply { status, body, correlation_id });
-                }
-                Err(e) => {
-                    let transient = matches!(
-                        e,
-                        ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::Timeout(_) | ureq::Error::HostNotFound
-                    );
-                    if transient && !last {
-                        std::thread::sleep(backoff(&policy, attempt).min(policy.max_wait));
-                        continue;
-                    }
-                    return Err(KmsError {
-                        kind: KmsErrorKind::Unreachable,
-                        endpoint: label.to_owned(),
-                        status: None,
-                        reason: None,
-                        message: e.to_string(),
-                        correlation_id: None,
-                        attempts: attempt,
-                    });
-                }
-            }
-        }
+        super::http::with_retries(&self.s.retry, label, send)
     }
 
     fn iam_label(&self) -> String {
@@ -284,15 +234,6 @@ impl KeyWrapper for KeyProtect {
         let (v, cid) = self.action("wrap", &Zeroizing::new("{}".to_owned()))?;
         Ok(Generated { plaintext: self.plaintext(&v)?, wrapped: self.wrapped(&v, cid, "wrap")? })
     }
-}
-
-/// Exponential back-off with jitter: a random wait in [d/2, d] for d = base * 2^(attempt-1).
-fn backoff(p: &RetryPolicy, attempt: u32) -> Duration {
-    let d = p.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(p.max_wait);
-    let mut r = [0u8; 4];
-    let _ = getrandom::fill(&mut r);
-    let frac = f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX);
-    d.mul_f64(0.5 + frac / 2.0)
 }
 
 /// Percent-encodes a key id or alias for a URL path segment.
