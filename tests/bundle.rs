@@ -127,3 +127,23 @@ fn bundle_refusals_leave_nothing_behind() {
     diskseal(d, &["bundle", "-q", "--force", "--recipient", &recipient, "--key-file", "pw", "disk.luks", "out"]).ok();
     assert!(!d.join("out/old").exists() && d.join("out/manifest.json").exists());
 }
+
+#[test]
+fn encrypt_with_bundle_reports_one_json_document() {
+    let dir = setup(MIB, 75);
+    let d = dir.path();
+    let recipient = identity(d);
+    let mut args = vec!["encrypt", "--json", "--key-file", "pw"];
+    args.extend(FAST_PBKDF2);
+    args.extend(["--bundle", "b", "--recipient", &recipient, "src.raw", "disk.luks"]);
+    let r = diskseal(d, &args).ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["command"], "encrypt");
+    assert_eq!(v["bundle"]["manifest"]["luks"]["uuid"], v["uuid"]);
+    // --bundle needs --recipient, and a key file that can be read twice (not stdin).
+    let r = diskseal(d, &["encrypt", "--key-file", "pw", "--bundle", "c", "src.raw", "x.luks"]);
+    assert!(r.code == 2 && r.stderr.contains("--recipient"), "{}", r.stderr);
+    let r = diskseal(d, &["encrypt", "--key-file", "-", "--bundle", "c", "--recipient", &recipient, "src.raw", "x.luks"]);
+    assert!(r.code == 2 && r.stderr.contains("not stdin"), "{}", r.stderr);
+    assert!(!d.join("c").exists() && !d.join("x.luks").exists());
+}

@@ -64,18 +64,27 @@ pub(super) fn run(a: &BundleArgs, out: &Out) -> Result<ExitCode> {
     bundle::parse_recipient(&a.recipient)?;
     let key = keys::read_key_file(&a.key_file, a.strip_newline, out)?;
     let opts = BundleOptions { profile, recipient: a.recipient.clone(), force: a.force };
-    make(Request { image: &a.image, key, dir: &a.dir, opts, threads: a.threads }, out)
+    let rep = build(Request { image: &a.image, key, dir: &a.dir, opts, threads: a.threads }, out)?;
+    if out.json {
+        out.print_json(&json!({"command": "bundle", "dir": rep.dir, "manifest": rep.manifest}));
+    } else {
+        summary(&rep, out);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
-pub(super) fn make(r: Request<'_>, out: &Out) -> Result<ExitCode> {
+/// Writes the bundle.
+pub(super) fn build(r: Request<'_>, out: &Out) -> Result<bundle::BundleReport> {
     if r.image.starts_with(r.dir) {
         return Err(Error::invalid("the image is inside the bundle directory").with_path(r.image));
     }
-    let rep = with_progress(out, "bundling", r.threads, |run| bundle::create(r.image, &r.key, r.dir, &r.opts, run))?;
+    with_progress(out, "bundling", r.threads, |run| bundle::create(r.image, &r.key, r.dir, &r.opts, run))
+}
+
+/// The human summary line.
+pub(super) fn summary(rep: &bundle::BundleReport, out: &Out) {
     let m = &rep.manifest;
-    if out.json {
-        out.print_json(&json!({"command": "bundle", "dir": rep.dir, "manifest": m}));
-    } else {
+    {
         out.summary(&format!(
             "{}: bundle with {} ({} {}, sha256 {}), {} and {} sealed to {}",
             rep.dir.display(),
@@ -88,5 +97,4 @@ pub(super) fn make(r: Request<'_>, out: &Out) -> Result<ExitCode> {
             m.key.recipient
         ));
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -375,8 +375,15 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
     let r = with_progress(out, "encrypting", a.threads, |run| ops::encrypt(&a.src, &a.dst, &opts, &passphrase, volume_key, run))?;
     let kdf = kdf_text(&r.kdf);
     let rate = report::rate(r.virtual_size + r.padded, r.elapsed);
+    let bundle_req = match (&a.bundle, &a.recipient, bundle_key) {
+        (Some(dir), Some(recipient), Some(key)) => {
+            let opts = diskseal::bundle::BundleOptions { profile, recipient: recipient.clone(), force: a.force };
+            Some(bundle::Request { image: &a.dst, key, dir, opts, threads: a.threads })
+        }
+        _ => None,
+    };
     if out.json {
-        out.print_json(&json!({
+        let mut v = json!({
             "command": "encrypt",
             "profile": profile.name(),
             "source": a.src, "output": a.dst,
@@ -393,7 +400,12 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
             "kdf": kdf,
             "seconds": r.elapsed.as_secs_f64(),
             "threads": r.threads,
-        }));
+        });
+        if let Some(req) = bundle_req {
+            let rep = bundle::build(req, out)?;
+            v["bundle"] = json!({"dir": rep.dir, "manifest": rep.manifest});
+        }
+        out.print_json(&v);
     } else {
         if r.padded > 0 {
             out.warn(&format!("payload padded with {} zero bytes to a whole sector", r.padded));
@@ -410,12 +422,9 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
             r.elapsed.as_secs_f64(),
             r.threads
         ));
-    }
-    if let (Some(dir), Some(recipient), Some(key)) = (&a.bundle, &a.recipient, bundle_key) {
-        let opts = diskseal::bundle::BundleOptions { profile, recipient: recipient.clone(), force: a.force };
-        let req = bundle::Request { image: &a.dst, key, dir, opts, threads: a.threads };
-        // With --json the encrypt report was printed already; the bundle's follows it.
-        return bundle::make(req, out);
+        if let Some(req) = bundle_req {
+            bundle::summary(&bundle::build(req, out)?, out);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
