@@ -35,6 +35,9 @@ fn pipeline(c: &mut Criterion) {
         pad: false,
         input_format: None,
         force: true,
+        container: ops::Container::Raw,
+        sparse: false,
+        resize: None,
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut g = c.benchmark_group("raw-to-luks2");

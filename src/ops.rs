@@ -4,18 +4,23 @@
 use std::fs::File;
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::crypto::iv::luks_sector;
+use crate::crypto::IvScheme;
+use crate::crypto::iv::{luks_sector, qcow2_sector};
 use crate::crypto::xts::Xts;
 use crate::error::{Error, ErrorKind, Result};
-use crate::image::{self, ImageFormat};
-use crate::io::{OutputFile, read_exact_at, same_file};
+use crate::image::qcow2::Qcow2Image;
+use crate::image::qcow2::writer::Qcow2Writer;
+use crate::image::vhd::footer as vhd_footer;
+use crate::image::{self, DiskImage, Extent, ExtentKind, ImageFormat};
+use crate::io::{OutputFile, same_file};
 use crate::luks::kdf::Kdf;
 use crate::luks::keys::{Passphrase, VolumeKey};
+use crate::luks::payload::LuksPayload;
 use crate::luks::{self, FormatOptions, Luks, LuksVersion};
 use crate::pipeline::{DEFAULT_CHUNK, Pipeline, Progress};
 
@@ -30,6 +35,21 @@ pub struct Run<'a> {
     pub progress: &'a Progress,
     /// Total bytes of the data phase, set once the header work is done.
     pub total: &'a std::sync::atomic::AtomicU64,
+}
+
+/// The container the encrypted image is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Container {
+    /// A LUKS file (header, then the payload).
+    Raw,
+    /// A LUKS file wrapped as a fixed VHD (a 512-byte footer after the payload); `align` rounds the
+    /// virtual size up to a whole MiB (the payload grows by encrypted zeros).
+    Vhd {
+        /// Round the VHD size up to 1 MiB.
+        align: bool,
+    },
+    /// QEMU qcow2 v3 with qcow2-native LUKS1 (`encrypt.format=luks`), sparse.
+    Qcow2Luks,
 }
 
 /// Options of [`encrypt`].
@@ -48,6 +68,13 @@ pub struct EncryptOptions {
     pub input_format: Option<ImageFormat>,
     /// Replace an existing output.
     pub force: bool,
+    /// The output container.
+    pub container: Container,
+    /// Raw LUKS output: leave unallocated and zero runs of the source as holes instead of encrypting
+    /// zeros (the guest then reads garbage there, not zeros).
+    pub sparse: bool,
+    /// New virtual size (grow only).
+    pub resize: Option<u64>,
 }
 
 /// What [`encrypt`] did.
@@ -60,10 +87,12 @@ pub struct EncryptReport {
     /// Input format.
     pub input_format: &'static str,
     /// Source virtual size.
+    pub source_size: u64,
+    /// Virtual size of the encrypted disk (after --resize / --pad).
     pub virtual_size: u64,
     /// Zero bytes added by `--pad`.
     pub padded: u64,
-    /// Payload offset.
+    /// Payload offset (raw LUKS) or LUKS header offset (qcow2).
     pub data_offset: u64,
     /// Payload sector size.
     pub sector_size: u32,
@@ -71,6 +100,8 @@ pub struct EncryptReport {
     pub kdf: Kdf,
     /// Output file size.
     pub output_size: u64,
+    /// Bytes of the source read and encrypted (holes and zero runs are not read).
+    pub data_bytes: u64,
     /// Time spent on the data.
     pub elapsed: Duration,
     /// Worker threads used.
@@ -86,7 +117,45 @@ fn refuse_same(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Encrypts the disk image `src` into a new LUKS file `dst`.
+/// Fills `buf` with the source's bytes at `off`: only `Data` extents are read, the rest (and anything past
+/// the source's end) is zeroed. Returns the number of bytes read from the source.
+fn fill(image: &dyn DiskImage, extents: &[Extent], buf: &mut [u8], off: u64) -> Result<u64> {
+    let end = off + buf.len() as u64;
+    buf.fill(0);
+    let mut read = 0;
+    let first = extents.partition_point(|e| e.offset + e.len <= off);
+    for e in extents[first..].iter().take_while(|e| e.offset < end) {
+        if e.kind != ExtentKind::Data {
+            continue;
+        }
+        let a = e.offset.max(off);
+        let b = (e.offset + e.len).min(end);
+        image.read_at(&mut buf[(a - off) as usize..(b - off) as usize], a)?;
+        read += b - a;
+    }
+    Ok(read)
+}
+
+/// Sub-ranges of `[off, off+len)` (relative, sector-aligned) that hold source data.
+fn data_ranges(extents: &[Extent], off: u64, len: u64, sector: u64) -> Vec<(u64, u64)> {
+    let end = off + len;
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let first = extents.partition_point(|e| e.offset + e.len <= off);
+    for e in extents[first..].iter().take_while(|e| e.offset < end) {
+        if e.kind != ExtentKind::Data {
+            continue;
+        }
+        let a = (e.offset.max(off) - off) / sector * sector;
+        let b = ((e.offset + e.len).min(end) - off).div_ceil(sector) * sector;
+        match out.last_mut() {
+            Some(last) if last.1 >= a => last.1 = last.1.max(b),
+            _ => out.push((a, b.min(len))),
+        }
+    }
+    out
+}
+
+/// Encrypts the disk image `src` into a new file `dst` (a LUKS file, or qcow2 with native LUKS).
 pub fn encrypt(
     src: &Path,
     dst: &Path,
@@ -100,8 +169,29 @@ pub fn encrypt(
         return Err(Error::invalid("output file already exists").with_path(dst).hint("pass --force to overwrite it"));
     }
     let image = image::open(src, opts.input_format)?;
-    let vsize = image.virtual_size();
+    let source_size = image.virtual_size();
+    if source_size == 0 {
+        return Err(Error::invalid("input is empty").with_path(src));
+    }
+    let vsize = match opts.resize {
+        Some(r) if r < source_size => {
+            return Err(Error::invalid(format!("--resize {r} is smaller than the source's virtual size {source_size}"))
+                .hint("diskseal only grows disks; shrink the file system and the image first"));
+        }
+        Some(r) => r,
+        None => source_size,
+    };
+    let extents = image.extents()?;
     let version = opts.luks.version;
+    if opts.container == Container::Qcow2Luks {
+        if version != LuksVersion::Luks1 {
+            return Err(Error::invalid("qcow2 images hold LUKS1 only (QEMU has no LUKS2)"));
+        }
+        if std::str::from_utf8(passphrase.expose()).is_err() {
+            return Err(Error::invalid("the passphrase is not valid UTF-8, which QEMU requires for qcow2 encryption")
+                .hint("use a text passphrase, e.g. the base64 of random bytes"));
+        }
+    }
     let sector = match opts.sector_size {
         Some(s) => s,
         None if version == LuksVersion::Luks2 && vsize % 4096 == 0 => 4096,
@@ -113,62 +203,187 @@ pub fn encrypt(
     if !matches!(sector, 512 | 1024 | 2048 | 4096) {
         return Err(Error::invalid(format!("--sector-size {sector} must be 512, 1024, 2048 or 4096")));
     }
-    let payload_len = vsize.div_ceil(u64::from(sector)) * u64::from(sector);
+    let mut payload_len = vsize.div_ceil(u64::from(sector)) * u64::from(sector);
     if payload_len != vsize && !opts.pad {
-        return Err(Error::invalid(format!(
-            "input size {vsize} is not a multiple of the {sector}-byte sector size"
-        ))
-        .with_path(src)
-        .hint("pass --pad to pad the payload with zeros, or choose a smaller --sector-size"));
+        return Err(Error::invalid(format!("input size {vsize} is not a multiple of the {sector}-byte sector size"))
+            .with_path(src)
+            .hint("pass --pad to pad the payload with zeros, or choose a smaller --sector-size"));
     }
-    if vsize == 0 {
-        return Err(Error::invalid("input is empty").with_path(src));
+    let mut fmt = opts.luks.clone();
+    fmt.sector_size = sector;
+    if let Container::Vhd { align } = opts.container {
+        // The data offset is a whole MiB, so aligning the VHD size aligns the payload.
+        if align {
+            payload_len = vhd_footer::aligned_size(payload_len);
+        }
+        if version == LuksVersion::Luks2 {
+            // A fixed segment size keeps the footer out of the encrypted device.
+            fmt.segment_size = Some(payload_len);
+        }
     }
     let key = match volume_key {
         Some(k) => k,
         None => VolumeKey::generate(opts.key_bytes)?,
     };
-    let mut fmt = opts.luks.clone();
-    fmt.sector_size = sector;
     let formatted = luks::format(&fmt, &key, passphrase)?;
     let out = OutputFile::create(dst, opts.force)?;
-    let data_offset = formatted.data_offset;
-    out.write_at(&formatted.header, 0)?;
-    let output_size = data_offset + payload_len;
-
     let xts = Xts::new(key.expose())?;
     let pipeline = Pipeline::new(run.threads, DEFAULT_CHUNK)?;
     run.total.store(payload_len, std::sync::atomic::Ordering::Relaxed);
     let start = Instant::now();
-    let unit = sector as usize;
-    pipeline.run(payload_len, run.cancel, run.progress, |buf, off| {
-        let real = vsize.saturating_sub(off).min(buf.len() as u64) as usize;
-        image.read_at(&mut buf[..real], off)?;
-        buf[real..].fill(0);
-        xts.encrypt(buf, unit, luks_sector(0, off), fmt_iv())?;
-        out.write_at(buf, data_offset + off)
-    })?;
+    let data_bytes = AtomicU64::new(0);
+    let (data_offset, output_size) = match opts.container {
+        Container::Raw | Container::Vhd { .. } => {
+            let data_offset = formatted.data_offset;
+            out.write_at(&formatted.header, 0)?;
+            let unit = sector as usize;
+            let sparse = opts.sparse;
+            pipeline.run(payload_len, run.cancel, run.progress, |buf, off| {
+                data_bytes.fetch_add(fill(image.as_ref(), &extents, buf, off)?, Ordering::Relaxed);
+                if sparse {
+                    for (a, b) in data_ranges(&extents, off, buf.len() as u64, u64::from(sector)) {
+                        let part = &mut buf[a as usize..b as usize];
+                        xts.encrypt(part, unit, luks_sector(0, off + a), IvScheme::Plain64)?;
+                        out.write_at(part, data_offset + off + a)?;
+                    }
+                    return Ok(());
+                }
+                xts.encrypt(buf, unit, luks_sector(0, off), IvScheme::Plain64)?;
+                out.write_at(buf, data_offset + off)
+            })?;
+            let mut size = data_offset + payload_len;
+            if let Container::Vhd { .. } = opts.container {
+                vhd_footer::check_fixed_size(size)?;
+                let uuid = uuid::Uuid::parse_str(&formatted.uuid).map(|u| *u.as_bytes()).unwrap_or([0; 16]);
+                let since_2000 = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs().saturating_sub(946_684_800)) as u32;
+                out.write_at(&vhd_footer::fixed_footer(size, uuid, since_2000), size)?;
+                size += 512;
+            }
+            out.set_len(size)?;
+            (data_offset, size)
+        }
+        Container::Qcow2Luks => {
+            let writer = Qcow2Writer::new(&out, payload_len, Some(&formatted.header))?;
+            let cs = writer.cluster_size();
+            let read = |buf: &mut [u8], at: u64| -> Result<bool> {
+                if data_ranges(&extents, at, buf.len() as u64, cs).is_empty() {
+                    return Ok(false);
+                }
+                data_bytes.fetch_add(fill(image.as_ref(), &extents, buf, at)?, Ordering::Relaxed);
+                Ok(true)
+            };
+            let size = write_qcow2(&pipeline, payload_len, &read, Some(&xts), writer, &out, run)?;
+            (1 << crate::image::qcow2::writer::CLUSTER_BITS, size)
+        }
+    };
     let elapsed = start.elapsed();
-    out.set_len(output_size)?;
     out.commit(0o644)?;
     Ok(EncryptReport {
         version,
         uuid: formatted.uuid,
         input_format: image.format_name(),
-        virtual_size: vsize,
+        source_size,
+        virtual_size: payload_len,
         padded: payload_len - vsize,
         data_offset,
         sector_size: sector,
         kdf: formatted.keyslot_kdf,
         output_size,
+        data_bytes: data_bytes.into_inner(),
         elapsed,
         threads: pipeline.threads(),
     })
 }
 
-/// The payload IV scheme diskseal writes (aes-xts-plain64).
-fn fmt_iv() -> crate::crypto::IvScheme {
-    crate::crypto::IvScheme::Plain64
+/// A chunk of the qcow2 data path: its buffer, guest offset, and (cluster index, host offset) of the
+/// clusters that hold data.
+type ClusterJob = (Vec<u8>, u64, Vec<(u64, u64)>);
+
+/// The qcow2 data path, in waves: `read(buf, offset)` fills chunks in parallel (returning false when the
+/// chunk is known to be all zeros without reading), the clusters holding non-zero data are allocated in
+/// guest order, then encrypted with `xts` (IV = host offset / 512) when given, and written in parallel.
+/// Returns the final file length.
+fn write_qcow2(
+    pipeline: &Pipeline,
+    len: u64,
+    read: &(dyn Fn(&mut [u8], u64) -> Result<bool> + Sync),
+    xts: Option<&Xts>,
+    mut writer: Qcow2Writer,
+    out: &OutputFile,
+    run: &Run<'_>,
+) -> Result<u64> {
+    use rayon::prelude::*;
+    let cs = writer.cluster_size();
+    let chunk = (pipeline.chunk() as u64 / cs).max(1) * cs;
+    let wave = pipeline.threads() * 2;
+    let mut bufs: Vec<ClusterJob> = (0..wave).map(|_| (Vec::new(), 0, Vec::new())).collect();
+    let mut off = 0u64;
+    while off < len {
+        Pipeline::check_cancel(run.cancel)?;
+        let mut jobs: Vec<&mut ClusterJob> = Vec::new();
+        for b in bufs.iter_mut() {
+            if off >= len {
+                break;
+            }
+            let n = chunk.min(len - off);
+            b.0.resize(n as usize, 0);
+            b.1 = off;
+            b.2.clear();
+            jobs.push(b);
+            off += n;
+        }
+        // Read, and note which clusters are worth allocating.
+        pipeline.install(|| {
+            jobs.par_iter_mut().try_for_each(|job| -> Result<()> {
+                let (buf, at, alloc) = &mut **job;
+                if !read(buf, *at)? {
+                    return Ok(());
+                }
+                for (i, c) in buf.chunks(cs as usize).enumerate() {
+                    if c.iter().any(|&b| b != 0) {
+                        alloc.push((i as u64, 0));
+                    }
+                }
+                Ok(())
+            })
+        })?;
+        // Allocate host clusters in guest order.
+        for job in jobs.iter_mut() {
+            let at = job.1;
+            for (i, host) in job.2.iter_mut() {
+                *host = writer.allocate(at / cs + *i)?;
+            }
+        }
+        // Encrypt and write.
+        pipeline.install(|| {
+            jobs.par_iter_mut().try_for_each(|job| -> Result<()> {
+                let (buf, _, alloc) = &mut **job;
+                let blen = buf.len() as u64;
+                for &(i, host) in alloc.iter() {
+                    let c = &mut buf[(i * cs) as usize..((i + 1) * cs).min(blen) as usize];
+                    let mut cluster;
+                    let data: &mut [u8] = if c.len() as u64 == cs {
+                        c
+                    } else {
+                        cluster = vec![0u8; cs as usize];
+                        cluster[..c.len()].copy_from_slice(c);
+                        &mut cluster
+                    };
+                    if let Some(xts) = xts {
+                        xts.encrypt(data, 512, qcow2_sector(host), IvScheme::Plain64)?;
+                    }
+                    out.write_at(data, host)?;
+                }
+                Ok(())
+            })
+        })?;
+        for job in &jobs {
+            Pipeline::advance(run.progress, job.0.len() as u64);
+        }
+    }
+    writer.finish(out)
 }
 
 /// How to unlock an existing LUKS file.
@@ -180,21 +395,40 @@ pub enum Unlock {
     VolumeKey(VolumeKey),
 }
 
-/// An unlocked LUKS file.
+/// An unlocked encrypted image: its plaintext as a [`DiskImage`].
 #[derive(Debug)]
 pub struct Unlocked {
-    /// The open file.
-    pub file: File,
-    /// Its header.
-    pub luks: Luks,
+    /// The plaintext view.
+    pub image: Box<dyn DiskImage>,
+    /// What it is: "LUKS1", "LUKS2" or "qcow2 + LUKS1".
+    pub kind: &'static str,
     /// The keyslot that opened, when a passphrase was used.
     pub keyslot: Option<u32>,
-    xts: Xts,
+    /// Header warnings.
+    pub warnings: Vec<String>,
 }
 
-/// Opens `path`, checks its header, and recovers (or checks) the volume key.
+/// Opens an encrypted image (a LUKS file, or a qcow2 with QEMU-native LUKS), checks its header, and
+/// recovers (or checks) the volume key.
 pub fn unlock(path: &Path, how: Unlock) -> Result<Unlocked> {
     let file = File::open(path).map_err(|e| Error::io("open", path, None, e))?;
+    let mut magic = [0u8; 4];
+    let is_qcow2 = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok() && magic == *b"QFI\xfb";
+    if is_qcow2 {
+        let mut q = Qcow2Image::open(file, path, &mut Vec::new())?;
+        if q.luks_header()?.is_none() {
+            return Err(Error::invalid("this qcow2 image is not encrypted").with_path(path));
+        }
+        let (key, keyslot) = match how {
+            Unlock::Passphrase(p) => {
+                let (k, slot) = q.unlock(&p)?;
+                (k, Some(slot))
+            }
+            Unlock::VolumeKey(k) => (k, None),
+        };
+        q.set_key(&key)?;
+        return Ok(Unlocked { image: Box::new(q), kind: "qcow2 + LUKS1", keyslot, warnings: Vec::new() });
+    }
     let luks = Luks::open(&file, path)?;
     let (key, keyslot) = match how {
         Unlock::Passphrase(p) => {
@@ -206,17 +440,9 @@ pub fn unlock(path: &Path, how: Unlock) -> Result<Unlocked> {
             (k, None)
         }
     };
-    let xts = Xts::new(key.expose())?;
-    Ok(Unlocked { file, luks, keyslot, xts })
-}
-
-impl Unlocked {
-    /// Decrypts the payload bytes at `off` (sector-aligned, whole sectors) into `buf`.
-    fn read_plain(&self, path: &Path, buf: &mut [u8], off: u64) -> Result<()> {
-        let seg = &self.luks.segment;
-        read_exact_at(&self.file, path, buf, seg.offset + off)?;
-        self.xts.decrypt(buf, seg.sector_size as usize, luks_sector(seg.iv_tweak, off), seg.cipher.iv)
-    }
+    let kind = if luks.version() == LuksVersion::Luks1 { "LUKS1" } else { "LUKS2" };
+    let warnings = luks.warnings.clone();
+    Ok(Unlocked { image: Box::new(LuksPayload::new(file, path, luks, &key)?), kind, keyslot, warnings })
 }
 
 /// What [`decrypt`] did.
@@ -232,33 +458,48 @@ pub struct DecryptReport {
     pub warnings: Vec<String>,
 }
 
-/// Decrypts the LUKS file `src` into a raw image `dst`.
-pub fn decrypt(src: &Path, dst: &Path, how: Unlock, force: bool, run: &Run<'_>) -> Result<DecryptReport> {
+/// Decrypts the LUKS file `src` into a plain image `dst`: raw, or a sparse qcow2 when `qcow2` is set.
+pub fn decrypt(src: &Path, dst: &Path, how: Unlock, force: bool, qcow2: bool, run: &Run<'_>) -> Result<DecryptReport> {
     refuse_same(src, dst)?;
     if !force && std::fs::symlink_metadata(dst).is_ok() {
         return Err(Error::invalid("output file already exists").with_path(dst).hint("pass --force to overwrite it"));
     }
     let u = unlock(src, how)?;
-    let len = u.luks.payload_len();
+    let image = u.image.as_ref();
+    let len = image.virtual_size();
+    let extents = image.extents()?;
     let out = OutputFile::create(dst, force)?;
     let pipeline = Pipeline::new(run.threads, DEFAULT_CHUNK)?;
     run.total.store(len, std::sync::atomic::Ordering::Relaxed);
     let start = Instant::now();
-    pipeline.run(len, run.cancel, run.progress, |buf, off| {
-        u.read_plain(src, buf, off)?;
-        out.write_at(buf, off)
-    })?;
+    if qcow2 {
+        let writer = Qcow2Writer::new(&out, len, None)?;
+        let cs = writer.cluster_size();
+        let read = |buf: &mut [u8], at: u64| -> Result<bool> {
+            if data_ranges(&extents, at, buf.len() as u64, cs).is_empty() {
+                return Ok(false);
+            }
+            fill(image, &extents, buf, at)?;
+            Ok(true)
+        };
+        write_qcow2(&pipeline, len, &read, None, writer, &out, run)?;
+    } else {
+        pipeline.run(len, run.cancel, run.progress, |buf, off| {
+            fill(image, &extents, buf, off)?;
+            out.write_at(buf, off)
+        })?;
+        out.set_len(len)?;
+    }
     let elapsed = start.elapsed();
-    out.set_len(len)?;
     out.commit(0o644)?;
-    Ok(DecryptReport { payload_len: len, keyslot: u.keyslot, elapsed, warnings: u.luks.warnings.clone() })
+    Ok(DecryptReport { payload_len: len, keyslot: u.keyslot, elapsed, warnings: u.warnings })
 }
 
 /// What [`verify`] found.
 #[derive(Debug, Clone)]
 pub struct VerifyReport {
-    /// LUKS version.
-    pub version: LuksVersion,
+    /// What was verified: "LUKS1", "LUKS2" or "qcow2 + LUKS1".
+    pub kind: &'static str,
     /// Keyslot used, if a passphrase was given.
     pub keyslot: Option<u32>,
     /// Payload size.
@@ -283,7 +524,9 @@ impl VerifyReport {
 /// Unlocks `enc`, decrypts the whole payload (hashing it), and compares it with `against` if given.
 pub fn verify(enc: &Path, how: Unlock, against: Option<(&Path, Option<ImageFormat>)>, run: &Run<'_>) -> Result<VerifyReport> {
     let u = unlock(enc, how)?;
-    let len = u.luks.payload_len();
+    let image = u.image.as_ref();
+    let len = image.virtual_size();
+    let extents = image.extents()?;
     let source = match against {
         Some((p, f)) => Some(image::open(p, f)?),
         None => None,
@@ -302,7 +545,7 @@ pub fn verify(enc: &Path, how: Unlock, against: Option<(&Path, Option<ImageForma
         run.cancel,
         run.progress,
         |buf, off| {
-            u.read_plain(enc, buf, off)?;
+            fill(image, &extents, buf, off)?;
             if let (Some(src), Some(size)) = (&source, src_size) {
                 let real = size.saturating_sub(off).min(buf.len() as u64) as usize;
                 let mut theirs = vec![0u8; buf.len()];
@@ -324,12 +567,74 @@ pub fn verify(enc: &Path, how: Unlock, against: Option<(&Path, Option<ImageForma
     )?;
     let plaintext_sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     Ok(VerifyReport {
-        version: u.luks.version(),
+        kind: u.kind,
         keyslot: u.keyslot,
         payload_len: len,
         plaintext_sha256,
         source_size: src_size,
         mismatch: mismatch.into_inner().unwrap_or(None),
-        warnings: u.luks.warnings.clone(),
+        warnings: u.warnings,
     })
+}
+
+/// `diskseal info`: what the image is, like `qemu-img info --output=json` (same key names where they
+/// exist), with the allocation summary and the backing chain. LUKS files are described too.
+pub fn info(path: &Path, format: Option<ImageFormat>) -> Result<serde_json::Value> {
+    use serde_json::json;
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", path, None, e))?;
+    let actual = meta.blocks() * 512;
+    let file = File::open(path).map_err(|e| Error::io("open", path, None, e))?;
+    if format.is_none() && luks::probe(&file) {
+        let l = Luks::open(&file, path)?;
+        return Ok(json!({
+            "filename": path,
+            "format": "luks",
+            "virtual-size": l.payload_len(),
+            "actual-size": actual,
+            "encrypted": true,
+            "format-specific": l.to_json(),
+        }));
+    }
+    drop(file);
+    let image = image::open(path, format)?;
+    let extents = image.extents()?;
+    let sum = |k: ExtentKind| extents.iter().filter(|e| e.kind == k).map(|e| e.len).sum::<u64>();
+    fn describe(i: &image::ImageInfo) -> serde_json::Value {
+        let mut v = json!({
+            "filename": i.path,
+            "format": i.format,
+            "virtual-size": i.virtual_size,
+        });
+        if let Some(c) = i.cluster_size {
+            v["cluster-size"] = json!(c);
+        }
+        if let Some(b) = &i.backing_file {
+            v["backing-filename"] = json!(b);
+        }
+        if let Some(b) = &i.backing_format {
+            v["backing-filename-format"] = json!(b);
+        }
+        if !i.details.is_null() && i.details != json!({}) {
+            v["format-specific"] = i.details.clone();
+        }
+        v
+    }
+    let top = image.info();
+    let mut v = describe(&top);
+    v["actual-size"] = json!(actual);
+    v["encrypted"] = json!(top.details.get("encrypt").is_some());
+    v["allocation"] = json!({
+        "data": sum(ExtentKind::Data),
+        "zero": sum(ExtentKind::Zero),
+        "unallocated": sum(ExtentKind::Unallocated),
+    });
+    let mut chain = Vec::new();
+    let mut next = top.backing.as_deref();
+    while let Some(b) = next {
+        chain.push(describe(b));
+        next = b.backing.as_deref();
+    }
+    v["backing-chain"] = json!(chain);
+    Ok(v)
 }

@@ -2,6 +2,7 @@
 //! (`product.md` §1, "Output profiles").
 //!
 //! - `luks2`, `luks1`: the key file is the passphrase, verbatim;
+//! - `ibm-vpc`: qcow2 with QEMU-native LUKS1; the key file is the passphrase and must be UTF-8;
 //! - `ibm-classic-luks`: the key file is the raw DEK and the keyslot passphrase is the **base64 text of
 //!   the DEK, without newline** (IBM Cloud classic "end-to-end encryption", 2018 procedure:
 //!   `echo -n $(… | base64) > secret.dek; cryptsetup luksFormat IMG secret.dek`); LUKS1 by default.
@@ -22,6 +23,8 @@ pub enum Profile {
     Luks1,
     /// IBM classic LUKS import: raw DEK key file, passphrase = base64(DEK).
     IbmClassicLuks,
+    /// IBM VPC encrypted custom image: qcow2 with QEMU-native LUKS1, UTF-8 passphrase key file.
+    IbmVpc,
 }
 
 impl Profile {
@@ -31,7 +34,9 @@ impl Profile {
             "luks2" => Ok(Profile::Luks2),
             "luks1" => Ok(Profile::Luks1),
             "ibm-classic-luks" => Ok(Profile::IbmClassicLuks),
-            other => Err(Error::invalid(format!("unknown profile {other:?}")).hint("profiles: luks2, luks1, ibm-classic-luks")),
+            "ibm-vpc" => Ok(Profile::IbmVpc),
+            other => Err(Error::invalid(format!("unknown profile {other:?}"))
+                .hint("profiles: luks2, luks1, ibm-classic-luks, ibm-vpc")),
         }
     }
 
@@ -41,6 +46,7 @@ impl Profile {
             Profile::Luks2 => "luks2",
             Profile::Luks1 => "luks1",
             Profile::IbmClassicLuks => "ibm-classic-luks",
+            Profile::IbmVpc => "ibm-vpc",
         }
     }
 
@@ -48,7 +54,7 @@ impl Profile {
     pub fn default_version(self) -> LuksVersion {
         match self {
             Profile::Luks2 => LuksVersion::Luks2,
-            Profile::Luks1 | Profile::IbmClassicLuks => LuksVersion::Luks1,
+            Profile::Luks1 | Profile::IbmClassicLuks | Profile::IbmVpc => LuksVersion::Luks1,
         }
     }
 
@@ -61,6 +67,13 @@ impl Profile {
     pub fn passphrase(self, key_file: Zeroizing<Vec<u8>>) -> Result<Passphrase> {
         match self {
             Profile::Luks2 | Profile::Luks1 => Passphrase::new(key_file),
+            Profile::IbmVpc => {
+                if std::str::from_utf8(&key_file).is_err() {
+                    return Err(Error::invalid("the ibm-vpc passphrase must be valid UTF-8 (QEMU reads it as text)")
+                        .hint("use a text passphrase, e.g. `head -c 32 /dev/urandom | base64 -w0 > pass.txt`"));
+                }
+                Passphrase::new(key_file)
+            }
             Profile::IbmClassicLuks => {
                 // IBM documented base64 text of 32 to 512 characters.
                 if !(24..=384).contains(&key_file.len()) {

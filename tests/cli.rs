@@ -268,16 +268,51 @@ fn hostile_luks1_headers() {
     fails_with(diskseal(d, &["verify", "--key-file", "pw", "h.luks"]), &["h.luks", "hashSpec", "unsupported hash \"md5\""]);
 }
 
+/// A 1 MiB qcow2 v3 image with 64 KiB clusters whose first cluster holds data (header, refcount table,
+/// refcount block, L1, L2, data), and the raw disk it stands for.
+fn minimal_qcow2() -> (Vec<u8>, Vec<u8>) {
+    const C: usize = 65536;
+    let mut q = vec![0u8; 6 * C];
+    let put32 = |q: &mut Vec<u8>, at: usize, v: u32| q[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    let put64 = |q: &mut Vec<u8>, at: usize, v: u64| q[at..at + 8].copy_from_slice(&v.to_be_bytes());
+    q[..4].copy_from_slice(b"QFI\xfb");
+    put32(&mut q, 4, 3); // version
+    put32(&mut q, 20, 16); // cluster_bits
+    put64(&mut q, 24, MIB as u64); // size
+    put32(&mut q, 36, 1); // l1_size
+    put64(&mut q, 40, 3 * C as u64); // l1_table_offset
+    put64(&mut q, 48, C as u64); // refcount_table_offset
+    put32(&mut q, 56, 1); // refcount_table_clusters
+    put32(&mut q, 96, 4); // refcount_order
+    put32(&mut q, 100, 104); // header_length
+    put64(&mut q, C, 2 * C as u64); // refcount table -> refcount block
+    for i in 0..6 {
+        q[2 * C + 2 * i + 1] = 1; // 16-bit refcount 1 for clusters 0..=5
+    }
+    put64(&mut q, 3 * C, (1 << 63) | (4 * C as u64)); // L1[0] -> L2
+    put64(&mut q, 4 * C, (1 << 63) | (5 * C as u64)); // L2[0] -> data
+    let data = pattern(C, 77);
+    q[5 * C..].copy_from_slice(&data);
+    let mut plain = data;
+    plain.resize(MIB, 0);
+    (q, plain)
+}
+
 #[test]
 fn container_inputs_are_not_mistaken_for_raw() {
     let dir = setup(MIB, 39);
     let d = dir.path();
     make(d, "o.luks", &[]);
     fails_with(diskseal(d, &["encrypt", "--key-file", "pw", "o.luks", "x.luks"]), &["o.luks", "LUKS (already encrypted)", "-f raw"]);
-    let mut q = b"QFI\xfb\0\0\0\x03".to_vec();
-    q.resize(65536, 0);
+    // A valid qcow2 (built by hand, laid out as in formats.md §5.3) is read as qcow2, not as raw.
+    let (q, plain) = minimal_qcow2();
     std::fs::write(d.join("q.img"), q).unwrap();
-    fails_with(diskseal(d, &["encrypt", "--key-file", "pw", "q.img", "x.luks"]), &["q.img", "QCOW2", "qemu-img convert"]);
+    std::fs::write(d.join("q.raw"), plain).unwrap();
+    let mut args = vec!["encrypt", "-q", "--key-file", "pw"];
+    args.extend(FAST_PBKDF2);
+    args.extend(["q.img", "x.luks"]);
+    diskseal(d, &args).ok();
+    diskseal(d, &["verify", "-q", "--key-file", "pw", "--against", "q.raw", "x.luks"]).ok();
     make(d, "forced.luks", &["-f", "raw", "--force"]);
 }
 
@@ -324,4 +359,47 @@ fn interrupt_leaves_nothing() {
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
     assert_eq!(listing(d), ["big.raw", "pw"]);
+}
+
+/// SIGKILL at random points: the destination is either absent or (with --force) still the old file,
+/// and the next run removes the leftover temporary file.
+#[test]
+fn kill_9_never_leaves_a_partial_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("pw"), b"secret pass").unwrap();
+    let f = std::fs::File::create(d.join("src.raw")).unwrap();
+    f.set_len(1 << 30).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &pattern(64 << 20, 5), 100 << 20).unwrap();
+    std::fs::write(d.join("old.luks"), b"the previous image").unwrap();
+    let delays = pattern(40, 77);
+    for (trial, &delay) in delays.iter().take(20).enumerate() {
+        let (dst, force) = if trial % 2 == 0 { ("new.luks", false) } else { ("old.luks", true) };
+        let mut cmd = std::process::Command::new(crate::util::diskseal_bin());
+        cmd.args(["encrypt", "-q", "--threads", "2", "--key-file", "pw"]).args(FAST_PBKDF2);
+        if force {
+            cmd.arg("--force");
+        }
+        let mut child = cmd.args(["src.raw", dst]).current_dir(d).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(u64::from(delay) * 3));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if status.success() {
+            std::fs::remove_file(d.join(dst)).ok();
+            if force {
+                std::fs::write(d.join("old.luks"), b"the previous image").unwrap();
+            }
+            continue;
+        }
+        if force {
+            assert_eq!(read(d.join("old.luks")), b"the previous image", "trial {trial}");
+        } else {
+            assert!(!d.join("new.luks").exists(), "trial {trial}: partial output left");
+        }
+    }
+    // The next run cleans up what killed runs left behind.
+    make(d, "new.luks", &["--force"]);
+    make(d, "old.luks", &["--force"]);
+    let left: Vec<String> = listing(d).into_iter().filter(|f| f.ends_with(".tmp")).collect();
+    assert!(left.is_empty(), "stale temporary files: {left:?}");
 }

@@ -9,6 +9,10 @@ mod util;
 
 mod bundle;
 mod cli;
+mod corpus;
 mod cryptsetup;
+mod inputs;
+mod qcow2;
 mod qemu;
+mod vhd;
 mod xts;

@@ -84,6 +84,9 @@ pub fn make_bundle(dir: &Path, recipient: &str) -> PathBuf {
         pad: false,
         input_format: None,
         force: false,
+        container: ops::Container::Raw,
+        sparse: false,
+        resize: None,
     };
     let pass = Passphrase::new(Zeroizing::new(PASSPHRASE.to_vec())).unwrap();
     ops::encrypt(&src, &img, &opts, &pass, None, &q.run()).unwrap();

@@ -16,7 +16,7 @@ use diskseal::crypto::hash::Hash;
 use diskseal::image::ImageFormat;
 use diskseal::luks::kdf::{Kdf, KdfCost, KdfType};
 use diskseal::luks::{self, FormatOptions, LuksVersion};
-use diskseal::ops::{self, EncryptOptions, Run, Unlock};
+use diskseal::ops::{self, Container, EncryptOptions, Run, Unlock};
 use diskseal::pipeline::Progress;
 use diskseal::profile::Profile;
 use diskseal::{Error, Result};
@@ -64,13 +64,24 @@ enum Command {
     /// Unlock a LUKS file, check every structure and decrypt the whole payload; with --against, compare it
     /// with a source image (exit 1 on mismatch).
     Verify(VerifyArgs),
-    /// Show a LUKS header, like `cryptsetup luksDump` (no key needed).
+    /// Show a LUKS header (LUKS file or qcow2 with QEMU-native LUKS), like `cryptsetup luksDump`.
     Dump(DumpArgs),
     /// Make a random data-encryption key file (mode 0600).
     Keygen(KeygenArgs),
     /// Make the air-gap hand-off bundle: the image, manifest.json and the key sealed with age (dek.age).
     #[command(after_help = bundle::EXAMPLES)]
     Bundle(bundle::BundleArgs),
+    /// Describe a disk image (format, sizes, allocation, backing chain, encryption), like `qemu-img info`.
+    Info(InfoArgs),
+}
+
+#[derive(Debug, Args)]
+struct InfoArgs {
+    /// Force the image format (default: detected).
+    #[arg(short = 'f', long = "format", value_name = "FMT")]
+    input_format: Option<String>,
+    /// The image.
+    src: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -89,15 +100,27 @@ struct KeyArgs {
 
 #[derive(Debug, Args)]
 struct EncryptArgs {
-    /// Output profile: luks2, luks1 or ibm-classic-luks.
+    /// Output profile: luks2, luks1, ibm-classic-luks or ibm-vpc.
     #[arg(long, default_value = "luks2", value_name = "PROFILE")]
     profile: String,
     /// Input format (default: detected; raw).
     #[arg(short = 'f', long = "format", value_name = "FMT")]
     input_format: Option<String>,
-    /// Output container.
-    #[arg(short = 'O', long = "output-format", default_value = "raw", value_parser = ["raw"], value_name = "FMT")]
-    output_format: String,
+    /// Output container: raw (a LUKS file), vhd (the LUKS file wrapped as a fixed VHD, still opened by
+    /// cryptsetup as is) or qcow2 (QEMU-native LUKS1; the ibm-vpc default).
+    #[arg(short = 'O', long = "output-format", value_parser = ["raw", "vhd", "qcow2"], value_name = "FMT")]
+    output_format: Option<String>,
+    /// With -O vhd: round the virtual size up to a whole MiB (Azure-style consumers require it).
+    #[arg(long)]
+    vhd_align: bool,
+    /// Grow the virtual disk to SIZE (e.g. 100G; IBM VPC wants exactly 100 GiB for re-captured images).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    resize: Option<u64>,
+    /// Raw LUKS output: leave the source's unallocated and zero runs as holes instead of encrypting zeros.
+    /// WARNING: dm-crypt decrypts a hole as random-looking bytes, not zeros; only use this when the guest
+    /// never reads blocks it did not write (e.g. a file system that was trimmed).
+    #[arg(long)]
+    sparse: bool,
     /// LUKS version (default: the profile's).
     #[arg(long = "type", value_parser = ["luks1", "luks2"], value_name = "TYPE")]
     luks_type: Option<String>,
@@ -174,8 +197,8 @@ struct DecryptArgs {
     /// How to read the key file: luks2/luks1 (passphrase) or ibm-classic-luks (raw DEK).
     #[arg(long, default_value = "luks2", value_name = "PROFILE")]
     profile: String,
-    /// Output format.
-    #[arg(short = 'O', long = "output-format", default_value = "raw", value_parser = ["raw"], value_name = "FMT")]
+    /// Output format: raw, or qcow2 (plain, sparse: only non-zero clusters are stored).
+    #[arg(short = 'O', long = "output-format", default_value = "raw", value_parser = ["raw", "qcow2"], value_name = "FMT")]
     output_format: String,
     /// Worker threads (default: all cores).
     #[arg(long, value_name = "N")]
@@ -282,6 +305,7 @@ fn run(cli: &Cli, out: &Out) -> Result<ExitCode> {
         Command::Dump(a) => dump(a, out),
         Command::Keygen(a) => keygen(a, out),
         Command::Bundle(a) => bundle::run(a, out),
+        Command::Info(a) => info(a, out),
     }
 }
 
@@ -363,6 +387,23 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         _ => None,
     };
     let passphrase = keys::passphrase(&a.key, profile, out, Some(&a.dst), true)?;
+    let container = match (a.output_format.as_deref(), profile) {
+        (Some("qcow2"), _) | (None, Profile::IbmVpc) => Container::Qcow2Luks,
+        (Some(_), Profile::IbmVpc) => {
+            return Err(Error::invalid("the ibm-vpc profile writes qcow2").hint("drop -O or use -O qcow2"));
+        }
+        (Some("vhd"), _) => Container::Vhd { align: a.vhd_align },
+        _ => Container::Raw,
+    };
+    if a.vhd_align && !matches!(container, Container::Vhd { .. }) {
+        return Err(Error::invalid("--vhd-align needs -O vhd"));
+    }
+    if container == Container::Qcow2Luks && version != LuksVersion::Luks1 {
+        return Err(Error::invalid("qcow2 output holds LUKS1 only (QEMU has no LUKS2)").hint("drop --type luks2"));
+    }
+    if a.sparse && container == Container::Qcow2Luks {
+        return Err(Error::invalid("--sparse applies to raw and vhd LUKS output; qcow2 output is always sparse"));
+    }
     let opts = EncryptOptions {
         luks,
         key_bytes,
@@ -370,11 +411,13 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         pad: a.pad,
         input_format: input_format(&a.input_format)?,
         force: a.force,
+        container,
+        sparse: a.sparse,
+        resize: a.resize,
     };
     out.note(&format!("{}: deriving the keyslot key and encrypting", a.dst.display()));
     let r = with_progress(out, "encrypting", a.threads, |run| ops::encrypt(&a.src, &a.dst, &opts, &passphrase, volume_key, run))?;
     let kdf = kdf_text(&r.kdf);
-    let rate = report::rate(r.virtual_size + r.padded, r.elapsed);
     let bundle_req = match (&a.bundle, &a.recipient, bundle_key) {
         (Some(dir), Some(recipient), Some(key)) => {
             let opts = diskseal::bundle::BundleOptions { profile, recipient: recipient.clone(), force: a.force };
@@ -382,6 +425,13 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         }
         _ => None,
     };
+    let rate = report::rate(r.virtual_size, r.elapsed);
+    if profile == Profile::IbmVpc && !(10 << 30..=250 << 30).contains(&r.virtual_size) {
+        out.warn(&format!(
+            "IBM VPC boot images must be 10 to 250 GiB; this one is {} (use --resize 100G)",
+            report::bytes(r.virtual_size)
+        ));
+    }
     if out.json {
         let mut v = json!({
             "command": "encrypt",
@@ -394,8 +444,11 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
             "key_bits": key_bytes * 8,
             "sector_size": r.sector_size,
             "data_offset": r.data_offset,
+            "container": match container { Container::Qcow2Luks => "qcow2", Container::Vhd { .. } => "vhd", Container::Raw => "raw" },
+            "source_size": r.source_size,
             "virtual_size": r.virtual_size,
             "padded_bytes": r.padded,
+            "data_bytes_read": r.data_bytes,
             "output_size": r.output_size,
             "kdf": kdf,
             "seconds": r.elapsed.as_secs_f64(),
@@ -411,9 +464,10 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
             out.warn(&format!("payload padded with {} zero bytes to a whole sector", r.padded));
         }
         out.summary(&format!(
-            "{} -> {}: {} aes-xts-plain64 {}-bit, sector {}, {kdf}, UUID {}; {} in {:.2} s ({rate}), {} threads",
+            "{} -> {}: {}{} aes-xts-plain64 {}-bit, sector {}, {kdf}, UUID {}; {} in {:.2} s ({rate}), {} threads",
             a.src.display(),
             a.dst.display(),
+            if container == Container::Qcow2Luks { "qcow2 + " } else { "" },
             r.version.name().to_uppercase(),
             key_bytes * 8,
             r.sector_size,
@@ -451,7 +505,7 @@ fn unlock_how(k: &KeyArgs, profile: &str, out: &Out, target: &Path) -> Result<Un
 
 fn decrypt(a: &DecryptArgs, out: &Out) -> Result<ExitCode> {
     let how = unlock_how(&a.key, &a.profile, out, &a.src)?;
-    let r = with_progress(out, "decrypting", a.threads, |run| ops::decrypt(&a.src, &a.dst, how, a.force, run))?;
+    let r = with_progress(out, "decrypting", a.threads, |run| ops::decrypt(&a.src, &a.dst, how, a.force, a.output_format == "qcow2", run))?;
     for w in &r.warnings {
         out.warn(w);
     }
@@ -480,7 +534,7 @@ fn verify(a: &VerifyArgs, out: &Out) -> Result<ExitCode> {
         out.warn(w);
     }
     if out.json {
-        out.print_json(&json!({"command": "verify", "image": a.src, "ok": r.ok(), "luks_version": r.version.name(),
+        out.print_json(&json!({"command": "verify", "image": a.src, "ok": r.ok(), "encryption": r.kind,
             "keyslot": r.keyslot, "payload_size": r.payload_len, "plaintext_sha256": r.plaintext_sha256,
             "against": a.against, "source_size": r.source_size, "first_mismatch": r.mismatch}));
     } else if let Some(m) = r.mismatch {
@@ -497,7 +551,7 @@ fn verify(a: &VerifyArgs, out: &Out) -> Result<ExitCode> {
         out.summary(&format!(
             "{}: OK, {}, payload {} {what}; plaintext sha256 {}",
             a.src.display(),
-            r.version.name().to_uppercase(),
+            r.kind,
             report::bytes(r.payload_len),
             r.plaintext_sha256
         ));
@@ -507,12 +561,77 @@ fn verify(a: &VerifyArgs, out: &Out) -> Result<ExitCode> {
 
 fn dump(a: &DumpArgs, out: &Out) -> Result<ExitCode> {
     let file = std::fs::File::open(&a.src).map_err(|e| Error::io("open", &a.src, None, e))?;
+    let mut magic = [0u8; 4];
+    let is_qcow2 = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok() && magic == *b"QFI\xfb";
+    if is_qcow2 {
+        let q = diskseal::image::qcow2::Qcow2Image::open(file, &a.src, &mut Vec::new())?;
+        let Some((h, base)) = q.luks_header()? else {
+            return Err(Error::invalid("this qcow2 image is not encrypted").with_path(&a.src).hint("see `diskseal info`"));
+        };
+        let l = luks::Luks::embedded(h, std::fs::metadata(&a.src).map_or(0, |m| m.len()))?;
+        if out.json {
+            out.print_json(&json!({"container": "qcow2", "luks_header_offset": base, "luks": l.to_json()}));
+        } else {
+            out.always(&format!("qcow2 image with QEMU-native LUKS; LUKS header at offset {base:#x}"));
+            out.always(l.dump_text().trim_end());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let l = luks::Luks::open(&file, &a.src)?;
     if out.json {
         out.print_json(&l.to_json());
     } else {
         out.always(l.dump_text().trim_end());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn info(a: &InfoArgs, out: &Out) -> Result<ExitCode> {
+    let v = ops::info(&a.src, input_format(&a.input_format)?)?;
+    if out.json {
+        out.print_json(&v);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let num = |k: &str| v[k].as_u64().unwrap_or(0);
+    let mut text = format!(
+        "image: {}\nfile format: {}\nvirtual size: {} ({} bytes)\ndisk size: {}\n",
+        a.src.display(),
+        v["format"].as_str().unwrap_or("?"),
+        report::bytes(num("virtual-size")),
+        num("virtual-size"),
+        report::bytes(num("actual-size")),
+    );
+    if let Some(c) = v["cluster-size"].as_u64() {
+        text += &format!("cluster_size: {c}\n");
+    }
+    text += &format!("encrypted: {}\n", if v["encrypted"] == true { "yes" } else { "no" });
+    if let Some(b) = v["backing-filename"].as_str() {
+        text += &format!("backing file: {b}\n");
+    }
+    if let Some(b) = v["backing-filename-format"].as_str() {
+        text += &format!("backing file format: {b}\n");
+    }
+    if let Some(a) = v.get("allocation") {
+        text += &format!(
+            "allocation: data {}, zero {}, unallocated {}\n",
+            report::bytes(a["data"].as_u64().unwrap_or(0)),
+            report::bytes(a["zero"].as_u64().unwrap_or(0)),
+            report::bytes(a["unallocated"].as_u64().unwrap_or(0))
+        );
+    }
+    if let Some(f) = v.get("format-specific") {
+        text += &format!("format specific information: {f}\n");
+    }
+    for (i, b) in v["backing-chain"].as_array().into_iter().flatten().enumerate() {
+        text += &format!(
+            "backing {}: {} ({}, {})\n",
+            i + 1,
+            b["filename"].as_str().unwrap_or("?"),
+            b["format"].as_str().unwrap_or("?"),
+            report::bytes(b["virtual-size"].as_u64().unwrap_or(0))
+        );
+    }
+    out.always(text.trim_end());
     Ok(ExitCode::SUCCESS)
 }
 

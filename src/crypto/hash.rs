@@ -117,23 +117,27 @@ impl Hash {
     /// PBKDF2-HMAC with this hash, filling `out`.
     pub fn pbkdf2(self, password: &[u8], salt: &[u8], iterations: u32, out: &mut [u8]) {
         // BLAKE2's lazy buffering rules out the precomputed `Hmac`; `SimpleHmac` computes the same MAC.
-        let r = match self {
-            Hash::Blake2b512 => pbkdf2::pbkdf2::<hmac::SimpleHmac<Blake2b512>>(password, salt, iterations, out),
-            Hash::Blake2s256 => pbkdf2::pbkdf2::<hmac::SimpleHmac<Blake2s256>>(password, salt, iterations, out),
-            Hash::Sha1 => Ok(pbkdf2::pbkdf2_hmac::<Sha1>(password, salt, iterations, out)),
-            Hash::Sha224 => Ok(pbkdf2::pbkdf2_hmac::<Sha224>(password, salt, iterations, out)),
-            Hash::Sha256 => Ok(pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, out)),
-            Hash::Sha384 => Ok(pbkdf2::pbkdf2_hmac::<Sha384>(password, salt, iterations, out)),
-            Hash::Sha512 => Ok(pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, iterations, out)),
-            Hash::Sha3_256 => Ok(pbkdf2::pbkdf2_hmac::<Sha3_256>(password, salt, iterations, out)),
-            Hash::Sha3_384 => Ok(pbkdf2::pbkdf2_hmac::<Sha3_384>(password, salt, iterations, out)),
-            Hash::Sha3_512 => Ok(pbkdf2::pbkdf2_hmac::<Sha3_512>(password, salt, iterations, out)),
-            Hash::Ripemd160 => Ok(pbkdf2::pbkdf2_hmac::<Ripemd160>(password, salt, iterations, out)),
-            Hash::Whirlpool => Ok(pbkdf2::pbkdf2_hmac::<Whirlpool>(password, salt, iterations, out)),
-            Hash::Sm3 => Ok(pbkdf2::pbkdf2_hmac::<Sm3>(password, salt, iterations, out)),
-        };
-        // HMAC accepts keys of any length, so this cannot fail.
-        debug_assert!(r.is_ok());
+        // HMAC accepts keys of any length, so the generic `pbkdf2` cannot fail here.
+        const ANY_KEY: &str = "HMAC accepts keys of any length";
+        match self {
+            Hash::Blake2b512 => {
+                pbkdf2::pbkdf2::<hmac::SimpleHmac<Blake2b512>>(password, salt, iterations, out).expect(ANY_KEY)
+            }
+            Hash::Blake2s256 => {
+                pbkdf2::pbkdf2::<hmac::SimpleHmac<Blake2s256>>(password, salt, iterations, out).expect(ANY_KEY)
+            }
+            Hash::Sha1 => pbkdf2::pbkdf2_hmac::<Sha1>(password, salt, iterations, out),
+            Hash::Sha224 => pbkdf2::pbkdf2_hmac::<Sha224>(password, salt, iterations, out),
+            Hash::Sha256 => pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, out),
+            Hash::Sha384 => pbkdf2::pbkdf2_hmac::<Sha384>(password, salt, iterations, out),
+            Hash::Sha512 => pbkdf2::pbkdf2_hmac::<Sha512>(password, salt, iterations, out),
+            Hash::Sha3_256 => pbkdf2::pbkdf2_hmac::<Sha3_256>(password, salt, iterations, out),
+            Hash::Sha3_384 => pbkdf2::pbkdf2_hmac::<Sha3_384>(password, salt, iterations, out),
+            Hash::Sha3_512 => pbkdf2::pbkdf2_hmac::<Sha3_512>(password, salt, iterations, out),
+            Hash::Ripemd160 => pbkdf2::pbkdf2_hmac::<Ripemd160>(password, salt, iterations, out),
+            Hash::Whirlpool => pbkdf2::pbkdf2_hmac::<Whirlpool>(password, salt, iterations, out),
+            Hash::Sm3 => pbkdf2::pbkdf2_hmac::<Sm3>(password, salt, iterations, out),
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! Raw images: the file is the disk.
+//! Raw images: the file is the disk. The allocation map comes from the file system
+//! (`SEEK_DATA`/`SEEK_HOLE`): holes are reported as unallocated and are never read.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -6,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use crate::error::{Error, Result};
-use crate::image::{DiskImage, ImageInfo};
+use crate::image::{DiskImage, Extent, ExtentKind, ImageInfo, coalesce};
 use crate::io::read_exact_at;
 
 /// A raw disk image file.
@@ -36,6 +37,34 @@ impl DiskImage for RawImage {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         read_exact_at(&self.file, &self.path, buf, offset)
+    }
+
+    fn extents(&self) -> Result<Vec<Extent>> {
+        use rustix::fs::{SeekFrom, seek};
+        let mut out = Vec::new();
+        let mut pos = 0u64;
+        while pos < self.size {
+            // ENXIO: no data after `pos`; any other error (no SEEK_DATA support): treat the rest as data.
+            let data = match seek(&self.file, SeekFrom::Data(pos)) {
+                Ok(d) => d.min(self.size),
+                Err(rustix::io::Errno::NXIO) => self.size,
+                Err(_) => pos,
+            };
+            if data > pos {
+                out.push(Extent { offset: pos, len: data - pos, kind: ExtentKind::Unallocated });
+            }
+            if data >= self.size {
+                break;
+            }
+            let hole = match seek(&self.file, SeekFrom::Hole(data)) {
+                Ok(h) => h.min(self.size),
+                Err(_) => self.size,
+            };
+            let hole = hole.max(data + 1).min(self.size);
+            out.push(Extent { offset: data, len: hole - data, kind: ExtentKind::Data });
+            pos = hole;
+        }
+        Ok(coalesce(out))
     }
 
     fn info(&self) -> ImageInfo {

@@ -1,6 +1,7 @@
 //! File plumbing: positional reads and writes with errors that name the path and offset, and
 //! [`OutputFile`], which writes to a temporary file beside the destination and only renames it into
-//! place on success, so no half-written image is ever left behind.
+//! place on success, so no half-written image is ever left behind. A run that was killed (SIGKILL, power
+//! loss) leaves `.NAME.diskseal-PID-N.tmp`; the next run for the same destination removes it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -28,6 +29,27 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
     match (fs::metadata(a), fs::metadata(b)) {
         (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
         _ => false,
+    }
+}
+
+/// The temporary name prefix for `dest`'s file name: `.NAME.diskseal-PID-N.tmp`.
+fn temp_prefix(name: &str) -> String {
+    format!(".{name}.diskseal-")
+}
+
+/// Removes temporary files a killed run left for `name` in `dir` (their PID is no longer running).
+fn remove_stale_temps(dir: &Path, name: &str) {
+    let prefix = temp_prefix(name);
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let file_name = e.file_name();
+        let Some(rest) = file_name.to_str().and_then(|f| f.strip_prefix(&prefix)).and_then(|r| r.strip_suffix(".tmp")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_file(e.path());
+        }
     }
 }
 
@@ -62,9 +84,10 @@ impl OutputFile {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
         };
+        remove_stale_temps(&dir, &name);
         let mut attempt = 0u32;
         loop {
-            let tmp = dir.join(format!(".{name}.diskseal-{}-{attempt}.tmp", std::process::id()));
+            let tmp = dir.join(format!("{}{}-{attempt}.tmp", temp_prefix(&name), std::process::id()));
             match OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&tmp) {
                 Ok(file) => return Ok(OutputFile { file, tmp, dest: dest.to_owned(), force, committed: false }),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,

@@ -213,12 +213,21 @@ impl Luks1Header {
 
     /// Reads and checks the header of `file`.
     pub fn read(file: &File, path: &Path, file_len: u64) -> Result<Luks1Header> {
-        if file_len < PHDR_SIZE as u64 {
-            return Err(Error::format("file too short for a LUKS1 header").with_path(path).at(0));
+        Self::read_at(file, path, 0, file_len)
+    }
+
+    /// Reads and checks a header embedded at `base` in `file`, in a region of `region_len` bytes (qcow2's
+    /// FDE header area); offsets inside the header are relative to `base`.
+    pub fn read_at(file: &File, path: &Path, base: u64, region_len: u64) -> Result<Luks1Header> {
+        if region_len < PHDR_SIZE as u64 {
+            return Err(Error::format("too short for a LUKS1 header").with_path(path).at(base));
         }
         let mut b = [0u8; PHDR_SIZE];
-        file.read_exact_at(&mut b, 0).map_err(|e| Error::io("read LUKS1 header", path, Some(0), e))?;
-        Self::decode(&b, file_len).map_err(|e| e.with_path(path))
+        file.read_exact_at(&mut b, base).map_err(|e| Error::io("read LUKS1 header", path, Some(base), e))?;
+        Self::decode(&b, region_len).map_err(|e| {
+            let at = e.offset().unwrap_or(0);
+            Error::new(e.kind(), e.message()).with_path(path).at(base + at)
+        })
     }
 
     fn hash(&self) -> Result<Hash> {
@@ -245,13 +254,18 @@ impl Luks1Header {
 
     /// Tries each enabled keyslot with `passphrase`.
     pub fn unlock(&self, file: &File, path: &Path, passphrase: &Passphrase) -> Result<(VolumeKey, u32)> {
+        self.unlock_at(file, path, 0, passphrase)
+    }
+
+    /// [`Luks1Header::unlock`] for a header embedded at `base`.
+    pub fn unlock_at(&self, file: &File, path: &Path, base: u64, passphrase: &Passphrase) -> Result<(VolumeKey, u32)> {
         let hash = self.hash().map_err(|e| e.with_path(path))?;
         let cipher = self.cipher().map_err(|e| e.with_path(path))?;
         let key_len = self.key_bytes as usize;
         for (i, s) in self.slots.iter().enumerate().filter(|(_, s)| s.active) {
             let kdf = Kdf::Pbkdf2 { hash, iterations: s.iterations };
             let slot_key = kdf.derive(passphrase.expose(), &s.salt, key_len)?;
-            let offset = u64::from(s.key_material_offset) * 512;
+            let offset = base + u64::from(s.key_material_offset) * 512;
             let mut material = Zeroizing::new(vec![0u8; keyslot::material_len(key_len, s.stripes)]);
             file.read_exact_at(&mut material, offset).map_err(|e| Error::io("read keyslot", path, Some(offset), e))?;
             let candidate = keyslot::open(material, &slot_key, hash, s.stripes, key_len, cipher)?;

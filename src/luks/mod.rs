@@ -13,6 +13,7 @@ pub mod keys;
 pub mod keyslot;
 pub mod luks1;
 pub mod luks2;
+pub mod payload;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -205,6 +206,20 @@ pub struct Luks {
     pub warnings: Vec<String>,
 }
 
+/// True when the last 512 bytes are a valid fixed-VHD footer describing the rest of the file.
+fn has_fixed_vhd_footer(file: &File, file_len: u64) -> bool {
+    use crate::image::vhd::footer::{FOOTER_SIZE, RawFooter};
+    if file_len < 1024 {
+        return false;
+    }
+    let mut b = [0u8; FOOTER_SIZE];
+    if file.read_exact_at(&mut b, file_len - 512).is_err() {
+        return false;
+    }
+    let raw = RawFooter::decode(&b);
+    &raw.cookie == b"conectix" && raw.disk_type == 2 && raw.checksum == raw.computed_checksum() && raw.current_size == file_len - 512
+}
+
 /// True when `file` starts with the LUKS magic ("LUKS\xba\xbe") or a LUKS2 secondary at 16 KiB.
 pub fn probe(file: &File) -> bool {
     let mut m = [0u8; 6];
@@ -246,8 +261,17 @@ impl Luks {
             Header::V2(h) => h.segment(),
         }
         .map_err(|e| e.with_path(path))?;
+        // A LUKS file wrapped as a fixed VHD (`-O vhd`): the footer is not payload.
+        let file_len = if segment.size.is_none() && has_fixed_vhd_footer(file, file_len) { file_len - 512 } else { file_len };
         segment.payload_len(file_len).map_err(|e| e.with_path(path))?;
         Ok(Luks { header, segment, file_len, warnings })
+    }
+
+    /// A LUKS1 header embedded in another container (qcow2); the payload lives elsewhere, so the
+    /// segment describes the header only and `file_len` is the container's size.
+    pub fn embedded(header: luks1::Luks1Header, file_len: u64) -> Result<Luks> {
+        let segment = header.segment()?;
+        Ok(Luks { header: Header::V1(header), segment, file_len, warnings: Vec::new() })
     }
 
     /// LUKS1 or LUKS2.
@@ -328,6 +352,7 @@ impl Luks {
                 v["metadata_size"] = json!(h.bin.hdr_size);
                 v["keyslots_size"] = json!(h.meta.config.keyslots_size);
                 v["flags"] = json!(h.meta.config.flags);
+                v["requirements"] = json!(h.meta.config.requirements);
                 v["metadata"] = h.meta.raw.clone();
             }
         }
@@ -376,6 +401,9 @@ impl Luks {
                 let _ = writeln!(s, "Keyslots area:  {} [bytes]", h.meta.config.keyslots_size);
                 if !h.meta.config.flags.is_empty() {
                     let _ = writeln!(s, "Flags:          {}", h.meta.config.flags.join(" "));
+                }
+                if !h.meta.config.requirements.is_empty() {
+                    let _ = writeln!(s, "Requirements:   {} (unmet: diskseal cannot unlock this device)", h.meta.config.requirements.join(" "));
                 }
                 let _ = writeln!(s, "\nData segments:");
                 for g in &h.meta.segments {

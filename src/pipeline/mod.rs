@@ -67,6 +67,26 @@ impl Pipeline {
         self.pool.current_num_threads()
     }
 
+    /// Chunk size in bytes.
+    pub fn chunk(&self) -> usize {
+        self.chunk
+    }
+
+    /// Runs `f` inside the worker pool (so rayon parallel iterators in it use these workers).
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+
+    /// Counts `n` bytes as done.
+    pub fn advance(progress: &Progress, n: u64) {
+        progress.add(n);
+    }
+
+    /// True once cancellation was requested; as an error ready to return.
+    pub fn check_cancel(cancel: &AtomicBool) -> Result<()> {
+        if cancel.load(Ordering::Relaxed) { Err(interrupted()) } else { Ok(()) }
+    }
+
     /// Runs `work(buf, offset)` for every chunk of `0..len`, in parallel and in no particular order.
     /// `buf` is a scratch buffer of exactly the chunk's length.
     pub fn run<F>(&self, len: u64, cancel: &AtomicBool, progress: &Progress, work: F) -> Result<()>

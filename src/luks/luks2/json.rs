@@ -105,6 +105,8 @@ pub struct Config {
     pub keyslots_size: u64,
     /// `flags` (e.g. "allow-discards").
     pub flags: Vec<String>,
+    /// `requirements.mandatory`: features a reader must implement to use the device.
+    pub requirements: Vec<String>,
 }
 
 /// The whole checked metadata.
@@ -122,6 +124,8 @@ pub struct Metadata {
     pub config: Config,
     /// The parsed JSON, for `dump --json`.
     pub raw: Value,
+    /// Things cryptsetup 2.6 accepts but newer versions or the spec frown upon.
+    pub warnings: Vec<String>,
 }
 
 /// A JSON object with the path that leads to it, so every error names the field.
@@ -217,7 +221,7 @@ impl Metadata {
         let root = Obj::new(&raw, String::new())?;
 
         let cfg = root.obj("config")?;
-        let config = Config {
+        let mut config = Config {
             json_size: cfg.u64_str("json_size")?,
             keyslots_size: cfg.u64_str("keyslots_size")?,
             flags: match cfg.map.get("flags") {
@@ -228,6 +232,7 @@ impl Metadata {
                     .collect::<Result<_>>()?,
                 Some(_) => return Err(err("config.flags", "must be an array")),
             },
+            requirements: Vec::new(),
         };
         if let Some(req) = cfg.map.get("requirements") {
             let req = Obj::new(req, "config.requirements".into())?;
@@ -238,13 +243,7 @@ impl Metadata {
                     .iter()
                     .map(|v| v.as_str().unwrap_or("?").to_owned())
                     .collect();
-                if !names.is_empty() {
-                    return Err(Error::unsupported(format!(
-                        "LUKS2 header has mandatory requirements diskseal does not implement: {}",
-                        names.join(", ")
-                    ))
-                    .hint("finish or roll back the operation that set them (e.g. `cryptsetup reencrypt --resume-only`)"));
-                }
+                config.requirements = names;
             }
         }
         if config.json_size != hdr_size - 4096 {
@@ -258,6 +257,7 @@ impl Metadata {
         }
         let areas_end = 2 * hdr_size + config.keyslots_size;
 
+        let mut warnings = Vec::new();
         let mut keyslots = Vec::new();
         for (id, o) in root.numbered("keyslots")? {
             let kind = o.string("type")?.to_owned();
@@ -266,7 +266,7 @@ impl Metadata {
                 None => None,
                 Some(v) => Some(v.as_u64().ok_or_else(|| err(&o.field("priority"), "must be an integer"))?),
             };
-            let luks2 = if kind == "luks2" { Some(parse_luks2_slot(&o)?) } else { None };
+            let luks2 = if kind == "luks2" { Some(parse_luks2_slot(&o, &mut warnings)?) } else { None };
             if let Some(s) = &luks2 {
                 let area_path = o.field("area");
                 if s.area_size == 0 {
@@ -397,11 +397,11 @@ impl Metadata {
             }
         }
         let tokens = tokens_obj.map.len();
-        Ok(Metadata { keyslots, tokens, segments, digests, config, raw })
+        Ok(Metadata { keyslots, tokens, segments, digests, config, raw, warnings })
     }
 }
 
-fn parse_luks2_slot(o: &Obj<'_>) -> Result<Luks2Slot> {
+fn parse_luks2_slot(o: &Obj<'_>, warnings: &mut Vec<String>) -> Result<Luks2Slot> {
     let af = o.obj("af")?;
     if af.string("type")? != "luks1" {
         return Err(err(&af.field("type"), "must be \"luks1\""));
@@ -417,9 +417,10 @@ fn parse_luks2_slot(o: &Obj<'_>) -> Result<Luks2Slot> {
         "argon2i" | "argon2id" => &["type", "time", "memory", "cpus", "salt"],
         other => return Err(Error::unsupported(format!("LUKS2 JSON {}: unknown KDF {other:?}", kdf.field("type")))),
     };
+    // cryptsetup 2.6 ignores extra members; later versions refuse them ("pbkdf2-leftover-params").
     for key in kdf.map.keys() {
         if !expected.contains(&key.as_str()) {
-            return Err(err(&kdf.field(key), format!("is not allowed for a {kdf_type} kdf")));
+            warnings.push(format!("LUKS2 JSON {} is not a {kdf_type} parameter (ignored; cryptsetup >= 2.7 refuses it)", kdf.field(key)));
         }
     }
     Ok(Luks2Slot {
@@ -472,7 +473,6 @@ mod tests {
             (r#""offset":"32768""#, r#""offset":"4096""#, "keyslots.0.area"),
             (r#""offset":"32768""#, r#""offset":32768"#, "keyslots.0.area.offset"),
             (r#""json_size":"12288""#, r#""json_size":"12289""#, "config.json_size"),
-            (r#""iterations":1000,"salt":"t"#, r#""iterations":1000,"extra":1,"salt":"t"#, "keyslots.0.kdf.extra"),
             (r#""keyslots":["0"]"#, r#""keyslots":["3"]"#, "digests.0.keyslots"),
             (r#""segments":["0"]"#, r#""segments":[]"#, "segments.0"),
             (r#""sector_size":4096"#, r#""sector_size":3000"#, "segments.0.sector_size"),
@@ -484,11 +484,11 @@ mod tests {
     }
 
     #[test]
-    fn refuses_unknown_requirements_by_name() {
+    fn records_requirements_and_leftover_kdf_params() {
         let t = mutated(r#""keyslots_size":"16744448""#, r#""keyslots_size":"16744448","requirements":{"mandatory":["future-thing"]}"#);
-        let e = parse(&t).unwrap_err();
-        assert_eq!(e.kind(), crate::ErrorKind::Unsupported);
-        assert!(e.message().contains("future-thing"), "{e}");
+        assert_eq!(parse(&t).unwrap().config.requirements, ["future-thing"]);
+        let t = mutated(r#""iterations":1000,"salt":"t"#, r#""iterations":1000,"extra":1,"salt":"t"#);
+        assert!(parse(&t).unwrap().warnings[0].contains("keyslots.0.kdf.extra"));
     }
 
     #[test]

@@ -249,13 +249,18 @@ impl Luks2Header {
                     ));
                 }
                 let (bin, meta) = if s.0.seqid > p.0.seqid { s } else { p };
+                warnings.extend(meta.warnings.iter().cloned());
                 Ok(Luks2Header { bin, meta, warnings })
             }
             (Ok((bin, meta)), Err(e)) => {
-                Ok(Luks2Header { bin, meta, warnings: vec![format!("secondary header copy is damaged, using the primary: {e}")] })
+                let mut warnings = vec![format!("secondary header copy is damaged, using the primary: {e}")];
+                warnings.extend(meta.warnings.iter().cloned());
+                Ok(Luks2Header { bin, meta, warnings })
             }
             (Err(e), Ok((bin, meta))) => {
-                Ok(Luks2Header { bin, meta, warnings: vec![format!("primary header copy is damaged, using the secondary: {e}")] })
+                let mut warnings = vec![format!("primary header copy is damaged, using the secondary: {e}")];
+                warnings.extend(meta.warnings.iter().cloned());
+                Ok(Luks2Header { bin, meta, warnings })
             }
             (Err(e), Err(_)) => Err(e.with_path(path)),
         }
@@ -290,8 +295,22 @@ impl Luks2Header {
         })
     }
 
+    /// Refuses a header whose mandatory requirements diskseal does not implement (it can still be dumped).
+    pub fn check_requirements(&self) -> Result<()> {
+        let req = &self.meta.config.requirements;
+        if req.is_empty() {
+            return Ok(());
+        }
+        Err(Error::unsupported(format!(
+            "LUKS2 config.requirements.mandatory lists {}, which diskseal does not implement",
+            req.join(", ")
+        ))
+        .hint("finish or roll back the operation that set them (e.g. `cryptsetup reencrypt --resume-only`)"))
+    }
+
     /// Tries every usable keyslot (high priority first) with `passphrase`.
     pub fn unlock(&self, file: &File, path: &Path, passphrase: &Passphrase) -> Result<(VolumeKey, u32)> {
+        self.check_requirements().map_err(|e| e.with_path(path))?;
         let mut slots: Vec<&json::Keyslot> =
             self.meta.keyslots.iter().filter(|k| k.luks2.is_some() && k.priority != Some(0)).collect();
         slots.sort_by_key(|k| std::cmp::Reverse(k.priority.unwrap_or(1)));
@@ -371,6 +390,7 @@ impl Luks2Header {
 
     /// Checks a volume key against the digest of the payload segment.
     pub fn check_volume_key(&self, key: &VolumeKey) -> Result<bool> {
+        self.check_requirements()?;
         let d = self
             .meta
             .digests

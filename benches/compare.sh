@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Side-by-side speed comparison, all in one run on tmpfs: diskseal vs `openssl speed`, `qemu-img convert`
+# and offline `cryptsetup reencrypt`. Checks diskseal's outputs for correctness, then prints a markdown
+# table of times, GB/s and ratios. The machine may be noisy: compare ratios, not absolute figures.
+#
+#   bash benches/compare.sh            # 2 GiB inputs in /dev/shm
+#   SIZE_MIB=512 bash benches/compare.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SIZE_MIB=${SIZE_MIB:-2048}
+WORK=${WORK:-/dev/shm/diskseal-compare}
+THREADS=$(nproc)
+
+cargo build --release --locked -q
+DS=$PWD/target/release/diskseal
+rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK"
+trap 'rm -rf "$WORK"' EXIT
+printf 'bench passphrase' > pw
+head -c $((SIZE_MIB << 20)) /dev/urandom > src.raw
+bytes=$((SIZE_MIB << 20))
+FAST=(--pbkdf pbkdf2 --pbkdf-force-iterations 1000)
+
+rows=()
+# time_cmd NAME CMD...: wall seconds into $t
+time_cmd() {
+    local name=$1; shift
+    local s e
+    s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N)
+    t=$(printf '%.2f' "$(echo "$e - $s" | bc -l)")
+    printf '%-48s %8.2f s\n' "$name" "$t" >&2
+}
+gbps() { printf '%.2f' "$(echo "$bytes / $1 / 1000000000" | bc -l)"; }
+ratio() { printf '%.1f' "$(echo "$1 / $2" | bc -l)"; }
+r2() { printf '%.2f' "$1"; }
+
+echo "== XTS engine, 1 thread" >&2
+ossl() { openssl speed -evp aes-256-xts -bytes "$1" -seconds 3 2>/dev/null | awk '/^AES-256-XTS/ {print $2}' | tr -d k; }
+o4096=$(ossl 4096); o512=$(ossl 512)
+crit=$(cd "$OLDPWD" && cargo bench --bench xts -- --quick 'aes256-xts/encrypt' 2>/dev/null | grep -A2 'aes256-xts/encrypt' | awk '/thrpt/ {print $0}')
+d512=$(echo "$crit" | sed -n 1p | sed -E 's/.*\[[^ ]+ [^ ]+ ([0-9.]+) GiB\/s.*/\1/')
+d4096=$(echo "$crit" | sed -n 2p | sed -E 's/.*\[[^ ]+ [^ ]+ ([0-9.]+) GiB\/s.*/\1/')
+o4096g=$(r2 "$(echo "$o4096 * 1000 / 1000000000" | bc -l)"); o512g=$(r2 "$(echo "$o512 * 1000 / 1000000000" | bc -l)")
+d4096g=$(r2 "$(echo "$d4096 * 1073741824 / 1000000000" | bc -l)"); d512g=$(r2 "$(echo "$d512 * 1073741824 / 1000000000" | bc -l)")
+rows+=("| AES-256-XTS, 4096-byte units, 1 thread | ${d4096g} GB/s | openssl speed: ${o4096g} GB/s | $(ratio "$d4096g" "$o4096g")× |")
+rows+=("| AES-256-XTS, 512-byte units, 1 thread | ${d512g} GB/s | openssl speed: ${o512g} GB/s | $(ratio "$d512g" "$o512g")× |")
+
+echo "== raw -> LUKS2, ${SIZE_MIB} MiB" >&2
+time_cmd "diskseal luks2, 1 thread" "$DS" encrypt -q --force --threads 1 "${FAST[@]}" --key-file pw src.raw ds.luks; t1=$t
+time_cmd "diskseal luks2, $THREADS threads" "$DS" encrypt -q --force "${FAST[@]}" --key-file pw src.raw ds.luks; tn=$t
+"$DS" verify -q --key-file pw --against src.raw ds.luks
+rm -f ds.luks
+time_cmd "qemu-img convert -O luks" qemu-img convert -f raw -O luks --object secret,id=s,file=pw -o key-secret=s,iter-time=10 src.raw q.luks; tq=$t
+rm -f q.luks
+cp src.raw cs.img && truncate -s +32M cs.img
+time_cmd "cryptsetup reencrypt --encrypt (offline)" cryptsetup reencrypt --encrypt --type luks2 --reduce-device-size 32M \
+    --force-offline-reencrypt --batch-mode --key-file pw --pbkdf pbkdf2 --pbkdf-force-iterations 1000 cs.img; tc=$t
+rm -f cs.img
+rows+=("| raw → LUKS2, ${SIZE_MIB} MiB random, $THREADS threads | ${tn} s ($(gbps "$tn") GB/s) | qemu-img convert -O luks: ${tq} s | $(ratio "$tq" "$tn")× |")
+rows+=("| same | | cryptsetup reencrypt --encrypt: ${tc} s | $(ratio "$tc" "$tn")× |")
+rows+=("| raw → LUKS2, 1 → $THREADS threads | ${t1} s → ${tn} s | | $(ratio "$t1" "$tn")× scaling |")
+
+echo "== raw -> ibm-vpc qcow2" >&2
+time_cmd "diskseal ibm-vpc" "$DS" encrypt -q --force --profile ibm-vpc "${FAST[@]}" --key-file pw src.raw ds.qcow2; tv=$t
+qemu-img compare --object secret,id=s,file=pw --image-opts "driver=qcow2,encrypt.key-secret=s,file.filename=ds.qcow2" "driver=raw,file.filename=src.raw" >/dev/null
+rm -f ds.qcow2
+time_cmd "qemu-img convert -O qcow2 encrypt.format=luks" qemu-img convert -f raw -O qcow2 --object secret,id=s,file=pw \
+    -o encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10 src.raw q.qcow2; tqv=$t
+rm -f q.qcow2
+rows+=("| raw → ibm-vpc qcow2-LUKS, ${SIZE_MIB} MiB | ${tv} s ($(gbps "$tv") GB/s) | qemu-img: ${tqv} s | $(ratio "$tqv" "$tv")× |")
+
+echo "== peak RSS" >&2
+rss() { /usr/bin/time -f '%M' "$@" 2>&1 >/dev/null | tail -1; }
+truncate -s 8G sparse.raw
+printf 'data' | dd of=sparse.raw bs=1 seek=$((5 << 30)) conv=notrunc status=none
+r_dense=$(rss "$DS" encrypt -q --force "${FAST[@]}" --key-file pw src.raw ds.luks); rm -f ds.luks
+r_sparse=$(rss "$DS" encrypt -q --force "${FAST[@]}" --key-file pw sparse.raw ds.luks); rm -f ds.luks sparse.raw
+rows+=("| peak RSS, ${SIZE_MIB} MiB dense / 8 GiB sparse input | $((r_dense / 1024)) MiB / $((r_sparse / 1024)) MiB | | |")
+
+echo
+echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F)"
+echo
+echo "| work | diskseal | other tool | ratio |"
+echo "|---|---|---|---|"
+printf '%s\n' "${rows[@]}"
