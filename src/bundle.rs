@@ -61,7 +61,8 @@ pub struct Manifest {
 pub struct ImageEntry {
     /// File name inside the bundle (no directory part).
     pub file: String,
-    /// Container format: "luks1" or "luks2" (a raw file with a LUKS header).
+    /// Container format: "luks1" or "luks2" (a raw file with a LUKS header), or "qcow2+luks1" (qcow2 with
+    /// QEMU-native LUKS, the ibm-vpc profile).
     pub format: String,
     /// Size of the image file in bytes.
     pub file_size: u64,
@@ -141,8 +142,9 @@ impl Manifest {
                 return Err(Error::format(format!("manifest field {field} is not a lowercase hex SHA-256")));
             }
         }
-        if self.image.virtual_size == 0 || self.image.virtual_size > self.image.file_size {
-            return Err(Error::format("manifest field image.virtual_size is 0 or larger than image.file_size"));
+        // A sparse qcow2 can be far smaller than its virtual disk, so only zero is refused.
+        if self.image.virtual_size == 0 || self.image.file_size == 0 {
+            return Err(Error::format("manifest fields image.virtual_size and image.file_size must not be 0"));
         }
         if self.key.sealed_with != "age-x25519" {
             return Err(Error::unsupported(format!("manifest field key.sealed_with {:?} is not \"age-x25519\"", self.key.sealed_with)));
@@ -277,14 +279,7 @@ pub fn create(image: &Path, key: &Zeroizing<Vec<u8>>, dir: &Path, opts: &BundleO
     if file_name == MANIFEST || file_name == SEALED_KEY {
         return Err(Error::invalid(format!("the image may not be called {file_name}")).with_path(image));
     }
-    {
-        let f = File::open(image).map_err(|e| Error::io("open image", image, None, e))?;
-        if !crate::luks::probe(&f) {
-            return Err(Error::unsupported("the image is not a LUKS file")
-                .with_path(image)
-                .hint("bundle the output of `diskseal encrypt`"));
-        }
-    }
+    let (luks, format) = read_header(image)?;
     // Unlocking with the key proves it is the right one, and hashes the plaintext on the way.
     let passphrase = opts.profile.passphrase(Zeroizing::new(key.to_vec()))?;
     let report = ops::verify(image, Unlock::Passphrase(passphrase), None, run).map_err(|e| {
@@ -294,10 +289,6 @@ pub fn create(image: &Path, key: &Zeroizing<Vec<u8>>, dir: &Path, opts: &BundleO
             e
         }
     })?;
-    let luks = {
-        let f = File::open(image).map_err(|e| Error::io("open image", image, None, e))?;
-        Luks::open(&f, image)?
-    };
 
     let tmp = temp_dir_for(dir)?;
     let (file_size, image_sha) = copy_hashing(image, &tmp.path.join(&file_name), run)?;
@@ -313,7 +304,7 @@ pub fn create(image: &Path, key: &Zeroizing<Vec<u8>>, dir: &Path, opts: &BundleO
         profile: opts.profile.name().into(),
         image: ImageEntry {
             file: file_name,
-            format: luks.version().name().into(),
+            format,
             file_size,
             virtual_size: report.payload_len,
             sha256: image_sha,
@@ -349,6 +340,28 @@ pub fn create(image: &Path, key: &Zeroizing<Vec<u8>>, dir: &Path, opts: &BundleO
         .map_err(|e| Error::io("write", &manifest_path, None, e))?;
     commit(tmp, dir, opts.force)?;
     Ok(BundleReport { dir: dir.to_owned(), manifest })
+}
+
+/// The LUKS header of a LUKS file or of a qcow2 with QEMU-native LUKS, and the container's name.
+fn read_header(image: &Path) -> Result<(Luks, String)> {
+    let f = File::open(image).map_err(|e| Error::io("open image", image, None, e))?;
+    let len = f.metadata().map_err(|e| Error::io("stat", image, None, e))?.len();
+    let mut magic = [0u8; 4];
+    if std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 0).is_ok() && magic == *b"QFI\xfb" {
+        let q = crate::image::qcow2::Qcow2Image::open(f, image, &mut Vec::new())?;
+        let Some((h, _)) = q.luks_header()? else {
+            return Err(Error::unsupported("the qcow2 image is not encrypted").with_path(image).hint("bundle the output of `diskseal encrypt`"));
+        };
+        return Ok((Luks::embedded(h, len)?, "qcow2+luks1".into()));
+    }
+    if !crate::luks::probe(&f) {
+        return Err(Error::unsupported("the image is not a LUKS file nor a qcow2 with LUKS encryption")
+            .with_path(image)
+            .hint("bundle the output of `diskseal encrypt`"));
+    }
+    let l = Luks::open(&f, image)?;
+    let name = l.version().name().to_owned();
+    Ok((l, name))
 }
 
 fn commit(mut tmp: TempDir, dir: &Path, force: bool) -> Result<()> {

@@ -111,7 +111,7 @@ fn bundle_refusals_leave_nothing_behind() {
     assert!(r.stderr.contains("not an age X25519 recipient") && r.stderr.contains("diskseal-agent init"), "{}", r.stderr);
     // Not a LUKS image.
     let r = diskseal(d, &["bundle", "--recipient", &recipient, "--key-file", "pw", "src.raw", "out"]);
-    assert!(r.code == 2 && r.stderr.contains("not a LUKS file"), "{}", r.stderr);
+    assert!(r.code == 2 && r.stderr.contains("not a LUKS file nor a qcow2"), "{}", r.stderr);
     // Wrong DEK size for the profile.
     let r = diskseal(d, &["bundle", "--profile", "ibm-classic-luks", "--recipient", &recipient, "--key-file", "bad", "disk.luks", "out"]);
     assert!(r.code == 2 && r.stderr.contains("DEK must be 24 to 384 bytes"), "{}", r.stderr);
@@ -146,4 +146,28 @@ fn encrypt_with_bundle_reports_one_json_document() {
     let r = diskseal(d, &["encrypt", "--key-file", "-", "--bundle", "c", "--recipient", &recipient, "src.raw", "x.luks"]);
     assert!(r.code == 2 && r.stderr.contains("not stdin"), "{}", r.stderr);
     assert!(!d.join("c").exists() && !d.join("x.luks").exists());
+}
+
+#[test]
+fn ibm_vpc_qcow2_bundle() {
+    let dir = setup(MIB, 76);
+    let d = dir.path();
+    let recipient = identity(d);
+    // Sparse: 64 MiB virtual, 1 MiB of data; the qcow2 file stays much smaller than its disk.
+    let f = std::fs::OpenOptions::new().write(true).open(d.join("src.raw")).unwrap();
+    f.set_len(64 * MIB as u64).unwrap();
+    std::fs::write(d.join("vpc-pass"), b"abc123").unwrap();
+    let mut args = vec!["encrypt", "-q", "--profile", "ibm-vpc", "--key-file", "vpc-pass"];
+    args.extend(["--pbkdf-force-iterations", "1000"]);
+    args.extend(["src.raw", "disk.qcow2"]);
+    diskseal(d, &args).ok();
+    let r = diskseal(d, &["bundle", "--json", "--profile", "ibm-vpc", "--recipient", &recipient, "--key-file", "vpc-pass", "disk.qcow2", "b"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let m = &v["manifest"];
+    assert_eq!(m["image"]["format"], "qcow2+luks1");
+    assert_eq!(m["luks"]["version"], 1);
+    assert_eq!(m["image"]["virtual_size"], 64 * MIB);
+    assert!(m["image"]["file_size"].as_u64().unwrap() < 8 * MIB as u64, "{m}");
+    assert_eq!(m["plaintext"]["sha256"], sha256_hex(&read(d.join("src.raw"))));
+    assert_eq!(m["key"]["kind"], "passphrase");
 }
