@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use base64::Engine;
 
 use crate::fake_ibm::{API_KEY, FakeIbm, INSTANCE, ROOT_KEY};
-use crate::util::{PASSPHRASE, agent, have, init, make_bundle};
+use crate::util::{PASSPHRASE, agent, have, init, make_bundle, make_bundle_as};
 
 #[test]
 fn init_makes_a_private_identity_and_never_overwrites() {
@@ -275,4 +275,22 @@ fn deep_verify_unlocks_the_image() {
     let out = agent(p, &["bundle", "verify", "--deep", "bundle"], &[]);
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains("the sealed key does not open disk.luks"), "{}", out.stderr);
+}
+
+#[test]
+fn ibm_vpc_qcow2_bundle_verifies_deep_and_wraps_base64_of_the_passphrase() {
+    let fake = FakeIbm::start();
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let r = init(p);
+    make_bundle_as(p, &r, diskseal::profile::Profile::IbmVpc);
+    let out = agent(p, &["--json", "bundle", "verify", "--deep", "bundle"], &[]).ok();
+    assert!(out.stdout.contains("disk.qcow2"), "{}", out.stdout);
+    let mut args: Vec<String> = vec!["wrap".into(), "--bundle".into(), "bundle".into()];
+    args.extend(kms_args(&fake));
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    agent(p, &argv, &[("IBMCLOUD_API_KEY", API_KEY)]).ok();
+    // What reached Key Protect is base64 of the passphrase, without a newline (the VPC docs' `echo -n`).
+    let b64 = base64::engine::general_purpose::STANDARD.encode(PASSPHRASE);
+    assert!(fake.with(|s| s.bodies.iter().any(|b| *b == format!("{{\"plaintext\":\"{b64}\"}}"))));
 }

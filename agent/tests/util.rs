@@ -73,25 +73,31 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
 /// Encrypts a 1 MiB disk into `dir/disk.luks` (LUKS2, fast KDF) and bundles it into `dir/bundle` for
 /// `recipient`. Returns the bundle path.
 pub fn make_bundle(dir: &Path, recipient: &str) -> PathBuf {
+    make_bundle_as(dir, recipient, Profile::Luks2)
+}
+
+/// Like [`make_bundle`] for `profile` (ibm-vpc: `disk.qcow2`, qcow2 with QEMU-native LUKS1).
+pub fn make_bundle_as(dir: &Path, recipient: &str, profile: Profile) -> PathBuf {
     let src = dir.join("disk.raw");
     std::fs::write(&src, pattern(1 << 20, 9)).unwrap();
-    let img = dir.join("disk.luks");
+    let vpc = profile == Profile::IbmVpc;
+    let img = dir.join(if vpc { "disk.qcow2" } else { "disk.luks" });
     let q = QuietRun::default();
     let opts = EncryptOptions {
-        luks: FormatOptions::for_tests(LuksVersion::Luks2),
+        luks: FormatOptions::for_tests(profile.default_version()),
         key_bytes: 64,
         sector_size: None,
         pad: false,
         input_format: None,
         force: false,
-        container: ops::Container::Raw,
+        container: if vpc { ops::Container::Qcow2Luks } else { ops::Container::Raw },
         sparse: false,
         resize: None,
     };
     let pass = Passphrase::new(Zeroizing::new(PASSPHRASE.to_vec())).unwrap();
     ops::encrypt(&src, &img, &opts, &pass, None, &q.run()).unwrap();
     let out = dir.join("bundle");
-    let bopts = BundleOptions { profile: Profile::Luks2, recipient: recipient.into(), force: false };
+    let bopts = BundleOptions { profile, recipient: recipient.into(), force: false };
     diskseal::bundle::create(&img, &Zeroizing::new(PASSPHRASE.to_vec()), &out, &bopts, &q.run()).unwrap();
     out
 }
