@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use diskseal::bundle::{BundleOptions, QuietRun};
 use diskseal::luks::keys::Passphrase;
-use diskseal::luks::{FormatOptions, LuksVersion};
+use diskseal::luks::FormatOptions;
 use diskseal::ops::{self, EncryptOptions};
 use diskseal::profile::Profile;
 use zeroize::Zeroizing;
