@@ -143,7 +143,7 @@ struct KmsArgs {
     /// Label of the wrapping key on the token.
     #[arg(long, value_name = "LABEL")]
     key_label: Option<String>,
-    /// File holding the token's user PIN (else DISKSEAL_PKCS11_PIN).
+    /// File holding the token's user PIN (else DISKSEAL_PKCS11_PIN, else asked on the terminal).
     #[arg(long, value_name = "FILE")]
     pin_file: Option<PathBuf>,
     /// PKCS#11 mechanism: aes-kwp (default), rsa-oaep (SHA-1), rsa-oaep-sha256.

@@ -316,7 +316,8 @@ impl Layers {
         self.merged.service.as_deref() == Some("pkcs11")
     }
 
-    /// Resolves the PKCS#11 settings; the PIN comes from `pin_file` or `DISKSEAL_PKCS11_PIN`.
+    /// Resolves the PKCS#11 settings; the PIN comes from `pin_file`, `DISKSEAL_PKCS11_PIN`, or a prompt
+    /// on the terminal (never argv).
     pub fn pkcs11(&self) -> Result<crate::kms::pkcs11::Pkcs11Settings> {
         use crate::kms::pkcs11::{Pkcs11Mechanism, Pkcs11Settings};
         let m = &self.merged;
@@ -329,7 +330,14 @@ impl Layers {
                 SecretString::new(t.trim_end_matches(['\r', '\n']).to_owned())
             }
             (None, Some(pin)) => pin.clone(),
-            (None, None) => return Err(Error::Config("no PKCS#11 PIN: pass --pin-file FILE or set DISKSEAL_PKCS11_PIN".into())),
+            (None, None) if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+                let label = m.token_label.as_deref().unwrap_or("the token");
+                let pin = rpassword::prompt_password(format!("PIN for {label}: ")).map_err(|e| Error::io("read PIN from", "/dev/tty", e))?;
+                SecretString::new(pin)
+            }
+            (None, None) => {
+                return Err(Error::Config("no PKCS#11 PIN: pass --pin-file FILE, set DISKSEAL_PKCS11_PIN, or run on a terminal to be asked".into()));
+            }
         };
         let need = |v: Option<String>, what: &str, flag: &str| v.ok_or_else(|| Error::Config(format!("no {what}: pass {flag} or set it in the config file")));
         Ok(Pkcs11Settings {

@@ -125,6 +125,11 @@ fn wrong_pin_and_unknown_key_label_are_clear() {
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("C_Login") && out.stderr.contains("CKR_PIN_INCORRECT"), "{}", out.stderr);
     assert!(!out.stderr.contains("000000"));
+    // No PIN at all, and no terminal to ask on.
+    let conf = h.conf.to_str().unwrap().to_owned();
+    let out = agent(p, &["wrap", "--dek-file", "dek", "--service", "pkcs11", "--pkcs11-module", MODULE, "--token-label", "agent-test", "--key-label", "kek"], &[("SOFTHSM2_CONF", &conf)]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("no PKCS#11 PIN") && out.stderr.contains("--pin-file"), "{}", out.stderr);
     let out = h.run(&["wrap", "--dek-file", "dek"], "nokey", "aes-kwp", "pin");
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("labelled \"nokey\""), "{}", out.stderr);
