@@ -93,6 +93,13 @@ fn aes_kwp_round_trip_matches_an_independent_implementation() {
     assert!(out.stderr.contains("does not round-trip") && out.stderr.contains("rsa-oaep"), "{}", out.stderr);
     // RSA-OAEP takes it.
     h.run(&["wrap", "--dek-file", "pass11"], "rsa-kek", "rsa-oaep", "pin").ok();
+    // A token-generated DEK (C_GenerateRandom), wrapped; its WDEK unwraps to the file written.
+    let out = h.run(&["--json", "wrap", "--generate-to", "gen"], "kek", "aes-kwp", "pin").ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    std::fs::write(p.join("gen.wdek"), v["wdek"].as_str().unwrap()).unwrap();
+    h.run(&["unwrap", "--wdek-file", "gen.wdek", "-o", "gen.out"], "kek", "aes-kwp", "pin").ok();
+    assert_eq!(std::fs::read(p.join("gen.out")).unwrap(), std::fs::read(p.join("gen")).unwrap());
+    assert_eq!(std::fs::read(p.join("gen")).unwrap().len(), 32);
     let log = std::fs::read_to_string(p.join("home/audit.jsonl")).unwrap();
     assert!(log.contains("pkcs11:token=agent-test;object=kek"));
     assert!(!log.contains(&base64::engine::general_purpose::STANDARD.encode(pattern(32, 1))));
