@@ -205,3 +205,13 @@ fn hpcs_speaks_the_same_key_api() {
     let e = kp.unwrap("bm9wZQ==").unwrap_err();
     assert!(e.to_string().starts_with("Hyper Protect Crypto Services at http://127.0.0.1:"), "{e}");
 }
+
+#[test]
+fn aws_style_throttling_400_is_retried_by_the_shared_loop() {
+    let fake = FakeIbm::start();
+    let kp = KeyProtect::new(settings(&fake));
+    let body = r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#.to_owned();
+    fake.with(|s| s.kp_faults.push_back(Fault::Body(400, body)));
+    kp.wrap(&secret(b"k")).unwrap();
+    assert_eq!(fake.with(|s| s.kp_calls), 2);
+}

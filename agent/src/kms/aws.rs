@@ -30,7 +30,7 @@ pub struct AwsSettings {
     pub secret_access_key: SecretString,
     /// Session token, if any (redacted).
     pub session_token: Option<SecretString>,
-    /// Retries and timeout (429 and 5xx are retried; KMS's HTTP 400 ThrottlingException is not).
+    /// Retries and timeout (429, 5xx and KMS's HTTP 400 ThrottlingException are retried).
     pub retry: RetryPolicy,
 }
 

@@ -13,7 +13,7 @@ pub(crate) struct Reply {
 }
 
 /// Sends with retries per `policy`; `send` makes one attempt. Retries connection errors, timeouts,
-/// 429 and 5xx except 501, waiting `Retry-After` seconds when given, else exponential back-off with
+/// 429, 5xx except 501 and AWS's 400 `ThrottlingException`, waiting `Retry-After` seconds when given, else exponential back-off with
 /// jitter, never longer than `policy.max_wait` at a time.
 pub(crate) fn with_retries(
     policy: &RetryPolicy,
@@ -31,7 +31,9 @@ pub(crate) fn with_retries(
                 let retry_after = header("retry-after");
                 let correlation_id = header("correlation-id").or_else(|| header("transaction-id")).or_else(|| header("x-amzn-requestid"));
                 let body = resp.body_mut().read_to_string().unwrap_or_default();
-                let retryable = status == 429 || (status >= 500 && status != 501);
+                // AWS KMS throttles with HTTP 400 and `ThrottlingException` in the body.
+                let throttled = status == 400 && body.contains("ThrottlingException");
+                let retryable = status == 429 || (status >= 500 && status != 501) || throttled;
                 if retryable && !last {
                     let wait = retry_after
                         .and_then(|v| v.trim().parse::<u64>().ok())
