@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite. Installs the oracle tools the tests drive (cryptsetup, qemu-img) when they are
+# The whole test suite. Installs the oracle tools the tests drive (cryptsetup, qemu-img, age, softhsm2, opensc) when they are
 # missing and this runs as root; otherwise the oracle tests say SKIPPED-ORACLE and pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +8,9 @@ need=()
 command -v cryptsetup >/dev/null || need+=(cryptsetup-bin)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 [[ -x /usr/bin/time ]] || need+=(time)
+command -v age >/dev/null || need+=(age)
+command -v softhsm2-util >/dev/null || need+=(softhsm2)
+command -v pkcs11-tool >/dev/null || need+=(opensc)
 if ((${#need[@]})); then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
         echo "installing test tools: ${need[*]}"
@@ -18,7 +21,12 @@ if ((${#need[@]})); then
     fi
 fi
 
-cargo test --locked --all-targets
+# AWS KMS tests talk to moto's server (KMS with SigV4 checks); boto3 sets up its user and key.
+if ! command -v moto_server >/dev/null || ! python3 -c 'import boto3' 2>/dev/null; then
+    python3 -m pip install -q 'moto[server]' boto3 || echo "warning: moto/boto3 not installed; AWS KMS tests will be skipped" >&2
+fi
+
+cargo test --locked --workspace --all-targets
 
 # A short run of every fuzz target (the long runs: bash scripts/fuzz.sh).
 bash scripts/fuzz.sh smoke

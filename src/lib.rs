@@ -11,7 +11,8 @@
 //! - [`image`]: disk-image readers behind the [`image::DiskImage`] trait;
 //! - [`pipeline`]: the parallel chunk engine;
 //! - [`io`]: positional I/O and safe output files;
-//! - [`ops`]: encrypt / decrypt / verify as library calls.
+//! - [`ops`]: encrypt / decrypt / verify as library calls;
+//! - [`bundle`]: the air-gap hand-off bundle (image, manifest, age-sealed key).
 //!
 //! The library never prints and never exits; errors are [`Error`]s that name the file, field and offset.
 //!
@@ -75,6 +76,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod bundle;
 pub mod crypto;
 pub mod error;
 pub mod image;

@@ -7,6 +7,7 @@
 
 mod util;
 
+mod bundle;
 mod cli;
 mod corpus;
 mod cryptsetup;

@@ -31,7 +31,7 @@ fn read_limited(mut r: impl Read, path: &Path) -> Result<Zeroizing<Vec<u8>>> {
 }
 
 /// Reads a key file verbatim ("-" = stdin); refuses an empty one; warns about a trailing newline.
-fn read_key_file(path: &Path, strip_newline: bool, out: &Out) -> Result<Zeroizing<Vec<u8>>> {
+pub(super) fn read_key_file(path: &Path, strip_newline: bool, out: &Out) -> Result<Zeroizing<Vec<u8>>> {
     let mut bytes = if path == Path::new("-") {
         read_limited(std::io::stdin().lock(), Path::new("<stdin>"))?
     } else {

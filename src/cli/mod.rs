@@ -1,6 +1,7 @@
 //! The command line: clap definitions ("low args"), their translation into the library's options
 //! ("high args"), key input, progress display and output. Everything user-facing lives here.
 
+mod bundle;
 mod keys;
 mod report;
 
@@ -67,6 +68,9 @@ enum Command {
     Dump(DumpArgs),
     /// Make a random data-encryption key file (mode 0600).
     Keygen(KeygenArgs),
+    /// Make the air-gap hand-off bundle: the image, manifest.json and the key sealed with age (dek.age).
+    #[command(after_help = bundle::EXAMPLES)]
+    Bundle(bundle::BundleArgs),
     /// Describe a disk image (format, sizes, allocation, backing chain, encryption), like `qemu-img info`.
     Info(InfoArgs),
 }
@@ -171,9 +175,15 @@ struct EncryptArgs {
     /// Worker threads (default: all cores).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
-    /// Overwrite DST if it exists.
+    /// Overwrite DST if it exists (and the --bundle directory).
     #[arg(long)]
     force: bool,
+    /// Also write the air-gap hand-off bundle DIR (see `diskseal bundle`); needs --recipient.
+    #[arg(long, value_name = "DIR", requires = "recipient")]
+    bundle: Option<PathBuf>,
+    /// The agent's age recipient for --bundle.
+    #[arg(long, value_name = "AGE1...", requires = "bundle")]
+    recipient: Option<String>,
     #[command(flatten)]
     key: KeyArgs,
     /// Source disk image.
@@ -294,6 +304,7 @@ fn run(cli: &Cli, out: &Out) -> Result<ExitCode> {
         Command::Verify(a) => verify(a, out),
         Command::Dump(a) => dump(a, out),
         Command::Keygen(a) => keygen(a, out),
+        Command::Bundle(a) => bundle::run(a, out),
         Command::Info(a) => info(a, out),
     }
 }
@@ -364,6 +375,17 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         (Some(bits), None) => bits.parse::<usize>().unwrap_or(512) / 8,
         (None, None) => 64,
     };
+    let bundle_key = match (&a.bundle, &a.recipient, &a.key.key_file) {
+        (Some(dir), Some(r), Some(k)) if k.as_os_str() != "-" => {
+            diskseal::bundle::parse_recipient(r)?;
+            if !a.force && std::fs::symlink_metadata(dir).is_ok() {
+                return Err(Error::invalid("bundle directory already exists").with_path(dir).hint("pass --force to replace it"));
+            }
+            Some(keys::read_key_file(k, a.key.strip_newline, &Out::new(true, false))?)
+        }
+        (Some(_), _, _) => return Err(Error::invalid("--bundle needs --key-file FILE (not stdin or a prompt)")),
+        _ => None,
+    };
     let passphrase = keys::passphrase(&a.key, profile, out, Some(&a.dst), true)?;
     let container = match (a.output_format.as_deref(), profile) {
         (Some("qcow2"), _) | (None, Profile::IbmVpc) => Container::Qcow2Luks,
@@ -396,6 +418,13 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
     out.note(&format!("{}: deriving the keyslot key and encrypting", a.dst.display()));
     let r = with_progress(out, "encrypting", a.threads, |run| ops::encrypt(&a.src, &a.dst, &opts, &passphrase, volume_key, run))?;
     let kdf = kdf_text(&r.kdf);
+    let bundle_req = match (&a.bundle, &a.recipient, bundle_key) {
+        (Some(dir), Some(recipient), Some(key)) => {
+            let opts = diskseal::bundle::BundleOptions { profile, recipient: recipient.clone(), force: a.force };
+            Some(bundle::Request { image: &a.dst, key, dir, opts, threads: a.threads })
+        }
+        _ => None,
+    };
     let rate = report::rate(r.virtual_size, r.elapsed);
     if profile == Profile::IbmVpc && !(10 << 30..=250 << 30).contains(&r.virtual_size) {
         out.warn(&format!(
@@ -404,7 +433,7 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         ));
     }
     if out.json {
-        out.print_json(&json!({
+        let mut v = json!({
             "command": "encrypt",
             "profile": profile.name(),
             "source": a.src, "output": a.dst,
@@ -424,7 +453,12 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
             "kdf": kdf,
             "seconds": r.elapsed.as_secs_f64(),
             "threads": r.threads,
-        }));
+        });
+        if let Some(req) = bundle_req {
+            let rep = bundle::build(req, out)?;
+            v["bundle"] = json!({"dir": rep.dir, "manifest": rep.manifest});
+        }
+        out.print_json(&v);
     } else {
         if r.padded > 0 {
             out.warn(&format!("payload padded with {} zero bytes to a whole sector", r.padded));
@@ -442,6 +476,9 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
             r.elapsed.as_secs_f64(),
             r.threads
         ));
+        if let Some(req) = bundle_req {
+            bundle::summary(&bundle::build(req, out)?, out);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

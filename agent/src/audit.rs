@@ -1,0 +1,182 @@
+//! The audit log: one CADF-shaped JSON event per line (the Activity Tracker shape of `ibm-cloud.md` §6),
+//! hash-chained: each line carries `seq` and `prevHash`, the SHA-256 of the previous line's bytes (64
+//! zeros for the first). A sidecar `<log>.head` records the last `seq` and line hash, so dropping or
+//! editing the last lines is detected too. [`verify`] finds edited, removed, reordered and truncated
+//! lines. (The chain proves integrity against edits, not against someone who rewrites the whole log
+//! and its head: ship it to an append-only store for that.)
+//!
+//! No secret is ever written: events hold actions, outcomes, ids, hashes and versions only.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// `prevHash` of the first line.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One event to log.
+#[derive(Debug, Clone, Default)]
+pub struct Event {
+    /// `service.objectType.action`, e.g. `kms.secrets.wrap`.
+    pub action: String,
+    /// `success` or `failure`.
+    pub success: bool,
+    /// HTTP-like reason code (200 on success, the KMS status on failure, 0 when none).
+    pub reason_code: u16,
+    /// Why it failed (an error message, never a secret).
+    pub failure: Option<String>,
+    /// What was acted on: a key CRN/ARN, a bundle path, a file.
+    pub target_id: String,
+    /// The target's type URI, e.g. `kms/secrets`.
+    pub target_type: String,
+    /// The request's correlation id.
+    pub correlation_id: Option<String>,
+    /// SHA-256 of the image concerned.
+    pub image_sha256: Option<String>,
+    /// Extra non-secret request facts (key version, bundle name...).
+    pub details: Value,
+}
+
+fn head_path(log: &Path) -> PathBuf {
+    let mut s = log.as_os_str().to_owned();
+    s.push(".head");
+    PathBuf::from(s)
+}
+
+fn sha_hex(line: &[u8]) -> String {
+    diskseal::bundle::hex(&Sha256::digest(line))
+}
+
+fn initiator() -> Value {
+    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "localhost".into());
+    json!({
+        "id": format!("{user}@{host}"),
+        "typeURI": "service/security/account/user",
+        "credential": {"type": "apikey"},
+        "host": {"agent": concat!("diskseal-agent/", env!("CARGO_PKG_VERSION"))},
+    })
+}
+
+fn severity(code: u16, success: bool) -> &'static str {
+    match code {
+        _ if success => "normal",
+        401 | 403 | 503 | 507 => "critical",
+        _ => "warning",
+    }
+}
+
+/// Reads the last line's seq and hash (the chain's tip), checking nothing else.
+fn tip(log: &Path) -> Result<(u64, String)> {
+    let text = match std::fs::read(log) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, GENESIS.into())),
+        Err(e) => return Err(Error::io("read audit log", log, e)),
+    };
+    let Some(last) = text.split(|&b| b == b'\n').rfind(|l| !l.is_empty()) else {
+        return Ok((0, GENESIS.into()));
+    };
+    let v: Value = serde_json::from_slice(last)
+        .map_err(|_| Error::Audit { path: log.to_owned(), message: "the last line is not JSON (truncated?); run `audit verify`".into() })?;
+    Ok((v["seq"].as_u64().unwrap_or(0), sha_hex(last)))
+}
+
+/// Appends `ev` to `log` (created with mode 0600), chained to the previous line; updates the head file.
+pub fn append(log: &Path, ev: &Event) -> Result<()> {
+    if let Some(dir) = log.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+    }
+    use std::os::unix::fs::OpenOptionsExt;
+    // One writer at a time: the lock covers reading the tip, appending and updating the head.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(log)
+        .map_err(|e| Error::io("open audit log", log, e))?;
+    f.lock().map_err(|e| Error::io("lock audit log", log, e))?;
+    let (seq, prev) = tip(log)?;
+    let outcome = if ev.success { "success" } else { "failure" };
+    let mut reason = json!({"reasonCode": ev.reason_code, "reasonType": if ev.success { "OK" } else { "Error" }});
+    if let Some(f) = &ev.failure {
+        reason["reasonForFailure"] = json!(f);
+    }
+    let line = json!({
+        "seq": seq + 1,
+        "prevHash": prev,
+        "id": crate::kms::uuid4(),
+        "eventTime": crate::time::event_time_now(),
+        "action": ev.action,
+        "outcome": outcome,
+        "reason": reason,
+        "severity": severity(ev.reason_code, ev.success),
+        "initiator": initiator(),
+        "target": {"id": ev.target_id, "typeURI": ev.target_type},
+        "observer": {"name": "diskseal-agent"},
+        "correlationId": ev.correlation_id,
+        "requestData": {"imageSha256": ev.image_sha256, "details": ev.details},
+        "message": format!("diskseal-agent: {} {}", ev.action, outcome),
+    })
+    .to_string();
+    f.write_all(format!("{line}\n").as_bytes()).and_then(|()| f.sync_all()).map_err(|e| Error::io("append to audit log", log, e))?;
+    let head = head_path(log);
+    let tmp = head.with_extension("head.tmp");
+    let head_text = json!({"seq": seq + 1, "sha256": sha_hex(line.as_bytes())}).to_string();
+    std::fs::write(&tmp, head_text).and_then(|()| std::fs::rename(&tmp, &head)).map_err(|e| Error::io("write audit head", &head, e))?;
+    f.unlock().map_err(|e| Error::io("unlock audit log", log, e))?;
+    Ok(())
+}
+
+/// What [`verify`] found in a sound log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// Lines checked.
+    pub lines: u64,
+    /// Hash of the last line.
+    pub tip: String,
+}
+
+/// Checks the whole chain and the head file.
+pub fn verify(log: &Path) -> Result<Verified> {
+    let fail = |message: String| Error::Audit { path: log.to_owned(), message };
+    let text = std::fs::read(log).map_err(|e| Error::io("read audit log", log, e))?;
+    if !text.is_empty() && text.last() != Some(&b'\n') {
+        return Err(fail("the last line is incomplete (the log was truncated)".into()));
+    }
+    let mut prev = GENESIS.to_owned();
+    let mut n = 0u64;
+    let body = text.strip_suffix(b"\n").unwrap_or(&text);
+    let lines: Vec<&[u8]> = if body.is_empty() { Vec::new() } else { body.split(|&b| b == b'\n').collect() };
+    for (i, line) in lines.into_iter().enumerate() {
+        let lineno = i + 1;
+        let v: Value = serde_json::from_slice(line).map_err(|_| fail(format!("line {lineno} is not JSON (edited or truncated)")))?;
+        let seq = v["seq"].as_u64().ok_or_else(|| fail(format!("line {lineno} has no seq")))?;
+        if seq != lineno as u64 {
+            return Err(fail(format!("line {lineno} has seq {seq}: a line was removed, inserted or reordered")));
+        }
+        if v["prevHash"].as_str() != Some(prev.as_str()) {
+            return Err(fail(format!(
+                "line {lineno}: prevHash does not match the hash of line {}: that line was edited, or lines were removed or reordered",
+                lineno - 1
+            )));
+        }
+        prev = sha_hex(line);
+        n += 1;
+    }
+    let head = head_path(log);
+    let h: Value = std::fs::read(&head)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| fail(format!("{} is missing or unreadable: truncation cannot be ruled out", head.display())))?;
+    if h["seq"].as_u64() != Some(n) {
+        return Err(fail(format!("the log has {n} lines but {} records {}: lines were removed from the end", head.display(), h["seq"])));
+    }
+    if h["sha256"].as_str() != Some(prev.as_str()) {
+        return Err(fail(format!("the last line (line {n}) does not match {}: it was edited", head.display())));
+    }
+    Ok(Verified { lines: n, tip: prev })
+}

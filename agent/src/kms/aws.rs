@@ -1,0 +1,280 @@
+//! AWS KMS over its JSON protocol (`POST /`, `X-Amz-Target: TrentService.<Op>`,
+//! `application/x-amz-json-1.1`) signed with a hand-written SigV4 (service `kms`):
+//! `Encrypt` (wrap), `Decrypt` (unwrap), `ReEncrypt` (rewrap), `GenerateDataKey` (generate, AES_256).
+//! Credentials come from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (/ `AWS_SESSION_TOKEN`), never argv.
+//! Error bodies may be JSON (`__type`, `message`) or, from some front ends, XML (`<Code>`, `<Message>`).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::{Generated, KeyWrapper, KmsError, KmsErrorKind, Unwrapped, Wrapped, b64};
+use crate::config::RetryPolicy;
+use crate::secret::{SecretBytes, SecretString};
+
+/// What the AWS backend needs.
+#[derive(Debug, Clone)]
+pub struct AwsSettings {
+    /// Region, e.g. us-east-1.
+    pub region: String,
+    /// Endpoint (default `https://kms.<region>.amazonaws.com`).
+    pub endpoint: String,
+    /// Key id, ARN or alias.
+    pub key_id: String,
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key (redacted).
+    pub secret_access_key: SecretString,
+    /// Session token, if any (redacted).
+    pub session_token: Option<SecretString>,
+    /// Retries and timeout (429, 5xx and KMS's HTTP 400 ThrottlingException are retried).
+    pub retry: RetryPolicy,
+}
+
+/// The AWS KMS client.
+#[derive(Debug)]
+pub struct AwsKms {
+    s: AwsSettings,
+    agent: ureq::Agent,
+}
+
+fn hex(b: &[u8]) -> String {
+    diskseal::bundle::hex(b)
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    m.update(data);
+    m.finalize().into_bytes().to_vec()
+}
+
+/// What SigV4 signs.
+#[derive(Debug)]
+pub struct SigV4<'a> {
+    /// HTTP method.
+    pub method: &'a str,
+    /// URI-encoded path.
+    pub path: &'a str,
+    /// Canonical query string.
+    pub query: &'a str,
+    /// Headers to sign; must include `host` and `x-amz-date`.
+    pub headers: &'a [(&'a str, &'a str)],
+    /// Request body.
+    pub body: &'a [u8],
+    /// Region.
+    pub region: &'a str,
+    /// Service, e.g. "kms".
+    pub service: &'a str,
+    /// The `x-amz-date` value.
+    pub amz_date: &'a str,
+}
+
+/// A SigV4 `Authorization` header; the headers are signed lower-cased, trimmed and sorted.
+pub fn sigv4_authorization(r: &SigV4<'_>, access_key: &str, secret: &str) -> String {
+    let SigV4 { method, path, query, headers, body, region, service, amz_date } = *r;
+    let mut h: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned())).collect();
+    h.sort();
+    let canonical_headers: String = h.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
+    let signed: Vec<&str> = h.iter().map(|(k, _)| k.as_str()).collect();
+    let signed = signed.join(";");
+    let creq = format!("{method}\n{path}\n{query}\n{canonical_headers}\n{signed}\n{}", hex(&Sha256::digest(body)));
+    let date = &amz_date[..8];
+    let scope = format!("{date}/{region}/{service}/aws4_request");
+    let sts = format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", hex(&Sha256::digest(creq.as_bytes())));
+    let k_secret = Zeroizing::new(format!("AWS4{secret}"));
+    let k = hmac(k_secret.as_bytes(), date.as_bytes());
+    let k = hmac(&k, region.as_bytes());
+    let k = hmac(&k, service.as_bytes());
+    let k = hmac(&k, b"aws4_request");
+    let sig = hex(&hmac(&k, sts.as_bytes()));
+    format!("AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={signed}, Signature={sig}")
+}
+
+/// Pulls a tag's text out of an XML error body (no XML crate needed for `<Code>`/`<Message>`).
+fn xml_tag(body: &str, tag: &str) -> Option<String> {
+    let start = body.find(&format!("<{tag}>"))? + tag.len() + 2;
+    let end = body[start..].find(&format!("</{tag}>"))? + start;
+    Some(body[start..end].trim().to_owned())
+}
+
+impl AwsKms {
+    /// A client; nothing is sent until the first call.
+    pub fn new(s: AwsSettings) -> AwsKms {
+        let config = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(s.retry.timeout)).build();
+        AwsKms { s, agent: ureq::Agent::new_with_config(config) }
+    }
+
+    fn label(&self) -> String {
+        format!("AWS KMS at {}", self.s.endpoint)
+    }
+
+    fn call(&self, op: &str, body: &Zeroizing<String>) -> Result<Value, KmsError> {
+        let url = format!("{}/", self.s.endpoint);
+        let host = self.s.endpoint.split("://").nth(1).unwrap_or(&self.s.endpoint).trim_end_matches('/').to_owned();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let amz_date = crate::time::amz_date(now);
+        let target = format!("TrentService.{op}");
+        let mut headers = vec![
+            ("content-type", "application/x-amz-json-1.1"),
+            ("host", host.as_str()),
+            ("x-amz-date", amz_date.as_str()),
+            ("x-amz-target", target.as_str()),
+        ];
+        let token = self.s.session_token.as_ref().map(|t| t.expose().to_owned());
+        if let Some(t) = &token {
+            headers.push(("x-amz-security-token", t.as_str()));
+        }
+        let req = SigV4 {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &headers,
+            body: body.as_bytes(),
+            region: &self.s.region,
+            service: "kms",
+            amz_date: &amz_date,
+        };
+        let auth = sigv4_authorization(&req, &self.s.access_key_id, self.s.secret_access_key.expose());
+        let reply = super::http::with_retries(&self.s.retry, &self.label(), || {
+            let mut req = self.agent.post(&url).header("authorization", &auth);
+            for (k, v) in &headers {
+                if *k != "host" {
+                    req = req.header(*k, *v);
+                }
+            }
+            req.send(body.as_str())
+        })?;
+        let (status, text, request_id) = (reply.status, reply.body, reply.correlation_id);
+        if status != 200 {
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let reason = v["__type"]
+                .as_str()
+                .map(|t| t.rsplit('#').next().unwrap_or(t).to_owned())
+                .or_else(|| xml_tag(&text, "Code"));
+            let message = v["message"]
+                .as_str()
+                .or_else(|| v["Message"].as_str())
+                .map(str::to_owned)
+                .or_else(|| xml_tag(&text, "Message"))
+                .unwrap_or_else(|| text.chars().take(200).collect());
+            return Err(KmsError {
+                kind: KmsErrorKind::Http,
+                endpoint: self.label(),
+                status: Some(status),
+                reason,
+                message,
+                correlation_id: request_id.or_else(|| xml_tag(&text, "RequestId")),
+                attempts: 1,
+            });
+        }
+        serde_json::from_str(&text).map_err(|e| KmsError {
+            kind: KmsErrorKind::BadResponse,
+            endpoint: self.label(),
+            status: Some(status),
+            reason: None,
+            message: format!("{op} response is not JSON: {e}"),
+            correlation_id: request_id,
+            attempts: 1,
+        })
+    }
+
+    fn field(&self, v: &Value, name: &str) -> Result<String, KmsError> {
+        v[name].as_str().map(str::to_owned).ok_or_else(|| KmsError {
+            kind: KmsErrorKind::BadResponse,
+            endpoint: self.label(),
+            status: Some(200),
+            reason: None,
+            message: format!("no {name} in the response"),
+            correlation_id: None,
+            attempts: 1,
+        })
+    }
+
+    fn decode(&self, text: &str) -> Result<SecretBytes, KmsError> {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.decode(text).map(|b| SecretBytes::new(Zeroizing::new(b))).map_err(|_| KmsError {
+            kind: KmsErrorKind::BadResponse,
+            endpoint: self.label(),
+            status: Some(200),
+            reason: None,
+            message: "Plaintext is not base64".into(),
+            correlation_id: None,
+            attempts: 1,
+        })
+    }
+}
+
+impl KeyWrapper for AwsKms {
+    fn target(&self) -> String {
+        self.s.key_id.clone()
+    }
+
+    fn wrap(&self, plaintext: &SecretBytes) -> Result<Wrapped, KmsError> {
+        let body = Zeroizing::new(json!({"KeyId": self.s.key_id, "Plaintext": b64(plaintext.expose())}).to_string());
+        let v = self.call("Encrypt", &body)?;
+        Ok(Wrapped { ciphertext: self.field(&v, "CiphertextBlob")?, key_version: v["KeyId"].as_str().map(str::to_owned), correlation_id: None })
+    }
+
+    fn unwrap(&self, ciphertext: &str) -> Result<Unwrapped, KmsError> {
+        let body = Zeroizing::new(json!({"KeyId": self.s.key_id, "CiphertextBlob": ciphertext}).to_string());
+        let v = self.call("Decrypt", &body)?;
+        Ok(Unwrapped {
+            plaintext: self.decode(&self.field(&v, "Plaintext")?)?,
+            key_version: v["KeyId"].as_str().map(str::to_owned),
+            rewrapped: None,
+            correlation_id: None,
+        })
+    }
+
+    fn rewrap(&self, ciphertext: &str) -> Result<Wrapped, KmsError> {
+        let body = Zeroizing::new(json!({"CiphertextBlob": ciphertext, "DestinationKeyId": self.s.key_id}).to_string());
+        let v = self.call("ReEncrypt", &body)?;
+        Ok(Wrapped { ciphertext: self.field(&v, "CiphertextBlob")?, key_version: v["KeyId"].as_str().map(str::to_owned), correlation_id: None })
+    }
+
+    fn generate(&self) -> Result<Generated, KmsError> {
+        let body = Zeroizing::new(json!({"KeyId": self.s.key_id, "KeySpec": "AES_256"}).to_string());
+        let v = self.call("GenerateDataKey", &body)?;
+        Ok(Generated {
+            plaintext: self.decode(&self.field(&v, "Plaintext")?)?,
+            wrapped: Wrapped { ciphertext: self.field(&v, "CiphertextBlob")?, key_version: v["KeyId"].as_str().map(str::to_owned), correlation_id: None },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// AWS's published SigV4 test suite, case "get-vanilla".
+    #[test]
+    fn sigv4_get_vanilla() {
+        let req = SigV4 {
+            method: "GET",
+            path: "/",
+            query: "",
+            headers: &[("host", "example.amazonaws.com"), ("x-amz-date", "20150830T123600Z")],
+            body: b"",
+            region: "us-east-1",
+            service: "service",
+            amz_date: "20150830T123600Z",
+        };
+        let auth = sigv4_authorization(&req, "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY");
+        assert_eq!(
+            auth,
+            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date, \
+             Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"
+        );
+    }
+
+    #[test]
+    fn xml_errors_are_read() {
+        let body = "<ErrorResponse><Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match</Message></Error><RequestId>r-1</RequestId></ErrorResponse>";
+        assert_eq!(xml_tag(body, "Code").as_deref(), Some("SignatureDoesNotMatch"));
+        assert_eq!(xml_tag(body, "RequestId").as_deref(), Some("r-1"));
+    }
+}

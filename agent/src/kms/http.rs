@@ -1,0 +1,77 @@
+//! Shared HTTP plumbing for the REST backends: bounded retries with back-off, jitter and `Retry-After`.
+
+use std::time::Duration;
+
+use super::{KmsError, KmsErrorKind};
+use crate::config::RetryPolicy;
+
+/// A response: status, body and correlation id header.
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) body: String,
+    pub(crate) correlation_id: Option<String>,
+}
+
+/// Sends with retries per `policy`; `send` makes one attempt. Retries connection errors, timeouts,
+/// 429, 5xx except 501 and AWS's 400 `ThrottlingException`, waiting `Retry-After` seconds when given, else exponential back-off with
+/// jitter, never longer than `policy.max_wait` at a time.
+pub(crate) fn with_retries(
+    policy: &RetryPolicy,
+    label: &str,
+    mut send: impl FnMut() -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<Reply, KmsError> {
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let last = attempt >= policy.max_attempts;
+        match send() {
+            Ok(mut resp) => {
+                let status = resp.status().as_u16();
+                let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let retry_after = header("retry-after");
+                let correlation_id = header("correlation-id").or_else(|| header("transaction-id")).or_else(|| header("x-amzn-requestid"));
+                let body = resp.body_mut().read_to_string().unwrap_or_default();
+                // AWS KMS throttles with HTTP 400 and `ThrottlingException` in the body.
+                let throttled = status == 400 && body.contains("ThrottlingException");
+                let retryable = status == 429 || (status >= 500 && status != 501) || throttled;
+                if retryable && !last {
+                    let wait = retry_after
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs)
+                        .unwrap_or_else(|| backoff(policy, attempt));
+                    std::thread::sleep(wait.min(policy.max_wait));
+                    continue;
+                }
+                return Ok(Reply { status, body, correlation_id });
+            }
+            Err(e) => {
+                let transient = matches!(
+                    e,
+                    ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::Timeout(_) | ureq::Error::HostNotFound
+                );
+                if transient && !last {
+                    std::thread::sleep(backoff(policy, attempt).min(policy.max_wait));
+                    continue;
+                }
+                return Err(KmsError {
+                    kind: KmsErrorKind::Unreachable,
+                    endpoint: label.to_owned(),
+                    status: None,
+                    reason: None,
+                    message: e.to_string(),
+                    correlation_id: None,
+                    attempts: attempt,
+                });
+            }
+        }
+    }
+}
+
+/// Exponential back-off with jitter: a random wait in [d/2, d] for d = base * 2^(attempt-1).
+fn backoff(p: &RetryPolicy, attempt: u32) -> Duration {
+    let d = p.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(p.max_wait);
+    let mut r = [0u8; 4];
+    let _ = getrandom::fill(&mut r);
+    let frac = f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX);
+    d.mul_f64(0.5 + frac / 2.0)
+}

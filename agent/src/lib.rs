@@ -1,0 +1,24 @@
+//! `diskseal-agent`, the connected side of diskseal (`product.md` §2).
+//!
+//! - [`identity`]: the agent's age X25519 identity (`init`) and unsealing `dek.age`;
+//! - [`verify`]: `bundle verify`: manifest schema, image hash, the key unseals;
+//! - [`config`]: flags > environment > TOML file; region → endpoint tables; redacted secrets;
+//! - [`kms`]: key wrapping behind one trait, [`kms::KeyWrapper`], with an in-memory fake and IBM Key
+//!   Protect / Hyper Protect Crypto Services over REST ([`kms::keyprotect`]);
+//! - [`audit`]: the hash-chained CADF-shaped JSONL audit log and its verifier.
+//!
+//! The library never prints; errors are [`Error`]s and never carry a secret.
+
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod identity;
+pub mod kms;
+pub mod secret;
+pub mod time;
+pub mod verify;
+
+pub use error::{Error, Result};

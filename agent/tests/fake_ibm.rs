@@ -1,0 +1,261 @@
+//! An in-process fake of IAM and Key Protect on tiny_http, bound to 127.0.0.1:0. It implements the
+//! documented request and response shapes (`ibm-cloud.md` §2, §3), checks the headers and tokens the
+//! agent must send, and can inject faults (status codes with `Retry-After`, delays, token revocation).
+
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+pub const API_KEY: &str = "fake-api-key-0123456789";
+pub const INSTANCE: &str = "11111111-2222-3333-4444-555555555555";
+pub const ROOT_KEY: &str = "root-key-1";
+pub const KEY_ACTION: &str = "application/vnd.ibm.kms.key_action+json";
+
+/// A fault to inject into the next Key Protect (or IAM) request.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Answer with this status (429/5xx get the documented error body) and optional Retry-After seconds.
+    Status(u16, Option<u64>),
+    /// Answer with this status and exact body.
+    Body(u16, String),
+    /// Sleep before handling normally.
+    Delay(Duration),
+}
+
+#[derive(Debug, Default)]
+pub struct State {
+    pub token_ttl_secs: u64,
+    tokens: HashMap<String, Instant>,
+    next: u64,
+    wraps: HashMap<String, (String, String)>,
+    pub kp_faults: VecDeque<Fault>,
+    pub iam_faults: VecDeque<Fault>,
+    pub iam_calls: u32,
+    pub kp_calls: u32,
+    /// (path, status, time) of every Key Protect request.
+    pub kp_log: Vec<(String, u16, Instant)>,
+    /// Every request body seen (to check what the agent sent).
+    pub bodies: Vec<String>,
+    pub last_key_ring: Option<String>,
+}
+
+pub struct FakeIbm {
+    pub url: String,
+    pub state: Arc<Mutex<State>>,
+    server: Arc<tiny_http::Server>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for FakeIbm {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl FakeIbm {
+    pub fn start() -> FakeIbm {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+        let port = server.server_addr().to_ip().unwrap().port();
+        let state = Arc::new(Mutex::new(State { token_ttl_secs: 3600, ..State::default() }));
+        let (s2, st2) = (server.clone(), state.clone());
+        let thread = std::thread::spawn(move || {
+            for req in s2.incoming_requests() {
+                handle(req, &st2);
+            }
+        });
+        FakeIbm { url: format!("http://127.0.0.1:{port}"), state, server, thread: Some(thread) }
+    }
+
+    pub fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state.lock().unwrap())
+    }
+
+    /// Invalidates every token issued so far (as if they expired server-side).
+    pub fn revoke_tokens(&self) {
+        self.with(|s| s.tokens.clear());
+    }
+}
+
+fn header(req: &tiny_http::Request, name: &str) -> Option<String> {
+    req.headers().iter().find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name)).map(|h| h.value.as_str().to_owned())
+}
+
+/// The documented Key Protect error body.
+pub fn kp_error(status: u16, code: &str, message: &str) -> String {
+    json!({"metadata": {"collectionType": "application/vnd.ibm.kms.error+json", "collectionTotal": 1},
+        "resources": [{"errorMsg": format!("{message} ({code})"),
+            "reasons": [{"code": code, "message": message, "status": status, "moreInfo": "https://cloud.ibm.com/apidocs/key-protect"}]}]})
+    .to_string()
+}
+
+fn respond(req: tiny_http::Request, status: u16, body: String, extra: &[(&str, String)]) {
+    let mut resp = tiny_http::Response::from_string(body).with_status_code(status);
+    for (k, v) in extra {
+        resp = resp.with_header(tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap());
+    }
+    let _ = req.respond(resp);
+}
+
+fn handle(mut req: tiny_http::Request, state: &Arc<Mutex<State>>) {
+    let mut body = String::new();
+    let _ = req.as_reader().read_to_string(&mut body);
+    let url = req.url().to_owned();
+    let is_iam = url == "/identity/token";
+    let fault = {
+        let mut s = state.lock().unwrap();
+        s.bodies.push(body.clone());
+        if is_iam {
+            s.iam_calls += 1;
+            s.iam_faults.pop_front()
+        } else {
+            s.kp_calls += 1;
+            s.kp_faults.pop_front()
+        }
+    };
+    let cid = header(&req, "correlation-id").unwrap_or_default();
+    let cid_h = [("correlation-id", cid.clone())];
+    match fault {
+        Some(Fault::Status(code, retry_after)) => {
+            let mut extra = vec![("correlation-id", cid.clone())];
+            if let Some(s) = retry_after {
+                extra.push(("retry-after", s.to_string()));
+            }
+            log(state, &url, code);
+            return respond(req, code, kp_error(code, "TOO_MANY_REQUESTS_OR_SERVER_ERR", "injected fault"), &extra);
+        }
+        Some(Fault::Body(code, b)) => {
+            log(state, &url, code);
+            return respond(req, code, b, &cid_h);
+        }
+        Some(Fault::Delay(d)) => std::thread::sleep(d),
+        None => {}
+    }
+    if is_iam {
+        return iam(req, &body, state);
+    }
+    let (status, out) = kp(&req, &url, &body, state);
+    log(state, &url, status);
+    respond(req, status, out, &[("correlation-id", cid), ("content-type", KEY_ACTION.into())]);
+}
+
+fn log(state: &Arc<Mutex<State>>, url: &str, status: u16) {
+    if url != "/identity/token" {
+        state.lock().unwrap().kp_log.push((url.to_owned(), status, Instant::now()));
+    }
+}
+
+fn iam(req: tiny_http::Request, body: &str, state: &Arc<Mutex<State>>) {
+    let ct = header(&req, "content-type").unwrap_or_default();
+    let form: HashMap<String, String> = body
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.replace("%3A", ":").replace("%3a", ":")))
+        .collect();
+    if !ct.starts_with("application/x-www-form-urlencoded") || form.get("grant_type").map(String::as_str) != Some("urn:ibm:params:oauth:grant-type:apikey") {
+        return respond(req, 400, json!({"errorCode": "BXNIM0109E", "errorMessage": "Property missing or empty", "context": {"requestId": "req-1"}}).to_string(), &[]);
+    }
+    if form.get("apikey").map(String::as_str) != Some(API_KEY) {
+        return respond(req, 400, json!({"errorCode": "BXNIM0415E", "errorMessage": "Provided API key could not be found.", "context": {"requestId": "req-iam-42"}}).to_string(), &[]);
+    }
+    let mut s = state.lock().unwrap();
+    s.next += 1;
+    let token = format!("tok-{}-{}", s.next, std::process::id());
+    let ttl = s.token_ttl_secs;
+    s.tokens.insert(token.clone(), Instant::now() + Duration::from_secs(ttl));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    drop(s);
+    respond(
+        req,
+        200,
+        json!({"access_token": token, "refresh_token": "not_supported", "token_type": "Bearer", "expires_in": ttl, "expiration": now + ttl}).to_string(),
+        &[("content-type", "application/json".into())],
+    );
+}
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+fn kp(req: &tiny_http::Request, url: &str, body: &str, state: &Arc<Mutex<State>>) -> (u16, String) {
+    let mut s = state.lock().unwrap();
+    let auth = header(req, "authorization").unwrap_or_default();
+    let valid = auth.strip_prefix("Bearer ").and_then(|t| s.tokens.get(t)).is_some_and(|exp| Instant::now() < *exp);
+    if !valid {
+        return (401, kp_error(401, "UNAUTHORIZED_ERR", "Unauthorized: The user does not have access to the specified resource"));
+    }
+    if header(req, "bluemix-instance").as_deref() != Some(INSTANCE) {
+        return (400, kp_error(400, "INSTANCE_NOT_FOUND_ERR", "Bad Request: the bluemix-instance header is missing or wrong"));
+    }
+    if header(req, "content-type").as_deref() != Some(KEY_ACTION) || header(req, "accept").as_deref() != Some(KEY_ACTION) {
+        return (400, kp_error(400, "BAD_BODY_ERR", "content-type and accept must be application/vnd.ibm.kms.key_action+json"));
+    }
+    if header(req, "correlation-id").is_none_or(|c| c.len() != 36) {
+        return (400, kp_error(400, "BAD_HEADER_ERR", "correlation-id must be a UUID"));
+    }
+    s.last_key_ring = header(req, "x-kms-key-ring");
+    let Some(rest) = url.strip_prefix("/api/v2/keys/") else { return (404, kp_error(404, "NOT_FOUND", "no such route")) };
+    let Some((key, action)) = rest.split_once("/actions/") else { return (404, kp_error(404, "NOT_FOUND", "no such route")) };
+    if key != ROOT_KEY {
+        return (404, kp_error(404, "KEY_NOT_FOUND_ERR", "Not Found: Key could not be found"));
+    }
+    let v: Value = if body.trim().is_empty() { json!({}) } else {
+        match serde_json::from_str(body) {
+            Ok(v) => v,
+            Err(_) => return (400, kp_error(400, "BAD_BODY_ERR", "Bad Request: the body is not JSON")),
+        }
+    };
+    if v.get("aad").is_some() {
+        return (400, kp_error(400, "INVALID_FIELD_ERR", "the agent must not send aad"));
+    }
+    let new_wrap = |s: &mut State, plain_b64: String| -> String {
+        s.next += 1;
+        let handle = format!("h-{}", s.next);
+        s.wraps.insert(handle.clone(), (key.to_owned(), plain_b64));
+        b64(json!({"ciphertext": b64(format!("sealed-{}", s.next).as_bytes()), "iv": "aXY=", "version": "4.0.0", "handle": handle}).to_string().as_bytes())
+    };
+    let lookup = |s: &State, v: &Value| -> Option<String> {
+        let c = v["ciphertext"].as_str()?;
+        let doc: Value = serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(c).ok()?).ok()?;
+        let (k, p) = s.wraps.get(doc["handle"].as_str()?)?;
+        (k == key).then(|| p.clone())
+    };
+    match action {
+        "wrap" => {
+            let (plain, generated) = match v["plaintext"].as_str() {
+                Some(p) => {
+                    if base64::engine::general_purpose::STANDARD.decode(p).is_err() {
+                        return (400, kp_error(400, "INVALID_FIELD_ERR", "The field `plaintext` must be: a base64 encoded key material"));
+                    }
+                    (p.to_owned(), false)
+                }
+                None => (b64(&[0x5au8; 32].map(|b| b ^ (s.next as u8))), true),
+            };
+            let ct = new_wrap(&mut s, plain.clone());
+            let mut out = json!({"ciphertext": ct, "keyVersion": {"id": "kv-1"}});
+            if generated {
+                out["plaintext"] = json!(plain);
+            }
+            (200, out.to_string())
+        }
+        "unwrap" => match lookup(&s, &v) {
+            Some(p) => (200, json!({"plaintext": p, "keyVersion": {"id": "kv-1"}}).to_string()),
+            None => (422, kp_error(422, "UNPROCESSABLE_CIPHERTEXT_ERR", "The provided ciphertext is invalid or corrupted")),
+        },
+        "rewrap" => match lookup(&s, &v) {
+            Some(p) => {
+                let ct = new_wrap(&mut s, p);
+                (200, json!({"ciphertext": ct, "keyVersion": {"id": "kv-1"}, "rewrappedKeyVersion": {"id": "kv-2"}}).to_string())
+            }
+            None => (422, kp_error(422, "UNPROCESSABLE_CIPHERTEXT_ERR", "The provided ciphertext is invalid or corrupted")),
+        },
+        _ => (404, kp_error(404, "NOT_FOUND", "no such action")),
+    }
+}

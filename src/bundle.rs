@@ -1,0 +1,449 @@
+//! The air-gap hand-off bundle (`product.md` §1): a directory carried from the offline workstation to the
+//! connected host, holding
+//!
+//! - the encrypted image, under its own file name;
+//! - `manifest.json` ([`Manifest`]): profile, sizes, the sha256 of the image file and of the plaintext
+//!   virtual disk, the LUKS UUID and parameters, and what the KMS must wrap; never a secret;
+//! - `dek.age`: the key file's bytes sealed with the age format to the agent's X25519 recipient
+//!   (readable by the `age`/`rage` command-line tools).
+//!
+//! [`create`] proves the key opens the image (by decrypting the whole payload, which also gives the
+//! plaintext hash) before anything is written, builds the bundle in a temporary directory beside the
+//! destination and renames it into place only on success.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::Ordering;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::luks::{Luks, LuksVersion};
+use crate::ops::{self, Run, Unlock};
+use crate::profile::Profile;
+
+/// The manifest's file name inside a bundle.
+pub const MANIFEST: &str = "manifest.json";
+/// The sealed key's file name inside a bundle.
+pub const SEALED_KEY: &str = "dek.age";
+/// The manifest schema this build writes and reads.
+pub const SCHEMA: &str = "diskseal-bundle/1";
+
+/// `manifest.json`: everything the connected host needs to know about the image, and no secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    /// The diskseal version that wrote the bundle.
+    pub created_by: String,
+    /// The output profile (how the key file became the keyslot passphrase).
+    pub profile: String,
+    /// The encrypted image.
+    pub image: ImageEntry,
+    /// The plaintext virtual disk inside the image.
+    pub plaintext: PlaintextEntry,
+    /// The LUKS header's parameters.
+    pub luks: LuksEntry,
+    /// The sealed key and what the KMS must wrap.
+    pub key: KeyEntry,
+}
+
+/// The image file of a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageEntry {
+    /// File name inside the bundle (no directory part).
+    pub file: String,
+    /// Container format: "luks1" or "luks2" (a raw file with a LUKS header), or "qcow2+luks1" (qcow2 with
+    /// QEMU-native LUKS, the ibm-vpc profile).
+    pub format: String,
+    /// Size of the image file in bytes.
+    pub file_size: u64,
+    /// Virtual size of the disk the image holds (the LUKS payload) in bytes.
+    pub virtual_size: u64,
+    /// SHA-256 of the image file, lowercase hex.
+    pub sha256: String,
+}
+
+/// The plaintext virtual disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaintextEntry {
+    /// SHA-256 of the decrypted virtual disk, lowercase hex.
+    pub sha256: String,
+}
+
+/// LUKS header parameters (public header data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LuksEntry {
+    /// 1 or 2.
+    pub version: u8,
+    /// The header UUID.
+    pub uuid: String,
+    /// Cipher string, e.g. "aes-xts-plain64".
+    pub cipher: String,
+    /// Volume key size in bits.
+    pub key_bits: u32,
+    /// Payload sector size.
+    pub sector_size: u32,
+    /// Payload offset in bytes.
+    pub data_offset: u64,
+}
+
+/// The sealed key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    /// File name of the sealed key ([`SEALED_KEY`]).
+    pub file: String,
+    /// Sealing scheme: "age-x25519".
+    pub sealed_with: String,
+    /// The age recipient the key was sealed to.
+    pub recipient: String,
+    /// Length of the key file in bytes.
+    pub length: usize,
+    /// What the key file is: "passphrase" (used verbatim) or "raw-dek" (passphrase = base64 of it).
+    pub kind: String,
+    /// What the KMS must wrap, as the KMS `plaintext` field: always "base64 of the key file" here, with
+    /// the meaning spelled out (e.g. "base64 of the passphrase").
+    pub kms_plaintext: String,
+}
+
+impl Manifest {
+    /// Parses and checks a manifest: schema, file names without directories, hex digests, consistent sizes.
+    pub fn parse(bytes: &[u8]) -> Result<Manifest> {
+        let m: Manifest = serde_json::from_slice(bytes)
+            .map_err(|e| Error::format(format!("manifest.json is not a valid bundle manifest: {e}")))?;
+        m.check()?;
+        Ok(m)
+    }
+
+    /// The consistency checks of [`Manifest::parse`].
+    pub fn check(&self) -> Result<()> {
+        if self.schema != SCHEMA {
+            return Err(Error::unsupported(format!("manifest schema {:?} is not {SCHEMA:?}", self.schema)));
+        }
+        Profile::parse(&self.profile)?;
+        for (field, name) in [("image.file", &self.image.file), ("key.file", &self.key.file)] {
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." || name == MANIFEST {
+                return Err(Error::format(format!("manifest field {field} ({name:?}) must be a plain file name")));
+            }
+        }
+        for (field, hex) in [("image.sha256", &self.image.sha256), ("plaintext.sha256", &self.plaintext.sha256)] {
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                return Err(Error::format(format!("manifest field {field} is not a lowercase hex SHA-256")));
+            }
+        }
+        // A sparse qcow2 can be far smaller than its virtual disk, so only zero is refused.
+        if self.image.virtual_size == 0 || self.image.file_size == 0 {
+            return Err(Error::format("manifest fields image.virtual_size and image.file_size must not be 0"));
+        }
+        if self.key.sealed_with != "age-x25519" {
+            return Err(Error::unsupported(format!("manifest field key.sealed_with {:?} is not \"age-x25519\"", self.key.sealed_with)));
+        }
+        Ok(())
+    }
+}
+
+/// Options of [`create`].
+#[derive(Debug, Clone)]
+pub struct BundleOptions {
+    /// How the key file becomes the keyslot passphrase.
+    pub profile: Profile,
+    /// The age X25519 recipient ("age1...").
+    pub recipient: String,
+    /// Replace an existing bundle directory.
+    pub force: bool,
+}
+
+/// What [`create`] wrote.
+#[derive(Debug, Clone)]
+pub struct BundleReport {
+    /// The bundle directory.
+    pub dir: PathBuf,
+    /// The manifest written.
+    pub manifest: Manifest,
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Parses an age X25519 recipient, with an error that says what was expected.
+pub fn parse_recipient(text: &str) -> Result<age::x25519::Recipient> {
+    age::x25519::Recipient::from_str(text.trim()).map_err(|e| {
+        Error::invalid(format!("{:?} is not an age X25519 recipient: {e}", text.trim()))
+            .hint("ask the connected host for it: `diskseal-agent init` prints it (it starts with \"age1\")")
+    })
+}
+
+/// Seals `secret` to `recipient` in the binary age format.
+pub fn seal(recipient: &age::x25519::Recipient, secret: &[u8]) -> Result<Vec<u8>> {
+    age::encrypt(recipient, secret).map_err(|e| Error::new(ErrorKind::Io, format!("age encryption failed: {e}")))
+}
+
+/// A bundle directory under construction: removed unless committed.
+#[derive(Debug)]
+struct TempDir {
+    path: PathBuf,
+    done: bool,
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn temp_dir_for(dest: &Path) -> Result<TempDir> {
+    let name = dest
+        .file_name()
+        .ok_or_else(|| Error::invalid("bundle path has no directory name").with_path(dest))?
+        .to_string_lossy()
+        .into_owned();
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    for attempt in 0..100 {
+        let path = parent.join(format!(".{name}.diskseal-{}-{attempt}.tmp", std::process::id()));
+        match fs::create_dir(&path) {
+            Ok(()) => return Ok(TempDir { path, done: false }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::io("create bundle directory", &path, None, e)),
+        }
+    }
+    Err(Error::invalid("cannot find a free temporary name for the bundle").with_path(dest))
+}
+
+fn create_file(path: &Path, mode: u32) -> Result<File> {
+    OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|e| Error::io("create", path, None, e))
+}
+
+/// Copies `src` to `dst` (a new file), returning the SHA-256 of the bytes copied.
+fn copy_hashing(src: &Path, dst: &Path, run: &Run<'_>) -> Result<(u64, String)> {
+    let mut input = File::open(src).map_err(|e| Error::io("open image", src, None, e))?;
+    let mut output = create_file(dst, 0o644)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        if run.cancel.load(Ordering::SeqCst) {
+            return Err(Error::new(ErrorKind::Interrupted, "interrupted"));
+        }
+        let n = input.read(&mut buf).map_err(|e| Error::io("read", src, Some(total), e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        output.write_all(&buf[..n]).map_err(|e| Error::io("write", dst, Some(total), e))?;
+        total += n as u64;
+    }
+    output.sync_all().map_err(|e| Error::io("flush", dst, None, e))?;
+    Ok((total, hex(&hasher.finalize())))
+}
+
+/// What the KMS must wrap for `profile`, and what the key file is.
+fn key_meaning(profile: Profile) -> (&'static str, &'static str) {
+    if profile.key_file_is_dek() {
+        ("raw-dek", "base64 of the raw DEK (the key file); the LUKS passphrase is that same base64 text")
+    } else {
+        ("passphrase", "base64 of the passphrase (the key file, verbatim, no newline added)")
+    }
+}
+
+/// Builds the bundle `dir` from the LUKS image `image` and the key file bytes `key` (the same bytes that
+/// were given to `diskseal encrypt --key-file`).
+pub fn create(image: &Path, key: &Zeroizing<Vec<u8>>, dir: &Path, opts: &BundleOptions, run: &Run<'_>) -> Result<BundleReport> {
+    let recipient = parse_recipient(&opts.recipient)?;
+    if !opts.force && fs::symlink_metadata(dir).is_ok() {
+        return Err(Error::invalid("bundle directory already exists").with_path(dir).hint("pass --force to replace it"));
+    }
+    let file_name = image
+        .file_name()
+        .ok_or_else(|| Error::invalid("image path has no file name").with_path(image))?
+        .to_str()
+        .ok_or_else(|| Error::invalid("image file name is not UTF-8").with_path(image))?
+        .to_owned();
+    if file_name == MANIFEST || file_name == SEALED_KEY {
+        return Err(Error::invalid(format!("the image may not be called {file_name}")).with_path(image));
+    }
+    let (luks, format) = read_header(image)?;
+    // Unlocking with the key proves it is the right one, and hashes the plaintext on the way.
+    let passphrase = opts.profile.passphrase(Zeroizing::new(key.to_vec()))?;
+    let report = ops::verify(image, Unlock::Passphrase(passphrase), None, run).map_err(|e| {
+        if e.kind() == ErrorKind::WrongKey {
+            e.hint(format!("the key file must be the one given to `diskseal encrypt --profile {}`", opts.profile.name()))
+        } else {
+            e
+        }
+    })?;
+
+    let tmp = temp_dir_for(dir)?;
+    let (file_size, image_sha) = copy_hashing(image, &tmp.path.join(&file_name), run)?;
+    let sealed = seal(&recipient, key)?;
+    let sealed_path = tmp.path.join(SEALED_KEY);
+    let mut f = create_file(&sealed_path, 0o600)?;
+    f.write_all(&sealed).and_then(|()| f.sync_all()).map_err(|e| Error::io("write", &sealed_path, None, e))?;
+
+    let (kind, kms_plaintext) = key_meaning(opts.profile);
+    let manifest = Manifest {
+        schema: SCHEMA.into(),
+        created_by: format!("diskseal {}", env!("CARGO_PKG_VERSION")),
+        profile: opts.profile.name().into(),
+        image: ImageEntry {
+            file: file_name,
+            format,
+            file_size,
+            virtual_size: report.payload_len,
+            sha256: image_sha,
+        },
+        plaintext: PlaintextEntry { sha256: report.plaintext_sha256.clone() },
+        luks: LuksEntry {
+            version: match luks.version() {
+                LuksVersion::Luks1 => 1,
+                LuksVersion::Luks2 => 2,
+            },
+            uuid: luks.uuid().into(),
+            cipher: luks.segment.cipher_name.clone(),
+            key_bits: (luks.segment.key_bytes * 8) as u32,
+            sector_size: luks.segment.sector_size,
+            data_offset: luks.segment.offset,
+        },
+        key: KeyEntry {
+            file: SEALED_KEY.into(),
+            sealed_with: "age-x25519".into(),
+            recipient: recipient.to_string(),
+            length: key.len(),
+            kind: kind.into(),
+            kms_plaintext: kms_plaintext.into(),
+        },
+    };
+    manifest.check()?;
+    let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::invalid(format!("manifest: {e}")))?;
+    let manifest_path = tmp.path.join(MANIFEST);
+    let mut f = create_file(&manifest_path, 0o644)?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.write_all(b"\n"))
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io("write", &manifest_path, None, e))?;
+    commit(tmp, dir, opts.force)?;
+    Ok(BundleReport { dir: dir.to_owned(), manifest })
+}
+
+/// The LUKS header of a LUKS file or of a qcow2 with QEMU-native LUKS, and the container's name.
+fn read_header(image: &Path) -> Result<(Luks, String)> {
+    let f = File::open(image).map_err(|e| Error::io("open image", image, None, e))?;
+    let len = f.metadata().map_err(|e| Error::io("stat", image, None, e))?.len();
+    let mut magic = [0u8; 4];
+    if std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 0).is_ok() && magic == *b"QFI\xfb" {
+        let q = crate::image::qcow2::Qcow2Image::open(f, image, &mut Vec::new())?;
+        let Some((h, _)) = q.luks_header()? else {
+            return Err(Error::unsupported("the qcow2 image is not encrypted").with_path(image).hint("bundle the output of `diskseal encrypt`"));
+        };
+        return Ok((Luks::embedded(h, len)?, "qcow2+luks1".into()));
+    }
+    if !crate::luks::probe(&f) {
+        return Err(Error::unsupported("the image is not a LUKS file nor a qcow2 with LUKS encryption")
+            .with_path(image)
+            .hint("bundle the output of `diskseal encrypt`"));
+    }
+    let l = Luks::open(&f, image)?;
+    let name = l.version().name().to_owned();
+    Ok((l, name))
+}
+
+fn commit(mut tmp: TempDir, dir: &Path, force: bool) -> Result<()> {
+    if fs::symlink_metadata(dir).is_ok() {
+        if !force {
+            return Err(Error::invalid("bundle directory already exists").with_path(dir).hint("pass --force to replace it"));
+        }
+        let meta = fs::symlink_metadata(dir).map_err(|e| Error::io("stat", dir, None, e))?;
+        let removed = if meta.is_dir() { fs::remove_dir_all(dir) } else { fs::remove_file(dir) };
+        removed.map_err(|e| Error::io("remove old bundle", dir, None, e))?;
+    }
+    fs::rename(&tmp.path, dir).map_err(|e| Error::io("rename bundle into", dir, None, e))?;
+    tmp.done = true;
+    Ok(())
+}
+
+/// The base64 text the KMS `plaintext` field carries for a key file (`kms_plaintext` in the manifest).
+pub fn kms_plaintext(key: &[u8]) -> Zeroizing<String> {
+    Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(key))
+}
+
+/// The state behind a [`Run`] for callers without a progress display or Ctrl-C handler (tests, the agent).
+#[derive(Debug, Default)]
+pub struct QuietRun {
+    cancel: std::sync::atomic::AtomicBool,
+    progress: crate::pipeline::Progress,
+    total: std::sync::atomic::AtomicU64,
+}
+
+impl QuietRun {
+    /// A [`Run`] borrowing this state, on all cores.
+    pub fn run(&self) -> Run<'_> {
+        Run { threads: None, cancel: &self.cancel, progress: &self.progress, total: &self.total }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        Manifest {
+            schema: SCHEMA.into(),
+            created_by: "diskseal test".into(),
+            profile: "luks2".into(),
+            image: ImageEntry { file: "d.luks".into(), format: "luks2".into(), file_size: 100, virtual_size: 50, sha256: "a".repeat(64) },
+            plaintext: PlaintextEntry { sha256: "b".repeat(64) },
+            luks: LuksEntry { version: 2, uuid: "u".into(), cipher: "aes-xts-plain64".into(), key_bits: 512, sector_size: 4096, data_offset: 16 << 20 },
+            key: KeyEntry {
+                file: SEALED_KEY.into(),
+                sealed_with: "age-x25519".into(),
+                recipient: "age1x".into(),
+                length: 11,
+                kind: "passphrase".into(),
+                kms_plaintext: "base64 of the passphrase".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn manifest_round_trips_and_is_checked() {
+        let m = sample();
+        let text = serde_json::to_vec(&m).unwrap();
+        assert_eq!(Manifest::parse(&text).unwrap(), m);
+        let mut bad = m.clone();
+        bad.image.file = "../etc/passwd".into();
+        assert!(bad.check().unwrap_err().message().contains("image.file"));
+        let mut bad = m.clone();
+        bad.image.sha256 = "xyz".into();
+        assert!(bad.check().unwrap_err().message().contains("image.sha256"));
+        let mut v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        v["surprise"] = serde_json::json!(1);
+        let e = Manifest::parse(v.to_string().as_bytes()).unwrap_err();
+        assert!(e.message().contains("surprise"), "{}", e.message());
+    }
+
+    #[test]
+    fn sealed_key_opens_with_the_identity() {
+        let id = age::x25519::Identity::generate();
+        let r = parse_recipient(&id.to_public().to_string()).unwrap();
+        let sealed = seal(&r, b"secret pass").unwrap();
+        assert_eq!(age::decrypt(&id, &sealed).unwrap(), b"secret pass");
+        assert!(parse_recipient("age1nope").is_err());
+    }
+}
