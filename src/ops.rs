@@ -472,7 +472,9 @@ pub fn encrypt_classic_vhd(src: &Path, dst: &Path, opts: &ClassicVhdOptions, key
     let vsize = want.next_multiple_of(vhd_writer::BLOCK_SIZE);
     let extents = image.extents()?;
     let xts = Xts::new(key.expose())?;
-    let mut writer = ClassicVhdWriter::new(vsize)?;
+    let uuid = uuid::Uuid::new_v4();
+    let mut writer = ClassicVhdWriter::new(vsize, *uuid.as_bytes(), vhd_writer::vhd_timestamp_now())?;
+    let footer = *writer.footer();
     let out = OutputFile::create(dst, opts.force)?;
     let pipeline = Pipeline::new(run.threads, DEFAULT_CHUNK)?;
     run.total.store(vsize, Ordering::Relaxed);
@@ -532,6 +534,7 @@ pub fn encrypt_classic_vhd(src: &Path, dst: &Path, opts: &ClassicVhdOptions, key
                     xts.encrypt(block, 512, sector, IvScheme::Plain)?;
                     out.write_at(&vhd_writer::FULL_BITMAP, at)?;
                     out.write_at(block, at + 512)?;
+                    out.write_at(&footer, at + 512 + bs)?;
                 }
                 Ok(())
             })
@@ -541,10 +544,9 @@ pub fn encrypt_classic_vhd(src: &Path, dst: &Path, opts: &ClassicVhdOptions, key
         }
     }
     let keyhash = KeyHash::of_key(key.expose(), [0; 32]);
-    let uuid = uuid::Uuid::new_v4();
     let allocated_blocks = writer.allocated();
     let bat_entries = writer.layout().entries;
-    let output_size = writer.finish(&out, &keyhash, *uuid.as_bytes(), vhd_writer::vhd_timestamp_now())?;
+    let output_size = writer.finish(&out, &keyhash)?;
     let elapsed = start.elapsed();
     out.commit(0o644)?;
     Ok(ClassicVhdReport {

@@ -7,6 +7,7 @@
 
 mod util;
 
+mod classic_vhd;
 mod cli;
 mod cryptsetup;
 mod inputs;

@@ -5,7 +5,9 @@
 //! Layout: footer copy at 0, dynamic header at 512, BAT at 1536 (padded with zeros to a sector), batmap
 //! header right after the BAT, the batmap after it, then the 2 MiB blocks, each a 512-byte sector bitmap
 //! (all ones) followed by the data, placed so the data starts on a 4 KiB boundary; the footer after the
-//! last block. Creator "tap\0" 1.3, host OS 0; `current_size` = `original_size` = BAT entries × 2 MiB
+//! last block. Like vhd-util, which appends each block where the footer was and rewrites the footer
+//! after it, a stale copy of the footer stays right after the batmap and in the 3.5 KiB gap after every
+//! block. Creator "tap\0" 1.3, host OS 0; `current_size` = `original_size` = BAT entries × 2 MiB
 //! with the CHS geometry of that size.
 //!
 //! Blocks are allocated in increasing guest order, so the n-th allocated block always lives at
@@ -53,6 +55,8 @@ pub struct Layout {
     pub batmap_at: u64,
     /// Sectors reserved (and written) for the batmap.
     pub batmap_sectors: u64,
+    /// End of the metadata (after the batmap): where vhd-util first puts the footer.
+    pub meta_end: u64,
     /// Offset of the first block's bitmap sector.
     pub first_block: u64,
     /// Distance between consecutive allocated blocks.
@@ -77,7 +81,7 @@ impl Layout {
         let meta_end = batmap_at + batmap_sectors * 512;
         let first_block = (meta_end + 512).next_multiple_of(DATA_ALIGN) - 512;
         let stride = (BLOCK_SIZE + 512).next_multiple_of(DATA_ALIGN);
-        Ok(Layout { virtual_size, entries, batmap_header_at, batmap_at, batmap_sectors, first_block, stride })
+        Ok(Layout { virtual_size, entries, batmap_header_at, batmap_at, batmap_sectors, meta_end, first_block, stride })
     }
 
     /// Offset of the bitmap of the `n`-th allocated block.
@@ -90,17 +94,26 @@ impl Layout {
 #[derive(Debug)]
 pub struct ClassicVhdWriter {
     layout: Layout,
+    footer: [u8; 512],
     bat: Vec<u32>,
     count: u64,
     last: Option<u64>,
 }
 
 impl ClassicVhdWriter {
-    /// Starts a disk of `virtual_size` bytes (a multiple of 2 MiB, at most 2040 GiB).
-    pub fn new(virtual_size: u64) -> Result<ClassicVhdWriter> {
+    /// Starts a disk of `virtual_size` bytes (a multiple of 2 MiB, at most 2040 GiB) whose footer has
+    /// unique id `uuid` and `timestamp` (seconds since 2000-01-01 UTC).
+    pub fn new(virtual_size: u64, uuid: [u8; 16], timestamp: u32) -> Result<ClassicVhdWriter> {
         let layout = Layout::new(virtual_size)?;
         let bat = vec![UNALLOCATED; usize::try_from(layout.entries).map_err(|_| Error::invalid("BAT too large"))?];
-        Ok(ClassicVhdWriter { layout, bat, count: 0, last: None })
+        Ok(ClassicVhdWriter { layout, footer: footer_bytes(virtual_size, uuid, timestamp), bat, count: 0, last: None })
+    }
+
+    /// The footer. vhd-util appends each block where its footer was and rewrites the footer after it, so
+    /// a copy stays behind in the gap after every block but the last: the caller writes this at
+    /// `bitmap offset + 512 + BLOCK_SIZE` of every block it writes (the last one is the real footer).
+    pub fn footer(&self) -> &[u8; 512] {
+        &self.footer
     }
 
     /// The layout.
@@ -134,12 +147,11 @@ impl ClassicVhdWriter {
     }
 
     /// Writes the footer (at the end and its copy at 0), the dynamic header, the BAT, the batmap header
-    /// with `keyhash`, and the batmap; sets the file length; returns it. `timestamp` counts seconds since
-    /// 2000-01-01 UTC.
-    pub fn finish(self, out: &OutputFile, keyhash: &KeyHash, uuid: [u8; 16], timestamp: u32) -> Result<u64> {
+    /// with `keyhash`, and the batmap; sets the file length; returns it.
+    pub fn finish(self, out: &OutputFile, keyhash: &KeyHash) -> Result<u64> {
         let l = self.layout;
-        let end = if self.count == 0 { l.first_block } else { l.block_at(self.count - 1) + 512 + BLOCK_SIZE };
-        let foot = footer_bytes(l.virtual_size, uuid, timestamp);
+        let end = if self.count == 0 { l.meta_end } else { l.block_at(self.count - 1) + 512 + BLOCK_SIZE };
+        let foot = self.footer;
         out.write_at(&foot, 0)?;
         out.write_at(&header_bytes(l.entries), 512)?;
         let mut bat: Vec<u8> = self.bat.iter().flat_map(|e| e.to_be_bytes()).collect();
@@ -163,6 +175,11 @@ impl ClassicVhdWriter {
         };
         out.write_at(&header.encode(), l.batmap_header_at)?;
         out.write_at(&map, l.batmap_at)?;
+        if self.count > 0 && l.meta_end + 512 <= l.first_block {
+            // vhd-util creates the file with its footer right after the batmap, then appends blocks at
+            // the next 4 KiB-aligned data position; that first footer stays behind as a stale copy.
+            out.write_at(&foot, l.meta_end)?;
+        }
         out.write_at(&foot, end)?;
         let len = end + 512;
         out.set_len(len)?;
@@ -234,7 +251,7 @@ mod tests {
         // fixtures/vhd-util/encrypted-*.vhd: 5 blocks, batmap header at 0x800, batmap at 0xa00,
         // blocks at 0xe00 and 0x201e00.
         let l = Layout::new(10 << 20).unwrap();
-        assert_eq!((l.entries, l.batmap_header_at, l.batmap_at, l.batmap_sectors), (5, 0x800, 0xa00, 1));
+        assert_eq!((l.entries, l.batmap_header_at, l.batmap_at, l.batmap_sectors, l.meta_end), (5, 0x800, 0xa00, 1, 0xc00));
         assert_eq!((l.block_at(0), l.block_at(1)), (0xe00, 0x201e00));
         let big = Layout::new(MAX_VIRTUAL_SIZE).unwrap();
         assert_eq!(big.entries, 1_044_480);
@@ -256,7 +273,7 @@ mod tests {
 
     #[test]
     fn allocation_order_is_enforced() {
-        let mut w = ClassicVhdWriter::new(10 << 20).unwrap();
+        let mut w = ClassicVhdWriter::new(10 << 20, [1; 16], 0).unwrap();
         assert_eq!(w.allocate(0).unwrap(), 0xe00);
         assert_eq!(w.allocate(3).unwrap(), 0x201e00);
         assert!(w.allocate(2).is_err());
