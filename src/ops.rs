@@ -449,6 +449,11 @@ pub fn encrypt_classic_vhd(src: &Path, dst: &Path, opts: &ClassicVhdOptions, key
         return Err(Error::invalid("output file already exists").with_path(dst).hint("pass --force to overwrite it"));
     }
     let image = image::open(src, opts.input_format)?;
+    if image.info().details.get("encrypt").is_some() {
+        return Err(Error::invalid("the input is already encrypted; encrypting it again would hide the ciphertext, not the data")
+            .with_path(src)
+            .hint("decrypt it first (`diskseal decrypt`), or pass -f raw to encrypt the file's bytes as they are"));
+    }
     let source_size = image.virtual_size();
     if source_size == 0 {
         return Err(Error::invalid("input is empty").with_path(src));

@@ -82,6 +82,14 @@ pub fn read_batmap(path: &Path) -> Result<(VhdImage, Batmap)> {
     let mut magic = [0u8; 6];
     let luks = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok() && magic == *b"LUKS\xba\xbe";
     let img = VhdImage::open(file, path, &mut Vec::new())?;
+    let b = batmap_of(&img, luks)?;
+    Ok((img, b))
+}
+
+/// The batmap of an open VHD (see [`read_batmap`]); `luks` adds a hint when the file starts with a LUKS
+/// header.
+pub fn batmap_of(img: &VhdImage, luks: bool) -> Result<Batmap> {
+    let path = img.path();
     let f = img.footer();
     match f.disk_type {
         DiskType::Fixed => {
@@ -150,7 +158,7 @@ pub fn read_batmap(path: &Path) -> Result<(VhdImage, Batmap)> {
     let mut map = vec![0u8; usize::try_from(len).map_err(|_| Error::unsupported("batmap too large").with_path(path))?];
     read_exact_at(img.file(), path, &mut map, bh.batmap_offset)?;
     let computed_checksum = batmap::checksum(&map[..summed as usize]);
-    Ok((img, Batmap { header_at, header: bh, map, computed_checksum }))
+    Ok(Batmap { header_at, header: bh, map, computed_checksum })
 }
 
 /// A vhd-util encrypted VHD opened with its key: the plaintext.
@@ -290,9 +298,6 @@ impl DiskImage for EncryptedVhd {
     }
 
     fn info(&self) -> ImageInfo {
-        let mut i = self.inner.info();
-        let entries = self.inner.bat().map_or(0, |b| b.len() as u64);
-        i.details["encrypt"] = json!({"format": "vhd-util (blktap) aes-xts-plain", "batmap": self.batmap.to_json(entries)});
-        i
+        self.inner.info()
     }
 }

@@ -330,6 +330,12 @@ impl VhdImage {
             d["block_size"] = json!(s.header.block_size);
             d["bat_entries"] = json!(s.header.raw.max_table_entries);
             d["allocated_blocks"] = json!(s.bat.iter().filter(|&&e| e != UNALLOCATED).count());
+            if r.creator_app == writer::CREATOR_APP
+                && let Ok(b) = classic::batmap_of(self, false)
+                && b.header.keyhash.cookie == batmap::KEYHASH_PRESENT
+            {
+                d["encrypt"] = json!({"format": "vhd-util (blktap) aes-xts-plain", "batmap": b.to_json(s.bat.len() as u64)});
+            }
             if let Some(p) = &s.parent {
                 d["parent_uuid"] = json!(uuid_string(&s.header.raw.parent_unique_id));
                 d["parent_name"] = json!(s.header.parent_name());
