@@ -432,3 +432,28 @@ fn classic_vhd_unaligned_reads() {
     assert!(img.read_at(&mut one, 10 * MIB as u64).is_err());
     assert_eq!(img.batmap().set_blocks(5), [0, 3]);
 }
+
+/// Edge sizes: an all-zero source allocates no block (the file is metadata and footer only); a source
+/// smaller than a block becomes one 2 MiB block.
+#[test]
+fn classic_vhd_empty_and_tiny_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("dek"), pattern(64, 31)).unwrap();
+    std::fs::write(d.join("zero.raw"), vec![0u8; 4 * MIB]).unwrap();
+    let r = diskseal(d, &["encrypt", "--json", "--profile", "ibm-classic-vhd", "--key-file", "dek", "zero.raw", "z.vhd"]).ok();
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!((v["allocated_blocks"].as_u64(), v["bat_entries"].as_u64()), (Some(0), Some(2)));
+    let f = read(d.join("z.vhd"));
+    assert_eq!(f.len(), 0xc00 + 512, "metadata, then the footer right after the batmap");
+    assert!(f[..512] == f[0xc00..]);
+    assert!(bat(&f).iter().all(|&e| e == u32::MAX));
+    diskseal(d, &["verify", "-q", "--profile", "ibm-classic-vhd", "--key-file", "dek", "--against", "zero.raw", "z.vhd"]).ok();
+    let tiny = pattern(MIB + 512, 32);
+    std::fs::write(d.join("tiny.raw"), &tiny).unwrap();
+    diskseal(d, &["encrypt", "-q", "--profile", "ibm-classic-vhd", "--key-file", "dek", "tiny.raw", "t.vhd"]).ok();
+    diskseal(d, &["decrypt", "-q", "--profile", "ibm-classic-vhd", "--key-file", "dek", "t.vhd", "t.raw"]).ok();
+    let back = read(d.join("t.raw"));
+    assert_eq!(back.len(), BLOCK);
+    assert!(back[..tiny.len()] == tiny[..] && back[tiny.len()..].iter().all(|&b| b == 0));
+}
