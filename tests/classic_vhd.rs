@@ -457,3 +457,18 @@ fn classic_vhd_empty_and_tiny_sources() {
     assert_eq!(back.len(), BLOCK);
     assert!(back[..tiny.len()] == tiny[..] && back[tiny.len()..].iter().all(|&b| b == 0));
 }
+
+#[test]
+fn classic_vhd_profile_refuses_luks_and_qcow2_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("src.raw"), pattern(MIB, 41)).unwrap();
+    std::fs::write(d.join("pw"), b"pw").unwrap();
+    diskseal(d, &["encrypt", "-q", "--profile", "luks1", "--pbkdf-force-iterations", "1000", "--key-file", "pw", "src.raw", "a.luks"]).ok();
+    let key = fx("key-aes256-xts.bin");
+    expect_err(d, &["decrypt", "--profile", "ibm-classic-vhd", "--key-file", &key, "a.luks", "o.raw"], &["a LUKS file, not a vhd-util encrypted VHD"]);
+    expect_err(d, &["verify", "--profile", "ibm-classic-vhd", "--key-file", &key, "src.raw"], &["not a VHD"]);
+    // And the LUKS profiles do not take a vhd-util VHD for a LUKS file.
+    let r = diskseal(d, &["verify", "--profile", "luks1", "--key-file", "pw", &fx("encrypted-aes256.vhd")]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}

@@ -61,7 +61,8 @@ enum Command {
     /// Encrypt a disk image into a new LUKS2/LUKS1 file.
     #[command(after_help = EXAMPLES)]
     Encrypt(Box<EncryptArgs>),
-    /// Decrypt a LUKS file back into a raw image.
+    /// Decrypt a LUKS file (or, with --profile ibm-classic-vhd, a vhd-util encrypted VHD) back into a raw
+    /// image.
     Decrypt(DecryptArgs),
     /// Unlock a LUKS file, check every structure and decrypt the whole payload; with --against, compare it
     /// with a source image (exit 1 on mismatch).
@@ -98,7 +99,8 @@ struct InfoArgs {
 
 #[derive(Debug, Args)]
 struct KeyArgs {
-    /// Passphrase file, used verbatim ("-" reads stdin). With --profile ibm-classic-luks: the raw DEK.
+    /// Passphrase file, used verbatim ("-" reads stdin). With --profile ibm-classic-luks or
+    /// ibm-classic-vhd: the raw DEK.
     /// Without it, the passphrase is asked for on a terminal.
     #[arg(long, value_name = "FILE")]
     key_file: Option<PathBuf>,
@@ -216,7 +218,7 @@ struct DecryptArgs {
     force: bool,
     #[command(flatten)]
     key: KeyArgs,
-    /// Encrypted LUKS file.
+    /// Encrypted LUKS file (or vhd-util encrypted VHD with --profile ibm-classic-vhd).
     src: PathBuf,
     /// Plain output image.
     dst: PathBuf,
@@ -239,7 +241,7 @@ struct VerifyArgs {
     threads: Option<usize>,
     #[command(flatten)]
     key: KeyArgs,
-    /// Encrypted LUKS file.
+    /// Encrypted LUKS file (or vhd-util encrypted VHD with --profile ibm-classic-vhd).
     src: PathBuf,
 }
 

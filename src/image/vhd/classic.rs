@@ -21,7 +21,7 @@ use crate::crypto::{IvScheme, Xts};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::vhd::batmap::{self, BatmapHeader};
 use crate::image::vhd::dynamic::UNALLOCATED;
-use crate::image::vhd::footer::{DiskType, fourcc};
+use crate::image::vhd::footer::{self, DiskType, fourcc};
 use crate::image::vhd::{VhdImage, writer};
 use crate::image::{DiskImage, Extent, ImageInfo};
 use crate::io::read_exact_at;
@@ -81,6 +81,22 @@ pub fn read_batmap(path: &Path) -> Result<(VhdImage, Batmap)> {
     let file = File::open(path).map_err(|e| Error::io("open", path, None, e))?;
     let mut magic = [0u8; 6];
     let luks = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok() && magic == *b"LUKS\xba\xbe";
+    let mut cookie = [0u8; 8];
+    let len = file.metadata().map_err(|e| Error::io("stat", path, None, e))?.len();
+    let head = std::os::unix::fs::FileExt::read_exact_at(&file, &mut cookie, 0).is_ok() && &cookie == footer::COOKIE;
+    let tail = len >= 512 && std::os::unix::fs::FileExt::read_exact_at(&file, &mut cookie, len - 512).is_ok() && &cookie == footer::COOKIE;
+    if !head && !tail {
+        let what = if luks {
+            "a LUKS file"
+        } else if magic[..4] == *b"QFI\xfb" {
+            "a qcow2 image"
+        } else {
+            "not a VHD"
+        };
+        return Err(Error::format(format!("this is {what}, not a vhd-util encrypted VHD (no \"conectix\" footer)"))
+            .with_path(path)
+            .hint("--profile ibm-classic-vhd opens dynamic VHDs made by vhd-util or `diskseal encrypt --profile ibm-classic-vhd`; use the profile the image was made with"));
+    }
     let img = VhdImage::open(file, path, &mut Vec::new())?;
     let b = batmap_of(&img, luks)?;
     Ok((img, b))
