@@ -632,6 +632,12 @@ pub fn unlock(path: &Path, how: Unlock) -> Result<Unlocked> {
         q.set_key(&key)?;
         return Ok(Unlocked { image: Box::new(q), kind: "qcow2 + LUKS1", keyslot, warnings: Vec::new() });
     }
+    let mut head = [0u8; 8];
+    if std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0).is_ok() && &head == vhd_footer::COOKIE {
+        return Err(Error::format("this is a dynamic VHD, not a LUKS file")
+            .with_path(path)
+            .hint("a VHD encrypted by vhd-util (IBM classic) opens with --profile ibm-classic-vhd and the raw DEK"));
+    }
     let luks = Luks::open(&file, path)?;
     let (key, keyslot) = match how {
         Unlock::Passphrase(p) => {

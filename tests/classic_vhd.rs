@@ -469,6 +469,5 @@ fn classic_vhd_profile_refuses_luks_and_qcow2_files() {
     expect_err(d, &["decrypt", "--profile", "ibm-classic-vhd", "--key-file", &key, "a.luks", "o.raw"], &["a LUKS file, not a vhd-util encrypted VHD"]);
     expect_err(d, &["verify", "--profile", "ibm-classic-vhd", "--key-file", &key, "src.raw"], &["not a VHD"]);
     // And the LUKS profiles do not take a vhd-util VHD for a LUKS file.
-    let r = diskseal(d, &["verify", "--profile", "luks1", "--key-file", "pw", &fx("encrypted-aes256.vhd")]);
-    assert_eq!(r.code, 2, "{}", r.stderr);
+    expect_err(d, &["verify", "--profile", "luks1", "--key-file", "pw", &fx("encrypted-aes256.vhd")], &["not a LUKS file", "--profile ibm-classic-vhd"]);
 }
