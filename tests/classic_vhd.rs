@@ -337,6 +337,15 @@ fn classic_vhd_refuses_vhds_without_batmap_and_fixed_vhds() {
     f[0x800 + 29] = 0;
     std::fs::write(d.join("nokey.vhd"), &f).unwrap();
     expect_err(d, &["decrypt", "--profile", "ibm-classic-vhd", "--key-file", &key, "nokey.vhd", "o.raw"], &["no key hash", "0x81d"]);
+    // Hostile batmap headers: an absurd size, a map outside the file.
+    let mut f = read(fixture("encrypted-aes256.vhd"));
+    f[0x810..0x814].copy_from_slice(&u32::MAX.to_be_bytes());
+    std::fs::write(d.join("hostile1.vhd"), &f).unwrap();
+    expect_err(d, &["dump", "hostile1.vhd"], &["'batmap size'", "absurdly large", "0x810"]);
+    let mut f = read(fixture("encrypted-aes256.vhd"));
+    f[0x808..0x810].copy_from_slice(&(1u64 << 40).to_be_bytes());
+    std::fs::write(d.join("hostile2.vhd"), &f).unwrap();
+    expect_err(d, &["keyhash", "hostile2.vhd"], &["'batmap offset'", "outside the file", "0x808"]);
     // A fixed VHD.
     let mut fixed = pattern(MIB, 2);
     fixed.extend_from_slice(&diskseal::image::vhd::footer::fixed_footer(MIB as u64, [3; 16], 0));

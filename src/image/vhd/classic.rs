@@ -20,7 +20,7 @@ use serde_json::json;
 use crate::crypto::{IvScheme, Xts};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::vhd::batmap::{self, BatmapHeader};
-use crate::image::vhd::dynamic::UNALLOCATED;
+use crate::image::vhd::dynamic::{self, UNALLOCATED};
 use crate::image::vhd::footer::{self, DiskType, fourcc};
 use crate::image::vhd::{VhdImage, writer};
 use crate::image::{DiskImage, Extent, ImageInfo};
@@ -158,6 +158,11 @@ pub fn batmap_of(img: &VhdImage, luks: bool) -> Result<Batmap> {
             .at(header_at)
             .hint("this VHD was not encrypted by vhd-util"));
     }
+    if u64::from(bh.batmap_size) > batmap::map_sectors(dynamic::MAX_BAT_ENTRIES) {
+        return Err(Error::corrupt(format!("VHD batmap header field 'batmap size' is {} sectors: absurdly large", bh.batmap_size))
+            .with_path(path)
+            .at(header_at + 16));
+    }
     let summed = u64::from(bh.batmap_size) * 512;
     let need = batmap::map_sectors(entries) * 512;
     let map_end = bh.batmap_offset.checked_add(summed.max(need));
@@ -213,6 +218,13 @@ impl EncryptedVhd {
             .with_path(path)
             .at(kh_at + 33)
             .hint("use the raw DEK the image was encrypted with (`base64 -d` of the DEK you wrapped); no data was read"));
+        }
+        if let Some(h) = inner.dynamic_header()
+            && h.block_size != writer::BLOCK_SIZE
+        {
+            return Err(Error::unsupported(format!("VHD block size is {}: blktap encrypted VHDs use 2 MiB blocks", h.block_size))
+                .with_path(path)
+                .at(h.at + 32));
         }
         let mut warnings = inner.warnings().to_vec();
         if !batmap.checksum_ok() {
@@ -279,10 +291,7 @@ impl DiskImage for EncryptedVhd {
             .with_path(&self.path));
         }
         let bat = self.inner.bat().unwrap_or(&[]);
-        let bs = self.inner.dynamic_header().map_or(writer::BLOCK_SIZE, |h| h.block_size);
-        if bs != writer::BLOCK_SIZE {
-            return Err(Error::unsupported(format!("VHD block size {bs}: blktap encrypted VHDs use 2 MiB blocks")).with_path(&self.path));
-        }
+        let bs = writer::BLOCK_SIZE;
         let mut done = 0usize;
         while done < buf.len() {
             let pos = offset + done as u64;
