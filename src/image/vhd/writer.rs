@@ -272,6 +272,30 @@ mod tests {
     }
 
     #[test]
+    fn batmap_one_sector_short_edge_like_libvhd() {
+        // 8 GiB + 2 MiB: 4097 blocks need 2 batmap sectors; libvhd's size rule says 1. The header says 1
+        // and the checksum covers 1 sector (what libvhd checks); both sectors are reserved and written.
+        let size = (8u64 << 30) + BLOCK_SIZE;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edge.vhd");
+        let out = OutputFile::create(&path, false).unwrap();
+        let mut w = ClassicVhdWriter::new(size, [5; 16], 1).unwrap();
+        assert_eq!(w.layout().batmap_sectors, 2);
+        let at = w.allocate(4096).unwrap();
+        out.write_at(&FULL_BITMAP, at).unwrap();
+        let key: Vec<u8> = (1u8..=64).collect();
+        let len = w.finish(&out, &KeyHash::of_key(&key, [0; 32])).unwrap();
+        out.commit(0o644).unwrap();
+        assert_eq!(len, at + 512 + BLOCK_SIZE + 512);
+        let (_, b) = crate::image::vhd::classic::read_batmap(&path).unwrap();
+        assert_eq!(b.header.batmap_size, 1);
+        assert!(b.checksum_ok());
+        assert_eq!(b.map.len(), 1024);
+        assert_eq!(b.set_blocks(4097), [4096]);
+        assert!(b.header.keyhash.matches(&key));
+    }
+
+    #[test]
     fn allocation_order_is_enforced() {
         let mut w = ClassicVhdWriter::new(10 << 20, [1; 16], 0).unwrap();
         assert_eq!(w.allocate(0).unwrap(), 0xe00);
