@@ -524,10 +524,11 @@ fn encrypt_classic_vhd(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
             "threads": r.threads,
         }));
     } else {
-        if padded > 0 {
+        let asked = r.source_size.max(a.resize.unwrap_or(0));
+        if r.virtual_size > asked {
             out.warn(&format!(
-                "the virtual size grew from {} to {} bytes: VHD blocks are 2 MiB and vhd-util rounds up the same way",
-                r.source_size, r.virtual_size
+                "the virtual size grew from {asked} to {} bytes: VHD blocks are 2 MiB and vhd-util rounds up the same way",
+                r.virtual_size
             ));
         }
         out.summary(&format!(
