@@ -480,3 +480,90 @@ fn classic_vhd_profile_refuses_luks_and_qcow2_files() {
     // And the LUKS profiles do not take a vhd-util VHD for a LUKS file.
     expect_err(d, &["verify", "--profile", "luks1", "--key-file", "pw", &fx("encrypted-aes256.vhd")], &["not a LUKS file", "--profile ibm-classic-vhd"]);
 }
+
+/// The structural rules `vhd-util check` applies to a tapdisk VHD with a batmap (vhd-util.md, pitfalls),
+/// re-stated independently here: checksums, creator, geometry, BAT placement, batmap checksum and bits,
+/// full bitmaps, blocks inside the file without overlaps, footer copies.
+fn check_like_vhd_util(f: &[u8]) {
+    let be32 = |at: usize| u32::from_be_bytes(f[at..at + 4].try_into().unwrap());
+    let be64 = |at: usize| u64::from_be_bytes(f[at..at + 8].try_into().unwrap());
+    let sum = |b: &[u8], skip: usize| !b.iter().enumerate().filter(|(i, _)| !(skip..skip + 4).contains(i)).map(|(_, &x)| u32::from(x)).sum::<u32>();
+    let n = f.len();
+    let foot = &f[n - 512..];
+    assert_eq!(&foot[..8], b"conectix");
+    assert_eq!(foot, &f[..512], "footer copy at 0");
+    assert_eq!(sum(foot, 64), be32(n - 512 + 64), "footer checksum");
+    assert_eq!(&foot[28..32], b"tap\0");
+    assert_eq!(be32(n - 512 + 32), 0x0001_0003);
+    assert_eq!((be32(n - 512 + 8), be32(n - 512 + 12), be64(n - 512 + 16), be32(n - 512 + 60)), (2, 0x0001_0000, 512, 3));
+    assert!(foot[68..84].iter().any(|&b| b != 0), "null uuid");
+    assert!(foot[85..].iter().all(|&b| b == 0), "reserved bytes");
+    let size = be64(n - 512 + 48);
+    assert_eq!(size, be64(n - 512 + 40));
+    assert_eq!(size % BLOCK as u64, 0);
+    let g = diskseal::image::vhd::footer::geometry(size / 512);
+    assert_eq!((u16::from_be_bytes([foot[56], foot[57]]), foot[58], foot[59]), (g.cylinders, g.heads, g.sectors), "geometry = vhd_chs(current_size)");
+    let h = &f[512..1536];
+    assert_eq!(&h[..8], b"cxsparse");
+    assert_eq!(sum(h, 36), be32(512 + 36), "header checksum");
+    assert_eq!((be64(512 + 8), be64(512 + 16), be32(512 + 24), be32(512 + 32)), (u64::MAX, 1536, 0x0001_0000, BLOCK as u32));
+    assert!(h[40..].iter().all(|&b| b == 0), "parent fields");
+    let entries = be32(512 + 28) as usize;
+    assert_eq!(entries as u64, size / BLOCK as u64);
+    let bm_hdr = 1536 + (entries * 4).next_multiple_of(512);
+    assert_eq!(&f[bm_hdr..bm_hdr + 8], b"tdbatmap");
+    let (map_at, map_secs) = (be64(bm_hdr + 8) as usize, be32(bm_hdr + 16) as usize);
+    assert_eq!(map_at, bm_hdr + 512);
+    assert_eq!(be32(bm_hdr + 20), 0x0001_0002);
+    let libvhd_secs = ((size >> 24) as usize).div_ceil(512).max(1);
+    assert_eq!(map_secs, libvhd_secs);
+    assert_eq!(!f[map_at..map_at + 512 * map_secs].iter().map(|&b| u32::from(b)).sum::<u32>(), be32(bm_hdr + 24), "batmap checksum");
+    assert_eq!(f[bm_hdr + 29], 1, "key hash cookie");
+    let meta_end = map_at + 512 * entries.div_ceil(8).div_ceil(512).max(1);
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    for (i, e) in bat(f).into_iter().enumerate() {
+        let bit = f[map_at + i / 8] & (0x80 >> (i % 8)) != 0;
+        if e == u32::MAX {
+            assert!(!bit, "batmap bit set for unallocated block {i}");
+            continue;
+        }
+        assert!(bit, "allocated block {i} without its batmap bit");
+        let at = e as usize * 512;
+        assert!(at >= meta_end && at + 512 + BLOCK <= n - 512, "block {i} at {at:#x} outside the data area");
+        assert_eq!((at + 512) % 4096, 0, "block {i} data not 4 KiB aligned");
+        assert!(f[at..at + 512].iter().all(|&b| b == 0xff), "block {i}: bitmap not full");
+        spans.push((at, at + 512 + BLOCK));
+    }
+    spans.sort_unstable();
+    assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0), "blocks overlap");
+}
+
+#[test]
+fn classic_vhd_outputs_pass_vhd_util_check_rules() {
+    // The vhd-util outputs themselves pass (the rules are right), then ours for several BAT sizes.
+    check_like_vhd_util(&read(fixture("encrypted-aes256.vhd")));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("dek"), pattern(32, 51)).unwrap();
+    // 513 blocks (BAT of 2052 bytes, padded to 2560): sparse, data in blocks 0, 200 and 512 (partial).
+    let len = (1u64 << 30) + 1_000_000;
+    let f = std::fs::File::create(d.join("big.raw")).unwrap();
+    f.set_len(len).unwrap();
+    use std::os::unix::fs::FileExt;
+    for at in [0u64, 200 * BLOCK as u64 + 4096, len - 1000] {
+        f.write_all_at(&pattern(1000, at), at).unwrap();
+    }
+    drop(f);
+    let r = diskseal(d, &["encrypt", "--json", "--profile", "ibm-classic-vhd", "--key-file", "dek", "big.raw", "big.vhd"]).ok();
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!((v["allocated_blocks"].as_u64(), v["bat_entries"].as_u64()), (Some(3), Some(513)));
+    let out = read(d.join("big.vhd"));
+    check_like_vhd_util(&out);
+    assert_eq!(out.len(), 7680 + 2 * (BLOCK + 4096) + 512 + BLOCK + 512, "3 blocks after 7.5 KiB of metadata, then the footer");
+    diskseal(d, &["verify", "-q", "--profile", "ibm-classic-vhd", "--key-file", "dek", "--against", "big.raw", "big.vhd"]).ok();
+    for len in [BLOCK, 7 * MIB + 1536] {
+        std::fs::write(d.join("s.raw"), pattern(len, 52)).unwrap();
+        diskseal(d, &["encrypt", "-q", "--force", "--profile", "ibm-classic-vhd", "--key-file", "dek", "s.raw", "s.vhd"]).ok();
+        check_like_vhd_util(&read(d.join("s.vhd")));
+    }
+}
