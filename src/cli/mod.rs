@@ -74,8 +74,9 @@ enum Command {
     Keygen(KeygenArgs),
     /// Describe a disk image (format, sizes, allocation, backing chain, encryption), like `qemu-img info`.
     Info(InfoArgs),
-    /// The vhd-util key hash: of an encrypted VHD ("nonce hash", like `vhd-util key -p -n IMG`), of a raw
-    /// DEK file (like `vhd-util key -C -k KEY`), or both: then exit 1 unless the key matches the image.
+    /// The vhd-util key hash: of an encrypted VHD ("nonce hash", or "none", like `vhd-util key -p -n IMG`),
+    /// of a raw DEK file (the hash, like `vhd-util key -C -k KEY`), or both: then exit 1 unless the key
+    /// matches the image.
     Keyhash(KeyhashArgs),
 }
 
@@ -556,9 +557,13 @@ fn keyhash(a: &KeyhashArgs, out: &Out) -> Result<ExitCode> {
         Some(p) => {
             let (_, b) = diskseal::image::vhd::classic::read_batmap(p)?;
             if b.header.keyhash.cookie != 1 {
-                return Err(Error::format(format!("the batmap key hash cookie is {}: this VHD carries no key hash", b.header.keyhash.cookie))
-                    .with_path(p)
-                    .at(b.header_at + 29));
+                // `vhd-util key -p` prints "none" for a VHD without key hash.
+                if out.json {
+                    out.print_json(&json!({"command": "keyhash", "image": a.image, "stored": null}));
+                } else {
+                    out.always("none");
+                }
+                return Ok(if key.is_some() { ExitCode::from(1) } else { ExitCode::SUCCESS });
             }
             Some(b.header.keyhash)
         }
@@ -577,8 +582,10 @@ fn keyhash(a: &KeyhashArgs, out: &Out) -> Result<ExitCode> {
         if let Some(s) = &stored {
             out.always(&format!("{} {}", hex(&s.nonce), hex(&s.hash)));
         }
-        if let (Some(c), Some(k)) = (&computed, &key) {
-            out.always(&format!("Size (bytes) {}\n{}", k.len(), hex(&c.hash)));
+        if let (Some(c), Some(k), Some(p)) = (&computed, &key, &a.key_file) {
+            // Like `vhd-util key -C -k KEY`: the size on stderr, the hash alone on stdout.
+            out.info(&format!("using keyfile {}, Size (bytes) {}", p.display(), k.len()));
+            out.always(&hex(&c.hash));
         }
         match matches {
             Some(true) => out.summary("the key matches the image's key hash"),
