@@ -494,6 +494,16 @@ pub fn encrypt_classic_vhd(src: &Path, dst: &Path, opts: &ClassicVhdOptions, key
     use rayon::prelude::*;
     while off < vsize {
         Pipeline::check_cancel(run.cancel)?;
+        // Skip straight to the block of the next data extent: time grows with the data, not the disk.
+        let next_data = extents[extents.partition_point(|e| e.offset + e.len <= off)..]
+            .iter()
+            .find(|e| e.kind == ExtentKind::Data)
+            .map_or(vsize, |e| (e.offset.max(off) / bs * bs).min(vsize));
+        if next_data > off {
+            Pipeline::advance(run.progress, next_data - off);
+            off = next_data;
+            continue;
+        }
         let mut jobs: Vec<&mut ClusterJob> = Vec::new();
         for b in bufs.iter_mut() {
             if off >= vsize {
