@@ -15,7 +15,10 @@ use crate::crypto::xts::Xts;
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::qcow2::Qcow2Image;
 use crate::image::qcow2::writer::Qcow2Writer;
+use crate::image::vhd::batmap::KeyHash;
+use crate::image::vhd::classic::EncryptedVhd;
 use crate::image::vhd::footer as vhd_footer;
+use crate::image::vhd::writer::{self as vhd_writer, ClassicVhdWriter};
 use crate::image::{self, DiskImage, Extent, ExtentKind, ImageFormat};
 use crate::io::{OutputFile, same_file};
 use crate::luks::kdf::Kdf;
@@ -50,6 +53,9 @@ pub enum Container {
     },
     /// QEMU qcow2 v3 with qcow2-native LUKS1 (`encrypt.format=luks`), sparse.
     Qcow2Luks,
+    /// A dynamic VHD encrypted like blktap's `vhd-util copy -k` (`ibm-classic-vhd`): no LUKS header, the
+    /// key is the raw DEK, its hash is in the batmap. Written by [`encrypt_classic_vhd`].
+    ClassicVhd,
 }
 
 /// Options of [`encrypt`].
@@ -168,6 +174,10 @@ pub fn encrypt(
     if !opts.force && std::fs::symlink_metadata(dst).is_ok() {
         return Err(Error::invalid("output file already exists").with_path(dst).hint("pass --force to overwrite it"));
     }
+    if opts.container == Container::ClassicVhd {
+        // No LUKS header, no passphrase: a different report; see `encrypt_classic_vhd`.
+        return Err(Error::invalid("ibm-classic-vhd output has no LUKS header; it is written by ops::encrypt_classic_vhd"));
+    }
     let image = image::open(src, opts.input_format)?;
     let source_size = image.virtual_size();
     if source_size == 0 {
@@ -277,6 +287,7 @@ pub fn encrypt(
             let size = write_qcow2(&pipeline, payload_len, &read, Some(&xts), writer, &out, run)?;
             (1 << crate::image::qcow2::writer::CLUSTER_BITS, size)
         }
+        Container::ClassicVhd => return Err(Error::invalid("ibm-classic-vhd output is written by encrypt_classic_vhd")),
     };
     let elapsed = start.elapsed();
     out.commit(0o644)?;
@@ -386,6 +397,197 @@ fn write_qcow2(
     writer.finish(out)
 }
 
+/// Options of [`encrypt_classic_vhd`].
+#[derive(Debug, Clone, Default)]
+pub struct ClassicVhdOptions {
+    /// Force the input format.
+    pub input_format: Option<ImageFormat>,
+    /// Replace an existing output.
+    pub force: bool,
+    /// New virtual size (grow only; rounded up to 2 MiB like the source size).
+    pub resize: Option<u64>,
+}
+
+/// What [`encrypt_classic_vhd`] did.
+#[derive(Debug, Clone)]
+pub struct ClassicVhdReport {
+    /// The footer's unique id.
+    pub uuid: String,
+    /// Input format.
+    pub input_format: &'static str,
+    /// Source virtual size.
+    pub source_size: u64,
+    /// Virtual size of the VHD (`current_size`: the source size rounded up to whole 2 MiB blocks).
+    pub virtual_size: u64,
+    /// Key size in bytes (32: AES-128-XTS, 64: AES-256-XTS).
+    pub key_bytes: usize,
+    /// SHA-256(zero nonce || key), as stored in the batmap header (`vhd-util key -p`).
+    pub keyhash: [u8; 32],
+    /// Blocks allocated (and encrypted) out of the BAT's entries.
+    pub allocated_blocks: u64,
+    /// BAT entries.
+    pub bat_entries: u64,
+    /// Output file size.
+    pub output_size: u64,
+    /// Bytes of the source read (holes and zero runs are not read).
+    pub data_bytes: u64,
+    /// Time spent on the data.
+    pub elapsed: Duration,
+    /// Worker threads used.
+    pub threads: usize,
+}
+
+/// Encrypts the disk image `src` into a new dynamic VHD `dst` exactly as blktap's `vhd-util copy -k`
+/// lays it out (`ibm-classic-vhd`): `key` is the raw DEK (32 or 64 bytes); only 2 MiB blocks holding
+/// non-zero data are allocated, and every sector of them is AES-XTS encrypted with tweak = 32-bit LE
+/// virtual sector number; the key hash SHA-256(zero nonce || key) goes into the batmap header.
+/// The virtual size is the source's rounded up to whole 2 MiB blocks (as vhd-util does); sources beyond
+/// VHD's 2040 GiB are refused.
+pub fn encrypt_classic_vhd(src: &Path, dst: &Path, opts: &ClassicVhdOptions, key: &VolumeKey, run: &Run<'_>) -> Result<ClassicVhdReport> {
+    refuse_same(src, dst)?;
+    if !opts.force && std::fs::symlink_metadata(dst).is_ok() {
+        return Err(Error::invalid("output file already exists").with_path(dst).hint("pass --force to overwrite it"));
+    }
+    let image = image::open(src, opts.input_format)?;
+    if image.info().details.get("encrypt").is_some() {
+        return Err(Error::invalid("the input is already encrypted; encrypting it again would hide the ciphertext, not the data")
+            .with_path(src)
+            .hint("decrypt it first (`diskseal decrypt`), or pass -f raw to encrypt the file's bytes as they are"));
+    }
+    let source_size = image.virtual_size();
+    if source_size == 0 {
+        return Err(Error::invalid("input is empty").with_path(src));
+    }
+    let want = match opts.resize {
+        Some(r) if r < source_size => {
+            return Err(Error::invalid(format!("--resize {r} is smaller than the source's virtual size {source_size}"))
+                .hint("diskseal only grows disks; shrink the file system and the image first"));
+        }
+        Some(r) => r,
+        None => source_size,
+    };
+    if want > vhd_footer::MAX_VIRTUAL_SIZE {
+        return Err(Error::invalid(format!(
+            "the disk is {want} bytes, beyond VHD's 2040 GiB limit ({} bytes): it cannot be an ibm-classic-vhd image",
+            vhd_footer::MAX_VIRTUAL_SIZE
+        ))
+        .with_path(src)
+        .hint("shrink the file system and the image first (IBM classic imports at most 100 GB anyway)"));
+    }
+    let vsize = want.next_multiple_of(vhd_writer::BLOCK_SIZE);
+    let extents = image.extents()?;
+    let xts = Xts::new(key.expose())?;
+    let uuid = uuid::Uuid::new_v4();
+    let mut writer = ClassicVhdWriter::new(vsize, *uuid.as_bytes(), vhd_writer::vhd_timestamp_now())?;
+    let footer = *writer.footer();
+    let out = OutputFile::create(dst, opts.force)?;
+    let pipeline = Pipeline::new(run.threads, DEFAULT_CHUNK)?;
+    run.total.store(vsize, Ordering::Relaxed);
+    let start = Instant::now();
+    let data_bytes = AtomicU64::new(0);
+    let bs = vhd_writer::BLOCK_SIZE;
+    let chunk = (pipeline.chunk() as u64 / bs).max(1) * bs;
+    let wave = pipeline.threads() * 2;
+    // (buffer, guest offset, [(block index in chunk, bitmap offset)])
+    let mut bufs: Vec<ClusterJob> = (0..wave).map(|_| (Vec::new(), 0, Vec::new())).collect();
+    let mut off = 0u64;
+    use rayon::prelude::*;
+    while off < vsize {
+        Pipeline::check_cancel(run.cancel)?;
+        // Skip straight to the block of the next data extent: time grows with the data, not the disk.
+        let next_data = extents[extents.partition_point(|e| e.offset + e.len <= off)..]
+            .iter()
+            .find(|e| e.kind == ExtentKind::Data)
+            .map_or(vsize, |e| (e.offset.max(off) / bs * bs).min(vsize));
+        if next_data > off {
+            Pipeline::advance(run.progress, next_data - off);
+            off = next_data;
+            continue;
+        }
+        let mut jobs: Vec<&mut ClusterJob> = Vec::new();
+        for b in bufs.iter_mut() {
+            if off >= vsize {
+                break;
+            }
+            let n = chunk.min(vsize - off);
+            b.0.resize(n as usize, 0);
+            b.1 = off;
+            b.2.clear();
+            jobs.push(b);
+            off += n;
+        }
+        // Read what holds data, and note the blocks that are not all zeros.
+        pipeline.install(|| {
+            jobs.par_iter_mut().try_for_each(|job| -> Result<()> {
+                let (buf, at, alloc) = &mut **job;
+                if data_ranges(&extents, *at, buf.len() as u64, 512).is_empty() {
+                    return Ok(());
+                }
+                data_bytes.fetch_add(fill(image.as_ref(), &extents, buf, *at)?, Ordering::Relaxed);
+                for (i, block) in buf.chunks(bs as usize).enumerate() {
+                    if !is_zero(block) {
+                        alloc.push((i as u64, 0));
+                    }
+                }
+                Ok(())
+            })
+        })?;
+        // Allocate in guest order.
+        for job in jobs.iter_mut() {
+            let first = job.1 / bs;
+            for (i, at) in job.2.iter_mut() {
+                *at = writer.allocate(first + *i)?;
+            }
+        }
+        // Encrypt every sector of each allocated block (tweak = virtual sector) and write bitmap + data.
+        pipeline.install(|| {
+            jobs.par_iter_mut().try_for_each(|job| -> Result<()> {
+                let (buf, guest, alloc) = &mut **job;
+                for &(i, at) in alloc.iter() {
+                    let block = &mut buf[(i * bs) as usize..((i + 1) * bs) as usize];
+                    let sector = (*guest + i * bs) / 512;
+                    xts.encrypt(block, 512, sector, IvScheme::Plain)?;
+                    out.write_at(&vhd_writer::FULL_BITMAP, at)?;
+                    out.write_at(block, at + 512)?;
+                    out.write_at(&footer, at + 512 + bs)?;
+                }
+                Ok(())
+            })
+        })?;
+        for job in &jobs {
+            Pipeline::advance(run.progress, job.0.len() as u64);
+        }
+    }
+    let keyhash = KeyHash::of_key(key.expose(), [0; 32]);
+    let allocated_blocks = writer.allocated();
+    let bat_entries = writer.layout().entries;
+    let output_size = writer.finish(&out, &keyhash)?;
+    let elapsed = start.elapsed();
+    out.commit(0o644)?;
+    Ok(ClassicVhdReport {
+        uuid: uuid.to_string(),
+        input_format: image.format_name(),
+        source_size,
+        virtual_size: vsize,
+        key_bytes: key.len(),
+        keyhash: keyhash.hash,
+        allocated_blocks,
+        bat_entries,
+        output_size,
+        data_bytes: data_bytes.into_inner(),
+        elapsed,
+        threads: pipeline.threads(),
+    })
+}
+
+/// True when `buf` holds only zero bytes (word-wise, fast on the all-zero case).
+fn is_zero(buf: &[u8]) -> bool {
+    let (words, rest) = buf.split_at(buf.len() / 8 * 8);
+    words.chunks_exact(64).all(|c| c.chunks_exact(8).fold(0u64, |acc, w| acc | u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]])) == 0)
+        && words.chunks_exact(64).remainder().iter().all(|&b| b == 0)
+        && rest.iter().all(|&b| b == 0)
+}
+
 /// How to unlock an existing LUKS file.
 #[derive(Debug)]
 pub enum Unlock {
@@ -393,6 +595,9 @@ pub enum Unlock {
     Passphrase(Passphrase),
     /// Use the volume key directly (checked against the digest).
     VolumeKey(VolumeKey),
+    /// A vhd-util encrypted dynamic VHD (`ibm-classic-vhd`): the raw DEK, checked against the batmap
+    /// key hash before any data is read.
+    ClassicVhd(VolumeKey),
 }
 
 /// An unlocked encrypted image: its plaintext as a [`DiskImage`].
@@ -411,6 +616,14 @@ pub struct Unlocked {
 /// Opens an encrypted image (a LUKS file, or a qcow2 with QEMU-native LUKS), checks its header, and
 /// recovers (or checks) the volume key.
 pub fn unlock(path: &Path, how: Unlock) -> Result<Unlocked> {
+    let how = match how {
+        Unlock::ClassicVhd(key) => {
+            let img = EncryptedVhd::open(path, &key)?;
+            let warnings = img.warnings().to_vec();
+            return Ok(Unlocked { image: Box::new(img), kind: "vhd-util (blktap) VHD", keyslot: None, warnings });
+        }
+        other => other,
+    };
     let file = File::open(path).map_err(|e| Error::io("open", path, None, e))?;
     let mut magic = [0u8; 4];
     let is_qcow2 = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok() && magic == *b"QFI\xfb";
@@ -424,10 +637,16 @@ pub fn unlock(path: &Path, how: Unlock) -> Result<Unlocked> {
                 let (k, slot) = q.unlock(&p)?;
                 (k, Some(slot))
             }
-            Unlock::VolumeKey(k) => (k, None),
+            Unlock::VolumeKey(k) | Unlock::ClassicVhd(k) => (k, None),
         };
         q.set_key(&key)?;
         return Ok(Unlocked { image: Box::new(q), kind: "qcow2 + LUKS1", keyslot, warnings: Vec::new() });
+    }
+    let mut head = [0u8; 8];
+    if std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0).is_ok() && &head == vhd_footer::COOKIE {
+        return Err(Error::format("this is a dynamic VHD, not a LUKS file")
+            .with_path(path)
+            .hint("a VHD encrypted by vhd-util (IBM classic) opens with --profile ibm-classic-vhd and the raw DEK"));
     }
     let luks = Luks::open(&file, path)?;
     let (key, keyslot) = match how {
@@ -435,7 +654,7 @@ pub fn unlock(path: &Path, how: Unlock) -> Result<Unlocked> {
             let (k, slot) = luks.unlock(&file, path, &p)?;
             (k, Some(slot))
         }
-        Unlock::VolumeKey(k) => {
+        Unlock::VolumeKey(k) | Unlock::ClassicVhd(k) => {
             luks.check_volume_key(&k).map_err(|e| e.with_path(path))?;
             (k, None)
         }

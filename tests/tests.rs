@@ -8,6 +8,7 @@
 mod util;
 
 mod bundle;
+mod classic_vhd;
 mod cli;
 mod corpus;
 mod cryptsetup;

@@ -83,6 +83,18 @@ pub(super) fn passphrase(k: &KeyArgs, profile: Profile, out: &Out, target: Optio
     profile.passphrase(first)
 }
 
+/// Reads the raw DEK of the `ibm-classic-vhd` profile ("-" = stdin): exactly 32 or 64 bytes, checked by
+/// [`diskseal::profile::classic_vhd_key`] (newline, base64 text and size mistakes get a hint).
+pub(super) fn read_dek(path: &Path) -> Result<VolumeKey> {
+    let bytes = if path == Path::new("-") {
+        read_limited(std::io::stdin().lock(), Path::new("<stdin>"))?
+    } else {
+        let f = std::fs::File::open(path).map_err(|e| Error::io("open key file", path, None, e))?;
+        read_limited(f, path)?
+    };
+    diskseal::profile::classic_vhd_key(bytes).map_err(|e| e.with_path(path))
+}
+
 /// Reads a volume key file (raw 32 or 64 bytes).
 pub(super) fn read_volume_key(path: &Path) -> Result<VolumeKey> {
     let f = std::fs::File::open(path).map_err(|e| Error::io("open volume key file", path, None, e))?;

@@ -34,6 +34,9 @@ Examples:
   # IBM classic import: the key file is the raw DEK, the passphrase is its base64 text:
   diskseal keygen --bytes 32 -o dek.bin
   diskseal encrypt --profile ibm-classic-luks --key-file dek.bin disk.raw disk-enc.raw
+  # IBM classic encrypted VHD, as `vhd-util copy -k` makes it (key file = the raw 32/64-byte DEK):
+  diskseal encrypt --profile ibm-classic-vhd --key-file dek.bin disk.qcow2 disk.vhd
+  diskseal keyhash disk.vhd
   # Check the result against its source, then look at the header:
   diskseal verify --key-file pass.txt --against disk.raw disk.luks
   diskseal dump disk.luks
@@ -59,12 +62,14 @@ enum Command {
     /// Encrypt a disk image into a new LUKS2/LUKS1 file.
     #[command(after_help = EXAMPLES)]
     Encrypt(Box<EncryptArgs>),
-    /// Decrypt a LUKS file back into a raw image.
+    /// Decrypt a LUKS file (or, with --profile ibm-classic-vhd, a vhd-util encrypted VHD) back into a raw
+    /// image.
     Decrypt(DecryptArgs),
     /// Unlock a LUKS file, check every structure and decrypt the whole payload; with --against, compare it
     /// with a source image (exit 1 on mismatch).
     Verify(VerifyArgs),
-    /// Show a LUKS header (LUKS file or qcow2 with QEMU-native LUKS), like `cryptsetup luksDump`.
+    /// Show a LUKS header (LUKS file or qcow2 with QEMU-native LUKS), like `cryptsetup luksDump`, or the
+    /// batmap and key hash of a vhd-util encrypted VHD.
     Dump(DumpArgs),
     /// Make a random data-encryption key file (mode 0600).
     Keygen(KeygenArgs),
@@ -73,6 +78,19 @@ enum Command {
     Bundle(bundle::BundleArgs),
     /// Describe a disk image (format, sizes, allocation, backing chain, encryption), like `qemu-img info`.
     Info(InfoArgs),
+    /// The vhd-util key hash: of an encrypted VHD ("nonce hash", or "none", like `vhd-util key -p -n IMG`),
+    /// of a raw DEK file (the hash, like `vhd-util key -C -k KEY`), or both: then exit 1 unless the key
+    /// matches the image.
+    Keyhash(KeyhashArgs),
+}
+
+#[derive(Debug, Args)]
+struct KeyhashArgs {
+    /// The raw DEK (32 or 64 bytes).
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// A vhd-util / ibm-classic-vhd encrypted VHD.
+    image: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -86,7 +104,8 @@ struct InfoArgs {
 
 #[derive(Debug, Args)]
 struct KeyArgs {
-    /// Passphrase file, used verbatim ("-" reads stdin). With --profile ibm-classic-luks: the raw DEK.
+    /// Passphrase file, used verbatim ("-" reads stdin). With --profile ibm-classic-luks or
+    /// ibm-classic-vhd: the raw DEK.
     /// Without it, the passphrase is asked for on a terminal.
     #[arg(long, value_name = "FILE")]
     key_file: Option<PathBuf>,
@@ -100,7 +119,8 @@ struct KeyArgs {
 
 #[derive(Debug, Args)]
 struct EncryptArgs {
-    /// Output profile: luks2, luks1, ibm-classic-luks or ibm-vpc.
+    /// Output profile: luks2, luks1, ibm-classic-luks, ibm-vpc or ibm-classic-vhd (a dynamic VHD as
+    /// `vhd-util copy -k` writes it; the key file is the raw 32/64-byte DEK).
     #[arg(long, default_value = "luks2", value_name = "PROFILE")]
     profile: String,
     /// Input format (default: detected; raw).
@@ -194,7 +214,8 @@ struct EncryptArgs {
 
 #[derive(Debug, Args)]
 struct DecryptArgs {
-    /// How to read the key file: luks2/luks1 (passphrase) or ibm-classic-luks (raw DEK).
+    /// How to read the key file: luks2/luks1 (passphrase), ibm-classic-luks (raw DEK) or ibm-classic-vhd
+    /// (raw DEK, the input is a vhd-util encrypted VHD).
     #[arg(long, default_value = "luks2", value_name = "PROFILE")]
     profile: String,
     /// Output format: raw, or qcow2 (plain, sparse: only non-zero clusters are stored).
@@ -208,7 +229,7 @@ struct DecryptArgs {
     force: bool,
     #[command(flatten)]
     key: KeyArgs,
-    /// Encrypted LUKS file.
+    /// Encrypted LUKS file (or vhd-util encrypted VHD with --profile ibm-classic-vhd).
     src: PathBuf,
     /// Plain output image.
     dst: PathBuf,
@@ -216,7 +237,8 @@ struct DecryptArgs {
 
 #[derive(Debug, Args)]
 struct VerifyArgs {
-    /// How to read the key file: luks2/luks1 (passphrase) or ibm-classic-luks (raw DEK).
+    /// How to read the key file: luks2/luks1 (passphrase), ibm-classic-luks (raw DEK) or ibm-classic-vhd
+    /// (raw DEK, the input is a vhd-util encrypted VHD).
     #[arg(long, default_value = "luks2", value_name = "PROFILE")]
     profile: String,
     /// Source image the plaintext must equal.
@@ -230,13 +252,13 @@ struct VerifyArgs {
     threads: Option<usize>,
     #[command(flatten)]
     key: KeyArgs,
-    /// Encrypted LUKS file.
+    /// Encrypted LUKS file (or vhd-util encrypted VHD with --profile ibm-classic-vhd).
     src: PathBuf,
 }
 
 #[derive(Debug, Args)]
 struct DumpArgs {
-    /// Encrypted LUKS file.
+    /// Encrypted LUKS file, qcow2 with QEMU-native LUKS, or vhd-util encrypted VHD (batmap and key hash).
     src: PathBuf,
 }
 
@@ -306,6 +328,7 @@ fn run(cli: &Cli, out: &Out) -> Result<ExitCode> {
         Command::Keygen(a) => keygen(a, out),
         Command::Bundle(a) => bundle::run(a, out),
         Command::Info(a) => info(a, out),
+        Command::Keyhash(a) => keyhash(a, out),
     }
 }
 
@@ -332,6 +355,9 @@ fn with_progress<T>(out: &Out, label: &str, threads: Option<usize>, job: impl Fn
 
 fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
     let profile = Profile::parse(&a.profile)?;
+    if profile == Profile::IbmClassicVhd {
+        return encrypt_classic_vhd(a, out);
+    }
     if a.cipher != "aes-xts-plain64" {
         return Err(Error::unsupported(format!("cipher {:?} is not supported", a.cipher)).hint("diskseal writes aes-xts-plain64"));
     }
@@ -444,7 +470,7 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
             "key_bits": key_bytes * 8,
             "sector_size": r.sector_size,
             "data_offset": r.data_offset,
-            "container": match container { Container::Qcow2Luks => "qcow2", Container::Vhd { .. } => "vhd", Container::Raw => "raw" },
+            "container": match container { Container::Qcow2Luks => "qcow2", Container::Vhd { .. } => "vhd", Container::Raw => "raw", Container::ClassicVhd => "classic-vhd" },
             "source_size": r.source_size,
             "virtual_size": r.virtual_size,
             "padded_bytes": r.padded,
@@ -483,6 +509,130 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `encrypt --profile ibm-classic-vhd`: no LUKS, the key file is the raw DEK.
+fn encrypt_classic_vhd(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
+    let luks_only = [
+        (a.output_format.as_deref().is_some_and(|f| f != "vhd"), "-O"),
+        (a.vhd_align, "--vhd-align"),
+        (a.sparse, "--sparse (the output is always sparse)"),
+        (a.luks_type.is_some(), "--type"),
+        (a.sector_size.is_some_and(|s| s != 512), "--sector-size"),
+        (a.pbkdf.is_some() || a.pbkdf_force_iterations.is_some(), "--pbkdf"),
+        (a.offset.is_some(), "--offset"),
+        (a.uuid.is_some(), "--uuid"),
+        (a.key.volume_key_file.is_some(), "--volume-key-file (give the DEK with --key-file)"),
+    ];
+    if let Some((_, flag)) = luks_only.iter().find(|(set, _)| *set) {
+        return Err(Error::invalid(format!("{flag} does not apply to --profile ibm-classic-vhd")));
+    }
+    let path = a.key.key_file.as_deref().ok_or_else(|| {
+        Error::invalid("--profile ibm-classic-vhd needs --key-file with the raw DEK (32 or 64 bytes)")
+            .hint("make one with `diskseal keygen --bytes 64 -o dek.bin`, or `echo -n <DEK> | base64 -d > dek.bin`")
+    })?;
+    let key = keys::read_dek(path)?;
+    if let Some(bits) = &a.key_size
+        && bits.parse::<usize>().unwrap_or(0) / 8 != key.len()
+    {
+        return Err(Error::invalid(format!("--key-size {bits} does not match the {}-byte DEK", key.len())).with_path(path));
+    }
+    let opts = ops::ClassicVhdOptions { input_format: input_format(&a.input_format)?, force: a.force, resize: a.resize };
+    let r = with_progress(out, "encrypting", a.threads, |run| ops::encrypt_classic_vhd(&a.src, &a.dst, &opts, &key, run))?;
+    let cipher = if r.key_bytes == 64 { "AES-256-XTS" } else { "AES-128-XTS" };
+    let hash = diskseal::image::vhd::batmap::hex(&r.keyhash);
+    let padded = r.virtual_size - r.source_size;
+    if out.json {
+        out.print_json(&json!({
+            "command": "encrypt",
+            "profile": "ibm-classic-vhd",
+            "source": a.src, "output": a.dst,
+            "input_format": r.input_format,
+            "container": "classic-vhd",
+            "cipher": cipher,
+            "key_bits": r.key_bytes * 8,
+            "uuid": r.uuid,
+            "keyhash": {"nonce": "00".repeat(32), "hash": hash},
+            "source_size": r.source_size,
+            "virtual_size": r.virtual_size,
+            "padded_bytes": padded,
+            "bat_entries": r.bat_entries,
+            "allocated_blocks": r.allocated_blocks,
+            "data_bytes_read": r.data_bytes,
+            "output_size": r.output_size,
+            "seconds": r.elapsed.as_secs_f64(),
+            "threads": r.threads,
+        }));
+    } else {
+        let asked = r.source_size.max(a.resize.unwrap_or(0));
+        if r.virtual_size > asked {
+            out.warn(&format!(
+                "the virtual size grew from {asked} to {} bytes: VHD blocks are 2 MiB and vhd-util rounds up the same way",
+                r.virtual_size
+            ));
+        }
+        out.summary(&format!(
+            "{} -> {}: dynamic VHD (vhd-util layout), {cipher}, {} of {} blocks allocated, key hash {hash}; {} in {:.2} s ({}), {} threads",
+            a.src.display(),
+            a.dst.display(),
+            r.allocated_blocks,
+            r.bat_entries,
+            report::bytes(r.virtual_size),
+            r.elapsed.as_secs_f64(),
+            report::rate(r.virtual_size, r.elapsed),
+            r.threads
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keyhash(a: &KeyhashArgs, out: &Out) -> Result<ExitCode> {
+    use diskseal::image::vhd::batmap::{KeyHash, hex};
+    if a.key_file.is_none() && a.image.is_none() {
+        return Err(Error::invalid("give an encrypted VHD, --key-file DEK, or both"));
+    }
+    let key = a.key_file.as_deref().map(keys::read_dek).transpose()?;
+    let stored = match &a.image {
+        Some(p) => {
+            let (_, b) = diskseal::image::vhd::classic::read_batmap(p)?;
+            if b.header.keyhash.cookie != 1 {
+                // `vhd-util key -p` prints "none" for a VHD without key hash.
+                if out.json {
+                    out.print_json(&json!({"command": "keyhash", "image": a.image, "stored": null}));
+                } else {
+                    out.always("none");
+                }
+                return Ok(if key.is_some() { ExitCode::from(1) } else { ExitCode::SUCCESS });
+            }
+            Some(b.header.keyhash)
+        }
+        None => None,
+    };
+    let computed = key.as_ref().map(|k| KeyHash::of_key(k.expose(), stored.as_ref().map_or([0; 32], |s| s.nonce)));
+    let matches = match (&stored, &key) {
+        (Some(s), Some(k)) => Some(s.matches(k.expose())),
+        _ => None,
+    };
+    if out.json {
+        let show = |h: &Option<KeyHash>| h.as_ref().map(|h| json!({"nonce": hex(&h.nonce), "hash": hex(&h.hash)}));
+        out.print_json(&json!({"command": "keyhash", "image": a.image, "stored": show(&stored),
+            "key_size": key.as_ref().map(|k| k.len()), "computed": show(&computed), "matches": matches}));
+    } else {
+        if let Some(s) = &stored {
+            out.always(&format!("{} {}", hex(&s.nonce), hex(&s.hash)));
+        }
+        if let (Some(c), Some(k), Some(p)) = (&computed, &key, &a.key_file) {
+            // Like `vhd-util key -C -k KEY`: the size on stderr, the hash alone on stdout.
+            out.info(&format!("using keyfile {}, Size (bytes) {}", p.display(), k.len()));
+            out.always(&hex(&c.hash));
+        }
+        match matches {
+            Some(true) => out.summary("the key matches the image's key hash"),
+            Some(false) => out.always("MISMATCH: the key does not match the image's key hash"),
+            None => {}
+        }
+    }
+    Ok(if matches == Some(false) { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
 fn kdf_text(k: &Kdf) -> String {
     match k {
         Kdf::Pbkdf2 { hash, iterations } => format!("pbkdf2-{} {iterations} iterations", hash.name()),
@@ -494,6 +644,12 @@ fn kdf_text(k: &Kdf) -> String {
 
 fn unlock_how(k: &KeyArgs, profile: &str, out: &Out, target: &Path) -> Result<Unlock> {
     let profile = Profile::parse(profile)?;
+    if profile == Profile::IbmClassicVhd {
+        let path = k.key_file.as_deref().or(k.volume_key_file.as_deref()).ok_or_else(|| {
+            Error::invalid("--profile ibm-classic-vhd needs --key-file with the raw DEK (32 or 64 bytes)")
+        })?;
+        return Ok(Unlock::ClassicVhd(keys::read_dek(path)?));
+    }
     if let Some(vk) = &k.volume_key_file {
         if k.key_file.is_some() {
             return Err(Error::invalid("give either --key-file or --volume-key-file, not both"));
@@ -577,12 +733,79 @@ fn dump(a: &DumpArgs, out: &Out) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let mut head = [0u8; 8];
+    if std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0).is_ok() && &head == b"conectix" {
+        return dump_classic_vhd(a, out);
+    }
     let l = luks::Luks::open(&file, &a.src)?;
     if out.json {
         out.print_json(&l.to_json());
     } else {
         out.always(l.dump_text().trim_end());
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dump` of a vhd-util encrypted (dynamic) VHD: footer facts, the batmap header and the key hash.
+fn dump_classic_vhd(a: &DumpArgs, out: &Out) -> Result<ExitCode> {
+    use diskseal::image::DiskImage;
+    use diskseal::image::vhd::batmap::hex;
+    let (img, b) = diskseal::image::vhd::classic::read_batmap(&a.src)?;
+    let info = img.info();
+    let entries = img.bat().map_or(0, |x| x.len() as u64);
+    let d = &info.details;
+    if out.json {
+        out.print_json(&json!({"container": "vhd", "vhd": d, "virtual_size": info.virtual_size, "batmap": b.to_json(entries)}));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let h = &b.header;
+    let set = b.set_blocks(entries);
+    let shown: Vec<String> = set.iter().take(32).map(u64::to_string).collect();
+    let more = if set.len() > 32 { format!(" … ({} in all)", set.len()) } else { String::new() };
+    let text = format!(
+        "VHD (dynamic) with a blktap batmap{}\n\
+         creator:         {} {} (host OS {})\n\
+         virtual size:    {} bytes (current_size), geometry {}/{}/{}\n\
+         blocks:          {} of {} allocated, {} bytes each\n\
+         uuid:            {}\n\
+         batmap header at {:#x}:\n\
+         \tversion:   {}.{}\n\
+         \toffset:    {:#x}\n\
+         \tsize:      {} sectors\n\
+         \tchecksum:  {:#010x} ({})\n\
+         \tmarker:    {}\n\
+         \tblocks set: {}{more}\n\
+         key hash (batmap header + 29):\n\
+         \tcookie:    {}{}\n\
+         \tnonce:     {}\n\
+         \thash:      {}",
+        if h.keyhash.cookie == 1 { " and a key hash (vhd-util encrypted, aes-xts-plain)" } else { "" },
+        d["creator_app"].as_str().unwrap_or("?"),
+        d["creator_version"].as_str().unwrap_or("?"),
+        diskseal::image::vhd::footer::fourcc(&img.footer().raw.creator_os),
+        info.virtual_size,
+        d["geometry"]["cylinders"],
+        d["geometry"]["heads"],
+        d["geometry"]["sectors"],
+        d["allocated_blocks"],
+        entries,
+        d["block_size"],
+        d["uuid"].as_str().unwrap_or("?"),
+        b.header_at,
+        h.version >> 16,
+        h.version & 0xffff,
+        h.batmap_offset,
+        h.batmap_size,
+        h.checksum,
+        if b.checksum_ok() { "ok".to_string() } else { format!("WRONG, computed {:#010x}", b.computed_checksum) },
+        h.marker,
+        if shown.is_empty() { "none".to_string() } else { shown.join(" ") },
+        h.keyhash.cookie,
+        if h.keyhash.cookie == 1 { " (key hash set)" } else { " (no key hash: not encrypted)" },
+        hex(&h.keyhash.nonce),
+        hex(&h.keyhash.hash),
+    );
+    out.always(&text);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -40,6 +40,13 @@ impl Out {
     }
 
     /// Progress notes on a terminal only.
+    /// A line on stderr, shown unless quiet or JSON (also when stderr is not a terminal).
+    pub(super) fn info(&self, msg: &str) {
+        if !self.quiet && !self.json {
+            eprintln!("{msg}");
+        }
+    }
+
     pub(super) fn note(&self, msg: &str) {
         if self.show_progress() {
             eprintln!("{msg}");

@@ -3,6 +3,9 @@
 //! - [`footer`]: the 512-byte footer (decode/encode, checksum, CHS geometry, the virtual-size rule) and the
 //!   writer side for `-O vhd` ([`footer::fixed_footer`], [`footer::aligned_size`]);
 //! - [`dynamic`]: the dynamic disk header, the BAT and the parent locators;
+//! - [`batmap`]: blktap's batmap header, batmap and key hash (vhd-util encrypted VHDs);
+//! - [`writer`]: the vhd-util-style dynamic VHD writer of `ibm-classic-vhd`;
+//! - [`classic`]: opening a vhd-util encrypted VHD with its key (key-hash check, decrypting reads);
 //! - this file: [`open`] (choosing the footer copy, finding the parent) and [`VhdImage`], the [`DiskImage`].
 //!
 //! Decisions, each like QEMU 10.0.2 unless said otherwise:
@@ -21,8 +24,11 @@
 //! Reads are positional (`&self`, any thread). The BAT is kept in memory (4 bytes per block, at most
 //! [`dynamic::MAX_BAT_ENTRIES`]); sector bitmaps are read on demand.
 
+pub mod batmap;
+pub mod classic;
 pub mod dynamic;
 pub mod footer;
+pub mod writer;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -180,6 +186,36 @@ impl VhdImage {
         Ok(VhdImage { file, path: path.to_owned(), footer, footer_at, warnings, sparse })
     }
 
+    /// The footer in use.
+    pub fn footer(&self) -> &Footer {
+        &self.footer
+    }
+
+    /// The open file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The dynamic header (dynamic and differencing images).
+    pub fn dynamic_header(&self) -> Option<&DynamicHeader> {
+        self.sparse.as_ref().map(|s| &s.header)
+    }
+
+    /// The BAT entries covering the virtual size (dynamic and differencing images).
+    pub fn bat(&self) -> Option<&[u32]> {
+        self.sparse.as_ref().map(|s| &s.bat[..])
+    }
+
+    /// Warnings found while opening.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
     /// Reads `buf.len()` bytes at `pos` from the layer below (the parent, zeros past its end, or zeros).
     fn read_below(&self, s: &Sparse, buf: &mut [u8], pos: u64) -> Result<()> {
         match &s.parent {
@@ -294,6 +330,12 @@ impl VhdImage {
             d["block_size"] = json!(s.header.block_size);
             d["bat_entries"] = json!(s.header.raw.max_table_entries);
             d["allocated_blocks"] = json!(s.bat.iter().filter(|&&e| e != UNALLOCATED).count());
+            if r.creator_app == writer::CREATOR_APP
+                && let Ok(b) = classic::batmap_of(self, false)
+                && b.header.keyhash.cookie == batmap::KEYHASH_PRESENT
+            {
+                d["encrypt"] = json!({"format": "vhd-util (blktap) aes-xts-plain", "batmap": b.to_json(s.bat.len() as u64)});
+            }
             if let Some(p) = &s.parent {
                 d["parent_uuid"] = json!(uuid_string(&s.header.raw.parent_unique_id));
                 d["parent_name"] = json!(s.header.parent_name());
