@@ -16,5 +16,6 @@ mod hygiene;
 mod inputs;
 mod qcow2;
 mod qemu;
+mod snapshots;
 mod vhd;
 mod xts;

@@ -82,6 +82,23 @@ enum Command {
     /// of a raw DEK file (the hash, like `vhd-util key -C -k KEY`), or both: then exit 1 unless the key
     /// matches the image.
     Keyhash(KeyhashArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Write the man pages (diskseal.1 and one per command) into a directory.
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+struct ManArgs {
+    /// Directory to write the pages into (created if missing).
+    dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -326,6 +343,14 @@ fn run(cli: &Cli, out: &Out) -> Result<ExitCode> {
         Command::Verify(a) => verify(a, out),
         Command::Dump(a) => dump(a, out),
         Command::Keygen(a) => keygen(a, out),
+        Command::Completions(a) => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(a.shell, &mut Cli::command(), "diskseal", &mut script);
+            report::emit_bytes(&script);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man(a) => man(&a.dir, out),
         Command::Bundle(a) => bundle::run(a, out),
         Command::Info(a) => info(a, out),
         Command::Keyhash(a) => keyhash(a, out),
@@ -855,6 +880,25 @@ fn info(a: &InfoArgs, out: &Out) -> Result<ExitCode> {
         );
     }
     out.always(text.trim_end());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes diskseal.1 and diskseal-COMMAND.1 into `dir`.
+fn man(dir: &Path, out: &Out) -> Result<ExitCode> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, None, e))?;
+    let cmd = Cli::command();
+    let mut pages = vec![(dir.join("diskseal.1"), cmd.clone())];
+    for sub in cmd.get_subcommands() {
+        let name = format!("diskseal-{}", sub.get_name());
+        pages.push((dir.join(format!("{name}.1")), sub.clone().name(name)));
+    }
+    for (path, page) in &pages {
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(page.clone()).render(&mut buf).map_err(|e| Error::io("render man page", path, None, e))?;
+        std::fs::write(path, buf).map_err(|e| Error::io("write", path, None, e))?;
+    }
+    out.summary(&format!("wrote {} man pages into {}", pages.len(), dir.display()));
     Ok(ExitCode::SUCCESS)
 }
 

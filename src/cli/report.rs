@@ -55,16 +55,35 @@ impl Out {
 
     pub(super) fn summary(&self, msg: &str) {
         if !self.quiet {
-            println!("{msg}");
+            emit(msg);
         }
     }
 
     pub(super) fn always(&self, msg: &str) {
-        println!("{msg}");
+        emit(msg);
     }
 
     pub(super) fn print_json(&self, v: &serde_json::Value) {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        emit(&serde_json::to_string_pretty(v).unwrap_or_default());
+    }
+}
+
+/// Writes a line to stdout. A closed pipe (`diskseal dump x | head`) ends the program quietly with
+/// success, as a reader that stopped reading is not an error.
+pub(super) fn emit(text: &str) {
+    emit_bytes(format!("{text}\n").as_bytes());
+}
+
+/// Writes bytes to stdout with the same closed-pipe rule as [`emit`].
+pub(super) fn emit_bytes(bytes: &[u8]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("diskseal: error: cannot write to stdout: {e}");
+        std::process::exit(2);
     }
 }
 
