@@ -73,3 +73,28 @@ fn completions_man_pages_and_closed_pipes() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success() && out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// The `--json` documents are an interface: their keys are listed in README ("Machine output") and
+/// must not change by accident.
+#[test]
+fn json_documents_keep_their_keys() {
+    let dir = setup(1 << 20, 97);
+    let d = dir.path();
+    let keys = |args: &[&str]| -> Vec<String> {
+        let r = diskseal(d, args).ok();
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    let mut args = vec!["encrypt", "--json", "--key-file", "pw"];
+    args.extend(FAST_PBKDF2);
+    args.extend(["src.raw", "j.luks"]);
+    let expect = |s: &str| -> Vec<String> { s.split_whitespace().map(str::to_owned).collect() };
+    assert_eq!(keys(&args), expect("cipher command container data_bytes_read data_offset input_format kdf key_bits luks_version output output_size padded_bytes profile seconds sector_size source source_size threads uuid virtual_size"));
+    assert_eq!(keys(&["verify", "--json", "--key-file", "pw", "--against", "src.raw", "j.luks"]), expect("against command encryption first_mismatch image keyslot ok payload_size plaintext_sha256 source_size"));
+    assert_eq!(keys(&["decrypt", "--json", "--key-file", "pw", "j.luks", "j.raw"]), expect("command keyslot output payload_size seconds source"));
+    assert_eq!(keys(&["dump", "--json", "j.luks"]), expect("cipher data_offset file_size flags key_bits keyslots_size label metadata metadata_size payload_size requirements sector_size seqid subsystem uuid version warnings"));
+    assert_eq!(keys(&["info", "--json", "j.luks"]), expect("actual-size encrypted filename format format-specific virtual-size"));
+    assert_eq!(keys(&["info", "--json", "src.raw"]), expect("actual-size allocation backing-chain encrypted filename format virtual-size"));
+}
