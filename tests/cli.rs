@@ -402,4 +402,22 @@ fn kill_9_never_leaves_a_partial_output() {
     make(d, "old.luks", &["--force"]);
     let left: Vec<String> = listing(d).into_iter().filter(|f| f.ends_with(".tmp")).collect();
     assert!(left.is_empty(), "stale temporary files: {left:?}");
+    // The same for decrypt.
+    for &delay in delays.iter().skip(20).take(8) {
+        let mut child = std::process::Command::new(crate::util::diskseal_bin())
+            .args(["decrypt", "-q", "--key-file", "pw", "new.luks", "plain.raw"])
+            .current_dir(d)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(u64::from(delay) * 2));
+        let _ = child.kill();
+        if child.wait().unwrap().success() {
+            std::fs::remove_file(d.join("plain.raw")).unwrap();
+        } else {
+            assert!(!d.join("plain.raw").exists(), "partial decrypt output left");
+        }
+    }
+    diskseal(d, &["decrypt", "-q", "--key-file", "pw", "new.luks", "plain.raw"]).ok();
+    let left: Vec<String> = listing(d).into_iter().filter(|f| f.ends_with(".tmp")).collect();
+    assert!(left.is_empty(), "stale temporary files after decrypt: {left:?}");
 }
