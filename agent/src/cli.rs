@@ -63,9 +63,53 @@ enum Command {
     Unwrap(UnwrapArgs),
     /// Re-wrap a WDEK with the root key's latest version.
     Rewrap(RewrapArgs),
+    /// Upload a file to S3 / IBM COS: parallel multipart, resumable (rerun the same command), verified.
+    Upload(UploadArgs),
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+}
+
+#[derive(Debug, Args)]
+struct UploadArgs {
+    /// The file.
+    file: PathBuf,
+    /// s3://BUCKET/KEY or cos://REGION/BUCKET/KEY (credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN).
+    url: String,
+    /// S3 base URL (overrides the AWS / IBM COS endpoint).
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// Signing region for s3:// (else AWS_REGION, else us-east-1).
+    #[arg(long, value_name = "REGION")]
+    region: Option<String>,
+    /// Parts sent in parallel (memory: jobs x part size).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    jobs: usize,
+    /// Part size, e.g. 8M, 64M, 1G (default: 8 MiB, grown so the file fits in 10,000 parts).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    part_size: Option<u64>,
+    /// Overwrite an existing object.
+    #[arg(long)]
+    force: bool,
+    /// Abort the interrupted upload recorded next to FILE and remove its state.
+    #[arg(long)]
+    abort: bool,
+    /// Attempts per request (default 6).
+    #[arg(long, value_name = "N")]
+    max_attempts: Option<u32>,
+    /// First back-off step (ms, default 500).
+    #[arg(long, value_name = "MS")]
+    retry_base_ms: Option<u64>,
+}
+
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let (num, mult) = match s.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        t if t.ends_with('K') => (t[..t.len() - 1].to_owned(), 1u64 << 10),
+        t if t.ends_with('M') => (t[..t.len() - 1].to_owned(), 1 << 20),
+        t if t.ends_with('G') => (t[..t.len() - 1].to_owned(), 1 << 30),
+        t => (t.to_owned(), 1),
+    };
+    num.trim().parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(|| format!("{s}: expected a size like 8M"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -302,6 +346,7 @@ fn run(cli: &Cli) -> Result<()> {
             print_wrapped(cli, &w);
             Ok(())
         }
+        Command::Upload(a) => upload(cli, a),
         Command::Audit(AuditCmd::Verify { log }) => {
             let v = audit::verify(log)?;
             print(cli, json!({"log": log, "ok": true, "lines": v.lines, "tip": v.tip}), format!("{}: OK, {} lines, chain tip {}", log.display(), v.lines, v.tip));
@@ -382,6 +427,75 @@ fn wrap(cli: &Cli, a: &WrapArgs) -> Result<()> {
             print_wrapped(cli, &g.wrapped);
         }
     }
+    Ok(())
+}
+
+fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
+    use crate::s3;
+    let l = layers(cli, None)?;
+    let region = a.region.clone().or_else(|| std::env::var("AWS_REGION").ok()).or_else(|| std::env::var("AWS_DEFAULT_REGION").ok());
+    let target = s3::Target::parse(&a.url, region.as_deref(), a.endpoint.as_deref())?;
+    let mut retry = crate::config::RetryPolicy { max_attempts: 6, ..crate::config::RetryPolicy::default() };
+    if let Some(n) = a.max_attempts {
+        retry.max_attempts = n.max(1);
+    }
+    if let Some(ms) = a.retry_base_ms {
+        retry.base = std::time::Duration::from_millis(ms);
+    }
+    let client = s3::Client::new(target.clone(), s3::Credentials::from_env()?, retry);
+    let url = target.url();
+    if a.abort {
+        let r = s3::abort(&client, &a.file);
+        log(&l, Event {
+            action: "diskseal.object.upload-abort".into(),
+            success: r.is_ok(),
+            reason_code: if r.is_ok() { 200 } else { 0 },
+            failure: r.as_ref().err().map(ToString::to_string),
+            target_id: url.clone(),
+            target_type: "s3/object".into(),
+            details: json!({"file": a.file, "upload_id": r.as_ref().ok().cloned().flatten()}),
+            ..Event::default()
+        })?;
+        let text = match r? {
+            Some(id) => format!("aborted upload {id} of {} to {url}", a.file.display()),
+            None => format!("no interrupted upload recorded for {}", a.file.display()),
+        };
+        print(cli, json!({"aborted": true, "url": url}), text);
+        return Ok(());
+    }
+    let o = s3::Options { jobs: a.jobs.max(1), part_size: a.part_size, force: a.force, progress: !cli.json };
+    let r = s3::upload(&client, &a.file, &o);
+    let (ok, failure) = match &r {
+        Ok(_) => (true, None),
+        Err(e) => (false, Some(e.to_string())),
+    };
+    log(&l, Event {
+        action: "diskseal.object.upload".into(),
+        success: ok,
+        reason_code: match &r {
+            Ok(_) => 200,
+            Err(Error::Kms(k)) => k.reason_code(),
+            Err(_) => 0,
+        },
+        failure,
+        target_id: url.clone(),
+        target_type: "s3/object".into(),
+        image_sha256: r.as_ref().ok().map(|u| u.sha256.clone()),
+        details: r.as_ref().map_or_else(
+            |_| json!({"file": a.file}),
+            |u| json!({"file": a.file, "size": u.size, "etag": u.etag, "parts": u.parts, "parts_uploaded": u.parts_uploaded, "resumed": u.resumed}),
+        ),
+        ..Event::default()
+    })?;
+    let u = r?;
+    for n in &u.notes {
+        eprintln!("diskseal-agent: note: {n}");
+    }
+    print(
+        cli,
+        serde_json::to_value(&u).unwrap_or_default(),
+        format!("{}: {} bytes, sha256 {}, ETag {} ({} parts, {} sent now)", u.url, u.size, u.sha256, u.etag, u.parts, u.parts_uploaded),
+    );
     Ok(())
 }
 

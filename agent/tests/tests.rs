@@ -10,3 +10,4 @@ mod cli;
 mod util;
 mod pkcs11;
 mod aws;
+mod upload;
