@@ -65,9 +65,53 @@ enum Command {
     Rewrap(RewrapArgs),
     /// Upload a file to S3 / IBM COS: parallel multipart, resumable (rerun the same command), verified.
     Upload(UploadArgs),
+    /// Import an uploaded image into IBM Cloud VPC or classic and wait until it is ready.
+    Import(ImportArgs),
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+}
+
+#[derive(Debug, Args)]
+struct ImportArgs {
+    /// ibm-vpc or ibm-classic.
+    #[arg(long, value_name = "TARGET")]
+    target: String,
+    /// The image object: cos://REGION/BUCKET/KEY.
+    object: String,
+    /// Image name (default: the object's name without extension).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// VPC operating_system.name (e.g. debian-12-amd64) or classic operatingSystemReferenceCode (e.g. UBUNTU_22_64).
+    #[arg(long, value_name = "OS")]
+    os: String,
+    /// File holding the WDEK (base64 text).
+    #[arg(long, value_name = "FILE")]
+    wdek_file: PathBuf,
+    /// CRN of the root key that wrapped it.
+    #[arg(long, value_name = "CRN")]
+    key_crn: String,
+    /// The local image file, for the pre-flight checks (container, encryption, size).
+    #[arg(long, value_name = "FILE")]
+    image: Option<PathBuf>,
+    /// VPC or SoftLayer base URL (default: https://REGION.iaas.cloud.ibm.com, https://api.softlayer.com).
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// IAM base URL.
+    #[arg(long, value_name = "URL")]
+    iam_endpoint: Option<String>,
+    /// File holding the IBM Cloud API key (else IBMCLOUD_API_KEY).
+    #[arg(long, value_name = "FILE")]
+    api_key_file: Option<PathBuf>,
+    /// Classic: bring your own license.
+    #[arg(long)]
+    byol: bool,
+    /// Time between status polls (ms, default 10000).
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    poll_ms: u64,
+    /// Give up waiting after this many seconds (default 3600).
+    #[arg(long, value_name = "S", default_value_t = 3600)]
+    wait_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -347,6 +391,7 @@ fn run(cli: &Cli) -> Result<()> {
             Ok(())
         }
         Command::Upload(a) => upload(cli, a),
+        Command::Import(a) => import(cli, a),
         Command::Audit(AuditCmd::Verify { log }) => {
             let v = audit::verify(log)?;
             print(cli, json!({"log": log, "ok": true, "lines": v.lines, "tip": v.tip}), format!("{}: OK, {} lines, chain tip {}", log.display(), v.lines, v.tip));
@@ -427,6 +472,60 @@ fn wrap(cli: &Cli, a: &WrapArgs) -> Result<()> {
             print_wrapped(cli, &g.wrapped);
         }
     }
+    Ok(())
+}
+
+fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
+    use crate::import::{self, Cloud};
+    let flags = FileConfig { iam_endpoint: a.iam_endpoint.clone(), api_key_file: a.api_key_file.clone(), ..FileConfig::default() };
+    let mut flags = flags;
+    flags.identity = cli.identity.clone();
+    flags.audit_log = cli.audit_log.clone();
+    let l = Layers::new(flags, cli.config.as_deref(), &|k| std::env::var(k).ok())?;
+    let cloud = Cloud::parse(&a.target)?;
+    let rest = a.object.strip_prefix("cos://").ok_or_else(|| Error::Config(format!("{}: the image object must be cos://REGION/BUCKET/KEY", a.object)))?;
+    let (region, key) = rest.split_once('/').ok_or_else(|| Error::Config(format!("{}: expected cos://REGION/BUCKET/KEY", a.object)))?;
+    for w in import::preflight(cloud, key, a.image.as_deref())? {
+        eprintln!("diskseal-agent: warning: {w}");
+    }
+    let endpoint = a.endpoint.clone().unwrap_or_else(|| match cloud {
+        Cloud::Vpc => format!("https://{region}.iaas.cloud.ibm.com"),
+        Cloud::Classic => "https://api.softlayer.com".into(),
+    });
+    let file = key.rsplit('/').next().unwrap_or(key);
+    let name = a.name.clone().unwrap_or_else(|| file.split('.').next().unwrap_or(file).to_owned());
+    let s = import::ImportSettings {
+        cloud,
+        endpoint: endpoint.trim_end_matches('/').to_owned(),
+        iam_endpoint: l.iam_endpoint(),
+        api_key: l.api_key()?,
+        name: name.clone(),
+        cos_uri: a.object.clone(),
+        os: a.os.clone(),
+        wdek: read_wdek(&a.wdek_file)?,
+        key_crn: a.key_crn.clone(),
+        byol: a.byol,
+        poll: std::time::Duration::from_millis(a.poll_ms),
+        timeout: std::time::Duration::from_secs(a.wait_secs),
+        retry: crate::config::RetryPolicy::default(),
+    };
+    let r = import::import(s);
+    log(&l, Event {
+        action: format!("diskseal.image.import.{}", a.target),
+        success: r.is_ok(),
+        reason_code: match &r {
+            Ok(_) => 200,
+            Err(Error::Kms(k)) => k.reason_code(),
+            Err(_) => 0,
+        },
+        failure: r.as_ref().err().map(ToString::to_string),
+        target_id: a.object.clone(),
+        target_type: "image".into(),
+        details: json!({"name": name, "endpoint": endpoint, "image_id": r.as_ref().ok().map(|i| i.id.clone()), "key_crn": a.key_crn}),
+        ..Event::default()
+    })?;
+    let i = r?;
+    print(cli, serde_json::to_value(&i).unwrap_or_default(), format!("image {} is {} ({} polls)", i.id, i.status, i.polls));
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 //! - [`kms`]: key wrapping behind one trait, [`kms::KeyWrapper`], with an in-memory fake and IBM Key
 //!   Protect / Hyper Protect Crypto Services over REST ([`kms::keyprotect`]);
 //! - [`s3`]: resumable parallel multipart upload to S3 / IBM COS (`upload`);
+//! - [`import`]: IBM VPC / classic image import with pre-flight checks and polling (`import`);
 //! - [`audit`]: the hash-chained CADF-shaped JSONL audit log and its verifier.
 //!
 //! The library never prints; errors are [`Error`]s and never carry a secret.
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod identity;
+pub mod import;
 pub mod kms;
 pub mod s3;
 pub mod secret;

@@ -11,3 +11,4 @@ mod util;
 mod pkcs11;
 mod aws;
 mod upload;
+mod import;

@@ -193,22 +193,22 @@ fn upload_64mib_in_parallel_parts_round_trips_and_is_logged() {
     let p = d.path();
     let sha = big_file(p, "disk.img", 64);
     let e = env(&s);
-    let out = agent(p, &["--json", "upload", "disk.img", "s3://bkt/images/disk-1.img", "--endpoint", &s.url, "--jobs", "4", "--part-size", "4M"], &e).ok();
+    let out = agent(p, &["--json", "upload", "disk.img", "s3://bkt/images/disk 1.img", "--endpoint", &s.url, "--jobs", "4", "--part-size", "4M"], &e).ok();
     let v = parse(&out.stdout);
     assert_eq!(v["sha256"], sha.as_str());
     assert_eq!(v["size"], 64u64 << 20);
     assert_eq!(v["parts"], 16);
     assert!(v["etag"].as_str().unwrap().ends_with("-16"), "{v}");
-    assert_eq!(remote_sha256(&s, "images/disk-1.img"), sha);
+    assert_eq!(remote_sha256(&s, "images/disk 1.img"), sha);
     assert!(!p.join("disk.img.diskseal-upload.json").exists());
     let log = std::fs::read_to_string(p.join("home/audit.jsonl")).unwrap();
-    assert!(log.contains("diskseal.object.upload") && log.contains(&sha) && log.contains("images/disk-1.img"), "{log}");
+    assert!(log.contains("diskseal.object.upload") && log.contains(&sha) && log.contains("images/disk%201.img"), "{log}");
     assert!(!log.contains(&s.sk) && !out.stdout.contains(&s.sk) && !out.stderr.contains(&s.sk));
     // An existing key is refused without --force, and overwritten with it.
-    let again = agent(p, &["upload", "disk.img", "s3://bkt/images/disk-1.img", "--endpoint", &s.url], &e);
+    let again = agent(p, &["upload", "disk.img", "s3://bkt/images/disk 1.img", "--endpoint", &s.url], &e);
     assert_eq!(again.code, 2);
     assert!(again.stderr.contains("already exists") && again.stderr.contains("--force"), "{}", again.stderr);
-    agent(p, &["upload", "disk.img", "s3://bkt/images/disk-1.img", "--endpoint", &s.url, "--force"], &e).ok();
+    agent(p, &["upload", "disk.img", "s3://bkt/images/disk 1.img", "--endpoint", &s.url, "--force"], &e).ok();
     // A missing bucket: S3's code reaches the user.
     let nb = agent(p, &["upload", "disk.img", "s3://no-such-bucket/x.img", "--endpoint", &s.url], &e);
     assert_eq!(nb.code, 2);
