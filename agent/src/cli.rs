@@ -67,9 +67,64 @@ enum Command {
     Upload(UploadArgs),
     /// Import an uploaded image into IBM Cloud VPC or classic and wait until it is ready.
     Import(ImportArgs),
+    /// Verify a bundle, wrap its key, upload its image, import it, and print the image id; a rerun resumes.
+    Ship(ShipArgs),
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+}
+
+#[derive(Debug, Args)]
+struct ShipArgs {
+    /// The bundle directory.
+    bundle: PathBuf,
+    /// ibm-vpc, ibm-classic or s3-only.
+    #[arg(long, value_name = "TARGET")]
+    target: String,
+    /// Where the image goes: cos://REGION/BUCKET/KEY (IBM targets) or s3://BUCKET/KEY.
+    #[arg(long, value_name = "URL")]
+    object: String,
+    /// S3 base URL (overrides the AWS / IBM COS endpoint).
+    #[arg(long, value_name = "URL")]
+    s3_endpoint: Option<String>,
+    /// VPC or SoftLayer base URL.
+    #[arg(long, value_name = "URL")]
+    import_endpoint: Option<String>,
+    /// Image name (default: the object's name without extension).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Operating system (VPC operating_system.name / classic operatingSystemReferenceCode).
+    #[arg(long, value_name = "OS")]
+    os: Option<String>,
+    /// Root key CRN for the import (default: built from --region, --instance-id and --key-id).
+    #[arg(long, value_name = "CRN")]
+    key_crn: Option<String>,
+    /// Parts sent in parallel.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    jobs: usize,
+    /// Part size, e.g. 64M.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    part_size: Option<u64>,
+    /// Overwrite an existing object.
+    #[arg(long)]
+    force: bool,
+    /// Skip the cloud's image size rules (small trial images).
+    #[arg(long)]
+    allow_any_size: bool,
+    /// Classic: bring your own license.
+    #[arg(long)]
+    byol: bool,
+    /// Print every request that would be made (secrets redacted) and stop.
+    #[arg(long)]
+    dry_run: bool,
+    /// Time between import status polls (ms).
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    poll_ms: u64,
+    /// Give up waiting for the import after this many seconds.
+    #[arg(long, value_name = "S", default_value_t = 3600)]
+    wait_secs: u64,
+    #[command(flatten)]
+    kms: KmsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -392,6 +447,7 @@ fn run(cli: &Cli) -> Result<()> {
         }
         Command::Upload(a) => upload(cli, a),
         Command::Import(a) => import(cli, a),
+        Command::Ship(a) => ship(cli, a),
         Command::Audit(AuditCmd::Verify { log }) => {
             let v = audit::verify(log)?;
             print(cli, json!({"log": log, "ok": true, "lines": v.lines, "tip": v.tip}), format!("{}: OK, {} lines, chain tip {}", log.display(), v.lines, v.tip));
@@ -475,6 +531,187 @@ fn wrap(cli: &Cli, a: &WrapArgs) -> Result<()> {
     Ok(())
 }
 
+/// What a `ship` run has done so far (`ship-<image sha256>.json` in the agent's home): a rerun skips
+/// every step recorded here. No secret: the WDEK is wrapped.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct ShipState {
+    image_sha256: String,
+    target: String,
+    object: String,
+    wdek: Option<String>,
+    key_version: Option<String>,
+    uploaded_etag: Option<String>,
+    image_id: Option<String>,
+}
+
+fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
+    use crate::import::{self, Cloud};
+    use crate::s3;
+    let l = layers(cli, Some(&a.kms))?;
+    let cloud = match a.target.as_str() {
+        "s3-only" => None,
+        t => Some(Cloud::parse(t)?),
+    };
+    if cloud.is_some() && !a.object.starts_with("cos://") {
+        return Err(Error::Config(format!("{}: IBM imports read cos://REGION/BUCKET/KEY objects", a.object)));
+    }
+    let os = match (&a.os, cloud) {
+        (Some(o), _) => o.clone(),
+        (None, None) => String::new(),
+        (None, Some(_)) => return Err(Error::Config("give --os (VPC operating_system.name or classic operatingSystemReferenceCode)".into())),
+    };
+    // 1. The bundle: manifest, image sha256, the key unseals.
+    let v = verify_bundle(&l, &a.bundle, false)?;
+    let image = a.bundle.join(&v.manifest.image.file);
+    let region = std::env::var("AWS_REGION").ok();
+    let target = s3::Target::parse(&a.object, region.as_deref(), a.s3_endpoint.as_deref())?;
+    if let Some(c) = cloud {
+        for w in import::preflight(c, &target.key, Some(&image), !a.allow_any_size)? {
+            eprintln!("diskseal-agent: warning: {w}");
+        }
+    }
+    let sha = v.manifest.image.sha256.clone();
+    let sp = l.audit_log().with_file_name(format!("ship-{}.json", &sha[..16.min(sha.len())]));
+    let mut st: ShipState = match std::fs::read(&sp) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Config(format!("ship state {} is corrupt ({e}); delete it to start over", sp.display())))?,
+        Err(_) => ShipState { image_sha256: sha.clone(), target: a.target.clone(), object: a.object.clone(), ..ShipState::default() },
+    };
+    if st.object != a.object || st.target != a.target {
+        return Err(Error::Config(format!("{} records a ship of this image to {} ({}); delete it to ship elsewhere", sp.display(), st.object, st.target)));
+    }
+    let name = a.name.clone().unwrap_or_else(|| {
+        let f = target.key.rsplit('/').next().unwrap_or(&target.key);
+        f.split('.').next().unwrap_or(f).to_owned()
+    });
+    let key_crn = match (&a.key_crn, cloud) {
+        (Some(c), _) => c.clone(),
+        (None, Some(_)) => l.kms()?.key_crn(),
+        (None, None) => String::new(),
+    };
+    let import_endpoint = a.import_endpoint.clone().unwrap_or_else(|| match cloud {
+        Some(Cloud::Classic) => "https://api.softlayer.com".into(),
+        _ => format!("https://{}.iaas.cloud.ibm.com", target.region),
+    });
+    if a.dry_run {
+        let kms = wrapper(&l)?;
+        let part = s3::choose_part_size(v.manifest.image.file_size, a.part_size)?;
+        let n = v.manifest.image.file_size.div_ceil(part).max(1);
+        let url = target.url();
+        let mut lines = vec![format!("# verified {}: {} sha256 {sha}", a.bundle.display(), v.manifest.image.file)];
+        let done = |x: bool| if x { " (done in an earlier run: skipped)" } else { "" };
+        lines.push(format!("wrap the key with {} (plaintext: <redacted>){}", kms.target(), done(st.wdek.is_some())));
+        lines.push(format!("HEAD {url}{}", done(st.uploaded_etag.is_some())));
+        lines.push(format!("POST {url}?uploads (x-amz-checksum-algorithm: SHA256){}", done(st.uploaded_etag.is_some())));
+        lines.push(format!("PUT  {url}?partNumber=1..{n}&uploadId=<id> ({n} parts of {part} bytes, {} in parallel; Content-MD5, x-amz-checksum-sha256; Authorization: AWS4-HMAC-SHA256 <redacted>)", a.jobs));
+        lines.push(format!("POST {url}?uploadId=<id> (CompleteMultipartUpload), then HEAD {url}"));
+        let wdek = if st.wdek.is_some() { "<WDEK from the earlier wrap>" } else { "<WDEK from the wrap>" };
+        match cloud {
+            Some(Cloud::Vpc) => {
+                let body = json!({"name": name, "file": {"href": a.object}, "operating_system": {"name": os}, "encrypted_data_key": wdek, "encryption_key": {"crn": key_crn}});
+                lines.push(format!("POST {}/identity/token (apikey: <redacted>)", l.iam_endpoint()));
+                lines.push(format!("POST {import_endpoint}/v1/images?version={}&generation=2 {body}", import::VPC_API_VERSION));
+                lines.push(format!("GET  {import_endpoint}/v1/images/<id>?version={}&generation=2 every {} ms until available or failed", import::VPC_API_VERSION, a.poll_ms));
+            }
+            Some(Cloud::Classic) => {
+                let body = json!({"parameters": [{"name": name, "note": "imported by diskseal-agent", "operatingSystemReferenceCode": os, "uri": a.object, "ibmApiKey": "<redacted>", "crkCrn": key_crn, "wrappedDek": wdek, "cloudInit": true, "isEncrypted": true, "byol": a.byol}]});
+                lines.push(format!("POST {}/identity/token (apikey: <redacted>)", l.iam_endpoint()));
+                lines.push(format!("POST {import_endpoint}/rest/v3.1/SoftLayer_Virtual_Guest_Block_Device_Template_Group/createFromIcos.json {body}"));
+                lines.push(format!("GET  {import_endpoint}/rest/v3.1/SoftLayer_Virtual_Guest_Block_Device_Template_Group/<id>/getObject.json?objectMask=... every {} ms until the transaction is gone", a.poll_ms));
+            }
+            None => {}
+        }
+        println!("{}", lines.join("\n"));
+        return Ok(());
+    }
+    let save = |st: &ShipState| -> Result<()> {
+        std::fs::write(&sp, serde_json::to_vec_pretty(st).unwrap_or_default()).map_err(|e| Error::io("write ship state", &sp, e))
+    };
+    // 2. Wrap (once).
+    if st.wdek.is_none() {
+        let kms = wrapper(&l)?;
+        let r = kms.wrap(&v.key);
+        log_kms(&l, "kms.secrets.wrap", kms.as_ref(), r.as_ref().map(|w| w.correlation_id.clone()).map_err(Clone::clone), Some(sha.clone()), json!({"bundle": a.bundle, "ship": true}))?;
+        let w = r?;
+        st.wdek = Some(w.ciphertext);
+        st.key_version = w.key_version;
+        save(&st)?;
+    }
+    drop(v);
+    // 3. Upload (once; resumable inside).
+    if st.uploaded_etag.is_none() {
+        let client = s3::Client::new(target.clone(), s3::Credentials::from_env()?, crate::config::RetryPolicy { max_attempts: 6, ..crate::config::RetryPolicy::default() });
+        let o = s3::Options { jobs: a.jobs.max(1), part_size: a.part_size, force: a.force, progress: !cli.json };
+        let r = s3::upload(&client, &image, &o);
+        log(&l, Event {
+            action: "diskseal.object.upload".into(),
+            success: r.is_ok(),
+            reason_code: if r.is_ok() { 200 } else { 0 },
+            failure: r.as_ref().err().map(ToString::to_string),
+            target_id: target.url(),
+            target_type: "s3/object".into(),
+            image_sha256: Some(sha.clone()),
+            details: r.as_ref().map_or(json!({"file": image}), |u| json!({"file": image, "size": u.size, "etag": u.etag, "parts": u.parts, "parts_uploaded": u.parts_uploaded, "resumed": u.resumed})),
+            ..Event::default()
+        })?;
+        let u = r?;
+        if u.sha256 != sha {
+            return Err(Error::Upload(format!("{}: the uploaded bytes hash to {}, the bundle says {sha}", image.display(), u.sha256)));
+        }
+        st.uploaded_etag = Some(u.etag);
+        save(&st)?;
+    }
+    // 4. Import (once).
+    if let Some(c) = cloud
+        && st.image_id.is_none()
+    {
+        let s = import::ImportSettings {
+            cloud: c,
+            endpoint: import_endpoint.trim_end_matches('/').to_owned(),
+            iam_endpoint: l.iam_endpoint(),
+            api_key: l.api_key()?,
+            name: name.clone(),
+            cos_uri: a.object.clone(),
+            os: os.clone(),
+            wdek: st.wdek.clone().unwrap_or_default(),
+            key_crn: key_crn.clone(),
+            byol: a.byol,
+            poll: std::time::Duration::from_millis(a.poll_ms),
+            timeout: std::time::Duration::from_secs(a.wait_secs),
+            retry: crate::config::RetryPolicy::default(),
+        };
+        let r = import::import(s);
+        log(&l, Event {
+            action: format!("diskseal.image.import.{}", a.target),
+            success: r.is_ok(),
+            reason_code: if r.is_ok() { 200 } else { 0 },
+            failure: r.as_ref().err().map(ToString::to_string),
+            target_id: a.object.clone(),
+            target_type: "image".into(),
+            image_sha256: Some(sha.clone()),
+            details: json!({"name": name, "endpoint": import_endpoint, "image_id": r.as_ref().ok().map(|i| i.id.clone()), "key_crn": key_crn}),
+            ..Event::default()
+        })?;
+        st.image_id = Some(r?.id);
+        save(&st)?;
+    }
+    log(&l, Event {
+        action: "diskseal.ship".into(),
+        success: true,
+        reason_code: 200,
+        target_id: a.object.clone(),
+        target_type: "image".into(),
+        image_sha256: Some(sha.clone()),
+        details: json!({"target": a.target, "image_id": st.image_id, "etag": st.uploaded_etag}),
+        ..Event::default()
+    })?;
+    print(
+        cli,
+        json!({"image_id": st.image_id, "object": a.object, "sha256": sha, "etag": st.uploaded_etag, "wdek": st.wdek, "key_version": st.key_version}),
+        st.image_id.clone().unwrap_or_else(|| format!("{} uploaded; WDEK {}", a.object, st.wdek.as_deref().unwrap_or(""))),
+    );
+    Ok(())
+}
+
 fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
     use crate::import::{self, Cloud};
     let flags = FileConfig { iam_endpoint: a.iam_endpoint.clone(), api_key_file: a.api_key_file.clone(), ..FileConfig::default() };
@@ -485,7 +722,7 @@ fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
     let cloud = Cloud::parse(&a.target)?;
     let rest = a.object.strip_prefix("cos://").ok_or_else(|| Error::Config(format!("{}: the image object must be cos://REGION/BUCKET/KEY", a.object)))?;
     let (region, key) = rest.split_once('/').ok_or_else(|| Error::Config(format!("{}: expected cos://REGION/BUCKET/KEY", a.object)))?;
-    for w in import::preflight(cloud, key, a.image.as_deref())? {
+    for w in import::preflight(cloud, key, a.image.as_deref(), true)? {
         eprintln!("diskseal-agent: warning: {w}");
     }
     let endpoint = a.endpoint.clone().unwrap_or_else(|| match cloud {

@@ -45,7 +45,8 @@ impl Cloud {
 /// VPC takes lowercase `.qcow2`/`.vhd` names and qcow2 images with LUKS encryption of 10–250 GB
 /// (100 GB recommended for encrypted images); classic takes `NAME.vhd-0.vhd` VHDs of at most 100 GB.
 /// Returns warnings that do not stop the import.
-pub fn preflight(cloud: Cloud, object_key: &str, image: Option<&Path>) -> Result<Vec<String>> {
+/// `check_size` false skips the size rules (small trial images).
+pub fn preflight(cloud: Cloud, object_key: &str, image: Option<&Path>, check_size: bool) -> Result<Vec<String>> {
     let name = object_key.rsplit('/').next().unwrap_or(object_key);
     let bad = |m: String| Err(Error::Import(format!("pre-flight: {m}")));
     let mut warnings = Vec::new();
@@ -77,10 +78,10 @@ pub fn preflight(cloud: Cloud, object_key: &str, image: Option<&Path>) -> Result
             if crypt != 2 {
                 return bad(format!("{}: the qcow2 image is not LUKS-encrypted (crypt_method {crypt})", path.display()));
             }
-            if !(10 * GB..=250 * GB).contains(&size) {
+            if check_size && !(10 * GB..=250 * GB).contains(&size) {
                 return bad(format!("{}: virtual size {size} bytes; VPC images must be 10-250 GB", path.display()));
             }
-            if size != 100 * GB {
+            if check_size && size != 100 * GB {
                 warnings.push(format!("virtual size {size} bytes: IBM recommends exactly 100 GB for encrypted images (image-from-volume)"));
             }
         }
@@ -94,7 +95,7 @@ pub fn preflight(cloud: Cloud, object_key: &str, image: Option<&Path>) -> Result
                 return bad(format!("{}: classic encrypted images must be VHDs encrypted with the vhd-util scheme (`diskseal encrypt --profile ibm-classic`)", path.display()));
             }
             let size = u64::from_be_bytes(footer[48..56].try_into().unwrap_or_default());
-            if size > 100 * GB {
+            if check_size && size > 100 * GB {
                 return bad(format!("{}: disk size {size} bytes; classic imports take at most 100 GB", path.display()));
             }
         }

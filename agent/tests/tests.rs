@@ -12,3 +12,4 @@ mod pkcs11;
 mod aws;
 mod upload;
 mod import;
+mod ship;

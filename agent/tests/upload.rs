@@ -14,11 +14,11 @@ use sha2::{Digest, Sha256};
 
 use crate::util::{agent, have, installed, pattern};
 
-struct S3 {
+pub struct S3 {
     child: Child,
-    url: String,
-    ak: String,
-    sk: String,
+    pub url: String,
+    pub ak: String,
+    pub sk: String,
 }
 
 impl Drop for S3 {
@@ -29,7 +29,7 @@ impl Drop for S3 {
 }
 
 /// moto in IAM mode with a user allowed s3:* and a bucket `bkt`.
-fn moto_s3() -> Option<S3> {
+pub fn moto_s3() -> Option<S3> {
     if !installed("moto_server") || !have("python3") {
         return None;
     }
@@ -78,7 +78,7 @@ print(k["AccessKeyId"], k["SecretAccessKey"])
 }
 
 /// sha256 of an object, downloaded with boto3.
-fn remote_sha256(s: &S3, key: &str) -> String {
+pub fn remote_sha256(s: &S3, key: &str) -> String {
     let script = r#"
 import boto3, hashlib, sys
 url, ak, sk, key = sys.argv[1:5]
