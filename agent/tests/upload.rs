@@ -1,5 +1,6 @@
 //! `diskseal-agent upload` against moto's S3 in IAM mode (SigV4 signatures are checked), with
-//! `S3_UPLOAD_PART_MIN_SIZE=1024` so parts can be small: parallel multipart, kill -9 then resume,
+//! `S3_UPLOAD_PART_MIN_SIZE=1024` so parts can be small, and against s3s-fs 0.14.1 (strict SigV4, 5 MiB
+//! parts) when installed: 256 MiB in parallel parts, kill -9 then resume,
 //! wrong secret, a fault-injecting proxy, existing object and missing bucket.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -19,6 +20,9 @@ pub struct S3 {
     pub url: String,
     pub ak: String,
     pub sk: String,
+    /// s3s-fs's data directory (objects are plain files there); None for moto.
+    pub data: Option<tempfile::TempDir>,
+    pub name: &'static str,
 }
 
 impl Drop for S3 {
@@ -60,7 +64,7 @@ s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_ke
 s3.create_bucket(Bucket="bkt")
 print(k["AccessKeyId"], k["SecretAccessKey"])
 "#;
-    let mut s = S3 { child, url, ak: String::new(), sk: String::new() };
+    let mut s = S3 { child, url, ak: String::new(), sk: String::new(), data: None, name: "moto" };
     let o = Command::new("python3").args(["-c", script, &s.url]).output().unwrap();
     if !o.status.success() {
         let err = String::from_utf8_lossy(&o.stderr);
@@ -77,8 +81,40 @@ print(k["AccessKeyId"], k["SecretAccessKey"])
     Some(s)
 }
 
-/// sha256 of an object, downloaded with boto3.
+/// s3s-fs 0.14.1 (strict SigV4 and checksums) with a bucket `bkt`.
+pub fn s3s_fs() -> Option<S3> {
+    if !have("s3s-fs") {
+        return None;
+    }
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir(data.path().join("bkt")).unwrap();
+    let (ak, sk) = ("AKIDS3SFS".to_owned(), "s3s-fs-secret-key-0123".to_owned());
+    let child = Command::new("s3s-fs")
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--access-key", &ak, "--secret-key", &sk])
+        .arg(data.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(20), "s3s-fs did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(S3 { child, url: format!("http://127.0.0.1:{port}"), ak, sk, data: Some(data), name: "s3s-fs" })
+}
+
+/// Every S3 server available: moto (IAM mode) and s3s-fs.
+fn servers() -> Vec<S3> {
+    moto_s3().into_iter().chain(s3s_fs()).collect()
+}
+
+/// sha256 of an object, downloaded with boto3 (moto) or read from s3s-fs's data directory.
 pub fn remote_sha256(s: &S3, key: &str) -> String {
+    if let Some(d) = &s.data {
+        return diskseal::bundle::hex(&Sha256::digest(std::fs::read(d.path().join("bkt").join(key)).unwrap()));
+    }
     let script = r#"
 import boto3, hashlib, sys
 url, ak, sk, key = sys.argv[1:5]
@@ -182,24 +218,36 @@ fn serve(c: TcpStream, up: &str, fail_every: u64, delay: Duration, parts: &Atomi
     }
 }
 
+/// A part size the server accepts for non-last parts (moto: any with S3_UPLOAD_PART_MIN_SIZE=1024;
+/// s3s-fs: S3's 5 MiB).
+fn part(s: &S3, moto: &'static str) -> &'static str {
+    if s.data.is_some() { "5M" } else { moto }
+}
+
 fn parse(out: &str) -> serde_json::Value {
     serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
 #[test]
-fn upload_64mib_in_parallel_parts_round_trips_and_is_logged() {
-    let Some(s) = moto_s3() else { return };
+fn upload_256mib_in_parallel_parts_round_trips_and_is_logged() {
+    for s in servers() {
+        eprintln!("upload_256mib_in_parallel_parts_round_trips_and_is_logged against {}", s.name);
+        upload_256mib_in_parallel_parts_round_trips_and_is_logged_on(&s);
+    }
+}
+
+fn upload_256mib_in_parallel_parts_round_trips_and_is_logged_on(s: &S3) {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
-    let sha = big_file(p, "disk.img", 64);
-    let e = env(&s);
-    let out = agent(p, &["--json", "upload", "disk.img", "s3://bkt/images/disk 1.img", "--endpoint", &s.url, "--jobs", "4", "--part-size", "4M"], &e).ok();
+    let sha = big_file(p, "disk.img", 256);
+    let e = env(s);
+    let out = agent(p, &["--json", "upload", "disk.img", "s3://bkt/images/disk 1.img", "--endpoint", &s.url, "--jobs", "4", "--part-size", "8M"], &e).ok();
     let v = parse(&out.stdout);
     assert_eq!(v["sha256"], sha.as_str());
-    assert_eq!(v["size"], 64u64 << 20);
-    assert_eq!(v["parts"], 16);
-    assert!(v["etag"].as_str().unwrap().ends_with("-16"), "{v}");
-    assert_eq!(remote_sha256(&s, "images/disk 1.img"), sha);
+    assert_eq!(v["size"], 256u64 << 20);
+    assert_eq!(v["parts"], 32);
+    assert!(v["etag"].as_str().unwrap().ends_with("-32"), "{v}");
+    assert_eq!(remote_sha256(s, "images/disk 1.img"), sha);
     assert!(!p.join("disk.img.diskseal-upload.json").exists());
     let log = std::fs::read_to_string(p.join("home/audit.jsonl")).unwrap();
     assert!(log.contains("diskseal.object.upload") && log.contains(&sha) && log.contains("images/disk%201.img"), "{log}");
@@ -217,17 +265,25 @@ fn upload_64mib_in_parallel_parts_round_trips_and_is_logged() {
 
 #[test]
 fn upload_killed_mid_way_resumes_with_only_the_missing_parts() {
-    let Some(s) = moto_s3() else { return };
+    for s in servers() {
+        eprintln!("upload_killed_mid_way_resumes_with_only_the_missing_parts against {}", s.name);
+        upload_killed_mid_way_resumes_with_only_the_missing_parts_on(&s);
+    }
+}
+
+fn upload_killed_mid_way_resumes_with_only_the_missing_parts_on(s: &S3) {
     let (purl, _) = proxy(&s.url, 0, Duration::from_millis(40));
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
     let sha = big_file(p, "disk.img", 64);
-    let args = ["--json", "upload", "disk.img", "s3://bkt/disk.img", "--endpoint", &purl, "--jobs", "2", "--part-size", "1M"];
+    let ps = part(s, "1M");
+    let total: u64 = if ps == "1M" { 64 } else { 13 };
+    let args = ["--json", "upload", "disk.img", "s3://bkt/disk.img", "--endpoint", &purl, "--jobs", "2", "--part-size", ps];
     let mut child = Command::new(env!("CARGO_BIN_EXE_diskseal-agent"))
         .args(args)
         .current_dir(p)
         .env("DISKSEAL_AGENT_HOME", p.join("home"))
-        .envs(env(&s))
+        .envs(env(s))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -237,7 +293,7 @@ fn upload_killed_mid_way_resumes_with_only_the_missing_parts() {
     loop {
         if let Ok(text) = std::fs::read_to_string(&state)
             && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
-            && v["parts"].as_object().is_some_and(|o| o.len() >= 8)
+            && v["parts"].as_object().is_some_and(|o| o.len() as u64 >= total / 4)
         {
             break;
         }
@@ -248,40 +304,52 @@ fn upload_killed_mid_way_resumes_with_only_the_missing_parts() {
     child.wait().unwrap();
     let before: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     let done_before = before["parts"].as_object().unwrap().len();
-    assert!(done_before < 64);
-    let out = agent(p, &args, &env(&s)).ok();
+    assert!((done_before as u64) < total);
+    let out = agent(p, &args, &env(s)).ok();
     let v = parse(&out.stdout);
     assert_eq!(v["resumed"], true);
-    assert_eq!(v["parts"], 64);
+    assert_eq!(v["parts"], total);
     assert!(v["parts_reused"].as_u64().unwrap() >= done_before as u64, "{v}");
-    assert_eq!(v["parts_uploaded"].as_u64().unwrap() + v["parts_reused"].as_u64().unwrap(), 64);
+    assert_eq!(v["parts_uploaded"].as_u64().unwrap() + v["parts_reused"].as_u64().unwrap(), total);
     assert_eq!(v["sha256"], sha.as_str());
-    assert_eq!(remote_sha256(&s, "disk.img"), sha);
+    assert_eq!(remote_sha256(s, "disk.img"), sha);
     assert!(!state.exists());
 }
 
 #[test]
 fn upload_survives_500_503_and_dropped_connections() {
-    let Some(s) = moto_s3() else { return };
-    let (purl, faults) = proxy(&s.url, 10, Duration::ZERO);
+    for s in servers() {
+        eprintln!("upload_survives_500_503_and_dropped_connections against {}", s.name);
+        upload_survives_500_503_and_dropped_connections_on(&s);
+    }
+}
+
+fn upload_survives_500_503_and_dropped_connections_on(s: &S3) {
+    let (purl, faults) = proxy(&s.url, if s.data.is_some() { 3 } else { 10 }, Duration::ZERO);
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
     let sha = big_file(p, "disk.img", 64);
     let out = agent(
         p,
-        &["--json", "upload", "disk.img", "s3://bkt/faulty.img", "--endpoint", &purl, "--jobs", "4", "--part-size", "1M", "--retry-base-ms", "10"],
-        &env(&s),
+        &["--json", "upload", "disk.img", "s3://bkt/faulty.img", "--endpoint", &purl, "--jobs", "4", "--part-size", part(s, "1M"), "--retry-base-ms", "10"],
+        &env(s),
     )
     .ok();
     let v = parse(&out.stdout);
     assert_eq!(v["sha256"], sha.as_str());
-    assert!(faults.load(Ordering::SeqCst) >= 6, "only {} faults injected", faults.load(Ordering::SeqCst));
-    assert_eq!(remote_sha256(&s, "faulty.img"), sha);
+    assert!(faults.load(Ordering::SeqCst) >= 3, "only {} faults injected", faults.load(Ordering::SeqCst));
+    assert_eq!(remote_sha256(s, "faulty.img"), sha);
 }
 
 #[test]
 fn upload_with_a_wrong_secret_says_signature_does_not_match_and_abort_cleans_up() {
-    let Some(s) = moto_s3() else { return };
+    for s in servers() {
+        eprintln!("upload_with_a_wrong_secret_says_signature_does_not_match_and_abort_cleans_up against {}", s.name);
+        upload_with_a_wrong_secret_says_signature_does_not_match_and_abort_cleans_up_on(&s);
+    }
+}
+
+fn upload_with_a_wrong_secret_says_signature_does_not_match_and_abort_cleans_up_on(s: &S3) {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
     big_file(p, "disk.img", 1);
@@ -292,30 +360,36 @@ fn upload_with_a_wrong_secret_says_signature_does_not_match_and_abort_cleans_up(
     assert!(!out.stderr.contains("wrong-secret-value"));
     // A source whose upload failed mid-way keeps its state; --abort removes it and the server's upload.
     let (purl, _) = proxy(&s.url, 1, Duration::ZERO); // every part upload fails
-    let out = agent(p, &["upload", "disk.img", "s3://bkt/x.img", "--endpoint", &purl, "--part-size", "256K", "--max-attempts", "2", "--retry-base-ms", "1"], &env(&s));
+    let out = agent(p, &["upload", "disk.img", "s3://bkt/x.img", "--endpoint", &purl, "--part-size", part(s, "256K"), "--max-attempts", "2", "--retry-base-ms", "1"], &env(s));
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("rerun the same command to resume") && out.stderr.contains("--abort"), "{}", out.stderr);
     assert!(p.join("disk.img.diskseal-upload.json").exists());
-    agent(p, &["upload", "disk.img", "s3://bkt/x.img", "--endpoint", &s.url, "--abort"], &env(&s)).ok();
+    agent(p, &["upload", "disk.img", "s3://bkt/x.img", "--endpoint", &s.url, "--abort"], &env(s)).ok();
     assert!(!p.join("disk.img.diskseal-upload.json").exists());
     // A corrupt state file is a clear error.
     std::fs::write(p.join("disk.img.diskseal-upload.json"), "{not json").unwrap();
-    let out = agent(p, &["upload", "disk.img", "s3://bkt/x.img", "--endpoint", &s.url], &env(&s));
+    let out = agent(p, &["upload", "disk.img", "s3://bkt/x.img", "--endpoint", &s.url], &env(s));
     assert!(out.code == 2 && out.stderr.contains("corrupt"), "{}", out.stderr);
 }
 
 #[test]
 fn a_source_changed_since_the_state_file_starts_over() {
-    let Some(s) = moto_s3() else { return };
+    for s in servers() {
+        eprintln!("a_source_changed_since_the_state_file_starts_over against {}", s.name);
+        a_source_changed_since_the_state_file_starts_over_on(&s);
+    }
+}
+
+fn a_source_changed_since_the_state_file_starts_over_on(s: &S3) {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
     big_file(p, "disk.img", 2);
     let (purl, _) = proxy(&s.url, 1, Duration::ZERO);
-    let out = agent(p, &["upload", "disk.img", "s3://bkt/c.img", "--endpoint", &purl, "--part-size", "256K", "--max-attempts", "1"], &env(&s));
+    let out = agent(p, &["upload", "disk.img", "s3://bkt/c.img", "--endpoint", &purl, "--part-size", part(s, "256K"), "--max-attempts", "1"], &env(s));
     assert_eq!(out.code, 2);
     let sha = big_file(p, "disk.img", 3);
-    let out = agent(p, &["--json", "upload", "disk.img", "s3://bkt/c.img", "--endpoint", &s.url, "--part-size", "256K"], &env(&s)).ok();
+    let out = agent(p, &["--json", "upload", "disk.img", "s3://bkt/c.img", "--endpoint", &s.url, "--part-size", part(s, "256K")], &env(s)).ok();
     assert!(out.stderr.contains("changed since the interrupted upload"), "{}", out.stderr);
     assert_eq!(parse(&out.stdout)["sha256"], sha.as_str());
-    assert_eq!(remote_sha256(&s, "c.img"), sha);
+    assert_eq!(remote_sha256(s, "c.img"), sha);
 }
