@@ -521,6 +521,14 @@ pub fn upload(client: &Client, source: &Path, o: &Options) -> Result<Uploaded> {
         ))
     };
     let upload_id = state.upload_id.clone();
+    // Ctrl-C: the state file is always whole (written by rename), so say how to go on and stop.
+    let (msg_id, msg_state) = (upload_id.clone(), sp.display().to_string());
+    let _ = ctrlc::set_handler(move || {
+        eprintln!(
+            "\ndiskseal-agent: interrupted: upload {msg_id} is unfinished; its state is in {msg_state}: rerun the same command to resume, or add --abort to abort it"
+        );
+        std::process::exit(130);
+    });
     let (sha, failure) = send_parts(client, &f, source, &mut state, &sp, &missing, o);
     if let Some(e) = failure {
         return Err(interrupted(e, &upload_id));

@@ -393,3 +393,34 @@ fn a_source_changed_since_the_state_file_starts_over_on(s: &S3) {
     assert_eq!(parse(&out.stdout)["sha256"], sha.as_str());
     assert_eq!(remote_sha256(s, "c.img"), sha);
 }
+
+#[test]
+fn ctrl_c_says_how_to_resume_or_abort() {
+    let Some(s) = moto_s3() else { return };
+    let (purl, _) = proxy(&s.url, 0, Duration::from_millis(200));
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    big_file(p, "disk.img", 8);
+    let child = Command::new(env!("CARGO_BIN_EXE_diskseal-agent"))
+        .args(["upload", "disk.img", "s3://bkt/int.img", "--endpoint", &purl, "--part-size", "1M", "--jobs", "1"])
+        .current_dir(p)
+        .env("DISKSEAL_AGENT_HOME", p.join("home"))
+        .envs(env(&s))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let state = p.join("disk.img.diskseal-upload.json");
+    let t = Instant::now();
+    while !state.exists() {
+        assert!(t.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("rerun the same command to resume") && err.contains("--abort"), "{err}");
+    assert!(state.exists());
+}
