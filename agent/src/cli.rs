@@ -541,6 +541,8 @@ struct ShipState {
     wdek: Option<String>,
     key_version: Option<String>,
     uploaded_etag: Option<String>,
+    /// Created by the cloud, maybe not yet available: a rerun polls it instead of importing again.
+    image_created: Option<(String, Option<String>)>,
     image_id: Option<String>,
 }
 
@@ -679,7 +681,11 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
             timeout: std::time::Duration::from_secs(a.wait_secs),
             retry: crate::config::RetryPolicy::default(),
         };
-        let r = import::import(s);
+        let existing = st.image_created.clone();
+        let r = import::import_resuming(s, existing, |id| {
+            st.image_created = Some(id.clone());
+            save(&st)
+        });
         log(&l, Event {
             action: format!("diskseal.image.import.{}", a.target),
             success: r.is_ok(),

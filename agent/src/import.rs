@@ -232,16 +232,33 @@ pub fn iam_token(agent: &ureq::Agent, iam_endpoint: &str, api_key: &SecretString
 
 /// Sends the import request and polls until the image is ready or failed.
 pub fn import(s: ImportSettings) -> Result<Imported> {
+    import_resuming(s, None, |_| Ok(()))
+}
+
+/// Like [`import`]; with `existing` (an image id a previous run created) only polls it; `created` is
+/// told the new id before polling starts (so a caller can record it).
+pub fn import_resuming(s: ImportSettings, existing: Option<(String, Option<String>)>, created: impl FnOnce(&(String, Option<String>)) -> Result<()>) -> Result<Imported> {
     let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(s.retry.timeout)).build());
     let token = iam_token(&agent, &s.iam_endpoint, &s.api_key, &s.retry)?;
     let api = Api { s, agent, token };
+    let id = match existing {
+        Some(id) => id,
+        None => {
+            let id = match api.s.cloud {
+                Cloud::Vpc => vpc_create(&api)?,
+                Cloud::Classic => classic_create(&api)?,
+            };
+            created(&id)?;
+            id
+        }
+    };
     match api.s.cloud {
-        Cloud::Vpc => vpc(&api),
-        Cloud::Classic => classic(&api),
+        Cloud::Vpc => vpc_poll(&api, id.0),
+        Cloud::Classic => classic_poll(&api, id.0, id.1),
     }
 }
 
-fn vpc(api: &Api) -> Result<Imported> {
+fn vpc_create(api: &Api) -> Result<(String, Option<String>)> {
     let s = &api.s;
     let q = format!("version={VPC_API_VERSION}&generation=2");
     let body = json!({
@@ -257,6 +274,12 @@ fn vpc(api: &Api) -> Result<Imported> {
     }
     let v: Value = serde_json::from_str(&r.body).map_err(|e| Error::Import(format!("{}: image response is not JSON: {e}", api.label())))?;
     let id = v["id"].as_str().ok_or_else(|| Error::Import(format!("{}: no id in the image response", api.label())))?.to_owned();
+    Ok((id, None))
+}
+
+fn vpc_poll(api: &Api, id: String) -> Result<Imported> {
+    let s = &api.s;
+    let q = format!("version={VPC_API_VERSION}&generation=2");
     let t0 = Instant::now();
     let mut polls = 0;
     loop {
@@ -291,9 +314,13 @@ fn vpc(api: &Api) -> Result<Imported> {
     }
 }
 
-fn classic(api: &Api) -> Result<Imported> {
+fn sl_base(s: &ImportSettings) -> String {
+    format!("{}/rest/v3.1/SoftLayer_Virtual_Guest_Block_Device_Template_Group", s.endpoint)
+}
+
+fn classic_create(api: &Api) -> Result<(String, Option<String>)> {
     let s = &api.s;
-    let base = format!("{}/rest/v3.1/SoftLayer_Virtual_Guest_Block_Device_Template_Group", s.endpoint);
+    let base = sl_base(s);
     let body = json!({"parameters": [{
         "name": s.name,
         "note": "imported by diskseal-agent",
@@ -312,7 +339,12 @@ fn classic(api: &Api) -> Result<Imported> {
     }
     let v: Value = serde_json::from_str(&r.body).map_err(|e| Error::Import(format!("{}: createFromIcos response is not JSON: {e}", api.label())))?;
     let id = v["id"].as_u64().map(|i| i.to_string()).ok_or_else(|| Error::Import(format!("{}: no id in the createFromIcos response", api.label())))?;
-    let guid = v["globalIdentifier"].as_str().map(str::to_owned);
+    Ok((id, v["globalIdentifier"].as_str().map(str::to_owned)))
+}
+
+fn classic_poll(api: &Api, id: String, guid: Option<String>) -> Result<Imported> {
+    let s = &api.s;
+    let base = sl_base(s);
     let t0 = Instant::now();
     let mut polls = 0;
     loop {

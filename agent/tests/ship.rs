@@ -56,3 +56,33 @@ fn ship_goes_bundle_wrap_upload_import_available_and_a_rerun_repeats_nothing() {
     }
     agent(p, &["audit", "verify", p.join("home/audit.jsonl").to_str().unwrap()], &[]).ok();
 }
+
+#[test]
+fn ship_interrupted_while_the_import_is_pending_polls_the_same_image_on_rerun() {
+    let Some(s3) = moto_s3() else { return };
+    let f = FakeIbm::start();
+    f.with(|s| s.import_polls = 30);
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let recipient = init(p);
+    let bundle = make_bundle_as(p, &recipient, Profile::IbmVpc);
+    let env = [("AWS_ACCESS_KEY_ID", s3.ak.as_str()), ("AWS_SECRET_ACCESS_KEY", s3.sk.as_str()), ("IBMCLOUD_API_KEY", API_KEY)];
+    let bundle_s = bundle.to_str().unwrap();
+    let mut args = vec![
+        "--json", "ship", bundle_s, "--target", "ibm-vpc", "--object", "cos://us-south/bkt/disk.qcow2", "--s3-endpoint", &s3.url,
+        "--import-endpoint", &f.url, "--os", "debian-12-amd64", "--allow-any-size", "--poll-ms", "10", "--endpoint", &f.url,
+        "--iam-endpoint", &f.url, "--instance-id", INSTANCE, "--key-id", ROOT_KEY, "--region", "us-south",
+    ];
+    let mut first = args.clone();
+    first.extend(["--wait-secs", "0"]);
+    let out = agent(p, &first, &env);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("still"), "{}", out.stderr);
+    let wraps = |f: &FakeIbm| f.with(|s| s.kp_log.iter().filter(|(u, _, _)| u.contains("/actions/wrap")).count());
+    let wrapped = wraps(&f);
+    args.extend(["--wait-secs", "60"]);
+    let out = agent(p, &args, &env).ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!((f.with(|s| s.images.len()), wraps(&f)), (1, wrapped), "no second import, no second wrap");
+    assert_eq!(f.with(|s| s.images[v["image_id"].as_str().unwrap()].1), "available");
+}
