@@ -257,7 +257,11 @@ fn upload_256mib_in_parallel_parts_round_trips_and_is_logged_on(s: &S3) {
     assert_eq!(again.code, 2);
     assert!(again.stderr.contains("already exists") && again.stderr.contains("--force"), "{}", again.stderr);
     agent(p, &["upload", "disk.img", "s3://bkt/images/disk 1.img", "--endpoint", &s.url, "--force"], &e).ok();
-    // A missing bucket: S3's code reaches the user.
+    // A missing bucket: S3's code reaches the user. (s3s-fs 0.14.1 accepts multipart uploads into a
+    // bucket that does not exist, so this is checked on moto only.)
+    if s.data.is_some() {
+        return;
+    }
     let nb = agent(p, &["upload", "disk.img", "s3://no-such-bucket/x.img", "--endpoint", &s.url], &e);
     assert_eq!(nb.code, 2);
     assert!(nb.stderr.contains("NoSuchBucket") && nb.stderr.contains("HTTP 404"), "{}", nb.stderr);
