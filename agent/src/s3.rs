@@ -183,13 +183,17 @@ impl Client {
 
     /// One signed request on the object (`object` true) or the bucket, with retries.
     fn send(&self, method: &str, object: bool, query: &[(&str, String)], extra: &[(&str, String)], body: &[u8]) -> Result<Reply> {
+        self.send_hashed(method, object, query, extra, body, hex(&Sha256::digest(body)))
+    }
+
+    /// [`Client::send`] with the body's hex SHA-256 already computed (parts: it is also their checksum).
+    fn send_hashed(&self, method: &str, object: bool, query: &[(&str, String)], extra: &[(&str, String)], body: &[u8], payload: String) -> Result<Reply> {
         let path = if object { format!("/{}/{}", self.t.bucket, uri_encode(&self.t.key, false)) } else { format!("/{}", self.t.bucket) };
         let mut q: Vec<(String, String)> = query.iter().map(|(k, v)| (uri_encode(k, true), uri_encode(v, true))).collect();
         q.sort();
         let query: String = q.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
         let url = if query.is_empty() { format!("{}{path}", self.t.endpoint) } else { format!("{}{path}?{query}", self.t.endpoint) };
         let host = self.t.endpoint.split("://").nth(1).unwrap_or(&self.t.endpoint).to_owned();
-        let payload = hex(&Sha256::digest(body));
         let reply = with_retries(&self.retry, &self.label(), || {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
             let amz_date = crate::time::amz_date(now);
@@ -259,7 +263,7 @@ impl Client {
     pub fn put_part(&self, upload_id: &str, n: u32, data: &[u8], md5: &[u8], sha: &[u8]) -> Result<String> {
         let q = [("partNumber", n.to_string()), ("uploadId", upload_id.to_owned())];
         let h = [("content-md5", b64(md5)), ("x-amz-checksum-sha256", b64(sha))];
-        let r = self.send("PUT", true, &q, &h, data)?;
+        let r = self.send_hashed("PUT", true, &q, &h, data, hex(sha))?;
         if r.status != 200 {
             return Err(self.fail(&format!("UploadPart {n}"), &r));
         }
