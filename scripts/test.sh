@@ -26,6 +26,12 @@ if ! command -v moto_server >/dev/null || ! python3 -c 'import boto3' 2>/dev/nul
     python3 -m pip install -q 'moto[server]' boto3 || echo "warning: moto/boto3 not installed; AWS KMS tests will be skipped" >&2
 fi
 
+# The strict S3 server the upload tests also run against (SigV4 and checksum checks); 0.14.1 because
+# later versions need a newer rustc. Takes ~130 s the first time.
+if ! command -v s3s-fs >/dev/null; then
+    cargo install s3s-fs@0.14.1 --locked --features binary || echo "warning: s3s-fs not installed; upload tests run against moto only" >&2
+fi
+
 cargo test --locked --workspace --all-targets
 
 # A short run of every fuzz target (the long runs: bash scripts/fuzz.sh).

@@ -63,9 +63,152 @@ enum Command {
     Unwrap(UnwrapArgs),
     /// Re-wrap a WDEK with the root key's latest version.
     Rewrap(RewrapArgs),
+    /// Upload a file to S3 / IBM COS: parallel multipart, resumable (rerun the same command), verified.
+    Upload(UploadArgs),
+    /// Import an uploaded image into IBM Cloud VPC or classic and wait until it is ready.
+    Import(ImportArgs),
+    /// Verify a bundle, wrap its key, upload its image, import it, and print the image id; a rerun resumes.
+    Ship(ShipArgs),
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+}
+
+#[derive(Debug, Args)]
+struct ShipArgs {
+    /// The bundle directory.
+    bundle: PathBuf,
+    /// ibm-vpc, ibm-classic or s3-only.
+    #[arg(long, value_name = "TARGET")]
+    target: String,
+    /// Where the image goes: cos://REGION/BUCKET/KEY (IBM targets) or s3://BUCKET/KEY.
+    #[arg(long, value_name = "URL")]
+    object: String,
+    /// S3 base URL (overrides the AWS / IBM COS endpoint).
+    #[arg(long, value_name = "URL")]
+    s3_endpoint: Option<String>,
+    /// VPC or SoftLayer base URL.
+    #[arg(long, value_name = "URL")]
+    import_endpoint: Option<String>,
+    /// Image name (default: the object's name without extension).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Operating system (VPC operating_system.name / classic operatingSystemReferenceCode).
+    #[arg(long, value_name = "OS")]
+    os: Option<String>,
+    /// Root key CRN for the import (default: built from --region, --instance-id and --key-id).
+    #[arg(long, value_name = "CRN")]
+    key_crn: Option<String>,
+    /// Parts sent in parallel.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    jobs: usize,
+    /// Part size, e.g. 64M.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    part_size: Option<u64>,
+    /// Overwrite an existing object.
+    #[arg(long)]
+    force: bool,
+    /// Skip the cloud's image size rules (small trial images).
+    #[arg(long)]
+    allow_any_size: bool,
+    /// Classic: bring your own license.
+    #[arg(long)]
+    byol: bool,
+    /// Print every request that would be made (secrets redacted) and stop.
+    #[arg(long)]
+    dry_run: bool,
+    /// Time between import status polls (ms).
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    poll_ms: u64,
+    /// Give up waiting for the import after this many seconds.
+    #[arg(long, value_name = "S", default_value_t = 3600)]
+    wait_secs: u64,
+    #[command(flatten)]
+    kms: KmsArgs,
+}
+
+#[derive(Debug, Args)]
+struct ImportArgs {
+    /// ibm-vpc or ibm-classic.
+    #[arg(long, value_name = "TARGET")]
+    target: String,
+    /// The image object: cos://REGION/BUCKET/KEY.
+    object: String,
+    /// Image name (default: the object's name without extension).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// VPC operating_system.name (e.g. debian-12-amd64) or classic operatingSystemReferenceCode (e.g. UBUNTU_22_64).
+    #[arg(long, value_name = "OS")]
+    os: String,
+    /// File holding the WDEK (base64 text).
+    #[arg(long, value_name = "FILE")]
+    wdek_file: PathBuf,
+    /// CRN of the root key that wrapped it.
+    #[arg(long, value_name = "CRN")]
+    key_crn: String,
+    /// The local image file, for the pre-flight checks (container, encryption, size).
+    #[arg(long, value_name = "FILE")]
+    image: Option<PathBuf>,
+    /// VPC or SoftLayer base URL (default: https://REGION.iaas.cloud.ibm.com, https://api.softlayer.com).
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// IAM base URL.
+    #[arg(long, value_name = "URL")]
+    iam_endpoint: Option<String>,
+    /// File holding the IBM Cloud API key (else IBMCLOUD_API_KEY).
+    #[arg(long, value_name = "FILE")]
+    api_key_file: Option<PathBuf>,
+    /// Classic: bring your own license.
+    #[arg(long)]
+    byol: bool,
+    /// Time between status polls (ms, default 10000).
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    poll_ms: u64,
+    /// Give up waiting after this many seconds (default 3600).
+    #[arg(long, value_name = "S", default_value_t = 3600)]
+    wait_secs: u64,
+}
+
+#[derive(Debug, Args)]
+struct UploadArgs {
+    /// The file.
+    file: PathBuf,
+    /// s3://BUCKET/KEY or cos://REGION/BUCKET/KEY (credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN).
+    url: String,
+    /// S3 base URL (overrides the AWS / IBM COS endpoint).
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// Signing region for s3:// (else AWS_REGION, else us-east-1).
+    #[arg(long, value_name = "REGION")]
+    region: Option<String>,
+    /// Parts sent in parallel (memory: jobs x part size).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    jobs: usize,
+    /// Part size, e.g. 8M, 64M, 1G (default: 8 MiB, grown so the file fits in 10,000 parts).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    part_size: Option<u64>,
+    /// Overwrite an existing object.
+    #[arg(long)]
+    force: bool,
+    /// Abort the interrupted upload recorded next to FILE and remove its state.
+    #[arg(long)]
+    abort: bool,
+    /// Attempts per request (default 6).
+    #[arg(long, value_name = "N")]
+    max_attempts: Option<u32>,
+    /// First back-off step (ms, default 500).
+    #[arg(long, value_name = "MS")]
+    retry_base_ms: Option<u64>,
+}
+
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let (num, mult) = match s.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        t if t.ends_with('K') => (t[..t.len() - 1].to_owned(), 1u64 << 10),
+        t if t.ends_with('M') => (t[..t.len() - 1].to_owned(), 1 << 20),
+        t if t.ends_with('G') => (t[..t.len() - 1].to_owned(), 1 << 30),
+        t => (t.to_owned(), 1),
+    };
+    num.trim().parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(|| format!("{s}: expected a size like 8M"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -302,6 +445,9 @@ fn run(cli: &Cli) -> Result<()> {
             print_wrapped(cli, &w);
             Ok(())
         }
+        Command::Upload(a) => upload(cli, a),
+        Command::Import(a) => import(cli, a),
+        Command::Ship(a) => ship(cli, a),
         Command::Audit(AuditCmd::Verify { log }) => {
             let v = audit::verify(log)?;
             print(cli, json!({"log": log, "ok": true, "lines": v.lines, "tip": v.tip}), format!("{}: OK, {} lines, chain tip {}", log.display(), v.lines, v.tip));
@@ -382,6 +528,316 @@ fn wrap(cli: &Cli, a: &WrapArgs) -> Result<()> {
             print_wrapped(cli, &g.wrapped);
         }
     }
+    Ok(())
+}
+
+/// What a `ship` run has done so far (`ship-<image sha256>.json` in the agent's home): a rerun skips
+/// every step recorded here. No secret: the WDEK is wrapped.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct ShipState {
+    image_sha256: String,
+    target: String,
+    object: String,
+    wdek: Option<String>,
+    key_version: Option<String>,
+    uploaded_etag: Option<String>,
+    /// Created by the cloud, maybe not yet available: a rerun polls it instead of importing again.
+    image_created: Option<(String, Option<String>)>,
+    image_id: Option<String>,
+}
+
+fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
+    use crate::import::{self, Cloud};
+    use crate::s3;
+    let l = layers(cli, Some(&a.kms))?;
+    let cloud = match a.target.as_str() {
+        "s3-only" => None,
+        t => Some(Cloud::parse(t)?),
+    };
+    if cloud.is_some() && !a.object.starts_with("cos://") {
+        return Err(Error::Config(format!("{}: IBM imports read cos://REGION/BUCKET/KEY objects", a.object)));
+    }
+    let os = match (&a.os, cloud) {
+        (Some(o), _) => o.clone(),
+        (None, None) => String::new(),
+        (None, Some(_)) => return Err(Error::Config("give --os (VPC operating_system.name or classic operatingSystemReferenceCode)".into())),
+    };
+    // 1. The bundle: manifest, image sha256, the key unseals.
+    let v = verify_bundle(&l, &a.bundle, false)?;
+    let image = a.bundle.join(&v.manifest.image.file);
+    let region = std::env::var("AWS_REGION").ok();
+    let target = s3::Target::parse(&a.object, region.as_deref(), a.s3_endpoint.as_deref())?;
+    if let Some(c) = cloud {
+        for w in import::preflight(c, &target.key, Some(&image), !a.allow_any_size)? {
+            eprintln!("diskseal-agent: warning: {w}");
+        }
+    }
+    let sha = v.manifest.image.sha256.clone();
+    let sp = l.audit_log().with_file_name(format!("ship-{}.json", &sha[..16.min(sha.len())]));
+    let mut st: ShipState = match std::fs::read(&sp) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Config(format!("ship state {} is corrupt ({e}); delete it to start over", sp.display())))?,
+        Err(_) => ShipState { image_sha256: sha.clone(), target: a.target.clone(), object: a.object.clone(), ..ShipState::default() },
+    };
+    if st.object != a.object || st.target != a.target {
+        return Err(Error::Config(format!("{} records a ship of this image to {} ({}); delete it to ship elsewhere", sp.display(), st.object, st.target)));
+    }
+    let name = a.name.clone().unwrap_or_else(|| {
+        let f = target.key.rsplit('/').next().unwrap_or(&target.key);
+        f.split('.').next().unwrap_or(f).to_owned()
+    });
+    let key_crn = match (&a.key_crn, cloud) {
+        (Some(c), _) => c.clone(),
+        (None, Some(_)) => l.kms()?.key_crn(),
+        (None, None) => String::new(),
+    };
+    let import_endpoint = a.import_endpoint.clone().unwrap_or_else(|| match cloud {
+        Some(Cloud::Classic) => "https://api.softlayer.com".into(),
+        _ => format!("https://{}.iaas.cloud.ibm.com", target.region),
+    });
+    if a.dry_run {
+        let kms = wrapper(&l)?;
+        let part = s3::choose_part_size(v.manifest.image.file_size, a.part_size)?;
+        let n = v.manifest.image.file_size.div_ceil(part).max(1);
+        let url = target.url();
+        let mut lines = vec![format!("# verified {}: {} sha256 {sha}", a.bundle.display(), v.manifest.image.file)];
+        let done = |x: bool| if x { " (done in an earlier run: skipped)" } else { "" };
+        lines.push(format!("wrap the key with {} (plaintext: <redacted>){}", kms.target(), done(st.wdek.is_some())));
+        lines.push(format!("HEAD {url}{}", done(st.uploaded_etag.is_some())));
+        lines.push(format!("POST {url}?uploads (x-amz-checksum-algorithm: SHA256){}", done(st.uploaded_etag.is_some())));
+        lines.push(format!("PUT  {url}?partNumber=1..{n}&uploadId=<id> ({n} parts of {part} bytes, {} in parallel; Content-MD5, x-amz-checksum-sha256; Authorization: AWS4-HMAC-SHA256 <redacted>)", a.jobs));
+        lines.push(format!("POST {url}?uploadId=<id> (CompleteMultipartUpload), then HEAD {url}"));
+        let wdek = if st.wdek.is_some() { "<WDEK from the earlier wrap>" } else { "<WDEK from the wrap>" };
+        match cloud {
+            Some(Cloud::Vpc) => {
+                let body = json!({"name": name, "file": {"href": a.object}, "operating_system": {"name": os}, "encrypted_data_key": wdek, "encryption_key": {"crn": key_crn}});
+                lines.push(format!("POST {}/identity/token (apikey: <redacted>)", l.iam_endpoint()));
+                lines.push(format!("POST {import_endpoint}/v1/images?version={}&generation=2 {body}", import::VPC_API_VERSION));
+                lines.push(format!("GET  {import_endpoint}/v1/images/<id>?version={}&generation=2 every {} ms until available or failed", import::VPC_API_VERSION, a.poll_ms));
+            }
+            Some(Cloud::Classic) => {
+                let body = json!({"parameters": [{"name": name, "note": "imported by diskseal-agent", "operatingSystemReferenceCode": os, "uri": a.object, "ibmApiKey": "<redacted>", "crkCrn": key_crn, "wrappedDek": wdek, "cloudInit": true, "isEncrypted": true, "byol": a.byol}]});
+                lines.push(format!("POST {}/identity/token (apikey: <redacted>)", l.iam_endpoint()));
+                lines.push(format!("POST {import_endpoint}/rest/v3.1/SoftLayer_Virtual_Guest_Block_Device_Template_Group/createFromIcos.json {body}"));
+                lines.push(format!("GET  {import_endpoint}/rest/v3.1/SoftLayer_Virtual_Guest_Block_Device_Template_Group/<id>/getObject.json?objectMask=... every {} ms until the transaction is gone", a.poll_ms));
+            }
+            None => {}
+        }
+        println!("{}", lines.join("\n"));
+        return Ok(());
+    }
+    let save = |st: &ShipState| -> Result<()> {
+        std::fs::write(&sp, serde_json::to_vec_pretty(st).unwrap_or_default()).map_err(|e| Error::io("write ship state", &sp, e))
+    };
+    // 2. Wrap (once).
+    if st.wdek.is_none() {
+        let kms = wrapper(&l)?;
+        let r = kms.wrap(&v.key);
+        log_kms(&l, "kms.secrets.wrap", kms.as_ref(), r.as_ref().map(|w| w.correlation_id.clone()).map_err(Clone::clone), Some(sha.clone()), json!({"bundle": a.bundle, "ship": true}))?;
+        let w = r?;
+        st.wdek = Some(w.ciphertext);
+        st.key_version = w.key_version;
+        save(&st)?;
+    }
+    drop(v);
+    // 3. Upload (once; resumable inside).
+    if st.uploaded_etag.is_none() {
+        let client = s3::Client::new(target.clone(), s3::Credentials::from_env()?, crate::config::RetryPolicy { max_attempts: 6, ..crate::config::RetryPolicy::default() });
+        let o = s3::Options { jobs: a.jobs.max(1), part_size: a.part_size, force: a.force, progress: !cli.json };
+        let r = s3::upload(&client, &image, &o);
+        log(&l, Event {
+            action: "diskseal.object.upload".into(),
+            success: r.is_ok(),
+            reason_code: if r.is_ok() { 200 } else { 0 },
+            failure: r.as_ref().err().map(ToString::to_string),
+            target_id: target.url(),
+            target_type: "s3/object".into(),
+            image_sha256: Some(sha.clone()),
+            details: r.as_ref().map_or(json!({"file": image}), |u| json!({"file": image, "size": u.size, "etag": u.etag, "parts": u.parts, "parts_uploaded": u.parts_uploaded, "resumed": u.resumed})),
+            ..Event::default()
+        })?;
+        let u = r?;
+        if u.sha256 != sha {
+            return Err(Error::Upload(format!("{}: the uploaded bytes hash to {}, the bundle says {sha}", image.display(), u.sha256)));
+        }
+        st.uploaded_etag = Some(u.etag);
+        save(&st)?;
+    }
+    // 4. Import (once).
+    if let Some(c) = cloud
+        && st.image_id.is_none()
+    {
+        let s = import::ImportSettings {
+            cloud: c,
+            endpoint: import_endpoint.trim_end_matches('/').to_owned(),
+            iam_endpoint: l.iam_endpoint(),
+            api_key: l.api_key()?,
+            name: name.clone(),
+            cos_uri: a.object.clone(),
+            os: os.clone(),
+            wdek: st.wdek.clone().unwrap_or_default(),
+            key_crn: key_crn.clone(),
+            byol: a.byol,
+            poll: std::time::Duration::from_millis(a.poll_ms),
+            timeout: std::time::Duration::from_secs(a.wait_secs),
+            retry: crate::config::RetryPolicy::default(),
+        };
+        let existing = st.image_created.clone();
+        let r = import::import_resuming(s, existing, |id| {
+            st.image_created = Some(id.clone());
+            save(&st)
+        });
+        log(&l, Event {
+            action: format!("diskseal.image.import.{}", a.target),
+            success: r.is_ok(),
+            reason_code: if r.is_ok() { 200 } else { 0 },
+            failure: r.as_ref().err().map(ToString::to_string),
+            target_id: a.object.clone(),
+            target_type: "image".into(),
+            image_sha256: Some(sha.clone()),
+            details: json!({"name": name, "endpoint": import_endpoint, "image_id": r.as_ref().ok().map(|i| i.id.clone()), "key_crn": key_crn}),
+            ..Event::default()
+        })?;
+        st.image_id = Some(r?.id);
+        save(&st)?;
+    }
+    log(&l, Event {
+        action: "diskseal.ship".into(),
+        success: true,
+        reason_code: 200,
+        target_id: a.object.clone(),
+        target_type: "image".into(),
+        image_sha256: Some(sha.clone()),
+        details: json!({"target": a.target, "image_id": st.image_id, "etag": st.uploaded_etag}),
+        ..Event::default()
+    })?;
+    print(
+        cli,
+        json!({"image_id": st.image_id, "object": a.object, "sha256": sha, "etag": st.uploaded_etag, "wdek": st.wdek, "key_version": st.key_version}),
+        st.image_id.clone().unwrap_or_else(|| format!("{} uploaded; WDEK {}", a.object, st.wdek.as_deref().unwrap_or(""))),
+    );
+    Ok(())
+}
+
+fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
+    use crate::import::{self, Cloud};
+    let flags = FileConfig { iam_endpoint: a.iam_endpoint.clone(), api_key_file: a.api_key_file.clone(), ..FileConfig::default() };
+    let mut flags = flags;
+    flags.identity = cli.identity.clone();
+    flags.audit_log = cli.audit_log.clone();
+    let l = Layers::new(flags, cli.config.as_deref(), &|k| std::env::var(k).ok())?;
+    let cloud = Cloud::parse(&a.target)?;
+    let rest = a.object.strip_prefix("cos://").ok_or_else(|| Error::Config(format!("{}: the image object must be cos://REGION/BUCKET/KEY", a.object)))?;
+    let (region, key) = rest.split_once('/').ok_or_else(|| Error::Config(format!("{}: expected cos://REGION/BUCKET/KEY", a.object)))?;
+    for w in import::preflight(cloud, key, a.image.as_deref(), true)? {
+        eprintln!("diskseal-agent: warning: {w}");
+    }
+    let endpoint = a.endpoint.clone().unwrap_or_else(|| match cloud {
+        Cloud::Vpc => format!("https://{region}.iaas.cloud.ibm.com"),
+        Cloud::Classic => "https://api.softlayer.com".into(),
+    });
+    let file = key.rsplit('/').next().unwrap_or(key);
+    let name = a.name.clone().unwrap_or_else(|| file.split('.').next().unwrap_or(file).to_owned());
+    let s = import::ImportSettings {
+        cloud,
+        endpoint: endpoint.trim_end_matches('/').to_owned(),
+        iam_endpoint: l.iam_endpoint(),
+        api_key: l.api_key()?,
+        name: name.clone(),
+        cos_uri: a.object.clone(),
+        os: a.os.clone(),
+        wdek: read_wdek(&a.wdek_file)?,
+        key_crn: a.key_crn.clone(),
+        byol: a.byol,
+        poll: std::time::Duration::from_millis(a.poll_ms),
+        timeout: std::time::Duration::from_secs(a.wait_secs),
+        retry: crate::config::RetryPolicy::default(),
+    };
+    let r = import::import(s);
+    log(&l, Event {
+        action: format!("diskseal.image.import.{}", a.target),
+        success: r.is_ok(),
+        reason_code: match &r {
+            Ok(_) => 200,
+            Err(Error::Kms(k)) => k.reason_code(),
+            Err(_) => 0,
+        },
+        failure: r.as_ref().err().map(ToString::to_string),
+        target_id: a.object.clone(),
+        target_type: "image".into(),
+        details: json!({"name": name, "endpoint": endpoint, "image_id": r.as_ref().ok().map(|i| i.id.clone()), "key_crn": a.key_crn}),
+        ..Event::default()
+    })?;
+    let i = r?;
+    print(cli, serde_json::to_value(&i).unwrap_or_default(), format!("image {} is {} ({} polls)", i.id, i.status, i.polls));
+    Ok(())
+}
+
+fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
+    use crate::s3;
+    let l = layers(cli, None)?;
+    let region = a.region.clone().or_else(|| std::env::var("AWS_REGION").ok()).or_else(|| std::env::var("AWS_DEFAULT_REGION").ok());
+    let target = s3::Target::parse(&a.url, region.as_deref(), a.endpoint.as_deref())?;
+    let mut retry = crate::config::RetryPolicy { max_attempts: 6, ..crate::config::RetryPolicy::default() };
+    if let Some(n) = a.max_attempts {
+        retry.max_attempts = n.max(1);
+    }
+    if let Some(ms) = a.retry_base_ms {
+        retry.base = std::time::Duration::from_millis(ms);
+    }
+    let client = s3::Client::new(target.clone(), s3::Credentials::from_env()?, retry);
+    let url = target.url();
+    if a.abort {
+        let r = s3::abort(&client, &a.file);
+        log(&l, Event {
+            action: "diskseal.object.upload-abort".into(),
+            success: r.is_ok(),
+            reason_code: if r.is_ok() { 200 } else { 0 },
+            failure: r.as_ref().err().map(ToString::to_string),
+            target_id: url.clone(),
+            target_type: "s3/object".into(),
+            details: json!({"file": a.file, "upload_id": r.as_ref().ok().cloned().flatten()}),
+            ..Event::default()
+        })?;
+        let text = match r? {
+            Some(id) => format!("aborted upload {id} of {} to {url}", a.file.display()),
+            None => format!("no interrupted upload recorded for {}", a.file.display()),
+        };
+        print(cli, json!({"aborted": true, "url": url}), text);
+        return Ok(());
+    }
+    let o = s3::Options { jobs: a.jobs.max(1), part_size: a.part_size, force: a.force, progress: !cli.json };
+    let r = s3::upload(&client, &a.file, &o);
+    let (ok, failure) = match &r {
+        Ok(_) => (true, None),
+        Err(e) => (false, Some(e.to_string())),
+    };
+    log(&l, Event {
+        action: "diskseal.object.upload".into(),
+        success: ok,
+        reason_code: match &r {
+            Ok(_) => 200,
+            Err(Error::Kms(k)) => k.reason_code(),
+            Err(_) => 0,
+        },
+        failure,
+        target_id: url.clone(),
+        target_type: "s3/object".into(),
+        image_sha256: r.as_ref().ok().map(|u| u.sha256.clone()),
+        details: r.as_ref().map_or_else(
+            |_| json!({"file": a.file}),
+            |u| json!({"file": a.file, "size": u.size, "etag": u.etag, "parts": u.parts, "parts_uploaded": u.parts_uploaded, "resumed": u.resumed}),
+        ),
+        ..Event::default()
+    })?;
+    let u = r?;
+    for n in &u.notes {
+        eprintln!("diskseal-agent: note: {n}");
+    }
+    print(
+        cli,
+        serde_json::to_value(&u).unwrap_or_default(),
+        format!("{}: {} bytes, sha256 {}, ETag {} ({} parts, {} sent now)", u.url, u.size, u.sha256, u.etag, u.parts, u.parts_uploaded),
+    );
     Ok(())
 }
 

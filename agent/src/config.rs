@@ -263,7 +263,8 @@ impl Layers {
         self.merged.audit_log.clone().unwrap_or_else(|| self.home.join("audit.jsonl"))
     }
 
-    fn api_key(&self) -> Result<SecretString> {
+    /// The IBM Cloud API key: --api-key-file, else IBMCLOUD_API_KEY, else the config file's api_key_file.
+    pub fn api_key(&self) -> Result<SecretString> {
         let from_file = |p: &Path| -> Result<SecretString> {
             let text = std::fs::read_to_string(p).map_err(|e| Error::io("read API key file", p, e))?;
             let key = text.trim();
@@ -284,6 +285,11 @@ impl Layers {
         Err(Error::Config(
             "no IBM Cloud API key: set IBMCLOUD_API_KEY, or pass --api-key-file FILE, or set api_key_file in the config file".into(),
         ))
+    }
+
+    /// The IAM base URL (--iam-endpoint, DISKSEAL_IAM_ENDPOINT, the config file, else IBM's).
+    pub fn iam_endpoint(&self) -> String {
+        self.merged.iam_endpoint.clone().unwrap_or_else(|| IAM_ENDPOINT.into()).trim_end_matches('/').to_owned()
     }
 
     /// The configured service name.

@@ -42,6 +42,12 @@ pub enum Error {
         /// What is wrong, with the line number.
         message: String,
     },
+    /// An upload could not go on (its state, the source, the object's checks).
+    #[error("upload: {0}")]
+    Upload(String),
+    /// An image import was refused by a pre-flight check or failed in the cloud.
+    #[error("import: {0}")]
+    Import(String),
     /// An error from the diskseal library.
     #[error("{0}")]
     Diskseal(#[from] diskseal::Error),

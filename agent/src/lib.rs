@@ -5,6 +5,8 @@
 //! - [`config`]: flags > environment > TOML file; region → endpoint tables; redacted secrets;
 //! - [`kms`]: key wrapping behind one trait, [`kms::KeyWrapper`], with an in-memory fake and IBM Key
 //!   Protect / Hyper Protect Crypto Services over REST ([`kms::keyprotect`]);
+//! - [`s3`]: resumable parallel multipart upload to S3 / IBM COS (`upload`);
+//! - [`import`]: IBM VPC / classic image import with pre-flight checks and polling (`import`);
 //! - [`audit`]: the hash-chained CADF-shaped JSONL audit log and its verifier.
 //!
 //! The library never prints; errors are [`Error`]s and never carry a secret.
@@ -16,7 +18,9 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod identity;
+pub mod import;
 pub mod kms;
+pub mod s3;
 pub mod secret;
 pub mod time;
 pub mod verify;

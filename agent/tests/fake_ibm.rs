@@ -42,6 +42,12 @@ pub struct State {
     /// Every request body seen (to check what the agent sent).
     pub bodies: Vec<String>,
     pub last_key_ring: Option<String>,
+    /// Status polls an import stays pending/in transaction before it finishes.
+    pub import_polls: u32,
+    /// VPC images: id -> (polls left, final status, status reason code).
+    pub images: HashMap<String, (u32, &'static str, Option<&'static str>)>,
+    /// Classic templates: id -> polls left.
+    pub templates: HashMap<u64, u32>,
 }
 
 pub struct FakeIbm {
@@ -64,7 +70,7 @@ impl FakeIbm {
     pub fn start() -> FakeIbm {
         let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
         let port = server.server_addr().to_ip().unwrap().port();
-        let state = Arc::new(Mutex::new(State { token_ttl_secs: 3600, ..State::default() }));
+        let state = Arc::new(Mutex::new(State { token_ttl_secs: 3600, import_polls: 2, ..State::default() }));
         let (s2, st2) = (server.clone(), state.clone());
         let thread = std::thread::spawn(move || {
             for req in s2.incoming_requests() {
@@ -76,6 +82,21 @@ impl FakeIbm {
 
     pub fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         f(&mut self.state.lock().unwrap())
+    }
+
+    /// A WDEK of `plain` under the root key, as Key Protect's wrap would return it.
+    pub fn wrap(&self, plain: &[u8]) -> String {
+        self.with(|s| {
+            s.next += 1;
+            let handle = format!("h-{}", s.next);
+            s.wraps.insert(handle.clone(), (ROOT_KEY.to_owned(), b64(plain)));
+            b64(json!({"ciphertext": b64(b"sealed"), "iv": "aXY=", "version": "4.0.0", "handle": handle}).to_string().as_bytes())
+        })
+    }
+
+    /// The root key's CRN.
+    pub fn key_crn() -> String {
+        format!("crn:v1:bluemix:public:kms:us-south:a/acct:{INSTANCE}:key:{ROOT_KEY}")
     }
 
     /// Invalidates every token issued so far (as if they expired server-side).
@@ -140,6 +161,10 @@ fn handle(mut req: tiny_http::Request, state: &Arc<Mutex<State>>) {
     }
     if is_iam {
         return iam(req, &body, state);
+    }
+    if url.starts_with("/v1/images") || url.starts_with("/rest/v3.1/") {
+        let (status, out) = import(&req, &url, &body, state);
+        return respond(req, status, out, &[("content-type", "application/json".into())]);
     }
     let (status, out) = kp(&req, &url, &body, state);
     log(state, &url, status);
@@ -258,4 +283,105 @@ fn kp(req: &tiny_http::Request, url: &str, body: &str, state: &Arc<Mutex<State>>
         },
         _ => (404, kp_error(404, "NOT_FOUND", "no such action")),
     }
+}
+
+/// The plaintext a WDEK unwraps to under the key named at the end of `crn`, base64.
+fn unwraps(s: &State, wdek: &str, crn: &str) -> Option<String> {
+    let key = crn.rsplit(':').next()?;
+    let doc: Value = serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(wdek).ok()?).ok()?;
+    let (k, p) = s.wraps.get(doc["handle"].as_str()?)?;
+    (k == key).then(|| p.clone())
+}
+
+fn passphrase_of(wrapped_b64: &str) -> Vec<u8> {
+    let e = &base64::engine::general_purpose::STANDARD;
+    let text = e.decode(wrapped_b64).unwrap_or_default();
+    e.decode(String::from_utf8_lossy(&text).trim_end_matches('\n')).unwrap_or(text)
+}
+
+fn vpc_error(status: u16, code: &str, message: &str) -> (u16, String) {
+    (status, json!({"errors": [{"code": code, "message": message, "more_info": "https://cloud.ibm.com/docs/vpc"}], "trace": "trace-77", "status_code": status}).to_string())
+}
+
+fn sl_error(status: u16, code: &str, message: &str) -> (u16, String) {
+    (status, json!({"error": message, "code": code}).to_string())
+}
+
+/// VPC `POST /v1/images`, `GET /v1/images/{id}`; SoftLayer `createFromIcos`, `{id}/getObject` (ibm-cloud.md §5).
+fn import(req: &tiny_http::Request, url: &str, body: &str, state: &Arc<Mutex<State>>) -> (u16, String) {
+    let mut s = state.lock().unwrap();
+    let auth = header(req, "authorization").unwrap_or_default();
+    let valid = auth.strip_prefix("Bearer ").and_then(|t| s.tokens.get(t)).is_some_and(|exp| Instant::now() < *exp);
+    let vpc = url.starts_with("/v1/");
+    if !valid {
+        return if vpc { vpc_error(401, "not_authorized", "The request is not authorized") } else { sl_error(401, "SoftLayer_Exception_Public", "Access Denied.") };
+    }
+    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    if vpc {
+        if !query.contains("version=") || !query.contains("generation=2") {
+            return vpc_error(400, "validation_required_field_missing", "version and generation=2 are required");
+        }
+        if path == "/v1/images" && req.method() == &tiny_http::Method::Post {
+            let href = v["file"]["href"].as_str().unwrap_or("");
+            if href.is_empty() || v["operating_system"]["name"].as_str().is_none() {
+                return vpc_error(400, "validation_required_field_missing", "file.href and operating_system.name are required");
+            }
+            let (fin, reason) = match v["encrypted_data_key"].as_str() {
+                None => ("available", None),
+                Some(w) => match unwraps(&s, w, v["encryption_key"]["crn"].as_str().unwrap_or("")) {
+                    // The WDEK holds base64(passphrase): the backplane decodes it; a passphrase ending in a newline
+                    // does not open the image.
+                    Some(p) if !passphrase_of(&p).ends_with(b"\n") => ("available", None),
+                    _ => ("failed", Some("encrypted_data_key_invalid")),
+                },
+            };
+            s.next += 1;
+            let id = format!("r006-{:08}", s.next);
+            let polls = s.import_polls;
+            s.images.insert(id.clone(), (polls, fin, reason));
+            let enc = if v["encrypted_data_key"].is_string() { "user_managed" } else { "none" };
+            return (201, json!({"id": id, "name": v["name"], "status": "pending", "encryption": enc, "file": {"href": href}}).to_string());
+        }
+        let Some(id) = path.strip_prefix("/v1/images/") else { return vpc_error(404, "not_found", "no such route") };
+        let Some(img) = s.images.get_mut(id) else { return vpc_error(404, "image_not_found", "Image not found") };
+        if img.0 > 0 {
+            img.0 -= 1;
+            return (200, json!({"id": id, "status": "pending", "status_reasons": [{"code": "image_request_in_progress", "message": "in progress"}]}).to_string());
+        }
+        let reasons = img.2.map_or(json!([]), |c| json!([{"code": c, "message": "The encrypted data key is not valid for the encryption key."}]));
+        return (200, json!({"id": id, "status": img.1, "status_reasons": reasons}).to_string());
+    }
+    let base = "/rest/v3.1/SoftLayer_Virtual_Guest_Block_Device_Template_Group/";
+    let Some(rest) = path.strip_prefix(base) else { return sl_error(404, "SoftLayer_Exception_Public", "no such service") };
+    if rest == "createFromIcos.json" || rest == "createFromIcos" {
+        let c = &v["parameters"][0];
+        if !c["uri"].as_str().unwrap_or("").starts_with("cos://") {
+            return sl_error(500, "SoftLayer_Exception_Public", "Template configuration uri specified an invalid network storage service resource protocol.");
+        }
+        if c["isEncrypted"] == json!(true) && unwraps(&s, c["wrappedDek"].as_str().unwrap_or(""), c["crkCrn"].as_str().unwrap_or("")).is_none() {
+            return sl_error(500, "SoftLayer_Exception_Public", "Unable to unwrap the provided wrappedDek with the given crkCrn.");
+        }
+        if c["cloudInit"] != json!(true) || c["ibmApiKey"].as_str().is_none() {
+            return sl_error(500, "SoftLayer_Exception_Public", "cloudInit must be true and ibmApiKey given for encrypted images.");
+        }
+        s.next += 1;
+        let id = 1000 + s.next;
+        let polls = s.import_polls;
+        s.templates.insert(id, polls);
+        return (200, json!({"id": id, "globalIdentifier": format!("0B5DEAF4-0000-0000-0000-{id:012}"), "name": c["name"], "createDate": "2026-11-23T16:00:00-06:00"}).to_string());
+    }
+    let Some((id, method)) = rest.split_once('/') else { return sl_error(404, "SoftLayer_Exception_Public", "no such method") };
+    let Some(left) = id.parse::<u64>().ok().and_then(|i| s.templates.get_mut(&i)) else {
+        return sl_error(404, "SoftLayer_Exception_ObjectNotFound", "Unable to find object with id of '…'.");
+    };
+    if !method.starts_with("getObject") || !query.contains("objectMask=") {
+        return sl_error(400, "SoftLayer_Exception_Public", "getObject with an objectMask expected");
+    }
+    if *left > 0 {
+        *left -= 1;
+        let tx = json!({"transactionStatus": {"name": "COPY_IMAGE", "friendlyName": "Copying image"}});
+        return (200, json!({"id": id, "status": {"keyName": "ACTIVE"}, "transaction": tx, "children": [{"id": 1, "transaction": tx}]}).to_string());
+    }
+    (200, json!({"id": id, "status": {"keyName": "ACTIVE", "name": "Active"}, "children": [{"id": 1, "datacenter": {"name": "dal13"}, "blockDevicesDiskSpaceTotal": 107374182400u64}]}).to_string())
 }

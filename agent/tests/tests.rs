@@ -10,3 +10,6 @@ mod cli;
 mod util;
 mod pkcs11;
 mod aws;
+mod upload;
+mod import;
+mod ship;

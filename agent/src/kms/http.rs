@@ -10,6 +10,10 @@ pub(crate) struct Reply {
     pub(crate) status: u16,
     pub(crate) body: String,
     pub(crate) correlation_id: Option<String>,
+    /// The `ETag` header (S3).
+    pub(crate) etag: Option<String>,
+    /// The `Content-Length` header (S3 HEAD).
+    pub(crate) content_length: Option<u64>,
 }
 
 /// Sends with retries per `policy`; `send` makes one attempt. Retries connection errors, timeouts,
@@ -29,7 +33,9 @@ pub(crate) fn with_retries(
                 let status = resp.status().as_u16();
                 let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
                 let retry_after = header("retry-after");
-                let correlation_id = header("correlation-id").or_else(|| header("transaction-id")).or_else(|| header("x-amzn-requestid"));
+                let correlation_id = header("correlation-id").or_else(|| header("transaction-id")).or_else(|| header("x-amzn-requestid")).or_else(|| header("x-amz-request-id"));
+                let etag = header("etag");
+                let content_length = header("content-length").and_then(|v| v.trim().parse().ok());
                 let body = resp.body_mut().read_to_string().unwrap_or_default();
                 // AWS KMS throttles with HTTP 400 and `ThrottlingException` in the body.
                 let throttled = status == 400 && body.contains("ThrottlingException");
@@ -42,7 +48,7 @@ pub(crate) fn with_retries(
                     std::thread::sleep(wait.min(policy.max_wait));
                     continue;
                 }
-                return Ok(Reply { status, body, correlation_id });
+                return Ok(Reply { status, body, correlation_id, etag, content_length });
             }
             Err(e) => {
                 let transient = matches!(

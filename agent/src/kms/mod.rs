@@ -9,7 +9,7 @@
 
 pub mod aws;
 pub mod fake;
-mod http;
+pub(crate) mod http;
 pub mod keyprotect;
 pub mod pkcs11;
 

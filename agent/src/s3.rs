@@ -1,0 +1,737 @@
+//! Resumable, parallel S3 multipart upload (AWS S3, IBM COS with HMAC keys, any S3-compatible server),
+//! signed with the hand-written SigV4 of [`crate::kms::aws`] and retried by the shared loop of
+//! `kms/http.rs`.
+//!
+//! - parts go out on `jobs` threads, each holding one part buffer (memory: jobs × part size);
+//! - every part carries `Content-MD5` and `x-amz-checksum-sha256`; the body's sha256 is also the signed
+//!   `x-amz-content-sha256`;
+//! - a state file next to the source (`FILE.diskseal-upload.json`: upload id, part size, source size and
+//!   mtime, finished parts with ETag, MD5 and SHA-256) lets a rerun send only the missing parts, after
+//!   reconciling with ListParts (moto answers `ListPartsResponse`, S3 `ListPartsResult`: both are read);
+//! - after Complete, HEAD must show the source's size and the composite ETag `md5(part md5s)-N`.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use md5::Md5;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::RetryPolicy;
+use crate::error::{Error, Result};
+use crate::kms::aws::{SigV4, sigv4_authorization};
+use crate::kms::http::{Reply, with_retries};
+use crate::kms::{KmsError, KmsErrorKind};
+use crate::secret::SecretString;
+
+/// S3's limit on parts per upload.
+pub const MAX_PARTS: u64 = 10_000;
+/// S3's minimum size of every part but the last.
+pub const MIN_PART: u64 = 5 << 20;
+/// S3's maximum part size.
+pub const MAX_PART: u64 = 5 << 30;
+/// The default part size for small files.
+pub const DEFAULT_PART: u64 = 8 << 20;
+
+/// Where an object goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Base URL, no trailing slash.
+    pub endpoint: String,
+    /// Signing region.
+    pub region: String,
+    /// Bucket.
+    pub bucket: String,
+    /// Object key.
+    pub key: String,
+}
+
+impl Target {
+    /// Parses `s3://BUCKET/KEY` (AWS endpoint of `region`) or `cos://REGION/BUCKET/KEY` (IBM COS's
+    /// regional public endpoint); `endpoint` overrides the base URL.
+    pub fn parse(url: &str, region: Option<&str>, endpoint: Option<&str>) -> Result<Target> {
+        let bad = || Error::Config(format!("{url}: expected s3://BUCKET/KEY or cos://REGION/BUCKET/KEY"));
+        let (region, rest, default_endpoint) = if let Some(rest) = url.strip_prefix("s3://") {
+            let r = region.unwrap_or("us-east-1").to_owned();
+            let e = format!("https://s3.{r}.amazonaws.com");
+            (r, rest, e)
+        } else if let Some(rest) = url.strip_prefix("cos://") {
+            let (r, rest) = rest.split_once('/').ok_or_else(bad)?;
+            if r.is_empty() {
+                return Err(bad());
+            }
+            (r.to_owned(), rest, format!("https://s3.{r}.cloud-object-storage.appdomain.cloud"))
+        } else {
+            return Err(bad());
+        };
+        let (bucket, key) = rest.split_once('/').ok_or_else(bad)?;
+        if bucket.is_empty() || key.is_empty() {
+            return Err(bad());
+        }
+        let endpoint = endpoint.map_or(default_endpoint, |e| e.trim_end_matches('/').to_owned());
+        Ok(Target { endpoint, region, bucket: bucket.into(), key: key.into() })
+    }
+
+    /// The object's URL, path style.
+    pub fn url(&self) -> String {
+        format!("{}/{}/{}", self.endpoint, self.bucket, uri_encode(&self.key, false))
+    }
+}
+
+/// S3 credentials (HMAC).
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key (redacted).
+    pub secret_access_key: SecretString,
+    /// Session token (redacted).
+    pub session_token: Option<SecretString>,
+}
+
+impl Credentials {
+    /// From `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
+    pub fn from_env() -> Result<Credentials> {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let (Some(ak), Some(sk)) = (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")) else {
+            return Err(Error::Config("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (for IBM COS: its HMAC keys)".into()));
+        };
+        Ok(Credentials { access_key_id: ak, secret_access_key: SecretString::new(sk), session_token: get("AWS_SESSION_TOKEN").map(SecretString::new) })
+    }
+}
+
+/// URI-encodes per SigV4: unreserved characters stay, everything else is `%XX`; `/` stays when
+/// `slash_too` is false (object key paths).
+pub fn uri_encode(s: &str, slash_too: bool) -> String {
+    let mut o = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') || (b == b'/' && !slash_too) {
+            o.push(b as char);
+        } else {
+            o.push_str(&format!("%{b:02X}"));
+        }
+    }
+    o
+}
+
+fn hex(b: &[u8]) -> String {
+    diskseal::bundle::hex(b)
+}
+
+/// True for a plain MD5 ETag (32 hex digits); SSE-KMS and some gateways answer other ETags, which
+/// cannot be checked against the part's MD5 (Content-MD5 was still checked by the server).
+fn looks_like_md5(etag: &str) -> bool {
+    etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2).filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()).collect()
+}
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Pulls a tag's text out of XML.
+fn xml_tag<'a>(body: &'a str, tag: &str) -> Option<&'a str> {
+    let start = body.find(&format!("<{tag}>"))? + tag.len() + 2;
+    let end = body[start..].find(&format!("</{tag}>"))? + start;
+    Some(body[start..end].trim())
+}
+
+fn unquote(etag: &str) -> String {
+    etag.replace("&quot;", "").replace("&#34;", "").trim_matches('"').to_owned()
+}
+
+/// One S3 client.
+#[derive(Debug)]
+pub struct Client {
+    t: Target,
+    c: Credentials,
+    retry: RetryPolicy,
+    agent: ureq::Agent,
+}
+
+fn with_headers<B>(mut r: ureq::RequestBuilder<B>, h: &[(String, String)]) -> ureq::RequestBuilder<B> {
+    for (k, v) in h {
+        if k != "host" {
+            r = r.header(k.as_str(), v.as_str());
+        }
+    }
+    r
+}
+
+impl Client {
+    /// A client; nothing is sent yet.
+    pub fn new(t: Target, c: Credentials, retry: RetryPolicy) -> Client {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(30)))
+            .timeout_global(Some(retry.timeout.max(Duration::from_secs(600))))
+            .build();
+        Client { t, c, retry, agent: ureq::Agent::new_with_config(config) }
+    }
+
+    /// The target.
+    pub fn target(&self) -> &Target {
+        &self.t
+    }
+
+    fn label(&self) -> String {
+        format!("S3 at {}", self.t.endpoint)
+    }
+
+    /// One signed request on the object (`object` true) or the bucket, with retries.
+    fn send(&self, method: &str, object: bool, query: &[(&str, String)], extra: &[(&str, String)], body: &[u8]) -> Result<Reply> {
+        self.send_hashed(method, object, query, extra, body, hex(&Sha256::digest(body)))
+    }
+
+    /// [`Client::send`] with the body's hex SHA-256 already computed (parts: it is also their checksum).
+    fn send_hashed(&self, method: &str, object: bool, query: &[(&str, String)], extra: &[(&str, String)], body: &[u8], payload: String) -> Result<Reply> {
+        let path = if object { format!("/{}/{}", self.t.bucket, uri_encode(&self.t.key, false)) } else { format!("/{}", self.t.bucket) };
+        let mut q: Vec<(String, String)> = query.iter().map(|(k, v)| (uri_encode(k, true), uri_encode(v, true))).collect();
+        q.sort();
+        let query: String = q.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
+        let url = if query.is_empty() { format!("{}{path}", self.t.endpoint) } else { format!("{}{path}?{query}", self.t.endpoint) };
+        let host = self.t.endpoint.split("://").nth(1).unwrap_or(&self.t.endpoint).to_owned();
+        let reply = with_retries(&self.retry, &self.label(), || {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+            let amz_date = crate::time::amz_date(now);
+            let mut h: Vec<(String, String)> =
+                vec![("host".into(), host.clone()), ("x-amz-date".into(), amz_date.clone()), ("x-amz-content-sha256".into(), payload.clone())];
+            if let Some(t) = &self.c.session_token {
+                h.push(("x-amz-security-token".into(), t.expose().to_owned()));
+            }
+            h.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+            let hr: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let sig = SigV4 { method, path: &path, query: &query, headers: &hr, body, region: &self.t.region, service: "s3", amz_date: &amz_date };
+            let auth = sigv4_authorization(&sig, &self.c.access_key_id, self.c.secret_access_key.expose());
+            h.push(("authorization".into(), auth));
+            match method {
+                "GET" => with_headers(self.agent.get(&url), &h).call(),
+                "HEAD" => with_headers(self.agent.head(&url), &h).call(),
+                "DELETE" => with_headers(self.agent.delete(&url), &h).call(),
+                "PUT" => with_headers(self.agent.put(&url), &h).send(body),
+                _ => with_headers(self.agent.post(&url), &h).send(body),
+            }
+        })?;
+        Ok(reply)
+    }
+
+    fn fail(&self, what: &str, r: &Reply) -> Error {
+        let reason = xml_tag(&r.body, "Code").map(str::to_owned).or_else(|| match r.status {
+            404 => Some("NotFound".into()),
+            403 => Some("Forbidden".into()),
+            _ => None,
+        });
+        let message = xml_tag(&r.body, "Message").map_or_else(|| r.body.chars().take(200).collect(), str::to_owned);
+        Error::Kms(KmsError {
+            kind: KmsErrorKind::Http,
+            endpoint: format!("{} ({what} {})", self.label(), self.t.url()),
+            status: Some(r.status),
+            reason,
+            message,
+            correlation_id: r.correlation_id.clone().or_else(|| xml_tag(&r.body, "RequestId").map(str::to_owned)),
+            attempts: 1,
+        })
+    }
+
+    /// HEAD on the object: `Some((size, etag))`, `None` when it does not exist.
+    pub fn head(&self) -> Result<Option<(u64, String)>> {
+        let r = self.send("HEAD", true, &[], &[], b"")?;
+        match r.status {
+            200 => Ok(Some((r.content_length.unwrap_or(0), unquote(r.etag.as_deref().unwrap_or(""))))),
+            404 => Ok(None),
+            _ => {
+                // HEAD replies carry no body: ask again with a 1-byte GET to get S3's Code and Message.
+                let g = self.send("GET", true, &[], &[("range", "bytes=0-0".into())], b"")?;
+                Err(self.fail("HEAD", if g.status >= 300 { &g } else { &r }))
+            }
+        }
+    }
+
+    /// CreateMultipartUpload; returns the upload id.
+    pub fn create(&self) -> Result<String> {
+        let r = self.send("POST", true, &[("uploads", String::new())], &[("x-amz-checksum-algorithm", "SHA256".into())], b"")?;
+        if r.status != 200 {
+            return Err(self.fail("CreateMultipartUpload", &r));
+        }
+        xml_tag(&r.body, "UploadId").map(str::to_owned).ok_or_else(|| self.fail("CreateMultipartUpload (no UploadId)", &r))
+    }
+
+    /// UploadPart; returns the ETag.
+    pub fn put_part(&self, upload_id: &str, n: u32, data: &[u8], md5: &[u8], sha: &[u8]) -> Result<String> {
+        let q = [("partNumber", n.to_string()), ("uploadId", upload_id.to_owned())];
+        let h = [("content-md5", b64(md5)), ("x-amz-checksum-sha256", b64(sha))];
+        let r = self.send_hashed("PUT", true, &q, &h, data, hex(sha))?;
+        if r.status != 200 {
+            return Err(self.fail(&format!("UploadPart {n}"), &r));
+        }
+        Ok(unquote(r.etag.as_deref().unwrap_or("")))
+    }
+
+    /// ListParts (all pages): part number → ETag (empty when the server omits it).
+    pub fn list_parts(&self, upload_id: &str) -> Result<Option<BTreeMap<u32, String>>> {
+        let mut out = BTreeMap::new();
+        let mut marker = 0u32;
+        loop {
+            let q = [("uploadId", upload_id.to_owned()), ("part-number-marker", marker.to_string())];
+            let r = self.send("GET", true, &q, &[], b"")?;
+            if r.status == 404 {
+                return Ok(None);
+            }
+            if r.status != 200 {
+                return Err(self.fail("ListParts", &r));
+            }
+            let mut rest = r.body.as_str();
+            while let Some(i) = rest.find("<Part>") {
+                let end = rest[i..].find("</Part>").map_or(rest.len(), |e| e + i);
+                let p = &rest[i..end];
+                if let Some(n) = xml_tag(p, "PartNumber").and_then(|n| n.parse().ok()) {
+                    out.insert(n, xml_tag(p, "ETag").map(unquote).unwrap_or_default());
+                }
+                rest = &rest[end..];
+            }
+            match (xml_tag(&r.body, "IsTruncated"), xml_tag(&r.body, "NextPartNumberMarker").and_then(|m| m.parse().ok())) {
+                (Some("true"), Some(m)) if m > marker => marker = m,
+                _ => return Ok(Some(out)),
+            }
+        }
+    }
+
+    /// CompleteMultipartUpload; returns the ETag.
+    pub fn complete(&self, upload_id: &str, parts: &BTreeMap<u32, PartDone>) -> Result<String> {
+        let mut x = String::from("<CompleteMultipartUpload>");
+        for (n, p) in parts {
+            x.push_str(&format!("<Part><PartNumber>{n}</PartNumber><ETag>\"{}\"</ETag><ChecksumSHA256>{}</ChecksumSHA256></Part>", p.etag, p.sha256_b64));
+        }
+        x.push_str("</CompleteMultipartUpload>");
+        let r = self.send("POST", true, &[("uploadId", upload_id.to_owned())], &[("content-type", "application/xml".into())], x.as_bytes())?;
+        // S3 may answer 200 with an <Error> body.
+        if r.status != 200 || r.body.contains("<Error>") {
+            return Err(self.fail("CompleteMultipartUpload", &r));
+        }
+        Ok(xml_tag(&r.body, "ETag").map(unquote).unwrap_or_default())
+    }
+
+    /// AbortMultipartUpload (a gone upload counts as aborted).
+    pub fn abort(&self, upload_id: &str) -> Result<()> {
+        let r = self.send("DELETE", true, &[("uploadId", upload_id.to_owned())], &[], b"")?;
+        match r.status {
+            200 | 204 | 404 => Ok(()),
+            _ => Err(self.fail("AbortMultipartUpload", &r)),
+        }
+    }
+}
+
+/// A finished part.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartDone {
+    /// The server's ETag (unquoted).
+    pub etag: String,
+    /// Hex MD5 of the part.
+    pub md5: String,
+    /// Base64 SHA-256 of the part.
+    pub sha256_b64: String,
+}
+
+/// The state file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    /// Format version.
+    pub version: u32,
+    /// The object URL.
+    pub url: String,
+    /// The multipart upload id.
+    pub upload_id: String,
+    /// Part size.
+    pub part_size: u64,
+    /// Source size.
+    pub size: u64,
+    /// Source mtime, ns since the epoch.
+    pub mtime_ns: u128,
+    /// Finished parts.
+    pub parts: BTreeMap<u32, PartDone>,
+}
+
+/// `FILE.diskseal-upload.json`.
+pub fn state_path(source: &Path) -> PathBuf {
+    let mut s = source.as_os_str().to_owned();
+    s.push(".diskseal-upload.json");
+    PathBuf::from(s)
+}
+
+fn save_state(path: &Path, s: &State) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_vec_pretty(s).unwrap_or_default();
+    std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| Error::io("write upload state", path, e))
+}
+
+/// Reads the state file: `Ok(None)` when absent.
+pub fn load_state(path: &Path) -> Result<Option<State>> {
+    match std::fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+            Error::Upload(format!("upload state {} is corrupt ({e}); run with --abort to abort the upload it names, or delete it to start over", path.display()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read upload state", path, e)),
+    }
+}
+
+/// The part size: `requested`, else 8 MiB grown (in MiB steps) until `size` fits in 10,000 parts.
+pub fn choose_part_size(size: u64, requested: Option<u64>) -> Result<u64> {
+    let p = match requested {
+        Some(p) => p,
+        None => DEFAULT_PART.max(size.div_ceil(MAX_PARTS).div_ceil(1 << 20) << 20),
+    };
+    if p == 0 || p > MAX_PART {
+        return Err(Error::Config(format!("part size {p} is out of range (1 B to 5 GiB)")));
+    }
+    if size.div_ceil(p) > MAX_PARTS {
+        return Err(Error::Config(format!("{size} bytes in parts of {p} would need more than {MAX_PARTS} parts")));
+    }
+    Ok(p)
+}
+
+/// Upload options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Parallel part uploads.
+    pub jobs: usize,
+    /// Part size override.
+    pub part_size: Option<u64>,
+    /// Overwrite an existing object.
+    pub force: bool,
+    /// Show a progress line on stderr (when it is a terminal).
+    pub progress: bool,
+}
+
+/// What an upload did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Uploaded {
+    /// Object URL.
+    pub url: String,
+    /// Bytes.
+    pub size: u64,
+    /// Hex SHA-256 of the source.
+    pub sha256: String,
+    /// The object's ETag.
+    pub etag: String,
+    /// Parts in the object.
+    pub parts: usize,
+    /// Parts sent by this run.
+    pub parts_uploaded: usize,
+    /// Parts found done by an earlier run.
+    pub parts_reused: usize,
+    /// Whether an earlier run's upload was resumed.
+    pub resumed: bool,
+    /// Notes for the user (e.g. "source changed, started over").
+    pub notes: Vec<String>,
+}
+
+fn mtime_ns(m: &std::fs::Metadata) -> u128 {
+    m.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos())
+}
+
+fn read_part(f: &std::fs::File, path: &Path, buf: &mut Vec<u8>, off: u64, len: usize) -> Result<()> {
+    buf.resize(len, 0);
+    f.read_exact_at(buf, off).map_err(|e| Error::io("read", path, e))
+}
+
+/// Aborts the upload named by `source`'s state file and removes it; returns the upload id.
+pub fn abort(client: &Client, source: &Path) -> Result<Option<String>> {
+    let sp = state_path(source);
+    let Some(s) = load_state(&sp)? else { return Ok(None) };
+    client.abort(&s.upload_id)?;
+    std::fs::remove_file(&sp).map_err(|e| Error::io("remove upload state", &sp, e))?;
+    Ok(Some(s.upload_id))
+}
+
+/// Uploads `source` (resuming per its state file).
+pub fn upload(client: &Client, source: &Path, o: &Options) -> Result<Uploaded> {
+    let f = std::fs::File::open(source).map_err(|e| Error::io("open", source, e))?;
+    let meta = f.metadata().map_err(|e| Error::io("stat", source, e))?;
+    let (size, mtime) = (meta.len(), mtime_ns(&meta));
+    let sp = state_path(source);
+    let url = client.target().url();
+    let mut notes = Vec::new();
+    let mut state = match load_state(&sp)? {
+        Some(s) if !s.url.ends_with(&format!("/{}/{}", client.t.bucket, uri_encode(&client.t.key, false))) => {
+            return Err(Error::Upload(format!(
+                "{} holds an unfinished upload of this file to {}; finish it (rerun with that URL) or abort it (--abort) first",
+                sp.display(),
+                s.url
+            )));
+        }
+        Some(s) if s.size != size || s.mtime_ns != mtime || o.part_size.is_some_and(|p| p != s.part_size) => {
+            notes.push(format!("{} changed since the interrupted upload {} began (size/mtime/part size differ): aborted it, starting over", source.display(), s.upload_id));
+            client.abort(&s.upload_id)?;
+            None
+        }
+        s => s,
+    };
+    if let Some(s) = &mut state {
+        match client.list_parts(&s.upload_id)? {
+            None => {
+                notes.push(format!("upload {} is gone on the server (aborted or expired): starting over", s.upload_id));
+                state = None;
+            }
+            Some(listed) => {
+                // Keep parts the server confirms; adopt parts it has that the state missed (killed between
+                // the part's 200 and the state write) when their ETag is the local MD5.
+                s.parts.retain(|n, p| listed.get(n).is_some_and(|e| e.is_empty() || *e == p.etag));
+                let mut buf = Vec::new();
+                for (n, etag) in &listed {
+                    if s.parts.contains_key(n) || etag.is_empty() {
+                        continue;
+                    }
+                    let off = u64::from(*n - 1) * s.part_size;
+                    if off >= size {
+                        continue;
+                    }
+                    read_part(&f, source, &mut buf, off, (size - off).min(s.part_size) as usize)?;
+                    let md5 = hex(&Md5::digest(&buf));
+                    if md5 == *etag {
+                        s.parts.insert(*n, PartDone { etag: etag.clone(), md5, sha256_b64: b64(&Sha256::digest(&buf)) });
+                    }
+                }
+                save_state(&sp, s)?;
+            }
+        }
+    }
+    let resumed = state.is_some();
+    let mut state = match state {
+        Some(s) => s,
+        None => {
+            if !o.force
+                && let Some((sz, _)) = client.head()?
+            {
+                return Err(Error::Upload(format!("{url} already exists ({sz} bytes); use --force to overwrite it")));
+            }
+            let part_size = choose_part_size(size, o.part_size)?;
+            let upload_id = client.create()?;
+            let s = State { version: 1, url: url.clone(), upload_id, part_size, size, mtime_ns: mtime, parts: BTreeMap::new() };
+            save_state(&sp, &s)?;
+            s
+        }
+    };
+    let nparts = size.div_ceil(state.part_size).max(1) as u32;
+    let reused = state.parts.len();
+    let missing: Vec<u32> = (1..=nparts).filter(|n| !state.parts.contains_key(n)).collect();
+    let interrupted = |e: Error, id: &str| {
+        Error::Upload(format!(
+            "{e}\nupload {id} interrupted; its state is in {}: rerun the same command to resume, or add --abort to abort it",
+            sp.display()
+        ))
+    };
+    let upload_id = state.upload_id.clone();
+    // Ctrl-C: the state file is always whole (written by rename), so say how to go on and stop.
+    let (msg_id, msg_state) = (upload_id.clone(), sp.display().to_string());
+    let _ = ctrlc::set_handler(move || {
+        eprintln!(
+            "\ndiskseal-agent: interrupted: upload {msg_id} is unfinished; its state is in {msg_state}: rerun the same command to resume, or add --abort to abort it"
+        );
+        std::process::exit(130);
+    });
+    let (sha, failure) = send_parts(client, &f, source, &mut state, &sp, &missing, o);
+    if let Some(e) = failure {
+        return Err(interrupted(e, &upload_id));
+    }
+    let sha = sha?;
+    let etag = client.complete(&upload_id, &state.parts).map_err(|e| interrupted(e, &upload_id))?;
+    let mut md5s = Vec::new();
+    for p in state.parts.values() {
+        md5s.extend(unhex(&p.md5));
+    }
+    let expected = format!("{}-{}", hex(&Md5::digest(&md5s)), state.parts.len());
+    let Some((got_size, got_etag)) = client.head()? else {
+        return Err(Error::Upload(format!("{url}: HEAD after CompleteMultipartUpload says it does not exist")));
+    };
+    if got_size != size {
+        return Err(Error::Upload(format!("{url}: the object has {got_size} bytes, the source {size}")));
+    }
+    let md5_etags = state.parts.values().all(|p| looks_like_md5(&p.etag));
+    if !md5_etags {
+        notes.push("the server's part ETags are not MD5s (e.g. SSE-KMS): checked the size, not the composite ETag".into());
+    } else if got_etag != expected {
+        return Err(Error::Upload(format!("{url}: ETag {got_etag} is not the composite of the parts sent ({expected})")));
+    }
+    let _ = std::fs::remove_file(&sp);
+    Ok(Uploaded {
+        url,
+        size,
+        sha256: sha,
+        etag: if etag.is_empty() { got_etag } else { etag },
+        parts: state.parts.len(),
+        parts_uploaded: missing.len(),
+        parts_reused: reused,
+        resumed,
+        notes,
+    })
+}
+
+/// Sends `missing` parts on `o.jobs` threads while another thread hashes the whole source; records
+/// each finished part in the state file. Returns (the source's sha256, the first failure).
+fn send_parts(
+    client: &Client,
+    f: &std::fs::File,
+    source: &Path,
+    state: &mut State,
+    sp: &Path,
+    missing: &[u32],
+    o: &Options,
+) -> (Result<String>, Option<Error>) {
+    let size = state.size;
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let part_size = state.part_size;
+    let upload_id = state.upload_id.clone();
+    let total_missing: u64 = missing.iter().map(|n| (size - u64::from(n - 1) * part_size).min(part_size)).sum();
+    let show = o.progress && std::io::stderr().is_terminal();
+    std::thread::scope(|sc| {
+        let hasher = sc.spawn(|| -> Result<String> {
+            let mut r = std::fs::File::open(source).map_err(|e| Error::io("open", source, e))?;
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = r.read(&mut buf).map_err(|e| Error::io("read", source, e))?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            Ok(hex(&h.finalize()))
+        });
+        let (tx, rx) = mpsc::channel::<Result<(u32, PartDone, u64)>>();
+        for _ in 0..o.jobs.max(1) {
+            let tx = tx.clone();
+            let (next, stop, upload_id) = (&next, &stop, &upload_id);
+            sc.spawn(move || {
+                let mut buf = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&n) = missing.get(i) else { break };
+                    let off = u64::from(n - 1) * part_size;
+                    let len = (size - off).min(part_size);
+                    let r = read_part(f, source, &mut buf, off, len as usize).and_then(|()| {
+                        let md5 = Md5::digest(&buf);
+                        let sha = Sha256::digest(&buf);
+                        let etag = client.put_part(upload_id, n, &buf, &md5, &sha)?;
+                        Ok((n, PartDone { etag, md5: hex(&md5), sha256_b64: b64(&sha) }, len))
+                    });
+                    let failed = r.is_err();
+                    if tx.send(r).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut failure = None;
+        let (t0, mut done) = (Instant::now(), 0u64);
+        for r in rx {
+            match r {
+                Ok((n, p, len)) => {
+                    if looks_like_md5(&p.etag) && p.etag != p.md5 {
+                        failure.get_or_insert(Error::Upload(format!("part {n}: the server's ETag {} is not the part's MD5 {}", p.etag, p.md5)));
+                        stop.store(true, Ordering::Relaxed);
+                        continue;
+                    }
+                    state.parts.insert(n, p);
+                    if let Err(e) = save_state(sp, state) {
+                        failure.get_or_insert(e);
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                    done += len;
+                    if show {
+                        progress(done, total_missing, t0.elapsed());
+                    }
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        if show {
+            eprintln!();
+        }
+        let sha = hasher.join().unwrap_or_else(|_| Err(Error::Upload("the hashing thread panicked".into())));
+        (sha, failure)
+    })
+}
+
+fn progress(done: u64, total: u64, t: Duration) {
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    let rate = mib(done) / t.as_secs_f64().max(1e-3);
+    let eta = if rate > 0.0 { mib(total.saturating_sub(done)) / rate } else { 0.0 };
+    let mut e = std::io::stderr();
+    let _ = write!(e, "\r{:.0}/{:.0} MiB  {rate:.1} MiB/s  ETA {eta:.0} s   ", mib(done), mib(total));
+    let _ = e.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse() {
+        let t = Target::parse("s3://b/dir/a b+c.qcow2", Some("eu-west-1"), None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.endpoint, "https://s3.eu-west-1.amazonaws.com");
+        assert_eq!(t.url(), "https://s3.eu-west-1.amazonaws.com/b/dir/a%20b%2Bc.qcow2");
+        let t = Target::parse("cos://us-south/bkt/img.vhd", None, None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.endpoint, "https://s3.us-south.cloud-object-storage.appdomain.cloud");
+        assert_eq!((t.region.as_str(), t.bucket.as_str(), t.key.as_str()), ("us-south", "bkt", "img.vhd"));
+        assert!(Target::parse("s3://bucket", None, None).is_err());
+        assert!(Target::parse("http://x/y", None, None).is_err());
+    }
+
+    #[test]
+    fn part_sizes_fit_in_10000_parts() {
+        assert_eq!(choose_part_size(1 << 30, None).ok(), Some(8 << 20));
+        let five_tb = 5u64 << 40;
+        let p = choose_part_size(five_tb, None).unwrap_or(0);
+        assert!(five_tb.div_ceil(p) <= MAX_PARTS && p <= MAX_PART, "{p}");
+        assert!(choose_part_size(1 << 40, Some(1 << 20)).is_err());
+    }
+
+    #[test]
+    fn md5_etags_are_told_apart() {
+        assert!(looks_like_md5("9e107d9d372bb6826bd81d3542a419d6"));
+        assert!(!looks_like_md5("9e107d9d372bb6826bd81d3542a419d6-3"));
+        assert!(!looks_like_md5("kms-opaque-etag"));
+    }
+
+    #[test]
+    fn encoding_follows_sigv4() {
+        assert_eq!(uri_encode("a b/c~d+e=", false), "a%20b/c~d%2Be%3D");
+        assert_eq!(uri_encode("a/b", true), "a%2Fb");
+    }
+
+    /// AWS's published example: GET Object with a Range header (S3 SigV4 docs, "Example: GET Object").
+    #[test]
+    fn sigv4_s3_get_object_example() {
+        let h = [
+            ("host", "examplebucket.s3.amazonaws.com"),
+            ("range", "bytes=0-9"),
+            ("x-amz-content-sha256", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+            ("x-amz-date", "20130524T000000Z"),
+        ];
+        let r = SigV4 { method: "GET", path: "/test.txt", query: "", headers: &h, body: b"", region: "us-east-1", service: "s3", amz_date: "20130524T000000Z" };
+        let a = sigv4_authorization(&r, "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY");
+        assert!(a.ends_with("Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"), "{a}");
+    }
+
+    #[test]
+    fn list_parts_roots_and_etags() {
+        let body = "<ListPartsResponse><Part><PartNumber>2</PartNumber><ETag>&quot;ab&quot;</ETag></Part></ListPartsResponse>";
+        assert_eq!(xml_tag(body, "PartNumber"), Some("2"));
+        assert_eq!(unquote("&quot;ab&quot;"), "ab");
+    }
+}
