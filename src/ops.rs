@@ -284,7 +284,7 @@ pub fn encrypt(
                 data_bytes.fetch_add(fill(image.as_ref(), &extents, buf, at)?, Ordering::Relaxed);
                 Ok(true)
             };
-            let size = write_qcow2(&pipeline, payload_len, &read, Some(&xts), writer, &out, run)?;
+            let size = write_qcow2(&pipeline, payload_len, &extents, &read, Some(&xts), writer, &out, run)?;
             (1 << crate::image::qcow2::writer::CLUSTER_BITS, size)
         }
         Container::ClassicVhd => return Err(Error::invalid("ibm-classic-vhd output is written by encrypt_classic_vhd")),
@@ -308,32 +308,46 @@ pub fn encrypt(
     })
 }
 
-/// A chunk of the qcow2 data path: its buffer, guest offset, and (cluster index, host offset) of the
-/// clusters that hold data.
-type ClusterJob = (Vec<u8>, u64, Vec<(u64, u64)>);
+/// Encrypts and writes one allocated unit: (bytes, unit index, host offset).
+type StoreUnit<'a> = dyn Fn(&mut [u8], u64, u64) -> Result<()> + Sync + 'a;
 
-/// The qcow2 data path, in waves: `read(buf, offset)` fills chunks in parallel (returning false when the
-/// chunk is known to be all zeros without reading), the clusters holding non-zero data are allocated in
-/// guest order, then encrypted with `xts` (IV = host offset / 512) when given, and written in parallel.
-/// Returns the final file length.
-fn write_qcow2(
+/// A wave job: its buffer, guest offset, and (unit index in the chunk, host offset) of the units that
+/// hold data.
+type WaveJob = (Vec<u8>, u64, Vec<(u64, u64)>);
+
+/// The allocate-in-guest-order data path of the sparse writers (qcow2, vhd-util VHD), in waves of
+/// chunks made of whole `unit`s:
+/// 1. `read(buf, offset)` fills each chunk in parallel; `false` means "known zeros, nothing read";
+/// 2. every unit that is not all zeros is allocated, in guest order, with `allocate(unit_index)`;
+/// 3. `store(unit_bytes, unit_index, host_offset)` encrypts and writes each allocated unit in parallel
+///    (the last unit may be short when `len` is not a whole number of units).
+///
+/// `skip(offset)` returns the first offset at or after `offset` that may hold data, so holes cost no time.
+#[allow(clippy::too_many_arguments)]
+fn allocating_waves(
     pipeline: &Pipeline,
     len: u64,
-    read: &(dyn Fn(&mut [u8], u64) -> Result<bool> + Sync),
-    xts: Option<&Xts>,
-    mut writer: Qcow2Writer,
-    out: &OutputFile,
+    unit: u64,
     run: &Run<'_>,
-) -> Result<u64> {
+    skip: &dyn Fn(u64) -> u64,
+    read: &(dyn Fn(&mut [u8], u64) -> Result<bool> + Sync),
+    allocate: &mut dyn FnMut(u64) -> Result<u64>,
+    store: &StoreUnit<'_>,
+) -> Result<()> {
     use rayon::prelude::*;
-    let cs = writer.cluster_size();
-    let chunk = (pipeline.chunk() as u64 / cs).max(1) * cs;
+    let chunk = (pipeline.chunk() as u64 / unit).max(1) * unit;
     let wave = pipeline.threads() * 2;
-    let mut bufs: Vec<ClusterJob> = (0..wave).map(|_| (Vec::new(), 0, Vec::new())).collect();
+    let mut bufs: Vec<WaveJob> = (0..wave).map(|_| (Vec::new(), 0, Vec::new())).collect();
     let mut off = 0u64;
     while off < len {
         Pipeline::check_cancel(run.cancel)?;
-        let mut jobs: Vec<&mut ClusterJob> = Vec::new();
+        let next = (skip(off).min(len) / unit * unit).max(off);
+        if next > off {
+            Pipeline::advance(run.progress, next - off);
+            off = next;
+            continue;
+        }
+        let mut jobs: Vec<&mut WaveJob> = Vec::new();
         for b in bufs.iter_mut() {
             if off >= len {
                 break;
@@ -345,47 +359,33 @@ fn write_qcow2(
             jobs.push(b);
             off += n;
         }
-        // Read, and note which clusters are worth allocating.
         pipeline.install(|| {
             jobs.par_iter_mut().try_for_each(|job| -> Result<()> {
                 let (buf, at, alloc) = &mut **job;
                 if !read(buf, *at)? {
                     return Ok(());
                 }
-                for (i, c) in buf.chunks(cs as usize).enumerate() {
-                    if c.iter().any(|&b| b != 0) {
+                for (i, u) in buf.chunks(unit as usize).enumerate() {
+                    if !is_zero(u) {
                         alloc.push((i as u64, 0));
                     }
                 }
                 Ok(())
             })
         })?;
-        // Allocate host clusters in guest order.
         for job in jobs.iter_mut() {
-            let at = job.1;
+            let first = job.1 / unit;
             for (i, host) in job.2.iter_mut() {
-                *host = writer.allocate(at / cs + *i)?;
+                *host = allocate(first + *i)?;
             }
         }
-        // Encrypt and write.
         pipeline.install(|| {
             jobs.par_iter_mut().try_for_each(|job| -> Result<()> {
-                let (buf, _, alloc) = &mut **job;
+                let (buf, at, alloc) = &mut **job;
                 let blen = buf.len() as u64;
                 for &(i, host) in alloc.iter() {
-                    let c = &mut buf[(i * cs) as usize..((i + 1) * cs).min(blen) as usize];
-                    let mut cluster;
-                    let data: &mut [u8] = if c.len() as u64 == cs {
-                        c
-                    } else {
-                        cluster = vec![0u8; cs as usize];
-                        cluster[..c.len()].copy_from_slice(c);
-                        &mut cluster
-                    };
-                    if let Some(xts) = xts {
-                        xts.encrypt(data, 512, qcow2_sector(host), IvScheme::Plain64)?;
-                    }
-                    out.write_at(data, host)?;
+                    let u = &mut buf[(i * unit) as usize..((i + 1) * unit).min(blen) as usize];
+                    store(u, *at / unit + i, host)?;
                 }
                 Ok(())
             })
@@ -394,6 +394,48 @@ fn write_qcow2(
             Pipeline::advance(run.progress, job.0.len() as u64);
         }
     }
+    Ok(())
+}
+
+/// The first offset at or after `off` where `extents` has data (`len` if none).
+fn next_data(extents: &[Extent], off: u64, len: u64) -> u64 {
+    extents[extents.partition_point(|e| e.offset + e.len <= off)..]
+        .iter()
+        .find(|e| e.kind == ExtentKind::Data)
+        .map_or(len, |e| e.offset.max(off))
+}
+
+/// The qcow2 data path: reads through `read` (see [`allocating_waves`]), allocates non-zero clusters in
+/// guest order, encrypts them with `xts` (IV = host offset / 512) when given, writes them, and finishes
+/// the metadata. Returns the final file length.
+#[allow(clippy::too_many_arguments)]
+fn write_qcow2(
+    pipeline: &Pipeline,
+    len: u64,
+    extents: &[Extent],
+    read: &(dyn Fn(&mut [u8], u64) -> Result<bool> + Sync),
+    xts: Option<&Xts>,
+    mut writer: Qcow2Writer,
+    out: &OutputFile,
+    run: &Run<'_>,
+) -> Result<u64> {
+    let cs = writer.cluster_size();
+    let store = |data: &mut [u8], _index: u64, host: u64| -> Result<()> {
+        let mut cluster;
+        let data: &mut [u8] = if data.len() as u64 == cs {
+            data
+        } else {
+            cluster = vec![0u8; cs as usize];
+            cluster[..data.len()].copy_from_slice(data);
+            &mut cluster
+        };
+        if let Some(xts) = xts {
+            xts.encrypt(data, 512, qcow2_sector(host), IvScheme::Plain64)?;
+        }
+        out.write_at(data, host)
+    };
+    let skip = |off: u64| next_data(extents, off, len);
+    allocating_waves(pipeline, len, cs, run, &skip, read, &mut |i| writer.allocate(i), &store)?;
     writer.finish(out)
 }
 
@@ -486,78 +528,23 @@ pub fn encrypt_classic_vhd(src: &Path, dst: &Path, opts: &ClassicVhdOptions, key
     let start = Instant::now();
     let data_bytes = AtomicU64::new(0);
     let bs = vhd_writer::BLOCK_SIZE;
-    let chunk = (pipeline.chunk() as u64 / bs).max(1) * bs;
-    let wave = pipeline.threads() * 2;
-    // (buffer, guest offset, [(block index in chunk, bitmap offset)])
-    let mut bufs: Vec<ClusterJob> = (0..wave).map(|_| (Vec::new(), 0, Vec::new())).collect();
-    let mut off = 0u64;
-    use rayon::prelude::*;
-    while off < vsize {
-        Pipeline::check_cancel(run.cancel)?;
-        // Skip straight to the block of the next data extent: time grows with the data, not the disk.
-        let next_data = extents[extents.partition_point(|e| e.offset + e.len <= off)..]
-            .iter()
-            .find(|e| e.kind == ExtentKind::Data)
-            .map_or(vsize, |e| (e.offset.max(off) / bs * bs).min(vsize));
-        if next_data > off {
-            Pipeline::advance(run.progress, next_data - off);
-            off = next_data;
-            continue;
+    let read = |buf: &mut [u8], at: u64| -> Result<bool> {
+        if data_ranges(&extents, at, buf.len() as u64, 512).is_empty() {
+            return Ok(false);
         }
-        let mut jobs: Vec<&mut ClusterJob> = Vec::new();
-        for b in bufs.iter_mut() {
-            if off >= vsize {
-                break;
-            }
-            let n = chunk.min(vsize - off);
-            b.0.resize(n as usize, 0);
-            b.1 = off;
-            b.2.clear();
-            jobs.push(b);
-            off += n;
-        }
-        // Read what holds data, and note the blocks that are not all zeros.
-        pipeline.install(|| {
-            jobs.par_iter_mut().try_for_each(|job| -> Result<()> {
-                let (buf, at, alloc) = &mut **job;
-                if data_ranges(&extents, *at, buf.len() as u64, 512).is_empty() {
-                    return Ok(());
-                }
-                data_bytes.fetch_add(fill(image.as_ref(), &extents, buf, *at)?, Ordering::Relaxed);
-                for (i, block) in buf.chunks(bs as usize).enumerate() {
-                    if !is_zero(block) {
-                        alloc.push((i as u64, 0));
-                    }
-                }
-                Ok(())
-            })
-        })?;
-        // Allocate in guest order.
-        for job in jobs.iter_mut() {
-            let first = job.1 / bs;
-            for (i, at) in job.2.iter_mut() {
-                *at = writer.allocate(first + *i)?;
-            }
-        }
-        // Encrypt every sector of each allocated block (tweak = virtual sector) and write bitmap + data.
-        pipeline.install(|| {
-            jobs.par_iter_mut().try_for_each(|job| -> Result<()> {
-                let (buf, guest, alloc) = &mut **job;
-                for &(i, at) in alloc.iter() {
-                    let block = &mut buf[(i * bs) as usize..((i + 1) * bs) as usize];
-                    let sector = (*guest + i * bs) / 512;
-                    xts.encrypt(block, 512, sector, IvScheme::Plain)?;
-                    out.write_at(&vhd_writer::FULL_BITMAP, at)?;
-                    out.write_at(block, at + 512)?;
-                    out.write_at(&footer, at + 512 + bs)?;
-                }
-                Ok(())
-            })
-        })?;
-        for job in &jobs {
-            Pipeline::advance(run.progress, job.0.len() as u64);
-        }
-    }
+        data_bytes.fetch_add(fill(image.as_ref(), &extents, buf, at)?, Ordering::Relaxed);
+        Ok(true)
+    };
+    // Every sector of an allocated block is encrypted (tweak = virtual sector), then bitmap + data
+    // + a stale footer copy are written, as vhd-util does.
+    let store = |block: &mut [u8], index: u64, at: u64| -> Result<()> {
+        xts.encrypt(block, 512, index * bs / 512, IvScheme::Plain)?;
+        out.write_at(&vhd_writer::FULL_BITMAP, at)?;
+        out.write_at(block, at + 512)?;
+        out.write_at(&footer, at + 512 + bs)
+    };
+    let skip = |off: u64| next_data(&extents, off, vsize);
+    allocating_waves(&pipeline, vsize, bs, run, &skip, &read, &mut |i| writer.allocate(i), &store)?;
     let keyhash = KeyHash::of_key(key.expose(), [0; 32]);
     let allocated_blocks = writer.allocated();
     let bat_entries = writer.layout().entries;
@@ -701,7 +688,7 @@ pub fn decrypt(src: &Path, dst: &Path, how: Unlock, force: bool, qcow2: bool, ru
             fill(image, &extents, buf, at)?;
             Ok(true)
         };
-        write_qcow2(&pipeline, len, &read, None, writer, &out, run)?;
+        write_qcow2(&pipeline, len, &extents, &read, None, writer, &out, run)?;
     } else {
         pipeline.run(len, run.cancel, run.progress, |buf, off| {
             fill(image, &extents, buf, off)?;
