@@ -11,6 +11,8 @@
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::image::vhd::bytes::arr;
+
 /// The batmap header's cookie.
 pub const COOKIE: &[u8; 8] = b"tdbatmap";
 
@@ -79,12 +81,6 @@ pub struct BatmapHeader {
     pub marker: u8,
     /// The key hash.
     pub keyhash: KeyHash,
-}
-
-fn arr<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
-    let mut x = [0u8; N];
-    x.copy_from_slice(&b[at..at + N]);
-    x
 }
 
 impl BatmapHeader {

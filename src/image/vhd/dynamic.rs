@@ -10,6 +10,7 @@ use std::fs::File;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::image::vhd::bytes::{arr, be32, be64};
 use crate::image::vhd::footer::checksum;
 use crate::io::read_exact_at;
 
@@ -85,22 +86,6 @@ pub struct RawDynamicHeader {
     pub parent_locators: [ParentLocator; 8],
     /// Reserved bytes 768..1024.
     pub reserved2: [u8; 256],
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(x)
-}
-
-fn arr<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
-    let mut x = [0u8; N];
-    x.copy_from_slice(&b[at..at + N]);
-    x
 }
 
 impl RawDynamicHeader {

@@ -10,6 +10,7 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::image::vhd::bytes::{arr, be32, be64};
 
 /// Size of the footer (and of its copy at offset 0 in dynamic and differencing images).
 pub const FOOTER_SIZE: usize = 512;
@@ -73,22 +74,6 @@ pub struct RawFooter {
     pub saved_state: u8,
     /// Reserved bytes 85..512 (kept so encode(decode(b)) == b).
     pub reserved: [u8; 427],
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(x)
-}
-
-fn arr<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
-    let mut x = [0u8; N];
-    x.copy_from_slice(&b[at..at + N]);
-    x
 }
 
 impl RawFooter {
@@ -335,27 +320,40 @@ pub fn fourcc(b: &[u8; 4]) -> String {
     b.iter().flat_map(|&c| std::ascii::escape_default(c)).map(char::from).collect()
 }
 
-/// Builds the footer of a **fixed** VHD whose data part is `size` bytes (`size` must be a multiple of 512 and
-/// at most [`MAX_VIRTUAL_SIZE`]; see [`check_fixed_size`]). `current_size` = `original_size` = `size`, the
-/// geometry is the spec's for `size / 512` sectors, the creator is [`WRITER_CREATOR_APP`] (so QEMU reports
-/// exactly `size`), `timestamp` is in seconds since 2000-01-01 UTC.
-pub fn fixed_footer(size: u64, uuid: [u8; 16], timestamp: u32) -> [u8; FOOTER_SIZE] {
+/// What differs between the footers diskseal writes.
+#[derive(Debug, Clone, Copy)]
+pub struct FooterSpec {
+    /// Disk type (2 fixed, 3 dynamic).
+    pub disk_type: u32,
+    /// `data_offset`: [`NO_DATA_OFFSET`] for fixed disks, the dynamic header's offset otherwise.
+    pub data_offset: u64,
+    /// Creator application.
+    pub creator_app: [u8; 4],
+    /// Creator version.
+    pub creator_version: u32,
+    /// Creator host OS.
+    pub creator_os: [u8; 4],
+}
+
+/// Builds a sealed footer for a disk of `size` bytes (`current_size` = `original_size` = `size`, the
+/// spec's geometry for `size / 512` sectors), `timestamp` in seconds since 2000-01-01 UTC.
+pub fn build_footer(spec: FooterSpec, size: u64, uuid: [u8; 16], timestamp: u32) -> [u8; FOOTER_SIZE] {
     let g = geometry(size / 512);
     let mut raw = RawFooter {
         cookie: *COOKIE,
         features: 2,
         version: 0x0001_0000,
-        data_offset: NO_DATA_OFFSET,
+        data_offset: spec.data_offset,
         timestamp,
-        creator_app: WRITER_CREATOR_APP,
-        creator_version: WRITER_CREATOR_VERSION,
-        creator_os: WRITER_CREATOR_OS,
+        creator_app: spec.creator_app,
+        creator_version: spec.creator_version,
+        creator_os: spec.creator_os,
         original_size: size,
         current_size: size,
         cylinders: g.cylinders,
         heads: g.heads,
         sectors: g.sectors,
-        disk_type: 2,
+        disk_type: spec.disk_type,
         checksum: 0,
         unique_id: uuid,
         saved_state: 0,
@@ -363,6 +361,20 @@ pub fn fixed_footer(size: u64, uuid: [u8; 16], timestamp: u32) -> [u8; FOOTER_SI
     };
     raw.seal();
     raw.encode()
+}
+
+/// Builds the footer of a **fixed** VHD whose data part is `size` bytes (`size` must be a multiple of 512 and
+/// at most [`MAX_VIRTUAL_SIZE`]; see [`check_fixed_size`]). The creator is [`WRITER_CREATOR_APP`] (so QEMU
+/// reports exactly `size`).
+pub fn fixed_footer(size: u64, uuid: [u8; 16], timestamp: u32) -> [u8; FOOTER_SIZE] {
+    let spec = FooterSpec {
+        disk_type: 2,
+        data_offset: NO_DATA_OFFSET,
+        creator_app: WRITER_CREATOR_APP,
+        creator_version: WRITER_CREATOR_VERSION,
+        creator_os: WRITER_CREATOR_OS,
+    };
+    build_footer(spec, size, uuid, timestamp)
 }
 
 /// Checks that `size` can be the data size of a fixed VHD written with [`fixed_footer`].

@@ -25,6 +25,7 @@
 //! [`dynamic::MAX_BAT_ENTRIES`]); sector bitmaps are read on demand.
 
 pub mod batmap;
+mod bytes;
 pub mod classic;
 pub mod dynamic;
 pub mod footer;

@@ -18,7 +18,7 @@
 use crate::error::{Error, Result};
 use crate::image::vhd::batmap::{self, BatmapHeader, KeyHash};
 use crate::image::vhd::dynamic::{self, RawDynamicHeader, UNALLOCATED};
-use crate::image::vhd::footer::{self, MAX_VIRTUAL_SIZE, RawFooter};
+use crate::image::vhd::footer::{self, MAX_VIRTUAL_SIZE};
 use crate::io::OutputFile;
 
 /// Block size (libvhd hard-codes 2 MiB).
@@ -189,29 +189,14 @@ impl ClassicVhdWriter {
 
 /// The footer of a vhd-util-style dynamic VHD of `size` bytes.
 pub fn footer_bytes(size: u64, uuid: [u8; 16], timestamp: u32) -> [u8; 512] {
-    let g = footer::geometry(size / 512);
-    let mut raw = RawFooter {
-        cookie: *footer::COOKIE,
-        features: 2,
-        version: 0x0001_0000,
+    let spec = footer::FooterSpec {
+        disk_type: 3,
         data_offset: 512,
-        timestamp,
         creator_app: CREATOR_APP,
         creator_version: CREATOR_VERSION,
         creator_os: [0; 4],
-        original_size: size,
-        current_size: size,
-        cylinders: g.cylinders,
-        heads: g.heads,
-        sectors: g.sectors,
-        disk_type: 3,
-        checksum: 0,
-        unique_id: uuid,
-        saved_state: 0,
-        reserved: [0; 427],
     };
-    raw.seal();
-    raw.encode()
+    footer::build_footer(spec, size, uuid, timestamp)
 }
 
 /// The dynamic header for `entries` 2 MiB blocks, BAT at [`BAT_OFFSET`].
@@ -263,7 +248,7 @@ mod tests {
 
     #[test]
     fn footer_and_header_like_vhd_util() {
-        let f = RawFooter::decode(&footer_bytes(10 << 20, [1; 16], 5));
+        let f = footer::RawFooter::decode(&footer_bytes(10 << 20, [1; 16], 5));
         assert_eq!((f.cylinders, f.heads, f.sectors), (301, 4, 17));
         assert_eq!(f.computed_checksum(), f.checksum);
         let h = RawDynamicHeader::decode(&header_bytes(5));
