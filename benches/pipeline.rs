@@ -15,7 +15,11 @@ const SIZE: u64 = 256 << 20;
 
 fn scratch() -> PathBuf {
     let shm = PathBuf::from("/dev/shm");
-    let base = if shm.is_dir() { shm } else { std::env::temp_dir() };
+    let base = if shm.is_dir() {
+        shm
+    } else {
+        std::env::temp_dir()
+    };
     base.join(format!("diskseal-bench-{}", std::process::id()))
 }
 
@@ -23,7 +27,9 @@ fn pipeline(c: &mut Criterion) {
     let dir = scratch();
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let src = dir.join("src.raw");
-    let data: Vec<u8> = (0..SIZE).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..SIZE)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     std::fs::write(&src, &data).expect("write source");
     drop(data);
     let dst = dir.join("out.luks");
@@ -49,7 +55,12 @@ fn pipeline(c: &mut Criterion) {
                 let cancel = AtomicBool::new(false);
                 let progress = Progress::new();
                 let total = AtomicU64::new(0);
-                let run = Run { threads: Some(t), cancel: &cancel, progress: &progress, total: &total };
+                let run = Run {
+                    threads: Some(t),
+                    cancel: &cancel,
+                    progress: &progress,
+                    total: &total,
+                };
                 ops::encrypt(&src, &dst, &opts, &pass, None, &run).expect("encrypt")
             })
         });

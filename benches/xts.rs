@@ -16,11 +16,19 @@ fn xts(c: &mut Criterion) {
         for unit in [512usize, 4096] {
             let name = format!("aes{}-xts/encrypt/unit{unit}", key_len * 4);
             g.bench_function(&name, |b| {
-                b.iter(|| x.encrypt(black_box(&mut buf), unit, 0, IvScheme::Plain64).expect("encrypt"))
+                b.iter(|| {
+                    x.encrypt(black_box(&mut buf), unit, 0, IvScheme::Plain64)
+                        .expect("encrypt")
+                })
             });
         }
         let name = format!("aes{}-xts/decrypt/unit4096", key_len * 4);
-        g.bench_function(&name, |b| b.iter(|| x.decrypt(black_box(&mut buf), 4096, 0, IvScheme::Plain64).expect("decrypt")));
+        g.bench_function(&name, |b| {
+            b.iter(|| {
+                x.decrypt(black_box(&mut buf), 4096, 0, IvScheme::Plain64)
+                    .expect("decrypt")
+            })
+        });
     }
     g.finish();
 }

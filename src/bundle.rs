@@ -120,8 +120,9 @@ pub struct KeyEntry {
 impl Manifest {
     /// Parses and checks a manifest: schema, file names without directories, hex digests, consistent sizes.
     pub fn parse(bytes: &[u8]) -> Result<Manifest> {
-        let m: Manifest = serde_json::from_slice(bytes)
-            .map_err(|e| Error::format(format!("manifest.json is not a valid bundle manifest: {e}")))?;
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| {
+            Error::format(format!("manifest.json is not a valid bundle manifest: {e}"))
+        })?;
         m.check()?;
         Ok(m)
     }
@@ -129,25 +130,52 @@ impl Manifest {
     /// The consistency checks of [`Manifest::parse`].
     pub fn check(&self) -> Result<()> {
         if self.schema != SCHEMA {
-            return Err(Error::unsupported(format!("manifest schema {:?} is not {SCHEMA:?}", self.schema)));
+            return Err(Error::unsupported(format!(
+                "manifest schema {:?} is not {SCHEMA:?}",
+                self.schema
+            )));
         }
         Profile::parse(&self.profile)?;
-        for (field, name) in [("image.file", &self.image.file), ("key.file", &self.key.file)] {
-            if name.is_empty() || name.contains('/') || name == "." || name == ".." || name == MANIFEST {
-                return Err(Error::format(format!("manifest field {field} ({name:?}) must be a plain file name")));
+        for (field, name) in [
+            ("image.file", &self.image.file),
+            ("key.file", &self.key.file),
+        ] {
+            if name.is_empty()
+                || name.contains('/')
+                || name == "."
+                || name == ".."
+                || name == MANIFEST
+            {
+                return Err(Error::format(format!(
+                    "manifest field {field} ({name:?}) must be a plain file name"
+                )));
             }
         }
-        for (field, hex) in [("image.sha256", &self.image.sha256), ("plaintext.sha256", &self.plaintext.sha256)] {
-            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-                return Err(Error::format(format!("manifest field {field} is not a lowercase hex SHA-256")));
+        for (field, hex) in [
+            ("image.sha256", &self.image.sha256),
+            ("plaintext.sha256", &self.plaintext.sha256),
+        ] {
+            if hex.len() != 64
+                || !hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(Error::format(format!(
+                    "manifest field {field} is not a lowercase hex SHA-256"
+                )));
             }
         }
         // A sparse qcow2 can be far smaller than its virtual disk, so only zero is refused.
         if self.image.virtual_size == 0 || self.image.file_size == 0 {
-            return Err(Error::format("manifest fields image.virtual_size and image.file_size must not be 0"));
+            return Err(Error::format(
+                "manifest fields image.virtual_size and image.file_size must not be 0",
+            ));
         }
         if self.key.sealed_with != "age-x25519" {
-            return Err(Error::unsupported(format!("manifest field key.sealed_with {:?} is not \"age-x25519\"", self.key.sealed_with)));
+            return Err(Error::unsupported(format!(
+                "manifest field key.sealed_with {:?} is not \"age-x25519\"",
+                self.key.sealed_with
+            )));
         }
         Ok(())
     }
@@ -188,7 +216,8 @@ pub fn parse_recipient(text: &str) -> Result<age::x25519::Recipient> {
 
 /// Seals `secret` to `recipient` in the binary age format.
 pub fn seal(recipient: &age::x25519::Recipient, secret: &[u8]) -> Result<Vec<u8>> {
-    age::encrypt(recipient, secret).map_err(|e| Error::new(ErrorKind::Io, format!("age encryption failed: {e}")))
+    age::encrypt(recipient, secret)
+        .map_err(|e| Error::new(ErrorKind::Io, format!("age encryption failed: {e}")))
 }
 
 /// A bundle directory under construction: removed unless committed.
@@ -217,7 +246,10 @@ fn temp_dir_for(dest: &Path) -> Result<TempDir> {
         _ => PathBuf::from("."),
     };
     for attempt in 0..100 {
-        let path = parent.join(format!(".{name}.diskseal-{}-{attempt}.tmp", std::process::id()));
+        let path = parent.join(format!(
+            ".{name}.diskseal-{}-{attempt}.tmp",
+            std::process::id()
+        ));
         match fs::create_dir(&path) {
             Ok(()) => return Ok(TempDir { path, done: false }),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
@@ -228,7 +260,12 @@ fn temp_dir_for(dest: &Path) -> Result<TempDir> {
 }
 
 fn create_file(path: &Path, mode: u32) -> Result<File> {
-    OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(|e| Error::io("create", path, None, e))
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| Error::io("create", path, None, e))
 }
 
 /// Copies `src` to `dst` (a new file), returning the SHA-256 of the bytes copied.
@@ -242,33 +279,53 @@ fn copy_hashing(src: &Path, dst: &Path, run: &Run<'_>) -> Result<(u64, String)> 
         if run.cancel.load(Ordering::SeqCst) {
             return Err(Error::new(ErrorKind::Interrupted, "interrupted"));
         }
-        let n = input.read(&mut buf).map_err(|e| Error::io("read", src, Some(total), e))?;
+        let n = input
+            .read(&mut buf)
+            .map_err(|e| Error::io("read", src, Some(total), e))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        output.write_all(&buf[..n]).map_err(|e| Error::io("write", dst, Some(total), e))?;
+        output
+            .write_all(&buf[..n])
+            .map_err(|e| Error::io("write", dst, Some(total), e))?;
         total += n as u64;
     }
-    output.sync_all().map_err(|e| Error::io("flush", dst, None, e))?;
+    output
+        .sync_all()
+        .map_err(|e| Error::io("flush", dst, None, e))?;
     Ok((total, hex(&hasher.finalize())))
 }
 
 /// What the KMS must wrap for `profile`, and what the key file is.
 fn key_meaning(profile: Profile) -> (&'static str, &'static str) {
     if profile.key_file_is_dek() {
-        ("raw-dek", "base64 of the raw DEK (the key file); the LUKS passphrase is that same base64 text")
+        (
+            "raw-dek",
+            "base64 of the raw DEK (the key file); the LUKS passphrase is that same base64 text",
+        )
     } else {
-        ("passphrase", "base64 of the passphrase (the key file, verbatim, no newline added)")
+        (
+            "passphrase",
+            "base64 of the passphrase (the key file, verbatim, no newline added)",
+        )
     }
 }
 
 /// Builds the bundle `dir` from the LUKS image `image` and the key file bytes `key` (the same bytes that
 /// were given to `diskseal encrypt --key-file`).
-pub fn create(image: &Path, key: &Zeroizing<Vec<u8>>, dir: &Path, opts: &BundleOptions, run: &Run<'_>) -> Result<BundleReport> {
+pub fn create(
+    image: &Path,
+    key: &Zeroizing<Vec<u8>>,
+    dir: &Path,
+    opts: &BundleOptions,
+    run: &Run<'_>,
+) -> Result<BundleReport> {
     let recipient = parse_recipient(&opts.recipient)?;
     if !opts.force && fs::symlink_metadata(dir).is_ok() {
-        return Err(Error::invalid("bundle directory already exists").with_path(dir).hint("pass --force to replace it"));
+        return Err(Error::invalid("bundle directory already exists")
+            .with_path(dir)
+            .hint("pass --force to replace it"));
     }
     let file_name = image
         .file_name()
@@ -277,14 +334,19 @@ pub fn create(image: &Path, key: &Zeroizing<Vec<u8>>, dir: &Path, opts: &BundleO
         .ok_or_else(|| Error::invalid("image file name is not UTF-8").with_path(image))?
         .to_owned();
     if file_name == MANIFEST || file_name == SEALED_KEY {
-        return Err(Error::invalid(format!("the image may not be called {file_name}")).with_path(image));
+        return Err(
+            Error::invalid(format!("the image may not be called {file_name}")).with_path(image),
+        );
     }
     let (luks, format) = read_header(image)?;
     // Unlocking with the key proves it is the right one, and hashes the plaintext on the way.
     let passphrase = opts.profile.passphrase(Zeroizing::new(key.to_vec()))?;
     let report = ops::verify(image, Unlock::Passphrase(passphrase), None, run).map_err(|e| {
         if e.kind() == ErrorKind::WrongKey {
-            e.hint(format!("the key file must be the one given to `diskseal encrypt --profile {}`", opts.profile.name()))
+            e.hint(format!(
+                "the key file must be the one given to `diskseal encrypt --profile {}`",
+                opts.profile.name()
+            ))
         } else {
             e
         }
@@ -295,7 +357,9 @@ pub fn create(image: &Path, key: &Zeroizing<Vec<u8>>, dir: &Path, opts: &BundleO
     let sealed = seal(&recipient, key)?;
     let sealed_path = tmp.path.join(SEALED_KEY);
     let mut f = create_file(&sealed_path, 0o600)?;
-    f.write_all(&sealed).and_then(|()| f.sync_all()).map_err(|e| Error::io("write", &sealed_path, None, e))?;
+    f.write_all(&sealed)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io("write", &sealed_path, None, e))?;
 
     let (kind, kms_plaintext) = key_meaning(opts.profile);
     let manifest = Manifest {
@@ -309,7 +373,9 @@ pub fn create(image: &Path, key: &Zeroizing<Vec<u8>>, dir: &Path, opts: &BundleO
             virtual_size: report.payload_len,
             sha256: image_sha,
         },
-        plaintext: PlaintextEntry { sha256: report.plaintext_sha256.clone() },
+        plaintext: PlaintextEntry {
+            sha256: report.plaintext_sha256.clone(),
+        },
         luks: LuksEntry {
             version: match luks.version() {
                 LuksVersion::Luks1 => 1,
@@ -331,7 +397,8 @@ pub fn create(image: &Path, key: &Zeroizing<Vec<u8>>, dir: &Path, opts: &BundleO
         },
     };
     manifest.check()?;
-    let text = serde_json::to_string_pretty(&manifest).map_err(|e| Error::invalid(format!("manifest: {e}")))?;
+    let text = serde_json::to_string_pretty(&manifest)
+        .map_err(|e| Error::invalid(format!("manifest: {e}")))?;
     let manifest_path = tmp.path.join(MANIFEST);
     let mut f = create_file(&manifest_path, 0o644)?;
     f.write_all(text.as_bytes())
@@ -339,25 +406,36 @@ pub fn create(image: &Path, key: &Zeroizing<Vec<u8>>, dir: &Path, opts: &BundleO
         .and_then(|()| f.sync_all())
         .map_err(|e| Error::io("write", &manifest_path, None, e))?;
     commit(tmp, dir, opts.force)?;
-    Ok(BundleReport { dir: dir.to_owned(), manifest })
+    Ok(BundleReport {
+        dir: dir.to_owned(),
+        manifest,
+    })
 }
 
 /// The LUKS header of a LUKS file or of a qcow2 with QEMU-native LUKS, and the container's name.
 fn read_header(image: &Path) -> Result<(Luks, String)> {
     let f = File::open(image).map_err(|e| Error::io("open image", image, None, e))?;
-    let len = f.metadata().map_err(|e| Error::io("stat", image, None, e))?.len();
+    let len = f
+        .metadata()
+        .map_err(|e| Error::io("stat", image, None, e))?
+        .len();
     let mut magic = [0u8; 4];
-    if std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 0).is_ok() && magic == *b"QFI\xfb" {
+    if std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 0).is_ok() && magic == *b"QFI\xfb"
+    {
         let q = crate::image::qcow2::Qcow2Image::open(f, image, &mut Vec::new())?;
         let Some((h, _)) = q.luks_header()? else {
-            return Err(Error::unsupported("the qcow2 image is not encrypted").with_path(image).hint("bundle the output of `diskseal encrypt`"));
+            return Err(Error::unsupported("the qcow2 image is not encrypted")
+                .with_path(image)
+                .hint("bundle the output of `diskseal encrypt`"));
         };
         return Ok((Luks::embedded(h, len)?, "qcow2+luks1".into()));
     }
     if !crate::luks::probe(&f) {
-        return Err(Error::unsupported("the image is not a LUKS file nor a qcow2 with LUKS encryption")
-            .with_path(image)
-            .hint("bundle the output of `diskseal encrypt`"));
+        return Err(Error::unsupported(
+            "the image is not a LUKS file nor a qcow2 with LUKS encryption",
+        )
+        .with_path(image)
+        .hint("bundle the output of `diskseal encrypt`"));
     }
     let l = Luks::open(&f, image)?;
     let name = l.version().name().to_owned();
@@ -367,10 +445,16 @@ fn read_header(image: &Path) -> Result<(Luks, String)> {
 fn commit(mut tmp: TempDir, dir: &Path, force: bool) -> Result<()> {
     if fs::symlink_metadata(dir).is_ok() {
         if !force {
-            return Err(Error::invalid("bundle directory already exists").with_path(dir).hint("pass --force to replace it"));
+            return Err(Error::invalid("bundle directory already exists")
+                .with_path(dir)
+                .hint("pass --force to replace it"));
         }
         let meta = fs::symlink_metadata(dir).map_err(|e| Error::io("stat", dir, None, e))?;
-        let removed = if meta.is_dir() { fs::remove_dir_all(dir) } else { fs::remove_file(dir) };
+        let removed = if meta.is_dir() {
+            fs::remove_dir_all(dir)
+        } else {
+            fs::remove_file(dir)
+        };
         removed.map_err(|e| Error::io("remove old bundle", dir, None, e))?;
     }
     fs::rename(&tmp.path, dir).map_err(|e| Error::io("rename bundle into", dir, None, e))?;
@@ -394,7 +478,12 @@ pub struct QuietRun {
 impl QuietRun {
     /// A [`Run`] borrowing this state, on all cores.
     pub fn run(&self) -> Run<'_> {
-        Run { threads: None, cancel: &self.cancel, progress: &self.progress, total: &self.total }
+        Run {
+            threads: None,
+            cancel: &self.cancel,
+            progress: &self.progress,
+            total: &self.total,
+        }
     }
 }
 
@@ -407,9 +496,24 @@ mod tests {
             schema: SCHEMA.into(),
             created_by: "diskseal test".into(),
             profile: "luks2".into(),
-            image: ImageEntry { file: "d.luks".into(), format: "luks2".into(), file_size: 100, virtual_size: 50, sha256: "a".repeat(64) },
-            plaintext: PlaintextEntry { sha256: "b".repeat(64) },
-            luks: LuksEntry { version: 2, uuid: "u".into(), cipher: "aes-xts-plain64".into(), key_bits: 512, sector_size: 4096, data_offset: 16 << 20 },
+            image: ImageEntry {
+                file: "d.luks".into(),
+                format: "luks2".into(),
+                file_size: 100,
+                virtual_size: 50,
+                sha256: "a".repeat(64),
+            },
+            plaintext: PlaintextEntry {
+                sha256: "b".repeat(64),
+            },
+            luks: LuksEntry {
+                version: 2,
+                uuid: "u".into(),
+                cipher: "aes-xts-plain64".into(),
+                key_bits: 512,
+                sector_size: 4096,
+                data_offset: 16 << 20,
+            },
             key: KeyEntry {
                 file: SEALED_KEY.into(),
                 sealed_with: "age-x25519".into(),

@@ -43,7 +43,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// A new error of `kind` with a message that names the field or action.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), path: None, offset: None, hint: None, source: None }
+        Error {
+            kind,
+            message: message.into(),
+            path: None,
+            offset: None,
+            hint: None,
+            source: None,
+        }
     }
 
     /// An I/O error while doing `op` (e.g. "read", "write") on `path` at `offset`.
@@ -52,7 +59,14 @@ impl Error {
             Some(28) => format!("cannot {op}: no space left on device"),
             _ => format!("cannot {op}: {source}"),
         };
-        Error { kind: ErrorKind::Io, message, path: Some(path.to_owned()), offset, hint: None, source: Some(source) }
+        Error {
+            kind: ErrorKind::Io,
+            message,
+            path: Some(path.to_owned()),
+            offset,
+            hint: None,
+            source: Some(source),
+        }
     }
 
     /// Shorthand for [`ErrorKind::InvalidFormat`].
@@ -165,14 +179,24 @@ mod tests {
 
     #[test]
     fn display_names_path_and_offset() {
-        let e = Error::corrupt("LUKS2 header checksum mismatch").with_path(Path::new("x.img")).at(0x4000);
-        assert_eq!(e.to_string(), "x.img: LUKS2 header checksum mismatch (at offset 0x4000)");
+        let e = Error::corrupt("LUKS2 header checksum mismatch")
+            .with_path(Path::new("x.img"))
+            .at(0x4000);
+        assert_eq!(
+            e.to_string(),
+            "x.img: LUKS2 header checksum mismatch (at offset 0x4000)"
+        );
         assert_eq!(e.kind(), ErrorKind::Corrupt);
     }
 
     #[test]
     fn enospc_is_spelled_out() {
-        let e = Error::io("write", Path::new("out"), Some(7), io::Error::from_raw_os_error(28));
+        let e = Error::io(
+            "write",
+            Path::new("out"),
+            Some(7),
+            io::Error::from_raw_os_error(28),
+        );
         assert!(e.to_string().contains("no space left on device"), "{e}");
     }
 }

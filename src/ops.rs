@@ -172,11 +172,15 @@ pub fn encrypt(
 ) -> Result<EncryptReport> {
     refuse_same(src, dst)?;
     if !opts.force && std::fs::symlink_metadata(dst).is_ok() {
-        return Err(Error::invalid("output file already exists").with_path(dst).hint("pass --force to overwrite it"));
+        return Err(Error::invalid("output file already exists")
+            .with_path(dst)
+            .hint("pass --force to overwrite it"));
     }
     if opts.container == Container::ClassicVhd {
         // No LUKS header, no passphrase: a different report; see `encrypt_classic_vhd`.
-        return Err(Error::invalid("ibm-classic-vhd output has no LUKS header; it is written by ops::encrypt_classic_vhd"));
+        return Err(Error::invalid(
+            "ibm-classic-vhd output has no LUKS header; it is written by ops::encrypt_classic_vhd",
+        ));
     }
     let image = image::open(src, opts.input_format)?;
     let source_size = image.virtual_size();
@@ -185,8 +189,10 @@ pub fn encrypt(
     }
     let vsize = match opts.resize {
         Some(r) if r < source_size => {
-            return Err(Error::invalid(format!("--resize {r} is smaller than the source's virtual size {source_size}"))
-                .hint("diskseal only grows disks; shrink the file system and the image first"));
+            return Err(Error::invalid(format!(
+                "--resize {r} is smaller than the source's virtual size {source_size}"
+            ))
+            .hint("diskseal only grows disks; shrink the file system and the image first"));
         }
         Some(r) => r,
         None => source_size,
@@ -195,11 +201,15 @@ pub fn encrypt(
     let version = opts.luks.version;
     if opts.container == Container::Qcow2Luks {
         if version != LuksVersion::Luks1 {
-            return Err(Error::invalid("qcow2 images hold LUKS1 only (QEMU has no LUKS2)"));
+            return Err(Error::invalid(
+                "qcow2 images hold LUKS1 only (QEMU has no LUKS2)",
+            ));
         }
         if std::str::from_utf8(passphrase.expose()).is_err() {
-            return Err(Error::invalid("the passphrase is not valid UTF-8, which QEMU requires for qcow2 encryption")
-                .hint("use a text passphrase, e.g. the base64 of random bytes"));
+            return Err(Error::invalid(
+                "the passphrase is not valid UTF-8, which QEMU requires for qcow2 encryption",
+            )
+            .hint("use a text passphrase, e.g. the base64 of random bytes"));
         }
     }
     let sector = match opts.sector_size {
@@ -208,16 +218,21 @@ pub fn encrypt(
         None => 512,
     };
     if version == LuksVersion::Luks1 && sector != 512 {
-        return Err(Error::invalid("LUKS1 supports only 512-byte sectors").hint("use --type luks2 for 4096-byte sectors"));
+        return Err(Error::invalid("LUKS1 supports only 512-byte sectors")
+            .hint("use --type luks2 for 4096-byte sectors"));
     }
     if !matches!(sector, 512 | 1024 | 2048 | 4096) {
-        return Err(Error::invalid(format!("--sector-size {sector} must be 512, 1024, 2048 or 4096")));
+        return Err(Error::invalid(format!(
+            "--sector-size {sector} must be 512, 1024, 2048 or 4096"
+        )));
     }
     let mut payload_len = vsize.div_ceil(u64::from(sector)) * u64::from(sector);
     if payload_len != vsize && !opts.pad {
-        return Err(Error::invalid(format!("input size {vsize} is not a multiple of the {sector}-byte sector size"))
-            .with_path(src)
-            .hint("pass --pad to pad the payload with zeros, or choose a smaller --sector-size"));
+        return Err(Error::invalid(format!(
+            "input size {vsize} is not a multiple of the {sector}-byte sector size"
+        ))
+        .with_path(src)
+        .hint("pass --pad to pad the payload with zeros, or choose a smaller --sector-size"));
     }
     let mut fmt = opts.luks.clone();
     fmt.sector_size = sector;
@@ -239,7 +254,8 @@ pub fn encrypt(
     let out = OutputFile::create(dst, opts.force)?;
     let xts = Xts::new(key.expose())?;
     let pipeline = Pipeline::new(run.threads, DEFAULT_CHUNK)?;
-    run.total.store(payload_len, std::sync::atomic::Ordering::Relaxed);
+    run.total
+        .store(payload_len, std::sync::atomic::Ordering::Relaxed);
     let start = Instant::now();
     let data_bytes = AtomicU64::new(0);
     let (data_offset, output_size) = match opts.container {
@@ -264,10 +280,13 @@ pub fn encrypt(
             let mut size = data_offset + payload_len;
             if let Container::Vhd { .. } = opts.container {
                 vhd_footer::check_fixed_size(size)?;
-                let uuid = uuid::Uuid::parse_str(&formatted.uuid).map(|u| *u.as_bytes()).unwrap_or([0; 16]);
+                let uuid = uuid::Uuid::parse_str(&formatted.uuid)
+                    .map(|u| *u.as_bytes())
+                    .unwrap_or([0; 16]);
                 let since_2000 = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs().saturating_sub(946_684_800)) as u32;
+                    .map_or(0, |d| d.as_secs().saturating_sub(946_684_800))
+                    as u32;
                 out.write_at(&vhd_footer::fixed_footer(size, uuid, since_2000), size)?;
                 size += 512;
             }
@@ -284,10 +303,23 @@ pub fn encrypt(
                 data_bytes.fetch_add(fill(image.as_ref(), &extents, buf, at)?, Ordering::Relaxed);
                 Ok(true)
             };
-            let size = write_qcow2(&pipeline, payload_len, &extents, &read, Some(&xts), writer, &out, run)?;
+            let size = write_qcow2(
+                &pipeline,
+                payload_len,
+                &extents,
+                &read,
+                Some(&xts),
+                writer,
+                &out,
+                run,
+            )?;
             (1 << crate::image::qcow2::writer::CLUSTER_BITS, size)
         }
-        Container::ClassicVhd => return Err(Error::invalid("ibm-classic-vhd output is written by encrypt_classic_vhd")),
+        Container::ClassicVhd => {
+            return Err(Error::invalid(
+                "ibm-classic-vhd output is written by encrypt_classic_vhd",
+            ));
+        }
     };
     let elapsed = start.elapsed();
     out.commit(0o644)?;
@@ -435,7 +467,16 @@ fn write_qcow2(
         out.write_at(data, host)
     };
     let skip = |off: u64| next_data(extents, off, len);
-    allocating_waves(pipeline, len, cs, run, &skip, read, &mut |i| writer.allocate(i), &store)?;
+    allocating_waves(
+        pipeline,
+        len,
+        cs,
+        run,
+        &skip,
+        read,
+        &mut |i| writer.allocate(i),
+        &store,
+    )?;
     writer.finish(out)
 }
 
@@ -485,10 +526,18 @@ pub struct ClassicVhdReport {
 /// virtual sector number; the key hash SHA-256(zero nonce || key) goes into the batmap header.
 /// The virtual size is the source's rounded up to whole 2 MiB blocks (as vhd-util does); sources beyond
 /// VHD's 2040 GiB are refused.
-pub fn encrypt_classic_vhd(src: &Path, dst: &Path, opts: &ClassicVhdOptions, key: &VolumeKey, run: &Run<'_>) -> Result<ClassicVhdReport> {
+pub fn encrypt_classic_vhd(
+    src: &Path,
+    dst: &Path,
+    opts: &ClassicVhdOptions,
+    key: &VolumeKey,
+    run: &Run<'_>,
+) -> Result<ClassicVhdReport> {
     refuse_same(src, dst)?;
     if !opts.force && std::fs::symlink_metadata(dst).is_ok() {
-        return Err(Error::invalid("output file already exists").with_path(dst).hint("pass --force to overwrite it"));
+        return Err(Error::invalid("output file already exists")
+            .with_path(dst)
+            .hint("pass --force to overwrite it"));
     }
     let image = image::open(src, opts.input_format)?;
     if image.info().details.get("encrypt").is_some() {
@@ -502,8 +551,10 @@ pub fn encrypt_classic_vhd(src: &Path, dst: &Path, opts: &ClassicVhdOptions, key
     }
     let want = match opts.resize {
         Some(r) if r < source_size => {
-            return Err(Error::invalid(format!("--resize {r} is smaller than the source's virtual size {source_size}"))
-                .hint("diskseal only grows disks; shrink the file system and the image first"));
+            return Err(Error::invalid(format!(
+                "--resize {r} is smaller than the source's virtual size {source_size}"
+            ))
+            .hint("diskseal only grows disks; shrink the file system and the image first"));
         }
         Some(r) => r,
         None => source_size,
@@ -520,7 +571,8 @@ pub fn encrypt_classic_vhd(src: &Path, dst: &Path, opts: &ClassicVhdOptions, key
     let extents = image.extents()?;
     let xts = Xts::new(key.expose())?;
     let uuid = uuid::Uuid::new_v4();
-    let mut writer = ClassicVhdWriter::new(vsize, *uuid.as_bytes(), vhd_writer::vhd_timestamp_now())?;
+    let mut writer =
+        ClassicVhdWriter::new(vsize, *uuid.as_bytes(), vhd_writer::vhd_timestamp_now())?;
     let footer = *writer.footer();
     let out = OutputFile::create(dst, opts.force)?;
     let pipeline = Pipeline::new(run.threads, DEFAULT_CHUNK)?;
@@ -544,7 +596,16 @@ pub fn encrypt_classic_vhd(src: &Path, dst: &Path, opts: &ClassicVhdOptions, key
         out.write_at(&footer, at + 512 + bs)
     };
     let skip = |off: u64| next_data(&extents, off, vsize);
-    allocating_waves(&pipeline, vsize, bs, run, &skip, &read, &mut |i| writer.allocate(i), &store)?;
+    allocating_waves(
+        &pipeline,
+        vsize,
+        bs,
+        run,
+        &skip,
+        &read,
+        &mut |i| writer.allocate(i),
+        &store,
+    )?;
     let keyhash = KeyHash::of_key(key.expose(), [0; 32]);
     let allocated_blocks = writer.allocated();
     let bat_entries = writer.layout().entries;
@@ -570,8 +631,11 @@ pub fn encrypt_classic_vhd(src: &Path, dst: &Path, opts: &ClassicVhdOptions, key
 /// True when `buf` holds only zero bytes (word-wise, fast on the all-zero case).
 fn is_zero(buf: &[u8]) -> bool {
     let (words, rest) = buf.split_at(buf.len() / 8 * 8);
-    words.chunks_exact(64).all(|c| c.chunks_exact(8).fold(0u64, |acc, w| acc | u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]])) == 0)
-        && words.chunks_exact(64).remainder().iter().all(|&b| b == 0)
+    words.chunks_exact(64).all(|c| {
+        c.chunks_exact(8).fold(0u64, |acc, w| {
+            acc | u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]])
+        }) == 0
+    }) && words.chunks_exact(64).remainder().iter().all(|&b| b == 0)
         && rest.iter().all(|&b| b == 0)
 }
 
@@ -607,13 +671,19 @@ pub fn unlock(path: &Path, how: Unlock) -> Result<Unlocked> {
         Unlock::ClassicVhd(key) => {
             let img = EncryptedVhd::open(path, &key)?;
             let warnings = img.warnings().to_vec();
-            return Ok(Unlocked { image: Box::new(img), kind: "vhd-util (blktap) VHD", keyslot: None, warnings });
+            return Ok(Unlocked {
+                image: Box::new(img),
+                kind: "vhd-util (blktap) VHD",
+                keyslot: None,
+                warnings,
+            });
         }
         other => other,
     };
     let file = File::open(path).map_err(|e| Error::io("open", path, None, e))?;
     let mut magic = [0u8; 4];
-    let is_qcow2 = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok() && magic == *b"QFI\xfb";
+    let is_qcow2 = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok()
+        && magic == *b"QFI\xfb";
     if is_qcow2 {
         let mut q = Qcow2Image::open(file, path, &mut Vec::new())?;
         if q.luks_header()?.is_none() {
@@ -627,10 +697,17 @@ pub fn unlock(path: &Path, how: Unlock) -> Result<Unlocked> {
             Unlock::VolumeKey(k) | Unlock::ClassicVhd(k) => (k, None),
         };
         q.set_key(&key)?;
-        return Ok(Unlocked { image: Box::new(q), kind: "qcow2 + LUKS1", keyslot, warnings: Vec::new() });
+        return Ok(Unlocked {
+            image: Box::new(q),
+            kind: "qcow2 + LUKS1",
+            keyslot,
+            warnings: Vec::new(),
+        });
     }
     let mut head = [0u8; 8];
-    if std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0).is_ok() && &head == vhd_footer::COOKIE {
+    if std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0).is_ok()
+        && &head == vhd_footer::COOKIE
+    {
         return Err(Error::format("this is a dynamic VHD, not a LUKS file")
             .with_path(path)
             .hint("a VHD encrypted by vhd-util (IBM classic) opens with --profile ibm-classic-vhd and the raw DEK"));
@@ -646,9 +723,18 @@ pub fn unlock(path: &Path, how: Unlock) -> Result<Unlocked> {
             (k, None)
         }
     };
-    let kind = if luks.version() == LuksVersion::Luks1 { "LUKS1" } else { "LUKS2" };
+    let kind = if luks.version() == LuksVersion::Luks1 {
+        "LUKS1"
+    } else {
+        "LUKS2"
+    };
     let warnings = luks.warnings.clone();
-    Ok(Unlocked { image: Box::new(LuksPayload::new(file, path, luks, &key)?), kind, keyslot, warnings })
+    Ok(Unlocked {
+        image: Box::new(LuksPayload::new(file, path, luks, &key)?),
+        kind,
+        keyslot,
+        warnings,
+    })
 }
 
 /// What [`decrypt`] did.
@@ -665,10 +751,19 @@ pub struct DecryptReport {
 }
 
 /// Decrypts the LUKS file `src` into a plain image `dst`: raw, or a sparse qcow2 when `qcow2` is set.
-pub fn decrypt(src: &Path, dst: &Path, how: Unlock, force: bool, qcow2: bool, run: &Run<'_>) -> Result<DecryptReport> {
+pub fn decrypt(
+    src: &Path,
+    dst: &Path,
+    how: Unlock,
+    force: bool,
+    qcow2: bool,
+    run: &Run<'_>,
+) -> Result<DecryptReport> {
     refuse_same(src, dst)?;
     if !force && std::fs::symlink_metadata(dst).is_ok() {
-        return Err(Error::invalid("output file already exists").with_path(dst).hint("pass --force to overwrite it"));
+        return Err(Error::invalid("output file already exists")
+            .with_path(dst)
+            .hint("pass --force to overwrite it"));
     }
     let u = unlock(src, how)?;
     let image = u.image.as_ref();
@@ -698,7 +793,12 @@ pub fn decrypt(src: &Path, dst: &Path, how: Unlock, force: bool, qcow2: bool, ru
     }
     let elapsed = start.elapsed();
     out.commit(0o644)?;
-    Ok(DecryptReport { payload_len: len, keyslot: u.keyslot, elapsed, warnings: u.warnings })
+    Ok(DecryptReport {
+        payload_len: len,
+        keyslot: u.keyslot,
+        elapsed,
+        warnings: u.warnings,
+    })
 }
 
 /// What [`verify`] found.
@@ -728,7 +828,12 @@ impl VerifyReport {
 }
 
 /// Unlocks `enc`, decrypts the whole payload (hashing it), and compares it with `against` if given.
-pub fn verify(enc: &Path, how: Unlock, against: Option<(&Path, Option<ImageFormat>)>, run: &Run<'_>) -> Result<VerifyReport> {
+pub fn verify(
+    enc: &Path,
+    how: Unlock,
+    against: Option<(&Path, Option<ImageFormat>)>,
+    run: &Run<'_>,
+) -> Result<VerifyReport> {
     let u = unlock(enc, how)?;
     let image = u.image.as_ref();
     let len = image.virtual_size();
@@ -762,7 +867,9 @@ pub fn verify(enc: &Path, how: Unlock, against: Option<(&Path, Option<ImageForma
                 fill(src.as_ref(), &src_extents, &mut theirs[..real], off)?;
                 if let Some(i) = buf.iter().zip(&theirs).position(|(a, b)| a != b) {
                     let at = off + i as u64;
-                    let mut m = mismatch.lock().map_err(|_| Error::new(ErrorKind::Io, "worker panicked"))?;
+                    let mut m = mismatch
+                        .lock()
+                        .map_err(|_| Error::new(ErrorKind::Io, "worker panicked"))?;
                     if m.is_none_or(|x| at < x) {
                         *m = Some(at);
                     }
@@ -775,7 +882,11 @@ pub fn verify(enc: &Path, how: Unlock, against: Option<(&Path, Option<ImageForma
             Ok(())
         },
     )?;
-    let plaintext_sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let plaintext_sha256 = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     Ok(VerifyReport {
         kind: u.kind,
         keyslot: u.keyslot,
@@ -809,7 +920,13 @@ pub fn info(path: &Path, format: Option<ImageFormat>) -> Result<serde_json::Valu
     drop(file);
     let image = image::open(path, format)?;
     let extents = image.extents()?;
-    let sum = |k: ExtentKind| extents.iter().filter(|e| e.kind == k).map(|e| e.len).sum::<u64>();
+    let sum = |k: ExtentKind| {
+        extents
+            .iter()
+            .filter(|e| e.kind == k)
+            .map(|e| e.len)
+            .sum::<u64>()
+    };
     fn describe(i: &image::ImageInfo) -> serde_json::Value {
         let mut v = json!({
             "filename": i.path,

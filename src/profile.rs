@@ -60,7 +60,9 @@ impl Profile {
     pub fn default_version(self) -> LuksVersion {
         match self {
             Profile::Luks2 => LuksVersion::Luks2,
-            Profile::Luks1 | Profile::IbmClassicLuks | Profile::IbmVpc | Profile::IbmClassicVhd => LuksVersion::Luks1,
+            Profile::Luks1 | Profile::IbmClassicLuks | Profile::IbmVpc | Profile::IbmClassicVhd => {
+                LuksVersion::Luks1
+            }
         }
     }
 
@@ -92,7 +94,9 @@ impl Profile {
                 let text = base64::engine::general_purpose::STANDARD.encode(&key_file[..]);
                 Passphrase::new(Zeroizing::new(text.into_bytes()))
             }
-            Profile::IbmClassicVhd => Err(Error::invalid("the ibm-classic-vhd profile has no passphrase: its key file is the raw DEK")),
+            Profile::IbmClassicVhd => Err(Error::invalid(
+                "the ibm-classic-vhd profile has no passphrase: its key file is the raw DEK",
+            )),
         }
     }
 }
@@ -106,8 +110,11 @@ fn looks_like_base64(b: &[u8]) -> bool {
     let t = b.strip_suffix(b"\n").unwrap_or(b);
     let t = t.strip_suffix(b"\r").unwrap_or(t);
     !t.is_empty()
-        && t.iter().all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'-' | b'_' | b'='))
-        && t.iter().position(|&c| c == b'=').is_none_or(|p| t[p..].iter().all(|&c| c == b'='))
+        && t.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'-' | b'_' | b'='))
+        && t.iter()
+            .position(|&c| c == b'=')
+            .is_none_or(|p| t[p..].iter().all(|&c| c == b'='))
 }
 
 /// The `ibm-classic-vhd` key: the key file's bytes are the raw DEK, exactly 32 (AES-128-XTS) or 64
@@ -156,30 +163,61 @@ mod tests {
         let dek = Zeroizing::new(vec![0xffu8; 32]);
         let p = Profile::IbmClassicLuks.passphrase(dek).unwrap();
         assert_eq!(p.expose(), b"//////////////////////////////////////////8=");
-        assert!(Profile::IbmClassicLuks.passphrase(Zeroizing::new(vec![1u8; 8])).is_err());
+        assert!(
+            Profile::IbmClassicLuks
+                .passphrase(Zeroizing::new(vec![1u8; 8]))
+                .is_err()
+        );
     }
 
     #[test]
     fn classic_vhd_key_checks() {
         let key: Vec<u8> = (0u8..64).collect();
-        assert_eq!(classic_vhd_key(Zeroizing::new(key.clone())).unwrap().len(), 64);
-        assert_eq!(classic_vhd_key(Zeroizing::new(key[..32].to_vec())).unwrap().len(), 32);
+        assert_eq!(
+            classic_vhd_key(Zeroizing::new(key.clone())).unwrap().len(),
+            64
+        );
+        assert_eq!(
+            classic_vhd_key(Zeroizing::new(key[..32].to_vec()))
+                .unwrap()
+                .len(),
+            32
+        );
         // A genuine key may end in 0x0a.
         let mut k = key.clone();
         k[63] = b'\n';
         assert!(classic_vhd_key(Zeroizing::new(k)).is_ok());
         let mut nl = key.clone();
         nl.push(b'\n');
-        assert!(classic_vhd_key(Zeroizing::new(nl)).unwrap_err().to_string().contains("newline"));
+        assert!(
+            classic_vhd_key(Zeroizing::new(nl))
+                .unwrap_err()
+                .to_string()
+                .contains("newline")
+        );
         let b64 = base64::engine::general_purpose::STANDARD.encode(&key);
         let e = classic_vhd_key(Zeroizing::new(format!("{b64}\n").into_bytes())).unwrap_err();
-        assert!(e.to_string().contains("base64 text of a 64-byte key"), "{e}");
+        assert!(
+            e.to_string().contains("base64 text of a 64-byte key"),
+            "{e}"
+        );
         // 32 base64 characters is a valid length but text all the same.
-        let e = classic_vhd_key(Zeroizing::new(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef".to_vec())).unwrap_err();
+        let e = classic_vhd_key(Zeroizing::new(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdef".to_vec()))
+            .unwrap_err();
         assert!(e.to_string().contains("base64"), "{e}");
-        assert!(classic_vhd_key(Zeroizing::new(vec![1u8; 48])).unwrap_err().to_string().contains("48 bytes"));
+        assert!(
+            classic_vhd_key(Zeroizing::new(vec![1u8; 48]))
+                .unwrap_err()
+                .to_string()
+                .contains("48 bytes")
+        );
         let mut same = key[..32].to_vec();
         same.extend_from_slice(&key[..32]);
-        assert!(classic_vhd_key(Zeroizing::new(same)).unwrap_err().to_string().contains("identical"));
+        assert!(
+            classic_vhd_key(Zeroizing::new(same))
+                .unwrap_err()
+                .to_string()
+                .contains("identical")
+        );
     }
 }

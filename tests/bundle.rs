@@ -12,7 +12,11 @@ const MIB: usize = 1 << 20;
 fn identity(d: &Path) -> String {
     let id = age::x25519::Identity::generate();
     use age::secrecy::ExposeSecret;
-    std::fs::write(d.join("id.txt"), format!("{}\n", id.to_string().expose_secret())).unwrap();
+    std::fs::write(
+        d.join("id.txt"),
+        format!("{}\n", id.to_string().expose_secret()),
+    )
+    .unwrap();
     id.to_public().to_string()
 }
 
@@ -35,7 +39,20 @@ fn bundle_holds_image_manifest_and_sealed_key() {
     let d = dir.path();
     let recipient = identity(d);
     encrypt(d, &[]);
-    diskseal(d, &["bundle", "-q", "--recipient", &recipient, "--key-file", "pw", "disk.luks", "out"]).ok();
+    diskseal(
+        d,
+        &[
+            "bundle",
+            "-q",
+            "--recipient",
+            &recipient,
+            "--key-file",
+            "pw",
+            "disk.luks",
+            "out",
+        ],
+    )
+    .ok();
     let b = d.join("out");
     assert_eq!(read(b.join("disk.luks")), read(d.join("disk.luks")));
     let m: serde_json::Value = serde_json::from_slice(&read(b.join("manifest.json"))).unwrap();
@@ -44,23 +61,46 @@ fn bundle_holds_image_manifest_and_sealed_key() {
     assert_eq!(m["image"]["file"], "disk.luks");
     assert_eq!(m["image"]["format"], "luks2");
     assert_eq!(m["image"]["virtual_size"], 2 * MIB);
-    assert_eq!(m["image"]["file_size"], std::fs::metadata(d.join("disk.luks")).unwrap().len());
+    assert_eq!(
+        m["image"]["file_size"],
+        std::fs::metadata(d.join("disk.luks")).unwrap().len()
+    );
     assert_eq!(m["image"]["sha256"], sha256_hex(&read(d.join("disk.luks"))));
-    assert_eq!(m["plaintext"]["sha256"], sha256_hex(&read(d.join("src.raw"))));
+    assert_eq!(
+        m["plaintext"]["sha256"],
+        sha256_hex(&read(d.join("src.raw")))
+    );
     assert_eq!(m["luks"]["version"], 2);
     assert_eq!(m["luks"]["cipher"], "aes-xts-plain64");
     assert_eq!(m["key"]["recipient"], recipient.as_str());
-    assert_eq!(m["key"]["kms_plaintext"], "base64 of the passphrase (the key file, verbatim, no newline added)");
+    assert_eq!(
+        m["key"]["kms_plaintext"],
+        "base64 of the passphrase (the key file, verbatim, no newline added)"
+    );
     let dump = diskseal(d, &["dump", "--json", "disk.luks"]).ok().stdout;
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
     assert_eq!(m["luks"]["uuid"], dump["uuid"]);
     // No secret in the manifest; the key opens with the identity.
     let text = String::from_utf8(read(b.join("manifest.json"))).unwrap();
     assert!(!text.contains("secret pass") && !text.contains("c2VjcmV0IHBhc3M="));
-    let id: age::x25519::Identity = String::from_utf8(read(d.join("id.txt"))).unwrap().trim().parse().unwrap();
-    assert_eq!(age::decrypt(&id, &read(b.join("dek.age"))).unwrap(), b"secret pass");
+    let id: age::x25519::Identity = String::from_utf8(read(d.join("id.txt")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        age::decrypt(&id, &read(b.join("dek.age"))).unwrap(),
+        b"secret pass"
+    );
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(b.join("dek.age")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(b.join("dek.age"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
 }
 
 #[test]
@@ -70,7 +110,12 @@ fn age_cli_opens_the_sealed_key() {
     let d = dir.path();
     let recipient = identity(d);
     encrypt(d, &["--bundle", "b", "--recipient", &recipient]);
-    let r = run_in(d, "age", &["-d", "-i", "id.txt", "-o", "dek.out", "b/dek.age"]).ok();
+    let r = run_in(
+        d,
+        "age",
+        &["-d", "-i", "id.txt", "-o", "dek.out", "b/dek.age"],
+    )
+    .ok();
     assert!(r.stderr.is_empty(), "{}", r.stderr);
     assert_eq!(read(d.join("dek.out")), b"secret pass");
 }
@@ -81,16 +126,43 @@ fn ibm_classic_bundle_says_what_to_wrap() {
     let d = dir.path();
     let recipient = identity(d);
     diskseal(d, &["keygen", "--bytes", "32", "-o", "dek.bin"]).ok();
-    let mut args = vec!["encrypt", "-q", "--profile", "ibm-classic-luks", "--key-file", "dek.bin"];
+    let mut args = vec![
+        "encrypt",
+        "-q",
+        "--profile",
+        "ibm-classic-luks",
+        "--key-file",
+        "dek.bin",
+    ];
     args.extend(FAST_PBKDF2);
     args.extend(["src.raw", "disk.luks"]);
     diskseal(d, &args).ok();
-    let r = diskseal(d, &["bundle", "--json", "--profile", "ibm-classic-luks", "--recipient", &recipient, "--key-file", "dek.bin", "disk.luks", "b"]).ok();
+    let r = diskseal(
+        d,
+        &[
+            "bundle",
+            "--json",
+            "--profile",
+            "ibm-classic-luks",
+            "--recipient",
+            &recipient,
+            "--key-file",
+            "dek.bin",
+            "disk.luks",
+            "b",
+        ],
+    )
+    .ok();
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["manifest"]["key"]["kind"], "raw-dek");
     assert_eq!(v["manifest"]["key"]["length"], 32);
     assert_eq!(v["manifest"]["luks"]["version"], 1);
-    assert!(v["manifest"]["key"]["kms_plaintext"].as_str().unwrap().starts_with("base64 of the raw DEK"));
+    assert!(
+        v["manifest"]["key"]["kms_plaintext"]
+            .as_str()
+            .unwrap()
+            .starts_with("base64 of the raw DEK")
+    );
 }
 
 #[test]
@@ -99,32 +171,126 @@ fn bundle_refusals_leave_nothing_behind() {
     let d = dir.path();
     let recipient = identity(d);
     encrypt(d, &[]);
-    let before: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let before: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     // Wrong key: refused before anything is written.
     std::fs::write(d.join("bad"), b"not it").unwrap();
-    let r = diskseal(d, &["bundle", "--recipient", &recipient, "--key-file", "bad", "disk.luks", "out"]);
+    let r = diskseal(
+        d,
+        &[
+            "bundle",
+            "--recipient",
+            &recipient,
+            "--key-file",
+            "bad",
+            "disk.luks",
+            "out",
+        ],
+    );
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("no keyslot opens"), "{}", r.stderr);
     // Bad recipient.
-    let r = diskseal(d, &["bundle", "--recipient", "age1garbage", "--key-file", "pw", "disk.luks", "out"]);
+    let r = diskseal(
+        d,
+        &[
+            "bundle",
+            "--recipient",
+            "age1garbage",
+            "--key-file",
+            "pw",
+            "disk.luks",
+            "out",
+        ],
+    );
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("not an age X25519 recipient") && r.stderr.contains("diskseal-agent init"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not an age X25519 recipient")
+            && r.stderr.contains("diskseal-agent init"),
+        "{}",
+        r.stderr
+    );
     // Not a LUKS image.
-    let r = diskseal(d, &["bundle", "--recipient", &recipient, "--key-file", "pw", "src.raw", "out"]);
-    assert!(r.code == 2 && r.stderr.contains("not a LUKS file nor a qcow2"), "{}", r.stderr);
+    let r = diskseal(
+        d,
+        &[
+            "bundle",
+            "--recipient",
+            &recipient,
+            "--key-file",
+            "pw",
+            "src.raw",
+            "out",
+        ],
+    );
+    assert!(
+        r.code == 2 && r.stderr.contains("not a LUKS file nor a qcow2"),
+        "{}",
+        r.stderr
+    );
     // Wrong DEK size for the profile.
-    let r = diskseal(d, &["bundle", "--profile", "ibm-classic-luks", "--recipient", &recipient, "--key-file", "bad", "disk.luks", "out"]);
-    assert!(r.code == 2 && r.stderr.contains("DEK must be 24 to 384 bytes"), "{}", r.stderr);
-    let mut now: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let r = diskseal(
+        d,
+        &[
+            "bundle",
+            "--profile",
+            "ibm-classic-luks",
+            "--recipient",
+            &recipient,
+            "--key-file",
+            "bad",
+            "disk.luks",
+            "out",
+        ],
+    );
+    assert!(
+        r.code == 2 && r.stderr.contains("DEK must be 24 to 384 bytes"),
+        "{}",
+        r.stderr
+    );
+    let mut now: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     now.retain(|n| n != "bad");
     assert_eq!(now.len(), before.len(), "{now:?}");
     // An existing directory is kept without --force, replaced with it.
     std::fs::create_dir(d.join("out")).unwrap();
     std::fs::write(d.join("out/old"), b"x").unwrap();
-    let r = diskseal(d, &["bundle", "--recipient", &recipient, "--key-file", "pw", "disk.luks", "out"]);
-    assert!(r.code == 2 && r.stderr.contains("already exists") && r.stderr.contains("--force"), "{}", r.stderr);
+    let r = diskseal(
+        d,
+        &[
+            "bundle",
+            "--recipient",
+            &recipient,
+            "--key-file",
+            "pw",
+            "disk.luks",
+            "out",
+        ],
+    );
+    assert!(
+        r.code == 2 && r.stderr.contains("already exists") && r.stderr.contains("--force"),
+        "{}",
+        r.stderr
+    );
     assert!(d.join("out/old").exists());
-    diskseal(d, &["bundle", "-q", "--force", "--recipient", &recipient, "--key-file", "pw", "disk.luks", "out"]).ok();
+    diskseal(
+        d,
+        &[
+            "bundle",
+            "-q",
+            "--force",
+            "--recipient",
+            &recipient,
+            "--key-file",
+            "pw",
+            "disk.luks",
+            "out",
+        ],
+    )
+    .ok();
     assert!(!d.join("out/old").exists() && d.join("out/manifest.json").exists());
 }
 
@@ -135,16 +301,55 @@ fn encrypt_with_bundle_reports_one_json_document() {
     let recipient = identity(d);
     let mut args = vec!["encrypt", "--json", "--key-file", "pw"];
     args.extend(FAST_PBKDF2);
-    args.extend(["--bundle", "b", "--recipient", &recipient, "src.raw", "disk.luks"]);
+    args.extend([
+        "--bundle",
+        "b",
+        "--recipient",
+        &recipient,
+        "src.raw",
+        "disk.luks",
+    ]);
     let r = diskseal(d, &args).ok();
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["command"], "encrypt");
     assert_eq!(v["bundle"]["manifest"]["luks"]["uuid"], v["uuid"]);
     // --bundle needs --recipient, and a key file that can be read twice (not stdin).
-    let r = diskseal(d, &["encrypt", "--key-file", "pw", "--bundle", "c", "src.raw", "x.luks"]);
-    assert!(r.code == 2 && r.stderr.contains("--recipient"), "{}", r.stderr);
-    let r = diskseal(d, &["encrypt", "--key-file", "-", "--bundle", "c", "--recipient", &recipient, "src.raw", "x.luks"]);
-    assert!(r.code == 2 && r.stderr.contains("not stdin"), "{}", r.stderr);
+    let r = diskseal(
+        d,
+        &[
+            "encrypt",
+            "--key-file",
+            "pw",
+            "--bundle",
+            "c",
+            "src.raw",
+            "x.luks",
+        ],
+    );
+    assert!(
+        r.code == 2 && r.stderr.contains("--recipient"),
+        "{}",
+        r.stderr
+    );
+    let r = diskseal(
+        d,
+        &[
+            "encrypt",
+            "--key-file",
+            "-",
+            "--bundle",
+            "c",
+            "--recipient",
+            &recipient,
+            "src.raw",
+            "x.luks",
+        ],
+    );
+    assert!(
+        r.code == 2 && r.stderr.contains("not stdin"),
+        "{}",
+        r.stderr
+    );
     assert!(!d.join("c").exists() && !d.join("x.luks").exists());
 }
 
@@ -154,20 +359,51 @@ fn ibm_vpc_qcow2_bundle() {
     let d = dir.path();
     let recipient = identity(d);
     // Sparse: 64 MiB virtual, 1 MiB of data; the qcow2 file stays much smaller than its disk.
-    let f = std::fs::OpenOptions::new().write(true).open(d.join("src.raw")).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.join("src.raw"))
+        .unwrap();
     f.set_len(64 * MIB as u64).unwrap();
     std::fs::write(d.join("vpc-pass"), b"abc123").unwrap();
-    let mut args = vec!["encrypt", "-q", "--profile", "ibm-vpc", "--key-file", "vpc-pass"];
+    let mut args = vec![
+        "encrypt",
+        "-q",
+        "--profile",
+        "ibm-vpc",
+        "--key-file",
+        "vpc-pass",
+    ];
     args.extend(["--pbkdf-force-iterations", "1000"]);
     args.extend(["src.raw", "disk.qcow2"]);
     diskseal(d, &args).ok();
-    let r = diskseal(d, &["bundle", "--json", "--profile", "ibm-vpc", "--recipient", &recipient, "--key-file", "vpc-pass", "disk.qcow2", "b"]).ok();
+    let r = diskseal(
+        d,
+        &[
+            "bundle",
+            "--json",
+            "--profile",
+            "ibm-vpc",
+            "--recipient",
+            &recipient,
+            "--key-file",
+            "vpc-pass",
+            "disk.qcow2",
+            "b",
+        ],
+    )
+    .ok();
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     let m = &v["manifest"];
     assert_eq!(m["image"]["format"], "qcow2+luks1");
     assert_eq!(m["luks"]["version"], 1);
     assert_eq!(m["image"]["virtual_size"], 64 * MIB);
-    assert!(m["image"]["file_size"].as_u64().unwrap() < 8 * MIB as u64, "{m}");
-    assert_eq!(m["plaintext"]["sha256"], sha256_hex(&read(d.join("src.raw"))));
+    assert!(
+        m["image"]["file_size"].as_u64().unwrap() < 8 * MIB as u64,
+        "{m}"
+    );
+    assert_eq!(
+        m["plaintext"]["sha256"],
+        sha256_hex(&read(d.join("src.raw")))
+    );
     assert_eq!(m["key"]["kind"], "passphrase");
 }

@@ -18,7 +18,9 @@ const MIB: usize = 1 << 20;
 const BLOCK: usize = 2 * MIB;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/vhd-util").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/vhd-util")
+        .join(name)
 }
 
 fn sha(b: &[u8]) -> String {
@@ -34,14 +36,30 @@ fn same_but_footer_identity(ours: &[u8], theirs: &[u8], what: &str) {
     assert_eq!(ours.len(), theirs.len(), "{what}: length");
     for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
         if a != b {
-            assert!((24..28).contains(&i) || (64..84).contains(&i), "{what}: byte {i:#x} differs ({a:#04x} vs {b:#04x})");
+            assert!(
+                (24..28).contains(&i) || (64..84).contains(&i),
+                "{what}: byte {i:#x} differs ({a:#04x} vs {b:#04x})"
+            );
         }
     }
 }
 
 /// Encrypts `source.vhd` with `key` into `dir/out.vhd` and returns the file.
 fn encrypt_source(dir: &Path, key: &str) -> Vec<u8> {
-    diskseal(dir, &["encrypt", "-q", "--profile", "ibm-classic-vhd", "--key-file", &fx(key), &fx("source.vhd"), "out.vhd"]).ok();
+    diskseal(
+        dir,
+        &[
+            "encrypt",
+            "-q",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            &fx(key),
+            &fx("source.vhd"),
+            "out.vhd",
+        ],
+    )
+    .ok();
     read(dir.join("out.vhd"))
 }
 
@@ -53,22 +71,43 @@ fn classic_vhd_aes256_matches_vhd_util_byte_for_byte() {
     assert_eq!(ours.len(), theirs.len());
     // Footer copy, header, BAT, batmap header (with the key hash), batmap.
     same_but_footer_identity(&ours[..512], &theirs[..512], "footer copy");
-    assert!(ours[512..0xc00] == theirs[512..0xc00], "dynamic header, BAT, batmap header or batmap differ");
+    assert!(
+        ours[512..0xc00] == theirs[512..0xc00],
+        "dynamic header, BAT, batmap header or batmap differ"
+    );
     // vhd-util's stale footer copy after the batmap (its first footer, before blocks were appended).
-    same_but_footer_identity(&ours[0xc00..0xe00], &theirs[0xc00..0xe00], "footer copy after the batmap");
+    same_but_footer_identity(
+        &ours[0xc00..0xe00],
+        &theirs[0xc00..0xe00],
+        "footer copy after the batmap",
+    );
     // Every allocated block: sector bitmap and ciphertext.
     for (name, at) in [("block 0", 0xe00usize), ("block 3", 0x201e00)] {
-        assert!(ours[at..at + 512].iter().all(|&b| b == 0xff), "{name}: bitmap not all ones");
-        assert!(ours[at..at + 512 + BLOCK] == theirs[at..at + 512 + BLOCK], "{name} differs from vhd-util's");
+        assert!(
+            ours[at..at + 512].iter().all(|&b| b == 0xff),
+            "{name}: bitmap not all ones"
+        );
+        assert!(
+            ours[at..at + 512 + BLOCK] == theirs[at..at + 512 + BLOCK],
+            "{name} differs from vhd-util's"
+        );
     }
     // The gap after block 0: vhd-util's stale footer copy (it appends a block where the footer was),
     // then zeros.
-    same_but_footer_identity(&ours[0x201000..0x201200], &theirs[0x201000..0x201200], "footer copy after block 0");
+    same_but_footer_identity(
+        &ours[0x201000..0x201200],
+        &theirs[0x201000..0x201200],
+        "footer copy after block 0",
+    );
     assert!(ours[0x201200..0x201e00] == theirs[0x201200..0x201e00]);
     let n = ours.len();
     assert_eq!(n, 0x402000 + 512);
     same_but_footer_identity(&ours[n - 512..], &theirs[n - 512..], "footer");
-    assert_eq!(ours[..512], ours[n - 512..], "footer copy at 0 must equal the footer");
+    assert_eq!(
+        ours[..512],
+        ours[n - 512..],
+        "footer copy at 0 must equal the footer"
+    );
 }
 
 #[test]
@@ -79,11 +118,30 @@ fn classic_vhd_aes128_matches_vhd_util_blocks_and_metadata() {
     assert_eq!(ours.len(), 4_203_008);
     let head = read(fixture("encrypted-aes128.head.bin"));
     same_but_footer_identity(&ours[..512], &head[..512], "footer copy");
-    assert!(ours[512..0xc00] == head[512..0xc00], "dynamic header, BAT, batmap header (key hash) or batmap differ");
-    same_but_footer_identity(&ours[0xc00..0xe00], &head[0xc00..0xe00], "footer copy after the batmap");
-    assert_eq!(sha(&ours[0xe00..0x201000]), "fd137173ac79ed6a446fcd693448df7c696f055b9282fadb2466d7989499a27f", "block 0");
-    assert_eq!(sha(&ours[0x201e00..0x402000]), "86b1982e1eacd9a332753b8ab51b7a6856607ce0a9969828b03036a3b5810a5a", "block 3");
-    same_but_footer_identity(&ours[0x402000..], &read(fixture("encrypted-aes128.footer.bin")), "footer");
+    assert!(
+        ours[512..0xc00] == head[512..0xc00],
+        "dynamic header, BAT, batmap header (key hash) or batmap differ"
+    );
+    same_but_footer_identity(
+        &ours[0xc00..0xe00],
+        &head[0xc00..0xe00],
+        "footer copy after the batmap",
+    );
+    assert_eq!(
+        sha(&ours[0xe00..0x201000]),
+        "fd137173ac79ed6a446fcd693448df7c696f055b9282fadb2466d7989499a27f",
+        "block 0"
+    );
+    assert_eq!(
+        sha(&ours[0x201e00..0x402000]),
+        "86b1982e1eacd9a332753b8ab51b7a6856607ce0a9969828b03036a3b5810a5a",
+        "block 3"
+    );
+    same_but_footer_identity(
+        &ours[0x402000..],
+        &read(fixture("encrypted-aes128.footer.bin")),
+        "footer",
+    );
 }
 
 #[test]
@@ -95,7 +153,10 @@ fn classic_vhd_known_answer_sectors_from_openssl() {
         // Virtual sector 0: block 0's data at 0x1000; virtual sector 12296 = block 3, sector 8.
         for (sector, at) in [(0u64, 0x1000usize), (12296, 0x202000 + 8 * 512)] {
             let kat = read(fixture(&format!("kat-aes{bits}-sector{sector}.bin")));
-            assert!(ours[at..at + 512] == kat[..], "AES-{bits}-XTS sector {sector} differs from OpenSSL's");
+            assert!(
+                ours[at..at + 512] == kat[..],
+                "AES-{bits}-XTS sector {sector} differs from OpenSSL's"
+            );
         }
     }
     // The vhd-util file holds the same known answers.
@@ -109,19 +170,77 @@ fn classic_vhd_decrypts_and_verifies_vhd_util_output() {
     let d = dir.path();
     let key = fx("key-aes256-xts.bin");
     let enc = fx("encrypted-aes256.vhd");
-    diskseal(d, &["decrypt", "-q", "--profile", "ibm-classic-vhd", "--key-file", &key, &enc, "plain.raw"]).ok();
+    diskseal(
+        d,
+        &[
+            "decrypt",
+            "-q",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            &key,
+            &enc,
+            "plain.raw",
+        ],
+    )
+    .ok();
     let plain = read(d.join("plain.raw"));
     assert_eq!(plain.len(), 10 * MIB, "current_size");
-    assert_eq!(sha(&plain[..8 * MIB]), "fa416fd2d4eb3c0904e6a65033058574faec32aa0cdac3ac12598115e3ff053b");
+    assert_eq!(
+        sha(&plain[..8 * MIB]),
+        "fa416fd2d4eb3c0904e6a65033058574faec32aa0cdac3ac12598115e3ff053b"
+    );
     assert!(plain[8 * MIB..].iter().all(|&b| b == 0));
-    let r = diskseal(d, &["verify", "--json", "--profile", "ibm-classic-vhd", "--key-file", &key, "--against", &fx("source.vhd"), &enc]).ok();
+    let r = diskseal(
+        d,
+        &[
+            "verify",
+            "--json",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            &key,
+            "--against",
+            &fx("source.vhd"),
+            &enc,
+        ],
+    )
+    .ok();
     let v: Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(v["ok"], true, "{v}");
     // Our AES-128 output (whose blocks equal vhd-util's, see above) verifies too, and so does our AES-256 one.
     for bits in [128, 256] {
         let key = fx(&format!("key-aes{bits}-xts.bin"));
-        diskseal(d, &["encrypt", "-q", "--force", "--profile", "ibm-classic-vhd", "--key-file", &key, &fx("source.vhd"), "ours.vhd"]).ok();
-        diskseal(d, &["verify", "-q", "--profile", "ibm-classic-vhd", "--key-file", &key, "--against", &fx("source.vhd"), "ours.vhd"]).ok();
+        diskseal(
+            d,
+            &[
+                "encrypt",
+                "-q",
+                "--force",
+                "--profile",
+                "ibm-classic-vhd",
+                "--key-file",
+                &key,
+                &fx("source.vhd"),
+                "ours.vhd",
+            ],
+        )
+        .ok();
+        diskseal(
+            d,
+            &[
+                "verify",
+                "-q",
+                "--profile",
+                "ibm-classic-vhd",
+                "--key-file",
+                &key,
+                "--against",
+                &fx("source.vhd"),
+                "ours.vhd",
+            ],
+        )
+        .ok();
     }
 }
 
@@ -144,9 +263,25 @@ fn classic_vhd_keyhash_and_dump_show_the_batmap() {
     let mut f = read(fixture("encrypted-aes256.vhd"));
     f[0x800 + 29] = 0;
     std::fs::write(d.join("nokey.vhd"), &f).unwrap();
-    assert_eq!(diskseal(d, &["keyhash", "nokey.vhd"]).ok().stdout.trim(), "none");
-    diskseal(d, &["keyhash", "-q", "--key-file", &fx("key-aes256-xts.bin"), &enc]).ok();
-    let r = diskseal(d, &["keyhash", "--key-file", &fx("key-aes128-xts.bin"), &enc]);
+    assert_eq!(
+        diskseal(d, &["keyhash", "nokey.vhd"]).ok().stdout.trim(),
+        "none"
+    );
+    diskseal(
+        d,
+        &[
+            "keyhash",
+            "-q",
+            "--key-file",
+            &fx("key-aes256-xts.bin"),
+            &enc,
+        ],
+    )
+    .ok();
+    let r = diskseal(
+        d,
+        &["keyhash", "--key-file", &fx("key-aes128-xts.bin"), &enc],
+    );
     assert_eq!(r.code, 1, "a key that does not match: exit 1\n{}", r.stdout);
     assert!(r.stdout.contains("MISMATCH"));
     // The AES-128 output's metadata, rebuilt with its blocks zeroed: same key hash as vhd-util printed.
@@ -154,12 +289,39 @@ fn classic_vhd_keyhash_and_dump_show_the_batmap() {
     skel.resize(0x402000, 0);
     skel.extend_from_slice(&read(fixture("encrypted-aes128.footer.bin")));
     std::fs::write(d.join("skel128.vhd"), skel).unwrap();
-    let r = diskseal(d, &["keyhash", "--key-file", &fx("key-aes128-xts.bin"), "skel128.vhd"]).ok();
-    assert!(r.stdout.starts_with(&format!("{zero} {h128}")), "{}", r.stdout);
+    let r = diskseal(
+        d,
+        &[
+            "keyhash",
+            "--key-file",
+            &fx("key-aes128-xts.bin"),
+            "skel128.vhd",
+        ],
+    )
+    .ok();
+    assert!(
+        r.stdout.starts_with(&format!("{zero} {h128}")),
+        "{}",
+        r.stdout
+    );
     // dump: the batmap fields and the key hash.
     let r = diskseal(d, &["dump", &enc]).ok();
-    for want in ["batmap header at 0x800", "version:   1.2", "offset:    0xa00", "size:      1 sectors", "0xffffff6f (ok)", "blocks set: 0 3", h256, "301/4/17", "tap\\x00 1.3"] {
-        assert!(r.stdout.contains(want), "dump lacks {want:?}:\n{}", r.stdout);
+    for want in [
+        "batmap header at 0x800",
+        "version:   1.2",
+        "offset:    0xa00",
+        "size:      1 sectors",
+        "0xffffff6f (ok)",
+        "blocks set: 0 3",
+        h256,
+        "301/4/17",
+        "tap\\x00 1.3",
+    ] {
+        assert!(
+            r.stdout.contains(want),
+            "dump lacks {want:?}:\n{}",
+            r.stdout
+        );
     }
     let r = diskseal(d, &["dump", "--json", &enc]).ok();
     let v: Value = serde_json::from_str(&r.stdout).unwrap();
@@ -176,7 +338,10 @@ fn independent_decrypt(raw: &mut [u8], key: &[u8], allocated: &[bool]) {
     let tweak = |s: u128| aes::Block::from(u128::from(s as u32).to_le_bytes());
     for (bi, block) in raw.chunks_mut(BLOCK).enumerate() {
         if !allocated[bi] {
-            assert!(block.iter().all(|&b| b == 0), "unallocated block {bi} must read as zeros");
+            assert!(
+                block.iter().all(|&b| b == 0),
+                "unallocated block {bi} must read as zeros"
+            );
             continue;
         }
         let first = (bi * BLOCK / 512) as u128;
@@ -199,7 +364,10 @@ fn independent_decrypt(raw: &mut [u8], key: &[u8], allocated: &[bool]) {
 /// The BAT of a VHD file (entries, as stored), parsed here independently.
 fn bat(file: &[u8]) -> Vec<u32> {
     let n = u32::from_be_bytes(file[512 + 28..512 + 32].try_into().unwrap()) as usize;
-    file[1536..1536 + 4 * n].chunks_exact(4).map(|c| u32::from_be_bytes(c.try_into().unwrap())).collect()
+    file[1536..1536 + 4 * n]
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 #[test]
@@ -217,16 +385,48 @@ fn classic_vhd_qemu_reads_it_and_independent_decrypt_gives_the_source() {
     for (bits, seed) in [(256usize, 7u64), (128, 8)] {
         let key = pattern(bits / 4, seed);
         std::fs::write(d.join("dek"), &key).unwrap();
-        let r = diskseal(d, &["encrypt", "--json", "--force", "--profile", "ibm-classic-vhd", "--key-file", "dek", "src.raw", "enc.vhd"]).ok();
+        let r = diskseal(
+            d,
+            &[
+                "encrypt",
+                "--json",
+                "--force",
+                "--profile",
+                "ibm-classic-vhd",
+                "--key-file",
+                "dek",
+                "src.raw",
+                "enc.vhd",
+            ],
+        )
+        .ok();
         let v: Value = serde_json::from_str(&r.stdout).unwrap();
         assert_eq!(v["virtual_size"], 8 * MIB as u64);
         assert_eq!(v["allocated_blocks"], 3);
-        let info: Value = serde_json::from_str(&run_in(d, "qemu-img", &["info", "-f", "vpc", "--output=json", "enc.vhd"]).ok().stdout).unwrap();
+        let info: Value = serde_json::from_str(
+            &run_in(
+                d,
+                "qemu-img",
+                &["info", "-f", "vpc", "--output=json", "enc.vhd"],
+            )
+            .ok()
+            .stdout,
+        )
+        .unwrap();
         assert_eq!(info["format"], "vpc");
-        assert_eq!(info["virtual-size"], 8 * MIB as u64, "qemu-img must see current_size (creator tap)");
+        assert_eq!(
+            info["virtual-size"],
+            8 * MIB as u64,
+            "qemu-img must see current_size (creator tap)"
+        );
         assert_eq!(info["cluster-size"], BLOCK as u64);
         // `qemu-img check` has no vpc support (qemu 10: "This image format does not support checks").
-        run_in(d, "qemu-img", &["convert", "-f", "vpc", "-O", "raw", "enc.vhd", "q.raw"]).ok();
+        run_in(
+            d,
+            "qemu-img",
+            &["convert", "-f", "vpc", "-O", "raw", "enc.vhd", "q.raw"],
+        )
+        .ok();
         let file = read(d.join("enc.vhd"));
         let allocated: Vec<bool> = bat(&file).iter().map(|&e| e != u32::MAX).collect();
         assert_eq!(allocated, [true, false, true, true]);
@@ -234,15 +434,51 @@ fn classic_vhd_qemu_reads_it_and_independent_decrypt_gives_the_source() {
         assert_ne!(raw[..512], src[..512], "qemu sees ciphertext");
         independent_decrypt(&mut raw, &key, &allocated);
         assert_eq!(raw.len(), 8 * MIB);
-        assert!(raw[..len] == src[..], "AES-{}-XTS: independent decrypt differs from the source", bits / 2);
+        assert!(
+            raw[..len] == src[..],
+            "AES-{}-XTS: independent decrypt differs from the source",
+            bits / 2
+        );
         assert!(raw[len..].iter().all(|&b| b == 0));
         // Every sector of an allocated block is encrypted, zero ones included (no plaintext zeros).
-        let block2 = u32::from_be_bytes(file[1536 + 8..1536 + 12].try_into().unwrap()) as usize * 512 + 512;
-        assert!(file[block2 + 4096..block2 + 4608].iter().any(|&b| b != 0), "zero sector stored in clear");
+        let block2 =
+            u32::from_be_bytes(file[1536 + 8..1536 + 12].try_into().unwrap()) as usize * 512 + 512;
+        assert!(
+            file[block2 + 4096..block2 + 4608].iter().any(|&b| b != 0),
+            "zero sector stored in clear"
+        );
         assert!(file[..512] == file[file.len() - 512..]);
         // And diskseal's own reader agrees.
-        diskseal(d, &["verify", "-q", "--profile", "ibm-classic-vhd", "--key-file", "dek", "--against", "src.raw", "enc.vhd"]).ok();
-        diskseal(d, &["decrypt", "-q", "--force", "--profile", "ibm-classic-vhd", "--key-file", "dek", "enc.vhd", "back.raw"]).ok();
+        diskseal(
+            d,
+            &[
+                "verify",
+                "-q",
+                "--profile",
+                "ibm-classic-vhd",
+                "--key-file",
+                "dek",
+                "--against",
+                "src.raw",
+                "enc.vhd",
+            ],
+        )
+        .ok();
+        diskseal(
+            d,
+            &[
+                "decrypt",
+                "-q",
+                "--force",
+                "--profile",
+                "ibm-classic-vhd",
+                "--key-file",
+                "dek",
+                "enc.vhd",
+                "back.raw",
+            ],
+        )
+        .ok();
         assert!(read(d.join("back.raw"))[..len] == src[..]);
     }
 }
@@ -256,12 +492,53 @@ fn classic_vhd_from_qcow2_and_vhd_inputs() {
     src[..BLOCK].fill(0);
     std::fs::write(d.join("src.raw"), &src).unwrap();
     std::fs::write(d.join("dek"), pattern(64, 4)).unwrap();
-    run_in(d, "qemu-img", &["convert", "-f", "raw", "-O", "qcow2", "src.raw", "src.qcow2"]).ok();
+    run_in(
+        d,
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "src.raw",
+            "src.qcow2",
+        ],
+    )
+    .ok();
     for input in ["src.qcow2", "src.raw"] {
-        let r = diskseal(d, &["encrypt", "--json", "--force", "--profile", "ibm-classic-vhd", "--key-file", "dek", input, "enc.vhd"]).ok();
+        let r = diskseal(
+            d,
+            &[
+                "encrypt",
+                "--json",
+                "--force",
+                "--profile",
+                "ibm-classic-vhd",
+                "--key-file",
+                "dek",
+                input,
+                "enc.vhd",
+            ],
+        )
+        .ok();
         let v: Value = serde_json::from_str(&r.stdout).unwrap();
         assert_eq!(v["allocated_blocks"], 2, "{input}");
-        diskseal(d, &["verify", "-q", "--profile", "ibm-classic-vhd", "--key-file", "dek", "--against", "src.raw", "enc.vhd"]).ok();
+        diskseal(
+            d,
+            &[
+                "verify",
+                "-q",
+                "--profile",
+                "ibm-classic-vhd",
+                "--key-file",
+                "dek",
+                "--against",
+                "src.raw",
+                "enc.vhd",
+            ],
+        )
+        .ok();
     }
 }
 
@@ -269,7 +546,11 @@ fn expect_err(d: &Path, args: &[&str], want: &[&str]) {
     let r = diskseal(d, args);
     assert_eq!(r.code, 2, "{args:?} must fail:\n{}\n{}", r.stdout, r.stderr);
     for w in want {
-        assert!(r.stderr.contains(w), "{args:?}: stderr lacks {w:?}:\n{}", r.stderr);
+        assert!(
+            r.stderr.contains(w),
+            "{args:?}: stderr lacks {w:?}:\n{}",
+            r.stderr
+        );
     }
 }
 
@@ -284,24 +565,50 @@ fn classic_vhd_refuses_bad_key_files() {
     std::fs::write(d.join("nl"), nl).unwrap();
     std::fs::write(d.join("short"), &key[..48]).unwrap();
     use base64::Engine;
-    std::fs::write(d.join("b64"), base64::engine::general_purpose::STANDARD.encode(&key) + "\n").unwrap();
+    std::fs::write(
+        d.join("b64"),
+        base64::engine::general_purpose::STANDARD.encode(&key) + "\n",
+    )
+    .unwrap();
     let mut same = key[..32].to_vec();
     same.extend_from_slice(&key[..32]);
     std::fs::write(d.join("same"), same).unwrap();
-    let enc = |k: &str| vec!["encrypt", "--profile", "ibm-classic-vhd", "--key-file", k, "src.raw", "out.vhd"]
+    let enc = |k: &str| {
+        vec![
+            "encrypt",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            k,
+            "src.raw",
+            "out.vhd",
+        ]
         .into_iter()
         .map(String::from)
-        .collect::<Vec<_>>();
+        .collect::<Vec<_>>()
+    };
     let run = |k: &str, want: &[&str]| {
         let a = enc(k);
         expect_err(d, &a.iter().map(String::as_str).collect::<Vec<_>>(), want);
     };
     run("nl", &["65 bytes", "newline"]);
-    run("short", &["48 bytes", "exactly 32 bytes", "diskseal keygen", "base64 -d"]);
+    run(
+        "short",
+        &[
+            "48 bytes",
+            "exactly 32 bytes",
+            "diskseal keygen",
+            "base64 -d",
+        ],
+    );
     run("b64", &["base64 text of a 64-byte key", "base64 -d"]);
     run("same", &["identical"]);
     assert!(!d.join("out.vhd").exists());
-    assert_eq!(std::fs::read_dir(d).unwrap().count(), 5, "no temporary file left behind");
+    assert_eq!(
+        std::fs::read_dir(d).unwrap().count(),
+        5,
+        "no temporary file left behind"
+    );
 }
 
 #[test]
@@ -310,11 +617,46 @@ fn classic_vhd_refuses_wrong_key_before_reading_data() {
     let d = dir.path();
     let enc = fx("encrypted-aes256.vhd");
     let k = fx("key-aes128-xts.bin");
-    expect_err(d, &["decrypt", "--profile", "ibm-classic-vhd", "--key-file", &k, &enc, "out.raw"], &["does not match the VHD's key hash", "0x83e"]);
-    expect_err(d, &["verify", "--profile", "ibm-classic-vhd", "--key-file", &k, &enc], &["key hash"]);
+    expect_err(
+        d,
+        &[
+            "decrypt",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            &k,
+            &enc,
+            "out.raw",
+        ],
+        &["does not match the VHD's key hash", "0x83e"],
+    );
+    expect_err(
+        d,
+        &[
+            "verify",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            &k,
+            &enc,
+        ],
+        &["key hash"],
+    );
     // A 64-byte key that is not the right one either.
     std::fs::write(d.join("other"), pattern(64, 9)).unwrap();
-    expect_err(d, &["decrypt", "--profile", "ibm-classic-vhd", "--key-file", "other", &enc, "out.raw"], &["key hash", "no data was read"]);
+    expect_err(
+        d,
+        &[
+            "decrypt",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            "other",
+            &enc,
+            "out.raw",
+        ],
+        &["key hash", "no data was read"],
+    );
     assert!(!d.join("out.raw").exists());
     // The key is checked before any data is read: the same metadata with its blocks zeroed (ciphertext
     // gone) still refuses the wrong key the same way, and the right key is accepted.
@@ -322,7 +664,18 @@ fn classic_vhd_refuses_wrong_key_before_reading_data() {
     let n = skel.len();
     skel[0xe00..n - 512].fill(0);
     std::fs::write(d.join("skel.vhd"), skel).unwrap();
-    expect_err(d, &["verify", "--profile", "ibm-classic-vhd", "--key-file", "other", "skel.vhd"], &["key hash"]);
+    expect_err(
+        d,
+        &[
+            "verify",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            "other",
+            "skel.vhd",
+        ],
+        &["key hash"],
+    );
 }
 
 #[test]
@@ -331,37 +684,124 @@ fn classic_vhd_refuses_vhds_without_batmap_and_fixed_vhds() {
     let d = dir.path();
     let key = fx("key-aes256-xts.bin");
     // qemu's dynamic VHD: creator "qemu", no batmap.
-    expect_err(d, &["decrypt", "--profile", "ibm-classic-vhd", "--key-file", &key, &fx("source.vhd"), "o.raw"], &["no batmap", "creator is \"qemu\""]);
+    expect_err(
+        d,
+        &[
+            "decrypt",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            &key,
+            &fx("source.vhd"),
+            "o.raw",
+        ],
+        &["no batmap", "creator is \"qemu\""],
+    );
     expect_err(d, &["keyhash", &fx("source.vhd")], &["no batmap"]);
     // A "tap" VHD whose batmap cookie is gone.
     let mut f = read(fixture("encrypted-aes256.vhd"));
     f[0x800..0x808].copy_from_slice(b"xxxxxxxx");
     std::fs::write(d.join("nobatmap.vhd"), &f).unwrap();
-    expect_err(d, &["decrypt", "--profile", "ibm-classic-vhd", "--key-file", &key, "nobatmap.vhd", "o.raw"], &["no \"tdbatmap\"", "0x800"]);
+    expect_err(
+        d,
+        &[
+            "decrypt",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            &key,
+            "nobatmap.vhd",
+            "o.raw",
+        ],
+        &["no \"tdbatmap\"", "0x800"],
+    );
     // A batmap without key hash (cookie 0): not encrypted.
     let mut f = read(fixture("encrypted-aes256.vhd"));
     f[0x800 + 29] = 0;
     std::fs::write(d.join("nokey.vhd"), &f).unwrap();
-    expect_err(d, &["decrypt", "--profile", "ibm-classic-vhd", "--key-file", &key, "nokey.vhd", "o.raw"], &["no key hash", "0x81d"]);
+    expect_err(
+        d,
+        &[
+            "decrypt",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            &key,
+            "nokey.vhd",
+            "o.raw",
+        ],
+        &["no key hash", "0x81d"],
+    );
     // Hostile batmap headers: an absurd size, a map outside the file.
     let mut f = read(fixture("encrypted-aes256.vhd"));
     f[0x810..0x814].copy_from_slice(&u32::MAX.to_be_bytes());
     std::fs::write(d.join("hostile1.vhd"), &f).unwrap();
-    expect_err(d, &["dump", "hostile1.vhd"], &["'batmap size'", "absurdly large", "0x810"]);
+    expect_err(
+        d,
+        &["dump", "hostile1.vhd"],
+        &["'batmap size'", "absurdly large", "0x810"],
+    );
     let mut f = read(fixture("encrypted-aes256.vhd"));
     f[0x808..0x810].copy_from_slice(&(1u64 << 40).to_be_bytes());
     std::fs::write(d.join("hostile2.vhd"), &f).unwrap();
-    expect_err(d, &["keyhash", "hostile2.vhd"], &["'batmap offset'", "outside the file", "0x808"]);
+    expect_err(
+        d,
+        &["keyhash", "hostile2.vhd"],
+        &["'batmap offset'", "outside the file", "0x808"],
+    );
     // A fixed VHD.
     let mut fixed = pattern(MIB, 2);
-    fixed.extend_from_slice(&diskseal::image::vhd::footer::fixed_footer(MIB as u64, [3; 16], 0));
+    fixed.extend_from_slice(&diskseal::image::vhd::footer::fixed_footer(
+        MIB as u64, [3; 16], 0,
+    ));
     std::fs::write(d.join("fixed.vhd"), fixed).unwrap();
-    expect_err(d, &["decrypt", "--profile", "ibm-classic-vhd", "--key-file", &key, "fixed.vhd", "o.raw"], &["fixed VHD", "dynamic"]);
+    expect_err(
+        d,
+        &[
+            "decrypt",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            &key,
+            "fixed.vhd",
+            "o.raw",
+        ],
+        &["fixed VHD", "dynamic"],
+    );
     // A LUKS file wrapped as a fixed VHD (-O vhd) gets a hint towards the LUKS profiles.
     std::fs::write(d.join("src.raw"), pattern(MIB, 5)).unwrap();
     std::fs::write(d.join("pw"), b"pw").unwrap();
-    diskseal(d, &["encrypt", "-q", "--profile", "luks1", "-O", "vhd", "--pbkdf-force-iterations", "1000", "--key-file", "pw", "src.raw", "luks.vhd"]).ok();
-    expect_err(d, &["decrypt", "--profile", "ibm-classic-vhd", "--key-file", &key, "luks.vhd", "o.raw"], &["fixed VHD", "LUKS container"]);
+    diskseal(
+        d,
+        &[
+            "encrypt",
+            "-q",
+            "--profile",
+            "luks1",
+            "-O",
+            "vhd",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--key-file",
+            "pw",
+            "src.raw",
+            "luks.vhd",
+        ],
+    )
+    .ok();
+    expect_err(
+        d,
+        &[
+            "decrypt",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            &key,
+            "luks.vhd",
+            "o.raw",
+        ],
+        &["fixed VHD", "LUKS container"],
+    );
     assert!(!d.join("o.raw").exists());
 }
 
@@ -371,12 +811,34 @@ fn classic_vhd_refuses_sources_beyond_2040_gib() {
     let d = dir.path();
     let f = std::fs::File::create(d.join("huge.raw")).unwrap();
     f.set_len(2041 << 30).unwrap();
-    expect_err(d, &["encrypt", "--profile", "ibm-classic-vhd", "--key-file", &fx("key-aes256-xts.bin"), "huge.raw", "out.vhd"], &["2040 GiB"]);
+    expect_err(
+        d,
+        &[
+            "encrypt",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            &fx("key-aes256-xts.bin"),
+            "huge.raw",
+            "out.vhd",
+        ],
+        &["2040 GiB"],
+    );
     // --resize past the limit too.
     std::fs::write(d.join("small.raw"), pattern(MIB, 1)).unwrap();
     expect_err(
         d,
-        &["encrypt", "--profile", "ibm-classic-vhd", "--resize", "2041g", "--key-file", &fx("key-aes256-xts.bin"), "small.raw", "out.vhd"],
+        &[
+            "encrypt",
+            "--profile",
+            "ibm-classic-vhd",
+            "--resize",
+            "2041g",
+            "--key-file",
+            &fx("key-aes256-xts.bin"),
+            "small.raw",
+            "out.vhd",
+        ],
         &["2040 GiB"],
     );
     assert!(!d.join("out.vhd").exists());
@@ -391,7 +853,20 @@ fn classic_vhd_reader_follows_tapdisk_bitmap_rules() {
     let src = pattern(4 * MIB, 21);
     std::fs::write(d.join("src.raw"), &src).unwrap();
     std::fs::write(d.join("dek"), pattern(32, 22)).unwrap();
-    diskseal(d, &["encrypt", "-q", "--profile", "ibm-classic-vhd", "--key-file", "dek", "src.raw", "enc.vhd"]).ok();
+    diskseal(
+        d,
+        &[
+            "encrypt",
+            "-q",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            "dek",
+            "src.raw",
+            "enc.vhd",
+        ],
+    )
+    .ok();
     let mut f = read(d.join("enc.vhd"));
     let b0 = u32::from_be_bytes(f[1536..1540].try_into().unwrap()) as usize * 512;
     // Block 0: only sectors 0..8 and 17 present in its bitmap.
@@ -400,7 +875,20 @@ fn classic_vhd_reader_follows_tapdisk_bitmap_rules() {
     f[b0 + 2] = 0x40;
     // Batmap bit set: the bitmap is not consulted, every sector is decrypted.
     std::fs::write(d.join("batmap-set.vhd"), &f).unwrap();
-    diskseal(d, &["decrypt", "-q", "--profile", "ibm-classic-vhd", "--key-file", "dek", "batmap-set.vhd", "a.raw"]).ok();
+    diskseal(
+        d,
+        &[
+            "decrypt",
+            "-q",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            "dek",
+            "batmap-set.vhd",
+            "a.raw",
+        ],
+    )
+    .ok();
     assert!(read(d.join("a.raw")) == src);
     // Batmap bit cleared (checksum fixed): the bitmap decides.
     let (hdr, map) = (0x800, 0xa00);
@@ -408,21 +896,63 @@ fn classic_vhd_reader_follows_tapdisk_bitmap_rules() {
     let sum = !(f[map..map + 512].iter().map(|&b| u32::from(b)).sum::<u32>());
     f[hdr + 24..hdr + 28].copy_from_slice(&sum.to_be_bytes());
     std::fs::write(d.join("batmap-clear.vhd"), &f).unwrap();
-    let r = diskseal(d, &["decrypt", "--profile", "ibm-classic-vhd", "--key-file", "dek", "batmap-clear.vhd", "b.raw"]).ok();
+    let r = diskseal(
+        d,
+        &[
+            "decrypt",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            "dek",
+            "batmap-clear.vhd",
+            "b.raw",
+        ],
+    )
+    .ok();
     assert!(!r.stderr.contains("checksum"), "{}", r.stderr);
     let back = read(d.join("b.raw"));
     let mut want = src.clone();
     want[8 * 512..BLOCK].fill(0);
     want[17 * 512..18 * 512].copy_from_slice(&src[17 * 512..18 * 512]);
-    assert!(back == want, "sectors with a clear bit must read as zeros, set ones decrypted");
+    assert!(
+        back == want,
+        "sectors with a clear bit must read as zeros, set ones decrypted"
+    );
     // Unaligned reads through verify (4 MiB chunks) and a wrong batmap checksum is a warning.
     f[hdr + 24] ^= 1;
     std::fs::write(d.join("bad-sum.vhd"), &f).unwrap();
-    let r = diskseal(d, &["decrypt", "--profile", "ibm-classic-vhd", "--key-file", "dek", "bad-sum.vhd", "c.raw"]).ok();
+    let r = diskseal(
+        d,
+        &[
+            "decrypt",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            "dek",
+            "bad-sum.vhd",
+            "c.raw",
+        ],
+    )
+    .ok();
     assert!(r.stderr.contains("batmap checksum"), "{}", r.stderr);
     // Encrypting an already encrypted VHD is refused.
-    let r = diskseal(d, &["encrypt", "--profile", "ibm-classic-vhd", "--key-file", "dek", "enc.vhd", "again.vhd"]);
-    assert!(r.code == 2 && r.stderr.contains("already encrypted"), "{}", r.stderr);
+    let r = diskseal(
+        d,
+        &[
+            "encrypt",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            "dek",
+            "enc.vhd",
+            "again.vhd",
+        ],
+    );
+    assert!(
+        r.code == 2 && r.stderr.contains("already encrypted"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// Library-level reads at unaligned offsets and lengths, across sector and block boundaries.
@@ -434,11 +964,35 @@ fn classic_vhd_unaligned_reads() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let key = zeroize::Zeroizing::new(read(fixture("key-aes256-xts.bin")));
-    let img = EncryptedVhd::open(&fixture("encrypted-aes256.vhd"), &VolumeKey::from_bytes(key).unwrap()).unwrap();
-    diskseal(d, &["decrypt", "-q", "--profile", "ibm-classic-vhd", "--key-file", &fx("key-aes256-xts.bin"), &fx("encrypted-aes256.vhd"), "p.raw"]).ok();
+    let img = EncryptedVhd::open(
+        &fixture("encrypted-aes256.vhd"),
+        &VolumeKey::from_bytes(key).unwrap(),
+    )
+    .unwrap();
+    diskseal(
+        d,
+        &[
+            "decrypt",
+            "-q",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            &fx("key-aes256-xts.bin"),
+            &fx("encrypted-aes256.vhd"),
+            "p.raw",
+        ],
+    )
+    .ok();
     let plain = read(d.join("p.raw"));
     assert_eq!(img.virtual_size(), plain.len() as u64);
-    for (at, n) in [(1usize, 511usize), (511, 2), (100, 5000), (2 * BLOCK - 700, 1400), (6 * MIB + 4095, 513), (10 * MIB - 3, 3)] {
+    for (at, n) in [
+        (1usize, 511usize),
+        (511, 2),
+        (100, 5000),
+        (2 * BLOCK - 700, 1400),
+        (6 * MIB + 4095, 513),
+        (10 * MIB - 3, 3),
+    ] {
         let mut buf = vec![0u8; n];
         img.read_at(&mut buf, at as u64).unwrap();
         assert!(buf == plain[at..at + n], "read of {n} at {at}");
@@ -456,18 +1010,78 @@ fn classic_vhd_empty_and_tiny_sources() {
     let d = dir.path();
     std::fs::write(d.join("dek"), pattern(64, 31)).unwrap();
     std::fs::write(d.join("zero.raw"), vec![0u8; 4 * MIB]).unwrap();
-    let r = diskseal(d, &["encrypt", "--json", "--profile", "ibm-classic-vhd", "--key-file", "dek", "zero.raw", "z.vhd"]).ok();
+    let r = diskseal(
+        d,
+        &[
+            "encrypt",
+            "--json",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            "dek",
+            "zero.raw",
+            "z.vhd",
+        ],
+    )
+    .ok();
     let v: Value = serde_json::from_str(&r.stdout).unwrap();
-    assert_eq!((v["allocated_blocks"].as_u64(), v["bat_entries"].as_u64()), (Some(0), Some(2)));
+    assert_eq!(
+        (v["allocated_blocks"].as_u64(), v["bat_entries"].as_u64()),
+        (Some(0), Some(2))
+    );
     let f = read(d.join("z.vhd"));
-    assert_eq!(f.len(), 0xc00 + 512, "metadata, then the footer right after the batmap");
+    assert_eq!(
+        f.len(),
+        0xc00 + 512,
+        "metadata, then the footer right after the batmap"
+    );
     assert!(f[..512] == f[0xc00..]);
     assert!(bat(&f).iter().all(|&e| e == u32::MAX));
-    diskseal(d, &["verify", "-q", "--profile", "ibm-classic-vhd", "--key-file", "dek", "--against", "zero.raw", "z.vhd"]).ok();
+    diskseal(
+        d,
+        &[
+            "verify",
+            "-q",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            "dek",
+            "--against",
+            "zero.raw",
+            "z.vhd",
+        ],
+    )
+    .ok();
     let tiny = pattern(MIB + 512, 32);
     std::fs::write(d.join("tiny.raw"), &tiny).unwrap();
-    diskseal(d, &["encrypt", "-q", "--profile", "ibm-classic-vhd", "--key-file", "dek", "tiny.raw", "t.vhd"]).ok();
-    diskseal(d, &["decrypt", "-q", "--profile", "ibm-classic-vhd", "--key-file", "dek", "t.vhd", "t.raw"]).ok();
+    diskseal(
+        d,
+        &[
+            "encrypt",
+            "-q",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            "dek",
+            "tiny.raw",
+            "t.vhd",
+        ],
+    )
+    .ok();
+    diskseal(
+        d,
+        &[
+            "decrypt",
+            "-q",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            "dek",
+            "t.vhd",
+            "t.raw",
+        ],
+    )
+    .ok();
     let back = read(d.join("t.raw"));
     assert_eq!(back.len(), BLOCK);
     assert!(back[..tiny.len()] == tiny[..] && back[tiny.len()..].iter().all(|&b| b == 0));
@@ -479,12 +1093,61 @@ fn classic_vhd_profile_refuses_luks_and_qcow2_files() {
     let d = dir.path();
     std::fs::write(d.join("src.raw"), pattern(MIB, 41)).unwrap();
     std::fs::write(d.join("pw"), b"pw").unwrap();
-    diskseal(d, &["encrypt", "-q", "--profile", "luks1", "--pbkdf-force-iterations", "1000", "--key-file", "pw", "src.raw", "a.luks"]).ok();
+    diskseal(
+        d,
+        &[
+            "encrypt",
+            "-q",
+            "--profile",
+            "luks1",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--key-file",
+            "pw",
+            "src.raw",
+            "a.luks",
+        ],
+    )
+    .ok();
     let key = fx("key-aes256-xts.bin");
-    expect_err(d, &["decrypt", "--profile", "ibm-classic-vhd", "--key-file", &key, "a.luks", "o.raw"], &["a LUKS file, not a vhd-util encrypted VHD"]);
-    expect_err(d, &["verify", "--profile", "ibm-classic-vhd", "--key-file", &key, "src.raw"], &["not a VHD"]);
+    expect_err(
+        d,
+        &[
+            "decrypt",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            &key,
+            "a.luks",
+            "o.raw",
+        ],
+        &["a LUKS file, not a vhd-util encrypted VHD"],
+    );
+    expect_err(
+        d,
+        &[
+            "verify",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            &key,
+            "src.raw",
+        ],
+        &["not a VHD"],
+    );
     // And the LUKS profiles do not take a vhd-util VHD for a LUKS file.
-    expect_err(d, &["verify", "--profile", "luks1", "--key-file", "pw", &fx("encrypted-aes256.vhd")], &["not a LUKS file", "--profile ibm-classic-vhd"]);
+    expect_err(
+        d,
+        &[
+            "verify",
+            "--profile",
+            "luks1",
+            "--key-file",
+            "pw",
+            &fx("encrypted-aes256.vhd"),
+        ],
+        &["not a LUKS file", "--profile ibm-classic-vhd"],
+    );
 }
 
 /// The structural rules `vhd-util check` applies to a tapdisk VHD with a batmap (vhd-util.md, pitfalls),
@@ -493,7 +1156,13 @@ fn classic_vhd_profile_refuses_luks_and_qcow2_files() {
 fn check_like_vhd_util(f: &[u8]) {
     let be32 = |at: usize| u32::from_be_bytes(f[at..at + 4].try_into().unwrap());
     let be64 = |at: usize| u64::from_be_bytes(f[at..at + 8].try_into().unwrap());
-    let sum = |b: &[u8], skip: usize| !b.iter().enumerate().filter(|(i, _)| !(skip..skip + 4).contains(i)).map(|(_, &x)| u32::from(x)).sum::<u32>();
+    let sum = |b: &[u8], skip: usize| {
+        !b.iter()
+            .enumerate()
+            .filter(|(i, _)| !(skip..skip + 4).contains(i))
+            .map(|(_, &x)| u32::from(x))
+            .sum::<u32>()
+    };
     let n = f.len();
     let foot = &f[n - 512..];
     assert_eq!(&foot[..8], b"conectix");
@@ -501,18 +1170,38 @@ fn check_like_vhd_util(f: &[u8]) {
     assert_eq!(sum(foot, 64), be32(n - 512 + 64), "footer checksum");
     assert_eq!(&foot[28..32], b"tap\0");
     assert_eq!(be32(n - 512 + 32), 0x0001_0003);
-    assert_eq!((be32(n - 512 + 8), be32(n - 512 + 12), be64(n - 512 + 16), be32(n - 512 + 60)), (2, 0x0001_0000, 512, 3));
+    assert_eq!(
+        (
+            be32(n - 512 + 8),
+            be32(n - 512 + 12),
+            be64(n - 512 + 16),
+            be32(n - 512 + 60)
+        ),
+        (2, 0x0001_0000, 512, 3)
+    );
     assert!(foot[68..84].iter().any(|&b| b != 0), "null uuid");
     assert!(foot[85..].iter().all(|&b| b == 0), "reserved bytes");
     let size = be64(n - 512 + 48);
     assert_eq!(size, be64(n - 512 + 40));
     assert_eq!(size % BLOCK as u64, 0);
     let g = diskseal::image::vhd::footer::geometry(size / 512);
-    assert_eq!((u16::from_be_bytes([foot[56], foot[57]]), foot[58], foot[59]), (g.cylinders, g.heads, g.sectors), "geometry = vhd_chs(current_size)");
+    assert_eq!(
+        (u16::from_be_bytes([foot[56], foot[57]]), foot[58], foot[59]),
+        (g.cylinders, g.heads, g.sectors),
+        "geometry = vhd_chs(current_size)"
+    );
     let h = &f[512..1536];
     assert_eq!(&h[..8], b"cxsparse");
     assert_eq!(sum(h, 36), be32(512 + 36), "header checksum");
-    assert_eq!((be64(512 + 8), be64(512 + 16), be32(512 + 24), be32(512 + 32)), (u64::MAX, 1536, 0x0001_0000, BLOCK as u32));
+    assert_eq!(
+        (
+            be64(512 + 8),
+            be64(512 + 16),
+            be32(512 + 24),
+            be32(512 + 32)
+        ),
+        (u64::MAX, 1536, 0x0001_0000, BLOCK as u32)
+    );
     assert!(h[40..].iter().all(|&b| b == 0), "parent fields");
     let entries = be32(512 + 28) as usize;
     assert_eq!(entries as u64, size / BLOCK as u64);
@@ -523,7 +1212,14 @@ fn check_like_vhd_util(f: &[u8]) {
     assert_eq!(be32(bm_hdr + 20), 0x0001_0002);
     let libvhd_secs = ((size >> 24) as usize).div_ceil(512).max(1);
     assert_eq!(map_secs, libvhd_secs);
-    assert_eq!(!f[map_at..map_at + 512 * map_secs].iter().map(|&b| u32::from(b)).sum::<u32>(), be32(bm_hdr + 24), "batmap checksum");
+    assert_eq!(
+        !f[map_at..map_at + 512 * map_secs]
+            .iter()
+            .map(|&b| u32::from(b))
+            .sum::<u32>(),
+        be32(bm_hdr + 24),
+        "batmap checksum"
+    );
     assert_eq!(f[bm_hdr + 29], 1, "key hash cookie");
     let meta_end = map_at + 512 * entries.div_ceil(8).div_ceil(512).max(1);
     let mut spans: Vec<(usize, usize)> = Vec::new();
@@ -535,9 +1231,15 @@ fn check_like_vhd_util(f: &[u8]) {
         }
         assert!(bit, "allocated block {i} without its batmap bit");
         let at = e as usize * 512;
-        assert!(at >= meta_end && at + 512 + BLOCK <= n - 512, "block {i} at {at:#x} outside the data area");
+        assert!(
+            at >= meta_end && at + 512 + BLOCK <= n - 512,
+            "block {i} at {at:#x} outside the data area"
+        );
         assert_eq!((at + 512) % 4096, 0, "block {i} data not 4 KiB aligned");
-        assert!(f[at..at + 512].iter().all(|&b| b == 0xff), "block {i}: bitmap not full");
+        assert!(
+            f[at..at + 512].iter().all(|&b| b == 0xff),
+            "block {i}: bitmap not full"
+        );
         spans.push((at, at + 512 + BLOCK));
     }
     spans.sort_unstable();
@@ -560,16 +1262,64 @@ fn classic_vhd_outputs_pass_vhd_util_check_rules() {
         f.write_all_at(&pattern(1000, at), at).unwrap();
     }
     drop(f);
-    let r = diskseal(d, &["encrypt", "--json", "--profile", "ibm-classic-vhd", "--key-file", "dek", "big.raw", "big.vhd"]).ok();
+    let r = diskseal(
+        d,
+        &[
+            "encrypt",
+            "--json",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            "dek",
+            "big.raw",
+            "big.vhd",
+        ],
+    )
+    .ok();
     let v: Value = serde_json::from_str(&r.stdout).unwrap();
-    assert_eq!((v["allocated_blocks"].as_u64(), v["bat_entries"].as_u64()), (Some(3), Some(513)));
+    assert_eq!(
+        (v["allocated_blocks"].as_u64(), v["bat_entries"].as_u64()),
+        (Some(3), Some(513))
+    );
     let out = read(d.join("big.vhd"));
     check_like_vhd_util(&out);
-    assert_eq!(out.len(), 7680 + 2 * (BLOCK + 4096) + 512 + BLOCK + 512, "3 blocks after 7.5 KiB of metadata, then the footer");
-    diskseal(d, &["verify", "-q", "--profile", "ibm-classic-vhd", "--key-file", "dek", "--against", "big.raw", "big.vhd"]).ok();
+    assert_eq!(
+        out.len(),
+        7680 + 2 * (BLOCK + 4096) + 512 + BLOCK + 512,
+        "3 blocks after 7.5 KiB of metadata, then the footer"
+    );
+    diskseal(
+        d,
+        &[
+            "verify",
+            "-q",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            "dek",
+            "--against",
+            "big.raw",
+            "big.vhd",
+        ],
+    )
+    .ok();
     for len in [BLOCK, 7 * MIB + 1536] {
         std::fs::write(d.join("s.raw"), pattern(len, 52)).unwrap();
-        diskseal(d, &["encrypt", "-q", "--force", "--profile", "ibm-classic-vhd", "--key-file", "dek", "s.raw", "s.vhd"]).ok();
+        diskseal(
+            d,
+            &[
+                "encrypt",
+                "-q",
+                "--force",
+                "--profile",
+                "ibm-classic-vhd",
+                "--key-file",
+                "dek",
+                "s.raw",
+                "s.vhd",
+            ],
+        )
+        .ok();
         check_like_vhd_util(&read(d.join("s.vhd")));
     }
 }
@@ -589,19 +1339,42 @@ fn classic_vhd_huge_sparse_source_is_fast() {
     let len = 3u64 << 39;
     let f = std::fs::File::create(d.join("huge.raw")).unwrap();
     f.set_len(len).unwrap();
-    let runs = [(5u64 << 30, pattern(5000, 72)), (len - 4096, pattern(4096, 73))];
+    let runs = [
+        (5u64 << 30, pattern(5000, 72)),
+        (len - 4096, pattern(4096, 73)),
+    ];
     for (at, data) in &runs {
         f.write_all_at(data, *at).unwrap();
     }
     drop(f);
     let t = std::time::Instant::now();
-    let r = diskseal(d, &["encrypt", "--json", "--profile", "ibm-classic-vhd", "--key-file", "dek", "huge.raw", "huge.vhd"]).ok();
+    let r = diskseal(
+        d,
+        &[
+            "encrypt",
+            "--json",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            "dek",
+            "huge.raw",
+            "huge.vhd",
+        ],
+    )
+    .ok();
     assert!(t.elapsed().as_secs() < 20, "took {:?}", t.elapsed());
     let v: Value = serde_json::from_str(&r.stdout).unwrap();
-    assert_eq!((v["allocated_blocks"].as_u64(), v["bat_entries"].as_u64()), (Some(2), Some(786_432)));
+    assert_eq!(
+        (v["allocated_blocks"].as_u64(), v["bat_entries"].as_u64()),
+        (Some(2), Some(786_432))
+    );
     let out = read(d.join("huge.vhd"));
     check_like_vhd_util(&out);
-    let img = EncryptedVhd::open(&d.join("huge.vhd"), &VolumeKey::from_bytes(zeroize::Zeroizing::new(key)).unwrap()).unwrap();
+    let img = EncryptedVhd::open(
+        &d.join("huge.vhd"),
+        &VolumeKey::from_bytes(zeroize::Zeroizing::new(key)).unwrap(),
+    )
+    .unwrap();
     for (at, data) in &runs {
         let mut buf = vec![0u8; data.len() + 100];
         let n = buf.len().min((len - at) as usize);

@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use crate::util::{FAST_PBKDF2, diskseal, diskseal_stdin, edit_luks2_json, pattern, read, run_in, setup};
+use crate::util::{
+    FAST_PBKDF2, diskseal, diskseal_stdin, edit_luks2_json, pattern, read, run_in, setup,
+};
 
 const MIB: usize = 1 << 20;
 
@@ -18,14 +20,21 @@ fn make(d: &Path, name: &str, extra: &[&str]) {
 
 /// Files in `d`, sorted.
 fn listing(d: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
 
 #[track_caller]
 fn fails_with(r: crate::util::Ran, needles: &[&str]) {
-    assert_eq!(r.code, 2, "expected exit 2; stdout {} stderr {}", r.stdout, r.stderr);
+    assert_eq!(
+        r.code, 2,
+        "expected exit 2; stdout {} stderr {}",
+        r.stdout, r.stderr
+    );
     for n in needles {
         assert!(r.stderr.contains(n), "stderr lacks {n:?}: {}", r.stderr);
     }
@@ -36,9 +45,20 @@ fn fails_with(r: crate::util::Ran, needles: &[&str]) {
 fn help_has_examples_and_exit_codes() {
     let dir = setup(0, 0);
     let h = diskseal(dir.path(), &["--help"]).ok().stdout;
-    assert!(h.contains("Examples:") && h.contains("Exit status: 0 success, 1 verification failed, 2 error"), "{h}");
+    assert!(
+        h.contains("Examples:")
+            && h.contains("Exit status: 0 success, 1 verification failed, 2 error"),
+        "{h}"
+    );
     let h = diskseal(dir.path(), &["encrypt", "--help"]).ok().stdout;
-    for flag in ["--key-file", "--volume-key-file", "--pbkdf-force-iterations", "--sector-size", "--pad", "--strip-newline"] {
+    for flag in [
+        "--key-file",
+        "--volume-key-file",
+        "--pbkdf-force-iterations",
+        "--sector-size",
+        "--pad",
+        "--strip-newline",
+    ] {
         assert!(h.contains(flag), "encrypt --help lacks {flag}");
     }
 }
@@ -49,11 +69,23 @@ fn wrong_passphrase_and_wrong_volume_key() {
     let d = dir.path();
     make(d, "out.luks", &[]);
     std::fs::write(d.join("bad"), b"not it").unwrap();
-    fails_with(diskseal(d, &["verify", "--key-file", "bad", "out.luks"]), &["out.luks", "no keyslot opens with this passphrase", "hint:"]);
-    fails_with(diskseal(d, &["decrypt", "--key-file", "bad", "out.luks", "plain.raw"]), &["no keyslot opens"]);
+    fails_with(
+        diskseal(d, &["verify", "--key-file", "bad", "out.luks"]),
+        &["out.luks", "no keyslot opens with this passphrase", "hint:"],
+    );
+    fails_with(
+        diskseal(
+            d,
+            &["decrypt", "--key-file", "bad", "out.luks", "plain.raw"],
+        ),
+        &["no keyslot opens"],
+    );
     assert!(!d.join("plain.raw").exists());
     std::fs::write(d.join("vk"), pattern(64, 1)).unwrap();
-    fails_with(diskseal(d, &["verify", "--volume-key-file", "vk", "out.luks"]), &["does not match the header's digest"]);
+    fails_with(
+        diskseal(d, &["verify", "--volume-key-file", "vk", "out.luks"]),
+        &["does not match the header's digest"],
+    );
 }
 
 #[test]
@@ -61,7 +93,13 @@ fn key_file_semantics() {
     let dir = setup(MIB, 31);
     let d = dir.path();
     std::fs::write(d.join("empty"), b"").unwrap();
-    fails_with(diskseal(d, &["encrypt", "--key-file", "empty", "src.raw", "out.luks"]), &["empty: key file is empty"]);
+    fails_with(
+        diskseal(
+            d,
+            &["encrypt", "--key-file", "empty", "src.raw", "out.luks"],
+        ),
+        &["empty: key file is empty"],
+    );
     assert_eq!(listing(d), ["empty", "pw", "src.raw"]);
     // A trailing newline is part of the passphrase, with a warning; --strip-newline drops it.
     std::fs::write(d.join("nl"), b"secret pass\n").unwrap();
@@ -70,7 +108,10 @@ fn key_file_semantics() {
     args.extend(["src.raw", "nl.luks"]);
     let r = diskseal(d, &args).ok();
     assert!(r.stderr.contains("ends with a newline"), "{}", r.stderr);
-    fails_with(diskseal(d, &["verify", "--key-file", "pw", "nl.luks"]), &["no keyslot opens"]);
+    fails_with(
+        diskseal(d, &["verify", "--key-file", "pw", "nl.luks"]),
+        &["no keyslot opens"],
+    );
     diskseal(d, &["verify", "-q", "--key-file", "nl", "nl.luks"]).ok();
     let mut args = vec!["encrypt", "-q", "--key-file", "nl", "--strip-newline"];
     args.extend(FAST_PBKDF2);
@@ -78,11 +119,33 @@ fn key_file_semantics() {
     diskseal(d, &args).ok();
     diskseal(d, &["verify", "-q", "--key-file", "pw", "strip.luks"]).ok();
     // "-" reads the key from stdin; without a key and without a terminal there is a clear error.
-    diskseal_stdin(d, &["verify", "-q", "--key-file", "-", "strip.luks"], b"secret pass").ok();
-    fails_with(diskseal(d, &["verify", "strip.luks"]), &["no key given", "--key-file"]);
+    diskseal_stdin(
+        d,
+        &["verify", "-q", "--key-file", "-", "strip.luks"],
+        b"secret pass",
+    )
+    .ok();
+    fails_with(
+        diskseal(d, &["verify", "strip.luks"]),
+        &["no key given", "--key-file"],
+    );
     // The volume key file must be 32 or 64 bytes.
     std::fs::write(d.join("vk48"), pattern(48, 2)).unwrap();
-    fails_with(diskseal(d, &["encrypt", "--key-file", "pw", "--volume-key-file", "vk48", "src.raw", "x.luks"]), &["vk48", "32 or 64 bytes"]);
+    fails_with(
+        diskseal(
+            d,
+            &[
+                "encrypt",
+                "--key-file",
+                "pw",
+                "--volume-key-file",
+                "vk48",
+                "src.raw",
+                "x.luks",
+            ],
+        ),
+        &["vk48", "32 or 64 bytes"],
+    );
 }
 
 #[test]
@@ -90,19 +153,73 @@ fn refusals_input_equals_output_existing_output_unreadable_input() {
     let dir = setup(MIB, 32);
     let d = dir.path();
     let src = read(d.join("src.raw"));
-    fails_with(diskseal(d, &["encrypt", "--key-file", "pw", "src.raw", "src.raw"]), &["same file"]);
+    fails_with(
+        diskseal(d, &["encrypt", "--key-file", "pw", "src.raw", "src.raw"]),
+        &["same file"],
+    );
     std::os::unix::fs::symlink(d.join("src.raw"), d.join("link.raw")).unwrap();
-    fails_with(diskseal(d, &["encrypt", "--key-file", "pw", "--force", "src.raw", "link.raw"]), &["same file"]);
+    fails_with(
+        diskseal(
+            d,
+            &[
+                "encrypt",
+                "--key-file",
+                "pw",
+                "--force",
+                "src.raw",
+                "link.raw",
+            ],
+        ),
+        &["same file"],
+    );
     assert!(read(d.join("src.raw")) == src);
     std::fs::write(d.join("exists.luks"), b"keep me").unwrap();
-    fails_with(diskseal(d, &["encrypt", "--key-file", "pw", "src.raw", "exists.luks"]), &["exists.luks: output file already exists", "--force"]);
+    fails_with(
+        diskseal(
+            d,
+            &["encrypt", "--key-file", "pw", "src.raw", "exists.luks"],
+        ),
+        &["exists.luks: output file already exists", "--force"],
+    );
     assert_eq!(read(d.join("exists.luks")), b"keep me");
     make(d, "exists.luks", &["--force"]);
-    diskseal(d, &["verify", "-q", "--key-file", "pw", "--against", "src.raw", "exists.luks"]).ok();
-    fails_with(diskseal(d, &["encrypt", "--key-file", "pw", "missing.raw", "o.luks"]), &["missing.raw", "No such file"]);
+    diskseal(
+        d,
+        &[
+            "verify",
+            "-q",
+            "--key-file",
+            "pw",
+            "--against",
+            "src.raw",
+            "exists.luks",
+        ],
+    )
+    .ok();
+    fails_with(
+        diskseal(d, &["encrypt", "--key-file", "pw", "missing.raw", "o.luks"]),
+        &["missing.raw", "No such file"],
+    );
     std::fs::create_dir(d.join("adir")).unwrap();
-    fails_with(diskseal(d, &["encrypt", "--key-file", "pw", "adir", "o.luks"]), &["adir", "directory"]);
-    fails_with(diskseal(d, &["encrypt", "--key-file", "pw", "--cipher", "aes-cbc-essiv:sha256", "src.raw", "o.luks"]), &["not supported"]);
+    fails_with(
+        diskseal(d, &["encrypt", "--key-file", "pw", "adir", "o.luks"]),
+        &["adir", "directory"],
+    );
+    fails_with(
+        diskseal(
+            d,
+            &[
+                "encrypt",
+                "--key-file",
+                "pw",
+                "--cipher",
+                "aes-cbc-essiv:sha256",
+                "src.raw",
+                "o.luks",
+            ],
+        ),
+        &["not supported"],
+    );
     assert!(!d.join("o.luks").exists());
 }
 
@@ -112,13 +229,29 @@ fn sizes_that_are_not_whole_sectors_need_pad() {
     let d = dir.path();
     std::fs::write(d.join("pw"), b"secret pass").unwrap();
     std::fs::write(d.join("src.raw"), pattern(MIB + 1000, 33)).unwrap();
-    fails_with(diskseal(d, &["encrypt", "--key-file", "pw", "src.raw", "o.luks"]), &["not a multiple of the 512-byte sector size", "--pad"]);
+    fails_with(
+        diskseal(d, &["encrypt", "--key-file", "pw", "src.raw", "o.luks"]),
+        &["not a multiple of the 512-byte sector size", "--pad"],
+    );
     make(d, "o.luks", &["--pad"]);
-    let j: serde_json::Value = serde_json::from_str(&diskseal(d, &["dump", "--json", "o.luks"]).ok().stdout).unwrap();
+    let j: serde_json::Value =
+        serde_json::from_str(&diskseal(d, &["dump", "--json", "o.luks"]).ok().stdout).unwrap();
     assert_eq!(j["payload_size"], (MIB + 1024) as u64);
     assert_eq!(j["sector_size"], 512);
     // The padding reads as zeros, so the payload still matches the source.
-    diskseal(d, &["verify", "-q", "--key-file", "pw", "--against", "src.raw", "o.luks"]).ok();
+    diskseal(
+        d,
+        &[
+            "verify",
+            "-q",
+            "--key-file",
+            "pw",
+            "--against",
+            "src.raw",
+            "o.luks",
+        ],
+    )
+    .ok();
 }
 
 #[test]
@@ -129,10 +262,35 @@ fn verify_reports_a_mismatch_with_exit_1() {
     let mut other = read(d.join("src.raw"));
     other[MIB + 77] ^= 1;
     std::fs::write(d.join("other.raw"), other).unwrap();
-    let r = diskseal(d, &["verify", "--key-file", "pw", "--against", "other.raw", "o.luks"]);
+    let r = diskseal(
+        d,
+        &[
+            "verify",
+            "--key-file",
+            "pw",
+            "--against",
+            "other.raw",
+            "o.luks",
+        ],
+    );
     assert_eq!(r.code, 1, "{} {}", r.stdout, r.stderr);
-    assert!(r.stdout.contains(&"MISMATCH".to_string()) && r.stdout.contains(&format!("({})", MIB + 77)), "{}", r.stdout);
-    let r = diskseal(d, &["verify", "--json", "--key-file", "pw", "--against", "other.raw", "o.luks"]);
+    assert!(
+        r.stdout.contains(&"MISMATCH".to_string()) && r.stdout.contains(&format!("({})", MIB + 77)),
+        "{}",
+        r.stdout
+    );
+    let r = diskseal(
+        d,
+        &[
+            "verify",
+            "--json",
+            "--key-file",
+            "pw",
+            "--against",
+            "other.raw",
+            "o.luks",
+        ],
+    );
     assert_eq!(r.code, 1);
     let j: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(j["ok"], false);
@@ -151,12 +309,20 @@ fn json_output_and_plaintext_hash() {
     assert_eq!(j["sector_size"], 4096);
     assert_eq!(j["data_offset"], 16 * MIB as u64);
     assert_eq!(j["output_size"], 17 * MIB as u64);
-    let v: serde_json::Value =
-        serde_json::from_str(&diskseal(d, &["verify", "--json", "--key-file", "pw", "o.luks"]).ok().stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(
+        &diskseal(d, &["verify", "--json", "--key-file", "pw", "o.luks"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
     use sha2::Digest;
-    let expect: String = sha2::Sha256::digest(read(d.join("src.raw"))).iter().map(|b| format!("{b:02x}")).collect();
+    let expect: String = sha2::Sha256::digest(read(d.join("src.raw")))
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(v["plaintext_sha256"], expect);
-    let dump: serde_json::Value = serde_json::from_str(&diskseal(d, &["dump", "--json", "o.luks"]).ok().stdout).unwrap();
+    let dump: serde_json::Value =
+        serde_json::from_str(&diskseal(d, &["dump", "--json", "o.luks"]).ok().stdout).unwrap();
     assert_eq!(dump["label"], "disk");
     let text = dump.to_string();
     assert!(!text.contains("secret pass"));
@@ -171,9 +337,19 @@ fn keygen_mode_size_and_no_overwrite() {
     diskseal(d, &["keygen", "--bytes", "32", "-o", "k32"]).ok();
     assert_eq!(read(d.join("k64")).len(), 64);
     assert_eq!(read(d.join("k32")).len(), 32);
-    assert_eq!(std::fs::metadata(d.join("k64")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(d.join("k64"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
     let before = read(d.join("k64"));
-    fails_with(diskseal(d, &["keygen", "-o", "k64"]), &["k64", "already exists"]);
+    fails_with(
+        diskseal(d, &["keygen", "-o", "k64"]),
+        &["k64", "already exists"],
+    );
     assert_eq!(read(d.join("k64")), before);
 }
 
@@ -190,26 +366,66 @@ fn damaged_headers_are_reported_with_file_field_and_offset() {
     };
 
     variant("trunc.luks", &|b| b.truncate(8192));
-    fails_with(diskseal(d, &["dump", "trunc.luks"]), &["trunc.luks", "LUKS2"]);
+    fails_with(
+        diskseal(d, &["dump", "trunc.luks"]),
+        &["trunc.luks", "LUKS2"],
+    );
     variant("trunc2.luks", &|b| b.truncate(64 * 1024));
-    fails_with(diskseal(d, &["dump", "trunc2.luks"]), &["trunc2.luks", "keyslots.0.area", "beyond the end of the file", "truncated"]);
+    fails_with(
+        diskseal(d, &["dump", "trunc2.luks"]),
+        &[
+            "trunc2.luks",
+            "keyslots.0.area",
+            "beyond the end of the file",
+            "truncated",
+        ],
+    );
     variant("zero.luks", &|b| b[..1 << 20].fill(0));
-    fails_with(diskseal(d, &["dump", "zero.luks"]), &["zero.luks", "not a LUKS file"]);
+    fails_with(
+        diskseal(d, &["dump", "zero.luks"]),
+        &["zero.luks", "not a LUKS file"],
+    );
     variant("empty.luks", &|b| b.clear());
-    fails_with(diskseal(d, &["verify", "--key-file", "pw", "empty.luks"]), &["empty.luks", "too short"]);
+    fails_with(
+        diskseal(d, &["verify", "--key-file", "pw", "empty.luks"]),
+        &["empty.luks", "too short"],
+    );
 
     // One damaged copy: the other is used, with a warning; both damaged: a clear failure.
     variant("csum1.luks", &|b| b[4096 + 10] ^= 0x20);
-    let r = diskseal(d, &["verify", "--key-file", "pw", "--against", "src.raw", "csum1.luks"]).ok();
-    assert!(r.stderr.contains("primary header copy is damaged") && r.stderr.contains("checksum mismatch"), "{}", r.stderr);
+    let r = diskseal(
+        d,
+        &[
+            "verify",
+            "--key-file",
+            "pw",
+            "--against",
+            "src.raw",
+            "csum1.luks",
+        ],
+    )
+    .ok();
+    assert!(
+        r.stderr.contains("primary header copy is damaged")
+            && r.stderr.contains("checksum mismatch"),
+        "{}",
+        r.stderr
+    );
     variant("csum2.luks", &|b| b[16384 + 4096 + 10] ^= 0x20);
     let r = diskseal(d, &["dump", "csum2.luks"]).ok();
-    assert!(r.stdout.contains("secondary header copy is damaged"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("secondary header copy is damaged"),
+        "{}",
+        r.stdout
+    );
     variant("csum12.luks", &|b| {
         b[4096 + 10] ^= 0x20;
         b[16384 + 4096 + 10] ^= 0x20;
     });
-    fails_with(diskseal(d, &["verify", "--key-file", "pw", "csum12.luks"]), &["csum12.luks", "checksum mismatch", "0x1c0"]);
+    fails_with(
+        diskseal(d, &["verify", "--key-file", "pw", "csum12.luks"]),
+        &["csum12.luks", "checksum mismatch", "0x1c0"],
+    );
     // Non-NUL bytes after the JSON text.
     variant("junk.luks", &|b| {
         b[16383] = b'x';
@@ -220,7 +436,11 @@ fn damaged_headers_are_reported_with_file_field_and_offset() {
     variant("seq.luks", &|b| b[16384 + 23] = 9);
     edit_luks2_json(&d.join("seq.luks"), 1, |_| {});
     let r = diskseal(d, &["dump", "seq.luks"]).ok();
-    assert!(r.stdout.contains("Epoch:          9") && r.stdout.contains("differ"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("Epoch:          9") && r.stdout.contains("differ"),
+        "{}",
+        r.stdout
+    );
 }
 
 #[test]
@@ -230,14 +450,51 @@ fn hostile_json_metadata() {
     make(d, "good.luks", &[]);
     type Edit = fn(&mut serde_json::Value);
     let cases: [(&str, Edit, &[&str]); 8] = [
-        ("req", |v| v["config"]["requirements"] = serde_json::json!({"mandatory": ["online-reencrypt-v9"]}), &["online-reencrypt-v9", "requirements"]),
-        ("nokdf", |v| { v["keyslots"]["0"].as_object_mut().unwrap().remove("kdf"); }, &["keyslots.0.kdf: is missing"]),
-        ("noseg", |v| v["segments"] = serde_json::json!({}), &["segments: has no segment"]),
-        ("bigoff", |v| v["segments"]["0"]["offset"] = "18446744073709551104".into(), &["beyond the end of the file"]),
-        ("overflow", |v| v["segments"]["0"]["offset"] = "99999999999999999999999".into(), &["segments.0.offset", "uint64"]),
-        ("area", |v| v["keyslots"]["0"]["area"]["offset"] = "1048576000".into(), &["keyslots.0.area", "outside the keyslots area"]),
-        ("cipher", |v| v["segments"]["0"]["encryption"] = "serpent-xts-plain64".into(), &["segment 0", "unsupported cipher \"serpent-xts-plain64\""]),
-        ("ksize", |v| v["config"]["keyslots_size"] = "999999999999".into(), &["config.keyslots_size"]),
+        (
+            "req",
+            |v| {
+                v["config"]["requirements"] =
+                    serde_json::json!({"mandatory": ["online-reencrypt-v9"]})
+            },
+            &["online-reencrypt-v9", "requirements"],
+        ),
+        (
+            "nokdf",
+            |v| {
+                v["keyslots"]["0"].as_object_mut().unwrap().remove("kdf");
+            },
+            &["keyslots.0.kdf: is missing"],
+        ),
+        (
+            "noseg",
+            |v| v["segments"] = serde_json::json!({}),
+            &["segments: has no segment"],
+        ),
+        (
+            "bigoff",
+            |v| v["segments"]["0"]["offset"] = "18446744073709551104".into(),
+            &["beyond the end of the file"],
+        ),
+        (
+            "overflow",
+            |v| v["segments"]["0"]["offset"] = "99999999999999999999999".into(),
+            &["segments.0.offset", "uint64"],
+        ),
+        (
+            "area",
+            |v| v["keyslots"]["0"]["area"]["offset"] = "1048576000".into(),
+            &["keyslots.0.area", "outside the keyslots area"],
+        ),
+        (
+            "cipher",
+            |v| v["segments"]["0"]["encryption"] = "serpent-xts-plain64".into(),
+            &["segment 0", "unsupported cipher \"serpent-xts-plain64\""],
+        ),
+        (
+            "ksize",
+            |v| v["config"]["keyslots_size"] = "999999999999".into(),
+            &["config.keyslots_size"],
+        ),
     ];
     for (name, edit, needles) in cases {
         let f = format!("{name}.luks");
@@ -257,15 +514,24 @@ fn hostile_luks1_headers() {
     let mut t = good.clone();
     t.truncate(100_000);
     std::fs::write(d.join("t.luks"), t).unwrap();
-    fails_with(diskseal(d, &["dump", "t.luks"]), &["t.luks", "payloadOffset", "beyond the end of the file"]);
+    fails_with(
+        diskseal(d, &["dump", "t.luks"]),
+        &["t.luks", "payloadOffset", "beyond the end of the file"],
+    );
     let mut s = good.clone();
     s[208 + 40..208 + 44].copy_from_slice(&5000u32.to_be_bytes());
     std::fs::write(d.join("s.luks"), s).unwrap();
-    fails_with(diskseal(d, &["dump", "s.luks"]), &["s.luks", "keyslot 0 key material", "0xf8"]);
+    fails_with(
+        diskseal(d, &["dump", "s.luks"]),
+        &["s.luks", "keyslot 0 key material", "0xf8"],
+    );
     let mut h = good;
     h[72..80].copy_from_slice(b"md5\0\0\0\0\0");
     std::fs::write(d.join("h.luks"), h).unwrap();
-    fails_with(diskseal(d, &["verify", "--key-file", "pw", "h.luks"]), &["h.luks", "hashSpec", "unsupported hash \"md5\""]);
+    fails_with(
+        diskseal(d, &["verify", "--key-file", "pw", "h.luks"]),
+        &["h.luks", "hashSpec", "unsupported hash \"md5\""],
+    );
 }
 
 /// A 1 MiB qcow2 v3 image with 64 KiB clusters whose first cluster holds data (header, refcount table,
@@ -273,8 +539,10 @@ fn hostile_luks1_headers() {
 fn minimal_qcow2() -> (Vec<u8>, Vec<u8>) {
     const C: usize = 65536;
     let mut q = vec![0u8; 6 * C];
-    let put32 = |q: &mut Vec<u8>, at: usize, v: u32| q[at..at + 4].copy_from_slice(&v.to_be_bytes());
-    let put64 = |q: &mut Vec<u8>, at: usize, v: u64| q[at..at + 8].copy_from_slice(&v.to_be_bytes());
+    let put32 =
+        |q: &mut Vec<u8>, at: usize, v: u32| q[at..at + 4].copy_from_slice(&v.to_be_bytes());
+    let put64 =
+        |q: &mut Vec<u8>, at: usize, v: u64| q[at..at + 8].copy_from_slice(&v.to_be_bytes());
     q[..4].copy_from_slice(b"QFI\xfb");
     put32(&mut q, 4, 3); // version
     put32(&mut q, 20, 16); // cluster_bits
@@ -303,7 +571,10 @@ fn container_inputs_are_not_mistaken_for_raw() {
     let dir = setup(MIB, 39);
     let d = dir.path();
     make(d, "o.luks", &[]);
-    fails_with(diskseal(d, &["encrypt", "--key-file", "pw", "o.luks", "x.luks"]), &["o.luks", "LUKS (already encrypted)", "-f raw"]);
+    fails_with(
+        diskseal(d, &["encrypt", "--key-file", "pw", "o.luks", "x.luks"]),
+        &["o.luks", "LUKS (already encrypted)", "-f raw"],
+    );
     // A valid qcow2 (built by hand, laid out as in formats.md §5.3) is read as qcow2, not as raw.
     let (q, plain) = minimal_qcow2();
     std::fs::write(d.join("q.img"), q).unwrap();
@@ -312,7 +583,19 @@ fn container_inputs_are_not_mistaken_for_raw() {
     args.extend(FAST_PBKDF2);
     args.extend(["q.img", "x.luks"]);
     diskseal(d, &args).ok();
-    diskseal(d, &["verify", "-q", "--key-file", "pw", "--against", "q.raw", "x.luks"]).ok();
+    diskseal(
+        d,
+        &[
+            "verify",
+            "-q",
+            "--key-file",
+            "pw",
+            "--against",
+            "q.raw",
+            "x.luks",
+        ],
+    )
+    .ok();
     make(d, "forced.luks", &["-f", "raw", "--force"]);
 }
 
@@ -323,11 +606,21 @@ fn write_failure_midway_leaves_nothing() {
     let d = dir.path();
     let bin = crate::util::diskseal_bin();
     let script = "trap '' XFSZ; ulimit -f 18432; exec \"$0\" \"$@\"";
-    let mut args = vec!["-c", script, bin.to_str().unwrap(), "encrypt", "--key-file", "pw"];
+    let mut args = vec![
+        "-c",
+        script,
+        bin.to_str().unwrap(),
+        "encrypt",
+        "--key-file",
+        "pw",
+    ];
     args.extend(FAST_PBKDF2);
     args.extend(["src.raw", "out.luks"]);
     let r = run_in(d, "bash", &args);
-    fails_with(r, &["out.luks", "cannot write", "File too large", "at offset"]);
+    fails_with(
+        r,
+        &["out.luks", "cannot write", "File too large", "at offset"],
+    );
     assert_eq!(listing(d), ["pw", "src.raw"]);
 }
 
@@ -338,7 +631,10 @@ fn interrupt_leaves_nothing() {
     let d = dir.path();
     std::fs::write(d.join("pw"), b"secret pass").unwrap();
     // A large sparse input keeps the encryption busy long enough to be interrupted.
-    std::fs::File::create(d.join("big.raw")).unwrap().set_len(16 << 30).unwrap();
+    std::fs::File::create(d.join("big.raw"))
+        .unwrap()
+        .set_len(16 << 30)
+        .unwrap();
     let child = std::process::Command::new(crate::util::diskseal_bin())
         .args(["encrypt", "--threads", "1", "--key-file", "pw"])
         .args(FAST_PBKDF2)
@@ -350,13 +646,21 @@ fn interrupt_leaves_nothing() {
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !listing(d).iter().any(|f| f.ends_with(".tmp")) {
-        assert!(std::time::Instant::now() < deadline, "no temp output appeared");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no temp output appeared"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     std::thread::sleep(std::time::Duration::from_millis(200));
     run_in(d, "kill", &["-INT", &child.id().to_string()]).ok();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
     assert_eq!(listing(d), ["big.raw", "pw"]);
 }
@@ -374,9 +678,14 @@ fn kill_9_never_leaves_a_partial_output() {
     std::fs::write(d.join("old.luks"), b"the previous image").unwrap();
     let delays = pattern(40, 77);
     for (trial, &delay) in delays.iter().take(20).enumerate() {
-        let (dst, force) = if trial % 2 == 0 { ("new.luks", false) } else { ("old.luks", true) };
+        let (dst, force) = if trial % 2 == 0 {
+            ("new.luks", false)
+        } else {
+            ("old.luks", true)
+        };
         let mut cmd = std::process::Command::new(crate::util::diskseal_bin());
-        cmd.args(["encrypt", "-q", "--threads", "2", "--key-file", "pw"]).args(FAST_PBKDF2);
+        cmd.args(["encrypt", "-q", "--threads", "2", "--key-file", "pw"])
+            .args(FAST_PBKDF2);
         if force {
             cmd.arg("--force");
         }
@@ -392,15 +701,25 @@ fn kill_9_never_leaves_a_partial_output() {
             continue;
         }
         if force {
-            assert_eq!(read(d.join("old.luks")), b"the previous image", "trial {trial}");
+            assert_eq!(
+                read(d.join("old.luks")),
+                b"the previous image",
+                "trial {trial}"
+            );
         } else {
-            assert!(!d.join("new.luks").exists(), "trial {trial}: partial output left");
+            assert!(
+                !d.join("new.luks").exists(),
+                "trial {trial}: partial output left"
+            );
         }
     }
     // The next run cleans up what killed runs left behind.
     make(d, "new.luks", &["--force"]);
     make(d, "old.luks", &["--force"]);
-    let left: Vec<String> = listing(d).into_iter().filter(|f| f.ends_with(".tmp")).collect();
+    let left: Vec<String> = listing(d)
+        .into_iter()
+        .filter(|f| f.ends_with(".tmp"))
+        .collect();
     assert!(left.is_empty(), "stale temporary files: {left:?}");
     // The same for decrypt.
     for &delay in delays.iter().skip(20).take(8) {
@@ -417,7 +736,17 @@ fn kill_9_never_leaves_a_partial_output() {
             assert!(!d.join("plain.raw").exists(), "partial decrypt output left");
         }
     }
-    diskseal(d, &["decrypt", "-q", "--key-file", "pw", "new.luks", "plain.raw"]).ok();
-    let left: Vec<String> = listing(d).into_iter().filter(|f| f.ends_with(".tmp")).collect();
-    assert!(left.is_empty(), "stale temporary files after decrypt: {left:?}");
+    diskseal(
+        d,
+        &["decrypt", "-q", "--key-file", "pw", "new.luks", "plain.raw"],
+    )
+    .ok();
+    let left: Vec<String> = listing(d)
+        .into_iter()
+        .filter(|f| f.ends_with(".tmp"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "stale temporary files after decrypt: {left:?}"
+    );
 }

@@ -17,8 +17,12 @@ fn forms(secret: &[u8]) -> Vec<Vec<u8>> {
         hex.clone().into_bytes(),
         hex.to_uppercase().into_bytes(),
         spaced.trim_end().as_bytes().to_vec(),
-        base64::engine::general_purpose::STANDARD.encode(secret).into_bytes(),
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret).into_bytes(),
+        base64::engine::general_purpose::STANDARD
+            .encode(secret)
+            .into_bytes(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(secret)
+            .into_bytes(),
     ]
 }
 
@@ -30,7 +34,11 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 fn clean(what: &str, data: &[u8], secrets: &[(&str, Vec<u8>)]) {
     for (name, s) in secrets {
         for f in forms(s) {
-            assert!(!contains(data, &f), "{what} leaks the {name} ({} bytes form)", f.len());
+            assert!(
+                !contains(data, &f),
+                "{what} leaks the {name} ({} bytes form)",
+                f.len()
+            );
         }
     }
 }
@@ -48,20 +56,53 @@ fn no_key_material_in_outputs_errors_or_files() {
     let pass = b"secret pass".to_vec();
     let secrets = [("volume key", vk.clone()), ("passphrase", pass)];
     let mut runs = Vec::new();
-    for extra in [&["--profile", "luks2"][..], &["--profile", "luks1"], &["--profile", "ibm-vpc"], &["-O", "vhd"]] {
-        let mut args = vec!["encrypt", "--json", "--force", "--key-file", "pw", "--volume-key-file", "vk.bin"];
+    for extra in [
+        &["--profile", "luks2"][..],
+        &["--profile", "luks1"],
+        &["--profile", "ibm-vpc"],
+        &["-O", "vhd"],
+    ] {
+        let mut args = vec![
+            "encrypt",
+            "--json",
+            "--force",
+            "--key-file",
+            "pw",
+            "--volume-key-file",
+            "vk.bin",
+        ];
         args.extend(FAST_PBKDF2);
         args.extend(extra);
         args.extend(["src.raw", "out.img"]);
         runs.push(diskseal(d, &args).ok());
         // The container must not hold the key in clear (keyslots hold it AF-split and encrypted).
-        clean(&format!("encrypted image {extra:?}"), &read(d.join("out.img")), &secrets);
+        clean(
+            &format!("encrypted image {extra:?}"),
+            &read(d.join("out.img")),
+            &secrets,
+        );
         for cmd in [
-            &["verify", "--json", "--key-file", "pw", "--against", "src.raw", "out.img"][..],
+            &[
+                "verify",
+                "--json",
+                "--key-file",
+                "pw",
+                "--against",
+                "src.raw",
+                "out.img",
+            ][..],
             &["dump", "--json", "out.img"],
             &["dump", "out.img"],
             &["info", "--json", "out.img"],
-            &["decrypt", "--json", "--force", "--key-file", "pw", "out.img", "back.raw"],
+            &[
+                "decrypt",
+                "--json",
+                "--force",
+                "--key-file",
+                "pw",
+                "out.img",
+                "back.raw",
+            ],
             &["verify", "--json", "--volume-key-file", "vk.bin", "out.img"],
         ] {
             runs.push(diskseal(d, cmd));
@@ -73,8 +114,22 @@ fn no_key_material_in_outputs_errors_or_files() {
     let mut other = vk.clone();
     other[0] ^= 1;
     std::fs::write(d.join("vk2.bin"), &other).unwrap();
-    runs.push(diskseal(d, &["verify", "--volume-key-file", "vk2.bin", "out.img"]));
-    runs.push(diskseal(d, &["encrypt", "--key-file", "vk.bin", "--volume-key-file", "pw", "src.raw", "x.img"]));
+    runs.push(diskseal(
+        d,
+        &["verify", "--volume-key-file", "vk2.bin", "out.img"],
+    ));
+    runs.push(diskseal(
+        d,
+        &[
+            "encrypt",
+            "--key-file",
+            "vk.bin",
+            "--volume-key-file",
+            "pw",
+            "src.raw",
+            "x.img",
+        ],
+    ));
     for (i, r) in runs.iter().enumerate() {
         clean(&format!("output of run {i}"), &outputs(r), &secrets);
     }
@@ -86,15 +141,36 @@ fn ibm_classic_dek_and_its_base64_never_leak() {
     let d = dir.path();
     diskseal(d, &["keygen", "--bytes", "32", "-o", "dek.bin"]).ok();
     let dek = read(d.join("dek.bin"));
-    let b64 = base64::engine::general_purpose::STANDARD.encode(&dek).into_bytes();
+    let b64 = base64::engine::general_purpose::STANDARD
+        .encode(&dek)
+        .into_bytes();
     let secrets = [("DEK", dek), ("passphrase (base64 DEK)", b64)];
-    let mut args = vec!["encrypt", "--json", "--profile", "ibm-classic-luks", "--key-file", "dek.bin"];
+    let mut args = vec![
+        "encrypt",
+        "--json",
+        "--profile",
+        "ibm-classic-luks",
+        "--key-file",
+        "dek.bin",
+    ];
     args.extend(FAST_PBKDF2);
     args.extend(["src.raw", "ibm.raw"]);
     let r = diskseal(d, &args).ok();
     clean("encrypt output", &outputs(&r), &secrets);
     clean("encrypted image", &read(d.join("ibm.raw")), &secrets);
-    let r = diskseal(d, &["verify", "--json", "--profile", "ibm-classic-luks", "--key-file", "dek.bin", "ibm.raw"]).ok();
+    let r = diskseal(
+        d,
+        &[
+            "verify",
+            "--json",
+            "--profile",
+            "ibm-classic-luks",
+            "--key-file",
+            "dek.bin",
+            "ibm.raw",
+        ],
+    )
+    .ok();
     clean("verify output", &outputs(&r), &secrets);
 }
 
@@ -115,7 +191,12 @@ fn measured(d: &Path, args: &[&str]) -> (Ran, u64, f64) {
     let mut full = vec!["-f", "MEASURED %M %e", bin.to_str().unwrap()];
     full.extend(args);
     let r = run_in(d, "/usr/bin/time", &full);
-    let line = r.stderr.lines().find(|l| l.starts_with("MEASURED")).unwrap_or_else(|| panic!("no measurement: {}", r.stderr)).to_owned();
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("MEASURED"))
+        .unwrap_or_else(|| panic!("no measurement: {}", r.stderr))
+        .to_owned();
     let mut it = line.split_whitespace().skip(1);
     let rss = it.next().unwrap().parse().unwrap();
     let secs = it.next().unwrap().parse().unwrap();
@@ -156,12 +237,22 @@ fn hostile_images_fail_fast_in_bounded_memory() {
     std::fs::write(d.join("bat.vhd"), &v).unwrap();
     cases.push(("bat.vhd".into(), vec!["info", "-f", "vpc", "bat.vhd"]));
     // A LUKS2 header with a 4 MiB JSON area full of one huge JSON value.
-    let mut args = vec!["encrypt", "-q", "--luks2-metadata-size", "4m", "--offset", "32768", "--key-file", "pw"];
+    let mut args = vec![
+        "encrypt",
+        "-q",
+        "--luks2-metadata-size",
+        "4m",
+        "--offset",
+        "32768",
+        "--key-file",
+        "pw",
+    ];
     args.extend(FAST_PBKDF2);
     args.extend(["src.raw", "big.luks"]);
     diskseal(d, &args).ok();
     crate::util::edit_luks2_json(&d.join("big.luks"), 2, |v| {
-        v["tokens"] = serde_json::json!({"0": {"type": "x", "keyslots": [], "blob": "A".repeat(4_000_000)}});
+        v["tokens"] =
+            serde_json::json!({"0": {"type": "x", "keyslots": [], "blob": "A".repeat(4_000_000)}});
     });
     cases.push(("big.luks".into(), vec!["dump", "big.luks"]));
     for (name, args) in &cases {

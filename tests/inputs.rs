@@ -24,7 +24,10 @@ fn make_source(d: &Path) {
         *x = b"diskseal compressible text "[i % 27];
     }
     std::fs::write(d.join("src.raw"), &b).unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(d.join("src.raw")).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.join("src.raw"))
+        .unwrap();
     f.set_len(32 << 20).unwrap();
 }
 
@@ -40,24 +43,79 @@ fn make_inputs(d: &Path) -> Vec<(String, &'static str)> {
     };
     conv("fixed.vhd", "vpc", &["-o", "subformat=fixed"]);
     conv("dynamic.vhd", "vpc", &["-o", "subformat=dynamic"]);
-    conv("force.vhd", "vpc", &["-o", "subformat=dynamic,force_size=on"]);
+    conv(
+        "force.vhd",
+        "vpc",
+        &["-o", "subformat=dynamic,force_size=on"],
+    );
     conv("v2.qcow2", "qcow2", &["-o", "compat=0.10"]);
     conv("v3.qcow2", "qcow2", &[]);
-    conv("zlib.qcow2", "qcow2", &["-c", "-o", "compression_type=zlib"]);
-    conv("zstd.qcow2", "qcow2", &["-c", "-o", "compression_type=zstd"]);
-    conv("l2.qcow2", "qcow2", &["-o", "extended_l2=on,cluster_size=128k"]);
+    conv(
+        "zlib.qcow2",
+        "qcow2",
+        &["-c", "-o", "compression_type=zlib"],
+    );
+    conv(
+        "zstd.qcow2",
+        "qcow2",
+        &["-c", "-o", "compression_type=zstd"],
+    );
+    conv(
+        "l2.qcow2",
+        "qcow2",
+        &["-o", "extended_l2=on,cluster_size=128k"],
+    );
     conv("prealloc.qcow2", "qcow2", &["-o", "preallocation=metadata"]);
     // A 3-deep chain with a raw base: base.raw <- mid.qcow2 <- top.qcow2, each layer written to.
     std::fs::copy(d.join("src.raw"), d.join("base.raw")).unwrap();
-    qemu(d, &["create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", "mid.qcow2"]);
+    qemu(
+        d,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.raw",
+            "-F",
+            "raw",
+            "mid.qcow2",
+        ],
+    );
     qemu_io(d, "qcow2", "mid.qcow2", "write -P 0x11 1M 3M");
     qemu_io(d, "qcow2", "mid.qcow2", "write -z 20M 1M");
-    qemu(d, &["create", "-q", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", "top.qcow2"]);
+    qemu(
+        d,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "mid.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+        ],
+    );
     qemu_io(d, "qcow2", "top.qcow2", "write -P 0x22 2M 64k");
     qemu_io(d, "qcow2", "top.qcow2", "write -P 0x33 30M 1M");
     v.push(("top.qcow2".to_owned(), "qcow2"));
     // A qcow2 overlay on a dynamic VHD.
-    qemu(d, &["create", "-q", "-f", "qcow2", "-b", "dynamic.vhd", "-F", "vpc", "onvhd.qcow2"]);
+    qemu(
+        d,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "dynamic.vhd",
+            "-F",
+            "vpc",
+            "onvhd.qcow2",
+        ],
+    );
     qemu_io(d, "qcow2", "onvhd.qcow2", "write -P 0x44 5M 128k");
     v.push(("onvhd.qcow2".to_owned(), "qcow2"));
     v
@@ -72,22 +130,54 @@ fn every_input_kind_encrypts_to_what_qemu_decrypts() {
     make_source(d);
     for (name, fmt) in make_inputs(d) {
         qemu(d, &["convert", "-f", fmt, "-O", "raw", &name, "expect.raw"]);
-        let mut args = vec!["encrypt", "-q", "--force", "--profile", "luks1", "--key-file", "pw"];
+        let mut args = vec![
+            "encrypt",
+            "-q",
+            "--force",
+            "--profile",
+            "luks1",
+            "--key-file",
+            "pw",
+        ];
         args.extend(FAST_PBKDF2);
         args.extend([name.as_str(), "out.luks"]);
         diskseal(d, &args).ok();
-        qemu(d, &[
-            "convert", "--object", "secret,id=s,file=pw", "--image-opts", "driver=luks,key-secret=s,file.filename=out.luks",
-            "-O", "raw", "got.raw",
-        ]);
-        assert!(read(d.join("got.raw")) == read(d.join("expect.raw")), "{name}: QEMU's plaintext differs from the source");
+        qemu(
+            d,
+            &[
+                "convert",
+                "--object",
+                "secret,id=s,file=pw",
+                "--image-opts",
+                "driver=luks,key-secret=s,file.filename=out.luks",
+                "-O",
+                "raw",
+                "got.raw",
+            ],
+        );
+        assert!(
+            read(d.join("got.raw")) == read(d.join("expect.raw")),
+            "{name}: QEMU's plaintext differs from the source"
+        );
         // LUKS2 output of the same input verifies against the source too (its payload is byte-exact with
         // cryptsetup's, see tests/cryptsetup.rs).
         let mut args = vec!["encrypt", "-q", "--force", "--key-file", "pw"];
         args.extend(FAST_PBKDF2);
         args.extend([name.as_str(), "out2.luks"]);
         diskseal(d, &args).ok();
-        diskseal(d, &["verify", "-q", "--key-file", "pw", "--against", "expect.raw", "out2.luks"]).ok();
+        diskseal(
+            d,
+            &[
+                "verify",
+                "-q",
+                "--key-file",
+                "pw",
+                "--against",
+                "expect.raw",
+                "out2.luks",
+            ],
+        )
+        .ok();
     }
 }
 
@@ -98,14 +188,25 @@ fn info_agrees_with_qemu_img() {
     let d = dir.path();
     make_source(d);
     for (name, fmt) in make_inputs(d) {
-        let ours: serde_json::Value = serde_json::from_str(&diskseal(d, &["info", "--json", &name]).ok().stdout).unwrap();
-        let theirs: serde_json::Value =
-            serde_json::from_str(&run_in(d, "qemu-img", &["info", "-f", fmt, "--output=json", "--backing-chain", &name]).ok().stdout)
-                .unwrap();
+        let ours: serde_json::Value =
+            serde_json::from_str(&diskseal(d, &["info", "--json", &name]).ok().stdout).unwrap();
+        let theirs: serde_json::Value = serde_json::from_str(
+            &run_in(
+                d,
+                "qemu-img",
+                &["info", "-f", fmt, "--output=json", "--backing-chain", &name],
+            )
+            .ok()
+            .stdout,
+        )
+        .unwrap();
         let chain = theirs.as_array().unwrap();
         assert_eq!(ours["format"], chain[0]["format"], "{name}");
         assert_eq!(ours["virtual-size"], chain[0]["virtual-size"], "{name}");
-        assert_eq!(ours["backing-filename"], chain[0]["backing-filename"], "{name}");
+        assert_eq!(
+            ours["backing-filename"], chain[0]["backing-filename"],
+            "{name}"
+        );
         let our_chain = ours["backing-chain"].as_array().unwrap();
         assert_eq!(our_chain.len() + 1, chain.len(), "{name}: chain length");
         for (o, t) in our_chain.iter().zip(&chain[1..]) {

@@ -96,7 +96,10 @@ fn kinds_from_qemu_map(d: &Path, name: &str) -> Vec<u8> {
         } else {
             2
         };
-        out.extend(std::iter::repeat_n(k, (m["length"].as_u64().unwrap().div_ceil(512)) as usize));
+        out.extend(std::iter::repeat_n(
+            k,
+            (m["length"].as_u64().unwrap().div_ceil(512)) as usize,
+        ));
     }
     out
 }
@@ -107,14 +110,24 @@ fn compare_info(ours: &ImageInfo, q: &Value) {
     if ours.format == "qcow2" {
         assert_eq!(ours.cluster_size, q["cluster-size"].as_u64());
         let (dq, dd) = (&q["format-specific"]["data"], &ours.details);
-        for key in ["compat", "compression-type", "lazy-refcounts", "refcount-bits", "corrupt", "extended-l2"] {
+        for key in [
+            "compat",
+            "compression-type",
+            "lazy-refcounts",
+            "refcount-bits",
+            "corrupt",
+            "extended-l2",
+        ] {
             if !dq[key].is_null() {
                 assert_eq!(dd[key], dq[key], "details.{key}: ours {dd} qemu {dq}");
             }
         }
     }
     assert_eq!(ours.backing_file.as_deref(), q["backing-filename"].as_str());
-    assert_eq!(ours.backing_format.as_deref(), q["backing-filename-format"].as_str());
+    assert_eq!(
+        ours.backing_format.as_deref(),
+        q["backing-filename-format"].as_str()
+    );
 }
 
 /// Opens `name`, and checks reads, extents and info against qemu-img. Returns the image.
@@ -124,13 +137,22 @@ fn check(d: &Path, name: &str) -> Box<dyn DiskImage> {
     qimg(d, &["convert", "-O", "raw", name, &exp_name]);
     let want = read(d.join(&exp_name));
     std::fs::remove_file(d.join(&exp_name)).unwrap();
-    assert_eq!(img.virtual_size(), want.len() as u64, "{name}: virtual size");
+    assert_eq!(
+        img.virtual_size(),
+        want.len() as u64,
+        "{name}: virtual size"
+    );
     // Whole disk in 1 MiB + 4 KiB chunks (not cluster-aligned after the first).
     let mut got = vec![0u8; want.len()];
     for (i, chunk) in got.chunks_mut(MIB + 4 * KIB).enumerate() {
-        img.read_at(chunk, (i * (MIB + 4 * KIB)) as u64).unwrap_or_else(|e| panic!("{name}: read: {e}"));
+        img.read_at(chunk, (i * (MIB + 4 * KIB)) as u64)
+            .unwrap_or_else(|e| panic!("{name}: read: {e}"));
     }
-    assert!(got == want, "{name}: contents differ from qemu-img convert at byte {:?}", got.iter().zip(&want).position(|(a, b)| a != b));
+    assert!(
+        got == want,
+        "{name}: contents differ from qemu-img convert at byte {:?}",
+        got.iter().zip(&want).position(|(a, b)| a != b)
+    );
     // Odd offsets and lengths crossing cluster boundaries.
     let len = want.len() as u64;
     let mut x = 0x9e37_79b9_u64;
@@ -142,35 +164,63 @@ fn check(d: &Path, name: &str) -> Box<dyn DiskImage> {
         let n = (x >> 20) % (300 * KIB as u64).min(len - off) + 1;
         let mut buf = vec![0u8; n as usize];
         img.read_at(&mut buf, off).unwrap();
-        assert!(buf[..] == want[off as usize..(off + n) as usize], "{name}: read of {n} at {off} differs");
+        assert!(
+            buf[..] == want[off as usize..(off + n) as usize],
+            "{name}: read of {n} at {off} differs"
+        );
     }
     let mut one = [0u8; 1];
     img.read_at(&mut one, len - 1).unwrap();
     assert_eq!(one[0], want[want.len() - 1]);
-    assert!(img.read_at(&mut one, len).is_err(), "read past the end must fail");
+    assert!(
+        img.read_at(&mut one, len).is_err(),
+        "read past the end must fail"
+    );
     // Allocation map.
     let ours = kinds_from_extents(img.as_ref());
     let theirs = kinds_from_qemu_map(d, name);
     if let Some(i) = ours.iter().zip(&theirs).position(|(a, b)| a != b) {
-        panic!("{name}: extents differ from qemu-img map at byte {:#x}: ours {:?}, qemu {}", i * 512, img.extents().unwrap(), qimg(d, &["map", "--output=json", name]));
+        panic!(
+            "{name}: extents differ from qemu-img map at byte {:#x}: ours {:?}, qemu {}",
+            i * 512,
+            img.extents().unwrap(),
+            qimg(d, &["map", "--output=json", name])
+        );
     }
     assert_eq!(ours.len(), theirs.len());
     // Extents never claim data where there is none: Zero/Unallocated read as zeros.
     for e in img.extents().unwrap() {
         if e.kind != ExtentKind::Data {
-            assert!(want[e.offset as usize..(e.offset + e.len) as usize].iter().all(|&b| b == 0), "{name}: {e:?} is not zero");
+            assert!(
+                want[e.offset as usize..(e.offset + e.len) as usize]
+                    .iter()
+                    .all(|&b| b == 0),
+                "{name}: {e:?} is not zero"
+            );
         }
     }
     // Allocated clusters of the top layer, as qemu-img check counts them.
-    let checked: Value = serde_json::from_str(&run_in(d, "qemu-img", &["check", "--output=json", name]).stdout).unwrap();
+    let checked: Value =
+        serde_json::from_str(&run_in(d, "qemu-img", &["check", "--output=json", name]).stdout)
+            .unwrap();
     // (qemu-img leaves the field out when it is 0.)
     let theirs = checked["allocated-clusters"].as_u64().unwrap_or(0);
-    assert_eq!(img.info().details["allocated-clusters"].as_u64(), Some(theirs), "{name}: allocated clusters");
+    assert_eq!(
+        img.info().details["allocated-clusters"].as_u64(),
+        Some(theirs),
+        "{name}: allocated clusters"
+    );
     // Info, down the chain.
-    let chain: Value = serde_json::from_str(&qimg(d, &["info", "--output=json", "--backing-chain", name])).unwrap();
+    let chain: Value = serde_json::from_str(&qimg(
+        d,
+        &["info", "--output=json", "--backing-chain", name],
+    ))
+    .unwrap();
     let mut info = Some(img.info());
     for q in chain.as_array().unwrap() {
-        let i = info.take().unwrap_or_else(|| panic!("{name}: our chain is shorter than qemu's"));
+        let i = info
+            .take()
+            .unwrap_or_else(|| panic!("{name}: our chain is shorter than qemu's"));
         compare_info(&i, q);
         info = i.backing.map(|b| *b);
     }
@@ -205,14 +255,42 @@ fn qcow2_v2_and_v3_with_zero_clusters_match_qemu() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write_mixed(d, "src.raw", 6 * MIB + 5 * KIB, 1);
-    qimg(d, &["convert", "-O", "qcow2", "-o", "compat=0.10", "src.raw", "v2.qcow2"]);
+    qimg(
+        d,
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            "-o",
+            "compat=0.10",
+            "src.raw",
+            "v2.qcow2",
+        ],
+    );
     qimg(d, &["convert", "-O", "qcow2", "src.raw", "v3.qcow2"]);
-    qio(d, "v3.qcow2", &["write -z 64k 192k", "write -z -u 1M 128k", "write -P 0x33 3000k 7k"]);
-    qio(d, "v2.qcow2", &["write -z 64k 192k", "write -P 0x33 3000k 7k"]);
+    qio(
+        d,
+        "v3.qcow2",
+        &[
+            "write -z 64k 192k",
+            "write -z -u 1M 128k",
+            "write -P 0x33 3000k 7k",
+        ],
+    );
+    qio(
+        d,
+        "v2.qcow2",
+        &["write -z 64k 192k", "write -P 0x33 3000k 7k"],
+    );
     let v2 = check(d, "v2.qcow2");
     assert_eq!(v2.info().details["compat"], "0.10");
     let v3 = check(d, "v3.qcow2");
-    assert!(v3.extents().unwrap().iter().any(|e| e.kind == ExtentKind::Zero));
+    assert!(
+        v3.extents()
+            .unwrap()
+            .iter()
+            .any(|e| e.kind == ExtentKind::Zero)
+    );
     // Internal snapshots: only the active L1 table counts.
     qimg(d, &["snapshot", "-c", "s1", "v3.qcow2"]);
     qio(d, "v3.qcow2", &["write -P 0x71 0 100k", "write -z 2M 64k"]);
@@ -221,7 +299,14 @@ fn qcow2_v2_and_v3_with_zero_clusters_match_qemu() {
     // Empty image: everything unallocated, reads zeros.
     qimg(d, &["create", "-q", "-f", "qcow2", "empty.qcow2", "3M"]);
     let e = check(d, "empty.qcow2");
-    assert_eq!(e.extents().unwrap(), vec![image::Extent { offset: 0, len: 3 * MIB as u64, kind: ExtentKind::Unallocated }]);
+    assert_eq!(
+        e.extents().unwrap(),
+        vec![image::Extent {
+            offset: 0,
+            len: 3 * MIB as u64,
+            kind: ExtentKind::Unallocated
+        }]
+    );
 }
 
 #[test]
@@ -232,7 +317,19 @@ fn qcow2_compressed_zlib_and_zstd_match_qemu() {
     write_mixed(d, "src.raw", 5 * MIB + 512, 2);
     for ct in ["zlib", "zstd"] {
         let name = format!("{ct}.qcow2");
-        qimg(d, &["convert", "-c", "-O", "qcow2", "-o", &format!("compression_type={ct}"), "src.raw", &name]);
+        qimg(
+            d,
+            &[
+                "convert",
+                "-c",
+                "-O",
+                "qcow2",
+                "-o",
+                &format!("compression_type={ct}"),
+                "src.raw",
+                &name,
+            ],
+        );
         let img = check(d, &name);
         assert_eq!(img.info().details["compression-type"], ct);
         // Many threads at once (the zstd decoder is per thread).
@@ -256,10 +353,34 @@ fn qcow2_compressed_zlib_and_zstd_match_qemu() {
         check(d, &name);
         // 4 KiB clusters, compressed.
         let small = format!("{ct}-4k.qcow2");
-        qimg(d, &["convert", "-c", "-O", "qcow2", "-o", &format!("compression_type={ct},cluster_size=4096"), "src.raw", &small]);
+        qimg(
+            d,
+            &[
+                "convert",
+                "-c",
+                "-O",
+                "qcow2",
+                "-o",
+                &format!("compression_type={ct},cluster_size=4096"),
+                "src.raw",
+                &small,
+            ],
+        );
         check(d, &small);
     }
-    qimg(d, &["convert", "-c", "-O", "qcow2", "-o", "compat=0.10", "src.raw", "v2z.qcow2"]);
+    qimg(
+        d,
+        &[
+            "convert",
+            "-c",
+            "-O",
+            "qcow2",
+            "-o",
+            "compat=0.10",
+            "src.raw",
+            "v2z.qcow2",
+        ],
+    );
     check(d, "v2z.qcow2");
 }
 
@@ -269,16 +390,75 @@ fn qcow2_extended_l2_subclusters_match_qemu() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write_mixed(d, "base.raw", 4 * MIB, 3);
-    qimg(d, &["create", "-q", "-f", "qcow2", "-o", "extended_l2=on,cluster_size=64k", "e.qcow2", "4M"]);
-    qio(d, "e.qcow2", &["write -P 0x55 4k 8k", "write -P 0x66 70k 2k", "write -z 200k 6k", "write -P 0x77 1M 64k"]);
+    qimg(
+        d,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "extended_l2=on,cluster_size=64k",
+            "e.qcow2",
+            "4M",
+        ],
+    );
+    qio(
+        d,
+        "e.qcow2",
+        &[
+            "write -P 0x55 4k 8k",
+            "write -P 0x66 70k 2k",
+            "write -z 200k 6k",
+            "write -P 0x77 1M 64k",
+        ],
+    );
     let img = check(d, "e.qcow2");
     assert_eq!(img.info().details["extended-l2"], true);
     // Over a backing file: unallocated subclusters read the backing file.
-    qimg(d, &["create", "-q", "-f", "qcow2", "-o", "extended_l2=on,cluster_size=128k", "-b", "base.raw", "-F", "raw", "eb.qcow2", "4M"]);
-    qio(d, "eb.qcow2", &["write -P 0x55 4k 8k", "write -z 20k 4k", "write -P 0x66 300k 1k", "write -z 1M 128k", "write -P 0x12 2000k 40k"]);
+    qimg(
+        d,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "extended_l2=on,cluster_size=128k",
+            "-b",
+            "base.raw",
+            "-F",
+            "raw",
+            "eb.qcow2",
+            "4M",
+        ],
+    );
+    qio(
+        d,
+        "eb.qcow2",
+        &[
+            "write -P 0x55 4k 8k",
+            "write -z 20k 4k",
+            "write -P 0x66 300k 1k",
+            "write -z 1M 128k",
+            "write -P 0x12 2000k 40k",
+        ],
+    );
     check(d, "eb.qcow2");
     // Compressed clusters with extended L2.
-    qimg(d, &["convert", "-c", "-O", "qcow2", "-o", "extended_l2=on", "base.raw", "ec.qcow2"]);
+    qimg(
+        d,
+        &[
+            "convert",
+            "-c",
+            "-O",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+            "base.raw",
+            "ec.qcow2",
+        ],
+    );
     qio(d, "ec.qcow2", &["write -P 0x55 4k 8k"]);
     check(d, "ec.qcow2");
 }
@@ -292,10 +472,55 @@ fn qcow2_three_deep_backing_chain_with_raw_base() {
     // The base is shorter than the overlays: what lies past its end reads as zeros.
     write_mixed(d, "base.raw", 3 * MIB, 4);
     // mid names its backing file relative to its own directory.
-    qimg(d, &["create", "-q", "-f", "qcow2", "-b", "../base.raw", "-F", "raw", "m/mid.qcow2", "5M"]);
-    qio(d, "m/mid.qcow2", &["write -P 0x21 0 64k", "write -P 0x22 1000k 300k", "write -z 2M 64k", "write -P 0x23 4M 100k"]);
-    qimg(d, &["create", "-q", "-f", "qcow2", "-b", "m/mid.qcow2", "-F", "qcow2", "top.qcow2", "6M"]);
-    qio(d, "top.qcow2", &["write -P 0x31 32k 64k", "write -z 1M 64k", "write -P 0x32 5M 10k"]);
+    qimg(
+        d,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "../base.raw",
+            "-F",
+            "raw",
+            "m/mid.qcow2",
+            "5M",
+        ],
+    );
+    qio(
+        d,
+        "m/mid.qcow2",
+        &[
+            "write -P 0x21 0 64k",
+            "write -P 0x22 1000k 300k",
+            "write -z 2M 64k",
+            "write -P 0x23 4M 100k",
+        ],
+    );
+    qimg(
+        d,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "m/mid.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+            "6M",
+        ],
+    );
+    qio(
+        d,
+        "top.qcow2",
+        &[
+            "write -P 0x31 32k 64k",
+            "write -z 1M 64k",
+            "write -P 0x32 5M 10k",
+        ],
+    );
     let img = check(d, "top.qcow2");
     let info = img.info();
     assert_eq!(info.backing_file.as_deref(), Some("m/mid.qcow2"));
@@ -324,7 +549,10 @@ fn qcow2_three_deep_backing_chain_with_raw_base() {
     // unknown one, which must be ignored).
     let top = d.join("top.qcow2");
     let b = read(&top);
-    let at = (104..4096).step_by(8).find(|&i| be32(&b, i) == 0xe279_2aca).unwrap();
+    let at = (104..4096)
+        .step_by(8)
+        .find(|&i| be32(&b, i) == 0xe279_2aca)
+        .unwrap();
     patch(&top, at as u64, &0x0bad_0bad_u32.to_be_bytes());
     let img = open(d, "top.qcow2");
     assert_eq!(img.info().backing_format, None);
@@ -339,16 +567,66 @@ fn qcow2_preallocation_and_cluster_sizes_match_qemu() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write_mixed(d, "src.raw", 3 * MIB, 5);
-    qimg(d, &["create", "-q", "-f", "qcow2", "-o", "preallocation=metadata", "pm.qcow2", "3M"]);
+    qimg(
+        d,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "preallocation=metadata",
+            "pm.qcow2",
+            "3M",
+        ],
+    );
     qio(d, "pm.qcow2", &["write -P 0x42 100k 300k"]);
     check(d, "pm.qcow2");
-    qimg(d, &["convert", "-O", "qcow2", "-o", "cluster_size=512", "src.raw", "c512.qcow2"]);
-    qio(d, "c512.qcow2", &["write -z 1000 3000", "write -P 0x9 777k 1k"]);
+    qimg(
+        d,
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            "-o",
+            "cluster_size=512",
+            "src.raw",
+            "c512.qcow2",
+        ],
+    );
+    qio(
+        d,
+        "c512.qcow2",
+        &["write -z 1000 3000", "write -P 0x9 777k 1k"],
+    );
     check(d, "c512.qcow2");
-    qimg(d, &["convert", "-O", "qcow2", "-o", "cluster_size=2M", "src.raw", "c2m.qcow2"]);
+    qimg(
+        d,
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            "-o",
+            "cluster_size=2M",
+            "src.raw",
+            "c2m.qcow2",
+        ],
+    );
     qio(d, "c2m.qcow2", &["write -z 2M 1M"]);
     check(d, "c2m.qcow2");
-    qimg(d, &["convert", "-c", "-O", "qcow2", "-o", "cluster_size=2M", "src.raw", "c2mz.qcow2"]);
+    qimg(
+        d,
+        &[
+            "convert",
+            "-c",
+            "-O",
+            "qcow2",
+            "-o",
+            "cluster_size=2M",
+            "src.raw",
+            "c2mz.qcow2",
+        ],
+    );
     check(d, "c2mz.qcow2");
 }
 
@@ -381,13 +659,26 @@ fn qcow2_feature_bits_dirty_corrupt_unknown() {
     patch(&p, 0x48, &(1u64 << 40).to_be_bytes());
     let e = open_err(d, "a.qcow2");
     assert_eq!(e.kind(), ErrorKind::Unsupported);
-    assert!(e.to_string().contains("bit 40") && e.to_string().contains("a.qcow2") && e.to_string().contains("0x48"), "{e}");
+    assert!(
+        e.to_string().contains("bit 40")
+            && e.to_string().contains("a.qcow2")
+            && e.to_string().contains("0x48"),
+        "{e}"
+    );
     // Named by the feature name table: rename the "extended l2" entry to bit 9 and set bit 9.
     std::fs::write(&p, &orig).unwrap();
-    let at = (104..4096).step_by(8).find(|&i| be32(&orig, i) == 0x6803_f857).unwrap();
+    let at = (104..4096)
+        .step_by(8)
+        .find(|&i| be32(&orig, i) == 0x6803_f857)
+        .unwrap();
     let n = be32(&orig, at + 4) as usize / 48;
-    let entry = (0..n).map(|k| at + 8 + 48 * k).find(|&o| orig[o] == 0 && orig[o + 1] == 4).unwrap();
-    let name = String::from_utf8_lossy(&orig[entry + 2..entry + 48]).trim_end_matches('\0').to_owned();
+    let entry = (0..n)
+        .map(|k| at + 8 + 48 * k)
+        .find(|&o| orig[o] == 0 && orig[o + 1] == 4)
+        .unwrap();
+    let name = String::from_utf8_lossy(&orig[entry + 2..entry + 48])
+        .trim_end_matches('\0')
+        .to_owned();
     patch(&p, entry as u64 + 1, &[9]);
     patch(&p, 0x48, &(1u64 << 9).to_be_bytes());
     let e = open_err(d, "a.qcow2");
@@ -402,7 +693,12 @@ fn qcow2_feature_bits_dirty_corrupt_unknown() {
     std::fs::write(&p, &orig).unwrap();
     patch(&p, 0x20, &1u32.to_be_bytes());
     let e = open_err(d, "a.qcow2");
-    assert!(e.kind() == ErrorKind::Unsupported && e.to_string().contains("AES") && e.to_string().contains("0x20"), "{e}");
+    assert!(
+        e.kind() == ErrorKind::Unsupported
+            && e.to_string().contains("AES")
+            && e.to_string().contains("0x20"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -410,28 +706,67 @@ fn qcow2_luks_and_external_data_file_are_refused_clearly() {
     require!("qemu-img");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    qimg(d, &[
-        "create", "-q", "-f", "qcow2", "--object", "secret,id=s0,data=abc", "-o",
-        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10", "enc.qcow2", "1M",
-    ]);
+    qimg(
+        d,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "--object",
+            "secret,id=s0,data=abc",
+            "-o",
+            "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+            "enc.qcow2",
+            "1M",
+        ],
+    );
     let img = open(d, "enc.qcow2");
     let info = img.info();
     let enc = &info.details["encrypt"];
     assert_eq!(enc["format"], "luks", "{}", info.details);
     let q: Value = serde_json::from_str(&qimg(d, &["info", "--output=json", "enc.qcow2"])).unwrap();
     let qenc = &q["format-specific"]["data"]["encrypt"];
-    for key in ["format", "cipher-alg", "cipher-mode", "ivgen-alg", "hash-alg", "payload-offset", "master-key-iters", "uuid", "slots"] {
+    for key in [
+        "format",
+        "cipher-alg",
+        "cipher-mode",
+        "ivgen-alg",
+        "hash-alg",
+        "payload-offset",
+        "master-key-iters",
+        "uuid",
+        "slots",
+    ] {
         assert_eq!(enc[key], qenc[key], "encrypt.{key}: ours {enc} qemu {qenc}");
     }
     let mut buf = [0u8; 512];
     let e = img.read_at(&mut buf, 0).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unsupported);
-    assert!(e.to_string().contains("LUKS") && e.hint_text().unwrap().contains("diskseal decrypt"), "{e}");
+    assert!(
+        e.to_string().contains("LUKS") && e.hint_text().unwrap().contains("diskseal decrypt"),
+        "{e}"
+    );
 
-    qimg(d, &["create", "-q", "-f", "qcow2", "-o", "data_file=data.raw", "ext.qcow2", "1M"]);
+    qimg(
+        d,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "data_file=data.raw",
+            "ext.qcow2",
+            "1M",
+        ],
+    );
     let e = open_err(d, "ext.qcow2");
     assert_eq!(e.kind(), ErrorKind::Unsupported);
-    assert!(e.to_string().contains("external data file") && e.to_string().contains("data.raw"), "{e}");
+    assert!(
+        e.to_string().contains("external data file") && e.to_string().contains("data.raw"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -441,27 +776,77 @@ fn qcow2_backing_chain_errors() {
     let d = dir.path();
     // Missing backing file: the message shows the path looked for.
     qimg(d, &["create", "-q", "-f", "raw", "gone.raw", "1M"]);
-    qimg(d, &["create", "-q", "-f", "qcow2", "-b", "gone.raw", "-F", "raw", "orphan.qcow2", "1M"]);
+    qimg(
+        d,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "gone.raw",
+            "-F",
+            "raw",
+            "orphan.qcow2",
+            "1M",
+        ],
+    );
     std::fs::remove_file(d.join("gone.raw")).unwrap();
     let e = open_err(d, "orphan.qcow2");
-    assert!(e.to_string().contains(&d.join("gone.raw").display().to_string()), "{e}");
+    assert!(
+        e.to_string()
+            .contains(&d.join("gone.raw").display().to_string()),
+        "{e}"
+    );
     assert!(e.hint_text().unwrap().contains("orphan.qcow2"), "{e:?}");
     // A backing format diskseal does not read.
     qimg(d, &["create", "-q", "-f", "vmdk", "b.vmdk", "1M"]);
-    qimg(d, &["create", "-q", "-f", "qcow2", "-b", "b.vmdk", "-F", "vmdk", "onvmdk.qcow2", "1M"]);
+    qimg(
+        d,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "b.vmdk",
+            "-F",
+            "vmdk",
+            "onvmdk.qcow2",
+            "1M",
+        ],
+    );
     let e = open_err(d, "onvmdk.qcow2");
-    assert!(e.kind() == ErrorKind::Unsupported && e.to_string().contains("\"vmdk\"") && e.to_string().contains("onvmdk.qcow2"), "{e}");
+    assert!(
+        e.kind() == ErrorKind::Unsupported
+            && e.to_string().contains("\"vmdk\"")
+            && e.to_string().contains("onvmdk.qcow2"),
+        "{e}"
+    );
     // A loop: a -> b -> a.
     qimg(d, &["create", "-q", "-f", "qcow2", "a.qcow2", "1M"]);
-    qimg(d, &["create", "-q", "-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", "b.qcow2", "1M"]);
-    qimg(d, &["rebase", "-u", "-b", "b.qcow2", "-F", "qcow2", "a.qcow2"]);
+    qimg(
+        d,
+        &[
+            "create", "-q", "-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", "b.qcow2", "1M",
+        ],
+    );
+    qimg(
+        d,
+        &["rebase", "-u", "-b", "b.qcow2", "-F", "qcow2", "a.qcow2"],
+    );
     let e = open_err(d, "b.qcow2");
     assert!(e.to_string().contains("loops"), "{e}");
     // Too deep: 70 layers.
     qimg(d, &["create", "-q", "-f", "qcow2", "l0.qcow2", "1M"]);
     for i in 1..70 {
         let (below, this) = (format!("l{}.qcow2", i - 1), format!("l{i}.qcow2"));
-        qimg(d, &["create", "-q", "-f", "qcow2", "-b", &below, "-F", "qcow2", &this, "1M"]);
+        qimg(
+            d,
+            &[
+                "create", "-q", "-f", "qcow2", "-b", &below, "-F", "qcow2", &this, "1M",
+            ],
+        );
     }
     let e = open_err(d, "l69.qcow2");
     assert!(e.to_string().contains("deeper than"), "{e}");
@@ -480,7 +865,19 @@ fn qcow2_hostile_inputs_are_clear_errors() {
     write_mixed(d, "src.raw", 2 * MIB, 7);
     qimg(d, &["convert", "-O", "qcow2", "src.raw", "good.qcow2"]);
     qimg(d, &["convert", "-c", "-O", "qcow2", "src.raw", "z.qcow2"]);
-    qimg(d, &["convert", "-c", "-O", "qcow2", "-o", "compression_type=zstd", "src.raw", "zs.qcow2"]);
+    qimg(
+        d,
+        &[
+            "convert",
+            "-c",
+            "-O",
+            "qcow2",
+            "-o",
+            "compression_type=zstd",
+            "src.raw",
+            "zs.qcow2",
+        ],
+    );
     let good = read(d.join("good.qcow2"));
     let p = d.join("bad.qcow2");
     let (l2, l1_at) = first_l2(&d.join("good.qcow2"));
@@ -495,7 +892,10 @@ fn qcow2_hostile_inputs_are_clear_errors() {
         });
         let e = r.expect_err(what);
         let s = format!("{e}");
-        assert!(s.contains("bad.qcow2") && s.contains("(at offset 0x"), "{what}: {s}");
+        assert!(
+            s.contains("bad.qcow2") && s.contains("(at offset 0x"),
+            "{what}: {s}"
+        );
         for n in needles {
             assert!(s.contains(n), "{what}: {s:?} lacks {n:?}");
         }
@@ -528,26 +928,86 @@ fn qcow2_hostile_inputs_are_clear_errors() {
     with(&good, &[(0x24, &0u32.to_be_bytes())]);
     fail("L1 too small", &["l1_size 0x0 too small"]);
     with(&good, &[(0x28, &0x30200u64.to_be_bytes())]);
-    fail("unaligned L1", &["l1_table_offset 0x30200 is not cluster-aligned"]);
-    with(&good, &[(l1_at, &(0x8000_0000_0000_0000u64 | 0x7fff_0000).to_be_bytes())]);
-    fail("L1 entry beyond EOF", &["L2 table", "beyond the end of the file", &format!("{l1_at:#x}")]);
-    with(&good, &[(l1_at, &(0x8000_0000_0000_0000u64 | (l2 + 0x200)).to_be_bytes())]);
+    fail(
+        "unaligned L1",
+        &["l1_table_offset 0x30200 is not cluster-aligned"],
+    );
+    with(
+        &good,
+        &[(
+            l1_at,
+            &(0x8000_0000_0000_0000u64 | 0x7fff_0000).to_be_bytes(),
+        )],
+    );
+    fail(
+        "L1 entry beyond EOF",
+        &[
+            "L2 table",
+            "beyond the end of the file",
+            &format!("{l1_at:#x}"),
+        ],
+    );
+    with(
+        &good,
+        &[(
+            l1_at,
+            &(0x8000_0000_0000_0000u64 | (l2 + 0x200)).to_be_bytes(),
+        )],
+    );
     fail("unaligned L2", &["L2 table", "not cluster-aligned"]);
-    with(&good, &[(l1_at, &(0x8000_0000_0000_0000u64 | (l1_at & !0xffff)).to_be_bytes())]);
+    with(
+        &good,
+        &[(
+            l1_at,
+            &(0x8000_0000_0000_0000u64 | (l1_at & !0xffff)).to_be_bytes(),
+        )],
+    );
     fail("L2 on the L1 table", &["overlaps the L1 table"]);
-    with(&good, &[(l2, &(0x8000_0000_0000_0000u64 | rt).to_be_bytes())]);
-    fail("data on the refcount table", &["data cluster", "overlaps the refcount table", &format!("{l2:#x}")]);
-    with(&good, &[(l2, &(0x8000_0000_0000_0000u64 | 0x7_0000_0000).to_be_bytes())]);
-    fail("data beyond EOF", &["data cluster", "beyond the end of the file"]);
-    with(&good, &[(l2, &(0x8000_0000_0000_0000u64 | 0x5_0200).to_be_bytes())]);
+    with(
+        &good,
+        &[(l2, &(0x8000_0000_0000_0000u64 | rt).to_be_bytes())],
+    );
+    fail(
+        "data on the refcount table",
+        &[
+            "data cluster",
+            "overlaps the refcount table",
+            &format!("{l2:#x}"),
+        ],
+    );
+    with(
+        &good,
+        &[(
+            l2,
+            &(0x8000_0000_0000_0000u64 | 0x7_0000_0000).to_be_bytes(),
+        )],
+    );
+    fail(
+        "data beyond EOF",
+        &["data cluster", "beyond the end of the file"],
+    );
+    with(
+        &good,
+        &[(l2, &(0x8000_0000_0000_0000u64 | 0x5_0200).to_be_bytes())],
+    );
     fail("unaligned data", &["data cluster", "not cluster-aligned"]);
     with(&good, &[(0x64, &105u32.to_be_bytes())]);
-    fail("header_length odd", &["header_length 0x69", "multiple of 8", "0x64"]);
+    fail(
+        "header_length odd",
+        &["header_length 0x69", "multiple of 8", "0x64"],
+    );
     with(&good, &[(0x64, &96u32.to_be_bytes())]);
     fail("header_length small", &["header_length 0x60", "0x64"]);
     let first_ext = be32(&good, 0x64) as u64;
     with(&good, &[(first_ext + 4, &0xfff0u32.to_be_bytes())]);
-    fail("extension past the cluster", &["header extension", "runs past the end of cluster 0", &format!("{first_ext:#x}")]);
+    fail(
+        "extension past the cluster",
+        &[
+            "header extension",
+            "runs past the end of cluster 0",
+            &format!("{first_ext:#x}"),
+        ],
+    );
 
     // Compressed clusters: garbage, too short, inside the header.
     for src in ["z.qcow2", "zs.qcow2"] {
@@ -560,20 +1020,43 @@ fn qcow2_hostile_inputs_are_clear_errors() {
         let x = 62 - (16 - 8);
         let host = entry & ((1u64 << x) - 1);
         with(&z, &[(host, &[0xa5; 64])]);
-        fail("compressed garbage", &["compressed cluster", &format!("{host:#x}")]);
+        fail(
+            "compressed garbage",
+            &["compressed cluster", &format!("{host:#x}")],
+        );
         let one_sector = (entry & !(0xffu64 << x)) | (1 << 62);
         with(&z, &[(at, &one_sector.to_be_bytes())]);
         fail("compressed short", &["compressed cluster"]);
-        with(&z, &[(at, &((entry & !((1u64 << x) - 1)) | 0x100).to_be_bytes())]);
-        fail("compressed in header", &["compressed cluster", "inside the header cluster"]);
+        with(
+            &z,
+            &[(at, &((entry & !((1u64 << x) - 1)) | 0x100).to_be_bytes())],
+        );
+        fail(
+            "compressed in header",
+            &["compressed cluster", "inside the header cluster"],
+        );
     }
     // The zero flag in a version 2 image (QEMU calls it corruption as well).
-    qimg(d, &["convert", "-O", "qcow2", "-o", "compat=0.10", "src.raw", "v2.qcow2"]);
+    qimg(
+        d,
+        &[
+            "convert",
+            "-O",
+            "qcow2",
+            "-o",
+            "compat=0.10",
+            "src.raw",
+            "v2.qcow2",
+        ],
+    );
     let v2 = read(d.join("v2.qcow2"));
     let (v2l2, _) = first_l2(&d.join("v2.qcow2"));
     let e0 = be64(&v2, v2l2 as usize);
     with(&v2, &[(v2l2, &(e0 | 1).to_be_bytes())]);
-    fail("v2 zero flag", &["zero flag", "version 2", &format!("{v2l2:#x}")]);
+    fail(
+        "v2 zero flag",
+        &["zero flag", "version 2", &format!("{v2l2:#x}")],
+    );
     // The original still reads.
     std::fs::write(&p, &good).unwrap();
     let img = image::open(&p, None).unwrap();
@@ -591,17 +1074,70 @@ fn qcow2_encrypt_end_to_end() {
     let d = dir.path();
     std::fs::write(d.join("pw"), b"secret pass").unwrap();
     write_mixed(d, "base.raw", 3 * MIB, 8);
-    qimg(d, &["convert", "-c", "-O", "qcow2", "base.raw", "base.qcow2"]);
-    qimg(d, &["create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2", "4M"]);
-    qio(d, "top.qcow2", &["write -P 0x5a 100k 200k", "write -z 1M 64k", "write -P 0x11 3M 512k"]);
+    qimg(
+        d,
+        &["convert", "-c", "-O", "qcow2", "base.raw", "base.qcow2"],
+    );
+    qimg(
+        d,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+            "4M",
+        ],
+    );
+    qio(
+        d,
+        "top.qcow2",
+        &[
+            "write -P 0x5a 100k 200k",
+            "write -z 1M 64k",
+            "write -P 0x11 3M 512k",
+        ],
+    );
     qimg(d, &["convert", "-O", "raw", "top.qcow2", "plain.raw"]);
     let mut args = vec!["encrypt", "-q", "--key-file", "pw"];
     args.extend(FAST_PBKDF2);
     args.extend(["top.qcow2", "out.luks"]);
     diskseal(d, &args).ok();
-    diskseal(d, &["verify", "-q", "--key-file", "pw", "--against", "plain.raw", "out.luks"]).ok();
-    diskseal(d, &["verify", "-q", "--key-file", "pw", "--against", "top.qcow2", "out.luks"]).ok();
-    diskseal(d, &["decrypt", "-q", "--key-file", "pw", "out.luks", "back.raw"]).ok();
+    diskseal(
+        d,
+        &[
+            "verify",
+            "-q",
+            "--key-file",
+            "pw",
+            "--against",
+            "plain.raw",
+            "out.luks",
+        ],
+    )
+    .ok();
+    diskseal(
+        d,
+        &[
+            "verify",
+            "-q",
+            "--key-file",
+            "pw",
+            "--against",
+            "top.qcow2",
+            "out.luks",
+        ],
+    )
+    .ok();
+    diskseal(
+        d,
+        &["decrypt", "-q", "--key-file", "pw", "out.luks", "back.raw"],
+    )
+    .ok();
     assert!(read(d.join("back.raw")) == read(d.join("plain.raw")));
 }
 
@@ -612,26 +1148,68 @@ fn qcow2_huge_sparse_image_is_cheap() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     qimg(d, &["create", "-q", "-f", "qcow2", "huge.qcow2", "2T"]);
-    qio(d, "huge.qcow2", &["write -P 0x61 1T 64k", "write -z 1536G 1M", "write -P 0x62 2199023190016 65536"]);
+    qio(
+        d,
+        "huge.qcow2",
+        &[
+            "write -P 0x61 1T 64k",
+            "write -z 1536G 1M",
+            "write -P 0x62 2199023190016 65536",
+        ],
+    );
     let t = std::time::Instant::now();
     let img = open(d, "huge.qcow2");
     let ext = img.extents().unwrap();
     assert!(t.elapsed().as_secs() < 5, "took {:?}", t.elapsed());
     let t40 = 1u64 << 40;
     let size = 2 * t40;
-    assert_eq!(ext, vec![
-        image::Extent { offset: 0, len: t40, kind: ExtentKind::Unallocated },
-        image::Extent { offset: t40, len: 65536, kind: ExtentKind::Data },
-        image::Extent { offset: t40 + 65536, len: t40 / 2 - 65536, kind: ExtentKind::Unallocated },
-        image::Extent { offset: 3 * t40 / 2, len: 1 << 20, kind: ExtentKind::Zero },
-        image::Extent { offset: 3 * t40 / 2 + (1 << 20), len: size - 65536 - (3 * t40 / 2 + (1 << 20)), kind: ExtentKind::Unallocated },
-        image::Extent { offset: size - 65536, len: 65536, kind: ExtentKind::Data },
-    ]);
+    assert_eq!(
+        ext,
+        vec![
+            image::Extent {
+                offset: 0,
+                len: t40,
+                kind: ExtentKind::Unallocated
+            },
+            image::Extent {
+                offset: t40,
+                len: 65536,
+                kind: ExtentKind::Data
+            },
+            image::Extent {
+                offset: t40 + 65536,
+                len: t40 / 2 - 65536,
+                kind: ExtentKind::Unallocated
+            },
+            image::Extent {
+                offset: 3 * t40 / 2,
+                len: 1 << 20,
+                kind: ExtentKind::Zero
+            },
+            image::Extent {
+                offset: 3 * t40 / 2 + (1 << 20),
+                len: size - 65536 - (3 * t40 / 2 + (1 << 20)),
+                kind: ExtentKind::Unallocated
+            },
+            image::Extent {
+                offset: size - 65536,
+                len: 65536,
+                kind: ExtentKind::Data
+            },
+        ]
+    );
     let mut b = vec![0u8; 100_000];
     img.read_at(&mut b, t40 - 30_000).unwrap();
-    assert!(b[..30_000].iter().all(|&x| x == 0) && b[30_000..95_536].iter().all(|&x| x == 0x61) && b[95_536..].iter().all(|&x| x == 0));
+    assert!(
+        b[..30_000].iter().all(|&x| x == 0)
+            && b[30_000..95_536].iter().all(|&x| x == 0x61)
+            && b[95_536..].iter().all(|&x| x == 0)
+    );
     img.read_at(&mut b, size - 100_000).unwrap();
-    assert!(b[..100_000 - 65536].iter().all(|&x| x == 0) && b[100_000 - 65536..].iter().all(|&x| x == 0x62));
+    assert!(
+        b[..100_000 - 65536].iter().all(|&x| x == 0)
+            && b[100_000 - 65536..].iter().all(|&x| x == 0x62)
+    );
 }
 
 /// Random byte corruption in the metadata and compressed data of qemu-img files gives errors or
@@ -642,9 +1220,49 @@ fn qcow2_random_corruption_never_panics() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write_mixed(d, "src.raw", 2 * MIB, 9);
-    qimg(d, &["convert", "-c", "-O", "qcow2", "-o", "cluster_size=4096", "src.raw", "z.qcow2"]);
-    qimg(d, &["convert", "-c", "-O", "qcow2", "-o", "compression_type=zstd,cluster_size=16k", "src.raw", "zs.qcow2"]);
-    qimg(d, &["create", "-q", "-f", "qcow2", "-o", "extended_l2=on", "-b", "src.raw", "-F", "raw", "e.qcow2", "2M"]);
+    qimg(
+        d,
+        &[
+            "convert",
+            "-c",
+            "-O",
+            "qcow2",
+            "-o",
+            "cluster_size=4096",
+            "src.raw",
+            "z.qcow2",
+        ],
+    );
+    qimg(
+        d,
+        &[
+            "convert",
+            "-c",
+            "-O",
+            "qcow2",
+            "-o",
+            "compression_type=zstd,cluster_size=16k",
+            "src.raw",
+            "zs.qcow2",
+        ],
+    );
+    qimg(
+        d,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+            "-b",
+            "src.raw",
+            "-F",
+            "raw",
+            "e.qcow2",
+            "2M",
+        ],
+    );
     qio(d, "e.qcow2", &["write -P 0x55 4k 8k", "write -z 200k 6k"]);
     let p = d.join("bad.qcow2");
     let mut x = 0x1234_5678_9abc_def1_u64;

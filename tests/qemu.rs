@@ -13,16 +13,37 @@ fn qemu_img_reads_our_luks1_output() {
     args.extend(FAST_PBKDF2);
     args.extend(["src.raw", "ours.luks"]);
     diskseal(d, &args).ok();
-    run_in(d, "qemu-img", &[
-        "convert", "--object", "secret,id=sec0,file=pw", "--image-opts", "driver=luks,key-secret=sec0,file.filename=ours.luks",
-        "-O", "raw", "back.raw",
-    ])
+    run_in(
+        d,
+        "qemu-img",
+        &[
+            "convert",
+            "--object",
+            "secret,id=sec0,file=pw",
+            "--image-opts",
+            "driver=luks,key-secret=sec0,file.filename=ours.luks",
+            "-O",
+            "raw",
+            "back.raw",
+        ],
+    )
     .ok();
-    assert!(read(d.join("back.raw")) == read(d.join("src.raw")), "qemu-img's plaintext differs from the source");
-    run_in(d, "qemu-img", &[
-        "compare", "--object", "secret,id=sec0,file=pw", "--image-opts", "driver=luks,key-secret=sec0,file.filename=ours.luks",
-        "driver=raw,file.filename=src.raw",
-    ])
+    assert!(
+        read(d.join("back.raw")) == read(d.join("src.raw")),
+        "qemu-img's plaintext differs from the source"
+    );
+    run_in(
+        d,
+        "qemu-img",
+        &[
+            "compare",
+            "--object",
+            "secret,id=sec0,file=pw",
+            "--image-opts",
+            "driver=luks,key-secret=sec0,file.filename=ours.luks",
+            "driver=raw,file.filename=src.raw",
+        ],
+    )
     .ok();
 }
 
@@ -31,15 +52,51 @@ fn qemu_img_made_luks1_decrypts_with_diskseal() {
     require!("qemu-img");
     let dir = setup(5 << 20, 22);
     let d = dir.path();
-    run_in(d, "qemu-img", &[
-        "convert", "-f", "raw", "-O", "luks", "--object", "secret,id=sec0,file=pw", "-o", "key-secret=sec0,iter-time=10",
-        "src.raw", "qemu.luks",
-    ])
+    run_in(
+        d,
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "luks",
+            "--object",
+            "secret,id=sec0,file=pw",
+            "-o",
+            "key-secret=sec0,iter-time=10",
+            "src.raw",
+            "qemu.luks",
+        ],
+    )
     .ok();
     let dump = diskseal(d, &["dump", "qemu.luks"]).ok().stdout;
     assert!(dump.contains("Payload offset: 4040 sectors"), "{dump}");
-    diskseal(d, &["verify", "-q", "--key-file", "pw", "--against", "src.raw", "qemu.luks"]).ok();
-    diskseal(d, &["decrypt", "-q", "--key-file", "pw", "qemu.luks", "plain.raw"]).ok();
+    diskseal(
+        d,
+        &[
+            "verify",
+            "-q",
+            "--key-file",
+            "pw",
+            "--against",
+            "src.raw",
+            "qemu.luks",
+        ],
+    )
+    .ok();
+    diskseal(
+        d,
+        &[
+            "decrypt",
+            "-q",
+            "--key-file",
+            "pw",
+            "qemu.luks",
+            "plain.raw",
+        ],
+    )
+    .ok();
     assert!(read(d.join("plain.raw")) == read(d.join("src.raw")));
 }
 
@@ -49,7 +106,8 @@ fn sparse_source(d: &std::path::Path, name: &str, len: u64, data: &[(u64, usize)
     let f = std::fs::File::create(d.join(name)).unwrap();
     f.set_len(len).unwrap();
     for (i, &(off, n)) in data.iter().enumerate() {
-        f.write_all_at(&crate::util::pattern(n, 50 + i as u64), off).unwrap();
+        f.write_all_at(&crate::util::pattern(n, 50 + i as u64), off)
+            .unwrap();
     }
 }
 
@@ -63,17 +121,62 @@ fn ibm_vpc_qcow2_passes_qemu_img_check_and_compare() {
     let dir = setup(0, 0);
     let d = dir.path();
     // 4 GiB with ~64 MiB of data in three places, one of them unaligned to clusters.
-    sparse_source(d, "src4g.raw", 4 << 30, &[(0, 1 << 20), (1 << 30, 63 << 20), ((3 << 30) + 12345 * 512, 70_000)]);
+    sparse_source(
+        d,
+        "src4g.raw",
+        4 << 30,
+        &[
+            (0, 1 << 20),
+            (1 << 30, 63 << 20),
+            ((3 << 30) + 12345 * 512, 70_000),
+        ],
+    );
     let mut args = vec!["encrypt", "-q", "--profile", "ibm-vpc", "--key-file", "pw"];
     args.extend(FAST_PBKDF2);
     args.extend(["src4g.raw", "vpc.qcow2"]);
     diskseal(d, &args).ok();
     let obj = ["--object", "secret,id=sec0,file=pw"];
-    let check = run_in(d, "qemu-img", &[&["check"][..], &obj, &["--image-opts", &qemu_secret_opts("vpc.qcow2")]].concat());
-    assert_eq!(check.code, 0, "qemu-img check: {} {}", check.stdout, check.stderr);
-    assert!(check.stdout.contains("No errors were found"), "{}", check.stdout);
-    run_in(d, "qemu-img", &[&["compare"][..], &obj, &["--image-opts", &qemu_secret_opts("vpc.qcow2"), "driver=raw,file.filename=src4g.raw"]].concat()).ok();
-    let info: serde_json::Value = serde_json::from_str(&run_in(d, "qemu-img", &["info", "--output=json", "vpc.qcow2"]).ok().stdout).unwrap();
+    let check = run_in(
+        d,
+        "qemu-img",
+        &[
+            &["check"][..],
+            &obj,
+            &["--image-opts", &qemu_secret_opts("vpc.qcow2")],
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        check.code, 0,
+        "qemu-img check: {} {}",
+        check.stdout, check.stderr
+    );
+    assert!(
+        check.stdout.contains("No errors were found"),
+        "{}",
+        check.stdout
+    );
+    run_in(
+        d,
+        "qemu-img",
+        &[
+            &["compare"][..],
+            &obj,
+            &[
+                "--image-opts",
+                &qemu_secret_opts("vpc.qcow2"),
+                "driver=raw,file.filename=src4g.raw",
+            ],
+        ]
+        .concat(),
+    )
+    .ok();
+    let info: serde_json::Value = serde_json::from_str(
+        &run_in(d, "qemu-img", &["info", "--output=json", "vpc.qcow2"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
     assert_eq!(info["virtual-size"], 4u64 << 30);
     assert_eq!(info["encrypted"], true);
     assert_eq!(info["format-specific"]["data"]["encrypt"]["format"], "luks");
@@ -87,19 +190,56 @@ fn ibm_vpc_resize_and_utf8_passphrase() {
     require!("qemu-img");
     let dir = setup(3 << 20, 23);
     let d = dir.path();
-    let mut args = vec!["encrypt", "--profile", "ibm-vpc", "--resize", "100G", "--key-file", "pw"];
+    let mut args = vec![
+        "encrypt",
+        "--profile",
+        "ibm-vpc",
+        "--resize",
+        "100G",
+        "--key-file",
+        "pw",
+    ];
     args.extend(FAST_PBKDF2);
     args.extend(["src.raw", "vpc.qcow2"]);
     let r = diskseal(d, &args).ok();
     assert!(!r.stderr.contains("10 to 250 GiB"), "{}", r.stderr);
-    let info: serde_json::Value = serde_json::from_str(&run_in(d, "qemu-img", &["info", "--output=json", "vpc.qcow2"]).ok().stdout).unwrap();
+    let info: serde_json::Value = serde_json::from_str(
+        &run_in(d, "qemu-img", &["info", "--output=json", "vpc.qcow2"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
     assert_eq!(info["virtual-size"], 100u64 << 30);
     let obj = ["--object", "secret,id=sec0,file=pw"];
-    run_in(d, "qemu-img", &[&["check"][..], &obj, &["--image-opts", &qemu_secret_opts("vpc.qcow2")]].concat()).ok();
+    run_in(
+        d,
+        "qemu-img",
+        &[
+            &["check"][..],
+            &obj,
+            &["--image-opts", &qemu_secret_opts("vpc.qcow2")],
+        ]
+        .concat(),
+    )
+    .ok();
     // The first 3 MiB are the source, the rest reads as zeros.
-    run_in(d, "qemu-img", &[
-        &["convert"][..], &obj, &["--image-opts", &qemu_secret_opts("vpc.qcow2"), "-O", "raw", "back.raw"],
-    ].concat()).ok();
+    run_in(
+        d,
+        "qemu-img",
+        &[
+            &["convert"][..],
+            &obj,
+            &[
+                "--image-opts",
+                &qemu_secret_opts("vpc.qcow2"),
+                "-O",
+                "raw",
+                "back.raw",
+            ],
+        ]
+        .concat(),
+    )
+    .ok();
     let back = std::fs::File::open(d.join("back.raw")).unwrap();
     let mut head = vec![0u8; 3 << 20];
     std::os::unix::fs::FileExt::read_exact_at(&back, &mut head, 0).unwrap();
@@ -111,13 +251,41 @@ fn ibm_vpc_resize_and_utf8_passphrase() {
     assert!(diskseal(d, &args).ok().stderr.contains("10 to 250 GiB"));
     // QEMU reads the secret as UTF-8 text.
     std::fs::write(d.join("bin.key"), [0xffu8, 0xfe, 0x00, 0x01]).unwrap();
-    let r = diskseal(d, &["encrypt", "--profile", "ibm-vpc", "--key-file", "bin.key", "src.raw", "x.qcow2"]);
+    let r = diskseal(
+        d,
+        &[
+            "encrypt",
+            "--profile",
+            "ibm-vpc",
+            "--key-file",
+            "bin.key",
+            "src.raw",
+            "x.qcow2",
+        ],
+    );
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("UTF-8"), "{}", r.stderr);
     assert!(!d.join("x.qcow2").exists());
     // Shrinking is refused.
-    let r = diskseal(d, &["encrypt", "--profile", "ibm-vpc", "--resize", "1M", "--key-file", "pw", "src.raw", "y.qcow2"]);
-    assert!(r.code == 2 && r.stderr.contains("smaller than the source"), "{}", r.stderr);
+    let r = diskseal(
+        d,
+        &[
+            "encrypt",
+            "--profile",
+            "ibm-vpc",
+            "--resize",
+            "1M",
+            "--key-file",
+            "pw",
+            "src.raw",
+            "y.qcow2",
+        ],
+    );
+    assert!(
+        r.code == 2 && r.stderr.contains("smaller than the source"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -126,19 +294,45 @@ fn sparse_raw_sources_are_read_only_where_they_hold_data() {
     let dir = setup(0, 0);
     let d = dir.path();
     std::fs::write(d.join("pw"), b"secret pass").unwrap();
-    sparse_source(d, "sp.raw", 256 << 20, &[(5 << 20, 1 << 20), (200 << 20, 4096)]);
-    let info: serde_json::Value = serde_json::from_str(&diskseal(d, &["info", "--json", "sp.raw"]).ok().stdout).unwrap();
-    let qinfo: serde_json::Value = serde_json::from_str(&run_in(d, "qemu-img", &["info", "--output=json", "sp.raw"]).ok().stdout).unwrap();
+    sparse_source(
+        d,
+        "sp.raw",
+        256 << 20,
+        &[(5 << 20, 1 << 20), (200 << 20, 4096)],
+    );
+    let info: serde_json::Value =
+        serde_json::from_str(&diskseal(d, &["info", "--json", "sp.raw"]).ok().stdout).unwrap();
+    let qinfo: serde_json::Value = serde_json::from_str(
+        &run_in(d, "qemu-img", &["info", "--output=json", "sp.raw"])
+            .ok()
+            .stdout,
+    )
+    .unwrap();
     assert_eq!(info["virtual-size"], qinfo["virtual-size"]);
     assert_eq!(info["format"], qinfo["format"]);
-    assert!(info["allocation"]["data"].as_u64().unwrap() <= 2 << 20, "{info}");
+    assert!(
+        info["allocation"]["data"].as_u64().unwrap() <= 2 << 20,
+        "{info}"
+    );
     // Default: zeros are encrypted (the guest reads zeros); only the data was read.
     let mut args = vec!["encrypt", "--json", "--key-file", "pw"];
     args.extend(FAST_PBKDF2);
     args.extend(["sp.raw", "full.luks"]);
     let j: serde_json::Value = serde_json::from_str(&diskseal(d, &args).ok().stdout).unwrap();
     assert!(j["data_bytes_read"].as_u64().unwrap() <= 2 << 20, "{j}");
-    diskseal(d, &["verify", "-q", "--key-file", "pw", "--against", "sp.raw", "full.luks"]).ok();
+    diskseal(
+        d,
+        &[
+            "verify",
+            "-q",
+            "--key-file",
+            "pw",
+            "--against",
+            "sp.raw",
+            "full.luks",
+        ],
+    )
+    .ok();
     // --sparse: holes stay holes in the output; the data still decrypts.
     let mut args = vec!["encrypt", "-q", "--sparse", "--key-file", "pw"];
     args.extend(FAST_PBKDF2);
@@ -147,10 +341,28 @@ fn sparse_raw_sources_are_read_only_where_they_hold_data() {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(d.join("holey.luks")).unwrap();
     assert_eq!(m.len(), (16 << 20) + (256 << 20));
-    assert!(m.blocks() * 512 < 24 << 20, "allocated {} bytes", m.blocks() * 512);
-    diskseal(d, &["decrypt", "-q", "--key-file", "pw", "holey.luks", "holey.raw"]).ok();
+    assert!(
+        m.blocks() * 512 < 24 << 20,
+        "allocated {} bytes",
+        m.blocks() * 512
+    );
+    diskseal(
+        d,
+        &[
+            "decrypt",
+            "-q",
+            "--key-file",
+            "pw",
+            "holey.luks",
+            "holey.raw",
+        ],
+    )
+    .ok();
     let (a, b) = (read(d.join("holey.raw")), read(d.join("sp.raw")));
-    assert!(a[5 << 20..6 << 20] == b[5 << 20..6 << 20] && a[200 << 20..(200 << 20) + 4096] == b[200 << 20..(200 << 20) + 4096]);
+    assert!(
+        a[5 << 20..6 << 20] == b[5 << 20..6 << 20]
+            && a[200 << 20..(200 << 20) + 4096] == b[200 << 20..(200 << 20) + 4096]
+    );
 }
 
 #[test]
@@ -159,15 +371,46 @@ fn decrypt_to_plain_qcow2() {
     let dir = setup(0, 0);
     let d = dir.path();
     std::fs::write(d.join("pw"), b"secret pass").unwrap();
-    sparse_source(d, "sp.raw", 64 << 20, &[(1 << 20, 3 << 20), ((40 << 20) + 512, 1000)]);
+    sparse_source(
+        d,
+        "sp.raw",
+        64 << 20,
+        &[(1 << 20, 3 << 20), ((40 << 20) + 512, 1000)],
+    );
     let mut args = vec!["encrypt", "-q", "--key-file", "pw"];
     args.extend(FAST_PBKDF2);
     args.extend(["sp.raw", "e.luks"]);
     diskseal(d, &args).ok();
-    diskseal(d, &["decrypt", "-q", "-O", "qcow2", "--key-file", "pw", "e.luks", "plain.qcow2"]).ok();
+    diskseal(
+        d,
+        &[
+            "decrypt",
+            "-q",
+            "-O",
+            "qcow2",
+            "--key-file",
+            "pw",
+            "e.luks",
+            "plain.qcow2",
+        ],
+    )
+    .ok();
     let check = run_in(d, "qemu-img", &["check", "plain.qcow2"]);
     assert_eq!(check.code, 0, "{} {}", check.stdout, check.stderr);
-    run_in(d, "qemu-img", &["compare", "-f", "qcow2", "-F", "raw", "plain.qcow2", "sp.raw"]).ok();
+    run_in(
+        d,
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            "plain.qcow2",
+            "sp.raw",
+        ],
+    )
+    .ok();
     assert!(std::fs::metadata(d.join("plain.qcow2")).unwrap().len() < 6 << 20);
 }
 
@@ -177,7 +420,16 @@ fn vhd_wrapped_luks_reads_in_qemu_and_opens_in_cryptsetup() {
     let dir = setup((5 << 20) + 4096, 24);
     let d = dir.path();
     for (ty, align) in [("luks2", false), ("luks2", true), ("luks1", false)] {
-        let mut args = vec!["encrypt", "-q", "--type", ty, "-O", "vhd", "--key-file", "pw"];
+        let mut args = vec![
+            "encrypt",
+            "-q",
+            "--type",
+            ty,
+            "-O",
+            "vhd",
+            "--key-file",
+            "pw",
+        ];
         if align {
             args.push("--vhd-align");
         }
@@ -185,20 +437,49 @@ fn vhd_wrapped_luks_reads_in_qemu_and_opens_in_cryptsetup() {
         args.extend(["src.raw", "w.vhd"]);
         diskseal(d, &args).ok();
         let len = std::fs::metadata(d.join("w.vhd")).unwrap().len();
-        let info: serde_json::Value =
-            serde_json::from_str(&run_in(d, "qemu-img", &["info", "-f", "vpc", "--output=json", "w.vhd"]).ok().stdout).unwrap();
-        assert_eq!(info["virtual-size"], len - 512, "{ty}: qemu sees the LUKS file as the VHD's disk");
+        let info: serde_json::Value = serde_json::from_str(
+            &run_in(
+                d,
+                "qemu-img",
+                &["info", "-f", "vpc", "--output=json", "w.vhd"],
+            )
+            .ok()
+            .stdout,
+        )
+        .unwrap();
+        assert_eq!(
+            info["virtual-size"],
+            len - 512,
+            "{ty}: qemu sees the LUKS file as the VHD's disk"
+        );
         if align {
             assert_eq!((len - 512) % (1 << 20), 0);
         }
         // cryptsetup opens the file as it is; the LUKS2 segment stops before the footer.
-        run_in(d, "cryptsetup", &["open", "--test-passphrase", "--key-file", "pw", "w.vhd"]).ok();
+        run_in(
+            d,
+            "cryptsetup",
+            &["open", "--test-passphrase", "--key-file", "pw", "w.vhd"],
+        )
+        .ok();
         if ty == "luks2" {
             let dump = run_in(d, "cryptsetup", &["luksDump", "w.vhd"]).ok().stdout;
             assert!(!dump.contains("(whole device)"), "{dump}");
         }
         // diskseal sees through the footer; with --vhd-align the payload grows by zeros.
-        diskseal(d, &["verify", "-q", "--key-file", "pw", "--against", "src.raw", "w.vhd"]).ok();
+        diskseal(
+            d,
+            &[
+                "verify",
+                "-q",
+                "--key-file",
+                "pw",
+                "--against",
+                "src.raw",
+                "w.vhd",
+            ],
+        )
+        .ok();
         std::fs::remove_file(d.join("w.vhd")).unwrap();
     }
 }
@@ -209,12 +490,30 @@ fn qcow2_luks_images_decrypt_and_verify_both_ways() {
     let dir = setup(0, 0);
     let d = dir.path();
     std::fs::write(d.join("pw"), b"secret pass").unwrap();
-    sparse_source(d, "sp.raw", 32 << 20, &[(0, 1 << 20), ((20 << 20) + 512, 300_000)]);
+    sparse_source(
+        d,
+        "sp.raw",
+        32 << 20,
+        &[(0, 1 << 20), ((20 << 20) + 512, 300_000)],
+    );
     // qemu-img's own qcow2-LUKS (the IBM docs' command).
-    run_in(d, "qemu-img", &[
-        "convert", "-f", "raw", "-O", "qcow2", "--object", "secret,id=sec0,file=pw", "-o",
-        "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", "sp.raw", "qemu.qcow2",
-    ])
+    run_in(
+        d,
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "--object",
+            "secret,id=sec0,file=pw",
+            "-o",
+            "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
+            "sp.raw",
+            "qemu.qcow2",
+        ],
+    )
     .ok();
     // ours.
     let mut args = vec!["encrypt", "-q", "--profile", "ibm-vpc", "--key-file", "pw"];
@@ -222,22 +521,83 @@ fn qcow2_luks_images_decrypt_and_verify_both_ways() {
     args.extend(["sp.raw", "ours.qcow2"]);
     diskseal(d, &args).ok();
     for img in ["qemu.qcow2", "ours.qcow2"] {
-        let v = diskseal(d, &["verify", "--key-file", "pw", "--against", "sp.raw", img]).ok();
-        assert!(v.stdout.contains("qcow2 + LUKS1") && v.stdout.contains("identical"), "{}", v.stdout);
-        diskseal(d, &["decrypt", "-q", "--force", "--key-file", "pw", img, "plain.raw"]).ok();
+        let v = diskseal(
+            d,
+            &["verify", "--key-file", "pw", "--against", "sp.raw", img],
+        )
+        .ok();
+        assert!(
+            v.stdout.contains("qcow2 + LUKS1") && v.stdout.contains("identical"),
+            "{}",
+            v.stdout
+        );
+        diskseal(
+            d,
+            &[
+                "decrypt",
+                "-q",
+                "--force",
+                "--key-file",
+                "pw",
+                img,
+                "plain.raw",
+            ],
+        )
+        .ok();
         assert!(read(d.join("plain.raw")) == read(d.join("sp.raw")), "{img}");
-        diskseal(d, &["decrypt", "-q", "--force", "-O", "qcow2", "--key-file", "pw", img, "plain.qcow2"]).ok();
-        run_in(d, "qemu-img", &["compare", "-f", "qcow2", "-F", "raw", "plain.qcow2", "sp.raw"]).ok();
-        let info: serde_json::Value = serde_json::from_str(&diskseal(d, &["info", "--json", img]).ok().stdout).unwrap();
+        diskseal(
+            d,
+            &[
+                "decrypt",
+                "-q",
+                "--force",
+                "-O",
+                "qcow2",
+                "--key-file",
+                "pw",
+                img,
+                "plain.qcow2",
+            ],
+        )
+        .ok();
+        run_in(
+            d,
+            "qemu-img",
+            &[
+                "compare",
+                "-f",
+                "qcow2",
+                "-F",
+                "raw",
+                "plain.qcow2",
+                "sp.raw",
+            ],
+        )
+        .ok();
+        let info: serde_json::Value =
+            serde_json::from_str(&diskseal(d, &["info", "--json", img]).ok().stdout).unwrap();
         assert_eq!(info["encrypted"], true, "{info}");
         assert_eq!(info["format-specific"]["encrypt"]["format"], "luks");
         let dump = diskseal(d, &["dump", img]).ok().stdout;
-        assert!(dump.contains("QEMU-native LUKS") && dump.contains("Version:        1") && dump.contains("0: ENABLED"), "{dump}");
+        assert!(
+            dump.contains("QEMU-native LUKS")
+                && dump.contains("Version:        1")
+                && dump.contains("0: ENABLED"),
+            "{dump}"
+        );
     }
     std::fs::write(d.join("bad"), b"nope").unwrap();
     let r = diskseal(d, &["verify", "--key-file", "bad", "ours.qcow2"]);
-    assert!(r.code == 2 && r.stderr.contains("no keyslot opens"), "{}", r.stderr);
+    assert!(
+        r.code == 2 && r.stderr.contains("no keyslot opens"),
+        "{}",
+        r.stderr
+    );
     // A plain qcow2 is not an encrypted image.
     let r = diskseal(d, &["verify", "--key-file", "pw", "plain.qcow2"]);
-    assert!(r.code == 2 && r.stderr.contains("not encrypted"), "{}", r.stderr);
+    assert!(
+        r.code == 2 && r.stderr.contains("not encrypted"),
+        "{}",
+        r.stderr
+    );
 }

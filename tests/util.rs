@@ -58,7 +58,11 @@ impl Ran {
     /// Panics with the output unless the exit code is 0.
     #[track_caller]
     pub fn ok(self) -> Ran {
-        assert_eq!(self.code, 0, "command failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "command failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
@@ -90,7 +94,12 @@ pub fn diskseal_stdin(dir: &Path, args: &[&str], stdin: &[u8]) -> Ran {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn diskseal");
-    child.stdin.take().expect("stdin").write_all(stdin).expect("write stdin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write stdin");
     Ran::from(child.wait_with_output().expect("wait"))
 }
 
@@ -144,7 +153,10 @@ pub fn edit_luks2_json(path: &Path, which: usize, edit: impl Fn(&mut serde_json:
         area.fill(0);
         area[..text.len()].copy_from_slice(text.as_bytes());
         data[at + 448..at + 512].fill(0);
-        let sum = Sha256::new().chain_update(&data[at..at + 4096]).chain_update(&data[at + 4096..at + hdr]).finalize();
+        let sum = Sha256::new()
+            .chain_update(&data[at..at + 4096])
+            .chain_update(&data[at + 4096..at + hdr])
+            .finalize();
         data[at + 448..at + 480].copy_from_slice(&sum);
     }
     std::fs::write(path, data).unwrap();

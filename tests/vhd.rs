@@ -31,7 +31,8 @@ fn qemu(d: &Path, args: &[&str]) -> String {
 }
 
 fn qemu_vsize(d: &Path, name: &str) -> u64 {
-    let v: Value = serde_json::from_str(&qemu(d, &["info", "-f", "vpc", "--output=json", name])).unwrap();
+    let v: Value =
+        serde_json::from_str(&qemu(d, &["info", "-f", "vpc", "--output=json", name])).unwrap();
     v["virtual-size"].as_u64().unwrap()
 }
 
@@ -60,13 +61,19 @@ fn check_reads(img: &dyn DiskImage, expect: &[u8]) {
     let r = pattern(64 * 8, 99);
     for c in r.chunks_exact(8) {
         let a = u32::from_le_bytes(c[..4].try_into().unwrap()) as usize % expect.len();
-        let n = (u32::from_le_bytes(c[4..].try_into().unwrap()) as usize % (3 * MIB)).min(expect.len() - a);
+        let n = (u32::from_le_bytes(c[4..].try_into().unwrap()) as usize % (3 * MIB))
+            .min(expect.len() - a);
         let mut buf = vec![0u8; n];
         img.read_at(&mut buf, a as u64).unwrap();
         assert!(buf == expect[a..a + n], "read of {n} bytes at {a} differs");
     }
     // Exactly across 2 MiB and 512 KiB boundaries, odd lengths.
-    for (a, n) in [(2 * MIB - 1, 2usize), (2 * MIB - 513, 1027), (512 * 1024 - 7, 5000), (1, 511)] {
+    for (a, n) in [
+        (2 * MIB - 1, 2usize),
+        (2 * MIB - 513, 1027),
+        (512 * 1024 - 7, 5000),
+        (1, 511),
+    ] {
         if a + n <= expect.len() {
             let mut buf = vec![0u8; n];
             img.read_at(&mut buf, a as u64).unwrap();
@@ -74,26 +81,38 @@ fn check_reads(img: &dyn DiskImage, expect: &[u8]) {
         }
     }
     let mut one = [0u8; 1];
-    assert!(img.read_at(&mut one, expect.len() as u64).is_err(), "a read past the end must fail");
+    assert!(
+        img.read_at(&mut one, expect.len() as u64).is_err(),
+        "a read past the end must fail"
+    );
 }
 
 /// Compares a VHD made by qemu-img with qemu-img's own view: size, bytes, allocation map.
 fn check_against_qemu(d: &Path, name: &str) {
     let img = image::open(&d.join(name), None).unwrap();
     assert_eq!(img.format_name(), "vpc");
-    assert_eq!(img.virtual_size(), qemu_vsize(d, name), "{name}: virtual size differs from qemu-img info");
+    assert_eq!(
+        img.virtual_size(),
+        qemu_vsize(d, name),
+        "{name}: virtual size differs from qemu-img info"
+    );
     qemu(d, &["convert", "-f", "vpc", "-O", "raw", name, "back.raw"]);
     let back = read(d.join("back.raw"));
     check_reads(img.as_ref(), &back);
     // qemu-img map: data:true ⇔ our Data.
-    let map: Value = serde_json::from_str(&qemu(d, &["map", "-f", "vpc", "--output=json", name])).unwrap();
+    let map: Value =
+        serde_json::from_str(&qemu(d, &["map", "-f", "vpc", "--output=json", name])).unwrap();
     let ours = per_sector(&img.extents().unwrap(), img.virtual_size());
     for m in map.as_array().unwrap() {
         let (start, len) = (m["start"].as_u64().unwrap(), m["length"].as_u64().unwrap());
         let data = m["data"].as_bool().unwrap();
         for s in start / 512..(start + len).div_ceil(512) {
             let k = ours[s as usize];
-            assert_eq!(k == ExtentKind::Data, data, "{name}: sector {s}: ours {k:?}, qemu-img map {m}");
+            assert_eq!(
+                k == ExtentKind::Data,
+                data,
+                "{name}: sector {s}: ours {k:?}, qemu-img map {m}"
+            );
         }
     }
     let info = img.info();
@@ -115,7 +134,20 @@ fn vhd_fixed_matches_qemu() {
     require!("qemu-img");
     let dir = setup_src(ODD, 1);
     let d = dir.path();
-    qemu(d, &["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed", "src.raw", "f.vhd"]);
+    qemu(
+        d,
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            "subformat=fixed",
+            "src.raw",
+            "f.vhd",
+        ],
+    );
     check_against_qemu(d, "f.vhd");
     let info = image::open(&d.join("f.vhd"), None).unwrap().info();
     assert_eq!(info.details["subformat"], "fixed");
@@ -129,13 +161,32 @@ fn vhd_dynamic_matches_qemu() {
     require!("qemu-img");
     let dir = setup_src(ODD, 2);
     let d = dir.path();
-    qemu(d, &["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic", "src.raw", "d.vhd"]);
+    qemu(
+        d,
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            "subformat=dynamic",
+            "src.raw",
+            "d.vhd",
+        ],
+    );
     check_against_qemu(d, "d.vhd");
     let img = image::open(&d.join("d.vhd"), None).unwrap();
     let info = img.info();
     assert_eq!(info.details["subformat"], "dynamic");
     assert_eq!(info.cluster_size, Some(2 << 20));
-    assert!(img.extents().unwrap().iter().any(|e| e.kind == ExtentKind::Unallocated), "the hole must be unallocated");
+    assert!(
+        img.extents()
+            .unwrap()
+            .iter()
+            .any(|e| e.kind == ExtentKind::Unallocated),
+        "the hole must be unallocated"
+    );
 }
 
 #[test]
@@ -145,24 +196,60 @@ fn vhd_force_size_matches_qemu() {
     let d = dir.path();
     for sub in ["fixed", "dynamic"] {
         let name = format!("{sub}.vhd");
-        qemu(d, &["convert", "-f", "raw", "-O", "vpc", "-o", &format!("subformat={sub},force_size=on"), "src.raw", &name]);
+        qemu(
+            d,
+            &[
+                "convert",
+                "-f",
+                "raw",
+                "-O",
+                "vpc",
+                "-o",
+                &format!("subformat={sub},force_size=on"),
+                "src.raw",
+                &name,
+            ],
+        );
         check_against_qemu(d, &name);
         let img = image::open(&d.join(&name), None).unwrap();
         assert_eq!(img.virtual_size(), ODD as u64);
         assert_eq!(img.info().details["creator_app"], "qem2");
-        assert!(img.info().details["size_rule"].as_str().unwrap().starts_with("current_size"));
+        assert!(
+            img.info().details["size_rule"]
+                .as_str()
+                .unwrap()
+                .starts_with("current_size")
+        );
     }
 }
 
 #[test]
 fn vhd_small_and_block_straddling_sizes_match_qemu() {
     require!("qemu-img");
-    for (i, len) in [512usize, 4096, 2 * MIB - 512, 2 * MIB + 512, 7 * MIB + 3 * 512].into_iter().enumerate() {
+    for (i, len) in [
+        512usize,
+        4096,
+        2 * MIB - 512,
+        2 * MIB + 512,
+        7 * MIB + 3 * 512,
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::write(d.join("src.raw"), pattern(len, 40 + i as u64)).unwrap();
-        for opts in ["subformat=dynamic", "subformat=dynamic,force_size=on", "subformat=fixed"] {
-            qemu(d, &["convert", "-f", "raw", "-O", "vpc", "-o", opts, "src.raw", "x.vhd"]);
+        for opts in [
+            "subformat=dynamic",
+            "subformat=dynamic,force_size=on",
+            "subformat=fixed",
+        ] {
+            qemu(
+                d,
+                &[
+                    "convert", "-f", "raw", "-O", "vpc", "-o", opts, "src.raw", "x.vhd",
+                ],
+            );
             check_against_qemu(d, "x.vhd");
             std::fs::remove_file(d.join("x.vhd")).unwrap();
         }
@@ -172,7 +259,11 @@ fn vhd_small_and_block_straddling_sizes_match_qemu() {
 // ---- raw byte helpers (independent of the library's encoders) ----
 
 fn vhd_sum(b: &[u8], skip: usize) -> u32 {
-    let s = b.iter().enumerate().filter(|(i, _)| !(skip..skip + 4).contains(i)).fold(0u32, |s, (_, &x)| s.wrapping_add(x as u32));
+    let s = b
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !(skip..skip + 4).contains(i))
+        .fold(0u32, |s, (_, &x)| s.wrapping_add(x as u32));
     !s
 }
 
@@ -216,15 +307,34 @@ fn open_err(p: &Path) -> diskseal::error::Error {
 fn assert_err(p: &Path, what: &str) -> diskseal::error::Error {
     let e = open_err(p);
     let s = e.to_string();
-    assert!(s.contains(&p.display().to_string()), "error must name the file: {s}");
+    assert!(
+        s.contains(&p.display().to_string()),
+        "error must name the file: {s}"
+    );
     assert!(s.contains(what), "error must mention {what:?}: {s}");
-    assert!(s.contains("(at offset 0x"), "error must give a hex offset: {s}");
+    assert!(
+        s.contains("(at offset 0x"),
+        "error must give a hex offset: {s}"
+    );
     e
 }
 
 fn dynamic_image(d: &Path, len: usize) -> Vec<u8> {
     std::fs::write(d.join("src.raw"), source(len, 5)).unwrap();
-    qemu(d, &["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic,force_size=on", "src.raw", "good.vhd"]);
+    qemu(
+        d,
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            "subformat=dynamic,force_size=on",
+            "src.raw",
+            "good.vhd",
+        ],
+    );
     read(d.join("good.vhd"))
 }
 
@@ -244,27 +354,50 @@ fn vhd_footer_checksum_rules() {
     let img = image::open(&p, None).unwrap();
     check_reads(img.as_ref(), &src);
     let w = img.info().details["warnings"].to_string();
-    assert!(w.contains("checksum") && w.contains("copy at offset 0 is used"), "{w}");
+    assert!(
+        w.contains("checksum") && w.contains("copy at offset 0 is used"),
+        "{w}"
+    );
     // Copy at 0 wrong: the end one is used, with a warning.
     let mut b = good.clone();
     b[64] ^= 0xff;
     std::fs::write(&p, &b).unwrap();
     let img = image::open(&p, None).unwrap();
     check_reads(img.as_ref(), &src);
-    assert!(img.info().details["warnings"].to_string().contains("offset 0 has a wrong checksum"));
+    assert!(
+        img.info().details["warnings"]
+            .to_string()
+            .contains("offset 0 has a wrong checksum")
+    );
     // Both wrong: refused (qemu-img 10 refuses too).
     b[n - 512 + 64] ^= 0xff;
     std::fs::write(&p, &b).unwrap();
     let e = assert_err(&p, "'checksum'");
     assert_eq!(e.kind(), ErrorKind::Corrupt);
     // Fixed with a wrong checksum: refused, like qemu-img 10.
-    qemu(d, &["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed", "src.raw", "f.vhd"]);
+    qemu(
+        d,
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            "subformat=fixed",
+            "src.raw",
+            "f.vhd",
+        ],
+    );
     let mut f = read(d.join("f.vhd"));
     let n = f.len();
     f[n - 512 + 65] ^= 1;
     std::fs::write(d.join("f.vhd"), &f).unwrap();
     assert_err(&d.join("f.vhd"), "'checksum'");
-    assert!(run_in(d, "qemu-img", &["info", "-f", "vpc", "f.vhd"]).code != 0, "qemu-img refuses it too");
+    assert!(
+        run_in(d, "qemu-img", &["info", "-f", "vpc", "f.vhd"]).code != 0,
+        "qemu-img refuses it too"
+    );
 }
 
 #[test]
@@ -278,7 +411,11 @@ fn vhd_dynamic_header_checksum_is_a_warning() {
     std::fs::write(&p, &b).unwrap();
     let img = image::open(&p, None).unwrap();
     check_reads(img.as_ref(), &read(d.join("src.raw")));
-    assert!(img.info().details["warnings"].to_string().contains("dynamic header checksum"));
+    assert!(
+        img.info().details["warnings"]
+            .to_string()
+            .contains("dynamic header checksum")
+    );
     // qemu-img opens it too.
     run_in(d, "qemu-img", &["info", "-f", "vpc", "dynsum.vhd"]).ok();
 }
@@ -313,21 +450,34 @@ fn vhd_bad_inputs_are_refused_with_field_and_offset() {
     edit_footers(&mut b, |f| put64(f, 16, 1 << 40));
     case(&b, "'data offset'");
     // BAT entries: beyond EOF, overlapping the dynamic header, overlapping the BAT.
-    for (entry, what) in [(0x00ff_ffffu32, "beyond the end"), (1, "overlapping the dynamic header"), (3, "overlapping the BAT")] {
+    for (entry, what) in [
+        (0x00ff_ffffu32, "beyond the end"),
+        (1, "overlapping the dynamic header"),
+        (3, "overlapping the BAT"),
+    ] {
         let mut b = good.clone();
         put32(&mut b, 1536, entry);
         let e = case(&b, what);
         assert_eq!(e.offset(), Some(1536), "{e}");
     }
     // Block size: not a power of two, too small, absurd.
-    for (bs, what) in [(3000u32, "not a power of two"), (256, "not a power of two"), (0, "not a power of two"), (1 << 30, "beyond the")] {
+    for (bs, what) in [
+        (3000u32, "not a power of two"),
+        (256, "not a power of two"),
+        (0, "not a power of two"),
+        (1 << 30, "beyond the"),
+    ] {
         let mut b = good.clone();
         edit_dyn(&mut b, |h| put32(h, 32, bs));
         let e = case(&b, what);
         assert_eq!(e.offset(), Some(512 + 32), "{e}");
     }
     // max_table_entries: too small, absurdly large (no allocation of 16 GiB), a BAT grown over the blocks.
-    for (mte, what) in [(1u32, "too small"), (u32::MAX, "absurdly large"), (0x000f_f000, "overlapping the BAT")] {
+    for (mte, what) in [
+        (1u32, "too small"),
+        (u32::MAX, "absurdly large"),
+        (0x000f_f000, "overlapping the BAT"),
+    ] {
         let mut b = good.clone();
         edit_dyn(&mut b, |h| put32(h, 28, mte));
         let e = case(&b, what);
@@ -353,7 +503,20 @@ fn vhd_bad_inputs_are_refused_with_field_and_offset() {
     });
     case(&b, "too small");
     // Fixed, data cut but footer kept.
-    qemu(d, &["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=fixed", "src.raw", "f.vhd"]);
+    qemu(
+        d,
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            "subformat=fixed",
+            "src.raw",
+            "f.vhd",
+        ],
+    );
     let f = read(d.join("f.vhd"));
     let mut cut = f[..MIB].to_vec();
     cut.extend_from_slice(&f[f.len() - 512..]);
@@ -401,8 +564,13 @@ fn write_diff(path: &Path, l: &Layer<'_>) {
     let bat_at = file.len();
     file.resize(bat_at + (entries * 4).next_multiple_of(512), 0xff);
     for bi in 0..entries {
-        let sectors: Vec<usize> = (0..(bs / 512) as usize).map(|k| bi * (bs / 512) as usize + k).collect();
-        if !sectors.iter().any(|&s| l.own.get(s).copied().unwrap_or(false)) {
+        let sectors: Vec<usize> = (0..(bs / 512) as usize)
+            .map(|k| bi * (bs / 512) as usize + k)
+            .collect();
+        if !sectors
+            .iter()
+            .any(|&s| l.own.get(s).copied().unwrap_or(false))
+        {
             continue;
         }
         let at = file.len();
@@ -462,7 +630,9 @@ fn write_diff(path: &Path, l: &Layer<'_>) {
 
 fn vhd_uuid(path: &Path) -> [u8; 16] {
     let b = read(path);
-    b[b.len() - 512 + 68..b.len() - 512 + 84].try_into().unwrap()
+    b[b.len() - 512 + 68..b.len() - 512 + 84]
+        .try_into()
+        .unwrap()
 }
 
 /// Sectors owned by a layer: a deterministic mix of runs.
@@ -512,8 +682,23 @@ fn base(d: &Path) -> (PathBuf, Vec<u8>, Vec<bool>) {
     raw[2 * MIB..4 * MIB].fill(0);
     std::fs::write(d.join("base.raw"), &raw).unwrap();
     let p = d.join("sub dir/base.vhd");
-    qemu(d, &["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic,force_size=on", "base.raw", p.to_str().unwrap()]);
-    let kinds = (0..len / 512).map(|s| !(2 * MIB / 512..4 * MIB / 512).contains(&s)).collect();
+    qemu(
+        d,
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            "subformat=dynamic,force_size=on",
+            "base.raw",
+            p.to_str().unwrap(),
+        ],
+    );
+    let kinds = (0..len / 512)
+        .map(|s| !(2 * MIB / 512..4 * MIB / 512).contains(&s))
+        .collect();
     (p, raw, kinds)
 }
 
@@ -546,8 +731,17 @@ fn vhd_differencing_two_and_three_deep() {
     assert_eq!(info.details["subformat"], "differencing");
     assert_eq!(info.cluster_size, Some(512 * 1024));
     assert!(info.backing_file.as_deref().unwrap().ends_with("base.vhd"));
-    assert_eq!(info.backing.as_ref().unwrap().details["subformat"], "dynamic");
-    assert!(info.details["warnings"].to_string().contains("parent's virtual size"), "{}", info.details);
+    assert_eq!(
+        info.backing.as_ref().unwrap().details["subformat"],
+        "dynamic"
+    );
+    assert!(
+        info.details["warnings"]
+            .to_string()
+            .contains("parent's virtual size"),
+        "{}",
+        info.details
+    );
     drop(img);
 
     // top.vhd: same size, 2 MiB blocks, absolute W2ku locator only (and a wrong name).
@@ -569,7 +763,10 @@ fn vhd_differencing_two_and_three_deep() {
     check_extents(img.as_ref(), &kinds);
     let info = img.info();
     let chain = info.backing.as_ref().unwrap();
-    assert_eq!(chain.details["uuid"], "11111111-1111-1111-1111-111111111111");
+    assert_eq!(
+        chain.details["uuid"],
+        "11111111-1111-1111-1111-111111111111"
+    );
     assert!(chain.backing.is_some(), "the chain is three deep");
     // Threads share one reader.
     let img: std::sync::Arc<dyn DiskImage> = img.into();
@@ -592,8 +789,23 @@ fn vhd_differencing_two_and_three_deep() {
     args.extend(FAST_PBKDF2);
     args.extend([top_path.to_str().unwrap(), "chain.luks"]);
     diskseal(d, &args).ok();
-    qemu(d, &["convert", "--object", "secret,id=s,file=pw", "--image-opts", "driver=luks,key-secret=s,file.filename=chain.luks", "-O", "raw", "chain.raw"]);
-    assert!(read(d.join("chain.raw")) == model, "QEMU's decryption of the encrypted chain differs from the merged layers");
+    qemu(
+        d,
+        &[
+            "convert",
+            "--object",
+            "secret,id=s,file=pw",
+            "--image-opts",
+            "driver=luks,key-secret=s,file.filename=chain.luks",
+            "-O",
+            "raw",
+            "chain.raw",
+        ],
+    );
+    assert!(
+        read(d.join("chain.raw")) == model,
+        "QEMU's decryption of the encrypted chain differs from the merged layers"
+    );
 }
 
 #[test]
@@ -603,7 +815,10 @@ fn vhd_differencing_macx_and_name_fallback() {
     let d = dir.path();
     let (base_path, raw, _) = base(d);
     let base_uuid = vhd_uuid(&base_path);
-    let url = format!("file://localhost{}", base_path.to_str().unwrap().replace(' ', "%20"));
+    let url = format!(
+        "file://localhost{}",
+        base_path.to_str().unwrap().replace(' ', "%20")
+    );
     let mut layer = Layer {
         uuid: [0x33; 16],
         parent_uuid: base_uuid,
@@ -632,7 +847,10 @@ fn vhd_differencing_parent_errors() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (base_path, _, _) = base(d);
-    let layer = |parent_uuid: [u8; 16], name: &'static str, locs: Vec<(&'static [u8; 4], Vec<u8>)>, uuid: [u8; 16]| Layer {
+    let layer = |parent_uuid: [u8; 16],
+                 name: &'static str,
+                 locs: Vec<(&'static [u8; 4], Vec<u8>)>,
+                 uuid: [u8; 16]| Layer {
         uuid,
         parent_uuid,
         parent_name: name,
@@ -644,7 +862,18 @@ fn vhd_differencing_parent_errors() {
     };
     // Missing parent: every path looked at is listed.
     let p = d.join("orphan.vhd");
-    write_diff(&p, &layer([1; 16], "gone.vhd", vec![(b"W2ru", utf16le(".\\nope\\p.vhd")), (b"W2ku", utf16le("C:\\x\\p.vhd"))], [2; 16]));
+    write_diff(
+        &p,
+        &layer(
+            [1; 16],
+            "gone.vhd",
+            vec![
+                (b"W2ru", utf16le(".\\nope\\p.vhd")),
+                (b"W2ku", utf16le("C:\\x\\p.vhd")),
+            ],
+            [2; 16],
+        ),
+    );
     let e = assert_err(&p, "not found");
     let s = e.to_string();
     for want in ["nope/p.vhd", "C:/x/p.vhd", "gone.vhd"] {
@@ -652,23 +881,47 @@ fn vhd_differencing_parent_errors() {
     }
     // UUID mismatch: both ids named.
     let p = d.join("mismatch.vhd");
-    write_diff(&p, &layer([0xab; 16], "base.vhd", vec![(b"W2ku", utf16le(base_path.to_str().unwrap()))], [3; 16]));
+    write_diff(
+        &p,
+        &layer(
+            [0xab; 16],
+            "base.vhd",
+            vec![(b"W2ku", utf16le(base_path.to_str().unwrap()))],
+            [3; 16],
+        ),
+    );
     let s = assert_err(&p, "abababab-abab-abab-abab-abababababab").to_string();
     let want = uuid_str(&vhd_uuid(&base_path));
     assert!(s.contains(&want), "{s}");
     // A loop: a → b → a.
-    write_diff(&d.join("a.vhd"), &layer([0xb; 16], "b.vhd", vec![], [0xa; 16]));
-    write_diff(&d.join("b.vhd"), &layer([0xa; 16], "a.vhd", vec![], [0xb; 16]));
+    write_diff(
+        &d.join("a.vhd"),
+        &layer([0xb; 16], "b.vhd", vec![], [0xa; 16]),
+    );
+    write_diff(
+        &d.join("b.vhd"),
+        &layer([0xa; 16], "a.vhd", vec![], [0xb; 16]),
+    );
     let e = open_err(&d.join("a.vhd"));
     assert!(e.to_string().contains("loops"), "{e}");
     // A child naming itself.
-    write_diff(&d.join("self.vhd"), &layer([0xc; 16], "self.vhd", vec![], [0xc; 16]));
+    write_diff(
+        &d.join("self.vhd"),
+        &layer([0xc; 16], "self.vhd", vec![], [0xc; 16]),
+    );
     assert!(open_err(&d.join("self.vhd")).to_string().contains("loops"));
 }
 
 fn uuid_str(b: &[u8; 16]) -> String {
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 // ---- the fixed-footer writer ----
@@ -678,12 +931,24 @@ fn vhd_fixed_footer_is_read_by_qemu() {
     require!("qemu-img");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    for (i, size) in [ODD as u64, 3 * MIB as u64 + 512, aligned_size(ODD as u64), 127 << 20].into_iter().enumerate() {
+    for (i, size) in [
+        ODD as u64,
+        3 * MIB as u64 + 512,
+        aligned_size(ODD as u64),
+        127 << 20,
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let data = pattern(size as usize, 90 + i as u64);
         let mut file = data.clone();
         file.extend_from_slice(&fixed_footer(size, [i as u8 + 1; 16], 123_456));
         std::fs::write(d.join("w.vhd"), &file).unwrap();
-        assert_eq!(qemu_vsize(d, "w.vhd"), size, "qemu-img info must report the data size");
+        assert_eq!(
+            qemu_vsize(d, "w.vhd"),
+            size,
+            "qemu-img info must report the data size"
+        );
         qemu(d, &["convert", "-f", "vpc", "-O", "raw", "w.vhd", "w.raw"]);
         assert!(read(d.join("w.raw")) == data);
         let img = image::open(&d.join("w.vhd"), None).unwrap();
@@ -691,7 +956,10 @@ fn vhd_fixed_footer_is_read_by_qemu() {
         assert_eq!(img.info().details["creator_app"], "qem2");
         // qemu-img check has no vpc support; it must say so rather than report damage.
         let c = run_in(d, "qemu-img", &["check", "-f", "vpc", "w.vhd"]);
-        assert!(c.code == 0 || c.stderr.contains("does not support checks"), "{c:?}");
+        assert!(
+            c.code == 0 || c.stderr.contains("does not support checks"),
+            "{c:?}"
+        );
     }
     assert_eq!(aligned_size(ODD as u64) % MIB as u64, 0);
 }
@@ -703,13 +971,41 @@ fn vhd_dynamic_encrypts_and_verifies() {
     require!("qemu-img");
     let dir = setup_src(ODD, 8);
     let d = dir.path();
-    qemu(d, &["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic", "src.raw", "in.vhd"]);
-    qemu(d, &["convert", "-f", "vpc", "-O", "raw", "in.vhd", "in.raw"]);
+    qemu(
+        d,
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            "subformat=dynamic",
+            "src.raw",
+            "in.vhd",
+        ],
+    );
+    qemu(
+        d,
+        &["convert", "-f", "vpc", "-O", "raw", "in.vhd", "in.raw"],
+    );
     let mut args = vec!["encrypt", "-q", "--key-file", "pw"];
     args.extend(FAST_PBKDF2);
     args.extend(["in.vhd", "out.luks"]);
     diskseal(d, &args).ok();
-    diskseal(d, &["verify", "-q", "--key-file", "pw", "--against", "in.raw", "out.luks"]).ok();
+    diskseal(
+        d,
+        &[
+            "verify",
+            "-q",
+            "--key-file",
+            "pw",
+            "--against",
+            "in.raw",
+            "out.luks",
+        ],
+    )
+    .ok();
 }
 
 #[test]
@@ -717,7 +1013,20 @@ fn vhd_size_rule_follows_the_creator_like_qemu() {
     require!("qemu-img");
     let dir = setup_src(ODD, 9);
     let d = dir.path();
-    qemu(d, &["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic", "src.raw", "d.vhd"]);
+    qemu(
+        d,
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            "subformat=dynamic",
+            "src.raw",
+            "d.vhd",
+        ],
+    );
     let good = read(d.join("d.vhd"));
     let cases: [(&[u8; 4], bool, &str); 7] = [
         (b"vpc ", false, "chs"),
@@ -741,7 +1050,11 @@ fn vhd_size_rule_follows_the_creator_like_qemu() {
         check_against_qemu(d, "c.vhd");
         let img = image::open(&d.join("c.vhd"), None).unwrap();
         assert_eq!(img.info().details["size_rule"], rule, "{creator:?}");
-        let want = if rule == "chs" { 483 * 4 * 17 * 512 } else { 10 * MIB as u64 + 512 };
+        let want = if rule == "chs" {
+            483 * 4 * 17 * 512
+        } else {
+            10 * MIB as u64 + 512
+        };
         assert_eq!(img.virtual_size(), want, "{creator:?}");
     }
 }
@@ -752,13 +1065,29 @@ fn vhd_random_damage_never_panics() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("src.raw"), pattern(3 * MIB, 11)).unwrap();
-    qemu(d, &["convert", "-f", "raw", "-O", "vpc", "-o", "subformat=dynamic,force_size=on", "src.raw", "good.vhd"]);
+    qemu(
+        d,
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            "subformat=dynamic,force_size=on",
+            "src.raw",
+            "good.vhd",
+        ],
+    );
     let (base_path, _, _) = base(d);
     let diff = Layer {
         uuid: [0x44; 16],
         parent_uuid: vhd_uuid(&base_path),
         parent_name: "base.vhd",
-        locators: vec![(b"W2ru", utf16le("sub dir\\base.vhd")), (b"MacX", b"file:///nowhere".to_vec())],
+        locators: vec![
+            (b"W2ru", utf16le("sub dir\\base.vhd")),
+            (b"MacX", b"file:///nowhere".to_vec()),
+        ],
         vsize: 5 * MIB as u64,
         block_size: 1 << 20,
         own: ownership(5 * MIB / 512, 12),
@@ -772,7 +1101,11 @@ fn vhd_random_damage_never_panics() {
         for (i, c) in r.chunks_exact(4).enumerate() {
             let mut b = good.clone();
             // Damage the metadata: footer copy, dynamic header, locators and BAT, or the end footer.
-            let at = if i % 4 == 3 { n - 512 + c[0] as usize * 2 % 512 } else { (u16::from_le_bytes([c[0], c[1]]) as usize) % 4096 };
+            let at = if i % 4 == 3 {
+                n - 512 + c[0] as usize * 2 % 512
+            } else {
+                (u16::from_le_bytes([c[0], c[1]]) as usize) % 4096
+            };
             b[at] ^= c[2] | 1;
             if i % 2 == 0 {
                 edit_footers(&mut b, |_| {});
@@ -835,7 +1168,10 @@ fn vhd_deep_chains_open_and_too_deep_ones_are_refused() {
         write_diff(&d.join(format!("l{i}.vhd")), &layer);
         parent_uuid = uuid;
         if i == 40 {
-            check_reads(image::open(&d.join("l40.vhd"), None).unwrap().as_ref(), &model);
+            check_reads(
+                image::open(&d.join("l40.vhd"), None).unwrap().as_ref(),
+                &model,
+            );
         }
     }
     let e = open_err(&d.join("l70.vhd"));

@@ -5,7 +5,11 @@ use aes::cipher::KeyInit;
 use diskseal::crypto::{IvScheme, Xts};
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/fixtures/vectors/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture")
+    std::fs::read(format!(
+        "{}/fixtures/vectors/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("fixture")
 }
 
 struct Vector {
@@ -21,7 +25,10 @@ fn ieee_vectors() -> Vec<Vector> {
     let mut out = Vec::new();
     for block in text.split("\n\n") {
         let mut f = std::collections::HashMap::new();
-        for line in block.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        for line in block
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
             let (k, v) = line.split_once(" = ").expect("name = value");
             f.insert(k.to_owned(), v.to_owned());
         }
@@ -50,7 +57,12 @@ fn ieee_1619_vectors() {
         let x = Xts::new(&v.key).unwrap();
         let mut buf = v.pt.clone();
         x.encrypt_unit(&mut buf, v.dataunit).unwrap();
-        assert_eq!(hex::encode(&buf), hex::encode(&v.ct), "vector {} encrypt", v.count);
+        assert_eq!(
+            hex::encode(&buf),
+            hex::encode(&v.ct),
+            "vector {} encrypt",
+            v.count
+        );
         x.decrypt_unit(&mut buf, v.dataunit).unwrap();
         assert_eq!(buf, v.pt, "vector {} decrypt", v.count);
         checked += 1;
@@ -61,10 +73,14 @@ fn ieee_1619_vectors() {
 #[test]
 fn ieee_512_byte_vectors_through_the_sector_api() {
     // Vectors with 512-byte units and a data unit number below 2^64 are plain64 sectors.
-    for v in ieee_vectors().iter().filter(|v| v.pt.len() == 512 && v.dataunit < u128::from(u64::MAX)) {
+    for v in ieee_vectors()
+        .iter()
+        .filter(|v| v.pt.len() == 512 && v.dataunit < u128::from(u64::MAX))
+    {
         let x = Xts::new(&v.key).unwrap();
         let mut buf = v.pt.clone();
-        x.encrypt(&mut buf, 512, v.dataunit as u64, IvScheme::Plain64).unwrap();
+        x.encrypt(&mut buf, 512, v.dataunit as u64, IvScheme::Plain64)
+            .unwrap();
         assert_eq!(buf, v.ct, "vector {}", v.count);
     }
 }
@@ -105,17 +121,30 @@ fn matches_xts_mode_crate_on_random_inputs() {
         let key: Vec<u8> = (0..key_len).map(|_| next() as u8).collect();
         let unit = [512usize, 1024, 2048, 4096][(next() % 4) as usize];
         let units = 1 + (next() % 9) as usize;
-        let first = if round % 5 == 0 { u64::MAX - 3 } else { next() >> 8 };
-        let scheme = if round % 7 == 0 { IvScheme::Plain } else { IvScheme::Plain64 };
+        let first = if round % 5 == 0 {
+            u64::MAX - 3
+        } else {
+            next() >> 8
+        };
+        let scheme = if round % 7 == 0 {
+            IvScheme::Plain
+        } else {
+            IvScheme::Plain64
+        };
         let plain: Vec<u8> = (0..unit * units).map(|_| next() as u8).collect();
 
         let mut ours = plain.clone();
-        Xts::new(&key).unwrap().encrypt(&mut ours, unit, first, scheme).unwrap();
+        Xts::new(&key)
+            .unwrap()
+            .encrypt(&mut ours, unit, first, scheme)
+            .unwrap();
 
         let mut theirs = plain.clone();
         let half = key_len / 2;
         let step = (unit / 512) as u64;
-        let tweak = |i: u128| aes::Block::from(scheme.iv(first.wrapping_add(i as u64 * step)).to_le_bytes());
+        let tweak = |i: u128| {
+            aes::Block::from(scheme.iv(first.wrapping_add(i as u64 * step)).to_le_bytes())
+        };
         if key_len == 64 {
             let x = xts_mode::Xts128::<aes::Aes256>::new(
                 aes::Aes256::new_from_slice(&key[..half]).unwrap(),
@@ -129,6 +158,9 @@ fn matches_xts_mode_crate_on_random_inputs() {
             );
             x.encrypt_area(&mut theirs, unit, 0, tweak);
         }
-        assert!(ours == theirs, "round {round}: unit {unit}, {units} units, first {first}, {scheme:?}");
+        assert!(
+            ours == theirs,
+            "round {round}: unit {unit}, {units} units, first {first}, {scheme:?}"
+        );
     }
 }

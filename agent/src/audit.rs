@@ -52,8 +52,12 @@ fn sha_hex(line: &[u8]) -> String {
 }
 
 fn initiator() -> Value {
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "localhost".into());
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
     json!({
         "id": format!("{user}@{host}"),
         "typeURI": "service/security/account/user",
@@ -80,8 +84,10 @@ fn tip(log: &Path) -> Result<(u64, String)> {
     let Some(last) = text.split(|&b| b == b'\n').rfind(|l| !l.is_empty()) else {
         return Ok((0, GENESIS.into()));
     };
-    let v: Value = serde_json::from_slice(last)
-        .map_err(|_| Error::Audit { path: log.to_owned(), message: "the last line is not JSON (truncated?); run `audit verify`".into() })?;
+    let v: Value = serde_json::from_slice(last).map_err(|_| Error::Audit {
+        path: log.to_owned(),
+        message: "the last line is not JSON (truncated?); run `audit verify`".into(),
+    })?;
     Ok((v["seq"].as_u64().unwrap_or(0), sha_hex(last)))
 }
 
@@ -122,12 +128,17 @@ pub fn append(log: &Path, ev: &Event) -> Result<()> {
         "message": format!("diskseal-agent: {} {}", ev.action, outcome),
     })
     .to_string();
-    f.write_all(format!("{line}\n").as_bytes()).and_then(|()| f.sync_all()).map_err(|e| Error::io("append to audit log", log, e))?;
+    f.write_all(format!("{line}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io("append to audit log", log, e))?;
     let head = head_path(log);
     let tmp = head.with_extension("head.tmp");
     let head_text = json!({"seq": seq + 1, "sha256": sha_hex(line.as_bytes())}).to_string();
-    std::fs::write(&tmp, head_text).and_then(|()| std::fs::rename(&tmp, &head)).map_err(|e| Error::io("write audit head", &head, e))?;
-    f.unlock().map_err(|e| Error::io("unlock audit log", log, e))?;
+    std::fs::write(&tmp, head_text)
+        .and_then(|()| std::fs::rename(&tmp, &head))
+        .map_err(|e| Error::io("write audit head", &head, e))?;
+    f.unlock()
+        .map_err(|e| Error::io("unlock audit log", log, e))?;
     Ok(())
 }
 
@@ -142,21 +153,35 @@ pub struct Verified {
 
 /// Checks the whole chain and the head file.
 pub fn verify(log: &Path) -> Result<Verified> {
-    let fail = |message: String| Error::Audit { path: log.to_owned(), message };
+    let fail = |message: String| Error::Audit {
+        path: log.to_owned(),
+        message,
+    };
     let text = std::fs::read(log).map_err(|e| Error::io("read audit log", log, e))?;
     if !text.is_empty() && text.last() != Some(&b'\n') {
-        return Err(fail("the last line is incomplete (the log was truncated)".into()));
+        return Err(fail(
+            "the last line is incomplete (the log was truncated)".into(),
+        ));
     }
     let mut prev = GENESIS.to_owned();
     let mut n = 0u64;
     let body = text.strip_suffix(b"\n").unwrap_or(&text);
-    let lines: Vec<&[u8]> = if body.is_empty() { Vec::new() } else { body.split(|&b| b == b'\n').collect() };
+    let lines: Vec<&[u8]> = if body.is_empty() {
+        Vec::new()
+    } else {
+        body.split(|&b| b == b'\n').collect()
+    };
     for (i, line) in lines.into_iter().enumerate() {
         let lineno = i + 1;
-        let v: Value = serde_json::from_slice(line).map_err(|_| fail(format!("line {lineno} is not JSON (edited or truncated)")))?;
-        let seq = v["seq"].as_u64().ok_or_else(|| fail(format!("line {lineno} has no seq")))?;
+        let v: Value = serde_json::from_slice(line)
+            .map_err(|_| fail(format!("line {lineno} is not JSON (edited or truncated)")))?;
+        let seq = v["seq"]
+            .as_u64()
+            .ok_or_else(|| fail(format!("line {lineno} has no seq")))?;
         if seq != lineno as u64 {
-            return Err(fail(format!("line {lineno} has seq {seq}: a line was removed, inserted or reordered")));
+            return Err(fail(format!(
+                "line {lineno} has seq {seq}: a line was removed, inserted or reordered"
+            )));
         }
         if v["prevHash"].as_str() != Some(prev.as_str()) {
             return Err(fail(format!(
@@ -171,12 +196,27 @@ pub fn verify(log: &Path) -> Result<Verified> {
     let h: Value = std::fs::read(&head)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| fail(format!("{} is missing or unreadable: truncation cannot be ruled out", head.display())))?;
+        .ok_or_else(|| {
+            fail(format!(
+                "{} is missing or unreadable: truncation cannot be ruled out",
+                head.display()
+            ))
+        })?;
     if h["seq"].as_u64() != Some(n) {
-        return Err(fail(format!("the log has {n} lines but {} records {}: lines were removed from the end", head.display(), h["seq"])));
+        return Err(fail(format!(
+            "the log has {n} lines but {} records {}: lines were removed from the end",
+            head.display(),
+            h["seq"]
+        )));
     }
     if h["sha256"].as_str() != Some(prev.as_str()) {
-        return Err(fail(format!("the last line (line {n}) does not match {}: it was edited", head.display())));
+        return Err(fail(format!(
+            "the last line (line {n}) does not match {}: it was edited",
+            head.display()
+        )));
     }
-    Ok(Verified { lines: n, tip: prev })
+    Ok(Verified {
+        lines: n,
+        tip: prev,
+    })
 }

@@ -202,13 +202,22 @@ struct UploadArgs {
 }
 
 fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    let (num, mult) = match s.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+    let (num, mult) = match s
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
         t if t.ends_with('K') => (t[..t.len() - 1].to_owned(), 1u64 << 10),
         t if t.ends_with('M') => (t[..t.len() - 1].to_owned(), 1 << 20),
         t if t.ends_with('G') => (t[..t.len() - 1].to_owned(), 1 << 30),
         t => (t.to_owned(), 1),
     };
-    num.trim().parse::<u64>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(|| format!("{s}: expected a size like 8M"))
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s}: expected a size like 8M"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -378,10 +387,18 @@ pub fn main() -> ExitCode {
 
 fn hint(e: &Error) -> Option<&'static str> {
     match e {
-        Error::Kms(k) if k.status == Some(404) => Some("check --key-id and --instance-id (and --key-ring)"),
-        Error::Kms(k) if k.endpoint.starts_with("IAM") && k.status.is_some() => Some("check IBMCLOUD_API_KEY / --api-key-file"),
-        Error::Kms(k) if k.kind == crate::kms::KmsErrorKind::Unreachable => Some("check the network, --region or --endpoint"),
-        Error::Identity(_) => Some("the bundle must be sealed to this agent's recipient (`diskseal-agent init` printed it)"),
+        Error::Kms(k) if k.status == Some(404) => {
+            Some("check --key-id and --instance-id (and --key-ring)")
+        }
+        Error::Kms(k) if k.endpoint.starts_with("IAM") && k.status.is_some() => {
+            Some("check IBMCLOUD_API_KEY / --api-key-file")
+        }
+        Error::Kms(k) if k.kind == crate::kms::KmsErrorKind::Unreachable => {
+            Some("check the network, --region or --endpoint")
+        }
+        Error::Identity(_) => Some(
+            "the bundle must be sealed to this agent's recipient (`diskseal-agent init` printed it)",
+        ),
         _ => None,
     }
 }
@@ -407,8 +424,23 @@ fn run(cli: &Cli) -> Result<()> {
             let l = layers(cli, None)?;
             let path = l.identity();
             let recipient = crate::identity::init(&path)?;
-            log(&l, Event { action: "diskseal.identity.create".into(), success: true, reason_code: 200, target_id: path.display().to_string(), target_type: "age/identity".into(), details: json!({"recipient": recipient}), ..Event::default() })?;
-            print(cli, json!({"identity": path, "recipient": recipient}), recipient.clone());
+            log(
+                &l,
+                Event {
+                    action: "diskseal.identity.create".into(),
+                    success: true,
+                    reason_code: 200,
+                    target_id: path.display().to_string(),
+                    target_type: "age/identity".into(),
+                    details: json!({"recipient": recipient}),
+                    ..Event::default()
+                },
+            )?;
+            print(
+                cli,
+                json!({"identity": path, "recipient": recipient}),
+                recipient.clone(),
+            );
             Ok(())
         }
         Command::Bundle(BundleCmd::Verify { bundle, deep }) => {
@@ -418,7 +450,14 @@ fn run(cli: &Cli) -> Result<()> {
             print(
                 cli,
                 json!({"bundle": bundle, "ok": true, "deep": deep, "image": m.image.file, "image_sha256": m.image.sha256, "profile": m.profile, "key_bytes": m.key.length}),
-                format!("{}: OK: {} sha256 {} matches; the key ({} bytes, {}) unseals", bundle.display(), m.image.file, m.image.sha256, m.key.length, m.key.kind),
+                format!(
+                    "{}: OK: {} sha256 {} matches; the key ({} bytes, {}) unseals",
+                    bundle.display(),
+                    m.image.file,
+                    m.image.sha256,
+                    m.key.length,
+                    m.key.kind
+                ),
             );
             Ok(())
         }
@@ -428,11 +467,28 @@ fn run(cli: &Cli) -> Result<()> {
             let kms = wrapper(&l)?;
             let wdek = read_wdek(&a.wdek_file)?;
             let r = kms.unwrap(&wdek);
-            log_kms(&l, "kms.secrets.unwrap", kms.as_ref(), r.as_ref().map(|u| u.correlation_id.clone()).map_err(Clone::clone), None, json!({}))?;
+            log_kms(
+                &l,
+                "kms.secrets.unwrap",
+                kms.as_ref(),
+                r.as_ref()
+                    .map(|u| u.correlation_id.clone())
+                    .map_err(Clone::clone),
+                None,
+                json!({}),
+            )?;
             let u = r?;
             write_secret_file(&a.output, u.plaintext.expose())?;
-            print(cli, json!({"output": a.output, "bytes": u.plaintext.expose().len(), "key_version": u.key_version, "rewrapped": u.rewrapped}),
-                format!("{}: wrote {} key bytes (mode 0600); key version {}", a.output.display(), u.plaintext.expose().len(), u.key_version.as_deref().unwrap_or("?")));
+            print(
+                cli,
+                json!({"output": a.output, "bytes": u.plaintext.expose().len(), "key_version": u.key_version, "rewrapped": u.rewrapped}),
+                format!(
+                    "{}: wrote {} key bytes (mode 0600); key version {}",
+                    a.output.display(),
+                    u.plaintext.expose().len(),
+                    u.key_version.as_deref().unwrap_or("?")
+                ),
+            );
             Ok(())
         }
         Command::Rewrap(a) => {
@@ -440,7 +496,16 @@ fn run(cli: &Cli) -> Result<()> {
             let kms = wrapper(&l)?;
             let wdek = read_wdek(&a.wdek_file)?;
             let r = kms.rewrap(&wdek);
-            log_kms(&l, "kms.secrets.rewrap", kms.as_ref(), r.as_ref().map(|w| w.correlation_id.clone()).map_err(Clone::clone), None, json!({}))?;
+            log_kms(
+                &l,
+                "kms.secrets.rewrap",
+                kms.as_ref(),
+                r.as_ref()
+                    .map(|w| w.correlation_id.clone())
+                    .map_err(Clone::clone),
+                None,
+                json!({}),
+            )?;
             let w = r?;
             print_wrapped(cli, &w);
             Ok(())
@@ -450,7 +515,16 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Ship(a) => ship(cli, a),
         Command::Audit(AuditCmd::Verify { log }) => {
             let v = audit::verify(log)?;
-            print(cli, json!({"log": log, "ok": true, "lines": v.lines, "tip": v.tip}), format!("{}: OK, {} lines, chain tip {}", log.display(), v.lines, v.tip));
+            print(
+                cli,
+                json!({"log": log, "ok": true, "lines": v.lines, "tip": v.tip}),
+                format!(
+                    "{}: OK, {} lines, chain tip {}",
+                    log.display(),
+                    v.lines,
+                    v.tip
+                ),
+            );
             Ok(())
         }
     }
@@ -468,27 +542,32 @@ fn wrapper(l: &Layers) -> Result<Box<dyn KeyWrapper>> {
 }
 
 fn verify_bundle(l: &Layers, bundle: &Path, deep: bool) -> Result<crate::verify::Verified> {
-    let r = crate::identity::load(&l.identity()).and_then(|ids| crate::verify::verify(bundle, &ids)).and_then(|v| {
-        if deep {
-            crate::verify::verify_plaintext(&v)?;
-        }
-        Ok(v)
-    });
+    let r = crate::identity::load(&l.identity())
+        .and_then(|ids| crate::verify::verify(bundle, &ids))
+        .and_then(|v| {
+            if deep {
+                crate::verify::verify_plaintext(&v)?;
+            }
+            Ok(v)
+        });
     let (ok, failure) = match &r {
         Ok(_) => (true, None),
         Err(e) => (false, Some(e.to_string())),
     };
-    log(l, Event {
-        action: "diskseal.bundle.verify".into(),
-        success: ok,
-        reason_code: if ok { 200 } else { 400 },
-        failure,
-        target_id: bundle.display().to_string(),
-        target_type: "diskseal/bundle".into(),
-        image_sha256: r.as_ref().ok().map(|v| v.manifest.image.sha256.clone()),
-        details: json!({"deep": deep}),
-        ..Event::default()
-    })?;
+    log(
+        l,
+        Event {
+            action: "diskseal.bundle.verify".into(),
+            success: ok,
+            reason_code: if ok { 200 } else { 400 },
+            failure,
+            target_id: bundle.display().to_string(),
+            target_type: "diskseal/bundle".into(),
+            image_sha256: r.as_ref().ok().map(|v| v.manifest.image.sha256.clone()),
+            details: json!({"deep": deep}),
+            ..Event::default()
+        },
+    )?;
     r
 }
 
@@ -497,7 +576,11 @@ fn wrap(cli: &Cli, a: &WrapArgs) -> Result<()> {
     let (key, image_sha, bundle_name) = match (&a.bundle, &a.dek_file) {
         (Some(b), _) => {
             let v = verify_bundle(&l, b, false)?;
-            (Some(v.key), Some(v.manifest.image.sha256.clone()), Some(b.display().to_string()))
+            (
+                Some(v.key),
+                Some(v.manifest.image.sha256.clone()),
+                Some(b.display().to_string()),
+            )
         }
         (None, Some(f)) => {
             let bytes = std::fs::read(f).map_err(|e| Error::io("read DEK file", f, e))?;
@@ -513,16 +596,39 @@ fn wrap(cli: &Cli, a: &WrapArgs) -> Result<()> {
     match key {
         Some(key) => {
             let r = kms.wrap(&key);
-            log_kms(&l, "kms.secrets.wrap", kms.as_ref(), r.as_ref().map(|w| w.correlation_id.clone()).map_err(Clone::clone), image_sha.clone(), details)?;
+            log_kms(
+                &l,
+                "kms.secrets.wrap",
+                kms.as_ref(),
+                r.as_ref()
+                    .map(|w| w.correlation_id.clone())
+                    .map_err(Clone::clone),
+                image_sha.clone(),
+                details,
+            )?;
             print_wrapped(cli, &r?);
         }
         None => {
-            let out = a.generate_to.as_ref().ok_or_else(|| Error::Config("give --bundle, --dek-file, or --generate-to FILE".into()))?;
+            let out = a.generate_to.as_ref().ok_or_else(|| {
+                Error::Config("give --bundle, --dek-file, or --generate-to FILE".into())
+            })?;
             if out.exists() {
-                return Err(Error::Config(format!("{} already exists; it is never overwritten", out.display())));
+                return Err(Error::Config(format!(
+                    "{} already exists; it is never overwritten",
+                    out.display()
+                )));
             }
             let r = kms.generate();
-            log_kms(&l, "kms.secrets.wrap", kms.as_ref(), r.as_ref().map(|g| g.wrapped.correlation_id.clone()).map_err(Clone::clone), None, json!({"generated": true}))?;
+            log_kms(
+                &l,
+                "kms.secrets.wrap",
+                kms.as_ref(),
+                r.as_ref()
+                    .map(|g| g.wrapped.correlation_id.clone())
+                    .map_err(Clone::clone),
+                None,
+                json!({"generated": true}),
+            )?;
             let g = r?;
             write_secret_file(out, g.plaintext.expose())?;
             print_wrapped(cli, &g.wrapped);
@@ -555,12 +661,20 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
         t => Some(Cloud::parse(t)?),
     };
     if cloud.is_some() && !a.object.starts_with("cos://") {
-        return Err(Error::Config(format!("{}: IBM imports read cos://REGION/BUCKET/KEY objects", a.object)));
+        return Err(Error::Config(format!(
+            "{}: IBM imports read cos://REGION/BUCKET/KEY objects",
+            a.object
+        )));
     }
     let os = match (&a.os, cloud) {
         (Some(o), _) => o.clone(),
         (None, None) => String::new(),
-        (None, Some(_)) => return Err(Error::Config("give --os (VPC operating_system.name or classic operatingSystemReferenceCode)".into())),
+        (None, Some(_)) => {
+            return Err(Error::Config(
+                "give --os (VPC operating_system.name or classic operatingSystemReferenceCode)"
+                    .into(),
+            ));
+        }
     };
     // 1. The bundle: manifest, image sha256, the key unseals.
     let v = verify_bundle(&l, &a.bundle, false)?;
@@ -573,13 +687,30 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
         }
     }
     let sha = v.manifest.image.sha256.clone();
-    let sp = l.audit_log().with_file_name(format!("ship-{}.json", &sha[..16.min(sha.len())]));
+    let sp = l
+        .audit_log()
+        .with_file_name(format!("ship-{}.json", &sha[..16.min(sha.len())]));
     let mut st: ShipState = match std::fs::read(&sp) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Config(format!("ship state {} is corrupt ({e}); delete it to start over", sp.display())))?,
-        Err(_) => ShipState { image_sha256: sha.clone(), target: a.target.clone(), object: a.object.clone(), ..ShipState::default() },
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+            Error::Config(format!(
+                "ship state {} is corrupt ({e}); delete it to start over",
+                sp.display()
+            ))
+        })?,
+        Err(_) => ShipState {
+            image_sha256: sha.clone(),
+            target: a.target.clone(),
+            object: a.object.clone(),
+            ..ShipState::default()
+        },
     };
     if st.object != a.object || st.target != a.target {
-        return Err(Error::Config(format!("{} records a ship of this image to {} ({}); delete it to ship elsewhere", sp.display(), st.object, st.target)));
+        return Err(Error::Config(format!(
+            "{} records a ship of this image to {} ({}); delete it to ship elsewhere",
+            sp.display(),
+            st.object,
+            st.target
+        )));
     }
     let name = a.name.clone().unwrap_or_else(|| {
         let f = target.key.rsplit('/').next().unwrap_or(&target.key);
@@ -599,24 +730,56 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
         let part = s3::choose_part_size(v.manifest.image.file_size, a.part_size)?;
         let n = v.manifest.image.file_size.div_ceil(part).max(1);
         let url = target.url();
-        let mut lines = vec![format!("# verified {}: {} sha256 {sha}", a.bundle.display(), v.manifest.image.file)];
-        let done = |x: bool| if x { " (done in an earlier run: skipped)" } else { "" };
-        lines.push(format!("wrap the key with {} (plaintext: <redacted>){}", kms.target(), done(st.wdek.is_some())));
+        let mut lines = vec![format!(
+            "# verified {}: {} sha256 {sha}",
+            a.bundle.display(),
+            v.manifest.image.file
+        )];
+        let done = |x: bool| {
+            if x {
+                " (done in an earlier run: skipped)"
+            } else {
+                ""
+            }
+        };
+        lines.push(format!(
+            "wrap the key with {} (plaintext: <redacted>){}",
+            kms.target(),
+            done(st.wdek.is_some())
+        ));
         lines.push(format!("HEAD {url}{}", done(st.uploaded_etag.is_some())));
-        lines.push(format!("POST {url}?uploads (x-amz-checksum-algorithm: SHA256){}", done(st.uploaded_etag.is_some())));
+        lines.push(format!(
+            "POST {url}?uploads (x-amz-checksum-algorithm: SHA256){}",
+            done(st.uploaded_etag.is_some())
+        ));
         lines.push(format!("PUT  {url}?partNumber=1..{n}&uploadId=<id> ({n} parts of {part} bytes, {} in parallel; Content-MD5, x-amz-checksum-sha256; Authorization: AWS4-HMAC-SHA256 <redacted>)", a.jobs));
-        lines.push(format!("POST {url}?uploadId=<id> (CompleteMultipartUpload), then HEAD {url}"));
-        let wdek = if st.wdek.is_some() { "<WDEK from the earlier wrap>" } else { "<WDEK from the wrap>" };
+        lines.push(format!(
+            "POST {url}?uploadId=<id> (CompleteMultipartUpload), then HEAD {url}"
+        ));
+        let wdek = if st.wdek.is_some() {
+            "<WDEK from the earlier wrap>"
+        } else {
+            "<WDEK from the wrap>"
+        };
         match cloud {
             Some(Cloud::Vpc) => {
                 let body = json!({"name": name, "file": {"href": a.object}, "operating_system": {"name": os}, "encrypted_data_key": wdek, "encryption_key": {"crn": key_crn}});
-                lines.push(format!("POST {}/identity/token (apikey: <redacted>)", l.iam_endpoint()));
-                lines.push(format!("POST {import_endpoint}/v1/images?version={}&generation=2 {body}", import::VPC_API_VERSION));
+                lines.push(format!(
+                    "POST {}/identity/token (apikey: <redacted>)",
+                    l.iam_endpoint()
+                ));
+                lines.push(format!(
+                    "POST {import_endpoint}/v1/images?version={}&generation=2 {body}",
+                    import::VPC_API_VERSION
+                ));
                 lines.push(format!("GET  {import_endpoint}/v1/images/<id>?version={}&generation=2 every {} ms until available or failed", import::VPC_API_VERSION, a.poll_ms));
             }
             Some(Cloud::Classic) => {
                 let body = json!({"parameters": [{"name": name, "note": "imported by diskseal-agent", "operatingSystemReferenceCode": os, "uri": a.object, "ibmApiKey": "<redacted>", "crkCrn": key_crn, "wrappedDek": wdek, "cloudInit": true, "isEncrypted": true, "byol": a.byol}]});
-                lines.push(format!("POST {}/identity/token (apikey: <redacted>)", l.iam_endpoint()));
+                lines.push(format!(
+                    "POST {}/identity/token (apikey: <redacted>)",
+                    l.iam_endpoint()
+                ));
                 lines.push(format!("POST {import_endpoint}/rest/v3.1/SoftLayer_Virtual_Guest_Block_Device_Template_Group/createFromIcos.json {body}"));
                 lines.push(format!("GET  {import_endpoint}/rest/v3.1/SoftLayer_Virtual_Guest_Block_Device_Template_Group/<id>/getObject.json?objectMask=... every {} ms until the transaction is gone", a.poll_ms));
             }
@@ -626,13 +789,23 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
         return Ok(());
     }
     let save = |st: &ShipState| -> Result<()> {
-        std::fs::write(&sp, serde_json::to_vec_pretty(st).unwrap_or_default()).map_err(|e| Error::io("write ship state", &sp, e))
+        std::fs::write(&sp, serde_json::to_vec_pretty(st).unwrap_or_default())
+            .map_err(|e| Error::io("write ship state", &sp, e))
     };
     // 2. Wrap (once).
     if st.wdek.is_none() {
         let kms = wrapper(&l)?;
         let r = kms.wrap(&v.key);
-        log_kms(&l, "kms.secrets.wrap", kms.as_ref(), r.as_ref().map(|w| w.correlation_id.clone()).map_err(Clone::clone), Some(sha.clone()), json!({"bundle": a.bundle, "ship": true}))?;
+        log_kms(
+            &l,
+            "kms.secrets.wrap",
+            kms.as_ref(),
+            r.as_ref()
+                .map(|w| w.correlation_id.clone())
+                .map_err(Clone::clone),
+            Some(sha.clone()),
+            json!({"bundle": a.bundle, "ship": true}),
+        )?;
         let w = r?;
         st.wdek = Some(w.ciphertext);
         st.key_version = w.key_version;
@@ -641,8 +814,20 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
     drop(v);
     // 3. Upload (once; resumable inside).
     if st.uploaded_etag.is_none() {
-        let client = s3::Client::new(target.clone(), s3::Credentials::from_env()?, crate::config::RetryPolicy { max_attempts: 6, ..crate::config::RetryPolicy::default() });
-        let o = s3::Options { jobs: a.jobs.max(1), part_size: a.part_size, force: a.force, progress: !cli.json };
+        let client = s3::Client::new(
+            target.clone(),
+            s3::Credentials::from_env()?,
+            crate::config::RetryPolicy {
+                max_attempts: 6,
+                ..crate::config::RetryPolicy::default()
+            },
+        );
+        let o = s3::Options {
+            jobs: a.jobs.max(1),
+            part_size: a.part_size,
+            force: a.force,
+            progress: !cli.json,
+        };
         let r = s3::upload(&client, &image, &o);
         log(&l, Event {
             action: "diskseal.object.upload".into(),
@@ -657,7 +842,11 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
         })?;
         let u = r?;
         if u.sha256 != sha {
-            return Err(Error::Upload(format!("{}: the uploaded bytes hash to {}, the bundle says {sha}", image.display(), u.sha256)));
+            return Err(Error::Upload(format!(
+                "{}: the uploaded bytes hash to {}, the bundle says {sha}",
+                image.display(),
+                u.sha256
+            )));
         }
         st.uploaded_etag = Some(u.etag);
         save(&st)?;
@@ -686,48 +875,71 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
             st.image_created = Some(id.clone());
             save(&st)
         });
-        log(&l, Event {
-            action: format!("diskseal.image.import.{}", a.target),
-            success: r.is_ok(),
-            reason_code: if r.is_ok() { 200 } else { 0 },
-            failure: r.as_ref().err().map(ToString::to_string),
-            target_id: a.object.clone(),
-            target_type: "image".into(),
-            image_sha256: Some(sha.clone()),
-            details: json!({"name": name, "endpoint": import_endpoint, "image_id": r.as_ref().ok().map(|i| i.id.clone()), "key_crn": key_crn}),
-            ..Event::default()
-        })?;
+        log(
+            &l,
+            Event {
+                action: format!("diskseal.image.import.{}", a.target),
+                success: r.is_ok(),
+                reason_code: if r.is_ok() { 200 } else { 0 },
+                failure: r.as_ref().err().map(ToString::to_string),
+                target_id: a.object.clone(),
+                target_type: "image".into(),
+                image_sha256: Some(sha.clone()),
+                details: json!({"name": name, "endpoint": import_endpoint, "image_id": r.as_ref().ok().map(|i| i.id.clone()), "key_crn": key_crn}),
+                ..Event::default()
+            },
+        )?;
         st.image_id = Some(r?.id);
         save(&st)?;
     }
-    log(&l, Event {
-        action: "diskseal.ship".into(),
-        success: true,
-        reason_code: 200,
-        target_id: a.object.clone(),
-        target_type: "image".into(),
-        image_sha256: Some(sha.clone()),
-        details: json!({"target": a.target, "image_id": st.image_id, "etag": st.uploaded_etag}),
-        ..Event::default()
-    })?;
+    log(
+        &l,
+        Event {
+            action: "diskseal.ship".into(),
+            success: true,
+            reason_code: 200,
+            target_id: a.object.clone(),
+            target_type: "image".into(),
+            image_sha256: Some(sha.clone()),
+            details: json!({"target": a.target, "image_id": st.image_id, "etag": st.uploaded_etag}),
+            ..Event::default()
+        },
+    )?;
     print(
         cli,
         json!({"image_id": st.image_id, "object": a.object, "sha256": sha, "etag": st.uploaded_etag, "wdek": st.wdek, "key_version": st.key_version}),
-        st.image_id.clone().unwrap_or_else(|| format!("{} uploaded; WDEK {}", a.object, st.wdek.as_deref().unwrap_or(""))),
+        st.image_id.clone().unwrap_or_else(|| {
+            format!(
+                "{} uploaded; WDEK {}",
+                a.object,
+                st.wdek.as_deref().unwrap_or("")
+            )
+        }),
     );
     Ok(())
 }
 
 fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
     use crate::import::{self, Cloud};
-    let flags = FileConfig { iam_endpoint: a.iam_endpoint.clone(), api_key_file: a.api_key_file.clone(), ..FileConfig::default() };
+    let flags = FileConfig {
+        iam_endpoint: a.iam_endpoint.clone(),
+        api_key_file: a.api_key_file.clone(),
+        ..FileConfig::default()
+    };
     let mut flags = flags;
     flags.identity = cli.identity.clone();
     flags.audit_log = cli.audit_log.clone();
     let l = Layers::new(flags, cli.config.as_deref(), &|k| std::env::var(k).ok())?;
     let cloud = Cloud::parse(&a.target)?;
-    let rest = a.object.strip_prefix("cos://").ok_or_else(|| Error::Config(format!("{}: the image object must be cos://REGION/BUCKET/KEY", a.object)))?;
-    let (region, key) = rest.split_once('/').ok_or_else(|| Error::Config(format!("{}: expected cos://REGION/BUCKET/KEY", a.object)))?;
+    let rest = a.object.strip_prefix("cos://").ok_or_else(|| {
+        Error::Config(format!(
+            "{}: the image object must be cos://REGION/BUCKET/KEY",
+            a.object
+        ))
+    })?;
+    let (region, key) = rest
+        .split_once('/')
+        .ok_or_else(|| Error::Config(format!("{}: expected cos://REGION/BUCKET/KEY", a.object)))?;
     for w in import::preflight(cloud, key, a.image.as_deref(), true)? {
         eprintln!("diskseal-agent: warning: {w}");
     }
@@ -736,7 +948,10 @@ fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
         Cloud::Classic => "https://api.softlayer.com".into(),
     });
     let file = key.rsplit('/').next().unwrap_or(key);
-    let name = a.name.clone().unwrap_or_else(|| file.split('.').next().unwrap_or(file).to_owned());
+    let name = a
+        .name
+        .clone()
+        .unwrap_or_else(|| file.split('.').next().unwrap_or(file).to_owned());
     let s = import::ImportSettings {
         cloud,
         endpoint: endpoint.trim_end_matches('/').to_owned(),
@@ -753,31 +968,45 @@ fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
         retry: crate::config::RetryPolicy::default(),
     };
     let r = import::import(s);
-    log(&l, Event {
-        action: format!("diskseal.image.import.{}", a.target),
-        success: r.is_ok(),
-        reason_code: match &r {
-            Ok(_) => 200,
-            Err(Error::Kms(k)) => k.reason_code(),
-            Err(_) => 0,
+    log(
+        &l,
+        Event {
+            action: format!("diskseal.image.import.{}", a.target),
+            success: r.is_ok(),
+            reason_code: match &r {
+                Ok(_) => 200,
+                Err(Error::Kms(k)) => k.reason_code(),
+                Err(_) => 0,
+            },
+            failure: r.as_ref().err().map(ToString::to_string),
+            target_id: a.object.clone(),
+            target_type: "image".into(),
+            details: json!({"name": name, "endpoint": endpoint, "image_id": r.as_ref().ok().map(|i| i.id.clone()), "key_crn": a.key_crn}),
+            ..Event::default()
         },
-        failure: r.as_ref().err().map(ToString::to_string),
-        target_id: a.object.clone(),
-        target_type: "image".into(),
-        details: json!({"name": name, "endpoint": endpoint, "image_id": r.as_ref().ok().map(|i| i.id.clone()), "key_crn": a.key_crn}),
-        ..Event::default()
-    })?;
+    )?;
     let i = r?;
-    print(cli, serde_json::to_value(&i).unwrap_or_default(), format!("image {} is {} ({} polls)", i.id, i.status, i.polls));
+    print(
+        cli,
+        serde_json::to_value(&i).unwrap_or_default(),
+        format!("image {} is {} ({} polls)", i.id, i.status, i.polls),
+    );
     Ok(())
 }
 
 fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
     use crate::s3;
     let l = layers(cli, None)?;
-    let region = a.region.clone().or_else(|| std::env::var("AWS_REGION").ok()).or_else(|| std::env::var("AWS_DEFAULT_REGION").ok());
+    let region = a
+        .region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok());
     let target = s3::Target::parse(&a.url, region.as_deref(), a.endpoint.as_deref())?;
-    let mut retry = crate::config::RetryPolicy { max_attempts: 6, ..crate::config::RetryPolicy::default() };
+    let mut retry = crate::config::RetryPolicy {
+        max_attempts: 6,
+        ..crate::config::RetryPolicy::default()
+    };
     if let Some(n) = a.max_attempts {
         retry.max_attempts = n.max(1);
     }
@@ -788,16 +1017,19 @@ fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
     let url = target.url();
     if a.abort {
         let r = s3::abort(&client, &a.file);
-        log(&l, Event {
-            action: "diskseal.object.upload-abort".into(),
-            success: r.is_ok(),
-            reason_code: if r.is_ok() { 200 } else { 0 },
-            failure: r.as_ref().err().map(ToString::to_string),
-            target_id: url.clone(),
-            target_type: "s3/object".into(),
-            details: json!({"file": a.file, "upload_id": r.as_ref().ok().cloned().flatten()}),
-            ..Event::default()
-        })?;
+        log(
+            &l,
+            Event {
+                action: "diskseal.object.upload-abort".into(),
+                success: r.is_ok(),
+                reason_code: if r.is_ok() { 200 } else { 0 },
+                failure: r.as_ref().err().map(ToString::to_string),
+                target_id: url.clone(),
+                target_type: "s3/object".into(),
+                details: json!({"file": a.file, "upload_id": r.as_ref().ok().cloned().flatten()}),
+                ..Event::default()
+            },
+        )?;
         let text = match r? {
             Some(id) => format!("aborted upload {id} of {} to {url}", a.file.display()),
             None => format!("no interrupted upload recorded for {}", a.file.display()),
@@ -805,7 +1037,12 @@ fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
         print(cli, json!({"aborted": true, "url": url}), text);
         return Ok(());
     }
-    let o = s3::Options { jobs: a.jobs.max(1), part_size: a.part_size, force: a.force, progress: !cli.json };
+    let o = s3::Options {
+        jobs: a.jobs.max(1),
+        part_size: a.part_size,
+        force: a.force,
+        progress: !cli.json,
+    };
     let r = s3::upload(&client, &a.file, &o);
     let (ok, failure) = match &r {
         Ok(_) => (true, None),
@@ -836,7 +1073,10 @@ fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
     print(
         cli,
         serde_json::to_value(&u).unwrap_or_default(),
-        format!("{}: {} bytes, sha256 {}, ETag {} ({} parts, {} sent now)", u.url, u.size, u.sha256, u.etag, u.parts, u.parts_uploaded),
+        format!(
+            "{}: {} bytes, sha256 {}, ETag {} ({} parts, {} sent now)",
+            u.url, u.size, u.sha256, u.etag, u.parts, u.parts_uploaded
+        ),
     );
     Ok(())
 }
@@ -845,7 +1085,11 @@ fn print_wrapped(cli: &Cli, w: &crate::kms::Wrapped) {
     print(
         cli,
         json!({"wdek": w.ciphertext, "key_version": w.key_version, "correlation_id": w.correlation_id}),
-        format!("{}\nkey version: {}", w.ciphertext, w.key_version.as_deref().unwrap_or("?")),
+        format!(
+            "{}\nkey version: {}",
+            w.ciphertext,
+            w.key_version.as_deref().unwrap_or("?")
+        ),
     );
 }
 
@@ -856,8 +1100,15 @@ fn read_wdek(path: &Path) -> Result<String> {
 
 fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| Error::io("create", path, e))?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(|e| Error::io("write", path, e))
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io("create", path, e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io("write", path, e))
 }
 
 fn log(l: &Layers, ev: Event) -> Result<()> {
@@ -874,9 +1125,27 @@ fn log_kms(
 ) -> Result<()> {
     let (success, reason_code, failure, correlation_id) = match r {
         Ok(cid) => (true, 200, None, cid),
-        Err(e) => (false, e.reason_code(), Some(e.to_string()), e.correlation_id.clone()),
+        Err(e) => (
+            false,
+            e.reason_code(),
+            Some(e.to_string()),
+            e.correlation_id.clone(),
+        ),
     };
-    log(l, Event { action: action.into(), success, reason_code, failure, target_id: kms.target(), target_type: "kms/secrets".into(), correlation_id, image_sha256, details })
+    log(
+        l,
+        Event {
+            action: action.into(),
+            success,
+            reason_code,
+            failure,
+            target_id: kms.target(),
+            target_type: "kms/secrets".into(),
+            correlation_id,
+            image_sha256,
+            details,
+        },
+    )
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@ use crate::secret::SecretString;
 
 /// Key Protect regions (`ibm-cloud.md` §2).
 pub const KP_REGIONS: &[&str] = &[
-    "us-south", "us-east", "eu-gb", "eu-de", "au-syd", "jp-tok", "jp-osa", "ca-tor", "br-sao", "eu-es", "ca-mon", "in-che",
-    "in-mum",
+    "us-south", "us-east", "eu-gb", "eu-de", "au-syd", "jp-tok", "jp-osa", "ca-tor", "br-sao",
+    "eu-es", "ca-mon", "in-che", "in-mum",
 ];
 
 /// The default IAM endpoint.
@@ -78,8 +78,10 @@ pub struct FileConfig {
 impl FileConfig {
     /// Reads and parses a config file; an unknown field is named in the error.
     pub fn load(path: &Path) -> Result<FileConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io("read config file", path, e))?;
-        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io("read config file", path, e))?;
+        toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: {}", path.display(), e.message())))
     }
 
     /// Fills every unset field of `self` from `lower`.
@@ -211,7 +213,12 @@ impl KmsSettings {
             Service::KeyProtect => "kms",
             Service::Hpcs => "hs-crypto",
         };
-        format!("crn:v1:bluemix:public:{svc}:{}:a/:{}:key:{}", self.region.as_deref().unwrap_or(""), self.instance_id, self.key_id)
+        format!(
+            "crn:v1:bluemix:public:{svc}:{}:a/:{}:key:{}",
+            self.region.as_deref().unwrap_or(""),
+            self.instance_id,
+            self.key_id
+        )
     }
 }
 
@@ -229,47 +236,85 @@ pub struct Layers {
 impl Layers {
     /// Merges `flags` (same fields as the file; `api_key_file` from `--api-key-file`), the environment
     /// read through `env`, and the config file (`--config`, else `$DISKSEAL_AGENT_HOME/config.toml` if it exists).
-    pub fn new(flags: FileConfig, config: Option<&Path>, env: &dyn Fn(&str) -> Option<String>) -> Result<Layers> {
-        let home = env("DISKSEAL_AGENT_HOME").filter(|h| !h.is_empty()).map(PathBuf::from).unwrap_or_else(|| {
-            let base = env("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-            base.join(".config/diskseal-agent")
-        });
+    pub fn new(
+        flags: FileConfig,
+        config: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Layers> {
+        let home = env("DISKSEAL_AGENT_HOME")
+            .filter(|h| !h.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let base = env("HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("."));
+                base.join(".config/diskseal-agent")
+            });
         let file = match config {
             Some(p) => FileConfig::load(p)?,
             None => {
                 let p = home.join("config.toml");
-                if p.exists() { FileConfig::load(&p)? } else { FileConfig::default() }
+                if p.exists() {
+                    FileConfig::load(&p)?
+                } else {
+                    FileConfig::default()
+                }
             }
         };
         let api_key_flag_file = flags.api_key_file.clone();
         let merged = flags.or(from_env(env)).or(file);
-        let api_key_env = env("IBMCLOUD_API_KEY").filter(|k| !k.is_empty()).map(SecretString::new);
-        let pin_env = env("DISKSEAL_PKCS11_PIN").filter(|k| !k.is_empty()).map(SecretString::new);
+        let api_key_env = env("IBMCLOUD_API_KEY")
+            .filter(|k| !k.is_empty())
+            .map(SecretString::new);
+        let pin_env = env("DISKSEAL_PKCS11_PIN")
+            .filter(|k| !k.is_empty())
+            .map(SecretString::new);
         let aws_env = (
             env("AWS_ACCESS_KEY_ID").filter(|k| !k.is_empty()),
-            env("AWS_SECRET_ACCESS_KEY").filter(|k| !k.is_empty()).map(SecretString::new),
-            env("AWS_SESSION_TOKEN").filter(|k| !k.is_empty()).map(SecretString::new),
+            env("AWS_SECRET_ACCESS_KEY")
+                .filter(|k| !k.is_empty())
+                .map(SecretString::new),
+            env("AWS_SESSION_TOKEN")
+                .filter(|k| !k.is_empty())
+                .map(SecretString::new),
         );
-        Ok(Layers { merged, api_key_env, api_key_flag_file, pin_env, aws_env, home })
+        Ok(Layers {
+            merged,
+            api_key_env,
+            api_key_flag_file,
+            pin_env,
+            aws_env,
+            home,
+        })
     }
 
     /// The agent's age identity file.
     pub fn identity(&self) -> PathBuf {
-        self.merged.identity.clone().unwrap_or_else(|| self.home.join("identity.txt"))
+        self.merged
+            .identity
+            .clone()
+            .unwrap_or_else(|| self.home.join("identity.txt"))
     }
 
     /// The audit log.
     pub fn audit_log(&self) -> PathBuf {
-        self.merged.audit_log.clone().unwrap_or_else(|| self.home.join("audit.jsonl"))
+        self.merged
+            .audit_log
+            .clone()
+            .unwrap_or_else(|| self.home.join("audit.jsonl"))
     }
 
     /// The IBM Cloud API key: --api-key-file, else IBMCLOUD_API_KEY, else the config file's api_key_file.
     pub fn api_key(&self) -> Result<SecretString> {
         let from_file = |p: &Path| -> Result<SecretString> {
-            let text = std::fs::read_to_string(p).map_err(|e| Error::io("read API key file", p, e))?;
+            let text =
+                std::fs::read_to_string(p).map_err(|e| Error::io("read API key file", p, e))?;
             let key = text.trim();
             if key.is_empty() {
-                return Err(Error::Config(format!("API key file {} is empty", p.display())));
+                return Err(Error::Config(format!(
+                    "API key file {} is empty",
+                    p.display()
+                )));
             }
             Ok(SecretString::new(key.to_owned()))
         };
@@ -289,7 +334,12 @@ impl Layers {
 
     /// The IAM base URL (--iam-endpoint, DISKSEAL_IAM_ENDPOINT, the config file, else IBM's).
     pub fn iam_endpoint(&self) -> String {
-        self.merged.iam_endpoint.clone().unwrap_or_else(|| IAM_ENDPOINT.into()).trim_end_matches('/').to_owned()
+        self.merged
+            .iam_endpoint
+            .clone()
+            .unwrap_or_else(|| IAM_ENDPOINT.into())
+            .trim_end_matches('/')
+            .to_owned()
     }
 
     /// The configured service name.
@@ -300,16 +350,27 @@ impl Layers {
     /// Resolves the AWS KMS settings; credentials from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
     pub fn aws(&self) -> Result<crate::kms::aws::AwsSettings> {
         let m = &self.merged;
-        let region = m.aws_region.clone().ok_or_else(|| Error::Config("no AWS region: pass --aws-region or set AWS_REGION".into()))?;
+        let region = m.aws_region.clone().ok_or_else(|| {
+            Error::Config("no AWS region: pass --aws-region or set AWS_REGION".into())
+        })?;
         let (ak, sk, token) = self.aws_env.clone();
         let (Some(access_key_id), Some(secret_access_key)) = (ak, sk) else {
-            return Err(Error::Config("no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into()));
+            return Err(Error::Config(
+                "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
+            ));
         };
         let retry = self.retry();
         Ok(crate::kms::aws::AwsSettings {
-            endpoint: m.endpoint.clone().unwrap_or_else(|| format!("https://kms.{region}.amazonaws.com")).trim_end_matches('/').to_owned(),
+            endpoint: m
+                .endpoint
+                .clone()
+                .unwrap_or_else(|| format!("https://kms.{region}.amazonaws.com"))
+                .trim_end_matches('/')
+                .to_owned(),
             region,
-            key_id: m.key_id.clone().ok_or_else(|| Error::Config("no key id: pass --key-id (id, ARN or alias/NAME)".into()))?,
+            key_id: m.key_id.clone().ok_or_else(|| {
+                Error::Config("no key id: pass --key-id (id, ARN or alias/NAME)".into())
+            })?,
             access_key_id,
             secret_access_key,
             session_token: token,
@@ -328,8 +389,11 @@ impl Layers {
         use crate::kms::pkcs11::{Pkcs11Mechanism, Pkcs11Settings};
         let m = &self.merged;
         let mech = m.mechanism.as_deref().unwrap_or("aes-kwp");
-        let mechanism = Pkcs11Mechanism::parse(mech)
-            .ok_or_else(|| Error::Config(format!("unknown PKCS#11 mechanism {mech:?}: use aes-kwp, rsa-oaep or rsa-oaep-sha256")))?;
+        let mechanism = Pkcs11Mechanism::parse(mech).ok_or_else(|| {
+            Error::Config(format!(
+                "unknown PKCS#11 mechanism {mech:?}: use aes-kwp, rsa-oaep or rsa-oaep-sha256"
+            ))
+        })?;
         let pin = match (&m.pin_file, &self.pin_env) {
             (Some(p), _) => {
                 let t = std::fs::read_to_string(p).map_err(|e| Error::io("read PIN file", p, e))?;
@@ -338,16 +402,27 @@ impl Layers {
             (None, Some(pin)) => pin.clone(),
             (None, None) if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
                 let label = m.token_label.as_deref().unwrap_or("the token");
-                let pin = rpassword::prompt_password(format!("PIN for {label}: ")).map_err(|e| Error::io("read PIN from", "/dev/tty", e))?;
+                let pin = rpassword::prompt_password(format!("PIN for {label}: "))
+                    .map_err(|e| Error::io("read PIN from", "/dev/tty", e))?;
                 SecretString::new(pin)
             }
             (None, None) => {
                 return Err(Error::Config("no PKCS#11 PIN: pass --pin-file FILE, set DISKSEAL_PKCS11_PIN, or run on a terminal to be asked".into()));
             }
         };
-        let need = |v: Option<String>, what: &str, flag: &str| v.ok_or_else(|| Error::Config(format!("no {what}: pass {flag} or set it in the config file")));
+        let need = |v: Option<String>, what: &str, flag: &str| {
+            v.ok_or_else(|| {
+                Error::Config(format!(
+                    "no {what}: pass {flag} or set it in the config file"
+                ))
+            })
+        };
         Ok(Pkcs11Settings {
-            module: m.pkcs11_module.clone().ok_or_else(|| Error::Config("no PKCS#11 module: pass --pkcs11-module or set DISKSEAL_PKCS11_MODULE".into()))?,
+            module: m.pkcs11_module.clone().ok_or_else(|| {
+                Error::Config(
+                    "no PKCS#11 module: pass --pkcs11-module or set DISKSEAL_PKCS11_MODULE".into(),
+                )
+            })?,
             token_label: need(m.token_label.clone(), "token label", "--token-label")?,
             key_label: need(m.key_label.clone(), "wrapping key label", "--key-label")?,
             pin,
@@ -361,33 +436,69 @@ impl Layers {
         let service = match m.service.as_deref().unwrap_or("key-protect") {
             "key-protect" | "kp" => Service::KeyProtect,
             "hpcs" | "hs-crypto" => Service::Hpcs,
-            "pkcs11" | "aws-kms" => return Err(Error::Config(format!("service {} has no IBM endpoint", m.service.as_deref().unwrap_or("")))),
-            other => return Err(Error::Config(format!("unknown service {other:?}: use key-protect or hpcs"))),
+            "pkcs11" | "aws-kms" => {
+                return Err(Error::Config(format!(
+                    "service {} has no IBM endpoint",
+                    m.service.as_deref().unwrap_or("")
+                )));
+            }
+            other => {
+                return Err(Error::Config(format!(
+                    "unknown service {other:?}: use key-protect or hpcs"
+                )));
+            }
         };
         if let Some(r) = &m.region
             && !KP_REGIONS.contains(&r.as_str())
         {
-            return Err(Error::Config(format!("unknown region {r:?}; regions: {}", KP_REGIONS.join(", "))));
+            return Err(Error::Config(format!(
+                "unknown region {r:?}; regions: {}",
+                KP_REGIONS.join(", ")
+            )));
         }
         let endpoint = match (&m.endpoint, &m.region, service) {
             (Some(e), _, _) => e.clone(),
-            (None, Some(r), Service::KeyProtect) if m.private == Some(true) => format!("https://private.{r}.kms.cloud.ibm.com"),
+            (None, Some(r), Service::KeyProtect) if m.private == Some(true) => {
+                format!("https://private.{r}.kms.cloud.ibm.com")
+            }
             (None, Some(r), Service::KeyProtect) => format!("https://{r}.kms.cloud.ibm.com"),
             (None, Some(r), Service::Hpcs) => match m.hpcs_port {
                 Some(p) => format!("https://api.{r}.hs-crypto.cloud.ibm.com:{p}"),
-                None => return Err(Error::Config("HPCS needs hpcs_port (the instance's port) or --endpoint".into())),
+                None => {
+                    return Err(Error::Config(
+                        "HPCS needs hpcs_port (the instance's port) or --endpoint".into(),
+                    ));
+                }
             },
-            (None, None, _) => return Err(Error::Config("no KMS endpoint: give --region (or IBMCLOUD_REGION) or --endpoint".into())),
+            (None, None, _) => {
+                return Err(Error::Config(
+                    "no KMS endpoint: give --region (or IBMCLOUD_REGION) or --endpoint".into(),
+                ));
+            }
         };
         let need = |v: &Option<String>, what: &str, flag: &str, env: &str| {
-            v.clone().ok_or_else(|| Error::Config(format!("no {what}: pass {flag}, set {env}, or set it in the config file")))
+            v.clone().ok_or_else(|| {
+                Error::Config(format!(
+                    "no {what}: pass {flag}, set {env}, or set it in the config file"
+                ))
+            })
         };
         Ok(KmsSettings {
             service,
             region: m.region.clone(),
             endpoint: endpoint.trim_end_matches('/').to_owned(),
-            iam_endpoint: m.iam_endpoint.clone().unwrap_or_else(|| IAM_ENDPOINT.into()).trim_end_matches('/').to_owned(),
-            instance_id: need(&m.instance_id, "KMS instance id", "--instance-id", "DISKSEAL_KMS_INSTANCE_ID")?,
+            iam_endpoint: m
+                .iam_endpoint
+                .clone()
+                .unwrap_or_else(|| IAM_ENDPOINT.into())
+                .trim_end_matches('/')
+                .to_owned(),
+            instance_id: need(
+                &m.instance_id,
+                "KMS instance id",
+                "--instance-id",
+                "DISKSEAL_KMS_INSTANCE_ID",
+            )?,
             key_id: need(&m.key_id, "root key id", "--key-id", "DISKSEAL_KMS_KEY_ID")?,
             key_ring: m.key_ring.clone(),
             api_key: self.api_key()?,
@@ -420,7 +531,12 @@ mod tests {
     use super::*;
 
     fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
     }
 
     #[test]
@@ -428,8 +544,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("c.toml");
         std::fs::write(&cfg, "region = \"eu-de\"\ninstance_id = \"file-inst\"\nkey_id = \"file-key\"\nkey_ring = \"ring\"\n").unwrap();
-        let env = env_of(&[("IBMCLOUD_API_KEY", "k3y"), ("DISKSEAL_KMS_KEY_ID", "env-key"), ("DISKSEAL_KMS_INSTANCE_ID", "env-inst")]);
-        let flags = FileConfig { instance_id: Some("flag-inst".into()), ..FileConfig::default() };
+        let env = env_of(&[
+            ("IBMCLOUD_API_KEY", "k3y"),
+            ("DISKSEAL_KMS_KEY_ID", "env-key"),
+            ("DISKSEAL_KMS_INSTANCE_ID", "env-inst"),
+        ]);
+        let flags = FileConfig {
+            instance_id: Some("flag-inst".into()),
+            ..FileConfig::default()
+        };
         let s = Layers::new(flags, Some(&cfg), &env).unwrap().kms().unwrap();
         assert_eq!(s.instance_id, "flag-inst");
         assert_eq!(s.key_id, "env-key");
@@ -438,25 +561,80 @@ mod tests {
         assert_eq!(s.iam_endpoint, "https://iam.cloud.ibm.com");
         assert_eq!(s.api_key.expose(), "k3y");
         let shown = format!("{s:?}");
-        assert!(!shown.contains("k3y") && shown.contains("<redacted>"), "{shown}");
-        assert_eq!(s.key_crn(), "crn:v1:bluemix:public:kms:eu-de:a/:flag-inst:key:env-key");
+        assert!(
+            !shown.contains("k3y") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        assert_eq!(
+            s.key_crn(),
+            "crn:v1:bluemix:public:kms:eu-de:a/:flag-inst:key:env-key"
+        );
     }
 
     #[test]
     fn endpoint_tables() {
         let env = env_of(&[("IBMCLOUD_API_KEY", "k")]);
-        let base = || FileConfig { instance_id: Some("i".into()), key_id: Some("k".into()), region: Some("us-south".into()), ..FileConfig::default() };
-        let s = Layers::new(FileConfig { private: Some(true), ..base() }, None, &env).unwrap().kms().unwrap();
+        let base = || FileConfig {
+            instance_id: Some("i".into()),
+            key_id: Some("k".into()),
+            region: Some("us-south".into()),
+            ..FileConfig::default()
+        };
+        let s = Layers::new(
+            FileConfig {
+                private: Some(true),
+                ..base()
+            },
+            None,
+            &env,
+        )
+        .unwrap()
+        .kms()
+        .unwrap();
         assert_eq!(s.endpoint, "https://private.us-south.kms.cloud.ibm.com");
-        let hp = FileConfig { service: Some("hpcs".into()), hpcs_port: Some(8765), ..base() };
-        assert_eq!(Layers::new(hp, None, &env).unwrap().kms().unwrap().endpoint, "https://api.us-south.hs-crypto.cloud.ibm.com:8765");
-        let hp = FileConfig { service: Some("hpcs".into()), ..base() };
-        assert!(Layers::new(hp, None, &env).unwrap().kms().unwrap_err().to_string().contains("hpcs_port"));
-        let bad = FileConfig { region: Some("mars-1".into()), ..base() };
-        assert!(Layers::new(bad, None, &env).unwrap().kms().unwrap_err().to_string().contains("unknown region"));
-        let local = FileConfig { endpoint: Some("http://127.0.0.1:9/".into()), iam_endpoint: Some("http://127.0.0.1:8".into()), ..base() };
+        let hp = FileConfig {
+            service: Some("hpcs".into()),
+            hpcs_port: Some(8765),
+            ..base()
+        };
+        assert_eq!(
+            Layers::new(hp, None, &env).unwrap().kms().unwrap().endpoint,
+            "https://api.us-south.hs-crypto.cloud.ibm.com:8765"
+        );
+        let hp = FileConfig {
+            service: Some("hpcs".into()),
+            ..base()
+        };
+        assert!(
+            Layers::new(hp, None, &env)
+                .unwrap()
+                .kms()
+                .unwrap_err()
+                .to_string()
+                .contains("hpcs_port")
+        );
+        let bad = FileConfig {
+            region: Some("mars-1".into()),
+            ..base()
+        };
+        assert!(
+            Layers::new(bad, None, &env)
+                .unwrap()
+                .kms()
+                .unwrap_err()
+                .to_string()
+                .contains("unknown region")
+        );
+        let local = FileConfig {
+            endpoint: Some("http://127.0.0.1:9/".into()),
+            iam_endpoint: Some("http://127.0.0.1:8".into()),
+            ..base()
+        };
         let s = Layers::new(local, None, &env).unwrap().kms().unwrap();
-        assert_eq!((s.endpoint.as_str(), s.iam_endpoint.as_str()), ("http://127.0.0.1:9", "http://127.0.0.1:8"));
+        assert_eq!(
+            (s.endpoint.as_str(), s.iam_endpoint.as_str()),
+            ("http://127.0.0.1:9", "http://127.0.0.1:8")
+        );
     }
 
     #[test]
@@ -464,10 +642,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("c.toml");
         std::fs::write(&cfg, "region = \"us-south\"\nkey_idd = \"typo\"\n").unwrap();
-        let e = Layers::new(FileConfig::default(), Some(&cfg), &env_of(&[])).unwrap_err().to_string();
+        let e = Layers::new(FileConfig::default(), Some(&cfg), &env_of(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("key_idd") && e.contains("c.toml"), "{e}");
-        let flags = FileConfig { instance_id: Some("i".into()), key_id: Some("k".into()), region: Some("us-south".into()), ..FileConfig::default() };
-        let e = Layers::new(flags, None, &env_of(&[])).unwrap().kms().unwrap_err().to_string();
+        let flags = FileConfig {
+            instance_id: Some("i".into()),
+            key_id: Some("k".into()),
+            region: Some("us-south".into()),
+            ..FileConfig::default()
+        };
+        let e = Layers::new(flags, None, &env_of(&[]))
+            .unwrap()
+            .kms()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("IBMCLOUD_API_KEY"), "{e}");
     }
 }

@@ -19,13 +19,21 @@ pub fn init(path: &Path) -> Result<String> {
     }
     let id = age::x25519::Identity::generate();
     let recipient = id.to_public().to_string();
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            Error::Identity(format!("{} already exists; init never overwrites an identity", path.display()))
-        } else {
-            Error::io("create identity file", path, e)
-        }
-    })?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::Identity(format!(
+                    "{} already exists; init never overwrites an identity",
+                    path.display()
+                ))
+            } else {
+                Error::io("create identity file", path, e)
+            }
+        })?;
     let text = Zeroizing::new(format!(
         "# created: {}\n# public key: {recipient}\n{}\n",
         crate::time::event_time_now(),
@@ -42,7 +50,10 @@ pub fn init(path: &Path) -> Result<String> {
 pub fn load(path: &Path) -> Result<Vec<age::x25519::Identity>> {
     let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            Error::Identity(format!("{} does not exist; run `diskseal-agent init` first", path.display()))
+            Error::Identity(format!(
+                "{} does not exist; run `diskseal-agent init` first",
+                path.display()
+            ))
         } else {
             Error::io("read identity file", path, e)
         }
@@ -53,12 +64,20 @@ pub fn load(path: &Path) -> Result<Vec<age::x25519::Identity>> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let id = age::x25519::Identity::from_str(line)
-            .map_err(|_| Error::Identity(format!("{} line {}: not an age X25519 secret key", path.display(), n + 1)))?;
+        let id = age::x25519::Identity::from_str(line).map_err(|_| {
+            Error::Identity(format!(
+                "{} line {}: not an age X25519 secret key",
+                path.display(),
+                n + 1
+            ))
+        })?;
         ids.push(id);
     }
     if ids.is_empty() {
-        return Err(Error::Identity(format!("{} holds no AGE-SECRET-KEY line", path.display())));
+        return Err(Error::Identity(format!(
+            "{} holds no AGE-SECRET-KEY line",
+            path.display()
+        )));
     }
     Ok(ids)
 }
@@ -73,9 +92,14 @@ pub fn unseal(ids: &[age::x25519::Identity], sealed: &[u8], what: &Path) -> Resu
         }
     }
     let why = match last {
-        Some(age::DecryptError::NoMatchingKeys) => "it was sealed to another recipient (wrong identity)".to_owned(),
+        Some(age::DecryptError::NoMatchingKeys) => {
+            "it was sealed to another recipient (wrong identity)".to_owned()
+        }
         Some(e) => e.to_string(),
         None => "no identity".to_owned(),
     };
-    Err(Error::Identity(format!("cannot unseal {}: {why}", what.display())))
+    Err(Error::Identity(format!(
+        "cannot unseal {}: {why}",
+        what.display()
+    )))
 }

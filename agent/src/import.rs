@@ -36,7 +36,9 @@ impl Cloud {
         match s {
             "ibm-vpc" => Ok(Cloud::Vpc),
             "ibm-classic" => Ok(Cloud::Classic),
-            other => Err(Error::Config(format!("unknown import target {other:?}: use ibm-vpc or ibm-classic"))),
+            other => Err(Error::Config(format!(
+                "unknown import target {other:?}: use ibm-vpc or ibm-classic"
+            ))),
         }
     }
 }
@@ -46,24 +48,37 @@ impl Cloud {
 /// (100 GB recommended for encrypted images); classic takes `NAME.vhd-0.vhd` VHDs of at most 100 GB.
 /// Returns warnings that do not stop the import.
 /// `check_size` false skips the size rules (small trial images).
-pub fn preflight(cloud: Cloud, object_key: &str, image: Option<&Path>, check_size: bool) -> Result<Vec<String>> {
+pub fn preflight(
+    cloud: Cloud,
+    object_key: &str,
+    image: Option<&Path>,
+    check_size: bool,
+) -> Result<Vec<String>> {
     let name = object_key.rsplit('/').next().unwrap_or(object_key);
     let bad = |m: String| Err(Error::Import(format!("pre-flight: {m}")));
     let mut warnings = Vec::new();
     match cloud {
         Cloud::Vpc => {
             if !(name.ends_with(".qcow2") || name.ends_with(".vhd")) {
-                return bad(format!("{name}: VPC takes the format from the extension, which must be lowercase .qcow2 or .vhd"));
+                return bad(format!(
+                    "{name}: VPC takes the format from the extension, which must be lowercase .qcow2 or .vhd"
+                ));
             }
         }
         Cloud::Classic => {
-            let ok = name.strip_suffix(".vhd-0.vhd").is_some_and(|stem| !stem.is_empty());
+            let ok = name
+                .strip_suffix(".vhd-0.vhd")
+                .is_some_and(|stem| !stem.is_empty());
             if !ok {
-                return bad(format!("{name}: classic imports need the name NAME.vhd-0.vhd (lowercase)"));
+                return bad(format!(
+                    "{name}: classic imports need the name NAME.vhd-0.vhd (lowercase)"
+                ));
             }
         }
     }
-    let Some(path) = image else { return Ok(warnings) };
+    let Some(path) = image else {
+        return Ok(warnings);
+    };
     let mut f = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
     let len = f.metadata().map_err(|e| Error::io("stat", path, e))?.len();
     let mut head = [0u8; 512];
@@ -71,15 +86,24 @@ pub fn preflight(cloud: Cloud, object_key: &str, image: Option<&Path>, check_siz
     match cloud {
         Cloud::Vpc => {
             if n < 40 || &head[..4] != b"QFI\xfb" {
-                return bad(format!("{}: VPC encrypted images must be qcow2 with LUKS encryption (make them with `diskseal encrypt --profile ibm-vpc`)", path.display()));
+                return bad(format!(
+                    "{}: VPC encrypted images must be qcow2 with LUKS encryption (make them with `diskseal encrypt --profile ibm-vpc`)",
+                    path.display()
+                ));
             }
             let size = u64::from_be_bytes(head[24..32].try_into().unwrap_or_default());
             let crypt = u32::from_be_bytes(head[32..36].try_into().unwrap_or_default());
             if crypt != 2 {
-                return bad(format!("{}: the qcow2 image is not LUKS-encrypted (crypt_method {crypt})", path.display()));
+                return bad(format!(
+                    "{}: the qcow2 image is not LUKS-encrypted (crypt_method {crypt})",
+                    path.display()
+                ));
             }
             if check_size && !(10 * GB..=250 * GB).contains(&size) {
-                return bad(format!("{}: virtual size {size} bytes; VPC images must be 10-250 GB", path.display()));
+                return bad(format!(
+                    "{}: virtual size {size} bytes; VPC images must be 10-250 GB",
+                    path.display()
+                ));
             }
             if check_size && size != 100 * GB {
                 warnings.push(format!("virtual size {size} bytes: IBM recommends exactly 100 GB for encrypted images (image-from-volume)"));
@@ -92,11 +116,17 @@ pub fn preflight(cloud: Cloud, object_key: &str, image: Option<&Path>, check_siz
                 f.read_exact_at(&mut footer, len - 512).is_ok() && &footer[..8] == b"conectix"
             };
             if !ok {
-                return bad(format!("{}: classic encrypted images must be VHDs encrypted with the vhd-util scheme (`diskseal encrypt --profile ibm-classic`)", path.display()));
+                return bad(format!(
+                    "{}: classic encrypted images must be VHDs encrypted with the vhd-util scheme (`diskseal encrypt --profile ibm-classic`)",
+                    path.display()
+                ));
             }
             let size = u64::from_be_bytes(footer[48..56].try_into().unwrap_or_default());
             if check_size && size > 100 * GB {
-                return bad(format!("{}: disk size {size} bytes; classic imports take at most 100 GB", path.display()));
+                return bad(format!(
+                    "{}: disk size {size} bytes; classic imports take at most 100 GB",
+                    path.display()
+                ));
             }
         }
     }
@@ -154,8 +184,12 @@ pub fn explain(code: &str) -> &'static str {
             "the WDEK does not unwrap to the image's passphrase under encryption_key; a classic cause is a passphrase wrapped with a trailing newline (echo without -n), or a WDEK from another root key"
         }
         "encryption_key_deleted" => "the root key was deleted",
-        "encryption_key_disabled" => "the root key is disabled (or its instance is not authorized for the image service)",
-        "image_data_corrupted" => "the object in COS is not a valid image of the type its extension names",
+        "encryption_key_disabled" => {
+            "the root key is disabled (or its instance is not authorized for the image service)"
+        }
+        "image_data_corrupted" => {
+            "the object in COS is not a valid image of the type its extension names"
+        }
         "image_provisioned_size_unsupported" => "the image's virtual size is outside 10-250 GB",
         "image_request_in_progress" | "image_request_queued" => "still being processed",
         _ => "see the message",
@@ -180,8 +214,14 @@ impl Api {
         let v: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
         // VPC: {"errors":[{"code","message"}],"trace"}; SoftLayer: {"error","code"}.
         let (reason, message) = match self.s.cloud {
-            Cloud::Vpc => (v["errors"][0]["code"].as_str().map(str::to_owned), v["errors"][0]["message"].as_str().map(str::to_owned)),
-            Cloud::Classic => (v["code"].as_str().map(str::to_owned), v["error"].as_str().map(str::to_owned)),
+            Cloud::Vpc => (
+                v["errors"][0]["code"].as_str().map(str::to_owned),
+                v["errors"][0]["message"].as_str().map(str::to_owned),
+            ),
+            Cloud::Classic => (
+                v["code"].as_str().map(str::to_owned),
+                v["error"].as_str().map(str::to_owned),
+            ),
         };
         Error::Kms(KmsError {
             kind: KmsErrorKind::Http,
@@ -189,7 +229,10 @@ impl Api {
             status: Some(r.status),
             reason,
             message: message.unwrap_or_else(|| r.body.chars().take(200).collect()),
-            correlation_id: v["trace"].as_str().map(str::to_owned).or_else(|| r.correlation_id.clone()),
+            correlation_id: v["trace"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| r.correlation_id.clone()),
             attempts: 1,
         })
     }
@@ -198,22 +241,40 @@ impl Api {
         let auth = format!("Bearer {}", self.token.expose());
         Ok(with_retries(&self.s.retry, &self.label(), || {
             match (method, body) {
-                ("POST", Some(b)) => self.agent.post(url).header("authorization", &auth).header("content-type", "application/json").send(b.to_string()),
-                _ => self.agent.get(url).header("authorization", &auth).header("accept", "application/json").call(),
+                ("POST", Some(b)) => self
+                    .agent
+                    .post(url)
+                    .header("authorization", &auth)
+                    .header("content-type", "application/json")
+                    .send(b.to_string()),
+                _ => self
+                    .agent
+                    .get(url)
+                    .header("authorization", &auth)
+                    .header("accept", "application/json")
+                    .call(),
             }
         })?)
     }
 }
 
 /// An IAM access token for `api_key`.
-pub fn iam_token(agent: &ureq::Agent, iam_endpoint: &str, api_key: &SecretString, retry: &RetryPolicy) -> Result<SecretString> {
+pub fn iam_token(
+    agent: &ureq::Agent,
+    iam_endpoint: &str,
+    api_key: &SecretString,
+    retry: &RetryPolicy,
+) -> Result<SecretString> {
     let url = format!("{iam_endpoint}/identity/token");
     let label = format!("IAM at {iam_endpoint}");
     let r = with_retries(retry, &label, || {
         agent
             .post(&url)
             .header("accept", "application/json")
-            .send_form([("grant_type", "urn:ibm:params:oauth:grant-type:apikey"), ("apikey", api_key.expose())])
+            .send_form([
+                ("grant_type", "urn:ibm:params:oauth:grant-type:apikey"),
+                ("apikey", api_key.expose()),
+            ])
     })?;
     let v: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
     match (r.status, v["access_token"].as_str()) {
@@ -223,7 +284,12 @@ pub fn iam_token(agent: &ureq::Agent, iam_endpoint: &str, api_key: &SecretString
             endpoint: label,
             status: Some(r.status),
             reason: v["errorCode"].as_str().map(str::to_owned),
-            message: format!("the API key was refused: {}", v["errorMessage"].as_str().unwrap_or("no token in the response")),
+            message: format!(
+                "the API key was refused: {}",
+                v["errorMessage"]
+                    .as_str()
+                    .unwrap_or("no token in the response")
+            ),
             correlation_id: v["context"]["requestId"].as_str().map(str::to_owned),
             attempts: 1,
         })),
@@ -237,8 +303,17 @@ pub fn import(s: ImportSettings) -> Result<Imported> {
 
 /// Like [`import`]; with `existing` (an image id a previous run created) only polls it; `created` is
 /// told the new id before polling starts (so a caller can record it).
-pub fn import_resuming(s: ImportSettings, existing: Option<(String, Option<String>)>, created: impl FnOnce(&(String, Option<String>)) -> Result<()>) -> Result<Imported> {
-    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(s.retry.timeout)).build());
+pub fn import_resuming(
+    s: ImportSettings,
+    existing: Option<(String, Option<String>)>,
+    created: impl FnOnce(&(String, Option<String>)) -> Result<()>,
+) -> Result<Imported> {
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(s.retry.timeout))
+            .build(),
+    );
     let token = iam_token(&agent, &s.iam_endpoint, &s.api_key, &s.retry)?;
     let api = Api { s, agent, token };
     let id = match existing {
@@ -268,12 +343,20 @@ fn vpc_create(api: &Api) -> Result<(String, Option<String>)> {
         "encrypted_data_key": s.wdek,
         "encryption_key": {"crn": s.key_crn},
     });
-    let r = api.call("POST", &format!("{}/v1/images?{q}", s.endpoint), Some(&body))?;
+    let r = api.call(
+        "POST",
+        &format!("{}/v1/images?{q}", s.endpoint),
+        Some(&body),
+    )?;
     if r.status != 201 && r.status != 200 {
         return Err(api.http_error("POST /v1/images", &r));
     }
-    let v: Value = serde_json::from_str(&r.body).map_err(|e| Error::Import(format!("{}: image response is not JSON: {e}", api.label())))?;
-    let id = v["id"].as_str().ok_or_else(|| Error::Import(format!("{}: no id in the image response", api.label())))?.to_owned();
+    let v: Value = serde_json::from_str(&r.body)
+        .map_err(|e| Error::Import(format!("{}: image response is not JSON: {e}", api.label())))?;
+    let id = v["id"]
+        .as_str()
+        .ok_or_else(|| Error::Import(format!("{}: no id in the image response", api.label())))?
+        .to_owned();
     Ok((id, None))
 }
 
@@ -291,7 +374,14 @@ fn vpc_poll(api: &Api, id: String) -> Result<Imported> {
         }
         let v: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
         match v["status"].as_str().unwrap_or("") {
-            "available" => return Ok(Imported { id, global_identifier: None, status: "available".into(), polls }),
+            "available" => {
+                return Ok(Imported {
+                    id,
+                    global_identifier: None,
+                    status: "available".into(),
+                    polls,
+                });
+            }
             "failed" | "unusable" | "deleting" => {
                 let reasons: Vec<String> = v["status_reasons"]
                     .as_array()
@@ -299,23 +389,37 @@ fn vpc_poll(api: &Api, id: String) -> Result<Imported> {
                         a.iter()
                             .map(|r| {
                                 let code = r["code"].as_str().unwrap_or("?");
-                                format!("{code}: {} ({})", r["message"].as_str().unwrap_or(""), explain(code))
+                                format!(
+                                    "{code}: {} ({})",
+                                    r["message"].as_str().unwrap_or(""),
+                                    explain(code)
+                                )
                             })
                             .collect()
                     })
                     .unwrap_or_default();
-                return Err(Error::Import(format!("VPC image {id} is {}: {}", v["status"].as_str().unwrap_or(""), reasons.join("; "))));
+                return Err(Error::Import(format!(
+                    "VPC image {id} is {}: {}",
+                    v["status"].as_str().unwrap_or(""),
+                    reasons.join("; ")
+                )));
             }
             _ => {}
         }
         if t0.elapsed() > s.timeout {
-            return Err(Error::Import(format!("VPC image {id} still {} after {:?}; poll it with GET /v1/images/{id}", v["status"], s.timeout)));
+            return Err(Error::Import(format!(
+                "VPC image {id} still {} after {:?}; poll it with GET /v1/images/{id}",
+                v["status"], s.timeout
+            )));
         }
     }
 }
 
 fn sl_base(s: &ImportSettings) -> String {
-    format!("{}/rest/v3.1/SoftLayer_Virtual_Guest_Block_Device_Template_Group", s.endpoint)
+    format!(
+        "{}/rest/v3.1/SoftLayer_Virtual_Guest_Block_Device_Template_Group",
+        s.endpoint
+    )
 }
 
 fn classic_create(api: &Api) -> Result<(String, Option<String>)> {
@@ -337,8 +441,18 @@ fn classic_create(api: &Api) -> Result<(String, Option<String>)> {
     if r.status != 200 && r.status != 201 {
         return Err(api.http_error("createFromIcos", &r));
     }
-    let v: Value = serde_json::from_str(&r.body).map_err(|e| Error::Import(format!("{}: createFromIcos response is not JSON: {e}", api.label())))?;
-    let id = v["id"].as_u64().map(|i| i.to_string()).ok_or_else(|| Error::Import(format!("{}: no id in the createFromIcos response", api.label())))?;
+    let v: Value = serde_json::from_str(&r.body).map_err(|e| {
+        Error::Import(format!(
+            "{}: createFromIcos response is not JSON: {e}",
+            api.label()
+        ))
+    })?;
+    let id = v["id"].as_u64().map(|i| i.to_string()).ok_or_else(|| {
+        Error::Import(format!(
+            "{}: no id in the createFromIcos response",
+            api.label()
+        ))
+    })?;
     Ok((id, v["globalIdentifier"].as_str().map(str::to_owned)))
 }
 
@@ -350,24 +464,50 @@ fn classic_poll(api: &Api, id: String, guid: Option<String>) -> Result<Imported>
     loop {
         std::thread::sleep(s.poll);
         polls += 1;
-        let url = format!("{base}/{id}/getObject.json?objectMask={}", crate::s3::uri_encode(SL_MASK, true));
+        let url = format!(
+            "{base}/{id}/getObject.json?objectMask={}",
+            crate::s3::uri_encode(SL_MASK, true)
+        );
         let r = api.call("GET", &url, None)?;
         if r.status != 200 {
             return Err(api.http_error(&format!("getObject {id}"), &r));
         }
         let v: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
         let children = v["children"].as_array().cloned().unwrap_or_default();
-        let busy = v.get("transaction").is_some_and(|t| !t.is_null()) || children.iter().any(|c| c.get("transaction").is_some_and(|t| !t.is_null()));
-        let failed = v["status"]["keyName"].as_str().filter(|k| k.contains("FAIL") || *k == "ERROR");
+        let busy = v.get("transaction").is_some_and(|t| !t.is_null())
+            || children
+                .iter()
+                .any(|c| c.get("transaction").is_some_and(|t| !t.is_null()));
+        let failed = v["status"]["keyName"]
+            .as_str()
+            .filter(|k| k.contains("FAIL") || *k == "ERROR");
         if let Some(k) = failed {
-            return Err(Error::Import(format!("classic image template {id} is {k}: {}", v["status"]["description"].as_str().unwrap_or(""))));
+            return Err(Error::Import(format!(
+                "classic image template {id} is {k}: {}",
+                v["status"]["description"].as_str().unwrap_or("")
+            )));
         }
-        if !busy && !children.is_empty() && children.iter().all(|c| c.get("blockDevicesDiskSpaceTotal").is_some()) {
-            return Ok(Imported { id, global_identifier: guid, status: v["status"]["keyName"].as_str().unwrap_or("ACTIVE").into(), polls });
+        if !busy
+            && !children.is_empty()
+            && children
+                .iter()
+                .all(|c| c.get("blockDevicesDiskSpaceTotal").is_some())
+        {
+            return Ok(Imported {
+                id,
+                global_identifier: guid,
+                status: v["status"]["keyName"].as_str().unwrap_or("ACTIVE").into(),
+                polls,
+            });
         }
         if t0.elapsed() > s.timeout {
-            let st = v["transaction"]["transactionStatus"]["friendlyName"].as_str().unwrap_or("pending");
-            return Err(Error::Import(format!("classic image template {id} still importing ({st}) after {:?}", s.timeout)));
+            let st = v["transaction"]["transactionStatus"]["friendlyName"]
+                .as_str()
+                .unwrap_or("pending");
+            return Err(Error::Import(format!(
+                "classic image template {id} still importing ({st}) after {:?}",
+                s.timeout
+            )));
         }
     }
 }

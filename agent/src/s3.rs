@@ -56,7 +56,11 @@ impl Target {
     /// Parses `s3://BUCKET/KEY` (AWS endpoint of `region`) or `cos://REGION/BUCKET/KEY` (IBM COS's
     /// regional public endpoint); `endpoint` overrides the base URL.
     pub fn parse(url: &str, region: Option<&str>, endpoint: Option<&str>) -> Result<Target> {
-        let bad = || Error::Config(format!("{url}: expected s3://BUCKET/KEY or cos://REGION/BUCKET/KEY"));
+        let bad = || {
+            Error::Config(format!(
+                "{url}: expected s3://BUCKET/KEY or cos://REGION/BUCKET/KEY"
+            ))
+        };
         let (region, rest, default_endpoint) = if let Some(rest) = url.strip_prefix("s3://") {
             let r = region.unwrap_or("us-east-1").to_owned();
             let e = format!("https://s3.{r}.amazonaws.com");
@@ -66,7 +70,11 @@ impl Target {
             if r.is_empty() {
                 return Err(bad());
             }
-            (r.to_owned(), rest, format!("https://s3.{r}.cloud-object-storage.appdomain.cloud"))
+            (
+                r.to_owned(),
+                rest,
+                format!("https://s3.{r}.cloud-object-storage.appdomain.cloud"),
+            )
         } else {
             return Err(bad());
         };
@@ -75,12 +83,22 @@ impl Target {
             return Err(bad());
         }
         let endpoint = endpoint.map_or(default_endpoint, |e| e.trim_end_matches('/').to_owned());
-        Ok(Target { endpoint, region, bucket: bucket.into(), key: key.into() })
+        Ok(Target {
+            endpoint,
+            region,
+            bucket: bucket.into(),
+            key: key.into(),
+        })
     }
 
     /// The object's URL, path style.
     pub fn url(&self) -> String {
-        format!("{}/{}/{}", self.endpoint, self.bucket, uri_encode(&self.key, false))
+        format!(
+            "{}/{}/{}",
+            self.endpoint,
+            self.bucket,
+            uri_encode(&self.key, false)
+        )
     }
 }
 
@@ -100,9 +118,16 @@ impl Credentials {
     pub fn from_env() -> Result<Credentials> {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let (Some(ak), Some(sk)) = (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")) else {
-            return Err(Error::Config("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (for IBM COS: its HMAC keys)".into()));
+            return Err(Error::Config(
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (for IBM COS: its HMAC keys)"
+                    .into(),
+            ));
         };
-        Ok(Credentials { access_key_id: ak, secret_access_key: SecretString::new(sk), session_token: get("AWS_SESSION_TOKEN").map(SecretString::new) })
+        Ok(Credentials {
+            access_key_id: ak,
+            secret_access_key: SecretString::new(sk),
+            session_token: get("AWS_SESSION_TOKEN").map(SecretString::new),
+        })
     }
 }
 
@@ -111,7 +136,10 @@ impl Credentials {
 pub fn uri_encode(s: &str, slash_too: bool) -> String {
     let mut o = String::with_capacity(s.len());
     for &b in s.as_bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') || (b == b'/' && !slash_too) {
+        if b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'_' | b'.' | b'~')
+            || (b == b'/' && !slash_too)
+        {
             o.push(b as char);
         } else {
             o.push_str(&format!("%{b:02X}"));
@@ -131,7 +159,9 @@ fn looks_like_md5(etag: &str) -> bool {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2).filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()).collect()
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
 }
 
 fn b64(b: &[u8]) -> String {
@@ -146,7 +176,10 @@ fn xml_tag<'a>(body: &'a str, tag: &str) -> Option<&'a str> {
 }
 
 fn unquote(etag: &str) -> String {
-    etag.replace("&quot;", "").replace("&#34;", "").trim_matches('"').to_owned()
+    etag.replace("&quot;", "")
+        .replace("&#34;", "")
+        .trim_matches('"')
+        .to_owned()
 }
 
 /// One S3 client.
@@ -158,7 +191,10 @@ pub struct Client {
     agent: ureq::Agent,
 }
 
-fn with_headers<B>(mut r: ureq::RequestBuilder<B>, h: &[(String, String)]) -> ureq::RequestBuilder<B> {
+fn with_headers<B>(
+    mut r: ureq::RequestBuilder<B>,
+    h: &[(String, String)],
+) -> ureq::RequestBuilder<B> {
     for (k, v) in h {
         if k != "host" {
             r = r.header(k.as_str(), v.as_str());
@@ -175,7 +211,12 @@ impl Client {
             .timeout_connect(Some(Duration::from_secs(30)))
             .timeout_global(Some(retry.timeout.max(Duration::from_secs(600))))
             .build();
-        Client { t, c, retry, agent: ureq::Agent::new_with_config(config) }
+        Client {
+            t,
+            c,
+            retry,
+            agent: ureq::Agent::new_with_config(config),
+        }
     }
 
     /// The target.
@@ -188,30 +229,92 @@ impl Client {
     }
 
     /// One signed request on the object (`object` true) or the bucket, with retries.
-    fn send(&self, method: &str, object: bool, query: &[(&str, String)], extra: &[(&str, String)], body: &[u8]) -> Result<Reply> {
-        self.send_hashed(method, object, query, extra, body, hex(&Sha256::digest(body)))
+    fn send(
+        &self,
+        method: &str,
+        object: bool,
+        query: &[(&str, String)],
+        extra: &[(&str, String)],
+        body: &[u8],
+    ) -> Result<Reply> {
+        self.send_hashed(
+            method,
+            object,
+            query,
+            extra,
+            body,
+            hex(&Sha256::digest(body)),
+        )
     }
 
     /// [`Client::send`] with the body's hex SHA-256 already computed (parts: it is also their checksum).
-    fn send_hashed(&self, method: &str, object: bool, query: &[(&str, String)], extra: &[(&str, String)], body: &[u8], payload: String) -> Result<Reply> {
-        let path = if object { format!("/{}/{}", self.t.bucket, uri_encode(&self.t.key, false)) } else { format!("/{}", self.t.bucket) };
-        let mut q: Vec<(String, String)> = query.iter().map(|(k, v)| (uri_encode(k, true), uri_encode(v, true))).collect();
+    fn send_hashed(
+        &self,
+        method: &str,
+        object: bool,
+        query: &[(&str, String)],
+        extra: &[(&str, String)],
+        body: &[u8],
+        payload: String,
+    ) -> Result<Reply> {
+        let path = if object {
+            format!("/{}/{}", self.t.bucket, uri_encode(&self.t.key, false))
+        } else {
+            format!("/{}", self.t.bucket)
+        };
+        let mut q: Vec<(String, String)> = query
+            .iter()
+            .map(|(k, v)| (uri_encode(k, true), uri_encode(v, true)))
+            .collect();
         q.sort();
-        let query: String = q.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
-        let url = if query.is_empty() { format!("{}{path}", self.t.endpoint) } else { format!("{}{path}?{query}", self.t.endpoint) };
-        let host = self.t.endpoint.split("://").nth(1).unwrap_or(&self.t.endpoint).to_owned();
+        let query: String = q
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        let url = if query.is_empty() {
+            format!("{}{path}", self.t.endpoint)
+        } else {
+            format!("{}{path}?{query}", self.t.endpoint)
+        };
+        let host = self
+            .t
+            .endpoint
+            .split("://")
+            .nth(1)
+            .unwrap_or(&self.t.endpoint)
+            .to_owned();
         let reply = with_retries(&self.retry, &self.label(), || {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
             let amz_date = crate::time::amz_date(now);
-            let mut h: Vec<(String, String)> =
-                vec![("host".into(), host.clone()), ("x-amz-date".into(), amz_date.clone()), ("x-amz-content-sha256".into(), payload.clone())];
+            let mut h: Vec<(String, String)> = vec![
+                ("host".into(), host.clone()),
+                ("x-amz-date".into(), amz_date.clone()),
+                ("x-amz-content-sha256".into(), payload.clone()),
+            ];
             if let Some(t) = &self.c.session_token {
                 h.push(("x-amz-security-token".into(), t.expose().to_owned()));
             }
             h.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
             let hr: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            let sig = SigV4 { method, path: &path, query: &query, headers: &hr, body, region: &self.t.region, service: "s3", amz_date: &amz_date };
-            let auth = sigv4_authorization(&sig, &self.c.access_key_id, self.c.secret_access_key.expose());
+            let sig = SigV4 {
+                method,
+                path: &path,
+                query: &query,
+                headers: &hr,
+                body,
+                region: &self.t.region,
+                service: "s3",
+                amz_date: &amz_date,
+            };
+            let auth = sigv4_authorization(
+                &sig,
+                &self.c.access_key_id,
+                self.c.secret_access_key.expose(),
+            );
             h.push(("authorization".into(), auth));
             match method {
                 "GET" => with_headers(self.agent.get(&url), &h).call(),
@@ -225,19 +328,25 @@ impl Client {
     }
 
     fn fail(&self, what: &str, r: &Reply) -> Error {
-        let reason = xml_tag(&r.body, "Code").map(str::to_owned).or_else(|| match r.status {
-            404 => Some("NotFound".into()),
-            403 => Some("Forbidden".into()),
-            _ => None,
-        });
-        let message = xml_tag(&r.body, "Message").map_or_else(|| r.body.chars().take(200).collect(), str::to_owned);
+        let reason = xml_tag(&r.body, "Code")
+            .map(str::to_owned)
+            .or_else(|| match r.status {
+                404 => Some("NotFound".into()),
+                403 => Some("Forbidden".into()),
+                _ => None,
+            });
+        let message = xml_tag(&r.body, "Message")
+            .map_or_else(|| r.body.chars().take(200).collect(), str::to_owned);
         Error::Kms(KmsError {
             kind: KmsErrorKind::Http,
             endpoint: format!("{} ({what} {})", self.label(), self.t.url()),
             status: Some(r.status),
             reason,
             message,
-            correlation_id: r.correlation_id.clone().or_else(|| xml_tag(&r.body, "RequestId").map(str::to_owned)),
+            correlation_id: r
+                .correlation_id
+                .clone()
+                .or_else(|| xml_tag(&r.body, "RequestId").map(str::to_owned)),
             attempts: 1,
         })
     }
@@ -246,7 +355,10 @@ impl Client {
     pub fn head(&self) -> Result<Option<(u64, String)>> {
         let r = self.send("HEAD", true, &[], &[], b"")?;
         match r.status {
-            200 => Ok(Some((r.content_length.unwrap_or(0), unquote(r.etag.as_deref().unwrap_or(""))))),
+            200 => Ok(Some((
+                r.content_length.unwrap_or(0),
+                unquote(r.etag.as_deref().unwrap_or("")),
+            ))),
             404 => Ok(None),
             _ => {
                 // HEAD replies carry no body: ask again with a 1-byte GET to get S3's Code and Message.
@@ -258,17 +370,38 @@ impl Client {
 
     /// CreateMultipartUpload; returns the upload id.
     pub fn create(&self) -> Result<String> {
-        let r = self.send("POST", true, &[("uploads", String::new())], &[("x-amz-checksum-algorithm", "SHA256".into())], b"")?;
+        let r = self.send(
+            "POST",
+            true,
+            &[("uploads", String::new())],
+            &[("x-amz-checksum-algorithm", "SHA256".into())],
+            b"",
+        )?;
         if r.status != 200 {
             return Err(self.fail("CreateMultipartUpload", &r));
         }
-        xml_tag(&r.body, "UploadId").map(str::to_owned).ok_or_else(|| self.fail("CreateMultipartUpload (no UploadId)", &r))
+        xml_tag(&r.body, "UploadId")
+            .map(str::to_owned)
+            .ok_or_else(|| self.fail("CreateMultipartUpload (no UploadId)", &r))
     }
 
     /// UploadPart; returns the ETag.
-    pub fn put_part(&self, upload_id: &str, n: u32, data: &[u8], md5: &[u8], sha: &[u8]) -> Result<String> {
-        let q = [("partNumber", n.to_string()), ("uploadId", upload_id.to_owned())];
-        let h = [("content-md5", b64(md5)), ("x-amz-checksum-sha256", b64(sha))];
+    pub fn put_part(
+        &self,
+        upload_id: &str,
+        n: u32,
+        data: &[u8],
+        md5: &[u8],
+        sha: &[u8],
+    ) -> Result<String> {
+        let q = [
+            ("partNumber", n.to_string()),
+            ("uploadId", upload_id.to_owned()),
+        ];
+        let h = [
+            ("content-md5", b64(md5)),
+            ("x-amz-checksum-sha256", b64(sha)),
+        ];
         let r = self.send_hashed("PUT", true, &q, &h, data, hex(sha))?;
         if r.status != 200 {
             return Err(self.fail(&format!("UploadPart {n}"), &r));
@@ -281,7 +414,10 @@ impl Client {
         let mut out = BTreeMap::new();
         let mut marker = 0u32;
         loop {
-            let q = [("uploadId", upload_id.to_owned()), ("part-number-marker", marker.to_string())];
+            let q = [
+                ("uploadId", upload_id.to_owned()),
+                ("part-number-marker", marker.to_string()),
+            ];
             let r = self.send("GET", true, &q, &[], b"")?;
             if r.status == 404 {
                 return Ok(None);
@@ -298,7 +434,10 @@ impl Client {
                 }
                 rest = &rest[end..];
             }
-            match (xml_tag(&r.body, "IsTruncated"), xml_tag(&r.body, "NextPartNumberMarker").and_then(|m| m.parse().ok())) {
+            match (
+                xml_tag(&r.body, "IsTruncated"),
+                xml_tag(&r.body, "NextPartNumberMarker").and_then(|m| m.parse().ok()),
+            ) {
                 (Some("true"), Some(m)) if m > marker => marker = m,
                 _ => return Ok(Some(out)),
             }
@@ -312,7 +451,13 @@ impl Client {
             x.push_str(&format!("<Part><PartNumber>{n}</PartNumber><ETag>\"{}\"</ETag><ChecksumSHA256>{}</ChecksumSHA256></Part>", p.etag, p.sha256_b64));
         }
         x.push_str("</CompleteMultipartUpload>");
-        let r = self.send("POST", true, &[("uploadId", upload_id.to_owned())], &[("content-type", "application/xml".into())], x.as_bytes())?;
+        let r = self.send(
+            "POST",
+            true,
+            &[("uploadId", upload_id.to_owned())],
+            &[("content-type", "application/xml".into())],
+            x.as_bytes(),
+        )?;
         // S3 may answer 200 with an <Error> body.
         if r.status != 200 || r.body.contains("<Error>") {
             return Err(self.fail("CompleteMultipartUpload", &r));
@@ -322,7 +467,13 @@ impl Client {
 
     /// AbortMultipartUpload (a gone upload counts as aborted).
     pub fn abort(&self, upload_id: &str) -> Result<()> {
-        let r = self.send("DELETE", true, &[("uploadId", upload_id.to_owned())], &[], b"")?;
+        let r = self.send(
+            "DELETE",
+            true,
+            &[("uploadId", upload_id.to_owned())],
+            &[],
+            b"",
+        )?;
         match r.status {
             200 | 204 | 404 => Ok(()),
             _ => Err(self.fail("AbortMultipartUpload", &r)),
@@ -370,7 +521,9 @@ pub fn state_path(source: &Path) -> PathBuf {
 fn save_state(path: &Path, s: &State) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_vec_pretty(s).unwrap_or_default();
-    std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| Error::io("write upload state", path, e))
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| Error::io("write upload state", path, e))
 }
 
 /// Reads the state file: `Ok(None)` when absent.
@@ -391,10 +544,14 @@ pub fn choose_part_size(size: u64, requested: Option<u64>) -> Result<u64> {
         None => DEFAULT_PART.max(size.div_ceil(MAX_PARTS).div_ceil(1 << 20) << 20),
     };
     if p == 0 || p > MAX_PART {
-        return Err(Error::Config(format!("part size {p} is out of range (1 B to 5 GiB)")));
+        return Err(Error::Config(format!(
+            "part size {p} is out of range (1 B to 5 GiB)"
+        )));
     }
     if size.div_ceil(p) > MAX_PARTS {
-        return Err(Error::Config(format!("{size} bytes in parts of {p} would need more than {MAX_PARTS} parts")));
+        return Err(Error::Config(format!(
+            "{size} bytes in parts of {p} would need more than {MAX_PARTS} parts"
+        )));
     }
     Ok(p)
 }
@@ -436,18 +593,30 @@ pub struct Uploaded {
 }
 
 fn mtime_ns(m: &std::fs::Metadata) -> u128 {
-    m.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos())
+    m.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos())
 }
 
-fn read_part(f: &std::fs::File, path: &Path, buf: &mut Vec<u8>, off: u64, len: usize) -> Result<()> {
+fn read_part(
+    f: &std::fs::File,
+    path: &Path,
+    buf: &mut Vec<u8>,
+    off: u64,
+    len: usize,
+) -> Result<()> {
     buf.resize(len, 0);
-    f.read_exact_at(buf, off).map_err(|e| Error::io("read", path, e))
+    f.read_exact_at(buf, off)
+        .map_err(|e| Error::io("read", path, e))
 }
 
 /// Aborts the upload named by `source`'s state file and removes it; returns the upload id.
 pub fn abort(client: &Client, source: &Path) -> Result<Option<String>> {
     let sp = state_path(source);
-    let Some(s) = load_state(&sp)? else { return Ok(None) };
+    let Some(s) = load_state(&sp)? else {
+        return Ok(None);
+    };
     client.abort(&s.upload_id)?;
     std::fs::remove_file(&sp).map_err(|e| Error::io("remove upload state", &sp, e))?;
     Ok(Some(s.upload_id))
@@ -462,14 +631,24 @@ pub fn upload(client: &Client, source: &Path, o: &Options) -> Result<Uploaded> {
     let url = client.target().url();
     let mut notes = Vec::new();
     let mut state = match load_state(&sp)? {
-        Some(s) if !s.url.ends_with(&format!("/{}/{}", client.t.bucket, uri_encode(&client.t.key, false))) => {
+        Some(s)
+            if !s.url.ends_with(&format!(
+                "/{}/{}",
+                client.t.bucket,
+                uri_encode(&client.t.key, false)
+            )) =>
+        {
             return Err(Error::Upload(format!(
                 "{} holds an unfinished upload of this file to {}; finish it (rerun with that URL) or abort it (--abort) first",
                 sp.display(),
                 s.url
             )));
         }
-        Some(s) if s.size != size || s.mtime_ns != mtime || o.part_size.is_some_and(|p| p != s.part_size) => {
+        Some(s)
+            if s.size != size
+                || s.mtime_ns != mtime
+                || o.part_size.is_some_and(|p| p != s.part_size) =>
+        {
             notes.push(format!("{} changed since the interrupted upload {} began (size/mtime/part size differ): aborted it, starting over", source.display(), s.upload_id));
             client.abort(&s.upload_id)?;
             None
@@ -479,13 +658,17 @@ pub fn upload(client: &Client, source: &Path, o: &Options) -> Result<Uploaded> {
     if let Some(s) = &mut state {
         match client.list_parts(&s.upload_id)? {
             None => {
-                notes.push(format!("upload {} is gone on the server (aborted or expired): starting over", s.upload_id));
+                notes.push(format!(
+                    "upload {} is gone on the server (aborted or expired): starting over",
+                    s.upload_id
+                ));
                 state = None;
             }
             Some(listed) => {
                 // Keep parts the server confirms; adopt parts it has that the state missed (killed between
                 // the part's 200 and the state write) when their ETag is the local MD5.
-                s.parts.retain(|n, p| listed.get(n).is_some_and(|e| e.is_empty() || *e == p.etag));
+                s.parts
+                    .retain(|n, p| listed.get(n).is_some_and(|e| e.is_empty() || *e == p.etag));
                 let mut buf = Vec::new();
                 for (n, etag) in &listed {
                     if s.parts.contains_key(n) || etag.is_empty() {
@@ -495,10 +678,23 @@ pub fn upload(client: &Client, source: &Path, o: &Options) -> Result<Uploaded> {
                     if off >= size {
                         continue;
                     }
-                    read_part(&f, source, &mut buf, off, (size - off).min(s.part_size) as usize)?;
+                    read_part(
+                        &f,
+                        source,
+                        &mut buf,
+                        off,
+                        (size - off).min(s.part_size) as usize,
+                    )?;
                     let md5 = hex(&Md5::digest(&buf));
                     if md5 == *etag {
-                        s.parts.insert(*n, PartDone { etag: etag.clone(), md5, sha256_b64: b64(&Sha256::digest(&buf)) });
+                        s.parts.insert(
+                            *n,
+                            PartDone {
+                                etag: etag.clone(),
+                                md5,
+                                sha256_b64: b64(&Sha256::digest(&buf)),
+                            },
+                        );
                     }
                 }
                 save_state(&sp, s)?;
@@ -512,18 +708,30 @@ pub fn upload(client: &Client, source: &Path, o: &Options) -> Result<Uploaded> {
             if !o.force
                 && let Some((sz, _)) = client.head()?
             {
-                return Err(Error::Upload(format!("{url} already exists ({sz} bytes); use --force to overwrite it")));
+                return Err(Error::Upload(format!(
+                    "{url} already exists ({sz} bytes); use --force to overwrite it"
+                )));
             }
             let part_size = choose_part_size(size, o.part_size)?;
             let upload_id = client.create()?;
-            let s = State { version: 1, url: url.clone(), upload_id, part_size, size, mtime_ns: mtime, parts: BTreeMap::new() };
+            let s = State {
+                version: 1,
+                url: url.clone(),
+                upload_id,
+                part_size,
+                size,
+                mtime_ns: mtime,
+                parts: BTreeMap::new(),
+            };
             save_state(&sp, &s)?;
             s
         }
     };
     let nparts = size.div_ceil(state.part_size).max(1) as u32;
     let reused = state.parts.len();
-    let missing: Vec<u32> = (1..=nparts).filter(|n| !state.parts.contains_key(n)).collect();
+    let missing: Vec<u32> = (1..=nparts)
+        .filter(|n| !state.parts.contains_key(n))
+        .collect();
     let interrupted = |e: Error, id: &str| {
         Error::Upload(format!(
             "{e}\nupload {id} interrupted; its state is in {}: rerun the same command to resume, or add --abort to abort it",
@@ -544,23 +752,31 @@ pub fn upload(client: &Client, source: &Path, o: &Options) -> Result<Uploaded> {
         return Err(interrupted(e, &upload_id));
     }
     let sha = sha?;
-    let etag = client.complete(&upload_id, &state.parts).map_err(|e| interrupted(e, &upload_id))?;
+    let etag = client
+        .complete(&upload_id, &state.parts)
+        .map_err(|e| interrupted(e, &upload_id))?;
     let mut md5s = Vec::new();
     for p in state.parts.values() {
         md5s.extend(unhex(&p.md5));
     }
     let expected = format!("{}-{}", hex(&Md5::digest(&md5s)), state.parts.len());
     let Some((got_size, got_etag)) = client.head()? else {
-        return Err(Error::Upload(format!("{url}: HEAD after CompleteMultipartUpload says it does not exist")));
+        return Err(Error::Upload(format!(
+            "{url}: HEAD after CompleteMultipartUpload says it does not exist"
+        )));
     };
     if got_size != size {
-        return Err(Error::Upload(format!("{url}: the object has {got_size} bytes, the source {size}")));
+        return Err(Error::Upload(format!(
+            "{url}: the object has {got_size} bytes, the source {size}"
+        )));
     }
     let md5_etags = state.parts.values().all(|p| looks_like_md5(&p.etag));
     if !md5_etags {
         notes.push("the server's part ETags are not MD5s (e.g. SSE-KMS): checked the size, not the composite ETag".into());
     } else if got_etag != expected {
-        return Err(Error::Upload(format!("{url}: ETag {got_etag} is not the composite of the parts sent ({expected})")));
+        return Err(Error::Upload(format!(
+            "{url}: ETag {got_etag} is not the composite of the parts sent ({expected})"
+        )));
     }
     let _ = std::fs::remove_file(&sp);
     Ok(Uploaded {
@@ -592,7 +808,10 @@ fn send_parts(
     let stop = AtomicBool::new(false);
     let part_size = state.part_size;
     let upload_id = state.upload_id.clone();
-    let total_missing: u64 = missing.iter().map(|n| (size - u64::from(n - 1) * part_size).min(part_size)).sum();
+    let total_missing: u64 = missing
+        .iter()
+        .map(|n| (size - u64::from(n - 1) * part_size).min(part_size))
+        .sum();
     let show = o.progress && std::io::stderr().is_terminal();
     std::thread::scope(|sc| {
         let hasher = sc.spawn(|| -> Result<String> {
@@ -623,7 +842,15 @@ fn send_parts(
                         let md5 = Md5::digest(&buf);
                         let sha = Sha256::digest(&buf);
                         let etag = client.put_part(upload_id, n, &buf, &md5, &sha)?;
-                        Ok((n, PartDone { etag, md5: hex(&md5), sha256_b64: b64(&sha) }, len))
+                        Ok((
+                            n,
+                            PartDone {
+                                etag,
+                                md5: hex(&md5),
+                                sha256_b64: b64(&sha),
+                            },
+                            len,
+                        ))
                     });
                     let failed = r.is_err();
                     if tx.send(r).is_err() || failed {
@@ -639,7 +866,10 @@ fn send_parts(
             match r {
                 Ok((n, p, len)) => {
                     if looks_like_md5(&p.etag) && p.etag != p.md5 {
-                        failure.get_or_insert(Error::Upload(format!("part {n}: the server's ETag {} is not the part's MD5 {}", p.etag, p.md5)));
+                        failure.get_or_insert(Error::Upload(format!(
+                            "part {n}: the server's ETag {} is not the part's MD5 {}",
+                            p.etag, p.md5
+                        )));
                         stop.store(true, Ordering::Relaxed);
                         continue;
                     }
@@ -662,7 +892,9 @@ fn send_parts(
         if show {
             eprintln!();
         }
-        let sha = hasher.join().unwrap_or_else(|_| Err(Error::Upload("the hashing thread panicked".into())));
+        let sha = hasher
+            .join()
+            .unwrap_or_else(|_| Err(Error::Upload("the hashing thread panicked".into())));
         (sha, failure)
     })
 }
@@ -670,9 +902,18 @@ fn send_parts(
 fn progress(done: u64, total: u64, t: Duration) {
     let mib = |b: u64| b as f64 / f64::from(1 << 20);
     let rate = mib(done) / t.as_secs_f64().max(1e-3);
-    let eta = if rate > 0.0 { mib(total.saturating_sub(done)) / rate } else { 0.0 };
+    let eta = if rate > 0.0 {
+        mib(total.saturating_sub(done)) / rate
+    } else {
+        0.0
+    };
     let mut e = std::io::stderr();
-    let _ = write!(e, "\r{:.0}/{:.0} MiB  {rate:.1} MiB/s  ETA {eta:.0} s   ", mib(done), mib(total));
+    let _ = write!(
+        e,
+        "\r{:.0}/{:.0} MiB  {rate:.1} MiB/s  ETA {eta:.0} s   ",
+        mib(done),
+        mib(total)
+    );
     let _ = e.flush();
 }
 
@@ -682,12 +923,23 @@ mod tests {
 
     #[test]
     fn targets_parse() {
-        let t = Target::parse("s3://b/dir/a b+c.qcow2", Some("eu-west-1"), None).unwrap_or_else(|e| panic!("{e}"));
+        let t = Target::parse("s3://b/dir/a b+c.qcow2", Some("eu-west-1"), None)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(t.endpoint, "https://s3.eu-west-1.amazonaws.com");
-        assert_eq!(t.url(), "https://s3.eu-west-1.amazonaws.com/b/dir/a%20b%2Bc.qcow2");
-        let t = Target::parse("cos://us-south/bkt/img.vhd", None, None).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(t.endpoint, "https://s3.us-south.cloud-object-storage.appdomain.cloud");
-        assert_eq!((t.region.as_str(), t.bucket.as_str(), t.key.as_str()), ("us-south", "bkt", "img.vhd"));
+        assert_eq!(
+            t.url(),
+            "https://s3.eu-west-1.amazonaws.com/b/dir/a%20b%2Bc.qcow2"
+        );
+        let t = Target::parse("cos://us-south/bkt/img.vhd", None, None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            t.endpoint,
+            "https://s3.us-south.cloud-object-storage.appdomain.cloud"
+        );
+        assert_eq!(
+            (t.region.as_str(), t.bucket.as_str(), t.key.as_str()),
+            ("us-south", "bkt", "img.vhd")
+        );
         assert!(Target::parse("s3://bucket", None, None).is_err());
         assert!(Target::parse("http://x/y", None, None).is_err());
     }
@@ -720,12 +972,33 @@ mod tests {
         let h = [
             ("host", "examplebucket.s3.amazonaws.com"),
             ("range", "bytes=0-9"),
-            ("x-amz-content-sha256", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+            (
+                "x-amz-content-sha256",
+                "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            ),
             ("x-amz-date", "20130524T000000Z"),
         ];
-        let r = SigV4 { method: "GET", path: "/test.txt", query: "", headers: &h, body: b"", region: "us-east-1", service: "s3", amz_date: "20130524T000000Z" };
-        let a = sigv4_authorization(&r, "AKIAIOSFODNN7EXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY");
-        assert!(a.ends_with("Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"), "{a}");
+        let r = SigV4 {
+            method: "GET",
+            path: "/test.txt",
+            query: "",
+            headers: &h,
+            body: b"",
+            region: "us-east-1",
+            service: "s3",
+            amz_date: "20130524T000000Z",
+        };
+        let a = sigv4_authorization(
+            &r,
+            "AKIAIOSFODNN7EXAMPLE",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        );
+        assert!(
+            a.ends_with(
+                "Signature=f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
+            ),
+            "{a}"
+        );
     }
 
     #[test]

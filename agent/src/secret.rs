@@ -50,7 +50,16 @@ mod tests {
 
     #[test]
     fn debug_is_redacted() {
-        assert_eq!(format!("{:?}", SecretString::new("hunter2".into())), "<redacted>");
-        assert!(!format!("{:?}", SecretBytes::new(Zeroizing::new(b"hunter2".to_vec()))).contains("hunter2"));
+        assert_eq!(
+            format!("{:?}", SecretString::new("hunter2".into())),
+            "<redacted>"
+        );
+        assert!(
+            !format!(
+                "{:?}",
+                SecretBytes::new(Zeroizing::new(b"hunter2".to_vec()))
+            )
+            .contains("hunter2")
+        );
     }
 }

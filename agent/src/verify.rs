@@ -29,14 +29,19 @@ pub struct Verified {
 }
 
 fn bad(dir: &Path, message: impl Into<String>) -> Error {
-    Error::Bundle { path: dir.to_owned(), message: message.into() }
+    Error::Bundle {
+        path: dir.to_owned(),
+        message: message.into(),
+    }
 }
 
 fn read_small(dir: &Path, name: &str) -> Result<Vec<u8>> {
     let path = dir.join(name);
     let f = std::fs::File::open(&path).map_err(|e| bad(dir, format!("cannot open {name}: {e}")))?;
     let mut buf = Vec::new();
-    f.take(MAX_SMALL_FILE + 1).read_to_end(&mut buf).map_err(|e| Error::io("read", &path, e))?;
+    f.take(MAX_SMALL_FILE + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::io("read", &path, e))?;
     if buf.len() as u64 > MAX_SMALL_FILE {
         return Err(bad(dir, format!("{name} is larger than 1 MiB")));
     }
@@ -76,28 +81,57 @@ pub fn verify(dir: &Path, identities: &[age::x25519::Identity]) -> Result<Verifi
     if !dir.is_dir() {
         return Err(bad(dir, "not a directory"));
     }
-    let manifest = Manifest::parse(&read_small(dir, MANIFEST)?).map_err(|e| bad(dir, e.message().to_owned()))?;
+    let manifest = Manifest::parse(&read_small(dir, MANIFEST)?)
+        .map_err(|e| bad(dir, e.message().to_owned()))?;
     let image = dir.join(&manifest.image.file);
-    let meta = std::fs::metadata(&image).map_err(|e| bad(dir, format!("image {}: {e}", manifest.image.file)))?;
+    let meta = std::fs::metadata(&image)
+        .map_err(|e| bad(dir, format!("image {}: {e}", manifest.image.file)))?;
     if meta.len() != manifest.image.file_size {
         return Err(bad(
             dir,
-            format!("image {} has {} bytes, the manifest says {} (truncated or replaced?)", manifest.image.file, meta.len(), manifest.image.file_size),
+            format!(
+                "image {} has {} bytes, the manifest says {} (truncated or replaced?)",
+                manifest.image.file,
+                meta.len(),
+                manifest.image.file_size
+            ),
         ));
     }
     let (_, digest) = sha256_file(&image)?;
-    let expected = unhex(&manifest.image.sha256).ok_or_else(|| bad(dir, "manifest image.sha256 is not hex"))?;
+    let expected = unhex(&manifest.image.sha256)
+        .ok_or_else(|| bad(dir, "manifest image.sha256 is not hex"))?;
     if !bool::from(digest.ct_eq(&expected)) {
-        return Err(bad(dir, format!("image {} sha256 {} does not match the manifest's {}", manifest.image.file, hex(&digest), manifest.image.sha256)));
+        return Err(bad(
+            dir,
+            format!(
+                "image {} sha256 {} does not match the manifest's {}",
+                manifest.image.file,
+                hex(&digest),
+                manifest.image.sha256
+            ),
+        ));
     }
     let sealed = read_small(dir, &manifest.key.file)?;
     let key = crate::identity::unseal(identities, &sealed, &dir.join(&manifest.key.file))?;
     if key.expose().len() != manifest.key.length {
-        return Err(bad(dir, format!("the sealed key has {} bytes, the manifest says {}", key.expose().len(), manifest.key.length)));
+        return Err(bad(
+            dir,
+            format!(
+                "the sealed key has {} bytes, the manifest says {}",
+                key.expose().len(),
+                manifest.key.length
+            ),
+        ));
     }
     let profile = Profile::parse(&manifest.profile)?;
-    profile.passphrase(Zeroizing::new(key.expose().to_vec())).map_err(|e| bad(dir, format!("sealed key: {}", e.message())))?;
-    Ok(Verified { dir: dir.to_owned(), manifest, key })
+    profile
+        .passphrase(Zeroizing::new(key.expose().to_vec()))
+        .map_err(|e| bad(dir, format!("sealed key: {}", e.message())))?;
+    Ok(Verified {
+        dir: dir.to_owned(),
+        manifest,
+        key,
+    })
 }
 
 /// The deep check: unlocks the image with the unsealed key, decrypts the whole payload and compares its
@@ -107,15 +141,34 @@ pub fn verify_plaintext(v: &Verified) -> Result<()> {
     let pass = profile.passphrase(Zeroizing::new(v.key.expose().to_vec()))?;
     let image = v.dir.join(&v.manifest.image.file);
     let q = diskseal::bundle::QuietRun::default();
-    let r = diskseal::ops::verify(&image, diskseal::ops::Unlock::Passphrase(pass), None, &q.run()).map_err(|e| {
+    let r = diskseal::ops::verify(
+        &image,
+        diskseal::ops::Unlock::Passphrase(pass),
+        None,
+        &q.run(),
+    )
+    .map_err(|e| {
         if e.kind() == diskseal::ErrorKind::WrongKey {
-            bad(&v.dir, format!("the sealed key does not open {}: {}", v.manifest.image.file, e.message()))
+            bad(
+                &v.dir,
+                format!(
+                    "the sealed key does not open {}: {}",
+                    v.manifest.image.file,
+                    e.message()
+                ),
+            )
         } else {
             Error::Diskseal(e)
         }
     })?;
     if r.plaintext_sha256 != v.manifest.plaintext.sha256 {
-        return Err(bad(&v.dir, format!("plaintext sha256 {} does not match the manifest's {}", r.plaintext_sha256, v.manifest.plaintext.sha256)));
+        return Err(bad(
+            &v.dir,
+            format!(
+                "plaintext sha256 {} does not match the manifest's {}",
+                r.plaintext_sha256, v.manifest.plaintext.sha256
+            ),
+        ));
     }
     Ok(())
 }

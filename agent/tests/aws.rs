@@ -24,7 +24,11 @@ fn moto() -> Option<(Moto, String, String, String)> {
     if !installed("moto_server") || !have("python3") {
         return None;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = Command::new("moto_server")
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
@@ -32,10 +36,16 @@ fn moto() -> Option<(Moto, String, String, String)> {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let m = Moto { child, url: format!("http://127.0.0.1:{port}") };
+    let m = Moto {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
     let t = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < Duration::from_secs(20), "moto_server did not start");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "moto_server did not start"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let script = r#"
@@ -50,10 +60,15 @@ kms = boto3.client("kms", endpoint_url=url, region_name="us-east-1", aws_access_
 key = kms.create_key()["KeyMetadata"]["KeyId"]
 print(k["AccessKeyId"], k["SecretAccessKey"], key)
 "#;
-    let o = Command::new("python3").args(["-c", script, &m.url]).output().unwrap();
+    let o = Command::new("python3")
+        .args(["-c", script, &m.url])
+        .output()
+        .unwrap();
     if !o.status.success() {
         let err = String::from_utf8_lossy(&o.stderr);
-        if err.contains("No module named") && std::env::var_os("DISKSEAL_REQUIRE_ORACLES").is_none_or(|v| v != "1") {
+        if err.contains("No module named")
+            && std::env::var_os("DISKSEAL_REQUIRE_ORACLES").is_none_or(|v| v != "1")
+        {
             eprintln!("SKIPPED-ORACLE: boto3 not installed");
             return None;
         }
@@ -65,12 +80,23 @@ print(k["AccessKeyId"], k["SecretAccessKey"], key)
 }
 
 fn aws_args<'a>(m: &'a Moto, key: &'a str) -> Vec<&'a str> {
-    vec!["--service", "aws-kms", "--aws-region", "us-east-1", "--endpoint", &m.url, "--key-id", key]
+    vec![
+        "--service",
+        "aws-kms",
+        "--aws-region",
+        "us-east-1",
+        "--endpoint",
+        &m.url,
+        "--key-id",
+        key,
+    ]
 }
 
 #[test]
 fn aws_kms_passes_the_conformance_suite() {
-    let Some((m, ak, sk, key)) = moto() else { return };
+    let Some((m, ak, sk, key)) = moto() else {
+        return;
+    };
     let kms = diskseal_agent::kms::aws::AwsKms::new(diskseal_agent::kms::aws::AwsSettings {
         region: "us-east-1".into(),
         endpoint: m.url.clone(),
@@ -81,17 +107,25 @@ fn aws_kms_passes_the_conformance_suite() {
         retry: diskseal_agent::config::RetryPolicy::default(),
     });
     diskseal_agent::kms::conformance(&kms);
-    assert!(!format!("{kms:?}").contains(&sk), "the secret key leaked through Debug");
+    assert!(
+        !format!("{kms:?}").contains(&sk),
+        "the secret key leaked through Debug"
+    );
 }
 
 #[test]
 fn aws_kms_round_trips_and_wrong_secret_is_403() {
-    let Some((m, ak, sk, key)) = moto() else { return };
+    let Some((m, ak, sk, key)) = moto() else {
+        return;
+    };
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
     let dek = pattern(64, 7);
     std::fs::write(p.join("dek"), &dek).unwrap();
-    let env = [("AWS_ACCESS_KEY_ID", ak.as_str()), ("AWS_SECRET_ACCESS_KEY", sk.as_str())];
+    let env = [
+        ("AWS_ACCESS_KEY_ID", ak.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", sk.as_str()),
+    ];
     let mut a = vec!["--json", "wrap", "--dek-file", "dek"];
     a.extend(aws_args(&m, &key));
     let out = agent(p, &a, &env).ok();
@@ -120,18 +154,32 @@ fn aws_kms_round_trips_and_wrong_secret_is_403() {
     let mut a = vec!["unwrap", "--wdek-file", "gw", "-o", "gback"];
     a.extend(aws_args(&m, &key));
     agent(p, &a, &env).ok();
-    assert_eq!(std::fs::read(p.join("gback")).unwrap(), std::fs::read(p.join("gen")).unwrap());
+    assert_eq!(
+        std::fs::read(p.join("gback")).unwrap(),
+        std::fs::read(p.join("gen")).unwrap()
+    );
     assert_eq!(std::fs::read(p.join("gen")).unwrap().len(), 32);
     // A wrong secret: SigV4 fails, the 403 says why.
-    let bad = [("AWS_ACCESS_KEY_ID", ak.as_str()), ("AWS_SECRET_ACCESS_KEY", "wrong-secret")];
+    let bad = [
+        ("AWS_ACCESS_KEY_ID", ak.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", "wrong-secret"),
+    ];
     let mut a = vec!["wrap", "--dek-file", "dek"];
     a.extend(aws_args(&m, &key));
     let out = agent(p, &a, &bad);
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("HTTP 403") && out.stderr.contains(&m.url), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("HTTP 403") && out.stderr.contains(&m.url),
+        "{}",
+        out.stderr
+    );
     assert!(!out.stderr.contains("wrong-secret"));
     eprintln!("403 as the user sees it: {}", out.stderr);
-    assert!(out.stderr.to_lowercase().contains("signature"), "{}", out.stderr);
+    assert!(
+        out.stderr.to_lowercase().contains("signature"),
+        "{}",
+        out.stderr
+    );
     let log = std::fs::read_to_string(p.join("home/audit.jsonl")).unwrap();
     assert!(!log.contains(&sk) && !log.contains(&diskseal_agent::kms::b64(&dek)));
 }

@@ -14,7 +14,10 @@ fn init_makes_a_private_identity_and_never_overwrites() {
     let r = init(d.path());
     assert!(r.starts_with("age1") && r.len() > 50, "{r}");
     let id = d.path().join("home/identity.txt");
-    assert_eq!(std::fs::metadata(&id).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&id).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let text = std::fs::read_to_string(&id).unwrap();
     assert!(text.contains(&format!("# public key: {r}")) && text.contains("AGE-SECRET-KEY-1"));
     let again = agent(d.path(), &["init"], &[]);
@@ -29,7 +32,11 @@ fn bundle_verify_accepts_a_good_bundle() {
     let r = init(d.path());
     make_bundle(d.path(), &r);
     let out = agent(d.path(), &["bundle", "verify", "bundle"], &[]).ok();
-    assert!(out.stdout.contains("OK") && out.stdout.contains("disk.luks"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("OK") && out.stdout.contains("disk.luks"),
+        "{}",
+        out.stdout
+    );
     let out = agent(d.path(), &["--json", "bundle", "verify", "bundle"], &[]).ok();
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(v["ok"], true);
@@ -45,7 +52,11 @@ fn bad_bundles_are_refused_clearly() {
     let check = |needle: &str, code: i32| {
         let out = agent(p, &["bundle", "verify", "bundle"], &[]);
         assert_eq!(out.code, code, "{needle}: {}", out.stderr);
-        assert!(out.stderr.contains(needle), "{needle:?} not in {}", out.stderr);
+        assert!(
+            out.stderr.contains(needle),
+            "{needle:?} not in {}",
+            out.stderr
+        );
         assert!(!out.stderr.contains("panicked"));
     };
     // Image byte flipped: hash mismatch.
@@ -77,9 +88,23 @@ fn bad_bundles_are_refused_clearly() {
     let other = tempfile::tempdir().unwrap();
     init(other.path());
     let id = other.path().join("home/identity.txt");
-    let out = agent(p, &["--identity", id.to_str().unwrap(), "bundle", "verify", "bundle"], &[]);
+    let out = agent(
+        p,
+        &[
+            "--identity",
+            id.to_str().unwrap(),
+            "bundle",
+            "verify",
+            "bundle",
+        ],
+        &[],
+    );
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("wrong identity") && out.stderr.contains("hint:"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("wrong identity") && out.stderr.contains("hint:"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -98,7 +123,11 @@ fn dek_of_a_size_the_profile_forbids_is_refused() {
     std::fs::write(&m, v.to_string()).unwrap();
     let out = agent(p, &["bundle", "verify", "bundle"], &[]);
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("DEK must be 24 to 384 bytes"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("DEK must be 24 to 384 bytes"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -111,14 +140,27 @@ fn age_cli_interop_both_ways() {
     // A bundle sealed by diskseal opens with `age -d -i` and the agent's identity.
     let r = init(p);
     let b = make_bundle(p, &r);
-    let o = std::process::Command::new("age").args(["-d", "-i", "home/identity.txt"]).arg(b.join("dek.age")).current_dir(p).output().unwrap();
+    let o = std::process::Command::new("age")
+        .args(["-d", "-i", "home/identity.txt"])
+        .arg(b.join("dek.age"))
+        .current_dir(p)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(o.stdout, PASSPHRASE);
     // A key sealed by the age CLI (to an age-keygen identity) opens in the agent.
-    let o = std::process::Command::new("age-keygen").args(["-o", "cli-id.txt"]).current_dir(p).output().unwrap();
+    let o = std::process::Command::new("age-keygen")
+        .args(["-o", "cli-id.txt"])
+        .current_dir(p)
+        .output()
+        .unwrap();
     assert!(o.status.success());
     let text = std::fs::read_to_string(p.join("cli-id.txt")).unwrap();
-    let cli_recipient = text.lines().find_map(|l| l.strip_prefix("# public key: ")).unwrap().to_owned();
+    let cli_recipient = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .unwrap()
+        .to_owned();
     std::fs::write(p.join("pass"), PASSPHRASE).unwrap();
     let o = std::process::Command::new("age")
         .args(["-r", &cli_recipient, "-o"])
@@ -128,33 +170,81 @@ fn age_cli_interop_both_ways() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let out = agent(p, &["--identity", "cli-id.txt", "bundle", "verify", "bundle"], &[]).ok();
+    let out = agent(
+        p,
+        &["--identity", "cli-id.txt", "bundle", "verify", "bundle"],
+        &[],
+    )
+    .ok();
     assert!(out.stdout.contains("unseals"), "{}", out.stdout);
 }
 
 #[test]
 fn unknown_config_field_is_named() {
     let d = tempfile::tempdir().unwrap();
-    std::fs::write(d.path().join("c.toml"), "region = \"us-south\"\nkey_idd = \"x\"\n").unwrap();
-    let out = agent(d.path(), &["--config", "c.toml", "wrap", "--dek-file", "c.toml"], &[("IBMCLOUD_API_KEY", "k")]);
+    std::fs::write(
+        d.path().join("c.toml"),
+        "region = \"us-south\"\nkey_idd = \"x\"\n",
+    )
+    .unwrap();
+    let out = agent(
+        d.path(),
+        &["--config", "c.toml", "wrap", "--dek-file", "c.toml"],
+        &[("IBMCLOUD_API_KEY", "k")],
+    );
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("unknown field") && out.stderr.contains("key_idd") && out.stderr.contains("c.toml"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("unknown field")
+            && out.stderr.contains("key_idd")
+            && out.stderr.contains("c.toml"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
 fn missing_api_key_is_explained() {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("dek"), [7u8; 32]).unwrap();
-    let out = agent(d.path(), &["wrap", "--region", "us-south", "--instance-id", "i", "--key-id", "k", "--dek-file", "dek"], &[]);
+    let out = agent(
+        d.path(),
+        &[
+            "wrap",
+            "--region",
+            "us-south",
+            "--instance-id",
+            "i",
+            "--key-id",
+            "k",
+            "--dek-file",
+            "dek",
+        ],
+        &[],
+    );
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("no IBM Cloud API key") && out.stderr.contains("IBMCLOUD_API_KEY"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no IBM Cloud API key") && out.stderr.contains("IBMCLOUD_API_KEY"),
+        "{}",
+        out.stderr
+    );
 }
 
 fn kms_args(fake: &FakeIbm) -> Vec<String> {
-    ["--endpoint", &fake.url, "--iam-endpoint", &fake.url, "--instance-id", INSTANCE, "--key-id", ROOT_KEY, "--retry-base-ms", "10"]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect()
+    [
+        "--endpoint",
+        &fake.url,
+        "--iam-endpoint",
+        &fake.url,
+        "--instance-id",
+        INSTANCE,
+        "--key-id",
+        ROOT_KEY,
+        "--retry-base-ms",
+        "10",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
 }
 
 #[test]
@@ -165,7 +255,12 @@ fn wrap_a_bundle_then_unwrap_and_audit_without_secrets() {
     let r = init(p);
     make_bundle(p, &r);
     let env = [("IBMCLOUD_API_KEY", API_KEY)];
-    let mut args: Vec<String> = vec!["--json".into(), "wrap".into(), "--bundle".into(), "bundle".into()];
+    let mut args: Vec<String> = vec![
+        "--json".into(),
+        "wrap".into(),
+        "--bundle".into(),
+        "bundle".into(),
+    ];
     args.extend(kms_args(&fake));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = agent(p, &argv, &env).ok();
@@ -175,40 +270,96 @@ fn wrap_a_bundle_then_unwrap_and_audit_without_secrets() {
     // Text output: the WDEK, then the key version.
     let argv_text: Vec<&str> = argv[1..].to_vec();
     let out = agent(p, &argv_text, &env).ok();
-    assert!(out.stdout.lines().next().unwrap().len() > 40 && out.stdout.contains("key version: kv-1"), "{}", out.stdout);
+    assert!(
+        out.stdout.lines().next().unwrap().len() > 40 && out.stdout.contains("key version: kv-1"),
+        "{}",
+        out.stdout
+    );
     // Unwrap gives the passphrase back, into a 0600 file.
     std::fs::write(p.join("wdek.txt"), &wdek).unwrap();
-    let mut args: Vec<String> = vec!["unwrap".into(), "--wdek-file".into(), "wdek.txt".into(), "-o".into(), "key.out".into()];
+    let mut args: Vec<String> = vec![
+        "unwrap".into(),
+        "--wdek-file".into(),
+        "wdek.txt".into(),
+        "-o".into(),
+        "key.out".into(),
+    ];
     args.extend(kms_args(&fake));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     agent(p, &argv, &env).ok();
     assert_eq!(std::fs::read(p.join("key.out")).unwrap(), PASSPHRASE);
-    assert_eq!(std::fs::metadata(p.join("key.out")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(p.join("key.out"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
     // A failing wrap (unknown key) is logged too, with the reason.
     let mut args: Vec<String> = vec!["wrap".into(), "--bundle".into(), "bundle".into()];
-    args.extend(kms_args(&fake).into_iter().map(|a| if a == ROOT_KEY { "nope".to_owned() } else { a }));
+    args.extend(
+        kms_args(&fake)
+            .into_iter()
+            .map(|a| if a == ROOT_KEY { "nope".to_owned() } else { a }),
+    );
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = agent(p, &argv, &env);
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("KEY_NOT_FOUND_ERR") && out.stderr.contains("hint: check --key-id"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("KEY_NOT_FOUND_ERR") && out.stderr.contains("hint: check --key-id"),
+        "{}",
+        out.stderr
+    );
 
     let log_path = p.join("home/audit.jsonl");
     let log = std::fs::read_to_string(&log_path).unwrap();
-    let events: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let actions: Vec<&str> = events.iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions.iter().filter(|a| **a == "kms.secrets.wrap").count(), 3, "{actions:?}");
-    assert!(actions.contains(&"kms.secrets.unwrap") && actions.contains(&"diskseal.bundle.verify") && actions[0] == "diskseal.identity.create");
-    let wrap = events.iter().find(|e| e["action"] == "kms.secrets.wrap").unwrap();
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let actions: Vec<&str> = events
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions.iter().filter(|a| **a == "kms.secrets.wrap").count(),
+        3,
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&"kms.secrets.unwrap")
+            && actions.contains(&"diskseal.bundle.verify")
+            && actions[0] == "diskseal.identity.create"
+    );
+    let wrap = events
+        .iter()
+        .find(|e| e["action"] == "kms.secrets.wrap")
+        .unwrap();
     assert_eq!(wrap["outcome"], "success");
     assert_eq!(wrap["reason"]["reasonCode"], 200);
-    assert_eq!(wrap["target"]["id"], format!("crn:v1:bluemix:public:kms::a/:{INSTANCE}:key:{ROOT_KEY}"));
+    assert_eq!(
+        wrap["target"]["id"],
+        format!("crn:v1:bluemix:public:kms::a/:{INSTANCE}:key:{ROOT_KEY}")
+    );
     assert_eq!(wrap["correlationId"].as_str().unwrap().len(), 36);
-    assert_eq!(wrap["requestData"]["imageSha256"].as_str().unwrap().len(), 64);
+    assert_eq!(
+        wrap["requestData"]["imageSha256"].as_str().unwrap().len(),
+        64
+    );
     assert!(wrap["eventTime"].as_str().unwrap().ends_with("+0000"));
-    let failed = events.iter().rfind(|e| e["action"] == "kms.secrets.wrap").unwrap();
+    let failed = events
+        .iter()
+        .rfind(|e| e["action"] == "kms.secrets.wrap")
+        .unwrap();
     assert_eq!(failed["outcome"], "failure");
     assert_eq!(failed["reason"]["reasonCode"], 404);
-    assert!(failed["reason"]["reasonForFailure"].as_str().unwrap().contains("KEY_NOT_FOUND_ERR"));
+    assert!(
+        failed["reason"]["reasonForFailure"]
+            .as_str()
+            .unwrap()
+            .contains("KEY_NOT_FOUND_ERR")
+    );
     // No secret anywhere in the log: not the passphrase, its base64, nor the API key.
     let b64 = base64::engine::general_purpose::STANDARD.encode(PASSPHRASE);
     for s in [std::str::from_utf8(PASSPHRASE).unwrap(), &b64, API_KEY] {
@@ -217,7 +368,11 @@ fn wrap_a_bundle_then_unwrap_and_audit_without_secrets() {
     let raw = std::fs::read(&log_path).unwrap();
     assert!(!raw.windows(PASSPHRASE.len()).any(|w| w == PASSPHRASE));
     let out = agent(p, &["audit", "verify", log_path.to_str().unwrap()], &[]).ok();
-    assert!(out.stdout.contains(&format!("OK, {} lines", events.len())), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!("OK, {} lines", events.len())),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]
@@ -228,11 +383,21 @@ fn wrap_a_dek_file_and_a_generated_dek() {
     let dek = [0x42u8; 32];
     std::fs::write(p.join("dek.bin"), dek).unwrap();
     let env = [("IBMCLOUD_API_KEY", API_KEY)];
-    let mut args: Vec<String> = vec!["--json".into(), "wrap".into(), "--dek-file".into(), "dek.bin".into()];
+    let mut args: Vec<String> = vec![
+        "--json".into(),
+        "wrap".into(),
+        "--dek-file".into(),
+        "dek.bin".into(),
+    ];
     args.extend(kms_args(&fake));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     agent(p, &argv, &env).ok();
-    let mut args: Vec<String> = vec!["--json".into(), "wrap".into(), "--generate-to".into(), "gen.bin".into()];
+    let mut args: Vec<String> = vec![
+        "--json".into(),
+        "wrap".into(),
+        "--generate-to".into(),
+        "gen.bin".into(),
+    ];
     args.extend(kms_args(&fake));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = agent(p, &argv, &env).ok();
@@ -246,17 +411,43 @@ fn wrap_a_dek_file_and_a_generated_dek() {
 
 #[test]
 fn kms_unreachable_through_the_cli() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("dek"), [7u8; 32]).unwrap();
     let url = format!("http://127.0.0.1:{port}");
     let out = agent(
         d.path(),
-        &["wrap", "--dek-file", "dek", "--endpoint", &url, "--iam-endpoint", &url, "--instance-id", "i", "--key-id", "k", "--max-attempts", "2", "--retry-base-ms", "10"],
+        &[
+            "wrap",
+            "--dek-file",
+            "dek",
+            "--endpoint",
+            &url,
+            "--iam-endpoint",
+            &url,
+            "--instance-id",
+            "i",
+            "--key-id",
+            "k",
+            "--max-attempts",
+            "2",
+            "--retry-base-ms",
+            "10",
+        ],
         &[("IBMCLOUD_API_KEY", "k")],
     );
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains(&format!("cannot reach IAM at {url} after 2 attempt(s)")) && out.stderr.contains("hint:"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("cannot reach IAM at {url} after 2 attempt(s)"))
+            && out.stderr.contains("hint:"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -274,7 +465,12 @@ fn deep_verify_unlocks_the_image() {
     agent(p, &["bundle", "verify", "bundle"], &[]).ok();
     let out = agent(p, &["bundle", "verify", "--deep", "bundle"], &[]);
     assert_eq!(out.code, 1, "{}", out.stderr);
-    assert!(out.stderr.contains("the sealed key does not open disk.luks"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("the sealed key does not open disk.luks"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]
@@ -292,5 +488,9 @@ fn ibm_vpc_qcow2_bundle_verifies_deep_and_wraps_base64_of_the_passphrase() {
     agent(p, &argv, &[("IBMCLOUD_API_KEY", API_KEY)]).ok();
     // What reached Key Protect is base64 of the passphrase, without a newline (the VPC docs' `echo -n`).
     let b64 = base64::engine::general_purpose::STANDARD.encode(PASSPHRASE);
-    assert!(fake.with(|s| s.bodies.iter().any(|b| *b == format!("{{\"plaintext\":\"{b64}\"}}"))));
+    assert!(fake.with(|s| {
+        s.bodies
+            .iter()
+            .any(|b| *b == format!("{{\"plaintext\":\"{b64}\"}}"))
+    }));
 }

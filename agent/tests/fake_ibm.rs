@@ -70,14 +70,23 @@ impl FakeIbm {
     pub fn start() -> FakeIbm {
         let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
         let port = server.server_addr().to_ip().unwrap().port();
-        let state = Arc::new(Mutex::new(State { token_ttl_secs: 3600, import_polls: 2, ..State::default() }));
+        let state = Arc::new(Mutex::new(State {
+            token_ttl_secs: 3600,
+            import_polls: 2,
+            ..State::default()
+        }));
         let (s2, st2) = (server.clone(), state.clone());
         let thread = std::thread::spawn(move || {
             for req in s2.incoming_requests() {
                 handle(req, &st2);
             }
         });
-        FakeIbm { url: format!("http://127.0.0.1:{port}"), state, server, thread: Some(thread) }
+        FakeIbm {
+            url: format!("http://127.0.0.1:{port}"),
+            state,
+            server,
+            thread: Some(thread),
+        }
     }
 
     pub fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
@@ -106,7 +115,10 @@ impl FakeIbm {
 }
 
 fn header(req: &tiny_http::Request, name: &str) -> Option<String> {
-    req.headers().iter().find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name)).map(|h| h.value.as_str().to_owned())
+    req.headers()
+        .iter()
+        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str().to_owned())
 }
 
 /// The documented Key Protect error body.
@@ -150,7 +162,12 @@ fn handle(mut req: tiny_http::Request, state: &Arc<Mutex<State>>) {
                 extra.push(("retry-after", s.to_string()));
             }
             log(state, &url, code);
-            return respond(req, code, kp_error(code, "TOO_MANY_REQUESTS_OR_SERVER_ERR", "injected fault"), &extra);
+            return respond(
+                req,
+                code,
+                kp_error(code, "TOO_MANY_REQUESTS_OR_SERVER_ERR", "injected fault"),
+                &extra,
+            );
         }
         Some(Fault::Body(code, b)) => {
             log(state, &url, code);
@@ -164,16 +181,30 @@ fn handle(mut req: tiny_http::Request, state: &Arc<Mutex<State>>) {
     }
     if url.starts_with("/v1/images") || url.starts_with("/rest/v3.1/") {
         let (status, out) = import(&req, &url, &body, state);
-        return respond(req, status, out, &[("content-type", "application/json".into())]);
+        return respond(
+            req,
+            status,
+            out,
+            &[("content-type", "application/json".into())],
+        );
     }
     let (status, out) = kp(&req, &url, &body, state);
     log(state, &url, status);
-    respond(req, status, out, &[("correlation-id", cid), ("content-type", KEY_ACTION.into())]);
+    respond(
+        req,
+        status,
+        out,
+        &[("correlation-id", cid), ("content-type", KEY_ACTION.into())],
+    );
 }
 
 fn log(state: &Arc<Mutex<State>>, url: &str, status: u16) {
     if url != "/identity/token" {
-        state.lock().unwrap().kp_log.push((url.to_owned(), status, Instant::now()));
+        state
+            .lock()
+            .unwrap()
+            .kp_log
+            .push((url.to_owned(), status, Instant::now()));
     }
 }
 
@@ -184,7 +215,10 @@ fn iam(req: tiny_http::Request, body: &str, state: &Arc<Mutex<State>>) {
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.replace("%3A", ":").replace("%3a", ":")))
         .collect();
-    if !ct.starts_with("application/x-www-form-urlencoded") || form.get("grant_type").map(String::as_str) != Some("urn:ibm:params:oauth:grant-type:apikey") {
+    if !ct.starts_with("application/x-www-form-urlencoded")
+        || form.get("grant_type").map(String::as_str)
+            != Some("urn:ibm:params:oauth:grant-type:apikey")
+    {
         return respond(req, 400, json!({"errorCode": "BXNIM0109E", "errorMessage": "Property missing or empty", "context": {"requestId": "req-1"}}).to_string(), &[]);
     }
     if form.get("apikey").map(String::as_str) != Some(API_KEY) {
@@ -194,8 +228,12 @@ fn iam(req: tiny_http::Request, body: &str, state: &Arc<Mutex<State>>) {
     s.next += 1;
     let token = format!("tok-{}-{}", s.next, std::process::id());
     let ttl = s.token_ttl_secs;
-    s.tokens.insert(token.clone(), Instant::now() + Duration::from_secs(ttl));
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    s.tokens
+        .insert(token.clone(), Instant::now() + Duration::from_secs(ttl));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     drop(s);
     respond(
         req,
@@ -212,33 +250,83 @@ fn b64(b: &[u8]) -> String {
 fn kp(req: &tiny_http::Request, url: &str, body: &str, state: &Arc<Mutex<State>>) -> (u16, String) {
     let mut s = state.lock().unwrap();
     let auth = header(req, "authorization").unwrap_or_default();
-    let valid = auth.strip_prefix("Bearer ").and_then(|t| s.tokens.get(t)).is_some_and(|exp| Instant::now() < *exp);
+    let valid = auth
+        .strip_prefix("Bearer ")
+        .and_then(|t| s.tokens.get(t))
+        .is_some_and(|exp| Instant::now() < *exp);
     if !valid {
-        return (401, kp_error(401, "UNAUTHORIZED_ERR", "Unauthorized: The user does not have access to the specified resource"));
+        return (
+            401,
+            kp_error(
+                401,
+                "UNAUTHORIZED_ERR",
+                "Unauthorized: The user does not have access to the specified resource",
+            ),
+        );
     }
     if header(req, "bluemix-instance").as_deref() != Some(INSTANCE) {
-        return (400, kp_error(400, "INSTANCE_NOT_FOUND_ERR", "Bad Request: the bluemix-instance header is missing or wrong"));
+        return (
+            400,
+            kp_error(
+                400,
+                "INSTANCE_NOT_FOUND_ERR",
+                "Bad Request: the bluemix-instance header is missing or wrong",
+            ),
+        );
     }
-    if header(req, "content-type").as_deref() != Some(KEY_ACTION) || header(req, "accept").as_deref() != Some(KEY_ACTION) {
-        return (400, kp_error(400, "BAD_BODY_ERR", "content-type and accept must be application/vnd.ibm.kms.key_action+json"));
+    if header(req, "content-type").as_deref() != Some(KEY_ACTION)
+        || header(req, "accept").as_deref() != Some(KEY_ACTION)
+    {
+        return (
+            400,
+            kp_error(
+                400,
+                "BAD_BODY_ERR",
+                "content-type and accept must be application/vnd.ibm.kms.key_action+json",
+            ),
+        );
     }
     if header(req, "correlation-id").is_none_or(|c| c.len() != 36) {
-        return (400, kp_error(400, "BAD_HEADER_ERR", "correlation-id must be a UUID"));
+        return (
+            400,
+            kp_error(400, "BAD_HEADER_ERR", "correlation-id must be a UUID"),
+        );
     }
     s.last_key_ring = header(req, "x-kms-key-ring");
-    let Some(rest) = url.strip_prefix("/api/v2/keys/") else { return (404, kp_error(404, "NOT_FOUND", "no such route")) };
-    let Some((key, action)) = rest.split_once("/actions/") else { return (404, kp_error(404, "NOT_FOUND", "no such route")) };
+    let Some(rest) = url.strip_prefix("/api/v2/keys/") else {
+        return (404, kp_error(404, "NOT_FOUND", "no such route"));
+    };
+    let Some((key, action)) = rest.split_once("/actions/") else {
+        return (404, kp_error(404, "NOT_FOUND", "no such route"));
+    };
     if key != ROOT_KEY {
-        return (404, kp_error(404, "KEY_NOT_FOUND_ERR", "Not Found: Key could not be found"));
+        return (
+            404,
+            kp_error(
+                404,
+                "KEY_NOT_FOUND_ERR",
+                "Not Found: Key could not be found",
+            ),
+        );
     }
-    let v: Value = if body.trim().is_empty() { json!({}) } else {
+    let v: Value = if body.trim().is_empty() {
+        json!({})
+    } else {
         match serde_json::from_str(body) {
             Ok(v) => v,
-            Err(_) => return (400, kp_error(400, "BAD_BODY_ERR", "Bad Request: the body is not JSON")),
+            Err(_) => {
+                return (
+                    400,
+                    kp_error(400, "BAD_BODY_ERR", "Bad Request: the body is not JSON"),
+                );
+            }
         }
     };
     if v.get("aad").is_some() {
-        return (400, kp_error(400, "INVALID_FIELD_ERR", "the agent must not send aad"));
+        return (
+            400,
+            kp_error(400, "INVALID_FIELD_ERR", "the agent must not send aad"),
+        );
     }
     let new_wrap = |s: &mut State, plain_b64: String| -> String {
         s.next += 1;
@@ -248,7 +336,9 @@ fn kp(req: &tiny_http::Request, url: &str, body: &str, state: &Arc<Mutex<State>>
     };
     let lookup = |s: &State, v: &Value| -> Option<String> {
         let c = v["ciphertext"].as_str()?;
-        let doc: Value = serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(c).ok()?).ok()?;
+        let doc: Value =
+            serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(c).ok()?)
+                .ok()?;
         let (k, p) = s.wraps.get(doc["handle"].as_str()?)?;
         (k == key).then(|| p.clone())
     };
@@ -257,7 +347,14 @@ fn kp(req: &tiny_http::Request, url: &str, body: &str, state: &Arc<Mutex<State>>
             let (plain, generated) = match v["plaintext"].as_str() {
                 Some(p) => {
                     if base64::engine::general_purpose::STANDARD.decode(p).is_err() {
-                        return (400, kp_error(400, "INVALID_FIELD_ERR", "The field `plaintext` must be: a base64 encoded key material"));
+                        return (
+                            400,
+                            kp_error(
+                                400,
+                                "INVALID_FIELD_ERR",
+                                "The field `plaintext` must be: a base64 encoded key material",
+                            ),
+                        );
                     }
                     (p.to_owned(), false)
                 }
@@ -271,15 +368,32 @@ fn kp(req: &tiny_http::Request, url: &str, body: &str, state: &Arc<Mutex<State>>
             (200, out.to_string())
         }
         "unwrap" => match lookup(&s, &v) {
-            Some(p) => (200, json!({"plaintext": p, "keyVersion": {"id": "kv-1"}}).to_string()),
-            None => (422, kp_error(422, "UNPROCESSABLE_CIPHERTEXT_ERR", "The provided ciphertext is invalid or corrupted")),
+            Some(p) => (
+                200,
+                json!({"plaintext": p, "keyVersion": {"id": "kv-1"}}).to_string(),
+            ),
+            None => (
+                422,
+                kp_error(
+                    422,
+                    "UNPROCESSABLE_CIPHERTEXT_ERR",
+                    "The provided ciphertext is invalid or corrupted",
+                ),
+            ),
         },
         "rewrap" => match lookup(&s, &v) {
             Some(p) => {
                 let ct = new_wrap(&mut s, p);
                 (200, json!({"ciphertext": ct, "keyVersion": {"id": "kv-1"}, "rewrappedKeyVersion": {"id": "kv-2"}}).to_string())
             }
-            None => (422, kp_error(422, "UNPROCESSABLE_CIPHERTEXT_ERR", "The provided ciphertext is invalid or corrupted")),
+            None => (
+                422,
+                kp_error(
+                    422,
+                    "UNPROCESSABLE_CIPHERTEXT_ERR",
+                    "The provided ciphertext is invalid or corrupted",
+                ),
+            ),
         },
         _ => (404, kp_error(404, "NOT_FOUND", "no such action")),
     }
@@ -288,7 +402,12 @@ fn kp(req: &tiny_http::Request, url: &str, body: &str, state: &Arc<Mutex<State>>
 /// The plaintext a WDEK unwraps to under the key named at the end of `crn`, base64.
 fn unwraps(s: &State, wdek: &str, crn: &str) -> Option<String> {
     let key = crn.rsplit(':').next()?;
-    let doc: Value = serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(wdek).ok()?).ok()?;
+    let doc: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(wdek)
+            .ok()?,
+    )
+    .ok()?;
     let (k, p) = s.wraps.get(doc["handle"].as_str()?)?;
     (k == key).then(|| p.clone())
 }
@@ -296,7 +415,8 @@ fn unwraps(s: &State, wdek: &str, crn: &str) -> Option<String> {
 fn passphrase_of(wrapped_b64: &str) -> Vec<u8> {
     let e = &base64::engine::general_purpose::STANDARD;
     let text = e.decode(wrapped_b64).unwrap_or_default();
-    e.decode(String::from_utf8_lossy(&text).trim_end_matches('\n')).unwrap_or(text)
+    e.decode(String::from_utf8_lossy(&text).trim_end_matches('\n'))
+        .unwrap_or(text)
 }
 
 fn vpc_error(status: u16, code: &str, message: &str) -> (u16, String) {
@@ -308,62 +428,116 @@ fn sl_error(status: u16, code: &str, message: &str) -> (u16, String) {
 }
 
 /// VPC `POST /v1/images`, `GET /v1/images/{id}`; SoftLayer `createFromIcos`, `{id}/getObject` (ibm-cloud.md §5).
-fn import(req: &tiny_http::Request, url: &str, body: &str, state: &Arc<Mutex<State>>) -> (u16, String) {
+fn import(
+    req: &tiny_http::Request,
+    url: &str,
+    body: &str,
+    state: &Arc<Mutex<State>>,
+) -> (u16, String) {
     let mut s = state.lock().unwrap();
     let auth = header(req, "authorization").unwrap_or_default();
-    let valid = auth.strip_prefix("Bearer ").and_then(|t| s.tokens.get(t)).is_some_and(|exp| Instant::now() < *exp);
+    let valid = auth
+        .strip_prefix("Bearer ")
+        .and_then(|t| s.tokens.get(t))
+        .is_some_and(|exp| Instant::now() < *exp);
     let vpc = url.starts_with("/v1/");
     if !valid {
-        return if vpc { vpc_error(401, "not_authorized", "The request is not authorized") } else { sl_error(401, "SoftLayer_Exception_Public", "Access Denied.") };
+        return if vpc {
+            vpc_error(401, "not_authorized", "The request is not authorized")
+        } else {
+            sl_error(401, "SoftLayer_Exception_Public", "Access Denied.")
+        };
     }
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
     let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     if vpc {
         if !query.contains("version=") || !query.contains("generation=2") {
-            return vpc_error(400, "validation_required_field_missing", "version and generation=2 are required");
+            return vpc_error(
+                400,
+                "validation_required_field_missing",
+                "version and generation=2 are required",
+            );
         }
         if path == "/v1/images" && req.method() == &tiny_http::Method::Post {
             let href = v["file"]["href"].as_str().unwrap_or("");
             if href.is_empty() || v["operating_system"]["name"].as_str().is_none() {
-                return vpc_error(400, "validation_required_field_missing", "file.href and operating_system.name are required");
+                return vpc_error(
+                    400,
+                    "validation_required_field_missing",
+                    "file.href and operating_system.name are required",
+                );
             }
             let (fin, reason) = match v["encrypted_data_key"].as_str() {
                 None => ("available", None),
-                Some(w) => match unwraps(&s, w, v["encryption_key"]["crn"].as_str().unwrap_or("")) {
-                    // The WDEK holds base64(passphrase): the backplane decodes it; a passphrase ending in a newline
-                    // does not open the image.
-                    Some(p) if !passphrase_of(&p).ends_with(b"\n") => ("available", None),
-                    _ => ("failed", Some("encrypted_data_key_invalid")),
-                },
+                Some(w) => {
+                    match unwraps(&s, w, v["encryption_key"]["crn"].as_str().unwrap_or("")) {
+                        // The WDEK holds base64(passphrase): the backplane decodes it; a passphrase ending in a newline
+                        // does not open the image.
+                        Some(p) if !passphrase_of(&p).ends_with(b"\n") => ("available", None),
+                        _ => ("failed", Some("encrypted_data_key_invalid")),
+                    }
+                }
             };
             s.next += 1;
             let id = format!("r006-{:08}", s.next);
             let polls = s.import_polls;
             s.images.insert(id.clone(), (polls, fin, reason));
-            let enc = if v["encrypted_data_key"].is_string() { "user_managed" } else { "none" };
+            let enc = if v["encrypted_data_key"].is_string() {
+                "user_managed"
+            } else {
+                "none"
+            };
             return (201, json!({"id": id, "name": v["name"], "status": "pending", "encryption": enc, "file": {"href": href}}).to_string());
         }
-        let Some(id) = path.strip_prefix("/v1/images/") else { return vpc_error(404, "not_found", "no such route") };
-        let Some(img) = s.images.get_mut(id) else { return vpc_error(404, "image_not_found", "Image not found") };
+        let Some(id) = path.strip_prefix("/v1/images/") else {
+            return vpc_error(404, "not_found", "no such route");
+        };
+        let Some(img) = s.images.get_mut(id) else {
+            return vpc_error(404, "image_not_found", "Image not found");
+        };
         if img.0 > 0 {
             img.0 -= 1;
             return (200, json!({"id": id, "status": "pending", "status_reasons": [{"code": "image_request_in_progress", "message": "in progress"}]}).to_string());
         }
         let reasons = img.2.map_or(json!([]), |c| json!([{"code": c, "message": "The encrypted data key is not valid for the encryption key."}]));
-        return (200, json!({"id": id, "status": img.1, "status_reasons": reasons}).to_string());
+        return (
+            200,
+            json!({"id": id, "status": img.1, "status_reasons": reasons}).to_string(),
+        );
     }
     let base = "/rest/v3.1/SoftLayer_Virtual_Guest_Block_Device_Template_Group/";
-    let Some(rest) = path.strip_prefix(base) else { return sl_error(404, "SoftLayer_Exception_Public", "no such service") };
+    let Some(rest) = path.strip_prefix(base) else {
+        return sl_error(404, "SoftLayer_Exception_Public", "no such service");
+    };
     if rest == "createFromIcos.json" || rest == "createFromIcos" {
         let c = &v["parameters"][0];
         if !c["uri"].as_str().unwrap_or("").starts_with("cos://") {
-            return sl_error(500, "SoftLayer_Exception_Public", "Template configuration uri specified an invalid network storage service resource protocol.");
+            return sl_error(
+                500,
+                "SoftLayer_Exception_Public",
+                "Template configuration uri specified an invalid network storage service resource protocol.",
+            );
         }
-        if c["isEncrypted"] == json!(true) && unwraps(&s, c["wrappedDek"].as_str().unwrap_or(""), c["crkCrn"].as_str().unwrap_or("")).is_none() {
-            return sl_error(500, "SoftLayer_Exception_Public", "Unable to unwrap the provided wrappedDek with the given crkCrn.");
+        if c["isEncrypted"] == json!(true)
+            && unwraps(
+                &s,
+                c["wrappedDek"].as_str().unwrap_or(""),
+                c["crkCrn"].as_str().unwrap_or(""),
+            )
+            .is_none()
+        {
+            return sl_error(
+                500,
+                "SoftLayer_Exception_Public",
+                "Unable to unwrap the provided wrappedDek with the given crkCrn.",
+            );
         }
         if c["cloudInit"] != json!(true) || c["ibmApiKey"].as_str().is_none() {
-            return sl_error(500, "SoftLayer_Exception_Public", "cloudInit must be true and ibmApiKey given for encrypted images.");
+            return sl_error(
+                500,
+                "SoftLayer_Exception_Public",
+                "cloudInit must be true and ibmApiKey given for encrypted images.",
+            );
         }
         s.next += 1;
         let id = 1000 + s.next;
@@ -371,16 +545,27 @@ fn import(req: &tiny_http::Request, url: &str, body: &str, state: &Arc<Mutex<Sta
         s.templates.insert(id, polls);
         return (200, json!({"id": id, "globalIdentifier": format!("0B5DEAF4-0000-0000-0000-{id:012}"), "name": c["name"], "createDate": "2026-11-23T16:00:00-06:00"}).to_string());
     }
-    let Some((id, method)) = rest.split_once('/') else { return sl_error(404, "SoftLayer_Exception_Public", "no such method") };
+    let Some((id, method)) = rest.split_once('/') else {
+        return sl_error(404, "SoftLayer_Exception_Public", "no such method");
+    };
     let Some(left) = id.parse::<u64>().ok().and_then(|i| s.templates.get_mut(&i)) else {
-        return sl_error(404, "SoftLayer_Exception_ObjectNotFound", "Unable to find object with id of '…'.");
+        return sl_error(
+            404,
+            "SoftLayer_Exception_ObjectNotFound",
+            "Unable to find object with id of '…'.",
+        );
     };
     if !method.starts_with("getObject") || !query.contains("objectMask=") {
-        return sl_error(400, "SoftLayer_Exception_Public", "getObject with an objectMask expected");
+        return sl_error(
+            400,
+            "SoftLayer_Exception_Public",
+            "getObject with an objectMask expected",
+        );
     }
     if *left > 0 {
         *left -= 1;
-        let tx = json!({"transactionStatus": {"name": "COPY_IMAGE", "friendlyName": "Copying image"}});
+        let tx =
+            json!({"transactionStatus": {"name": "COPY_IMAGE", "friendlyName": "Copying image"}});
         return (200, json!({"id": id, "status": {"keyName": "ACTIVE"}, "transaction": tx, "children": [{"id": 1, "transaction": tx}]}).to_string());
     }
     (200, json!({"id": id, "status": {"keyName": "ACTIVE", "name": "Active"}, "children": [{"id": 1, "datacenter": {"name": "dal13"}, "blockDevicesDiskSpaceTotal": 107374182400u64}]}).to_string())

@@ -15,20 +15,55 @@ fn ship_goes_bundle_wrap_upload_import_available_and_a_rerun_repeats_nothing() {
     let p = d.path();
     let recipient = init(p);
     let bundle = make_bundle_as(p, &recipient, Profile::IbmVpc);
-    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap())
+            .unwrap();
     let sha = manifest["image"]["sha256"].as_str().unwrap().to_owned();
-    let env = [("AWS_ACCESS_KEY_ID", s3.ak.as_str()), ("AWS_SECRET_ACCESS_KEY", s3.sk.as_str()), ("IBMCLOUD_API_KEY", API_KEY)];
+    let env = [
+        ("AWS_ACCESS_KEY_ID", s3.ak.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", s3.sk.as_str()),
+        ("IBMCLOUD_API_KEY", API_KEY),
+    ];
     let bundle_s = bundle.to_str().unwrap();
     let args = [
-        "--json", "ship", bundle_s, "--target", "ibm-vpc", "--object", "cos://us-south/bkt/disk.qcow2", "--s3-endpoint", &s3.url,
-        "--import-endpoint", &f.url, "--os", "debian-12-amd64", "--allow-any-size", "--poll-ms", "10", "--endpoint", &f.url,
-        "--iam-endpoint", &f.url, "--instance-id", INSTANCE, "--key-id", ROOT_KEY, "--region", "us-south",
+        "--json",
+        "ship",
+        bundle_s,
+        "--target",
+        "ibm-vpc",
+        "--object",
+        "cos://us-south/bkt/disk.qcow2",
+        "--s3-endpoint",
+        &s3.url,
+        "--import-endpoint",
+        &f.url,
+        "--os",
+        "debian-12-amd64",
+        "--allow-any-size",
+        "--poll-ms",
+        "10",
+        "--endpoint",
+        &f.url,
+        "--iam-endpoint",
+        &f.url,
+        "--instance-id",
+        INSTANCE,
+        "--key-id",
+        ROOT_KEY,
+        "--region",
+        "us-south",
     ];
     // Dry run first: nothing is sent to the KMS, S3 or the VPC; secrets are redacted.
     let mut dry = args.to_vec();
     dry.push("--dry-run");
     let out = agent(p, &dry, &env).ok();
-    assert!(out.stdout.contains("/v1/images?version=") && out.stdout.contains("<redacted>") && out.stdout.contains("partNumber=1..1"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("/v1/images?version=")
+            && out.stdout.contains("<redacted>")
+            && out.stdout.contains("partNumber=1..1"),
+        "{}",
+        out.stdout
+    );
     assert!(!out.stdout.contains(API_KEY) && !out.stdout.contains(&s3.sk));
     assert_eq!(f.with(|s| (s.kp_calls, s.images.len())), (0, 0));
     // The real run.
@@ -46,15 +81,38 @@ fn ship_goes_bundle_wrap_upload_import_available_and_a_rerun_repeats_nothing() {
     assert_eq!(f.with(|s| (s.kp_calls, s.images.len())), (kp_calls, 1));
     // Every step is in the audit log; no secret is.
     let log = std::fs::read_to_string(p.join("home/audit.jsonl")).unwrap();
-    for action in ["diskseal.bundle.verify", "kms.secrets.wrap", "diskseal.object.upload", "diskseal.image.import.ibm-vpc", "diskseal.ship"] {
+    for action in [
+        "diskseal.bundle.verify",
+        "kms.secrets.wrap",
+        "diskseal.object.upload",
+        "diskseal.image.import.ibm-vpc",
+        "diskseal.ship",
+    ] {
         assert!(log.contains(action), "{action} missing");
     }
     use base64::Engine;
     let pass_b64 = base64::engine::general_purpose::STANDARD.encode(crate::util::PASSPHRASE);
-    for secret in [API_KEY, s3.sk.as_str(), pass_b64.as_str(), std::str::from_utf8(crate::util::PASSPHRASE).unwrap()] {
-        assert!(!log.contains(secret) && !out.stdout.contains(secret) && !out.stderr.contains(secret), "a secret leaked");
+    for secret in [
+        API_KEY,
+        s3.sk.as_str(),
+        pass_b64.as_str(),
+        std::str::from_utf8(crate::util::PASSPHRASE).unwrap(),
+    ] {
+        assert!(
+            !log.contains(secret) && !out.stdout.contains(secret) && !out.stderr.contains(secret),
+            "a secret leaked"
+        );
     }
-    agent(p, &["audit", "verify", p.join("home/audit.jsonl").to_str().unwrap()], &[]).ok();
+    agent(
+        p,
+        &[
+            "audit",
+            "verify",
+            p.join("home/audit.jsonl").to_str().unwrap(),
+        ],
+        &[],
+    )
+    .ok();
 }
 
 #[test]
@@ -66,23 +124,64 @@ fn ship_interrupted_while_the_import_is_pending_polls_the_same_image_on_rerun() 
     let p = d.path();
     let recipient = init(p);
     let bundle = make_bundle_as(p, &recipient, Profile::IbmVpc);
-    let env = [("AWS_ACCESS_KEY_ID", s3.ak.as_str()), ("AWS_SECRET_ACCESS_KEY", s3.sk.as_str()), ("IBMCLOUD_API_KEY", API_KEY)];
+    let env = [
+        ("AWS_ACCESS_KEY_ID", s3.ak.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", s3.sk.as_str()),
+        ("IBMCLOUD_API_KEY", API_KEY),
+    ];
     let bundle_s = bundle.to_str().unwrap();
     let mut args = vec![
-        "--json", "ship", bundle_s, "--target", "ibm-vpc", "--object", "cos://us-south/bkt/disk.qcow2", "--s3-endpoint", &s3.url,
-        "--import-endpoint", &f.url, "--os", "debian-12-amd64", "--allow-any-size", "--poll-ms", "10", "--endpoint", &f.url,
-        "--iam-endpoint", &f.url, "--instance-id", INSTANCE, "--key-id", ROOT_KEY, "--region", "us-south",
+        "--json",
+        "ship",
+        bundle_s,
+        "--target",
+        "ibm-vpc",
+        "--object",
+        "cos://us-south/bkt/disk.qcow2",
+        "--s3-endpoint",
+        &s3.url,
+        "--import-endpoint",
+        &f.url,
+        "--os",
+        "debian-12-amd64",
+        "--allow-any-size",
+        "--poll-ms",
+        "10",
+        "--endpoint",
+        &f.url,
+        "--iam-endpoint",
+        &f.url,
+        "--instance-id",
+        INSTANCE,
+        "--key-id",
+        ROOT_KEY,
+        "--region",
+        "us-south",
     ];
     let mut first = args.clone();
     first.extend(["--wait-secs", "0"]);
     let out = agent(p, &first, &env);
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("still"), "{}", out.stderr);
-    let wraps = |f: &FakeIbm| f.with(|s| s.kp_log.iter().filter(|(u, _, _)| u.contains("/actions/wrap")).count());
+    let wraps = |f: &FakeIbm| {
+        f.with(|s| {
+            s.kp_log
+                .iter()
+                .filter(|(u, _, _)| u.contains("/actions/wrap"))
+                .count()
+        })
+    };
     let wrapped = wraps(&f);
     args.extend(["--wait-secs", "60"]);
     let out = agent(p, &args, &env).ok();
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    assert_eq!((f.with(|s| s.images.len()), wraps(&f)), (1, wrapped), "no second import, no second wrap");
-    assert_eq!(f.with(|s| s.images[v["image_id"].as_str().unwrap()].1), "available");
+    assert_eq!(
+        (f.with(|s| s.images.len()), wraps(&f)),
+        (1, wrapped),
+        "no second import, no second wrap"
+    );
+    assert_eq!(
+        f.with(|s| s.images[v["image_id"].as_str().unwrap()].1),
+        "available"
+    );
 }

@@ -3,13 +3,13 @@
 
 #![allow(unreachable_pub, clippy::unwrap_used, missing_docs)]
 
-mod fake_ibm;
-mod kms;
 mod audit;
-mod cli;
-mod util;
-mod pkcs11;
 mod aws;
-mod upload;
+mod cli;
+mod fake_ibm;
 mod import;
+mod kms;
+mod pkcs11;
 mod ship;
+mod upload;
+mod util;

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use diskseal::bundle::{BundleOptions, QuietRun};
-use diskseal::luks::keys::Passphrase;
 use diskseal::luks::FormatOptions;
+use diskseal::luks::keys::Passphrase;
 use diskseal::ops::{self, EncryptOptions};
 use diskseal::profile::Profile;
 use zeroize::Zeroizing;
@@ -24,7 +24,11 @@ pub struct Ran {
 impl Ran {
     #[track_caller]
     pub fn ok(self) -> Ran {
-        assert_eq!(self.code, 0, "failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
@@ -40,18 +44,32 @@ pub fn agent(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Ran {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    Ran { code: o.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&o.stdout).into(), stderr: String::from_utf8_lossy(&o.stderr).into() }
+    Ran {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into(),
+        stderr: String::from_utf8_lossy(&o.stderr).into(),
+    }
 }
 
 /// True when `tool` runs; else prints a skip line, or panics when oracles are required (CI).
 pub fn have(tool: &str) -> bool {
-    let ok = Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    let ok = Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
     found(tool, ok)
 }
 
 /// Like [`have`] for tools without `--version` (pkcs11-tool): only checks that it starts.
 pub fn installed(tool: &str) -> bool {
-    let ok = Command::new(tool).arg("--help").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    let ok = Command::new(tool)
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
     found(tool, ok)
 }
 
@@ -67,7 +85,9 @@ fn found(tool: &str, ok: bool) -> bool {
 
 /// Deterministic bytes.
 pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed).collect()
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
+        .collect()
 }
 
 /// Encrypts a 1 MiB disk into `dir/disk.luks` (LUKS2, fast KDF) and bundles it into `dir/bundle` for
@@ -90,15 +110,30 @@ pub fn make_bundle_as(dir: &Path, recipient: &str, profile: Profile) -> PathBuf 
         pad: false,
         input_format: None,
         force: false,
-        container: if vpc { ops::Container::Qcow2Luks } else { ops::Container::Raw },
+        container: if vpc {
+            ops::Container::Qcow2Luks
+        } else {
+            ops::Container::Raw
+        },
         sparse: false,
         resize: None,
     };
     let pass = Passphrase::new(Zeroizing::new(PASSPHRASE.to_vec())).unwrap();
     ops::encrypt(&src, &img, &opts, &pass, None, &q.run()).unwrap();
     let out = dir.join("bundle");
-    let bopts = BundleOptions { profile, recipient: recipient.into(), force: false };
-    diskseal::bundle::create(&img, &Zeroizing::new(PASSPHRASE.to_vec()), &out, &bopts, &q.run()).unwrap();
+    let bopts = BundleOptions {
+        profile,
+        recipient: recipient.into(),
+        force: false,
+    };
+    diskseal::bundle::create(
+        &img,
+        &Zeroizing::new(PASSPHRASE.to_vec()),
+        &out,
+        &bopts,
+        &q.run(),
+    )
+    .unwrap();
     out
 }
 

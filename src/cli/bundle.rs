@@ -63,8 +63,21 @@ pub(super) fn run(a: &BundleArgs, out: &Out) -> Result<ExitCode> {
     let profile = Profile::parse(&a.profile)?;
     bundle::parse_recipient(&a.recipient)?;
     let key = keys::read_key_file(&a.key_file, a.strip_newline, out)?;
-    let opts = BundleOptions { profile, recipient: a.recipient.clone(), force: a.force };
-    let rep = build(Request { image: &a.image, key, dir: &a.dir, opts, threads: a.threads }, out)?;
+    let opts = BundleOptions {
+        profile,
+        recipient: a.recipient.clone(),
+        force: a.force,
+    };
+    let rep = build(
+        Request {
+            image: &a.image,
+            key,
+            dir: &a.dir,
+            opts,
+            threads: a.threads,
+        },
+        out,
+    )?;
     if out.json {
         out.print_json(&json!({"command": "bundle", "dir": rep.dir, "manifest": rep.manifest}));
     } else {
@@ -78,7 +91,9 @@ pub(super) fn build(r: Request<'_>, out: &Out) -> Result<bundle::BundleReport> {
     if r.image.starts_with(r.dir) {
         return Err(Error::invalid("the image is inside the bundle directory").with_path(r.image));
     }
-    with_progress(out, "bundling", r.threads, |run| bundle::create(r.image, &r.key, r.dir, &r.opts, run))
+    with_progress(out, "bundling", r.threads, |run| {
+        bundle::create(r.image, &r.key, r.dir, &r.opts, run)
+    })
 }
 
 /// The human summary line.

@@ -31,7 +31,11 @@ fn read_limited(mut r: impl Read, path: &Path) -> Result<Zeroizing<Vec<u8>>> {
 }
 
 /// Reads a key file verbatim ("-" = stdin); refuses an empty one; warns about a trailing newline.
-pub(super) fn read_key_file(path: &Path, strip_newline: bool, out: &Out) -> Result<Zeroizing<Vec<u8>>> {
+pub(super) fn read_key_file(
+    path: &Path,
+    strip_newline: bool,
+    out: &Out,
+) -> Result<Zeroizing<Vec<u8>>> {
     let mut bytes = if path == Path::new("-") {
         read_limited(std::io::stdin().lock(), Path::new("<stdin>"))?
     } else {
@@ -49,23 +53,35 @@ pub(super) fn read_key_file(path: &Path, strip_newline: bool, out: &Out) -> Resu
         }
     }
     if bytes.is_empty() {
-        return Err(Error::invalid("key file is empty").with_path(path).hint("an empty passphrase cannot protect a keyslot"));
+        return Err(Error::invalid("key file is empty")
+            .with_path(path)
+            .hint("an empty passphrase cannot protect a keyslot"));
     }
     Ok(bytes)
 }
 
 /// The keyslot passphrase for `profile`: from --key-file, or asked for on a terminal.
-pub(super) fn passphrase(k: &KeyArgs, profile: Profile, out: &Out, target: Option<&Path>, confirm: bool) -> Result<Passphrase> {
+pub(super) fn passphrase(
+    k: &KeyArgs,
+    profile: Profile,
+    out: &Out,
+    target: Option<&Path>,
+    confirm: bool,
+) -> Result<Passphrase> {
     if let Some(path) = &k.key_file {
         let bytes = read_key_file(path, k.strip_newline, out)?;
         return profile.passphrase(bytes).map_err(|e| e.with_path(path));
     }
     if profile.key_file_is_dek() {
-        return Err(Error::invalid(format!("profile {} needs --key-file with the raw DEK", profile.name()))
-            .hint("make one with `diskseal keygen --bytes 32 -o dek.bin`"));
+        return Err(Error::invalid(format!(
+            "profile {} needs --key-file with the raw DEK",
+            profile.name()
+        ))
+        .hint("make one with `diskseal keygen --bytes 32 -o dek.bin`"));
     }
     if !std::io::stdin().is_terminal() {
-        return Err(Error::invalid("no key given").hint("pass --key-file FILE (or --key-file - to read stdin)"));
+        return Err(Error::invalid("no key given")
+            .hint("pass --key-file FILE (or --key-file - to read stdin)"));
     }
     let name = target.map(|p| p.display().to_string()).unwrap_or_default();
     let ask = |prompt: &str| -> Result<Zeroizing<Vec<u8>>> {
@@ -97,7 +113,8 @@ pub(super) fn read_dek(path: &Path) -> Result<VolumeKey> {
 
 /// Reads a volume key file (raw 32 or 64 bytes).
 pub(super) fn read_volume_key(path: &Path) -> Result<VolumeKey> {
-    let f = std::fs::File::open(path).map_err(|e| Error::io("open volume key file", path, None, e))?;
+    let f =
+        std::fs::File::open(path).map_err(|e| Error::io("open volume key file", path, None, e))?;
     let bytes = read_limited(f, path)?;
     VolumeKey::from_bytes(bytes).map_err(|e| e.with_path(path))
 }
@@ -105,13 +122,19 @@ pub(super) fn read_volume_key(path: &Path) -> Result<VolumeKey> {
 /// Writes `len` random bytes to a new file with mode 0600; never overwrites.
 pub(super) fn write_new_key(path: &Path, len: usize) -> Result<()> {
     let key = random_bytes(len)?;
-    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            Error::invalid("key file already exists; keygen never overwrites a key").with_path(path)
-        } else {
-            Error::io("create key file", path, None, e)
-        }
-    })?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::invalid("key file already exists; keygen never overwrites a key")
+                    .with_path(path)
+            } else {
+                Error::io("create key file", path, None, e)
+            }
+        })?;
     let written = f.write_all(&key).and_then(|()| f.sync_all());
     if let Err(e) = written {
         let _ = std::fs::remove_file(path);

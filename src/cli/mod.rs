@@ -362,10 +362,20 @@ fn input_format(f: &Option<String>) -> Result<Option<ImageFormat>> {
 }
 
 /// Runs `job` with a progress bar (on a terminal, unless quiet or JSON).
-fn with_progress<T>(out: &Out, label: &str, threads: Option<usize>, job: impl FnOnce(&Run<'_>) -> Result<T>) -> Result<T> {
+fn with_progress<T>(
+    out: &Out,
+    label: &str,
+    threads: Option<usize>,
+    job: impl FnOnce(&Run<'_>) -> Result<T>,
+) -> Result<T> {
     let progress = Progress::new();
     let total = AtomicU64::new(0);
-    let run = Run { threads, cancel: &CANCEL, progress: &progress, total: &total };
+    let run = Run {
+        threads,
+        cancel: &CANCEL,
+        progress: &progress,
+        total: &total,
+    };
     if !out.show_progress() {
         return job(&run);
     }
@@ -384,7 +394,10 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         return encrypt_classic_vhd(a, out);
     }
     if a.cipher != "aes-xts-plain64" {
-        return Err(Error::unsupported(format!("cipher {:?} is not supported", a.cipher)).hint("diskseal writes aes-xts-plain64"));
+        return Err(
+            Error::unsupported(format!("cipher {:?} is not supported", a.cipher))
+                .hint("diskseal writes aes-xts-plain64"),
+        );
     }
     let version = match a.luks_type.as_deref() {
         Some("luks1") => LuksVersion::Luks1,
@@ -396,7 +409,11 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         luks.kdf = KdfType::parse(k)?;
     }
     luks.hash = Hash::parse(&a.hash)?;
-    let mut cost = KdfCost { iter_time_ms: a.iter_time, force_iterations: a.pbkdf_force_iterations, ..KdfCost::default() };
+    let mut cost = KdfCost {
+        iter_time_ms: a.iter_time,
+        force_iterations: a.pbkdf_force_iterations,
+        ..KdfCost::default()
+    };
     if let Some(m) = a.pbkdf_memory {
         cost.memory_kib = m;
     }
@@ -409,18 +426,33 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
     luks.uuid = a.uuid.clone();
     luks.data_offset = a
         .offset
-        .map(|s| s.checked_mul(512).ok_or_else(|| Error::invalid("--offset is too large")))
+        .map(|s| {
+            s.checked_mul(512)
+                .ok_or_else(|| Error::invalid("--offset is too large"))
+        })
         .transpose()?;
     luks.metadata_size = a.luks2_metadata_size;
     luks.keyslots_size = a.luks2_keyslots_size;
-    if version == LuksVersion::Luks1 && (a.luks2_metadata_size.is_some() || a.luks2_keyslots_size.is_some()) {
-        return Err(Error::invalid("--luks2-metadata-size and --luks2-keyslots-size need --type luks2"));
+    if version == LuksVersion::Luks1
+        && (a.luks2_metadata_size.is_some() || a.luks2_keyslots_size.is_some())
+    {
+        return Err(Error::invalid(
+            "--luks2-metadata-size and --luks2-keyslots-size need --type luks2",
+        ));
     }
 
-    let volume_key = a.key.volume_key_file.as_deref().map(keys::read_volume_key).transpose()?;
+    let volume_key = a
+        .key
+        .volume_key_file
+        .as_deref()
+        .map(keys::read_volume_key)
+        .transpose()?;
     let key_bytes = match (&a.key_size, &volume_key) {
         (Some(bits), Some(k)) if bits.parse::<usize>().unwrap_or(0) / 8 != k.len() => {
-            return Err(Error::invalid(format!("--key-size {bits} does not match the {}-byte volume key file", k.len())));
+            return Err(Error::invalid(format!(
+                "--key-size {bits} does not match the {}-byte volume key file",
+                k.len()
+            )));
         }
         (_, Some(k)) => k.len(),
         (Some(bits), None) => bits.parse::<usize>().unwrap_or(512) / 8,
@@ -430,18 +462,30 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         (Some(dir), Some(r), Some(k)) if k.as_os_str() != "-" => {
             diskseal::bundle::parse_recipient(r)?;
             if !a.force && std::fs::symlink_metadata(dir).is_ok() {
-                return Err(Error::invalid("bundle directory already exists").with_path(dir).hint("pass --force to replace it"));
+                return Err(Error::invalid("bundle directory already exists")
+                    .with_path(dir)
+                    .hint("pass --force to replace it"));
             }
-            Some(keys::read_key_file(k, a.key.strip_newline, &Out::new(true, false))?)
+            Some(keys::read_key_file(
+                k,
+                a.key.strip_newline,
+                &Out::new(true, false),
+            )?)
         }
-        (Some(_), _, _) => return Err(Error::invalid("--bundle needs --key-file FILE (not stdin or a prompt)")),
+        (Some(_), _, _) => {
+            return Err(Error::invalid(
+                "--bundle needs --key-file FILE (not stdin or a prompt)",
+            ));
+        }
         _ => None,
     };
     let passphrase = keys::passphrase(&a.key, profile, out, Some(&a.dst), true)?;
     let container = match (a.output_format.as_deref(), profile) {
         (Some("qcow2"), _) | (None, Profile::IbmVpc) => Container::Qcow2Luks,
         (Some(_), Profile::IbmVpc) => {
-            return Err(Error::invalid("the ibm-vpc profile writes qcow2").hint("drop -O or use -O qcow2"));
+            return Err(
+                Error::invalid("the ibm-vpc profile writes qcow2").hint("drop -O or use -O qcow2")
+            );
         }
         (Some("vhd"), _) => Container::Vhd { align: a.vhd_align },
         _ => Container::Raw,
@@ -450,10 +494,15 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         return Err(Error::invalid("--vhd-align needs -O vhd"));
     }
     if container == Container::Qcow2Luks && version != LuksVersion::Luks1 {
-        return Err(Error::invalid("qcow2 output holds LUKS1 only (QEMU has no LUKS2)").hint("drop --type luks2"));
+        return Err(
+            Error::invalid("qcow2 output holds LUKS1 only (QEMU has no LUKS2)")
+                .hint("drop --type luks2"),
+        );
     }
     if a.sparse && container == Container::Qcow2Luks {
-        return Err(Error::invalid("--sparse applies to raw and vhd LUKS output; qcow2 output is always sparse"));
+        return Err(Error::invalid(
+            "--sparse applies to raw and vhd LUKS output; qcow2 output is always sparse",
+        ));
     }
     let opts = EncryptOptions {
         luks,
@@ -466,13 +515,28 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         sparse: a.sparse,
         resize: a.resize,
     };
-    out.note(&format!("{}: deriving the keyslot key and encrypting", a.dst.display()));
-    let r = with_progress(out, "encrypting", a.threads, |run| ops::encrypt(&a.src, &a.dst, &opts, &passphrase, volume_key, run))?;
+    out.note(&format!(
+        "{}: deriving the keyslot key and encrypting",
+        a.dst.display()
+    ));
+    let r = with_progress(out, "encrypting", a.threads, |run| {
+        ops::encrypt(&a.src, &a.dst, &opts, &passphrase, volume_key, run)
+    })?;
     let kdf = kdf_text(&r.kdf);
     let bundle_req = match (&a.bundle, &a.recipient, bundle_key) {
         (Some(dir), Some(recipient), Some(key)) => {
-            let opts = diskseal::bundle::BundleOptions { profile, recipient: recipient.clone(), force: a.force };
-            Some(bundle::Request { image: &a.dst, key, dir, opts, threads: a.threads })
+            let opts = diskseal::bundle::BundleOptions {
+                profile,
+                recipient: recipient.clone(),
+                force: a.force,
+            };
+            Some(bundle::Request {
+                image: &a.dst,
+                key,
+                dir,
+                opts,
+                threads: a.threads,
+            })
         }
         _ => None,
     };
@@ -512,7 +576,10 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         out.print_json(&v);
     } else {
         if r.padded > 0 {
-            out.warn(&format!("payload padded with {} zero bytes to a whole sector", r.padded));
+            out.warn(&format!(
+                "payload padded with {} zero bytes to a whole sector",
+                r.padded
+            ));
         }
         out.summary(&format!(
             "{} -> {}: {}{} aes-xts-plain64 {}-bit, sector {}, {kdf}, UUID {}; {} in {:.2} s ({rate}), {} threads",
@@ -542,13 +609,21 @@ fn encrypt_classic_vhd(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         (a.sparse, "--sparse (the output is always sparse)"),
         (a.luks_type.is_some(), "--type"),
         (a.sector_size.is_some_and(|s| s != 512), "--sector-size"),
-        (a.pbkdf.is_some() || a.pbkdf_force_iterations.is_some(), "--pbkdf"),
+        (
+            a.pbkdf.is_some() || a.pbkdf_force_iterations.is_some(),
+            "--pbkdf",
+        ),
         (a.offset.is_some(), "--offset"),
         (a.uuid.is_some(), "--uuid"),
-        (a.key.volume_key_file.is_some(), "--volume-key-file (give the DEK with --key-file)"),
+        (
+            a.key.volume_key_file.is_some(),
+            "--volume-key-file (give the DEK with --key-file)",
+        ),
     ];
     if let Some((_, flag)) = luks_only.iter().find(|(set, _)| *set) {
-        return Err(Error::invalid(format!("{flag} does not apply to --profile ibm-classic-vhd")));
+        return Err(Error::invalid(format!(
+            "{flag} does not apply to --profile ibm-classic-vhd"
+        )));
     }
     let path = a.key.key_file.as_deref().ok_or_else(|| {
         Error::invalid("--profile ibm-classic-vhd needs --key-file with the raw DEK (32 or 64 bytes)")
@@ -558,11 +633,25 @@ fn encrypt_classic_vhd(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
     if let Some(bits) = &a.key_size
         && bits.parse::<usize>().unwrap_or(0) / 8 != key.len()
     {
-        return Err(Error::invalid(format!("--key-size {bits} does not match the {}-byte DEK", key.len())).with_path(path));
+        return Err(Error::invalid(format!(
+            "--key-size {bits} does not match the {}-byte DEK",
+            key.len()
+        ))
+        .with_path(path));
     }
-    let opts = ops::ClassicVhdOptions { input_format: input_format(&a.input_format)?, force: a.force, resize: a.resize };
-    let r = with_progress(out, "encrypting", a.threads, |run| ops::encrypt_classic_vhd(&a.src, &a.dst, &opts, &key, run))?;
-    let cipher = if r.key_bytes == 64 { "AES-256-XTS" } else { "AES-128-XTS" };
+    let opts = ops::ClassicVhdOptions {
+        input_format: input_format(&a.input_format)?,
+        force: a.force,
+        resize: a.resize,
+    };
+    let r = with_progress(out, "encrypting", a.threads, |run| {
+        ops::encrypt_classic_vhd(&a.src, &a.dst, &opts, &key, run)
+    })?;
+    let cipher = if r.key_bytes == 64 {
+        "AES-256-XTS"
+    } else {
+        "AES-128-XTS"
+    };
     let hash = diskseal::image::vhd::batmap::hex(&r.keyhash);
     let padded = r.virtual_size - r.source_size;
     if out.json {
@@ -612,7 +701,9 @@ fn encrypt_classic_vhd(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
 fn keyhash(a: &KeyhashArgs, out: &Out) -> Result<ExitCode> {
     use diskseal::image::vhd::batmap::{KeyHash, hex};
     if a.key_file.is_none() && a.image.is_none() {
-        return Err(Error::invalid("give an encrypted VHD, --key-file DEK, or both"));
+        return Err(Error::invalid(
+            "give an encrypted VHD, --key-file DEK, or both",
+        ));
     }
     let key = a.key_file.as_deref().map(keys::read_dek).transpose()?;
     let stored = match &a.image {
@@ -621,23 +712,34 @@ fn keyhash(a: &KeyhashArgs, out: &Out) -> Result<ExitCode> {
             if b.header.keyhash.cookie != 1 {
                 // `vhd-util key -p` prints "none" for a VHD without key hash.
                 if out.json {
-                    out.print_json(&json!({"command": "keyhash", "image": a.image, "stored": null}));
+                    out.print_json(
+                        &json!({"command": "keyhash", "image": a.image, "stored": null}),
+                    );
                 } else {
                     out.always("none");
                 }
-                return Ok(if key.is_some() { ExitCode::from(1) } else { ExitCode::SUCCESS });
+                return Ok(if key.is_some() {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                });
             }
             Some(b.header.keyhash)
         }
         None => None,
     };
-    let computed = key.as_ref().map(|k| KeyHash::of_key(k.expose(), stored.as_ref().map_or([0; 32], |s| s.nonce)));
+    let computed = key
+        .as_ref()
+        .map(|k| KeyHash::of_key(k.expose(), stored.as_ref().map_or([0; 32], |s| s.nonce)));
     let matches = match (&stored, &key) {
         (Some(s), Some(k)) => Some(s.matches(k.expose())),
         _ => None,
     };
     if out.json {
-        let show = |h: &Option<KeyHash>| h.as_ref().map(|h| json!({"nonce": hex(&h.nonce), "hash": hex(&h.hash)}));
+        let show = |h: &Option<KeyHash>| {
+            h.as_ref()
+                .map(|h| json!({"nonce": hex(&h.nonce), "hash": hex(&h.hash)}))
+        };
         out.print_json(&json!({"command": "keyhash", "image": a.image, "stored": show(&stored),
             "key_size": key.as_ref().map(|k| k.len()), "computed": show(&computed), "matches": matches}));
     } else {
@@ -646,7 +748,11 @@ fn keyhash(a: &KeyhashArgs, out: &Out) -> Result<ExitCode> {
         }
         if let (Some(c), Some(k), Some(p)) = (&computed, &key, &a.key_file) {
             // Like `vhd-util key -C -k KEY`: the size on stderr, the hash alone on stdout.
-            out.info(&format!("using keyfile {}, Size (bytes) {}", p.display(), k.len()));
+            out.info(&format!(
+                "using keyfile {}, Size (bytes) {}",
+                p.display(),
+                k.len()
+            ));
             out.always(&hex(&c.hash));
         }
         match matches {
@@ -655,14 +761,28 @@ fn keyhash(a: &KeyhashArgs, out: &Out) -> Result<ExitCode> {
             None => {}
         }
     }
-    Ok(if matches == Some(false) { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if matches == Some(false) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn kdf_text(k: &Kdf) -> String {
     match k {
-        Kdf::Pbkdf2 { hash, iterations } => format!("pbkdf2-{} {iterations} iterations", hash.name()),
-        Kdf::Argon2 { kind, time, memory_kib, parallel } => {
-            format!("{} time {time}, memory {memory_kib} KiB, {parallel} lanes", kind.name())
+        Kdf::Pbkdf2 { hash, iterations } => {
+            format!("pbkdf2-{} {iterations} iterations", hash.name())
+        }
+        Kdf::Argon2 {
+            kind,
+            time,
+            memory_kib,
+            parallel,
+        } => {
+            format!(
+                "{} time {time}, memory {memory_kib} KiB, {parallel} lanes",
+                kind.name()
+            )
         }
     }
 }
@@ -670,29 +790,54 @@ fn kdf_text(k: &Kdf) -> String {
 fn unlock_how(k: &KeyArgs, profile: &str, out: &Out, target: &Path) -> Result<Unlock> {
     let profile = Profile::parse(profile)?;
     if profile == Profile::IbmClassicVhd {
-        let path = k.key_file.as_deref().or(k.volume_key_file.as_deref()).ok_or_else(|| {
-            Error::invalid("--profile ibm-classic-vhd needs --key-file with the raw DEK (32 or 64 bytes)")
-        })?;
+        let path = k
+            .key_file
+            .as_deref()
+            .or(k.volume_key_file.as_deref())
+            .ok_or_else(|| {
+                Error::invalid(
+                    "--profile ibm-classic-vhd needs --key-file with the raw DEK (32 or 64 bytes)",
+                )
+            })?;
         return Ok(Unlock::ClassicVhd(keys::read_dek(path)?));
     }
     if let Some(vk) = &k.volume_key_file {
         if k.key_file.is_some() {
-            return Err(Error::invalid("give either --key-file or --volume-key-file, not both"));
+            return Err(Error::invalid(
+                "give either --key-file or --volume-key-file, not both",
+            ));
         }
         return Ok(Unlock::VolumeKey(keys::read_volume_key(vk)?));
     }
-    Ok(Unlock::Passphrase(keys::passphrase(k, profile, out, Some(target), false)?))
+    Ok(Unlock::Passphrase(keys::passphrase(
+        k,
+        profile,
+        out,
+        Some(target),
+        false,
+    )?))
 }
 
 fn decrypt(a: &DecryptArgs, out: &Out) -> Result<ExitCode> {
     let how = unlock_how(&a.key, &a.profile, out, &a.src)?;
-    let r = with_progress(out, "decrypting", a.threads, |run| ops::decrypt(&a.src, &a.dst, how, a.force, a.output_format == "qcow2", run))?;
+    let r = with_progress(out, "decrypting", a.threads, |run| {
+        ops::decrypt(
+            &a.src,
+            &a.dst,
+            how,
+            a.force,
+            a.output_format == "qcow2",
+            run,
+        )
+    })?;
     for w in &r.warnings {
         out.warn(w);
     }
     if out.json {
-        out.print_json(&json!({"command": "decrypt", "source": a.src, "output": a.dst, "keyslot": r.keyslot,
-            "payload_size": r.payload_len, "seconds": r.elapsed.as_secs_f64()}));
+        out.print_json(
+            &json!({"command": "decrypt", "source": a.src, "output": a.dst, "keyslot": r.keyslot,
+            "payload_size": r.payload_len, "seconds": r.elapsed.as_secs_f64()}),
+        );
     } else {
         out.summary(&format!(
             "{} -> {}: {} decrypted in {:.2} s ({})",
@@ -710,7 +855,9 @@ fn verify(a: &VerifyArgs, out: &Out) -> Result<ExitCode> {
     let how = unlock_how(&a.key, &a.profile, out, &a.src)?;
     let fmt = input_format(&a.input_format)?;
     let against = a.against.as_deref().map(|p| (p, fmt));
-    let r = with_progress(out, "verifying", a.threads, |run| ops::verify(&a.src, how, against, run))?;
+    let r = with_progress(out, "verifying", a.threads, |run| {
+        ops::verify(&a.src, how, against, run)
+    })?;
     for w in &r.warnings {
         out.warn(w);
     }
@@ -737,29 +884,42 @@ fn verify(a: &VerifyArgs, out: &Out) -> Result<ExitCode> {
             r.plaintext_sha256
         ));
     }
-    Ok(if r.ok() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if r.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn dump(a: &DumpArgs, out: &Out) -> Result<ExitCode> {
     let file = std::fs::File::open(&a.src).map_err(|e| Error::io("open", &a.src, None, e))?;
     let mut magic = [0u8; 4];
-    let is_qcow2 = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok() && magic == *b"QFI\xfb";
+    let is_qcow2 = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok()
+        && magic == *b"QFI\xfb";
     if is_qcow2 {
         let q = diskseal::image::qcow2::Qcow2Image::open(file, &a.src, &mut Vec::new())?;
         let Some((h, base)) = q.luks_header()? else {
-            return Err(Error::invalid("this qcow2 image is not encrypted").with_path(&a.src).hint("see `diskseal info`"));
+            return Err(Error::invalid("this qcow2 image is not encrypted")
+                .with_path(&a.src)
+                .hint("see `diskseal info`"));
         };
         let l = luks::Luks::embedded(h, std::fs::metadata(&a.src).map_or(0, |m| m.len()))?;
         if out.json {
-            out.print_json(&json!({"container": "qcow2", "luks_header_offset": base, "luks": l.to_json()}));
+            out.print_json(
+                &json!({"container": "qcow2", "luks_header_offset": base, "luks": l.to_json()}),
+            );
         } else {
-            out.always(&format!("qcow2 image with QEMU-native LUKS; LUKS header at offset {base:#x}"));
+            out.always(&format!(
+                "qcow2 image with QEMU-native LUKS; LUKS header at offset {base:#x}"
+            ));
             out.always(l.dump_text().trim_end());
         }
         return Ok(ExitCode::SUCCESS);
     }
     let mut head = [0u8; 8];
-    if std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0).is_ok() && &head == b"conectix" {
+    if std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0).is_ok()
+        && &head == b"conectix"
+    {
         return dump_classic_vhd(a, out);
     }
     let l = luks::Luks::open(&file, &a.src)?;
@@ -786,7 +946,11 @@ fn dump_classic_vhd(a: &DumpArgs, out: &Out) -> Result<ExitCode> {
     let h = &b.header;
     let set = b.set_blocks(entries);
     let shown: Vec<String> = set.iter().take(32).map(u64::to_string).collect();
-    let more = if set.len() > 32 { format!(" … ({} in all)", set.len()) } else { String::new() };
+    let more = if set.len() > 32 {
+        format!(" … ({} in all)", set.len())
+    } else {
+        String::new()
+    };
     let text = format!(
         "VHD (dynamic) with a blktap batmap{}\n\
          creator:         {} {} (host OS {})\n\
@@ -804,7 +968,11 @@ fn dump_classic_vhd(a: &DumpArgs, out: &Out) -> Result<ExitCode> {
          \tcookie:    {}{}\n\
          \tnonce:     {}\n\
          \thash:      {}",
-        if h.keyhash.cookie == 1 { " and a key hash (vhd-util encrypted, aes-xts-plain)" } else { "" },
+        if h.keyhash.cookie == 1 {
+            " and a key hash (vhd-util encrypted, aes-xts-plain)"
+        } else {
+            ""
+        },
         d["creator_app"].as_str().unwrap_or("?"),
         d["creator_version"].as_str().unwrap_or("?"),
         diskseal::image::vhd::footer::fourcc(&img.footer().raw.creator_os),
@@ -822,11 +990,23 @@ fn dump_classic_vhd(a: &DumpArgs, out: &Out) -> Result<ExitCode> {
         h.batmap_offset,
         h.batmap_size,
         h.checksum,
-        if b.checksum_ok() { "ok".to_string() } else { format!("WRONG, computed {:#010x}", b.computed_checksum) },
+        if b.checksum_ok() {
+            "ok".to_string()
+        } else {
+            format!("WRONG, computed {:#010x}", b.computed_checksum)
+        },
         h.marker,
-        if shown.is_empty() { "none".to_string() } else { shown.join(" ") },
+        if shown.is_empty() {
+            "none".to_string()
+        } else {
+            shown.join(" ")
+        },
         h.keyhash.cookie,
-        if h.keyhash.cookie == 1 { " (key hash set)" } else { " (no key hash: not encrypted)" },
+        if h.keyhash.cookie == 1 {
+            " (key hash set)"
+        } else {
+            " (no key hash: not encrypted)"
+        },
         hex(&h.keyhash.nonce),
         hex(&h.keyhash.hash),
     );
@@ -852,7 +1032,10 @@ fn info(a: &InfoArgs, out: &Out) -> Result<ExitCode> {
     if let Some(c) = v["cluster-size"].as_u64() {
         text += &format!("cluster_size: {c}\n");
     }
-    text += &format!("encrypted: {}\n", if v["encrypted"] == true { "yes" } else { "no" });
+    text += &format!(
+        "encrypted: {}\n",
+        if v["encrypted"] == true { "yes" } else { "no" }
+    );
     if let Some(b) = v["backing-filename"].as_str() {
         text += &format!("backing file: {b}\n");
     }
@@ -870,7 +1053,12 @@ fn info(a: &InfoArgs, out: &Out) -> Result<ExitCode> {
     if let Some(f) = v.get("format-specific") {
         text += &format!("format specific information: {f}\n");
     }
-    for (i, b) in v["backing-chain"].as_array().into_iter().flatten().enumerate() {
+    for (i, b) in v["backing-chain"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         text += &format!(
             "backing {}: {} ({}, {})\n",
             i + 1,
@@ -895,10 +1083,16 @@ fn man(dir: &Path, out: &Out) -> Result<ExitCode> {
     }
     for (path, page) in &pages {
         let mut buf = Vec::new();
-        clap_mangen::Man::new(page.clone()).render(&mut buf).map_err(|e| Error::io("render man page", path, None, e))?;
+        clap_mangen::Man::new(page.clone())
+            .render(&mut buf)
+            .map_err(|e| Error::io("render man page", path, None, e))?;
         std::fs::write(path, buf).map_err(|e| Error::io("write", path, None, e))?;
     }
-    out.summary(&format!("wrote {} man pages into {}", pages.len(), dir.display()));
+    out.summary(&format!(
+        "wrote {} man pages into {}",
+        pages.len(),
+        dir.display()
+    ));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -907,7 +1101,11 @@ fn keygen(a: &KeygenArgs, out: &Out) -> Result<ExitCode> {
     if out.json {
         out.print_json(&json!({"command": "keygen", "output": a.output, "bytes": a.bytes}));
     } else {
-        out.summary(&format!("{}: wrote a random {}-byte key (mode 0600)", a.output.display(), a.bytes));
+        out.summary(&format!(
+            "{}: wrote a random {}-byte key (mode 0600)",
+            a.output.display(),
+            a.bytes
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -934,16 +1132,61 @@ mod tests {
     #[test]
     fn every_encrypt_flag_parses() {
         let cli = Cli::try_parse_from([
-            "diskseal", "encrypt", "--profile", "luks1", "-f", "raw", "--type", "luks2", "--key-size", "256",
-            "--sector-size", "4096", "--pbkdf", "argon2i", "--iter-time", "10", "--pbkdf-memory", "1024",
-            "--pbkdf-parallel", "2", "--pbkdf-force-iterations", "4", "--hash", "sha512", "--label", "l",
-            "--subsystem", "s", "--uuid", "fbcb5ed2-b742-4cdd-9753-d1af94f39c9d", "--offset", "32768",
-            "--luks2-metadata-size", "16k", "--luks2-keyslots-size", "1m", "--pad", "--threads", "2", "--force",
-            "--key-file", "k", "--strip-newline", "--volume-key-file", "v", "-q", "--json", "a", "b",
+            "diskseal",
+            "encrypt",
+            "--profile",
+            "luks1",
+            "-f",
+            "raw",
+            "--type",
+            "luks2",
+            "--key-size",
+            "256",
+            "--sector-size",
+            "4096",
+            "--pbkdf",
+            "argon2i",
+            "--iter-time",
+            "10",
+            "--pbkdf-memory",
+            "1024",
+            "--pbkdf-parallel",
+            "2",
+            "--pbkdf-force-iterations",
+            "4",
+            "--hash",
+            "sha512",
+            "--label",
+            "l",
+            "--subsystem",
+            "s",
+            "--uuid",
+            "fbcb5ed2-b742-4cdd-9753-d1af94f39c9d",
+            "--offset",
+            "32768",
+            "--luks2-metadata-size",
+            "16k",
+            "--luks2-keyslots-size",
+            "1m",
+            "--pad",
+            "--threads",
+            "2",
+            "--force",
+            "--key-file",
+            "k",
+            "--strip-newline",
+            "--volume-key-file",
+            "v",
+            "-q",
+            "--json",
+            "a",
+            "b",
         ])
         .unwrap();
         assert!(cli.quiet && cli.json);
-        assert!(Cli::try_parse_from(["diskseal", "encrypt", "--key-size", "384", "a", "b"]).is_err());
+        assert!(
+            Cli::try_parse_from(["diskseal", "encrypt", "--key-size", "384", "a", "b"]).is_err()
+        );
         assert!(Cli::try_parse_from(["diskseal", "keygen", "--bytes", "48", "-o", "x"]).is_err());
     }
 }

@@ -18,7 +18,11 @@ pub(super) struct Out {
 
 impl Out {
     pub(super) fn new(quiet: bool, json: bool) -> Out {
-        Out { quiet, json, tty: std::io::stderr().is_terminal() }
+        Out {
+            quiet,
+            json,
+            tty: std::io::stderr().is_terminal(),
+        }
     }
 
     pub(super) fn show_progress(&self) -> bool {
@@ -115,7 +119,11 @@ pub(super) fn bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.2} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
 }
 
 /// "1.23 GB/s".

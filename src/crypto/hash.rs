@@ -64,19 +64,58 @@ pub const ALL: [(Hash, &str); 13] = [
 macro_rules! with_hash {
     ($hash:expr, $t:ident => $body:expr) => {
         match $hash {
-            Hash::Sha1 => { type $t = Sha1; $body }
-            Hash::Sha224 => { type $t = Sha224; $body }
-            Hash::Sha256 => { type $t = Sha256; $body }
-            Hash::Sha384 => { type $t = Sha384; $body }
-            Hash::Sha512 => { type $t = Sha512; $body }
-            Hash::Sha3_256 => { type $t = Sha3_256; $body }
-            Hash::Sha3_384 => { type $t = Sha3_384; $body }
-            Hash::Sha3_512 => { type $t = Sha3_512; $body }
-            Hash::Ripemd160 => { type $t = Ripemd160; $body }
-            Hash::Whirlpool => { type $t = Whirlpool; $body }
-            Hash::Blake2b512 => { type $t = Blake2b512; $body }
-            Hash::Blake2s256 => { type $t = Blake2s256; $body }
-            Hash::Sm3 => { type $t = Sm3; $body }
+            Hash::Sha1 => {
+                type $t = Sha1;
+                $body
+            }
+            Hash::Sha224 => {
+                type $t = Sha224;
+                $body
+            }
+            Hash::Sha256 => {
+                type $t = Sha256;
+                $body
+            }
+            Hash::Sha384 => {
+                type $t = Sha384;
+                $body
+            }
+            Hash::Sha512 => {
+                type $t = Sha512;
+                $body
+            }
+            Hash::Sha3_256 => {
+                type $t = Sha3_256;
+                $body
+            }
+            Hash::Sha3_384 => {
+                type $t = Sha3_384;
+                $body
+            }
+            Hash::Sha3_512 => {
+                type $t = Sha3_512;
+                $body
+            }
+            Hash::Ripemd160 => {
+                type $t = Ripemd160;
+                $body
+            }
+            Hash::Whirlpool => {
+                type $t = Whirlpool;
+                $body
+            }
+            Hash::Blake2b512 => {
+                type $t = Blake2b512;
+                $body
+            }
+            Hash::Blake2s256 => {
+                type $t = Blake2s256;
+                $body
+            }
+            Hash::Sm3 => {
+                type $t = Sm3;
+                $body
+            }
         }
     };
 }
@@ -85,12 +124,15 @@ impl Hash {
     /// Parses cryptsetup's name for the hash (case-insensitive).
     pub fn parse(name: &str) -> Result<Hash> {
         let lower = name.to_ascii_lowercase();
-        ALL.iter().find(|(_, n)| *n == lower).map(|(h, _)| *h).ok_or_else(|| {
-            Error::unsupported(format!("unsupported hash {name:?}")).hint(format!(
-                "diskseal supports {}",
-                ALL.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
-            ))
-        })
+        ALL.iter()
+            .find(|(_, n)| *n == lower)
+            .map(|(h, _)| *h)
+            .ok_or_else(|| {
+                Error::unsupported(format!("unsupported hash {name:?}")).hint(format!(
+                    "diskseal supports {}",
+                    ALL.iter().map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
+                ))
+            })
     }
 
     /// cryptsetup's name for the hash.
@@ -121,10 +163,12 @@ impl Hash {
         const ANY_KEY: &str = "HMAC accepts keys of any length";
         match self {
             Hash::Blake2b512 => {
-                pbkdf2::pbkdf2::<hmac::SimpleHmac<Blake2b512>>(password, salt, iterations, out).expect(ANY_KEY)
+                pbkdf2::pbkdf2::<hmac::SimpleHmac<Blake2b512>>(password, salt, iterations, out)
+                    .expect(ANY_KEY)
             }
             Hash::Blake2s256 => {
-                pbkdf2::pbkdf2::<hmac::SimpleHmac<Blake2s256>>(password, salt, iterations, out).expect(ANY_KEY)
+                pbkdf2::pbkdf2::<hmac::SimpleHmac<Blake2s256>>(password, salt, iterations, out)
+                    .expect(ANY_KEY)
             }
             Hash::Sha1 => pbkdf2::pbkdf2_hmac::<Sha1>(password, salt, iterations, out),
             Hash::Sha224 => pbkdf2::pbkdf2_hmac::<Sha224>(password, salt, iterations, out),

@@ -47,13 +47,19 @@ pub struct CipherSpec {
 
 impl CipherSpec {
     /// The only cipher diskseal writes: `aes-xts-plain64`.
-    pub const AES_XTS_PLAIN64: CipherSpec = CipherSpec { iv: IvScheme::Plain64 };
+    pub const AES_XTS_PLAIN64: CipherSpec = CipherSpec {
+        iv: IvScheme::Plain64,
+    };
 
     /// Parses a dm-crypt cipher string (`aes-xts-plain64`, `aes-xts-plain`).
     pub fn parse(spec: &str) -> Result<CipherSpec> {
         match spec {
-            "aes-xts-plain64" => Ok(CipherSpec { iv: IvScheme::Plain64 }),
-            "aes-xts-plain" => Ok(CipherSpec { iv: IvScheme::Plain }),
+            "aes-xts-plain64" => Ok(CipherSpec {
+                iv: IvScheme::Plain64,
+            }),
+            "aes-xts-plain" => Ok(CipherSpec {
+                iv: IvScheme::Plain,
+            }),
             other => Err(Error::unsupported(format!("unsupported cipher {other:?}"))
                 .hint("diskseal handles aes-xts-plain64 and aes-xts-plain")),
         }
@@ -98,8 +104,14 @@ mod tests {
 
     #[test]
     fn cipher_strings() {
-        assert_eq!(CipherSpec::parse("aes-xts-plain64").unwrap().to_dm_string(), "aes-xts-plain64");
-        assert_eq!(CipherSpec::parse_luks1("aes", "xts-plain").unwrap().iv, IvScheme::Plain);
+        assert_eq!(
+            CipherSpec::parse("aes-xts-plain64").unwrap().to_dm_string(),
+            "aes-xts-plain64"
+        );
+        assert_eq!(
+            CipherSpec::parse_luks1("aes", "xts-plain").unwrap().iv,
+            IvScheme::Plain
+        );
         assert!(CipherSpec::parse("aes-cbc-essiv:sha256").is_err());
         assert!(CipherSpec::parse("serpent-xts-plain64").is_err());
     }

@@ -126,7 +126,11 @@ impl Xts {
             )));
         }
         let (k1, k2) = key.split_at(key.len() / 2);
-        Ok(Xts { data: Aes::new(k1)?, tweak: Aes::new(k2)?, key_bytes: key.len() })
+        Ok(Xts {
+            data: Aes::new(k1)?,
+            tweak: Aes::new(k2)?,
+            key_bytes: key.len(),
+        })
     }
 
     /// Key size in bytes (32 or 64).
@@ -136,12 +140,24 @@ impl Xts {
 
     /// Encrypts `buf` in place as consecutive data units of `unit` bytes. Unit `i` gets the tweak
     /// `iv.iv(first_sector + i * unit / 512)`: positions always count 512-byte sectors.
-    pub fn encrypt(&self, buf: &mut [u8], unit: usize, first_sector: u64, iv: IvScheme) -> Result<()> {
+    pub fn encrypt(
+        &self,
+        buf: &mut [u8],
+        unit: usize,
+        first_sector: u64,
+        iv: IvScheme,
+    ) -> Result<()> {
         self.crypt(buf, unit, first_sector, iv, Direction::Encrypt)
     }
 
     /// Decrypts `buf` in place; the inverse of [`Xts::encrypt`] with the same arguments.
-    pub fn decrypt(&self, buf: &mut [u8], unit: usize, first_sector: u64, iv: IvScheme) -> Result<()> {
+    pub fn decrypt(
+        &self,
+        buf: &mut [u8],
+        unit: usize,
+        first_sector: u64,
+        iv: IvScheme,
+    ) -> Result<()> {
         self.crypt(buf, unit, first_sector, iv, Direction::Decrypt)
     }
 
@@ -162,14 +178,25 @@ impl Xts {
 
     fn check_unit(&self, len: usize) -> Result<()> {
         if len == 0 || !len.is_multiple_of(16) || len > BATCH_BYTES {
-            return Err(Error::invalid(format!("XTS data unit of {len} bytes is not a multiple of 16 up to 4096")));
+            return Err(Error::invalid(format!(
+                "XTS data unit of {len} bytes is not a multiple of 16 up to 4096"
+            )));
         }
         Ok(())
     }
 
-    fn crypt(&self, buf: &mut [u8], unit: usize, first_sector: u64, iv: IvScheme, dir: Direction) -> Result<()> {
+    fn crypt(
+        &self,
+        buf: &mut [u8],
+        unit: usize,
+        first_sector: u64,
+        iv: IvScheme,
+        dir: Direction,
+    ) -> Result<()> {
         if !matches!(unit, 512 | 1024 | 2048 | 4096) {
-            return Err(Error::invalid(format!("XTS data unit must be 512, 1024, 2048 or 4096 bytes, got {unit}")));
+            return Err(Error::invalid(format!(
+                "XTS data unit must be 512, 1024, 2048 or 4096 bytes, got {unit}"
+            )));
         }
         if !buf.len().is_multiple_of(unit) {
             return Err(Error::invalid(format!(
@@ -178,13 +205,24 @@ impl Xts {
             )));
         }
         let step = (unit / 512) as u64;
-        self.crypt_units(buf, unit, |i| iv.iv(first_sector.wrapping_add(i as u64 * step)), dir);
+        self.crypt_units(
+            buf,
+            unit,
+            |i| iv.iv(first_sector.wrapping_add(i as u64 * step)),
+            dir,
+        );
         Ok(())
     }
 
     /// The engine: `buf` is whole units of `unit` bytes (multiple of 16, at most [`BATCH_BYTES`]); unit `i`
     /// (counted from the start of `buf`) has tweak input `tweak_of(i)`.
-    fn crypt_units(&self, buf: &mut [u8], unit: usize, tweak_of: impl Fn(usize) -> u128, dir: Direction) {
+    fn crypt_units(
+        &self,
+        buf: &mut [u8],
+        unit: usize,
+        tweak_of: impl Fn(usize) -> u128,
+        dir: Direction,
+    ) {
         let blocks_per_unit = unit / 16;
         let units_per_batch = BATCH_BYTES / unit;
         let mut starts = [Block::default(); BATCH_BLOCKS];
@@ -197,7 +235,10 @@ impl Xts {
             }
             self.tweak.encrypt(&mut starts[..units]);
             for (u, start) in starts[..units].iter().enumerate() {
-                fill_tweaks(&mut tweaks[u * blocks_per_unit..(u + 1) * blocks_per_unit], u128::from_le_bytes(start.0));
+                fill_tweaks(
+                    &mut tweaks[u * blocks_per_unit..(u + 1) * blocks_per_unit],
+                    u128::from_le_bytes(start.0),
+                );
             }
             let tweaks = &tweaks[..batch.len() / 16];
             xor_tweaks(batch, tweaks);
@@ -249,7 +290,10 @@ mod tests {
         let x = Xts::new(&[1u8; 64]).unwrap();
         let mut buf = vec![0u8; 1000];
         assert!(x.encrypt(&mut buf, 512, 0, IvScheme::Plain64).is_err());
-        assert!(x.encrypt(&mut buf[..512], 256, 0, IvScheme::Plain64).is_err());
+        assert!(
+            x.encrypt(&mut buf[..512], 256, 0, IvScheme::Plain64)
+                .is_err()
+        );
     }
 
     #[test]
@@ -277,7 +321,8 @@ mod tests {
         x.encrypt(&mut all, 512, 1000, IvScheme::Plain64).unwrap();
         for (i, chunk) in plain.chunks(512).enumerate() {
             let mut one = chunk.to_vec();
-            x.encrypt(&mut one, 512, 1000 + i as u64, IvScheme::Plain64).unwrap();
+            x.encrypt(&mut one, 512, 1000 + i as u64, IvScheme::Plain64)
+                .unwrap();
             assert_eq!(one, all[i * 512..(i + 1) * 512]);
         }
     }

@@ -75,7 +75,11 @@ pub trait DiskImage: Debug + Send + Sync {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
     /// The allocation map, covering `0..virtual_size()` in order, with backing layers resolved.
     fn extents(&self) -> Result<Vec<Extent>> {
-        Ok(vec![Extent { offset: 0, len: self.virtual_size(), kind: ExtentKind::Data }])
+        Ok(vec![Extent {
+            offset: 0,
+            len: self.virtual_size(),
+            kind: ExtentKind::Data,
+        }])
     }
     /// Facts for `diskseal info`.
     fn info(&self) -> ImageInfo;
@@ -99,7 +103,10 @@ impl ImageFormat {
             "raw" => Ok(ImageFormat::Raw),
             "vpc" | "vhd" => Ok(ImageFormat::Vpc),
             "qcow2" => Ok(ImageFormat::Qcow2),
-            other => Err(Error::unsupported(format!("unknown image format {other:?}")).hint("supported: raw, vpc (vhd), qcow2")),
+            other => Err(
+                Error::unsupported(format!("unknown image format {other:?}"))
+                    .hint("supported: raw, vpc (vhd), qcow2"),
+            ),
         }
     }
 }
@@ -114,16 +121,29 @@ pub fn open(path: &Path, format: Option<ImageFormat>) -> Result<Box<dyn DiskImag
 
 /// Opens an image that is part of a chain; `chain` holds the files already open above it (for loop and
 /// depth checks) and is extended by the callee before it opens its own backing file.
-pub fn open_backing(path: &Path, format: Option<ImageFormat>, chain: &mut Vec<PathBuf>) -> Result<Box<dyn DiskImage>> {
+pub fn open_backing(
+    path: &Path,
+    format: Option<ImageFormat>,
+    chain: &mut Vec<PathBuf>,
+) -> Result<Box<dyn DiskImage>> {
     let file = File::open(path).map_err(|e| {
-        let hint = if chain.is_empty() { None } else { Some(format!("it is the backing file of {}", chain[chain.len() - 1].display())) };
+        let hint = if chain.is_empty() {
+            None
+        } else {
+            Some(format!(
+                "it is the backing file of {}",
+                chain[chain.len() - 1].display()
+            ))
+        };
         let err = Error::io("open image", path, None, e);
         match hint {
             Some(h) => err.hint(h),
             None => err,
         }
     })?;
-    let meta = file.metadata().map_err(|e| Error::io("stat", path, None, e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("stat", path, None, e))?;
     if meta.is_dir() {
         return Err(Error::invalid("input is a directory").with_path(path));
     }
@@ -132,7 +152,10 @@ pub fn open_backing(path: &Path, format: Option<ImageFormat>, chain: &mut Vec<Pa
         return Err(Error::corrupt("backing chain loops back to this file").with_path(path));
     }
     if chain.len() >= MAX_CHAIN_DEPTH {
-        return Err(Error::unsupported(format!("backing chain deeper than {MAX_CHAIN_DEPTH} images")).with_path(path));
+        return Err(Error::unsupported(format!(
+            "backing chain deeper than {MAX_CHAIN_DEPTH} images"
+        ))
+        .with_path(path));
     }
     let format = match format {
         Some(f) => f,
@@ -147,7 +170,9 @@ pub fn open_backing(path: &Path, format: Option<ImageFormat>, chain: &mut Vec<Pa
     };
     chain.push(canonical);
     let r = match format {
-        ImageFormat::Raw => raw::RawImage::new(file, path).map(|i| Box::new(i) as Box<dyn DiskImage>),
+        ImageFormat::Raw => {
+            raw::RawImage::new(file, path).map(|i| Box::new(i) as Box<dyn DiskImage>)
+        }
         ImageFormat::Vpc => vhd::open(file, path, chain),
         ImageFormat::Qcow2 => qcow2::open(file, path, chain),
     };
@@ -193,7 +218,9 @@ pub fn coalesce(extents: Vec<Extent>) -> Vec<Extent> {
     let mut out: Vec<Extent> = Vec::with_capacity(extents.len());
     for e in extents.into_iter().filter(|e| e.len > 0) {
         match out.last_mut() {
-            Some(last) if last.kind == e.kind && last.offset + last.len == e.offset => last.len += e.len,
+            Some(last) if last.kind == e.kind && last.offset + last.len == e.offset => {
+                last.len += e.len
+            }
             _ => out.push(e),
         }
     }

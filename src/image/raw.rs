@@ -21,8 +21,15 @@ pub struct RawImage {
 impl RawImage {
     /// Wraps an open file.
     pub fn new(file: File, path: &Path) -> Result<RawImage> {
-        let size = file.metadata().map_err(|e| Error::io("stat", path, None, e))?.len();
-        Ok(RawImage { file, path: path.to_owned(), size })
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io("stat", path, None, e))?
+            .len();
+        Ok(RawImage {
+            file,
+            path: path.to_owned(),
+            size,
+        })
     }
 }
 
@@ -51,7 +58,11 @@ impl DiskImage for RawImage {
                 Err(_) => pos,
             };
             if data > pos {
-                out.push(Extent { offset: pos, len: data - pos, kind: ExtentKind::Unallocated });
+                out.push(Extent {
+                    offset: pos,
+                    len: data - pos,
+                    kind: ExtentKind::Unallocated,
+                });
             }
             if data >= self.size {
                 break;
@@ -61,7 +72,11 @@ impl DiskImage for RawImage {
                 Err(_) => self.size,
             };
             let hole = hole.max(data + 1).min(self.size);
-            out.push(Extent { offset: data, len: hole - data, kind: ExtentKind::Data });
+            out.push(Extent {
+                offset: data,
+                len: hole - data,
+                kind: ExtentKind::Data,
+            });
             pos = hole;
         }
         Ok(coalesce(out))

@@ -14,10 +14,13 @@ use crate::error::{Error, Result};
 pub fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
     file.read_exact_at(buf, offset).map_err(|e| {
         if e.kind() == io::ErrorKind::UnexpectedEof {
-            Error::corrupt(format!("unexpected end of file reading {} bytes", buf.len()))
-                .with_path(path)
-                .at(offset)
-                .hint("the file is truncated")
+            Error::corrupt(format!(
+                "unexpected end of file reading {} bytes",
+                buf.len()
+            ))
+            .with_path(path)
+            .at(offset)
+            .hint("the file is truncated")
         } else {
             Error::io("read", path, Some(offset), e)
         }
@@ -40,13 +43,21 @@ fn temp_prefix(name: &str) -> String {
 /// Removes temporary files a killed run left for `name` in `dir` (their PID is no longer running).
 fn remove_stale_temps(dir: &Path, name: &str) {
     let prefix = temp_prefix(name);
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let file_name = e.file_name();
-        let Some(rest) = file_name.to_str().and_then(|f| f.strip_prefix(&prefix)).and_then(|r| r.strip_suffix(".tmp")) else {
+        let Some(rest) = file_name
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|r| r.strip_suffix(".tmp"))
+        else {
             continue;
         };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = fs::remove_file(e.path());
         }
@@ -87,9 +98,27 @@ impl OutputFile {
         remove_stale_temps(&dir, &name);
         let mut attempt = 0u32;
         loop {
-            let tmp = dir.join(format!("{}{}-{attempt}.tmp", temp_prefix(&name), std::process::id()));
-            match OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&tmp) {
-                Ok(file) => return Ok(OutputFile { file, tmp, dest: dest.to_owned(), force, committed: false }),
+            let tmp = dir.join(format!(
+                "{}{}-{attempt}.tmp",
+                temp_prefix(&name),
+                std::process::id()
+            ));
+            match OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+            {
+                Ok(file) => {
+                    return Ok(OutputFile {
+                        file,
+                        tmp,
+                        dest: dest.to_owned(),
+                        force,
+                        committed: false,
+                    });
+                }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,
                 Err(e) => return Err(Error::io("create output", &tmp, None, e)),
             }
@@ -108,28 +137,37 @@ impl OutputFile {
 
     /// Writes all of `buf` at `offset`.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        self.file.write_all_at(buf, offset).map_err(|e| Error::io("write", &self.dest, Some(offset), e))
+        self.file
+            .write_all_at(buf, offset)
+            .map_err(|e| Error::io("write", &self.dest, Some(offset), e))
     }
 
     /// Sets the file length (holes read as zeros).
     pub fn set_len(&self, len: u64) -> Result<()> {
-        self.file.set_len(len).map_err(|e| Error::io("resize", &self.dest, Some(len), e))
+        self.file
+            .set_len(len)
+            .map_err(|e| Error::io("resize", &self.dest, Some(len), e))
     }
 
     /// Flushes to disk, gives the file its final permissions (0644 less the umask is not known here,
     /// so 0644) and renames it into place. Without `force`, an existing destination is never replaced.
     pub fn commit(mut self, mode: u32) -> Result<()> {
-        self.file.sync_all().map_err(|e| Error::io("flush", &self.dest, None, e))?;
+        self.file
+            .sync_all()
+            .map_err(|e| Error::io("flush", &self.dest, None, e))?;
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(&self.tmp, fs::Permissions::from_mode(mode))
             .map_err(|e| Error::io("set permissions on", &self.dest, None, e))?;
         if self.force {
-            fs::rename(&self.tmp, &self.dest).map_err(|e| Error::io("rename output into", &self.dest, None, e))?;
+            fs::rename(&self.tmp, &self.dest)
+                .map_err(|e| Error::io("rename output into", &self.dest, None, e))?;
         } else {
             // A hard link fails if the destination appeared meanwhile: no silent overwrite.
             fs::hard_link(&self.tmp, &self.dest).map_err(|e| {
                 if e.kind() == io::ErrorKind::AlreadyExists {
-                    Error::invalid("output file already exists").with_path(&self.dest).hint("pass --force to overwrite it")
+                    Error::invalid("output file already exists")
+                        .with_path(&self.dest)
+                        .hint("pass --force to overwrite it")
                 } else {
                     Error::io("rename output into", &self.dest, None, e)
                 }

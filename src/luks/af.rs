@@ -84,6 +84,9 @@ mod tests {
         // A 40-byte buffer with sha256: block 1 is the first 8 bytes of H(be32(1) || 8 zero bytes).
         let mut buf = [0u8; 40];
         diffuse(&mut buf, Hash::Sha256);
-        assert_eq!(&buf[32..], &Hash::Sha256.digest(&[&[0, 0, 0, 1], &[0u8; 8]])[..8]);
+        assert_eq!(
+            &buf[32..],
+            &Hash::Sha256.digest(&[&[0, 0, 0, 1], &[0u8; 8]])[..8]
+        );
     }
 }

@@ -93,10 +93,17 @@ impl Kdf {
     /// Checks the parameters against cryptsetup's limits (`field` names where they came from).
     pub fn validate(&self, field: &str) -> Result<()> {
         match *self {
-            Kdf::Pbkdf2 { iterations, .. } if iterations < PBKDF2_MIN_ITERATIONS => Err(Error::corrupt(format!(
-                "{field}: pbkdf2 iterations {iterations} below the minimum {PBKDF2_MIN_ITERATIONS}"
-            ))),
-            Kdf::Argon2 { time, memory_kib, parallel, .. } => {
+            Kdf::Pbkdf2 { iterations, .. } if iterations < PBKDF2_MIN_ITERATIONS => {
+                Err(Error::corrupt(format!(
+                    "{field}: pbkdf2 iterations {iterations} below the minimum {PBKDF2_MIN_ITERATIONS}"
+                )))
+            }
+            Kdf::Argon2 {
+                time,
+                memory_kib,
+                parallel,
+                ..
+            } => {
                 if time < ARGON2_MIN_TIME
                     || !(ARGON2_MEMORY_KIB.0..=ARGON2_MEMORY_KIB.1).contains(&memory_kib)
                     || !(ARGON2_PARALLEL.0..=ARGON2_PARALLEL.1).contains(&parallel)
@@ -113,12 +120,26 @@ impl Kdf {
     }
 
     /// Derives `out_len` bytes from `password` and `salt`.
-    pub fn derive(&self, password: &[u8], salt: &[u8], out_len: usize) -> Result<Zeroizing<Vec<u8>>> {
+    pub fn derive(
+        &self,
+        password: &[u8],
+        salt: &[u8],
+        out_len: usize,
+    ) -> Result<Zeroizing<Vec<u8>>> {
         let mut out = Zeroizing::new(vec![0u8; out_len]);
         match *self {
             Kdf::Pbkdf2 { hash, iterations } => hash.pbkdf2(password, salt, iterations, &mut out),
-            Kdf::Argon2 { kind, time, memory_kib, parallel } => {
-                let algorithm = if kind == KdfType::Argon2i { Algorithm::Argon2i } else { Algorithm::Argon2id };
+            Kdf::Argon2 {
+                kind,
+                time,
+                memory_kib,
+                parallel,
+            } => {
+                let algorithm = if kind == KdfType::Argon2i {
+                    Algorithm::Argon2i
+                } else {
+                    Algorithm::Argon2id
+                };
                 let params = Params::new(memory_kib, time, parallel, Some(out_len))
                     .map_err(|e| Error::invalid(format!("argon2 parameters rejected: {e}")))?;
                 Argon2::new(algorithm, Version::V0x13, params)
@@ -163,7 +184,11 @@ fn default_memory_kib() -> u32 {
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(1)
+                        .and_then(|v| v.parse::<u64>().ok())
+                })
         })
         .unwrap_or(2 * ONE_GIB_KIB);
     (total_kib / 2).clamp(u64::from(ARGON2_MEMORY_KIB.0), ONE_GIB_KIB) as u32
@@ -176,7 +201,11 @@ impl KdfCost {
             return Err(Error::invalid("--iter-time must be at least 1 ms"));
         }
         if let Some(n) = self.force_iterations {
-            let min = if kind == KdfType::Pbkdf2 { PBKDF2_MIN_ITERATIONS } else { ARGON2_MIN_TIME };
+            let min = if kind == KdfType::Pbkdf2 {
+                PBKDF2_MIN_ITERATIONS
+            } else {
+                ARGON2_MIN_TIME
+            };
             if n < min {
                 return Err(Error::invalid(format!(
                     "--pbkdf-force-iterations {n} is below the minimum {min} for {}",
@@ -192,7 +221,10 @@ impl KdfCost {
                 )));
             }
             if !(ARGON2_PARALLEL.0..=ARGON2_PARALLEL.1).contains(&self.parallel) {
-                return Err(Error::invalid(format!("--pbkdf-parallel {} is outside 1..4", self.parallel)));
+                return Err(Error::invalid(format!(
+                    "--pbkdf-parallel {} is outside 1..4",
+                    self.parallel
+                )));
             }
         }
         Ok(())
@@ -214,7 +246,12 @@ impl KdfCost {
                     Some(t) => (t, self.memory_kib),
                     None => self.argon2_benchmark(kind, key_len)?,
                 };
-                Ok(Kdf::Argon2 { kind, time, memory_kib, parallel: self.parallel })
+                Ok(Kdf::Argon2 {
+                    kind,
+                    time,
+                    memory_kib,
+                    parallel: self.parallel,
+                })
             }
         }
     }
@@ -225,7 +262,12 @@ impl KdfCost {
         let target = f64::from(self.iter_time_ms);
         let mut memory = self.memory_kib;
         let run = |time: u32, memory_kib: u32| -> Result<f64> {
-            let kdf = Kdf::Argon2 { kind, time, memory_kib, parallel: self.parallel };
+            let kdf = Kdf::Argon2 {
+                kind,
+                time,
+                memory_kib,
+                parallel: self.parallel,
+            };
             let start = Instant::now();
             kdf.derive(b"diskseal benchmark", &[0u8; 32], key_len)?;
             Ok(start.elapsed().as_secs_f64() * 1000.0)
@@ -260,7 +302,11 @@ pub fn pbkdf2_iterations_for(hash: Hash, target_ms: u32, out_len: usize) -> u32 
 
 /// Iterations for the volume-key digest: benchmarked at 125 ms, or the minimum when the cost is forced.
 pub fn digest_iterations(hash: Hash, forced: bool) -> u32 {
-    if forced { PBKDF2_MIN_ITERATIONS } else { pbkdf2_iterations_for(hash, DIGEST_TARGET_MS, hash.output_len()) }
+    if forced {
+        PBKDF2_MIN_ITERATIONS
+    } else {
+        pbkdf2_iterations_for(hash, DIGEST_TARGET_MS, hash.output_len())
+    }
 }
 
 #[cfg(test)]
@@ -272,11 +318,24 @@ mod tests {
         // Independent reference: argon2-cffi (the C reference implementation), e.g.
         // python3 -c "import argon2.low_level as a; print(a.hash_secret_raw(b'password',
         //   b'somesaltsomesalt', 4, 32, 1, 32, a.Type.ID).hex())"
-        let kdf = Kdf::Argon2 { kind: KdfType::Argon2id, time: 4, memory_kib: 32, parallel: 1 };
+        let kdf = Kdf::Argon2 {
+            kind: KdfType::Argon2id,
+            time: 4,
+            memory_kib: 32,
+            parallel: 1,
+        };
         let out = kdf.derive(b"password", b"somesaltsomesalt", 32).unwrap();
-        assert_eq!(hex(&out), "fe636ce62231abda1cc9e744293b773105d3092e885ee6c9c969bb2d4dd7cea1");
+        assert_eq!(
+            hex(&out),
+            "fe636ce62231abda1cc9e744293b773105d3092e885ee6c9c969bb2d4dd7cea1"
+        );
         // ... (b'password', b'somesaltsomesalt', 4, 64, 2, 64, a.Type.I)
-        let kdf = Kdf::Argon2 { kind: KdfType::Argon2i, time: 4, memory_kib: 64, parallel: 2 };
+        let kdf = Kdf::Argon2 {
+            kind: KdfType::Argon2i,
+            time: 4,
+            memory_kib: 64,
+            parallel: 2,
+        };
         let out = kdf.derive(b"password", b"somesaltsomesalt", 64).unwrap();
         assert_eq!(
             hex(&out),
@@ -291,22 +350,42 @@ mod tests {
 
     #[test]
     fn forced_costs_skip_the_benchmark() {
-        let cost = KdfCost { force_iterations: Some(1000), ..KdfCost::default() };
+        let cost = KdfCost {
+            force_iterations: Some(1000),
+            ..KdfCost::default()
+        };
         assert_eq!(
             cost.choose(KdfType::Pbkdf2, Hash::Sha256, 64).unwrap(),
-            Kdf::Pbkdf2 { hash: Hash::Sha256, iterations: 1000 }
+            Kdf::Pbkdf2 {
+                hash: Hash::Sha256,
+                iterations: 1000
+            }
         );
-        let cost = KdfCost { force_iterations: Some(999), ..KdfCost::default() };
+        let cost = KdfCost {
+            force_iterations: Some(999),
+            ..KdfCost::default()
+        };
         assert!(cost.choose(KdfType::Pbkdf2, Hash::Sha256, 64).is_err());
-        let cost = KdfCost { force_iterations: Some(4), memory_kib: 16, ..KdfCost::default() };
+        let cost = KdfCost {
+            force_iterations: Some(4),
+            memory_kib: 16,
+            ..KdfCost::default()
+        };
         assert!(cost.choose(KdfType::Argon2id, Hash::Sha256, 64).is_err());
     }
 
     #[test]
     fn benchmark_hits_the_target_roughly() {
-        let cost = KdfCost { iter_time_ms: 20, memory_kib: 1024, parallel: 1, force_iterations: None };
+        let cost = KdfCost {
+            iter_time_ms: 20,
+            memory_kib: 1024,
+            parallel: 1,
+            force_iterations: None,
+        };
         match cost.choose(KdfType::Argon2id, Hash::Sha256, 64).unwrap() {
-            Kdf::Argon2 { time, memory_kib, .. } => assert!(time >= 4 && memory_kib <= 1024),
+            Kdf::Argon2 {
+                time, memory_kib, ..
+            } => assert!(time >= 4 && memory_kib <= 1024),
             other => panic!("unexpected {other:?}"),
         }
         assert!(pbkdf2_iterations_for(Hash::Sha256, 10, 32) >= PBKDF2_MIN_ITERATIONS);

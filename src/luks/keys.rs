@@ -10,7 +10,12 @@ use crate::error::{Error, Result};
 /// Fills a fresh buffer from the operating system's CSPRNG.
 pub fn random_bytes(len: usize) -> Result<Zeroizing<Vec<u8>>> {
     let mut buf = Zeroizing::new(vec![0u8; len]);
-    getrandom::fill(&mut buf).map_err(|e| Error::new(crate::ErrorKind::Io, format!("OS random generator failed: {e}")))?;
+    getrandom::fill(&mut buf).map_err(|e| {
+        Error::new(
+            crate::ErrorKind::Io,
+            format!("OS random generator failed: {e}"),
+        )
+    })?;
     Ok(buf)
 }
 
@@ -35,8 +40,10 @@ impl VolumeKey {
         check_len(bytes.len())?;
         let (k1, k2) = bytes.split_at(bytes.len() / 2);
         if k1 == k2 {
-            return Err(Error::invalid("the volume key's two XTS halves are identical, which XTS forbids")
-                .hint("use a key from `diskseal keygen` or another random source"));
+            return Err(Error::invalid(
+                "the volume key's two XTS halves are identical, which XTS forbids",
+            )
+            .hint("use a key from `diskseal keygen` or another random source"));
         }
         Ok(VolumeKey(bytes))
     }
@@ -61,7 +68,9 @@ fn check_len(len: usize) -> Result<()> {
     if len == 32 || len == 64 {
         Ok(())
     } else {
-        Err(Error::invalid(format!("volume key must be 32 or 64 bytes (AES-128/256-XTS), got {len}")))
+        Err(Error::invalid(format!(
+            "volume key must be 32 or 64 bytes (AES-128/256-XTS), got {len}"
+        )))
     }
 }
 
@@ -78,7 +87,8 @@ impl Passphrase {
     /// Wraps passphrase bytes; an empty passphrase is refused.
     pub fn new(bytes: Zeroizing<Vec<u8>>) -> Result<Self> {
         if bytes.is_empty() {
-            return Err(Error::invalid("the passphrase is empty").hint("an empty key file cannot open a keyslot"));
+            return Err(Error::invalid("the passphrase is empty")
+                .hint("an empty key file cannot open a keyslot"));
         }
         Ok(Passphrase(bytes))
     }

@@ -81,12 +81,12 @@ fn be32(b: &[u8], off: usize) -> u32 {
 }
 
 fn cstr(b: &[u8], field: &str, off: usize) -> Result<String> {
-    let end = b
-        .iter()
-        .position(|&c| c == 0)
-        .ok_or_else(|| Error::corrupt(format!("LUKS1 header field {field} is not NUL-terminated")).at(off as u64))?;
-    String::from_utf8(b[..end].to_vec())
-        .map_err(|_| Error::corrupt(format!("LUKS1 header field {field} is not valid UTF-8")).at(off as u64))
+    let end = b.iter().position(|&c| c == 0).ok_or_else(|| {
+        Error::corrupt(format!("LUKS1 header field {field} is not NUL-terminated")).at(off as u64)
+    })?;
+    String::from_utf8(b[..end].to_vec()).map_err(|_| {
+        Error::corrupt(format!("LUKS1 header field {field} is not valid UTF-8")).at(off as u64)
+    })
 }
 
 fn put_str(b: &mut [u8], s: &str) {
@@ -125,8 +125,10 @@ impl Luks1Header {
                 KEY_ENABLED => true,
                 KEY_DISABLED => false,
                 v => {
-                    return Err(Error::corrupt(format!("LUKS1 keyslot {i} active field {v:#010x} is neither enabled nor disabled"))
-                        .at(o as u64));
+                    return Err(Error::corrupt(format!(
+                        "LUKS1 keyslot {i} active field {v:#010x} is neither enabled nor disabled"
+                    ))
+                    .at(o as u64));
                 }
             };
             let mut salt = [0u8; 32];
@@ -145,28 +147,44 @@ impl Luks1Header {
 
     fn check(&self, file_len: u64) -> Result<()> {
         if self.key_bytes != 32 && self.key_bytes != 64 {
-            return Err(Error::unsupported(format!("LUKS1 keyBytes {} is not 32 or 64 (AES-XTS)", self.key_bytes)).at(108));
+            return Err(Error::unsupported(format!(
+                "LUKS1 keyBytes {} is not 32 or 64 (AES-XTS)",
+                self.key_bytes
+            ))
+            .at(108));
         }
         if self.payload_offset < 8 {
-            return Err(Error::corrupt(format!("LUKS1 payloadOffset {} is inside the header", self.payload_offset)).at(104));
+            return Err(Error::corrupt(format!(
+                "LUKS1 payloadOffset {} is inside the header",
+                self.payload_offset
+            ))
+            .at(104));
         }
         if self.mk_digest_iterations == 0 {
             return Err(Error::corrupt("LUKS1 mkDigestIterations is zero").at(164));
         }
         let payload = u64::from(self.payload_offset) * 512;
         if payload > file_len {
-            return Err(Error::corrupt(format!("LUKS1 payloadOffset {payload:#x} is beyond the end of the file ({file_len:#x})"))
-                .at(104)
-                .hint("the file is truncated"));
+            return Err(Error::corrupt(format!(
+                "LUKS1 payloadOffset {payload:#x} is beyond the end of the file ({file_len:#x})"
+            ))
+            .at(104)
+            .hint("the file is truncated"));
         }
         let mut ranges = Vec::new();
         for (i, s) in self.slots.iter().enumerate().filter(|(_, s)| s.active) {
             let at = (SLOT_BASE + i * SLOT_SIZE) as u64;
             if s.iterations == 0 {
-                return Err(Error::corrupt(format!("LUKS1 keyslot {i} is enabled with zero iterations")).at(at + 4));
+                return Err(Error::corrupt(format!(
+                    "LUKS1 keyslot {i} is enabled with zero iterations"
+                ))
+                .at(at + 4));
             }
             if s.stripes == 0 || s.stripes > 100_000 {
-                return Err(Error::corrupt(format!("LUKS1 keyslot {i} has {} stripes", s.stripes)).at(at + 44));
+                return Err(
+                    Error::corrupt(format!("LUKS1 keyslot {i} has {} stripes", s.stripes))
+                        .at(at + 44),
+                );
             }
             let start = u64::from(s.key_material_offset);
             let sectors = (keyslot::material_len(self.key_bytes as usize, s.stripes) / 512) as u64;
@@ -183,7 +201,10 @@ impl Luks1Header {
         ranges.sort();
         for w in ranges.windows(2) {
             if w[0].1 > w[1].0 {
-                return Err(Error::corrupt(format!("LUKS1 keyslots {} and {} overlap", w[0].2, w[1].2)));
+                return Err(Error::corrupt(format!(
+                    "LUKS1 keyslots {} and {} overlap",
+                    w[0].2, w[1].2
+                )));
             }
         }
         Ok(())
@@ -205,7 +226,9 @@ impl Luks1Header {
         put_str(&mut b[168..208], &self.uuid);
         for (i, s) in self.slots.iter().enumerate() {
             let o = SLOT_BASE + i * SLOT_SIZE;
-            b[o..o + 4].copy_from_slice(&(if s.active { KEY_ENABLED } else { KEY_DISABLED }).to_be_bytes());
+            b[o..o + 4].copy_from_slice(
+                &(if s.active { KEY_ENABLED } else { KEY_DISABLED }).to_be_bytes(),
+            );
             b[o + 4..o + 8].copy_from_slice(&s.iterations.to_be_bytes());
             b[o + 8..o + 40].copy_from_slice(&s.salt);
             b[o + 40..o + 44].copy_from_slice(&s.key_material_offset.to_be_bytes());
@@ -223,18 +246,24 @@ impl Luks1Header {
     /// FDE header area); offsets inside the header are relative to `base`.
     pub fn read_at(file: &File, path: &Path, base: u64, region_len: u64) -> Result<Luks1Header> {
         if region_len < PHDR_SIZE as u64 {
-            return Err(Error::format("too short for a LUKS1 header").with_path(path).at(base));
+            return Err(Error::format("too short for a LUKS1 header")
+                .with_path(path)
+                .at(base));
         }
         let mut b = [0u8; PHDR_SIZE];
-        file.read_exact_at(&mut b, base).map_err(|e| Error::io("read LUKS1 header", path, Some(base), e))?;
+        file.read_exact_at(&mut b, base)
+            .map_err(|e| Error::io("read LUKS1 header", path, Some(base), e))?;
         Self::decode(&b, region_len).map_err(|e| {
             let at = e.offset().unwrap_or(0);
-            Error::new(e.kind(), e.message()).with_path(path).at(base + at)
+            Error::new(e.kind(), e.message())
+                .with_path(path)
+                .at(base + at)
         })
     }
 
     fn hash(&self) -> Result<Hash> {
-        Hash::parse(&self.hash_spec).map_err(|e| Error::new(e.kind(), format!("LUKS1 hashSpec: {}", e.message())).at(72))
+        Hash::parse(&self.hash_spec)
+            .map_err(|e| Error::new(e.kind(), format!("LUKS1 hashSpec: {}", e.message())).at(72))
     }
 
     fn cipher(&self) -> Result<CipherSpec> {
@@ -256,21 +285,36 @@ impl Luks1Header {
     }
 
     /// Tries each enabled keyslot with `passphrase`.
-    pub fn unlock(&self, file: &File, path: &Path, passphrase: &Passphrase) -> Result<(VolumeKey, u32)> {
+    pub fn unlock(
+        &self,
+        file: &File,
+        path: &Path,
+        passphrase: &Passphrase,
+    ) -> Result<(VolumeKey, u32)> {
         self.unlock_at(file, path, 0, passphrase)
     }
 
     /// [`Luks1Header::unlock`] for a header embedded at `base`.
-    pub fn unlock_at(&self, file: &File, path: &Path, base: u64, passphrase: &Passphrase) -> Result<(VolumeKey, u32)> {
+    pub fn unlock_at(
+        &self,
+        file: &File,
+        path: &Path,
+        base: u64,
+        passphrase: &Passphrase,
+    ) -> Result<(VolumeKey, u32)> {
         let hash = self.hash().map_err(|e| e.with_path(path))?;
         let cipher = self.cipher().map_err(|e| e.with_path(path))?;
         let key_len = self.key_bytes as usize;
         for (i, s) in self.slots.iter().enumerate().filter(|(_, s)| s.active) {
-            let kdf = Kdf::Pbkdf2 { hash, iterations: s.iterations };
+            let kdf = Kdf::Pbkdf2 {
+                hash,
+                iterations: s.iterations,
+            };
             let slot_key = kdf.derive(passphrase.expose(), &s.salt, key_len)?;
             let offset = base + u64::from(s.key_material_offset) * 512;
             let mut material = Zeroizing::new(vec![0u8; keyslot::material_len(key_len, s.stripes)]);
-            file.read_exact_at(&mut material, offset).map_err(|e| Error::io("read keyslot", path, Some(offset), e))?;
+            file.read_exact_at(&mut material, offset)
+                .map_err(|e| Error::io("read keyslot", path, Some(offset), e))?;
             let candidate = keyslot::open(material, &slot_key, hash, s.stripes, key_len, cipher)?;
             if self.key_matches(hash, &candidate) {
                 return Ok((VolumeKey::from_bytes(candidate)?, i as u32));
@@ -282,7 +326,13 @@ impl Luks1Header {
     }
 
     fn key_matches(&self, hash: Hash, key: &[u8]) -> bool {
-        let d = keyslot::digest(hash, key, &self.mk_digest_salt, self.mk_digest_iterations, 20);
+        let d = keyslot::digest(
+            hash,
+            key,
+            &self.mk_digest_salt,
+            self.mk_digest_iterations,
+            20,
+        );
         keyslot::digest_matches(&d, &self.mk_digest)
     }
 
@@ -295,16 +345,23 @@ impl Luks1Header {
 /// Builds a LUKS1 header region (up to the payload) holding keyslot 0 for `passphrase`.
 pub fn format(opts: &FormatOptions, key: &VolumeKey, passphrase: &Passphrase) -> Result<Formatted> {
     if opts.sector_size != 512 {
-        return Err(Error::invalid("LUKS1 supports only 512-byte sectors").hint("use --type luks2 for 4096-byte sectors"));
+        return Err(Error::invalid("LUKS1 supports only 512-byte sectors")
+            .hint("use --type luks2 for 4096-byte sectors"));
     }
     if opts.kdf != KdfType::Pbkdf2 {
-        return Err(Error::invalid(format!("LUKS1 keyslots use pbkdf2, not {}", opts.kdf.name())));
+        return Err(Error::invalid(format!(
+            "LUKS1 keyslots use pbkdf2, not {}",
+            opts.kdf.name()
+        )));
     }
     if !opts.label.is_empty() || !opts.subsystem.is_empty() {
-        return Err(Error::invalid("LUKS1 has no label or subsystem field").hint("use --type luks2"));
+        return Err(
+            Error::invalid("LUKS1 has no label or subsystem field").hint("use --type luks2")
+        );
     }
     let key_len = key.len();
-    let slot_sectors = ((keyslot::material_len(key_len, STRIPES) as u64).div_ceil(4096) * 4096 / 512) as u32;
+    let slot_sectors =
+        ((keyslot::material_len(key_len, STRIPES) as u64).div_ceil(4096) * 4096 / 512) as u32;
     let slots_end = 8 + 8 * u64::from(slot_sectors);
     let payload_sectors = match opts.data_offset {
         Some(off) => {
@@ -325,13 +382,29 @@ pub fn format(opts: &FormatOptions, key: &VolumeKey, passphrase: &Passphrase) ->
     let mut salt = [0u8; 32];
     salt.copy_from_slice(&random_bytes(32)?);
     let slot_key = kdf.derive(passphrase.expose(), &salt, key_len)?;
-    let material = keyslot::seal(key.expose(), &slot_key, opts.hash, STRIPES, CipherSpec::AES_XTS_PLAIN64)?;
-    let mk_digest_iterations = kdf::digest_iterations(opts.hash, opts.cost.force_iterations.is_some());
+    let material = keyslot::seal(
+        key.expose(),
+        &slot_key,
+        opts.hash,
+        STRIPES,
+        CipherSpec::AES_XTS_PLAIN64,
+    )?;
+    let mk_digest_iterations =
+        kdf::digest_iterations(opts.hash, opts.cost.force_iterations.is_some());
     let mut mk_digest_salt = [0u8; 32];
     mk_digest_salt.copy_from_slice(&random_bytes(32)?);
     let mut mk_digest = [0u8; 20];
-    mk_digest.copy_from_slice(&keyslot::digest(opts.hash, key.expose(), &mk_digest_salt, mk_digest_iterations, 20));
-    let uuid = opts.uuid.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    mk_digest.copy_from_slice(&keyslot::digest(
+        opts.hash,
+        key.expose(),
+        &mk_digest_salt,
+        mk_digest_iterations,
+        20,
+    ));
+    let uuid = opts
+        .uuid
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let slots = (0..8)
         .map(|i| Slot {
             active: i == 0,
@@ -360,7 +433,12 @@ pub fn format(opts: &FormatOptions, key: &VolumeKey, passphrase: &Passphrase) ->
     header[4096..(slots_end * 512) as usize].copy_from_slice(&fill);
     header[..PHDR_SIZE].copy_from_slice(&h.encode());
     header[4096..4096 + material.len()].copy_from_slice(&material);
-    Ok(Formatted { header, data_offset, uuid, keyslot_kdf: kdf })
+    Ok(Formatted {
+        header,
+        data_offset,
+        uuid,
+        keyslot_kdf: kdf,
+    })
 }
 
 #[cfg(test)]
@@ -391,6 +469,11 @@ mod tests {
         }
         let mut b = good;
         b[8..40].fill(b'a');
-        assert!(Luks1Header::decode(&b, len).unwrap_err().message().contains("cipherName"));
+        assert!(
+            Luks1Header::decode(&b, len)
+                .unwrap_err()
+                .message()
+                .contains("cipherName")
+        );
     }
 }

@@ -83,7 +83,11 @@ impl FormatOptions {
         FormatOptions {
             version,
             sector_size: 512,
-            kdf: if version == LuksVersion::Luks2 { KdfType::Argon2id } else { KdfType::Pbkdf2 },
+            kdf: if version == LuksVersion::Luks2 {
+                KdfType::Argon2id
+            } else {
+                KdfType::Pbkdf2
+            },
             hash: Hash::Sha256,
             cost: KdfCost::default(),
             label: String::new(),
@@ -123,11 +127,14 @@ pub struct Formatted {
 /// Formats a header of `opts.version` for `key`, with keyslot 0 opened by `passphrase`.
 pub fn format(opts: &FormatOptions, key: &VolumeKey, passphrase: &Passphrase) -> Result<Formatted> {
     if let Some(u) = &opts.uuid {
-        uuid::Uuid::parse_str(u).map_err(|_| Error::invalid(format!("--uuid {u:?} is not a UUID")))?;
+        uuid::Uuid::parse_str(u)
+            .map_err(|_| Error::invalid(format!("--uuid {u:?} is not a UUID")))?;
     }
     for (name, v) in [("label", &opts.label), ("subsystem", &opts.subsystem)] {
         if v.len() > 47 || v.contains('\0') {
-            return Err(Error::invalid(format!("the {name} must be at most 47 bytes without NUL")));
+            return Err(Error::invalid(format!(
+                "the {name} must be at most 47 bytes without NUL"
+            )));
         }
     }
     match opts.version {
@@ -170,8 +177,11 @@ impl Segment {
                 s
             }
             None => file_len.checked_sub(self.offset).ok_or_else(|| {
-                Error::corrupt(format!("the data offset {:#x} is beyond the end of the file ({file_len:#x})", self.offset))
-                    .hint("the file is truncated")
+                Error::corrupt(format!(
+                    "the data offset {:#x} is beyond the end of the file ({file_len:#x})",
+                    self.offset
+                ))
+                .hint("the file is truncated")
             })?,
         };
         if len % u64::from(self.sector_size) != 0 {
@@ -217,7 +227,10 @@ fn has_fixed_vhd_footer(file: &File, file_len: u64) -> bool {
         return false;
     }
     let raw = RawFooter::decode(&b);
-    &raw.cookie == b"conectix" && raw.disk_type == 2 && raw.checksum == raw.computed_checksum() && raw.current_size == file_len - 512
+    &raw.cookie == b"conectix"
+        && raw.disk_type == 2
+        && raw.checksum == raw.computed_checksum()
+        && raw.current_size == file_len - 512
 }
 
 /// True when `file` starts with the LUKS magic ("LUKS\xba\xbe") or a LUKS2 secondary at 16 KiB.
@@ -229,15 +242,24 @@ pub fn probe(file: &File) -> bool {
 impl Luks {
     /// Opens the header of `file` (either version), checking every structure.
     pub fn open(file: &File, path: &Path) -> Result<Luks> {
-        let file_len = file.metadata().map_err(|e| Error::io("stat", path, None, e))?.len();
+        let file_len = file
+            .metadata()
+            .map_err(|e| Error::io("stat", path, None, e))?
+            .len();
         let mut head = [0u8; 8];
         if file_len < 8 {
-            return Err(Error::format("file is too short to be LUKS").with_path(path).hint("is this the encrypted image?"));
+            return Err(Error::format("file is too short to be LUKS")
+                .with_path(path)
+                .hint("is this the encrypted image?"));
         }
-        file.read_exact_at(&mut head, 0).map_err(|e| Error::io("read", path, Some(0), e))?;
+        file.read_exact_at(&mut head, 0)
+            .map_err(|e| Error::io("read", path, Some(0), e))?;
         let version = u16::from_be_bytes([head[6], head[7]]);
         let (header, warnings) = if head[..6] == luks1::MAGIC && version == 1 {
-            (Header::V1(luks1::Luks1Header::read(file, path, file_len)?), Vec::new())
+            (
+                Header::V1(luks1::Luks1Header::read(file, path, file_len)?),
+                Vec::new(),
+            )
         } else if version == 2 || head[..6] != luks1::MAGIC {
             // A LUKS2 primary, or a damaged primary whose secondary may still be intact.
             match luks2::Luks2Header::read(file, path, file_len) {
@@ -245,7 +267,9 @@ impl Luks {
                     let w = h.warnings.clone();
                     (Header::V2(Box::new(h)), w)
                 }
-                Err(e) if head[..6] != luks1::MAGIC && e.kind() == crate::ErrorKind::InvalidFormat => {
+                Err(e)
+                    if head[..6] != luks1::MAGIC && e.kind() == crate::ErrorKind::InvalidFormat =>
+                {
                     return Err(Error::format("not a LUKS file (no LUKS magic at offset 0)")
                         .with_path(path)
                         .at(0)
@@ -254,7 +278,11 @@ impl Luks {
                 Err(e) => return Err(e),
             }
         } else {
-            return Err(Error::unsupported(format!("LUKS version {version} is not supported")).with_path(path).at(6));
+            return Err(
+                Error::unsupported(format!("LUKS version {version} is not supported"))
+                    .with_path(path)
+                    .at(6),
+            );
         };
         let segment = match &header {
             Header::V1(h) => h.segment(),
@@ -262,16 +290,32 @@ impl Luks {
         }
         .map_err(|e| e.with_path(path))?;
         // A LUKS file wrapped as a fixed VHD (`-O vhd`): the footer is not payload.
-        let file_len = if segment.size.is_none() && has_fixed_vhd_footer(file, file_len) { file_len - 512 } else { file_len };
-        segment.payload_len(file_len).map_err(|e| e.with_path(path))?;
-        Ok(Luks { header, segment, file_len, warnings })
+        let file_len = if segment.size.is_none() && has_fixed_vhd_footer(file, file_len) {
+            file_len - 512
+        } else {
+            file_len
+        };
+        segment
+            .payload_len(file_len)
+            .map_err(|e| e.with_path(path))?;
+        Ok(Luks {
+            header,
+            segment,
+            file_len,
+            warnings,
+        })
     }
 
     /// A LUKS1 header embedded in another container (qcow2); the payload lives elsewhere, so the
     /// segment describes the header only and `file_len` is the container's size.
     pub fn embedded(header: luks1::Luks1Header, file_len: u64) -> Result<Luks> {
         let segment = header.segment()?;
-        Ok(Luks { header: Header::V1(header), segment, file_len, warnings: Vec::new() })
+        Ok(Luks {
+            header: Header::V1(header),
+            segment,
+            file_len,
+            warnings: Vec::new(),
+        })
     }
 
     /// LUKS1 or LUKS2.
@@ -296,7 +340,12 @@ impl Luks {
     }
 
     /// Recovers the volume key with `passphrase`; returns it and the keyslot that opened.
-    pub fn unlock(&self, file: &File, path: &Path, passphrase: &Passphrase) -> Result<(VolumeKey, u32)> {
+    pub fn unlock(
+        &self,
+        file: &File,
+        path: &Path,
+        passphrase: &Passphrase,
+    ) -> Result<(VolumeKey, u32)> {
         match &self.header {
             Header::V1(h) => h.unlock(file, path, passphrase),
             Header::V2(h) => h.unlock(file, path, passphrase),
@@ -308,14 +357,25 @@ impl Luks {
         if key.len() != self.segment.key_bytes {
             return Err(Error::new(
                 crate::ErrorKind::WrongKey,
-                format!("the volume key has {} bytes, the header expects {}", key.len(), self.segment.key_bytes),
+                format!(
+                    "the volume key has {} bytes, the header expects {}",
+                    key.len(),
+                    self.segment.key_bytes
+                ),
             ));
         }
         let ok = match &self.header {
             Header::V1(h) => h.check_volume_key(key)?,
             Header::V2(h) => h.check_volume_key(key)?,
         };
-        if ok { Ok(()) } else { Err(Error::new(crate::ErrorKind::WrongKey, "the volume key does not match the header's digest")) }
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::new(
+                crate::ErrorKind::WrongKey,
+                "the volume key does not match the header's digest",
+            ))
+        }
     }
 
     /// A summary for `dump --json` (no secrets: salts and digests are public header data).
@@ -366,14 +426,26 @@ impl Luks {
         let seg = &self.segment;
         let mut s = String::new();
         let _ = writeln!(s, "LUKS header information");
-        let _ = writeln!(s, "Version:        {}", if self.version() == LuksVersion::Luks1 { 1 } else { 2 });
+        let _ = writeln!(
+            s,
+            "Version:        {}",
+            if self.version() == LuksVersion::Luks1 {
+                1
+            } else {
+                2
+            }
+        );
         let _ = writeln!(s, "UUID:           {}", self.uuid());
         match &self.header {
             Header::V1(h) => {
                 let _ = writeln!(s, "Cipher name:    {}", h.cipher_name);
                 let _ = writeln!(s, "Cipher mode:    {}", h.cipher_mode);
                 let _ = writeln!(s, "Hash spec:      {}", h.hash_spec);
-                let _ = writeln!(s, "Payload offset: {} sectors ({} bytes)", h.payload_offset, seg.offset);
+                let _ = writeln!(
+                    s,
+                    "Payload offset: {} sectors ({} bytes)",
+                    h.payload_offset, seg.offset
+                );
                 let _ = writeln!(s, "MK bits:        {}", h.key_bytes * 8);
                 let _ = writeln!(s, "MK iterations:  {}", h.mk_digest_iterations);
                 let _ = writeln!(s, "\nKeyslots:");
@@ -390,11 +462,23 @@ impl Luks {
                 }
             }
             Header::V2(h) => {
-                let _ = writeln!(s, "Label:          {}", if h.bin.label.is_empty() { "(no label)" } else { &h.bin.label });
+                let _ = writeln!(
+                    s,
+                    "Label:          {}",
+                    if h.bin.label.is_empty() {
+                        "(no label)"
+                    } else {
+                        &h.bin.label
+                    }
+                );
                 let _ = writeln!(
                     s,
                     "Subsystem:      {}",
-                    if h.bin.subsystem.is_empty() { "(no subsystem)" } else { &h.bin.subsystem }
+                    if h.bin.subsystem.is_empty() {
+                        "(no subsystem)"
+                    } else {
+                        &h.bin.subsystem
+                    }
                 );
                 let _ = writeln!(s, "Epoch:          {}", h.bin.seqid);
                 let _ = writeln!(s, "Metadata area:  {} [bytes]", h.bin.hdr_size);
@@ -403,15 +487,25 @@ impl Luks {
                     let _ = writeln!(s, "Flags:          {}", h.meta.config.flags.join(" "));
                 }
                 if !h.meta.config.requirements.is_empty() {
-                    let _ = writeln!(s, "Requirements:   {} (unmet: diskseal cannot unlock this device)", h.meta.config.requirements.join(" "));
+                    let _ = writeln!(
+                        s,
+                        "Requirements:   {} (unmet: diskseal cannot unlock this device)",
+                        h.meta.config.requirements.join(" ")
+                    );
                 }
                 let _ = writeln!(s, "\nData segments:");
                 for g in &h.meta.segments {
-                    let size = g.size.map_or("dynamic".to_owned(), |v| format!("{v} [bytes]"));
+                    let size = g
+                        .size
+                        .map_or("dynamic".to_owned(), |v| format!("{v} [bytes]"));
                     let _ = writeln!(s, "  {}: {}", g.id, g.kind);
                     let _ = writeln!(s, "\toffset: {} [bytes]\n\tlength: {size}", g.offset);
                     if g.kind == "crypt" {
-                        let _ = writeln!(s, "\tcipher: {}\n\tsector: {} [bytes]", g.encryption, g.sector_size);
+                        let _ = writeln!(
+                            s,
+                            "\tcipher: {}\n\tsector: {} [bytes]",
+                            g.encryption, g.sector_size
+                        );
                     }
                 }
                 let _ = writeln!(s, "\nKeyslots:");
@@ -428,16 +522,31 @@ impl Luks {
                             let _ = writeln!(s, "\tIterations: {i}");
                         }
                         if let (Some(t), Some(m), Some(c)) = (l.time, l.memory, l.cpus) {
-                            let _ = writeln!(s, "\tTime cost:  {t}\n\tMemory:     {m}\n\tThreads:    {c}");
+                            let _ = writeln!(
+                                s,
+                                "\tTime cost:  {t}\n\tMemory:     {m}\n\tThreads:    {c}"
+                            );
                         }
-                        let _ = writeln!(s, "\tAF stripes: {}\n\tAF hash:    {}", l.stripes, l.af_hash);
-                        let _ = writeln!(s, "\tArea offset: {} [bytes]\n\tArea length: {} [bytes]", l.area_offset, l.area_size);
+                        let _ = writeln!(
+                            s,
+                            "\tAF stripes: {}\n\tAF hash:    {}",
+                            l.stripes, l.af_hash
+                        );
+                        let _ = writeln!(
+                            s,
+                            "\tArea offset: {} [bytes]\n\tArea length: {} [bytes]",
+                            l.area_offset, l.area_size
+                        );
                     }
                 }
                 let _ = writeln!(s, "Tokens:         {}", h.meta.tokens);
                 let _ = writeln!(s, "Digests:");
                 for d in &h.meta.digests {
-                    let _ = writeln!(s, "  {}: {}\n\tHash:       {}\n\tIterations: {}", d.id, d.kind, d.hash, d.iterations);
+                    let _ = writeln!(
+                        s,
+                        "  {}: {}\n\tHash:       {}\n\tIterations: {}",
+                        d.id, d.kind, d.hash, d.iterations
+                    );
                 }
             }
         }

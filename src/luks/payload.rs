@@ -26,7 +26,12 @@ pub struct LuksPayload {
 impl LuksPayload {
     /// Wraps an opened header and a volume key already checked against it.
     pub fn new(file: File, path: &Path, luks: Luks, key: &VolumeKey) -> Result<LuksPayload> {
-        Ok(LuksPayload { file, path: path.to_owned(), xts: Xts::new(key.expose())?, luks })
+        Ok(LuksPayload {
+            file,
+            path: path.to_owned(),
+            xts: Xts::new(key.expose())?,
+            luks,
+        })
     }
 
     /// The header.
@@ -38,7 +43,12 @@ impl LuksPayload {
     fn read_sectors(&self, buf: &mut [u8], off: u64) -> Result<()> {
         let seg = &self.luks.segment;
         read_exact_at(&self.file, &self.path, buf, seg.offset + off)?;
-        self.xts.decrypt(buf, seg.sector_size as usize, luks_sector(seg.iv_tweak, off), seg.cipher.iv)
+        self.xts.decrypt(
+            buf,
+            seg.sector_size as usize,
+            luks_sector(seg.iv_tweak, off),
+            seg.cipher.iv,
+        )
     }
 }
 
@@ -56,7 +66,12 @@ impl DiskImage for LuksPayload {
         let end = offset
             .checked_add(buf.len() as u64)
             .filter(|&e| e <= size)
-            .ok_or_else(|| Error::invalid(format!("read at {offset:#x} is past the payload size {size:#x}")).with_path(&self.path))?;
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "read at {offset:#x} is past the payload size {size:#x}"
+                ))
+                .with_path(&self.path)
+            })?;
         let sector = u64::from(self.luks.segment.sector_size);
         let (start, stop) = (offset / sector * sector, end.div_ceil(sector) * sector);
         if start == offset && stop == end {

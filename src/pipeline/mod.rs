@@ -84,7 +84,11 @@ impl Pipeline {
 
     /// True once cancellation was requested; as an error ready to return.
     pub fn check_cancel(cancel: &AtomicBool) -> Result<()> {
-        if cancel.load(Ordering::Relaxed) { Err(interrupted()) } else { Ok(()) }
+        if cancel.load(Ordering::Relaxed) {
+            Err(interrupted())
+        } else {
+            Ok(())
+        }
     }
 
     /// Runs `work(buf, offset)` for every chunk of `0..len`, in parallel and in no particular order.
@@ -97,7 +101,13 @@ impl Pipeline {
         let n = len.div_ceil(chunk);
         // Buffers are reused across chunks: at most one per worker is ever allocated.
         let pool: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
-        let take = || pool.lock().map(|mut p| p.pop()).ok().flatten().unwrap_or_default();
+        let take = || {
+            pool.lock()
+                .map(|mut p| p.pop())
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        };
         let give = |b: Vec<u8>| {
             if let Ok(mut p) = pool.lock() {
                 p.push(b);
@@ -123,7 +133,14 @@ impl Pipeline {
 
     /// Runs `work(buf, offset)` on waves of chunks in parallel, then `consume(buf, offset)` on each chunk
     /// of the wave in order. At most two chunks per worker are in memory.
-    pub fn scan_ordered<F, C>(&self, len: u64, cancel: &AtomicBool, progress: &Progress, work: F, mut consume: C) -> Result<()>
+    pub fn scan_ordered<F, C>(
+        &self,
+        len: u64,
+        cancel: &AtomicBool,
+        progress: &Progress,
+        work: F,
+        mut consume: C,
+    ) -> Result<()>
     where
         F: Fn(&mut [u8], u64) -> Result<()> + Sync,
         C: FnMut(&[u8], u64) -> Result<()>,
@@ -146,7 +163,10 @@ impl Pipeline {
                 jobs.push((buf, off));
                 off += this as u64;
             }
-            self.pool.install(|| jobs.par_iter_mut().try_for_each(|(buf, o)| work(&mut buf[..], *o)))?;
+            self.pool.install(|| {
+                jobs.par_iter_mut()
+                    .try_for_each(|(buf, o)| work(&mut buf[..], *o))
+            })?;
             for (buf, o) in &jobs {
                 consume(&buf[..], *o)?;
                 progress.add(buf.len() as u64);
@@ -204,7 +224,9 @@ mod tests {
     #[test]
     fn cancel_stops_with_interrupted() {
         let p = Pipeline::new(Some(1), 10).unwrap();
-        let e = p.run(100, &AtomicBool::new(true), &Progress::new(), |_, _| Ok(())).unwrap_err();
+        let e = p
+            .run(100, &AtomicBool::new(true), &Progress::new(), |_, _| Ok(()))
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Interrupted);
     }
 }

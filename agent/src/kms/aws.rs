@@ -75,23 +75,43 @@ pub struct SigV4<'a> {
 
 /// A SigV4 `Authorization` header; the headers are signed lower-cased, trimmed and sorted.
 pub fn sigv4_authorization(r: &SigV4<'_>, access_key: &str, secret: &str) -> String {
-    let SigV4 { method, path, query, headers, body, region, service, amz_date } = *r;
-    let mut h: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned())).collect();
+    let SigV4 {
+        method,
+        path,
+        query,
+        headers,
+        body,
+        region,
+        service,
+        amz_date,
+    } = *r;
+    let mut h: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
     h.sort();
     let canonical_headers: String = h.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
     let signed: Vec<&str> = h.iter().map(|(k, _)| k.as_str()).collect();
     let signed = signed.join(";");
-    let creq = format!("{method}\n{path}\n{query}\n{canonical_headers}\n{signed}\n{}", hex(&Sha256::digest(body)));
+    let creq = format!(
+        "{method}\n{path}\n{query}\n{canonical_headers}\n{signed}\n{}",
+        hex(&Sha256::digest(body))
+    );
     let date = &amz_date[..8];
     let scope = format!("{date}/{region}/{service}/aws4_request");
-    let sts = format!("AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}", hex(&Sha256::digest(creq.as_bytes())));
+    let sts = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+        hex(&Sha256::digest(creq.as_bytes()))
+    );
     let k_secret = Zeroizing::new(format!("AWS4{secret}"));
     let k = hmac(k_secret.as_bytes(), date.as_bytes());
     let k = hmac(&k, region.as_bytes());
     let k = hmac(&k, service.as_bytes());
     let k = hmac(&k, b"aws4_request");
     let sig = hex(&hmac(&k, sts.as_bytes()));
-    format!("AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={signed}, Signature={sig}")
+    format!(
+        "AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={signed}, Signature={sig}"
+    )
 }
 
 /// Pulls a tag's text out of an XML error body (no XML crate needed for `<Code>`/`<Message>`).
@@ -104,8 +124,14 @@ fn xml_tag(body: &str, tag: &str) -> Option<String> {
 impl AwsKms {
     /// A client; nothing is sent until the first call.
     pub fn new(s: AwsSettings) -> AwsKms {
-        let config = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(Some(s.retry.timeout)).build();
-        AwsKms { s, agent: ureq::Agent::new_with_config(config) }
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(s.retry.timeout))
+            .build();
+        AwsKms {
+            s,
+            agent: ureq::Agent::new_with_config(config),
+        }
     }
 
     fn label(&self) -> String {
@@ -114,8 +140,18 @@ impl AwsKms {
 
     fn call(&self, op: &str, body: &Zeroizing<String>) -> Result<Value, KmsError> {
         let url = format!("{}/", self.s.endpoint);
-        let host = self.s.endpoint.split("://").nth(1).unwrap_or(&self.s.endpoint).trim_end_matches('/').to_owned();
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let host = self
+            .s
+            .endpoint
+            .split("://")
+            .nth(1)
+            .unwrap_or(&self.s.endpoint)
+            .trim_end_matches('/')
+            .to_owned();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         let amz_date = crate::time::amz_date(now);
         let target = format!("TrentService.{op}");
         let mut headers = vec![
@@ -138,7 +174,11 @@ impl AwsKms {
             service: "kms",
             amz_date: &amz_date,
         };
-        let auth = sigv4_authorization(&req, &self.s.access_key_id, self.s.secret_access_key.expose());
+        let auth = sigv4_authorization(
+            &req,
+            &self.s.access_key_id,
+            self.s.secret_access_key.expose(),
+        );
         let reply = super::http::with_retries(&self.s.retry, &self.label(), || {
             let mut req = self.agent.post(&url).header("authorization", &auth);
             for (k, v) in &headers {
@@ -196,15 +236,18 @@ impl AwsKms {
 
     fn decode(&self, text: &str) -> Result<SecretBytes, KmsError> {
         use base64::Engine;
-        base64::engine::general_purpose::STANDARD.decode(text).map(|b| SecretBytes::new(Zeroizing::new(b))).map_err(|_| KmsError {
-            kind: KmsErrorKind::BadResponse,
-            endpoint: self.label(),
-            status: Some(200),
-            reason: None,
-            message: "Plaintext is not base64".into(),
-            correlation_id: None,
-            attempts: 1,
-        })
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map(|b| SecretBytes::new(Zeroizing::new(b)))
+            .map_err(|_| KmsError {
+                kind: KmsErrorKind::BadResponse,
+                endpoint: self.label(),
+                status: Some(200),
+                reason: None,
+                message: "Plaintext is not base64".into(),
+                correlation_id: None,
+                attempts: 1,
+            })
     }
 }
 
@@ -214,13 +257,21 @@ impl KeyWrapper for AwsKms {
     }
 
     fn wrap(&self, plaintext: &SecretBytes) -> Result<Wrapped, KmsError> {
-        let body = Zeroizing::new(json!({"KeyId": self.s.key_id, "Plaintext": b64(plaintext.expose())}).to_string());
+        let body = Zeroizing::new(
+            json!({"KeyId": self.s.key_id, "Plaintext": b64(plaintext.expose())}).to_string(),
+        );
         let v = self.call("Encrypt", &body)?;
-        Ok(Wrapped { ciphertext: self.field(&v, "CiphertextBlob")?, key_version: v["KeyId"].as_str().map(str::to_owned), correlation_id: None })
+        Ok(Wrapped {
+            ciphertext: self.field(&v, "CiphertextBlob")?,
+            key_version: v["KeyId"].as_str().map(str::to_owned),
+            correlation_id: None,
+        })
     }
 
     fn unwrap(&self, ciphertext: &str) -> Result<Unwrapped, KmsError> {
-        let body = Zeroizing::new(json!({"KeyId": self.s.key_id, "CiphertextBlob": ciphertext}).to_string());
+        let body = Zeroizing::new(
+            json!({"KeyId": self.s.key_id, "CiphertextBlob": ciphertext}).to_string(),
+        );
         let v = self.call("Decrypt", &body)?;
         Ok(Unwrapped {
             plaintext: self.decode(&self.field(&v, "Plaintext")?)?,
@@ -231,17 +282,28 @@ impl KeyWrapper for AwsKms {
     }
 
     fn rewrap(&self, ciphertext: &str) -> Result<Wrapped, KmsError> {
-        let body = Zeroizing::new(json!({"CiphertextBlob": ciphertext, "DestinationKeyId": self.s.key_id}).to_string());
+        let body = Zeroizing::new(
+            json!({"CiphertextBlob": ciphertext, "DestinationKeyId": self.s.key_id}).to_string(),
+        );
         let v = self.call("ReEncrypt", &body)?;
-        Ok(Wrapped { ciphertext: self.field(&v, "CiphertextBlob")?, key_version: v["KeyId"].as_str().map(str::to_owned), correlation_id: None })
+        Ok(Wrapped {
+            ciphertext: self.field(&v, "CiphertextBlob")?,
+            key_version: v["KeyId"].as_str().map(str::to_owned),
+            correlation_id: None,
+        })
     }
 
     fn generate(&self) -> Result<Generated, KmsError> {
-        let body = Zeroizing::new(json!({"KeyId": self.s.key_id, "KeySpec": "AES_256"}).to_string());
+        let body =
+            Zeroizing::new(json!({"KeyId": self.s.key_id, "KeySpec": "AES_256"}).to_string());
         let v = self.call("GenerateDataKey", &body)?;
         Ok(Generated {
             plaintext: self.decode(&self.field(&v, "Plaintext")?)?,
-            wrapped: Wrapped { ciphertext: self.field(&v, "CiphertextBlob")?, key_version: v["KeyId"].as_str().map(str::to_owned), correlation_id: None },
+            wrapped: Wrapped {
+                ciphertext: self.field(&v, "CiphertextBlob")?,
+                key_version: v["KeyId"].as_str().map(str::to_owned),
+                correlation_id: None,
+            },
         })
     }
 }
@@ -257,13 +319,20 @@ mod tests {
             method: "GET",
             path: "/",
             query: "",
-            headers: &[("host", "example.amazonaws.com"), ("x-amz-date", "20150830T123600Z")],
+            headers: &[
+                ("host", "example.amazonaws.com"),
+                ("x-amz-date", "20150830T123600Z"),
+            ],
             body: b"",
             region: "us-east-1",
             service: "service",
             amz_date: "20150830T123600Z",
         };
-        let auth = sigv4_authorization(&req, "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY");
+        let auth = sigv4_authorization(
+            &req,
+            "AKIDEXAMPLE",
+            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+        );
         assert_eq!(
             auth,
             "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date, \
@@ -274,7 +343,10 @@ mod tests {
     #[test]
     fn xml_errors_are_read() {
         let body = "<ErrorResponse><Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match</Message></Error><RequestId>r-1</RequestId></ErrorResponse>";
-        assert_eq!(xml_tag(body, "Code").as_deref(), Some("SignatureDoesNotMatch"));
+        assert_eq!(
+            xml_tag(body, "Code").as_deref(),
+            Some("SignatureDoesNotMatch")
+        );
         assert_eq!(xml_tag(body, "RequestId").as_deref(), Some("r-1"));
     }
 }

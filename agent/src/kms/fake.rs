@@ -25,7 +25,11 @@ impl FakeWrapper {
         if let Ok(mut m) = self.keys.lock() {
             m.insert(ciphertext.clone(), Zeroizing::new(plain.to_vec()));
         }
-        Wrapped { ciphertext, key_version: Some("fake-v1".into()), correlation_id: Some(uuid4()) }
+        Wrapped {
+            ciphertext,
+            key_version: Some("fake-v1".into()),
+            correlation_id: Some(uuid4()),
+        }
     }
 }
 
@@ -39,9 +43,18 @@ impl KeyWrapper for FakeWrapper {
     }
 
     fn unwrap(&self, ciphertext: &str) -> Result<Unwrapped, KmsError> {
-        let found = self.keys.lock().ok().and_then(|m| m.get(ciphertext).cloned());
+        let found = self
+            .keys
+            .lock()
+            .ok()
+            .and_then(|m| m.get(ciphertext).cloned());
         match found {
-            Some(k) => Ok(Unwrapped { plaintext: SecretBytes::new(k), key_version: Some("fake-v1".into()), rewrapped: None, correlation_id: None }),
+            Some(k) => Ok(Unwrapped {
+                plaintext: SecretBytes::new(k),
+                key_version: Some("fake-v1".into()),
+                rewrapped: None,
+                correlation_id: None,
+            }),
             None => Err(KmsError {
                 kind: KmsErrorKind::Http,
                 endpoint: "fake KMS".into(),
@@ -70,7 +83,10 @@ impl KeyWrapper for FakeWrapper {
             attempts: 1,
         })?;
         let wrapped = self.store(&key);
-        Ok(Generated { plaintext: SecretBytes::new(key), wrapped })
+        Ok(Generated {
+            plaintext: SecretBytes::new(key),
+            wrapped,
+        })
     }
 }
 

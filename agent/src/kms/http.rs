@@ -31,9 +31,17 @@ pub(crate) fn with_retries(
         match send() {
             Ok(mut resp) => {
                 let status = resp.status().as_u16();
-                let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let header = |name: &str| {
+                    resp.headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                };
                 let retry_after = header("retry-after");
-                let correlation_id = header("correlation-id").or_else(|| header("transaction-id")).or_else(|| header("x-amzn-requestid")).or_else(|| header("x-amz-request-id"));
+                let correlation_id = header("correlation-id")
+                    .or_else(|| header("transaction-id"))
+                    .or_else(|| header("x-amzn-requestid"))
+                    .or_else(|| header("x-amz-request-id"));
                 let etag = header("etag");
                 let content_length = header("content-length").and_then(|v| v.trim().parse().ok());
                 let body = resp.body_mut().read_to_string().unwrap_or_default();
@@ -48,12 +56,21 @@ pub(crate) fn with_retries(
                     std::thread::sleep(wait.min(policy.max_wait));
                     continue;
                 }
-                return Ok(Reply { status, body, correlation_id, etag, content_length });
+                return Ok(Reply {
+                    status,
+                    body,
+                    correlation_id,
+                    etag,
+                    content_length,
+                });
             }
             Err(e) => {
                 let transient = matches!(
                     e,
-                    ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::Timeout(_) | ureq::Error::HostNotFound
+                    ureq::Error::Io(_)
+                        | ureq::Error::ConnectionFailed
+                        | ureq::Error::Timeout(_)
+                        | ureq::Error::HostNotFound
                 );
                 if transient && !last {
                     std::thread::sleep(backoff(policy, attempt).min(policy.max_wait));
@@ -75,7 +92,10 @@ pub(crate) fn with_retries(
 
 /// Exponential back-off with jitter: a random wait in [d/2, d] for d = base * 2^(attempt-1).
 fn backoff(p: &RetryPolicy, attempt: u32) -> Duration {
-    let d = p.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(p.max_wait);
+    let d = p
+        .base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(p.max_wait);
     let mut r = [0u8; 4];
     let _ = getrandom::fill(&mut r);
     let frac = f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX);

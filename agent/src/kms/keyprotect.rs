@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use super::{Generated, KeyWrapper, KmsError, KmsErrorKind, Unwrapped, Wrapped, b64, uuid4};
 use super::http::Reply;
+use super::{Generated, KeyWrapper, KmsError, KmsErrorKind, Unwrapped, Wrapped, b64, uuid4};
 use crate::config::{KmsSettings, Service};
 use crate::secret::{SecretBytes, SecretString};
 
@@ -46,7 +46,11 @@ impl KeyProtect {
             .timeout_global(Some(settings.retry.timeout))
             .user_agent(concat!("diskseal-agent/", env!("CARGO_PKG_VERSION")))
             .build();
-        KeyProtect { s: settings, agent: ureq::Agent::new_with_config(config), token: Mutex::new(None) }
+        KeyProtect {
+            s: settings,
+            agent: ureq::Agent::new_with_config(config),
+            token: Mutex::new(None),
+        }
     }
 
     fn service_name(&self) -> &'static str {
@@ -74,7 +78,10 @@ impl KeyProtect {
 
     /// A valid bearer token: cached, or fetched when missing, due for refresh, or `force`d.
     fn bearer(&self, force: bool) -> Result<SecretString, KmsError> {
-        let mut slot = self.token.lock().map_err(|_| self.bad(&self.iam_label(), "token cache poisoned"))?;
+        let mut slot = self
+            .token
+            .lock()
+            .map_err(|_| self.bad(&self.iam_label(), "token cache poisoned"))?;
         if let Some(t) = slot.as_ref()
             && !force
             && Instant::now() < t.refresh_at
@@ -84,14 +91,20 @@ impl KeyProtect {
         let url = format!("{}/identity/token", self.s.iam_endpoint);
         let apikey = self.s.api_key.clone();
         let reply = self.with_retries(&self.iam_label(), || {
-            self.agent.post(&url).header("accept", "application/json").send_form([
-                ("grant_type", "urn:ibm:params:oauth:grant-type:apikey"),
-                ("apikey", apikey.expose()),
-            ])
+            self.agent
+                .post(&url)
+                .header("accept", "application/json")
+                .send_form([
+                    ("grant_type", "urn:ibm:params:oauth:grant-type:apikey"),
+                    ("apikey", apikey.expose()),
+                ])
         })?;
         if reply.status != 200 {
             let v: Value = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
-            let message = v["errorMessage"].as_str().map(str::to_owned).unwrap_or_else(|| snippet(&reply.body));
+            let message = v["errorMessage"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| snippet(&reply.body));
             let request_id = v["context"]["requestId"].as_str().map(str::to_owned);
             return Err(KmsError {
                 kind: KmsErrorKind::Http,
@@ -103,13 +116,23 @@ impl KeyProtect {
                 attempts: 1,
             });
         }
-        let v: Value = serde_json::from_str(&reply.body).map_err(|e| self.bad(&self.iam_label(), &format!("token response is not JSON: {e}")))?;
-        let access = v["access_token"].as_str().ok_or_else(|| self.bad(&self.iam_label(), "no access_token in the token response"))?;
+        let v: Value = serde_json::from_str(&reply.body).map_err(|e| {
+            self.bad(
+                &self.iam_label(),
+                &format!("token response is not JSON: {e}"),
+            )
+        })?;
+        let access = v["access_token"]
+            .as_str()
+            .ok_or_else(|| self.bad(&self.iam_label(), "no access_token in the token response"))?;
         let ttl = v["expires_in"].as_u64().unwrap_or(3600);
         // Refresh after 80 % of the lifetime, as IBM's SDKs do.
         let refresh_at = Instant::now() + Duration::from_millis(ttl * 800);
         let value = SecretString::new(access.to_owned());
-        *slot = Some(Token { value: value.clone(), refresh_at });
+        *slot = Some(Token {
+            value: value.clone(),
+            refresh_at,
+        });
         Ok(value)
     }
 
@@ -126,8 +149,16 @@ impl KeyProtect {
     }
 
     /// One key action; refreshes the token once on 401.
-    fn action(&self, action: &str, body: &Zeroizing<String>) -> Result<(Value, Option<String>), KmsError> {
-        let url = format!("{}/api/v2/keys/{}/actions/{action}", self.s.endpoint, path_segment(&self.s.key_id));
+    fn action(
+        &self,
+        action: &str,
+        body: &Zeroizing<String>,
+    ) -> Result<(Value, Option<String>), KmsError> {
+        let url = format!(
+            "{}/api/v2/keys/{}/actions/{action}",
+            self.s.endpoint,
+            path_segment(&self.s.key_id)
+        );
         let cid = uuid4();
         let mut refreshed = false;
         loop {
@@ -155,8 +186,12 @@ impl KeyProtect {
             if !(200..300).contains(&reply.status) {
                 return Err(self.kp_error(reply.status, &reply.body, cid_out));
             }
-            let v: Value = serde_json::from_str(&reply.body)
-                .map_err(|e| self.bad(&self.kms_label(), &format!("{action} response is not JSON: {e}")))?;
+            let v: Value = serde_json::from_str(&reply.body).map_err(|e| {
+                self.bad(
+                    &self.kms_label(),
+                    &format!("{action} response is not JSON: {e}"),
+                )
+            })?;
             return Ok((v, cid_out));
         }
     }
@@ -170,7 +205,13 @@ impl KeyProtect {
             .as_str()
             .or_else(|| res["errorMsg"].as_str())
             .map(str::to_owned)
-            .unwrap_or_else(|| if body.trim().is_empty() { "(empty body)".into() } else { snippet(body) });
+            .unwrap_or_else(|| {
+                if body.trim().is_empty() {
+                    "(empty body)".into()
+                } else {
+                    snippet(body)
+                }
+            });
         let mut message = message;
         if let Some(more) = reason["moreInfo"].as_str() {
             message.push_str(&format!("; see {more}"));
@@ -187,18 +228,37 @@ impl KeyProtect {
     }
 
     fn wrapped(&self, v: &Value, cid: Option<String>, action: &str) -> Result<Wrapped, KmsError> {
-        let ciphertext = v["ciphertext"].as_str().ok_or_else(|| self.bad(&self.kms_label(), &format!("no ciphertext in the {action} response")))?;
-        let key_version = v["rewrappedKeyVersion"]["id"].as_str().or_else(|| v["keyVersion"]["id"].as_str()).map(str::to_owned);
-        Ok(Wrapped { ciphertext: ciphertext.to_owned(), key_version, correlation_id: cid })
+        let ciphertext = v["ciphertext"].as_str().ok_or_else(|| {
+            self.bad(
+                &self.kms_label(),
+                &format!("no ciphertext in the {action} response"),
+            )
+        })?;
+        let key_version = v["rewrappedKeyVersion"]["id"]
+            .as_str()
+            .or_else(|| v["keyVersion"]["id"].as_str())
+            .map(str::to_owned);
+        Ok(Wrapped {
+            ciphertext: ciphertext.to_owned(),
+            key_version,
+            correlation_id: cid,
+        })
     }
 
     fn plaintext(&self, v: &Value) -> Result<SecretBytes, KmsError> {
         use base64::Engine;
-        let text = v["plaintext"].as_str().ok_or_else(|| self.bad(&self.kms_label(), "no plaintext in the response"))?;
+        let text = v["plaintext"]
+            .as_str()
+            .ok_or_else(|| self.bad(&self.kms_label(), "no plaintext in the response"))?;
         base64::engine::general_purpose::STANDARD
             .decode(text)
             .map(|b| SecretBytes::new(Zeroizing::new(b)))
-            .map_err(|_| self.bad(&self.kms_label(), "the plaintext in the response is not base64"))
+            .map_err(|_| {
+                self.bad(
+                    &self.kms_label(),
+                    "the plaintext in the response is not base64",
+                )
+            })
     }
 }
 
@@ -232,14 +292,23 @@ impl KeyWrapper for KeyProtect {
 
     fn generate(&self) -> Result<Generated, KmsError> {
         let (v, cid) = self.action("wrap", &Zeroizing::new("{}".to_owned()))?;
-        Ok(Generated { plaintext: self.plaintext(&v)?, wrapped: self.wrapped(&v, cid, "wrap")? })
+        Ok(Generated {
+            plaintext: self.plaintext(&v)?,
+            wrapped: self.wrapped(&v, cid, "wrap")?,
+        })
     }
 }
 
 /// Percent-encodes a key id or alias for a URL path segment.
 fn path_segment(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 

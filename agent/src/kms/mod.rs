@@ -82,8 +82,13 @@ pub struct KmsError {
 impl KmsError {
     fn render(&self) -> String {
         let mut s = match self.kind {
-            KmsErrorKind::Unreachable => format!("cannot reach {} after {} attempt(s): {}", self.endpoint, self.attempts, self.message),
-            KmsErrorKind::BadResponse => format!("{}: unexpected response: {}", self.endpoint, self.message),
+            KmsErrorKind::Unreachable => format!(
+                "cannot reach {} after {} attempt(s): {}",
+                self.endpoint, self.attempts, self.message
+            ),
+            KmsErrorKind::BadResponse => {
+                format!("{}: unexpected response: {}", self.endpoint, self.message)
+            }
             KmsErrorKind::Http => {
                 let mut head: Vec<String> = Vec::new();
                 if let Some(s) = self.status {
@@ -130,20 +135,53 @@ pub fn conformance(kms: &dyn KeyWrapper) {
     use zeroize::Zeroizing;
     for len in [11usize, 32, 64] {
         let secret: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
-        let w = kms.wrap(&SecretBytes::new(Zeroizing::new(secret.clone()))).expect("wrap");
+        let w = kms
+            .wrap(&SecretBytes::new(Zeroizing::new(secret.clone())))
+            .expect("wrap");
         assert!(!w.ciphertext.is_empty(), "empty WDEK");
-        assert!(!w.ciphertext.contains(&crate::kms::b64(&secret)), "WDEK contains the plaintext");
+        assert!(
+            !w.ciphertext.contains(&crate::kms::b64(&secret)),
+            "WDEK contains the plaintext"
+        );
         let u = kms.unwrap(&w.ciphertext).expect("unwrap");
-        assert_eq!(u.plaintext.expose(), &secret[..], "unwrap returned other bytes");
+        assert_eq!(
+            u.plaintext.expose(),
+            &secret[..],
+            "unwrap returned other bytes"
+        );
         // Two wraps may be equal (AES-KWP is deterministic) or not (Key Protect): both must unwrap.
-        let w2 = kms.wrap(&SecretBytes::new(Zeroizing::new(secret.clone()))).expect("wrap again");
-        assert_eq!(kms.unwrap(&w2.ciphertext).expect("unwrap again").plaintext.expose(), &secret[..]);
+        let w2 = kms
+            .wrap(&SecretBytes::new(Zeroizing::new(secret.clone())))
+            .expect("wrap again");
+        assert_eq!(
+            kms.unwrap(&w2.ciphertext)
+                .expect("unwrap again")
+                .plaintext
+                .expose(),
+            &secret[..]
+        );
         let r = kms.rewrap(&w.ciphertext).expect("rewrap");
-        assert_eq!(kms.unwrap(&r.ciphertext).expect("unwrap rewrapped").plaintext.expose(), &secret[..]);
+        assert_eq!(
+            kms.unwrap(&r.ciphertext)
+                .expect("unwrap rewrapped")
+                .plaintext
+                .expose(),
+            &secret[..]
+        );
     }
     let g = kms.generate().expect("generate");
-    assert_eq!(g.plaintext.expose().len(), 32, "generated DEK is not 32 bytes");
-    assert_eq!(kms.unwrap(&g.wrapped.ciphertext).expect("unwrap generated").plaintext.expose(), g.plaintext.expose());
+    assert_eq!(
+        g.plaintext.expose().len(),
+        32,
+        "generated DEK is not 32 bytes"
+    );
+    assert_eq!(
+        kms.unwrap(&g.wrapped.ciphertext)
+            .expect("unwrap generated")
+            .plaintext
+            .expose(),
+        g.plaintext.expose()
+    );
     let garbage = b64(b"{\"ciphertext\":\"nope\"}");
     assert!(kms.unwrap(&garbage).is_err(), "garbage unwrapped");
 }
@@ -161,5 +199,12 @@ pub fn uuid4() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h = diskseal::bundle::hex(&b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }

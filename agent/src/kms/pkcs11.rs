@@ -100,12 +100,23 @@ fn ck(what: &str, e: cryptoki::error::Error) -> KmsError {
 impl Pkcs11 {
     /// Loads the module and finds the token by label.
     pub fn new(s: Pkcs11Settings) -> Result<Pkcs11, KmsError> {
-        let ctx = Ctx::new(&s.module).map_err(|e| ck(&format!("cannot load PKCS#11 module {}", s.module.display()), e))?;
-        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)).map_err(|e| ck("C_Initialize", e))?;
+        let ctx = Ctx::new(&s.module).map_err(|e| {
+            ck(
+                &format!("cannot load PKCS#11 module {}", s.module.display()),
+                e,
+            )
+        })?;
+        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .map_err(|e| ck("C_Initialize", e))?;
         let mut found = None;
         let mut labels = Vec::new();
-        for slot in ctx.get_slots_with_token().map_err(|e| ck("C_GetSlotList", e))? {
-            let info = ctx.get_token_info(slot).map_err(|e| ck("C_GetTokenInfo", e))?;
+        for slot in ctx
+            .get_slots_with_token()
+            .map_err(|e| ck("C_GetSlotList", e))?
+        {
+            let info = ctx
+                .get_token_info(slot)
+                .map_err(|e| ck("C_GetTokenInfo", e))?;
             let label = info.label().trim().to_owned();
             if label == s.token_label {
                 found = Some(slot);
@@ -113,24 +124,48 @@ impl Pkcs11 {
             }
             labels.push(label);
         }
-        let slot = found.ok_or_else(|| err("no token", format!("no token labelled {:?} (tokens: {labels:?})", s.token_label)))?;
+        let slot = found.ok_or_else(|| {
+            err(
+                "no token",
+                format!("no token labelled {:?} (tokens: {labels:?})", s.token_label),
+            )
+        })?;
         Ok(Pkcs11 { s, ctx, slot })
     }
 
     fn session(&self) -> Result<Session, KmsError> {
-        let session = self.ctx.open_rw_session(self.slot).map_err(|e| ck("C_OpenSession", e))?;
+        let session = self
+            .ctx
+            .open_rw_session(self.slot)
+            .map_err(|e| ck("C_OpenSession", e))?;
         let pin = cryptoki::types::AuthPin::from(self.s.pin.expose().to_owned());
-        session.login(UserType::User, Some(&pin)).map_err(|e| ck("C_Login (is the PIN right?)", e))?;
+        session
+            .login(UserType::User, Some(&pin))
+            .map_err(|e| ck("C_Login (is the PIN right?)", e))?;
         Ok(session)
     }
 
     fn find(&self, session: &Session, class: ObjectClass) -> Result<ObjectHandle, KmsError> {
-        let t = [Attribute::Class(class), Attribute::Label(self.s.key_label.as_bytes().to_vec())];
-        let mut v = session.find_objects(&t).map_err(|e| ck("C_FindObjects", e))?;
+        let t = [
+            Attribute::Class(class),
+            Attribute::Label(self.s.key_label.as_bytes().to_vec()),
+        ];
+        let mut v = session
+            .find_objects(&t)
+            .map_err(|e| ck("C_FindObjects", e))?;
         match v.len() {
             1 => Ok(v.remove(0)),
-            0 => Err(err("no key", format!("no {class} labelled {:?} on token {:?}", self.s.key_label, self.s.token_label))),
-            n => Err(err("ambiguous key", format!("{n} objects labelled {:?}", self.s.key_label))),
+            0 => Err(err(
+                "no key",
+                format!(
+                    "no {class} labelled {:?} on token {:?}",
+                    self.s.key_label, self.s.token_label
+                ),
+            )),
+            n => Err(err(
+                "ambiguous key",
+                format!("{n} objects labelled {:?}", self.s.key_label),
+            )),
         }
     }
 
@@ -158,48 +193,78 @@ impl Pkcs11 {
         match self.s.mechanism {
             Pkcs11Mechanism::AesKwp => {
                 let kek = self.find(session, ObjectClass::SECRET_KEY)?;
-                let dek = session.create_object(&Self::secret_template(vec![Attribute::Value(plain.to_vec())])).map_err(|e| ck("C_CreateObject", e))?;
-                let r = session.wrap_key(&Mechanism::AesKeyWrapPad, kek, dek).map_err(|e| ck("C_WrapKey", e));
+                let dek = session
+                    .create_object(&Self::secret_template(vec![Attribute::Value(
+                        plain.to_vec(),
+                    )]))
+                    .map_err(|e| ck("C_CreateObject", e))?;
+                let r = session
+                    .wrap_key(&Mechanism::AesKeyWrapPad, kek, dek)
+                    .map_err(|e| ck("C_WrapKey", e));
                 let _ = session.destroy_object(dek);
                 r
             }
             _ => {
                 let public = self.find(session, ObjectClass::PUBLIC_KEY)?;
-                session.encrypt(&self.oaep(), public, plain).map_err(|e| ck("C_Encrypt (RSA-OAEP)", e))
+                session
+                    .encrypt(&self.oaep(), public, plain)
+                    .map_err(|e| ck("C_Encrypt (RSA-OAEP)", e))
             }
         }
     }
 
-    fn unwrap_bytes(&self, session: &Session, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+    fn unwrap_bytes(
+        &self,
+        session: &Session,
+        wrapped: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
         match self.s.mechanism {
             Pkcs11Mechanism::AesKwp => {
                 let kek = self.find(session, ObjectClass::SECRET_KEY)?;
                 let obj = session
-                    .unwrap_key(&Mechanism::AesKeyWrapPad, kek, wrapped, &Self::secret_template(vec![]))
+                    .unwrap_key(
+                        &Mechanism::AesKeyWrapPad,
+                        kek,
+                        wrapped,
+                        &Self::secret_template(vec![]),
+                    )
                     .map_err(|e| ck("C_UnwrapKey", e))?;
-                let attrs = session.get_attributes(obj, &[AttributeType::Value]).map_err(|e| ck("C_GetAttributeValue", e));
+                let attrs = session
+                    .get_attributes(obj, &[AttributeType::Value])
+                    .map_err(|e| ck("C_GetAttributeValue", e));
                 let _ = session.destroy_object(obj);
                 match attrs?.into_iter().next() {
                     Some(Attribute::Value(v)) => Ok(Zeroizing::new(v)),
-                    _ => Err(err("C_GetAttributeValue", "the unwrapped key's value is not readable")),
+                    _ => Err(err(
+                        "C_GetAttributeValue",
+                        "the unwrapped key's value is not readable",
+                    )),
                 }
             }
             _ => {
                 let private = self.find(session, ObjectClass::PRIVATE_KEY)?;
-                session.decrypt(&self.oaep(), private, wrapped).map(Zeroizing::new).map_err(|e| ck("C_Decrypt (RSA-OAEP)", e))
+                session
+                    .decrypt(&self.oaep(), private, wrapped)
+                    .map(Zeroizing::new)
+                    .map_err(|e| ck("C_Decrypt (RSA-OAEP)", e))
             }
         }
     }
 
     fn decode(ciphertext: &str) -> Result<Vec<u8>, KmsError> {
         use base64::Engine;
-        base64::engine::general_purpose::STANDARD.decode(ciphertext.trim()).map_err(|_| err("bad WDEK", "the WDEK is not base64"))
+        base64::engine::general_purpose::STANDARD
+            .decode(ciphertext.trim())
+            .map_err(|_| err("bad WDEK", "the WDEK is not base64"))
     }
 }
 
 impl KeyWrapper for Pkcs11 {
     fn target(&self) -> String {
-        format!("pkcs11:token={};object={}", self.s.token_label, self.s.key_label)
+        format!(
+            "pkcs11:token={};object={}",
+            self.s.token_label, self.s.key_label
+        )
     }
 
     fn wrap(&self, plaintext: &SecretBytes) -> Result<Wrapped, KmsError> {
@@ -220,13 +285,22 @@ impl KeyWrapper for Pkcs11 {
                 ),
             ));
         }
-        Ok(Wrapped { ciphertext: b64(&w), key_version: None, correlation_id: None })
+        Ok(Wrapped {
+            ciphertext: b64(&w),
+            key_version: None,
+            correlation_id: None,
+        })
     }
 
     fn unwrap(&self, ciphertext: &str) -> Result<Unwrapped, KmsError> {
         let session = self.session()?;
         let plain = self.unwrap_bytes(&session, &Self::decode(ciphertext)?)?;
-        Ok(Unwrapped { plaintext: SecretBytes::new(plain), key_version: None, rewrapped: None, correlation_id: None })
+        Ok(Unwrapped {
+            plaintext: SecretBytes::new(plain),
+            key_version: None,
+            rewrapped: None,
+            correlation_id: None,
+        })
     }
 
     fn rewrap(&self, ciphertext: &str) -> Result<Wrapped, KmsError> {
@@ -236,9 +310,18 @@ impl KeyWrapper for Pkcs11 {
 
     fn generate(&self) -> Result<Generated, KmsError> {
         let session = self.session()?;
-        let key = session.generate_random_vec(32).map_err(|e| ck("C_GenerateRandom", e))?;
+        let key = session
+            .generate_random_vec(32)
+            .map_err(|e| ck("C_GenerateRandom", e))?;
         let plaintext = SecretBytes::new(Zeroizing::new(key));
         let w = self.wrap_bytes(&session, plaintext.expose())?;
-        Ok(Generated { plaintext, wrapped: Wrapped { ciphertext: b64(&w), key_version: None, correlation_id: None } })
+        Ok(Generated {
+            plaintext,
+            wrapped: Wrapped {
+                ciphertext: b64(&w),
+                key_version: None,
+                correlation_id: None,
+            },
+        })
     }
 }

@@ -21,7 +21,10 @@ impl CompressedDesc {
         let x = 62 - (cluster_bits - 8);
         let offset = entry & ((1u64 << x) - 1);
         let sectors = ((entry >> x) & ((1u64 << (cluster_bits - 8)) - 1)) + 1;
-        CompressedDesc { offset, len: sectors * 512 - (offset & 511) }
+        CompressedDesc {
+            offset,
+            len: sectors * 512 - (offset & 511),
+        }
     }
 }
 
@@ -41,7 +44,9 @@ impl std::fmt::Display for InflateError {
         match self {
             InflateError::Garbage(m) => write!(f, "invalid compressed data ({m})"),
             InflateError::Short(n) => write!(f, "compressed data inflates to only {n:#x} bytes"),
-            InflateError::TooLong => f.write_str("compressed data inflates to more than one cluster"),
+            InflateError::TooLong => {
+                f.write_str("compressed data inflates to more than one cluster")
+            }
         }
     }
 }
@@ -59,7 +64,11 @@ pub fn inflate_zlib(input: &[u8], out: &mut [u8]) -> Result<(), InflateError> {
         let pos_in = before_in as usize;
         let pos_out = before_out as usize;
         let status = d
-            .decompress(&input[pos_in..], &mut out[pos_out..], flate2::FlushDecompress::Finish)
+            .decompress(
+                &input[pos_in..],
+                &mut out[pos_out..],
+                flate2::FlushDecompress::Finish,
+            )
             .map_err(|e| InflateError::Garbage(e.to_string()))?;
         let produced = d.total_out() as usize;
         if produced == out.len() {
@@ -67,7 +76,9 @@ pub fn inflate_zlib(input: &[u8], out: &mut [u8]) -> Result<(), InflateError> {
         }
         match status {
             flate2::Status::StreamEnd => return Err(InflateError::Short(produced)),
-            _ if d.total_in() == before_in && d.total_out() == before_out => return Err(InflateError::Short(produced)),
+            _ if d.total_in() == before_in && d.total_out() == before_out => {
+                return Err(InflateError::Short(produced));
+            }
             _ => {}
         }
     }
@@ -94,7 +105,11 @@ pub fn inflate_zstd(input: &[u8], out: &mut [u8]) -> Result<(), InflateError> {
     })
 }
 
-fn inflate_zstd_with(decoder: &mut ruzstd::decoding::FrameDecoder, input: &[u8], out: &mut [u8]) -> Result<(), InflateError> {
+fn inflate_zstd_with(
+    decoder: &mut ruzstd::decoding::FrameDecoder,
+    input: &[u8],
+    out: &mut [u8],
+) -> Result<(), InflateError> {
     let mut src = input;
     let mut dec = ruzstd::decoding::StreamingDecoder::new_with_decoder(&mut src, decoder)
         .map_err(|e| InflateError::Garbage(e.to_string()))?;
@@ -127,13 +142,20 @@ mod tests {
         // 64 KiB clusters: x = 54; 3 sectors starting at 0x50123.
         let entry = (1u64 << 62) | (2u64 << 54) | 0x50123;
         let d = CompressedDesc::from_entry(entry, 16);
-        assert_eq!(d, CompressedDesc { offset: 0x50123, len: 3 * 512 - 0x123 });
+        assert_eq!(
+            d,
+            CompressedDesc {
+                offset: 0x50123,
+                len: 3 * 512 - 0x123
+            }
+        );
     }
 
     #[test]
     fn zlib_full_output_is_success_and_short_is_refused() {
         let data: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
-        let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        let mut enc =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
         enc.write_all(&data).unwrap();
         let mut z = enc.finish().unwrap();
         z.resize(z.len().div_ceil(512) * 512, 0xAA); // sector padding junk
@@ -141,7 +163,10 @@ mod tests {
         inflate_zlib(&z, &mut out).unwrap();
         assert_eq!(out, data);
         let mut big = vec![0u8; 8192];
-        assert!(matches!(inflate_zlib(&z, &mut big), Err(InflateError::Short(4096))));
+        assert!(matches!(
+            inflate_zlib(&z, &mut big),
+            Err(InflateError::Short(4096))
+        ));
         let mut out = vec![0u8; 4096];
         assert!(inflate_zlib(&[0xff; 64], &mut out).is_err());
         assert!(inflate_zlib(&[], &mut out).is_err());
@@ -150,13 +175,22 @@ mod tests {
     #[test]
     fn zstd_exact_cluster_only() {
         let data: Vec<u8> = (0..8192u32).map(|i| (i % 13) as u8).collect();
-        let mut z = ruzstd::encoding::compress_to_vec(&data[..], ruzstd::encoding::CompressionLevel::Fastest);
+        let mut z = ruzstd::encoding::compress_to_vec(
+            &data[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
         z.resize(z.len().div_ceil(512) * 512, 0); // sector padding
         let mut out = vec![0u8; 8192];
         inflate_zstd(&z, &mut out).unwrap();
         assert_eq!(out, data);
-        assert_eq!(inflate_zstd(&z, &mut [0u8; 4096]), Err(InflateError::TooLong));
-        assert_eq!(inflate_zstd(&z, &mut vec![0u8; 16384]), Err(InflateError::Short(8192)));
+        assert_eq!(
+            inflate_zstd(&z, &mut [0u8; 4096]),
+            Err(InflateError::TooLong)
+        );
+        assert_eq!(
+            inflate_zstd(&z, &mut vec![0u8; 16384]),
+            Err(InflateError::Short(8192))
+        );
         // The reused decoder is not disturbed by the failures.
         inflate_zstd(&z, &mut out).unwrap();
         assert_eq!(out, data);

@@ -45,7 +45,8 @@ pub const INCOMPAT_EXTL2: u64 = 1 << 4;
 /// Compatible feature bit 0: lazy refcounts.
 pub const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
 
-const KNOWN_INCOMPAT: u64 = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
+const KNOWN_INCOMPAT: u64 =
+    INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
 
 /// The header fields exactly as stored (version 3 layout; version 2 leaves the v3 fields at their
 /// implied values when decoded).
@@ -108,10 +109,13 @@ impl RawHeader {
     /// for the version's header or the magic is wrong.
     pub fn decode(b: &[u8], path: &Path) -> Result<RawHeader> {
         let short = |need: usize| {
-            Error::corrupt(format!("file too short for a qcow2 header: {} bytes, need {need}", b.len()))
-                .with_path(path)
-                .at(0)
-                .hint("the file is truncated")
+            Error::corrupt(format!(
+                "file too short for a qcow2 header: {} bytes, need {need}",
+                b.len()
+            ))
+            .with_path(path)
+            .at(0)
+            .hint("the file is truncated")
         };
         if b.len() < V2_HEADER_LEN {
             return Err(short(V2_HEADER_LEN));
@@ -135,7 +139,9 @@ impl RawHeader {
             ..RawHeader::default()
         };
         if h.magic != MAGIC {
-            return Err(Error::format("not a qcow2 file: bad magic").with_path(path).at(0));
+            return Err(Error::format("not a qcow2 file: bad magic")
+                .with_path(path)
+                .at(0));
         }
         if h.version >= 3 {
             if b.len() < V3_MIN_HEADER_LEN {
@@ -155,7 +161,11 @@ impl RawHeader {
 
     /// Encodes the header: 72 bytes for version 2, `header_length` bytes (at least 104) for version 3.
     pub fn encode(&self) -> Vec<u8> {
-        let len = if self.version >= 3 { (self.header_length as usize).max(V3_MIN_HEADER_LEN) } else { V2_HEADER_LEN };
+        let len = if self.version >= 3 {
+            (self.header_length as usize).max(V3_MIN_HEADER_LEN)
+        } else {
+            V2_HEADER_LEN
+        };
         let mut b = vec![0u8; len];
         b[0..4].copy_from_slice(&self.magic);
         b[4..8].copy_from_slice(&self.version.to_be_bytes());
@@ -197,7 +207,12 @@ pub struct Extension {
 
 /// Parses the extensions starting at `start` in cluster 0 (`c0`, the first cluster or the whole file
 /// if shorter), up to the end marker. `end` is where the area ends (the cluster size).
-pub fn decode_extensions(c0: &[u8], start: usize, end: usize, path: &Path) -> Result<Vec<Extension>> {
+pub fn decode_extensions(
+    c0: &[u8],
+    start: usize,
+    end: usize,
+    path: &Path,
+) -> Result<Vec<Extension>> {
     let mut out = Vec::new();
     let mut at = start;
     loop {
@@ -206,17 +221,21 @@ pub fn decode_extensions(c0: &[u8], start: usize, end: usize, path: &Path) -> Re
             return Ok(out);
         }
         if at + 8 > c0.len() {
-            return Err(Error::corrupt("header extension area runs past the end of the file")
-                .with_path(path)
-                .at(at as u64)
-                .hint("the file is truncated"));
+            return Err(
+                Error::corrupt("header extension area runs past the end of the file")
+                    .with_path(path)
+                    .at(at as u64)
+                    .hint("the file is truncated"),
+            );
         }
         let kind = be32(c0, at);
         let len = be32(c0, at + 4) as usize;
         if kind == 0 {
             return Ok(out);
         }
-        let data_end = (at + 8).checked_add(len).filter(|&e| e <= end && e <= c0.len());
+        let data_end = (at + 8)
+            .checked_add(len)
+            .filter(|&e| e <= end && e <= c0.len());
         let Some(data_end) = data_end else {
             return Err(Error::corrupt(format!(
                 "header extension {kind:#010x} of length {len:#x} runs past the end of cluster 0 ({end:#x})"
@@ -224,7 +243,11 @@ pub fn decode_extensions(c0: &[u8], start: usize, end: usize, path: &Path) -> Re
             .with_path(path)
             .at(at as u64));
         };
-        out.push(Extension { kind, data: c0[at + 8..data_end].to_vec(), offset: at as u64 });
+        out.push(Extension {
+            kind,
+            data: c0[at + 8..data_end].to_vec(),
+            offset: at as u64,
+        });
         at = data_end.div_ceil(8) * 8;
     }
 }
@@ -303,11 +326,19 @@ impl Header {
         let raw = RawHeader::decode(c0, path)?;
         let bad = |msg: String, at: u64| Error::corrupt(msg).with_path(path).at(at);
         if raw.version != 2 && raw.version != 3 {
-            return Err(Error::unsupported(format!("qcow2 version {} (only 2 and 3 exist)", raw.version)).with_path(path).at(4));
+            return Err(Error::unsupported(format!(
+                "qcow2 version {} (only 2 and 3 exist)",
+                raw.version
+            ))
+            .with_path(path)
+            .at(4));
         }
         if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&raw.cluster_bits) {
             return Err(bad(
-                format!("cluster_bits {} out of range {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS}", raw.cluster_bits),
+                format!(
+                    "cluster_bits {} out of range {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS}",
+                    raw.cluster_bits
+                ),
                 0x14,
             ));
         }
@@ -315,24 +346,57 @@ impl Header {
         let cluster_size = 1u64 << cluster_bits;
         if raw.version == 3 {
             if (raw.header_length as usize) < V3_MIN_HEADER_LEN {
-                return Err(bad(format!("header_length {:#x} shorter than the minimum {V3_MIN_HEADER_LEN:#x}", raw.header_length), 0x64));
+                return Err(bad(
+                    format!(
+                        "header_length {:#x} shorter than the minimum {V3_MIN_HEADER_LEN:#x}",
+                        raw.header_length
+                    ),
+                    0x64,
+                ));
             }
             if !raw.header_length.is_multiple_of(8) {
-                return Err(bad(format!("header_length {:#x} is not a multiple of 8", raw.header_length), 0x64));
+                return Err(bad(
+                    format!(
+                        "header_length {:#x} is not a multiple of 8",
+                        raw.header_length
+                    ),
+                    0x64,
+                ));
             }
             if u64::from(raw.header_length) > cluster_size {
-                return Err(bad(format!("header_length {:#x} exceeds the cluster size {cluster_size:#x}", raw.header_length), 0x64));
+                return Err(bad(
+                    format!(
+                        "header_length {:#x} exceeds the cluster size {cluster_size:#x}",
+                        raw.header_length
+                    ),
+                    0x64,
+                ));
             }
             if raw.header_length as usize > c0.len() {
-                return Err(bad(format!("header_length {:#x} runs past the end of the file", raw.header_length), 0x64)
-                    .hint("the file is truncated"));
+                return Err(bad(
+                    format!(
+                        "header_length {:#x} runs past the end of the file",
+                        raw.header_length
+                    ),
+                    0x64,
+                )
+                .hint("the file is truncated"));
             }
             if raw.refcount_order > 6 {
-                return Err(bad(format!("refcount_order {} out of range 0..=6", raw.refcount_order), 0x60));
+                return Err(bad(
+                    format!("refcount_order {} out of range 0..=6", raw.refcount_order),
+                    0x60,
+                ));
             }
         }
-        let ext_start = if raw.version == 2 { V2_HEADER_LEN } else { raw.header_length as usize };
-        let ext_end = if raw.backing_file_offset > ext_start as u64 && raw.backing_file_offset < cluster_size {
+        let ext_start = if raw.version == 2 {
+            V2_HEADER_LEN
+        } else {
+            raw.header_length as usize
+        };
+        let ext_end = if raw.backing_file_offset > ext_start as u64
+            && raw.backing_file_offset < cluster_size
+        {
             raw.backing_file_offset as usize
         } else {
             cluster_size as usize
@@ -346,7 +410,11 @@ impl Header {
         for e in &exts {
             match e.kind {
                 EXT_BACKING_FORMAT => {
-                    backing_format = Some(String::from_utf8_lossy(&e.data).trim_end_matches('\0').to_owned());
+                    backing_format = Some(
+                        String::from_utf8_lossy(&e.data)
+                            .trim_end_matches('\0')
+                            .to_owned(),
+                    );
                 }
                 EXT_FEATURE_NAMES => {
                     for ch in e.data.chunks_exact(48) {
@@ -362,7 +430,13 @@ impl Header {
                 EXT_BITMAPS => has_bitmaps = true,
                 EXT_FDE => {
                     if e.data.len() < 16 {
-                        return Err(bad(format!("full disk encryption extension too short ({} bytes, need 16)", e.data.len()), e.offset));
+                        return Err(bad(
+                            format!(
+                                "full disk encryption extension too short ({} bytes, need 16)",
+                                e.data.len()
+                            ),
+                            e.offset,
+                        ));
                     }
                     fde = Some((be64(&e.data, 0), be64(&e.data, 8)));
                 }
@@ -374,51 +448,88 @@ impl Header {
         if unknown != 0 {
             let names: Vec<String> = (0..64)
                 .filter(|b| unknown & (1u64 << b) != 0)
-                .map(|b| match feature_names.iter().find(|f| f.kind == 0 && u32::from(f.bit) == b) {
-                    Some(f) => format!("{:?} (bit {b})", f.name),
-                    None => format!("unknown (bit {b})"),
+                .map(|b| {
+                    match feature_names
+                        .iter()
+                        .find(|f| f.kind == 0 && u32::from(f.bit) == b)
+                    {
+                        Some(f) => format!("{:?} (bit {b})", f.name),
+                        None => format!("unknown (bit {b})"),
+                    }
                 })
                 .collect();
-            return Err(Error::unsupported(format!("qcow2 incompatible feature not supported: {}", names.join(", ")))
-                .with_path(path)
-                .at(0x48));
+            return Err(Error::unsupported(format!(
+                "qcow2 incompatible feature not supported: {}",
+                names.join(", ")
+            ))
+            .with_path(path)
+            .at(0x48));
         }
         if raw.incompatible_features & INCOMPAT_DATA_FILE != 0 {
             let name = data_file.map(|n| format!(" ({n:?})")).unwrap_or_default();
-            return Err(Error::unsupported(format!("qcow2 image keeps its data in an external data file{name}"))
-                .with_path(path)
-                .at(0x48)
-                .hint("convert it first with `qemu-img convert -O raw` or `-O qcow2`"));
+            return Err(Error::unsupported(format!(
+                "qcow2 image keeps its data in an external data file{name}"
+            ))
+            .with_path(path)
+            .at(0x48)
+            .hint("convert it first with `qemu-img convert -O raw` or `-O qcow2`"));
         }
         let compression_type = raw.compression_type;
         if compression_type > 1 {
-            return Err(Error::unsupported(format!("compression_type {compression_type} (known: 0 zlib, 1 zstd)")).with_path(path).at(0x68));
+            return Err(Error::unsupported(format!(
+                "compression_type {compression_type} (known: 0 zlib, 1 zstd)"
+            ))
+            .with_path(path)
+            .at(0x68));
         }
         if (compression_type != 0) != (raw.incompatible_features & INCOMPAT_COMPRESSION != 0) {
             return Err(bad(
-                format!("compression_type {compression_type} disagrees with incompatible feature bit 3"),
+                format!(
+                    "compression_type {compression_type} disagrees with incompatible feature bit 3"
+                ),
                 0x68,
             ));
         }
         let extended_l2 = raw.incompatible_features & INCOMPAT_EXTL2 != 0;
         if extended_l2 && cluster_bits < 14 {
-            return Err(bad(format!("extended L2 entries need cluster_bits >= 14, found {cluster_bits}"), 0x14));
+            return Err(bad(
+                format!("extended L2 entries need cluster_bits >= 14, found {cluster_bits}"),
+                0x14,
+            ));
         }
         match raw.crypt_method {
             0 | 2 => {}
             1 => {
-                return Err(Error::unsupported("qcow2 legacy AES encryption (crypt_method 1)")
-                    .with_path(path)
-                    .at(0x20)
-                    .hint("decrypt it first with `qemu-img convert --object secret,... -O raw`"));
+                return Err(
+                    Error::unsupported("qcow2 legacy AES encryption (crypt_method 1)")
+                        .with_path(path)
+                        .at(0x20)
+                        .hint(
+                            "decrypt it first with `qemu-img convert --object secret,... -O raw`",
+                        ),
+                );
             }
-            m => return Err(bad(format!("crypt_method {m} unknown (0 none, 1 AES, 2 LUKS)"), 0x20)),
+            m => {
+                return Err(bad(
+                    format!("crypt_method {m} unknown (0 none, 1 AES, 2 LUKS)"),
+                    0x20,
+                ));
+            }
         }
         if raw.crypt_method == 2 && fde.is_none() {
-            return Err(bad("crypt_method is LUKS but the full disk encryption extension is missing".into(), 0x20));
+            return Err(bad(
+                "crypt_method is LUKS but the full disk encryption extension is missing".into(),
+                0x20,
+            ));
         }
         if raw.size > i64::MAX as u64 {
-            return Err(bad(format!("virtual size {:#x} exceeds the maximum 0x7fffffffffffffff", raw.size), 0x18));
+            return Err(bad(
+                format!(
+                    "virtual size {:#x} exceeds the maximum 0x7fffffffffffffff",
+                    raw.size
+                ),
+                0x18,
+            ));
         }
         let l2_bits = cluster_bits - if extended_l2 { 4 } else { 3 };
         let l1_needed = raw.size.div_ceil(cluster_size).div_ceil(1u64 << l2_bits);
@@ -434,20 +545,40 @@ impl Header {
         }
         let l1_size = u64::from(raw.l1_size);
         if l1_size * 8 > MAX_L1_BYTES {
-            return Err(bad(format!("l1_size {l1_size:#x} entries exceeds QEMU's limit of {MAX_L1_BYTES:#x} bytes"), 0x24));
+            return Err(bad(
+                format!(
+                    "l1_size {l1_size:#x} entries exceeds QEMU's limit of {MAX_L1_BYTES:#x} bytes"
+                ),
+                0x24,
+            ));
         }
         if l1_size < l1_needed {
-            return Err(bad(format!("l1_size {l1_size:#x} too small for virtual size {:#x} (needs {l1_needed:#x})", raw.size), 0x24));
+            return Err(bad(
+                format!(
+                    "l1_size {l1_size:#x} too small for virtual size {:#x} (needs {l1_needed:#x})",
+                    raw.size
+                ),
+                0x24,
+            ));
         }
         let l1_offset = raw.l1_table_offset;
         if l1_size > 0 {
             if !l1_offset.is_multiple_of(cluster_size) {
-                return Err(bad(format!("l1_table_offset {l1_offset:#x} is not cluster-aligned"), 0x28));
+                return Err(bad(
+                    format!("l1_table_offset {l1_offset:#x} is not cluster-aligned"),
+                    0x28,
+                ));
             }
             if l1_offset < cluster_size {
-                return Err(bad(format!("l1_table_offset {l1_offset:#x} overlaps the header cluster"), 0x28));
+                return Err(bad(
+                    format!("l1_table_offset {l1_offset:#x} overlaps the header cluster"),
+                    0x28,
+                ));
             }
-            if l1_offset.checked_add(l1_size * 8).is_none_or(|e| e > file_len) {
+            if l1_offset
+                .checked_add(l1_size * 8)
+                .is_none_or(|e| e > file_len)
+            {
                 return Err(bad(
                     format!("L1 table ({l1_size:#x} entries at {l1_offset:#x}) runs past the end of the file ({file_len:#x})"),
                     0x28,
@@ -458,17 +589,31 @@ impl Header {
         let backing_file = if raw.backing_file_offset != 0 {
             let (off, len) = (raw.backing_file_offset, u64::from(raw.backing_file_size));
             if raw.backing_file_size > MAX_BACKING_NAME {
-                return Err(bad(format!("backing_file_size {len} exceeds the maximum {MAX_BACKING_NAME}"), 0x10));
+                return Err(bad(
+                    format!("backing_file_size {len} exceeds the maximum {MAX_BACKING_NAME}"),
+                    0x10,
+                ));
             }
             if off.checked_add(len).is_none_or(|e| e > cluster_size) {
-                return Err(bad(format!("backing file name ({len} bytes at {off:#x}) runs past the end of cluster 0"), 0x8));
+                return Err(bad(
+                    format!(
+                        "backing file name ({len} bytes at {off:#x}) runs past the end of cluster 0"
+                    ),
+                    0x8,
+                ));
             }
             if off + len > c0.len() as u64 {
-                return Err(bad(format!("backing file name ({len} bytes at {off:#x}) runs past the end of the file"), 0x8)
-                    .hint("the file is truncated"));
+                return Err(bad(
+                    format!(
+                        "backing file name ({len} bytes at {off:#x}) runs past the end of the file"
+                    ),
+                    0x8,
+                )
+                .hint("the file is truncated"));
             }
             let name = &c0[off as usize..(off + len) as usize];
-            let name = std::str::from_utf8(name).map_err(|_| bad("backing file name is not UTF-8".into(), off))?;
+            let name = std::str::from_utf8(name)
+                .map_err(|_| bad("backing file name is not UTF-8".into(), off))?;
             (!name.is_empty()).then(|| name.to_owned())
         } else {
             None
@@ -547,17 +692,31 @@ mod tests {
     #[test]
     fn extensions_round_trip_and_overrun_is_refused() {
         let exts = vec![
-            Extension { kind: EXT_BACKING_FORMAT, data: b"raw".to_vec(), offset: 112 },
-            Extension { kind: 0x1234_5678, data: vec![7; 9], offset: 112 + 16 },
+            Extension {
+                kind: EXT_BACKING_FORMAT,
+                data: b"raw".to_vec(),
+                offset: 112,
+            },
+            Extension {
+                kind: 0x1234_5678,
+                data: vec![7; 9],
+                offset: 112 + 16,
+            },
         ];
         let mut c0 = sample().encode();
         c0.extend(encode_extensions(&exts));
         c0.resize(4096, 0);
-        assert_eq!(decode_extensions(&c0, 112, 4096, Path::new("x")).unwrap(), exts);
+        assert_eq!(
+            decode_extensions(&c0, 112, 4096, Path::new("x")).unwrap(),
+            exts
+        );
         // A length that runs past the end of the cluster.
         c0[112 + 4..112 + 8].copy_from_slice(&0x1000u32.to_be_bytes());
         let e = decode_extensions(&c0, 112, 4096, Path::new("x")).unwrap_err();
-        assert!(e.to_string().contains("runs past the end of cluster 0") && e.offset() == Some(112), "{e}");
+        assert!(
+            e.to_string().contains("runs past the end of cluster 0") && e.offset() == Some(112),
+            "{e}"
+        );
     }
 
     #[test]
@@ -566,12 +725,30 @@ mod tests {
         c0.extend(encode_extensions(&[]));
         c0.resize(65536, 0);
         let h = Header::parse(&c0, 0x40000, Path::new("x")).unwrap();
-        assert_eq!((h.cluster_size, h.l2_bits, h.compression_type, h.lazy_refcounts), (65536, 13, 1, true));
+        assert_eq!(
+            (
+                h.cluster_size,
+                h.l2_bits,
+                h.compression_type,
+                h.lazy_refcounts
+            ),
+            (65536, 13, 1, true)
+        );
         let mut bad = c0.clone();
         bad[0x14..0x18].copy_from_slice(&22u32.to_be_bytes());
-        assert!(Header::parse(&bad, 0x40000, Path::new("x")).unwrap_err().to_string().contains("cluster_bits 22"));
+        assert!(
+            Header::parse(&bad, 0x40000, Path::new("x"))
+                .unwrap_err()
+                .to_string()
+                .contains("cluster_bits 22")
+        );
         let mut bad = c0.clone();
         bad[0x48..0x50].copy_from_slice(&(INCOMPAT_COMPRESSION | 1 << 9).to_be_bytes());
-        assert!(Header::parse(&bad, 0x40000, Path::new("x")).unwrap_err().to_string().contains("bit 9"));
+        assert!(
+            Header::parse(&bad, 0x40000, Path::new("x"))
+                .unwrap_err()
+                .to_string()
+                .contains("bit 9")
+        );
     }
 }

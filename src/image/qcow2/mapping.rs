@@ -57,14 +57,22 @@ impl Mapping {
         let cs = h.cluster_size;
         let mut raw = vec![0u8; (h.l1_size * 8) as usize];
         read_exact_at(&file, path, &mut raw, h.l1_offset)?;
-        let l1 = raw.chunks_exact(8).map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect();
+        let l1 = raw
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect();
         let mut metadata = vec![(0, cs, "the header cluster")];
         if h.l1_size > 0 {
-            metadata.push((h.l1_offset, h.l1_offset + (h.l1_size * 8).div_ceil(cs) * cs, "the L1 table"));
+            metadata.push((
+                h.l1_offset,
+                h.l1_offset + (h.l1_size * 8).div_ceil(cs) * cs,
+                "the L1 table",
+            ));
         }
         let rt = h.raw.refcount_table_offset;
         let rt_len = u64::from(h.raw.refcount_table_clusters) * cs;
-        if rt != 0 && rt.is_multiple_of(cs) && rt.checked_add(rt_len).is_some_and(|e| e <= file_len) {
+        if rt != 0 && rt.is_multiple_of(cs) && rt.checked_add(rt_len).is_some_and(|e| e <= file_len)
+        {
             metadata.push((rt, rt + rt_len, "the refcount table"));
         }
         Ok(Mapping {
@@ -100,7 +108,9 @@ impl Mapping {
     fn check_host(&self, what: &str, host: u64, guest: u64, entry_at: u64) -> Result<()> {
         let err = |msg: String| Err(Error::corrupt(msg).with_path(&self.path).at(entry_at));
         if !host.is_multiple_of(self.cluster_size()) {
-            return err(format!("{what} offset {host:#x} (guest offset {guest:#x}) is not cluster-aligned"));
+            return err(format!(
+                "{what} offset {host:#x} (guest offset {guest:#x}) is not cluster-aligned"
+            ));
         }
         if host >= self.file_len {
             return err(format!(
@@ -108,8 +118,14 @@ impl Mapping {
                 self.file_len
             ));
         }
-        if let Some((_, _, name)) = self.metadata.iter().find(|(s, e, _)| host < *e && host + self.cluster_size() > *s) {
-            return err(format!("{what} offset {host:#x} (guest offset {guest:#x}) overlaps {name}"));
+        if let Some((_, _, name)) = self
+            .metadata
+            .iter()
+            .find(|(s, e, _)| host < *e && host + self.cluster_size() > *s)
+        {
+            return err(format!(
+                "{what} offset {host:#x} (guest offset {guest:#x}) overlaps {name}"
+            ));
         }
         Ok(())
     }
@@ -125,17 +141,24 @@ impl Mapping {
         let entry_at = self.l1_offset + i as u64 * 8;
         self.check_host(&format!("L1 entry {i}: L2 table"), off, guest, entry_at)?;
         if off + self.cluster_size() > self.file_len {
-            return Err(Error::corrupt(format!("L1 entry {i}: L2 table at {off:#x} runs past the end of the file"))
-                .with_path(&self.path)
-                .at(entry_at)
-                .hint("the file is truncated"));
+            return Err(Error::corrupt(format!(
+                "L1 entry {i}: L2 table at {off:#x} runs past the end of the file"
+            ))
+            .with_path(&self.path)
+            .at(entry_at)
+            .hint("the file is truncated"));
         }
         Ok(Some(off))
     }
 
     /// Calls `f(start, end, run)` for consecutive runs covering guest bytes `start..end` (in order, at
     /// most one call per cluster or subcluster, and one per L2 table that is not allocated).
-    pub fn runs(&self, start: u64, end: u64, f: &mut dyn FnMut(u64, u64, Run) -> Result<()>) -> Result<()> {
+    pub fn runs(
+        &self,
+        start: u64,
+        end: u64,
+        f: &mut dyn FnMut(u64, u64, Run) -> Result<()>,
+    ) -> Result<()> {
         let cb = self.cluster_bits;
         let cs = self.cluster_size();
         let table_span_bits = cb + self.l2_bits;
@@ -157,7 +180,11 @@ impl Mapping {
             read_exact_at(&self.file, &self.path, &mut raw, l2 + first * esz)?;
             for (k, e) in raw.chunks_exact(esz as usize).enumerate() {
                 let word = u64::from_be_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
-                let bitmap = if esz == 16 { u64::from_be_bytes([e[8], e[9], e[10], e[11], e[12], e[13], e[14], e[15]]) } else { 0 };
+                let bitmap = if esz == 16 {
+                    u64::from_be_bytes([e[8], e[9], e[10], e[11], e[12], e[13], e[14], e[15]])
+                } else {
+                    0
+                };
                 let entry_at = l2 + (first + k as u64) * esz;
                 let cstart = ((pos >> cb) + k as u64) << cb;
                 let lo = cstart.max(pos);
@@ -184,7 +211,11 @@ impl Mapping {
         if word & COMPRESSED != 0 {
             let d = CompressedDesc::from_entry(word, self.cluster_bits);
             if d.offset < self.cluster_size() || d.offset >= self.file_len {
-                let why = if d.offset >= self.file_len { "is beyond the end of the file" } else { "is inside the header cluster" };
+                let why = if d.offset >= self.file_len {
+                    "is beyond the end of the file"
+                } else {
+                    "is inside the header cluster"
+                };
                 return Err(Error::corrupt(format!(
                     "compressed cluster data at {:#x} (guest offset {cstart:#x}) {why}",
                     d.offset
@@ -263,7 +294,9 @@ impl Mapping {
         let mut table = vec![0u8; cs as usize];
         let mut count = 0;
         for i in 0..self.l1.len() {
-            let Some(l2) = self.l2_offset(i)? else { continue };
+            let Some(l2) = self.l2_offset(i)? else {
+                continue;
+            };
             let first = i as u64 * per_table;
             if first >= guest_clusters {
                 break;

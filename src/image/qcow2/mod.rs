@@ -22,10 +22,10 @@ use serde_json::{Value, json};
 use self::compressed::{InflateError, inflate_zlib, inflate_zstd};
 use self::header::Header;
 use self::mapping::{Mapping, Run};
-use crate::error::{Error, ErrorKind, Result};
-use crate::image::{DiskImage, Extent, ExtentKind, ImageFormat, ImageInfo, coalesce, open_backing};
 use crate::crypto::iv::qcow2_sector;
 use crate::crypto::{IvScheme, Xts};
+use crate::error::{Error, ErrorKind, Result};
+use crate::image::{DiskImage, Extent, ExtentKind, ImageFormat, ImageInfo, coalesce, open_backing};
 use crate::io::read_exact_at;
 use crate::luks::keys::{Passphrase, VolumeKey};
 use crate::luks::luks1::Luks1Header;
@@ -64,13 +64,24 @@ pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
 impl Qcow2Image {
     /// Reads and checks the header, loads the L1 table and opens the backing chain.
     pub fn open(file: File, path: &Path, chain: &mut Vec<PathBuf>) -> Result<Qcow2Image> {
-        let file_len = file.metadata().map_err(|e| Error::io("stat", path, None, e))?.len();
+        let file_len = file
+            .metadata()
+            .map_err(|e| Error::io("stat", path, None, e))?
+            .len();
         // Cluster 0 holds the header, the extensions and the backing file name.
         let mut head = [0u8; 24];
         let n = file_len.min(24) as usize;
         read_exact_at(&file, path, &mut head[..n], 0)?;
-        let cb = if n >= 24 { u32::from_be_bytes([head[20], head[21], head[22], head[23]]) } else { 9 };
-        let want = if (header::MIN_CLUSTER_BITS..=header::MAX_CLUSTER_BITS).contains(&cb) { 1u64 << cb } else { 512 };
+        let cb = if n >= 24 {
+            u32::from_be_bytes([head[20], head[21], head[22], head[23]])
+        } else {
+            9
+        };
+        let want = if (header::MIN_CLUSTER_BITS..=header::MAX_CLUSTER_BITS).contains(&cb) {
+            1u64 << cb
+        } else {
+            512
+        };
         let mut c0 = vec![0u8; want.min(file_len) as usize];
         read_exact_at(&file, path, &mut c0, 0)?;
         let header = Header::parse(&c0, file_len, path)?;
@@ -83,16 +94,20 @@ impl Qcow2Image {
             None => None,
             Some(name) => {
                 if name.starts_with("json:") {
-                    return Err(Error::unsupported(format!("backing file {name:?} is a json: pseudo-filename"))
-                        .with_path(path)
-                        .at(header.raw.backing_file_offset)
-                        .hint("rebase the image onto a plain file with `qemu-img rebase`"));
+                    return Err(Error::unsupported(format!(
+                        "backing file {name:?} is a json: pseudo-filename"
+                    ))
+                    .with_path(path)
+                    .at(header.raw.backing_file_offset)
+                    .hint("rebase the image onto a plain file with `qemu-img rebase`"));
                 }
                 let format = match &header.backing_format {
                     Some(f) => Some(ImageFormat::parse(f).map_err(|e| {
-                        Error::unsupported(format!("backing file {name:?} has format {f:?}, which diskseal cannot read"))
-                            .with_path(path)
-                            .hint(e.hint_text().unwrap_or("convert the backing file first"))
+                        Error::unsupported(format!(
+                            "backing file {name:?} has format {f:?}, which diskseal cannot read"
+                        ))
+                        .with_path(path)
+                        .hint(e.hint_text().unwrap_or("convert the backing file first"))
                     })?),
                     None => None,
                 };
@@ -100,7 +115,15 @@ impl Qcow2Image {
                 Some(open_backing(&bpath, format, chain)?)
             }
         };
-        Ok(Qcow2Image { path: path.to_owned(), header, mapping, backing, encrypt, crypto: None, iv: IvScheme::Plain64 })
+        Ok(Qcow2Image {
+            path: path.to_owned(),
+            header,
+            mapping,
+            backing,
+            encrypt,
+            crypto: None,
+            iv: IvScheme::Plain64,
+        })
     }
 
     /// The embedded LUKS1 header of a QEMU-native LUKS image (crypt_method 2) and where it starts.
@@ -138,9 +161,12 @@ impl Qcow2Image {
             return Err(Error::invalid("this qcow2 image is not encrypted").with_path(&self.path));
         };
         if key.len() != h.key_bytes as usize || !h.check_volume_key(key)? {
-            return Err(Error::new(ErrorKind::WrongKey, "the volume key does not match the qcow2 LUKS header's digest")
-                .with_path(&self.path)
-                .at(off));
+            return Err(Error::new(
+                ErrorKind::WrongKey,
+                "the volume key does not match the qcow2 LUKS header's digest",
+            )
+            .with_path(&self.path)
+            .at(off));
         }
         let cipher = crate::crypto::iv::CipherSpec::parse_luks1(&h.cipher_name, &h.cipher_mode)?;
         self.iv = cipher.iv;
@@ -158,7 +184,11 @@ impl Qcow2Image {
             None => buf.fill(0),
             Some(b) => {
                 let bsize = b.virtual_size();
-                let n = if offset >= bsize { 0 } else { (bsize - offset).min(buf.len() as u64) as usize };
+                let n = if offset >= bsize {
+                    0
+                } else {
+                    (bsize - offset).min(buf.len() as u64) as usize
+                };
                 if n > 0 {
                     b.read_at(&mut buf[..n], offset)?;
                 }
@@ -190,7 +220,11 @@ impl Qcow2Image {
     fn plain_read(&self, buf: &mut [u8], host: u64) -> Result<()> {
         // A file may end inside its last data cluster: the rest reads as zeros, as in QEMU.
         let flen = self.mapping.file_len();
-        let n = if host >= flen { 0 } else { (flen - host).min(buf.len() as u64) as usize };
+        let n = if host >= flen {
+            0
+        } else {
+            (flen - host).min(buf.len() as u64) as usize
+        };
         read_exact_at(self.mapping.file(), &self.path, &mut buf[..n], host)?;
         buf[n..].fill(0);
         Ok(())
@@ -203,12 +237,22 @@ impl Qcow2Image {
         let mut input = vec![0u8; n];
         read_exact_at(self.mapping.file(), &self.path, &mut input, d.offset)?;
         let mut out = vec![0u8; self.header.cluster_size as usize];
-        let r = if self.header.compression_type == 1 { inflate_zstd(&input, &mut out) } else { inflate_zlib(&input, &mut out) };
+        let r = if self.header.compression_type == 1 {
+            inflate_zstd(&input, &mut out)
+        } else {
+            inflate_zlib(&input, &mut out)
+        };
         r.map_err(|e: InflateError| {
-            let codec = if self.header.compression_type == 1 { "zstd" } else { "zlib" };
-            Error::corrupt(format!("compressed cluster for guest offset {guest:#x}: {codec}: {e}"))
-                .with_path(&self.path)
-                .at(d.offset)
+            let codec = if self.header.compression_type == 1 {
+                "zstd"
+            } else {
+                "zlib"
+            };
+            Error::corrupt(format!(
+                "compressed cluster for guest offset {guest:#x}: {codec}: {e}"
+            ))
+            .with_path(&self.path)
+            .at(d.offset)
         })?;
         Ok(out)
     }
@@ -222,7 +266,9 @@ const LUKS1_PHDR_LEN: usize = 208 + 8 * 48;
 fn luks_details(file: &File, path: &Path, off: u64, len: u64, file_len: u64) -> Value {
     let mut v = json!({"format": "luks", "header-offset": off, "header-length": len});
     let mut hdr = [0u8; LUKS1_PHDR_LEN];
-    let readable = off.checked_add(LUKS1_PHDR_LEN as u64).is_some_and(|e| e <= file_len)
+    let readable = off
+        .checked_add(LUKS1_PHDR_LEN as u64)
+        .is_some_and(|e| e <= file_len)
         && read_exact_at(file, path, &mut hdr, off).is_ok()
         && hdr[..6] == *b"LUKS\xba\xbe";
     if !readable {
@@ -235,7 +281,9 @@ fn luks_details(file: &File, path: &Path, off: u64, len: u64, file_len: u64) -> 
     };
     let u32_at = |at: usize| u32::from_be_bytes([hdr[at], hdr[at + 1], hdr[at + 2], hdr[at + 3]]);
     let (cipher, mode_spec) = (text(8..40), text(40..72));
-    let (mode, ivgen) = mode_spec.split_once('-').unwrap_or((mode_spec.as_str(), ""));
+    let (mode, ivgen) = mode_spec
+        .split_once('-')
+        .unwrap_or((mode_spec.as_str(), ""));
     let key_bits = u64::from(u32_at(108)) * 8 / if mode == "xts" { 2 } else { 1 };
     v["cipher-alg"] = json!(format!("{cipher}-{key_bits}"));
     v["cipher-mode"] = json!(mode);
@@ -276,15 +324,27 @@ impl DiskImage for Qcow2Image {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let end = offset.checked_add(buf.len() as u64).filter(|&e| e <= self.header.size).ok_or_else(|| {
-            Error::invalid(format!("read of {:#x} bytes at {offset:#x} is past the virtual size {:#x}", buf.len(), self.header.size))
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|&e| e <= self.header.size)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "read of {:#x} bytes at {offset:#x} is past the virtual size {:#x}",
+                    buf.len(),
+                    self.header.size
+                ))
                 .with_path(&self.path)
-        })?;
+            })?;
         if self.encrypt.is_some() && self.crypto.is_none() {
-            return Err(Error::new(ErrorKind::Unsupported, "qcow2 image is LUKS-encrypted (crypt_method 2)")
-                .with_path(&self.path)
-                .at(0x20)
-                .hint("use `diskseal decrypt --key-file PASSFILE IMAGE plain.raw` (or verify) to read it"));
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "qcow2 image is LUKS-encrypted (crypt_method 2)",
+            )
+            .with_path(&self.path)
+            .at(0x20)
+            .hint(
+                "use `diskseal decrypt --key-file PASSFILE IMAGE plain.raw` (or verify) to read it",
+            ));
         }
         if buf.is_empty() {
             return Ok(());

@@ -37,12 +37,18 @@ pub struct Qcow2Writer {
 impl Qcow2Writer {
     /// Starts an image of `virtual_size` bytes; with `luks_header`, writes it at cluster 1 and records it
     /// in the FDE extension (the header's length is rounded up to whole clusters on disk).
-    pub fn new(out: &OutputFile, virtual_size: u64, luks_header: Option<&[u8]>) -> Result<Qcow2Writer> {
+    pub fn new(
+        out: &OutputFile,
+        virtual_size: u64,
+        luks_header: Option<&[u8]>,
+    ) -> Result<Qcow2Writer> {
         let cluster_size = 1u64 << CLUSTER_BITS;
         let clusters = virtual_size.div_ceil(cluster_size);
         let l1_entries = clusters.div_ceil(cluster_size / 8);
         if l1_entries * 8 > MAX_L1_BYTES {
-            return Err(Error::invalid(format!("virtual size {virtual_size} needs an L1 table beyond QEMU's 32 MiB limit")));
+            return Err(Error::invalid(format!(
+                "virtual size {virtual_size} needs an L1 table beyond QEMU's 32 MiB limit"
+            )));
         }
         let mut data_start = cluster_size;
         let luks = match luks_header {
@@ -75,10 +81,14 @@ impl Qcow2Writer {
     pub fn allocate(&mut self, index: u64) -> Result<u64> {
         let word = (index / 64) as usize;
         if index >= self.virtual_size.div_ceil(self.cluster_size) {
-            return Err(Error::invalid(format!("cluster {index} is beyond the virtual disk")));
+            return Err(Error::invalid(format!(
+                "cluster {index} is beyond the virtual disk"
+            )));
         }
         if self.last.is_some_and(|l| index <= l) {
-            return Err(Error::invalid(format!("qcow2 clusters must be allocated in increasing order ({index})")));
+            return Err(Error::invalid(format!(
+                "qcow2 clusters must be allocated in increasing order ({index})"
+            )));
         }
         self.last = Some(index);
         self.allocated[word] |= 1 << (index % 64);
@@ -165,12 +175,21 @@ impl Qcow2Writer {
         out.write_at(&table, table_offset)?;
         let file_len = table_offset + table_clusters * cs;
 
-        out.write_at(&self.header(l1_entries, l1_offset, table_offset, table_clusters), 0)?;
+        out.write_at(
+            &self.header(l1_entries, l1_offset, table_offset, table_clusters),
+            0,
+        )?;
         out.set_len(file_len)?;
         Ok(file_len)
     }
 
-    fn header(&self, l1_entries: u64, l1_offset: u64, table_offset: u64, table_clusters: u64) -> Vec<u8> {
+    fn header(
+        &self,
+        l1_entries: u64,
+        l1_offset: u64,
+        table_offset: u64,
+        table_clusters: u64,
+    ) -> Vec<u8> {
         let mut h = vec![0u8; 112];
         h[0..4].copy_from_slice(b"QFI\xfb");
         h[4..8].copy_from_slice(&3u32.to_be_bytes());
@@ -185,7 +204,11 @@ impl Qcow2Writer {
         h[96..100].copy_from_slice(&4u32.to_be_bytes()); // refcount_order: 16-bit
         h[100..104].copy_from_slice(&112u32.to_be_bytes()); // header_length (byte 104: zlib)
         if let Some((offset, len)) = self.luks {
-            push_ext(&mut h, EXT_FDE, &[offset.to_be_bytes(), len.to_be_bytes()].concat());
+            push_ext(
+                &mut h,
+                EXT_FDE,
+                &[offset.to_be_bytes(), len.to_be_bytes()].concat(),
+            );
         }
         // Feature name table, as qemu-img writes it.
         let names: [(u8, u8, &str); 8] = [

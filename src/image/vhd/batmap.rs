@@ -42,7 +42,11 @@ pub struct KeyHash {
 impl KeyHash {
     /// The key hash of `key` with `nonce` (cookie 1).
     pub fn of_key(key: &[u8], nonce: [u8; 32]) -> KeyHash {
-        KeyHash { cookie: KEYHASH_PRESENT, nonce, hash: hash_key(key, &nonce) }
+        KeyHash {
+            cookie: KEYHASH_PRESENT,
+            nonce,
+            hash: hash_key(key, &nonce),
+        }
     }
 
     /// True when `key` hashes to this key hash (constant-time comparison of the hashes).
@@ -53,7 +57,10 @@ impl KeyHash {
 
 /// SHA-256(nonce ‖ key).
 pub fn hash_key(key: &[u8], nonce: &[u8; 32]) -> [u8; 32] {
-    let d = Sha256::new().chain_update(nonce).chain_update(key).finalize();
+    let d = Sha256::new()
+        .chain_update(nonce)
+        .chain_update(key)
+        .finalize();
     let mut out = [0u8; 32];
     out.copy_from_slice(&d);
     out
@@ -93,7 +100,11 @@ impl BatmapHeader {
             version: u32::from_be_bytes(arr(b, 20)),
             checksum: u32::from_be_bytes(arr(b, 24)),
             marker: b[28],
-            keyhash: KeyHash { cookie: b[KEYHASH_AT], nonce: arr(b, 30), hash: arr(b, 62) },
+            keyhash: KeyHash {
+                cookie: b[KEYHASH_AT],
+                nonce: arr(b, 30),
+                hash: arr(b, 62),
+            },
         }
     }
 
@@ -132,7 +143,8 @@ pub fn checksum(map: &[u8]) -> u32 {
 
 /// True when block `i`'s bit is set (most significant bit first).
 pub fn test_bit(map: &[u8], i: u64) -> bool {
-    map.get((i / 8) as usize).is_some_and(|b| b & (0x80 >> (i % 8)) != 0)
+    map.get((i / 8) as usize)
+        .is_some_and(|b| b & (0x80 >> (i % 8)) != 0)
 }
 
 /// Sets block `i`'s bit (most significant bit first); ignores bits past the map.
@@ -160,10 +172,16 @@ mod tests {
             keyhash: KeyHash::of_key(&key, [0; 32]),
         };
         assert_eq!(h.checksum, 0xffff_ff6f);
-        assert_eq!(hex(&h.keyhash.hash), "dc7a48014fc1fac8b52af39bc7ea5cafafabf8bb81fb8f880fdf3b4a4566795c");
+        assert_eq!(
+            hex(&h.keyhash.hash),
+            "dc7a48014fc1fac8b52af39bc7ea5cafafabf8bb81fb8f880fdf3b4a4566795c"
+        );
         let b = h.encode();
         assert_eq!(BatmapHeader::decode(&b), h);
-        assert_eq!(hex(&b[8..30]), "0000000000000a000000000100010002ffffff6f0001");
+        assert_eq!(
+            hex(&b[8..30]),
+            "0000000000000a000000000100010002ffffff6f0001"
+        );
         assert!(h.keyhash.matches(&key));
         assert!(!h.keyhash.matches(&key[..32]));
     }

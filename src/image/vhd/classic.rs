@@ -50,7 +50,9 @@ impl Batmap {
 
     /// Blocks whose batmap bit is set, among the first `entries`.
     pub fn set_blocks(&self, entries: u64) -> Vec<u64> {
-        (0..entries).filter(|&i| batmap::test_bit(&self.map, i)).collect()
+        (0..entries)
+            .filter(|&i| batmap::test_bit(&self.map, i))
+            .collect()
     }
 
     /// The batmap header and key hash as JSON (for `dump`).
@@ -80,11 +82,18 @@ impl Batmap {
 pub fn read_batmap(path: &Path) -> Result<(VhdImage, Batmap)> {
     let file = File::open(path).map_err(|e| Error::io("open", path, None, e))?;
     let mut magic = [0u8; 6];
-    let luks = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok() && magic == *b"LUKS\xba\xbe";
+    let luks = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok()
+        && magic == *b"LUKS\xba\xbe";
     let mut cookie = [0u8; 8];
-    let len = file.metadata().map_err(|e| Error::io("stat", path, None, e))?.len();
-    let head = std::os::unix::fs::FileExt::read_exact_at(&file, &mut cookie, 0).is_ok() && &cookie == footer::COOKIE;
-    let tail = len >= 512 && std::os::unix::fs::FileExt::read_exact_at(&file, &mut cookie, len - 512).is_ok() && &cookie == footer::COOKIE;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("stat", path, None, e))?
+        .len();
+    let head = std::os::unix::fs::FileExt::read_exact_at(&file, &mut cookie, 0).is_ok()
+        && &cookie == footer::COOKIE;
+    let tail = len >= 512
+        && std::os::unix::fs::FileExt::read_exact_at(&file, &mut cookie, len - 512).is_ok()
+        && &cookie == footer::COOKIE;
     if !head && !tail {
         let what = if luks {
             "a LUKS file"
@@ -121,7 +130,11 @@ pub fn batmap_of(img: &VhdImage, luks: bool) -> Result<Batmap> {
             });
         }
         DiskType::Differencing => {
-            return Err(Error::unsupported("differencing VHDs are not ibm-classic-vhd images").with_path(path).at(img.footer_at + 60));
+            return Err(
+                Error::unsupported("differencing VHDs are not ibm-classic-vhd images")
+                    .with_path(path)
+                    .at(img.footer_at + 60),
+            );
         }
         DiskType::Dynamic => {}
     }
@@ -141,33 +154,48 @@ pub fn batmap_of(img: &VhdImage, luks: bool) -> Result<Batmap> {
         (Some(h), Some(b)) => (h, b.len() as u64),
         _ => return Err(Error::corrupt("dynamic VHD without a dynamic header").with_path(path)),
     };
-    let header_at = header.raw.table_offset + (u64::from(header.raw.max_table_entries) * 4).next_multiple_of(512);
-    let file_len = img.file().metadata().map_err(|e| Error::io("stat", path, None, e))?.len();
+    let header_at = header.raw.table_offset
+        + (u64::from(header.raw.max_table_entries) * 4).next_multiple_of(512);
+    let file_len = img
+        .file()
+        .metadata()
+        .map_err(|e| Error::io("stat", path, None, e))?
+        .len();
     if header_at + 512 > file_len {
-        return Err(Error::format("VHD has no batmap header: the file ends right after the BAT")
-            .with_path(path)
-            .at(header_at)
-            .hint("this VHD was not encrypted by vhd-util"));
+        return Err(
+            Error::format("VHD has no batmap header: the file ends right after the BAT")
+                .with_path(path)
+                .at(header_at)
+                .hint("this VHD was not encrypted by vhd-util"),
+        );
     }
     let mut hb = [0u8; batmap::HEADER_SIZE];
     read_exact_at(img.file(), path, &mut hb, header_at)?;
     let bh = BatmapHeader::decode(&hb);
     if &bh.cookie != batmap::COOKIE {
-        return Err(Error::format("VHD has no batmap: no \"tdbatmap\" cookie after the BAT")
-            .with_path(path)
-            .at(header_at)
-            .hint("this VHD was not encrypted by vhd-util"));
+        return Err(
+            Error::format("VHD has no batmap: no \"tdbatmap\" cookie after the BAT")
+                .with_path(path)
+                .at(header_at)
+                .hint("this VHD was not encrypted by vhd-util"),
+        );
     }
     if u64::from(bh.batmap_size) > batmap::map_sectors(dynamic::MAX_BAT_ENTRIES) {
-        return Err(Error::corrupt(format!("VHD batmap header field 'batmap size' is {} sectors: absurdly large", bh.batmap_size))
-            .with_path(path)
-            .at(header_at + 16));
+        return Err(Error::corrupt(format!(
+            "VHD batmap header field 'batmap size' is {} sectors: absurdly large",
+            bh.batmap_size
+        ))
+        .with_path(path)
+        .at(header_at + 16));
     }
     let summed = u64::from(bh.batmap_size) * 512;
     let need = batmap::map_sectors(entries) * 512;
     let map_end = bh.batmap_offset.checked_add(summed.max(need));
     let ok_end = bh.batmap_offset.checked_add(summed);
-    if bh.batmap_offset < header_at + 512 || bh.batmap_size == 0 || ok_end.is_none_or(|e| e > file_len) {
+    if bh.batmap_offset < header_at + 512
+        || bh.batmap_size == 0
+        || ok_end.is_none_or(|e| e > file_len)
+    {
         return Err(Error::corrupt(format!(
             "VHD batmap header fields 'batmap offset' {:#x} / 'batmap size' {} sectors point outside the file (length {file_len:#x})",
             bh.batmap_offset, bh.batmap_size
@@ -175,11 +203,24 @@ pub fn batmap_of(img: &VhdImage, luks: bool) -> Result<Batmap> {
         .with_path(path)
         .at(header_at + 8));
     }
-    let len = if map_end.is_some_and(|e| e <= file_len) { summed.max(need) } else { summed };
-    let mut map = vec![0u8; usize::try_from(len).map_err(|_| Error::unsupported("batmap too large").with_path(path))?];
+    let len = if map_end.is_some_and(|e| e <= file_len) {
+        summed.max(need)
+    } else {
+        summed
+    };
+    let mut map = vec![
+        0u8;
+        usize::try_from(len)
+            .map_err(|_| Error::unsupported("batmap too large").with_path(path))?
+    ];
     read_exact_at(img.file(), path, &mut map, bh.batmap_offset)?;
     let computed_checksum = batmap::checksum(&map[..summed as usize]);
-    Ok(Batmap { header_at, header: bh, map, computed_checksum })
+    Ok(Batmap {
+        header_at,
+        header: bh,
+        map,
+        computed_checksum,
+    })
 }
 
 /// A vhd-util encrypted VHD opened with its key: the plaintext.
@@ -222,9 +263,12 @@ impl EncryptedVhd {
         if let Some(h) = inner.dynamic_header()
             && h.block_size != writer::BLOCK_SIZE
         {
-            return Err(Error::unsupported(format!("VHD block size is {}: blktap encrypted VHDs use 2 MiB blocks", h.block_size))
-                .with_path(path)
-                .at(h.at + 32));
+            return Err(Error::unsupported(format!(
+                "VHD block size is {}: blktap encrypted VHDs use 2 MiB blocks",
+                h.block_size
+            ))
+            .with_path(path)
+            .at(h.at + 32));
         }
         let mut warnings = inner.warnings().to_vec();
         if !batmap.checksum_ok() {
@@ -236,7 +280,13 @@ impl EncryptedVhd {
             ));
         }
         let xts = Xts::new(key.expose())?;
-        Ok(EncryptedVhd { inner, path: path.to_owned(), batmap, xts, warnings })
+        Ok(EncryptedVhd {
+            inner,
+            path: path.to_owned(),
+            batmap,
+            xts,
+            warnings,
+        })
     }
 
     /// The batmap.
@@ -258,7 +308,12 @@ impl EncryptedVhd {
             return self.xts.decrypt(out, 512, first + s0, IvScheme::Plain);
         }
         let mut bm = vec![0u8; (s1 - 1) as usize / 8 - s0 as usize / 8 + 1];
-        read_exact_at(self.inner.file(), &self.path, &mut bm, u64::from(entry) * 512 + s0 / 8)?;
+        read_exact_at(
+            self.inner.file(),
+            &self.path,
+            &mut bm,
+            u64::from(entry) * 512 + s0 / 8,
+        )?;
         for (k, sector) in out.chunks_exact_mut(512).enumerate() {
             let s = s0 + k as u64;
             let i = s / 8 - s0 / 8;
@@ -283,7 +338,10 @@ impl DiskImage for EncryptedVhd {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let vsize = self.virtual_size();
-        if offset.checked_add(buf.len() as u64).is_none_or(|e| e > vsize) {
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > vsize)
+        {
             return Err(Error::invalid(format!(
                 "read of {} bytes at {offset:#x} goes past the end of the {vsize}-byte virtual disk",
                 buf.len()

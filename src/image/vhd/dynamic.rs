@@ -175,22 +175,42 @@ pub struct DynamicHeader {
 
 impl DynamicHeader {
     /// Validates a decoded header read at `at` in a file of `file_len` bytes, for a disk of `virtual_size`.
-    pub fn validate(raw: RawDynamicHeader, path: &Path, at: u64, file_len: u64, virtual_size: u64) -> Result<DynamicHeader> {
-        let err = |kind: fn(String) -> Error, field_at: u64, msg: String| kind(msg).with_path(path).at(at + field_at);
+    pub fn validate(
+        raw: RawDynamicHeader,
+        path: &Path,
+        at: u64,
+        file_len: u64,
+        virtual_size: u64,
+    ) -> Result<DynamicHeader> {
+        let err = |kind: fn(String) -> Error, field_at: u64, msg: String| {
+            kind(msg).with_path(path).at(at + field_at)
+        };
         if &raw.cookie != COOKIE {
-            return Err(err(Error::corrupt, 0, "VHD dynamic header field 'cookie' is not \"cxsparse\"".into())
-                .hint("the footer's 'data offset' does not point at a dynamic disk header"));
+            return Err(err(
+                Error::corrupt,
+                0,
+                "VHD dynamic header field 'cookie' is not \"cxsparse\"".into(),
+            )
+            .hint("the footer's 'data offset' does not point at a dynamic disk header"));
         }
         let checksum_ok = raw.computed_checksum() == raw.checksum;
         let bs = raw.block_size;
         if !bs.is_power_of_two() || bs < 512 {
-            return Err(err(Error::corrupt, 32, format!("VHD dynamic header field 'block size' is {bs}, not a power of two of at least 512")));
+            return Err(err(
+                Error::corrupt,
+                32,
+                format!(
+                    "VHD dynamic header field 'block size' is {bs}, not a power of two of at least 512"
+                ),
+            ));
         }
         if bs > MAX_BLOCK_SIZE {
             return Err(err(
                 Error::unsupported,
                 32,
-                format!("VHD dynamic header field 'block size' is {bs}, beyond the {MAX_BLOCK_SIZE} bytes diskseal accepts"),
+                format!(
+                    "VHD dynamic header field 'block size' is {bs}, beyond the {MAX_BLOCK_SIZE} bytes diskseal accepts"
+                ),
             ));
         }
         let block_size = u64::from(bs);
@@ -201,7 +221,9 @@ impl DynamicHeader {
             return Err(err(
                 Error::corrupt,
                 28,
-                format!("VHD dynamic header field 'max table entries' is {mte}: absurdly large for {bs}-byte blocks (more than 2040 GiB)"),
+                format!(
+                    "VHD dynamic header field 'max table entries' is {mte}: absurdly large for {bs}-byte blocks (more than 2040 GiB)"
+                ),
             ));
         }
         if mte < entries {
@@ -218,7 +240,9 @@ impl DynamicHeader {
             return Err(err(
                 Error::unsupported,
                 32,
-                format!("VHD has {entries} blocks of {bs} bytes; diskseal keeps at most {MAX_BAT_ENTRIES} BAT entries in memory"),
+                format!(
+                    "VHD has {entries} blocks of {bs} bytes; diskseal keeps at most {MAX_BAT_ENTRIES} BAT entries in memory"
+                ),
             ));
         }
         let table = raw.table_offset;
@@ -227,7 +251,9 @@ impl DynamicHeader {
             return Err(err(
                 Error::corrupt,
                 16,
-                format!("VHD dynamic header field 'table offset' {table:#x}: the BAT ({mte} entries) runs beyond the end of the file ({file_len:#x})"),
+                format!(
+                    "VHD dynamic header field 'table offset' {table:#x}: the BAT ({mte} entries) runs beyond the end of the file ({file_len:#x})"
+                ),
             ));
         }
         let table_end = table + mte * 4;
@@ -235,15 +261,27 @@ impl DynamicHeader {
             return Err(err(
                 Error::corrupt,
                 16,
-                format!("VHD dynamic header field 'table offset' {table:#x}: the BAT overlaps the footer copy or the dynamic header"),
+                format!(
+                    "VHD dynamic header field 'table offset' {table:#x}: the BAT overlaps the footer copy or the dynamic header"
+                ),
             ));
         }
-        Ok(DynamicHeader { raw, at, block_size, bitmap_size, entries, checksum_ok })
+        Ok(DynamicHeader {
+            raw,
+            at,
+            block_size,
+            bitmap_size,
+            entries,
+            checksum_ok,
+        })
     }
 
     /// The byte range the BAT occupies in the file.
     pub fn bat_range(&self) -> (u64, u64) {
-        (self.raw.table_offset, self.raw.table_offset + u64::from(self.raw.max_table_entries) * 4)
+        (
+            self.raw.table_offset,
+            self.raw.table_offset + u64::from(self.raw.max_table_entries) * 4,
+        )
     }
 
     /// The parent's name from the header (UTF-16BE up to the first NUL), if any.
@@ -255,7 +293,11 @@ impl DynamicHeader {
             .map(|c| u16::from_be_bytes([c[0], c[1]]))
             .take_while(|&u| u != 0)
             .collect();
-        if units.is_empty() { None } else { Some(String::from_utf16_lossy(&units)) }
+        if units.is_empty() {
+            None
+        } else {
+            Some(String::from_utf16_lossy(&units))
+        }
     }
 }
 
@@ -266,19 +308,31 @@ pub fn overlaps(a: u64, a_end: u64, b: u64, b_end: u64) -> bool {
 
 /// Reads the first `header.entries` BAT entries and checks each allocated block lies in the file
 /// (`data_end`: where the data area ends, before the footer) and overlaps no metadata.
-pub fn read_bat(file: &File, path: &Path, header: &DynamicHeader, data_end: u64, virtual_size: u64) -> Result<Vec<u32>> {
+pub fn read_bat(
+    file: &File,
+    path: &Path,
+    header: &DynamicHeader,
+    data_end: u64,
+    virtual_size: u64,
+) -> Result<Vec<u32>> {
     let (table, table_end) = header.bat_range();
-    let n = usize::try_from(header.entries).map_err(|_| Error::unsupported("BAT too large").with_path(path))?;
+    let n = usize::try_from(header.entries)
+        .map_err(|_| Error::unsupported("BAT too large").with_path(path))?;
     let mut bytes = vec![0u8; n * 4];
     read_exact_at(file, path, &mut bytes, table)?;
-    let bat: Vec<u32> = bytes.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let bat: Vec<u32> = bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     for (i, &e) in bat.iter().enumerate() {
         if e == UNALLOCATED {
             continue;
         }
         let start = u64::from(e) * 512;
         let block_first = i as u64 * header.block_size;
-        let used = (virtual_size - block_first).min(header.block_size).next_multiple_of(512);
+        let used = (virtual_size - block_first)
+            .min(header.block_size)
+            .next_multiple_of(512);
         let end = start + header.bitmap_size + used;
         let entry_at = table + 4 * i as u64;
         if end > data_end {
@@ -299,9 +353,11 @@ pub fn read_bat(file: &File, path: &Path, header: &DynamicHeader, data_end: u64,
             None
         };
         if let Some(what) = what {
-            return Err(Error::corrupt(format!("VHD BAT entry {i} points at {start:#x}, overlapping {what}"))
-                .with_path(path)
-                .at(entry_at));
+            return Err(Error::corrupt(format!(
+                "VHD BAT entry {i} points at {start:#x}, overlapping {what}"
+            ))
+            .with_path(path)
+            .at(entry_at));
         }
     }
     Ok(bat)
@@ -309,12 +365,23 @@ pub fn read_bat(file: &File, path: &Path, header: &DynamicHeader, data_end: u64,
 
 /// Reads a locator's payload and turns it into a path string (UTF-16LE for W2ku/W2ru, a `file://` URL for
 /// MacX); `None` for unused entries or other platforms. Errors name the locator and its offset.
-pub fn locator_path(file: &File, path: &Path, file_len: u64, index: usize, l: &ParentLocator, header_at: u64) -> Result<Option<String>> {
+pub fn locator_path(
+    file: &File,
+    path: &Path,
+    file_len: u64,
+    index: usize,
+    l: &ParentLocator,
+    header_at: u64,
+) -> Result<Option<String>> {
     if !matches!(l.code, W2KU | W2RU | MACX) || l.data_length == 0 {
         return Ok(None);
     }
     let field_at = header_at + 576 + 24 * index as u64;
-    if l.data_length > MAX_LOCATOR_LEN || l.data_offset.checked_add(u64::from(l.data_length)).is_none_or(|e| e > file_len) {
+    if l.data_length > MAX_LOCATOR_LEN
+        || l.data_offset
+            .checked_add(u64::from(l.data_length))
+            .is_none_or(|e| e > file_len)
+    {
         return Err(Error::corrupt(format!(
             "VHD parent locator {index}: {} bytes at {:#x} lie beyond the end of the file or are absurdly long",
             l.data_length, l.data_offset
@@ -325,15 +392,26 @@ pub fn locator_path(file: &File, path: &Path, file_len: u64, index: usize, l: &P
     let mut bytes = vec![0u8; l.data_length as usize];
     read_exact_at(file, path, &mut bytes, l.data_offset)?;
     let text = if l.code == MACX {
-        let s = String::from_utf8_lossy(&bytes).trim_end_matches('\0').to_string();
+        let s = String::from_utf8_lossy(&bytes)
+            .trim_end_matches('\0')
+            .to_string();
         let rest = s
             .strip_prefix("file://localhost")
             .or_else(|| s.strip_prefix("file://"))
-            .ok_or_else(|| Error::corrupt(format!("VHD parent locator {index} (MacX) is not a file:// URL")).with_path(path).at(field_at))?;
+            .ok_or_else(|| {
+                Error::corrupt(format!(
+                    "VHD parent locator {index} (MacX) is not a file:// URL"
+                ))
+                .with_path(path)
+                .at(field_at)
+            })?;
         percent_decode(rest)
     } else {
-        let units: Vec<u16> =
-            bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();
+        let units: Vec<u16> = bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .take_while(|&u| u != 0)
+            .collect();
         String::from_utf16_lossy(&units).replace('\\', "/")
     };
     Ok(if text.is_empty() { None } else { Some(text) })
@@ -383,7 +461,13 @@ mod tests {
             parent_locators: [ParentLocator::default(); 8],
             reserved2: [0; 256],
         };
-        raw.parent_locators[1] = ParentLocator { code: W2RU, data_space: 512, data_length: 20, reserved: 0, data_offset: 2048 };
+        raw.parent_locators[1] = ParentLocator {
+            code: W2RU,
+            data_space: 512,
+            data_length: 20,
+            reserved: 0,
+            data_offset: 2048,
+        };
         raw.seal();
         raw
     }
@@ -411,9 +495,16 @@ mod tests {
         let mut raw = sample();
         raw.block_size = 3000;
         let e = DynamicHeader::validate(raw, Path::new("x"), 512, 1 << 30, 10 << 20).unwrap_err();
-        assert!(e.to_string().contains("'block size' is 3000") && e.offset() == Some(512 + 32), "{e}");
-        let e = DynamicHeader::validate(sample(), Path::new("x"), 512, 1 << 30, 11 << 20).unwrap_err();
-        assert!(e.to_string().contains("too small") && e.offset() == Some(512 + 28), "{e}");
+        assert!(
+            e.to_string().contains("'block size' is 3000") && e.offset() == Some(512 + 32),
+            "{e}"
+        );
+        let e =
+            DynamicHeader::validate(sample(), Path::new("x"), 512, 1 << 30, 11 << 20).unwrap_err();
+        assert!(
+            e.to_string().contains("too small") && e.offset() == Some(512 + 28),
+            "{e}"
+        );
         let mut raw = sample();
         raw.table_offset = 600;
         let e = DynamicHeader::validate(raw, Path::new("x"), 512, 1 << 30, 10 << 20).unwrap_err();

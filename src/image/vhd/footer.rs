@@ -162,7 +162,11 @@ pub struct Geometry {
 
 impl Geometry {
     /// The largest geometry (65535/16/255); with it QEMU always uses `current_size`.
-    pub const MAX: Geometry = Geometry { cylinders: 65535, heads: 16, sectors: 255 };
+    pub const MAX: Geometry = Geometry {
+        cylinders: 65535,
+        heads: 16,
+        sectors: 255,
+    };
 
     /// Cylinders × heads × sectors.
     pub fn total_sectors(&self) -> u64 {
@@ -266,7 +270,11 @@ impl Footer {
     /// Validates a decoded footer read at `at` in `path`: cookie, checksum, disk type and virtual size.
     pub fn validate(raw: RawFooter, path: &Path, at: u64) -> Result<Footer> {
         if &raw.cookie != COOKIE {
-            return Err(Error::format("VHD footer field 'cookie' is not \"conectix\"").with_path(path).at(at));
+            return Err(
+                Error::format("VHD footer field 'cookie' is not \"conectix\"")
+                    .with_path(path)
+                    .at(at),
+            );
         }
         let computed = raw.computed_checksum();
         if computed != raw.checksum {
@@ -276,7 +284,9 @@ impl Footer {
             ))
             .with_path(path)
             .at(at + CHECKSUM_AT as u64)
-            .hint("the footer is damaged (qemu-img 10 refuses it too: \"Incorrect header checksum\")"));
+            .hint(
+                "the footer is damaged (qemu-img 10 refuses it too: \"Incorrect header checksum\")",
+            ));
         }
         let disk_type = match raw.disk_type {
             2 => DiskType::Fixed,
@@ -290,34 +300,58 @@ impl Footer {
                 .at(at + 60));
             }
         };
-        let geom = Geometry { cylinders: raw.cylinders, heads: raw.heads, sectors: raw.sectors };
+        let geom = Geometry {
+            cylinders: raw.cylinders,
+            heads: raw.heads,
+            sectors: raw.sectors,
+        };
         let (virtual_size, size_rule, field_at) = if geom == Geometry::MAX {
-            (raw.current_size / 512 * 512, SizeRule::CurrentSizeMaxGeometry, 48)
+            (
+                raw.current_size / 512 * 512,
+                SizeRule::CurrentSizeMaxGeometry,
+                48,
+            )
         } else if uses_chs(&raw.creator_app) {
             (geom.total_sectors() * 512, SizeRule::Chs, 56)
         } else {
             (raw.current_size / 512 * 512, SizeRule::CurrentSize, 48)
         };
         if virtual_size > MAX_VIRTUAL_SIZE {
-            let field = if field_at == 48 { "current size" } else { "disk geometry" };
+            let field = if field_at == 48 {
+                "current size"
+            } else {
+                "disk geometry"
+            };
             return Err(Error::unsupported(format!(
                 "VHD footer field '{field}' gives a virtual size of {virtual_size} bytes, beyond VHD's 2040 GiB limit ({MAX_VIRTUAL_SIZE})"
             ))
             .with_path(path)
             .at(at + field_at));
         }
-        Ok(Footer { raw, disk_type, virtual_size, size_rule })
+        Ok(Footer {
+            raw,
+            disk_type,
+            virtual_size,
+            size_rule,
+        })
     }
 
     /// The CHS geometry stored in the footer.
     pub fn geometry(&self) -> Geometry {
-        Geometry { cylinders: self.raw.cylinders, heads: self.raw.heads, sectors: self.raw.sectors }
+        Geometry {
+            cylinders: self.raw.cylinders,
+            heads: self.raw.heads,
+            sectors: self.raw.sectors,
+        }
     }
 }
 
 /// A printable 4-byte id ("qemu", "win ", "tap\0" shown as "tap\u{0}" escaped).
 pub fn fourcc(b: &[u8; 4]) -> String {
-    b.iter().flat_map(|&c| std::ascii::escape_default(c)).map(char::from).collect()
+    b.iter()
+        .flat_map(|&c| std::ascii::escape_default(c))
+        .map(char::from)
+        .collect()
 }
 
 /// What differs between the footers diskseal writes.
@@ -337,7 +371,12 @@ pub struct FooterSpec {
 
 /// Builds a sealed footer for a disk of `size` bytes (`current_size` = `original_size` = `size`, the
 /// spec's geometry for `size / 512` sectors), `timestamp` in seconds since 2000-01-01 UTC.
-pub fn build_footer(spec: FooterSpec, size: u64, uuid: [u8; 16], timestamp: u32) -> [u8; FOOTER_SIZE] {
+pub fn build_footer(
+    spec: FooterSpec,
+    size: u64,
+    uuid: [u8; 16],
+    timestamp: u32,
+) -> [u8; FOOTER_SIZE] {
     let g = geometry(size / 512);
     let mut raw = RawFooter {
         cookie: *COOKIE,
@@ -380,10 +419,14 @@ pub fn fixed_footer(size: u64, uuid: [u8; 16], timestamp: u32) -> [u8; FOOTER_SI
 /// Checks that `size` can be the data size of a fixed VHD written with [`fixed_footer`].
 pub fn check_fixed_size(size: u64) -> Result<()> {
     if !size.is_multiple_of(512) {
-        return Err(Error::invalid(format!("VHD data size {size} is not a multiple of 512 bytes")));
+        return Err(Error::invalid(format!(
+            "VHD data size {size} is not a multiple of 512 bytes"
+        )));
     }
     if size > MAX_VIRTUAL_SIZE {
-        return Err(Error::invalid(format!("VHD data size {size} is beyond VHD's 2040 GiB limit ({MAX_VIRTUAL_SIZE})")));
+        return Err(Error::invalid(format!(
+            "VHD data size {size} is beyond VHD's 2040 GiB limit ({MAX_VIRTUAL_SIZE})"
+        )));
     }
     Ok(())
 }
@@ -392,7 +435,8 @@ pub fn check_fixed_size(size: u64) -> Result<()> {
 /// largest MiB multiple that fits a u64.
 pub fn aligned_size(size: u64) -> u64 {
     const MIB: u64 = 1 << 20;
-    size.checked_next_multiple_of(MIB).unwrap_or(u64::MAX / MIB * MIB)
+    size.checked_next_multiple_of(MIB)
+        .unwrap_or(u64::MAX / MIB * MIB)
 }
 
 #[cfg(test)]
@@ -410,19 +454,47 @@ mod tests {
 
     #[test]
     fn fixed_footer_validates_to_its_size() {
-        for size in [512u64, 10 << 20, (10 << 20) + 12345 * 512, 127 << 30, MAX_VIRTUAL_SIZE] {
-            let f = Footer::validate(RawFooter::decode(&fixed_footer(size, [1; 16], 0)), Path::new("x"), 0).unwrap();
+        for size in [
+            512u64,
+            10 << 20,
+            (10 << 20) + 12345 * 512,
+            127 << 30,
+            MAX_VIRTUAL_SIZE,
+        ] {
+            let f = Footer::validate(
+                RawFooter::decode(&fixed_footer(size, [1; 16], 0)),
+                Path::new("x"),
+                0,
+            )
+            .unwrap();
             assert_eq!(f.virtual_size, size);
             assert_eq!(f.disk_type, DiskType::Fixed);
-            assert!(matches!(f.size_rule, SizeRule::CurrentSize | SizeRule::CurrentSizeMaxGeometry));
+            assert!(matches!(
+                f.size_rule,
+                SizeRule::CurrentSize | SizeRule::CurrentSizeMaxGeometry
+            ));
         }
     }
 
     #[test]
     fn geometry_matches_qemu_written_values() {
         // Values qemu-img 10.0.2 wrote for CHS-rounded sizes (formats.md §4.5 and experiments).
-        assert_eq!(geometry(32844), Geometry { cylinders: 483, heads: 4, sectors: 17 });
-        assert_eq!(geometry(1_048_707_072 / 512), Geometry { cylinders: 2032, heads: 16, sectors: 63 });
+        assert_eq!(
+            geometry(32844),
+            Geometry {
+                cylinders: 483,
+                heads: 4,
+                sectors: 17
+            }
+        );
+        assert_eq!(
+            geometry(1_048_707_072 / 512),
+            Geometry {
+                cylinders: 2032,
+                heads: 16,
+                sectors: 63
+            }
+        );
         assert_eq!(geometry(u64::MAX), Geometry::MAX);
         // The ATA limit switches to 255 sectors per track.
         assert_eq!(geometry(65535 * 16 * 63).sectors, 255);
@@ -449,7 +521,10 @@ mod tests {
         raw.disk_type = 5;
         raw.seal();
         let e = Footer::validate(raw.clone(), Path::new("x"), 0x1000).unwrap_err();
-        assert!(e.to_string().contains("'disk type' is 5") && e.offset() == Some(0x103c), "{e}");
+        assert!(
+            e.to_string().contains("'disk type' is 5") && e.offset() == Some(0x103c),
+            "{e}"
+        );
         raw.disk_type = 2;
         raw.current_size = (1 << 63) + 512;
         raw.seal();
@@ -458,6 +533,9 @@ mod tests {
         raw.current_size = 1 << 20;
         raw.checksum ^= 1;
         let e = Footer::validate(raw, Path::new("x"), 0).unwrap_err();
-        assert!(e.to_string().contains("'checksum'") && e.offset() == Some(64), "{e}");
+        assert!(
+            e.to_string().contains("'checksum'") && e.offset() == Some(64),
+            "{e}"
+        );
     }
 }

@@ -80,12 +80,19 @@ fn uuid_string(b: &[u8; 16]) -> String {
 
 /// Reads both footer copies and picks one (see the module docs). Returns the footer, where it was read and
 /// where the data area ends (before the end footer when that one has its cookie).
-fn read_footer(file: &File, path: &Path, len: u64, warnings: &mut Vec<String>) -> Result<(Footer, u64, u64)> {
+fn read_footer(
+    file: &File,
+    path: &Path,
+    len: u64,
+    warnings: &mut Vec<String>,
+) -> Result<(Footer, u64, u64)> {
     if len < FOOTER_SIZE as u64 {
-        return Err(Error::corrupt(format!("file is {len} bytes, too short for the 512-byte VHD footer"))
-            .with_path(path)
-            .at(0)
-            .hint("the file is truncated"));
+        return Err(Error::corrupt(format!(
+            "file is {len} bytes, too short for the 512-byte VHD footer"
+        ))
+        .with_path(path)
+        .at(0)
+        .hint("the file is truncated"));
     }
     let end_at = len - FOOTER_SIZE as u64;
     let mut end = [0u8; FOOTER_SIZE];
@@ -134,7 +141,10 @@ fn read_footer(file: &File, path: &Path, len: u64, warnings: &mut Vec<String>) -
 impl VhdImage {
     /// Opens and validates a VHD; `chain` holds the images above it (for the parent's loop and depth checks).
     pub fn open(file: File, path: &Path, chain: &mut Vec<PathBuf>) -> Result<VhdImage> {
-        let len = file.metadata().map_err(|e| Error::io("stat", path, None, e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("stat", path, None, e))?
+            .len();
         let mut warnings = Vec::new();
         let (footer, footer_at, data_end) = read_footer(&file, path, len, &mut warnings)?;
         let vsize = footer.virtual_size;
@@ -156,7 +166,11 @@ impl VhdImage {
             }
             DiskType::Dynamic | DiskType::Differencing => {
                 let at = footer.raw.data_offset;
-                if at < FOOTER_SIZE as u64 || at.checked_add(HEADER_SIZE as u64).is_none_or(|e| e > data_end) {
+                if at < FOOTER_SIZE as u64
+                    || at
+                        .checked_add(HEADER_SIZE as u64)
+                        .is_none_or(|e| e > data_end)
+                {
                     return Err(Error::corrupt(format!(
                         "VHD footer field 'data offset' is {at:#x}: no room there for the 1024-byte dynamic header (data area ends at {data_end:#x})"
                     ))
@@ -166,7 +180,8 @@ impl VhdImage {
                 }
                 let mut hb = [0u8; HEADER_SIZE];
                 read_exact_at(&file, path, &mut hb, at)?;
-                let header = DynamicHeader::validate(RawDynamicHeader::decode(&hb), path, at, len, vsize)?;
+                let header =
+                    DynamicHeader::validate(RawDynamicHeader::decode(&hb), path, at, len, vsize)?;
                 if !header.checksum_ok {
                     warnings.push(format!(
                         "the dynamic header checksum at {:#x} is wrong (stored {:#010x}, computed {:#010x}); QEMU ignores it too",
@@ -177,14 +192,33 @@ impl VhdImage {
                 }
                 let bat = dynamic::read_bat(&file, path, &header, data_end, vsize)?;
                 let parent = if footer.disk_type == DiskType::Differencing {
-                    Some(find_parent(&file, path, len, &header, vsize, chain, &mut warnings)?)
+                    Some(find_parent(
+                        &file,
+                        path,
+                        len,
+                        &header,
+                        vsize,
+                        chain,
+                        &mut warnings,
+                    )?)
                 } else {
                     None
                 };
-                Some(Sparse { header, bat, parent })
+                Some(Sparse {
+                    header,
+                    bat,
+                    parent,
+                })
             }
         };
-        Ok(VhdImage { file, path: path.to_owned(), footer, footer_at, warnings, sparse })
+        Ok(VhdImage {
+            file,
+            path: path.to_owned(),
+            footer,
+            footer_at,
+            warnings,
+            sparse,
+        })
     }
 
     /// The footer in use.
@@ -223,7 +257,9 @@ impl VhdImage {
             None => buf.fill(0),
             Some(p) => {
                 let psize = p.image.virtual_size();
-                let k = usize::try_from(psize.saturating_sub(pos)).unwrap_or(usize::MAX).min(buf.len());
+                let k = usize::try_from(psize.saturating_sub(pos))
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
                 if k > 0 {
                     p.image.read_at(&mut buf[..k], pos)?;
                 }
@@ -236,7 +272,12 @@ impl VhdImage {
     /// Reads the sector-bitmap bytes covering sectors `first..=last` of the block whose BAT entry is `entry`.
     fn bitmap(&self, entry: u32, first: u64, last: u64) -> Result<Vec<u8>> {
         let mut bm = vec![0u8; (last / 8 - first / 8 + 1) as usize];
-        read_exact_at(&self.file, &self.path, &mut bm, u64::from(entry) * 512 + first / 8)?;
+        read_exact_at(
+            &self.file,
+            &self.path,
+            &mut bm,
+            u64::from(entry) * 512 + first / 8,
+        )?;
         Ok(bm)
     }
 
@@ -255,7 +296,8 @@ impl VhdImage {
         let end = in_block + buf.len() as u64;
         let (first, last) = (in_block / 512, (end - 1) / 512);
         let bm = self.bitmap(entry, first, last)?;
-        let bit = |sector: u64| (bm[(sector / 8 - first / 8) as usize] >> (7 - sector % 8)) & 1 == 1;
+        let bit =
+            |sector: u64| (bm[(sector / 8 - first / 8) as usize] >> (7 - sector % 8)) & 1 == 1;
         let mut sec = first;
         while sec <= last {
             let own = bit(sec);
@@ -364,12 +406,22 @@ fn find_parent(
     };
     let mut candidates: Vec<PathBuf> = Vec::new();
     for code in [dynamic::W2RU, dynamic::W2KU, dynamic::MACX] {
-        for (i, l) in header.raw.parent_locators.iter().enumerate().filter(|(_, l)| l.code == code) {
+        for (i, l) in header
+            .raw
+            .parent_locators
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.code == code)
+        {
             match dynamic::locator_path(file, path, len, i, l, header.at) {
                 Ok(Some(s)) => {
                     let p = PathBuf::from(&s);
                     let has_drive = s.len() >= 2 && s.as_bytes()[1] == b':';
-                    candidates.push(if p.is_absolute() || has_drive { p } else { dir.join(p) });
+                    candidates.push(if p.is_absolute() || has_drive {
+                        p
+                    } else {
+                        dir.join(p)
+                    });
                 }
                 Ok(None) => {}
                 Err(e) => warnings.push(format!("{e}")),
@@ -394,7 +446,13 @@ fn find_parent(
             continue;
         }
         let image = open_backing(&c, Some(ImageFormat::Vpc), chain)?;
-        let got = image.info().details.get("uuid").and_then(Value::as_str).unwrap_or_default().to_string();
+        let got = image
+            .info()
+            .details
+            .get("uuid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         if got == want {
             let psize = image.virtual_size();
             if psize != child_size {
@@ -416,7 +474,11 @@ fn find_parent(
         .hint("the parent was replaced or modified after the child was created"));
     }
     let looked: Vec<String> = seen.iter().map(|p| p.display().to_string()).collect();
-    let looked = if looked.is_empty() { "nowhere: no parent locator or parent name".to_string() } else { looked.join(", ") };
+    let looked = if looked.is_empty() {
+        "nowhere: no parent locator or parent name".to_string()
+    } else {
+        looked.join(", ")
+    };
     Err(Error::new(ErrorKind::Io, format!("parent of this differencing VHD not found; looked for: {looked}"))
         .with_path(path)
         .at(header.at + 64)
@@ -434,7 +496,10 @@ impl DiskImage for VhdImage {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let vsize = self.footer.virtual_size;
-        if offset.checked_add(buf.len() as u64).is_none_or(|e| e > vsize) {
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > vsize)
+        {
             return Err(Error::invalid(format!(
                 "read of {} bytes at {offset:#x} goes past the end of the {vsize}-byte virtual disk",
                 buf.len()
@@ -449,7 +514,9 @@ impl DiskImage for VhdImage {
         while done < buf.len() {
             let pos = offset + done as u64;
             let in_block = pos % bs;
-            let n = usize::try_from(bs - in_block).unwrap_or(usize::MAX).min(buf.len() - done);
+            let n = usize::try_from(bs - in_block)
+                .unwrap_or(usize::MAX)
+                .min(buf.len() - done);
             self.read_block_part(s, (pos / bs) as usize, in_block, &mut buf[done..done + n])?;
             done += n;
         }
@@ -459,7 +526,11 @@ impl DiskImage for VhdImage {
     fn extents(&self) -> Result<Vec<Extent>> {
         let vsize = self.footer.virtual_size;
         let Some(s) = &self.sparse else {
-            return Ok(coalesce(vec![Extent { offset: 0, len: vsize, kind: ExtentKind::Data }]));
+            return Ok(coalesce(vec![Extent {
+                offset: 0,
+                len: vsize,
+                kind: ExtentKind::Data,
+            }]));
         };
         let runs = self.own_runs(s)?;
         let below = match &s.parent {
@@ -469,7 +540,11 @@ impl DiskImage for VhdImage {
         let mut out = Vec::new();
         for (off, len, own) in runs {
             if own {
-                out.push(Extent { offset: off, len, kind: ExtentKind::Data });
+                out.push(Extent {
+                    offset: off,
+                    len,
+                    kind: ExtentKind::Data,
+                });
                 continue;
             }
             let end = off + len;
@@ -482,15 +557,27 @@ impl DiskImage for VhdImage {
                 let a = e.offset.max(pos);
                 let b = (e.offset + e.len).min(end);
                 if a > pos {
-                    out.push(Extent { offset: pos, len: a - pos, kind: ExtentKind::Unallocated });
+                    out.push(Extent {
+                        offset: pos,
+                        len: a - pos,
+                        kind: ExtentKind::Unallocated,
+                    });
                 }
                 if b > a {
-                    out.push(Extent { offset: a, len: b - a, kind: e.kind });
+                    out.push(Extent {
+                        offset: a,
+                        len: b - a,
+                        kind: e.kind,
+                    });
                     pos = b;
                 }
             }
             if pos < end {
-                out.push(Extent { offset: pos, len: end - pos, kind: ExtentKind::Unallocated });
+                out.push(Extent {
+                    offset: pos,
+                    len: end - pos,
+                    kind: ExtentKind::Unallocated,
+                });
             }
         }
         Ok(coalesce(out))

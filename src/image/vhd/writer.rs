@@ -67,7 +67,9 @@ impl Layout {
     /// The layout of a disk of `virtual_size` bytes (a multiple of 2 MiB, at most 2040 GiB).
     pub fn new(virtual_size: u64) -> Result<Layout> {
         if virtual_size == 0 || !virtual_size.is_multiple_of(BLOCK_SIZE) {
-            return Err(Error::invalid(format!("dynamic VHD size {virtual_size} is not a positive multiple of 2 MiB")));
+            return Err(Error::invalid(format!(
+                "dynamic VHD size {virtual_size} is not a positive multiple of 2 MiB"
+            )));
         }
         if virtual_size > MAX_VIRTUAL_SIZE {
             return Err(Error::invalid(format!(
@@ -81,7 +83,16 @@ impl Layout {
         let meta_end = batmap_at + batmap_sectors * 512;
         let first_block = (meta_end + 512).next_multiple_of(DATA_ALIGN) - 512;
         let stride = (BLOCK_SIZE + 512).next_multiple_of(DATA_ALIGN);
-        Ok(Layout { virtual_size, entries, batmap_header_at, batmap_at, batmap_sectors, meta_end, first_block, stride })
+        Ok(Layout {
+            virtual_size,
+            entries,
+            batmap_header_at,
+            batmap_at,
+            batmap_sectors,
+            meta_end,
+            first_block,
+            stride,
+        })
     }
 
     /// Offset of the bitmap of the `n`-th allocated block.
@@ -105,8 +116,18 @@ impl ClassicVhdWriter {
     /// unique id `uuid` and `timestamp` (seconds since 2000-01-01 UTC).
     pub fn new(virtual_size: u64, uuid: [u8; 16], timestamp: u32) -> Result<ClassicVhdWriter> {
         let layout = Layout::new(virtual_size)?;
-        let bat = vec![UNALLOCATED; usize::try_from(layout.entries).map_err(|_| Error::invalid("BAT too large"))?];
-        Ok(ClassicVhdWriter { layout, footer: footer_bytes(virtual_size, uuid, timestamp), bat, count: 0, last: None })
+        let bat = vec![
+            UNALLOCATED;
+            usize::try_from(layout.entries)
+                .map_err(|_| Error::invalid("BAT too large"))?
+        ];
+        Ok(ClassicVhdWriter {
+            layout,
+            footer: footer_bytes(virtual_size, uuid, timestamp),
+            bat,
+            count: 0,
+            last: None,
+        })
     }
 
     /// The footer. vhd-util appends each block where its footer was and rewrites the footer after it, so
@@ -125,16 +146,25 @@ impl ClassicVhdWriter {
     /// bitmap sector; the data goes 512 bytes after it.
     pub fn allocate(&mut self, index: u64) -> Result<u64> {
         if index >= self.layout.entries {
-            return Err(Error::invalid(format!("block {index} is beyond the virtual disk ({} blocks)", self.layout.entries)));
+            return Err(Error::invalid(format!(
+                "block {index} is beyond the virtual disk ({} blocks)",
+                self.layout.entries
+            )));
         }
         if self.last.is_some_and(|l| index <= l) {
-            return Err(Error::invalid(format!("VHD blocks must be allocated in increasing order ({index})")));
+            return Err(Error::invalid(format!(
+                "VHD blocks must be allocated in increasing order ({index})"
+            )));
         }
         let at = self.layout.block_at(self.count);
         let sector = u32::try_from(at / 512)
             .ok()
             .filter(|&s| s != UNALLOCATED)
-            .ok_or_else(|| Error::invalid(format!("block {index} would lie at {at:#x}, beyond what a VHD BAT can address")))?;
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "block {index} would lie at {at:#x}, beyond what a VHD BAT can address"
+                ))
+            })?;
         self.bat[index as usize] = sector;
         self.last = Some(index);
         self.count += 1;
@@ -150,7 +180,11 @@ impl ClassicVhdWriter {
     /// with `keyhash`, and the batmap; sets the file length; returns it.
     pub fn finish(self, out: &OutputFile, keyhash: &KeyHash) -> Result<u64> {
         let l = self.layout;
-        let end = if self.count == 0 { l.meta_end } else { l.block_at(self.count - 1) + 512 + BLOCK_SIZE };
+        let end = if self.count == 0 {
+            l.meta_end
+        } else {
+            l.block_at(self.count - 1) + 512 + BLOCK_SIZE
+        };
         let foot = self.footer;
         out.write_at(&foot, 0)?;
         out.write_at(&header_bytes(l.entries), 512)?;
@@ -224,7 +258,9 @@ pub fn header_bytes(entries: u64) -> [u8; dynamic::HEADER_SIZE] {
 pub fn vhd_timestamp_now() -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u32::try_from(d.as_secs().saturating_sub(946_684_800)).unwrap_or(u32::MAX))
+        .map_or(0, |d| {
+            u32::try_from(d.as_secs().saturating_sub(946_684_800)).unwrap_or(u32::MAX)
+        })
 }
 
 #[cfg(test)]
@@ -236,7 +272,16 @@ mod tests {
         // fixtures/vhd-util/encrypted-*.vhd: 5 blocks, batmap header at 0x800, batmap at 0xa00,
         // blocks at 0xe00 and 0x201e00.
         let l = Layout::new(10 << 20).unwrap();
-        assert_eq!((l.entries, l.batmap_header_at, l.batmap_at, l.batmap_sectors, l.meta_end), (5, 0x800, 0xa00, 1, 0xc00));
+        assert_eq!(
+            (
+                l.entries,
+                l.batmap_header_at,
+                l.batmap_at,
+                l.batmap_sectors,
+                l.meta_end
+            ),
+            (5, 0x800, 0xa00, 1, 0xc00)
+        );
         assert_eq!((l.block_at(0), l.block_at(1)), (0xe00, 0x201e00));
         let big = Layout::new(MAX_VIRTUAL_SIZE).unwrap();
         assert_eq!(big.entries, 1_044_480);

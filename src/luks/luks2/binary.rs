@@ -17,8 +17,9 @@ pub const MAGIC_PRIMARY: [u8; 6] = *b"LUKS\xba\xbe";
 /// Magic of the secondary header.
 pub const MAGIC_SECONDARY: [u8; 6] = *b"SKUL\xba\xbe";
 /// Allowed header sizes (binary + JSON area), 16 KiB .. 4 MiB.
-pub const HDR_SIZES: [u64; 9] =
-    [0x4000, 0x8000, 0x10000, 0x20000, 0x40000, 0x80000, 0x100000, 0x200000, 0x400000];
+pub const HDR_SIZES: [u64; 9] = [
+    0x4000, 0x8000, 0x10000, 0x20000, 0x40000, 0x80000, 0x100000, 0x200000, 0x400000,
+];
 
 const CSUM_OFF: usize = 448;
 
@@ -58,8 +59,9 @@ fn cstr(b: &[u8], name: &str, off: usize) -> Result<String> {
     let end = b.iter().position(|&c| c == 0).ok_or_else(|| {
         Error::corrupt(format!("LUKS2 header field {name} is not NUL-terminated")).at(off as u64)
     })?;
-    String::from_utf8(b[..end].to_vec())
-        .map_err(|_| Error::corrupt(format!("LUKS2 header field {name} is not valid UTF-8")).at(off as u64))
+    String::from_utf8(b[..end].to_vec()).map_err(|_| {
+        Error::corrupt(format!("LUKS2 header field {name} is not valid UTF-8")).at(off as u64)
+    })
 }
 
 fn put_str(b: &mut [u8], s: &str) {
@@ -78,7 +80,9 @@ impl BinaryHeader {
         };
         let version = u16::from_be_bytes([b[6], b[7]]);
         if version != 2 {
-            return Err(Error::format(format!("LUKS header version {version}, expected 2")).at(at + 6));
+            return Err(
+                Error::format(format!("LUKS header version {version}, expected 2")).at(at + 6),
+            );
         }
         let hdr_size = be64(b, 8);
         if !HDR_SIZES.contains(&hdr_size) {
@@ -115,7 +119,11 @@ impl BinaryHeader {
     /// Encodes the header with a zero checksum field.
     pub fn encode(&self) -> [u8; BIN_SIZE] {
         let mut b = [0u8; BIN_SIZE];
-        b[0..6].copy_from_slice(if self.primary { &MAGIC_PRIMARY } else { &MAGIC_SECONDARY });
+        b[0..6].copy_from_slice(if self.primary {
+            &MAGIC_PRIMARY
+        } else {
+            &MAGIC_SECONDARY
+        });
         b[6..8].copy_from_slice(&2u16.to_be_bytes());
         b[8..16].copy_from_slice(&self.hdr_size.to_be_bytes());
         b[16..24].copy_from_slice(&self.seqid.to_be_bytes());
@@ -130,8 +138,12 @@ impl BinaryHeader {
 
     /// The hash named by `checksum_alg`.
     pub fn checksum_hash(&self) -> Result<Hash> {
-        Hash::parse(&self.checksum_alg)
-            .map_err(|_| Error::unsupported(format!("unsupported LUKS2 checksum_alg {:?}", self.checksum_alg)))
+        Hash::parse(&self.checksum_alg).map_err(|_| {
+            Error::unsupported(format!(
+                "unsupported LUKS2 checksum_alg {:?}",
+                self.checksum_alg
+            ))
+        })
     }
 }
 
@@ -180,8 +192,18 @@ mod tests {
         assert!(e.message().contains("hdr_size"), "{e}");
         let mut b = sample().encode();
         b[24..72].fill(b'x');
-        assert!(BinaryHeader::decode(&b, 0).unwrap_err().message().contains("label"));
+        assert!(
+            BinaryHeader::decode(&b, 0)
+                .unwrap_err()
+                .message()
+                .contains("label")
+        );
         let b = sample().encode();
-        assert!(BinaryHeader::decode(&b, 0x4000).unwrap_err().message().contains("hdr_offset"));
+        assert!(
+            BinaryHeader::decode(&b, 0x4000)
+                .unwrap_err()
+                .message()
+                .contains("hdr_offset")
+        );
     }
 }

@@ -146,19 +146,31 @@ impl<'a> Obj<'a> {
         }
     }
     fn field(&self, name: &str) -> String {
-        if self.path.is_empty() { name.to_owned() } else { format!("{}.{name}", self.path) }
+        if self.path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}.{name}", self.path)
+        }
     }
     fn get(&self, name: &str) -> Result<&'a Value> {
-        self.map.get(name).ok_or_else(|| err(&self.field(name), "is missing"))
+        self.map
+            .get(name)
+            .ok_or_else(|| err(&self.field(name), "is missing"))
     }
     fn obj(&self, name: &str) -> Result<Obj<'a>> {
         Obj::new(self.get(name)?, self.field(name))
     }
     fn string(&self, name: &str) -> Result<&'a str> {
-        self.get(name)?.as_str().ok_or_else(|| err(&self.field(name), "must be a string"))
+        self.get(name)?
+            .as_str()
+            .ok_or_else(|| err(&self.field(name), "must be a string"))
     }
     fn opt_string(&self, name: &str) -> Result<Option<&'a str>> {
-        if self.map.contains_key(name) { self.string(name).map(Some) } else { Ok(None) }
+        if self.map.contains_key(name) {
+            self.string(name).map(Some)
+        } else {
+            Ok(None)
+        }
     }
     /// A "string-uint64": decimal digits only, no overflow.
     fn u64_str(&self, name: &str) -> Result<u64> {
@@ -169,10 +181,19 @@ impl<'a> Obj<'a> {
         let v = self.get(name)?;
         v.as_u64()
             .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| err(&self.field(name), format!("{v} is not an unsigned 32-bit integer")))
+            .ok_or_else(|| {
+                err(
+                    &self.field(name),
+                    format!("{v} is not an unsigned 32-bit integer"),
+                )
+            })
     }
     fn opt_u32(&self, name: &str) -> Result<Option<u32>> {
-        if self.map.contains_key(name) { self.u32_int(name).map(Some) } else { Ok(None) }
+        if self.map.contains_key(name) {
+            self.u32_int(name).map(Some)
+        } else {
+            Ok(None)
+        }
     }
     fn base64(&self, name: &str) -> Result<Vec<u8>> {
         use base64::Engine;
@@ -183,9 +204,16 @@ impl<'a> Obj<'a> {
     }
     fn ids(&self, name: &str) -> Result<Vec<u32>> {
         let path = self.field(name);
-        let arr = self.get(name)?.as_array().ok_or_else(|| err(&path, "must be an array"))?;
+        let arr = self
+            .get(name)?
+            .as_array()
+            .ok_or_else(|| err(&path, "must be an array"))?;
         arr.iter()
-            .map(|v| v.as_str().and_then(parse_id).ok_or_else(|| err(&path, format!("{v} is not a numbered id string"))))
+            .map(|v| {
+                v.as_str()
+                    .and_then(parse_id)
+                    .ok_or_else(|| err(&path, format!("{v} is not a numbered id string")))
+            })
             .collect()
     }
     /// The members of a numbered-object map ("0", "1", ...), in id order.
@@ -210,7 +238,11 @@ fn parse_u64(s: &str) -> Option<u64> {
 }
 
 fn parse_id(s: &str) -> Option<u32> {
-    if s.len() > 9 { None } else { parse_u64(s).map(|n| n as u32) }
+    if s.len() > 9 {
+        None
+    } else {
+        parse_u64(s).map(|n| n as u32)
+    }
 }
 
 impl Metadata {
@@ -228,7 +260,11 @@ impl Metadata {
                 None => Vec::new(),
                 Some(Value::Array(a)) => a
                     .iter()
-                    .map(|f| f.as_str().map(str::to_owned).ok_or_else(|| err("config.flags", "must hold strings")))
+                    .map(|f| {
+                        f.as_str()
+                            .map(str::to_owned)
+                            .ok_or_else(|| err("config.flags", "must hold strings"))
+                    })
                     .collect::<Result<_>>()?,
                 Some(_) => return Err(err("config.flags", "must be an array")),
             },
@@ -249,11 +285,21 @@ impl Metadata {
         if config.json_size != hdr_size - 4096 {
             return Err(err(
                 "config.json_size",
-                format!("{} does not match the binary header's JSON area of {} bytes", config.json_size, hdr_size - 4096),
+                format!(
+                    "{} does not match the binary header's JSON area of {} bytes",
+                    config.json_size,
+                    hdr_size - 4096
+                ),
             ));
         }
         if !config.keyslots_size.is_multiple_of(4096) || config.keyslots_size > 128 * 1024 * 1024 {
-            return Err(err("config.keyslots_size", format!("{} is not 4 KiB-aligned or exceeds 128 MiB", config.keyslots_size)));
+            return Err(err(
+                "config.keyslots_size",
+                format!(
+                    "{} is not 4 KiB-aligned or exceeds 128 MiB",
+                    config.keyslots_size
+                ),
+            ));
         }
         let areas_end = 2 * hdr_size + config.keyslots_size;
 
@@ -264,35 +310,63 @@ impl Metadata {
             let key_size = o.u32_int("key_size")?;
             let priority = match o.map.get("priority") {
                 None => None,
-                Some(v) => Some(v.as_u64().ok_or_else(|| err(&o.field("priority"), "must be an integer"))?),
+                Some(v) => Some(
+                    v.as_u64()
+                        .ok_or_else(|| err(&o.field("priority"), "must be an integer"))?,
+                ),
             };
-            let luks2 = if kind == "luks2" { Some(parse_luks2_slot(&o, &mut warnings)?) } else { None };
+            let luks2 = if kind == "luks2" {
+                Some(parse_luks2_slot(&o, &mut warnings)?)
+            } else {
+                None
+            };
             if let Some(s) = &luks2 {
                 let area_path = o.field("area");
                 if s.area_size == 0 {
                     return Err(err(&area_path, "size is zero"));
                 }
-                let end = s.area_offset.checked_add(s.area_size).ok_or_else(|| err(&area_path, "offset + size overflows"))?;
+                let end = s
+                    .area_offset
+                    .checked_add(s.area_size)
+                    .ok_or_else(|| err(&area_path, "offset + size overflows"))?;
                 if s.area_offset < 2 * hdr_size || end > areas_end {
                     return Err(err(
                         &area_path,
-                        format!("[{:#x}, {end:#x}) lies outside the keyslots area [{:#x}, {areas_end:#x})", s.area_offset, 2 * hdr_size),
+                        format!(
+                            "[{:#x}, {end:#x}) lies outside the keyslots area [{:#x}, {areas_end:#x})",
+                            s.area_offset,
+                            2 * hdr_size
+                        ),
                     ));
                 }
                 if end > file_len {
-                    return Err(err(&area_path, format!("ends at {end:#x}, beyond the end of the file ({file_len:#x})"))
-                        .hint("the file is truncated"));
+                    return Err(err(
+                        &area_path,
+                        format!("ends at {end:#x}, beyond the end of the file ({file_len:#x})"),
+                    )
+                    .hint("the file is truncated"));
                 }
             }
-            keyslots.push(Keyslot { id, kind, key_size, luks2, priority });
+            keyslots.push(Keyslot {
+                id,
+                kind,
+                key_size,
+                luks2,
+                priority,
+            });
         }
         // Areas must not overlap.
-        let mut areas: Vec<(u64, u64, u32)> =
-            keyslots.iter().filter_map(|k| k.luks2.as_ref().map(|s| (s.area_offset, s.area_size, k.id))).collect();
+        let mut areas: Vec<(u64, u64, u32)> = keyslots
+            .iter()
+            .filter_map(|k| k.luks2.as_ref().map(|s| (s.area_offset, s.area_size, k.id)))
+            .collect();
         areas.sort();
         for w in areas.windows(2) {
             if w[0].0 + w[0].1 > w[1].0 {
-                return Err(err(&format!("keyslots.{}.area", w[1].2), format!("overlaps keyslot {}", w[0].2)));
+                return Err(err(
+                    &format!("keyslots.{}.area", w[1].2),
+                    format!("overlaps keyslot {}", w[0].2),
+                ));
             }
         }
 
@@ -305,11 +379,17 @@ impl Metadata {
                 _ => Some(o.u64_str("size")?),
             };
             if offset % 512 != 0 {
-                return Err(err(&o.field("offset"), format!("{offset} is not 512-byte aligned")));
+                return Err(err(
+                    &o.field("offset"),
+                    format!("{offset} is not 512-byte aligned"),
+                ));
             }
             if let Some(s) = size {
                 if s == 0 || s % 512 != 0 {
-                    return Err(err(&o.field("size"), format!("{s} is zero or not 512-byte aligned")));
+                    return Err(err(
+                        &o.field("size"),
+                        format!("{s} is zero or not 512-byte aligned"),
+                    ));
                 }
                 if offset.checked_add(s).is_none() {
                     return Err(err(&o.field("size"), "offset + size overflows"));
@@ -318,10 +398,16 @@ impl Metadata {
             let (iv_tweak, encryption, sector_size) = if kind == "crypt" {
                 let ss = o.u32_int("sector_size")?;
                 if !matches!(ss, 512 | 1024 | 2048 | 4096) {
-                    return Err(err(&o.field("sector_size"), format!("{ss} is not 512, 1024, 2048 or 4096")));
+                    return Err(err(
+                        &o.field("sector_size"),
+                        format!("{ss} is not 512, 1024, 2048 or 4096"),
+                    ));
                 }
                 if size.is_some_and(|s| s % u64::from(ss) != 0) {
-                    return Err(err(&o.field("size"), format!("is not a multiple of sector_size {ss}")));
+                    return Err(err(
+                        &o.field("size"),
+                        format!("is not a multiple of sector_size {ss}"),
+                    ));
                 }
                 let enc = o.string("encryption")?;
                 if enc.is_empty() {
@@ -331,24 +417,40 @@ impl Metadata {
             } else {
                 (0, String::new(), 512)
             };
-            segments.push(Segment { id, kind, offset, size, iv_tweak, encryption, sector_size });
+            segments.push(Segment {
+                id,
+                kind,
+                offset,
+                size,
+                iv_tweak,
+                encryption,
+                sector_size,
+            });
         }
         if segments.is_empty() {
             return Err(err("segments", "has no segment"));
         }
         for (i, s) in segments.iter().enumerate() {
             if s.id as usize != i {
-                return Err(err("segments", format!("ids must run 0..n-1, found {}", s.id)));
+                return Err(err(
+                    "segments",
+                    format!("ids must run 0..n-1, found {}", s.id),
+                ));
             }
             if s.size.is_none() && i + 1 != segments.len() {
-                return Err(err(&format!("segments.{}.size", s.id), "only the last segment may be dynamic"));
+                return Err(err(
+                    &format!("segments.{}.size", s.id),
+                    "only the last segment may be dynamic",
+                ));
             }
         }
         let min_offset = segments.iter().map(|s| s.offset).min().unwrap_or(0);
         if min_offset != 0 && min_offset < areas_end {
             return Err(err(
                 "segments",
-                format!("data offset {min_offset:#x} overlaps the metadata and keyslots area ending at {areas_end:#x}"),
+                format!(
+                    "data offset {min_offset:#x} overlaps the metadata and keyslots area ending at {areas_end:#x}"
+                ),
             ));
         }
 
@@ -359,30 +461,59 @@ impl Metadata {
             let segment_ids = o.ids("segments")?;
             for k in &keyslot_ids {
                 if !keyslots.iter().any(|s| s.id == *k) {
-                    return Err(err(&o.field("keyslots"), format!("references missing keyslot {k}")));
+                    return Err(err(
+                        &o.field("keyslots"),
+                        format!("references missing keyslot {k}"),
+                    ));
                 }
             }
             for s in &segment_ids {
                 if !segments.iter().any(|x| x.id == *s) {
-                    return Err(err(&o.field("segments"), format!("references missing segment {s}")));
+                    return Err(err(
+                        &o.field("segments"),
+                        format!("references missing segment {s}"),
+                    ));
                 }
             }
             let (hash, iterations, salt, digest) = if kind == "pbkdf2" {
-                (o.string("hash")?.to_owned(), o.u32_int("iterations")?, o.base64("salt")?, o.base64("digest")?)
+                (
+                    o.string("hash")?.to_owned(),
+                    o.u32_int("iterations")?,
+                    o.base64("salt")?,
+                    o.base64("digest")?,
+                )
             } else {
                 (String::new(), 0, Vec::new(), Vec::new())
             };
-            digests.push(Digest { id, kind, keyslots: keyslot_ids, segments: segment_ids, hash, iterations, salt, digest });
+            digests.push(Digest {
+                id,
+                kind,
+                keyslots: keyslot_ids,
+                segments: segment_ids,
+                hash,
+                iterations,
+                salt,
+                digest,
+            });
         }
         for s in segments.iter().filter(|s| s.kind == "crypt") {
             if !digests.iter().any(|d| d.segments.contains(&s.id)) {
-                return Err(err(&format!("segments.{}", s.id), "is not referenced by any digest"));
+                return Err(err(
+                    &format!("segments.{}", s.id),
+                    "is not referenced by any digest",
+                ));
             }
         }
         for k in keyslots.iter().filter(|k| k.kind == "luks2") {
-            let n = digests.iter().filter(|d| d.keyslots.contains(&k.id)).count();
+            let n = digests
+                .iter()
+                .filter(|d| d.keyslots.contains(&k.id))
+                .count();
             if n != 1 {
-                return Err(err(&format!("keyslots.{}", k.id), format!("is assigned to {n} digests, expected exactly 1")));
+                return Err(err(
+                    &format!("keyslots.{}", k.id),
+                    format!("is assigned to {n} digests, expected exactly 1"),
+                ));
             }
         }
 
@@ -392,12 +523,23 @@ impl Metadata {
             t.string("type")?;
             for id in t.ids("keyslots")? {
                 if !keyslots.iter().any(|s| s.id == id) {
-                    return Err(err(&t.field("keyslots"), format!("references missing keyslot {id}")));
+                    return Err(err(
+                        &t.field("keyslots"),
+                        format!("references missing keyslot {id}"),
+                    ));
                 }
             }
         }
         let tokens = tokens_obj.map.len();
-        Ok(Metadata { keyslots, tokens, segments, digests, config, raw, warnings })
+        Ok(Metadata {
+            keyslots,
+            tokens,
+            segments,
+            digests,
+            config,
+            raw,
+            warnings,
+        })
     }
 }
 
@@ -408,14 +550,22 @@ fn parse_luks2_slot(o: &Obj<'_>, warnings: &mut Vec<String>) -> Result<Luks2Slot
     }
     let area = o.obj("area")?;
     if area.string("type")? != "raw" {
-        return Err(Error::unsupported(format!("LUKS2 JSON {}: keyslot area type is not \"raw\"", area.field("type"))));
+        return Err(Error::unsupported(format!(
+            "LUKS2 JSON {}: keyslot area type is not \"raw\"",
+            area.field("type")
+        )));
     }
     let kdf = o.obj("kdf")?;
     let kdf_type = kdf.string("type")?.to_owned();
     let expected: &[&str] = match kdf_type.as_str() {
         "pbkdf2" => &["type", "hash", "iterations", "salt"],
         "argon2i" | "argon2id" => &["type", "time", "memory", "cpus", "salt"],
-        other => return Err(Error::unsupported(format!("LUKS2 JSON {}: unknown KDF {other:?}", kdf.field("type")))),
+        other => {
+            return Err(Error::unsupported(format!(
+                "LUKS2 JSON {}: unknown KDF {other:?}",
+                kdf.field("type")
+            )));
+        }
     };
     // cryptsetup 2.6 ignores extra members; later versions refuse them ("pbkdf2-leftover-params").
     for key in kdf.map.keys() {
@@ -468,14 +618,42 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (r#""offset":"16777216""#, r#""offset":"16777217""#, "segments.0.offset"),
-            (r#""offset":"16777216""#, r#""offset":"99999999999999999999""#, "segments.0.offset"),
-            (r#""offset":"32768""#, r#""offset":"4096""#, "keyslots.0.area"),
-            (r#""offset":"32768""#, r#""offset":32768"#, "keyslots.0.area.offset"),
-            (r#""json_size":"12288""#, r#""json_size":"12289""#, "config.json_size"),
-            (r#""keyslots":["0"]"#, r#""keyslots":["3"]"#, "digests.0.keyslots"),
+            (
+                r#""offset":"16777216""#,
+                r#""offset":"16777217""#,
+                "segments.0.offset",
+            ),
+            (
+                r#""offset":"16777216""#,
+                r#""offset":"99999999999999999999""#,
+                "segments.0.offset",
+            ),
+            (
+                r#""offset":"32768""#,
+                r#""offset":"4096""#,
+                "keyslots.0.area",
+            ),
+            (
+                r#""offset":"32768""#,
+                r#""offset":32768"#,
+                "keyslots.0.area.offset",
+            ),
+            (
+                r#""json_size":"12288""#,
+                r#""json_size":"12289""#,
+                "config.json_size",
+            ),
+            (
+                r#""keyslots":["0"]"#,
+                r#""keyslots":["3"]"#,
+                "digests.0.keyslots",
+            ),
             (r#""segments":["0"]"#, r#""segments":[]"#, "segments.0"),
-            (r#""sector_size":4096"#, r#""sector_size":3000"#, "segments.0.sector_size"),
+            (
+                r#""sector_size":4096"#,
+                r#""sector_size":3000"#,
+                "segments.0.sector_size",
+            ),
         ];
         for (from, to, field) in cases {
             let e = parse(&mutated(from, to)).unwrap_err();
@@ -485,9 +663,15 @@ mod tests {
 
     #[test]
     fn records_requirements_and_leftover_kdf_params() {
-        let t = mutated(r#""keyslots_size":"16744448""#, r#""keyslots_size":"16744448","requirements":{"mandatory":["future-thing"]}"#);
+        let t = mutated(
+            r#""keyslots_size":"16744448""#,
+            r#""keyslots_size":"16744448","requirements":{"mandatory":["future-thing"]}"#,
+        );
         assert_eq!(parse(&t).unwrap().config.requirements, ["future-thing"]);
-        let t = mutated(r#""iterations":1000,"salt":"t"#, r#""iterations":1000,"extra":1,"salt":"t"#);
+        let t = mutated(
+            r#""iterations":1000,"salt":"t"#,
+            r#""iterations":1000,"extra":1,"salt":"t"#,
+        );
         assert!(parse(&t).unwrap().warnings[0].contains("keyslots.0.kdf.extra"));
     }
 
@@ -500,7 +684,12 @@ mod tests {
     #[test]
     fn missing_and_wrong_types() {
         assert!(parse("[]").unwrap_err().message().contains("not an object"));
-        assert!(parse("{}").unwrap_err().message().contains("config: is missing"));
+        assert!(
+            parse("{}")
+                .unwrap_err()
+                .message()
+                .contains("config: is missing")
+        );
         let e = parse(&mutated(r#""tokens":{},"#, "")).unwrap_err();
         assert!(e.message().contains("tokens: is missing"), "{e}");
     }

@@ -53,11 +53,15 @@ pub fn format(opts: &FormatOptions, key: &VolumeKey, passphrase: &Passphrase) ->
     let data_offset = opts.data_offset.unwrap_or(DEFAULT_DATA_OFFSET);
     let sector = u64::from(opts.sector_size);
     if !data_offset.is_multiple_of(sector) {
-        return Err(Error::invalid(format!("data offset {data_offset} is not a multiple of the sector size {sector}")));
+        return Err(Error::invalid(format!(
+            "data offset {data_offset} is not a multiple of the sector size {sector}"
+        )));
     }
     let keyslots_size = match opts.keyslots_size {
         Some(k) => k,
-        None => (data_offset.saturating_sub(2 * metadata_size)).min(MAX_KEYSLOTS_SIZE) / 4096 * 4096,
+        None => {
+            (data_offset.saturating_sub(2 * metadata_size)).min(MAX_KEYSLOTS_SIZE) / 4096 * 4096
+        }
     };
     if keyslots_size % 4096 != 0 || keyslots_size > MAX_KEYSLOTS_SIZE {
         return Err(Error::invalid(format!(
@@ -76,17 +80,34 @@ pub fn format(opts: &FormatOptions, key: &VolumeKey, passphrase: &Passphrase) ->
     let kdf = opts.cost.choose(opts.kdf, opts.hash, key_len)?;
     let slot_salt = random_bytes(32)?;
     let slot_key = kdf.derive(passphrase.expose(), &slot_salt, key_len)?;
-    let material = keyslot::seal(key.expose(), &slot_key, opts.hash, STRIPES, CipherSpec::AES_XTS_PLAIN64)?;
+    let material = keyslot::seal(
+        key.expose(),
+        &slot_key,
+        opts.hash,
+        STRIPES,
+        CipherSpec::AES_XTS_PLAIN64,
+    )?;
 
     let digest_iterations = kdf::digest_iterations(opts.hash, opts.cost.force_iterations.is_some());
     let digest_salt = random_bytes(32)?;
-    let digest = keyslot::digest(opts.hash, key.expose(), &digest_salt, digest_iterations, opts.hash.output_len());
+    let digest = keyslot::digest(
+        opts.hash,
+        key.expose(),
+        &digest_salt,
+        digest_iterations,
+        opts.hash.output_len(),
+    );
 
     let kdf_json = match kdf {
         Kdf::Pbkdf2 { hash, iterations } => {
             json!({"type": "pbkdf2", "hash": hash.name(), "iterations": iterations, "salt": b64(&slot_salt)})
         }
-        Kdf::Argon2 { kind, time, memory_kib, parallel } => {
+        Kdf::Argon2 {
+            kind,
+            time,
+            memory_kib,
+            parallel,
+        } => {
             json!({"type": kind.name(), "time": time, "memory": memory_kib, "cpus": parallel, "salt": b64(&slot_salt)})
         }
     };
@@ -122,11 +143,17 @@ pub fn format(opts: &FormatOptions, key: &VolumeKey, passphrase: &Passphrase) ->
     let text = meta.to_string();
     let json_size = (metadata_size - 4096) as usize;
     if text.len() >= json_size {
-        return Err(Error::invalid(format!("LUKS2 metadata needs {} bytes, more than the {json_size}-byte JSON area", text.len() + 1))
-            .hint("use a larger --luks2-metadata-size"));
+        return Err(Error::invalid(format!(
+            "LUKS2 metadata needs {} bytes, more than the {json_size}-byte JSON area",
+            text.len() + 1
+        ))
+        .hint("use a larger --luks2-metadata-size"));
     }
 
-    let uuid = opts.uuid.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let uuid = opts
+        .uuid
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let mut header = vec![0u8; data_offset as usize];
     // The whole keyslots area gets random bytes first, as cryptsetup does, so unused slots look used.
     let fill = random_bytes(keyslots_size as usize)?;
@@ -156,7 +183,12 @@ pub fn format(opts: &FormatOptions, key: &VolumeKey, passphrase: &Passphrase) ->
         header[at..at + BIN_SIZE].copy_from_slice(&bin_bytes);
         header[at + BIN_SIZE..at + BIN_SIZE + json_size].copy_from_slice(&area);
     }
-    Ok(Formatted { header, data_offset, uuid, keyslot_kdf: kdf })
+    Ok(Formatted {
+        header,
+        data_offset,
+        uuid,
+        keyslot_kdf: kdf,
+    })
 }
 
 /// A LUKS2 header read from a file: the copy that was used, and its checked metadata.
@@ -176,10 +208,15 @@ fn read_copy(file: &File, path: &Path, at: u64, file_len: u64) -> Result<(Binary
         return Err(Error::format("file too short for a LUKS2 header").at(at));
     }
     let mut bin = [0u8; BIN_SIZE];
-    file.read_exact_at(&mut bin, at).map_err(|e| Error::io("read LUKS2 header", path, Some(at), e))?;
+    file.read_exact_at(&mut bin, at)
+        .map_err(|e| Error::io("read LUKS2 header", path, Some(at), e))?;
     let hdr = BinaryHeader::decode(&bin, at)?;
     if at + hdr.hdr_size > file_len {
-        return Err(Error::corrupt(format!("LUKS2 header of {} bytes runs past the end of the file", hdr.hdr_size)).at(at));
+        return Err(Error::corrupt(format!(
+            "LUKS2 header of {} bytes runs past the end of the file",
+            hdr.hdr_size
+        ))
+        .at(at));
     }
     let mut area = vec![0u8; (hdr.hdr_size - BIN_SIZE as u64) as usize];
     file.read_exact_at(&mut area, at + BIN_SIZE as u64)
@@ -193,11 +230,15 @@ fn read_copy(file: &File, path: &Path, at: u64, file_len: u64) -> Result<(Binary
     if area.first() != Some(&b'{') {
         return Err(Error::corrupt("LUKS2 JSON area does not start with '{'").at(json_at));
     }
-    let end = area.iter().position(|&b| b == 0).ok_or_else(|| {
-        Error::corrupt("LUKS2 JSON area has no terminating NUL").at(json_at)
-    })?;
+    let end = area
+        .iter()
+        .position(|&b| b == 0)
+        .ok_or_else(|| Error::corrupt("LUKS2 JSON area has no terminating NUL").at(json_at))?;
     if let Some(p) = area[end..].iter().position(|&b| b != 0) {
-        return Err(Error::corrupt("LUKS2 JSON area has non-NUL bytes after the JSON text").at(json_at + (end + p) as u64));
+        return Err(
+            Error::corrupt("LUKS2 JSON area has non-NUL bytes after the JSON text")
+                .at(json_at + (end + p) as u64),
+        );
     }
     let text = std::str::from_utf8(&area[..end])
         .map_err(|_| Error::corrupt("LUKS2 JSON area is not UTF-8").at(json_at))?;
@@ -228,7 +269,10 @@ impl Luks2Header {
         let mut secondary = Err(Error::corrupt("no secondary LUKS2 header found"));
         for at in secondary_at {
             let mut magic = [0u8; 6];
-            if at + 6 > file_len || file.read_exact_at(&mut magic, at).is_err() || magic != binary::MAGIC_SECONDARY {
+            if at + 6 > file_len
+                || file.read_exact_at(&mut magic, at).is_err()
+                || magic != binary::MAGIC_SECONDARY
+            {
                 if secondary.is_err() {
                     secondary = Err(Error::corrupt("secondary LUKS2 header has no magic").at(at));
                 }
@@ -250,17 +294,33 @@ impl Luks2Header {
                 }
                 let (bin, meta) = if s.0.seqid > p.0.seqid { s } else { p };
                 warnings.extend(meta.warnings.iter().cloned());
-                Ok(Luks2Header { bin, meta, warnings })
+                Ok(Luks2Header {
+                    bin,
+                    meta,
+                    warnings,
+                })
             }
             (Ok((bin, meta)), Err(e)) => {
-                let mut warnings = vec![format!("secondary header copy is damaged, using the primary: {e}")];
+                let mut warnings = vec![format!(
+                    "secondary header copy is damaged, using the primary: {e}"
+                )];
                 warnings.extend(meta.warnings.iter().cloned());
-                Ok(Luks2Header { bin, meta, warnings })
+                Ok(Luks2Header {
+                    bin,
+                    meta,
+                    warnings,
+                })
             }
             (Err(e), Ok((bin, meta))) => {
-                let mut warnings = vec![format!("primary header copy is damaged, using the secondary: {e}")];
+                let mut warnings = vec![format!(
+                    "primary header copy is damaged, using the secondary: {e}"
+                )];
                 warnings.extend(meta.warnings.iter().cloned());
-                Ok(Luks2Header { bin, meta, warnings })
+                Ok(Luks2Header {
+                    bin,
+                    meta,
+                    warnings,
+                })
             }
             (Err(e), Err(_)) => Err(e.with_path(path)),
         }
@@ -278,7 +338,11 @@ impl Luks2Header {
             .hint("an interrupted reencryption must be finished with cryptsetup first"));
         }
         let s = &segs[0];
-        let digest = self.meta.digests.iter().find(|d| d.segments.contains(&s.id));
+        let digest = self
+            .meta
+            .digests
+            .iter()
+            .find(|d| d.segments.contains(&s.id));
         let key_bytes = digest
             .and_then(|d| d.keyslots.first())
             .and_then(|k| self.meta.keyslots.iter().find(|x| x.id == *k))
@@ -289,7 +353,8 @@ impl Luks2Header {
             size: s.size,
             iv_tweak: s.iv_tweak,
             sector_size: s.sector_size,
-            cipher: CipherSpec::parse(&s.encryption).map_err(|e| Error::new(e.kind(), format!("segment 0: {}", e.message())))?,
+            cipher: CipherSpec::parse(&s.encryption)
+                .map_err(|e| Error::new(e.kind(), format!("segment 0: {}", e.message())))?,
             cipher_name: s.encryption.clone(),
             key_bytes,
         })
@@ -309,13 +374,26 @@ impl Luks2Header {
     }
 
     /// Tries every usable keyslot (high priority first) with `passphrase`.
-    pub fn unlock(&self, file: &File, path: &Path, passphrase: &Passphrase) -> Result<(VolumeKey, u32)> {
+    pub fn unlock(
+        &self,
+        file: &File,
+        path: &Path,
+        passphrase: &Passphrase,
+    ) -> Result<(VolumeKey, u32)> {
         self.check_requirements().map_err(|e| e.with_path(path))?;
-        let mut slots: Vec<&json::Keyslot> =
-            self.meta.keyslots.iter().filter(|k| k.luks2.is_some() && k.priority != Some(0)).collect();
+        let mut slots: Vec<&json::Keyslot> = self
+            .meta
+            .keyslots
+            .iter()
+            .filter(|k| k.luks2.is_some() && k.priority != Some(0))
+            .collect();
         slots.sort_by_key(|k| std::cmp::Reverse(k.priority.unwrap_or(1)));
         if slots.is_empty() {
-            return Err(Error::new(ErrorKind::WrongKey, "the LUKS2 header has no usable keyslot").with_path(path));
+            return Err(Error::new(
+                ErrorKind::WrongKey,
+                "the LUKS2 header has no usable keyslot",
+            )
+            .with_path(path));
         }
         for k in slots {
             if let Some(key) = self.try_keyslot(file, path, k, passphrase)? {
@@ -327,15 +405,26 @@ impl Luks2Header {
             .hint("check the key file: it is used verbatim, a trailing newline counts (see --strip-newline)"))
     }
 
-    fn try_keyslot(&self, file: &File, path: &Path, k: &json::Keyslot, pass: &Passphrase) -> Result<Option<VolumeKey>> {
+    fn try_keyslot(
+        &self,
+        file: &File,
+        path: &Path,
+        k: &json::Keyslot,
+        pass: &Passphrase,
+    ) -> Result<Option<VolumeKey>> {
         let Some(s) = &k.luks2 else { return Ok(None) };
         let field = format!("keyslots.{}", k.id);
         let key_len = k.key_size as usize;
         if key_len != 32 && key_len != 64 {
-            return Err(Error::unsupported(format!("{field}.key_size {key_len} is not 32 or 64")).with_path(path));
+            return Err(
+                Error::unsupported(format!("{field}.key_size {key_len} is not 32 or 64"))
+                    .with_path(path),
+            );
         }
         let hash = |name: &str, f: &str| {
-            Hash::parse(name).map_err(|e| Error::new(e.kind(), format!("{field}.{f}: {}", e.message())).with_path(path))
+            Hash::parse(name).map_err(|e| {
+                Error::new(e.kind(), format!("{field}.{f}: {}", e.message())).with_path(path)
+            })
         };
         let af_hash = hash(&s.af_hash, "af.hash")?;
         let kdf = match s.kdf_type.as_str() {
@@ -350,12 +439,22 @@ impl Luks2Header {
                 parallel: s.cpus.unwrap_or(0),
             },
         };
-        kdf.validate(&format!("{field}.kdf")).map_err(|e| e.with_path(path))?;
+        kdf.validate(&format!("{field}.kdf"))
+            .map_err(|e| e.with_path(path))?;
         if s.salt.len() != 32 {
-            return Err(Error::corrupt(format!("{field}.kdf.salt has {} bytes, expected 32", s.salt.len())).with_path(path));
+            return Err(Error::corrupt(format!(
+                "{field}.kdf.salt has {} bytes, expected 32",
+                s.salt.len()
+            ))
+            .with_path(path));
         }
-        let cipher = CipherSpec::parse(&s.area_encryption)
-            .map_err(|e| Error::new(e.kind(), format!("{field}.area.encryption: {}", e.message())).with_path(path))?;
+        let cipher = CipherSpec::parse(&s.area_encryption).map_err(|e| {
+            Error::new(
+                e.kind(),
+                format!("{field}.area.encryption: {}", e.message()),
+            )
+            .with_path(path)
+        })?;
         if s.stripes == 0 {
             return Err(Error::corrupt(format!("{field}.af.stripes is zero")).with_path(path));
         }
@@ -372,7 +471,10 @@ impl Luks2Header {
         file.read_exact_at(&mut material, s.area_offset)
             .map_err(|e| Error::io("read keyslot", path, Some(s.area_offset), e))?;
         let candidate = keyslot::open(material, &slot_key, af_hash, s.stripes, key_len, cipher)?;
-        if self.digest_for_keyslot(k.id, &candidate).map_err(|e| e.with_path(path))? {
+        if self
+            .digest_for_keyslot(k.id, &candidate)
+            .map_err(|e| e.with_path(path))?
+        {
             return Ok(Some(VolumeKey::from_bytes(candidate)?));
         }
         Ok(None)
@@ -404,17 +506,30 @@ impl Luks2Header {
 fn check_digest(d: &json::Digest, key: &[u8]) -> Result<bool> {
     let field = format!("digests.{}", d.id);
     if d.kind != "pbkdf2" {
-        return Err(Error::unsupported(format!("{field}.type {:?} is not pbkdf2", d.kind)));
+        return Err(Error::unsupported(format!(
+            "{field}.type {:?} is not pbkdf2",
+            d.kind
+        )));
     }
-    let hash = Hash::parse(&d.hash).map_err(|e| Error::new(e.kind(), format!("{field}.hash: {}", e.message())))?;
+    let hash = Hash::parse(&d.hash)
+        .map_err(|e| Error::new(e.kind(), format!("{field}.hash: {}", e.message())))?;
     if d.salt.len() != 32 {
-        return Err(Error::corrupt(format!("{field}.salt has {} bytes, expected 32", d.salt.len())));
+        return Err(Error::corrupt(format!(
+            "{field}.salt has {} bytes, expected 32",
+            d.salt.len()
+        )));
     }
     if d.digest.len() != 20 && d.digest.len() != hash.output_len() {
-        return Err(Error::corrupt(format!("{field}.digest has {} bytes", d.digest.len())));
+        return Err(Error::corrupt(format!(
+            "{field}.digest has {} bytes",
+            d.digest.len()
+        )));
     }
     if d.iterations < kdf::PBKDF2_MIN_ITERATIONS {
-        return Err(Error::corrupt(format!("{field}.iterations {} is below 1000", d.iterations)));
+        return Err(Error::corrupt(format!(
+            "{field}.iterations {} is below 1000",
+            d.iterations
+        )));
     }
     let computed = keyslot::digest(hash, key, &d.salt, d.iterations, d.digest.len());
     Ok(keyslot::digest_matches(&computed, &d.digest))
