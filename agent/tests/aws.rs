@@ -1,82 +1,28 @@
 //! AWS KMS through moto's server in IAM mode (SigV4 signatures are checked): encrypt / decrypt /
 //! re-encrypt / generate round trips through the CLI, and a wrong secret gives a clear 403.
 
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-use crate::util::{agent, have, installed, pattern};
+use crate::util::{Server, agent, pattern};
 
 struct Moto {
-    child: Child,
+    _server: Server,
     url: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// moto in IAM mode plus a user's access key and a KMS key made with boto3: (server, ak, sk, key id).
 fn moto() -> Option<(Moto, String, String, String)> {
-    if !installed("moto_server") || !have("python3") {
-        return None;
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let m = Moto {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "moto_server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let script = r#"
-import boto3, json, sys
-url = sys.argv[1]
-iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
-iam.create_user(UserName="ci")
-iam.put_user_policy(UserName="ci", PolicyName="all", PolicyDocument=json.dumps(
-  {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["kms:*"], "Resource": "*"}]}))
-k = iam.create_access_key(UserName="ci")["AccessKey"]
-kms = boto3.client("kms", endpoint_url=url, region_name="us-east-1", aws_access_key_id=k["AccessKeyId"], aws_secret_access_key=k["SecretAccessKey"])
+    let setup = r#"kms = boto3.client("kms", endpoint_url=url, region_name="us-east-1", aws_access_key_id=k["AccessKeyId"], aws_secret_access_key=k["SecretAccessKey"])
 key = kms.create_key()["KeyMetadata"]["KeyId"]
-print(k["AccessKeyId"], k["SecretAccessKey"], key)
-"#;
-    let o = Command::new("python3")
-        .args(["-c", script, &m.url])
-        .output()
-        .unwrap();
-    if !o.status.success() {
-        let err = String::from_utf8_lossy(&o.stderr);
-        if err.contains("No module named")
-            && std::env::var_os("DISKSEAL_REQUIRE_ORACLES").is_none_or(|v| v != "1")
-        {
-            eprintln!("SKIPPED-ORACLE: boto3 not installed");
-            return None;
-        }
-        panic!("moto setup failed: {err}");
-    }
-    let out = String::from_utf8(o.stdout).unwrap();
-    let f: Vec<&str> = out.split_whitespace().collect();
-    Some((m, f[0].to_owned(), f[1].to_owned(), f[2].to_owned()))
+print(k["AccessKeyId"], k["SecretAccessKey"], key)"#;
+    let (server, url, f) = crate::util::moto(&[], "kms:*", setup)?;
+    Some((
+        Moto {
+            _server: server,
+            url,
+        },
+        f[0].clone(),
+        f[1].clone(),
+        f[2].clone(),
+    ))
 }
 
 fn aws_args<'a>(m: &'a Moto, key: &'a str) -> Vec<&'a str> {

@@ -6,17 +6,17 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::util::{agent, have, installed, pattern};
+use crate::util::{Server, agent, free_port, have, pattern, start_server};
 
 pub struct S3 {
-    child: Child,
+    _server: Server,
     pub url: String,
     pub ak: String,
     pub sk: String,
@@ -25,79 +25,21 @@ pub struct S3 {
     pub name: &'static str,
 }
 
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// moto in IAM mode with a user allowed s3:* and a bucket `bkt`.
 pub fn moto_s3() -> Option<S3> {
-    if !installed("moto_server") || !have("python3") {
-        return None;
-    }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
-        .env("S3_UPLOAD_PART_MIN_SIZE", "1024")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "moto_server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let script = r#"
-import boto3, json, sys
-url = sys.argv[1]
-iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
-iam.create_user(UserName="ci")
-iam.put_user_policy(UserName="ci", PolicyName="all", PolicyDocument=json.dumps(
-  {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": ["s3:*"], "Resource": "*"}]}))
-k = iam.create_access_key(UserName="ci")["AccessKey"]
-s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=k["AccessKeyId"], aws_secret_access_key=k["SecretAccessKey"])
+    let setup = r#"s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=k["AccessKeyId"], aws_secret_access_key=k["SecretAccessKey"])
 s3.create_bucket(Bucket="bkt")
-print(k["AccessKeyId"], k["SecretAccessKey"])
-"#;
-    let mut s = S3 {
-        child,
+print(k["AccessKeyId"], k["SecretAccessKey"])"#;
+    let (server, url, f) =
+        crate::util::moto(&[("S3_UPLOAD_PART_MIN_SIZE", "1024")], "s3:*", setup)?;
+    Some(S3 {
+        _server: server,
         url,
-        ak: String::new(),
-        sk: String::new(),
+        ak: f[0].clone(),
+        sk: f[1].clone(),
         data: None,
         name: "moto",
-    };
-    let o = Command::new("python3")
-        .args(["-c", script, &s.url])
-        .output()
-        .unwrap();
-    if !o.status.success() {
-        let err = String::from_utf8_lossy(&o.stderr);
-        if err.contains("No module named")
-            && std::env::var_os("DISKSEAL_REQUIRE_ORACLES").is_none_or(|v| v != "1")
-        {
-            eprintln!("SKIPPED-ORACLE: boto3 not installed");
-            return None;
-        }
-        panic!("moto setup failed: {err}");
-    }
-    let out = String::from_utf8(o.stdout).unwrap();
-    let f: Vec<&str> = out.split_whitespace().collect();
-    s.ak = f[0].to_owned();
-    s.sk = f[1].to_owned();
-    Some(s)
+    })
 }
 
 /// s3s-fs 0.14.1 (strict SigV4 and checksums) with a bucket `bkt`.
@@ -105,40 +47,25 @@ pub fn s3s_fs() -> Option<S3> {
     if !have("s3s-fs") {
         return None;
     }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let data = tempfile::tempdir().unwrap();
     std::fs::create_dir(data.path().join("bkt")).unwrap();
     let (ak, sk) = ("AKIDS3SFS".to_owned(), "s3s-fs-secret-key-0123".to_owned());
-    let child = Command::new("s3s-fs")
-        .args([
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--access-key",
-            &ak,
-            "--secret-key",
-            &sk,
-        ])
-        .arg(data.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "s3s-fs did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut cmd = Command::new("s3s-fs");
+    cmd.args([
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--access-key",
+        &ak,
+        "--secret-key",
+        &sk,
+    ])
+    .arg(data.path());
+    let server = start_server(cmd, port, "s3s-fs");
     Some(S3 {
-        child,
+        _server: server,
         url: format!("http://127.0.0.1:{port}"),
         ak,
         sk,

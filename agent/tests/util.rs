@@ -141,3 +141,97 @@ pub fn make_bundle_as(dir: &Path, recipient: &str, profile: Profile) -> PathBuf 
 pub fn init(dir: &Path) -> String {
     agent(dir, &["init"], &[]).ok().stdout.trim().to_owned()
 }
+
+/// A local test server process, killed when dropped.
+#[derive(Debug)]
+pub struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `cmd` (a server listening on 127.0.0.1:`port`) and waits until the port accepts connections.
+pub fn start_server(mut cmd: Command, port: u16, name: &str) -> Server {
+    let server = Server(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let t = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "{name} did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    server
+}
+
+/// moto's server in IAM mode (SigV4 checked) with extra `env`, plus a user allowed `action` ("s3:*",
+/// "kms:*") made with boto3; `setup` is more Python run with `url` and the user's key pair `k`, whose
+/// printed words follow the access key and secret in the result. None when moto, python3 or boto3 is
+/// missing outside CI.
+pub fn moto(
+    env: &[(&str, &str)],
+    action: &str,
+    setup: &str,
+) -> Option<(Server, String, Vec<String>)> {
+    if !installed("moto_server") || !have("python3") {
+        return None;
+    }
+    let port = free_port();
+    let mut cmd = Command::new("moto_server");
+    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .env("INITIAL_NO_AUTH_ACTION_COUNT", "3");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let server = start_server(cmd, port, "moto_server");
+    let url = format!("http://127.0.0.1:{port}");
+    let script = format!(
+        r#"
+import boto3, json, sys
+url = sys.argv[1]
+iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+iam.create_user(UserName="ci")
+iam.put_user_policy(UserName="ci", PolicyName="all", PolicyDocument=json.dumps(
+  {{"Version": "2012-10-17", "Statement": [{{"Effect": "Allow", "Action": ["{action}"], "Resource": "*"}}]}}))
+k = iam.create_access_key(UserName="ci")["AccessKey"]
+{setup}
+"#
+    );
+    let o = Command::new("python3")
+        .args(["-c", &script, &url])
+        .output()
+        .unwrap();
+    if !o.status.success() {
+        let err = String::from_utf8_lossy(&o.stderr);
+        if err.contains("No module named")
+            && std::env::var_os("DISKSEAL_REQUIRE_ORACLES").is_none_or(|v| v != "1")
+        {
+            eprintln!("SKIPPED-ORACLE: boto3 not installed");
+            return None;
+        }
+        panic!("moto setup failed: {err}");
+    }
+    let words = String::from_utf8(o.stdout)
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    Some((server, url, words))
+}
