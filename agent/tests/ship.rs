@@ -25,34 +25,7 @@ fn ship_goes_bundle_wrap_upload_import_available_and_a_rerun_repeats_nothing() {
         ("IBMCLOUD_API_KEY", API_KEY),
     ];
     let bundle_s = bundle.to_str().unwrap();
-    let args = [
-        "--json",
-        "ship",
-        bundle_s,
-        "--target",
-        "ibm-vpc",
-        "--object",
-        "cos://us-south/bkt/disk.qcow2",
-        "--s3-endpoint",
-        &s3.url,
-        "--import-endpoint",
-        &f.url,
-        "--os",
-        "debian-12-amd64",
-        "--allow-any-size",
-        "--poll-ms",
-        "10",
-        "--endpoint",
-        &f.url,
-        "--iam-endpoint",
-        &f.url,
-        "--instance-id",
-        INSTANCE,
-        "--key-id",
-        ROOT_KEY,
-        "--region",
-        "us-south",
-    ];
+    let args = ship_args(bundle_s, &s3.url, &f.url);
     // Dry run first: nothing is sent to the KMS, S3 or the VPC; secrets are redacted.
     let mut dry = args.to_vec();
     dry.push("--dry-run");
@@ -130,34 +103,7 @@ fn ship_interrupted_while_the_import_is_pending_polls_the_same_image_on_rerun() 
         ("IBMCLOUD_API_KEY", API_KEY),
     ];
     let bundle_s = bundle.to_str().unwrap();
-    let mut args = vec![
-        "--json",
-        "ship",
-        bundle_s,
-        "--target",
-        "ibm-vpc",
-        "--object",
-        "cos://us-south/bkt/disk.qcow2",
-        "--s3-endpoint",
-        &s3.url,
-        "--import-endpoint",
-        &f.url,
-        "--os",
-        "debian-12-amd64",
-        "--allow-any-size",
-        "--poll-ms",
-        "10",
-        "--endpoint",
-        &f.url,
-        "--iam-endpoint",
-        &f.url,
-        "--instance-id",
-        INSTANCE,
-        "--key-id",
-        ROOT_KEY,
-        "--region",
-        "us-south",
-    ];
+    let mut args = ship_args(bundle_s, &s3.url, &f.url);
     let mut first = args.clone();
     first.extend(["--wait-secs", "0"]);
     let out = agent(p, &first, &env);
@@ -184,4 +130,36 @@ fn ship_interrupted_while_the_import_is_pending_polls_the_same_image_on_rerun() 
         f.with(|s| s.images[v["image_id"].as_str().unwrap()].1),
         "available"
     );
+}
+
+/// `diskseal-agent --json ship BUNDLE` to ibm-vpc against the local S3 server and the IBM fake.
+fn ship_args<'a>(bundle: &'a str, s3: &'a str, ibm: &'a str) -> Vec<&'a str> {
+    vec![
+        "--json",
+        "ship",
+        bundle,
+        "--target",
+        "ibm-vpc",
+        "--object",
+        "cos://us-south/bkt/disk.qcow2",
+        "--s3-endpoint",
+        s3,
+        "--import-endpoint",
+        ibm,
+        "--os",
+        "debian-12-amd64",
+        "--allow-any-size",
+        "--poll-ms",
+        "10",
+        "--endpoint",
+        ibm,
+        "--iam-endpoint",
+        ibm,
+        "--instance-id",
+        INSTANCE,
+        "--key-id",
+        ROOT_KEY,
+        "--region",
+        "us-south",
+    ]
 }
