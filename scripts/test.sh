@@ -32,6 +32,7 @@ if ! command -v s3s-fs >/dev/null; then
     cargo install s3s-fs@0.14.1 --locked --features binary || echo "warning: s3s-fs not installed; upload tests run against moto only" >&2
 fi
 
+cargo fmt --all -- --check
 cargo test --locked --workspace --all-targets
 
 # A short run of every fuzz target (the long runs: bash scripts/fuzz.sh).
