@@ -3,7 +3,8 @@
 //!
 //! - the encrypted image, under its own file name;
 //! - `manifest.json` ([`Manifest`]): profile, sizes, the sha256 of the image file and of the plaintext
-//!   virtual disk, the LUKS UUID and parameters, and what the KMS must wrap; never a secret;
+//!   virtual disk, the LUKS UUID and parameters (or, for `ibm-classic-vhd`, the VHD's id and key hash),
+//!   and what the KMS must wrap; never a secret;
 //! - `dek.age`: the key file's bytes sealed with the age format to the agent's X25519 recipient
 //!   (readable by the `age`/`rage` command-line tools).
 //!
@@ -24,6 +25,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::luks::keys::VolumeKey;
 use crate::luks::{Luks, LuksVersion};
 use crate::ops::{self, Run, Unlock};
 use crate::profile::Profile;
@@ -49,8 +51,12 @@ pub struct Manifest {
     pub image: ImageEntry,
     /// The plaintext virtual disk inside the image.
     pub plaintext: PlaintextEntry,
-    /// The LUKS header's parameters.
-    pub luks: LuksEntry,
+    /// The LUKS header's parameters (absent for `ibm-classic-vhd`, which has no LUKS header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub luks: Option<LuksEntry>,
+    /// The vhd-util encryption of an `ibm-classic-vhd` image (absent for the LUKS profiles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhd_util: Option<VhdUtilEntry>,
     /// The sealed key and what the KMS must wrap.
     pub key: KeyEntry,
 }
@@ -61,8 +67,9 @@ pub struct Manifest {
 pub struct ImageEntry {
     /// File name inside the bundle (no directory part).
     pub file: String,
-    /// Container format: "luks1" or "luks2" (a raw file with a LUKS header), or "qcow2+luks1" (qcow2 with
-    /// QEMU-native LUKS, the ibm-vpc profile).
+    /// Container format: "luks1" or "luks2" (a raw file with a LUKS header), "qcow2+luks1" (qcow2 with
+    /// QEMU-native LUKS, the ibm-vpc profile) or "vhd-util" (a vhd-util encrypted dynamic VHD, the
+    /// ibm-classic-vhd profile).
     pub format: String,
     /// Size of the image file in bytes.
     pub file_size: u64,
@@ -96,6 +103,18 @@ pub struct LuksEntry {
     pub sector_size: u32,
     /// Payload offset in bytes.
     pub data_offset: u64,
+}
+
+/// vhd-util (blktap) encryption parameters of an `ibm-classic-vhd` image (public VHD metadata).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VhdUtilEntry {
+    /// The VHD footer's unique id.
+    pub uuid: String,
+    /// Key size in bits (256: AES-128-XTS, 512: AES-256-XTS).
+    pub key_bits: u32,
+    /// The batmap key hash, SHA-256(nonce || DEK), lowercase hex.
+    pub keyhash: String,
 }
 
 /// The sealed key.
@@ -170,6 +189,18 @@ impl Manifest {
             return Err(Error::format(
                 "manifest fields image.virtual_size and image.file_size must not be 0",
             ));
+        }
+        let vhd = Profile::parse(&self.profile)? == Profile::IbmClassicVhd;
+        if vhd && (self.vhd_util.is_none() || self.luks.is_some()) {
+            return Err(Error::format(
+                "an ibm-classic-vhd manifest needs a vhd_util entry and no luks entry",
+            ));
+        }
+        if !vhd && (self.luks.is_none() || self.vhd_util.is_some()) {
+            return Err(Error::format(format!(
+                "a {} manifest needs a luks entry and no vhd_util entry",
+                self.profile
+            )));
         }
         if self.key.sealed_with != "age-x25519" {
             return Err(Error::unsupported(format!(
@@ -299,7 +330,12 @@ fn copy_hashing(src: &Path, dst: &Path, run: &Run<'_>) -> Result<(u64, String)> 
 
 /// What the KMS must wrap for `profile`, and what the key file is.
 fn key_meaning(profile: Profile) -> (&'static str, &'static str) {
-    if profile.key_file_is_dek() {
+    if profile == Profile::IbmClassicVhd {
+        (
+            "raw-dek",
+            "base64 of the raw DEK (the key file); vhd-util uses the DEK itself as the AES-XTS key",
+        )
+    } else if profile.key_file_is_dek() {
         (
             "raw-dek",
             "base64 of the raw DEK (the key file); the LUKS passphrase is that same base64 text",
@@ -338,10 +374,32 @@ pub fn create(
             Error::invalid(format!("the image may not be called {file_name}")).with_path(image),
         );
     }
-    let (luks, format) = read_header(image)?;
+    let (header, format, unlock) = if opts.profile == Profile::IbmClassicVhd {
+        let (img, batmap) = crate::image::vhd::classic::read_batmap(image)?;
+        let vk = VolumeKey::from_bytes(Zeroizing::new(key.to_vec())).map_err(|e| {
+            e.hint("the ibm-classic-vhd key file is the raw DEK given to `diskseal encrypt`")
+        })?;
+        let entry = VhdUtilEntry {
+            uuid: uuid_text(&img.footer().raw.unique_id),
+            key_bits: (key.len() * 8) as u32,
+            keyhash: hex(&batmap.header.keyhash.hash),
+        };
+        (
+            Header::VhdUtil(entry),
+            "vhd-util".to_owned(),
+            Unlock::ClassicVhd(vk),
+        )
+    } else {
+        let (luks, format) = read_header(image)?;
+        let passphrase = opts.profile.passphrase(Zeroizing::new(key.to_vec()))?;
+        (
+            Header::Luks(Box::new(luks)),
+            format,
+            Unlock::Passphrase(passphrase),
+        )
+    };
     // Unlocking with the key proves it is the right one, and hashes the plaintext on the way.
-    let passphrase = opts.profile.passphrase(Zeroizing::new(key.to_vec()))?;
-    let report = ops::verify(image, Unlock::Passphrase(passphrase), None, run).map_err(|e| {
+    let report = ops::verify(image, unlock, None, run).map_err(|e| {
         if e.kind() == ErrorKind::WrongKey {
             e.hint(format!(
                 "the key file must be the one given to `diskseal encrypt --profile {}`",
@@ -376,16 +434,23 @@ pub fn create(
         plaintext: PlaintextEntry {
             sha256: report.plaintext_sha256.clone(),
         },
-        luks: LuksEntry {
-            version: match luks.version() {
-                LuksVersion::Luks1 => 1,
-                LuksVersion::Luks2 => 2,
-            },
-            uuid: luks.uuid().into(),
-            cipher: luks.segment.cipher_name.clone(),
-            key_bits: (luks.segment.key_bytes * 8) as u32,
-            sector_size: luks.segment.sector_size,
-            data_offset: luks.segment.offset,
+        luks: match &header {
+            Header::Luks(luks) => Some(LuksEntry {
+                version: match luks.version() {
+                    LuksVersion::Luks1 => 1,
+                    LuksVersion::Luks2 => 2,
+                },
+                uuid: luks.uuid().into(),
+                cipher: luks.segment.cipher_name.clone(),
+                key_bits: (luks.segment.key_bytes * 8) as u32,
+                sector_size: luks.segment.sector_size,
+                data_offset: luks.segment.offset,
+            }),
+            Header::VhdUtil(_) => None,
+        },
+        vhd_util: match header {
+            Header::VhdUtil(v) => Some(v),
+            Header::Luks(_) => None,
         },
         key: KeyEntry {
             file: SEALED_KEY.into(),
@@ -410,6 +475,25 @@ pub fn create(
         dir: dir.to_owned(),
         manifest,
     })
+}
+
+/// What identifies the image's encryption in the manifest.
+enum Header {
+    Luks(Box<Luks>),
+    VhdUtil(VhdUtilEntry),
+}
+
+/// The 16 bytes of a VHD unique id as the usual 8-4-4-4-12 hex text.
+fn uuid_text(b: &[u8; 16]) -> String {
+    let h = hex(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 /// The LUKS header of a LUKS file or of a qcow2 with QEMU-native LUKS, and the container's name.
@@ -506,14 +590,15 @@ mod tests {
             plaintext: PlaintextEntry {
                 sha256: "b".repeat(64),
             },
-            luks: LuksEntry {
+            luks: Some(LuksEntry {
                 version: 2,
                 uuid: "u".into(),
                 cipher: "aes-xts-plain64".into(),
                 key_bits: 512,
                 sector_size: 4096,
                 data_offset: 16 << 20,
-            },
+            }),
+            vhd_util: None,
             key: KeyEntry {
                 file: SEALED_KEY.into(),
                 sealed_with: "age-x25519".into(),

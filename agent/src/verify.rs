@@ -6,6 +6,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use diskseal::bundle::{MANIFEST, Manifest, hex};
+use diskseal::luks::keys::VolumeKey;
+use diskseal::ops::Unlock;
 use diskseal::profile::Profile;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -124,9 +126,7 @@ pub fn verify(dir: &Path, identities: &[age::x25519::Identity]) -> Result<Verifi
         ));
     }
     let profile = Profile::parse(&manifest.profile)?;
-    profile
-        .passphrase(Zeroizing::new(key.expose().to_vec()))
-        .map_err(|e| bad(dir, format!("sealed key: {}", e.message())))?;
+    unlock_with(profile, &key).map_err(|e| bad(dir, format!("sealed key: {}", e.message())))?;
     Ok(Verified {
         dir: dir.to_owned(),
         manifest,
@@ -138,16 +138,10 @@ pub fn verify(dir: &Path, identities: &[age::x25519::Identity]) -> Result<Verifi
 /// SHA-256 with the manifest's `plaintext.sha256` (slow: a KDF plus a full read).
 pub fn verify_plaintext(v: &Verified) -> Result<()> {
     let profile = Profile::parse(&v.manifest.profile)?;
-    let pass = profile.passphrase(Zeroizing::new(v.key.expose().to_vec()))?;
+    let unlock = unlock_with(profile, &v.key)?;
     let image = v.dir.join(&v.manifest.image.file);
     let q = diskseal::bundle::QuietRun::default();
-    let r = diskseal::ops::verify(
-        &image,
-        diskseal::ops::Unlock::Passphrase(pass),
-        None,
-        &q.run(),
-    )
-    .map_err(|e| {
+    let r = diskseal::ops::verify(&image, unlock, None, &q.run()).map_err(|e| {
         if e.kind() == diskseal::ErrorKind::WrongKey {
             bad(
                 &v.dir,
@@ -171,4 +165,14 @@ pub fn verify_plaintext(v: &Verified) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// How the key file opens an image of `profile`: the keyslot passphrase, or for `ibm-classic-vhd` the raw
+/// DEK itself (32 or 64 bytes).
+fn unlock_with(profile: Profile, key: &SecretBytes) -> diskseal::Result<Unlock> {
+    let bytes = Zeroizing::new(key.expose().to_vec());
+    if profile == Profile::IbmClassicVhd {
+        return Ok(Unlock::ClassicVhd(VolumeKey::from_bytes(bytes)?));
+    }
+    Ok(Unlock::Passphrase(profile.passphrase(bytes)?))
 }

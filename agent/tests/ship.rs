@@ -132,22 +132,134 @@ fn ship_interrupted_while_the_import_is_pending_polls_the_same_image_on_rerun() 
     );
 }
 
+#[test]
+fn ship_to_classic_goes_bundle_wrap_upload_create_from_icos_and_polls_until_the_transaction_is_gone()
+ {
+    let Some(s3) = moto_s3() else { return };
+    let f = FakeIbm::start();
+    f.with(|s| s.import_polls = 3);
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let recipient = init(p);
+    let bundle = make_bundle_as(p, &recipient, Profile::IbmClassicVhd);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (
+            manifest["image"]["format"].as_str(),
+            manifest["key"]["kind"].as_str()
+        ),
+        (Some("vhd-util"), Some("raw-dek"))
+    );
+    let sha = manifest["image"]["sha256"].as_str().unwrap().to_owned();
+    let env = [
+        ("AWS_ACCESS_KEY_ID", s3.ak.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", s3.sk.as_str()),
+        ("IBMCLOUD_API_KEY", API_KEY),
+    ];
+    let args = ship_args_to(
+        "ibm-classic",
+        "cos://us-south/bkt/disk.vhd-0.vhd",
+        "UBUNTU_22_64",
+        bundle.to_str().unwrap(),
+        &s3.url,
+        &f.url,
+    );
+    let mut dry = args.clone();
+    dry.push("--dry-run");
+    let out = agent(p, &dry, &env).ok();
+    assert!(
+        out.stdout.contains("createFromIcos")
+            && out.stdout.contains("\"ibmApiKey\":\"<redacted>\""),
+        "{}",
+        out.stdout
+    );
+    assert!(!out.stdout.contains(API_KEY));
+    let out = agent(p, &args, &env).ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let id = v["image_id"].as_str().unwrap().to_owned();
+    let n: u64 = id.parse().expect("a numeric SoftLayer template id");
+    // The fake polled down to the finished state: the transaction is gone.
+    assert_eq!(f.with(|s| s.templates.get(&n).copied()), Some(0));
+    assert_eq!(remote_sha256(&s3, "disk.vhd-0.vhd"), sha);
+    // createFromIcos got an encrypted template whose wrappedDek the fake unwrapped with the crkCrn.
+    let created = f.with(|s| {
+        s.bodies
+            .iter()
+            .filter(|b| b.contains("\"wrappedDek\"") && b.contains("\"isEncrypted\":true"))
+            .count()
+    });
+    assert_eq!(created, 1);
+    let log = std::fs::read_to_string(p.join("home/audit.jsonl")).unwrap();
+    for action in [
+        "diskseal.bundle.verify",
+        "kms.secrets.wrap",
+        "diskseal.object.upload",
+        "diskseal.image.import.ibm-classic",
+        "diskseal.ship",
+    ] {
+        assert!(log.contains(action), "{action} missing");
+    }
+    assert!(log.contains(&id));
+    for secret in [API_KEY, s3.sk.as_str()] {
+        assert!(
+            !log.contains(secret) && !out.stdout.contains(secret) && !out.stderr.contains(secret)
+        );
+    }
+    // A rerun: the same id, nothing created again.
+    let kp = f.with(|s| s.kp_calls);
+    let v2: serde_json::Value = serde_json::from_str(&agent(p, &args, &env).ok().stdout).unwrap();
+    assert_eq!(v2["image_id"], id.as_str());
+    assert_eq!(f.with(|s| (s.kp_calls, s.templates.len())), (kp, 1));
+    agent(
+        p,
+        &[
+            "audit",
+            "verify",
+            p.join("home/audit.jsonl").to_str().unwrap(),
+        ],
+        &[],
+    )
+    .ok();
+}
+
 /// `diskseal-agent --json ship BUNDLE` to ibm-vpc against the local S3 server and the IBM fake.
 fn ship_args<'a>(bundle: &'a str, s3: &'a str, ibm: &'a str) -> Vec<&'a str> {
+    ship_args_to(
+        "ibm-vpc",
+        "cos://us-south/bkt/disk.qcow2",
+        "debian-12-amd64",
+        bundle,
+        s3,
+        ibm,
+    )
+}
+
+/// `diskseal-agent --json ship BUNDLE --target TARGET --object OBJECT --os OS` against the local S3
+/// server and the IBM fake.
+pub fn ship_args_to<'a>(
+    target: &'a str,
+    object: &'a str,
+    os: &'a str,
+    bundle: &'a str,
+    s3: &'a str,
+    ibm: &'a str,
+) -> Vec<&'a str> {
     vec![
         "--json",
         "ship",
         bundle,
         "--target",
-        "ibm-vpc",
+        target,
         "--object",
-        "cos://us-south/bkt/disk.qcow2",
+        object,
         "--s3-endpoint",
         s3,
         "--import-endpoint",
         ibm,
         "--os",
-        "debian-12-amd64",
+        os,
         "--allow-any-size",
         "--poll-ms",
         "10",

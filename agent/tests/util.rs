@@ -96,10 +96,29 @@ pub fn make_bundle(dir: &Path, recipient: &str) -> PathBuf {
     make_bundle_as(dir, recipient, Profile::Luks2)
 }
 
-/// Like [`make_bundle`] for `profile` (ibm-vpc: `disk.qcow2`, qcow2 with QEMU-native LUKS1).
+/// The raw DEK of the `ibm-classic-vhd` test bundles.
+pub fn classic_dek() -> Vec<u8> {
+    pattern(64, 77)
+}
+
+/// Like [`make_bundle`] for `profile` (ibm-vpc: `disk.qcow2`, qcow2 with QEMU-native LUKS1;
+/// ibm-classic-vhd: `disk.vhd`, a vhd-util encrypted dynamic VHD keyed by [`classic_dek`]).
 pub fn make_bundle_as(dir: &Path, recipient: &str, profile: Profile) -> PathBuf {
     let src = dir.join("disk.raw");
     std::fs::write(&src, pattern(1 << 20, 9)).unwrap();
+    if profile == Profile::IbmClassicVhd {
+        let img = dir.join("disk.vhd");
+        let q = QuietRun::default();
+        let dek = Zeroizing::new(classic_dek());
+        let key = diskseal::luks::keys::VolumeKey::from_bytes(dek.clone()).unwrap();
+        let opts = ops::ClassicVhdOptions {
+            input_format: None,
+            force: false,
+            resize: None,
+        };
+        ops::encrypt_classic_vhd(&src, &img, &opts, &key, &q.run()).unwrap();
+        return bundle_image(dir, &img, &dek, recipient, profile);
+    }
     let vpc = profile == Profile::IbmVpc;
     let img = dir.join(if vpc { "disk.qcow2" } else { "disk.luks" });
     let q = QuietRun::default();
@@ -120,20 +139,31 @@ pub fn make_bundle_as(dir: &Path, recipient: &str, profile: Profile) -> PathBuf 
     };
     let pass = Passphrase::new(Zeroizing::new(PASSPHRASE.to_vec())).unwrap();
     ops::encrypt(&src, &img, &opts, &pass, None, &q.run()).unwrap();
+    bundle_image(
+        dir,
+        &img,
+        &Zeroizing::new(PASSPHRASE.to_vec()),
+        recipient,
+        profile,
+    )
+}
+
+/// Bundles the encrypted `img` with the key file bytes `key` into `dir/bundle`.
+fn bundle_image(
+    dir: &Path,
+    img: &Path,
+    key: &Zeroizing<Vec<u8>>,
+    recipient: &str,
+    profile: Profile,
+) -> PathBuf {
+    let q = QuietRun::default();
     let out = dir.join("bundle");
     let bopts = BundleOptions {
         profile,
         recipient: recipient.into(),
         force: false,
     };
-    diskseal::bundle::create(
-        &img,
-        &Zeroizing::new(PASSPHRASE.to_vec()),
-        &out,
-        &bopts,
-        &q.run(),
-    )
-    .unwrap();
+    diskseal::bundle::create(img, key, &out, &bopts, &q.run()).unwrap();
     out
 }
 

@@ -35,7 +35,8 @@ pub(super) struct BundleArgs {
     /// Drop one trailing newline from the key file.
     #[arg(long)]
     strip_newline: bool,
-    /// How the key file was used: luks2/luks1 (passphrase) or ibm-classic-luks (raw DEK).
+    /// How the key file was used: luks2/luks1/ibm-vpc (passphrase), ibm-classic-luks or ibm-classic-vhd
+    /// (raw DEK).
     #[arg(long, default_value = "luks2", value_name = "PROFILE")]
     profile: String,
     /// Replace DIR if it exists.
@@ -105,7 +106,11 @@ pub(super) fn summary(rep: &bundle::BundleReport, out: &Out) {
             rep.dir.display(),
             m.image.file,
             m.image.format.to_uppercase(),
-            m.luks.uuid,
+            m.luks
+                .as_ref()
+                .map(|l| l.uuid.as_str())
+                .or(m.vhd_util.as_ref().map(|v| v.uuid.as_str()))
+                .unwrap_or("?"),
             m.image.sha256,
             bundle::MANIFEST,
             bundle::SEALED_KEY,
