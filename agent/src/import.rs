@@ -4,7 +4,6 @@
 //! authenticate with an IAM bearer token made from the API key. [`preflight`] catches the documented
 //! pitfalls (names, container, sizes) before anything is sent.
 
-use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -79,26 +78,12 @@ pub fn preflight(
     let Some(path) = image else {
         return Ok(warnings);
     };
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
-    let len = f.metadata().map_err(|e| Error::io("stat", path, e))?.len();
-    let mut head = [0u8; 512];
-    let n = f.read(&mut head).map_err(|e| Error::io("read", path, e))?;
+    let size = match cloud {
+        Cloud::Vpc => vpc_image_size(path)?,
+        Cloud::Classic => classic_image_size(path)?,
+    };
     match cloud {
         Cloud::Vpc => {
-            if n < 40 || &head[..4] != b"QFI\xfb" {
-                return bad(format!(
-                    "{}: VPC encrypted images must be qcow2 with LUKS encryption (make them with `diskseal encrypt --profile ibm-vpc`)",
-                    path.display()
-                ));
-            }
-            let size = u64::from_be_bytes(head[24..32].try_into().unwrap_or_default());
-            let crypt = u32::from_be_bytes(head[32..36].try_into().unwrap_or_default());
-            if crypt != 2 {
-                return bad(format!(
-                    "{}: the qcow2 image is not LUKS-encrypted (crypt_method {crypt})",
-                    path.display()
-                ));
-            }
             if check_size && !(10 * GB..=250 * GB).contains(&size) {
                 return bad(format!(
                     "{}: virtual size {size} bytes; VPC images must be 10-250 GB",
@@ -110,18 +95,6 @@ pub fn preflight(
             }
         }
         Cloud::Classic => {
-            let mut footer = [0u8; 512];
-            let ok = len >= 512 && {
-                use std::os::unix::fs::FileExt;
-                f.read_exact_at(&mut footer, len - 512).is_ok() && &footer[..8] == b"conectix"
-            };
-            if !ok {
-                return bad(format!(
-                    "{}: classic encrypted images must be VHDs encrypted with the vhd-util scheme (`diskseal encrypt --profile ibm-classic`)",
-                    path.display()
-                ));
-            }
-            let size = u64::from_be_bytes(footer[48..56].try_into().unwrap_or_default());
             if check_size && size > 100 * GB {
                 return bad(format!(
                     "{}: disk size {size} bytes; classic imports take at most 100 GB",
@@ -131,6 +104,84 @@ pub fn preflight(
         }
     }
     Ok(warnings)
+}
+
+const VPC_HINT: &str =
+    "encrypt with `diskseal encrypt --profile ibm-vpc` (qcow2 with QEMU-native LUKS)";
+const CLASSIC_HINT: &str = "encrypt with `diskseal encrypt --profile ibm-classic-vhd` (a dynamic VHD encrypted like vhd-util)";
+
+/// What the first bytes of `path` say it is, for the pre-flight errors.
+fn sniff(path: &Path) -> &'static str {
+    use std::os::unix::fs::FileExt;
+    let Ok(f) = std::fs::File::open(path) else {
+        return "unreadable";
+    };
+    let mut head = [0u8; 8];
+    let n = f.read_at(&mut head, 0).unwrap_or(0);
+    let len = f.metadata().map_or(0, |m| m.len());
+    let mut tail = [0u8; 8];
+    let fixed_vhd =
+        len >= 512 && f.read_exact_at(&mut tail, len - 512).is_ok() && &tail == b"conectix";
+    match &head[..n] {
+        [b'L', b'U', b'K', b'S', 0xba, 0xbe, ..] => "a raw LUKS file",
+        [b'Q', b'F', b'I', 0xfb, ..] => "a qcow2 image",
+        b"conectix" => "a VHD",
+        _ if fixed_vhd => "a VHD",
+        _ => "neither qcow2 nor VHD",
+    }
+}
+
+/// The virtual size of a VPC encrypted image: `path` must be a qcow2 whose header names QEMU-native LUKS
+/// encryption (crypt_method 2) with a readable LUKS1 header, checked with diskseal's qcow2 reader.
+fn vpc_image_size(path: &Path) -> Result<u64> {
+    use diskseal::image::DiskImage;
+    use diskseal::image::qcow2::Qcow2Image;
+    let bad = |m: String| Error::Import(format!("pre-flight: {}: {m}; {VPC_HINT}", path.display()));
+    let what = sniff(path);
+    if what != "a qcow2 image" {
+        return Err(bad(format!(
+            "VPC encrypted images must be qcow2 with LUKS encryption, this is {what}"
+        )));
+    }
+    let f = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let q = Qcow2Image::open(f, path, &mut Vec::new())
+        .map_err(|e| bad(format!("not a valid qcow2 image: {}", e.message())))?;
+    match q.luks_header() {
+        Ok(Some(_)) => Ok(q.virtual_size()),
+        Ok(None) => Err(bad(format!(
+            "the qcow2 image is not LUKS-encrypted (crypt_method {}, VPC needs 2: QEMU-native LUKS)",
+            q.header().raw.crypt_method
+        ))),
+        Err(e) => Err(bad(format!(
+            "unreadable qcow2 LUKS header: {}",
+            e.message()
+        ))),
+    }
+}
+
+/// The disk size of a classic encrypted image: `path` must be a dynamic VHD written by tapdisk/vhd-util
+/// whose batmap carries a key hash (cookie 1), checked with diskseal's vhd-util reader.
+fn classic_image_size(path: &Path) -> Result<u64> {
+    let bad = |m: String| {
+        Error::Import(format!(
+            "pre-flight: {}: {m}; {CLASSIC_HINT}",
+            path.display()
+        ))
+    };
+    let what = sniff(path);
+    if what != "a VHD" {
+        return Err(bad(format!(
+            "classic encrypted images must be VHDs encrypted with the vhd-util scheme, this is {what}"
+        )));
+    }
+    let (img, batmap) = diskseal::image::vhd::classic::read_batmap(path)
+        .map_err(|e| bad(format!("not a vhd-util encrypted VHD: {}", e.message())))?;
+    if batmap.header.keyhash.cookie != 1 {
+        return Err(bad(
+            "the VHD's batmap carries no key hash: it is not encrypted".into(),
+        ));
+    }
+    Ok(img.footer().virtual_size)
 }
 
 /// What an import needs.

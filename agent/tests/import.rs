@@ -3,7 +3,9 @@
 //! trailing newline) explained, SoftLayer errors shown, and the pre-flight checks.
 
 use crate::fake_ibm::{API_KEY, FakeIbm};
-use crate::util::{PASSPHRASE, agent};
+use diskseal::ops::Container;
+
+use crate::util::{PASSPHRASE, agent, encrypted, repo_file};
 
 fn b64(b: &[u8]) -> String {
     use base64::Engine;
@@ -167,28 +169,13 @@ fn preflight_catches_the_documented_pitfalls() {
         &[],
         "vhd-0.vhd",
     );
-    // A qcow2 header: LUKS (crypt_method 2), virtual size 1 GiB -> outside 10-250 GB.
-    let qcow = |size: u64, crypt: u32| {
-        let mut h = vec![0u8; 512];
-        h[..4].copy_from_slice(b"QFI\xfb");
-        h[4..8].copy_from_slice(&3u32.to_be_bytes());
-        h[24..32].copy_from_slice(&size.to_be_bytes());
-        h[32..36].copy_from_slice(&crypt.to_be_bytes());
-        h
-    };
-    std::fs::write(p.join("small.qcow2"), qcow(1 << 30, 2)).unwrap();
+    // A real ibm-vpc qcow2 of 1 MiB: LUKS, but outside 10-250 GB.
+    let small = encrypted(p, "small.qcow2", Container::Qcow2Luks, None);
     bad(
         "ibm-vpc",
         "cos://us-south/bkt/disk.qcow2",
-        &["--image", "small.qcow2"],
+        &["--image", small.to_str().unwrap()],
         "10-250 GB",
-    );
-    std::fs::write(p.join("plain.qcow2"), qcow(100_000_000_000, 0)).unwrap();
-    bad(
-        "ibm-vpc",
-        "cos://us-south/bkt/disk.qcow2",
-        &["--image", "plain.qcow2"],
-        "not LUKS",
     );
     std::fs::write(p.join("raw.img"), vec![0u8; 4096]).unwrap();
     bad(
@@ -204,7 +191,7 @@ fn preflight_catches_the_documented_pitfalls() {
         "VHD",
     );
     // 100 GB exactly, LUKS: accepted (and imported).
-    std::fs::write(p.join("ok.qcow2"), qcow(100_000_000_000, 2)).unwrap();
+    let ok = encrypted(p, "ok.qcow2", Container::Qcow2Luks, Some(100_000_000_000));
     let wdek = f.wrap(b64(PASSPHRASE).as_bytes());
     run(
         &f,
@@ -212,9 +199,96 @@ fn preflight_catches_the_documented_pitfalls() {
         "ibm-vpc",
         "cos://us-south/bkt/disk.qcow2",
         &wdek,
-        &["--image", "ok.qcow2"],
+        &["--image", ok.to_str().unwrap()],
     )
     .ok();
     // Nothing was sent for the refused ones.
     assert_eq!(f.with(|s| s.images.len()), 1);
+}
+
+/// The pre-flight checks open the image with diskseal's readers: classic needs a dynamic VHD whose
+/// batmap carries a vhd-util key hash, VPC a qcow2 with QEMU-native LUKS; anything else is refused
+/// before a request is sent, naming the file and the `diskseal encrypt --profile` that makes a good one.
+#[test]
+fn preflight_refuses_images_that_are_not_encrypted_the_way_the_target_needs() {
+    let f = FakeIbm::start();
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let wdek = f.wrap(&[7u8; 32]);
+    let luks2 = encrypted(p, "disk.luks", Container::Raw, None);
+    let vpc_qcow2 = encrypted(p, "vpc.qcow2", Container::Qcow2Luks, None);
+    let plain_vhd = repo_file("fixtures/vhd-util/source.vhd");
+    let fixed_vhd = repo_file("fuzz/seeds/vhd/fixed.vhd");
+    let plain_qcow2 = repo_file("fuzz/seeds/qcow2/empty.qcow2");
+    let classic = ("ibm-classic", "cos://us-south/bkt/disk.vhd-0.vhd");
+    let vpc = ("ibm-vpc", "cos://us-south/bkt/disk.qcow2");
+    let tap_vhd = tap_vhd_without_key_hash(p);
+    let cases: [((&str, &str), &std::path::Path, &str); 8] = [
+        // A dynamic VHD laid out as tapdisk does, with a batmap whose key hash cookie is 0.
+        (classic, &tap_vhd, "it is not encrypted"),
+        // A plain dynamic VHD made by qemu-img: no batmap at all.
+        (classic, &plain_vhd, "no batmap"),
+        (classic, &fixed_vhd, "not a vhd-util encrypted VHD"),
+        (classic, &luks2, "this is a raw LUKS file"),
+        (classic, &vpc_qcow2, "this is a qcow2 image"),
+        (vpc, &plain_qcow2, "not LUKS-encrypted"),
+        (vpc, &luks2, "this is a raw LUKS file"),
+        (vpc, &plain_vhd, "this is a VHD"),
+    ];
+    for ((target, object), image, what) in cases {
+        let out = run(
+            &f,
+            p,
+            target,
+            object,
+            &wdek,
+            &["--image", image.to_str().unwrap()],
+        );
+        let name = image.file_name().unwrap().to_str().unwrap();
+        let hint = if target == "ibm-vpc" {
+            "diskseal encrypt --profile ibm-vpc"
+        } else {
+            "diskseal encrypt --profile ibm-classic-vhd"
+        };
+        assert_eq!(out.code, 2, "{target} {name}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("pre-flight")
+                && out.stderr.contains(name)
+                && out.stderr.contains(what)
+                && out.stderr.contains(hint),
+            "{target} {name}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(f.with(|s| (s.images.len(), s.templates.len())), (0, 0));
+    // A real vhd-util encrypted VHD passes and is imported.
+    let good = repo_file("fixtures/vhd-util/encrypted-aes256.vhd");
+    run(
+        &f,
+        p,
+        classic.0,
+        classic.1,
+        &wdek,
+        &["--image", good.to_str().unwrap()],
+    )
+    .ok();
+    assert_eq!(f.with(|s| s.templates.len()), 1);
+}
+
+/// `dir/tap.vhd`: an empty 2 MiB dynamic VHD written like vhd-util's (creator "tap", batmap) but with
+/// no key hash (cookie 0), i.e. not encrypted.
+fn tap_vhd_without_key_hash(dir: &std::path::Path) -> std::path::PathBuf {
+    use diskseal::image::vhd::batmap::KeyHash;
+    use diskseal::image::vhd::writer::ClassicVhdWriter;
+    let path = dir.join("tap.vhd");
+    let w = ClassicVhdWriter::new(2 << 20, [3; 16], 0).unwrap();
+    let out = diskseal::io::OutputFile::create(&path, false).unwrap();
+    let none = KeyHash {
+        cookie: 0,
+        nonce: [0; 32],
+        hash: [0; 32],
+    };
+    w.finish(&out, &none).unwrap();
+    out.commit(0o644).unwrap();
+    path
 }

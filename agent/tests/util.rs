@@ -167,6 +167,45 @@ fn bundle_image(
     out
 }
 
+/// Encrypts a 1 MiB disk into `dir/name` with the test passphrase: `container` Raw is a LUKS2 file,
+/// Qcow2Luks an ibm-vpc qcow2; `resize` grows the virtual disk.
+pub fn encrypted(
+    dir: &Path,
+    name: &str,
+    container: ops::Container,
+    resize: Option<u64>,
+) -> PathBuf {
+    let src = dir.join(format!("{name}.src"));
+    std::fs::write(&src, pattern(1 << 20, 5)).unwrap();
+    let img = dir.join(name);
+    let q = QuietRun::default();
+    let version = if container == ops::Container::Raw {
+        Profile::Luks2
+    } else {
+        Profile::IbmVpc
+    }
+    .default_version();
+    let opts = EncryptOptions {
+        luks: FormatOptions::for_tests(version),
+        key_bytes: 64,
+        sector_size: None,
+        pad: false,
+        input_format: None,
+        force: false,
+        container,
+        sparse: true,
+        resize,
+    };
+    let pass = Passphrase::new(Zeroizing::new(PASSPHRASE.to_vec())).unwrap();
+    ops::encrypt(&src, &img, &opts, &pass, None, &q.run()).unwrap();
+    img
+}
+
+/// A checked-in file under the repository root.
+pub fn repo_file(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
+}
+
 /// Runs `init` and returns the recipient.
 pub fn init(dir: &Path) -> String {
     agent(dir, &["init"], &[]).ok().stdout.trim().to_owned()
