@@ -650,6 +650,26 @@ struct ShipState {
     /// Created by the cloud, maybe not yet available: a rerun polls it instead of importing again.
     image_created: Option<(String, Option<String>)>,
     image_id: Option<String>,
+    /// The upload was started by a ship (the object did not exist, or --force): a rerun may replace it.
+    #[serde(default)]
+    upload_started: bool,
+    /// The create request was sent but its answer maybe not recorded: a rerun looks the image up first.
+    #[serde(default)]
+    import_sent: bool,
+}
+
+/// Writes `bytes` to `path` so that a crash at any point leaves the old or the new file, whole: a
+/// temporary file beside it, fsynced, renamed over it, then the directory fsynced.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
@@ -775,7 +795,7 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
                 lines.push(format!("GET  {import_endpoint}/v1/images/<id>?version={}&generation=2 every {} ms until available or failed", import::VPC_API_VERSION, a.poll_ms));
             }
             Some(Cloud::Classic) => {
-                let body = json!({"parameters": [{"name": name, "note": "imported by diskseal-agent", "operatingSystemReferenceCode": os, "uri": a.object, "ibmApiKey": "<redacted>", "crkCrn": key_crn, "wrappedDek": wdek, "cloudInit": true, "isEncrypted": true, "byol": a.byol}]});
+                let body = json!({"parameters": [{"name": name, "note": format!("imported by diskseal-agent (ship {})", &sha[..16.min(sha.len())]), "operatingSystemReferenceCode": os, "uri": a.object, "ibmApiKey": "<redacted>", "crkCrn": key_crn, "wrappedDek": wdek, "cloudInit": true, "isEncrypted": true, "byol": a.byol}]});
                 lines.push(format!(
                     "POST {}/identity/token (apikey: <redacted>)",
                     l.iam_endpoint()
@@ -789,7 +809,7 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
         return Ok(());
     }
     let save = |st: &ShipState| -> Result<()> {
-        std::fs::write(&sp, serde_json::to_vec_pretty(st).unwrap_or_default())
+        write_atomically(&sp, &serde_json::to_vec_pretty(st).unwrap_or_default())
             .map_err(|e| Error::io("write ship state", &sp, e))
     };
     // 2. Wrap (once).
@@ -822,10 +842,24 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
                 ..crate::config::RetryPolicy::default()
             },
         );
+        // The object must not exist unless --force; once this ship has started its upload, a rerun
+        // replaces what it finds (a run killed after the upload completed but before the state said so).
+        if !st.upload_started {
+            if !a.force
+                && let Some((size, _)) = client.head()?
+            {
+                return Err(Error::Upload(format!(
+                    "{} already exists ({size} bytes); use --force to overwrite it",
+                    target.url()
+                )));
+            }
+            st.upload_started = true;
+            save(&st)?;
+        }
         let o = s3::Options {
             jobs: a.jobs.max(1),
             part_size: a.part_size,
-            force: a.force,
+            force: true,
             progress: !cli.json,
         };
         let r = s3::upload(&client, &image, &o);
@@ -866,13 +900,21 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
             wdek: st.wdek.clone().unwrap_or_default(),
             key_crn: key_crn.clone(),
             byol: a.byol,
+            tag: format!("ship {}", &sha[..16.min(sha.len())]),
             poll: std::time::Duration::from_millis(a.poll_ms),
             timeout: std::time::Duration::from_secs(a.wait_secs),
             retry: crate::config::RetryPolicy::default(),
         };
-        let existing = st.image_created.clone();
-        let r = import::import_resuming(s, existing, |id| {
-            st.image_created = Some(id.clone());
+        let resume = match (&st.image_created, st.import_sent) {
+            (Some(id), _) => import::Resume::Created(id.clone()),
+            (None, true) => import::Resume::MaybeSent,
+            (None, false) => import::Resume::Fresh,
+        };
+        let r = import::import_resuming(s, resume, |step| {
+            match step {
+                import::Step::Sending => st.import_sent = true,
+                import::Step::Created(id) => st.image_created = Some(id.clone()),
+            }
             save(&st)
         });
         log(
@@ -963,6 +1005,7 @@ fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
         wdek: read_wdek(&a.wdek_file)?,
         key_crn: a.key_crn.clone(),
         byol: a.byol,
+        tag: String::new(),
         poll: std::time::Duration::from_millis(a.poll_ms),
         timeout: std::time::Duration::from_secs(a.wait_secs),
         retry: crate::config::RetryPolicy::default(),

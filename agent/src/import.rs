@@ -207,6 +207,9 @@ pub struct ImportSettings {
     pub key_crn: String,
     /// Classic: bring your own license.
     pub byol: bool,
+    /// Classic: appended to the template's note (`imported by diskseal-agent (TAG)`), so a rerun can
+    /// find the template an interrupted run created; empty for none.
+    pub tag: String,
     /// Time between polls.
     pub poll: Duration,
     /// Give up polling after this long.
@@ -349,15 +352,39 @@ pub fn iam_token(
 
 /// Sends the import request and polls until the image is ready or failed.
 pub fn import(s: ImportSettings) -> Result<Imported> {
-    import_resuming(s, None, |_| Ok(()))
+    import_resuming(s, Resume::Fresh, |_| Ok(()))
 }
 
-/// Like [`import`]; with `existing` (an image id a previous run created) only polls it; `created` is
-/// told the new id before polling starts (so a caller can record it).
+/// An image id and, for classic, its global identifier.
+pub type ImageRef = (String, Option<String>);
+
+/// What an earlier, interrupted run did (see [`import_resuming`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// Nothing: create the image.
+    Fresh,
+    /// The create request was sent, but its answer was not recorded (the run was killed in between):
+    /// look the image up by name (VPC: and root key CRN; classic: and the note's tag) before creating it.
+    MaybeSent,
+    /// The image was created: only poll it.
+    Created(ImageRef),
+}
+
+/// What [`import_resuming`] tells its caller as it goes, to be recorded before it goes on.
+#[derive(Debug, Clone, Copy)]
+pub enum Step<'a> {
+    /// The create request is about to be sent.
+    Sending,
+    /// The image exists (created now, or found after [`Resume::MaybeSent`]); polling starts next.
+    Created(&'a ImageRef),
+}
+
+/// Like [`import`], resuming what an earlier run did (`resume`); `record` is told each [`Step`] before
+/// the next request, so a caller that saves them never creates the image twice.
 pub fn import_resuming(
     s: ImportSettings,
-    existing: Option<(String, Option<String>)>,
-    created: impl FnOnce(&(String, Option<String>)) -> Result<()>,
+    resume: Resume,
+    mut record: impl FnMut(Step<'_>) -> Result<()>,
 ) -> Result<Imported> {
     let agent = ureq::Agent::new_with_config(
         ureq::Agent::config_builder()
@@ -367,17 +394,25 @@ pub fn import_resuming(
     );
     let token = iam_token(&agent, &s.iam_endpoint, &s.api_key, &s.retry)?;
     let api = Api { s, agent, token };
-    let id = match existing {
+    let found = match resume {
+        Resume::Created(id) => Some(id),
+        Resume::MaybeSent => match api.s.cloud {
+            Cloud::Vpc => vpc_find(&api)?,
+            Cloud::Classic => classic_find(&api)?,
+        },
+        Resume::Fresh => None,
+    };
+    let id = match found {
         Some(id) => id,
         None => {
-            let id = match api.s.cloud {
+            record(Step::Sending)?;
+            match api.s.cloud {
                 Cloud::Vpc => vpc_create(&api)?,
                 Cloud::Classic => classic_create(&api)?,
-            };
-            created(&id)?;
-            id
+            }
         }
     };
+    record(Step::Created(&id))?;
     match api.s.cloud {
         Cloud::Vpc => vpc_poll(&api, id.0),
         Cloud::Classic => classic_poll(&api, id.0, id.1),
@@ -409,6 +444,79 @@ fn vpc_create(api: &Api) -> Result<(String, Option<String>)> {
         .ok_or_else(|| Error::Import(format!("{}: no id in the image response", api.label())))?
         .to_owned();
     Ok((id, None))
+}
+
+/// The image named `s.name` under `s.key_crn`, if the VPC has one (`GET /v1/images?name=`).
+fn vpc_find(api: &Api) -> Result<Option<ImageRef>> {
+    let s = &api.s;
+    let url = format!(
+        "{}/v1/images?version={VPC_API_VERSION}&generation=2&name={}",
+        s.endpoint,
+        crate::s3::uri_encode(&s.name, true)
+    );
+    let r = api.call("GET", &url, None)?;
+    if r.status != 200 {
+        return Err(api.http_error("GET /v1/images?name=", &r));
+    }
+    Ok(parse_vpc_image_list(&r.body, &s.name, &s.key_crn))
+}
+
+/// From a VPC `GET /v1/images` body, the id of the image named `name` encrypted under `key_crn`.
+pub fn parse_vpc_image_list(body: &str, name: &str, key_crn: &str) -> Option<ImageRef> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    v["images"].as_array()?.iter().find_map(|i| {
+        (i["name"].as_str() == Some(name) && i["encryption_key"]["crn"].as_str() == Some(key_crn))
+            .then(|| i["id"].as_str().map(|id| (id.to_owned(), None)))
+            .flatten()
+    })
+}
+
+/// The classic note of an image template made with `tag`.
+fn classic_note(tag: &str) -> String {
+    if tag.is_empty() {
+        "imported by diskseal-agent".into()
+    } else {
+        format!("imported by diskseal-agent ({tag})")
+    }
+}
+
+/// The account's image template named `s.name` whose note carries `s.tag`, if any
+/// (`SoftLayer_Account/getBlockDeviceTemplateGroups` with an objectFilter on the name).
+fn classic_find(api: &Api) -> Result<Option<ImageRef>> {
+    let s = &api.s;
+    let filter = json!({"blockDeviceTemplateGroups": {"name": {"operation": s.name}}}).to_string();
+    let url = format!(
+        "{}/rest/v3.1/SoftLayer_Account/getBlockDeviceTemplateGroups.json?objectMask={}&objectFilter={}",
+        s.endpoint,
+        crate::s3::uri_encode("mask[id,name,note,globalIdentifier]", true),
+        crate::s3::uri_encode(&filter, true)
+    );
+    let r = api.call("GET", &url, None)?;
+    if r.status != 200 {
+        return Err(api.http_error("getBlockDeviceTemplateGroups", &r));
+    }
+    Ok(parse_classic_template_list(
+        &r.body,
+        &s.name,
+        &classic_note(&s.tag),
+    ))
+}
+
+/// From a SoftLayer template list, the id and global identifier of the one named `name` with `note`.
+pub fn parse_classic_template_list(body: &str, name: &str, note: &str) -> Option<ImageRef> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    v.as_array()?.iter().find_map(|t| {
+        (t["name"].as_str() == Some(name) && t["note"].as_str() == Some(note))
+            .then(|| {
+                t["id"].as_u64().map(|id| {
+                    (
+                        id.to_string(),
+                        t["globalIdentifier"].as_str().map(str::to_owned),
+                    )
+                })
+            })
+            .flatten()
+    })
 }
 
 fn vpc_poll(api: &Api, id: String) -> Result<Imported> {
@@ -478,7 +586,7 @@ fn classic_create(api: &Api) -> Result<(String, Option<String>)> {
     let base = sl_base(s);
     let body = json!({"parameters": [{
         "name": s.name,
-        "note": "imported by diskseal-agent",
+        "note": classic_note(&s.tag),
         "operatingSystemReferenceCode": s.os,
         "uri": s.cos_uri,
         "ibmApiKey": s.api_key.expose(),

@@ -133,3 +133,27 @@ fn concurrent_writers_keep_the_chain() {
     });
     assert_eq!(audit::verify(&log).unwrap().lines, 40);
 }
+
+/// A writer killed between appending its line and renaming the head leaves the head one line behind:
+/// the log still verifies (and the next append brings the head up to date); two lines behind is not that.
+#[test]
+fn a_head_one_line_behind_is_a_killed_writer_not_tampering() {
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("a.jsonl");
+    let head = d.path().join("a.jsonl.head");
+    write_log(&log, 3);
+    let three = std::fs::read(&head).unwrap();
+    write_log(&log, 1);
+    let four = std::fs::read(&head).unwrap();
+    write_log(&log, 1);
+    std::fs::write(&head, &four).unwrap();
+    assert_eq!(audit::verify(&log).unwrap().lines, 5);
+    std::fs::write(&head, &three).unwrap();
+    detected(&log, "the log has 5 lines but");
+    // One line behind but naming another line: an edit.
+    std::fs::write(&head, &four).unwrap();
+    let mut l = lines(&log);
+    l[3] = l[3].replace("crn:test:0", "crn:test:Z");
+    put(&log, &l);
+    assert!(audit::verify(&log).is_err());
+}

@@ -48,6 +48,8 @@ pub struct State {
     pub images: HashMap<String, (u32, &'static str, Option<&'static str>)>,
     /// Classic templates: id -> polls left.
     pub templates: HashMap<u64, u32>,
+    /// Every image or template created: (id, name, key CRN for VPC / note for classic), in order.
+    pub created: Vec<(String, String, String)>,
 }
 
 pub struct FakeIbm {
@@ -482,12 +484,26 @@ fn import(
             let id = format!("r006-{:08}", s.next);
             let polls = s.import_polls;
             s.images.insert(id.clone(), (polls, fin, reason));
+            let crn = v["encryption_key"]["crn"].as_str().unwrap_or("").to_owned();
+            let name = v["name"].as_str().unwrap_or("").to_owned();
+            s.created.push((id.clone(), name, crn));
             let enc = if v["encrypted_data_key"].is_string() {
                 "user_managed"
             } else {
                 "none"
             };
             return (201, json!({"id": id, "name": v["name"], "status": "pending", "encryption": enc, "file": {"href": href}}).to_string());
+        }
+        if path == "/v1/images" {
+            // GET /v1/images?name=: the images with that name.
+            let want = query_param(query, "name");
+            let images: Vec<Value> = s
+                .created
+                .iter()
+                .filter(|(id, name, _)| id.starts_with("r006-") && Some(name) == want.as_ref())
+                .map(|(id, name, crn)| json!({"id": id, "name": name, "status": s.images[id].1, "encryption_key": {"crn": crn}}))
+                .collect();
+            return (200, json!({"images": images, "limit": 50}).to_string());
         }
         let Some(id) = path.strip_prefix("/v1/images/") else {
             return vpc_error(404, "not_found", "no such route");
@@ -504,6 +520,20 @@ fn import(
             200,
             json!({"id": id, "status": img.1, "status_reasons": reasons}).to_string(),
         );
+    }
+    if path == "/rest/v3.1/SoftLayer_Account/getBlockDeviceTemplateGroups.json" {
+        // objectFilter {"blockDeviceTemplateGroups":{"name":{"operation":NAME}}}.
+        let filter: Value = query_param(query, "objectFilter")
+            .and_then(|f| serde_json::from_str(&f).ok())
+            .unwrap_or(Value::Null);
+        let want = filter["blockDeviceTemplateGroups"]["name"]["operation"].as_str();
+        let list: Vec<Value> = s
+            .created
+            .iter()
+            .filter(|(id, name, _)| !id.starts_with("r006-") && want.is_none_or(|w| w == name))
+            .map(|(id, name, note)| json!({"id": id.parse::<u64>().unwrap(), "name": name, "note": note, "globalIdentifier": format!("0B5DEAF4-0000-0000-0000-{id:0>12}")}))
+            .collect();
+        return (200, Value::Array(list).to_string());
     }
     let base = "/rest/v3.1/SoftLayer_Virtual_Guest_Block_Device_Template_Group/";
     let Some(rest) = path.strip_prefix(base) else {
@@ -543,6 +573,9 @@ fn import(
         let id = 1000 + s.next;
         let polls = s.import_polls;
         s.templates.insert(id, polls);
+        let name = c["name"].as_str().unwrap_or("").to_owned();
+        let note = c["note"].as_str().unwrap_or("").to_owned();
+        s.created.push((id.to_string(), name, note));
         return (200, json!({"id": id, "globalIdentifier": format!("0B5DEAF4-0000-0000-0000-{id:012}"), "name": c["name"], "createDate": "2026-11-23T16:00:00-06:00"}).to_string());
     }
     let Some((id, method)) = rest.split_once('/') else {
@@ -569,4 +602,37 @@ fn import(
         return (200, json!({"id": id, "status": {"keyName": "ACTIVE"}, "transaction": tx, "children": [{"id": 1, "transaction": tx}]}).to_string());
     }
     (200, json!({"id": id, "status": {"keyName": "ACTIVE", "name": "Active"}, "children": [{"id": 1, "datacenter": {"name": "dal13"}, "blockDevicesDiskSpaceTotal": 107374182400u64}]}).to_string())
+}
+
+/// The percent-decoded value of `key` in a query string.
+pub fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let h = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                match h.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(x) => {
+                        out.push(x);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
