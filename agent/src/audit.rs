@@ -97,6 +97,12 @@ pub fn append(log: &Path, ev: &Event) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
     }
     use std::os::unix::fs::OpenOptionsExt;
+    // A new log gets its head (at the genesis) before the log file exists, so a writer killed at any
+    // point leaves no log, or a log whose head is at most one line behind (see `verify`).
+    let head = head_path(log);
+    if !log.exists() && !head.exists() {
+        write_head(&head, 0, GENESIS)?;
+    }
     // One writer at a time: the lock covers reading the tip, appending and updating the head.
     let mut f = std::fs::OpenOptions::new()
         .append(true)
@@ -106,10 +112,7 @@ pub fn append(log: &Path, ev: &Event) -> Result<()> {
         .map_err(|e| Error::io("open audit log", log, e))?;
     f.lock().map_err(|e| Error::io("lock audit log", log, e))?;
     let (seq, prev) = tip(log)?;
-    let head = head_path(log);
     if seq == 0 && !head.exists() {
-        // A new log gets its head (at the genesis) before its first line, so a writer killed between
-        // the line and the head update leaves a head one line behind, not a missing one.
         write_head(&head, 0, GENESIS)?;
     }
     let outcome = if ev.success { "success" } else { "failure" };

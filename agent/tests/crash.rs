@@ -26,6 +26,7 @@ impl Rng {
     }
 }
 
+/// The default seed; `DISKSEAL_CRASH_SEED=N` tries another.
 const SEED: u64 = 0x5eed_d15c_5ea1_0009;
 const TRIALS: usize = 24;
 
@@ -132,7 +133,11 @@ fn ship_killed_at_random_points_resumes_without_duplicate_imports_or_needless_re
         agent(&dir, &a, &env).ok();
         *ms = t0.elapsed().as_millis() as u64;
     }
-    let mut rng = Rng(SEED);
+    let seed = std::env::var("DISKSEAL_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(SEED);
+    let mut rng = Rng(seed | 1);
     let started = Instant::now();
     let mut kills = 0;
     // Kills seen after: nothing recorded, wrapped, upload started, import sent, image created.
@@ -165,8 +170,9 @@ fn ship_killed_at_random_points_resumes_without_duplicate_imports_or_needless_re
             let st = ship_state(&home);
             let log = home.join("audit.jsonl");
             if log.exists() {
-                diskseal_agent::audit::verify(&log)
-                    .unwrap_or_else(|e| panic!("trial {trial} ({delay} ms): audit log: {e}"));
+                diskseal_agent::audit::verify(&log).unwrap_or_else(|e| {
+                    panic!("trial {trial} (seed {seed:#x}, {delay} ms): audit log: {e}")
+                });
             }
             let phase = match &st {
                 None => 0,
@@ -184,7 +190,7 @@ fn ship_killed_at_random_points_resumes_without_duplicate_imports_or_needless_re
         let out = agent(&dir, &a, &env);
         assert_eq!(
             out.code, 0,
-            "trial {trial} (seed {SEED:#x}): rerun failed: {}",
+            "trial {trial} (seed {seed:#x}): rerun failed: {}",
             out.stderr
         );
         let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
