@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::kms::http::{Reply, with_retries};
 use crate::kms::{KmsError, KmsErrorKind};
 use crate::secret::SecretString;
+use crate::wire;
 
 /// The VPC API version date sent as `version=`.
 pub const VPC_API_VERSION: &str = "2024-04-30";
@@ -265,28 +266,19 @@ impl Api {
     }
 
     fn http_error(&self, what: &str, r: &Reply) -> Error {
-        let v: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
-        // VPC: {"errors":[{"code","message"}],"trace"}; SoftLayer: {"error","code"}.
-        let (reason, message) = match self.s.cloud {
-            Cloud::Vpc => (
-                v["errors"][0]["code"].as_str().map(str::to_owned),
-                v["errors"][0]["message"].as_str().map(str::to_owned),
-            ),
-            Cloud::Classic => (
-                v["code"].as_str().map(str::to_owned),
-                v["error"].as_str().map(str::to_owned),
-            ),
+        let e = match self.s.cloud {
+            Cloud::Vpc => wire::vpc_error(&r.body),
+            Cloud::Classic => wire::softlayer_error(&r.body),
         };
         Error::Kms(KmsError {
             kind: KmsErrorKind::Http,
             endpoint: format!("{} ({what})", self.label()),
             status: Some(r.status),
-            reason,
-            message: message.unwrap_or_else(|| r.body.chars().take(200).collect()),
-            correlation_id: v["trace"]
-                .as_str()
-                .map(str::to_owned)
-                .or_else(|| r.correlation_id.clone()),
+            reason: e.reason,
+            message: e
+                .message
+                .unwrap_or_else(|| r.body.chars().take(200).collect()),
+            correlation_id: e.request_id.or_else(|| r.correlation_id.clone()),
             attempts: 1,
         })
     }
@@ -330,23 +322,26 @@ pub fn iam_token(
                 ("apikey", api_key.expose()),
             ])
     })?;
-    let v: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
-    match (r.status, v["access_token"].as_str()) {
-        (200, Some(t)) => Ok(SecretString::new(t.to_owned())),
-        _ => Err(Error::Kms(KmsError {
-            kind: KmsErrorKind::Http,
-            endpoint: label,
-            status: Some(r.status),
-            reason: v["errorCode"].as_str().map(str::to_owned),
-            message: format!(
-                "the API key was refused: {}",
-                v["errorMessage"]
-                    .as_str()
-                    .unwrap_or("no token in the response")
-            ),
-            correlation_id: v["context"]["requestId"].as_str().map(str::to_owned),
-            attempts: 1,
-        })),
+    let token = (r.status == 200)
+        .then(|| wire::iam_token(&r.body).ok())
+        .flatten();
+    match token {
+        Some(t) => Ok(SecretString::new(t.access_token.to_string())),
+        None => {
+            let e = wire::iam_error(&r.body);
+            Err(Error::Kms(KmsError {
+                kind: KmsErrorKind::Http,
+                endpoint: label,
+                status: Some(r.status),
+                reason: e.reason,
+                message: format!(
+                    "the API key was refused: {}",
+                    e.message.as_deref().unwrap_or("no token in the response")
+                ),
+                correlation_id: e.request_id,
+                attempts: 1,
+            }))
+        }
     }
 }
 
@@ -355,8 +350,7 @@ pub fn import(s: ImportSettings) -> Result<Imported> {
     import_resuming(s, Resume::Fresh, |_| Ok(()))
 }
 
-/// An image id and, for classic, its global identifier.
-pub type ImageRef = (String, Option<String>);
+pub use crate::wire::ImageRef;
 
 /// What an earlier, interrupted run did (see [`import_resuming`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -437,13 +431,15 @@ fn vpc_create(api: &Api) -> Result<(String, Option<String>)> {
     if r.status != 201 && r.status != 200 {
         return Err(api.http_error("POST /v1/images", &r));
     }
-    let v: Value = serde_json::from_str(&r.body)
-        .map_err(|e| Error::Import(format!("{}: image response is not JSON: {e}", api.label())))?;
-    let id = v["id"]
-        .as_str()
-        .ok_or_else(|| Error::Import(format!("{}: no id in the image response", api.label())))?
-        .to_owned();
-    Ok((id, None))
+    let v = wire::vpc_image(&r.body)
+        .map_err(|e| Error::Import(format!("{}: image response is {e}", api.label())))?;
+    if v.id.is_empty() {
+        return Err(Error::Import(format!(
+            "{}: no id in the image response",
+            api.label()
+        )));
+    }
+    Ok((v.id, None))
 }
 
 /// The image named `s.name` under `s.key_crn`, if the VPC has one (`GET /v1/images?name=`).
@@ -458,17 +454,7 @@ fn vpc_find(api: &Api) -> Result<Option<ImageRef>> {
     if r.status != 200 {
         return Err(api.http_error("GET /v1/images?name=", &r));
     }
-    Ok(parse_vpc_image_list(&r.body, &s.name, &s.key_crn))
-}
-
-/// From a VPC `GET /v1/images` body, the id of the image named `name` encrypted under `key_crn`.
-pub fn parse_vpc_image_list(body: &str, name: &str, key_crn: &str) -> Option<ImageRef> {
-    let v: Value = serde_json::from_str(body).ok()?;
-    v["images"].as_array()?.iter().find_map(|i| {
-        (i["name"].as_str() == Some(name) && i["encryption_key"]["crn"].as_str() == Some(key_crn))
-            .then(|| i["id"].as_str().map(|id| (id.to_owned(), None)))
-            .flatten()
-    })
+    Ok(wire::vpc_image_named(&r.body, &s.name, &s.key_crn))
 }
 
 /// The classic note of an image template made with `tag`.
@@ -495,28 +481,11 @@ fn classic_find(api: &Api) -> Result<Option<ImageRef>> {
     if r.status != 200 {
         return Err(api.http_error("getBlockDeviceTemplateGroups", &r));
     }
-    Ok(parse_classic_template_list(
+    Ok(wire::softlayer_template_named(
         &r.body,
         &s.name,
         &classic_note(&s.tag),
     ))
-}
-
-/// From a SoftLayer template list, the id and global identifier of the one named `name` with `note`.
-pub fn parse_classic_template_list(body: &str, name: &str, note: &str) -> Option<ImageRef> {
-    let v: Value = serde_json::from_str(body).ok()?;
-    v.as_array()?.iter().find_map(|t| {
-        (t["name"].as_str() == Some(name) && t["note"].as_str() == Some(note))
-            .then(|| {
-                t["id"].as_u64().map(|id| {
-                    (
-                        id.to_string(),
-                        t["globalIdentifier"].as_str().map(str::to_owned),
-                    )
-                })
-            })
-            .flatten()
-    })
 }
 
 fn vpc_poll(api: &Api, id: String) -> Result<Imported> {
@@ -531,8 +500,8 @@ fn vpc_poll(api: &Api, id: String) -> Result<Imported> {
         if r.status != 200 {
             return Err(api.http_error(&format!("GET /v1/images/{id}"), &r));
         }
-        let v: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
-        match v["status"].as_str().unwrap_or("") {
+        let v = wire::vpc_image(&r.body).unwrap_or_default();
+        match v.status.as_str() {
             "available" => {
                 return Ok(Imported {
                     id,
@@ -542,24 +511,14 @@ fn vpc_poll(api: &Api, id: String) -> Result<Imported> {
                 });
             }
             "failed" | "unusable" | "deleting" => {
-                let reasons: Vec<String> = v["status_reasons"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .map(|r| {
-                                let code = r["code"].as_str().unwrap_or("?");
-                                format!(
-                                    "{code}: {} ({})",
-                                    r["message"].as_str().unwrap_or(""),
-                                    explain(code)
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let reasons: Vec<String> = v
+                    .reasons
+                    .iter()
+                    .map(|(code, message)| format!("{code}: {message} ({})", explain(code)))
+                    .collect();
                 return Err(Error::Import(format!(
                     "VPC image {id} is {}: {}",
-                    v["status"].as_str().unwrap_or(""),
+                    v.status,
                     reasons.join("; ")
                 )));
             }
@@ -567,8 +526,8 @@ fn vpc_poll(api: &Api, id: String) -> Result<Imported> {
         }
         if t0.elapsed() > s.timeout {
             return Err(Error::Import(format!(
-                "VPC image {id} still {} after {:?}; poll it with GET /v1/images/{id}",
-                v["status"], s.timeout
+                "VPC image {id} still {:?} after {:?}; poll it with GET /v1/images/{id}",
+                v.status, s.timeout
             )));
         }
     }
@@ -600,19 +559,8 @@ fn classic_create(api: &Api) -> Result<(String, Option<String>)> {
     if r.status != 200 && r.status != 201 {
         return Err(api.http_error("createFromIcos", &r));
     }
-    let v: Value = serde_json::from_str(&r.body).map_err(|e| {
-        Error::Import(format!(
-            "{}: createFromIcos response is not JSON: {e}",
-            api.label()
-        ))
-    })?;
-    let id = v["id"].as_u64().map(|i| i.to_string()).ok_or_else(|| {
-        Error::Import(format!(
-            "{}: no id in the createFromIcos response",
-            api.label()
-        ))
-    })?;
-    Ok((id, v["globalIdentifier"].as_str().map(str::to_owned)))
+    wire::softlayer_created(&r.body)
+        .map_err(|e| Error::Import(format!("{}: createFromIcos response: {e}", api.label())))
 }
 
 fn classic_poll(api: &Api, id: String, guid: Option<String>) -> Result<Imported> {
@@ -631,38 +579,23 @@ fn classic_poll(api: &Api, id: String, guid: Option<String>) -> Result<Imported>
         if r.status != 200 {
             return Err(api.http_error(&format!("getObject {id}"), &r));
         }
-        let v: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
-        let children = v["children"].as_array().cloned().unwrap_or_default();
-        let busy = v.get("transaction").is_some_and(|t| !t.is_null())
-            || children
-                .iter()
-                .any(|c| c.get("transaction").is_some_and(|t| !t.is_null()));
-        let failed = v["status"]["keyName"]
-            .as_str()
-            .filter(|k| k.contains("FAIL") || *k == "ERROR");
-        if let Some(k) = failed {
+        let v = wire::softlayer_template(&r.body);
+        if let Some(k) = v.failed() {
             return Err(Error::Import(format!(
                 "classic image template {id} is {k}: {}",
-                v["status"]["description"].as_str().unwrap_or("")
+                v.description.as_deref().unwrap_or("")
             )));
         }
-        if !busy
-            && !children.is_empty()
-            && children
-                .iter()
-                .all(|c| c.get("blockDevicesDiskSpaceTotal").is_some())
-        {
+        if !v.busy && v.children_ready {
             return Ok(Imported {
                 id,
                 global_identifier: guid,
-                status: v["status"]["keyName"].as_str().unwrap_or("ACTIVE").into(),
+                status: v.status.unwrap_or_else(|| "ACTIVE".into()),
                 polls,
             });
         }
         if t0.elapsed() > s.timeout {
-            let st = v["transaction"]["transactionStatus"]["friendlyName"]
-                .as_str()
-                .unwrap_or("pending");
+            let st = v.transaction.as_deref().unwrap_or("pending");
             return Err(Error::Import(format!(
                 "classic image template {id} still importing ({st}) after {:?}",
                 s.timeout

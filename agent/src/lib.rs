@@ -7,7 +7,9 @@
 //!   Protect / Hyper Protect Crypto Services over REST ([`kms::keyprotect`]);
 //! - [`s3`]: resumable parallel multipart upload to S3 / IBM COS (`upload`);
 //! - [`import`]: IBM VPC / classic image import with pre-flight checks and polling (`import`);
-//! - [`audit`]: the hash-chained CADF-shaped JSONL audit log and its verifier.
+//! - [`audit`]: the hash-chained CADF-shaped JSONL audit log and its verifier;
+//! - [`wire`]: the parsers of every server response (S3 XML, IAM / Key Protect / AWS KMS / VPC /
+//!   SoftLayer JSON) as pure functions, fuzzed in `fuzz/`.
 //!
 //! The library never prints; errors are [`Error`]s and never carry a secret.
 
@@ -24,5 +26,6 @@ pub mod s3;
 pub mod secret;
 pub mod time;
 pub mod verify;
+pub mod wire;
 
 pub use error::{Error, Result};

@@ -170,16 +170,11 @@ fn b64(b: &[u8]) -> String {
 
 /// Pulls a tag's text out of XML.
 fn xml_tag<'a>(body: &'a str, tag: &str) -> Option<&'a str> {
-    let start = body.find(&format!("<{tag}>"))? + tag.len() + 2;
-    let end = body[start..].find(&format!("</{tag}>"))? + start;
-    Some(body[start..end].trim())
+    crate::wire::xml_tag(body, tag)
 }
 
 fn unquote(etag: &str) -> String {
-    etag.replace("&quot;", "")
-        .replace("&#34;", "")
-        .trim_matches('"')
-        .to_owned()
+    crate::wire::unquote(etag)
 }
 
 /// One S3 client.
@@ -425,20 +420,10 @@ impl Client {
             if r.status != 200 {
                 return Err(self.fail("ListParts", &r));
             }
-            let mut rest = r.body.as_str();
-            while let Some(i) = rest.find("<Part>") {
-                let end = rest[i..].find("</Part>").map_or(rest.len(), |e| e + i);
-                let p = &rest[i..end];
-                if let Some(n) = xml_tag(p, "PartNumber").and_then(|n| n.parse().ok()) {
-                    out.insert(n, xml_tag(p, "ETag").map(unquote).unwrap_or_default());
-                }
-                rest = &rest[end..];
-            }
-            match (
-                xml_tag(&r.body, "IsTruncated"),
-                xml_tag(&r.body, "NextPartNumberMarker").and_then(|m| m.parse().ok()),
-            ) {
-                (Some("true"), Some(m)) if m > marker => marker = m,
+            let page = crate::wire::s3_list_parts(&r.body);
+            out.extend(page.parts);
+            match page.next_marker {
+                Some(m) if m > marker => marker = m,
                 _ => return Ok(Some(out)),
             }
         }

@@ -11,6 +11,7 @@ mod fake_ibm;
 mod import;
 mod kms;
 mod pkcs11;
+mod seeds;
 mod ship;
 mod upload;
 mod util;

@@ -7,13 +7,14 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, KeyInit, Mac};
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::{Generated, KeyWrapper, KmsError, KmsErrorKind, Unwrapped, Wrapped, b64};
 use crate::config::RetryPolicy;
 use crate::secret::{SecretBytes, SecretString};
+use crate::wire;
 
 /// What the AWS backend needs.
 #[derive(Debug, Clone)]
@@ -114,13 +115,6 @@ pub fn sigv4_authorization(r: &SigV4<'_>, access_key: &str, secret: &str) -> Str
     )
 }
 
-/// Pulls a tag's text out of an XML error body (no XML crate needed for `<Code>`/`<Message>`).
-fn xml_tag(body: &str, tag: &str) -> Option<String> {
-    let start = body.find(&format!("<{tag}>"))? + tag.len() + 2;
-    let end = body[start..].find(&format!("</{tag}>"))? + start;
-    Some(body[start..end].trim().to_owned())
-}
-
 impl AwsKms {
     /// A client; nothing is sent until the first call.
     pub fn new(s: AwsSettings) -> AwsKms {
@@ -138,7 +132,7 @@ impl AwsKms {
         format!("AWS KMS at {}", self.s.endpoint)
     }
 
-    fn call(&self, op: &str, body: &Zeroizing<String>) -> Result<Value, KmsError> {
+    fn call(&self, op: &str, body: &Zeroizing<String>) -> Result<wire::AwsKmsReply, KmsError> {
         let url = format!("{}/", self.s.endpoint);
         let host = self
             .s
@@ -190,40 +184,32 @@ impl AwsKms {
         })?;
         let (status, text, request_id) = (reply.status, reply.body, reply.correlation_id);
         if status != 200 {
-            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            let reason = v["__type"]
-                .as_str()
-                .map(|t| t.rsplit('#').next().unwrap_or(t).to_owned())
-                .or_else(|| xml_tag(&text, "Code"));
-            let message = v["message"]
-                .as_str()
-                .or_else(|| v["Message"].as_str())
-                .map(str::to_owned)
-                .or_else(|| xml_tag(&text, "Message"))
-                .unwrap_or_else(|| text.chars().take(200).collect());
+            let e = wire::aws_kms_error(&text);
             return Err(KmsError {
                 kind: KmsErrorKind::Http,
                 endpoint: self.label(),
                 status: Some(status),
-                reason,
-                message,
-                correlation_id: request_id.or_else(|| xml_tag(&text, "RequestId")),
+                reason: e.reason,
+                message: e
+                    .message
+                    .unwrap_or_else(|| text.chars().take(200).collect()),
+                correlation_id: request_id.or(e.request_id),
                 attempts: 1,
             });
         }
-        serde_json::from_str(&text).map_err(|e| KmsError {
+        wire::aws_kms_reply(&text).map_err(|e| KmsError {
             kind: KmsErrorKind::BadResponse,
             endpoint: self.label(),
             status: Some(status),
             reason: None,
-            message: format!("{op} response is not JSON: {e}"),
+            message: format!("{op} response is {e}"),
             correlation_id: request_id,
             attempts: 1,
         })
     }
 
-    fn field(&self, v: &Value, name: &str) -> Result<String, KmsError> {
-        v[name].as_str().map(str::to_owned).ok_or_else(|| KmsError {
+    fn field(&self, v: Option<&String>, name: &str) -> Result<String, KmsError> {
+        v.cloned().ok_or_else(|| KmsError {
             kind: KmsErrorKind::BadResponse,
             endpoint: self.label(),
             status: Some(200),
@@ -234,20 +220,21 @@ impl AwsKms {
         })
     }
 
-    fn decode(&self, text: &str) -> Result<SecretBytes, KmsError> {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map(|b| SecretBytes::new(Zeroizing::new(b)))
-            .map_err(|_| KmsError {
-                kind: KmsErrorKind::BadResponse,
-                endpoint: self.label(),
-                status: Some(200),
-                reason: None,
-                message: "Plaintext is not base64".into(),
-                correlation_id: None,
-                attempts: 1,
-            })
+    fn plaintext(&self, v: &wire::AwsKmsReply) -> Result<SecretBytes, KmsError> {
+        let bad = |message: &str| KmsError {
+            kind: KmsErrorKind::BadResponse,
+            endpoint: self.label(),
+            status: Some(200),
+            reason: None,
+            message: message.into(),
+            correlation_id: None,
+            attempts: 1,
+        };
+        match &v.plaintext {
+            Some(Ok(b)) => Ok(SecretBytes::new(b.clone())),
+            Some(Err(())) => Err(bad("Plaintext is not base64")),
+            None => Err(bad("no Plaintext in the response")),
+        }
     }
 }
 
@@ -262,8 +249,8 @@ impl KeyWrapper for AwsKms {
         );
         let v = self.call("Encrypt", &body)?;
         Ok(Wrapped {
-            ciphertext: self.field(&v, "CiphertextBlob")?,
-            key_version: v["KeyId"].as_str().map(str::to_owned),
+            ciphertext: self.field(v.ciphertext_blob.as_ref(), "CiphertextBlob")?,
+            key_version: v.key_id.clone(),
             correlation_id: None,
         })
     }
@@ -274,8 +261,8 @@ impl KeyWrapper for AwsKms {
         );
         let v = self.call("Decrypt", &body)?;
         Ok(Unwrapped {
-            plaintext: self.decode(&self.field(&v, "Plaintext")?)?,
-            key_version: v["KeyId"].as_str().map(str::to_owned),
+            plaintext: self.plaintext(&v)?,
+            key_version: v.key_id.clone(),
             rewrapped: None,
             correlation_id: None,
         })
@@ -287,8 +274,8 @@ impl KeyWrapper for AwsKms {
         );
         let v = self.call("ReEncrypt", &body)?;
         Ok(Wrapped {
-            ciphertext: self.field(&v, "CiphertextBlob")?,
-            key_version: v["KeyId"].as_str().map(str::to_owned),
+            ciphertext: self.field(v.ciphertext_blob.as_ref(), "CiphertextBlob")?,
+            key_version: v.key_id.clone(),
             correlation_id: None,
         })
     }
@@ -298,10 +285,10 @@ impl KeyWrapper for AwsKms {
             Zeroizing::new(json!({"KeyId": self.s.key_id, "KeySpec": "AES_256"}).to_string());
         let v = self.call("GenerateDataKey", &body)?;
         Ok(Generated {
-            plaintext: self.decode(&self.field(&v, "Plaintext")?)?,
+            plaintext: self.plaintext(&v)?,
             wrapped: Wrapped {
-                ciphertext: self.field(&v, "CiphertextBlob")?,
-                key_version: v["KeyId"].as_str().map(str::to_owned),
+                ciphertext: self.field(v.ciphertext_blob.as_ref(), "CiphertextBlob")?,
+                key_version: v.key_id.clone(),
                 correlation_id: None,
             },
         })
@@ -343,10 +330,8 @@ mod tests {
     #[test]
     fn xml_errors_are_read() {
         let body = "<ErrorResponse><Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match</Message></Error><RequestId>r-1</RequestId></ErrorResponse>";
-        assert_eq!(
-            xml_tag(body, "Code").as_deref(),
-            Some("SignatureDoesNotMatch")
-        );
-        assert_eq!(xml_tag(body, "RequestId").as_deref(), Some("r-1"));
+        let e = wire::aws_kms_error(body);
+        assert_eq!(e.reason.as_deref(), Some("SignatureDoesNotMatch"));
+        assert_eq!(e.request_id.as_deref(), Some("r-1"));
     }
 }

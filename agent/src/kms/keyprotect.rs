@@ -14,13 +14,14 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::http::Reply;
 use super::{Generated, KeyWrapper, KmsError, KmsErrorKind, Unwrapped, Wrapped, b64, uuid4};
 use crate::config::{KmsSettings, Service};
 use crate::secret::{SecretBytes, SecretString};
+use crate::wire;
 
 const KEY_ACTION: &str = "application/vnd.ibm.kms.key_action+json";
 
@@ -100,35 +101,22 @@ impl KeyProtect {
                 ])
         })?;
         if reply.status != 200 {
-            let v: Value = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
-            let message = v["errorMessage"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| snippet(&reply.body));
-            let request_id = v["context"]["requestId"].as_str().map(str::to_owned);
+            let e = wire::iam_error(&reply.body);
+            let message = e.message.unwrap_or_else(|| snippet(&reply.body));
             return Err(KmsError {
                 kind: KmsErrorKind::Http,
                 endpoint: self.iam_label(),
                 status: Some(reply.status),
-                reason: v["errorCode"].as_str().map(str::to_owned),
+                reason: e.reason,
                 message: format!("the API key was refused: {message}"),
-                correlation_id: request_id.or(reply.correlation_id),
+                correlation_id: e.request_id.or(reply.correlation_id),
                 attempts: 1,
             });
         }
-        let v: Value = serde_json::from_str(&reply.body).map_err(|e| {
-            self.bad(
-                &self.iam_label(),
-                &format!("token response is not JSON: {e}"),
-            )
-        })?;
-        let access = v["access_token"]
-            .as_str()
-            .ok_or_else(|| self.bad(&self.iam_label(), "no access_token in the token response"))?;
-        let ttl = v["expires_in"].as_u64().unwrap_or(3600);
+        let t = wire::iam_token(&reply.body).map_err(|e| self.bad(&self.iam_label(), &e))?;
         // Refresh after 80 % of the lifetime, as IBM's SDKs do.
-        let refresh_at = Instant::now() + Duration::from_millis(ttl * 800);
-        let value = SecretString::new(access.to_owned());
+        let refresh_at = Instant::now() + Duration::from_millis(t.expires_in.saturating_mul(800));
+        let value = SecretString::new(t.access_token.to_string());
         *slot = Some(Token {
             value: value.clone(),
             refresh_at,
@@ -153,7 +141,7 @@ impl KeyProtect {
         &self,
         action: &str,
         body: &Zeroizing<String>,
-    ) -> Result<(Value, Option<String>), KmsError> {
+    ) -> Result<(wire::KeyAction, Option<String>), KmsError> {
         let url = format!(
             "{}/api/v2/keys/{}/actions/{action}",
             self.s.endpoint,
@@ -186,79 +174,64 @@ impl KeyProtect {
             if !(200..300).contains(&reply.status) {
                 return Err(self.kp_error(reply.status, &reply.body, cid_out));
             }
-            let v: Value = serde_json::from_str(&reply.body).map_err(|e| {
-                self.bad(
-                    &self.kms_label(),
-                    &format!("{action} response is not JSON: {e}"),
-                )
-            })?;
+            let v = wire::kp_key_action(&reply.body)
+                .map_err(|e| self.bad(&self.kms_label(), &format!("{action} response is {e}")))?;
             return Ok((v, cid_out));
         }
     }
 
     /// The documented error body: `resources[0].errorMsg` and `resources[0].reasons[0].{code,message}`.
     fn kp_error(&self, status: u16, body: &str, correlation_id: Option<String>) -> KmsError {
-        let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-        let res = &v["resources"][0];
-        let reason = &res["reasons"][0];
-        let message = reason["message"]
-            .as_str()
-            .or_else(|| res["errorMsg"].as_str())
-            .map(str::to_owned)
-            .unwrap_or_else(|| {
-                if body.trim().is_empty() {
-                    "(empty body)".into()
-                } else {
-                    snippet(body)
-                }
-            });
-        let mut message = message;
-        if let Some(more) = reason["moreInfo"].as_str() {
-            message.push_str(&format!("; see {more}"));
-        }
+        let e = wire::kp_error(body);
+        let message = e.message.unwrap_or_else(|| {
+            if body.trim().is_empty() {
+                "(empty body)".into()
+            } else {
+                snippet(body)
+            }
+        });
         KmsError {
             kind: KmsErrorKind::Http,
             endpoint: self.kms_label(),
             status: Some(status),
-            reason: reason["code"].as_str().map(str::to_owned),
+            reason: e.reason,
             message,
             correlation_id,
             attempts: 1,
         }
     }
 
-    fn wrapped(&self, v: &Value, cid: Option<String>, action: &str) -> Result<Wrapped, KmsError> {
-        let ciphertext = v["ciphertext"].as_str().ok_or_else(|| {
+    fn wrapped(
+        &self,
+        v: &wire::KeyAction,
+        cid: Option<String>,
+        action: &str,
+    ) -> Result<Wrapped, KmsError> {
+        let ciphertext = v.ciphertext.clone().ok_or_else(|| {
             self.bad(
                 &self.kms_label(),
                 &format!("no ciphertext in the {action} response"),
             )
         })?;
-        let key_version = v["rewrappedKeyVersion"]["id"]
-            .as_str()
-            .or_else(|| v["keyVersion"]["id"].as_str())
-            .map(str::to_owned);
         Ok(Wrapped {
-            ciphertext: ciphertext.to_owned(),
-            key_version,
+            ciphertext,
+            key_version: v
+                .rewrapped_key_version
+                .clone()
+                .or_else(|| v.key_version.clone()),
             correlation_id: cid,
         })
     }
 
-    fn plaintext(&self, v: &Value) -> Result<SecretBytes, KmsError> {
-        use base64::Engine;
-        let text = v["plaintext"]
-            .as_str()
-            .ok_or_else(|| self.bad(&self.kms_label(), "no plaintext in the response"))?;
-        base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map(|b| SecretBytes::new(Zeroizing::new(b)))
-            .map_err(|_| {
-                self.bad(
-                    &self.kms_label(),
-                    "the plaintext in the response is not base64",
-                )
-            })
+    fn plaintext(&self, v: &wire::KeyAction) -> Result<SecretBytes, KmsError> {
+        match &v.plaintext {
+            Some(Ok(b)) => Ok(SecretBytes::new(b.clone())),
+            Some(Err(())) => Err(self.bad(
+                &self.kms_label(),
+                "the plaintext in the response is not base64",
+            )),
+            None => Err(self.bad(&self.kms_label(), "no plaintext in the response")),
+        }
     }
 }
 
@@ -278,8 +251,8 @@ impl KeyWrapper for KeyProtect {
         let (v, cid) = self.action("unwrap", &body)?;
         Ok(Unwrapped {
             plaintext: self.plaintext(&v)?,
-            key_version: v["keyVersion"]["id"].as_str().map(str::to_owned),
-            rewrapped: v["ciphertext"].as_str().map(str::to_owned),
+            key_version: v.key_version.clone(),
+            rewrapped: v.ciphertext.clone(),
             correlation_id: cid,
         })
     }

@@ -1,0 +1,429 @@
+//! What servers send back, parsed: small pure functions over a response body, with no I/O.
+//!
+//! - S3 XML: `InitiateMultipartUpload`, `ListParts`, `CompleteMultipartUpload` (which may be an error in
+//!   a 200), and the `<Error>` body;
+//! - IBM IAM token and error JSON; Key Protect / Hyper Protect Crypto Services key-action and error JSON;
+//! - AWS KMS JSON (and the XML errors some proxies send);
+//! - IBM VPC image JSON and SoftLayer image template JSON.
+//!
+//! The clients ([`crate::s3`], [`crate::kms`], [`crate::import`]) decide what a missing field means; these
+//! functions only say what is there. They never panic, whatever the input: the fuzz targets in `fuzz/`
+//! run them on arbitrary bytes. To keep those builds small, the targets include this file by path, so it
+//! uses nothing but `std`, `serde_json`, `base64` and `zeroize`.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+/// A service's error body, as far as it says anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceError {
+    /// The service's reason code (`NoSuchUpload`, `KEY_NOT_FOUND_ERR`, `BXNIM0415E`, ...).
+    pub reason: Option<String>,
+    /// Its message.
+    pub message: Option<String>,
+    /// Its request / trace id.
+    pub request_id: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------------
+// S3 (XML)
+
+/// The trimmed text of the first `<tag>...</tag>` in `body` (S3's XML is flat enough for this).
+pub fn xml_tag<'a>(body: &'a str, tag: &str) -> Option<&'a str> {
+    let start = body.find(&format!("<{tag}>"))? + tag.len() + 2;
+    let end = body[start..].find(&format!("</{tag}>"))? + start;
+    Some(body[start..end].trim())
+}
+
+/// An ETag without its quotes (`"..."`, `&quot;...&quot;` or `&#34;...&#34;`).
+pub fn unquote(etag: &str) -> String {
+    etag.replace("&quot;", "")
+        .replace("&#34;", "")
+        .trim_matches('"')
+        .to_owned()
+}
+
+/// An S3 `<Error>` body: `Code`, `Message`, `RequestId`.
+pub fn s3_error(body: &str) -> ServiceError {
+    ServiceError {
+        reason: xml_tag(body, "Code").map(str::to_owned),
+        message: xml_tag(body, "Message").map(str::to_owned),
+        request_id: xml_tag(body, "RequestId").map(str::to_owned),
+    }
+}
+
+/// The `UploadId` of an `InitiateMultipartUploadResult`.
+pub fn s3_initiate(body: &str) -> Option<&str> {
+    xml_tag(body, "UploadId")
+}
+
+/// One page of a `ListPartsResult`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPartsPage {
+    /// Part number → ETag without quotes (empty when the server leaves it out).
+    pub parts: BTreeMap<u32, String>,
+    /// `NextPartNumberMarker` when `IsTruncated` is true: there is another page after it.
+    pub next_marker: Option<u32>,
+}
+
+/// A `ListPartsResult` page.
+pub fn s3_list_parts(body: &str) -> ListPartsPage {
+    let mut page = ListPartsPage::default();
+    let mut rest = body;
+    while let Some(i) = rest.find("<Part>") {
+        let end = rest[i..].find("</Part>").map_or(rest.len(), |e| e + i);
+        let p = &rest[i..end];
+        if let Some(n) = xml_tag(p, "PartNumber").and_then(|n| n.parse().ok()) {
+            page.parts
+                .insert(n, xml_tag(p, "ETag").map(unquote).unwrap_or_default());
+        }
+        rest = &rest[end..];
+    }
+    if xml_tag(body, "IsTruncated") == Some("true") {
+        page.next_marker = xml_tag(body, "NextPartNumberMarker").and_then(|m| m.parse().ok());
+    }
+    page
+}
+
+/// A `CompleteMultipartUploadResult`: its ETag (empty when absent), or the `<Error>` S3 may send with
+/// status 200.
+pub fn s3_complete(body: &str) -> Result<String, ServiceError> {
+    if body.contains("<Error>") {
+        return Err(s3_error(body));
+    }
+    Ok(xml_tag(body, "ETag").map(unquote).unwrap_or_default())
+}
+
+// ---------------------------------------------------------------------------------------------------
+// IBM IAM, Key Protect, HPCS (JSON)
+
+/// An IAM access token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IamToken {
+    /// The bearer token.
+    pub access_token: Zeroizing<String>,
+    /// Lifetime in seconds (3600 when the response does not say).
+    pub expires_in: u64,
+}
+
+impl std::fmt::Debug for IamToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IamToken")
+            .field("access_token", &"<redacted>")
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
+}
+
+/// A `POST /identity/token` success body; `Err` says what is wrong with it.
+pub fn iam_token(body: &str) -> Result<IamToken, String> {
+    let v: Value =
+        serde_json::from_str(body).map_err(|e| format!("token response is not JSON: {e}"))?;
+    let token = v["access_token"]
+        .as_str()
+        .ok_or("no access_token in the token response")?;
+    Ok(IamToken {
+        access_token: Zeroizing::new(token.to_owned()),
+        expires_in: v["expires_in"].as_u64().unwrap_or(3600),
+    })
+}
+
+/// An IAM error body: `errorCode`, `errorMessage`, `context.requestId`.
+pub fn iam_error(body: &str) -> ServiceError {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    ServiceError {
+        reason: v["errorCode"].as_str().map(str::to_owned),
+        message: v["errorMessage"].as_str().map(str::to_owned),
+        request_id: v["context"]["requestId"].as_str().map(str::to_owned),
+    }
+}
+
+/// A Key Protect / HPCS key-action response (wrap, unwrap, rewrap).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct KeyAction {
+    /// `ciphertext`: the WDEK (wrap, rewrap; unwrap when it rewrapped with a newer key version).
+    pub ciphertext: Option<String>,
+    /// `plaintext`, base64-decoded (unwrap; wrap when the KMS generated the key); `Err` when not base64.
+    pub plaintext: Option<Result<Zeroizing<Vec<u8>>, ()>>,
+    /// `keyVersion.id`: the root key version used.
+    pub key_version: Option<String>,
+    /// `rewrappedKeyVersion.id`: the version a rewrap used.
+    pub rewrapped_key_version: Option<String>,
+}
+
+impl std::fmt::Debug for KeyAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyAction")
+            .field("ciphertext", &self.ciphertext)
+            .field("plaintext", &self.plaintext.as_ref().map(|_| "<redacted>"))
+            .field("key_version", &self.key_version)
+            .field("rewrapped_key_version", &self.rewrapped_key_version)
+            .finish()
+    }
+}
+
+fn base64_secret(text: &str) -> Result<Zeroizing<Vec<u8>>, ()> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map(Zeroizing::new)
+        .map_err(|_| ())
+}
+
+/// A key-action success body; `Err` when it is not JSON.
+pub fn kp_key_action(body: &str) -> Result<KeyAction, String> {
+    let v: Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
+    Ok(KeyAction {
+        ciphertext: v["ciphertext"].as_str().map(str::to_owned),
+        plaintext: v["plaintext"].as_str().map(base64_secret),
+        key_version: v["keyVersion"]["id"].as_str().map(str::to_owned),
+        rewrapped_key_version: v["rewrappedKeyVersion"]["id"].as_str().map(str::to_owned),
+    })
+}
+
+/// The documented Key Protect error body: `resources[0].reasons[0].{code,message,moreInfo}`, else
+/// `resources[0].errorMsg`; the message ends with "; see MOREINFO" when there is one.
+pub fn kp_error(body: &str) -> ServiceError {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let res = &v["resources"][0];
+    let reason = &res["reasons"][0];
+    let message = reason["message"]
+        .as_str()
+        .or_else(|| res["errorMsg"].as_str())
+        .map(|m| match reason["moreInfo"].as_str() {
+            Some(more) => format!("{m}; see {more}"),
+            None => m.to_owned(),
+        });
+    ServiceError {
+        reason: reason["code"].as_str().map(str::to_owned),
+        message,
+        request_id: None,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// AWS KMS (JSON 1.1)
+
+/// An AWS KMS success body (Encrypt, Decrypt, ReEncrypt, GenerateDataKey).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AwsKmsReply {
+    /// `CiphertextBlob` (base64).
+    pub ciphertext_blob: Option<String>,
+    /// `Plaintext`, base64-decoded; `Err` when not base64.
+    pub plaintext: Option<Result<Zeroizing<Vec<u8>>, ()>>,
+    /// `KeyId` (the key ARN).
+    pub key_id: Option<String>,
+}
+
+impl std::fmt::Debug for AwsKmsReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsKmsReply")
+            .field("ciphertext_blob", &self.ciphertext_blob)
+            .field("plaintext", &self.plaintext.as_ref().map(|_| "<redacted>"))
+            .field("key_id", &self.key_id)
+            .finish()
+    }
+}
+
+/// An AWS KMS success body; `Err` when it is not JSON.
+pub fn aws_kms_reply(body: &str) -> Result<AwsKmsReply, String> {
+    let v: Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
+    Ok(AwsKmsReply {
+        ciphertext_blob: v["CiphertextBlob"].as_str().map(str::to_owned),
+        plaintext: v["Plaintext"].as_str().map(base64_secret),
+        key_id: v["KeyId"].as_str().map(str::to_owned),
+    })
+}
+
+/// An AWS KMS error: JSON `__type` (without its namespace) and `message`/`Message`, or an XML
+/// `Code`/`Message`/`RequestId` (gateways and proxies).
+pub fn aws_kms_error(body: &str) -> ServiceError {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    ServiceError {
+        reason: v["__type"]
+            .as_str()
+            .map(|t| t.rsplit('#').next().unwrap_or(t).to_owned())
+            .or_else(|| xml_tag(body, "Code").map(str::to_owned)),
+        message: v["message"]
+            .as_str()
+            .or_else(|| v["Message"].as_str())
+            .or_else(|| xml_tag(body, "Message"))
+            .map(str::to_owned),
+        request_id: xml_tag(body, "RequestId").map(str::to_owned),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// IBM VPC and SoftLayer image import (JSON)
+
+/// An image id and, for classic, its global identifier.
+pub type ImageRef = (String, Option<String>);
+
+/// A VPC error body: `errors[0].{code,message}`, `trace`.
+pub fn vpc_error(body: &str) -> ServiceError {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    ServiceError {
+        reason: v["errors"][0]["code"].as_str().map(str::to_owned),
+        message: v["errors"][0]["message"].as_str().map(str::to_owned),
+        request_id: v["trace"].as_str().map(str::to_owned),
+    }
+}
+
+/// A SoftLayer error body: `code`, `error`.
+pub fn softlayer_error(body: &str) -> ServiceError {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    ServiceError {
+        reason: v["code"].as_str().map(str::to_owned),
+        message: v["error"].as_str().map(str::to_owned),
+        request_id: None,
+    }
+}
+
+/// A VPC image: `status` and `status_reasons[].{code,message}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VpcImage {
+    /// `id` (empty when absent).
+    pub id: String,
+    /// `status` (empty when absent).
+    pub status: String,
+    /// `status_reasons` as (code, message).
+    pub reasons: Vec<(String, String)>,
+}
+
+/// A VPC image body (`POST /v1/images`, `GET /v1/images/{id}`); `Err` when it is not JSON.
+pub fn vpc_image(body: &str) -> Result<VpcImage, String> {
+    let v: Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
+    let reasons = v["status_reasons"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    (
+                        r["code"].as_str().unwrap_or("?").to_owned(),
+                        r["message"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(VpcImage {
+        id: v["id"].as_str().unwrap_or("").to_owned(),
+        status: v["status"].as_str().unwrap_or("").to_owned(),
+        reasons,
+    })
+}
+
+/// From a VPC `GET /v1/images` body, the id of the image named `name` encrypted under `key_crn`.
+pub fn vpc_image_named(body: &str, name: &str, key_crn: &str) -> Option<ImageRef> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    v["images"].as_array()?.iter().find_map(|i| {
+        let hit = i["name"].as_str() == Some(name)
+            && i["encryption_key"]["crn"].as_str() == Some(key_crn);
+        hit.then(|| i["id"].as_str().map(|id| (id.to_owned(), None)))
+            .flatten()
+    })
+}
+
+/// A SoftLayer `createFromIcos` answer: the template id and global identifier; `Err` says what is
+/// missing.
+pub fn softlayer_created(body: &str) -> Result<ImageRef, String> {
+    let v: Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
+    let id = v["id"].as_u64().ok_or("no id")?;
+    Ok((
+        id.to_string(),
+        v["globalIdentifier"].as_str().map(str::to_owned),
+    ))
+}
+
+/// A SoftLayer image template as `getObject` with the import mask shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SoftLayerTemplate {
+    /// A transaction runs on the template or one of its children.
+    pub busy: bool,
+    /// It has children and every child reports `blockDevicesDiskSpaceTotal` (the import finished).
+    pub children_ready: bool,
+    /// `status.keyName`.
+    pub status: Option<String>,
+    /// `status.description`.
+    pub description: Option<String>,
+    /// `transaction.transactionStatus.friendlyName`.
+    pub transaction: Option<String>,
+}
+
+impl SoftLayerTemplate {
+    /// The status key when it names a failure (`...FAIL...` or `ERROR`).
+    pub fn failed(&self) -> Option<&str> {
+        self.status
+            .as_deref()
+            .filter(|k| k.contains("FAIL") || *k == "ERROR")
+    }
+}
+
+/// A `getObject` body (anything that is not a JSON object reads as an empty template).
+pub fn softlayer_template(body: &str) -> SoftLayerTemplate {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let children = v["children"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let running = |t: &Value| t.get("transaction").is_some_and(|t| !t.is_null());
+    SoftLayerTemplate {
+        busy: running(&v) || children.iter().any(running),
+        children_ready: !children.is_empty()
+            && children
+                .iter()
+                .all(|c| c.get("blockDevicesDiskSpaceTotal").is_some()),
+        status: v["status"]["keyName"].as_str().map(str::to_owned),
+        description: v["status"]["description"].as_str().map(str::to_owned),
+        transaction: v["transaction"]["transactionStatus"]["friendlyName"]
+            .as_str()
+            .map(str::to_owned),
+    }
+}
+
+/// From a SoftLayer template list (`getBlockDeviceTemplateGroups`), the one named `name` with `note`.
+pub fn softlayer_template_named(body: &str, name: &str, note: &str) -> Option<ImageRef> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    v.as_array()?.iter().find_map(|t| {
+        let hit = t["name"].as_str() == Some(name) && t["note"].as_str() == Some(note);
+        hit.then(|| {
+            t["id"].as_u64().map(|id| {
+                (
+                    id.to_string(),
+                    t["globalIdentifier"].as_str().map(str::to_owned),
+                )
+            })
+        })
+        .flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_bodies() {
+        let page = s3_list_parts(
+            "<ListPartsResult><IsTruncated>true</IsTruncated><NextPartNumberMarker>2</NextPartNumberMarker>\
+             <Part><PartNumber>1</PartNumber><ETag>&quot;aa&quot;</ETag></Part><Part><PartNumber>2</PartNumber></Part></ListPartsResult>",
+        );
+        assert_eq!(page.parts[&1], "aa");
+        assert_eq!(page.parts[&2], "");
+        assert_eq!(page.next_marker, Some(2));
+        let e = s3_complete("<Error><Code>InternalError</Code><Message>m</Message></Error>");
+        assert_eq!(e.unwrap_err().reason.as_deref(), Some("InternalError"));
+        assert_eq!(s3_initiate("<UploadId> u1 </UploadId>"), Some("u1"));
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let t = iam_token(r#"{"access_token":"tok-secret","expires_in":60}"#).unwrap();
+        assert!(!format!("{t:?}").contains("tok-secret"));
+        let k = kp_key_action(r#"{"plaintext":"c2VjcmV0"}"#).unwrap();
+        assert_eq!(
+            k.plaintext.as_ref().unwrap().as_ref().unwrap().as_slice(),
+            b"secret"
+        );
+        assert!(!format!("{k:?}").contains("c2VjcmV0"));
+    }
+}
