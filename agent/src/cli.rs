@@ -99,15 +99,8 @@ struct ShipArgs {
     /// Root key CRN for the import (default: built from --region, --instance-id and --key-id).
     #[arg(long, value_name = "CRN")]
     key_crn: Option<String>,
-    /// Parts sent in parallel.
-    #[arg(long, default_value_t = 4, value_name = "N")]
-    jobs: usize,
-    /// Part size, e.g. 64M.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    part_size: Option<u64>,
-    /// Overwrite an existing object.
-    #[arg(long)]
-    force: bool,
+    #[command(flatten)]
+    s3: S3Args,
     /// Skip the cloud's image size rules (small trial images).
     #[arg(long)]
     allow_any_size: bool,
@@ -181,15 +174,8 @@ struct UploadArgs {
     /// Signing region for s3:// (else AWS_REGION, else us-east-1).
     #[arg(long, value_name = "REGION")]
     region: Option<String>,
-    /// Parts sent in parallel (memory: jobs x part size).
-    #[arg(long, default_value_t = 4, value_name = "N")]
-    jobs: usize,
-    /// Part size, e.g. 8M, 64M, 1G (default: 8 MiB, grown so the file fits in 10,000 parts).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    part_size: Option<u64>,
-    /// Overwrite an existing object.
-    #[arg(long)]
-    force: bool,
+    #[command(flatten)]
+    s3: S3Args,
     /// Abort the interrupted upload recorded next to FILE and remove its state.
     #[arg(long)]
     abort: bool,
@@ -199,6 +185,32 @@ struct UploadArgs {
     /// First back-off step (ms, default 500).
     #[arg(long, value_name = "MS")]
     retry_base_ms: Option<u64>,
+}
+
+/// The S3 upload options `upload` and `ship` share.
+#[derive(Debug, Args)]
+struct S3Args {
+    /// Parts sent in parallel (memory: jobs x part size).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    jobs: usize,
+    /// Part size, e.g. 8M, 64M, 1G (default: 8 MiB, grown so the file fits in 10,000 parts).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    part_size: Option<u64>,
+    /// Overwrite an existing object.
+    #[arg(long)]
+    force: bool,
+}
+
+impl S3Args {
+    /// The upload options (`force` as given or decided by the caller).
+    fn options(&self, force: bool, progress: bool) -> crate::s3::Options {
+        crate::s3::Options {
+            jobs: self.jobs.max(1),
+            part_size: self.part_size,
+            force,
+            progress,
+        }
+    }
 }
 
 fn parse_size(s: &str) -> std::result::Result<u64, String> {
@@ -747,7 +759,7 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
     });
     if a.dry_run {
         let kms = wrapper(&l)?;
-        let part = s3::choose_part_size(v.manifest.image.file_size, a.part_size)?;
+        let part = s3::choose_part_size(v.manifest.image.file_size, a.s3.part_size)?;
         let n = v.manifest.image.file_size.div_ceil(part).max(1);
         let url = target.url();
         let mut lines = vec![format!(
@@ -772,7 +784,7 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
             "POST {url}?uploads (x-amz-checksum-algorithm: SHA256){}",
             done(st.uploaded_etag.is_some())
         ));
-        lines.push(format!("PUT  {url}?partNumber=1..{n}&uploadId=<id> ({n} parts of {part} bytes, {} in parallel; Content-MD5, x-amz-checksum-sha256; Authorization: AWS4-HMAC-SHA256 <redacted>)", a.jobs));
+        lines.push(format!("PUT  {url}?partNumber=1..{n}&uploadId=<id> ({n} parts of {part} bytes, {} in parallel; Content-MD5, x-amz-checksum-sha256; Authorization: AWS4-HMAC-SHA256 <redacted>)", a.s3.jobs));
         lines.push(format!(
             "POST {url}?uploadId=<id> (CompleteMultipartUpload), then HEAD {url}"
         ));
@@ -845,7 +857,7 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
         // The object must not exist unless --force; once this ship has started its upload, a rerun
         // replaces what it finds (a run killed after the upload completed but before the state said so).
         if !st.upload_started {
-            if !a.force
+            if !a.s3.force
                 && let Some((size, _)) = client.head()?
             {
                 return Err(Error::Upload(format!(
@@ -856,12 +868,7 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
             st.upload_started = true;
             save(&st)?;
         }
-        let o = s3::Options {
-            jobs: a.jobs.max(1),
-            part_size: a.part_size,
-            force: true,
-            progress: !cli.json,
-        };
+        let o = a.s3.options(true, !cli.json);
         let r = s3::upload(&client, &image, &o);
         log(&l, Event {
             action: "diskseal.object.upload".into(),
@@ -1080,12 +1087,7 @@ fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
         print(cli, json!({"aborted": true, "url": url}), text);
         return Ok(());
     }
-    let o = s3::Options {
-        jobs: a.jobs.max(1),
-        part_size: a.part_size,
-        force: a.force,
-        progress: !cli.json,
-    };
+    let o = a.s3.options(a.s3.force, !cli.json);
     let r = s3::upload(&client, &a.file, &o);
     let (ok, failure) = match &r {
         Ok(_) => (true, None),
