@@ -229,7 +229,7 @@ fn missing_api_key_is_explained() {
     );
 }
 
-fn kms_args(fake: &FakeIbm) -> Vec<String> {
+pub fn kms_args(fake: &FakeIbm) -> Vec<String> {
     [
         "--endpoint",
         &fake.url,

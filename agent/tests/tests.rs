@@ -13,5 +13,6 @@ mod kms;
 mod pkcs11;
 mod seeds;
 mod ship;
+mod snapshots;
 mod upload;
 mod util;
