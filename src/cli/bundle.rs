@@ -45,7 +45,7 @@ pub(super) struct BundleArgs {
     /// Worker threads (default: all cores).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
-    /// The encrypted LUKS image.
+    /// The encrypted image (`diskseal encrypt` output).
     image: PathBuf,
     /// The bundle directory to create.
     dir: PathBuf,
