@@ -407,3 +407,67 @@ fn ibm_vpc_qcow2_bundle() {
     );
     assert_eq!(m["key"]["kind"], "passphrase");
 }
+
+/// `ibm-classic-vhd`: the bundle holds a vhd-util encrypted VHD; its manifest has a `vhd_util` entry (the
+/// VHD's id, key size and batmap key hash) instead of a `luks` one, and says the KMS wraps the raw DEK.
+#[test]
+fn ibm_classic_vhd_bundle() {
+    let dir = setup(MIB, 77);
+    let d = dir.path();
+    let recipient = identity(d);
+    let dek: Vec<u8> = (0..64u8).collect();
+    std::fs::write(d.join("dek.bin"), &dek).unwrap();
+    diskseal(
+        d,
+        &[
+            "encrypt",
+            "-q",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            "dek.bin",
+            "src.raw",
+            "disk.vhd",
+        ],
+    )
+    .ok();
+    let bundle = |key: &str, out: &str| {
+        diskseal(
+            d,
+            &[
+                "bundle",
+                "--json",
+                "--profile",
+                "ibm-classic-vhd",
+                "--recipient",
+                &recipient,
+                "--key-file",
+                key,
+                "disk.vhd",
+                out,
+            ],
+        )
+    };
+    let r = bundle("dek.bin", "b").ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let m = &v["manifest"];
+    assert_eq!(m["image"]["format"], "vhd-util");
+    assert!(m.get("luks").is_none(), "{m}");
+    assert_eq!(m["vhd_util"]["key_bits"], 512);
+    // SHA-256(32 zero bytes of nonce || DEK), as vhd-util computes it.
+    let mut nonce_key = vec![0u8; 32];
+    nonce_key.extend(&dek);
+    assert_eq!(m["vhd_util"]["keyhash"], sha256_hex(&nonce_key));
+    assert_eq!(m["key"]["kind"], "raw-dek");
+    assert_eq!(m["key"]["length"], 64);
+    // The plaintext is the source padded to whole 2 MiB blocks.
+    let mut plain = read(d.join("src.raw"));
+    plain.resize(2 * MIB, 0);
+    assert_eq!(m["plaintext"]["sha256"], sha256_hex(&plain));
+    // Another DEK does not open it: refused, nothing written.
+    let other: Vec<u8> = (1..65u8).collect();
+    std::fs::write(d.join("other.bin"), &other).unwrap();
+    let r = bundle("other.bin", "b2");
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(!d.join("b2").exists());
+}
