@@ -105,12 +105,14 @@ pub fn append(log: &Path, ev: &Event) -> Result<()> {
     }
     // One writer at a time: the lock covers reading the tip, appending and updating the head.
     let mut f = std::fs::OpenOptions::new()
+        .read(true)
         .append(true)
         .create(true)
         .mode(0o600)
         .open(log)
         .map_err(|e| Error::io("open audit log", log, e))?;
     f.lock().map_err(|e| Error::io("lock audit log", log, e))?;
+    drop_torn_tail(&f, log)?;
     let (seq, prev) = tip(log)?;
     if seq == 0 && !head.exists() {
         write_head(&head, 0, GENESIS)?;
@@ -146,6 +148,28 @@ pub fn append(log: &Path, ev: &Event) -> Result<()> {
     Ok(())
 }
 
+/// Cuts an unterminated last line (a writer killed mid-write; never covered by the head) so the next
+/// line starts on a line of its own. Called with the log locked.
+fn drop_torn_tail(f: &std::fs::File, log: &Path) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = f
+        .metadata()
+        .map_err(|e| Error::io("stat audit log", log, e))?
+        .len();
+    let mut last = [0u8; 1];
+    if len == 0
+        || f.read_exact_at(&mut last, len - 1)
+            .map_err(|e| Error::io("read audit log", log, e))
+            .map(|()| last[0] == b'\n')?
+    {
+        return Ok(());
+    }
+    let text = std::fs::read(log).map_err(|e| Error::io("read audit log", log, e))?;
+    let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    f.set_len(keep as u64)
+        .map_err(|e| Error::io("cut the torn last line of the audit log", log, e))
+}
+
 /// Replaces the head file (temporary file + rename: always whole).
 fn write_head(head: &Path, seq: u64, sha256: &str) -> Result<()> {
     let tmp = head.with_extension("head.tmp");
@@ -170,12 +194,16 @@ pub fn verify(log: &Path) -> Result<Verified> {
         path: log.to_owned(),
         message,
     };
-    let text = std::fs::read(log).map_err(|e| Error::io("read audit log", log, e))?;
-    if !text.is_empty() && text.last() != Some(&b'\n') {
-        return Err(fail(
-            "the last line is incomplete (the log was truncated)".into(),
-        ));
+    let mut text = std::fs::read(log).map_err(|e| Error::io("read audit log", log, e))?;
+    // A writer killed in the middle of its line (the kernel may stop a write between pages) leaves an
+    // unterminated tail that the head never covered: accepted below only if the head matches the whole
+    // lines before it, else it is a truncation.
+    let torn = text.last().is_some_and(|&b| b != b'\n');
+    if torn {
+        let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        text.truncate(keep);
     }
+    let incomplete = || fail("the last line is incomplete (the log was truncated)".into());
     let mut prev = GENESIS.to_owned();
     let mut before_last = GENESIS.to_owned();
     let mut n = 0u64;
@@ -226,6 +254,9 @@ pub fn verify(log: &Path) -> Result<Verified> {
             lines: n,
             tip: prev,
         });
+    }
+    if torn && (h["seq"].as_u64() != Some(n) || h["sha256"].as_str() != Some(prev.as_str())) {
+        return Err(incomplete());
     }
     if h["seq"].as_u64() != Some(n) {
         return Err(fail(format!(

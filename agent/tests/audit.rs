@@ -157,3 +157,26 @@ fn a_head_one_line_behind_is_a_killed_writer_not_tampering() {
     put(&log, &l);
     assert!(audit::verify(&log).is_err());
 }
+
+/// A writer killed in the middle of its line leaves an unterminated tail the head never covered: the
+/// log still verifies, and the next append cuts the tail and chains to the last whole line.
+#[test]
+fn a_torn_last_line_from_a_killed_writer_is_cut_by_the_next_append() {
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("a.jsonl");
+    write_log(&log, 3);
+    let whole = std::fs::read(&log).unwrap();
+    let mut torn = whole.clone();
+    torn.extend_from_slice(br#"{"seq":4,"prevHash":"ab"#);
+    std::fs::write(&log, &torn).unwrap();
+    assert_eq!(audit::verify(&log).unwrap().lines, 3);
+    write_log(&log, 1);
+    assert_eq!(audit::verify(&log).unwrap().lines, 4);
+    assert!(std::fs::read(&log).unwrap().starts_with(&whole));
+    // A torn tail where whole lines are missing too is a truncation.
+    let l = lines(&log);
+    let mut cut = l[..2].join("\n").into_bytes();
+    cut.extend_from_slice(b"\n{\"seq\":3");
+    std::fs::write(&log, cut).unwrap();
+    detected(&log, "incomplete");
+}
