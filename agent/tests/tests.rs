@@ -16,3 +16,4 @@ mod ship;
 mod snapshots;
 mod upload;
 mod util;
+mod wire;
