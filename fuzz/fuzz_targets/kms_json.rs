@@ -9,11 +9,13 @@ mod wire;
 fuzz_target!(|data: &[u8]| {
     let body = String::from_utf8_lossy(data);
     if let Ok(t) = wire::iam_token(&body) {
-        // Debug never shows the token.
-        if t.access_token.len() > 8 {
-            assert!(!format!("{t:?}").contains(t.access_token.as_str()));
-        }
+        // Debug never shows the token: it is exactly the redacted form, whatever the token (a check
+        // that the token is not a substring failed on the token "access_token", the field's name).
+        let redacted = format!("IamToken {{ access_token: \"<redacted>\", expires_in: {} }}", t.expires_in);
+        assert_eq!(format!("{t:?}"), redacted);
     }
+    let _ = wire::kp_key_action(&body).map(|k| format!("{k:?}"));
+    let _ = wire::aws_kms_reply(&body).map(|r| format!("{r:?}"));
     let _ = wire::iam_error(&body);
     let _ = wire::kp_key_action(&body);
     let _ = wire::kp_error(&body);
