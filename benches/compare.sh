@@ -36,7 +36,7 @@ r2() { printf '%.2f' "$1"; }
 echo "== XTS engine, 1 thread" >&2
 ossl() { openssl speed -evp aes-256-xts -bytes "$1" -seconds 3 2>/dev/null | awk '/^AES-256-XTS/ {print $2}' | tr -d k; }
 o4096=$(ossl 4096); o512=$(ossl 512)
-crit=$(cd "$OLDPWD" && cargo bench --bench xts -- --quick 'aes256-xts/encrypt' 2>/dev/null | grep -A2 'aes256-xts/encrypt' | awk '/thrpt/ {print $0}')
+crit=$(cd "$OLDPWD" && cargo bench --bench xts -- --quick 'aes256-xts/encrypt/' 2>/dev/null | grep -A2 'aes256-xts/encrypt/' | awk '/thrpt/ {print $0}')
 d512=$(echo "$crit" | sed -n 1p | sed -E 's/.*\[[^ ]+ [^ ]+ ([0-9.]+) GiB\/s.*/\1/')
 d4096=$(echo "$crit" | sed -n 2p | sed -E 's/.*\[[^ ]+ [^ ]+ ([0-9.]+) GiB\/s.*/\1/')
 o4096g=$(r2 "$(echo "$o4096 * 1000 / 1000000000" | bc -l)"); o512g=$(r2 "$(echo "$o512 * 1000 / 1000000000" | bc -l)")

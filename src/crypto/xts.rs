@@ -56,6 +56,9 @@ pub struct Xts {
     data: Aes,
     tweak: Aes,
     key_bytes: usize,
+    /// The data key for the fused AVX-512 VAES kernel, when this CPU runs it.
+    #[cfg(target_arch = "x86_64")]
+    fast: Option<super::vaes::Keys>,
 }
 
 impl std::fmt::Debug for Xts {
@@ -66,7 +69,7 @@ impl std::fmt::Debug for Xts {
 
 /// Multiplies a tweak by x in GF(2^128) (IEEE 1619 little-endian convention).
 #[inline(always)]
-fn double(t: u128) -> u128 {
+pub(super) fn double(t: u128) -> u128 {
     (t << 1) ^ ((t >> 127) * 0x87)
 }
 
@@ -119,6 +122,17 @@ enum Direction {
 impl Xts {
     /// Builds the engine from a 32-byte (AES-128-XTS) or 64-byte (AES-256-XTS) key.
     pub fn new(key: &[u8]) -> Result<Self> {
+        let mut x = Self::portable(key)?;
+        #[cfg(target_arch = "x86_64")]
+        {
+            x.fast = super::vaes::Keys::new(&key[..key.len() / 2]);
+        }
+        Ok(x)
+    }
+
+    /// The portable engine alone (the `aes` crate's block functions), whatever the CPU: for
+    /// differential tests and benches of the fast path.
+    pub fn portable(key: &[u8]) -> Result<Self> {
         if key.len() != 32 && key.len() != 64 {
             return Err(Error::invalid(format!(
                 "AES-XTS key must be 32 or 64 bytes, got {} bytes",
@@ -130,7 +144,18 @@ impl Xts {
             data: Aes::new(k1)?,
             tweak: Aes::new(k2)?,
             key_bytes: key.len(),
+            #[cfg(target_arch = "x86_64")]
+            fast: None,
         })
+    }
+
+    /// Which implementation runs: `"avx512-vaes"` (the fused kernel) or `"portable"`.
+    pub fn engine(&self) -> &'static str {
+        #[cfg(target_arch = "x86_64")]
+        if self.fast.is_some() {
+            return "avx512-vaes";
+        }
+        "portable"
     }
 
     /// Key size in bytes (32 or 64).
@@ -234,6 +259,18 @@ impl Xts {
                 *start = Block::from(tweak_of(b * units_per_batch + u).to_le_bytes());
             }
             self.tweak.encrypt(&mut starts[..units]);
+            #[cfg(target_arch = "x86_64")]
+            if let Some(keys) = &self.fast
+                && unit.is_multiple_of(512)
+            {
+                let mut t = [0u128; BATCH_BYTES / 512];
+                for (t, s) in t.iter_mut().zip(&starts[..units]) {
+                    *t = u128::from_le_bytes(s.0);
+                }
+                let encrypt = matches!(dir, Direction::Encrypt);
+                super::vaes::crypt(keys, batch, unit, &t[..units], encrypt);
+                continue;
+            }
             for (u, start) in starts[..units].iter().enumerate() {
                 fill_tweaks(
                     &mut tweaks[u * blocks_per_unit..(u + 1) * blocks_per_unit],
