@@ -345,6 +345,20 @@ fn keygen_mode_size_and_no_overwrite() {
             & 0o777,
         0o600
     );
+    diskseal(d, &["keygen", "--passphrase", "-o", "p.txt"]).ok();
+    assert_eq!(read(d.join("p.txt")).len(), 43);
+    assert_eq!(
+        std::fs::metadata(d.join("p.txt"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert_ne!(
+        diskseal(d, &["keygen", "--passphrase", "--bytes", "32", "-o", "q"]).code,
+        0
+    );
     let before = read(d.join("k64"));
     fails_with(
         diskseal(d, &["keygen", "-o", "k64"]),

@@ -284,6 +284,10 @@ struct KeygenArgs {
     /// Key length: 32 (AES-128-XTS) or 64 (AES-256-XTS) bytes.
     #[arg(long, default_value_t = 64, value_parser = parse_key_bytes)]
     bytes: usize,
+    /// Write a text passphrase instead: 43 base64url characters (256 random bits), no newline, for
+    /// `--profile ibm-vpc` (QEMU wants UTF-8) or luks2/luks1.
+    #[arg(long, conflicts_with = "bytes")]
+    passphrase: bool,
     /// Where to write the key (must not exist).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     output: PathBuf,
@@ -1097,14 +1101,20 @@ fn man(dir: &Path, out: &Out) -> Result<ExitCode> {
 }
 
 fn keygen(a: &KeygenArgs, out: &Out) -> Result<ExitCode> {
-    keys::write_new_key(&a.output, a.bytes)?;
+    let (bytes, what) = if a.passphrase {
+        (keys::write_new_passphrase(&a.output)?, "passphrase")
+    } else {
+        keys::write_new_key(&a.output, a.bytes)?;
+        (a.bytes, "key")
+    };
     if out.json {
-        out.print_json(&json!({"command": "keygen", "output": a.output, "bytes": a.bytes}));
+        out.print_json(
+            &json!({"command": "keygen", "output": a.output, "bytes": bytes, "kind": what}),
+        );
     } else {
         out.summary(&format!(
-            "{}: wrote a random {}-byte key (mode 0600)",
+            "{}: wrote a random {bytes}-byte {what} (mode 0600)",
             a.output.display(),
-            a.bytes
         ));
     }
     Ok(ExitCode::SUCCESS)
