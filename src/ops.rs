@@ -40,7 +40,8 @@ pub struct Run<'a> {
     pub total: &'a std::sync::atomic::AtomicU64,
 }
 
-/// The container the encrypted image is written in.
+/// The LUKS container the encrypted image is written in. (`ibm-classic-vhd` output has no LUKS header:
+/// [`encrypt_classic_vhd`] writes it.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Container {
     /// A LUKS file (header, then the payload).
@@ -53,9 +54,6 @@ pub enum Container {
     },
     /// QEMU qcow2 v3 with qcow2-native LUKS1 (`encrypt.format=luks`), sparse.
     Qcow2Luks,
-    /// A dynamic VHD encrypted like blktap's `vhd-util copy -k` (`ibm-classic-vhd`): no LUKS header, the
-    /// key is the raw DEK, its hash is in the batmap. Written by [`encrypt_classic_vhd`].
-    ClassicVhd,
 }
 
 /// Options of [`encrypt`].
@@ -175,12 +173,6 @@ pub fn encrypt(
         return Err(Error::invalid("output file already exists")
             .with_path(dst)
             .hint("pass --force to overwrite it"));
-    }
-    if opts.container == Container::ClassicVhd {
-        // No LUKS header, no passphrase: a different report; see `encrypt_classic_vhd`.
-        return Err(Error::invalid(
-            "ibm-classic-vhd output has no LUKS header; it is written by ops::encrypt_classic_vhd",
-        ));
     }
     let image = image::open(src, opts.input_format)?;
     let source_size = image.virtual_size();
@@ -314,11 +306,6 @@ pub fn encrypt(
                 run,
             )?;
             (1 << crate::image::qcow2::writer::CLUSTER_BITS, size)
-        }
-        Container::ClassicVhd => {
-            return Err(Error::invalid(
-                "ibm-classic-vhd output is written by encrypt_classic_vhd",
-            ));
         }
     };
     let elapsed = start.elapsed();

@@ -186,7 +186,7 @@ fn ibm_vpc_qcow2_passes_qemu_img_check_and_compare() {
 }
 
 #[test]
-fn keygen_passphrase_opens_an_ibm_vpc_image_in_qemu() {
+fn keygen_passphrase_opens_an_ibm_vpc_image_in_qemu_and_dump_shows_its_header() {
     require!("qemu-img");
     let dir = setup(2 << 20, 29);
     let d = dir.path();
@@ -225,6 +225,14 @@ fn keygen_passphrase_opens_an_ibm_vpc_image_in_qemu() {
         ],
     )
     .ok();
+    let dump: serde_json::Value =
+        serde_json::from_str(&diskseal(d, &["dump", "--json", "vpc.qcow2"]).ok().stdout).unwrap();
+    assert_eq!(dump["container"], "qcow2");
+    assert_eq!(dump["luks"]["version"], 1);
+    assert_eq!(dump["luks"]["cipher"], "aes-xts-plain64");
+    // Raw-file sizes mean nothing inside qcow2.
+    assert!(dump["luks"].get("payload_size").is_none(), "{dump}");
+    assert!(dump["luks"].get("file_size").is_none(), "{dump}");
 }
 
 #[test]

@@ -563,7 +563,7 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
             "key_bits": key_bytes * 8,
             "sector_size": r.sector_size,
             "data_offset": r.data_offset,
-            "container": match container { Container::Qcow2Luks => "qcow2", Container::Vhd { .. } => "vhd", Container::Raw => "raw", Container::ClassicVhd => "classic-vhd" },
+            "container": match container { Container::Qcow2Luks => "qcow2", Container::Vhd { .. } => "vhd", Container::Raw => "raw" },
             "source_size": r.source_size,
             "virtual_size": r.virtual_size,
             "padded_bytes": r.padded,
@@ -909,8 +909,15 @@ fn dump(a: &DumpArgs, out: &Out) -> Result<ExitCode> {
         };
         let l = luks::Luks::embedded(h, std::fs::metadata(&a.src).map_or(0, |m| m.len()))?;
         if out.json {
+            // The payload and file sizes describe a raw LUKS file; inside qcow2 the payload is the
+            // qcow2 clusters (see `diskseal info`), so they are left out.
+            let mut luks = l.to_json();
+            if let Some(m) = luks.as_object_mut() {
+                m.remove("payload_size");
+                m.remove("file_size");
+            }
             out.print_json(
-                &json!({"container": "qcow2", "luks_header_offset": base, "luks": l.to_json()}),
+                &json!({"container": "qcow2", "luks_header_offset": base, "luks": luks}),
             );
         } else {
             out.always(&format!(
