@@ -1,9 +1,9 @@
 //! The XTS engine against independent references: the IEEE 1619 vectors, ciphertext made by OpenSSL,
-//! and the `xts-mode` crate on random inputs. Every test runs each engine this CPU has: the default one
-//! (the fused AVX-512 VAES kernel where available) and the portable one.
+//! and the `xts-mode` crate on random inputs. Every test runs each engine this CPU has (the fused AVX-512
+//! and AVX2 VAES kernels where available, and the portable one).
 
 use aes::cipher::KeyInit;
-use diskseal::crypto::{IvScheme, Xts};
+use diskseal::crypto::{Engine, IvScheme, Xts};
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!(
@@ -13,17 +13,25 @@ fn fixture(name: &str) -> Vec<u8> {
     .expect("fixture")
 }
 
-/// The engines to test for `key`, with their names.
+/// Every engine this CPU runs, for `key`.
 fn engines(key: &[u8]) -> Vec<Xts> {
-    let fast = Xts::new(key).unwrap();
-    let portable = Xts::portable(key).unwrap();
-    assert_eq!(portable.engine(), "portable");
-    if fast.engine() == "portable" {
-        eprintln!("this CPU has no AVX-512 VAES: testing the portable engine only");
-        vec![portable]
-    } else {
-        vec![fast, portable]
+    let all = Engine::available();
+    assert_eq!(all.last(), Some(&Engine::Portable));
+    assert_eq!(
+        Xts::new(key).unwrap().engine(),
+        all[0],
+        "the default is the fastest"
+    );
+    if all.len() == 1 {
+        eprintln!("this CPU has no VAES: testing the portable engine only");
     }
+    all.into_iter()
+        .map(|e| {
+            let x = Xts::with_engine(key, e).unwrap().unwrap();
+            assert_eq!(x.engine(), e);
+            x
+        })
+        .collect()
 }
 
 struct Vector {
@@ -76,10 +84,16 @@ fn ieee_1619_vectors() {
                 hex::encode(&v.ct),
                 "vector {} encrypt ({})",
                 v.count,
-                x.engine()
+                x.engine().name()
             );
             x.decrypt_unit(&mut buf, v.dataunit).unwrap();
-            assert_eq!(buf, v.pt, "vector {} decrypt ({})", v.count, x.engine());
+            assert_eq!(
+                buf,
+                v.pt,
+                "vector {} decrypt ({})",
+                v.count,
+                x.engine().name()
+            );
         }
         checked += 1;
     }
@@ -97,7 +111,7 @@ fn ieee_512_byte_vectors_through_the_sector_api() {
             let mut buf = v.pt.clone();
             x.encrypt(&mut buf, 512, v.dataunit as u64, IvScheme::Plain64)
                 .unwrap();
-            assert_eq!(buf, v.ct, "vector {} ({})", v.count, x.engine());
+            assert_eq!(buf, v.ct, "vector {} ({})", v.count, x.engine().name());
         }
     }
 }
@@ -117,9 +131,9 @@ fn openssl_made_ciphertext() {
         for x in engines(key) {
             let mut buf = plain.clone();
             x.encrypt(&mut buf, unit, 5, IvScheme::Plain64).unwrap();
-            assert!(buf == fixture(name), "{name} ({})", x.engine());
+            assert!(buf == fixture(name), "{name} ({})", x.engine().name());
             x.decrypt(&mut buf, unit, 5, IvScheme::Plain64).unwrap();
-            assert!(buf == plain, "{name} decrypt ({})", x.engine());
+            assert!(buf == plain, "{name} decrypt ({})", x.engine().name());
         }
     }
 }
@@ -159,7 +173,11 @@ fn matches_xts_mode_crate_on_random_inputs() {
                 x.encrypt(&mut buf, unit, first, scheme).unwrap();
                 let mut back = buf.clone();
                 x.decrypt(&mut back, unit, first, scheme).unwrap();
-                assert!(back == plain, "round {round}: {} decrypt", x.engine());
+                assert!(
+                    back == plain,
+                    "round {round}: {} decrypt",
+                    x.engine().name()
+                );
                 buf
             })
             .collect();

@@ -1,11 +1,12 @@
-//! The AVX-512 VAES kernel of the XTS engine: XOR-encrypt-XOR of whole data units with the tweaks and the
-//! data in 512-bit registers (four AES blocks each), the tweaks made in the registers with VPCLMULQDQ.
+//! The VAES kernels of the XTS engine: XOR-encrypt-XOR of whole data units with the tweaks and the data
+//! in wide registers (AVX-512: four AES blocks each; AVX2: two), the tweaks made in the registers with
+//! VPCLMULQDQ.
 //!
 //! Why: the `aes` crate already uses VAES, but [`super::xts`]'s portable path must write the tweaks to
 //! memory and make three passes over each batch (XOR, `encrypt_blocks`, XOR). Fusing them keeps the AES
-//! units busy; see `benches/xts.rs` for the figures. Used only when the CPU has AVX-512F, AVX-512BW, VAES
-//! and VPCLMULQDQ (checked at run time by [`Keys::new`]); the portable path serves every other CPU and the
-//! tests run both on the same vectors.
+//! units busy; see `benches/xts.rs` for the figures. [`Keys::with_width`] refuses a kernel the CPU cannot run
+//! (AVX-512F + AVX-512BW, else AVX2; both need VAES and VPCLMULQDQ), checked at run time; the portable path
+//! serves every other CPU, and the tests run every engine the CPU has on the same vectors.
 //!
 //! Round keys are expanded with AES-NI's `aeskeygenassist` (FIPS-197 §5.2) and wiped on drop.
 #![allow(unsafe_code)]
@@ -18,6 +19,17 @@ pub(crate) struct Keys {
     dec: [__m128i; 15],
     /// Number of rounds: 10 (AES-128) or 14 (AES-256).
     rounds: usize,
+    /// The kernel this CPU runs.
+    width: Width,
+}
+
+/// Register width of the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Width {
+    /// AVX-512: four blocks per register, 32 registers.
+    Zmm,
+    /// AVX2 + VAES (e.g. Zen 3, Alder Lake): two blocks per register, 16 registers.
+    Ymm,
 }
 
 impl Drop for Keys {
@@ -30,23 +42,42 @@ impl Drop for Keys {
     }
 }
 
-/// True when this CPU runs the kernel.
-fn supported() -> bool {
-    std::arch::is_x86_feature_detected!("aes")
-        && std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-        && std::arch::is_x86_feature_detected!("vaes")
-        && std::arch::is_x86_feature_detected!("vpclmulqdq")
+/// The widest kernel this CPU runs, if any.
+fn supported() -> Option<Width> {
+    use std::arch::is_x86_feature_detected as has;
+    if !(has!("aes") && has!("vaes") && has!("vpclmulqdq")) {
+        return None;
+    }
+    if has!("avx512f") && has!("avx512bw") {
+        Some(Width::Zmm)
+    } else if has!("avx2") {
+        Some(Width::Ymm)
+    } else {
+        None
+    }
 }
 
 impl Keys {
-    /// Expands a 16- or 32-byte AES key, or returns `None` when the CPU lacks the needed features.
-    pub(crate) fn new(key: &[u8]) -> Option<Keys> {
-        if !supported() {
+    /// Expands a 16- or 32-byte AES key for the kernel of `width`, or returns `None` when this CPU does
+    /// not run it (a CPU with the 512-bit kernel also runs the 256-bit one).
+    pub(crate) fn with_width(key: &[u8], width: Width) -> Option<Keys> {
+        let best = supported()?;
+        if best == Width::Ymm && width == Width::Zmm {
             return None;
         }
         // SAFETY: `supported()` confirmed AES-NI; the key length is checked inside.
-        unsafe { expand(key) }
+        let (enc, dec, rounds) = unsafe { expand(key) }?;
+        Some(Keys {
+            enc,
+            dec,
+            rounds,
+            width,
+        })
+    }
+
+    /// The kernel's register width.
+    pub(crate) fn width(&self) -> Width {
+        self.width
     }
 }
 
@@ -62,8 +93,9 @@ fn step(prev: __m128i, assist: __m128i) -> __m128i {
     _mm_xor_si128(k, assist)
 }
 
+/// The encryption and decryption round keys and the round count of a 16- or 32-byte key.
 #[target_feature(enable = "aes")]
-fn expand(key: &[u8]) -> Option<Keys> {
+fn expand(key: &[u8]) -> Option<([__m128i; 15], [__m128i; 15], usize)> {
     macro_rules! assist {
         ($k:expr, $rcon:literal, $lane:literal) => {
             _mm_shuffle_epi32::<$lane>(_mm_aeskeygenassist_si128::<$rcon>($k))
@@ -117,21 +149,7 @@ fn expand(key: &[u8]) -> Option<Keys> {
         dec[i] = _mm_aesimc_si128(enc[rounds - i]);
     }
     dec[rounds] = enc[0];
-    Some(Keys { enc, dec, rounds })
-}
-
-/// Multiplies each 128-bit lane by x^K in GF(2^128) (IEEE 1619 little-endian), for 0 < K < 57: the bits
-/// shifted out of the low half carry into the high half; those shifted out of the high half fold back
-/// as their carry-less product with 0x87 (at most K + 7 bits, so no second reduction).
-/// `R` must be `64 - K`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,vpclmulqdq")]
-fn times_xk<const K: u32, const R: u32>(t: __m512i, poly: __m512i) -> __m512i {
-    let out = _mm512_srli_epi64::<R>(t);
-    let shifted = _mm512_slli_epi64::<K>(t);
-    let carry_up = _mm512_bslli_epi128::<8>(out);
-    let folded = _mm512_clmulepi64_epi128::<0x01>(out, poly);
-    _mm512_ternarylogic_epi64::<0x96>(shifted, carry_up, folded)
+    Some((enc, dec, rounds))
 }
 
 /// Encrypts (or decrypts) `buf` in place as units of `unit` bytes; unit `i` starts with the
@@ -141,88 +159,146 @@ fn times_xk<const K: u32, const R: u32>(t: __m512i, poly: __m512i) -> __m512i {
 /// When `unit` is not a non-zero multiple of 512 or `buf` is not `starts.len()` units.
 pub(crate) fn crypt(keys: &Keys, buf: &mut [u8], unit: usize, starts: &[u128], encrypt: bool) {
     assert!(unit > 0 && unit.is_multiple_of(512) && buf.len() == starts.len() * unit);
-    // SAFETY: a `Keys` exists only when `supported()` said the CPU has every feature `kernel` enables;
-    // the lengths were checked above.
-    unsafe { kernel(keys, buf, unit, starts, encrypt) }
-}
-
-#[target_feature(enable = "avx512f,avx512bw,vaes,vpclmulqdq")]
-fn kernel(keys: &Keys, buf: &mut [u8], unit: usize, starts: &[u128], encrypt: bool) {
-    // The round count as a constant lets the compiler unroll the rounds and keep the keys in registers.
-    match (keys.rounds, encrypt) {
-        (10, true) => units::<11, true>(&keys.enc, buf, unit, starts),
-        (10, false) => units::<11, false>(&keys.dec, buf, unit, starts),
-        (_, true) => units::<15, true>(&keys.enc, buf, unit, starts),
-        (_, false) => units::<15, false>(&keys.dec, buf, unit, starts),
+    match keys.width {
+        // SAFETY: `Keys::new` chose this width only after `supported()` found every feature the kernel
+        // enables; the lengths were checked above.
+        Width::Zmm => unsafe { zmm::kernel(keys, buf, unit, starts, encrypt) },
+        // SAFETY: as above, for the 256-bit kernel's features.
+        Width::Ymm => unsafe { ymm::kernel(keys, buf, unit, starts, encrypt) },
     }
 }
 
-/// [`kernel`] for `NK` round keys, encrypting when `ENC`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,vaes,vpclmulqdq")]
-fn units<const NK: usize, const ENC: bool>(
-    schedule: &[__m128i; 15],
-    buf: &mut [u8],
-    unit: usize,
-    starts: &[u128],
-) {
-    let mut rk = [_mm512_setzero_si512(); NK];
-    for (w, k) in rk.iter_mut().zip(schedule) {
-        *w = _mm512_broadcast_i32x4(*k);
-    }
-    let poly = _mm512_set_epi64(0, 0x87, 0, 0x87, 0, 0x87, 0, 0x87);
-    for (data, &start) in buf.chunks_exact_mut(unit).zip(starts) {
-        // Lanes of register j hold the tweaks of blocks 4j..4j+3; the first register is made in scalar
-        // code, the next seven step by x^4, and every later group of eight steps by x^32 from the group
-        // before, so the eight chains are independent.
-        let t1 = super::xts::double(start);
-        let t2 = super::xts::double(t1);
-        let t3 = super::xts::double(t2);
-        let lanes = [start, t1, t2, t3];
-        // SAFETY: `lanes` is 64 readable bytes; unaligned loads are allowed.
-        let mut tweaks = [unsafe { _mm512_loadu_si512(lanes.as_ptr().cast()) }; 8];
-        for j in 1..8 {
-            tweaks[j] = times_xk::<4, 60>(tweaks[j - 1], poly);
-        }
-        for (g, group) in data.chunks_exact_mut(512).enumerate() {
-            if g > 0 {
-                for t in tweaks.iter_mut() {
-                    *t = times_xk::<32, 32>(*t, poly);
+/// One kernel per register width, from one body. In each, register `j` of a group holds the tweaks of
+/// blocks `LANES*j ..`; the first register of a unit is made in scalar code, the next seven step by
+/// x^LANES, and every later group of eight steps by x^(8*LANES) from the group before, so the eight
+/// tweak chains are independent. The round count is a constant, so the rounds unroll.
+macro_rules! wide_kernel {
+    (
+        $module:ident, $features:literal, $vec:ty, $lanes:literal, shift: $sh:ty,
+        zero: $zero:ident, bcast: $bcast:ident, load: $load:ident, store: $store:ident, xor: $xor:ident,
+        srli: $srli:ident, slli: $slli:ident, bslli: $bslli:ident, clmul: $clmul:ident,
+        enc: $enc:ident, enclast: $enclast:ident, dec: $dec:ident, declast: $declast:ident,
+        poly: $poly:expr
+    ) => {
+        mod $module {
+            use super::*;
+
+            /// Bytes per group: eight registers.
+            const GROUP: usize = 8 * 16 * $lanes;
+
+            /// Multiplies each 128-bit lane by x^K in GF(2^128) (IEEE 1619 little-endian), 0 < K < 57,
+            /// `R = 64 - K`: the bits shifted out of the low half carry into the high half; those shifted
+            /// out of the high half fold back as their carry-less product with 0x87 (at most K + 7 bits,
+            /// so no second reduction).
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn times_xk<const K: $sh, const R: $sh>(t: $vec, poly: $vec) -> $vec {
+                let out = $srli::<R>(t);
+                let carry_up = $bslli::<8>(out);
+                let folded = $clmul::<0x01>(out, poly);
+                $xor($xor($slli::<K>(t), carry_up), folded)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) fn kernel(
+                keys: &Keys,
+                buf: &mut [u8],
+                unit: usize,
+                starts: &[u128],
+                encrypt: bool,
+            ) {
+                match (keys.rounds, encrypt) {
+                    (10, true) => units::<11, true>(&keys.enc, buf, unit, starts),
+                    (10, false) => units::<11, false>(&keys.dec, buf, unit, starts),
+                    (_, true) => units::<15, true>(&keys.enc, buf, unit, starts),
+                    (_, false) => units::<15, false>(&keys.dec, buf, unit, starts),
                 }
             }
-            let ptr = group.as_mut_ptr();
-            let mut x = [_mm512_setzero_si512(); 8];
-            for j in 0..8 {
-                // SAFETY: `group` is 512 bytes, so bytes 64j..64j+64 are in bounds; unaligned load.
-                let block = unsafe { _mm512_loadu_si512(ptr.add(64 * j).cast()) };
-                x[j] = _mm512_ternarylogic_epi64::<0x96>(block, tweaks[j], rk[0]);
-            }
-            for k in &rk[1..NK - 1] {
-                for v in x.iter_mut() {
-                    *v = if ENC {
-                        _mm512_aesenc_epi128(*v, *k)
-                    } else {
-                        _mm512_aesdec_epi128(*v, *k)
-                    };
+
+            /// [`kernel`] for `NK` round keys, encrypting when `ENC`.
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn units<const NK: usize, const ENC: bool>(
+                schedule: &[__m128i; 15],
+                buf: &mut [u8],
+                unit: usize,
+                starts: &[u128],
+            ) {
+                let mut rk = [$zero(); NK];
+                for (w, k) in rk.iter_mut().zip(schedule) {
+                    *w = $bcast(*k);
+                }
+                let poly = $poly;
+                for (data, &start) in buf.chunks_exact_mut(unit).zip(starts) {
+                    let mut lanes = [start; $lanes];
+                    for l in 1..$lanes {
+                        lanes[l] = super::super::xts::double(lanes[l - 1]);
+                    }
+                    // SAFETY: `lanes` holds exactly one register's bytes; unaligned loads are allowed.
+                    let mut tweaks = [unsafe { $load(lanes.as_ptr().cast()) }; 8];
+                    for j in 1..8 {
+                        tweaks[j] = times_xk::<$lanes, { 64 - $lanes }>(tweaks[j - 1], poly);
+                    }
+                    for (g, group) in data.chunks_exact_mut(GROUP).enumerate() {
+                        if g > 0 {
+                            for t in tweaks.iter_mut() {
+                                *t = times_xk::<{ 8 * $lanes }, { 64 - 8 * $lanes }>(*t, poly);
+                            }
+                        }
+                        let ptr = group.as_mut_ptr();
+                        let mut x = [$zero(); 8];
+                        for j in 0..8 {
+                            // SAFETY: `group` is GROUP bytes, so register j's bytes are in bounds;
+                            // unaligned load.
+                            let block = unsafe { $load(ptr.add(16 * $lanes * j).cast()) };
+                            x[j] = $xor($xor(block, tweaks[j]), rk[0]);
+                        }
+                        for k in &rk[1..NK - 1] {
+                            for v in x.iter_mut() {
+                                *v = if ENC { $enc(*v, *k) } else { $dec(*v, *k) };
+                            }
+                        }
+                        for v in x.iter_mut() {
+                            *v = if ENC {
+                                $enclast(*v, rk[NK - 1])
+                            } else {
+                                $declast(*v, rk[NK - 1])
+                            };
+                        }
+                        for j in 0..8 {
+                            // SAFETY: as for the load above.
+                            unsafe {
+                                $store(ptr.add(16 * $lanes * j).cast(), $xor(x[j], tweaks[j]))
+                            };
+                        }
+                    }
+                }
+                // Round keys in registers die with the frame; wipe the broadcast copies on the stack.
+                for w in rk.iter_mut() {
+                    // SAFETY: `w` is a valid, aligned, exclusively borrowed local.
+                    unsafe { std::ptr::write_volatile(w, $zero()) };
                 }
             }
-            for v in x.iter_mut() {
-                *v = if ENC {
-                    _mm512_aesenclast_epi128(*v, rk[NK - 1])
-                } else {
-                    _mm512_aesdeclast_epi128(*v, rk[NK - 1])
-                };
-            }
-            for j in 0..8 {
-                let out = _mm512_xor_si512(x[j], tweaks[j]);
-                // SAFETY: as for the load above.
-                unsafe { _mm512_storeu_si512(ptr.add(64 * j).cast(), out) };
-            }
         }
-    }
-    // Round keys in registers die with the frame; wipe the broadcast copies on the stack.
-    for w in rk.iter_mut() {
-        // SAFETY: `w` is a valid, aligned, exclusively borrowed local.
-        unsafe { std::ptr::write_volatile(w, _mm512_setzero_si512()) };
-    }
+    };
 }
+
+wide_kernel!(
+    zmm, "avx512f,avx512bw,vaes,vpclmulqdq", __m512i, 4, shift: u32,
+    zero: _mm512_setzero_si512, bcast: _mm512_broadcast_i32x4, load: _mm512_loadu_si512,
+    store: _mm512_storeu_si512, xor: _mm512_xor_si512, srli: _mm512_srli_epi64, slli: _mm512_slli_epi64,
+    bslli: _mm512_bslli_epi128, clmul: _mm512_clmulepi64_epi128,
+    enc: _mm512_aesenc_epi128, enclast: _mm512_aesenclast_epi128,
+    dec: _mm512_aesdec_epi128, declast: _mm512_aesdeclast_epi128,
+    poly: _mm512_set_epi64(0, 0x87, 0, 0x87, 0, 0x87, 0, 0x87)
+);
+
+wide_kernel!(
+    ymm, "avx2,vaes,vpclmulqdq", __m256i, 2, shift: i32,
+    zero: _mm256_setzero_si256, bcast: _mm256_broadcastsi128_si256, load: _mm256_loadu_si256,
+    store: _mm256_storeu_si256, xor: _mm256_xor_si256, srli: _mm256_srli_epi64, slli: _mm256_slli_epi64,
+    bslli: _mm256_bslli_epi128, clmul: _mm256_clmulepi64_epi128,
+    enc: _mm256_aesenc_epi128, enclast: _mm256_aesenclast_epi128,
+    dec: _mm256_aesdec_epi128, declast: _mm256_aesdeclast_epi128,
+    poly: _mm256_set_epi64x(0, 0x87, 0, 0x87)
+);
