@@ -3,8 +3,9 @@
 //! ([`Auth::Iam`], IBM COS), and retried by the shared loop of `kms/http.rs`.
 //!
 //! - parts go out on `jobs` threads, each holding one part buffer (memory: jobs × part size);
-//! - every part carries `Content-MD5` and `x-amz-checksum-sha256`; the body's sha256 is hashed once and
-//!   is also the signed `x-amz-content-sha256`;
+//! - every part carries `Content-MD5` and `x-amz-checksum-sha256` (signed headers) and is sent as
+//!   `UNSIGNED-PAYLOAD`, so each byte is hashed once for MD5 and once for SHA-256 here, and a strict
+//!   server does not hash it a third time to check the signature;
 //! - each part's answer is checked: an MD5 ETag must be the part's MD5, an echoed
 //!   `x-amz-checksum-sha256` must be the part's; a mismatch, or the server's `BadDigest` (the body was
 //!   damaged on the way), sends the part again, up to [`PART_TRIES`] times;
@@ -44,6 +45,8 @@ pub const MIN_PART: u64 = 5 << 20;
 pub const MAX_PART: u64 = 5 << 30;
 /// The default part size for small files.
 pub const DEFAULT_PART: u64 = 8 << 20;
+/// SigV4's `x-amz-content-sha256` for a payload covered by other signed headers.
+const UNSIGNED: &str = "UNSIGNED-PAYLOAD";
 /// Times a part is sent when the server's answer shows it did not arrive intact.
 pub const PART_TRIES: u32 = 3;
 
@@ -314,7 +317,7 @@ impl Client {
         )
     }
 
-    /// [`Client::send`] with the body's hex SHA-256 already computed (parts: it is also their checksum).
+    /// [`Client::send`] with the `x-amz-content-sha256` value given: the body's hex SHA-256, or `UNSIGNED-PAYLOAD`.
     fn send_hashed(
         &self,
         method: &str,
@@ -500,7 +503,10 @@ impl Client {
             ("content-md5", b64(md5)),
             ("x-amz-checksum-sha256", b64(sha)),
         ];
-        let r = self.send_hashed("PUT", true, &q, &h, data, hex(sha))?;
+        // The body is bound to the signature through the signed Content-MD5 and x-amz-checksum-sha256
+        // (which S3 and COS check, and the ETag check below re-checks), so the payload is not signed
+        // again: a strict server then hashes each byte once less (as botocore does over HTTPS).
+        let r = self.send_hashed("PUT", true, &q, &h, data, UNSIGNED.into())?;
         if r.status != 200 {
             return Err(self.fail(&format!("UploadPart {n}"), &r));
         }
@@ -1175,6 +1181,48 @@ mod tests {
             ),
             "{a}"
         );
+    }
+
+    fn reply(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            body: body.into(),
+            correlation_id: None,
+            etag: None,
+            content_length: None,
+            checksum_sha256: None,
+        }
+    }
+
+    #[test]
+    fn refused_tokens_and_damaged_parts_are_told_apart() {
+        assert!(token_refused(&reply(401, "")));
+        // HEAD answers have no body; COS answers an expired token with AccessDenied.
+        assert!(token_refused(&reply(403, "")));
+        assert!(token_refused(&reply(
+            403,
+            "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+        )));
+        assert!(!token_refused(&reply(
+            403,
+            "<Error><Code>SignatureDoesNotMatch</Code></Error>"
+        )));
+        assert!(!token_refused(&reply(404, "")));
+        let kms = |status, reason: &str| {
+            Error::Kms(KmsError {
+                kind: KmsErrorKind::Http,
+                endpoint: String::new(),
+                status: Some(status),
+                reason: Some(reason.into()),
+                message: String::new(),
+                correlation_id: None,
+                attempts: 1,
+            })
+        };
+        assert!(digest_refused(&kms(400, "BadDigest")));
+        assert!(digest_refused(&kms(400, "XAmzContentSHA256Mismatch")));
+        assert!(!digest_refused(&kms(400, "EntityTooSmall")));
+        assert!(!digest_refused(&kms(403, "BadDigest")));
     }
 
     #[test]
