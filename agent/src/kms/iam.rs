@@ -154,15 +154,18 @@ impl IamTokens {
 
 /// How long a fresh token may be used: until `expiration - 0.2 × expires_in` (IBM's SDKs), measured
 /// from now; `expires_in` alone gives 80 % of it; neither gives 48 minutes (80 % of IAM's hour).
+/// A token with less than a fifth of its life left is refreshed at the next use.
 fn refresh_in(expires_in: Option<u64>, expiration: Option<u64>) -> Duration {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
     let ttl_ms = u128::from(expires_in.unwrap_or(3600)) * 1000;
-    let left_ms = match expiration {
-        Some(exp) => (u128::from(exp) * 1000).saturating_sub(now).min(ttl_ms),
-        None => ttl_ms,
+    // An `expiration` already past says the local clock is ahead of IAM's: trust `expires_in` then,
+    // rather than fetching a token for every request.
+    let left_ms = match expiration.map(|e| u128::from(e) * 1000) {
+        Some(exp) if exp > now => (exp - now).min(ttl_ms),
+        _ => ttl_ms,
     };
     let ms = left_ms.saturating_sub(ttl_ms / 5);
     Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
@@ -199,6 +202,8 @@ mod tests {
         let d = refresh_in(Some(3600), Some(now + 1800));
         assert!((1070..=1080).contains(&d.as_secs()), "{d:?}");
         assert_eq!(refresh_in(Some(10), None), Duration::from_secs(8));
-        assert_eq!(refresh_in(Some(10), Some(now)), Duration::ZERO);
+        assert_eq!(refresh_in(Some(10), Some(now + 1)), Duration::ZERO);
+        // A local clock ahead of IAM's.
+        assert_eq!(refresh_in(Some(10), Some(now - 100)), Duration::from_secs(8));
     }
 }
