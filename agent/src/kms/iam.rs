@@ -204,6 +204,9 @@ mod tests {
         assert_eq!(refresh_in(Some(10), None), Duration::from_secs(8));
         assert_eq!(refresh_in(Some(10), Some(now + 1)), Duration::ZERO);
         // A local clock ahead of IAM's.
-        assert_eq!(refresh_in(Some(10), Some(now - 100)), Duration::from_secs(8));
+        assert_eq!(
+            refresh_in(Some(10), Some(now - 100)),
+            Duration::from_secs(8)
+        );
     }
 }
