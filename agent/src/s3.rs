@@ -551,8 +551,13 @@ impl Client {
         }
     }
 
-    /// CompleteMultipartUpload; returns the ETag.
-    pub fn complete(&self, upload_id: &str, parts: &BTreeMap<u32, PartDone>) -> Result<String> {
+    /// CompleteMultipartUpload; returns the ETag and, when the server gives it, the object's composite
+    /// `ChecksumSHA256` (`base64(sha256(part checksums))-N` on S3).
+    pub fn complete(
+        &self,
+        upload_id: &str,
+        parts: &BTreeMap<u32, PartDone>,
+    ) -> Result<(String, Option<String>)> {
         let mut x = String::from("<CompleteMultipartUpload>");
         for (n, p) in parts {
             x.push_str(&format!("<Part><PartNumber>{n}</PartNumber><ETag>\"{}\"</ETag><ChecksumSHA256>{}</ChecksumSHA256></Part>", p.etag, p.sha256_b64));
@@ -569,7 +574,10 @@ impl Client {
         if r.status != 200 || r.body.contains("<Error>") {
             return Err(self.fail("CompleteMultipartUpload", &r));
         }
-        Ok(xml_tag(&r.body, "ETag").map(unquote).unwrap_or_default())
+        Ok((
+            xml_tag(&r.body, "ETag").map(unquote).unwrap_or_default(),
+            xml_tag(&r.body, "ChecksumSHA256").map(str::to_owned),
+        ))
     }
 
     /// AbortMultipartUpload (a gone upload counts as aborted).
@@ -859,7 +867,7 @@ pub fn upload(client: &Client, source: &Path, o: &Options) -> Result<Uploaded> {
         return Err(interrupted(e, &upload_id));
     }
     let sha = sha?;
-    let etag = client
+    let (etag, composite_checksum) = client
         .complete(&upload_id, &state.parts)
         .map_err(|e| interrupted(e, &upload_id))?;
     let mut md5s = Vec::new();
@@ -879,7 +887,26 @@ pub fn upload(client: &Client, source: &Path, o: &Options) -> Result<Uploaded> {
     }
     let md5_etags = state.parts.values().all(|p| looks_like_md5(&p.etag));
     if !md5_etags {
-        notes.push("the server's part ETags are not MD5s (e.g. SSE-KMS): checked the size, not the composite ETag".into());
+        match composite_checksum.filter(|c| c.contains('-')) {
+            Some(got) => {
+                let mut shas = Vec::new();
+                for p in state.parts.values() {
+                    shas.extend(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(&p.sha256_b64)
+                            .unwrap_or_default(),
+                    );
+                }
+                let want = format!("{}-{}", b64(&Sha256::digest(&shas)), state.parts.len());
+                if got != want {
+                    return Err(Error::Upload(format!(
+                        "{url}: the composite ChecksumSHA256 {got} is not that of the parts sent ({want})"
+                    )));
+                }
+                notes.push("the server's part ETags are not MD5s (e.g. SSE-KMS): checked the size and the composite ChecksumSHA256 instead of the composite ETag".into());
+            }
+            None => notes.push("the server's part ETags are not MD5s (e.g. SSE-KMS): checked the size, not the composite ETag".into()),
+        }
     } else if got_etag != expected {
         return Err(Error::Upload(format!(
             "{url}: ETag {got_etag} is not the composite of the parts sent ({expected})"

@@ -1027,3 +1027,81 @@ fn upload_with_an_aws_profile_from_the_shared_files() {
         }
     }
 }
+
+/// A proxy answering opaque part ETags, and CompleteMultipartUpload with `<ChecksumSHA256>` set to
+/// the composite of the part checksums as S3 computes it (moto gives none), or a wrong one.
+fn composite_proxy(s: &S3, wrong: bool) -> String {
+    type Sums = std::collections::BTreeMap<u32, Vec<u8>>;
+    let etags = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let sums = Arc::new(std::sync::Mutex::new(Sums::new()));
+    let (e1, e2) = (etags.clone(), etags);
+    let is_complete = |r: &Req| r.line.starts_with("POST ") && r.line.contains("uploadId=");
+    hook_proxy(
+        &s.url,
+        move |r| {
+            if is_complete(r) {
+                let mut body = String::from_utf8(r.body.clone()).unwrap();
+                for (fake, real) in e1.lock().unwrap().iter() {
+                    body = body.replace(fake, real);
+                }
+                r.body = body.into_bytes();
+            }
+            Act::Forward
+        },
+        move |r, resp| {
+            if let Some(n) = r.part() {
+                let real = resp
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("etag"))
+                    .map(|(_, v)| v.trim_matches('"').to_owned())
+                    .unwrap_or_default();
+                let fake = format!("kms{n}-{}", &real[..8]);
+                e2.lock().unwrap().push((fake.clone(), real));
+                resp.set_header("ETag", &format!("\"{fake}\""));
+                sums.lock()
+                    .unwrap()
+                    .insert(n, Sha256::digest(&r.body).to_vec());
+            } else if is_complete(r) {
+                let parts = sums.lock().unwrap();
+                let mut all: Vec<u8> = parts.values().flatten().copied().collect();
+                if wrong {
+                    all[0] ^= 1;
+                }
+                let sum = format!("{}-{}", b64(&Sha256::digest(&all)), parts.len());
+                let body = String::from_utf8(resp.body.clone()).unwrap().replace(
+                    "</ETag>",
+                    &format!("</ETag><ChecksumSHA256>{sum}</ChecksumSHA256>"),
+                );
+                resp.set_header("Content-Length", &body.len().to_string());
+                resp.body = body.into_bytes();
+            }
+        },
+    )
+}
+
+#[test]
+fn non_md5_part_etags_are_checked_through_the_composite_checksum_when_given() {
+    let Some(s) = moto_s3() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let sha = big_file(p, "disk.img", 4);
+    let out = upload_via(&s, p, &composite_proxy(&s, false), "sum.img").ok();
+    let v = parse(&out.stdout);
+    assert_eq!(v["sha256"], sha.as_str());
+    assert!(
+        v["notes"]
+            .to_string()
+            .contains("composite ChecksumSHA256 instead of the composite ETag"),
+        "{v}"
+    );
+    assert_eq!(remote_sha256(&s, "sum.img"), sha);
+    let out = upload_via(&s, p, &composite_proxy(&s, true), "sum2.img");
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("composite ChecksumSHA256")
+            && out.stderr.contains("is not that of the parts sent"),
+        "{}",
+        out.stderr
+    );
+}
