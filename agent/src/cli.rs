@@ -169,6 +169,23 @@ struct ImportArgs {
     wait_secs: u64,
 }
 
+/// How `upload` authenticates to S3 / IBM COS.
+#[derive(Debug, Args)]
+struct S3AuthArgs {
+    /// AWS profile (else AWS_PROFILE, else default); it beats AWS_ACCESS_KEY_ID, as in the AWS CLI.
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
+    /// auto (HMAC keys when configured, else IAM for cos://), hmac, or iam (IBM Cloud API key → bearer token).
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "hmac", "iam"])]
+    auth: String,
+    /// File holding the IBM Cloud API key for --auth iam (else IBMCLOUD_API_KEY, else the config file).
+    #[arg(long, value_name = "FILE")]
+    api_key_file: Option<PathBuf>,
+    /// IAM base URL.
+    #[arg(long, value_name = "URL")]
+    iam_endpoint: Option<String>,
+}
+
 #[derive(Debug, Args)]
 struct UploadArgs {
     /// The file.
@@ -183,18 +200,8 @@ struct UploadArgs {
     /// Signing region for s3:// (else AWS_REGION, AWS_DEFAULT_REGION, the profile's region, us-east-1).
     #[arg(long, value_name = "REGION")]
     region: Option<String>,
-    /// AWS profile (else AWS_PROFILE, else default); it beats AWS_ACCESS_KEY_ID, as in the AWS CLI.
-    #[arg(long, value_name = "NAME")]
-    profile: Option<String>,
-    /// auto (HMAC keys when configured, else IAM for cos://), hmac, or iam (IBM Cloud API key → bearer token).
-    #[arg(long, value_name = "MODE", default_value = "auto")]
-    auth: String,
-    /// File holding the IBM Cloud API key for --auth iam (else IBMCLOUD_API_KEY, else the config file).
-    #[arg(long, value_name = "FILE")]
-    api_key_file: Option<PathBuf>,
-    /// IAM base URL.
-    #[arg(long, value_name = "URL")]
-    iam_endpoint: Option<String>,
+    #[command(flatten)]
+    auth: S3AuthArgs,
     /// Parts sent in parallel (memory: jobs x part size).
     #[arg(long, default_value_t = 4, value_name = "N")]
     jobs: usize,
@@ -1058,8 +1065,8 @@ fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
     let l = layers_from(
         cli,
         FileConfig {
-            api_key_file: a.api_key_file.clone(),
-            iam_endpoint: a.iam_endpoint.clone(),
+            api_key_file: a.auth.api_key_file.clone(),
+            iam_endpoint: a.auth.iam_endpoint.clone(),
             ..FileConfig::default()
         },
     )?;
@@ -1076,8 +1083,8 @@ fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
     let (auth, region) = s3_auth(
         &l,
         &a.url,
-        &a.auth,
-        a.profile.as_deref(),
+        &a.auth.auth,
+        a.auth.profile.as_deref(),
         a.region.as_deref(),
         retry,
     )?;
