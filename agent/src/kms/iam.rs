@@ -188,6 +188,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn debug_shows_no_key_or_token() {
+        let t = IamTokens::new(
+            "http://127.0.0.1:9/",
+            SecretString::new("api-key-secret".into()),
+            RetryPolicy::default(),
+        );
+        *t.slot.lock().unwrap_or_else(|e| e.into_inner()) = (
+            Some(Token {
+                value: SecretString::new("bearer-secret".into()),
+                refresh_at: Instant::now(),
+                generation: 1,
+            }),
+            1,
+        );
+        let shown = format!("{t:?}");
+        assert!(
+            !shown.contains("api-key-secret") && !shown.contains("bearer-secret"),
+            "{shown}"
+        );
+        assert_eq!(t.label(), "IAM at http://127.0.0.1:9");
+    }
+
+    #[test]
     fn refresh_comes_at_80_percent_of_the_life() {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
