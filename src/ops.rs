@@ -327,7 +327,8 @@ pub fn encrypt(
     })
 }
 
-/// Encrypts and writes one allocated unit: (bytes, unit index, host offset).
+/// Encrypts and writes a run of allocated units that follow each other both in the guest and in the
+/// file: (their bytes, the first unit's index, its host offset).
 type StoreUnit<'a> = dyn Fn(&mut [u8], u64, u64) -> Result<()> + Sync + 'a;
 
 /// A wave job: its buffer, guest offset, and (unit index in the chunk, host offset) of the units that
@@ -338,8 +339,9 @@ type WaveJob = (Vec<u8>, u64, Vec<(u64, u64)>);
 /// chunks made of whole `unit`s:
 /// 1. `read(buf, offset)` fills each chunk in parallel; `false` means "known zeros, nothing read";
 /// 2. every unit that is not all zeros is allocated, in guest order, with `allocate(unit_index)`;
-/// 3. `store(unit_bytes, unit_index, host_offset)` encrypts and writes each allocated unit in parallel
-///    (the last unit may be short when `len` is not a whole number of units).
+/// 3. `store(bytes, unit_index, host_offset)` encrypts and writes the allocated units in parallel, one
+///    call per run of units that are consecutive in the guest and in the file (one write instead of one
+///    per unit); the last unit may be short when `len` is not a whole number of units.
 ///
 /// `skip(offset)` returns the first offset at or after `offset` that may hold data, so holes cost no time.
 #[allow(clippy::too_many_arguments)]
@@ -402,9 +404,20 @@ fn allocating_waves(
             jobs.par_iter_mut().try_for_each(|job| -> Result<()> {
                 let (buf, at, alloc) = &mut **job;
                 let blen = buf.len() as u64;
-                for &(i, host) in alloc.iter() {
-                    let u = &mut buf[(i * unit) as usize..((i + 1) * unit).min(blen) as usize];
-                    store(u, *at / unit + i, host)?;
+                let mut k = 0;
+                while k < alloc.len() {
+                    let (i, host) = alloc[k];
+                    let mut n = 1;
+                    while alloc
+                        .get(k + n)
+                        .is_some_and(|&(j, h)| j == i + n as u64 && h == host + n as u64 * unit)
+                    {
+                        n += 1;
+                    }
+                    let run =
+                        &mut buf[(i * unit) as usize..((i + n as u64) * unit).min(blen) as usize];
+                    store(run, *at / unit + i, host)?;
+                    k += n;
                 }
                 Ok(())
             })
@@ -440,13 +453,14 @@ fn write_qcow2(
 ) -> Result<u64> {
     let cs = writer.cluster_size();
     let store = |data: &mut [u8], _index: u64, host: u64| -> Result<()> {
-        let mut cluster;
-        let data: &mut [u8] = if data.len() as u64 == cs {
+        // Only the disk's last cluster can be short: pad it to a whole cluster.
+        let mut padded;
+        let data: &mut [u8] = if (data.len() as u64).is_multiple_of(cs) {
             data
         } else {
-            cluster = vec![0u8; cs as usize];
-            cluster[..data.len()].copy_from_slice(data);
-            &mut cluster
+            padded = vec![0u8; (data.len() as u64).next_multiple_of(cs) as usize];
+            padded[..data.len()].copy_from_slice(data);
+            &mut padded
         };
         if let Some(xts) = xts {
             xts.encrypt(data, 512, qcow2_sector(host), IvScheme::Plain64)?;
@@ -576,7 +590,9 @@ pub fn encrypt_classic_vhd(
     };
     // Every sector of an allocated block is encrypted (tweak = virtual sector), then bitmap + data
     // + a stale footer copy are written, as vhd-util does.
+    // Each block is preceded by its bitmap in the file, so runs are single blocks.
     let store = |block: &mut [u8], index: u64, at: u64| -> Result<()> {
+        debug_assert_eq!(block.len() as u64, bs);
         xts.encrypt(block, 512, index * bs / 512, IvScheme::Plain)?;
         out.write_at(&vhd_writer::FULL_BITMAP, at)?;
         out.write_at(block, at + 512)?;
