@@ -4,7 +4,7 @@
 # table of times, GB/s and ratios. The machine may be noisy: compare ratios, not absolute figures.
 #
 #   bash benches/compare.sh            # 2 GiB inputs in /dev/shm
-#   SIZE_MIB=512 bash benches/compare.sh
+#   SIZE_MIB=512 RUNS=3 bash benches/compare.sh   # smaller inputs; best of 3 runs of every command
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${SIZE_MIB:-2048}
@@ -21,13 +21,22 @@ bytes=$((SIZE_MIB << 20))
 FAST=(--pbkdf pbkdf2 --pbkdf-force-iterations 1000)
 
 rows=()
-# time_cmd NAME CMD...: wall seconds into $t
+RUNS=${RUNS:-2}
+# time_cmd NAME OUT CMD...: the best wall time of $RUNS runs into $t; OUT is removed before each run so
+# every tool writes a new file (replacing an old one would add the cost of freeing its pages); the
+# function named by $PREP, if set, runs before each run, outside the timing.
 time_cmd() {
-    local name=$1; shift
-    local s e
-    s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N)
-    t=$(printf '%.2f' "$(echo "$e - $s" | bc -l)")
-    printf '%-48s %8.2f s\n' "$name" "$t" >&2
+    local name=$1 out=$2; shift 2
+    local s e best=""
+    for _ in $(seq "$RUNS"); do
+        rm -f "$out"
+        if [[ -n ${PREP:-} ]]; then "$PREP"; fi
+        s=$(date +%s.%N); "$@" >/dev/null 2>&1; e=$(date +%s.%N)
+        t=$(echo "$e - $s" | bc -l)
+        if [[ -z $best ]] || (( $(echo "$t < $best" | bc -l) )); then best=$t; fi
+    done
+    t=$(printf '%.2f' "$best")
+    printf '%-48s %8.2f s (best of %s)\n' "$name" "$t" "$RUNS" >&2
 }
 gbps() { printf '%.2f' "$(echo "$bytes / $1 / 1000000000" | bc -l)"; }
 ratio() { printf '%.1f' "$(echo "$1 / $2" | bc -l)"; }
@@ -36,7 +45,7 @@ r2() { printf '%.2f' "$1"; }
 echo "== XTS engine, 1 thread" >&2
 ossl() { openssl speed -evp aes-256-xts -bytes "$1" -seconds 3 2>/dev/null | awk '/^AES-256-XTS/ {print $2}' | tr -d k; }
 o4096=$(ossl 4096); o512=$(ossl 512)
-crit=$(cd "$OLDPWD" && cargo bench --bench xts -- --quick 'aes256-xts/encrypt' 2>/dev/null | grep -A2 'aes256-xts/encrypt' | awk '/thrpt/ {print $0}')
+crit=$(cd "$OLDPWD" && cargo bench --bench xts -- --quick 'aes256-xts/encrypt/' 2>/dev/null | grep -A2 'aes256-xts/encrypt/' | awk '/thrpt/ {print $0}')
 d512=$(echo "$crit" | sed -n 1p | sed -E 's/.*\[[^ ]+ [^ ]+ ([0-9.]+) GiB\/s.*/\1/')
 d4096=$(echo "$crit" | sed -n 2p | sed -E 's/.*\[[^ ]+ [^ ]+ ([0-9.]+) GiB\/s.*/\1/')
 o4096g=$(r2 "$(echo "$o4096 * 1000 / 1000000000" | bc -l)"); o512g=$(r2 "$(echo "$o512 * 1000 / 1000000000" | bc -l)")
@@ -45,14 +54,14 @@ rows+=("| AES-256-XTS, 4096-byte units, 1 thread | ${d4096g} GB/s | openssl spee
 rows+=("| AES-256-XTS, 512-byte units, 1 thread | ${d512g} GB/s | openssl speed: ${o512g} GB/s | $(ratio "$d512g" "$o512g")× |")
 
 echo "== raw -> LUKS2, ${SIZE_MIB} MiB" >&2
-time_cmd "diskseal luks2, 1 thread" "$DS" encrypt -q --force --threads 1 "${FAST[@]}" --key-file pw src.raw ds.luks; t1=$t
-time_cmd "diskseal luks2, $THREADS threads" "$DS" encrypt -q --force "${FAST[@]}" --key-file pw src.raw ds.luks; tn=$t
+time_cmd "diskseal luks2, 1 thread" ds.luks "$DS" encrypt -q --threads 1 "${FAST[@]}" --key-file pw src.raw ds.luks; t1=$t
+time_cmd "diskseal luks2, $THREADS threads" ds.luks "$DS" encrypt -q "${FAST[@]}" --key-file pw src.raw ds.luks; tn=$t
 "$DS" verify -q --key-file pw --against src.raw ds.luks
 rm -f ds.luks
-time_cmd "qemu-img convert -O luks" qemu-img convert -f raw -O luks --object secret,id=s,file=pw -o key-secret=s,iter-time=10 src.raw q.luks; tq=$t
+time_cmd "qemu-img convert -O luks" q.luks qemu-img convert -f raw -O luks --object secret,id=s,file=pw -o key-secret=s,iter-time=10 src.raw q.luks; tq=$t
 rm -f q.luks
-cp src.raw cs.img && truncate -s +32M cs.img
-time_cmd "cryptsetup reencrypt --encrypt (offline)" cryptsetup reencrypt --encrypt --type luks2 --reduce-device-size 32M \
+cs_prep() { cp src.raw cs.img && truncate -s +32M cs.img; }
+PREP=cs_prep time_cmd "cryptsetup reencrypt --encrypt (offline)" cs.img cryptsetup reencrypt --encrypt --type luks2 --reduce-device-size 32M \
     --force-offline-reencrypt --batch-mode --key-file pw --pbkdf pbkdf2 --pbkdf-force-iterations 1000 cs.img; tc=$t
 rm -f cs.img
 rows+=("| raw → LUKS2, ${SIZE_MIB} MiB random, $THREADS threads | ${tn} s ($(gbps "$tn") GB/s) | qemu-img convert -O luks: ${tq} s | $(ratio "$tq" "$tn")× |")
@@ -60,10 +69,10 @@ rows+=("| same | | cryptsetup reencrypt --encrypt: ${tc} s | $(ratio "$tc" "$tn"
 rows+=("| raw → LUKS2, 1 → $THREADS threads | ${t1} s → ${tn} s | | $(ratio "$t1" "$tn")× scaling |")
 
 echo "== raw -> ibm-vpc qcow2" >&2
-time_cmd "diskseal ibm-vpc" "$DS" encrypt -q --force --profile ibm-vpc "${FAST[@]}" --key-file pw src.raw ds.qcow2; tv=$t
+time_cmd "diskseal ibm-vpc" ds.qcow2 "$DS" encrypt -q --profile ibm-vpc "${FAST[@]}" --key-file pw src.raw ds.qcow2; tv=$t
 qemu-img compare --object secret,id=s,file=pw --image-opts "driver=qcow2,encrypt.key-secret=s,file.filename=ds.qcow2" "driver=raw,file.filename=src.raw" >/dev/null
 rm -f ds.qcow2
-time_cmd "qemu-img convert -O qcow2 encrypt.format=luks" qemu-img convert -f raw -O qcow2 --object secret,id=s,file=pw \
+time_cmd "qemu-img convert -O qcow2 encrypt.format=luks" q.qcow2 qemu-img convert -f raw -O qcow2 --object secret,id=s,file=pw \
     -o encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10 src.raw q.qcow2; tqv=$t
 rm -f q.qcow2
 rows+=("| raw → ibm-vpc qcow2-LUKS, ${SIZE_MIB} MiB | ${tv} s ($(gbps "$tv") GB/s) | qemu-img: ${tqv} s | $(ratio "$tqv" "$tv")× |")
@@ -71,11 +80,11 @@ rows+=("| raw → ibm-vpc qcow2-LUKS, ${SIZE_MIB} MiB | ${tv} s ($(gbps "$tv") G
 echo "== dynamic VHD -> ibm-classic-vhd (vhd-util layout)" >&2
 qemu-img convert -f raw -O vpc -o subformat=dynamic src.raw src.vhd
 head -c 64 /dev/urandom > dek
-time_cmd "diskseal ibm-classic-vhd" "$DS" encrypt -q --force --profile ibm-classic-vhd --key-file dek src.vhd ds.vhd; tcv=$t
+time_cmd "diskseal ibm-classic-vhd" ds.vhd "$DS" encrypt -q --profile ibm-classic-vhd --key-file dek src.vhd ds.vhd; tcv=$t
 "$DS" verify -q --profile ibm-classic-vhd --key-file dek --against src.vhd ds.vhd
 rm -f ds.vhd
 if command -v vhd-util >/dev/null; then
-    time_cmd "vhd-util copy -k" vhd-util copy -n src.vhd -N vu.vhd -k dek; tvu=$t; vu="vhd-util copy -k: ${tvu} s"
+    time_cmd "vhd-util copy -k" vu.vhd vhd-util copy -n src.vhd -N vu.vhd -k dek; tvu=$t; vu="vhd-util copy -k: ${tvu} s"
     rm -f vu.vhd
 else
     # vhd-util only builds/runs on CentOS-like systems; its figure from vhd-util.md (1 GiB, /dev/shm): 3.07 s.
@@ -83,17 +92,17 @@ else
 fi
 rows+=("| dynamic VHD → ibm-classic-vhd, ${SIZE_MIB} MiB random | ${tcv} s ($(gbps "$tcv") GB/s) | ${vu} | $(ratio "$tvu" "$tcv")× |")
 rm -f src.vhd
-/usr/bin/time -f "%e" cp src.raw cp.raw 2>cp.t >/dev/null; rm -f cp.raw
-rows+=("| floor: \`cp\` of the ${SIZE_MIB} MiB source on the same tmpfs | $(cat cp.t) s | | |")
+time_cmd "cp (floor)" cp.raw cp src.raw cp.raw; rm -f cp.raw
+rows+=("| floor: \`cp\` of the ${SIZE_MIB} MiB source on the same tmpfs | ${t} s | | |")
 
 echo "== sparse qcow2 (2 GiB, 512 MiB allocated) -> ibm-vpc" >&2
 truncate -s 2G sp.raw
 for i in 0 1 2 3; do dd if=src.raw of=sp.raw bs=1M count=128 skip=$((i * 128)) seek=$((i * 512)) conv=notrunc status=none; done
 qemu-img convert -f raw -O qcow2 sp.raw sp.qcow2 && rm -f sp.raw
-time_cmd "diskseal ibm-vpc from sparse qcow2" "$DS" encrypt -q --force --profile ibm-vpc "${FAST[@]}" --key-file pw sp.qcow2 ds.qcow2; ts=$t
+time_cmd "diskseal ibm-vpc from sparse qcow2" ds.qcow2 "$DS" encrypt -q --profile ibm-vpc "${FAST[@]}" --key-file pw sp.qcow2 ds.qcow2; ts=$t
 qemu-img compare --object secret,id=s,file=pw --image-opts "driver=qcow2,encrypt.key-secret=s,file.filename=ds.qcow2" "driver=qcow2,file.filename=sp.qcow2" >/dev/null
 rm -f ds.qcow2
-time_cmd "qemu-img convert (same)" qemu-img convert -f qcow2 -O qcow2 --object secret,id=s,file=pw \
+time_cmd "qemu-img convert (same)" q.qcow2 qemu-img convert -f qcow2 -O qcow2 --object secret,id=s,file=pw \
     -o encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10 sp.qcow2 q.qcow2; tqs=$t
 rm -f q.qcow2 sp.qcow2
 rows+=("| 2 GiB qcow2 with 512 MiB allocated → ibm-vpc | ${ts} s | qemu-img: ${tqs} s | $(ratio "$tqs" "$ts")× |")

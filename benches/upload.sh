@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Upload throughput: diskseal-agent vs `aws s3 cp` against the same local S3 server, in one run.
-#   SIZE_MIB (default 1024), JOBS (4), PART (8M), SERVER (s3s-fs if installed, else moto).
+#   SIZE_MIB (default 1024), JOBS (4), PART (8M), SERVER (s3s-fs if installed, else moto),
+#   BIN (an agent binary to time instead of building target/release/diskseal-agent), RUNS (1).
 # aws-cli is configured like the agent: 4 concurrent 8 MiB parts, path-style addressing.
+# Besides wall time, it prints each client's user+sys CPU (/usr/bin/time) and the server's CPU during
+# each upload (/proc/PID/stat): on this 2-core machine the server shares the cores with the client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${SIZE_MIB:-1024}
@@ -9,8 +12,11 @@ JOBS=${JOBS:-4}
 PART=${PART:-8M}
 command -v aws >/dev/null || { echo "aws-cli is not installed (pip install awscli)" >&2; exit 2; }
 SERVER=${SERVER:-$(command -v s3s-fs >/dev/null && echo s3s-fs || echo moto)}
-cargo build --release -q -p diskseal-agent
-BIN=target/release/diskseal-agent
+RUNS=${RUNS:-1}
+if [[ -z ${BIN:-} ]]; then
+    cargo build --release -q -p diskseal-agent
+    BIN=target/release/diskseal-agent
+fi
 work=$(mktemp -d)
 PID=
 cleanup() { [[ -n $PID ]] && kill "$PID" 2>/dev/null; rm -rf "$work"; }
@@ -39,15 +45,27 @@ export AWS_CONFIG_FILE=$work/aws.ini
 aws --endpoint-url "$URL" s3 mb s3://bench >/dev/null
 head -c $((SIZE_MIB << 20)) /dev/urandom >"$work/big.bin"
 export DISKSEAL_AGENT_HOME=$work/home
-t0=$(date +%s.%N)
-"$BIN" --json upload "$work/big.bin" s3://bench/agent.bin --endpoint "$URL" --jobs "$JOBS" --part-size "$PART" >/dev/null
-t1=$(date +%s.%N)
-aws --endpoint-url "$URL" s3 cp "$work/big.bin" s3://bench/cli.bin --only-show-errors
-t2=$(date +%s.%N)
-python3 - "$SIZE_MIB" "$t0" "$t1" "$t2" "$SERVER" <<'PY'
+# The server's user+sys CPU so far, in seconds.
+server_cpu() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$PID/stat"; }
+# run NAME CMD...: wall time, the client's CPU and the server's CPU, as "wall user sys server".
+run() {
+    local name=$1; shift
+    local s0; s0=$(server_cpu)
+    local t0; t0=$(date +%s.%N)
+    /usr/bin/time -f "%U %S" -o "$work/$name.time" "$@" >/dev/null
+    local t1; t1=$(date +%s.%N)
+    local s1; s1=$(server_cpu)
+    echo "$(python3 -c "print(f'{$t1 - $t0:.3f}')") $(cat "$work/$name.time") $(python3 -c "print(f'{$s1 - $s0:.2f}')")"
+}
+for i in $(seq "$RUNS"); do
+    a=$(run agent "$BIN" --json upload "$work/big.bin" "s3://bench/agent$i.bin" --endpoint "$URL" --jobs "$JOBS" --part-size "$PART")
+    c=$(run cli aws --endpoint-url "$URL" s3 cp "$work/big.bin" "s3://bench/cli$i.bin" --only-show-errors)
+    python3 - "$SIZE_MIB" "$SERVER" "$a" "$c" <<'PY'
 import sys
-mib, t0, t1, t2, server = int(sys.argv[1]), *map(float, sys.argv[2:5]), sys.argv[5]
-a, c = t1 - t0, t2 - t1
-print(f"{server}, {mib} MiB: diskseal-agent {a:.2f} s ({mib / a:.0f} MiB/s, sha256 + composite ETag checked), "
-      f"aws s3 cp {c:.2f} s ({mib / c:.0f} MiB/s); ratio {c / a:.2f}x")
+mib, server = int(sys.argv[1]), sys.argv[2]
+(aw, au, as_, asrv), (cw, cu, cs, csrv) = (map(float, x.split()) for x in sys.argv[3:5])
+print(f"{server}, {mib} MiB: diskseal-agent {aw:.2f} s ({mib / aw:.0f} MiB/s; CPU {au:.2f} user + {as_:.2f} sys, "
+      f"server {asrv:.2f}), aws s3 cp {cw:.2f} s ({mib / cw:.0f} MiB/s; CPU {cu:.2f} user + {cs:.2f} sys, "
+      f"server {csrv:.2f}); ratio {cw / aw:.2f}x")
 PY
+done

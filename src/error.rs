@@ -55,16 +55,25 @@ impl Error {
 
     /// An I/O error while doing `op` (e.g. "read", "write") on `path` at `offset`.
     pub fn io(op: &str, path: &Path, offset: Option<u64>, source: io::Error) -> Self {
-        let message = match source.raw_os_error() {
-            Some(28) => format!("cannot {op}: no space left on device"),
-            _ => format!("cannot {op}: {source}"),
+        let (message, hint) = match source.raw_os_error() {
+            Some(28) => (
+                format!("cannot {op}: no space left on device"),
+                Some("free space on that file system or write the output elsewhere"),
+            ),
+            Some(27) => (
+                format!("cannot {op}: {source}"),
+                Some(
+                    "the file size limit (ulimit -f) or the file system's largest file is too small",
+                ),
+            ),
+            _ => (format!("cannot {op}: {source}"), None),
         };
         Error {
             kind: ErrorKind::Io,
             message,
             path: Some(path.to_owned()),
             offset,
-            hint: None,
+            hint: hint.map(str::to_owned),
             source: Some(source),
         }
     }

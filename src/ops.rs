@@ -40,7 +40,8 @@ pub struct Run<'a> {
     pub total: &'a std::sync::atomic::AtomicU64,
 }
 
-/// The container the encrypted image is written in.
+/// The LUKS container the encrypted image is written in. (`ibm-classic-vhd` output has no LUKS header:
+/// [`encrypt_classic_vhd`] writes it.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Container {
     /// A LUKS file (header, then the payload).
@@ -53,9 +54,6 @@ pub enum Container {
     },
     /// QEMU qcow2 v3 with qcow2-native LUKS1 (`encrypt.format=luks`), sparse.
     Qcow2Luks,
-    /// A dynamic VHD encrypted like blktap's `vhd-util copy -k` (`ibm-classic-vhd`): no LUKS header, the
-    /// key is the raw DEK, its hash is in the batmap. Written by [`encrypt_classic_vhd`].
-    ClassicVhd,
 }
 
 /// Options of [`encrypt`].
@@ -175,12 +173,6 @@ pub fn encrypt(
         return Err(Error::invalid("output file already exists")
             .with_path(dst)
             .hint("pass --force to overwrite it"));
-    }
-    if opts.container == Container::ClassicVhd {
-        // No LUKS header, no passphrase: a different report; see `encrypt_classic_vhd`.
-        return Err(Error::invalid(
-            "ibm-classic-vhd output has no LUKS header; it is written by ops::encrypt_classic_vhd",
-        ));
     }
     let image = image::open(src, opts.input_format)?;
     let source_size = image.virtual_size();
@@ -315,11 +307,6 @@ pub fn encrypt(
             )?;
             (1 << crate::image::qcow2::writer::CLUSTER_BITS, size)
         }
-        Container::ClassicVhd => {
-            return Err(Error::invalid(
-                "ibm-classic-vhd output is written by encrypt_classic_vhd",
-            ));
-        }
     };
     let elapsed = start.elapsed();
     out.commit(0o644)?;
@@ -340,7 +327,8 @@ pub fn encrypt(
     })
 }
 
-/// Encrypts and writes one allocated unit: (bytes, unit index, host offset).
+/// Encrypts and writes a run of allocated units that follow each other both in the guest and in the
+/// file: (their bytes, the first unit's index, its host offset).
 type StoreUnit<'a> = dyn Fn(&mut [u8], u64, u64) -> Result<()> + Sync + 'a;
 
 /// A wave job: its buffer, guest offset, and (unit index in the chunk, host offset) of the units that
@@ -351,8 +339,9 @@ type WaveJob = (Vec<u8>, u64, Vec<(u64, u64)>);
 /// chunks made of whole `unit`s:
 /// 1. `read(buf, offset)` fills each chunk in parallel; `false` means "known zeros, nothing read";
 /// 2. every unit that is not all zeros is allocated, in guest order, with `allocate(unit_index)`;
-/// 3. `store(unit_bytes, unit_index, host_offset)` encrypts and writes each allocated unit in parallel
-///    (the last unit may be short when `len` is not a whole number of units).
+/// 3. `store(bytes, unit_index, host_offset)` encrypts and writes the allocated units in parallel, one
+///    call per run of units that are consecutive in the guest and in the file (one write instead of one
+///    per unit); the last unit may be short when `len` is not a whole number of units.
 ///
 /// `skip(offset)` returns the first offset at or after `offset` that may hold data, so holes cost no time.
 #[allow(clippy::too_many_arguments)]
@@ -415,9 +404,20 @@ fn allocating_waves(
             jobs.par_iter_mut().try_for_each(|job| -> Result<()> {
                 let (buf, at, alloc) = &mut **job;
                 let blen = buf.len() as u64;
-                for &(i, host) in alloc.iter() {
-                    let u = &mut buf[(i * unit) as usize..((i + 1) * unit).min(blen) as usize];
-                    store(u, *at / unit + i, host)?;
+                let mut k = 0;
+                while k < alloc.len() {
+                    let (i, host) = alloc[k];
+                    let mut n = 1;
+                    while alloc
+                        .get(k + n)
+                        .is_some_and(|&(j, h)| j == i + n as u64 && h == host + n as u64 * unit)
+                    {
+                        n += 1;
+                    }
+                    let run =
+                        &mut buf[(i * unit) as usize..((i + n as u64) * unit).min(blen) as usize];
+                    store(run, *at / unit + i, host)?;
+                    k += n;
                 }
                 Ok(())
             })
@@ -453,13 +453,14 @@ fn write_qcow2(
 ) -> Result<u64> {
     let cs = writer.cluster_size();
     let store = |data: &mut [u8], _index: u64, host: u64| -> Result<()> {
-        let mut cluster;
-        let data: &mut [u8] = if data.len() as u64 == cs {
+        // Only the disk's last cluster can be short: pad it to a whole cluster.
+        let mut padded;
+        let data: &mut [u8] = if (data.len() as u64).is_multiple_of(cs) {
             data
         } else {
-            cluster = vec![0u8; cs as usize];
-            cluster[..data.len()].copy_from_slice(data);
-            &mut cluster
+            padded = vec![0u8; (data.len() as u64).next_multiple_of(cs) as usize];
+            padded[..data.len()].copy_from_slice(data);
+            &mut padded
         };
         if let Some(xts) = xts {
             xts.encrypt(data, 512, qcow2_sector(host), IvScheme::Plain64)?;
@@ -589,7 +590,9 @@ pub fn encrypt_classic_vhd(
     };
     // Every sector of an allocated block is encrypted (tweak = virtual sector), then bitmap + data
     // + a stale footer copy are written, as vhd-util does.
+    // Each block is preceded by its bitmap in the file, so runs are single blocks.
     let store = |block: &mut [u8], index: u64, at: u64| -> Result<()> {
+        debug_assert_eq!(block.len() as u64, bs);
         xts.encrypt(block, 512, index * bs / 512, IvScheme::Plain)?;
         out.write_at(&vhd_writer::FULL_BITMAP, at)?;
         out.write_at(block, at + 512)?;

@@ -345,6 +345,20 @@ fn keygen_mode_size_and_no_overwrite() {
             & 0o777,
         0o600
     );
+    diskseal(d, &["keygen", "--passphrase", "-o", "p.txt"]).ok();
+    assert_eq!(read(d.join("p.txt")).len(), 43);
+    assert_eq!(
+        std::fs::metadata(d.join("p.txt"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert_ne!(
+        diskseal(d, &["keygen", "--passphrase", "--bytes", "32", "-o", "q"]).code,
+        0
+    );
     let before = read(d.join("k64"));
     fails_with(
         diskseal(d, &["keygen", "-o", "k64"]),
@@ -622,6 +636,77 @@ fn write_failure_midway_leaves_nothing() {
         &["out.luks", "cannot write", "File too large", "at offset"],
     );
     assert_eq!(listing(d), ["pw", "src.raw"]);
+}
+
+/// A destination on a tiny tmpfs (mounted in a private user + mount namespace with `unshare -rm`, so
+/// no privileges are needed): every writer reports "no space left on device" with the file and leaves
+/// nothing on the file system.
+#[test]
+fn full_disk_is_reported_and_leaves_nothing() {
+    let probe = std::process::Command::new("unshare")
+        .args(["-rm", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!(
+            "skipped: this sandbox allows no user namespaces (unshare -rm), so no tmpfs can be mounted"
+        );
+        return;
+    }
+    let dir = setup(8 * MIB, 41);
+    let d = dir.path();
+    std::fs::create_dir(d.join("tiny")).unwrap();
+    diskseal(d, &["keygen", "-o", "dek.bin"]).ok();
+    let bin = crate::util::diskseal_bin();
+    // Mount 4 MiB of tmpfs on ./tiny, run diskseal, then list what is left in ./tiny.
+    let script = r#"mount -t tmpfs -o size=4m tmpfs tiny || exit 99
+"$0" "$@"; rc=$?; echo "left: [$(ls -A tiny)]"; exit $rc"#;
+    let mut cases: Vec<Vec<&str>> = Vec::new();
+    let fast = FAST_PBKDF2.to_vec();
+    cases.push(
+        [
+            &["encrypt", "--key-file", "pw"][..],
+            &fast,
+            &["src.raw", "tiny/o.luks"],
+        ]
+        .concat(),
+    );
+    cases.push(
+        [
+            &["encrypt", "--profile", "ibm-vpc", "--key-file", "pw"][..],
+            &fast,
+            &["src.raw", "tiny/o.qcow2"],
+        ]
+        .concat(),
+    );
+    cases.push(vec![
+        "encrypt",
+        "--profile",
+        "ibm-classic-vhd",
+        "--key-file",
+        "dek.bin",
+        "src.raw",
+        "tiny/o.vhd",
+    ]);
+    make(d, "x.luks", &[]);
+    cases.push(vec![
+        "decrypt",
+        "--key-file",
+        "pw",
+        "x.luks",
+        "tiny/back.raw",
+    ]);
+    for args in cases {
+        let mut full = vec!["-rm", "bash", "-c", script, bin.to_str().unwrap()];
+        full.extend(&args);
+        let r = run_in(d, "unshare", &full);
+        assert!(
+            r.stdout.contains("left: []"),
+            "{args:?} left files: {}",
+            r.stdout
+        );
+        let dst = args.last().unwrap().trim_start_matches("tiny/");
+        fails_with(r, &[dst, "no space left on device", "hint: free space"]);
+    }
 }
 
 /// Ctrl-C during encryption removes the partial output.

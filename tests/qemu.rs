@@ -186,6 +186,57 @@ fn ibm_vpc_qcow2_passes_qemu_img_check_and_compare() {
 }
 
 #[test]
+fn keygen_passphrase_opens_an_ibm_vpc_image_in_qemu_and_dump_shows_its_header() {
+    require!("qemu-img");
+    // 30 whole 64 KiB clusters and a short last one holding data: the writer pads it.
+    let dir = setup(30 * 65536 + 34816, 29);
+    let d = dir.path();
+    diskseal(d, &["keygen", "--passphrase", "-o", "vpc.pass"]).ok();
+    let text = std::fs::read(d.join("vpc.pass")).unwrap();
+    assert_eq!(
+        text.len(),
+        43,
+        "256 bits of base64url, no padding, no newline"
+    );
+    assert!(
+        text.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
+    );
+    let mut args = vec![
+        "encrypt",
+        "-q",
+        "--profile",
+        "ibm-vpc",
+        "--key-file",
+        "vpc.pass",
+    ];
+    args.extend(FAST_PBKDF2);
+    args.extend(["src.raw", "vpc.qcow2"]);
+    diskseal(d, &args).ok();
+    run_in(
+        d,
+        "qemu-img",
+        &[
+            "compare",
+            "--object",
+            "secret,id=sec0,file=vpc.pass",
+            "--image-opts",
+            &qemu_secret_opts("vpc.qcow2"),
+            "driver=raw,file.filename=src.raw",
+        ],
+    )
+    .ok();
+    let dump: serde_json::Value =
+        serde_json::from_str(&diskseal(d, &["dump", "--json", "vpc.qcow2"]).ok().stdout).unwrap();
+    assert_eq!(dump["container"], "qcow2");
+    assert_eq!(dump["luks"]["version"], 1);
+    assert_eq!(dump["luks"]["cipher"], "aes-xts-plain64");
+    // Raw-file sizes mean nothing inside qcow2.
+    assert!(dump["luks"].get("payload_size").is_none(), "{dump}");
+    assert!(dump["luks"].get("file_size").is_none(), "{dump}");
+}
+
+#[test]
 fn ibm_vpc_resize_and_utf8_passphrase() {
     require!("qemu-img");
     let dir = setup(3 << 20, 23);

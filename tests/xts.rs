@@ -1,8 +1,9 @@
 //! The XTS engine against independent references: the IEEE 1619 vectors, ciphertext made by OpenSSL,
-//! and the `xts-mode` crate on random inputs.
+//! and the `xts-mode` crate on random inputs. Every test runs each engine this CPU has (the fused AVX-512
+//! and AVX2 VAES kernels where available, and the portable one).
 
 use aes::cipher::KeyInit;
-use diskseal::crypto::{IvScheme, Xts};
+use diskseal::crypto::{Engine, IvScheme, Xts};
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!(
@@ -10,6 +11,27 @@ fn fixture(name: &str) -> Vec<u8> {
         env!("CARGO_MANIFEST_DIR")
     ))
     .expect("fixture")
+}
+
+/// Every engine this CPU runs, for `key`.
+fn engines(key: &[u8]) -> Vec<Xts> {
+    let all = Engine::available();
+    assert_eq!(all.last(), Some(&Engine::Portable));
+    assert_eq!(
+        Xts::new(key).unwrap().engine(),
+        all[0],
+        "the default is the fastest"
+    );
+    if all.len() == 1 {
+        eprintln!("this CPU has no VAES: testing the portable engine only");
+    }
+    all.into_iter()
+        .map(|e| {
+            let x = Xts::with_engine(key, e).unwrap().unwrap();
+            assert_eq!(x.engine(), e);
+            x
+        })
+        .collect()
 }
 
 struct Vector {
@@ -54,17 +76,25 @@ fn ieee_1619_vectors() {
     assert!(vectors.len() >= 18, "only {} vectors parsed", vectors.len());
     let mut checked = 0;
     for v in vectors.iter().filter(|v| v.pt.len() % 16 == 0) {
-        let x = Xts::new(&v.key).unwrap();
-        let mut buf = v.pt.clone();
-        x.encrypt_unit(&mut buf, v.dataunit).unwrap();
-        assert_eq!(
-            hex::encode(&buf),
-            hex::encode(&v.ct),
-            "vector {} encrypt",
-            v.count
-        );
-        x.decrypt_unit(&mut buf, v.dataunit).unwrap();
-        assert_eq!(buf, v.pt, "vector {} decrypt", v.count);
+        for x in engines(&v.key) {
+            let mut buf = v.pt.clone();
+            x.encrypt_unit(&mut buf, v.dataunit).unwrap();
+            assert_eq!(
+                hex::encode(&buf),
+                hex::encode(&v.ct),
+                "vector {} encrypt ({})",
+                v.count,
+                x.engine().name()
+            );
+            x.decrypt_unit(&mut buf, v.dataunit).unwrap();
+            assert_eq!(
+                buf,
+                v.pt,
+                "vector {} decrypt ({})",
+                v.count,
+                x.engine().name()
+            );
+        }
         checked += 1;
     }
     assert_eq!(checked, 15, "vectors 1-14 and 19 have whole blocks");
@@ -77,11 +107,12 @@ fn ieee_512_byte_vectors_through_the_sector_api() {
         .iter()
         .filter(|v| v.pt.len() == 512 && v.dataunit < u128::from(u64::MAX))
     {
-        let x = Xts::new(&v.key).unwrap();
-        let mut buf = v.pt.clone();
-        x.encrypt(&mut buf, 512, v.dataunit as u64, IvScheme::Plain64)
-            .unwrap();
-        assert_eq!(buf, v.ct, "vector {}", v.count);
+        for x in engines(&v.key) {
+            let mut buf = v.pt.clone();
+            x.encrypt(&mut buf, 512, v.dataunit as u64, IvScheme::Plain64)
+                .unwrap();
+            assert_eq!(buf, v.ct, "vector {} ({})", v.count, x.engine().name());
+        }
     }
 }
 
@@ -97,16 +128,18 @@ fn openssl_made_ciphertext() {
         (&key32, 512, "openssl-aes128-xts-u512.bin"),
     ];
     for (key, unit, name) in cases {
-        let x = Xts::new(key).unwrap();
-        let mut buf = plain.clone();
-        x.encrypt(&mut buf, unit, 5, IvScheme::Plain64).unwrap();
-        assert!(buf == fixture(name), "{name}");
-        x.decrypt(&mut buf, unit, 5, IvScheme::Plain64).unwrap();
-        assert!(buf == plain, "{name} decrypt");
+        for x in engines(key) {
+            let mut buf = plain.clone();
+            x.encrypt(&mut buf, unit, 5, IvScheme::Plain64).unwrap();
+            assert!(buf == fixture(name), "{name} ({})", x.engine().name());
+            x.decrypt(&mut buf, unit, 5, IvScheme::Plain64).unwrap();
+            assert!(buf == plain, "{name} decrypt ({})", x.engine().name());
+        }
     }
 }
 
-/// Differential test against the `xts-mode` crate (one block at a time, independent code).
+/// Differential test against the `xts-mode` crate (one block at a time, independent code), for every
+/// engine, both directions, random keys, unit sizes, lengths and sector numbers.
 #[test]
 fn matches_xts_mode_crate_on_random_inputs() {
     let mut seed = 0x1234_5678_9abc_def0u64;
@@ -116,7 +149,7 @@ fn matches_xts_mode_crate_on_random_inputs() {
         seed ^= seed << 17;
         seed
     };
-    for round in 0..200 {
+    for round in 0..400 {
         let key_len = if round % 2 == 0 { 64 } else { 32 };
         let key: Vec<u8> = (0..key_len).map(|_| next() as u8).collect();
         let unit = [512usize, 1024, 2048, 4096][(next() % 4) as usize];
@@ -133,11 +166,21 @@ fn matches_xts_mode_crate_on_random_inputs() {
         };
         let plain: Vec<u8> = (0..unit * units).map(|_| next() as u8).collect();
 
-        let mut ours = plain.clone();
-        Xts::new(&key)
-            .unwrap()
-            .encrypt(&mut ours, unit, first, scheme)
-            .unwrap();
+        let ours: Vec<Vec<u8>> = engines(&key)
+            .iter()
+            .map(|x| {
+                let mut buf = plain.clone();
+                x.encrypt(&mut buf, unit, first, scheme).unwrap();
+                let mut back = buf.clone();
+                x.decrypt(&mut back, unit, first, scheme).unwrap();
+                assert!(
+                    back == plain,
+                    "round {round}: {} decrypt",
+                    x.engine().name()
+                );
+                buf
+            })
+            .collect();
 
         let mut theirs = plain.clone();
         let half = key_len / 2;
@@ -158,9 +201,11 @@ fn matches_xts_mode_crate_on_random_inputs() {
             );
             x.encrypt_area(&mut theirs, unit, 0, tweak);
         }
-        assert!(
-            ours == theirs,
-            "round {round}: unit {unit}, {units} units, first {first}, {scheme:?}"
-        );
+        for (i, ours) in ours.iter().enumerate() {
+            assert!(
+                *ours == theirs,
+                "round {round}, engine {i}: unit {unit}, {units} units, first {first}, {scheme:?}"
+            );
+        }
     }
 }

@@ -172,7 +172,11 @@ fn drop_torn_tail(f: &std::fs::File, log: &Path) -> Result<()> {
 
 /// Replaces the head file (temporary file + rename: always whole).
 fn write_head(head: &Path, seq: u64, sha256: &str) -> Result<()> {
-    let tmp = head.with_extension("head.tmp");
+    // A name of its own per call: the genesis head of a new log is written before the lock is taken,
+    // so two writers may be here at once.
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = head.with_extension(format!("head.{}-{n}.tmp", std::process::id()));
     let text = json!({"seq": seq, "sha256": sha256}).to_string();
     std::fs::write(&tmp, text)
         .and_then(|()| std::fs::rename(&tmp, head))

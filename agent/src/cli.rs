@@ -260,18 +260,39 @@ struct ImportArgs {
     wait_secs: u64,
 }
 
+/// How `upload` authenticates to S3 / IBM COS.
+#[derive(Debug, Args)]
+struct S3AuthArgs {
+    /// AWS profile (else AWS_PROFILE, else default); it beats AWS_ACCESS_KEY_ID, as in the AWS CLI.
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
+    /// auto (HMAC keys when configured, else IAM for cos://), hmac, or iam (IBM Cloud API key → bearer token).
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "hmac", "iam"])]
+    auth: String,
+    /// File holding the IBM Cloud API key for --auth iam (else IBMCLOUD_API_KEY, else the config file).
+    #[arg(long, value_name = "FILE")]
+    api_key_file: Option<PathBuf>,
+    /// IAM base URL.
+    #[arg(long, value_name = "URL")]
+    iam_endpoint: Option<String>,
+}
+
 #[derive(Debug, Args)]
 struct UploadArgs {
     /// The file.
     file: PathBuf,
-    /// s3://BUCKET/KEY or cos://REGION/BUCKET/KEY (credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN).
+    /// s3://BUCKET/KEY or cos://REGION/BUCKET/KEY. HMAC credentials as the AWS CLI finds them
+    /// (AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY [+ AWS_SESSION_TOKEN], else the profile in
+    /// ~/.aws/credentials or ~/.aws/config); for cos:// without them, an IBM Cloud API key (IAM tokens).
     url: String,
     /// S3 base URL (overrides the AWS / IBM COS endpoint).
     #[arg(long, value_name = "URL")]
     endpoint: Option<String>,
-    /// Signing region for s3:// (else AWS_REGION, else us-east-1).
+    /// Signing region for s3:// (else AWS_REGION, AWS_DEFAULT_REGION, the profile's region, us-east-1).
     #[arg(long, value_name = "REGION")]
     region: Option<String>,
+    #[command(flatten)]
+    auth: S3AuthArgs,
     #[command(flatten)]
     s3: S3Args,
     /// Abort the interrupted upload recorded next to FILE and remove its state.
@@ -520,7 +541,10 @@ fn hint(e: &Error) -> Option<&'static str> {
 }
 
 fn layers(cli: &Cli, kms: Option<&KmsArgs>) -> Result<Layers> {
-    let mut flags = kms.map(KmsArgs::to_file_config).unwrap_or_default();
+    layers_from(cli, kms.map(KmsArgs::to_file_config).unwrap_or_default())
+}
+
+fn layers_from(cli: &Cli, mut flags: FileConfig) -> Result<Layers> {
     flags.identity = cli.identity.clone();
     flags.audit_log = cli.audit_log.clone();
     Layers::new(flags, cli.config.as_deref(), &|k| std::env::var(k).ok())
@@ -1002,14 +1026,12 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
     drop(v);
     // 3. Upload (once; resumable inside).
     if st.uploaded_etag.is_none() {
-        let client = s3::Client::new(
-            target.clone(),
-            s3::Credentials::from_env()?,
-            crate::config::RetryPolicy {
-                max_attempts: 6,
-                ..crate::config::RetryPolicy::default()
-            },
-        );
+        let retry = crate::config::RetryPolicy {
+            max_attempts: 6,
+            ..crate::config::RetryPolicy::default()
+        };
+        let (auth, _) = s3_auth(&l, &a.object, "auto", None, None, retry)?;
+        let client = s3::Client::new(target.clone(), auth, retry);
         // The object must not exist unless --force; once this ship has started its upload, a rerun
         // replaces what it finds (a run killed after the upload completed but before the state said so).
         if !st.upload_started {
@@ -1034,7 +1056,7 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
             target_id: target.url(),
             target_type: "s3/object".into(),
             image_sha256: Some(sha.clone()),
-            details: r.as_ref().map_or(json!({"file": image}), |u| json!({"file": image, "size": u.size, "etag": u.etag, "parts": u.parts, "parts_uploaded": u.parts_uploaded, "resumed": u.resumed})),
+            details: r.as_ref().map_or(json!({"file": image}), |u| json!({"file": image, "size": u.size, "etag": u.etag, "parts": u.parts, "parts_uploaded": u.parts_uploaded, "resumed": u.resumed, "notes": u.notes})),
             ..Event::default()
         })?;
         let u = r?;
@@ -1200,15 +1222,60 @@ fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
     Ok(())
 }
 
+/// The S3 client's authorisation for `url` per `mode` (auto, hmac, iam), and the region the AWS
+/// settings give: HMAC keys as the AWS CLI finds them ([`crate::awsconfig`]); IAM bearer tokens from
+/// the IBM Cloud API key ([`Layers::api_key`]) for `--auth iam`, or for cos:// without HMAC keys.
+fn s3_auth(
+    l: &Layers,
+    url: &str,
+    mode: &str,
+    profile: Option<&str>,
+    region: Option<&str>,
+    retry: crate::config::RetryPolicy,
+) -> Result<(crate::s3::Auth, Option<String>)> {
+    use crate::s3::Auth;
+    let iam = || -> Result<Auth> {
+        Ok(Auth::Iam(std::sync::Arc::new(
+            crate::kms::iam::IamTokens::new(&l.iam_endpoint(), l.api_key()?, retry),
+        )))
+    };
+    if mode == "iam" {
+        let region = region.map(str::to_owned);
+        return Ok((iam()?, region));
+    }
+    if mode != "auto" && mode != "hmac" {
+        return Err(Error::Config(format!(
+            "--auth {mode}: use auto, hmac or iam"
+        )));
+    }
+    let aws = crate::awsconfig::resolve(profile, region, &|k| std::env::var(k).ok())?;
+    match aws.credentials {
+        Some(c) => Ok((Auth::Hmac(c), aws.region)),
+        None if mode == "auto" && url.starts_with("cos://") && l.api_key().is_ok() => {
+            Ok((iam()?, aws.region))
+        }
+        None => Err(Error::Config(format!(
+            "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (IBM COS: its HMAC keys), or put them in the AWS profile {:?} (~/.aws/credentials; --profile, AWS_PROFILE){}",
+            aws.name,
+            if url.starts_with("cos://") {
+                "; or give an IBM Cloud API key (IBMCLOUD_API_KEY, --api-key-file) for IAM tokens"
+            } else {
+                ""
+            }
+        ))),
+    }
+}
+
 fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
     use crate::s3;
-    let l = layers(cli, None)?;
-    let region = a
-        .region
-        .clone()
-        .or_else(|| std::env::var("AWS_REGION").ok())
-        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok());
-    let target = s3::Target::parse(&a.url, region.as_deref(), a.endpoint.as_deref())?;
+    let l = layers_from(
+        cli,
+        FileConfig {
+            api_key_file: a.auth.api_key_file.clone(),
+            iam_endpoint: a.auth.iam_endpoint.clone(),
+            ..FileConfig::default()
+        },
+    )?;
     let mut retry = crate::config::RetryPolicy {
         max_attempts: 6,
         ..crate::config::RetryPolicy::default()
@@ -1219,7 +1286,17 @@ fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
     if let Some(ms) = a.retry_base_ms {
         retry.base = std::time::Duration::from_millis(ms);
     }
-    let client = s3::Client::new(target.clone(), s3::Credentials::from_env()?, retry);
+    let (auth, region) = s3_auth(
+        &l,
+        &a.url,
+        &a.auth.auth,
+        a.auth.profile.as_deref(),
+        a.region.as_deref(),
+        retry,
+    )?;
+    let auth_name = auth.name();
+    let target = s3::Target::parse(&a.url, region.as_deref(), a.endpoint.as_deref())?;
+    let client = s3::Client::new(target.clone(), auth, retry);
     let url = target.url();
     if a.abort {
         let r = s3::abort(&client, &a.file);
@@ -1263,7 +1340,7 @@ fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
         image_sha256: r.as_ref().ok().map(|u| u.sha256.clone()),
         details: r.as_ref().map_or_else(
             |_| json!({"file": a.file}),
-            |u| json!({"file": a.file, "size": u.size, "etag": u.etag, "parts": u.parts, "parts_uploaded": u.parts_uploaded, "resumed": u.resumed}),
+            |u| json!({"file": a.file, "size": u.size, "etag": u.etag, "parts": u.parts, "parts_uploaded": u.parts_uploaded, "resumed": u.resumed, "auth": auth_name, "notes": u.notes}),
         ),
         ..Event::default()
     })?;

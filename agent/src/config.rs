@@ -230,6 +230,8 @@ pub struct Layers {
     api_key_flag_file: Option<PathBuf>,
     pin_env: Option<SecretString>,
     aws_env: (Option<String>, Option<SecretString>, Option<SecretString>),
+    /// The non-secret variables that locate AWS profiles (HOME, AWS_PROFILE, AWS_CONFIG_FILE, ...).
+    aws_files_env: Vec<(&'static str, String)>,
     home: PathBuf,
 }
 
@@ -278,12 +280,23 @@ impl Layers {
                 .filter(|k| !k.is_empty())
                 .map(SecretString::new),
         );
+        let aws_files_env = [
+            "HOME",
+            "AWS_PROFILE",
+            "AWS_DEFAULT_PROFILE",
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "AWS_CONFIG_FILE",
+        ]
+        .into_iter()
+        .filter_map(|k| env(k).map(|v| (k, v)))
+        .collect();
         Ok(Layers {
             merged,
             api_key_env,
             api_key_flag_file,
             pin_env,
             aws_env,
+            aws_files_env,
             home,
         })
     }
@@ -347,18 +360,49 @@ impl Layers {
         self.merged.service.as_deref().unwrap_or("key-protect")
     }
 
-    /// Resolves the AWS KMS settings; credentials from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`.
+    /// Resolves the AWS KMS settings; credentials from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`,
+    /// else the AWS profile ([`crate::awsconfig`]: `AWS_PROFILE`, `~/.aws/credentials`, `~/.aws/config`),
+    /// which may also give the region.
     pub fn aws(&self) -> Result<crate::kms::aws::AwsSettings> {
         let m = &self.merged;
-        let region = m.aws_region.clone().ok_or_else(|| {
-            Error::Config("no AWS region: pass --aws-region or set AWS_REGION".into())
-        })?;
         let (ak, sk, token) = self.aws_env.clone();
-        let (Some(access_key_id), Some(secret_access_key)) = (ak, sk) else {
-            return Err(Error::Config(
-                "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
-            ));
+        let files = || {
+            crate::awsconfig::resolve(None, m.aws_region.as_deref(), &|k| {
+                self.aws_files_env
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.clone())
+            })
         };
+        let (access_key_id, secret_access_key, token, region) = match (ak, sk) {
+            (Some(ak), Some(sk)) => (
+                ak,
+                sk,
+                token,
+                m.aws_region.clone().or_else(|| files().ok()?.region),
+            ),
+            _ => {
+                let p = files()?;
+                let Some(c) = p.credentials else {
+                    return Err(Error::Config(format!(
+                        "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or put them in the AWS profile {:?} (~/.aws/credentials, AWS_PROFILE)",
+                        p.name
+                    )));
+                };
+                (
+                    c.access_key_id,
+                    c.secret_access_key,
+                    c.session_token,
+                    p.region,
+                )
+            }
+        };
+        let region = region.ok_or_else(|| {
+            Error::Config(
+                "no AWS region: pass --aws-region, set AWS_REGION, or set region in the AWS profile"
+                    .into(),
+            )
+        })?;
         let retry = self.retry();
         Ok(crate::kms::aws::AwsSettings {
             endpoint: m
@@ -635,6 +679,39 @@ mod tests {
             (s.endpoint.as_str(), s.iam_endpoint.as_str()),
             ("http://127.0.0.1:9", "http://127.0.0.1:8")
         );
+    }
+
+    #[test]
+    fn aws_kms_credentials_and_region_from_a_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(".aws")).unwrap();
+        std::fs::write(
+            dir.path().join(".aws/credentials"),
+            "[kms]\naws_access_key_id = AKFILE\naws_secret_access_key = sfile\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(".aws/config"),
+            "[profile kms]\nregion = eu-north-1\n",
+        )
+        .unwrap();
+        let home = dir.path().display().to_string();
+        let env = move |k: &str| match k {
+            "HOME" => Some(home.clone()),
+            "AWS_PROFILE" => Some("kms".to_owned()),
+            _ => None,
+        };
+        let flags = FileConfig {
+            key_id: Some("alias/k".into()),
+            ..FileConfig::default()
+        };
+        let s = Layers::new(flags, None, &env).unwrap().aws().unwrap();
+        assert_eq!(
+            (s.access_key_id.as_str(), s.region.as_str()),
+            ("AKFILE", "eu-north-1")
+        );
+        assert_eq!(s.endpoint, "https://kms.eu-north-1.amazonaws.com");
+        assert!(!format!("{s:?}").contains("sfile"));
     }
 
     #[test]

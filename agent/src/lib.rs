@@ -5,7 +5,8 @@
 //! - [`config`]: flags > environment > TOML file; region → endpoint tables; redacted secrets;
 //! - [`kms`]: key wrapping behind one trait, [`kms::KeyWrapper`], with an in-memory fake and IBM Key
 //!   Protect / Hyper Protect Crypto Services over REST ([`kms::keyprotect`]);
-//! - [`s3`]: resumable parallel multipart upload to S3 / IBM COS (`upload`);
+//! - [`s3`]: resumable parallel multipart upload to S3 / IBM COS (`upload`), HMAC (SigV4) or IAM
+//!   bearer auth; [`awsconfig`]: AWS profiles (`~/.aws/credentials`, `~/.aws/config`);
 //! - [`import`]: IBM VPC / classic image import with pre-flight checks and polling (`import`);
 //! - [`audit`]: the hash-chained CADF-shaped JSONL audit log and its verifier;
 //! - [`wire`]: the parsers of every server response (S3 XML, IAM / Key Protect / AWS KMS / VPC /
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod awsconfig;
 pub mod cli;
 pub mod config;
 pub mod error;

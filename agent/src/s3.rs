@@ -1,10 +1,16 @@
-//! Resumable, parallel S3 multipart upload (AWS S3, IBM COS with HMAC keys, any S3-compatible server),
-//! signed with the hand-written SigV4 of [`crate::kms::aws`] and retried by the shared loop of
-//! `kms/http.rs`.
+//! Resumable, parallel S3 multipart upload (AWS S3, IBM COS, any S3-compatible server), signed with
+//! the hand-written SigV4 of [`crate::kms::aws`] (HMAC keys) or authorised with an IBM IAM bearer token
+//! ([`Auth::Iam`], IBM COS), and retried by the shared loop of `kms/http.rs`.
 //!
 //! - parts go out on `jobs` threads, each holding one part buffer (memory: jobs × part size);
-//! - every part carries `Content-MD5` and `x-amz-checksum-sha256`; the body's sha256 is also the signed
-//!   `x-amz-content-sha256`;
+//! - every part carries `Content-MD5` and `x-amz-checksum-sha256` (signed headers) and is sent as
+//!   `UNSIGNED-PAYLOAD`, so each byte is hashed once for MD5 and once for SHA-256 here, and a strict
+//!   server does not hash it a third time to check the signature;
+//! - each part's answer is checked: an MD5 ETag must be the part's MD5, an echoed
+//!   `x-amz-checksum-sha256` must be the part's; a mismatch, or the server's `BadDigest` (the body was
+//!   damaged on the way), sends the part again, up to [`PART_TRIES`] times;
+//! - with IAM tokens, a 401, or a 403 that names the token, refreshes the token once (one refresh
+//!   shared by all workers) and repeats the request;
 //! - a state file next to the source (`FILE.diskseal-upload.json`: upload id, part size, source size and
 //!   mtime, finished parts with ETag, MD5 and SHA-256) lets a rerun send only the missing parts, after
 //!   reconciling with ListParts (moto answers `ListPartsResponse`, S3 `ListPartsResult`: both are read);
@@ -15,7 +21,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -27,6 +33,7 @@ use crate::config::RetryPolicy;
 use crate::error::{Error, Result};
 use crate::kms::aws::{SigV4, sigv4_authorization};
 use crate::kms::http::{Reply, with_retries};
+use crate::kms::iam::IamTokens;
 use crate::kms::{KmsError, KmsErrorKind};
 use crate::secret::SecretString;
 
@@ -38,6 +45,10 @@ pub const MIN_PART: u64 = 5 << 20;
 pub const MAX_PART: u64 = 5 << 30;
 /// The default part size for small files.
 pub const DEFAULT_PART: u64 = 8 << 20;
+/// SigV4's `x-amz-content-sha256` for a payload covered by other signed headers.
+const UNSIGNED: &str = "UNSIGNED-PAYLOAD";
+/// Times a part is sent when the server's answer shows it did not arrive intact.
+pub const PART_TRIES: u32 = 3;
 
 /// Where an object goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +142,31 @@ impl Credentials {
     }
 }
 
+/// How requests are authorised.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    /// SigV4 with HMAC keys (AWS, IBM COS HMAC credentials, any S3 server).
+    Hmac(Credentials),
+    /// `Authorization: Bearer` with IBM Cloud IAM tokens made from an API key (IBM COS).
+    Iam(Arc<IamTokens>),
+}
+
+impl Auth {
+    /// What the dry runs and audit entries call it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Auth::Hmac(_) => "hmac",
+            Auth::Iam(_) => "iam",
+        }
+    }
+}
+
+impl From<Credentials> for Auth {
+    fn from(c: Credentials) -> Auth {
+        Auth::Hmac(c)
+    }
+}
+
 /// URI-encodes per SigV4: unreserved characters stay, everything else is `%XX`; `/` stays when
 /// `slash_too` is false (object key paths).
 pub fn uri_encode(s: &str, slash_too: bool) -> String {
@@ -181,9 +217,43 @@ fn unquote(etag: &str) -> String {
 #[derive(Debug)]
 pub struct Client {
     t: Target,
-    c: Credentials,
+    auth: Auth,
     retry: RetryPolicy,
     agent: ureq::Agent,
+}
+
+/// An UploadPart answer.
+#[derive(Debug, Clone)]
+pub struct PartReply {
+    /// The ETag, unquoted.
+    pub etag: String,
+    /// The `x-amz-checksum-sha256` the server echoed (base64), if any.
+    pub checksum_sha256: Option<String>,
+}
+
+/// True when a 401/403 answer is about the bearer token (expired, revoked, malformed) rather than
+/// a permission the token's identity lacks; a 403 `AccessDenied` counts, since an expired IAM token
+/// gets one from IBM COS: the refresh is tried once, then the error stands.
+fn token_refused(r: &Reply) -> bool {
+    match r.status {
+        401 => true,
+        403 => {
+            let code = xml_tag(&r.body, "Code").unwrap_or("");
+            matches!(
+                code,
+                "AccessDenied" | "ExpiredToken" | "InvalidToken" | "TokenRefreshRequired" | ""
+            ) || r.body.to_ascii_lowercase().contains("token")
+        }
+        _ => false,
+    }
+}
+
+/// True for the server saying a part's bytes do not match its Content-MD5 / checksum headers.
+fn digest_refused(e: &Error) -> bool {
+    matches!(e, Error::Kms(k) if k.status == Some(400) && matches!(
+        k.reason.as_deref(),
+        Some("BadDigest" | "InvalidDigest" | "XAmzContentSHA256Mismatch" | "InvalidChecksum")
+    ))
 }
 
 fn with_headers<B>(
@@ -200,7 +270,7 @@ fn with_headers<B>(
 
 impl Client {
     /// A client; nothing is sent yet.
-    pub fn new(t: Target, c: Credentials, retry: RetryPolicy) -> Client {
+    pub fn new(t: Target, auth: impl Into<Auth>, retry: RetryPolicy) -> Client {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(30)))
@@ -208,7 +278,7 @@ impl Client {
             .build();
         Client {
             t,
-            c,
+            auth: auth.into(),
             retry,
             agent: ureq::Agent::new_with_config(config),
         }
@@ -242,7 +312,7 @@ impl Client {
         )
     }
 
-    /// [`Client::send`] with the body's hex SHA-256 already computed (parts: it is also their checksum).
+    /// [`Client::send`] with the `x-amz-content-sha256` value given: the body's hex SHA-256, or `UNSIGNED-PAYLOAD`.
     fn send_hashed(
         &self,
         method: &str,
@@ -279,47 +349,78 @@ impl Client {
             .nth(1)
             .unwrap_or(&self.t.endpoint)
             .to_owned();
-        let reply = with_retries(&self.retry, &self.label(), || {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs();
-            let amz_date = crate::time::amz_date(now);
-            let mut h: Vec<(String, String)> = vec![
-                ("host".into(), host.clone()),
-                ("x-amz-date".into(), amz_date.clone()),
-                ("x-amz-content-sha256".into(), payload.clone()),
-            ];
-            if let Some(t) = &self.c.session_token {
-                h.push(("x-amz-security-token".into(), t.expose().to_owned()));
-            }
-            h.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
-            let hr: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            let sig = SigV4 {
-                method,
-                path: &path,
-                query: &query,
-                headers: &hr,
-                body,
-                region: &self.t.region,
-                service: "s3",
-                amz_date: &amz_date,
+        let mut refused = None;
+        loop {
+            let bearer = match (&self.auth, refused) {
+                (Auth::Hmac(_), _) => None,
+                (Auth::Iam(iam), None) => Some(iam.token()?),
+                (Auth::Iam(iam), Some(g)) => Some(iam.refresh(g)?),
             };
-            let auth = sigv4_authorization(
-                &sig,
-                &self.c.access_key_id,
-                self.c.secret_access_key.expose(),
-            );
-            h.push(("authorization".into(), auth));
-            match method {
-                "GET" => with_headers(self.agent.get(&url), &h).call(),
-                "HEAD" => with_headers(self.agent.head(&url), &h).call(),
-                "DELETE" => with_headers(self.agent.delete(&url), &h).call(),
-                "PUT" => with_headers(self.agent.put(&url), &h).send(body),
-                _ => with_headers(self.agent.post(&url), &h).send(body),
+            let reply = with_retries(&self.retry, &self.label(), || {
+                let mut h: Vec<(String, String)> = vec![("host".into(), host.clone())];
+                h.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+                match (&self.auth, &bearer) {
+                    (Auth::Hmac(c), _) => {
+                        let now = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_secs();
+                        let amz_date = crate::time::amz_date(now);
+                        h.push(("x-amz-date".into(), amz_date.clone()));
+                        h.push(("x-amz-content-sha256".into(), payload.clone()));
+                        if let Some(t) = &c.session_token {
+                            h.push(("x-amz-security-token".into(), t.expose().to_owned()));
+                        }
+                        let hr: Vec<(&str, &str)> =
+                            h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                        let sig = SigV4 {
+                            method,
+                            path: &path,
+                            query: &query,
+                            headers: &hr,
+                            body,
+                            payload_sha256: Some(&payload),
+                            region: &self.t.region,
+                            service: "s3",
+                            amz_date: &amz_date,
+                        };
+                        let auth = sigv4_authorization(
+                            &sig,
+                            &c.access_key_id,
+                            c.secret_access_key.expose(),
+                        );
+                        h.push(("authorization".into(), auth));
+                    }
+                    (Auth::Iam(_), Some(b)) => {
+                        h.push((
+                            "authorization".into(),
+                            format!("Bearer {}", b.token.expose()),
+                        ));
+                    }
+                    (Auth::Iam(_), None) => {}
+                }
+                let r = match method {
+                    "GET" => with_headers(self.agent.get(&url), &h).call(),
+                    "HEAD" => with_headers(self.agent.head(&url), &h).call(),
+                    "DELETE" => with_headers(self.agent.delete(&url), &h).call(),
+                    "PUT" => with_headers(self.agent.put(&url), &h).send(body),
+                    _ => with_headers(self.agent.post(&url), &h).send(body),
+                };
+                // The bearer token is in `h`: wipe it.
+                for (_, v) in &mut h {
+                    zeroize::Zeroize::zeroize(v);
+                }
+                r
+            })?;
+            if let Some(b) = &bearer
+                && refused.is_none()
+                && token_refused(&reply)
+            {
+                refused = Some(b.generation);
+                continue;
             }
-        })?;
-        Ok(reply)
+            return Ok(reply);
+        }
     }
 
     fn fail(&self, what: &str, r: &Reply) -> Error {
@@ -380,7 +481,7 @@ impl Client {
             .ok_or_else(|| self.fail("CreateMultipartUpload (no UploadId)", &r))
     }
 
-    /// UploadPart; returns the ETag.
+    /// UploadPart; returns the ETag and the echoed checksum.
     pub fn put_part(
         &self,
         upload_id: &str,
@@ -388,7 +489,7 @@ impl Client {
         data: &[u8],
         md5: &[u8],
         sha: &[u8],
-    ) -> Result<String> {
+    ) -> Result<PartReply> {
         let q = [
             ("partNumber", n.to_string()),
             ("uploadId", upload_id.to_owned()),
@@ -397,11 +498,17 @@ impl Client {
             ("content-md5", b64(md5)),
             ("x-amz-checksum-sha256", b64(sha)),
         ];
-        let r = self.send_hashed("PUT", true, &q, &h, data, hex(sha))?;
+        // The body is bound to the signature through the signed Content-MD5 and x-amz-checksum-sha256
+        // (which S3 and COS check, and the ETag check below re-checks), so the payload is not signed
+        // again: a strict server then hashes each byte once less (as botocore does over HTTPS).
+        let r = self.send_hashed("PUT", true, &q, &h, data, UNSIGNED.into())?;
         if r.status != 200 {
             return Err(self.fail(&format!("UploadPart {n}"), &r));
         }
-        Ok(unquote(r.etag.as_deref().unwrap_or("")))
+        Ok(PartReply {
+            etag: unquote(r.etag.as_deref().unwrap_or("")),
+            checksum_sha256: r.checksum_sha256.map(|c| c.trim().to_owned()),
+        })
     }
 
     /// ListParts (all pages): part number → ETag (empty when the server omits it).
@@ -429,8 +536,13 @@ impl Client {
         }
     }
 
-    /// CompleteMultipartUpload; returns the ETag.
-    pub fn complete(&self, upload_id: &str, parts: &BTreeMap<u32, PartDone>) -> Result<String> {
+    /// CompleteMultipartUpload; returns the ETag and, when the server gives it, the object's composite
+    /// `ChecksumSHA256` (`base64(sha256(part checksums))-N` on S3).
+    pub fn complete(
+        &self,
+        upload_id: &str,
+        parts: &BTreeMap<u32, PartDone>,
+    ) -> Result<(String, Option<String>)> {
         let mut x = String::from("<CompleteMultipartUpload>");
         for (n, p) in parts {
             x.push_str(&format!("<Part><PartNumber>{n}</PartNumber><ETag>\"{}\"</ETag><ChecksumSHA256>{}</ChecksumSHA256></Part>", p.etag, p.sha256_b64));
@@ -447,7 +559,10 @@ impl Client {
         if r.status != 200 || r.body.contains("<Error>") {
             return Err(self.fail("CompleteMultipartUpload", &r));
         }
-        Ok(xml_tag(&r.body, "ETag").map(unquote).unwrap_or_default())
+        Ok((
+            xml_tag(&r.body, "ETag").map(unquote).unwrap_or_default(),
+            xml_tag(&r.body, "ChecksumSHA256").map(str::to_owned),
+        ))
     }
 
     /// AbortMultipartUpload (a gone upload counts as aborted).
@@ -732,12 +847,12 @@ pub fn upload(client: &Client, source: &Path, o: &Options) -> Result<Uploaded> {
         );
         std::process::exit(130);
     });
-    let (sha, failure) = send_parts(client, &f, source, &mut state, &sp, &missing, o);
+    let (sha, failure) = send_parts(client, &f, source, &mut state, &sp, &missing, o, &mut notes);
     if let Some(e) = failure {
         return Err(interrupted(e, &upload_id));
     }
     let sha = sha?;
-    let etag = client
+    let (etag, composite_checksum) = client
         .complete(&upload_id, &state.parts)
         .map_err(|e| interrupted(e, &upload_id))?;
     let mut md5s = Vec::new();
@@ -757,7 +872,26 @@ pub fn upload(client: &Client, source: &Path, o: &Options) -> Result<Uploaded> {
     }
     let md5_etags = state.parts.values().all(|p| looks_like_md5(&p.etag));
     if !md5_etags {
-        notes.push("the server's part ETags are not MD5s (e.g. SSE-KMS): checked the size, not the composite ETag".into());
+        match composite_checksum.filter(|c| c.contains('-')) {
+            Some(got) => {
+                let mut shas = Vec::new();
+                for p in state.parts.values() {
+                    shas.extend(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(&p.sha256_b64)
+                            .unwrap_or_default(),
+                    );
+                }
+                let want = format!("{}-{}", b64(&Sha256::digest(&shas)), state.parts.len());
+                if got != want {
+                    return Err(Error::Upload(format!(
+                        "{url}: the composite ChecksumSHA256 {got} is not that of the parts sent ({want})"
+                    )));
+                }
+                notes.push("the server's part ETags are not MD5s (e.g. SSE-KMS): checked the size and the composite ChecksumSHA256 instead of the composite ETag".into());
+            }
+            None => notes.push("the server's part ETags are not MD5s (e.g. SSE-KMS): checked the size, not the composite ETag".into()),
+        }
     } else if got_etag != expected {
         return Err(Error::Upload(format!(
             "{url}: ETag {got_etag} is not the composite of the parts sent ({expected})"
@@ -779,6 +913,7 @@ pub fn upload(client: &Client, source: &Path, o: &Options) -> Result<Uploaded> {
 
 /// Sends `missing` parts on `o.jobs` threads while another thread hashes the whole source; records
 /// each finished part in the state file. Returns (the source's sha256, the first failure).
+#[allow(clippy::too_many_arguments)]
 fn send_parts(
     client: &Client,
     f: &std::fs::File,
@@ -787,6 +922,7 @@ fn send_parts(
     sp: &Path,
     missing: &[u32],
     o: &Options,
+    notes: &mut Vec<String>,
 ) -> (Result<String>, Option<Error>) {
     let size = state.size;
     let next = AtomicUsize::new(0);
@@ -812,7 +948,7 @@ fn send_parts(
             }
             Ok(hex(&h.finalize()))
         });
-        let (tx, rx) = mpsc::channel::<Result<(u32, PartDone, u64)>>();
+        let (tx, rx) = mpsc::channel::<Result<(u32, Sent, u64)>>();
         for _ in 0..o.jobs.max(1) {
             let tx = tx.clone();
             let (next, stop, upload_id) = (&next, &stop, &upload_id);
@@ -823,20 +959,8 @@ fn send_parts(
                     let Some(&n) = missing.get(i) else { break };
                     let off = u64::from(n - 1) * part_size;
                     let len = (size - off).min(part_size);
-                    let r = read_part(f, source, &mut buf, off, len as usize).and_then(|()| {
-                        let md5 = Md5::digest(&buf);
-                        let sha = Sha256::digest(&buf);
-                        let etag = client.put_part(upload_id, n, &buf, &md5, &sha)?;
-                        Ok((
-                            n,
-                            PartDone {
-                                etag,
-                                md5: hex(&md5),
-                                sha256_b64: b64(&sha),
-                            },
-                            len,
-                        ))
-                    });
+                    let r = send_part(client, f, source, &mut buf, upload_id, n, off, len)
+                        .map(|sent| (n, sent, len));
                     let failed = r.is_err();
                     if tx.send(r).is_err() || failed {
                         break;
@@ -847,18 +971,13 @@ fn send_parts(
         drop(tx);
         let mut failure = None;
         let (t0, mut done) = (Instant::now(), 0u64);
+        let (mut checks, mut resent) = (BTreeMap::new(), 0u32);
         for r in rx {
             match r {
-                Ok((n, p, len)) => {
-                    if looks_like_md5(&p.etag) && p.etag != p.md5 {
-                        failure.get_or_insert(Error::Upload(format!(
-                            "part {n}: the server's ETag {} is not the part's MD5 {}",
-                            p.etag, p.md5
-                        )));
-                        stop.store(true, Ordering::Relaxed);
-                        continue;
-                    }
-                    state.parts.insert(n, p);
+                Ok((n, sent, len)) => {
+                    *checks.entry(sent.check).or_insert(0) += 1;
+                    resent += sent.tries - 1;
+                    state.parts.insert(n, sent.part);
                     if let Err(e) = save_state(sp, state) {
                         failure.get_or_insert(e);
                         stop.store(true, Ordering::Relaxed);
@@ -880,8 +999,97 @@ fn send_parts(
         let sha = hasher
             .join()
             .unwrap_or_else(|_| Err(Error::Upload("the hashing thread panicked".into())));
+        if resent > 0 {
+            notes.push(format!("{resent} part(s) sent again: the server's answer showed they had not arrived intact"));
+        }
+        if let Some(k) = checks.get(&Check::Checksum) {
+            notes.push(format!("{k} part(s) answered with ETags that are not MD5s (e.g. SSE-KMS): checked against the x-amz-checksum-sha256 the server echoed"));
+        }
+        if let Some(k) = checks.get(&Check::ServerOnly) {
+            notes.push(format!("{k} part(s) answered with ETags that are not MD5s and no checksum: not checked here (the server checked Content-MD5 and x-amz-checksum-sha256)"));
+        }
         (sha, failure)
     })
+}
+
+/// How a sent part was checked against the server's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Check {
+    /// The ETag is the part's MD5 (and an echoed checksum, if any, its SHA-256).
+    Md5,
+    /// The ETag is not an MD5; the echoed `x-amz-checksum-sha256` is the part's.
+    Checksum,
+    /// Neither can be checked: the server's own Content-MD5 / checksum validation is all there is.
+    ServerOnly,
+}
+
+/// A part the server took.
+#[derive(Debug)]
+struct Sent {
+    part: PartDone,
+    check: Check,
+    tries: u32,
+}
+
+/// Reads part `n` into `buf` and sends it, again while the server's answer shows the bytes did not
+/// arrive intact (an MD5 ETag or an echoed checksum that differs, or `BadDigest`), up to [`PART_TRIES`].
+#[allow(clippy::too_many_arguments)]
+fn send_part(
+    client: &Client,
+    f: &std::fs::File,
+    source: &Path,
+    buf: &mut Vec<u8>,
+    upload_id: &str,
+    n: u32,
+    off: u64,
+    len: u64,
+) -> Result<Sent> {
+    let mut why = String::new();
+    for tries in 1..=PART_TRIES {
+        read_part(f, source, buf, off, len as usize)?;
+        let md5 = Md5::digest(&buf[..]);
+        let sha = Sha256::digest(&buf[..]);
+        let (md5, sha_b64) = (hex(&md5), b64(&sha));
+        let r = match client.put_part(upload_id, n, buf, &unhex(&md5), &sha) {
+            Ok(r) => r,
+            Err(e) if digest_refused(&e) => {
+                why = e.to_string();
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let echoed_ok = r.checksum_sha256.as_ref().map(|c| *c == sha_b64);
+        let check = if looks_like_md5(&r.etag) {
+            if r.etag != md5 {
+                why = format!("the server's ETag {} is not the part's MD5 {md5}", r.etag);
+                continue;
+            }
+            Check::Md5
+        } else if echoed_ok.is_some() {
+            Check::Checksum
+        } else {
+            Check::ServerOnly
+        };
+        if echoed_ok == Some(false) {
+            why = format!(
+                "the server's x-amz-checksum-sha256 {} is not the part's {sha_b64}",
+                r.checksum_sha256.unwrap_or_default()
+            );
+            continue;
+        }
+        return Ok(Sent {
+            part: PartDone {
+                etag: r.etag,
+                md5,
+                sha256_b64: sha_b64,
+            },
+            check,
+            tries,
+        });
+    }
+    Err(Error::Upload(format!(
+        "part {n} did not arrive intact in {PART_TRIES} attempts: {why}"
+    )))
 }
 
 fn progress(done: u64, total: u64, t: Duration) {
@@ -969,6 +1177,7 @@ mod tests {
             query: "",
             headers: &h,
             body: b"",
+            payload_sha256: None,
             region: "us-east-1",
             service: "s3",
             amz_date: "20130524T000000Z",
@@ -984,6 +1193,48 @@ mod tests {
             ),
             "{a}"
         );
+    }
+
+    fn reply(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            body: body.into(),
+            correlation_id: None,
+            etag: None,
+            content_length: None,
+            checksum_sha256: None,
+        }
+    }
+
+    #[test]
+    fn refused_tokens_and_damaged_parts_are_told_apart() {
+        assert!(token_refused(&reply(401, "")));
+        // HEAD answers have no body; COS answers an expired token with AccessDenied.
+        assert!(token_refused(&reply(403, "")));
+        assert!(token_refused(&reply(
+            403,
+            "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+        )));
+        assert!(!token_refused(&reply(
+            403,
+            "<Error><Code>SignatureDoesNotMatch</Code></Error>"
+        )));
+        assert!(!token_refused(&reply(404, "")));
+        let kms = |status, reason: &str| {
+            Error::Kms(KmsError {
+                kind: KmsErrorKind::Http,
+                endpoint: String::new(),
+                status: Some(status),
+                reason: Some(reason.into()),
+                message: String::new(),
+                correlation_id: None,
+                attempts: 1,
+            })
+        };
+        assert!(digest_refused(&kms(400, "BadDigest")));
+        assert!(digest_refused(&kms(400, "XAmzContentSHA256Mismatch")));
+        assert!(!digest_refused(&kms(400, "EntityTooSmall")));
+        assert!(!digest_refused(&kms(403, "BadDigest")));
     }
 
     #[test]

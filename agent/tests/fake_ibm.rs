@@ -52,6 +52,20 @@ pub struct State {
     pub created: Vec<(String, String, String)>,
 }
 
+impl State {
+    /// See [`FakeIbm::token_valid`].
+    pub fn token_valid(&self, token: &str) -> bool {
+        self.tokens
+            .get(token)
+            .is_some_and(|exp| Instant::now() < *exp)
+    }
+
+    /// See [`FakeIbm::revoke_tokens`].
+    pub fn revoke_tokens(&mut self) {
+        self.tokens.clear();
+    }
+}
+
 pub struct FakeIbm {
     pub url: String,
     pub state: Arc<Mutex<State>>,
@@ -113,6 +127,12 @@ impl FakeIbm {
     /// Invalidates every token issued so far (as if they expired server-side).
     pub fn revoke_tokens(&self) {
         self.with(|s| s.tokens.clear());
+    }
+
+    /// True when `token` was issued by this fake IAM and has neither expired nor been revoked (other
+    /// fake IBM services, e.g. a COS proxy in the upload tests, accept bearer tokens by this).
+    pub fn token_valid(&self, token: &str) -> bool {
+        self.with(|s| s.token_valid(token))
     }
 }
 

@@ -6,6 +6,7 @@
 mod audit;
 mod aws;
 mod cli;
+mod cos_iam;
 mod crash;
 mod fake_ibm;
 mod import;

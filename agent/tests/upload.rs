@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use crate::util::{Server, agent, free_port, have, pattern, start_server};
 
 pub struct S3 {
-    _server: Server,
+    pub _server: Server,
     pub url: String,
     pub ak: String,
     pub sk: String,
@@ -116,104 +116,210 @@ fn env(s: &S3) -> [(&str, &str); 2] {
     ]
 }
 
-/// A proxy to `upstream` on 127.0.0.1 that delays every part upload by `delay`, and answers every
-/// `fail_every`-th one with 500, 503 or a dropped connection in turn (0: never).
-fn proxy(upstream: &str, fail_every: u64, delay: Duration) -> (String, Arc<AtomicU64>) {
+/// One request as a test proxy sees it.
+pub struct Req {
+    /// `METHOD /path?query HTTP/1.1`.
+    pub line: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Req {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn remove_header(&mut self, name: &str) {
+        self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    }
+
+    /// The part number of an UploadPart request.
+    pub fn part(&self) -> Option<u32> {
+        if !self.line.starts_with("PUT ") {
+            return None;
+        }
+        let q = self.line.split_whitespace().nth(1)?.split_once('?')?.1;
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("partNumber="))
+            .and_then(|n| n.parse().ok())
+    }
+}
+
+/// An upstream answer as a test proxy sees it: the status line and headers, the raw body.
+pub struct Resp {
+    pub status: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn set_header(&mut self, name: &str, value: &str) {
+        self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        self.headers.push((name.to_owned(), value.to_owned()));
+    }
+}
+
+/// What a test proxy does with a request.
+pub enum Act {
+    Forward,
+    Respond(u16, String),
+    Drop,
+}
+
+type OnRequest = dyn Fn(&mut Req) -> Act + Send + Sync;
+type OnResponse = dyn Fn(&Req, &mut Resp) + Send + Sync;
+
+/// A proxy to `upstream` on 127.0.0.1 that shows every request to `on_req` (which may change it,
+/// answer it or drop the connection) and every forwarded answer to `on_resp` (which may change it).
+pub fn hook_proxy(
+    upstream: &str,
+    on_req: impl Fn(&mut Req) -> Act + Send + Sync + 'static,
+    on_resp: impl Fn(&Req, &mut Resp) + Send + Sync + 'static,
+) -> String {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", l.local_addr().unwrap());
     let up = upstream.trim_start_matches("http://").to_owned();
-    let parts = Arc::new(AtomicU64::new(0));
-    let faults = Arc::new(AtomicU64::new(0));
-    let (p2, f2) = (parts, faults.clone());
+    let hooks: Arc<(Box<OnRequest>, Box<OnResponse>)> =
+        Arc::new((Box::new(on_req), Box::new(on_resp)));
     std::thread::spawn(move || {
         for c in l.incoming() {
             let Ok(c) = c else { continue };
-            let (up, parts, faults) = (up.clone(), p2.clone(), f2.clone());
-            std::thread::spawn(move || serve(c, &up, fail_every, delay, &parts, &faults));
+            let (up, hooks) = (up.clone(), hooks.clone());
+            std::thread::spawn(move || serve(c, &up, &hooks));
         }
     });
+    url
+}
+
+/// A proxy to `upstream` on 127.0.0.1 that delays every part upload by `delay`, and answers every
+/// `fail_every`-th one with 500, 503 or a dropped connection in turn (0: never).
+fn proxy(upstream: &str, fail_every: u64, delay: Duration) -> (String, Arc<AtomicU64>) {
+    let parts = AtomicU64::new(0);
+    let faults = Arc::new(AtomicU64::new(0));
+    let f2 = faults.clone();
+    let url = hook_proxy(
+        upstream,
+        move |r| {
+            if r.part().is_none() {
+                return Act::Forward;
+            }
+            std::thread::sleep(delay);
+            let n = parts.fetch_add(1, Ordering::SeqCst) + 1;
+            if fail_every == 0 || !n.is_multiple_of(fail_every) {
+                return Act::Forward;
+            }
+            match f2.fetch_add(1, Ordering::SeqCst) % 3 {
+                0 => Act::Drop,
+                1 => Act::Respond(503, "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>".into()),
+                _ => Act::Respond(500, "<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>".into()),
+            }
+        },
+        |_, _| {},
+    );
     (url, faults)
 }
 
-fn serve(
-    c: TcpStream,
-    up: &str,
-    fail_every: u64,
-    delay: Duration,
-    parts: &AtomicU64,
-    faults: &AtomicU64,
-) {
+fn read_head(r: &mut impl BufRead) -> Option<(String, Vec<(String, String)>)> {
+    let mut first = String::new();
+    if r.read_line(&mut first).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            return Some((first.trim_end().to_owned(), headers));
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_owned(), v.trim().to_owned()));
+        }
+    }
+}
+
+fn serve(c: TcpStream, up: &str, hooks: &(Box<OnRequest>, Box<OnResponse>)) {
     let mut r = BufReader::new(c.try_clone().unwrap());
     let mut w = c;
     loop {
-        let mut head = Vec::new();
-        let mut len = 0usize;
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
-            if line.to_ascii_lowercase().starts_with("connection:") {
-                continue;
-            }
-            if line == "\r\n" {
-                head.extend_from_slice(b"Connection: close\r\n\r\n");
-                break;
-            }
-            head.extend_from_slice(line.as_bytes());
-        }
+        let Some((line, headers)) = read_head(&mut r) else {
+            return;
+        };
+        let len = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .map_or(0, |(_, v)| v.parse().unwrap());
         let mut body = vec![0u8; len];
         if r.read_exact(&mut body).is_err() {
             return;
         }
-        let first =
-            String::from_utf8_lossy(&head[..head.iter().position(|&b| b == b'\n').unwrap_or(0)])
-                .into_owned();
-        if first.starts_with("PUT ") && first.contains("partNumber=") {
-            std::thread::sleep(delay);
-            let n = parts.fetch_add(1, Ordering::SeqCst) + 1;
-            if fail_every > 0 && n.is_multiple_of(fail_every) {
-                let k = faults.fetch_add(1, Ordering::SeqCst);
-                match k % 3 {
-                    0 => return, // drop the connection
-                    1 => {
-                        let b = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
-                        let _ = write!(
-                            w,
-                            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: {}\r\n\r\n{b}",
-                            b.len()
-                        );
-                        continue;
-                    }
-                    _ => {
-                        let b = "<Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>";
-                        let _ = write!(
-                            w,
-                            "HTTP/1.1 500 Internal Server Error\r\nContent-Length: {}\r\n\r\n{b}",
-                            b.len()
-                        );
-                        continue;
-                    }
-                }
+        let mut req = Req {
+            line,
+            headers,
+            body,
+        };
+        match (hooks.0)(&mut req) {
+            Act::Drop => return,
+            Act::Respond(status, b) => {
+                let _ = write!(
+                    w,
+                    "HTTP/1.1 {status} Error\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{b}",
+                    b.len()
+                );
+                continue;
             }
+            Act::Forward => {}
         }
         let Ok(mut u) = TcpStream::connect(up) else {
             return;
         };
-        if u.write_all(&head)
-            .and_then(|()| u.write_all(&body))
+        let mut head = format!("{}\r\n", req.line);
+        for (k, v) in &req.headers {
+            if !k.eq_ignore_ascii_case("connection") && !k.eq_ignore_ascii_case("content-length") {
+                head.push_str(&format!("{k}: {v}\r\n"));
+            }
+        }
+        head.push_str(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            req.body.len()
+        ));
+        if u.write_all(head.as_bytes())
+            .and_then(|()| u.write_all(&req.body))
             .is_err()
         {
             return;
         }
-        let mut resp = Vec::new();
-        let _ = u.read_to_end(&mut resp);
-        if w.write_all(&resp).is_err() {
+        let mut ur = BufReader::new(u);
+        let Some((status, headers)) = read_head(&mut ur) else {
+            return;
+        };
+        let mut body = Vec::new();
+        let _ = ur.read_to_end(&mut body);
+        let mut resp = Resp {
+            status,
+            headers,
+            body,
+        };
+        (hooks.1)(&req, &mut resp);
+        let mut out = format!("{}\r\n", resp.status);
+        for (k, v) in &resp.headers {
+            if !k.eq_ignore_ascii_case("connection") {
+                out.push_str(&format!("{k}: {v}\r\n"));
+            }
+        }
+        out.push_str("Connection: close\r\n\r\n");
+        if w.write_all(out.as_bytes())
+            .and_then(|()| w.write_all(&resp.body))
+            .is_err()
+        {
             return;
         }
+        // The answer was sent with `Connection: close`: the client opens a new connection.
+        return;
     }
 }
 
@@ -645,4 +751,357 @@ fn ctrl_c_says_how_to_resume_or_abort() {
         "{err}"
     );
     assert!(state.exists());
+}
+
+fn b64(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Like S3: a body that does not match its Content-MD5 gets 400 BadDigest (no local server checks
+/// UploadPart digests, agent-testing.md §1.2).
+fn bad_digest(r: &Req) -> Option<Act> {
+    let want = r.header("content-md5")?;
+    (b64(&md5::Md5::digest(&r.body)) != want).then(|| {
+        Act::Respond(400, "<Error><Code>BadDigest</Code><Message>The Content-MD5 you specified did not match what we received.</Message></Error>".into())
+    })
+}
+
+fn upload_via(s: &S3, dir: &Path, purl: &str, key: &str) -> crate::util::Ran {
+    agent(
+        dir,
+        &[
+            "--json",
+            "upload",
+            "disk.img",
+            &format!("s3://bkt/{key}"),
+            "--endpoint",
+            purl,
+            "--jobs",
+            "3",
+            "--part-size",
+            part(s, "1M"),
+            "--retry-base-ms",
+            "10",
+        ],
+        &env(s),
+    )
+}
+
+#[test]
+fn a_part_etag_that_is_not_its_md5_is_sent_again_and_a_persistent_one_fails_clearly() {
+    for s in servers() {
+        eprintln!("etag mismatch against {}", s.name);
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        let sha = big_file(p, "disk.img", 16);
+        // Part 3's first answer carries a wrong ETag; part 3 is sent again.
+        let sends = Arc::new(std::sync::Mutex::new(
+            std::collections::HashMap::<u32, u32>::new(),
+        ));
+        let s2 = sends.clone();
+        let purl = hook_proxy(
+            &s.url,
+            move |r| {
+                if let Some(n) = r.part() {
+                    *s2.lock().unwrap().entry(n).or_default() += 1;
+                }
+                Act::Forward
+            },
+            {
+                let sends = sends.clone();
+                move |r, resp| {
+                    if r.part() == Some(3) && sends.lock().unwrap()[&3] == 1 {
+                        resp.set_header("ETag", "\"0123456789abcdef0123456789abcdef\"");
+                    }
+                }
+            },
+        );
+        let out = upload_via(&s, p, &purl, "etag.img").ok();
+        let v = parse(&out.stdout);
+        assert_eq!(v["sha256"], sha.as_str());
+        assert_eq!(sends.lock().unwrap()[&3], 2);
+        assert!(v["notes"].to_string().contains("sent again"), "{v}");
+        assert_eq!(remote_sha256(&s, "etag.img"), sha);
+        let log = std::fs::read_to_string(p.join("home/audit.jsonl")).unwrap();
+        assert!(log.contains("sent again"), "{log}");
+        // Part 2 always answers a wrong ETag: the upload stops, naming the part and both values.
+        let purl = hook_proxy(
+            &s.url,
+            |_| Act::Forward,
+            |r, resp| {
+                if r.part() == Some(2) {
+                    resp.set_header("ETag", "\"0123456789abcdef0123456789abcdef\"");
+                }
+            },
+        );
+        let out = upload_via(&s, p, &purl, "etag2.img");
+        assert_eq!(out.code, 2, "{}", out.stderr);
+        assert!(
+            out.stderr
+                .contains("part 2 did not arrive intact in 3 attempts")
+                && out
+                    .stderr
+                    .contains("ETag 0123456789abcdef0123456789abcdef is not the part's MD5")
+                && out.stderr.contains("--abort"),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn a_part_damaged_on_the_way_gets_bad_digest_and_is_sent_again() {
+    for s in servers() {
+        eprintln!("damaged part against {}", s.name);
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        let sha = big_file(p, "disk.img", 16);
+        let damaged = Arc::new(AtomicU64::new(0));
+        let dm = damaged.clone();
+        let digests = Arc::new(AtomicU64::new(0));
+        let dg = digests.clone();
+        // The first send of part 2 loses a bit on the way; the proxy checks Content-MD5 as S3 does.
+        let purl = hook_proxy(
+            &s.url,
+            move |r| {
+                if r.part() == Some(2) && dm.fetch_add(1, Ordering::SeqCst) == 0 {
+                    r.body[1000] ^= 0x10;
+                }
+                match bad_digest(r) {
+                    Some(a) => {
+                        dg.fetch_add(1, Ordering::SeqCst);
+                        a
+                    }
+                    None => Act::Forward,
+                }
+            },
+            |_, _| {},
+        );
+        let out = upload_via(&s, p, &purl, "damaged.img").ok();
+        assert_eq!(parse(&out.stdout)["sha256"], sha.as_str());
+        assert_eq!(
+            damaged.load(Ordering::SeqCst),
+            2,
+            "part 2 was not sent again"
+        );
+        assert_eq!(digests.load(Ordering::SeqCst), 1);
+        assert_eq!(remote_sha256(&s, "damaged.img"), sha);
+    }
+}
+
+#[test]
+fn non_md5_part_etags_fall_back_to_the_echoed_sha256_checksum() {
+    // moto only: the proxy rewrites the CompleteMultipartUpload body, whose signed payload hash
+    // s3s-fs would check.
+    let Some(s) = moto_s3() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let sha = big_file(p, "disk.img", 8);
+    // SSE-KMS-like opaque part ETags, and the checksum echoed as S3 does; the proxy puts the real
+    // ETags back into CompleteMultipartUpload. Part 2's first answer echoes a wrong checksum.
+    let etags = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let (e1, e2) = (etags.clone(), etags.clone());
+    let seen2 = Arc::new(AtomicU64::new(0));
+    let purl = hook_proxy(
+        &s.url,
+        move |r| {
+            if r.line.starts_with("POST ") && r.line.contains("uploadId=") {
+                let mut body = String::from_utf8(r.body.clone()).unwrap();
+                for (fake, real) in e1.lock().unwrap().iter() {
+                    body = body.replace(fake, real);
+                }
+                r.body = body.into_bytes();
+            }
+            Act::Forward
+        },
+        move |r, resp| {
+            let Some(n) = r.part() else { return };
+            let real = resp
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("etag"))
+                .map(|(_, v)| v.trim_matches('"').to_owned())
+                .unwrap_or_default();
+            let fake = format!("kms{n}-{}", &real[..8]);
+            e2.lock().unwrap().push((fake.clone(), real));
+            resp.set_header("ETag", &format!("\"{fake}\""));
+            let mut sum = b64(&Sha256::digest(&r.body));
+            if n == 2 && seen2.fetch_add(1, Ordering::SeqCst) == 0 {
+                sum = b64(&Sha256::digest(b"something else"));
+            }
+            resp.set_header("x-amz-checksum-sha256", &sum);
+        },
+    );
+    let out = upload_via(&s, p, &purl, "kms.img").ok();
+    let v = parse(&out.stdout);
+    assert_eq!(v["sha256"], sha.as_str());
+    let notes = v["notes"].to_string();
+    assert!(
+        notes.contains("x-amz-checksum-sha256 the server echoed")
+            && notes.contains("not the composite ETag")
+            && notes.contains("1 part(s) sent again"),
+        "{notes}"
+    );
+    assert_eq!(remote_sha256(&s, "kms.img"), sha);
+    let log = std::fs::read_to_string(p.join("home/audit.jsonl")).unwrap();
+    assert!(
+        log.contains("x-amz-checksum-sha256 the server echoed"),
+        "{log}"
+    );
+}
+
+#[test]
+fn upload_with_an_aws_profile_from_the_shared_files() {
+    for s in servers() {
+        eprintln!("profiles against {}", s.name);
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        let sha = big_file(p, "disk.img", 2);
+        std::fs::create_dir(p.join(".aws")).unwrap();
+        std::fs::write(
+            p.join(".aws/credentials"),
+            format!("[default]\naws_access_key_id = {}\naws_secret_access_key = wrong-default\n\n[ci]\naws_access_key_id = {}\naws_secret_access_key = {}\n", s.ak, s.ak, s.sk),
+        )
+        .unwrap();
+        std::fs::write(p.join(".aws/config"), "[profile ci]\nregion = us-east-1\n").unwrap();
+        let home = p.display().to_string();
+        let up = |extra: &[&str], env: &[(&str, &str)]| {
+            let mut args = vec![
+                "--json",
+                "upload",
+                "disk.img",
+                "s3://bkt/prof.img",
+                "--endpoint",
+                &s.url,
+                "--force",
+            ];
+            args.extend_from_slice(extra);
+            let mut e = vec![("HOME", home.as_str())];
+            e.extend_from_slice(env);
+            agent(p, &args, &e)
+        };
+        // AWS_PROFILE picks the profile when no keys are in the environment.
+        let out = up(&[], &[("AWS_PROFILE", "ci")]).ok();
+        assert_eq!(parse(&out.stdout)["sha256"], sha.as_str());
+        // Keys in the environment come before AWS_PROFILE (here: wrong ones, so 403) ...
+        let wrong = [
+            ("AWS_PROFILE", "ci"),
+            ("AWS_ACCESS_KEY_ID", s.ak.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", "wrong-env"),
+        ];
+        let out = up(&[], &wrong);
+        assert!(
+            out.code == 2 && out.stderr.contains("SignatureDoesNotMatch"),
+            "{}",
+            out.stderr
+        );
+        // ... but --profile beats them, as in the AWS CLI.
+        up(&["--profile", "ci"], &wrong).ok();
+        // The default profile is used without any setting (its secret is wrong here).
+        let out = up(&[], &[]);
+        assert!(
+            out.code == 2 && out.stderr.contains("SignatureDoesNotMatch"),
+            "{}",
+            out.stderr
+        );
+        // The files' locations from AWS_SHARED_CREDENTIALS_FILE / AWS_CONFIG_FILE.
+        std::fs::rename(p.join(".aws/credentials"), p.join("creds.ini")).unwrap();
+        let creds = p.join("creds.ini").display().to_string();
+        up(
+            &["--profile", "ci"],
+            &[("AWS_SHARED_CREDENTIALS_FILE", creds.as_str())],
+        )
+        .ok();
+        let out = up(
+            &["--profile", "nope"],
+            &[("AWS_SHARED_CREDENTIALS_FILE", creds.as_str())],
+        );
+        assert!(
+            out.code == 2 && out.stderr.contains("\"nope\""),
+            "{}",
+            out.stderr
+        );
+        for t in [&out.stderr, &out.stdout] {
+            assert!(!t.contains(&s.sk) && !t.contains("wrong-default"), "{t}");
+        }
+    }
+}
+
+/// A proxy answering opaque part ETags, and CompleteMultipartUpload with `<ChecksumSHA256>` set to
+/// the composite of the part checksums as S3 computes it (moto gives none), or a wrong one.
+fn composite_proxy(s: &S3, wrong: bool) -> String {
+    type Sums = std::collections::BTreeMap<u32, Vec<u8>>;
+    let etags = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let sums = Arc::new(std::sync::Mutex::new(Sums::new()));
+    let (e1, e2) = (etags.clone(), etags);
+    let is_complete = |r: &Req| r.line.starts_with("POST ") && r.line.contains("uploadId=");
+    hook_proxy(
+        &s.url,
+        move |r| {
+            if is_complete(r) {
+                let mut body = String::from_utf8(r.body.clone()).unwrap();
+                for (fake, real) in e1.lock().unwrap().iter() {
+                    body = body.replace(fake, real);
+                }
+                r.body = body.into_bytes();
+            }
+            Act::Forward
+        },
+        move |r, resp| {
+            if let Some(n) = r.part() {
+                let real = resp
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("etag"))
+                    .map(|(_, v)| v.trim_matches('"').to_owned())
+                    .unwrap_or_default();
+                let fake = format!("kms{n}-{}", &real[..8]);
+                e2.lock().unwrap().push((fake.clone(), real));
+                resp.set_header("ETag", &format!("\"{fake}\""));
+                sums.lock()
+                    .unwrap()
+                    .insert(n, Sha256::digest(&r.body).to_vec());
+            } else if is_complete(r) {
+                let parts = sums.lock().unwrap();
+                let mut all: Vec<u8> = parts.values().flatten().copied().collect();
+                if wrong {
+                    all[0] ^= 1;
+                }
+                let sum = format!("{}-{}", b64(&Sha256::digest(&all)), parts.len());
+                let body = String::from_utf8(resp.body.clone()).unwrap().replace(
+                    "</ETag>",
+                    &format!("</ETag><ChecksumSHA256>{sum}</ChecksumSHA256>"),
+                );
+                resp.set_header("Content-Length", &body.len().to_string());
+                resp.body = body.into_bytes();
+            }
+        },
+    )
+}
+
+#[test]
+fn non_md5_part_etags_are_checked_through_the_composite_checksum_when_given() {
+    let Some(s) = moto_s3() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let sha = big_file(p, "disk.img", 4);
+    let out = upload_via(&s, p, &composite_proxy(&s, false), "sum.img").ok();
+    let v = parse(&out.stdout);
+    assert_eq!(v["sha256"], sha.as_str());
+    assert!(
+        v["notes"]
+            .to_string()
+            .contains("composite ChecksumSHA256 instead of the composite ETag"),
+        "{v}"
+    );
+    assert_eq!(remote_sha256(&s, "sum.img"), sha);
+    let out = upload_via(&s, p, &composite_proxy(&s, true), "sum2.img");
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("composite ChecksumSHA256")
+            && out.stderr.contains("is not that of the parts sent"),
+        "{}",
+        out.stderr
+    );
 }

@@ -121,7 +121,23 @@ pub(super) fn read_volume_key(path: &Path) -> Result<VolumeKey> {
 
 /// Writes `len` random bytes to a new file with mode 0600; never overwrites.
 pub(super) fn write_new_key(path: &Path, len: usize) -> Result<()> {
-    let key = random_bytes(len)?;
+    write_new_secret(path, &random_bytes(len)?)
+}
+
+/// Writes a new text passphrase (base64url of 32 random bytes, no newline) with mode 0600; returns its
+/// length.
+pub(super) fn write_new_passphrase(path: &Path) -> Result<usize> {
+    use base64::Engine as _;
+    let text = Zeroizing::new(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(random_bytes(32)?.as_slice())
+            .into_bytes(),
+    );
+    write_new_secret(path, &text)?;
+    Ok(text.len())
+}
+
+fn write_new_secret(path: &Path, key: &[u8]) -> Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -135,7 +151,7 @@ pub(super) fn write_new_key(path: &Path, len: usize) -> Result<()> {
                 Error::io("create key file", path, None, e)
             }
         })?;
-    let written = f.write_all(&key).and_then(|()| f.sync_all());
+    let written = f.write_all(key).and_then(|()| f.sync_all());
     if let Err(e) = written {
         let _ = std::fs::remove_file(path);
         return Err(Error::io("write key file", path, None, e));

@@ -284,6 +284,10 @@ struct KeygenArgs {
     /// Key length: 32 (AES-128-XTS) or 64 (AES-256-XTS) bytes.
     #[arg(long, default_value_t = 64, value_parser = parse_key_bytes)]
     bytes: usize,
+    /// Write a text passphrase instead: 43 base64url characters (256 random bits), no newline, for
+    /// `--profile ibm-vpc` (QEMU wants UTF-8) or luks2/luks1.
+    #[arg(long, conflicts_with = "bytes")]
+    passphrase: bool,
     /// Where to write the key (must not exist).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     output: PathBuf,
@@ -559,7 +563,7 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
             "key_bits": key_bytes * 8,
             "sector_size": r.sector_size,
             "data_offset": r.data_offset,
-            "container": match container { Container::Qcow2Luks => "qcow2", Container::Vhd { .. } => "vhd", Container::Raw => "raw", Container::ClassicVhd => "classic-vhd" },
+            "container": match container { Container::Qcow2Luks => "qcow2", Container::Vhd { .. } => "vhd", Container::Raw => "raw" },
             "source_size": r.source_size,
             "virtual_size": r.virtual_size,
             "padded_bytes": r.padded,
@@ -905,8 +909,15 @@ fn dump(a: &DumpArgs, out: &Out) -> Result<ExitCode> {
         };
         let l = luks::Luks::embedded(h, std::fs::metadata(&a.src).map_or(0, |m| m.len()))?;
         if out.json {
+            // The payload and file sizes describe a raw LUKS file; inside qcow2 the payload is the
+            // qcow2 clusters (see `diskseal info`), so they are left out.
+            let mut luks = l.to_json();
+            if let Some(m) = luks.as_object_mut() {
+                m.remove("payload_size");
+                m.remove("file_size");
+            }
             out.print_json(
-                &json!({"container": "qcow2", "luks_header_offset": base, "luks": l.to_json()}),
+                &json!({"container": "qcow2", "luks_header_offset": base, "luks": luks}),
             );
         } else {
             out.always(&format!(
@@ -1097,14 +1108,20 @@ fn man(dir: &Path, out: &Out) -> Result<ExitCode> {
 }
 
 fn keygen(a: &KeygenArgs, out: &Out) -> Result<ExitCode> {
-    keys::write_new_key(&a.output, a.bytes)?;
+    let (bytes, what) = if a.passphrase {
+        (keys::write_new_passphrase(&a.output)?, "passphrase")
+    } else {
+        keys::write_new_key(&a.output, a.bytes)?;
+        (a.bytes, "key")
+    };
     if out.json {
-        out.print_json(&json!({"command": "keygen", "output": a.output, "bytes": a.bytes}));
+        out.print_json(
+            &json!({"command": "keygen", "output": a.output, "bytes": bytes, "kind": what}),
+        );
     } else {
         out.summary(&format!(
-            "{}: wrote a random {}-byte key (mode 0600)",
+            "{}: wrote a random {bytes}-byte {what} (mode 0600)",
             a.output.display(),
-            a.bytes
         ));
     }
     Ok(ExitCode::SUCCESS)

@@ -56,6 +56,9 @@ pub struct Xts {
     data: Aes,
     tweak: Aes,
     key_bytes: usize,
+    /// The data key for the fused AVX-512 VAES kernel, when this CPU runs it.
+    #[cfg(target_arch = "x86_64")]
+    fast: Option<super::vaes::Keys>,
 }
 
 impl std::fmt::Debug for Xts {
@@ -66,7 +69,7 @@ impl std::fmt::Debug for Xts {
 
 /// Multiplies a tweak by x in GF(2^128) (IEEE 1619 little-endian convention).
 #[inline(always)]
-fn double(t: u128) -> u128 {
+pub(super) fn double(t: u128) -> u128 {
     (t << 1) ^ ((t >> 127) * 0x87)
 }
 
@@ -110,6 +113,45 @@ fn fill_tweaks(out: &mut [u128], t0: u128) {
     }
 }
 
+/// An implementation of the XTS engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// The fused kernel in 512-bit registers (AVX-512F/BW, VAES, VPCLMULQDQ).
+    Avx512Vaes,
+    /// The fused kernel in 256-bit registers (AVX2, VAES, VPCLMULQDQ).
+    Avx2Vaes,
+    /// Tweaks in memory and the `aes` crate's block functions (which use AES-NI or VAES when present).
+    Portable,
+}
+
+impl Engine {
+    /// Every implementation this CPU runs, fastest first; the last is always [`Engine::Portable`].
+    pub fn available() -> Vec<Engine> {
+        let mut v = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            let probe = [0u8; 16];
+            if super::vaes::Keys::with_width(&probe, super::vaes::Width::Zmm).is_some() {
+                v.push(Engine::Avx512Vaes);
+            }
+            if super::vaes::Keys::with_width(&probe, super::vaes::Width::Ymm).is_some() {
+                v.push(Engine::Avx2Vaes);
+            }
+        }
+        v.push(Engine::Portable);
+        v
+    }
+
+    /// A short name: `avx512-vaes`, `avx2-vaes` or `portable`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Avx512Vaes => "avx512-vaes",
+            Engine::Avx2Vaes => "avx2-vaes",
+            Engine::Portable => "portable",
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Direction {
     Encrypt,
@@ -117,8 +159,21 @@ enum Direction {
 }
 
 impl Xts {
-    /// Builds the engine from a 32-byte (AES-128-XTS) or 64-byte (AES-256-XTS) key.
+    /// Builds the engine from a 32-byte (AES-128-XTS) or 64-byte (AES-256-XTS) key, with the fastest
+    /// implementation this CPU runs.
     pub fn new(key: &[u8]) -> Result<Self> {
+        for engine in Engine::available() {
+            if let Some(x) = Self::with_engine(key, engine)? {
+                return Ok(x);
+            }
+        }
+        // Not reached: the portable engine runs everywhere.
+        Err(Error::invalid("no AES-XTS implementation runs on this CPU"))
+    }
+
+    /// Builds the engine with a chosen implementation, or `None` when this CPU cannot run it (for
+    /// differential tests and benches).
+    pub fn with_engine(key: &[u8], engine: Engine) -> Result<Option<Self>> {
         if key.len() != 32 && key.len() != 64 {
             return Err(Error::invalid(format!(
                 "AES-XTS key must be 32 or 64 bytes, got {} bytes",
@@ -126,11 +181,44 @@ impl Xts {
             )));
         }
         let (k1, k2) = key.split_at(key.len() / 2);
-        Ok(Xts {
+        #[cfg(target_arch = "x86_64")]
+        let fast = match engine {
+            Engine::Portable => None,
+            Engine::Avx512Vaes | Engine::Avx2Vaes => {
+                let width = if engine == Engine::Avx512Vaes {
+                    super::vaes::Width::Zmm
+                } else {
+                    super::vaes::Width::Ymm
+                };
+                match super::vaes::Keys::with_width(k1, width) {
+                    Some(k) => Some(k),
+                    None => return Ok(None),
+                }
+            }
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        if engine != Engine::Portable {
+            return Ok(None);
+        }
+        Ok(Some(Xts {
             data: Aes::new(k1)?,
             tweak: Aes::new(k2)?,
             key_bytes: key.len(),
-        })
+            #[cfg(target_arch = "x86_64")]
+            fast,
+        }))
+    }
+
+    /// The implementation in use.
+    pub fn engine(&self) -> Engine {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(k) = &self.fast {
+            return match k.width() {
+                super::vaes::Width::Zmm => Engine::Avx512Vaes,
+                super::vaes::Width::Ymm => Engine::Avx2Vaes,
+            };
+        }
+        Engine::Portable
     }
 
     /// Key size in bytes (32 or 64).
@@ -234,6 +322,18 @@ impl Xts {
                 *start = Block::from(tweak_of(b * units_per_batch + u).to_le_bytes());
             }
             self.tweak.encrypt(&mut starts[..units]);
+            #[cfg(target_arch = "x86_64")]
+            if let Some(keys) = &self.fast
+                && unit.is_multiple_of(512)
+            {
+                let mut t = [0u128; BATCH_BYTES / 512];
+                for (t, s) in t.iter_mut().zip(&starts[..units]) {
+                    *t = u128::from_le_bytes(s.0);
+                }
+                let encrypt = matches!(dir, Direction::Encrypt);
+                super::vaes::crypt(keys, batch, unit, &t[..units], encrypt);
+                continue;
+            }
             for (u, start) in starts[..units].iter().enumerate() {
                 fill_tweaks(
                     &mut tweaks[u * blocks_per_unit..(u + 1) * blocks_per_unit],

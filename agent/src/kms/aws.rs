@@ -66,6 +66,9 @@ pub struct SigV4<'a> {
     pub headers: &'a [(&'a str, &'a str)],
     /// Request body.
     pub body: &'a [u8],
+    /// The `x-amz-content-sha256` value when the caller already has it (S3: the part's hex SHA-256,
+    /// hashed once for the checksum and the signature, or `UNSIGNED-PAYLOAD`); None hashes `body`.
+    pub payload_sha256: Option<&'a str>,
     /// Region.
     pub region: &'a str,
     /// Service, e.g. "kms".
@@ -82,6 +85,7 @@ pub fn sigv4_authorization(r: &SigV4<'_>, access_key: &str, secret: &str) -> Str
         query,
         headers,
         body,
+        payload_sha256,
         region,
         service,
         amz_date,
@@ -94,10 +98,8 @@ pub fn sigv4_authorization(r: &SigV4<'_>, access_key: &str, secret: &str) -> Str
     let canonical_headers: String = h.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
     let signed: Vec<&str> = h.iter().map(|(k, _)| k.as_str()).collect();
     let signed = signed.join(";");
-    let creq = format!(
-        "{method}\n{path}\n{query}\n{canonical_headers}\n{signed}\n{}",
-        hex(&Sha256::digest(body))
-    );
+    let payload = payload_sha256.map_or_else(|| hex(&Sha256::digest(body)), str::to_owned);
+    let creq = format!("{method}\n{path}\n{query}\n{canonical_headers}\n{signed}\n{payload}");
     let date = &amz_date[..8];
     let scope = format!("{date}/{region}/{service}/aws4_request");
     let sts = format!(
@@ -164,6 +166,7 @@ impl AwsKms {
             query: "",
             headers: &headers,
             body: body.as_bytes(),
+            payload_sha256: None,
             region: &self.s.region,
             service: "kms",
             amz_date: &amz_date,
@@ -311,6 +314,7 @@ mod tests {
                 ("x-amz-date", "20150830T123600Z"),
             ],
             body: b"",
+            payload_sha256: None,
             region: "us-east-1",
             service: "service",
             amz_date: "20150830T123600Z",

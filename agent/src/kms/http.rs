@@ -14,6 +14,8 @@ pub(crate) struct Reply {
     pub(crate) etag: Option<String>,
     /// The `Content-Length` header (S3 HEAD).
     pub(crate) content_length: Option<u64>,
+    /// The `x-amz-checksum-sha256` header (S3 UploadPart echoes the checksum it verified).
+    pub(crate) checksum_sha256: Option<String>,
 }
 
 /// Sends with retries per `policy`; `send` makes one attempt. Retries connection errors, timeouts,
@@ -44,6 +46,7 @@ pub(crate) fn with_retries(
                     .or_else(|| header("x-amz-request-id"));
                 let etag = header("etag");
                 let content_length = header("content-length").and_then(|v| v.trim().parse().ok());
+                let checksum_sha256 = header("x-amz-checksum-sha256");
                 let body = resp.body_mut().read_to_string().unwrap_or_default();
                 // AWS KMS throttles with HTTP 400 and `ThrottlingException` in the body.
                 let throttled = status == 400 && body.contains("ThrottlingException");
@@ -62,6 +65,7 @@ pub(crate) fn with_retries(
                     correlation_id,
                     etag,
                     content_length,
+                    checksum_sha256,
                 });
             }
             Err(e) => {

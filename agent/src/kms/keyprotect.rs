@@ -4,39 +4,31 @@
 //!   `bluemix-instance`, `correlation-id`, optional `x-kms-key-ring`, content type and accept
 //!   `application/vnd.ibm.kms.key_action+json`; body `{"plaintext": base64}` or `{"ciphertext": WDEK}`;
 //!   an empty body to `wrap` makes the service generate a 32-byte key;
-//! - IAM bearer tokens from `POST {iam}/identity/token` (API-key grant), refreshed after 80 % of their
+//! - IAM bearer tokens from [`super::iam::IamTokens`] (API-key grant), refreshed after 80 % of their
 //!   lifetime and once more when the KMS answers 401;
 //! - retries with exponential back-off and jitter on connection errors, 429 and 5xx (not 501),
 //!   honouring `Retry-After` up to [`RetryPolicy::max_wait`];
 //! - the documented error body (`resources[0].reasons[0].{code,message}`, IAM's `errorCode`/`errorMessage`)
 //!   becomes a [`KmsError`] with the reason code, message and correlation id.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
 use serde_json::json;
 use zeroize::Zeroizing;
 
 use super::http::Reply;
+use super::iam::IamTokens;
 use super::{Generated, KeyWrapper, KmsError, KmsErrorKind, Unwrapped, Wrapped, b64, uuid4};
 use crate::config::{KmsSettings, Service};
-use crate::secret::{SecretBytes, SecretString};
+use crate::secret::SecretBytes;
 use crate::wire;
 
 const KEY_ACTION: &str = "application/vnd.ibm.kms.key_action+json";
-
-#[derive(Debug)]
-struct Token {
-    value: SecretString,
-    refresh_at: Instant,
-}
 
 /// The Key Protect / HPCS client.
 #[derive(Debug)]
 pub struct KeyProtect {
     s: KmsSettings,
     agent: ureq::Agent,
-    token: Mutex<Option<Token>>,
+    iam: IamTokens,
 }
 
 impl KeyProtect {
@@ -48,9 +40,13 @@ impl KeyProtect {
             .user_agent(concat!("diskseal-agent/", env!("CARGO_PKG_VERSION")))
             .build();
         KeyProtect {
+            iam: IamTokens::new(
+                &settings.iam_endpoint,
+                settings.api_key.clone(),
+                settings.retry,
+            ),
             s: settings,
             agent: ureq::Agent::new_with_config(config),
-            token: Mutex::new(None),
         }
     }
 
@@ -69,59 +65,8 @@ impl KeyProtect {
         super::http::with_retries(&self.s.retry, label, send)
     }
 
-    fn iam_label(&self) -> String {
-        format!("IAM at {}", self.s.iam_endpoint)
-    }
-
     fn kms_label(&self) -> String {
         format!("{} at {}", self.service_name(), self.s.endpoint)
-    }
-
-    /// A valid bearer token: cached, or fetched when missing, due for refresh, or `force`d.
-    fn bearer(&self, force: bool) -> Result<SecretString, KmsError> {
-        let mut slot = self
-            .token
-            .lock()
-            .map_err(|_| self.bad(&self.iam_label(), "token cache poisoned"))?;
-        if let Some(t) = slot.as_ref()
-            && !force
-            && Instant::now() < t.refresh_at
-        {
-            return Ok(t.value.clone());
-        }
-        let url = format!("{}/identity/token", self.s.iam_endpoint);
-        let apikey = self.s.api_key.clone();
-        let reply = self.with_retries(&self.iam_label(), || {
-            self.agent
-                .post(&url)
-                .header("accept", "application/json")
-                .send_form([
-                    ("grant_type", "urn:ibm:params:oauth:grant-type:apikey"),
-                    ("apikey", apikey.expose()),
-                ])
-        })?;
-        if reply.status != 200 {
-            let e = wire::iam_error(&reply.body);
-            let message = e.message.unwrap_or_else(|| snippet(&reply.body));
-            return Err(KmsError {
-                kind: KmsErrorKind::Http,
-                endpoint: self.iam_label(),
-                status: Some(reply.status),
-                reason: e.reason,
-                message: format!("the API key was refused: {message}"),
-                correlation_id: e.request_id.or(reply.correlation_id),
-                attempts: 1,
-            });
-        }
-        let t = wire::iam_token(&reply.body).map_err(|e| self.bad(&self.iam_label(), &e))?;
-        // Refresh after 80 % of the lifetime, as IBM's SDKs do.
-        let refresh_at = Instant::now() + Duration::from_millis(t.expires_in.saturating_mul(800));
-        let value = SecretString::new(t.access_token.to_string());
-        *slot = Some(Token {
-            value: value.clone(),
-            refresh_at,
-        });
-        Ok(value)
     }
 
     fn bad(&self, endpoint: &str, message: &str) -> KmsError {
@@ -148,10 +93,13 @@ impl KeyProtect {
             path_segment(&self.s.key_id)
         );
         let cid = uuid4();
-        let mut refreshed = false;
+        let mut refused = None;
         loop {
-            let token = self.bearer(refreshed)?;
-            let auth = Zeroizing::new(format!("Bearer {}", token.expose()));
+            let b = match refused {
+                None => self.iam.token()?,
+                Some(g) => self.iam.refresh(g)?,
+            };
+            let auth = Zeroizing::new(format!("Bearer {}", b.token.expose()));
             let reply = self.with_retries(&self.kms_label(), || {
                 let mut req = self
                     .agent
@@ -167,8 +115,8 @@ impl KeyProtect {
                 req.send(body.as_str())
             })?;
             let cid_out = reply.correlation_id.clone().or_else(|| Some(cid.clone()));
-            if reply.status == 401 && !refreshed {
-                refreshed = true;
+            if reply.status == 401 && refused.is_none() {
+                refused = Some(b.generation);
                 continue;
             }
             if !(200..300).contains(&reply.status) {

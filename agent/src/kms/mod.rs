@@ -10,6 +10,7 @@
 pub mod aws;
 pub mod fake;
 pub(crate) mod http;
+pub mod iam;
 pub mod keyprotect;
 pub mod pkcs11;
 
