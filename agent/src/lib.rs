@@ -9,7 +9,7 @@
 //!   bearer auth; [`awsconfig`]: AWS profiles (`~/.aws/credentials`, `~/.aws/config`);
 //! - [`import`]: IBM VPC / classic image import with pre-flight checks and polling (`import`);
 //! - [`audit`]: the hash-chained CADF-shaped JSONL audit log and its verifier;
-//! - [`wire`]: the parsers of every server response (S3 XML, IAM / Key Protect / AWS KMS / VPC /
+//! - [`wire`]: the server response parsers (S3 XML, IAM / Key Protect / AWS KMS / VPC /
 //!   SoftLayer JSON) as pure functions, fuzzed in `fuzz/`.
 //!
 //! The library never prints; errors are [`Error`]s and never carry a secret.
