@@ -144,7 +144,8 @@ Examples:
 
 const UPLOAD_EXAMPLES: &str = "\
 Examples:
-  # HMAC keys in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY [/ AWS_SESSION_TOKEN]
+  # credentials: HMAC keys (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or an AWS profile: --profile),
+  # or for cos:// an IBM Cloud API key (IBMCLOUD_API_KEY or --api-key-file) for IAM tokens (--auth iam)
   diskseal-agent upload disk.qcow2 cos://us-south/my-bucket/disk.qcow2 --jobs 4 --part-size 64M
   diskseal-agent upload disk.qcow2 s3://my-bucket/disk.qcow2 --region eu-west-1 --force
   # interrupted? rerun the same command to resume, or give up and clean up:
@@ -199,6 +200,8 @@ struct ShipArgs {
     key_crn: Option<String>,
     #[command(flatten)]
     s3: S3Args,
+    #[command(flatten)]
+    auth: S3AuthArgs,
     /// Skip the cloud's image size rules (small trial images).
     #[arg(long)]
     allow_any_size: bool,
@@ -260,7 +263,8 @@ struct ImportArgs {
     wait_secs: u64,
 }
 
-/// How `upload` authenticates to S3 / IBM COS.
+/// How `upload` and `ship` authenticate to S3 / IBM COS (the IBM Cloud API key for `iam` comes from
+/// each command's `--api-key-file`, else IBMCLOUD_API_KEY, else the config file).
 #[derive(Debug, Args)]
 struct S3AuthArgs {
     /// AWS profile (else AWS_PROFILE, else default); it beats AWS_ACCESS_KEY_ID, as in the AWS CLI.
@@ -269,12 +273,6 @@ struct S3AuthArgs {
     /// auto (HMAC keys when configured, else IAM for cos://), hmac, or iam (IBM Cloud API key → bearer token).
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = ["auto", "hmac", "iam"])]
     auth: String,
-    /// File holding the IBM Cloud API key for --auth iam (else IBMCLOUD_API_KEY, else the config file).
-    #[arg(long, value_name = "FILE")]
-    api_key_file: Option<PathBuf>,
-    /// IAM base URL.
-    #[arg(long, value_name = "URL")]
-    iam_endpoint: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -293,6 +291,12 @@ struct UploadArgs {
     region: Option<String>,
     #[command(flatten)]
     auth: S3AuthArgs,
+    /// File holding the IBM Cloud API key for --auth iam (else IBMCLOUD_API_KEY, else the config file).
+    #[arg(long, value_name = "FILE")]
+    api_key_file: Option<PathBuf>,
+    /// IAM base URL.
+    #[arg(long, value_name = "URL")]
+    iam_endpoint: Option<String>,
     #[command(flatten)]
     s3: S3Args,
     /// Abort the interrupted upload recorded next to FILE and remove its state.
@@ -850,20 +854,6 @@ struct ShipState {
     import_sent: bool,
 }
 
-/// Writes `bytes` to `path` so that a crash at any point leaves the old or the new file, whole: a
-/// temporary file beside it, fsynced, renamed over it, then the directory fsynced.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
     use crate::import::{self, Cloud};
     use crate::s3;
@@ -964,7 +954,19 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
             "POST {url}?uploads (x-amz-checksum-algorithm: SHA256){}",
             done(st.uploaded_etag.is_some())
         ));
-        lines.push(format!("PUT  {url}?partNumber=1..{n}&uploadId=<id> ({n} parts of {part} bytes, {} in parallel; Content-MD5, x-amz-checksum-sha256; Authorization: AWS4-HMAC-SHA256 <redacted>)", a.s3.jobs));
+        let authorization = match s3_auth(
+            &l,
+            &a.object,
+            &a.auth.auth,
+            a.auth.profile.as_deref(),
+            None,
+            crate::config::RetryPolicy::default(),
+        ) {
+            Ok((crate::s3::Auth::Iam(_), _)) => "Bearer <redacted IAM token>",
+            Ok((crate::s3::Auth::Hmac(_), _)) => "AWS4-HMAC-SHA256 <redacted>",
+            Err(_) => "<no S3 credentials found: the upload would stop here>",
+        };
+        lines.push(format!("PUT  {url}?partNumber=1..{n}&uploadId=<id> ({n} parts of {part} bytes, {} in parallel; Content-MD5, x-amz-checksum-sha256; Authorization: {authorization})", a.s3.jobs));
         lines.push(format!(
             "POST {url}?uploadId=<id> (CompleteMultipartUpload), then HEAD {url}"
         ));
@@ -1001,7 +1003,7 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
         return Ok(());
     }
     let save = |st: &ShipState| -> Result<()> {
-        write_atomically(&sp, &serde_json::to_vec_pretty(st).unwrap_or_default())
+        crate::s3::write_atomically(&sp, &serde_json::to_vec_pretty(st).unwrap_or_default())
             .map_err(|e| Error::io("write ship state", &sp, e))
     };
     // 2. Wrap (once).
@@ -1030,7 +1032,14 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
             max_attempts: 6,
             ..crate::config::RetryPolicy::default()
         };
-        let (auth, _) = s3_auth(&l, &a.object, "auto", None, None, retry)?;
+        let (auth, _) = s3_auth(
+            &l,
+            &a.object,
+            &a.auth.auth,
+            a.auth.profile.as_deref(),
+            None,
+            retry,
+        )?;
         let client = s3::Client::new(target.clone(), auth, retry);
         // The object must not exist unless --force; once this ship has started its upload, a rerun
         // replaces what it finds (a run killed after the upload completed but before the state said so).
@@ -1271,8 +1280,8 @@ fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
     let l = layers_from(
         cli,
         FileConfig {
-            api_key_file: a.auth.api_key_file.clone(),
-            iam_endpoint: a.auth.iam_endpoint.clone(),
+            api_key_file: a.api_key_file.clone(),
+            iam_endpoint: a.iam_endpoint.clone(),
             ..FileConfig::default()
         },
     )?;

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use crate::config::RetryPolicy;
 use crate::error::{Error, Result};
 use crate::kms::http::{Reply, with_retries};
+use crate::kms::iam::IamTokens;
 use crate::kms::{KmsError, KmsErrorKind};
 use crate::secret::SecretString;
 use crate::wire;
@@ -254,7 +255,8 @@ pub fn explain(code: &str) -> &'static str {
 struct Api {
     s: ImportSettings,
     agent: ureq::Agent,
-    token: SecretString,
+    /// Bearer tokens, refreshed before they expire (imports can poll for an hour, a token's life).
+    tokens: IamTokens,
 }
 
 impl Api {
@@ -283,8 +285,26 @@ impl Api {
         })
     }
 
+    /// One request with a valid bearer token; a 401 (token revoked or expired early) gets one retry with
+    /// a fresh token.
     fn call(&self, method: &str, url: &str, body: Option<&Value>) -> Result<Reply> {
-        let auth = format!("Bearer {}", self.token.expose());
+        let bearer = self.tokens.token()?;
+        let r = self.send(method, url, body, &bearer.token)?;
+        if r.status != 401 {
+            return Ok(r);
+        }
+        let fresh = self.tokens.refresh(bearer.generation)?;
+        self.send(method, url, body, &fresh.token)
+    }
+
+    fn send(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<&Value>,
+        token: &SecretString,
+    ) -> Result<Reply> {
+        let auth = format!("Bearer {}", token.expose());
         Ok(with_retries(&self.s.retry, &self.label(), || {
             match (method, body) {
                 ("POST", Some(b)) => self
@@ -301,47 +321,6 @@ impl Api {
                     .call(),
             }
         })?)
-    }
-}
-
-/// An IAM access token for `api_key`.
-pub fn iam_token(
-    agent: &ureq::Agent,
-    iam_endpoint: &str,
-    api_key: &SecretString,
-    retry: &RetryPolicy,
-) -> Result<SecretString> {
-    let url = format!("{iam_endpoint}/identity/token");
-    let label = format!("IAM at {iam_endpoint}");
-    let r = with_retries(retry, &label, || {
-        agent
-            .post(&url)
-            .header("accept", "application/json")
-            .send_form([
-                ("grant_type", "urn:ibm:params:oauth:grant-type:apikey"),
-                ("apikey", api_key.expose()),
-            ])
-    })?;
-    let token = (r.status == 200)
-        .then(|| wire::iam_token(&r.body).ok())
-        .flatten();
-    match token {
-        Some(t) => Ok(SecretString::new(t.access_token.to_string())),
-        None => {
-            let e = wire::iam_error(&r.body);
-            Err(Error::Kms(KmsError {
-                kind: KmsErrorKind::Http,
-                endpoint: label,
-                status: Some(r.status),
-                reason: e.reason,
-                message: format!(
-                    "the API key was refused: {}",
-                    e.message.as_deref().unwrap_or("no token in the response")
-                ),
-                correlation_id: e.request_id,
-                attempts: 1,
-            }))
-        }
     }
 }
 
@@ -386,8 +365,10 @@ pub fn import_resuming(
             .timeout_global(Some(s.retry.timeout))
             .build(),
     );
-    let token = iam_token(&agent, &s.iam_endpoint, &s.api_key, &s.retry)?;
-    let api = Api { s, agent, token };
+    let tokens = IamTokens::new(&s.iam_endpoint, s.api_key.clone(), s.retry);
+    // Fetch the first token now: a refused API key stops the import before anything else.
+    tokens.token()?;
+    let api = Api { s, agent, tokens };
     let found = match resume {
         Resume::Created(id) => Some(id),
         Resume::MaybeSent => match api.s.cloud {

@@ -619,11 +619,24 @@ pub fn state_path(source: &Path) -> PathBuf {
 }
 
 fn save_state(path: &Path, s: &State) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_vec_pretty(s).unwrap_or_default();
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| Error::io("write upload state", path, e))
+    write_atomically(path, &text).map_err(|e| Error::io("write upload state", path, e))
+}
+
+/// Writes `bytes` to `path` (a JSON state file) so that a crash or power loss at any point leaves the
+/// old or the new file, whole: a temporary file beside it, fsynced, renamed over it, then the directory
+/// fsynced.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Reads the state file: `Ok(None)` when absent.

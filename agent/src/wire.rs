@@ -107,6 +107,8 @@ pub struct IamToken {
     pub access_token: Zeroizing<String>,
     /// Lifetime in seconds (3600 when the response does not say).
     pub expires_in: u64,
+    /// `expiration`: when it expires, in Unix seconds, if the response says.
+    pub expiration: Option<u64>,
 }
 
 impl std::fmt::Debug for IamToken {
@@ -114,6 +116,7 @@ impl std::fmt::Debug for IamToken {
         f.debug_struct("IamToken")
             .field("access_token", &"<redacted>")
             .field("expires_in", &self.expires_in)
+            .field("expiration", &self.expiration)
             .finish()
     }
 }
@@ -128,6 +131,7 @@ pub fn iam_token(body: &str) -> Result<IamToken, String> {
     Ok(IamToken {
         access_token: Zeroizing::new(token.to_owned()),
         expires_in: v["expires_in"].as_u64().unwrap_or(3600),
+        expiration: v["expiration"].as_u64(),
     })
 }
 

@@ -72,6 +72,40 @@ fn vpc_import_polls_to_available_and_is_logged() {
     );
 }
 
+/// An import polls longer than a token lives (here 1 s; IAM's are 1 h, imports can take an hour): the
+/// agent refreshes the token before it expires, and a token revoked mid-poll gets one fresh one.
+#[test]
+fn import_outlives_its_iam_tokens_and_survives_a_revocation() {
+    let f = FakeIbm::start();
+    f.with(|s| {
+        s.token_ttl_secs = 1;
+        s.import_polls = 250;
+    });
+    let d = tempfile::tempdir().unwrap();
+    let wdek = f.wrap(b64(PASSPHRASE).as_bytes());
+    let calls_before = f.with(|s| s.iam_calls);
+    let out = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(std::time::Duration::from_millis(1200));
+            f.revoke_tokens();
+        });
+        run(
+            &f,
+            d.path(),
+            "ibm-vpc",
+            "cos://us-south/bkt/disk.qcow2",
+            &wdek,
+            &[],
+        )
+    })
+    .ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["status"], "available", "{}", out.stderr);
+    // 250 polls 10 ms apart outlast several 1 s tokens (and one revocation).
+    let calls = f.with(|s| s.iam_calls) - calls_before;
+    assert!(calls >= 3, "IAM was asked {calls} times");
+}
+
 #[test]
 fn vpc_import_with_a_newline_in_the_passphrase_fails_with_the_reason_explained() {
     let f = FakeIbm::start();

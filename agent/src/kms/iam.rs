@@ -11,8 +11,6 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::Value;
-
 use super::http::with_retries;
 use super::{KmsError, KmsErrorKind};
 use crate::config::RetryPolicy;
@@ -118,37 +116,25 @@ impl IamTokens {
                     ("apikey", self.api_key.expose()),
                 ])
         })?;
-        let v: Value = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
         if reply.status != 200 {
-            let message = v["errorMessage"].as_str().map_or_else(
-                || {
-                    let t: String = reply.body.chars().take(200).collect();
-                    format!("unrecognised error body: {}", t.trim())
-                },
-                str::to_owned,
-            );
+            let e = crate::wire::iam_error(&reply.body);
+            let message = e.message.unwrap_or_else(|| {
+                let t: String = reply.body.chars().take(200).collect();
+                format!("unrecognised error body: {}", t.trim())
+            });
             return Err(KmsError {
                 kind: KmsErrorKind::Http,
                 endpoint: label,
                 status: Some(reply.status),
-                reason: v["errorCode"].as_str().map(str::to_owned),
+                reason: e.reason,
                 message: format!("the API key was refused: {message}"),
-                correlation_id: v["context"]["requestId"]
-                    .as_str()
-                    .map(str::to_owned)
-                    .or(reply.correlation_id),
+                correlation_id: e.request_id.or(reply.correlation_id),
                 attempts: 1,
             });
         }
-        if v.is_null() {
-            return Err(bad(&label, "token response is not JSON"));
-        }
-        let access = v["access_token"]
-            .as_str()
-            .ok_or_else(|| bad(&label, "no access_token in the token response"))?;
-        let now = Instant::now();
-        let refresh_at = now + refresh_in(v["expires_in"].as_u64(), v["expiration"].as_u64());
-        Ok((SecretString::new(access.to_owned()), refresh_at))
+        let t = crate::wire::iam_token(&reply.body).map_err(|e| bad(&label, &e))?;
+        let refresh_at = Instant::now() + refresh_in(Some(t.expires_in), t.expiration);
+        Ok((SecretString::new(t.access_token.to_string()), refresh_at))
     }
 }
 
@@ -172,15 +158,7 @@ fn refresh_in(expires_in: Option<u64>, expiration: Option<u64>) -> Duration {
 }
 
 fn bad(endpoint: &str, message: &str) -> KmsError {
-    KmsError {
-        kind: KmsErrorKind::BadResponse,
-        endpoint: endpoint.to_owned(),
-        status: None,
-        reason: None,
-        message: message.to_owned(),
-        correlation_id: None,
-        attempts: 1,
-    }
+    KmsError::bad_response(endpoint, message)
 }
 
 #[cfg(test)]

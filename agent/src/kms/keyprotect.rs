@@ -70,15 +70,7 @@ impl KeyProtect {
     }
 
     fn bad(&self, endpoint: &str, message: &str) -> KmsError {
-        KmsError {
-            kind: KmsErrorKind::BadResponse,
-            endpoint: endpoint.to_owned(),
-            status: None,
-            reason: None,
-            message: message.to_owned(),
-            correlation_id: None,
-            attempts: 1,
-        }
+        KmsError::bad_response(endpoint, message)
     }
 
     /// One key action; refreshes the token once on 401.

@@ -81,6 +81,19 @@ pub struct KmsError {
 }
 
 impl KmsError {
+    /// A response from `endpoint` that could not be understood.
+    pub fn bad_response(endpoint: &str, message: &str) -> KmsError {
+        KmsError {
+            kind: KmsErrorKind::BadResponse,
+            endpoint: endpoint.to_owned(),
+            status: None,
+            reason: None,
+            message: message.to_owned(),
+            correlation_id: None,
+            attempts: 1,
+        }
+    }
+
     fn render(&self) -> String {
         let mut s = match self.kind {
             KmsErrorKind::Unreachable => format!(
