@@ -87,7 +87,7 @@ enum Command {
     Import(ImportArgs),
     /// Verify a bundle, wrap its key, upload its image, import it, and print the image id; a rerun resumes.
     #[command(after_help = SHIP_EXAMPLES)]
-    Ship(ShipArgs),
+    Ship(Box<ShipArgs>),
     /// The audit log.
     #[command(
         subcommand,
