@@ -124,14 +124,14 @@ fn iam_token_debug_is_redacted_whatever_the_token() {
     for body in [
         r#"{"access_token":"access_token","exn":4}"#,
         r#"{"access_token":"IamToken","expires_in":7}"#,
-        r#"{"access_token":"eyJraWQiOiIyMDI0","expires_in":3600}"#,
+        r#"{"access_token":"eyJraWQiOiIyMDI0","expires_in":3600,"expiration":1512161390}"#,
     ] {
         let t = wire::iam_token(body).unwrap();
         assert_eq!(
             format!("{t:?}"),
             format!(
-                "IamToken {{ access_token: \"<redacted>\", expires_in: {} }}",
-                t.expires_in
+                "IamToken {{ access_token: \"<redacted>\", expires_in: {}, expiration: {:?} }}",
+                t.expires_in, t.expiration
             )
         );
     }

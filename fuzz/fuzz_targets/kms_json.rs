@@ -11,7 +11,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(t) = wire::iam_token(&body) {
         // Debug never shows the token: it is exactly the redacted form, whatever the token (a check
         // that the token is not a substring failed on the token "access_token", the field's name).
-        let redacted = format!("IamToken {{ access_token: \"<redacted>\", expires_in: {} }}", t.expires_in);
+        let redacted = format!(
+            "IamToken {{ access_token: \"<redacted>\", expires_in: {}, expiration: {:?} }}",
+            t.expires_in, t.expiration
+        );
         assert_eq!(format!("{t:?}"), redacted);
     }
     let _ = wire::kp_key_action(&body).map(|k| format!("{k:?}"));
