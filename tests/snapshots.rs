@@ -1,4 +1,5 @@
-//! Snapshot tests of what users read: `--help` of every command and the wording of the main errors.
+//! Snapshot tests of what users read: `--help` of every command, the wording of the main errors, and
+//! what the README's usage examples print when run as written.
 //! The expected texts live in `tests/snapshots/*.txt`; run with `UPDATE_SNAPSHOTS=1` to rewrite them
 //! after an intended change (and review the diff).
 
@@ -189,5 +190,124 @@ fn json_documents_keep_their_keys() {
     assert_eq!(
         keys(&["info", "--json", "src.raw"]),
         expect("actual-size allocation backing-chain encrypted filename format virtual-size")
+    );
+}
+
+/// Machine-dependent parts of an output (UUIDs, hashes, sizes, times, KDF costs) as placeholders, so the
+/// wording is what the snapshot holds.
+fn normalize(text: &str) -> String {
+    let is_hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+    let mut out = String::new();
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        // A UUID: 8-4-4-4-12 hex digits.
+        let uuid = [8, 4, 4, 4, 12];
+        let mut j = i;
+        let mut is_uuid = true;
+        for (k, n) in uuid.iter().enumerate() {
+            if k > 0 {
+                if chars.get(j) != Some(&'-') {
+                    is_uuid = false;
+                    break;
+                }
+                j += 1;
+            }
+            if !(0..*n).all(|m| chars.get(j + m).is_some_and(|&c| is_hex(c))) {
+                is_uuid = false;
+                break;
+            }
+            j += n;
+        }
+        if is_uuid && !chars.get(j).is_some_and(|&c| is_hex(c)) {
+            out.push_str("<uuid>");
+            i = j;
+            continue;
+        }
+        if is_hex(chars[i]) && (i == 0 || !chars[i - 1].is_ascii_alphanumeric()) {
+            let mut j = i;
+            while j < chars.len() && is_hex(chars[j]) {
+                j += 1;
+            }
+            let word_ends = j == chars.len() || !chars[j].is_ascii_alphanumeric();
+            let run: String = chars[i..j].iter().collect();
+            if word_ends && run.len() >= 32 {
+                out.push_str("<hex>");
+                i = j;
+                continue;
+            }
+        }
+        if chars[i].is_ascii_digit() {
+            while i < chars.len() && chars[i].is_ascii_digit() {
+                i += 1;
+            }
+            out.push('#');
+            continue;
+        }
+        out.push(chars[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Every `diskseal` command in the README's "Usage" block runs as written (on inputs made for it) and
+/// prints what `tests/snapshots/examples-usage.txt` holds, up to machine-dependent numbers.
+#[test]
+fn readme_usage_examples_run_as_written() {
+    crate::require!("qemu-img");
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let usage = &readme[readme.find("## Usage").expect("a Usage section")..];
+    let block = usage
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a sh block in Usage");
+    let commands: Vec<String> = block
+        .lines()
+        .filter(|l| l.starts_with("diskseal "))
+        .map(|l| {
+            let l = l.split(" # ").next().unwrap_or(l);
+            l.replace("[--json] ", "").trim().to_owned()
+        })
+        .collect();
+    assert!(
+        commands.len() >= 12,
+        "only {} examples found",
+        commands.len()
+    );
+    let dir = setup(0, 0);
+    let d = dir.path();
+    // 6 MiB with a hole in the middle, as raw, qcow2 and dynamic VHD.
+    let mut disk = crate::util::pattern(6 << 20, 7);
+    disk[2 << 20..4 << 20].fill(0);
+    std::fs::write(d.join("disk.raw"), &disk).unwrap();
+    std::fs::write(d.join("pass.txt"), b"correct horse battery staple").unwrap();
+    for (fmt, name) in [("qcow2", "disk.qcow2"), ("vpc", "disk.vhd")] {
+        crate::util::run_in(
+            d,
+            "qemu-img",
+            &["convert", "-f", "raw", "-O", fmt, "disk.raw", name],
+        )
+        .ok();
+    }
+    let mut transcript = String::new();
+    for c in &commands {
+        let args: Vec<&str> = c.split_whitespace().skip(1).collect();
+        let r = diskseal(d, &args);
+        assert_eq!(r.code, 0, "{c}: {}{}", r.stdout, r.stderr);
+        transcript.push_str(&format!("$ {c}\n{}{}", r.stdout, r.stderr));
+    }
+    check("examples-usage", &normalize(&transcript));
+}
+
+#[test]
+fn normalize_keeps_words_and_hides_numbers() {
+    assert_eq!(
+        normalize(
+            "a.raw: UUID 74fc5eb3-fc30-4cc2-ae00-91f8bf224829, AES-256-XTS, in 0.03 s; key hash 6eb2d4ef2fde36ffb772e7af65beb99260ad271aac09c8c4a7147c2e30301b2c, added bad face"
+        ),
+        "a.raw: UUID <uuid>, AES-#-XTS, in #.# s; key hash <hex>, added bad face"
     );
 }
