@@ -380,7 +380,7 @@ pub fn create(
             e.hint("the ibm-classic-vhd key file is the raw DEK given to `diskseal encrypt`")
         })?;
         let entry = VhdUtilEntry {
-            uuid: uuid_text(&img.footer().raw.unique_id),
+            uuid: uuid::Uuid::from_bytes(img.footer().raw.unique_id).to_string(),
             key_bits: (key.len() * 8) as u32,
             keyhash: hex(&batmap.header.keyhash.hash),
         };
@@ -481,19 +481,6 @@ pub fn create(
 enum Header {
     Luks(Box<Luks>),
     VhdUtil(VhdUtilEntry),
-}
-
-/// The 16 bytes of a VHD unique id as the usual 8-4-4-4-12 hex text.
-fn uuid_text(b: &[u8; 16]) -> String {
-    let h = hex(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
 }
 
 /// The LUKS header of a LUKS file or of a qcow2 with QEMU-native LUKS, and the container's name.

@@ -891,7 +891,7 @@ fn vhd_differencing_parent_errors() {
         ),
     );
     let s = assert_err(&p, "abababab-abab-abab-abab-abababababab").to_string();
-    let want = uuid_str(&vhd_uuid(&base_path));
+    let want = uuid::Uuid::from_bytes(vhd_uuid(&base_path)).to_string();
     assert!(s.contains(&want), "{s}");
     // A loop: a → b → a.
     write_diff(
@@ -910,18 +910,6 @@ fn vhd_differencing_parent_errors() {
         &layer([0xc; 16], "self.vhd", vec![], [0xc; 16]),
     );
     assert!(open_err(&d.join("self.vhd")).to_string().contains("loops"));
-}
-
-fn uuid_str(b: &[u8; 16]) -> String {
-    let h = hex::encode(b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..]
-    )
 }
 
 // ---- the fixed-footer writer ----

@@ -900,32 +900,18 @@ fn non_md5_part_etags_fall_back_to_the_echoed_sha256_checksum() {
     let sha = big_file(p, "disk.img", 8);
     // SSE-KMS-like opaque part ETags, and the checksum echoed as S3 does; the proxy puts the real
     // ETags back into CompleteMultipartUpload. Part 2's first answer echoes a wrong checksum.
-    let etags = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
-    let (e1, e2) = (etags.clone(), etags.clone());
+    let etags = OpaqueEtags::default();
+    let e2 = etags.clone();
     let seen2 = Arc::new(AtomicU64::new(0));
     let purl = hook_proxy(
         &s.url,
         move |r| {
-            if r.line.starts_with("POST ") && r.line.contains("uploadId=") {
-                let mut body = String::from_utf8(r.body.clone()).unwrap();
-                for (fake, real) in e1.lock().unwrap().iter() {
-                    body = body.replace(fake, real);
-                }
-                r.body = body.into_bytes();
-            }
+            etags.restore(r);
             Act::Forward
         },
         move |r, resp| {
             let Some(n) = r.part() else { return };
-            let real = resp
-                .headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("etag"))
-                .map(|(_, v)| v.trim_matches('"').to_owned())
-                .unwrap_or_default();
-            let fake = format!("kms{n}-{}", &real[..8]);
-            e2.lock().unwrap().push((fake.clone(), real));
-            resp.set_header("ETag", &format!("\"{fake}\""));
+            e2.disguise(n, resp);
             let mut sum = b64(&Sha256::digest(&r.body));
             if n == 2 && seen2.fetch_add(1, Ordering::SeqCst) == 0 {
                 sum = b64(&Sha256::digest(b"something else"));
@@ -1028,41 +1014,59 @@ fn upload_with_an_aws_profile_from_the_shared_files() {
     }
 }
 
+/// SSE-KMS-like opaque part ETags: the proxy answers `kmsN-...` instead of a part's MD5 and puts the
+/// real ETags back into CompleteMultipartUpload on the way to the server.
+#[derive(Clone, Default)]
+struct OpaqueEtags(Arc<std::sync::Mutex<Vec<(String, String)>>>);
+
+impl OpaqueEtags {
+    fn restore(&self, r: &mut Req) {
+        if is_complete_upload(r) {
+            let mut body = String::from_utf8(r.body.clone()).unwrap();
+            for (fake, real) in self.0.lock().unwrap().iter() {
+                body = body.replace(fake, real);
+            }
+            r.body = body.into_bytes();
+        }
+    }
+
+    fn disguise(&self, part: u32, resp: &mut Resp) {
+        let real = resp
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("etag"))
+            .map(|(_, v)| v.trim_matches('"').to_owned())
+            .unwrap_or_default();
+        let fake = format!("kms{part}-{}", &real[..8]);
+        self.0.lock().unwrap().push((fake.clone(), real));
+        resp.set_header("ETag", &format!("\"{fake}\""));
+    }
+}
+
+fn is_complete_upload(r: &Req) -> bool {
+    r.line.starts_with("POST ") && r.line.contains("uploadId=")
+}
+
 /// A proxy answering opaque part ETags, and CompleteMultipartUpload with `<ChecksumSHA256>` set to
 /// the composite of the part checksums as S3 computes it (moto gives none), or a wrong one.
 fn composite_proxy(s: &S3, wrong: bool) -> String {
     type Sums = std::collections::BTreeMap<u32, Vec<u8>>;
-    let etags = Arc::new(std::sync::Mutex::new(Vec::<(String, String)>::new()));
+    let etags = OpaqueEtags::default();
     let sums = Arc::new(std::sync::Mutex::new(Sums::new()));
-    let (e1, e2) = (etags.clone(), etags);
-    let is_complete = |r: &Req| r.line.starts_with("POST ") && r.line.contains("uploadId=");
+    let e2 = etags.clone();
     hook_proxy(
         &s.url,
         move |r| {
-            if is_complete(r) {
-                let mut body = String::from_utf8(r.body.clone()).unwrap();
-                for (fake, real) in e1.lock().unwrap().iter() {
-                    body = body.replace(fake, real);
-                }
-                r.body = body.into_bytes();
-            }
+            etags.restore(r);
             Act::Forward
         },
         move |r, resp| {
             if let Some(n) = r.part() {
-                let real = resp
-                    .headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case("etag"))
-                    .map(|(_, v)| v.trim_matches('"').to_owned())
-                    .unwrap_or_default();
-                let fake = format!("kms{n}-{}", &real[..8]);
-                e2.lock().unwrap().push((fake.clone(), real));
-                resp.set_header("ETag", &format!("\"{fake}\""));
+                e2.disguise(n, resp);
                 sums.lock()
                     .unwrap()
                     .insert(n, Sha256::digest(&r.body).to_vec());
-            } else if is_complete(r) {
+            } else if is_complete_upload(r) {
                 let parts = sums.lock().unwrap();
                 let mut all: Vec<u8> = parts.values().flatten().copied().collect();
                 if wrong {
