@@ -42,8 +42,8 @@ impl Drop for Keys {
     }
 }
 
-/// The widest kernel this CPU runs, if any.
-fn supported() -> Option<Width> {
+/// The widest kernel this CPU runs, if any (a CPU with the 512-bit kernel also runs the 256-bit one).
+pub(crate) fn supported() -> Option<Width> {
     use std::arch::is_x86_feature_detected as has;
     if !(has!("aes") && has!("vaes") && has!("vpclmulqdq")) {
         return None;

@@ -129,14 +129,10 @@ impl Engine {
     pub fn available() -> Vec<Engine> {
         let mut v = Vec::new();
         #[cfg(target_arch = "x86_64")]
-        {
-            let probe = [0u8; 16];
-            if super::vaes::Keys::with_width(&probe, super::vaes::Width::Zmm).is_some() {
-                v.push(Engine::Avx512Vaes);
-            }
-            if super::vaes::Keys::with_width(&probe, super::vaes::Width::Ymm).is_some() {
-                v.push(Engine::Avx2Vaes);
-            }
+        match super::vaes::supported() {
+            Some(super::vaes::Width::Zmm) => v.extend([Engine::Avx512Vaes, Engine::Avx2Vaes]),
+            Some(super::vaes::Width::Ymm) => v.push(Engine::Avx2Vaes),
+            None => {}
         }
         v.push(Engine::Portable);
         v

@@ -79,7 +79,7 @@ impl IamTokens {
         let mut slot = self
             .slot
             .lock()
-            .map_err(|_| bad(&self.label(), "token cache poisoned"))?;
+            .map_err(|_| KmsError::bad_response(&self.label(), "token cache poisoned"))?;
         if let Some(t) = slot.0.as_ref()
             && refused != Some(t.generation)
             && Instant::now() < t.refresh_at
@@ -132,7 +132,8 @@ impl IamTokens {
                 attempts: 1,
             });
         }
-        let t = crate::wire::iam_token(&reply.body).map_err(|e| bad(&label, &e))?;
+        let t =
+            crate::wire::iam_token(&reply.body).map_err(|e| KmsError::bad_response(&label, &e))?;
         let refresh_at = Instant::now() + refresh_in(Some(t.expires_in), t.expiration);
         Ok((SecretString::new(t.access_token.to_string()), refresh_at))
     }
@@ -155,10 +156,6 @@ fn refresh_in(expires_in: Option<u64>, expiration: Option<u64>) -> Duration {
     };
     let ms = left_ms.saturating_sub(ttl_ms / 5);
     Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
-}
-
-fn bad(endpoint: &str, message: &str) -> KmsError {
-    KmsError::bad_response(endpoint, message)
 }
 
 #[cfg(test)]

@@ -69,10 +69,6 @@ impl KeyProtect {
         format!("{} at {}", self.service_name(), self.s.endpoint)
     }
 
-    fn bad(&self, endpoint: &str, message: &str) -> KmsError {
-        KmsError::bad_response(endpoint, message)
-    }
-
     /// One key action; refreshes the token once on 401.
     fn action(
         &self,
@@ -114,8 +110,9 @@ impl KeyProtect {
             if !(200..300).contains(&reply.status) {
                 return Err(self.kp_error(reply.status, &reply.body, cid_out));
             }
-            let v = wire::kp_key_action(&reply.body)
-                .map_err(|e| self.bad(&self.kms_label(), &format!("{action} response is {e}")))?;
+            let v = wire::kp_key_action(&reply.body).map_err(|e| {
+                KmsError::bad_response(&self.kms_label(), &format!("{action} response is {e}"))
+            })?;
             return Ok((v, cid_out));
         }
     }
@@ -148,7 +145,7 @@ impl KeyProtect {
         action: &str,
     ) -> Result<Wrapped, KmsError> {
         let ciphertext = v.ciphertext.clone().ok_or_else(|| {
-            self.bad(
+            KmsError::bad_response(
                 &self.kms_label(),
                 &format!("no ciphertext in the {action} response"),
             )
@@ -166,11 +163,14 @@ impl KeyProtect {
     fn plaintext(&self, v: &wire::KeyAction) -> Result<SecretBytes, KmsError> {
         match &v.plaintext {
             Some(Ok(b)) => Ok(SecretBytes::new(b.clone())),
-            Some(Err(())) => Err(self.bad(
+            Some(Err(())) => Err(KmsError::bad_response(
                 &self.kms_label(),
                 "the plaintext in the response is not base64",
             )),
-            None => Err(self.bad(&self.kms_label(), "no plaintext in the response")),
+            None => Err(KmsError::bad_response(
+                &self.kms_label(),
+                "no plaintext in the response",
+            )),
         }
     }
 }
