@@ -343,6 +343,8 @@ type WaveJob = (Vec<u8>, u64, Vec<(u64, u64)>);
 ///    call per run of units that are consecutive in the guest and in the file (one write instead of one
 ///    per unit); the last unit may be short when `len` is not a whole number of units.
 ///
+/// Step 3 of a wave runs alongside step 1 of the next one (two sets of wave buffers), so the workers
+/// read while the file's writes, which the kernel serialises per file, go on.
 /// `skip(offset)` returns the first offset at or after `offset` that may hold data, so holes cost no time.
 #[allow(clippy::too_many_arguments)]
 fn allocating_waves(
@@ -358,31 +360,32 @@ fn allocating_waves(
     use rayon::prelude::*;
     let chunk = (pipeline.chunk() as u64 / unit).max(1) * unit;
     let wave = pipeline.threads() * 2;
-    let mut bufs: Vec<WaveJob> = (0..wave).map(|_| (Vec::new(), 0, Vec::new())).collect();
+    let new_wave = || -> Vec<WaveJob> { (0..wave).map(|_| (Vec::new(), 0, Vec::new())).collect() };
+    // Lays out the next wave from `off` on (holes are skipped and counted as done); returns its size.
     let mut off = 0u64;
-    while off < len {
-        Pipeline::check_cancel(run.cancel)?;
-        let next = (skip(off).min(len) / unit * unit).max(off);
-        if next > off {
-            Pipeline::advance(run.progress, next - off);
-            off = next;
-            continue;
-        }
-        let mut jobs: Vec<&mut WaveJob> = Vec::new();
-        for b in bufs.iter_mut() {
-            if off >= len {
-                break;
+    let mut plan = |bufs: &mut [WaveJob]| -> Result<usize> {
+        let mut n = 0;
+        while off < len && n < bufs.len() {
+            Pipeline::check_cancel(run.cancel)?;
+            let next = (skip(off).min(len) / unit * unit).max(off);
+            if next > off {
+                Pipeline::advance(run.progress, next - off);
+                off = next;
+                continue;
             }
-            let n = chunk.min(len - off);
-            b.0.resize(n as usize, 0);
+            let this = chunk.min(len - off);
+            let b = &mut bufs[n];
+            b.0.resize(this as usize, 0);
             b.1 = off;
             b.2.clear();
-            jobs.push(b);
-            off += n;
+            n += 1;
+            off += this;
         }
-        pipeline.install(|| {
-            jobs.par_iter_mut().try_for_each(|job| -> Result<()> {
-                let (buf, at, alloc) = &mut **job;
+        Ok(n)
+    };
+    let fill = |jobs: &mut [WaveJob]| -> Result<()> {
+        jobs.par_iter_mut()
+            .try_for_each(|(buf, at, alloc)| -> Result<()> {
                 if !read(buf, *at)? {
                     return Ok(());
                 }
@@ -393,16 +396,10 @@ fn allocating_waves(
                 }
                 Ok(())
             })
-        })?;
-        for job in jobs.iter_mut() {
-            let first = job.1 / unit;
-            for (i, host) in job.2.iter_mut() {
-                *host = allocate(first + *i)?;
-            }
-        }
-        pipeline.install(|| {
-            jobs.par_iter_mut().try_for_each(|job| -> Result<()> {
-                let (buf, at, alloc) = &mut **job;
+    };
+    let write = |jobs: &mut [WaveJob]| -> Result<()> {
+        jobs.par_iter_mut()
+            .try_for_each(|(buf, at, alloc)| -> Result<()> {
                 let blen = buf.len() as u64;
                 let mut k = 0;
                 while k < alloc.len() {
@@ -421,10 +418,27 @@ fn allocating_waves(
                 }
                 Ok(())
             })
-        })?;
-        for job in &jobs {
+    };
+    let (mut cur, mut next) = (new_wave(), new_wave());
+    let mut n_cur = plan(&mut cur)?;
+    pipeline.install(|| fill(&mut cur[..n_cur]))?;
+    while n_cur > 0 {
+        for job in cur[..n_cur].iter_mut() {
+            let first = job.1 / unit;
+            for (i, host) in job.2.iter_mut() {
+                *host = allocate(first + *i)?;
+            }
+        }
+        let n_next = plan(&mut next)?;
+        let (stored, filled) = pipeline
+            .install(|| rayon::join(|| write(&mut cur[..n_cur]), || fill(&mut next[..n_next])));
+        stored?;
+        filled?;
+        for job in &cur[..n_cur] {
             Pipeline::advance(run.progress, job.0.len() as u64);
         }
+        std::mem::swap(&mut cur, &mut next);
+        n_cur = n_next;
     }
     Ok(())
 }
