@@ -5,6 +5,8 @@
 # aws-cli is configured like the agent: 4 concurrent 8 MiB parts, path-style addressing.
 # Besides wall time, it prints each client's user+sys CPU (/usr/bin/time) and the server's CPU during
 # each upload (/proc/PID/stat): on this 2-core machine the server shares the cores with the client.
+# Last, it times the server's CompleteMultipartUpload alone (boto3 sends the parts, unverified, then
+# the Complete is timed): every client waits that long, so it bounds the ratio any client can reach.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${SIZE_MIB:-1024}
@@ -69,3 +71,26 @@ print(f"{server}, {mib} MiB: diskseal-agent {aw:.2f} s ({mib / aw:.0f} MiB/s; CP
       f"server {csrv:.2f}); ratio {cw / aw:.2f}x")
 PY
 done
+
+# The server's share: CompleteMultipartUpload of the same 1 GiB in the same parts, timed alone.
+python3 - "$URL" "$work/big.bin" "$PART" "$JOBS" "$SERVER" <<'PY'
+import sys, time, boto3
+from concurrent.futures import ThreadPoolExecutor
+from botocore.config import Config
+url, path, part, jobs, server = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+size = int(part.rstrip("M")) << 20
+s3 = boto3.client("s3", endpoint_url=url, config=Config(s3={"addressing_style": "path"}))
+up = s3.create_multipart_upload(Bucket="bench", Key="complete.bin")["UploadId"]
+def send(n):
+    with open(path, "rb") as f:
+        f.seek((n - 1) * size)
+        body = f.read(size)
+    return {"PartNumber": n, "ETag": s3.upload_part(Bucket="bench", Key="complete.bin", UploadId=up, PartNumber=n, Body=body)["ETag"]}
+import os
+count = -(-os.path.getsize(path) // size)
+with ThreadPoolExecutor(jobs) as ex:
+    parts = list(ex.map(send, range(1, count + 1)))
+t = time.monotonic()
+s3.complete_multipart_upload(Bucket="bench", Key="complete.bin", UploadId=up, MultipartUpload={"Parts": parts})
+print(f"{server}: CompleteMultipartUpload of {count} parts alone takes {time.monotonic() - t:.2f} s (every client waits for it)")
+PY
