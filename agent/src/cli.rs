@@ -200,6 +200,9 @@ struct ShipArgs {
     key_crn: Option<String>,
     #[command(flatten)]
     s3: S3Args,
+    /// Attempts per S3 request while uploading (--max-attempts is the KMS's).
+    #[arg(long, value_name = "N", default_value_t = 6)]
+    s3_max_attempts: u32,
     #[command(flatten)]
     auth: S3AuthArgs,
     /// Skip the cloud's image size rules (small trial images).
@@ -966,7 +969,7 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
             Ok((crate::s3::Auth::Hmac(_), _)) => "AWS4-HMAC-SHA256 <redacted>",
             Err(_) => "<no S3 credentials found: the upload would stop here>",
         };
-        lines.push(format!("PUT  {url}?partNumber=1..{n}&uploadId=<id> ({n} parts of {part} bytes, {} in parallel; Content-MD5, x-amz-checksum-sha256; Authorization: {authorization})", a.s3.jobs));
+        lines.push(format!("PUT  {url}?partNumber=1..{n}&uploadId=<id> ({n} parts of {part} bytes, {} in parallel, up to {} attempts each; Content-MD5, x-amz-checksum-sha256; Authorization: {authorization})", a.s3.jobs, a.s3_max_attempts.max(1)));
         lines.push(format!(
             "POST {url}?uploadId=<id> (CompleteMultipartUpload), then HEAD {url}"
         ));
@@ -1029,7 +1032,7 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
     // 3. Upload (once; resumable inside).
     if st.uploaded_etag.is_none() {
         let retry = crate::config::RetryPolicy {
-            max_attempts: 6,
+            max_attempts: a.s3_max_attempts.max(1),
             ..crate::config::RetryPolicy::default()
         };
         let (auth, _) = s3_auth(

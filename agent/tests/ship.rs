@@ -28,12 +28,13 @@ fn ship_goes_bundle_wrap_upload_import_available_and_a_rerun_repeats_nothing() {
     let args = ship_args(bundle_s, &s3.url, &f.url);
     // Dry run first: nothing is sent to the KMS, S3 or the VPC; secrets are redacted.
     let mut dry = args.to_vec();
-    dry.push("--dry-run");
+    dry.extend(["--dry-run", "--s3-max-attempts", "9"]);
     let out = agent(p, &dry, &env).ok();
     assert!(
         out.stdout.contains("/v1/images?version=")
             && out.stdout.contains("<redacted>")
-            && out.stdout.contains("partNumber=1..1"),
+            && out.stdout.contains("partNumber=1..1")
+            && out.stdout.contains("up to 9 attempts each"),
         "{}",
         out.stdout
     );
