@@ -720,8 +720,17 @@ fn read_part(
     len: usize,
 ) -> Result<()> {
     buf.resize(len, 0);
-    f.read_exact_at(buf, off)
-        .map_err(|e| Error::io("read", path, e))
+    f.read_exact_at(buf, off).map_err(|e| {
+        let why = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            "the file ended early: it shrank after the upload started".to_owned()
+        } else {
+            e.to_string()
+        };
+        Error::Upload(format!(
+            "cannot read {} at offset {off} ({len} bytes): {why}",
+            path.display()
+        ))
+    })
 }
 
 /// Aborts the upload named by `source`'s state file and removes it; returns the upload id.

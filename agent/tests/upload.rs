@@ -704,6 +704,82 @@ fn a_source_changed_since_the_state_file_starts_over_on(s: &S3) {
 }
 
 #[test]
+fn a_read_error_mid_upload_keeps_the_state_and_names_file_and_offset() {
+    for s in servers() {
+        eprintln!(
+            "a_read_error_mid_upload_keeps_the_state_and_names_file_and_offset against {}",
+            s.name
+        );
+        a_read_error_mid_upload_keeps_the_state_and_names_file_and_offset_on(&s);
+    }
+}
+
+/// The source shrinks under a running upload (the read error a failing disk or a careless user
+/// gives): the upload stops with the file, offset and how to go on; its state survives; the rerun
+/// sees the change, starts over and finishes with the right object.
+fn a_read_error_mid_upload_keeps_the_state_and_names_file_and_offset_on(s: &S3) {
+    let (purl, _) = proxy(&s.url, 0, Duration::from_millis(40));
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    big_file(p, "disk.img", 16);
+    let ps = part(s, "256K");
+    let args = [
+        "upload",
+        "disk.img",
+        "s3://bkt/shrunk.img",
+        "--endpoint",
+        &purl,
+        "--jobs",
+        "1",
+        "--part-size",
+        ps,
+    ];
+    let child = Command::new(env!("CARGO_BIN_EXE_diskseal-agent"))
+        .args(args)
+        .current_dir(p)
+        .env("DISKSEAL_AGENT_HOME", p.join("home"))
+        .envs(env(s))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let state = p.join("disk.img.diskseal-upload.json");
+    let t = Instant::now();
+    while !std::fs::read_to_string(&state).is_ok_and(|t| t.contains("\"etag\"")) {
+        assert!(t.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(p.join("disk.img"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("disk.img at offset")
+            && err.contains("shrank")
+            && err.contains("rerun the same command to resume"),
+        "{err}"
+    );
+    assert!(state.exists(), "the state file is kept");
+    let sha = big_file(p, "disk.img", 3);
+    let mut again = vec!["--json"];
+    again.extend(args);
+    again[5] = &s.url;
+    let out = agent(p, &again, &env(s)).ok();
+    assert!(
+        out.stderr.contains("changed since the interrupted upload"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(parse(&out.stdout)["sha256"], sha.as_str());
+    assert_eq!(remote_sha256(s, "shrunk.img"), sha);
+}
+
+#[test]
 fn ctrl_c_says_how_to_resume_or_abort() {
     let Some(s) = moto_s3() else { return };
     let (purl, _) = proxy(&s.url, 0, Duration::from_millis(200));
