@@ -64,6 +64,7 @@ fn pipeline(c: &mut Criterion) {
         container: ops::Container::Raw,
         sparse: false,
         resize: None,
+        cluster_bits: None,
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut g = c.benchmark_group("raw-to-luks2");

@@ -46,6 +46,7 @@
 //!     container: Container::Raw,
 //!     sparse: false,
 //!     resize: None,
+//!     cluster_bits: None,
 //! };
 //! let pass = || Passphrase::new(Zeroizing::new(b"correct horse".to_vec()));
 //! let (cancel, progress, total) = (AtomicBool::new(false), Progress::new(), AtomicU64::new(0));

@@ -14,7 +14,7 @@ use crate::crypto::iv::{luks_sector, qcow2_sector};
 use crate::crypto::xts::Xts;
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::qcow2::Qcow2Image;
-use crate::image::qcow2::writer::Qcow2Writer;
+use crate::image::qcow2::writer::{DEFAULT_CLUSTER_BITS, Qcow2Writer};
 use crate::image::vhd::batmap::KeyHash;
 use crate::image::vhd::classic::EncryptedVhd;
 use crate::image::vhd::footer as vhd_footer;
@@ -79,6 +79,9 @@ pub struct EncryptOptions {
     pub sparse: bool,
     /// New virtual size (grow only).
     pub resize: Option<u64>,
+    /// qcow2 output: cluster size as `cluster_bits` (9..=21, 512 B to 2 MiB); `None` is 64 KiB
+    /// ([`DEFAULT_CLUSTER_BITS`]). Refused with other containers.
+    pub cluster_bits: Option<u32>,
 }
 
 /// What [`encrypt`] did.
@@ -191,6 +194,9 @@ pub fn encrypt(
     };
     let extents = image.extents()?;
     let version = opts.luks.version;
+    if opts.cluster_bits.is_some() && opts.container != Container::Qcow2Luks {
+        return Err(Error::invalid("--cluster-size needs qcow2 output"));
+    }
     if opts.container == Container::Qcow2Luks {
         if version != LuksVersion::Luks1 {
             return Err(Error::invalid(
@@ -286,7 +292,12 @@ pub fn encrypt(
             (data_offset, size)
         }
         Container::Qcow2Luks => {
-            let writer = Qcow2Writer::new(&out, payload_len, Some(&formatted.header))?;
+            let writer = Qcow2Writer::new(
+                &out,
+                payload_len,
+                Some(&formatted.header),
+                opts.cluster_bits.unwrap_or(DEFAULT_CLUSTER_BITS),
+            )?;
             let cs = writer.cluster_size();
             let read = |buf: &mut [u8], at: u64| -> Result<bool> {
                 if data_ranges(&extents, at, buf.len() as u64, cs).is_empty() {
@@ -305,7 +316,8 @@ pub fn encrypt(
                 &out,
                 run,
             )?;
-            (1 << crate::image::qcow2::writer::CLUSTER_BITS, size)
+            // The LUKS header sits at cluster 1.
+            (cs, size)
         }
     };
     let elapsed = start.elapsed();
@@ -767,13 +779,14 @@ pub struct DecryptReport {
     pub warnings: Vec<String>,
 }
 
-/// Decrypts the LUKS file `src` into a plain image `dst`: raw, or a sparse qcow2 when `qcow2` is set.
+/// Decrypts the LUKS file `src` into a plain image `dst`: raw, or with `qcow2 = Some(cluster_bits)` a
+/// sparse qcow2 with clusters of `1 << cluster_bits` bytes ([`DEFAULT_CLUSTER_BITS`] is QEMU's 64 KiB).
 pub fn decrypt(
     src: &Path,
     dst: &Path,
     how: Unlock,
     force: bool,
-    qcow2: bool,
+    qcow2: Option<u32>,
     run: &Run<'_>,
 ) -> Result<DecryptReport> {
     refuse_same(src, dst)?;
@@ -790,8 +803,8 @@ pub fn decrypt(
     let pipeline = Pipeline::new(run.threads, DEFAULT_CHUNK)?;
     run.total.store(len, std::sync::atomic::Ordering::Relaxed);
     let start = Instant::now();
-    if qcow2 {
-        let writer = Qcow2Writer::new(&out, len, None)?;
+    if let Some(cluster_bits) = qcow2 {
+        let writer = Qcow2Writer::new(&out, len, None, cluster_bits)?;
         let cs = writer.cluster_size();
         let read = |buf: &mut [u8], at: u64| -> Result<bool> {
             if data_ranges(&extents, at, buf.len() as u64, cs).is_empty() {

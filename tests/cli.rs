@@ -255,6 +255,96 @@ fn sizes_that_are_not_whole_sectors_need_pad() {
 }
 
 #[test]
+fn cluster_size_is_checked_and_needs_qcow2_output() {
+    let dir = setup(MIB, 34);
+    let d = dir.path();
+    make(d, "o.luks", &[]);
+    let encrypt = |extra: &[&str]| {
+        let mut args = vec!["encrypt", "--key-file", "pw"];
+        args.extend(FAST_PBKDF2);
+        args.extend(extra);
+        args.extend(["src.raw", "out.img"]);
+        diskseal(d, &args)
+    };
+    let range = "must be a power of two from 512 to 2M";
+    for (bad, shown) in [
+        ("3000", "3000"),
+        ("256", "256"),
+        ("4M", "4194304"),
+        ("0", "0"),
+    ] {
+        let flag = format!("--cluster-size {shown}");
+        fails_with(
+            encrypt(&["--profile", "ibm-vpc", "--cluster-size", bad]),
+            &[&flag, range],
+        );
+        fails_with(
+            diskseal(
+                d,
+                &[
+                    "decrypt",
+                    "-O",
+                    "qcow2",
+                    "--cluster-size",
+                    bad,
+                    "--key-file",
+                    "pw",
+                    "o.luks",
+                    "out.img",
+                ],
+            ),
+            &[&flag, range],
+        );
+    }
+    fails_with(
+        encrypt(&["--cluster-size", "4K"]),
+        &["--cluster-size needs -O qcow2"],
+    );
+    fails_with(
+        encrypt(&["-O", "vhd", "--cluster-size", "4K"]),
+        &["--cluster-size needs -O qcow2"],
+    );
+    fails_with(
+        diskseal(
+            d,
+            &[
+                "decrypt",
+                "--cluster-size",
+                "4K",
+                "--key-file",
+                "pw",
+                "o.luks",
+                "out.img",
+            ],
+        ),
+        &["--cluster-size needs -O qcow2"],
+    );
+    fails_with(
+        diskseal(
+            d,
+            &[
+                "encrypt",
+                "--profile",
+                "ibm-classic-vhd",
+                "--cluster-size",
+                "4K",
+                "--key-file",
+                "pw",
+                "src.raw",
+                "out.img",
+            ],
+        ),
+        &["--cluster-size does not apply to --profile ibm-classic-vhd"],
+    );
+    // A size clap cannot parse is a usage error (exit 2 too) naming the flag.
+    fails_with(
+        encrypt(&["--profile", "ibm-vpc", "--cluster-size", "big"]),
+        &["--cluster-size"],
+    );
+    assert!(!d.join("out.img").exists());
+}
+
+#[test]
 fn verify_reports_a_mismatch_with_exit_1() {
     let dir = setup(2 * MIB, 34);
     let d = dir.path();

@@ -652,3 +652,136 @@ fn qcow2_luks_images_decrypt_and_verify_both_ways() {
         r.stderr
     );
 }
+
+#[test]
+fn cluster_size_512_4k_2m_for_ibm_vpc_and_decrypt_match_qemu() {
+    require!("qemu-img");
+    let dir = setup(0, 0);
+    let d = dir.path();
+    // 9 MiB + 1.5 KiB: data at unaligned places and in the short last cluster (2 MiB clusters), holes
+    // between.
+    let len = (9 << 20) + 1536;
+    sparse_source(
+        d,
+        "cs.raw",
+        len,
+        &[(4096, 300_000), (6_000_001, 70_000), (len - 1000, 1000)],
+    );
+    let mut args = vec!["encrypt", "-q", "--profile", "luks1", "--key-file", "pw"];
+    args.extend(FAST_PBKDF2);
+    args.extend(["cs.raw", "cs.luks"]);
+    diskseal(d, &args).ok();
+    let obj = ["--object", "secret,id=sec0,file=pw"];
+    for (arg, size) in [("512", 512u64), ("4K", 4096), ("2M", 2 << 20)] {
+        let vpc = format!("vpc-{arg}.qcow2");
+        let mut args = vec![
+            "encrypt",
+            "--json",
+            "--profile",
+            "ibm-vpc",
+            "--cluster-size",
+            arg,
+            "--key-file",
+            "pw",
+        ];
+        args.extend(FAST_PBKDF2);
+        args.extend(["cs.raw", &vpc]);
+        let report: serde_json::Value =
+            serde_json::from_str(&diskseal(d, &args).ok().stdout).unwrap();
+        // The LUKS header sits at cluster 1.
+        assert_eq!(report["data_offset"], size, "{report}");
+        let check = run_in(
+            d,
+            "qemu-img",
+            &[
+                &["check"][..],
+                &obj,
+                &["--image-opts", &qemu_secret_opts(&vpc)],
+            ]
+            .concat(),
+        );
+        assert!(
+            check.code == 0 && check.stdout.contains("No errors were found"),
+            "qemu-img check {vpc}: {} {}",
+            check.stdout,
+            check.stderr
+        );
+        let info: serde_json::Value = serde_json::from_str(
+            &run_in(d, "qemu-img", &["info", "--output=json", &vpc])
+                .ok()
+                .stdout,
+        )
+        .unwrap();
+        assert_eq!(info["cluster-size"], size, "{info}");
+        assert_eq!(info["virtual-size"], len, "{info}");
+        assert_eq!(info["format-specific"]["data"]["encrypt"]["format"], "luks");
+        run_in(
+            d,
+            "qemu-img",
+            &[
+                &["compare"][..],
+                &obj,
+                &[
+                    "--image-opts",
+                    &qemu_secret_opts(&vpc),
+                    "driver=raw,file.filename=cs.raw",
+                ],
+            ]
+            .concat(),
+        )
+        .ok();
+        // And diskseal reads its own output back.
+        diskseal(
+            d,
+            &[
+                "verify",
+                "-q",
+                "--key-file",
+                "pw",
+                "--against",
+                "cs.raw",
+                &vpc,
+            ],
+        )
+        .ok();
+
+        // Decrypting a LUKS file into a plain qcow2 with that cluster size.
+        let plain = format!("plain-{arg}.qcow2");
+        diskseal(
+            d,
+            &[
+                "decrypt",
+                "-q",
+                "-O",
+                "qcow2",
+                "--cluster-size",
+                arg,
+                "--key-file",
+                "pw",
+                "cs.luks",
+                &plain,
+            ],
+        )
+        .ok();
+        let check = run_in(d, "qemu-img", &["check", &plain]);
+        assert!(
+            check.code == 0 && check.stdout.contains("No errors were found"),
+            "qemu-img check {plain}: {} {}",
+            check.stdout,
+            check.stderr
+        );
+        let info: serde_json::Value = serde_json::from_str(
+            &run_in(d, "qemu-img", &["info", "--output=json", &plain])
+                .ok()
+                .stdout,
+        )
+        .unwrap();
+        assert_eq!(info["cluster-size"], size, "{info}");
+        run_in(
+            d,
+            "qemu-img",
+            &["compare", "-f", "qcow2", "-F", "raw", &plain, "cs.raw"],
+        )
+        .ok();
+    }
+}

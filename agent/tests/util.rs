@@ -136,6 +136,7 @@ pub fn make_bundle_as(dir: &Path, recipient: &str, profile: Profile) -> PathBuf 
         },
         sparse: false,
         resize: None,
+        cluster_bits: None,
     };
     let pass = Passphrase::new(Zeroizing::new(PASSPHRASE.to_vec())).unwrap();
     ops::encrypt(&src, &img, &opts, &pass, None, &q.run()).unwrap();
@@ -195,6 +196,7 @@ pub fn encrypted(
         container,
         sparse: true,
         resize,
+        cluster_bits: None,
     };
     let pass = Passphrase::new(Zeroizing::new(PASSPHRASE.to_vec())).unwrap();
     ops::encrypt(&src, &img, &opts, &pass, None, &q.run()).unwrap();

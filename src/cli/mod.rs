@@ -14,6 +14,7 @@ use serde_json::json;
 
 use diskseal::crypto::hash::Hash;
 use diskseal::image::ImageFormat;
+use diskseal::image::qcow2::writer::DEFAULT_CLUSTER_BITS;
 use diskseal::luks::kdf::{Kdf, KdfCost, KdfType};
 use diskseal::luks::{self, FormatOptions, LuksVersion};
 use diskseal::ops::{self, Container, EncryptOptions, Run, Unlock};
@@ -206,6 +207,11 @@ struct EncryptArgs {
     /// LUKS2 keyslots area size.
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     luks2_keyslots_size: Option<u64>,
+    // Declared here rather than next to -O: an earlier flag would move the global -q/--json in the help.
+    /// qcow2 output: cluster size, a power of two from 512 to 2M (default 64K, as qemu-img's
+    /// `-o cluster_size=`).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    cluster_size: Option<u64>,
     /// Pad an input that is not a whole number of sectors with zeros.
     #[arg(long)]
     pad: bool,
@@ -238,6 +244,10 @@ struct DecryptArgs {
     /// Output format: raw, or qcow2 (plain, sparse: only non-zero clusters are stored).
     #[arg(short = 'O', long = "output-format", default_value = "raw", value_parser = ["raw", "qcow2"], value_name = "FMT")]
     output_format: String,
+    /// With -O qcow2: cluster size, a power of two from 512 to 2M (default 64K, as qemu-img's
+    /// `-o cluster_size=`).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    cluster_size: Option<u64>,
     /// Worker threads (default: all cores).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -320,6 +330,20 @@ fn parse_size(s: &str) -> std::result::Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(mult))
         .ok_or_else(|| format!("{s:?} is not a size"))
+}
+
+/// Checks `--cluster-size` (a power of two from 512 B to 2 MiB) and returns its cluster_bits.
+fn cluster_bits(size: Option<u64>) -> Result<Option<u32>> {
+    use diskseal::image::qcow2::writer::cluster_bits_of;
+    size.map(|s| {
+        cluster_bits_of(s).ok_or_else(|| {
+            Error::invalid(format!(
+                "--cluster-size {s} must be a power of two from 512 to 2M (512 B to 2 MiB)"
+            ))
+            .hint("e.g. --cluster-size 64K, qemu-img's default")
+        })
+    })
+    .transpose()
 }
 
 /// Entry point: parse, run, report.
@@ -483,6 +507,7 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         }
         _ => None,
     };
+    let cluster_bits = cluster_bits(a.cluster_size)?;
     let passphrase = keys::passphrase(&a.key, profile, out, Some(&a.dst), true)?;
     let container = match (a.output_format.as_deref(), profile) {
         (Some("qcow2"), _) | (None, Profile::IbmVpc) => Container::Qcow2Luks,
@@ -496,6 +521,11 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
     };
     if a.vhd_align && !matches!(container, Container::Vhd { .. }) {
         return Err(Error::invalid("--vhd-align needs -O vhd"));
+    }
+    if cluster_bits.is_some() && container != Container::Qcow2Luks {
+        return Err(Error::invalid(
+            "--cluster-size needs -O qcow2 (or --profile ibm-vpc)",
+        ));
     }
     if container == Container::Qcow2Luks && version != LuksVersion::Luks1 {
         return Err(
@@ -518,6 +548,7 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         container,
         sparse: a.sparse,
         resize: a.resize,
+        cluster_bits,
     };
     out.note(&format!(
         "{}: deriving the keyslot key and encrypting",
@@ -610,6 +641,7 @@ fn encrypt_classic_vhd(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
     let luks_only = [
         (a.output_format.as_deref().is_some_and(|f| f != "vhd"), "-O"),
         (a.vhd_align, "--vhd-align"),
+        (a.cluster_size.is_some(), "--cluster-size"),
         (a.sparse, "--sparse (the output is always sparse)"),
         (a.luks_type.is_some(), "--type"),
         (a.sector_size.is_some_and(|s| s != 512), "--sector-size"),
@@ -823,16 +855,15 @@ fn unlock_how(k: &KeyArgs, profile: &str, out: &Out, target: &Path) -> Result<Un
 }
 
 fn decrypt(a: &DecryptArgs, out: &Out) -> Result<ExitCode> {
+    let cluster_bits = cluster_bits(a.cluster_size)?;
+    let qcow2 = match (a.output_format.as_str(), cluster_bits) {
+        ("qcow2", bits) => Some(bits.unwrap_or(DEFAULT_CLUSTER_BITS)),
+        (_, Some(_)) => return Err(Error::invalid("--cluster-size needs -O qcow2")),
+        (_, None) => None,
+    };
     let how = unlock_how(&a.key, &a.profile, out, &a.src)?;
     let r = with_progress(out, "decrypting", a.threads, |run| {
-        ops::decrypt(
-            &a.src,
-            &a.dst,
-            how,
-            a.force,
-            a.output_format == "qcow2",
-            run,
-        )
+        ops::decrypt(&a.src, &a.dst, how, a.force, qcow2, run)
     })?;
     for w in &r.warnings {
         out.warn(w);

@@ -6,14 +6,22 @@
 //! Only clusters that hold data are allocated (the output stays sparse); every cluster has refcount 1 and
 //! every L1/L2 entry has the COPIED bit, which is what `qemu-img check` wants (`formats.md` §3, §5.3).
 //!
+//! The cluster size is chosen per image, as `qemu-img create -o cluster_size=` does: a power of two from
+//! 512 B to 2 MiB ([`MIN_CLUSTER_BITS`]..=[`MAX_CLUSTER_BITS`]), 64 KiB by default. It sets everything
+//! else: an L2 table (one cluster) maps `cluster_size / 8` clusters, a refcount block (16-bit entries)
+//! counts `cluster_size / 2`, and the header and its extensions must fit in cluster 0 (with small
+//! clusters the optional feature name table is left out, as QEMU does).
+//!
 //! Because clusters are allocated in guest order, the k-th allocated cluster always lives at
 //! `data_start + k * cluster_size`: the writer keeps one bit per guest cluster, not a map.
 
 use crate::error::{Error, Result};
 use crate::io::OutputFile;
 
-/// Cluster size written (64 KiB, QEMU's default).
-pub const CLUSTER_BITS: u32 = 16;
+pub use super::header::{MAX_CLUSTER_BITS, MIN_CLUSTER_BITS};
+
+/// Default cluster size written (64 KiB, QEMU's default).
+pub const DEFAULT_CLUSTER_BITS: u32 = 16;
 const COPIED: u64 = 1 << 63;
 /// FDE ("full disk encryption") header pointer extension.
 const EXT_FDE: u32 = 0x0537_be77;
@@ -22,9 +30,18 @@ const EXT_FEATURES: u32 = 0x6803_f857;
 /// QEMU's maximum L1 table size.
 const MAX_L1_BYTES: u64 = 32 << 20;
 
+/// The cluster_bits of a cluster size in bytes, if the writer (and QEMU) accepts it: a power of two
+/// from 512 B to 2 MiB.
+pub fn cluster_bits_of(size: u64) -> Option<u32> {
+    let bits = size.trailing_zeros();
+    (size.is_power_of_two() && (MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&bits))
+        .then_some(bits)
+}
+
 /// Builds a qcow2 file in an [`OutputFile`].
 #[derive(Debug)]
 pub struct Qcow2Writer {
+    cluster_bits: u32,
     cluster_size: u64,
     virtual_size: u64,
     luks: Option<(u64, u64)>,
@@ -35,20 +52,28 @@ pub struct Qcow2Writer {
 }
 
 impl Qcow2Writer {
-    /// Starts an image of `virtual_size` bytes; with `luks_header`, writes it at cluster 1 and records it
-    /// in the FDE extension (the header's length is rounded up to whole clusters on disk).
+    /// Starts an image of `virtual_size` bytes with clusters of `1 << cluster_bits` bytes (see
+    /// [`DEFAULT_CLUSTER_BITS`]); with `luks_header`, writes it at cluster 1 and records it in the FDE
+    /// extension (the header's length is rounded up to whole clusters on disk).
     pub fn new(
         out: &OutputFile,
         virtual_size: u64,
         luks_header: Option<&[u8]>,
+        cluster_bits: u32,
     ) -> Result<Qcow2Writer> {
-        let cluster_size = 1u64 << CLUSTER_BITS;
+        if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
+            return Err(Error::invalid(format!(
+                "qcow2 cluster_bits {cluster_bits} out of range {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS} (512 B to 2 MiB)"
+            )));
+        }
+        let cluster_size = 1u64 << cluster_bits;
         let clusters = virtual_size.div_ceil(cluster_size);
         let l1_entries = clusters.div_ceil(cluster_size / 8);
         if l1_entries * 8 > MAX_L1_BYTES {
             return Err(Error::invalid(format!(
                 "virtual size {virtual_size} needs an L1 table beyond QEMU's 32 MiB limit"
-            )));
+            ))
+            .hint("choose larger qcow2 clusters"));
         }
         let mut data_start = cluster_size;
         let luks = match luks_header {
@@ -61,6 +86,7 @@ impl Qcow2Writer {
             None => None,
         };
         Ok(Qcow2Writer {
+            cluster_bits,
             cluster_size,
             virtual_size,
             luks,
@@ -193,7 +219,7 @@ impl Qcow2Writer {
         let mut h = vec![0u8; 112];
         h[0..4].copy_from_slice(b"QFI\xfb");
         h[4..8].copy_from_slice(&3u32.to_be_bytes());
-        h[20..24].copy_from_slice(&CLUSTER_BITS.to_be_bytes());
+        h[20..24].copy_from_slice(&self.cluster_bits.to_be_bytes());
         h[24..32].copy_from_slice(&self.virtual_size.to_be_bytes());
         let crypt_method: u32 = if self.luks.is_some() { 2 } else { 0 };
         h[32..36].copy_from_slice(&crypt_method.to_be_bytes());
@@ -210,7 +236,8 @@ impl Qcow2Writer {
                 &[offset.to_be_bytes(), len.to_be_bytes()].concat(),
             );
         }
-        // Feature name table, as qemu-img writes it.
+        // Feature name table, as qemu-img writes it when it fits in cluster 0 with the end marker
+        // (not with 512-byte clusters).
         let names: [(u8, u8, &str); 8] = [
             (0, 0, "dirty bit"),
             (0, 1, "corrupt bit"),
@@ -229,7 +256,9 @@ impl Qcow2Writer {
             entry[2..2 + name.len()].copy_from_slice(name.as_bytes());
             table.extend_from_slice(&entry);
         }
-        push_ext(&mut h, EXT_FEATURES, &table);
+        if (h.len() + 8 + table.len() + 8) as u64 <= self.cluster_size {
+            push_ext(&mut h, EXT_FEATURES, &table);
+        }
         h.extend_from_slice(&[0u8; 8]); // end of extensions
         h
     }
@@ -240,4 +269,54 @@ fn push_ext(h: &mut Vec<u8>, kind: u32, data: &[u8]) {
     h.extend_from_slice(&(data.len() as u32).to_be_bytes());
     h.extend_from_slice(data);
     h.resize(h.len().div_ceil(8) * 8, 0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::qcow2::header::Header;
+
+    #[test]
+    fn cluster_sizes_are_powers_of_two_from_512_to_2m() {
+        assert_eq!(cluster_bits_of(512), Some(MIN_CLUSTER_BITS));
+        assert_eq!(cluster_bits_of(64 << 10), Some(DEFAULT_CLUSTER_BITS));
+        assert_eq!(cluster_bits_of(2 << 20), Some(MAX_CLUSTER_BITS));
+        for bad in [0, 1, 256, 3000, 96 << 10, 4 << 20, u64::MAX] {
+            assert_eq!(cluster_bits_of(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_cluster_size_writes_a_header_that_fits_cluster_0_and_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.qcow2");
+        for bits in [MIN_CLUSTER_BITS - 1, MAX_CLUSTER_BITS + 1] {
+            let out = OutputFile::create(&path, true).unwrap();
+            let e = Qcow2Writer::new(&out, 1 << 20, None, bits).unwrap_err();
+            assert!(e.message().contains("out of range"), "{e}");
+        }
+        let size = (5u64 << 20) + 512;
+        for bits in MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS {
+            for luks in [None, Some(&[7u8; 4608][..])] {
+                let out = OutputFile::create(&path, true).unwrap();
+                let mut w = Qcow2Writer::new(&out, size, luks, bits).unwrap();
+                let cs = w.cluster_size();
+                assert_eq!(cs, 1 << bits);
+                let first = w.allocate(0).unwrap();
+                // Data after the header cluster and the LUKS header's whole clusters.
+                assert_eq!(
+                    first,
+                    cs + luks.map_or(0, |h| (h.len() as u64).next_multiple_of(cs))
+                );
+                w.allocate(size.div_ceil(cs) - 1).unwrap();
+                let len = w.finish(&out).unwrap();
+                out.commit(0o644).unwrap();
+                let data = std::fs::read(&path).unwrap();
+                assert_eq!(data.len() as u64, len);
+                let h = Header::parse(&data[..cs as usize], len, &path).unwrap();
+                assert_eq!((h.cluster_bits, h.size), (bits, size));
+                assert_eq!(h.l2_bits, bits - 3);
+            }
+        }
+    }
 }
