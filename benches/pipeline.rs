@@ -111,6 +111,7 @@ fn qcow2_to_ibm_vpc(c: &mut Criterion, dir: &Path, data: &Path, pass: &Passphras
         container: ops::Container::Qcow2Luks,
         sparse: false,
         resize: None,
+        cluster_bits: None,
     };
     let dst = dir.join("out.qcow2");
     let mut g = c.benchmark_group("qcow2-to-ibm-vpc");

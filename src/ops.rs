@@ -14,7 +14,7 @@ use crate::crypto::iv::{luks_sector, qcow2_sector};
 use crate::crypto::xts::Xts;
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::qcow2::Qcow2Image;
-use crate::image::qcow2::writer::{DEFAULT_CLUSTER_BITS, Qcow2Writer};
+use crate::image::qcow2::writer::{DEFAULT_CLUSTER_BITS, Qcow2Writer, cluster_bits_of};
 use crate::image::vhd::batmap::KeyHash;
 use crate::image::vhd::classic::EncryptedVhd;
 use crate::image::vhd::footer as vhd_footer;
@@ -194,8 +194,16 @@ pub fn encrypt(
     };
     let extents = image.extents()?;
     let version = opts.luks.version;
-    if opts.cluster_bits.is_some() && opts.container != Container::Qcow2Luks {
-        return Err(Error::invalid("--cluster-size needs qcow2 output"));
+    if let Some(bits) = opts.cluster_bits {
+        if opts.container != Container::Qcow2Luks {
+            return Err(Error::invalid("--cluster-size needs qcow2 output"));
+        }
+        // Checked before the key derivation, not after it in the writer.
+        if cluster_bits_of(1u64 << bits.min(63)) != Some(bits) {
+            return Err(Error::invalid(format!(
+                "cluster_bits {bits} is outside 9..=21 (512 B to 2 MiB)"
+            )));
+        }
     }
     if opts.container == Container::Qcow2Luks {
         if version != LuksVersion::Luks1 {
