@@ -129,7 +129,8 @@ truncate -s 8G sparse.raw
 printf 'data' | dd of=sparse.raw bs=1 seek=$((5 << 30)) conv=notrunc status=none
 r_dense=$(rss "$DS" encrypt -q --force "${FAST[@]}" --key-file pw src.raw ds.luks); rm -f ds.luks
 r_sparse=$(rss "$DS" encrypt -q --force "${FAST[@]}" --key-file pw sparse.raw ds.luks); rm -f ds.luks sparse.raw
-rows+=("| peak RSS, ${SIZE_MIB} MiB dense / 8 GiB sparse input | $((r_dense / 1024)) MiB / $((r_sparse / 1024)) MiB | | |")
+r_vpc=$(rss "$DS" encrypt -q --force --profile ibm-vpc "${FAST[@]}" --key-file pw src.raw ds.qcow2); rm -f ds.qcow2
+rows+=("| peak RSS, LUKS2: ${SIZE_MIB} MiB dense / 8 GiB sparse input; ibm-vpc: ${SIZE_MIB} MiB dense | $((r_dense / 1024)) MiB / $((r_sparse / 1024)) MiB; $((r_vpc / 1024)) MiB | | |")
 
 echo
 echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F)"
