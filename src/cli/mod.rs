@@ -321,7 +321,9 @@ fn parse_size(s: &str) -> std::result::Result<u64, String> {
                 "k" | "kib" => 1 << 10,
                 "m" | "mib" => 1 << 20,
                 "g" | "gib" => 1 << 30,
-                other => return Err(format!("unknown size unit {other:?} (use k, m or g)")),
+                "t" | "tib" => 1 << 40,
+                "p" | "pib" => 1 << 50,
+                other => return Err(format!("unknown size unit {other:?} (use k, m, g, t or p)")),
             };
             (&t[..i], mult)
         }
@@ -1173,7 +1175,10 @@ mod tests {
         assert_eq!(parse_size("16k"), Ok(16384));
         assert_eq!(parse_size("4M"), Ok(4 << 20));
         assert_eq!(parse_size("123"), Ok(123));
-        assert!(parse_size("1t").is_err());
+        assert_eq!(parse_size("2T"), Ok(2 << 40));
+        assert_eq!(parse_size("1p"), Ok(1 << 50));
+        assert!(parse_size("1e").is_err());
+        assert!(parse_size("16385p").is_err());
         assert!(parse_size("99999999999999999999g").is_err());
     }
 
