@@ -143,7 +143,12 @@ impl Qcow2Writer {
         for (t, l1_entry) in l1.iter_mut().enumerate() {
             let first = t as u64 * per_l2;
             let last = (first + per_l2).min(clusters);
-            let mut any = false;
+            // A table covers a whole number of bitmap words (per_l2 >= 64): skip empty ones at once,
+            // so a huge sparse disk costs time for its data, not for its size.
+            let words = &self.allocated[(first / 64) as usize..last.div_ceil(64) as usize];
+            if words.iter().all(|&w| w == 0) {
+                continue;
+            }
             l2.fill(0);
             for i in first..last {
                 if self.allocated[(i / 64) as usize] & (1 << (i % 64)) != 0 {
@@ -151,14 +156,11 @@ impl Qcow2Writer {
                     rank += 1;
                     let at = ((i - first) * 8) as usize;
                     l2[at..at + 8].copy_from_slice(&(host | COPIED).to_be_bytes());
-                    any = true;
                 }
             }
-            if any {
-                out.write_at(&l2, next)?;
-                *l1_entry = next | COPIED;
-                next += cs;
-            }
+            out.write_at(&l2, next)?;
+            *l1_entry = next | COPIED;
+            next += cs;
         }
         let l1_offset = next;
         let l1_bytes: Vec<u8> = l1.iter().flat_map(|e| e.to_be_bytes()).collect();
