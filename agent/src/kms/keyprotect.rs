@@ -7,7 +7,7 @@
 //! - IAM bearer tokens from [`super::iam::IamTokens`] (API-key grant), refreshed after 80 % of their
 //!   lifetime and once more when the KMS answers 401;
 //! - retries with exponential back-off and jitter on connection errors, 429 and 5xx (not 501),
-//!   honouring `Retry-After` up to [`RetryPolicy::max_wait`];
+//!   honouring `Retry-After` up to [`RetryPolicy::max_wait`](crate::config::RetryPolicy::max_wait);
 //! - the documented error body (`resources[0].reasons[0].{code,message}`, IAM's `errorCode`/`errorMessage`)
 //!   becomes a [`KmsError`] with the reason code, message and correlation id.
 
