@@ -33,6 +33,8 @@ if ! command -v s3s-fs >/dev/null; then
 fi
 
 cargo fmt --all -- --check
+cargo clippy --locked --workspace --all-targets -q -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --workspace --no-deps -q
 cargo test --locked --workspace --all-targets
 
 # A short run of every fuzz target (the long runs: bash scripts/fuzz.sh).
