@@ -33,3 +33,9 @@ for t in $(cargo fuzz list); do
     fi
     grep -E "^stat::(number_of_executed_units|peak_rss_mb)" "logs/$t.log"
 done
+# The file-backed targets leave their per-process scratch file (…-PID) behind when libFuzzer exits:
+# remove those of processes that are gone (another campaign may be running).
+for f in /dev/shm/diskseal-fuzz-* "${TMPDIR:-/tmp}"/diskseal-fuzz-*; do
+    [[ -e $f ]] || continue
+    kill -0 "${f##*-}" 2>/dev/null || rm -f "$f"
+done
