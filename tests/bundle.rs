@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::require;
-use crate::util::{FAST_PBKDF2, diskseal, read, run_in, setup};
+use crate::util::{FAST_PBKDF2, diskseal, encrypt_fast, read, run_in, setup};
 
 const MIB: usize = 1 << 20;
 
@@ -126,17 +126,19 @@ fn ibm_classic_bundle_says_what_to_wrap() {
     let d = dir.path();
     let recipient = identity(d);
     diskseal(d, &["keygen", "--bytes", "32", "-o", "dek.bin"]).ok();
-    let mut args = vec![
-        "encrypt",
-        "-q",
-        "--profile",
-        "ibm-classic-luks",
-        "--key-file",
-        "dek.bin",
-    ];
-    args.extend(FAST_PBKDF2);
-    args.extend(["src.raw", "disk.luks"]);
-    diskseal(d, &args).ok();
+    encrypt_fast(
+        d,
+        &[
+            "-q",
+            "--profile",
+            "ibm-classic-luks",
+            "--key-file",
+            "dek.bin",
+        ],
+        "src.raw",
+        "disk.luks",
+    )
+    .ok();
     let r = diskseal(
         d,
         &[

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use crate::util::{
-    FAST_PBKDF2, diskseal, diskseal_stdin, edit_luks2_json, pattern, read, run_in, setup,
+    FAST_PBKDF2, diskseal, diskseal_stdin, edit_luks2_json, encrypt_fast, pattern, read, run_in,
+    setup,
 };
 
 const MIB: usize = 1 << 20;
@@ -103,20 +104,20 @@ fn key_file_semantics() {
     assert_eq!(listing(d), ["empty", "pw", "src.raw"]);
     // A trailing newline is part of the passphrase, with a warning; --strip-newline drops it.
     std::fs::write(d.join("nl"), b"secret pass\n").unwrap();
-    let mut args = vec!["encrypt", "--key-file", "nl"];
-    args.extend(FAST_PBKDF2);
-    args.extend(["src.raw", "nl.luks"]);
-    let r = diskseal(d, &args).ok();
+    let r = encrypt_fast(d, &["--key-file", "nl"], "src.raw", "nl.luks").ok();
     assert!(r.stderr.contains("ends with a newline"), "{}", r.stderr);
     fails_with(
         diskseal(d, &["verify", "--key-file", "pw", "nl.luks"]),
         &["no keyslot opens"],
     );
     diskseal(d, &["verify", "-q", "--key-file", "nl", "nl.luks"]).ok();
-    let mut args = vec!["encrypt", "-q", "--key-file", "nl", "--strip-newline"];
-    args.extend(FAST_PBKDF2);
-    args.extend(["src.raw", "strip.luks"]);
-    diskseal(d, &args).ok();
+    encrypt_fast(
+        d,
+        &["-q", "--key-file", "nl", "--strip-newline"],
+        "src.raw",
+        "strip.luks",
+    )
+    .ok();
     diskseal(d, &["verify", "-q", "--key-file", "pw", "strip.luks"]).ok();
     // "-" reads the key from stdin; without a key and without a terminal there is a clear error.
     diskseal_stdin(
@@ -391,10 +392,17 @@ fn verify_reports_a_mismatch_with_exit_1() {
 fn json_output_and_plaintext_hash() {
     let dir = setup(MIB, 35);
     let d = dir.path();
-    let mut args = vec!["encrypt", "--json", "--key-file", "pw", "--label", "disk"];
-    args.extend(FAST_PBKDF2);
-    args.extend(["src.raw", "o.luks"]);
-    let j: serde_json::Value = serde_json::from_str(&diskseal(d, &args).ok().stdout).unwrap();
+    let j: serde_json::Value = serde_json::from_str(
+        &encrypt_fast(
+            d,
+            &["--json", "--key-file", "pw", "--label", "disk"],
+            "src.raw",
+            "o.luks",
+        )
+        .ok()
+        .stdout,
+    )
+    .unwrap();
     assert_eq!(j["luks_version"], "luks2");
     assert_eq!(j["sector_size"], 4096);
     assert_eq!(j["data_offset"], 16 * MIB as u64);
@@ -683,10 +691,7 @@ fn container_inputs_are_not_mistaken_for_raw() {
     let (q, plain) = minimal_qcow2();
     std::fs::write(d.join("q.img"), q).unwrap();
     std::fs::write(d.join("q.raw"), plain).unwrap();
-    let mut args = vec!["encrypt", "-q", "--key-file", "pw"];
-    args.extend(FAST_PBKDF2);
-    args.extend(["q.img", "x.luks"]);
-    diskseal(d, &args).ok();
+    encrypt_fast(d, &["-q", "--key-file", "pw"], "q.img", "x.luks").ok();
     diskseal(
         d,
         &[

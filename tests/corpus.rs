@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::require;
-use crate::util::{FAST_PBKDF2, diskseal, edit_luks2_json, read, run_in, setup};
+use crate::util::{diskseal, edit_luks2_json, encrypt_fast, read, run_in, setup};
 
 type Mutation = (&'static str, fn(&Path));
 
@@ -168,10 +168,13 @@ fn mutated_luks2_headers_are_judged_like_cryptsetup() {
     require!("cryptsetup");
     let dir = setup(1 << 20, 60);
     let d = dir.path();
-    let mut args = vec!["encrypt", "-q", "--sector-size", "512", "--key-file", "pw"];
-    args.extend(FAST_PBKDF2);
-    args.extend(["src.raw", "good.luks"]);
-    diskseal(d, &args).ok();
+    encrypt_fast(
+        d,
+        &["-q", "--sector-size", "512", "--key-file", "pw"],
+        "src.raw",
+        "good.luks",
+    )
+    .ok();
     let mut disagreements = Vec::new();
     let list = mutations();
     for (name, mutate) in &list {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use crate::require;
-use crate::util::{FAST_PBKDF2, diskseal, pattern, read, run_in, setup};
+use crate::util::{FAST_PBKDF2, diskseal, encrypt_fast, pattern, read, run_in, setup};
 
 const MIB: usize = 1 << 20;
 
@@ -171,19 +171,21 @@ fn payload_is_byte_identical_to_cryptsetup_reencrypt() {
         for sector in ["512", "4096"] {
             let vk = pattern(key_bits.parse::<usize>().unwrap() / 8, 7);
             std::fs::write(d.join("vk.bin"), &vk).unwrap();
-            let mut args = vec![
-                "encrypt",
-                "-q",
-                "--sector-size",
-                sector,
-                "--key-file",
-                "pw",
-                "--volume-key-file",
-                "vk.bin",
-            ];
-            args.extend(FAST_PBKDF2);
-            args.extend(["src.raw", "ours.luks"]);
-            diskseal(d, &args).ok();
+            encrypt_fast(
+                d,
+                &[
+                    "-q",
+                    "--sector-size",
+                    sector,
+                    "--key-file",
+                    "pw",
+                    "--volume-key-file",
+                    "vk.bin",
+                ],
+                "src.raw",
+                "ours.luks",
+            )
+            .ok();
             let theirs = cryptsetup_encrypt(
                 d,
                 "theirs.img",
@@ -299,19 +301,21 @@ fn luks1_output_is_accepted_and_byte_identical() {
     let d = dir.path();
     let vk = pattern(64, 9);
     std::fs::write(d.join("vk.bin"), &vk).unwrap();
-    let mut args = vec![
-        "encrypt",
-        "-q",
-        "--profile",
-        "luks1",
-        "--key-file",
-        "pw",
-        "--volume-key-file",
-        "vk.bin",
-    ];
-    args.extend(FAST_PBKDF2);
-    args.extend(["src.raw", "ours.luks1"]);
-    diskseal(d, &args).ok();
+    encrypt_fast(
+        d,
+        &[
+            "-q",
+            "--profile",
+            "luks1",
+            "--key-file",
+            "pw",
+            "--volume-key-file",
+            "vk.bin",
+        ],
+        "src.raw",
+        "ours.luks1",
+    )
+    .ok();
     let dump = cryptsetup(d, &["luksDump", "ours.luks1"]).ok().stdout;
     assert!(dump.contains("Version:       \t1"), "{dump}");
     assert!(dump.contains("Payload offset:\t4096"), "{dump}");
@@ -555,10 +559,13 @@ fn every_hash_cryptsetup_allows_both_ways() {
     let d = dir.path();
     for (_, hash) in diskseal::crypto::hash::ALL {
         // Ours (LUKS2 keyslot, AF and digest with this hash) opens in cryptsetup.
-        let mut args = vec!["encrypt", "-q", "--hash", hash, "--key-file", "pw"];
-        args.extend(FAST_PBKDF2);
-        args.extend(["src.raw", "h.luks"]);
-        diskseal(d, &args).ok();
+        encrypt_fast(
+            d,
+            &["-q", "--hash", hash, "--key-file", "pw"],
+            "src.raw",
+            "h.luks",
+        )
+        .ok();
         let dump = cryptsetup(d, &["luksDump", "h.luks"]).ok().stdout;
         assert!(
             dump.contains(&format!("AF hash:    {hash}")),

@@ -6,7 +6,7 @@ use std::path::Path;
 use base64::Engine;
 
 use crate::require;
-use crate::util::{FAST_PBKDF2, Ran, diskseal, pattern, read, run_in, setup};
+use crate::util::{FAST_PBKDF2, Ran, diskseal, encrypt_fast, pattern, read, run_in, setup};
 
 /// Every textual form of `secret` a leak could take.
 fn forms(secret: &[u8]) -> Vec<Vec<u8>> {
@@ -145,17 +145,19 @@ fn ibm_classic_dek_and_its_base64_never_leak() {
         .encode(&dek)
         .into_bytes();
     let secrets = [("DEK", dek), ("passphrase (base64 DEK)", b64)];
-    let mut args = vec![
-        "encrypt",
-        "--json",
-        "--profile",
-        "ibm-classic-luks",
-        "--key-file",
-        "dek.bin",
-    ];
-    args.extend(FAST_PBKDF2);
-    args.extend(["src.raw", "ibm.raw"]);
-    let r = diskseal(d, &args).ok();
+    let r = encrypt_fast(
+        d,
+        &[
+            "--json",
+            "--profile",
+            "ibm-classic-luks",
+            "--key-file",
+            "dek.bin",
+        ],
+        "src.raw",
+        "ibm.raw",
+    )
+    .ok();
     clean("encrypt output", &outputs(&r), &secrets);
     clean("encrypted image", &read(d.join("ibm.raw")), &secrets);
     let r = diskseal(
@@ -237,19 +239,21 @@ fn hostile_images_fail_fast_in_bounded_memory() {
     std::fs::write(d.join("bat.vhd"), &v).unwrap();
     cases.push(("bat.vhd".into(), vec!["info", "-f", "vpc", "bat.vhd"]));
     // A LUKS2 header with a 4 MiB JSON area full of one huge JSON value.
-    let mut args = vec![
-        "encrypt",
-        "-q",
-        "--luks2-metadata-size",
-        "4m",
-        "--offset",
-        "32768",
-        "--key-file",
-        "pw",
-    ];
-    args.extend(FAST_PBKDF2);
-    args.extend(["src.raw", "big.luks"]);
-    diskseal(d, &args).ok();
+    encrypt_fast(
+        d,
+        &[
+            "-q",
+            "--luks2-metadata-size",
+            "4m",
+            "--offset",
+            "32768",
+            "--key-file",
+            "pw",
+        ],
+        "src.raw",
+        "big.luks",
+    )
+    .ok();
     crate::util::edit_luks2_json(&d.join("big.luks"), 2, |v| {
         v["tokens"] =
             serde_json::json!({"0": {"type": "x", "keyslots": [], "blob": "A".repeat(4_000_000)}});

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::require;
-use crate::util::{FAST_PBKDF2, diskseal, pattern, read, run_in};
+use crate::util::{diskseal, encrypt_fast, pattern, read, run_in};
 
 fn qemu(d: &Path, args: &[&str]) {
     run_in(d, "qemu-img", args).ok();
@@ -130,18 +130,13 @@ fn every_input_kind_encrypts_to_what_qemu_decrypts() {
     make_source(d);
     for (name, fmt) in make_inputs(d) {
         qemu(d, &["convert", "-f", fmt, "-O", "raw", &name, "expect.raw"]);
-        let mut args = vec![
-            "encrypt",
-            "-q",
-            "--force",
-            "--profile",
-            "luks1",
-            "--key-file",
-            "pw",
-        ];
-        args.extend(FAST_PBKDF2);
-        args.extend([name.as_str(), "out.luks"]);
-        diskseal(d, &args).ok();
+        encrypt_fast(
+            d,
+            &["-q", "--force", "--profile", "luks1", "--key-file", "pw"],
+            name.as_str(),
+            "out.luks",
+        )
+        .ok();
         qemu(
             d,
             &[
@@ -161,10 +156,13 @@ fn every_input_kind_encrypts_to_what_qemu_decrypts() {
         );
         // LUKS2 output of the same input verifies against the source too (its payload is byte-exact with
         // cryptsetup's, see tests/cryptsetup.rs).
-        let mut args = vec!["encrypt", "-q", "--force", "--key-file", "pw"];
-        args.extend(FAST_PBKDF2);
-        args.extend([name.as_str(), "out2.luks"]);
-        diskseal(d, &args).ok();
+        encrypt_fast(
+            d,
+            &["-q", "--force", "--key-file", "pw"],
+            name.as_str(),
+            "out2.luks",
+        )
+        .ok();
         diskseal(
             d,
             &[

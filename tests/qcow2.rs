@@ -10,7 +10,7 @@ use diskseal::image::{self, DiskImage, ExtentKind, ImageInfo};
 use serde_json::Value;
 
 use crate::require;
-use crate::util::{FAST_PBKDF2, diskseal, pattern, read, run_in};
+use crate::util::{diskseal, encrypt_fast, pattern, read, run_in};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -1103,10 +1103,7 @@ fn qcow2_encrypt_end_to_end() {
         ],
     );
     qimg(d, &["convert", "-O", "raw", "top.qcow2", "plain.raw"]);
-    let mut args = vec!["encrypt", "-q", "--key-file", "pw"];
-    args.extend(FAST_PBKDF2);
-    args.extend(["top.qcow2", "out.luks"]);
-    diskseal(d, &args).ok();
+    encrypt_fast(d, &["-q", "--key-file", "pw"], "top.qcow2", "out.luks").ok();
     diskseal(
         d,
         &[

@@ -2,17 +2,20 @@
 //! decrypt what qemu-img writes.
 
 use crate::require;
-use crate::util::{FAST_PBKDF2, diskseal, read, run_in, setup};
+use crate::util::{FAST_PBKDF2, diskseal, encrypt_fast, read, run_in, setup};
 
 #[test]
 fn qemu_img_reads_our_luks1_output() {
     require!("qemu-img");
     let dir = setup(3 << 20, 21);
     let d = dir.path();
-    let mut args = vec!["encrypt", "-q", "--profile", "luks1", "--key-file", "pw"];
-    args.extend(FAST_PBKDF2);
-    args.extend(["src.raw", "ours.luks"]);
-    diskseal(d, &args).ok();
+    encrypt_fast(
+        d,
+        &["-q", "--profile", "luks1", "--key-file", "pw"],
+        "src.raw",
+        "ours.luks",
+    )
+    .ok();
     run_in(
         d,
         "qemu-img",
@@ -131,10 +134,13 @@ fn ibm_vpc_qcow2_passes_qemu_img_check_and_compare() {
             ((3 << 30) + 12345 * 512, 70_000),
         ],
     );
-    let mut args = vec!["encrypt", "-q", "--profile", "ibm-vpc", "--key-file", "pw"];
-    args.extend(FAST_PBKDF2);
-    args.extend(["src4g.raw", "vpc.qcow2"]);
-    diskseal(d, &args).ok();
+    encrypt_fast(
+        d,
+        &["-q", "--profile", "ibm-vpc", "--key-file", "pw"],
+        "src4g.raw",
+        "vpc.qcow2",
+    )
+    .ok();
     let obj = ["--object", "secret,id=sec0,file=pw"];
     let check = run_in(
         d,
@@ -202,17 +208,13 @@ fn keygen_passphrase_opens_an_ibm_vpc_image_in_qemu_and_dump_shows_its_header() 
         text.iter()
             .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
     );
-    let mut args = vec![
-        "encrypt",
-        "-q",
-        "--profile",
-        "ibm-vpc",
-        "--key-file",
-        "vpc.pass",
-    ];
-    args.extend(FAST_PBKDF2);
-    args.extend(["src.raw", "vpc.qcow2"]);
-    diskseal(d, &args).ok();
+    encrypt_fast(
+        d,
+        &["-q", "--profile", "ibm-vpc", "--key-file", "vpc.pass"],
+        "src.raw",
+        "vpc.qcow2",
+    )
+    .ok();
     run_in(
         d,
         "qemu-img",
@@ -241,18 +243,20 @@ fn ibm_vpc_resize_and_utf8_passphrase() {
     require!("qemu-img");
     let dir = setup(3 << 20, 23);
     let d = dir.path();
-    let mut args = vec![
-        "encrypt",
-        "--profile",
-        "ibm-vpc",
-        "--resize",
-        "100G",
-        "--key-file",
-        "pw",
-    ];
-    args.extend(FAST_PBKDF2);
-    args.extend(["src.raw", "vpc.qcow2"]);
-    let r = diskseal(d, &args).ok();
+    let r = encrypt_fast(
+        d,
+        &[
+            "--profile",
+            "ibm-vpc",
+            "--resize",
+            "100G",
+            "--key-file",
+            "pw",
+        ],
+        "src.raw",
+        "vpc.qcow2",
+    )
+    .ok();
     assert!(!r.stderr.contains("10 to 250 GiB"), "{}", r.stderr);
     let info: serde_json::Value = serde_json::from_str(
         &run_in(d, "qemu-img", &["info", "--output=json", "vpc.qcow2"])
@@ -296,10 +300,17 @@ fn ibm_vpc_resize_and_utf8_passphrase() {
     std::os::unix::fs::FileExt::read_exact_at(&back, &mut head, 0).unwrap();
     assert!(head == read(d.join("src.raw")));
     // A small image gets a warning about IBM's 10-250 GiB rule.
-    let mut args = vec!["encrypt", "--profile", "ibm-vpc", "--key-file", "pw"];
-    args.extend(FAST_PBKDF2);
-    args.extend(["src.raw", "small.qcow2"]);
-    assert!(diskseal(d, &args).ok().stderr.contains("10 to 250 GiB"));
+    assert!(
+        encrypt_fast(
+            d,
+            &["--profile", "ibm-vpc", "--key-file", "pw"],
+            "src.raw",
+            "small.qcow2"
+        )
+        .ok()
+        .stderr
+        .contains("10 to 250 GiB")
+    );
     // QEMU reads the secret as UTF-8 text.
     std::fs::write(d.join("bin.key"), [0xffu8, 0xfe, 0x00, 0x01]).unwrap();
     let r = diskseal(
@@ -366,10 +377,12 @@ fn sparse_raw_sources_are_read_only_where_they_hold_data() {
         "{info}"
     );
     // Default: zeros are encrypted (the guest reads zeros); only the data was read.
-    let mut args = vec!["encrypt", "--json", "--key-file", "pw"];
-    args.extend(FAST_PBKDF2);
-    args.extend(["sp.raw", "full.luks"]);
-    let j: serde_json::Value = serde_json::from_str(&diskseal(d, &args).ok().stdout).unwrap();
+    let j: serde_json::Value = serde_json::from_str(
+        &encrypt_fast(d, &["--json", "--key-file", "pw"], "sp.raw", "full.luks")
+            .ok()
+            .stdout,
+    )
+    .unwrap();
     assert!(j["data_bytes_read"].as_u64().unwrap() <= 2 << 20, "{j}");
     diskseal(
         d,
@@ -385,10 +398,13 @@ fn sparse_raw_sources_are_read_only_where_they_hold_data() {
     )
     .ok();
     // --sparse: holes stay holes in the output; the data still decrypts.
-    let mut args = vec!["encrypt", "-q", "--sparse", "--key-file", "pw"];
-    args.extend(FAST_PBKDF2);
-    args.extend(["sp.raw", "holey.luks"]);
-    diskseal(d, &args).ok();
+    encrypt_fast(
+        d,
+        &["-q", "--sparse", "--key-file", "pw"],
+        "sp.raw",
+        "holey.luks",
+    )
+    .ok();
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(d.join("holey.luks")).unwrap();
     assert_eq!(m.len(), (16 << 20) + (256 << 20));
@@ -428,10 +444,7 @@ fn decrypt_to_plain_qcow2() {
         64 << 20,
         &[(1 << 20, 3 << 20), ((40 << 20) + 512, 1000)],
     );
-    let mut args = vec!["encrypt", "-q", "--key-file", "pw"];
-    args.extend(FAST_PBKDF2);
-    args.extend(["sp.raw", "e.luks"]);
-    diskseal(d, &args).ok();
+    encrypt_fast(d, &["-q", "--key-file", "pw"], "sp.raw", "e.luks").ok();
     diskseal(
         d,
         &[
@@ -567,10 +580,13 @@ fn qcow2_luks_images_decrypt_and_verify_both_ways() {
     )
     .ok();
     // ours.
-    let mut args = vec!["encrypt", "-q", "--profile", "ibm-vpc", "--key-file", "pw"];
-    args.extend(FAST_PBKDF2);
-    args.extend(["sp.raw", "ours.qcow2"]);
-    diskseal(d, &args).ok();
+    encrypt_fast(
+        d,
+        &["-q", "--profile", "ibm-vpc", "--key-file", "pw"],
+        "sp.raw",
+        "ours.qcow2",
+    )
+    .ok();
     for img in ["qemu.qcow2", "ours.qcow2"] {
         let v = diskseal(
             d,
@@ -667,10 +683,13 @@ fn cluster_size_512_4k_2m_for_ibm_vpc_and_decrypt_match_qemu() {
         len,
         &[(4096, 300_000), (6_000_001, 70_000), (len - 1000, 1000)],
     );
-    let mut args = vec!["encrypt", "-q", "--profile", "luks1", "--key-file", "pw"];
-    args.extend(FAST_PBKDF2);
-    args.extend(["cs.raw", "cs.luks"]);
-    diskseal(d, &args).ok();
+    encrypt_fast(
+        d,
+        &["-q", "--profile", "luks1", "--key-file", "pw"],
+        "cs.raw",
+        "cs.luks",
+    )
+    .ok();
     let obj = ["--object", "secret,id=sec0,file=pw"];
     for (arg, size) in [("512", 512u64), ("4K", 4096), ("2M", 2 << 20)] {
         let vpc = format!("vpc-{arg}.qcow2");

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::util::{FAST_PBKDF2, diskseal, setup};
+use crate::util::{FAST_PBKDF2, diskseal, encrypt_fast, setup};
 
 fn check(name: &str, actual: &str) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -56,10 +56,7 @@ fn help_texts() {
 fn error_wording() {
     let dir = setup(1 << 20, 99);
     let d = dir.path();
-    let mut args = vec!["encrypt", "-q", "--key-file", "pw"];
-    args.extend(FAST_PBKDF2);
-    args.extend(["src.raw", "out.luks"]);
-    diskseal(d, &args).ok();
+    encrypt_fast(d, &["-q", "--key-file", "pw"], "src.raw", "out.luks").ok();
     std::fs::write(d.join("wrong"), b"not the passphrase").unwrap();
     std::fs::write(d.join("dek48"), [1u8; 48]).unwrap();
     let cases: [(&str, &[&str]); 5] = [

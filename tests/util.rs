@@ -161,3 +161,12 @@ pub fn edit_luks2_json(path: &Path, which: usize, edit: impl Fn(&mut serde_json:
     }
     std::fs::write(path, data).unwrap();
 }
+
+/// Runs `diskseal encrypt FLAGS... SRC DST` in `dir` with the fast KDF ([`FAST_PBKDF2`]).
+pub fn encrypt_fast(dir: &Path, flags: &[&str], src: &str, dst: &str) -> Ran {
+    let mut args = vec!["encrypt"];
+    args.extend(flags);
+    args.extend(FAST_PBKDF2);
+    args.extend([src, dst]);
+    diskseal(dir, &args)
+}

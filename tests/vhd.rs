@@ -13,7 +13,7 @@ use diskseal::image::{self, DiskImage, Extent, ExtentKind};
 use serde_json::Value;
 
 use crate::require;
-use crate::util::{FAST_PBKDF2, diskseal, pattern, read, run_in};
+use crate::util::{diskseal, encrypt_fast, pattern, read, run_in};
 
 const MIB: usize = 1 << 20;
 
@@ -785,10 +785,13 @@ fn vhd_differencing_two_and_three_deep() {
 
     // Oracle: the chain encrypted as LUKS1 and decrypted by QEMU (driver=luks) is the merged disk.
     std::fs::write(d.join("pw"), b"secret pass").unwrap();
-    let mut args = vec!["encrypt", "-q", "--profile", "luks1", "--key-file", "pw"];
-    args.extend(FAST_PBKDF2);
-    args.extend([top_path.to_str().unwrap(), "chain.luks"]);
-    diskseal(d, &args).ok();
+    encrypt_fast(
+        d,
+        &["-q", "--profile", "luks1", "--key-file", "pw"],
+        top_path.to_str().unwrap(),
+        "chain.luks",
+    )
+    .ok();
     qemu(
         d,
         &[
@@ -977,10 +980,7 @@ fn vhd_dynamic_encrypts_and_verifies() {
         d,
         &["convert", "-f", "vpc", "-O", "raw", "in.vhd", "in.raw"],
     );
-    let mut args = vec!["encrypt", "-q", "--key-file", "pw"];
-    args.extend(FAST_PBKDF2);
-    args.extend(["in.vhd", "out.luks"]);
-    diskseal(d, &args).ok();
+    encrypt_fast(d, &["-q", "--key-file", "pw"], "in.vhd", "out.luks").ok();
     diskseal(
         d,
         &[
