@@ -36,12 +36,16 @@ pub const MANIFEST: &str = "manifest.json";
 pub const SEALED_KEY: &str = "dek.age";
 /// The manifest schema this build writes and reads.
 pub const SCHEMA: &str = "diskseal-bundle/1";
+/// The schema of an [`ImageManifest`].
+pub const IMAGE_SCHEMA: &str = "diskseal-manifest/1";
 
 /// `manifest.json`: everything the connected host needs to know about the image, and no secret.
+/// `K` is the key entry: the sealed key of a bundle ([`KeyEntry`]), or only what the key is
+/// ([`KeyInfo`]) in the manifest `diskseal encrypt --manifest` writes ([`ImageManifest`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Manifest {
-    /// Always [`SCHEMA`].
+pub struct Manifest<K = KeyEntry> {
+    /// [`SCHEMA`] in a bundle, [`IMAGE_SCHEMA`] alone.
     pub schema: String,
     /// The diskseal version that wrote the bundle.
     pub created_by: String,
@@ -58,7 +62,23 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhd_util: Option<VhdUtilEntry>,
     /// The sealed key and what the KMS must wrap.
-    pub key: KeyEntry,
+    pub key: K,
+}
+
+/// The manifest of an encrypted image on its own (`diskseal encrypt --manifest FILE`): a bundle's
+/// manifest without the sealed key.
+pub type ImageManifest = Manifest<KeyInfo>;
+
+/// What the key of an [`ImageManifest`] is; the key itself is not there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyInfo {
+    /// Length of the key file in bytes.
+    pub length: usize,
+    /// What the key file is: "passphrase" or "raw-dek" (see [`KeyEntry::kind`]).
+    pub kind: String,
+    /// What a KMS must wrap (see [`KeyEntry::kms_plaintext`]).
+    pub kms_plaintext: String,
 }
 
 /// The image file of a bundle.
@@ -299,10 +319,12 @@ fn create_file(path: &Path, mode: u32) -> Result<File> {
         .map_err(|e| Error::io("create", path, None, e))
 }
 
-/// Copies `src` to `dst` (a new file), returning the SHA-256 of the bytes copied.
-fn copy_hashing(src: &Path, dst: &Path, run: &Run<'_>) -> Result<(u64, String)> {
+/// The length and SHA-256 of `src`; with `dst`, also copies it there (a new file).
+fn hash_file(src: &Path, dst: Option<&Path>, run: &Run<'_>) -> Result<(u64, String)> {
     let mut input = File::open(src).map_err(|e| Error::io("open image", src, None, e))?;
-    let mut output = create_file(dst, 0o644)?;
+    let mut output = dst
+        .map(|d| create_file(d, 0o644).map(|f| (f, d)))
+        .transpose()?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
@@ -317,14 +339,15 @@ fn copy_hashing(src: &Path, dst: &Path, run: &Run<'_>) -> Result<(u64, String)> 
             break;
         }
         hasher.update(&buf[..n]);
-        output
-            .write_all(&buf[..n])
-            .map_err(|e| Error::io("write", dst, Some(total), e))?;
+        if let Some((f, d)) = &mut output {
+            f.write_all(&buf[..n])
+                .map_err(|e| Error::io("write", d, Some(total), e))?;
+        }
         total += n as u64;
     }
-    output
-        .sync_all()
-        .map_err(|e| Error::io("flush", dst, None, e))?;
+    if let Some((f, d)) = &output {
+        f.sync_all().map_err(|e| Error::io("flush", d, None, e))?;
+    }
     Ok((total, hex(&hasher.finalize())))
 }
 
@@ -363,55 +386,16 @@ pub fn create(
             .with_path(dir)
             .hint("pass --force to replace it"));
     }
-    let file_name = image
-        .file_name()
-        .ok_or_else(|| Error::invalid("image path has no file name").with_path(image))?
-        .to_str()
-        .ok_or_else(|| Error::invalid("image file name is not UTF-8").with_path(image))?
-        .to_owned();
+    let file_name = file_name(image)?;
     if file_name == MANIFEST || file_name == SEALED_KEY {
         return Err(
             Error::invalid(format!("the image may not be called {file_name}")).with_path(image),
         );
     }
-    let (header, format, unlock) = if opts.profile == Profile::IbmClassicVhd {
-        let (img, batmap) = crate::image::vhd::classic::read_batmap(image)?;
-        let vk = VolumeKey::from_bytes(Zeroizing::new(key.to_vec())).map_err(|e| {
-            e.hint("the ibm-classic-vhd key file is the raw DEK given to `diskseal encrypt`")
-        })?;
-        let entry = VhdUtilEntry {
-            uuid: uuid::Uuid::from_bytes(img.footer().raw.unique_id).to_string(),
-            key_bits: (key.len() * 8) as u32,
-            keyhash: hex(&batmap.header.keyhash.hash),
-        };
-        (
-            Header::VhdUtil(entry),
-            "vhd-util".to_owned(),
-            Unlock::ClassicVhd(vk),
-        )
-    } else {
-        let (luks, format) = read_header(image)?;
-        let passphrase = opts.profile.passphrase(Zeroizing::new(key.to_vec()))?;
-        (
-            Header::Luks(Box::new(luks)),
-            format,
-            Unlock::Passphrase(passphrase),
-        )
-    };
-    // Unlocking with the key proves it is the right one, and hashes the plaintext on the way.
-    let report = ops::verify(image, unlock, None, run).map_err(|e| {
-        if e.kind() == ErrorKind::WrongKey {
-            e.hint(format!(
-                "the key file must be the one given to `diskseal encrypt --profile {}`",
-                opts.profile.name()
-            ))
-        } else {
-            e
-        }
-    })?;
+    let (header, format, report) = inspect(image, key, opts.profile, run)?;
 
     let tmp = temp_dir_for(dir)?;
-    let (file_size, image_sha) = copy_hashing(image, &tmp.path.join(&file_name), run)?;
+    let (file_size, image_sha) = hash_file(image, Some(&tmp.path.join(&file_name)), run)?;
     let sealed = seal(&recipient, key)?;
     let sealed_path = tmp.path.join(SEALED_KEY);
     let mut f = create_file(&sealed_path, 0o600)?;
@@ -422,7 +406,7 @@ pub fn create(
     let (kind, kms_plaintext) = key_meaning(opts.profile);
     let manifest = Manifest {
         schema: SCHEMA.into(),
-        created_by: format!("diskseal {}", env!("CARGO_PKG_VERSION")),
+        created_by: created_by(),
         profile: opts.profile.name().into(),
         image: ImageEntry {
             file: file_name,
@@ -434,24 +418,8 @@ pub fn create(
         plaintext: PlaintextEntry {
             sha256: report.plaintext_sha256.clone(),
         },
-        luks: match &header {
-            Header::Luks(luks) => Some(LuksEntry {
-                version: match luks.version() {
-                    LuksVersion::Luks1 => 1,
-                    LuksVersion::Luks2 => 2,
-                },
-                uuid: luks.uuid().into(),
-                cipher: luks.segment.cipher_name.clone(),
-                key_bits: (luks.segment.key_bytes * 8) as u32,
-                sector_size: luks.segment.sector_size,
-                data_offset: luks.segment.offset,
-            }),
-            Header::VhdUtil(_) => None,
-        },
-        vhd_util: match header {
-            Header::VhdUtil(v) => Some(v),
-            Header::Luks(_) => None,
-        },
+        luks: header.luks_entry(),
+        vhd_util: header.vhd_util_entry(),
         key: KeyEntry {
             file: SEALED_KEY.into(),
             sealed_with: "age-x25519".into(),
@@ -477,10 +445,143 @@ pub fn create(
     })
 }
 
+/// Unlocks `image` with the key file bytes `key` as `profile` uses them (which proves it is the right
+/// key) and hashes the plaintext on the way: (the header entry, the container's name, the report).
+fn inspect(
+    image: &Path,
+    key: &Zeroizing<Vec<u8>>,
+    profile: Profile,
+    run: &Run<'_>,
+) -> Result<(Header, String, ops::VerifyReport)> {
+    let (header, format, unlock) = if profile == Profile::IbmClassicVhd {
+        let (img, batmap) = crate::image::vhd::classic::read_batmap(image)?;
+        let vk = VolumeKey::from_bytes(Zeroizing::new(key.to_vec())).map_err(|e| {
+            e.hint("the ibm-classic-vhd key file is the raw DEK given to `diskseal encrypt`")
+        })?;
+        let entry = VhdUtilEntry {
+            uuid: uuid::Uuid::from_bytes(img.footer().raw.unique_id).to_string(),
+            key_bits: (key.len() * 8) as u32,
+            keyhash: hex(&batmap.header.keyhash.hash),
+        };
+        (
+            Header::VhdUtil(entry),
+            "vhd-util".to_owned(),
+            Unlock::ClassicVhd(vk),
+        )
+    } else {
+        let (luks, format) = read_header(image)?;
+        let passphrase = profile.passphrase(Zeroizing::new(key.to_vec()))?;
+        (
+            Header::Luks(Box::new(luks)),
+            format,
+            Unlock::Passphrase(passphrase),
+        )
+    };
+    // Unlocking with the key proves it is the right one, and hashes the plaintext on the way.
+    let report = ops::verify(image, unlock, None, run).map_err(|e| {
+        if e.kind() == ErrorKind::WrongKey {
+            e.hint(format!(
+                "the key file must be the one given to `diskseal encrypt --profile {}`",
+                profile.name()
+            ))
+        } else {
+            e
+        }
+    })?;
+    Ok((header, format, report))
+}
+
+/// Describes the encrypted image `image` (the output of `diskseal encrypt` with the key file bytes `key`
+/// and `profile`): unlocks it and hashes its plaintext, hashes the file, and fills an [`ImageManifest`].
+pub fn describe(
+    image: &Path,
+    key: &Zeroizing<Vec<u8>>,
+    profile: Profile,
+    run: &Run<'_>,
+) -> Result<ImageManifest> {
+    let file = file_name(image)?;
+    let (header, format, report) = inspect(image, key, profile, run)?;
+    let (file_size, sha256) = hash_file(image, None, run)?;
+    let (kind, kms_plaintext) = key_meaning(profile);
+    Ok(Manifest {
+        schema: IMAGE_SCHEMA.into(),
+        created_by: created_by(),
+        profile: profile.name().into(),
+        image: ImageEntry {
+            file,
+            format,
+            file_size,
+            virtual_size: report.payload_len,
+            sha256,
+        },
+        plaintext: PlaintextEntry {
+            sha256: report.plaintext_sha256,
+        },
+        luks: header.luks_entry(),
+        vhd_util: header.vhd_util_entry(),
+        key: KeyInfo {
+            length: key.len(),
+            kind: kind.into(),
+            kms_plaintext: kms_plaintext.into(),
+        },
+    })
+}
+
+/// Writes `manifest` as pretty JSON to `path` (a temporary file renamed on success; an existing file is
+/// replaced only with `force`).
+pub fn write_manifest(path: &Path, manifest: &ImageManifest, force: bool) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(manifest)
+        .map_err(|e| Error::invalid(format!("manifest: {e}")))?;
+    text.push('\n');
+    let out = crate::io::OutputFile::create(path, force)?;
+    out.write_at(text.as_bytes(), 0)?;
+    out.commit(0o644)
+}
+
+fn created_by() -> String {
+    format!("diskseal {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The image's file name, which a manifest records.
+fn file_name(image: &Path) -> Result<String> {
+    Ok(image
+        .file_name()
+        .ok_or_else(|| Error::invalid("image path has no file name").with_path(image))?
+        .to_str()
+        .ok_or_else(|| Error::invalid("image file name is not UTF-8").with_path(image))?
+        .to_owned())
+}
+
 /// What identifies the image's encryption in the manifest.
 enum Header {
     Luks(Box<Luks>),
     VhdUtil(VhdUtilEntry),
+}
+
+impl Header {
+    fn luks_entry(&self) -> Option<LuksEntry> {
+        let Header::Luks(luks) = self else {
+            return None;
+        };
+        Some(LuksEntry {
+            version: match luks.version() {
+                LuksVersion::Luks1 => 1,
+                LuksVersion::Luks2 => 2,
+            },
+            uuid: luks.uuid().into(),
+            cipher: luks.segment.cipher_name.clone(),
+            key_bits: (luks.segment.key_bytes * 8) as u32,
+            sector_size: luks.segment.sector_size,
+            data_offset: luks.segment.offset,
+        })
+    }
+
+    fn vhd_util_entry(&self) -> Option<VhdUtilEntry> {
+        match self {
+            Header::VhdUtil(v) => Some(v.clone()),
+            Header::Luks(_) => None,
+        }
+    }
 }
 
 /// The LUKS header of a LUKS file or of a qcow2 with QEMU-native LUKS, and the container's name.

@@ -473,3 +473,134 @@ fn ibm_classic_vhd_bundle() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(!d.join("b2").exists());
 }
+
+/// `encrypt --manifest FILE`: the facts are those of the real file and source (LUKS UUID as
+/// cryptsetup and qemu-img read it), for a LUKS2, an ibm-vpc and an ibm-classic-vhd output; no secret.
+#[test]
+fn encrypt_manifest_describes_the_output_for_every_profile_kind() {
+    let dir = setup(4 * MIB, 79);
+    let d = dir.path();
+    let src_sha = sha256_hex(&read(d.join("src.raw")));
+    std::fs::write(d.join("dek"), crate::util::pattern(64, 5)).unwrap();
+    for (flags, out, format) in [
+        (&["--key-file", "pw"][..], "disk.luks", "luks2"),
+        (
+            &["--profile", "ibm-vpc", "--key-file", "pw"][..],
+            "disk.qcow2",
+            "qcow2+luks1",
+        ),
+        (
+            &["--profile", "ibm-classic-vhd", "--key-file", "dek"][..],
+            "disk.vhd",
+            "vhd-util",
+        ),
+    ] {
+        let mut f = vec!["--json", "--manifest", "m.json", "--force"];
+        f.extend(flags);
+        let r = if format == "vhd-util" {
+            let mut args = vec!["encrypt"];
+            args.extend(&f);
+            args.extend(["src.raw", out]);
+            diskseal(d, &args).ok()
+        } else {
+            encrypt_fast(d, &f, "src.raw", out).ok()
+        };
+        let j: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        let text = read(d.join("m.json"));
+        let m: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        assert_eq!(j["manifest"]["manifest"], m, "{out}");
+        assert_eq!(m["schema"], "diskseal-manifest/1");
+        assert_eq!(m["image"]["file"], out);
+        assert_eq!(m["image"]["format"], format);
+        let image = read(d.join(out));
+        assert_eq!(m["image"]["file_size"], image.len());
+        assert_eq!(m["image"]["sha256"], sha256_hex(&image));
+        assert_eq!(m["image"]["virtual_size"], 4 * MIB);
+        assert_eq!(m["plaintext"]["sha256"], src_sha.as_str(), "{out}");
+        assert!(m.get("key").and_then(|k| k.get("recipient")).is_none());
+        let t = String::from_utf8(text).unwrap();
+        assert!(
+            !t.contains("secret pass") && !t.contains("c2VjcmV0IHBhc3M="),
+            "{t}"
+        );
+        match format {
+            "vhd-util" => {
+                assert_eq!(m["vhd_util"]["keyhash"], j["keyhash"]["hash"]);
+                assert_eq!(m["key"]["kind"], "raw-dek");
+                assert_eq!(m["key"]["length"], 64);
+            }
+            _ => {
+                assert_eq!(m["luks"]["uuid"], j["uuid"]);
+                assert_eq!(m["key"]["kind"], "passphrase");
+            }
+        }
+        // The UUID as the real consumers read it.
+        if format == "luks2" && crate::util::have("cryptsetup") {
+            let dump = run_in(d, "cryptsetup", &["luksDump", out]).ok().stdout;
+            assert!(dump.contains(m["luks"]["uuid"].as_str().unwrap()), "{dump}");
+        }
+        if format == "qcow2+luks1" && crate::util::have("qemu-img") {
+            let info = run_in(d, "qemu-img", &["info", "--output=json", out])
+                .ok()
+                .stdout;
+            let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+            assert_eq!(
+                info["format-specific"]["data"]["encrypt"]["uuid"],
+                m["luks"]["uuid"]
+            );
+        }
+    }
+}
+
+#[test]
+fn encrypt_manifest_refusals_happen_before_any_work() {
+    let dir = setup(MIB, 80);
+    let d = dir.path();
+    std::fs::write(d.join("m.json"), b"keep me").unwrap();
+    let r = encrypt_fast(
+        d,
+        &["--manifest", "m.json", "--key-file", "pw"],
+        "src.raw",
+        "o.luks",
+    );
+    assert!(
+        r.code == 2 && r.stderr.contains("already exists") && r.stderr.contains("--force"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(read(d.join("m.json")), b"keep me");
+    let r = encrypt_fast(
+        d,
+        &["--manifest", "o.luks", "--key-file", "pw"],
+        "src.raw",
+        "o.luks",
+    );
+    assert!(
+        r.code == 2 && r.stderr.contains("neither the source nor the output"),
+        "{}",
+        r.stderr
+    );
+    let r = crate::util::diskseal_stdin(
+        d,
+        &[
+            "encrypt",
+            "--manifest",
+            "n.json",
+            "--key-file",
+            "-",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "src.raw",
+            "o.luks",
+        ],
+        b"secret pass",
+    );
+    assert!(
+        r.code == 2 && r.stderr.contains("--manifest needs --key-file FILE"),
+        "{}",
+        r.stderr
+    );
+    assert!(!d.join("o.luks").exists() && !d.join("n.json").exists());
+}

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
+use zeroize::Zeroizing;
 
 use diskseal::crypto::hash::Hash;
 use diskseal::image::ImageFormat;
@@ -227,6 +228,11 @@ struct EncryptArgs {
     /// The agent's age recipient for --bundle.
     #[arg(long, value_name = "AGE1...", requires = "bundle")]
     recipient: Option<String>,
+    /// Also write the image's manifest to FILE: sizes, sha256 of the file and of the plaintext, LUKS or
+    /// vhd-util parameters, what a KMS must wrap; no secret. Reads the output back (unlocks it with
+    /// --key-file FILE, which it needs).
+    #[arg(long, value_name = "FILE")]
+    manifest: Option<PathBuf>,
     #[command(flatten)]
     key: KeyArgs,
     /// Source disk image.
@@ -509,6 +515,7 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         }
         _ => None,
     };
+    let manifest = manifest_request(a, profile)?;
     let cluster_bits = cluster_bits(a.cluster_size)?;
     let passphrase = keys::passphrase(&a.key, profile, out, Some(&a.dst), true)?;
     let container = match (a.output_format.as_deref(), profile) {
@@ -610,6 +617,10 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
             let rep = bundle::build(req, out)?;
             v["bundle"] = json!({"dir": rep.dir, "manifest": rep.manifest});
         }
+        if let Some((path, key)) = &manifest {
+            v["manifest"] =
+                json!({"file": path, "manifest": write_manifest(a, path, key, profile, out)?});
+        }
         out.print_json(&v);
     } else {
         if r.padded > 0 {
@@ -634,8 +645,75 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         if let Some(req) = bundle_req {
             bundle::summary(&bundle::build(req, out)?, out);
         }
+        if let Some((path, key)) = &manifest {
+            manifest_summary(path, &write_manifest(a, path, key, profile, out)?, out);
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--manifest FILE`, checked before any work: FILE is new (or --force) and is neither SRC nor DST, and
+/// the key file is read (the manifest's plaintext hash comes from unlocking the output with it).
+fn manifest_request(
+    a: &EncryptArgs,
+    profile: Profile,
+) -> Result<Option<(PathBuf, Zeroizing<Vec<u8>>)>> {
+    let Some(path) = &a.manifest else {
+        return Ok(None);
+    };
+    if [&a.src, &a.dst]
+        .iter()
+        .any(|p| *p == path || diskseal::io::same_file(p, path))
+    {
+        return Err(
+            Error::invalid("--manifest FILE must be neither the source nor the output")
+                .with_path(path),
+        );
+    }
+    if !a.force && std::fs::symlink_metadata(path).is_ok() {
+        return Err(Error::invalid("manifest file already exists")
+            .with_path(path)
+            .hint("pass --force to overwrite it"));
+    }
+    let key = match &a.key.key_file {
+        Some(k) if k.as_os_str() != "-" && profile == Profile::IbmClassicVhd => {
+            Zeroizing::new(keys::read_dek(k)?.expose().to_vec())
+        }
+        Some(k) if k.as_os_str() != "-" => {
+            keys::read_key_file(k, a.key.strip_newline, &Out::new(true, false))?
+        }
+        _ => {
+            return Err(Error::invalid(
+                "--manifest needs --key-file FILE (not stdin or a prompt)",
+            ));
+        }
+    };
+    Ok(Some((path.clone(), key)))
+}
+
+/// Describes the finished output and writes its manifest.
+fn write_manifest(
+    a: &EncryptArgs,
+    path: &Path,
+    key: &Zeroizing<Vec<u8>>,
+    profile: Profile,
+    out: &Out,
+) -> Result<diskseal::bundle::ImageManifest> {
+    let m = with_progress(out, "describing", a.threads, |run| {
+        diskseal::bundle::describe(&a.dst, key, profile, run)
+    })?;
+    diskseal::bundle::write_manifest(path, &m, a.force)?;
+    Ok(m)
+}
+
+fn manifest_summary(path: &Path, m: &diskseal::bundle::ImageManifest, out: &Out) {
+    out.summary(&format!(
+        "{}: manifest of {} (sha256 {}; plaintext sha256 {})",
+        path.display(),
+        m.image.file,
+        m.image.sha256,
+        m.plaintext.sha256
+    ));
 }
 
 /// `encrypt --profile ibm-classic-vhd`: no LUKS, the key file is the raw DEK.
@@ -667,6 +745,7 @@ fn encrypt_classic_vhd(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         Error::invalid("--profile ibm-classic-vhd needs --key-file with the raw DEK (32 or 64 bytes)")
             .hint("make one with `diskseal keygen --bytes 64 -o dek.bin`, or `echo -n <DEK> | base64 -d > dek.bin`")
     })?;
+    let manifest = manifest_request(a, Profile::IbmClassicVhd)?;
     let key = keys::read_dek(path)?;
     if let Some(bits) = &a.key_size
         && bits.parse::<usize>().unwrap_or(0) / 8 != key.len()
@@ -693,7 +772,7 @@ fn encrypt_classic_vhd(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
     let hash = diskseal::image::vhd::batmap::hex(&r.keyhash);
     let padded = r.virtual_size - r.source_size;
     if out.json {
-        out.print_json(&json!({
+        let mut v = json!({
             "command": "encrypt",
             "profile": "ibm-classic-vhd",
             "source": a.src, "output": a.dst,
@@ -712,7 +791,11 @@ fn encrypt_classic_vhd(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
             "output_size": r.output_size,
             "seconds": r.elapsed.as_secs_f64(),
             "threads": r.threads,
-        }));
+        });
+        if let Some((path, key)) = &manifest {
+            v["manifest"] = json!({"file": path, "manifest": write_manifest(a, path, key, Profile::IbmClassicVhd, out)?});
+        }
+        out.print_json(&v);
     } else {
         let asked = r.source_size.max(a.resize.unwrap_or(0));
         if r.virtual_size > asked {
@@ -732,6 +815,10 @@ fn encrypt_classic_vhd(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
             report::rate(r.virtual_size, r.elapsed),
             r.threads
         ));
+        if let Some((path, key)) = &manifest {
+            let m = write_manifest(a, path, key, Profile::IbmClassicVhd, out)?;
+            manifest_summary(path, &m, out);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
