@@ -893,6 +893,9 @@ pub fn verify(
     let pipeline = Pipeline::new(run.threads, DEFAULT_CHUNK)?;
     run.total.store(len, std::sync::atomic::Ordering::Relaxed);
     let mut hasher = Sha256::new();
+    // The source's bytes for a chunk, in buffers reused across chunks (one per worker at most).
+    let spare: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+    let lock_failed = || Error::new(ErrorKind::Io, "worker panicked");
     pipeline.scan_ordered(
         len,
         run.cancel,
@@ -901,17 +904,24 @@ pub fn verify(
             fill(image, &extents, buf, off)?;
             if let (Some(src), Some(size)) = (&source, src_size) {
                 let real = size.saturating_sub(off).min(buf.len() as u64) as usize;
-                let mut theirs = vec![0u8; buf.len()];
-                fill(src.as_ref(), &src_extents, &mut theirs[..real], off)?;
-                if let Some(i) = buf.iter().zip(&theirs).position(|(a, b)| a != b) {
+                let mut theirs = spare
+                    .lock()
+                    .map_err(|_| lock_failed())?
+                    .pop()
+                    .unwrap_or_default();
+                theirs.resize(buf.len(), 0);
+                theirs[real..].fill(0);
+                let filled = fill(src.as_ref(), &src_extents, &mut theirs[..real], off);
+                let differs = filled.is_ok() && *buf != theirs[..];
+                if differs && let Some(i) = buf.iter().zip(&theirs).position(|(a, b)| a != b) {
                     let at = off + i as u64;
-                    let mut m = mismatch
-                        .lock()
-                        .map_err(|_| Error::new(ErrorKind::Io, "worker panicked"))?;
+                    let mut m = mismatch.lock().map_err(|_| lock_failed())?;
                     if m.is_none_or(|x| at < x) {
                         *m = Some(at);
                     }
                 }
+                spare.lock().map_err(|_| lock_failed())?.push(theirs);
+                filled?;
             }
             Ok(())
         },

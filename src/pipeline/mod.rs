@@ -131,8 +131,9 @@ impl Pipeline {
         })
     }
 
-    /// Runs `work(buf, offset)` on waves of chunks in parallel, then `consume(buf, offset)` on each chunk
-    /// of the wave in order. At most two chunks per worker are in memory.
+    /// Runs `work(buf, offset)` on waves of chunks in parallel, and `consume(buf, offset)` on each chunk
+    /// of a wave in order, while the next wave is being worked on (two sets of wave buffers: at most
+    /// four chunks per worker are in memory).
     pub fn scan_ordered<F, C>(
         &self,
         len: u64,
@@ -143,34 +144,51 @@ impl Pipeline {
     ) -> Result<()>
     where
         F: Fn(&mut [u8], u64) -> Result<()> + Sync,
-        C: FnMut(&[u8], u64) -> Result<()>,
+        C: FnMut(&[u8], u64) -> Result<()> + Send,
     {
         let chunk = self.chunk as u64;
         let wave = (self.threads() * 2).max(2);
-        let mut bufs: Vec<Vec<u8>> = vec![Vec::new(); wave];
         let mut off = 0u64;
-        while off < len {
+        // Lays out the next wave's chunks from `off` on; returns how many.
+        let mut plan = |bufs: &mut [(Vec<u8>, u64)]| -> usize {
+            let mut n = 0;
+            while off < len && n < bufs.len() {
+                let this = chunk.min(len - off) as usize;
+                bufs[n].0.resize(this, 0);
+                bufs[n].1 = off;
+                off += this as u64;
+                n += 1;
+            }
+            n
+        };
+        let fill = |jobs: &mut [(Vec<u8>, u64)]| -> Result<()> {
+            jobs.par_iter_mut().try_for_each(|(buf, o)| work(buf, *o))
+        };
+        let mut cur: Vec<(Vec<u8>, u64)> = vec![(Vec::new(), 0); wave];
+        let mut next = cur.clone();
+        let mut n_cur = plan(&mut cur);
+        self.pool.install(|| fill(&mut cur[..n_cur]))?;
+        while n_cur > 0 {
             if cancel.load(Ordering::Relaxed) {
                 return Err(interrupted());
             }
-            let mut jobs = Vec::with_capacity(wave);
-            for buf in bufs.iter_mut() {
-                if off >= len {
-                    break;
-                }
-                let this = chunk.min(len - off) as usize;
-                buf.resize(this, 0);
-                jobs.push((buf, off));
-                off += this as u64;
-            }
-            self.pool.install(|| {
-                jobs.par_iter_mut()
-                    .try_for_each(|(buf, o)| work(&mut buf[..], *o))
-            })?;
-            for (buf, o) in &jobs {
-                consume(&buf[..], *o)?;
-                progress.add(buf.len() as u64);
-            }
+            let n_next = plan(&mut next);
+            let (consumed, filled) = self.pool.install(|| {
+                rayon::join(
+                    || -> Result<()> {
+                        for (buf, o) in &cur[..n_cur] {
+                            consume(buf, *o)?;
+                            progress.add(buf.len() as u64);
+                        }
+                        Ok(())
+                    },
+                    || fill(&mut next[..n_next]),
+                )
+            });
+            consumed?;
+            filled?;
+            std::mem::swap(&mut cur, &mut next);
+            n_cur = n_next;
         }
         Ok(())
     }
@@ -219,6 +237,53 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, (0..100).map(|i| i as u8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn scan_stops_with_interrupted_and_errors_reach_the_caller() {
+        let p = Pipeline::new(Some(2), 10).unwrap();
+        let e = p
+            .scan_ordered(
+                100,
+                &AtomicBool::new(true),
+                &Progress::new(),
+                |_, _| Ok(()),
+                |_, _| Ok(()),
+            )
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Interrupted);
+        let fail_at = |at: u64| {
+            move |_: &[u8], off: u64| {
+                if off == at {
+                    Err(Error::invalid("boom"))
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        for at in [0, 40, 90] {
+            let work = |b: &mut [u8], o: u64| fail_at(at)(b, o);
+            let e = p
+                .scan_ordered(
+                    100,
+                    &AtomicBool::new(false),
+                    &Progress::new(),
+                    work,
+                    |_, _| Ok(()),
+                )
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{at}");
+            let e = p
+                .scan_ordered(
+                    100,
+                    &AtomicBool::new(false),
+                    &Progress::new(),
+                    |_, _| Ok(()),
+                    fail_at(at),
+                )
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{at}");
+        }
     }
 
     #[test]
