@@ -3,8 +3,8 @@
 //!
 //! - [`Pipeline::run`]: unordered, fully parallel: each worker reads, transforms and writes its chunk
 //!   positionally (encrypt, decrypt).
-//! - [`Pipeline::scan_ordered`]: parallel work in waves, then an in-order pass over each wave (hashing,
-//!   first-mismatch reporting).
+//! - [`Pipeline::scan_ordered`]: parallel work in waves, and an in-order pass over each wave (hashing)
+//!   while the next wave is worked on.
 //!
 //! Cancellation (Ctrl-C) is checked between chunks; progress is an atomic counter the caller reads.
 
