@@ -11,6 +11,9 @@
 //! [`create`] proves the key opens the image (by decrypting the whole payload, which also gives the
 //! plaintext hash) before anything is written, builds the bundle in a temporary directory beside the
 //! destination and renames it into place only on success.
+//!
+//! [`describe`] and [`write_manifest`] make the same manifest for an image alone, without the sealed key
+//! ([`ImageManifest`], `diskseal encrypt --manifest FILE`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
