@@ -962,6 +962,10 @@ fn send_parts(
             let mut h = Sha256::new();
             let mut buf = vec![0u8; 1 << 20];
             loop {
+                // A failed upload is reported at once, not after the rest of the file is hashed.
+                if stop.load(Ordering::Relaxed) {
+                    return Err(Error::Upload("stopped: the upload failed".into()));
+                }
                 let n = r.read(&mut buf).map_err(|e| Error::io("read", source, e))?;
                 if n == 0 {
                     break;

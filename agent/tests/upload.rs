@@ -779,6 +779,47 @@ fn a_read_error_mid_upload_keeps_the_state_and_names_file_and_offset_on(s: &S3) 
     assert_eq!(remote_sha256(s, "shrunk.img"), sha);
 }
 
+/// A part that fails stops the upload at once: the thread hashing the whole source for the audit log
+/// stops too, instead of reading a 64 GiB (sparse) file to its end before the error is reported.
+#[test]
+fn a_failed_part_of_a_huge_file_is_reported_without_hashing_the_rest() {
+    let s = &servers()[0];
+    let (purl, _) = proxy(&s.url, 1, Duration::ZERO);
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    std::fs::File::create(p.join("huge.img"))
+        .unwrap()
+        .set_len(64 << 30)
+        .unwrap();
+    let t = Instant::now();
+    let out = agent(
+        p,
+        &[
+            "upload",
+            "huge.img",
+            "s3://bkt/huge.img",
+            "--endpoint",
+            &purl,
+            "--part-size",
+            "8M",
+            "--max-attempts",
+            "1",
+        ],
+        &env(s),
+    );
+    // Hashing 64 GiB takes over 20 s on any machine (SHA-256 runs at 1-2 GB/s); stopping takes < 1 s.
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(
+        out.code == 2 && out.stderr.contains("rerun the same command to resume"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn ctrl_c_says_how_to_resume_or_abort() {
     let Some(s) = moto_s3() else { return };
