@@ -14,7 +14,7 @@ use crate::crypto::iv::{luks_sector, qcow2_sector};
 use crate::crypto::xts::Xts;
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::qcow2::Qcow2Image;
-use crate::image::qcow2::writer::{DEFAULT_CLUSTER_BITS, Qcow2Writer, cluster_bits_of};
+use crate::image::qcow2::writer::{DEFAULT_CLUSTER_BITS, Qcow2Writer, check_cluster_bits};
 use crate::image::vhd::batmap::KeyHash;
 use crate::image::vhd::classic::EncryptedVhd;
 use crate::image::vhd::footer as vhd_footer;
@@ -199,11 +199,7 @@ pub fn encrypt(
             return Err(Error::invalid("--cluster-size needs qcow2 output"));
         }
         // Checked before the key derivation, not after it in the writer.
-        if cluster_bits_of(1u64 << bits.min(63)) != Some(bits) {
-            return Err(Error::invalid(format!(
-                "cluster_bits {bits} is outside 9..=21 (512 B to 2 MiB)"
-            )));
-        }
+        check_cluster_bits(bits)?;
     }
     if opts.container == Container::Qcow2Luks {
         if version != LuksVersion::Luks1 {
@@ -802,6 +798,10 @@ pub fn decrypt(
         return Err(Error::invalid("output file already exists")
             .with_path(dst)
             .hint("pass --force to overwrite it"));
+    }
+    if let Some(bits) = qcow2 {
+        // Before the key derivation, as in `encrypt`.
+        check_cluster_bits(bits)?;
     }
     let u = unlock(src, how)?;
     let image = u.image.as_ref();

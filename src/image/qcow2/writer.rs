@@ -38,6 +38,18 @@ pub fn cluster_bits_of(size: u64) -> Option<u32> {
         .then_some(bits)
 }
 
+/// Refuses a `cluster_bits` the writer (and QEMU) does not accept; library callers check it before
+/// slow work (key derivation), [`Qcow2Writer::new`] checks it again.
+pub fn check_cluster_bits(cluster_bits: u32) -> Result<()> {
+    if (MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "qcow2 cluster_bits {cluster_bits} out of range {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS} (512 B to 2 MiB)"
+        )))
+    }
+}
+
 /// Builds a qcow2 file in an [`OutputFile`].
 #[derive(Debug)]
 pub struct Qcow2Writer {
@@ -61,11 +73,7 @@ impl Qcow2Writer {
         luks_header: Option<&[u8]>,
         cluster_bits: u32,
     ) -> Result<Qcow2Writer> {
-        if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&cluster_bits) {
-            return Err(Error::invalid(format!(
-                "qcow2 cluster_bits {cluster_bits} out of range {MIN_CLUSTER_BITS}..={MAX_CLUSTER_BITS} (512 B to 2 MiB)"
-            )));
-        }
+        check_cluster_bits(cluster_bits)?;
         let cluster_size = 1u64 << cluster_bits;
         let clusters = virtual_size.div_ceil(cluster_size);
         let l1_entries = clusters.div_ceil(cluster_size / 8);
