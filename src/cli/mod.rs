@@ -494,27 +494,7 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         (Some(bits), None) => bits.parse::<usize>().unwrap_or(512) / 8,
         (None, None) => 64,
     };
-    let bundle_key = match (&a.bundle, &a.recipient, &a.key.key_file) {
-        (Some(dir), Some(r), Some(k)) if k.as_os_str() != "-" => {
-            diskseal::bundle::parse_recipient(r)?;
-            if !a.force && std::fs::symlink_metadata(dir).is_ok() {
-                return Err(Error::invalid("bundle directory already exists")
-                    .with_path(dir)
-                    .hint("pass --force to replace it"));
-            }
-            Some(keys::read_key_file(
-                k,
-                a.key.strip_newline,
-                &Out::new(true, false),
-            )?)
-        }
-        (Some(_), _, _) => {
-            return Err(Error::invalid(
-                "--bundle needs --key-file FILE (not stdin or a prompt)",
-            ));
-        }
-        _ => None,
-    };
+    let bundle_req = bundle_request(a, profile)?;
     let manifest = manifest_request(a, profile)?;
     let cluster_bits = cluster_bits(a.cluster_size)?;
     let passphrase = keys::passphrase(&a.key, profile, out, Some(&a.dst), true)?;
@@ -567,23 +547,6 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         ops::encrypt(&a.src, &a.dst, &opts, &passphrase, volume_key, run)
     })?;
     let kdf = kdf_text(&r.kdf);
-    let bundle_req = match (&a.bundle, &a.recipient, bundle_key) {
-        (Some(dir), Some(recipient), Some(key)) => {
-            let opts = diskseal::bundle::BundleOptions {
-                profile,
-                recipient: recipient.clone(),
-                force: a.force,
-            };
-            Some(bundle::Request {
-                image: &a.dst,
-                key,
-                dir,
-                opts,
-                threads: a.threads,
-            })
-        }
-        _ => None,
-    };
     let rate = report::rate(r.virtual_size, r.elapsed);
     if profile == Profile::IbmVpc && !(10 << 30..=250 << 30).contains(&r.virtual_size) {
         out.warn(&format!(
@@ -652,6 +615,32 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `--bundle DIR --recipient AGE1...`, checked before any work: the recipient parses, DIR is new (or
+/// --force), and the key file is read (it is sealed into the bundle).
+fn bundle_request(a: &EncryptArgs, profile: Profile) -> Result<Option<bundle::Request<'_>>> {
+    let (Some(dir), Some(recipient)) = (&a.bundle, &a.recipient) else {
+        return Ok(None);
+    };
+    let key = key_file_bytes(a, "--bundle", profile)?;
+    diskseal::bundle::parse_recipient(recipient)?;
+    if !a.force && std::fs::symlink_metadata(dir).is_ok() {
+        return Err(Error::invalid("bundle directory already exists")
+            .with_path(dir)
+            .hint("pass --force to replace it"));
+    }
+    Ok(Some(bundle::Request {
+        image: &a.dst,
+        key,
+        dir,
+        opts: diskseal::bundle::BundleOptions {
+            profile,
+            recipient: recipient.clone(),
+            force: a.force,
+        },
+        threads: a.threads,
+    }))
+}
+
 /// `--manifest FILE`, checked before any work: FILE is new (or --force) and is neither SRC nor DST, and
 /// the key file is read (the manifest's plaintext hash comes from unlocking the output with it).
 fn manifest_request(
@@ -675,20 +664,26 @@ fn manifest_request(
             .with_path(path)
             .hint("pass --force to overwrite it"));
     }
-    let key = match &a.key.key_file {
+    Ok(Some((
+        path.clone(),
+        key_file_bytes(a, "--manifest", profile)?,
+    )))
+}
+
+/// The key file's bytes for `flag` (`--bundle`, `--manifest`), which uses the key again after the
+/// encryption and so needs it in a file, not on stdin or from a prompt.
+fn key_file_bytes(a: &EncryptArgs, flag: &str, profile: Profile) -> Result<Zeroizing<Vec<u8>>> {
+    match &a.key.key_file {
         Some(k) if k.as_os_str() != "-" && profile == Profile::IbmClassicVhd => {
-            Zeroizing::new(keys::read_dek(k)?.expose().to_vec())
+            Ok(Zeroizing::new(keys::read_dek(k)?.expose().to_vec()))
         }
         Some(k) if k.as_os_str() != "-" => {
-            keys::read_key_file(k, a.key.strip_newline, &Out::new(true, false))?
+            keys::read_key_file(k, a.key.strip_newline, &Out::new(true, false))
         }
-        _ => {
-            return Err(Error::invalid(
-                "--manifest needs --key-file FILE (not stdin or a prompt)",
-            ));
-        }
-    };
-    Ok(Some((path.clone(), key)))
+        _ => Err(Error::invalid(format!(
+            "{flag} needs --key-file FILE (not stdin or a prompt)"
+        ))),
+    }
 }
 
 /// Describes the finished output and writes its manifest.
