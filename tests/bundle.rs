@@ -472,6 +472,32 @@ fn ibm_classic_vhd_bundle() {
     let r = bundle("other.bin", "b2");
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(!d.join("b2").exists());
+    // `encrypt --bundle` makes the same bundle in one step (it used to ignore --bundle here).
+    let r = diskseal(
+        d,
+        &[
+            "encrypt",
+            "--json",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            "dek.bin",
+            "--bundle",
+            "b3",
+            "--recipient",
+            &recipient,
+            "src.raw",
+            "disk3.vhd",
+        ],
+    )
+    .ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let m3: serde_json::Value = serde_json::from_slice(&read(d.join("b3/manifest.json"))).unwrap();
+    assert_eq!(v["bundle"]["manifest"], m3);
+    assert_eq!(m3["vhd_util"]["keyhash"], m["vhd_util"]["keyhash"]);
+    assert_eq!(m3["plaintext"]["sha256"], m["plaintext"]["sha256"]);
+    assert_eq!(read(d.join("b3/disk3.vhd")), read(d.join("disk3.vhd")));
+    assert!(d.join("b3/dek.age").exists());
 }
 
 /// `encrypt --manifest FILE`: the facts are those of the real file and source (LUKS UUID as

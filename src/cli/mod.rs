@@ -740,6 +740,7 @@ fn encrypt_classic_vhd(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         Error::invalid("--profile ibm-classic-vhd needs --key-file with the raw DEK (32 or 64 bytes)")
             .hint("make one with `diskseal keygen --bytes 64 -o dek.bin`, or `echo -n <DEK> | base64 -d > dek.bin`")
     })?;
+    let bundle_req = bundle_request(a, Profile::IbmClassicVhd)?;
     let manifest = manifest_request(a, Profile::IbmClassicVhd)?;
     let key = keys::read_dek(path)?;
     if let Some(bits) = &a.key_size
@@ -787,6 +788,10 @@ fn encrypt_classic_vhd(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
             "seconds": r.elapsed.as_secs_f64(),
             "threads": r.threads,
         });
+        if let Some(req) = bundle_req {
+            let rep = bundle::build(req, out)?;
+            v["bundle"] = json!({"dir": rep.dir, "manifest": rep.manifest});
+        }
         if let Some((path, key)) = &manifest {
             v["manifest"] = json!({"file": path, "manifest": write_manifest(a, path, key, Profile::IbmClassicVhd, out)?});
         }
@@ -810,6 +815,9 @@ fn encrypt_classic_vhd(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
             report::rate(r.virtual_size, r.elapsed),
             r.threads
         ));
+        if let Some(req) = bundle_req {
+            bundle::summary(&bundle::build(req, out)?, out);
+        }
         if let Some((path, key)) = &manifest {
             let m = write_manifest(a, path, key, Profile::IbmClassicVhd, out)?;
             manifest_summary(path, &m, out);
