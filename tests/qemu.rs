@@ -2,7 +2,9 @@
 //! decrypt what qemu-img writes.
 
 use crate::require;
-use crate::util::{FAST_PBKDF2, diskseal, encrypt_fast, read, run_in, setup};
+use std::path::Path;
+
+use crate::util::{FAST_PBKDF2, Ran, diskseal, encrypt_fast, read, run_in, setup};
 
 #[test]
 fn qemu_img_reads_our_luks1_output() {
@@ -118,6 +120,35 @@ fn qemu_secret_opts(img: &str) -> String {
     format!("driver=qcow2,encrypt.key-secret=sec0,file.filename={img}")
 }
 
+/// `qemu-img OP --object secret,id=sec0,file=PASS --image-opts <the encrypted qcow2 IMG> REST...`.
+fn qemu_with_secret(d: &Path, op: &str, pass: &str, img: &str, rest: &[&str]) -> Ran {
+    let secret = format!("secret,id=sec0,file={pass}");
+    let opts = qemu_secret_opts(img);
+    let mut args = vec![op, "--object", &secret, "--image-opts", &opts];
+    args.extend(rest);
+    run_in(d, "qemu-img", &args)
+}
+
+/// `qemu-img check` of `img` exited 0 and found no errors.
+fn assert_check_clean(check: &Ran, img: &str) {
+    assert!(
+        check.code == 0 && check.stdout.contains("No errors were found"),
+        "qemu-img check {img}: {} {}",
+        check.stdout,
+        check.stderr
+    );
+}
+
+/// `qemu-img info --output=json IMG`.
+fn qemu_info(d: &Path, img: &str) -> serde_json::Value {
+    serde_json::from_str(
+        &run_in(d, "qemu-img", &["info", "--output=json", img])
+            .ok()
+            .stdout,
+    )
+    .unwrap()
+}
+
 #[test]
 fn ibm_vpc_qcow2_passes_qemu_img_check_and_compare() {
     require!("qemu-img");
@@ -141,48 +172,17 @@ fn ibm_vpc_qcow2_passes_qemu_img_check_and_compare() {
         "vpc.qcow2",
     )
     .ok();
-    let obj = ["--object", "secret,id=sec0,file=pw"];
-    let check = run_in(
+    let check = qemu_with_secret(d, "check", "pw", "vpc.qcow2", &[]);
+    assert_check_clean(&check, "vpc.qcow2");
+    qemu_with_secret(
         d,
-        "qemu-img",
-        &[
-            &["check"][..],
-            &obj,
-            &["--image-opts", &qemu_secret_opts("vpc.qcow2")],
-        ]
-        .concat(),
-    );
-    assert_eq!(
-        check.code, 0,
-        "qemu-img check: {} {}",
-        check.stdout, check.stderr
-    );
-    assert!(
-        check.stdout.contains("No errors were found"),
-        "{}",
-        check.stdout
-    );
-    run_in(
-        d,
-        "qemu-img",
-        &[
-            &["compare"][..],
-            &obj,
-            &[
-                "--image-opts",
-                &qemu_secret_opts("vpc.qcow2"),
-                "driver=raw,file.filename=src4g.raw",
-            ],
-        ]
-        .concat(),
+        "compare",
+        "pw",
+        "vpc.qcow2",
+        &["driver=raw,file.filename=src4g.raw"],
     )
     .ok();
-    let info: serde_json::Value = serde_json::from_str(
-        &run_in(d, "qemu-img", &["info", "--output=json", "vpc.qcow2"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
+    let info = qemu_info(d, "vpc.qcow2");
     assert_eq!(info["virtual-size"], 4u64 << 30);
     assert_eq!(info["encrypted"], true);
     assert_eq!(info["format-specific"]["data"]["encrypt"]["format"], "luks");
@@ -215,17 +215,12 @@ fn keygen_passphrase_opens_an_ibm_vpc_image_in_qemu_and_dump_shows_its_header() 
         "vpc.qcow2",
     )
     .ok();
-    run_in(
+    qemu_with_secret(
         d,
-        "qemu-img",
-        &[
-            "compare",
-            "--object",
-            "secret,id=sec0,file=vpc.pass",
-            "--image-opts",
-            &qemu_secret_opts("vpc.qcow2"),
-            "driver=raw,file.filename=src.raw",
-        ],
+        "compare",
+        "vpc.pass",
+        "vpc.qcow2",
+        &["driver=raw,file.filename=src.raw"],
     )
     .ok();
     let dump: serde_json::Value =
@@ -258,43 +253,11 @@ fn ibm_vpc_resize_and_utf8_passphrase() {
     )
     .ok();
     assert!(!r.stderr.contains("10 to 250 GiB"), "{}", r.stderr);
-    let info: serde_json::Value = serde_json::from_str(
-        &run_in(d, "qemu-img", &["info", "--output=json", "vpc.qcow2"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
+    let info = qemu_info(d, "vpc.qcow2");
     assert_eq!(info["virtual-size"], 100u64 << 30);
-    let obj = ["--object", "secret,id=sec0,file=pw"];
-    run_in(
-        d,
-        "qemu-img",
-        &[
-            &["check"][..],
-            &obj,
-            &["--image-opts", &qemu_secret_opts("vpc.qcow2")],
-        ]
-        .concat(),
-    )
-    .ok();
+    qemu_with_secret(d, "check", "pw", "vpc.qcow2", &[]).ok();
     // The first 3 MiB are the source, the rest reads as zeros.
-    run_in(
-        d,
-        "qemu-img",
-        &[
-            &["convert"][..],
-            &obj,
-            &[
-                "--image-opts",
-                &qemu_secret_opts("vpc.qcow2"),
-                "-O",
-                "raw",
-                "back.raw",
-            ],
-        ]
-        .concat(),
-    )
-    .ok();
+    qemu_with_secret(d, "convert", "pw", "vpc.qcow2", &["-O", "raw", "back.raw"]).ok();
     let back = std::fs::File::open(d.join("back.raw")).unwrap();
     let mut head = vec![0u8; 3 << 20];
     std::os::unix::fs::FileExt::read_exact_at(&back, &mut head, 0).unwrap();
@@ -364,12 +327,7 @@ fn sparse_raw_sources_are_read_only_where_they_hold_data() {
     );
     let info: serde_json::Value =
         serde_json::from_str(&diskseal(d, &["info", "--json", "sp.raw"]).ok().stdout).unwrap();
-    let qinfo: serde_json::Value = serde_json::from_str(
-        &run_in(d, "qemu-img", &["info", "--output=json", "sp.raw"])
-            .ok()
-            .stdout,
-    )
-    .unwrap();
+    let qinfo = qemu_info(d, "sp.raw");
     assert_eq!(info["virtual-size"], qinfo["virtual-size"]);
     assert_eq!(info["format"], qinfo["format"]);
     assert!(
@@ -690,11 +648,9 @@ fn cluster_size_512_4k_2m_for_ibm_vpc_and_decrypt_match_qemu() {
         "cs.luks",
     )
     .ok();
-    let obj = ["--object", "secret,id=sec0,file=pw"];
     for (arg, size) in [("512", 512u64), ("4K", 4096), ("2M", 2 << 20)] {
         let vpc = format!("vpc-{arg}.qcow2");
-        let mut args = vec![
-            "encrypt",
+        let flags = [
             "--json",
             "--profile",
             "ibm-vpc",
@@ -703,50 +659,22 @@ fn cluster_size_512_4k_2m_for_ibm_vpc_and_decrypt_match_qemu() {
             "--key-file",
             "pw",
         ];
-        args.extend(FAST_PBKDF2);
-        args.extend(["cs.raw", &vpc]);
         let report: serde_json::Value =
-            serde_json::from_str(&diskseal(d, &args).ok().stdout).unwrap();
+            serde_json::from_str(&encrypt_fast(d, &flags, "cs.raw", &vpc).ok().stdout).unwrap();
         // The LUKS header sits at cluster 1.
         assert_eq!(report["data_offset"], size, "{report}");
-        let check = run_in(
-            d,
-            "qemu-img",
-            &[
-                &["check"][..],
-                &obj,
-                &["--image-opts", &qemu_secret_opts(&vpc)],
-            ]
-            .concat(),
-        );
-        assert!(
-            check.code == 0 && check.stdout.contains("No errors were found"),
-            "qemu-img check {vpc}: {} {}",
-            check.stdout,
-            check.stderr
-        );
-        let info: serde_json::Value = serde_json::from_str(
-            &run_in(d, "qemu-img", &["info", "--output=json", &vpc])
-                .ok()
-                .stdout,
-        )
-        .unwrap();
+        let check = qemu_with_secret(d, "check", "pw", &vpc, &[]);
+        assert_check_clean(&check, &vpc);
+        let info = qemu_info(d, &vpc);
         assert_eq!(info["cluster-size"], size, "{info}");
         assert_eq!(info["virtual-size"], len, "{info}");
         assert_eq!(info["format-specific"]["data"]["encrypt"]["format"], "luks");
-        run_in(
+        qemu_with_secret(
             d,
-            "qemu-img",
-            &[
-                &["compare"][..],
-                &obj,
-                &[
-                    "--image-opts",
-                    &qemu_secret_opts(&vpc),
-                    "driver=raw,file.filename=cs.raw",
-                ],
-            ]
-            .concat(),
+            "compare",
+            "pw",
+            &vpc,
+            &["driver=raw,file.filename=cs.raw"],
         )
         .ok();
         // And diskseal reads its own output back.
@@ -783,18 +711,8 @@ fn cluster_size_512_4k_2m_for_ibm_vpc_and_decrypt_match_qemu() {
         )
         .ok();
         let check = run_in(d, "qemu-img", &["check", &plain]);
-        assert!(
-            check.code == 0 && check.stdout.contains("No errors were found"),
-            "qemu-img check {plain}: {} {}",
-            check.stdout,
-            check.stderr
-        );
-        let info: serde_json::Value = serde_json::from_str(
-            &run_in(d, "qemu-img", &["info", "--output=json", &plain])
-                .ok()
-                .stdout,
-        )
-        .unwrap();
+        assert_check_clean(&check, &plain);
+        let info = qemu_info(d, &plain);
         assert_eq!(info["cluster-size"], size, "{info}");
         run_in(
             d,
