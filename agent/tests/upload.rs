@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::util::{Server, agent, free_port, have, pattern, start_server};
+use crate::util::{Server, agent, agent_command, free_port, have, pattern, start_server};
 
 pub struct S3 {
     pub _server: Server,
@@ -466,11 +466,7 @@ fn upload_killed_mid_way_resumes_with_only_the_missing_parts_on(s: &S3) {
         "--part-size",
         ps,
     ];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_diskseal-agent"))
-        .args(args)
-        .current_dir(p)
-        .env("DISKSEAL_AGENT_HOME", p.join("home"))
-        .envs(env(s))
+    let mut child = agent_command(p, &args, &env(s))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -734,11 +730,7 @@ fn a_read_error_mid_upload_keeps_the_state_and_names_file_and_offset_on(s: &S3) 
         "--part-size",
         ps,
     ];
-    let child = Command::new(env!("CARGO_BIN_EXE_diskseal-agent"))
-        .args(args)
-        .current_dir(p)
-        .env("DISKSEAL_AGENT_HOME", p.join("home"))
-        .envs(env(s))
+    let child = agent_command(p, &args, &env(s))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -827,21 +819,18 @@ fn ctrl_c_says_how_to_resume_or_abort() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
     big_file(p, "disk.img", 8);
-    let child = Command::new(env!("CARGO_BIN_EXE_diskseal-agent"))
-        .args([
-            "upload",
-            "disk.img",
-            "s3://bkt/int.img",
-            "--endpoint",
-            &purl,
-            "--part-size",
-            "1M",
-            "--jobs",
-            "1",
-        ])
-        .current_dir(p)
-        .env("DISKSEAL_AGENT_HOME", p.join("home"))
-        .envs(env(&s))
+    let args = [
+        "upload",
+        "disk.img",
+        "s3://bkt/int.img",
+        "--endpoint",
+        &purl,
+        "--part-size",
+        "1M",
+        "--jobs",
+        "1",
+    ];
+    let child = agent_command(p, &args, &env(&s))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -33,17 +33,22 @@ impl Ran {
     }
 }
 
-/// Runs diskseal-agent in `dir` with its home at `dir/home` and extra environment.
-pub fn agent(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Ran {
-    let o = Command::new(env!("CARGO_BIN_EXE_diskseal-agent"))
-        .args(args)
+/// diskseal-agent ready to run in `dir` with its home at `dir/home` and extra environment (for tests
+/// that spawn it and act on it while it runs).
+pub fn agent_command(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_diskseal-agent"));
+    c.args(args)
         .current_dir(dir)
         .env_remove("IBMCLOUD_API_KEY")
         .env("DISKSEAL_AGENT_HOME", dir.join("home"))
         .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+        .stdin(Stdio::null());
+    c
+}
+
+/// Runs diskseal-agent in `dir` with its home at `dir/home` and extra environment.
+pub fn agent(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Ran {
+    let o = agent_command(dir, args, env).output().unwrap();
     Ran {
         code: o.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&o.stdout).into(),
