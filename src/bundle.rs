@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::image::detect::Detected;
 use crate::luks::keys::VolumeKey;
 use crate::luks::{Luks, LuksVersion};
 use crate::ops::{self, Run, Unlock};
@@ -594,9 +595,8 @@ fn read_header(image: &Path) -> Result<(Luks, String)> {
         .metadata()
         .map_err(|e| Error::io("stat", image, None, e))?
         .len();
-    let mut magic = [0u8; 4];
-    if std::os::unix::fs::FileExt::read_exact_at(&f, &mut magic, 0).is_ok() && magic == *b"QFI\xfb"
-    {
+    let found = crate::image::detect::detect(&f, len);
+    if found == Detected::Qcow2 || found == Detected::Qcow2Luks {
         let q = crate::image::qcow2::Qcow2Image::open(f, image, &mut Vec::new())?;
         let Some((h, _)) = q.luks_header()? else {
             return Err(Error::unsupported("the qcow2 image is not encrypted")
@@ -605,10 +605,11 @@ fn read_header(image: &Path) -> Result<(Luks, String)> {
         };
         return Ok((Luks::embedded(h, len)?, "qcow2+luks1".into()));
     }
-    if !crate::luks::probe(&f) {
-        return Err(Error::unsupported(
-            "the image is not a LUKS file nor a qcow2 with LUKS encryption",
-        )
+    if !matches!(found, Detected::Luks(_) | Detected::VpcLuks) {
+        return Err(Error::unsupported(format!(
+            "the image is a {}, not a LUKS file nor a qcow2 with LUKS encryption",
+            found.name()
+        ))
         .with_path(image)
         .hint("bundle the output of `diskseal encrypt`"));
     }

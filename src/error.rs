@@ -125,6 +125,13 @@ impl Error {
         self
     }
 
+    /// Replaces the hint (for a caller that knows better than the callee what the user should try).
+    #[must_use]
+    pub fn replace_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
         self.kind

@@ -13,6 +13,7 @@ use crate::crypto::IvScheme;
 use crate::crypto::iv::{luks_sector, qcow2_sector};
 use crate::crypto::xts::Xts;
 use crate::error::{Error, ErrorKind, Result};
+use crate::image::detect::{self, Detected};
 use crate::image::qcow2::Qcow2Image;
 use crate::image::qcow2::writer::{DEFAULT_CLUSTER_BITS, Qcow2Writer, check_cluster_bits};
 use crate::image::vhd::batmap::KeyHash;
@@ -700,9 +701,17 @@ pub struct Unlocked {
 /// Opens an encrypted image (a LUKS file, or a qcow2 with QEMU-native LUKS), checks its header, and
 /// recovers (or checks) the volume key.
 pub fn unlock(path: &Path, how: Unlock) -> Result<Unlocked> {
-    let how = match how {
-        Unlock::ClassicVhd(key) => {
-            let img = EncryptedVhd::open(path, &key)?;
+    let file = File::open(path).map_err(|e| Error::io("open", path, None, e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("stat", path, None, e))?
+        .len();
+    let found = detect::detect(&file, len);
+    let how = match (found, how) {
+        // A vhd-util encrypted VHD's key is the raw DEK, whatever the key option was called.
+        (Detected::VpcEncrypted, Unlock::VolumeKey(k)) | (_, Unlock::ClassicVhd(k)) => {
+            drop(file);
+            let img = EncryptedVhd::open(path, &k)?;
             let warnings = img.warnings().to_vec();
             return Ok(Unlocked {
                 image: Box::new(img),
@@ -711,13 +720,16 @@ pub fn unlock(path: &Path, how: Unlock) -> Result<Unlocked> {
                 warnings,
             });
         }
-        other => other,
+        (Detected::VpcEncrypted, Unlock::Passphrase(_)) => {
+            return Err(Error::invalid(
+                "this is a VHD encrypted by vhd-util (ibm-classic-vhd): its key is the raw DEK, not a passphrase",
+            )
+            .with_path(path)
+            .hint("pass the raw DEK with --key-file and --profile ibm-classic-vhd (or leave --profile out)"));
+        }
+        (_, other) => other,
     };
-    let file = File::open(path).map_err(|e| Error::io("open", path, None, e))?;
-    let mut magic = [0u8; 4];
-    let is_qcow2 = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok()
-        && magic == *b"QFI\xfb";
-    if is_qcow2 {
+    if matches!(found, Detected::Qcow2 | Detected::Qcow2Luks) {
         let mut q = Qcow2Image::open(file, path, &mut Vec::new())?;
         if q.luks_header()?.is_none() {
             return Err(Error::invalid("this qcow2 image is not encrypted").with_path(path));
@@ -737,13 +749,20 @@ pub fn unlock(path: &Path, how: Unlock) -> Result<Unlocked> {
             warnings: Vec::new(),
         });
     }
-    let mut head = [0u8; 8];
-    if std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0).is_ok()
-        && &head == vhd_footer::COOKIE
-    {
-        return Err(Error::format("this is a dynamic VHD, not a LUKS file")
-            .with_path(path)
-            .hint("a VHD encrypted by vhd-util (IBM classic) opens with --profile ibm-classic-vhd and the raw DEK"));
+    match found {
+        Detected::Vpc => {
+            return Err(Error::format("this is a VHD that is not encrypted (no LUKS header, no vhd-util key hash)")
+                .with_path(path)
+                .hint("diskseal opens LUKS files, qcow2 with LUKS (ibm-vpc), LUKS wrapped as a fixed VHD and vhd-util encrypted VHDs"));
+        }
+        Detected::Raw | Detected::Luks(_) | Detected::VpcLuks => {}
+        other => {
+            return Err(
+                Error::format(format!("this is a {}, not an encrypted image", other.name()))
+                    .with_path(path)
+                    .hint("diskseal opens LUKS files, qcow2 with LUKS (ibm-vpc), LUKS wrapped as a fixed VHD and vhd-util encrypted VHDs"),
+            );
+        }
     }
     let luks = Luks::open(&file, path)?;
     let (key, keyslot) = match how {
@@ -954,7 +973,8 @@ pub fn info(path: &Path, format: Option<ImageFormat>) -> Result<serde_json::Valu
     let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", path, None, e))?;
     let actual = meta.blocks() * 512;
     let file = File::open(path).map_err(|e| Error::io("open", path, None, e))?;
-    if format.is_none() && luks::probe(&file) {
+    let found = detect::detect(&file, meta.len());
+    if format.is_none() && matches!(found, Detected::Luks(_) | Detected::VpcLuks) {
         let l = Luks::open(&file, path)?;
         return Ok(json!({
             "filename": path,

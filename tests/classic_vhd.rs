@@ -1121,7 +1121,7 @@ fn classic_vhd_profile_refuses_luks_and_qcow2_files() {
             "a.luks",
             "o.raw",
         ],
-        &["a LUKS file, not a vhd-util encrypted VHD"],
+        &["a LUKS1 file, not a vhd-util encrypted VHD"],
     );
     expect_err(
         d,
@@ -1146,7 +1146,11 @@ fn classic_vhd_profile_refuses_luks_and_qcow2_files() {
             "pw",
             &fx("encrypted-aes256.vhd"),
         ],
-        &["not a LUKS file", "--profile ibm-classic-vhd"],
+        &[
+            "encrypted by vhd-util",
+            "not a passphrase",
+            "--profile ibm-classic-vhd",
+        ],
     );
 }
 

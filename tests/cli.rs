@@ -685,7 +685,7 @@ fn container_inputs_are_not_mistaken_for_raw() {
     make(d, "o.luks", &[]);
     fails_with(
         diskseal(d, &["encrypt", "--key-file", "pw", "o.luks", "x.luks"]),
-        &["o.luks", "LUKS (already encrypted)", "-f raw"],
+        &["o.luks", "LUKS2 file: it is already encrypted", "-f raw"],
     );
     // A valid qcow2 (built by hand, laid out as in formats.md §5.3) is read as qcow2, not as raw.
     let (q, plain) = minimal_qcow2();

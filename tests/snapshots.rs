@@ -81,7 +81,7 @@ fn error_wording() {
             &[
                 "encrypt",
                 "-f",
-                "vmdk",
+                "bogus",
                 "--key-file",
                 "pw",
                 "src.raw",

@@ -12,6 +12,7 @@ mod classic_vhd;
 mod cli;
 mod corpus;
 mod cryptsetup;
+mod detect;
 mod hygiene;
 mod inputs;
 mod qcow2;

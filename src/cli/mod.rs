@@ -64,7 +64,7 @@ enum Command {
     /// Encrypt a disk image into a new LUKS2/LUKS1 file.
     #[command(after_help = EXAMPLES)]
     Encrypt(Box<EncryptArgs>),
-    /// Decrypt a LUKS file (or, with --profile ibm-classic-vhd, a vhd-util encrypted VHD) back into a raw
+    /// Decrypt an encrypted image (LUKS file, qcow2 with LUKS, or vhd-util encrypted VHD) back into a raw
     /// image.
     Decrypt(DecryptArgs),
     /// Unlock a LUKS file, check every structure and decrypt the whole payload; with --against, compare it
@@ -244,9 +244,10 @@ struct EncryptArgs {
 #[derive(Debug, Args)]
 struct DecryptArgs {
     /// How to read the key file: luks2/luks1 (passphrase), ibm-classic-luks (raw DEK) or ibm-classic-vhd
-    /// (raw DEK, the input is a vhd-util encrypted VHD).
-    #[arg(long, default_value = "luks2", value_name = "PROFILE")]
-    profile: String,
+    /// (raw DEK, the input is a vhd-util encrypted VHD). Default: ibm-classic-vhd when the input is a
+    /// vhd-util encrypted VHD, luks2 (the key file is the passphrase) otherwise.
+    #[arg(long, value_name = "PROFILE")]
+    profile: Option<String>,
     /// Output format: raw, or qcow2 (plain, sparse: only non-zero clusters are stored).
     #[arg(short = 'O', long = "output-format", default_value = "raw", value_parser = ["raw", "qcow2"], value_name = "FMT")]
     output_format: String,
@@ -262,7 +263,7 @@ struct DecryptArgs {
     force: bool,
     #[command(flatten)]
     key: KeyArgs,
-    /// Encrypted LUKS file (or vhd-util encrypted VHD with --profile ibm-classic-vhd).
+    /// Encrypted image: LUKS file, qcow2 with LUKS, or vhd-util encrypted VHD.
     src: PathBuf,
     /// Plain output image.
     dst: PathBuf,
@@ -271,9 +272,10 @@ struct DecryptArgs {
 #[derive(Debug, Args)]
 struct VerifyArgs {
     /// How to read the key file: luks2/luks1 (passphrase), ibm-classic-luks (raw DEK) or ibm-classic-vhd
-    /// (raw DEK, the input is a vhd-util encrypted VHD).
-    #[arg(long, default_value = "luks2", value_name = "PROFILE")]
-    profile: String,
+    /// (raw DEK, the input is a vhd-util encrypted VHD). Default: ibm-classic-vhd when the input is a
+    /// vhd-util encrypted VHD, luks2 (the key file is the passphrase) otherwise.
+    #[arg(long, value_name = "PROFILE")]
+    profile: Option<String>,
     /// Source image the plaintext must equal.
     #[arg(long, value_name = "SRC")]
     against: Option<PathBuf>,
@@ -285,7 +287,7 @@ struct VerifyArgs {
     threads: Option<usize>,
     #[command(flatten)]
     key: KeyArgs,
-    /// Encrypted LUKS file (or vhd-util encrypted VHD with --profile ibm-classic-vhd).
+    /// Encrypted image: LUKS file, qcow2 with LUKS, or vhd-util encrypted VHD.
     src: PathBuf,
 }
 
@@ -915,8 +917,42 @@ fn kdf_text(k: &Kdf) -> String {
     }
 }
 
-fn unlock_how(k: &KeyArgs, profile: &str, out: &Out, target: &Path) -> Result<Unlock> {
-    let profile = Profile::parse(profile)?;
+/// The profile `decrypt`/`verify`/`bundle` read the key file with: the one given, else the one the image
+/// shows (a vhd-util key hash means ibm-classic-vhd), else luks2.
+fn profile_for(given: Option<&str>, target: &Path) -> Result<Profile> {
+    use diskseal::image::detect::{Detected, detect_path};
+    match given {
+        Some(p) => Profile::parse(p),
+        None if detect_path(target).is_ok_and(|d| d == Detected::VpcEncrypted) => {
+            Ok(Profile::IbmClassicVhd)
+        }
+        None => Ok(Profile::Luks2),
+    }
+}
+
+/// Adds, to a wrong-key error when no --profile was given and the key file is not text, the hint that
+/// the key file may be an ibm-classic-luks raw DEK.
+fn hint_profile(e: Error, k: &KeyArgs, given: Option<&str>) -> Error {
+    if e.kind() != diskseal::ErrorKind::WrongKey || given.is_some() {
+        return e;
+    }
+    let binary = k
+        .key_file
+        .as_deref()
+        .filter(|p| p.as_os_str() != "-")
+        .and_then(|p| std::fs::read(p).ok())
+        .is_some_and(|b| {
+            std::str::from_utf8(&b).is_err() || b.iter().any(|&c| c < 0x20 && c != b'\n')
+        });
+    if binary {
+        e.replace_hint("the key file is binary: if it is the raw DEK of an IBM classic image (passphrase = its base64 text), pass --profile ibm-classic-luks")
+    } else {
+        e
+    }
+}
+
+fn unlock_how(k: &KeyArgs, given: Option<&str>, out: &Out, target: &Path) -> Result<Unlock> {
+    let profile = profile_for(given, target)?;
     if profile == Profile::IbmClassicVhd {
         let path = k
             .key_file
@@ -953,10 +989,11 @@ fn decrypt(a: &DecryptArgs, out: &Out) -> Result<ExitCode> {
         (_, Some(_)) => return Err(Error::invalid("--cluster-size needs -O qcow2")),
         (_, None) => None,
     };
-    let how = unlock_how(&a.key, &a.profile, out, &a.src)?;
+    let how = unlock_how(&a.key, a.profile.as_deref(), out, &a.src)?;
     let r = with_progress(out, "decrypting", a.threads, |run| {
         ops::decrypt(&a.src, &a.dst, how, a.force, qcow2, run)
-    })?;
+    })
+    .map_err(|e| hint_profile(e, &a.key, a.profile.as_deref()))?;
     for w in &r.warnings {
         out.warn(w);
     }
@@ -979,12 +1016,13 @@ fn decrypt(a: &DecryptArgs, out: &Out) -> Result<ExitCode> {
 }
 
 fn verify(a: &VerifyArgs, out: &Out) -> Result<ExitCode> {
-    let how = unlock_how(&a.key, &a.profile, out, &a.src)?;
+    let how = unlock_how(&a.key, a.profile.as_deref(), out, &a.src)?;
     let fmt = input_format(&a.input_format)?;
     let against = a.against.as_deref().map(|p| (p, fmt));
     let r = with_progress(out, "verifying", a.threads, |run| {
         ops::verify(&a.src, how, against, run)
-    })?;
+    })
+    .map_err(|e| hint_profile(e, &a.key, a.profile.as_deref()))?;
     for w in &r.warnings {
         out.warn(w);
     }
@@ -1019,11 +1057,14 @@ fn verify(a: &VerifyArgs, out: &Out) -> Result<ExitCode> {
 }
 
 fn dump(a: &DumpArgs, out: &Out) -> Result<ExitCode> {
+    use diskseal::image::detect::{self, Detected};
     let file = std::fs::File::open(&a.src).map_err(|e| Error::io("open", &a.src, None, e))?;
-    let mut magic = [0u8; 4];
-    let is_qcow2 = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok()
-        && magic == *b"QFI\xfb";
-    if is_qcow2 {
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io("stat", &a.src, None, e))?
+        .len();
+    let found = detect::detect(&file, len);
+    if matches!(found, Detected::Qcow2 | Detected::Qcow2Luks) {
         let q = diskseal::image::qcow2::Qcow2Image::open(file, &a.src, &mut Vec::new())?;
         let Some((h, base)) = q.luks_header()? else {
             return Err(Error::invalid("this qcow2 image is not encrypted")
@@ -1050,11 +1091,17 @@ fn dump(a: &DumpArgs, out: &Out) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let mut head = [0u8; 8];
-    if std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0).is_ok()
-        && &head == b"conectix"
-    {
-        return dump_classic_vhd(a, out);
+    match found {
+        Detected::Vpc | Detected::VpcEncrypted => return dump_classic_vhd(a, out),
+        Detected::Raw | Detected::Luks(_) | Detected::VpcLuks => {}
+        other => {
+            return Err(Error::format(format!(
+                "this is a {}, not an encrypted image",
+                other.name()
+            ))
+            .with_path(&a.src)
+            .hint("see `diskseal info`"));
+        }
     }
     let l = luks::Luks::open(&file, &a.src)?;
     if out.json {

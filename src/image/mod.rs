@@ -1,6 +1,6 @@
 //! Disk images, behind one trait: [`DiskImage`] gives the virtual size, positional reads usable from
 //! many threads, the allocation map as [`Extent`]s and an [`ImageInfo`] for `diskseal info`.
-//! [`open`] sniffs the format (raw as the fallback; `-f` forces one).
+//! [`open`] finds the format with [`detect`] (raw as the fallback; `-f` forces one).
 //!
 //! - [`raw`]: plain files;
 //! - [`vhd`]: Microsoft VHD (fixed, dynamic, differencing with parent chains);
@@ -9,13 +9,13 @@
 //! Backing files and parents are opened through [`open_backing`], which bounds the chain depth and
 //! refuses loops.
 
+pub mod detect;
 pub mod qcow2;
 pub mod raw;
 pub mod vhd;
 
 use std::fmt::Debug;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -103,6 +103,12 @@ impl ImageFormat {
             "raw" => Ok(ImageFormat::Raw),
             "vpc" | "vhd" => Ok(ImageFormat::Vpc),
             "qcow2" => Ok(ImageFormat::Qcow2),
+            "qcow" | "qed" | "vdi" | "parallels" | "vmdk" | "vhdx" | "cloop" | "dmg" | "bochs" => {
+                Err(
+                    Error::unsupported(format!("diskseal cannot read {name} images"))
+                        .hint(format!("convert it first: `qemu-img convert -f {name} -O raw IMAGE disk.raw`; diskseal reads raw, vpc (vhd), qcow2")),
+                )
+            }
             other => Err(
                 Error::unsupported(format!("unknown image format {other:?}"))
                     .hint("supported: raw, vpc (vhd), qcow2"),
@@ -159,14 +165,10 @@ pub fn open_backing(
     }
     let format = match format {
         Some(f) => f,
-        None => match sniff(&file, meta.len()) {
-            Sniffed::Format(f) => f,
-            Sniffed::Refused(name) => {
-                return Err(Error::unsupported(format!("input is a {name} image, which diskseal cannot read"))
-                    .with_path(path)
-                    .hint("convert it first with `qemu-img convert -O raw`, or pass -f raw to use the file as it is"));
-            }
-        },
+        None => {
+            let found = detect::detect(&file, meta.len());
+            found.image_format().ok_or_else(|| found.refusal(path))?
+        }
     };
     chain.push(canonical);
     let r = match format {
@@ -178,39 +180,6 @@ pub fn open_backing(
     };
     chain.pop();
     r
-}
-
-enum Sniffed {
-    Format(ImageFormat),
-    Refused(&'static str),
-}
-
-/// Finds the format by its magic.
-fn sniff(file: &File, len: u64) -> Sniffed {
-    let mut head = [0u8; 8];
-    if file.read_exact_at(&mut head, 0).is_err() {
-        return Sniffed::Format(ImageFormat::Raw);
-    }
-    if head[..4] == *b"QFI\xfb" {
-        return Sniffed::Format(ImageFormat::Qcow2);
-    }
-    if &head == b"conectix" {
-        return Sniffed::Format(ImageFormat::Vpc);
-    }
-    let mut tail = [0u8; 8];
-    if len >= 512 && file.read_exact_at(&mut tail, len - 512).is_ok() && &tail == b"conectix" {
-        return Sniffed::Format(ImageFormat::Vpc);
-    }
-    if head[..6] == *b"LUKS\xba\xbe" {
-        return Sniffed::Refused("LUKS (already encrypted)");
-    }
-    if &head == b"vhdxfile" {
-        return Sniffed::Refused("VHDX");
-    }
-    if head[..4] == *b"KDMV" {
-        return Sniffed::Refused("VMDK");
-    }
-    Sniffed::Format(ImageFormat::Raw)
 }
 
 /// Merges adjacent extents of the same kind (helper for readers).
@@ -225,4 +194,51 @@ pub fn coalesce(extents: Vec<Extent>) -> Vec<Extent> {
         }
     }
     out
+}
+
+/// Resolves the runs of `own` that are [`ExtentKind::Unallocated`] (not in this layer) against the
+/// allocation map of the layer below, `below` (none: they stay unallocated; past its end: unallocated).
+pub fn resolve_below(own: Vec<Extent>, below: Option<&[Extent]>) -> Vec<Extent> {
+    let Some(below) = below else {
+        return coalesce(own);
+    };
+    let mut out = Vec::with_capacity(own.len());
+    for e in own {
+        if e.kind != ExtentKind::Unallocated {
+            out.push(e);
+            continue;
+        }
+        let end = e.offset + e.len;
+        let mut pos = e.offset;
+        let first = below.partition_point(|b| b.offset + b.len <= pos);
+        for b in &below[first..] {
+            if b.offset >= end {
+                break;
+            }
+            let (a, z) = (b.offset.max(pos), (b.offset + b.len).min(end));
+            if a > pos {
+                out.push(Extent {
+                    offset: pos,
+                    len: a - pos,
+                    kind: ExtentKind::Unallocated,
+                });
+            }
+            if z > a {
+                out.push(Extent {
+                    offset: a,
+                    len: z - a,
+                    kind: b.kind,
+                });
+                pos = z;
+            }
+        }
+        if pos < end {
+            out.push(Extent {
+                offset: pos,
+                len: end - pos,
+                kind: ExtentKind::Unallocated,
+            });
+        }
+    }
+    coalesce(out)
 }

@@ -47,39 +47,7 @@ impl DiskImage for RawImage {
     }
 
     fn extents(&self) -> Result<Vec<Extent>> {
-        use rustix::fs::{SeekFrom, seek};
-        let mut out = Vec::new();
-        let mut pos = 0u64;
-        while pos < self.size {
-            // ENXIO: no data after `pos`; any other error (no SEEK_DATA support): treat the rest as data.
-            let data = match seek(&self.file, SeekFrom::Data(pos)) {
-                Ok(d) => d.min(self.size),
-                Err(rustix::io::Errno::NXIO) => self.size,
-                Err(_) => pos,
-            };
-            if data > pos {
-                out.push(Extent {
-                    offset: pos,
-                    len: data - pos,
-                    kind: ExtentKind::Unallocated,
-                });
-            }
-            if data >= self.size {
-                break;
-            }
-            let hole = match seek(&self.file, SeekFrom::Hole(data)) {
-                Ok(h) => h.min(self.size),
-                Err(_) => self.size,
-            };
-            let hole = hole.max(data + 1).min(self.size);
-            out.push(Extent {
-                offset: data,
-                len: hole - data,
-                kind: ExtentKind::Data,
-            });
-            pos = hole;
-        }
-        Ok(coalesce(out))
+        Ok(file_extents(&self.file, 0, self.size))
     }
 
     fn info(&self) -> ImageInfo {
@@ -94,4 +62,43 @@ impl DiskImage for RawImage {
             details: json!({}),
         }
     }
+}
+
+/// The allocation of `file`'s bytes `start..start + len` from the file system (`SEEK_DATA`/`SEEK_HOLE`),
+/// as extents relative to `start`: holes are unallocated, the rest is data.
+pub fn file_extents(file: &File, start: u64, len: u64) -> Vec<Extent> {
+    use rustix::fs::{SeekFrom, seek};
+    let end = start + len;
+    let mut out = Vec::new();
+    let mut pos = start;
+    while pos < end {
+        // ENXIO: no data after `pos`; any other error (no SEEK_DATA support): treat the rest as data.
+        let data = match seek(file, SeekFrom::Data(pos)) {
+            Ok(d) => d.min(end),
+            Err(rustix::io::Errno::NXIO) => end,
+            Err(_) => pos,
+        };
+        if data > pos {
+            out.push(Extent {
+                offset: pos - start,
+                len: data - pos,
+                kind: ExtentKind::Unallocated,
+            });
+        }
+        if data >= end {
+            break;
+        }
+        let hole = match seek(file, SeekFrom::Hole(data)) {
+            Ok(h) => h.min(end),
+            Err(_) => end,
+        };
+        let hole = hole.max(data + 1).min(end);
+        out.push(Extent {
+            offset: data - start,
+            len: hole - data,
+            kind: ExtentKind::Data,
+        });
+        pos = hole;
+    }
+    coalesce(out)
 }

@@ -233,12 +233,6 @@ fn has_fixed_vhd_footer(file: &File, file_len: u64) -> bool {
         && raw.current_size == file_len - 512
 }
 
-/// True when `file` starts with the LUKS magic ("LUKS\xba\xbe") or a LUKS2 secondary at 16 KiB.
-pub fn probe(file: &File) -> bool {
-    let mut m = [0u8; 6];
-    file.read_exact_at(&mut m, 0).is_ok() && m == luks1::MAGIC
-}
-
 impl Luks {
     /// Opens the header of `file` (either version), checking every structure.
     pub fn open(file: &File, path: &Path) -> Result<Luks> {

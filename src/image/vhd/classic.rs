@@ -19,9 +19,10 @@ use serde_json::json;
 
 use crate::crypto::{IvScheme, Xts};
 use crate::error::{Error, ErrorKind, Result};
+use crate::image::detect::{self, Detected};
 use crate::image::vhd::batmap::{self, BatmapHeader};
 use crate::image::vhd::dynamic::{self, UNALLOCATED};
-use crate::image::vhd::footer::{self, DiskType, fourcc};
+use crate::image::vhd::footer::{DiskType, fourcc};
 use crate::image::vhd::{VhdImage, writer};
 use crate::image::{DiskImage, Extent, ImageInfo};
 use crate::io::read_exact_at;
@@ -81,26 +82,16 @@ impl Batmap {
 /// module docs). Does not look at the key hash cookie.
 pub fn read_batmap(path: &Path) -> Result<(VhdImage, Batmap)> {
     let file = File::open(path).map_err(|e| Error::io("open", path, None, e))?;
-    let mut magic = [0u8; 6];
-    let luks = std::os::unix::fs::FileExt::read_exact_at(&file, &mut magic, 0).is_ok()
-        && magic == *b"LUKS\xba\xbe";
-    let mut cookie = [0u8; 8];
     let len = file
         .metadata()
         .map_err(|e| Error::io("stat", path, None, e))?
         .len();
-    let head = std::os::unix::fs::FileExt::read_exact_at(&file, &mut cookie, 0).is_ok()
-        && &cookie == footer::COOKIE;
-    let tail = len >= 512
-        && std::os::unix::fs::FileExt::read_exact_at(&file, &mut cookie, len - 512).is_ok()
-        && &cookie == footer::COOKIE;
-    if !head && !tail {
-        let what = if luks {
-            "a LUKS file"
-        } else if magic[..4] == *b"QFI\xfb" {
-            "a qcow2 image"
-        } else {
-            "not a VHD"
+    let found = detect::detect(&file, len);
+    let luks = found == Detected::VpcLuks;
+    if found.qemu_name() != "vpc" {
+        let what = match found {
+            Detected::Raw => "not a VHD".to_owned(),
+            other => format!("a {}", other.name()),
         };
         return Err(Error::format(format!("this is {what}, not a vhd-util encrypted VHD (no \"conectix\" footer)"))
             .with_path(path)
