@@ -280,3 +280,41 @@ pub fn verify(log: &Path) -> Result<Verified> {
         tip: prev,
     })
 }
+/// Appends `ev` to the audit log `l` names.
+pub fn log(l: &crate::config::Layers, ev: Event) -> Result<()> {
+    append(&l.audit_log(), &ev)
+}
+
+/// Logs a KMS call: its outcome, the root key, the correlation id.
+pub fn log_kms(
+    l: &crate::config::Layers,
+    action: &str,
+    kms: &dyn crate::kms::KeyWrapper,
+    r: std::result::Result<Option<String>, crate::http::RemoteError>,
+    image_sha256: Option<String>,
+    details: serde_json::Value,
+) -> Result<()> {
+    let (success, reason_code, failure, correlation_id) = match r {
+        Ok(cid) => (true, 200, None, cid),
+        Err(e) => (
+            false,
+            e.reason_code(),
+            Some(e.to_string()),
+            e.correlation_id.clone(),
+        ),
+    };
+    log(
+        l,
+        Event {
+            action: action.into(),
+            success,
+            reason_code,
+            failure,
+            target_id: kms.target(),
+            target_type: "kms/secrets".into(),
+            correlation_id,
+            image_sha256,
+            details,
+        },
+    )
+}

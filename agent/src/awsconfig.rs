@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
-use crate::s3::Credentials;
+use crate::http::sigv4::Credentials;
 use crate::secret::SecretString;
 
 /// What the AWS settings resolved to.

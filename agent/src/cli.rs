@@ -9,11 +9,10 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::audit::{self, Event};
+use crate::audit::{self, Event, log, log_kms};
 use crate::config::{FileConfig, Layers};
 use crate::error::{Error, Result};
-use crate::kms::keyprotect::KeyProtect;
-use crate::kms::{KeyWrapper, KmsError};
+use crate::http::{RemoteErrorKind, service};
 use crate::secret::SecretBytes;
 
 const EXAMPLES: &str = "\
@@ -329,12 +328,11 @@ struct S3Args {
 
 impl S3Args {
     /// The upload options (`force` as given or decided by the caller).
-    fn options(&self, force: bool, progress: bool) -> crate::s3::Options {
+    fn options(&self, force: bool) -> crate::s3::Options {
         crate::s3::Options {
             jobs: self.jobs.max(1),
             part_size: self.part_size,
             force,
-            progress,
         }
     }
 }
@@ -531,13 +529,16 @@ pub fn main() -> ExitCode {
 
 fn hint(e: &Error) -> Option<&'static str> {
     match e {
-        Error::Kms(k) if k.status == Some(404) => {
+        Error::Remote(k)
+            if k.status == Some(404)
+                && matches!(k.service, service::KEY_PROTECT | service::HPCS) =>
+        {
             Some("check --key-id and --instance-id (and --key-ring)")
         }
-        Error::Kms(k) if k.endpoint.starts_with("IAM") && k.status.is_some() => {
+        Error::Remote(k) if k.service == service::IAM && k.status.is_some() => {
             Some("check IBMCLOUD_API_KEY / --api-key-file")
         }
-        Error::Kms(k) if k.kind == crate::kms::KmsErrorKind::Unreachable => {
+        Error::Remote(k) if k.kind == RemoteErrorKind::Unreachable => {
             Some("check the network, --region or --endpoint")
         }
         Error::Identity(_) => Some(
@@ -635,7 +636,7 @@ fn run(cli: &Cli) -> Result<()> {
         }
         Command::Bundle(BundleCmd::Verify { bundle, deep }) => {
             let l = layers(cli, None)?;
-            let v = verify_bundle(&l, bundle, *deep)?;
+            let v = crate::verify::verify_logged(&l, bundle, *deep)?;
             let m = &v.manifest;
             print(
                 cli,
@@ -654,7 +655,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Wrap(a) => wrap(cli, a),
         Command::Unwrap(a) => {
             let l = layers(cli, Some(&a.kms))?;
-            let kms = wrapper(&l)?;
+            let kms = l.wrapper()?;
             let wdek = read_wdek(&a.wdek_file)?;
             let r = kms.unwrap(&wdek);
             log_kms(
@@ -683,7 +684,7 @@ fn run(cli: &Cli) -> Result<()> {
         }
         Command::Rewrap(a) => {
             let l = layers(cli, Some(&a.kms))?;
-            let kms = wrapper(&l)?;
+            let kms = l.wrapper()?;
             let wdek = read_wdek(&a.wdek_file)?;
             let r = kms.rewrap(&wdek);
             log_kms(
@@ -729,52 +730,11 @@ fn run(cli: &Cli) -> Result<()> {
     }
 }
 
-/// The configured backend.
-fn wrapper(l: &Layers) -> Result<Box<dyn KeyWrapper>> {
-    if l.is_pkcs11() {
-        return Ok(Box::new(crate::kms::pkcs11::Pkcs11::new(l.pkcs11()?)?));
-    }
-    if l.service() == "aws-kms" {
-        return Ok(Box::new(crate::kms::aws::AwsKms::new(l.aws()?)));
-    }
-    Ok(Box::new(KeyProtect::new(l.kms()?)))
-}
-
-fn verify_bundle(l: &Layers, bundle: &Path, deep: bool) -> Result<crate::verify::Verified> {
-    let r = crate::identity::load(&l.identity())
-        .and_then(|ids| crate::verify::verify(bundle, &ids))
-        .and_then(|v| {
-            if deep {
-                crate::verify::verify_plaintext(&v)?;
-            }
-            Ok(v)
-        });
-    let (ok, failure) = match &r {
-        Ok(_) => (true, None),
-        Err(e) => (false, Some(e.to_string())),
-    };
-    log(
-        l,
-        Event {
-            action: "diskseal.bundle.verify".into(),
-            success: ok,
-            reason_code: if ok { 200 } else { 400 },
-            failure,
-            target_id: bundle.display().to_string(),
-            target_type: "diskseal/bundle".into(),
-            image_sha256: r.as_ref().ok().map(|v| v.manifest.image.sha256.clone()),
-            details: json!({"deep": deep}),
-            ..Event::default()
-        },
-    )?;
-    r
-}
-
 fn wrap(cli: &Cli, a: &WrapArgs) -> Result<()> {
     let l = layers(cli, Some(&a.kms))?;
     let (key, image_sha, bundle_name) = match (&a.bundle, &a.dek_file) {
         (Some(b), _) => {
-            let v = verify_bundle(&l, b, false)?;
+            let v = crate::verify::verify_logged(&l, b, false)?;
             (
                 Some(v.key),
                 Some(v.manifest.image.sha256.clone()),
@@ -790,7 +750,7 @@ fn wrap(cli: &Cli, a: &WrapArgs) -> Result<()> {
         }
         (None, None) => (None, None, None),
     };
-    let kms = wrapper(&l)?;
+    let kms = l.wrapper()?;
     let details = json!({"bundle": bundle_name});
     match key {
         Some(key) => {
@@ -836,326 +796,104 @@ fn wrap(cli: &Cli, a: &WrapArgs) -> Result<()> {
     Ok(())
 }
 
-/// What a `ship` run has done so far (`ship-<image sha256>.json` in the agent's home): a rerun skips
-/// every step recorded here. No secret: the WDEK is wrapped.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct ShipState {
-    image_sha256: String,
-    target: String,
-    object: String,
-    wdek: Option<String>,
-    key_version: Option<String>,
-    uploaded_etag: Option<String>,
-    /// Created by the cloud, maybe not yet available: a rerun polls it instead of importing again.
-    image_created: Option<(String, Option<String>)>,
-    image_id: Option<String>,
-    /// The upload was started by a ship (the object did not exist, or --force): a rerun may replace it.
-    #[serde(default)]
-    upload_started: bool,
-    /// The create request was sent but its answer maybe not recorded: a rerun looks the image up first.
-    #[serde(default)]
-    import_sent: bool,
-}
-
 fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
-    use crate::import::{self, Cloud};
-    use crate::s3;
     let l = layers(cli, Some(&a.kms))?;
-    let cloud = match a.target.as_str() {
-        "s3-only" => None,
-        t => Some(Cloud::parse(t)?),
+    let r = crate::ship::Request {
+        bundle: a.bundle.clone(),
+        target: a.target.clone(),
+        object: a.object.clone(),
+        s3_endpoint: a.s3_endpoint.clone(),
+        import_endpoint: a.import_endpoint.clone(),
+        name: a.name.clone(),
+        os: a.os.clone(),
+        key_crn: a.key_crn.clone(),
+        upload: a.s3.options(a.s3.force),
+        s3_max_attempts: a.s3_max_attempts,
+        s3_auth: a.auth.auth.clone(),
+        profile: a.auth.profile.clone(),
+        allow_any_size: a.allow_any_size,
+        byol: a.byol,
+        poll: std::time::Duration::from_millis(a.poll_ms),
+        wait: std::time::Duration::from_secs(a.wait_secs),
     };
-    if cloud.is_some() && !a.object.starts_with("cos://") {
-        return Err(Error::Config(format!(
-            "{}: IBM imports read cos://REGION/BUCKET/KEY objects",
-            a.object
-        )));
-    }
-    let os = match (&a.os, cloud) {
-        (Some(o), _) => o.clone(),
-        (None, None) => String::new(),
-        (None, Some(_)) => {
-            return Err(Error::Config(
-                "give --os (VPC operating_system.name or classic operatingSystemReferenceCode)"
-                    .into(),
-            ));
-        }
+    let show = !cli.json && !cli.quiet;
+    let mut on = |n: crate::ship::Note<'_>| match n {
+        crate::ship::Note::Warning(w) => eprintln!("diskseal-agent: warning: {w}"),
+        crate::ship::Note::Upload(p) => upload_progress(show, p),
     };
-    // 1. The bundle: manifest, image sha256, the key unseals.
-    let v = verify_bundle(&l, &a.bundle, false)?;
-    let image = a.bundle.join(&v.manifest.image.file);
-    let region = std::env::var("AWS_REGION").ok();
-    let target = s3::Target::parse(&a.object, region.as_deref(), a.s3_endpoint.as_deref())?;
-    if let Some(c) = cloud {
-        for w in import::preflight(c, &target.key, Some(&image), !a.allow_any_size)? {
-            eprintln!("diskseal-agent: warning: {w}");
-        }
-    }
-    let sha = v.manifest.image.sha256.clone();
-    let sp = l
-        .audit_log()
-        .with_file_name(format!("ship-{}.json", &sha[..16.min(sha.len())]));
-    let mut st: ShipState = match std::fs::read(&sp) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-            Error::Config(format!(
-                "ship state {} is corrupt ({e}); delete it to start over",
-                sp.display()
-            ))
-        })?,
-        Err(_) => ShipState {
-            image_sha256: sha.clone(),
-            target: a.target.clone(),
-            object: a.object.clone(),
-            ..ShipState::default()
-        },
-    };
-    if st.object != a.object || st.target != a.target {
-        return Err(Error::Config(format!(
-            "{} records a ship of this image to {} ({}); delete it to ship elsewhere",
-            sp.display(),
-            st.object,
-            st.target
-        )));
-    }
-    let name = a.name.clone().unwrap_or_else(|| {
-        let f = target.key.rsplit('/').next().unwrap_or(&target.key);
-        f.split('.').next().unwrap_or(f).to_owned()
-    });
-    let key_crn = match (&a.key_crn, cloud) {
-        (Some(c), _) => c.clone(),
-        (None, Some(_)) => l.kms()?.key_crn(),
-        (None, None) => String::new(),
-    };
-    let import_endpoint = a.import_endpoint.clone().unwrap_or_else(|| match cloud {
-        Some(Cloud::Classic) => "https://api.softlayer.com".into(),
-        _ => format!("https://{}.iaas.cloud.ibm.com", target.region),
-    });
     if a.dry_run {
-        let kms = wrapper(&l)?;
-        let part = s3::choose_part_size(v.manifest.image.file_size, a.s3.part_size)?;
-        let n = v.manifest.image.file_size.div_ceil(part).max(1);
-        let url = target.url();
-        let mut lines = vec![format!(
-            "# verified {}: {} sha256 {sha}",
-            a.bundle.display(),
-            v.manifest.image.file
-        )];
-        let done = |x: bool| {
-            if x {
-                " (done in an earlier run: skipped)"
-            } else {
-                ""
-            }
-        };
-        lines.push(format!(
-            "wrap the key with {} (plaintext: <redacted>){}",
-            kms.target(),
-            done(st.wdek.is_some())
-        ));
-        lines.push(format!("HEAD {url}{}", done(st.uploaded_etag.is_some())));
-        lines.push(format!(
-            "POST {url}?uploads (x-amz-checksum-algorithm: SHA256){}",
-            done(st.uploaded_etag.is_some())
-        ));
-        let authorization = match s3_auth(
-            &l,
-            &a.object,
-            &a.auth.auth,
-            a.auth.profile.as_deref(),
-            None,
-            crate::config::RetryPolicy::default(),
-        ) {
-            Ok((crate::s3::Auth::Iam(_), _)) => "Bearer <redacted IAM token>",
-            Ok((crate::s3::Auth::Hmac(_), _)) => "AWS4-HMAC-SHA256 <redacted>",
-            Err(_) => "<no S3 credentials found: the upload would stop here>",
-        };
-        lines.push(format!("PUT  {url}?partNumber=1..{n}&uploadId=<id> ({n} parts of {part} bytes, {} in parallel, up to {} attempts each; Content-MD5, x-amz-checksum-sha256; Authorization: {authorization})", a.s3.jobs, a.s3_max_attempts.max(1)));
-        lines.push(format!(
-            "POST {url}?uploadId=<id> (CompleteMultipartUpload), then HEAD {url}"
-        ));
-        let wdek = if st.wdek.is_some() {
-            "<WDEK from the earlier wrap>"
-        } else {
-            "<WDEK from the wrap>"
-        };
-        match cloud {
-            Some(Cloud::Vpc) => {
-                let body = json!({"name": name, "file": {"href": a.object}, "operating_system": {"name": os}, "encrypted_data_key": wdek, "encryption_key": {"crn": key_crn}});
-                lines.push(format!(
-                    "POST {}/identity/token (apikey: <redacted>)",
-                    l.iam_endpoint()
-                ));
-                lines.push(format!(
-                    "POST {import_endpoint}/v1/images?version={}&generation=2 {body}",
-                    import::VPC_API_VERSION
-                ));
-                lines.push(format!("GET  {import_endpoint}/v1/images/<id>?version={}&generation=2 every {} ms until available or failed", import::VPC_API_VERSION, a.poll_ms));
-            }
-            Some(Cloud::Classic) => {
-                let body = json!({"parameters": [{"name": name, "note": format!("imported by diskseal-agent (ship {})", &sha[..16.min(sha.len())]), "operatingSystemReferenceCode": os, "uri": a.object, "ibmApiKey": "<redacted>", "crkCrn": key_crn, "wrappedDek": wdek, "cloudInit": true, "isEncrypted": true, "byol": a.byol}]});
-                lines.push(format!(
-                    "POST {}/identity/token (apikey: <redacted>)",
-                    l.iam_endpoint()
-                ));
-                lines.push(format!("POST {import_endpoint}/rest/v3.1/SoftLayer_Virtual_Guest_Block_Device_Template_Group/createFromIcos.json {body}"));
-                lines.push(format!("GET  {import_endpoint}/rest/v3.1/SoftLayer_Virtual_Guest_Block_Device_Template_Group/<id>/getObject.json?objectMask=... every {} ms until the transaction is gone", a.poll_ms));
-            }
-            None => {}
-        }
-        println!("{}", lines.join("\n"));
+        println!("{}", crate::ship::plan(&l, &r, &mut on)?.join("\n"));
         return Ok(());
     }
-    let save = |st: &ShipState| -> Result<()> {
-        crate::s3::write_atomically(&sp, &serde_json::to_vec_pretty(st).unwrap_or_default())
-            .map_err(|e| Error::io("write ship state", &sp, e))
-    };
-    // 2. Wrap (once).
-    if st.wdek.is_none() {
-        let kms = wrapper(&l)?;
-        let r = kms.wrap(&v.key);
-        log_kms(
-            &l,
-            "kms.secrets.wrap",
-            kms.as_ref(),
-            r.as_ref()
-                .map(|w| w.correlation_id.clone())
-                .map_err(Clone::clone),
-            Some(sha.clone()),
-            json!({"bundle": a.bundle, "ship": true}),
-        )?;
-        let w = r?;
-        st.wdek = Some(w.ciphertext);
-        st.key_version = w.key_version;
-        save(&st)?;
-    }
-    drop(v);
-    // 3. Upload (once; resumable inside).
-    if st.uploaded_etag.is_none() {
-        let retry = crate::config::RetryPolicy {
-            max_attempts: a.s3_max_attempts.max(1),
-            ..crate::config::RetryPolicy::default()
-        };
-        let (auth, _) = s3_auth(
-            &l,
-            &a.object,
-            &a.auth.auth,
-            a.auth.profile.as_deref(),
-            None,
-            retry,
-        )?;
-        let client = s3::Client::new(target.clone(), auth, retry);
-        // The object must not exist unless --force; once this ship has started its upload, a rerun
-        // replaces what it finds (a run killed after the upload completed but before the state said so).
-        if !st.upload_started {
-            if !a.s3.force
-                && let Some((size, _)) = client.head()?
-            {
-                return Err(Error::Upload(format!(
-                    "{} already exists ({size} bytes); use --force to overwrite it",
-                    target.url()
-                )));
-            }
-            st.upload_started = true;
-            save(&st)?;
-        }
-        let o = a.s3.options(true, !cli.json && !cli.quiet);
-        let r = s3::upload(&client, &image, &o);
-        log(&l, Event {
-            action: "diskseal.object.upload".into(),
-            success: r.is_ok(),
-            reason_code: if r.is_ok() { 200 } else { 0 },
-            failure: r.as_ref().err().map(ToString::to_string),
-            target_id: target.url(),
-            target_type: "s3/object".into(),
-            image_sha256: Some(sha.clone()),
-            details: r.as_ref().map_or(json!({"file": image}), |u| json!({"file": image, "size": u.size, "etag": u.etag, "parts": u.parts, "parts_uploaded": u.parts_uploaded, "resumed": u.resumed, "notes": u.notes})),
-            ..Event::default()
-        })?;
-        let u = r?;
-        if u.sha256 != sha {
-            return Err(Error::Upload(format!(
-                "{}: the uploaded bytes hash to {}, the bundle says {sha}",
-                image.display(),
-                u.sha256
-            )));
-        }
-        st.uploaded_etag = Some(u.etag);
-        save(&st)?;
-    }
-    // 4. Import (once).
-    if let Some(c) = cloud
-        && st.image_id.is_none()
-    {
-        let s = import::ImportSettings {
-            cloud: c,
-            endpoint: import_endpoint.trim_end_matches('/').to_owned(),
-            iam_endpoint: l.iam_endpoint(),
-            api_key: l.api_key()?,
-            name: name.clone(),
-            cos_uri: a.object.clone(),
-            os: os.clone(),
-            wdek: st.wdek.clone().unwrap_or_default(),
-            key_crn: key_crn.clone(),
-            byol: a.byol,
-            tag: format!("ship {}", &sha[..16.min(sha.len())]),
-            poll: std::time::Duration::from_millis(a.poll_ms),
-            timeout: std::time::Duration::from_secs(a.wait_secs),
-            retry: crate::config::RetryPolicy::default(),
-        };
-        let resume = match (&st.image_created, st.import_sent) {
-            (Some(id), _) => import::Resume::Created(id.clone()),
-            (None, true) => import::Resume::MaybeSent,
-            (None, false) => import::Resume::Fresh,
-        };
-        let r = import::import_resuming(s, resume, |step| {
-            match step {
-                import::Step::Sending => st.import_sent = true,
-                import::Step::Created(id) => st.image_created = Some(id.clone()),
-            }
-            save(&st)
-        });
-        log(
-            &l,
-            Event {
-                action: format!("diskseal.image.import.{}", a.target),
-                success: r.is_ok(),
-                reason_code: if r.is_ok() { 200 } else { 0 },
-                failure: r.as_ref().err().map(ToString::to_string),
-                target_id: a.object.clone(),
-                target_type: "image".into(),
-                image_sha256: Some(sha.clone()),
-                details: json!({"name": name, "endpoint": import_endpoint, "image_id": r.as_ref().ok().map(|i| i.id.clone()), "key_crn": key_crn}),
-                ..Event::default()
-            },
-        )?;
-        st.image_id = Some(r?.id);
-        save(&st)?;
-    }
-    log(
-        &l,
-        Event {
-            action: "diskseal.ship".into(),
-            success: true,
-            reason_code: 200,
-            target_id: a.object.clone(),
-            target_type: "image".into(),
-            image_sha256: Some(sha.clone()),
-            details: json!({"target": a.target, "image_id": st.image_id, "etag": st.uploaded_etag}),
-            ..Event::default()
-        },
-    )?;
+    let s = crate::ship::ship(&l, &r, &mut on)?;
     print(
         cli,
-        json!({"image_id": st.image_id, "object": a.object, "sha256": sha, "etag": st.uploaded_etag, "wdek": st.wdek, "key_version": st.key_version}),
-        st.image_id.clone().unwrap_or_else(|| {
+        serde_json::to_value(&s).unwrap_or_default(),
+        s.image_id.clone().unwrap_or_else(|| {
             format!(
                 "{} uploaded; WDEK {}",
-                a.object,
-                st.wdek.as_deref().unwrap_or("")
+                s.object,
+                s.wdek.as_deref().unwrap_or("")
             )
         }),
     );
     Ok(())
+}
+
+/// What Ctrl-C says before the agent stops (set while an upload runs).
+static INTERRUPTED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// Shows upload progress on stderr (when `show` and it is a terminal) and keeps the Ctrl-C message
+/// naming the upload's state file.
+fn upload_progress(show: bool, p: crate::s3::Progress<'_>) {
+    use std::io::IsTerminal;
+    match p {
+        crate::s3::Progress::Started { upload_id, state } => {
+            // The state file is always whole (written by rename): say how to go on, and stop.
+            let msg = format!(
+                "\ndiskseal-agent: interrupted: upload {upload_id} is unfinished; its state is in {}: rerun the same command to resume, or add --abort to abort it",
+                state.display()
+            );
+            *INTERRUPTED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(msg);
+            let _ = ctrlc::set_handler(|| {
+                if let Some(m) = INTERRUPTED
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .as_deref()
+                {
+                    eprintln!("{m}");
+                }
+                std::process::exit(130);
+            });
+        }
+        crate::s3::Progress::Sent {
+            done,
+            total,
+            elapsed,
+        } if show && std::io::stderr().is_terminal() => progress(done, total, elapsed),
+        crate::s3::Progress::PartsDone if show && std::io::stderr().is_terminal() => eprintln!(),
+        _ => {}
+    }
+}
+
+fn progress(done: u64, total: u64, t: std::time::Duration) {
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    let rate = mib(done) / t.as_secs_f64().max(1e-3);
+    let eta = if rate > 0.0 {
+        mib(total.saturating_sub(done)) / rate
+    } else {
+        0.0
+    };
+    let mut e = std::io::stderr();
+    let _ = write!(
+        e,
+        "\r{:.0}/{:.0} MiB  {rate:.1} MiB/s  ETA {eta:.0} s   ",
+        mib(done),
+        mib(total)
+    );
+    let _ = e.flush();
 }
 
 fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
@@ -1205,7 +943,7 @@ fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
         tag: String::new(),
         poll: std::time::Duration::from_millis(a.poll_ms),
         timeout: std::time::Duration::from_secs(a.wait_secs),
-        retry: crate::config::RetryPolicy::default(),
+        retry: crate::http::RetryPolicy::default(),
     };
     let r = import::import(s);
     log(
@@ -1215,7 +953,7 @@ fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
             success: r.is_ok(),
             reason_code: match &r {
                 Ok(_) => 200,
-                Err(Error::Kms(k)) => k.reason_code(),
+                Err(Error::Remote(k)) => k.reason_code(),
                 Err(_) => 0,
             },
             failure: r.as_ref().err().map(ToString::to_string),
@@ -1234,50 +972,6 @@ fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
     Ok(())
 }
 
-/// The S3 client's authorisation for `url` per `mode` (auto, hmac, iam), and the region the AWS
-/// settings give: HMAC keys as the AWS CLI finds them ([`crate::awsconfig`]); IAM bearer tokens from
-/// the IBM Cloud API key ([`Layers::api_key`]) for `--auth iam`, or for cos:// without HMAC keys.
-fn s3_auth(
-    l: &Layers,
-    url: &str,
-    mode: &str,
-    profile: Option<&str>,
-    region: Option<&str>,
-    retry: crate::config::RetryPolicy,
-) -> Result<(crate::s3::Auth, Option<String>)> {
-    use crate::s3::Auth;
-    let iam = || -> Result<Auth> {
-        Ok(Auth::Iam(std::sync::Arc::new(
-            crate::kms::iam::IamTokens::new(&l.iam_endpoint(), l.api_key()?, retry),
-        )))
-    };
-    if mode == "iam" {
-        let region = region.map(str::to_owned);
-        return Ok((iam()?, region));
-    }
-    if mode != "auto" && mode != "hmac" {
-        return Err(Error::Config(format!(
-            "--auth {mode}: use auto, hmac or iam"
-        )));
-    }
-    let aws = crate::awsconfig::resolve(profile, region, &|k| std::env::var(k).ok())?;
-    match aws.credentials {
-        Some(c) => Ok((Auth::Hmac(c), aws.region)),
-        None if mode == "auto" && url.starts_with("cos://") && l.api_key().is_ok() => {
-            Ok((iam()?, aws.region))
-        }
-        None => Err(Error::Config(format!(
-            "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (IBM COS: its HMAC keys), or put them in the AWS profile {:?} (~/.aws/credentials; --profile, AWS_PROFILE){}",
-            aws.name,
-            if url.starts_with("cos://") {
-                "; or give an IBM Cloud API key (IBMCLOUD_API_KEY, --api-key-file) for IAM tokens"
-            } else {
-                ""
-            }
-        ))),
-    }
-}
-
 fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
     use crate::s3;
     let l = layers_from(
@@ -1288,9 +982,9 @@ fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
             ..FileConfig::default()
         },
     )?;
-    let mut retry = crate::config::RetryPolicy {
+    let mut retry = crate::http::RetryPolicy {
         max_attempts: 6,
-        ..crate::config::RetryPolicy::default()
+        ..crate::http::RetryPolicy::default()
     };
     if let Some(n) = a.max_attempts {
         retry.max_attempts = n.max(1);
@@ -1298,8 +992,7 @@ fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
     if let Some(ms) = a.retry_base_ms {
         retry.base = std::time::Duration::from_millis(ms);
     }
-    let (auth, region) = s3_auth(
-        &l,
+    let (auth, region) = l.s3_auth(
         &a.url,
         &a.auth.auth,
         a.auth.profile.as_deref(),
@@ -1332,8 +1025,9 @@ fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
         print(cli, json!({"aborted": true, "url": url}), text);
         return Ok(());
     }
-    let o = a.s3.options(a.s3.force, !cli.json && !cli.quiet);
-    let r = s3::upload(&client, &a.file, &o);
+    let o = a.s3.options(a.s3.force);
+    let show = !cli.json && !cli.quiet;
+    let r = s3::upload(&client, &a.file, &o, &mut |p| upload_progress(show, p));
     let (ok, failure) = match &r {
         Ok(_) => (true, None),
         Err(e) => (false, Some(e.to_string())),
@@ -1343,7 +1037,7 @@ fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
         success: ok,
         reason_code: match &r {
             Ok(_) => 200,
-            Err(Error::Kms(k)) => k.reason_code(),
+            Err(Error::Remote(k)) => k.reason_code(),
             Err(_) => 0,
         },
         failure,
@@ -1399,43 +1093,6 @@ fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(|e| Error::io("write", path, e))
-}
-
-fn log(l: &Layers, ev: Event) -> Result<()> {
-    audit::append(&l.audit_log(), &ev)
-}
-
-fn log_kms(
-    l: &Layers,
-    action: &str,
-    kms: &dyn KeyWrapper,
-    r: std::result::Result<Option<String>, KmsError>,
-    image_sha256: Option<String>,
-    details: serde_json::Value,
-) -> Result<()> {
-    let (success, reason_code, failure, correlation_id) = match r {
-        Ok(cid) => (true, 200, None, cid),
-        Err(e) => (
-            false,
-            e.reason_code(),
-            Some(e.to_string()),
-            e.correlation_id.clone(),
-        ),
-    };
-    log(
-        l,
-        Event {
-            action: action.into(),
-            success,
-            reason_code,
-            failure,
-            target_id: kms.target(),
-            target_type: "kms/secrets".into(),
-            correlation_id,
-            image_sha256,
-            details,
-        },
-    )
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::http::RetryPolicy;
+use crate::kms::keyprotect::{KmsSettings, Service};
 use crate::secret::SecretString;
 
 /// Key Protect regions (`ibm-cloud.md` §2).
@@ -146,79 +148,6 @@ fn from_env(env: &dyn Fn(&str) -> Option<String>) -> FileConfig {
         token_label: get("DISKSEAL_PKCS11_TOKEN"),
         aws_region: get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION")),
         ..FileConfig::default()
-    }
-}
-
-/// Retry policy for KMS and IAM requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Attempts, the first included.
-    pub max_attempts: u32,
-    /// First back-off step (doubled each time, with jitter).
-    pub base: Duration,
-    /// Cap on any single wait, `Retry-After` included.
-    pub max_wait: Duration,
-    /// Per-request timeout.
-    pub timeout: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 4,
-            base: Duration::from_millis(500),
-            max_wait: Duration::from_secs(30),
-            timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// Which IBM key service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Service {
-    /// IBM Key Protect.
-    KeyProtect,
-    /// Hyper Protect Crypto Services (same key API).
-    Hpcs,
-}
-
-/// Everything the IBM backend needs, resolved.
-#[derive(Debug, Clone)]
-pub struct KmsSettings {
-    /// The service.
-    pub service: Service,
-    /// Region, when known (used in CRNs).
-    pub region: Option<String>,
-    /// KMS base URL (no trailing slash).
-    pub endpoint: String,
-    /// IAM base URL (no trailing slash).
-    pub iam_endpoint: String,
-    /// Instance GUID.
-    pub instance_id: String,
-    /// Root key id or alias.
-    pub key_id: String,
-    /// Optional key ring.
-    pub key_ring: Option<String>,
-    /// The API key (redacted in `Debug`).
-    pub api_key: SecretString,
-    /// Retries.
-    pub retry: RetryPolicy,
-}
-
-impl KmsSettings {
-    /// The root key's CRN (`crn:v1:bluemix:public:kms|hs-crypto:<region>:a/<account>:<instance>:key:<id>`);
-    /// the account is not known locally, so it is left empty.
-    pub fn key_crn(&self) -> String {
-        let svc = match self.service {
-            Service::KeyProtect => "kms",
-            Service::Hpcs => "hs-crypto",
-        };
-        format!(
-            "crn:v1:bluemix:public:{svc}:{}:a/:{}:key:{}",
-            self.region.as_deref().unwrap_or(""),
-            self.instance_id,
-            self.key_id
-        )
     }
 }
 
@@ -548,6 +477,63 @@ impl Layers {
             api_key: self.api_key()?,
             retry: self.retry(),
         })
+    }
+
+    /// The configured key wrapper: a PKCS#11 token, AWS KMS, or IBM Key Protect / HPCS.
+    pub fn wrapper(&self) -> Result<Box<dyn crate::kms::KeyWrapper>> {
+        if self.is_pkcs11() {
+            return Ok(Box::new(crate::kms::pkcs11::Pkcs11::new(self.pkcs11()?)?));
+        }
+        if self.service() == "aws-kms" {
+            return Ok(Box::new(crate::kms::aws::AwsKms::new(self.aws()?)));
+        }
+        Ok(Box::new(crate::kms::keyprotect::KeyProtect::new(
+            self.kms()?,
+        )))
+    }
+
+    /// The S3 client's authorisation for `url` per `mode` (auto, hmac, iam), and the region the AWS
+    /// settings give: HMAC keys as the AWS CLI finds them ([`crate::awsconfig`]); IAM bearer tokens from
+    /// the IBM Cloud API key ([`Layers::api_key`]) for `--auth iam`, or for cos:// without HMAC keys.
+    pub fn s3_auth(
+        &self,
+        url: &str,
+        mode: &str,
+        profile: Option<&str>,
+        region: Option<&str>,
+        retry: RetryPolicy,
+    ) -> Result<(crate::s3::Auth, Option<String>)> {
+        use crate::s3::Auth;
+        let iam = || -> Result<Auth> {
+            Ok(Auth::Iam(std::sync::Arc::new(
+                crate::http::iam::IamTokens::new(&self.iam_endpoint(), self.api_key()?, retry),
+            )))
+        };
+        if mode == "iam" {
+            let region = region.map(str::to_owned);
+            return Ok((iam()?, region));
+        }
+        if mode != "auto" && mode != "hmac" {
+            return Err(Error::Config(format!(
+                "--auth {mode}: use auto, hmac or iam"
+            )));
+        }
+        let aws = crate::awsconfig::resolve(profile, region, &|k| std::env::var(k).ok())?;
+        match aws.credentials {
+            Some(c) => Ok((Auth::Hmac(c), aws.region)),
+            None if mode == "auto" && url.starts_with("cos://") && self.api_key().is_ok() => {
+                Ok((iam()?, aws.region))
+            }
+            None => Err(Error::Config(format!(
+                "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (IBM COS: its HMAC keys), or put them in the AWS profile {:?} (~/.aws/credentials; --profile, AWS_PROFILE){}",
+                aws.name,
+                if url.starts_with("cos://") {
+                    "; or give an IBM Cloud API key (IBMCLOUD_API_KEY, --api-key-file) for IAM tokens"
+                } else {
+                    ""
+                }
+            ))),
+        }
     }
 
     /// The retry policy from the merged settings.

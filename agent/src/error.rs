@@ -31,9 +31,9 @@ pub enum Error {
     /// The age identity is missing, malformed or does not open the sealed key.
     #[error("identity: {0}")]
     Identity(String),
-    /// The KMS answered with an error.
+    /// A remote service (IAM, a KMS, S3 / COS, VPC, SoftLayer) answered with an error, or did not answer.
     #[error("{0}")]
-    Kms(#[from] crate::kms::KmsError),
+    Remote(#[from] crate::http::RemoteError),
     /// The audit log is damaged or was tampered with.
     #[error("audit log {}: {message}", path.display())]
     Audit {

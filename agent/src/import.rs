@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::config::RetryPolicy;
 use crate::error::{Error, Result};
-use crate::kms::http::{Reply, with_retries};
-use crate::kms::iam::IamTokens;
-use crate::kms::{KmsError, KmsErrorKind};
+use crate::http::RetryPolicy;
+use crate::http::iam::IamTokens;
+use crate::http::{RemoteError, RemoteErrorKind, service};
+use crate::http::{Reply, with_retries};
 use crate::secret::SecretString;
 use crate::wire;
 
@@ -260,6 +260,13 @@ struct Api {
 }
 
 impl Api {
+    fn service(&self) -> crate::http::Service {
+        match self.s.cloud {
+            Cloud::Vpc => service::VPC,
+            Cloud::Classic => service::SOFTLAYER,
+        }
+    }
+
     fn label(&self) -> String {
         match self.s.cloud {
             Cloud::Vpc => format!("VPC at {}", self.s.endpoint),
@@ -272,11 +279,12 @@ impl Api {
             Cloud::Vpc => wire::vpc_error(&r.body),
             Cloud::Classic => wire::softlayer_error(&r.body),
         };
-        Error::Kms(KmsError {
-            kind: KmsErrorKind::Http,
+        Error::Remote(RemoteError {
+            kind: RemoteErrorKind::Http,
+            service: self.service(),
             endpoint: format!("{} ({what})", self.label()),
             status: Some(r.status),
-            reason: e.reason,
+            code: e.reason,
             message: e
                 .message
                 .unwrap_or_else(|| r.body.chars().take(200).collect()),
@@ -305,8 +313,11 @@ impl Api {
         token: &SecretString,
     ) -> Result<Reply> {
         let auth = format!("Bearer {}", token.expose());
-        Ok(with_retries(&self.s.retry, &self.label(), || {
-            match (method, body) {
+        Ok(with_retries(
+            self.service(),
+            &self.s.retry,
+            &self.label(),
+            || match (method, body) {
                 ("POST", Some(b)) => self
                     .agent
                     .post(url)
@@ -319,8 +330,8 @@ impl Api {
                     .header("authorization", &auth)
                     .header("accept", "application/json")
                     .call(),
-            }
-        })?)
+            },
+        )?)
     }
 }
 

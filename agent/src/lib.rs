@@ -3,11 +3,14 @@
 //! - [`identity`]: the agent's age X25519 identity (`init`) and unsealing `dek.age`;
 //! - [`verify`]: `bundle verify`: manifest schema, image hash, the key unseals;
 //! - [`config`]: flags > environment > TOML file; region → endpoint tables; redacted secrets;
+//! - [`http`]: what every remote client shares: retries with `Retry-After`, IAM tokens ([`http::iam`]),
+//!   SigV4 ([`http::sigv4`]) and the one error type, [`http::RemoteError`];
 //! - [`kms`]: key wrapping behind one trait, [`kms::KeyWrapper`], with an in-memory fake and IBM Key
 //!   Protect / Hyper Protect Crypto Services over REST ([`kms::keyprotect`]);
 //! - [`s3`]: resumable parallel multipart upload to S3 / IBM COS (`upload`), HMAC (SigV4) or IAM
 //!   bearer auth; [`awsconfig`]: AWS profiles (`~/.aws/credentials`, `~/.aws/config`);
 //! - [`import`]: IBM VPC / classic image import with pre-flight checks and polling (`import`);
+//! - [`ship`]: bundle → wrapped key → uploaded object → imported image, resumable (`ship`);
 //! - [`audit`]: the hash-chained CADF-shaped JSONL audit log and its verifier;
 //! - [`wire`]: the server response parsers (S3 XML, IAM / Key Protect / AWS KMS / VPC /
 //!   SoftLayer JSON) as pure functions, fuzzed in `fuzz/`.
@@ -21,11 +24,13 @@ pub mod awsconfig;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod identity;
 pub mod import;
 pub mod kms;
 pub mod s3;
 pub mod secret;
+pub mod ship;
 pub mod time;
 pub mod verify;
 pub mod wire;

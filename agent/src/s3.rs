@@ -1,6 +1,6 @@
 //! Resumable, parallel S3 multipart upload (AWS S3, IBM COS, any S3-compatible server), signed with
-//! the hand-written SigV4 of [`crate::kms::aws`] (HMAC keys) or authorised with an IBM IAM bearer token
-//! ([`Auth::Iam`], IBM COS), and retried by the shared loop of `kms/http.rs`.
+//! the SigV4 of [`crate::http::sigv4`] (HMAC keys) or authorised with an IBM IAM bearer token
+//! ([`Auth::Iam`], IBM COS), and retried by the shared loop of [`crate::http`].
 //!
 //! - parts go out on `jobs` threads, each holding one part buffer (memory: jobs × part size);
 //! - every part carries `Content-MD5` and `x-amz-checksum-sha256` (signed headers) and is sent as
@@ -17,7 +17,7 @@
 //! - after Complete, HEAD must show the source's size and the composite ETag `md5(part md5s)-N`.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Read, Write};
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -29,13 +29,13 @@ use md5::Md5;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::RetryPolicy;
 use crate::error::{Error, Result};
-use crate::kms::aws::{SigV4, sigv4_authorization};
-use crate::kms::http::{Reply, with_retries};
-use crate::kms::iam::IamTokens;
-use crate::kms::{KmsError, KmsErrorKind};
-use crate::secret::SecretString;
+use crate::http::RetryPolicy;
+use crate::http::iam::IamTokens;
+pub use crate::http::sigv4::Credentials;
+use crate::http::sigv4::{SigV4, sigv4_authorization};
+use crate::http::{RemoteError, RemoteErrorKind, service};
+use crate::http::{Reply, with_retries};
 
 /// S3's limit on parts per upload.
 pub const MAX_PARTS: u64 = 10_000;
@@ -110,35 +110,6 @@ impl Target {
             self.bucket,
             uri_encode(&self.key, false)
         )
-    }
-}
-
-/// S3 credentials (HMAC).
-#[derive(Debug, Clone)]
-pub struct Credentials {
-    /// Access key id.
-    pub access_key_id: String,
-    /// Secret access key (redacted).
-    pub secret_access_key: SecretString,
-    /// Session token (redacted).
-    pub session_token: Option<SecretString>,
-}
-
-impl Credentials {
-    /// From `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
-    pub fn from_env() -> Result<Credentials> {
-        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let (Some(ak), Some(sk)) = (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")) else {
-            return Err(Error::Config(
-                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (for IBM COS: its HMAC keys)"
-                    .into(),
-            ));
-        };
-        Ok(Credentials {
-            access_key_id: ak,
-            secret_access_key: SecretString::new(sk),
-            session_token: get("AWS_SESSION_TOKEN").map(SecretString::new),
-        })
     }
 }
 
@@ -250,8 +221,8 @@ fn token_refused(r: &Reply) -> bool {
 
 /// True for the server saying a part's bytes do not match its Content-MD5 / checksum headers.
 fn digest_refused(e: &Error) -> bool {
-    matches!(e, Error::Kms(k) if k.status == Some(400) && matches!(
-        k.reason.as_deref(),
+    matches!(e, Error::Remote(k) if k.status == Some(400) && matches!(
+        k.code.as_deref(),
         Some("BadDigest" | "InvalidDigest" | "XAmzContentSHA256Mismatch" | "InvalidChecksum")
     ))
 }
@@ -356,7 +327,7 @@ impl Client {
                 (Auth::Iam(iam), None) => Some(iam.token()?),
                 (Auth::Iam(iam), Some(g)) => Some(iam.refresh(g)?),
             };
-            let reply = with_retries(&self.retry, &self.label(), || {
+            let reply = with_retries(service::S3, &self.retry, &self.label(), || {
                 let mut h: Vec<(String, String)> = vec![("host".into(), host.clone())];
                 h.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
                 match (&self.auth, &bearer) {
@@ -433,11 +404,12 @@ impl Client {
             });
         let message = xml_tag(&r.body, "Message")
             .map_or_else(|| r.body.chars().take(200).collect(), str::to_owned);
-        Error::Kms(KmsError {
-            kind: KmsErrorKind::Http,
+        Error::Remote(RemoteError {
+            kind: RemoteErrorKind::Http,
+            service: service::S3,
             endpoint: format!("{} ({what} {})", self.label(), self.t.url()),
             status: Some(r.status),
-            reason,
+            code: reason,
             message,
             correlation_id: r
                 .correlation_id
@@ -678,8 +650,29 @@ pub struct Options {
     pub part_size: Option<u64>,
     /// Overwrite an existing object.
     pub force: bool,
-    /// Show a progress line on stderr (when it is a terminal).
-    pub progress: bool,
+}
+
+/// What [`upload`] tells its caller as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// The multipart upload `upload_id` is under way; its state is in `state` (a rerun resumes it).
+    Started {
+        /// The upload id.
+        upload_id: &'a str,
+        /// The state file.
+        state: &'a Path,
+    },
+    /// `done` of the `total` bytes this run sends are sent, after `elapsed`.
+    Sent {
+        /// Bytes sent.
+        done: u64,
+        /// Bytes to send.
+        total: u64,
+        /// Since the first part.
+        elapsed: Duration,
+    },
+    /// Every part is sent.
+    PartsDone,
 }
 
 /// What an upload did.
@@ -745,7 +738,12 @@ pub fn abort(client: &Client, source: &Path) -> Result<Option<String>> {
 }
 
 /// Uploads `source` (resuming per its state file).
-pub fn upload(client: &Client, source: &Path, o: &Options) -> Result<Uploaded> {
+pub fn upload(
+    client: &Client,
+    source: &Path,
+    o: &Options,
+    on: &mut dyn FnMut(Progress<'_>),
+) -> Result<Uploaded> {
     let f = std::fs::File::open(source).map_err(|e| Error::io("open", source, e))?;
     let meta = f.metadata().map_err(|e| Error::io("stat", source, e))?;
     let (size, mtime) = (meta.len(), mtime_ns(&meta));
@@ -861,15 +859,13 @@ pub fn upload(client: &Client, source: &Path, o: &Options) -> Result<Uploaded> {
         ))
     };
     let upload_id = state.upload_id.clone();
-    // Ctrl-C: the state file is always whole (written by rename), so say how to go on and stop.
-    let (msg_id, msg_state) = (upload_id.clone(), sp.display().to_string());
-    let _ = ctrlc::set_handler(move || {
-        eprintln!(
-            "\ndiskseal-agent: interrupted: upload {msg_id} is unfinished; its state is in {msg_state}: rerun the same command to resume, or add --abort to abort it"
-        );
-        std::process::exit(130);
+    on(Progress::Started {
+        upload_id: &upload_id,
+        state: &sp,
     });
-    let (sha, failure) = send_parts(client, &f, source, &mut state, &sp, &missing, o, &mut notes);
+    let (sha, failure) = send_parts(
+        client, &f, source, &mut state, &sp, &missing, o, &mut notes, on,
+    );
     if let Some(e) = failure {
         return Err(interrupted(e, &upload_id));
     }
@@ -945,6 +941,7 @@ fn send_parts(
     missing: &[u32],
     o: &Options,
     notes: &mut Vec<String>,
+    on: &mut dyn FnMut(Progress<'_>),
 ) -> (Result<String>, Option<Error>) {
     let size = state.size;
     let next = AtomicUsize::new(0);
@@ -955,7 +952,6 @@ fn send_parts(
         .iter()
         .map(|n| (size - u64::from(n - 1) * part_size).min(part_size))
         .sum();
-    let show = o.progress && std::io::stderr().is_terminal();
     std::thread::scope(|sc| {
         let hasher = sc.spawn(|| -> Result<String> {
             let mut r = std::fs::File::open(source).map_err(|e| Error::io("open", source, e))?;
@@ -1009,9 +1005,11 @@ fn send_parts(
                         stop.store(true, Ordering::Relaxed);
                     }
                     done += len;
-                    if show {
-                        progress(done, total_missing, t0.elapsed());
-                    }
+                    on(Progress::Sent {
+                        done,
+                        total: total_missing,
+                        elapsed: t0.elapsed(),
+                    });
                 }
                 Err(e) => {
                     failure.get_or_insert(e);
@@ -1019,9 +1017,7 @@ fn send_parts(
                 }
             }
         }
-        if show {
-            eprintln!();
-        }
+        on(Progress::PartsDone);
         let sha = hasher
             .join()
             .unwrap_or_else(|_| Err(Error::Upload("the hashing thread panicked".into())));
@@ -1116,24 +1112,6 @@ fn send_part(
     Err(Error::Upload(format!(
         "part {n} did not arrive intact in {PART_TRIES} attempts: {why}"
     )))
-}
-
-fn progress(done: u64, total: u64, t: Duration) {
-    let mib = |b: u64| b as f64 / f64::from(1 << 20);
-    let rate = mib(done) / t.as_secs_f64().max(1e-3);
-    let eta = if rate > 0.0 {
-        mib(total.saturating_sub(done)) / rate
-    } else {
-        0.0
-    };
-    let mut e = std::io::stderr();
-    let _ = write!(
-        e,
-        "\r{:.0}/{:.0} MiB  {rate:.1} MiB/s  ETA {eta:.0} s   ",
-        mib(done),
-        mib(total)
-    );
-    let _ = e.flush();
 }
 
 #[cfg(test)]
@@ -1247,11 +1225,12 @@ mod tests {
         )));
         assert!(!token_refused(&reply(404, "")));
         let kms = |status, reason: &str| {
-            Error::Kms(KmsError {
-                kind: KmsErrorKind::Http,
+            Error::Remote(RemoteError {
+                kind: RemoteErrorKind::Http,
+                service: service::S3,
                 endpoint: String::new(),
                 status: Some(status),
-                reason: Some(reason.into()),
+                code: Some(reason.into()),
                 message: String::new(),
                 correlation_id: None,
                 attempts: 1,

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
+use crate::config::Layers;
 use crate::error::{Error, Result};
 use crate::secret::SecretBytes;
 
@@ -175,4 +176,34 @@ fn unlock_with(profile: Profile, key: &SecretBytes) -> diskseal::Result<Unlock> 
         return Ok(Unlock::ClassicVhd(VolumeKey::from_bytes(bytes)?));
     }
     Ok(Unlock::Passphrase(profile.passphrase(bytes)?))
+}
+/// [`verify`] (and with `deep` [`verify_plaintext`]) with the identity `l` names, logged to `l`'s audit log.
+pub fn verify_logged(l: &Layers, bundle: &Path, deep: bool) -> Result<Verified> {
+    let r = crate::identity::load(&l.identity())
+        .and_then(|ids| verify(bundle, &ids))
+        .and_then(|v| {
+            if deep {
+                verify_plaintext(&v)?;
+            }
+            Ok(v)
+        });
+    let (ok, failure) = match &r {
+        Ok(_) => (true, None),
+        Err(e) => (false, Some(e.to_string())),
+    };
+    crate::audit::log(
+        l,
+        crate::audit::Event {
+            action: "diskseal.bundle.verify".into(),
+            success: ok,
+            reason_code: if ok { 200 } else { 400 },
+            failure,
+            target_id: bundle.display().to_string(),
+            target_type: "diskseal/bundle".into(),
+            image_sha256: r.as_ref().ok().map(|v| v.manifest.image.sha256.clone()),
+            details: serde_json::json!({"deep": deep}),
+            ..crate::audit::Event::default()
+        },
+    )?;
+    r
 }

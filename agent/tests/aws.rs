@@ -50,7 +50,7 @@ fn aws_kms_passes_the_conformance_suite() {
         access_key_id: ak,
         secret_access_key: diskseal_agent::secret::SecretString::new(sk.clone()),
         session_token: None,
-        retry: diskseal_agent::config::RetryPolicy::default(),
+        retry: diskseal_agent::http::RetryPolicy::default(),
     });
     diskseal_agent::kms::conformance(&kms);
     assert!(

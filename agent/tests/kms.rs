@@ -3,9 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use diskseal_agent::config::{KmsSettings, RetryPolicy, Service};
+use diskseal_agent::http::RetryPolicy;
 use diskseal_agent::kms::keyprotect::KeyProtect;
-use diskseal_agent::kms::{KeyWrapper, KmsErrorKind, conformance};
+use diskseal_agent::kms::keyprotect::{KmsSettings, Service};
+use diskseal_agent::kms::{KeyWrapper, RemoteErrorKind, conformance};
 use diskseal_agent::secret::{SecretBytes, SecretString};
 use zeroize::Zeroizing;
 
@@ -162,7 +163,7 @@ fn documented_error_body_reaches_the_user() {
     fake.with(|s| s.kp_faults.push_back(Fault::Body(400, body)));
     let e = kp.wrap(&secret(b"k")).unwrap_err();
     let text = e.to_string();
-    assert_eq!(e.kind, KmsErrorKind::Http);
+    assert_eq!(e.kind, RemoteErrorKind::Http);
     for needle in [
         "HTTP 400",
         "KEY_ROOT_REQ_ERR",
@@ -227,7 +228,7 @@ fn unreachable_kms_names_the_endpoint_after_bounded_retries() {
     s.endpoint = format!("http://127.0.0.1:{port}");
     let t = Instant::now();
     let e = KeyProtect::new(s).wrap(&secret(b"k")).unwrap_err();
-    assert_eq!(e.kind, KmsErrorKind::Unreachable);
+    assert_eq!(e.kind, RemoteErrorKind::Unreachable);
     assert_eq!(e.attempts, 3);
     let text = e.to_string();
     assert!(

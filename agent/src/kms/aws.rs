@@ -6,13 +6,12 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hmac::{Hmac, KeyInit, Mac};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::{Generated, KeyWrapper, KmsError, KmsErrorKind, Unwrapped, Wrapped, b64};
-use crate::config::RetryPolicy;
+use super::{Generated, KeyWrapper, Unwrapped, Wrapped, b64};
+use crate::http::sigv4::{SigV4, sigv4_authorization};
+use crate::http::{RemoteError, RemoteErrorKind, RetryPolicy, service};
 use crate::secret::{SecretBytes, SecretString};
 use crate::wire;
 
@@ -42,81 +41,6 @@ pub struct AwsKms {
     agent: ureq::Agent,
 }
 
-fn hex(b: &[u8]) -> String {
-    diskseal::bundle::hex(b)
-}
-
-fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
-    m.update(data);
-    m.finalize().into_bytes().to_vec()
-}
-
-/// What SigV4 signs.
-#[derive(Debug)]
-pub struct SigV4<'a> {
-    /// HTTP method.
-    pub method: &'a str,
-    /// URI-encoded path.
-    pub path: &'a str,
-    /// Canonical query string.
-    pub query: &'a str,
-    /// Headers to sign; must include `host` and `x-amz-date`.
-    pub headers: &'a [(&'a str, &'a str)],
-    /// Request body.
-    pub body: &'a [u8],
-    /// The `x-amz-content-sha256` value when the caller already has it (S3: the part's hex SHA-256,
-    /// hashed once for the checksum and the signature, or `UNSIGNED-PAYLOAD`); None hashes `body`.
-    pub payload_sha256: Option<&'a str>,
-    /// Region.
-    pub region: &'a str,
-    /// Service, e.g. "kms".
-    pub service: &'a str,
-    /// The `x-amz-date` value.
-    pub amz_date: &'a str,
-}
-
-/// A SigV4 `Authorization` header; the headers are signed lower-cased, trimmed and sorted.
-pub fn sigv4_authorization(r: &SigV4<'_>, access_key: &str, secret: &str) -> String {
-    let SigV4 {
-        method,
-        path,
-        query,
-        headers,
-        body,
-        payload_sha256,
-        region,
-        service,
-        amz_date,
-    } = *r;
-    let mut h: Vec<(String, String)> = headers
-        .iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    h.sort();
-    let canonical_headers: String = h.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
-    let signed: Vec<&str> = h.iter().map(|(k, _)| k.as_str()).collect();
-    let signed = signed.join(";");
-    let payload = payload_sha256.map_or_else(|| hex(&Sha256::digest(body)), str::to_owned);
-    let creq = format!("{method}\n{path}\n{query}\n{canonical_headers}\n{signed}\n{payload}");
-    let date = &amz_date[..8];
-    let scope = format!("{date}/{region}/{service}/aws4_request");
-    let sts = format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-        hex(&Sha256::digest(creq.as_bytes()))
-    );
-    let k_secret = Zeroizing::new(format!("AWS4{secret}"));
-    let k = hmac(k_secret.as_bytes(), date.as_bytes());
-    let k = hmac(&k, region.as_bytes());
-    let k = hmac(&k, service.as_bytes());
-    let k = hmac(&k, b"aws4_request");
-    let sig = hex(&hmac(&k, sts.as_bytes()));
-    format!(
-        "AWS4-HMAC-SHA256 Credential={access_key}/{scope}, SignedHeaders={signed}, Signature={sig}"
-    )
-}
-
 impl AwsKms {
     /// A client; nothing is sent until the first call.
     pub fn new(s: AwsSettings) -> AwsKms {
@@ -134,7 +58,7 @@ impl AwsKms {
         format!("AWS KMS at {}", self.s.endpoint)
     }
 
-    fn call(&self, op: &str, body: &Zeroizing<String>) -> Result<wire::AwsKmsReply, KmsError> {
+    fn call(&self, op: &str, body: &Zeroizing<String>) -> Result<wire::AwsKmsReply, RemoteError> {
         let url = format!("{}/", self.s.endpoint);
         let host = self
             .s
@@ -176,23 +100,25 @@ impl AwsKms {
             &self.s.access_key_id,
             self.s.secret_access_key.expose(),
         );
-        let reply = super::http::with_retries(&self.s.retry, &self.label(), || {
-            let mut req = self.agent.post(&url).header("authorization", &auth);
-            for (k, v) in &headers {
-                if *k != "host" {
-                    req = req.header(*k, *v);
+        let reply =
+            crate::http::with_retries(service::AWS_KMS, &self.s.retry, &self.label(), || {
+                let mut req = self.agent.post(&url).header("authorization", &auth);
+                for (k, v) in &headers {
+                    if *k != "host" {
+                        req = req.header(*k, *v);
+                    }
                 }
-            }
-            req.send(body.as_str())
-        })?;
+                req.send(body.as_str())
+            })?;
         let (status, text, request_id) = (reply.status, reply.body, reply.correlation_id);
         if status != 200 {
             let e = wire::aws_kms_error(&text);
-            return Err(KmsError {
-                kind: KmsErrorKind::Http,
+            return Err(RemoteError {
+                kind: RemoteErrorKind::Http,
+                service: service::AWS_KMS,
                 endpoint: self.label(),
                 status: Some(status),
-                reason: e.reason,
+                code: e.reason,
                 message: e
                     .message
                     .unwrap_or_else(|| text.chars().take(200).collect()),
@@ -200,35 +126,38 @@ impl AwsKms {
                 attempts: 1,
             });
         }
-        wire::aws_kms_reply(&text).map_err(|e| KmsError {
-            kind: KmsErrorKind::BadResponse,
+        wire::aws_kms_reply(&text).map_err(|e| RemoteError {
+            kind: RemoteErrorKind::BadResponse,
+            service: service::AWS_KMS,
             endpoint: self.label(),
             status: Some(status),
-            reason: None,
+            code: None,
             message: format!("{op} response is {e}"),
             correlation_id: request_id,
             attempts: 1,
         })
     }
 
-    fn field(&self, v: Option<&String>, name: &str) -> Result<String, KmsError> {
-        v.cloned().ok_or_else(|| KmsError {
-            kind: KmsErrorKind::BadResponse,
+    fn field(&self, v: Option<&String>, name: &str) -> Result<String, RemoteError> {
+        v.cloned().ok_or_else(|| RemoteError {
+            kind: RemoteErrorKind::BadResponse,
+            service: service::AWS_KMS,
             endpoint: self.label(),
             status: Some(200),
-            reason: None,
+            code: None,
             message: format!("no {name} in the response"),
             correlation_id: None,
             attempts: 1,
         })
     }
 
-    fn plaintext(&self, v: &wire::AwsKmsReply) -> Result<SecretBytes, KmsError> {
-        let bad = |message: &str| KmsError {
-            kind: KmsErrorKind::BadResponse,
+    fn plaintext(&self, v: &wire::AwsKmsReply) -> Result<SecretBytes, RemoteError> {
+        let bad = |message: &str| RemoteError {
+            kind: RemoteErrorKind::BadResponse,
+            service: service::AWS_KMS,
             endpoint: self.label(),
             status: Some(200),
-            reason: None,
+            code: None,
             message: message.into(),
             correlation_id: None,
             attempts: 1,
@@ -246,7 +175,7 @@ impl KeyWrapper for AwsKms {
         self.s.key_id.clone()
     }
 
-    fn wrap(&self, plaintext: &SecretBytes) -> Result<Wrapped, KmsError> {
+    fn wrap(&self, plaintext: &SecretBytes) -> Result<Wrapped, RemoteError> {
         let body = Zeroizing::new(
             json!({"KeyId": self.s.key_id, "Plaintext": b64(plaintext.expose())}).to_string(),
         );
@@ -258,7 +187,7 @@ impl KeyWrapper for AwsKms {
         })
     }
 
-    fn unwrap(&self, ciphertext: &str) -> Result<Unwrapped, KmsError> {
+    fn unwrap(&self, ciphertext: &str) -> Result<Unwrapped, RemoteError> {
         let body = Zeroizing::new(
             json!({"KeyId": self.s.key_id, "CiphertextBlob": ciphertext}).to_string(),
         );
@@ -271,7 +200,7 @@ impl KeyWrapper for AwsKms {
         })
     }
 
-    fn rewrap(&self, ciphertext: &str) -> Result<Wrapped, KmsError> {
+    fn rewrap(&self, ciphertext: &str) -> Result<Wrapped, RemoteError> {
         let body = Zeroizing::new(
             json!({"CiphertextBlob": ciphertext, "DestinationKeyId": self.s.key_id}).to_string(),
         );
@@ -283,7 +212,7 @@ impl KeyWrapper for AwsKms {
         })
     }
 
-    fn generate(&self) -> Result<Generated, KmsError> {
+    fn generate(&self) -> Result<Generated, RemoteError> {
         let body =
             Zeroizing::new(json!({"KeyId": self.s.key_id, "KeySpec": "AES_256"}).to_string());
         let v = self.call("GenerateDataKey", &body)?;
@@ -301,35 +230,6 @@ impl KeyWrapper for AwsKms {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// AWS's published SigV4 test suite, case "get-vanilla".
-    #[test]
-    fn sigv4_get_vanilla() {
-        let req = SigV4 {
-            method: "GET",
-            path: "/",
-            query: "",
-            headers: &[
-                ("host", "example.amazonaws.com"),
-                ("x-amz-date", "20150830T123600Z"),
-            ],
-            body: b"",
-            payload_sha256: None,
-            region: "us-east-1",
-            service: "service",
-            amz_date: "20150830T123600Z",
-        };
-        let auth = sigv4_authorization(
-            &req,
-            "AKIDEXAMPLE",
-            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
-        );
-        assert_eq!(
-            auth,
-            "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date, \
-             Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"
-        );
-    }
 
     #[test]
     fn xml_errors_are_read() {

@@ -5,7 +5,8 @@ use std::sync::Mutex;
 
 use zeroize::Zeroizing;
 
-use super::{Generated, KeyWrapper, KmsError, KmsErrorKind, Unwrapped, Wrapped, b64, uuid4};
+use super::{Generated, KeyWrapper, Unwrapped, Wrapped, b64, uuid4};
+use crate::http::{RemoteError, RemoteErrorKind};
 use crate::secret::SecretBytes;
 
 /// The fake KMS.
@@ -38,11 +39,11 @@ impl KeyWrapper for FakeWrapper {
         "fake:root-key".into()
     }
 
-    fn wrap(&self, plaintext: &SecretBytes) -> Result<Wrapped, KmsError> {
+    fn wrap(&self, plaintext: &SecretBytes) -> Result<Wrapped, RemoteError> {
         Ok(self.store(plaintext.expose()))
     }
 
-    fn unwrap(&self, ciphertext: &str) -> Result<Unwrapped, KmsError> {
+    fn unwrap(&self, ciphertext: &str) -> Result<Unwrapped, RemoteError> {
         let found = self
             .keys
             .lock()
@@ -55,11 +56,12 @@ impl KeyWrapper for FakeWrapper {
                 rewrapped: None,
                 correlation_id: None,
             }),
-            None => Err(KmsError {
-                kind: KmsErrorKind::Http,
+            None => Err(RemoteError {
+                kind: RemoteErrorKind::Http,
+                service: crate::http::Service::Fake,
                 endpoint: "fake KMS".into(),
                 status: Some(422),
-                reason: Some("UNPROCESSABLE_CIPHERTEXT_ERR".into()),
+                code: Some("UNPROCESSABLE_CIPHERTEXT_ERR".into()),
                 message: "The provided ciphertext is invalid or corrupted".into(),
                 correlation_id: None,
                 attempts: 1,
@@ -67,17 +69,18 @@ impl KeyWrapper for FakeWrapper {
         }
     }
 
-    fn rewrap(&self, ciphertext: &str) -> Result<Wrapped, KmsError> {
+    fn rewrap(&self, ciphertext: &str) -> Result<Wrapped, RemoteError> {
         let u = self.unwrap(ciphertext)?;
         Ok(self.store(u.plaintext.expose()))
     }
 
-    fn generate(&self) -> Result<Generated, KmsError> {
-        let key = diskseal::luks::keys::random_bytes(32).map_err(|e| KmsError {
-            kind: KmsErrorKind::BadResponse,
+    fn generate(&self) -> Result<Generated, RemoteError> {
+        let key = diskseal::luks::keys::random_bytes(32).map_err(|e| RemoteError {
+            kind: RemoteErrorKind::BadResponse,
+            service: crate::http::Service::Fake,
             endpoint: "fake KMS".into(),
             status: None,
-            reason: None,
+            code: None,
             message: e.message().to_owned(),
             correlation_id: None,
             attempts: 1,

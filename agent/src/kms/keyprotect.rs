@@ -4,24 +4,74 @@
 //!   `bluemix-instance`, `correlation-id`, optional `x-kms-key-ring`, content type and accept
 //!   `application/vnd.ibm.kms.key_action+json`; body `{"plaintext": base64}` or `{"ciphertext": WDEK}`;
 //!   an empty body to `wrap` makes the service generate a 32-byte key;
-//! - IAM bearer tokens from [`super::iam::IamTokens`] (API-key grant), refreshed after 80 % of their
+//! - IAM bearer tokens from [`crate::http::iam::IamTokens`] (API-key grant), refreshed after 80 % of their
 //!   lifetime and once more when the KMS answers 401;
 //! - retries with exponential back-off and jitter on connection errors, 429 and 5xx (not 501),
-//!   honouring `Retry-After` up to [`RetryPolicy::max_wait`](crate::config::RetryPolicy::max_wait);
+//!   honouring `Retry-After` up to [`RetryPolicy::max_wait`](crate::http::RetryPolicy::max_wait);
 //! - the documented error body (`resources[0].reasons[0].{code,message}`, IAM's `errorCode`/`errorMessage`)
-//!   becomes a [`KmsError`] with the reason code, message and correlation id.
+//!   becomes a [`RemoteError`] with the reason code, message and correlation id.
 
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::http::Reply;
-use super::iam::IamTokens;
-use super::{Generated, KeyWrapper, KmsError, KmsErrorKind, Unwrapped, Wrapped, b64, uuid4};
-use crate::config::{KmsSettings, Service};
+use super::{Generated, KeyWrapper, Unwrapped, Wrapped, b64, uuid4};
+use crate::http::Reply;
+use crate::http::iam::IamTokens;
+use crate::http::{RemoteError, RemoteErrorKind, RetryPolicy, service};
 use crate::secret::SecretBytes;
+use crate::secret::SecretString;
 use crate::wire;
 
 const KEY_ACTION: &str = "application/vnd.ibm.kms.key_action+json";
+
+/// Which IBM key service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// IBM Key Protect.
+    KeyProtect,
+    /// Hyper Protect Crypto Services (same key API).
+    Hpcs,
+}
+
+/// Everything the IBM backend needs, resolved.
+#[derive(Debug, Clone)]
+pub struct KmsSettings {
+    /// The service.
+    pub service: Service,
+    /// Region, when known (used in CRNs).
+    pub region: Option<String>,
+    /// KMS base URL (no trailing slash).
+    pub endpoint: String,
+    /// IAM base URL (no trailing slash).
+    pub iam_endpoint: String,
+    /// Instance GUID.
+    pub instance_id: String,
+    /// Root key id or alias.
+    pub key_id: String,
+    /// Optional key ring.
+    pub key_ring: Option<String>,
+    /// The API key (redacted in `Debug`).
+    pub api_key: SecretString,
+    /// Retries.
+    pub retry: RetryPolicy,
+}
+
+impl KmsSettings {
+    /// The root key's CRN (`crn:v1:bluemix:public:kms|hs-crypto:<region>:a/<account>:<instance>:key:<id>`);
+    /// the account is not known locally, so it is left empty.
+    pub fn key_crn(&self) -> String {
+        let svc = match self.service {
+            Service::KeyProtect => "kms",
+            Service::Hpcs => "hs-crypto",
+        };
+        format!(
+            "crn:v1:bluemix:public:{svc}:{}:a/:{}:key:{}",
+            self.region.as_deref().unwrap_or(""),
+            self.instance_id,
+            self.key_id
+        )
+    }
+}
 
 /// The Key Protect / HPCS client.
 #[derive(Debug)]
@@ -50,10 +100,10 @@ impl KeyProtect {
         }
     }
 
-    fn service_name(&self) -> &'static str {
+    fn service_name(&self) -> crate::http::Service {
         match self.s.service {
-            Service::KeyProtect => "Key Protect",
-            Service::Hpcs => "Hyper Protect Crypto Services",
+            Service::KeyProtect => service::KEY_PROTECT,
+            Service::Hpcs => service::HPCS,
         }
     }
 
@@ -61,8 +111,8 @@ impl KeyProtect {
         &self,
         label: &str,
         send: impl FnMut() -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<Reply, KmsError> {
-        super::http::with_retries(&self.s.retry, label, send)
+    ) -> Result<Reply, RemoteError> {
+        crate::http::with_retries(self.service_name(), &self.s.retry, label, send)
     }
 
     fn kms_label(&self) -> String {
@@ -74,7 +124,7 @@ impl KeyProtect {
         &self,
         action: &str,
         body: &Zeroizing<String>,
-    ) -> Result<(wire::KeyAction, Option<String>), KmsError> {
+    ) -> Result<(wire::KeyAction, Option<String>), RemoteError> {
         let url = format!(
             "{}/api/v2/keys/{}/actions/{action}",
             self.s.endpoint,
@@ -111,14 +161,18 @@ impl KeyProtect {
                 return Err(self.kp_error(reply.status, &reply.body, cid_out));
             }
             let v = wire::kp_key_action(&reply.body).map_err(|e| {
-                KmsError::bad_response(&self.kms_label(), &format!("{action} response is {e}"))
+                RemoteError::bad_response(
+                    self.service_name(),
+                    &self.kms_label(),
+                    &format!("{action} response is {e}"),
+                )
             })?;
             return Ok((v, cid_out));
         }
     }
 
     /// The documented error body: `resources[0].errorMsg` and `resources[0].reasons[0].{code,message}`.
-    fn kp_error(&self, status: u16, body: &str, correlation_id: Option<String>) -> KmsError {
+    fn kp_error(&self, status: u16, body: &str, correlation_id: Option<String>) -> RemoteError {
         let e = wire::kp_error(body);
         let message = e.message.unwrap_or_else(|| {
             if body.trim().is_empty() {
@@ -127,11 +181,12 @@ impl KeyProtect {
                 snippet(body)
             }
         });
-        KmsError {
-            kind: KmsErrorKind::Http,
+        RemoteError {
+            kind: RemoteErrorKind::Http,
+            service: self.service_name(),
             endpoint: self.kms_label(),
             status: Some(status),
-            reason: e.reason,
+            code: e.reason,
             message,
             correlation_id,
             attempts: 1,
@@ -143,9 +198,10 @@ impl KeyProtect {
         v: &wire::KeyAction,
         cid: Option<String>,
         action: &str,
-    ) -> Result<Wrapped, KmsError> {
+    ) -> Result<Wrapped, RemoteError> {
         let ciphertext = v.ciphertext.clone().ok_or_else(|| {
-            KmsError::bad_response(
+            RemoteError::bad_response(
+                self.service_name(),
                 &self.kms_label(),
                 &format!("no ciphertext in the {action} response"),
             )
@@ -160,14 +216,16 @@ impl KeyProtect {
         })
     }
 
-    fn plaintext(&self, v: &wire::KeyAction) -> Result<SecretBytes, KmsError> {
+    fn plaintext(&self, v: &wire::KeyAction) -> Result<SecretBytes, RemoteError> {
         match &v.plaintext {
             Some(Ok(b)) => Ok(SecretBytes::new(b.clone())),
-            Some(Err(())) => Err(KmsError::bad_response(
+            Some(Err(())) => Err(RemoteError::bad_response(
+                self.service_name(),
                 &self.kms_label(),
                 "the plaintext in the response is not base64",
             )),
-            None => Err(KmsError::bad_response(
+            None => Err(RemoteError::bad_response(
+                self.service_name(),
                 &self.kms_label(),
                 "no plaintext in the response",
             )),
@@ -180,13 +238,13 @@ impl KeyWrapper for KeyProtect {
         self.s.key_crn()
     }
 
-    fn wrap(&self, plaintext: &SecretBytes) -> Result<Wrapped, KmsError> {
+    fn wrap(&self, plaintext: &SecretBytes) -> Result<Wrapped, RemoteError> {
         let body = Zeroizing::new(json!({ "plaintext": b64(plaintext.expose()) }).to_string());
         let (v, cid) = self.action("wrap", &body)?;
         self.wrapped(&v, cid, "wrap")
     }
 
-    fn unwrap(&self, ciphertext: &str) -> Result<Unwrapped, KmsError> {
+    fn unwrap(&self, ciphertext: &str) -> Result<Unwrapped, RemoteError> {
         let body = Zeroizing::new(json!({ "ciphertext": ciphertext }).to_string());
         let (v, cid) = self.action("unwrap", &body)?;
         Ok(Unwrapped {
@@ -197,13 +255,13 @@ impl KeyWrapper for KeyProtect {
         })
     }
 
-    fn rewrap(&self, ciphertext: &str) -> Result<Wrapped, KmsError> {
+    fn rewrap(&self, ciphertext: &str) -> Result<Wrapped, RemoteError> {
         let body = Zeroizing::new(json!({ "ciphertext": ciphertext }).to_string());
         let (v, cid) = self.action("rewrap", &body)?;
         self.wrapped(&v, cid, "rewrap")
     }
 
-    fn generate(&self) -> Result<Generated, KmsError> {
+    fn generate(&self) -> Result<Generated, RemoteError> {
         let (v, cid) = self.action("wrap", &Zeroizing::new("{}".to_owned()))?;
         Ok(Generated {
             plaintext: self.plaintext(&v)?,

@@ -9,11 +9,10 @@
 
 pub mod aws;
 pub mod fake;
-pub(crate) mod http;
-pub mod iam;
 pub mod keyprotect;
 pub mod pkcs11;
 
+pub use crate::http::{RemoteError, RemoteErrorKind};
 use crate::secret::SecretBytes;
 
 /// A wrapped key as the KMS returned it.
@@ -49,99 +48,18 @@ pub struct Generated {
     pub wrapped: Wrapped,
 }
 
-/// What kind of KMS failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KmsErrorKind {
-    /// The service answered with an error status.
-    Http,
-    /// No answer: connection refused, DNS, timeout (after the retries).
-    Unreachable,
-    /// The answer could not be understood.
-    BadResponse,
-}
-
-/// A KMS or IAM failure: endpoint, status, the service's reason code and message, correlation id.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{}", self.render())]
-pub struct KmsError {
-    /// Kind.
-    pub kind: KmsErrorKind,
-    /// The service ("Key Protect", "IAM") and base URL.
-    pub endpoint: String,
-    /// HTTP status, if one came back.
-    pub status: Option<u16>,
-    /// The service's reason code (e.g. `KEY_NOT_FOUND_ERR`, `BXNIM0415E`).
-    pub reason: Option<String>,
-    /// The service's message, or the transport error.
-    pub message: String,
-    /// The correlation / request id.
-    pub correlation_id: Option<String>,
-    /// Attempts made.
-    pub attempts: u32,
-}
-
-impl KmsError {
-    /// A response from `endpoint` that could not be understood.
-    pub fn bad_response(endpoint: &str, message: &str) -> KmsError {
-        KmsError {
-            kind: KmsErrorKind::BadResponse,
-            endpoint: endpoint.to_owned(),
-            status: None,
-            reason: None,
-            message: message.to_owned(),
-            correlation_id: None,
-            attempts: 1,
-        }
-    }
-
-    fn render(&self) -> String {
-        let mut s = match self.kind {
-            KmsErrorKind::Unreachable => format!(
-                "cannot reach {} after {} attempt(s): {}",
-                self.endpoint, self.attempts, self.message
-            ),
-            KmsErrorKind::BadResponse => {
-                format!("{}: unexpected response: {}", self.endpoint, self.message)
-            }
-            KmsErrorKind::Http => {
-                let mut head: Vec<String> = Vec::new();
-                if let Some(s) = self.status {
-                    head.push(format!("HTTP {s}"));
-                }
-                if let Some(r) = &self.reason {
-                    head.push(r.clone());
-                }
-                if head.is_empty() {
-                    format!("{}: {}", self.endpoint, self.message)
-                } else {
-                    format!("{}: {}: {}", self.endpoint, head.join(" "), self.message)
-                }
-            }
-        };
-        if let Some(c) = &self.correlation_id {
-            s.push_str(&format!(" (correlation id {c})"));
-        }
-        s
-    }
-
-    /// The status as an audit reason code (0 when there was none).
-    pub fn reason_code(&self) -> u16 {
-        self.status.unwrap_or(0)
-    }
-}
-
 /// A KMS that wraps keys with a root key.
 pub trait KeyWrapper: std::fmt::Debug {
     /// The root key's identifier for logs (a CRN or ARN).
     fn target(&self) -> String;
     /// Wraps `plaintext` (sent base64-encoded).
-    fn wrap(&self, plaintext: &SecretBytes) -> Result<Wrapped, KmsError>;
+    fn wrap(&self, plaintext: &SecretBytes) -> Result<Wrapped, RemoteError>;
     /// Unwraps a WDEK.
-    fn unwrap(&self, ciphertext: &str) -> Result<Unwrapped, KmsError>;
+    fn unwrap(&self, ciphertext: &str) -> Result<Unwrapped, RemoteError>;
     /// Re-wraps a WDEK with the root key's latest version.
-    fn rewrap(&self, ciphertext: &str) -> Result<Wrapped, KmsError>;
+    fn rewrap(&self, ciphertext: &str) -> Result<Wrapped, RemoteError>;
     /// Has the KMS generate a DEK and wrap it.
-    fn generate(&self) -> Result<Generated, KmsError>;
+    fn generate(&self) -> Result<Generated, RemoteError>;
 }
 
 /// The behaviour every backend must show; panics on the first violation (used by the tests).

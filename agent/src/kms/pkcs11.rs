@@ -18,7 +18,8 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use zeroize::Zeroizing;
 
-use super::{Generated, KeyWrapper, KmsError, KmsErrorKind, Unwrapped, Wrapped, b64};
+use super::{Generated, KeyWrapper, Unwrapped, Wrapped, b64};
+use crate::http::{RemoteError, RemoteErrorKind, service};
 use crate::secret::{SecretBytes, SecretString};
 
 /// Which wrapping mechanism.
@@ -68,12 +69,13 @@ pub struct Pkcs11 {
 }
 
 /// A failure described in words (no PKCS#11 return value).
-fn err(what: &str, e: impl std::fmt::Display) -> KmsError {
-    KmsError {
-        kind: KmsErrorKind::Http,
+fn err(what: &str, e: impl std::fmt::Display) -> RemoteError {
+    RemoteError {
+        kind: RemoteErrorKind::Http,
+        service: service::PKCS11,
         endpoint: "PKCS#11".into(),
         status: None,
-        reason: None,
+        code: None,
         message: format!("{what}: {e}"),
         correlation_id: None,
         attempts: 1,
@@ -81,7 +83,7 @@ fn err(what: &str, e: impl std::fmt::Display) -> KmsError {
 }
 
 /// A cryptoki error, with its CKR_ name as the reason code (`PinIncorrect` -> `CKR_PIN_INCORRECT`).
-fn ck(what: &str, e: cryptoki::error::Error) -> KmsError {
+fn ck(what: &str, e: cryptoki::error::Error) -> RemoteError {
     let mut k = err(what, &e);
     if let cryptoki::error::Error::Pkcs11(rv, _) = &e {
         let name = format!("{rv:?}");
@@ -92,14 +94,14 @@ fn ck(what: &str, e: cryptoki::error::Error) -> KmsError {
             }
             snake.push(c.to_ascii_uppercase());
         }
-        k.reason = Some(snake);
+        k.code = Some(snake);
     }
     k
 }
 
 impl Pkcs11 {
     /// Loads the module and finds the token by label.
-    pub fn new(s: Pkcs11Settings) -> Result<Pkcs11, KmsError> {
+    pub fn new(s: Pkcs11Settings) -> Result<Pkcs11, RemoteError> {
         let ctx = Ctx::new(&s.module).map_err(|e| {
             ck(
                 &format!("cannot load PKCS#11 module {}", s.module.display()),
@@ -133,7 +135,7 @@ impl Pkcs11 {
         Ok(Pkcs11 { s, ctx, slot })
     }
 
-    fn session(&self) -> Result<Session, KmsError> {
+    fn session(&self) -> Result<Session, RemoteError> {
         let session = self
             .ctx
             .open_rw_session(self.slot)
@@ -145,7 +147,7 @@ impl Pkcs11 {
         Ok(session)
     }
 
-    fn find(&self, session: &Session, class: ObjectClass) -> Result<ObjectHandle, KmsError> {
+    fn find(&self, session: &Session, class: ObjectClass) -> Result<ObjectHandle, RemoteError> {
         let t = [
             Attribute::Class(class),
             Attribute::Label(self.s.key_label.as_bytes().to_vec()),
@@ -189,7 +191,7 @@ impl Pkcs11 {
         t
     }
 
-    fn wrap_bytes(&self, session: &Session, plain: &[u8]) -> Result<Vec<u8>, KmsError> {
+    fn wrap_bytes(&self, session: &Session, plain: &[u8]) -> Result<Vec<u8>, RemoteError> {
         match self.s.mechanism {
             Pkcs11Mechanism::AesKwp => {
                 let kek = self.find(session, ObjectClass::SECRET_KEY)?;
@@ -217,7 +219,7 @@ impl Pkcs11 {
         &self,
         session: &Session,
         wrapped: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, KmsError> {
+    ) -> Result<Zeroizing<Vec<u8>>, RemoteError> {
         match self.s.mechanism {
             Pkcs11Mechanism::AesKwp => {
                 let kek = self.find(session, ObjectClass::SECRET_KEY)?;
@@ -251,7 +253,7 @@ impl Pkcs11 {
         }
     }
 
-    fn decode(ciphertext: &str) -> Result<Vec<u8>, KmsError> {
+    fn decode(ciphertext: &str) -> Result<Vec<u8>, RemoteError> {
         use base64::Engine;
         base64::engine::general_purpose::STANDARD
             .decode(ciphertext.trim())
@@ -267,7 +269,7 @@ impl KeyWrapper for Pkcs11 {
         )
     }
 
-    fn wrap(&self, plaintext: &SecretBytes) -> Result<Wrapped, KmsError> {
+    fn wrap(&self, plaintext: &SecretBytes) -> Result<Wrapped, RemoteError> {
         let session = self.session()?;
         let w = self.wrap_bytes(&session, plaintext.expose())?;
         // Check the round trip before anyone relies on the WDEK: SoftHSM2 2.6.1 zero-pads a key whose
@@ -292,7 +294,7 @@ impl KeyWrapper for Pkcs11 {
         })
     }
 
-    fn unwrap(&self, ciphertext: &str) -> Result<Unwrapped, KmsError> {
+    fn unwrap(&self, ciphertext: &str) -> Result<Unwrapped, RemoteError> {
         let session = self.session()?;
         let plain = self.unwrap_bytes(&session, &Self::decode(ciphertext)?)?;
         Ok(Unwrapped {
@@ -303,12 +305,12 @@ impl KeyWrapper for Pkcs11 {
         })
     }
 
-    fn rewrap(&self, ciphertext: &str) -> Result<Wrapped, KmsError> {
+    fn rewrap(&self, ciphertext: &str) -> Result<Wrapped, RemoteError> {
         let u = self.unwrap(ciphertext)?;
         self.wrap(&u.plaintext)
     }
 
-    fn generate(&self) -> Result<Generated, KmsError> {
+    fn generate(&self) -> Result<Generated, RemoteError> {
         let session = self.session()?;
         let key = session
             .generate_random_vec(32)

@@ -11,9 +11,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::http::with_retries;
-use super::{KmsError, KmsErrorKind};
-use crate::config::RetryPolicy;
+use super::{RemoteError, RemoteErrorKind, RetryPolicy, service, with_retries};
 use crate::secret::SecretString;
 
 #[derive(Debug)]
@@ -65,21 +63,20 @@ impl IamTokens {
     }
 
     /// A valid token: the cached one, or a new one when none is cached or it is due for refresh.
-    pub fn token(&self) -> Result<Bearer, KmsError> {
+    pub fn token(&self) -> Result<Bearer, RemoteError> {
         self.get(None)
     }
 
     /// A token other than generation `refused` (which a server turned down): fetched now unless
     /// another thread already replaced it.
-    pub fn refresh(&self, refused: u64) -> Result<Bearer, KmsError> {
+    pub fn refresh(&self, refused: u64) -> Result<Bearer, RemoteError> {
         self.get(Some(refused))
     }
 
-    fn get(&self, refused: Option<u64>) -> Result<Bearer, KmsError> {
-        let mut slot = self
-            .slot
-            .lock()
-            .map_err(|_| KmsError::bad_response(&self.label(), "token cache poisoned"))?;
+    fn get(&self, refused: Option<u64>) -> Result<Bearer, RemoteError> {
+        let mut slot = self.slot.lock().map_err(|_| {
+            RemoteError::bad_response(service::IAM, &self.label(), "token cache poisoned")
+        })?;
         if let Some(t) = slot.0.as_ref()
             && refused != Some(t.generation)
             && Instant::now() < t.refresh_at
@@ -104,10 +101,10 @@ impl IamTokens {
     }
 
     /// One token request (with the shared retries); returns the token and when to refresh it.
-    fn fetch(&self) -> Result<(SecretString, Instant), KmsError> {
+    fn fetch(&self) -> Result<(SecretString, Instant), RemoteError> {
         let url = format!("{}/identity/token", self.endpoint);
         let label = self.label();
-        let reply = with_retries(&self.retry, &label, || {
+        let reply = with_retries(service::IAM, &self.retry, &label, || {
             self.agent
                 .post(&url)
                 .header("accept", "application/json")
@@ -122,18 +119,19 @@ impl IamTokens {
                 let t: String = reply.body.chars().take(200).collect();
                 format!("unrecognised error body: {}", t.trim())
             });
-            return Err(KmsError {
-                kind: KmsErrorKind::Http,
+            return Err(RemoteError {
+                kind: RemoteErrorKind::Http,
+                service: service::IAM,
                 endpoint: label,
                 status: Some(reply.status),
-                reason: e.reason,
+                code: e.reason,
                 message: format!("the API key was refused: {message}"),
                 correlation_id: e.request_id.or(reply.correlation_id),
                 attempts: 1,
             });
         }
-        let t =
-            crate::wire::iam_token(&reply.body).map_err(|e| KmsError::bad_response(&label, &e))?;
+        let t = crate::wire::iam_token(&reply.body)
+            .map_err(|e| RemoteError::bad_response(service::IAM, &label, &e))?;
         let refresh_at = Instant::now() + refresh_in(Some(t.expires_in), t.expiration);
         Ok((SecretString::new(t.access_token.to_string()), refresh_at))
     }

@@ -1,9 +1,38 @@
-//! Shared HTTP plumbing for the REST backends: bounded retries with back-off, jitter and `Retry-After`.
+//! The HTTP plumbing every remote client of the agent shares (`kms/`, [`crate::s3`], [`crate::import`]):
+//! bounded retries with back-off, jitter and `Retry-After` ([`with_retries`], [`RetryPolicy`]), IAM
+//! bearer tokens ([`iam`]), SigV4 ([`sigv4`]) and the one error type, [`RemoteError`].
+
+mod error;
+pub mod iam;
+pub mod sigv4;
 
 use std::time::Duration;
 
-use super::{KmsError, KmsErrorKind};
-use crate::config::RetryPolicy;
+pub use error::{RemoteError, RemoteErrorKind, Service, service};
+
+/// Retry policy for KMS and IAM requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts, the first included.
+    pub max_attempts: u32,
+    /// First back-off step (doubled each time, with jitter).
+    pub base: Duration,
+    /// Cap on any single wait, `Retry-After` included.
+    pub max_wait: Duration,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 4,
+            base: Duration::from_millis(500),
+            max_wait: Duration::from_secs(30),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
 
 /// A response: status, body and correlation id header.
 pub(crate) struct Reply {
@@ -22,10 +51,11 @@ pub(crate) struct Reply {
 /// 429, 5xx except 501 and AWS's 400 `ThrottlingException`, waiting `Retry-After` seconds when given, else exponential back-off with
 /// jitter, never longer than `policy.max_wait` at a time.
 pub(crate) fn with_retries(
+    service: Service,
     policy: &RetryPolicy,
     label: &str,
     mut send: impl FnMut() -> Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-) -> Result<Reply, KmsError> {
+) -> Result<Reply, RemoteError> {
     let mut attempt = 0u32;
     loop {
         attempt += 1;
@@ -80,11 +110,12 @@ pub(crate) fn with_retries(
                     std::thread::sleep(backoff(policy, attempt).min(policy.max_wait));
                     continue;
                 }
-                return Err(KmsError {
-                    kind: KmsErrorKind::Unreachable,
+                return Err(RemoteError {
+                    kind: RemoteErrorKind::Unreachable,
+                    service,
                     endpoint: label.to_owned(),
                     status: None,
-                    reason: None,
+                    code: None,
                     message: e.to_string(),
                     correlation_id: None,
                     attempts: attempt,

@@ -1,0 +1,456 @@
+//! `ship`: a bundle to a running image in one resumable run — verify the bundle, wrap its key, upload
+//! the image ([`crate::s3`]), import it ([`crate::import`]). Each finished step is recorded in a state
+//! file (`ship-<image sha256>.json` beside the audit log), so a rerun skips it; every step is audited.
+//! [`plan`] says what a run would send (the dry run). Nothing here prints: warnings and upload
+//! progress go to the caller's callback.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::audit::{self, Event};
+use crate::config::Layers;
+use crate::error::{Error, Result};
+use crate::http::RetryPolicy;
+use crate::import::{self, Cloud};
+use crate::s3;
+
+/// What to ship, and how.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The bundle directory.
+    pub bundle: PathBuf,
+    /// `ibm-vpc`, `ibm-classic` or `s3-only`.
+    pub target: String,
+    /// `cos://REGION/BUCKET/KEY` (IBM targets) or `s3://BUCKET/KEY`.
+    pub object: String,
+    /// S3 base URL override.
+    pub s3_endpoint: Option<String>,
+    /// VPC or SoftLayer base URL override.
+    pub import_endpoint: Option<String>,
+    /// Image name (default: derived from the object's name).
+    pub name: Option<String>,
+    /// VPC `operating_system.name` / classic `operatingSystemReferenceCode`.
+    pub os: Option<String>,
+    /// The root key's CRN (default: the key's own, from the KMS).
+    pub key_crn: Option<String>,
+    /// Upload options.
+    pub upload: s3::Options,
+    /// Attempts per S3 request.
+    pub s3_max_attempts: u32,
+    /// S3 authorisation mode: auto, hmac or iam.
+    pub s3_auth: String,
+    /// AWS profile.
+    pub profile: Option<String>,
+    /// Skip the cloud's image size rules.
+    pub allow_any_size: bool,
+    /// Classic: bring your own license.
+    pub byol: bool,
+    /// Time between import status polls.
+    pub poll: Duration,
+    /// Give up waiting for the import after this long.
+    pub wait: Duration,
+}
+
+/// What [`ship`] tells its caller as it goes.
+#[derive(Debug)]
+pub enum Note<'a> {
+    /// A warning that does not stop the run (a pre-flight remark).
+    Warning(String),
+    /// Upload progress.
+    Upload(s3::Progress<'a>),
+}
+
+/// A finished ship.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Shipped {
+    /// The imported image's id (none for `s3-only`).
+    pub image_id: Option<String>,
+    /// The object URL as given.
+    pub object: String,
+    /// The image's SHA-256 (from the bundle, checked against the uploaded bytes).
+    pub sha256: String,
+    /// The object's ETag.
+    pub etag: Option<String>,
+    /// The WDEK.
+    pub wdek: Option<String>,
+    /// The root key version that wrapped it.
+    pub key_version: Option<String>,
+}
+
+/// What a `ship` run has done so far: a rerun skips every step recorded here. No secret: the WDEK is
+/// wrapped.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct State {
+    image_sha256: String,
+    target: String,
+    object: String,
+    wdek: Option<String>,
+    key_version: Option<String>,
+    uploaded_etag: Option<String>,
+    /// Created by the cloud, maybe not yet available: a rerun polls it instead of importing again.
+    image_created: Option<(String, Option<String>)>,
+    image_id: Option<String>,
+    /// The upload was started by a ship (the object did not exist, or --force): a rerun may replace it.
+    #[serde(default)]
+    upload_started: bool,
+    /// The create request was sent but its answer maybe not recorded: a rerun looks the image up first.
+    #[serde(default)]
+    import_sent: bool,
+}
+
+/// Everything [`ship`] and [`plan`] work out before sending anything.
+struct Prepared {
+    cloud: Option<Cloud>,
+    os: String,
+    verified: crate::verify::Verified,
+    image: PathBuf,
+    target: s3::Target,
+    sha: String,
+    state_path: PathBuf,
+    state: State,
+    name: String,
+    import_endpoint: String,
+}
+
+fn prepare(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Prepared> {
+    let cloud = match r.target.as_str() {
+        "s3-only" => None,
+        t => Some(Cloud::parse(t)?),
+    };
+    if cloud.is_some() && !r.object.starts_with("cos://") {
+        return Err(Error::Config(format!(
+            "{}: IBM imports read cos://REGION/BUCKET/KEY objects",
+            r.object
+        )));
+    }
+    let os = match (&r.os, cloud) {
+        (Some(o), _) => o.clone(),
+        (None, None) => String::new(),
+        (None, Some(_)) => {
+            return Err(Error::Config(
+                "give --os (VPC operating_system.name or classic operatingSystemReferenceCode)"
+                    .into(),
+            ));
+        }
+    };
+    // The bundle: manifest, image sha256, the key unseals.
+    let verified = crate::verify::verify_logged(l, &r.bundle, false)?;
+    let image = r.bundle.join(&verified.manifest.image.file);
+    let region = std::env::var("AWS_REGION").ok();
+    let target = s3::Target::parse(&r.object, region.as_deref(), r.s3_endpoint.as_deref())?;
+    if let Some(c) = cloud {
+        for w in import::preflight(c, &target.key, Some(&image), !r.allow_any_size)? {
+            on(Note::Warning(w));
+        }
+    }
+    let sha = verified.manifest.image.sha256.clone();
+    let state_path = l
+        .audit_log()
+        .with_file_name(format!("ship-{}.json", &sha[..16.min(sha.len())]));
+    let state: State = match std::fs::read(&state_path) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+            Error::Config(format!(
+                "ship state {} is corrupt ({e}); delete it to start over",
+                state_path.display()
+            ))
+        })?,
+        Err(_) => State {
+            image_sha256: sha.clone(),
+            target: r.target.clone(),
+            object: r.object.clone(),
+            ..State::default()
+        },
+    };
+    if state.object != r.object || state.target != r.target {
+        return Err(Error::Config(format!(
+            "{} records a ship of this image to {} ({}); delete it to ship elsewhere",
+            state_path.display(),
+            state.object,
+            state.target
+        )));
+    }
+    let name = r.name.clone().unwrap_or_else(|| {
+        let f = target.key.rsplit('/').next().unwrap_or(&target.key);
+        f.split('.').next().unwrap_or(f).to_owned()
+    });
+    let import_endpoint = r.import_endpoint.clone().unwrap_or_else(|| match cloud {
+        Some(Cloud::Classic) => "https://api.softlayer.com".into(),
+        _ => format!("https://{}.iaas.cloud.ibm.com", target.region),
+    });
+    Ok(Prepared {
+        cloud,
+        os,
+        verified,
+        image,
+        target,
+        sha,
+        state_path,
+        state,
+        name,
+        import_endpoint,
+    })
+}
+
+/// The root key CRN the import names.
+fn key_crn(l: &Layers, r: &Request, cloud: Option<Cloud>) -> Result<String> {
+    Ok(match (&r.key_crn, cloud) {
+        (Some(c), _) => c.clone(),
+        (None, Some(_)) => l.kms()?.key_crn(),
+        (None, None) => String::new(),
+    })
+}
+
+fn tag(sha: &str) -> String {
+    format!("ship {}", &sha[..16.min(sha.len())])
+}
+
+/// The dry run: every request a [`ship`] of `r` would send, secrets redacted, one per line.
+pub fn plan(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Vec<String>> {
+    let p = prepare(l, r, on)?;
+    let (st, sha, name, os) = (&p.state, &p.sha, &p.name, &p.os);
+    let key_crn = key_crn(l, r, p.cloud)?;
+    let kms = l.wrapper()?;
+    let size = p.verified.manifest.image.file_size;
+    let part = s3::choose_part_size(size, r.upload.part_size)?;
+    let n = size.div_ceil(part).max(1);
+    let url = p.target.url();
+    let mut lines = vec![format!(
+        "# verified {}: {} sha256 {sha}",
+        r.bundle.display(),
+        p.verified.manifest.image.file
+    )];
+    let done = |x: bool| {
+        if x {
+            " (done in an earlier run: skipped)"
+        } else {
+            ""
+        }
+    };
+    lines.push(format!(
+        "wrap the key with {} (plaintext: <redacted>){}",
+        kms.target(),
+        done(st.wdek.is_some())
+    ));
+    lines.push(format!("HEAD {url}{}", done(st.uploaded_etag.is_some())));
+    lines.push(format!(
+        "POST {url}?uploads (x-amz-checksum-algorithm: SHA256){}",
+        done(st.uploaded_etag.is_some())
+    ));
+    let authorization = match l.s3_auth(
+        &r.object,
+        &r.s3_auth,
+        r.profile.as_deref(),
+        None,
+        RetryPolicy::default(),
+    ) {
+        Ok((s3::Auth::Iam(_), _)) => "Bearer <redacted IAM token>",
+        Ok((s3::Auth::Hmac(_), _)) => "AWS4-HMAC-SHA256 <redacted>",
+        Err(_) => "<no S3 credentials found: the upload would stop here>",
+    };
+    lines.push(format!("PUT  {url}?partNumber=1..{n}&uploadId=<id> ({n} parts of {part} bytes, {} in parallel, up to {} attempts each; Content-MD5, x-amz-checksum-sha256; Authorization: {authorization})", r.upload.jobs, r.s3_max_attempts.max(1)));
+    lines.push(format!(
+        "POST {url}?uploadId=<id> (CompleteMultipartUpload), then HEAD {url}"
+    ));
+    let wdek = if st.wdek.is_some() {
+        "<WDEK from the earlier wrap>"
+    } else {
+        "<WDEK from the wrap>"
+    };
+    let ie = &p.import_endpoint;
+    match p.cloud {
+        Some(Cloud::Vpc) => {
+            let body = json!({"name": name, "file": {"href": r.object}, "operating_system": {"name": os}, "encrypted_data_key": wdek, "encryption_key": {"crn": key_crn}});
+            lines.push(format!(
+                "POST {}/identity/token (apikey: <redacted>)",
+                l.iam_endpoint()
+            ));
+            lines.push(format!(
+                "POST {ie}/v1/images?version={}&generation=2 {body}",
+                import::VPC_API_VERSION
+            ));
+            lines.push(format!(
+                "GET  {ie}/v1/images/<id>?version={}&generation=2 every {} ms until available or failed",
+                import::VPC_API_VERSION,
+                r.poll.as_millis()
+            ));
+        }
+        Some(Cloud::Classic) => {
+            let body = json!({"parameters": [{"name": name, "note": format!("imported by diskseal-agent ({})", tag(sha)), "operatingSystemReferenceCode": os, "uri": r.object, "ibmApiKey": "<redacted>", "crkCrn": key_crn, "wrappedDek": wdek, "cloudInit": true, "isEncrypted": true, "byol": r.byol}]});
+            lines.push(format!(
+                "POST {}/identity/token (apikey: <redacted>)",
+                l.iam_endpoint()
+            ));
+            lines.push(format!("POST {ie}/rest/v3.1/SoftLayer_Virtual_Guest_Block_Device_Template_Group/createFromIcos.json {body}"));
+            lines.push(format!("GET  {ie}/rest/v3.1/SoftLayer_Virtual_Guest_Block_Device_Template_Group/<id>/getObject.json?objectMask=... every {} ms until the transaction is gone", r.poll.as_millis()));
+        }
+        None => {}
+    }
+    Ok(lines)
+}
+
+/// Ships `r`: wrap, upload, import, each once across reruns; every step is audited to `l`'s log.
+pub fn ship(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Shipped> {
+    let p = prepare(l, r, on)?;
+    let key_crn = key_crn(l, r, p.cloud)?;
+    let Prepared {
+        cloud,
+        os,
+        verified,
+        image,
+        target,
+        sha,
+        state_path,
+        mut state,
+        name,
+        import_endpoint,
+    } = p;
+    let st = &mut state;
+    let save = |st: &State| -> Result<()> {
+        s3::write_atomically(
+            &state_path,
+            &serde_json::to_vec_pretty(st).unwrap_or_default(),
+        )
+        .map_err(|e| Error::io("write ship state", &state_path, e))
+    };
+    // 1. Wrap (once).
+    if st.wdek.is_none() {
+        let kms = l.wrapper()?;
+        let w = kms.wrap(&verified.key);
+        audit::log_kms(
+            l,
+            "kms.secrets.wrap",
+            kms.as_ref(),
+            w.as_ref()
+                .map(|w| w.correlation_id.clone())
+                .map_err(Clone::clone),
+            Some(sha.clone()),
+            json!({"bundle": r.bundle, "ship": true}),
+        )?;
+        let w = w?;
+        st.wdek = Some(w.ciphertext);
+        st.key_version = w.key_version;
+        save(st)?;
+    }
+    drop(verified);
+    // 2. Upload (once; resumable inside).
+    if st.uploaded_etag.is_none() {
+        let retry = RetryPolicy {
+            max_attempts: r.s3_max_attempts.max(1),
+            ..RetryPolicy::default()
+        };
+        let (auth, _) = l.s3_auth(&r.object, &r.s3_auth, r.profile.as_deref(), None, retry)?;
+        let client = s3::Client::new(target.clone(), auth, retry);
+        // The object must not exist unless --force; once this ship has started its upload, a rerun
+        // replaces what it finds (a run killed after the upload completed but before the state said so).
+        if !st.upload_started {
+            if !r.upload.force
+                && let Some((size, _)) = client.head()?
+            {
+                return Err(Error::Upload(format!(
+                    "{} already exists ({size} bytes); use --force to overwrite it",
+                    target.url()
+                )));
+            }
+            st.upload_started = true;
+            save(st)?;
+        }
+        let o = s3::Options {
+            force: true,
+            ..r.upload.clone()
+        };
+        let u = s3::upload(&client, &image, &o, &mut |p| on(Note::Upload(p)));
+        audit::log(l, Event {
+            action: "diskseal.object.upload".into(),
+            success: u.is_ok(),
+            reason_code: if u.is_ok() { 200 } else { 0 },
+            failure: u.as_ref().err().map(ToString::to_string),
+            target_id: target.url(),
+            target_type: "s3/object".into(),
+            image_sha256: Some(sha.clone()),
+            details: u.as_ref().map_or(json!({"file": image}), |u| json!({"file": image, "size": u.size, "etag": u.etag, "parts": u.parts, "parts_uploaded": u.parts_uploaded, "resumed": u.resumed, "notes": u.notes})),
+            ..Event::default()
+        })?;
+        let u = u?;
+        if u.sha256 != sha {
+            return Err(Error::Upload(format!(
+                "{}: the uploaded bytes hash to {}, the bundle says {sha}",
+                image.display(),
+                u.sha256
+            )));
+        }
+        st.uploaded_etag = Some(u.etag);
+        save(st)?;
+    }
+    // 3. Import (once).
+    if let Some(c) = cloud
+        && st.image_id.is_none()
+    {
+        let s = import::ImportSettings {
+            cloud: c,
+            endpoint: import_endpoint.trim_end_matches('/').to_owned(),
+            iam_endpoint: l.iam_endpoint(),
+            api_key: l.api_key()?,
+            name: name.clone(),
+            cos_uri: r.object.clone(),
+            os: os.clone(),
+            wdek: st.wdek.clone().unwrap_or_default(),
+            key_crn: key_crn.clone(),
+            byol: r.byol,
+            tag: tag(&sha),
+            poll: r.poll,
+            timeout: r.wait,
+            retry: RetryPolicy::default(),
+        };
+        let resume = match (&st.image_created, st.import_sent) {
+            (Some(id), _) => import::Resume::Created(id.clone()),
+            (None, true) => import::Resume::MaybeSent,
+            (None, false) => import::Resume::Fresh,
+        };
+        let i = import::import_resuming(s, resume, |step| {
+            match step {
+                import::Step::Sending => st.import_sent = true,
+                import::Step::Created(id) => st.image_created = Some(id.clone()),
+            }
+            save(st)
+        });
+        audit::log(
+            l,
+            Event {
+                action: format!("diskseal.image.import.{}", r.target),
+                success: i.is_ok(),
+                reason_code: if i.is_ok() { 200 } else { 0 },
+                failure: i.as_ref().err().map(ToString::to_string),
+                target_id: r.object.clone(),
+                target_type: "image".into(),
+                image_sha256: Some(sha.clone()),
+                details: json!({"name": name, "endpoint": import_endpoint, "image_id": i.as_ref().ok().map(|i| i.id.clone()), "key_crn": key_crn}),
+                ..Event::default()
+            },
+        )?;
+        st.image_id = Some(i?.id);
+        save(st)?;
+    }
+    audit::log(
+        l,
+        Event {
+            action: "diskseal.ship".into(),
+            success: true,
+            reason_code: 200,
+            target_id: r.object.clone(),
+            target_type: "image".into(),
+            image_sha256: Some(sha.clone()),
+            details: json!({"target": r.target, "image_id": st.image_id, "etag": st.uploaded_etag}),
+            ..Event::default()
+        },
+    )?;
+    Ok(Shipped {
+        image_id: st.image_id.clone(),
+        object: r.object.clone(),
+        sha256: sha,
+        etag: st.uploaded_etag.clone(),
+        wdek: st.wdek.clone(),
+        key_version: st.key_version.clone(),
+    })
+}
