@@ -696,6 +696,8 @@ pub struct Unlocked {
     pub keyslot: Option<u32>,
     /// Header warnings.
     pub warnings: Vec<String>,
+    /// Header damage the image opened despite (see [`Luks::damage`]); `verify` fails on it.
+    pub damage: Vec<String>,
 }
 
 /// Opens an encrypted image (a LUKS file, or a qcow2 with QEMU-native LUKS), checks its header, and
@@ -718,6 +720,7 @@ pub fn unlock(path: &Path, how: Unlock) -> Result<Unlocked> {
                 kind: "vhd-util (blktap) VHD",
                 keyslot: None,
                 warnings,
+                damage: Vec::new(),
             });
         }
         (Detected::VpcEncrypted, Unlock::Passphrase(_)) => {
@@ -747,6 +750,7 @@ pub fn unlock(path: &Path, how: Unlock) -> Result<Unlocked> {
             kind: "qcow2 + LUKS1",
             keyslot,
             warnings: Vec::new(),
+            damage: Vec::new(),
         });
     }
     match found {
@@ -781,11 +785,13 @@ pub fn unlock(path: &Path, how: Unlock) -> Result<Unlocked> {
         "LUKS2"
     };
     let warnings = luks.warnings.clone();
+    let damage = luks.damage.clone();
     Ok(Unlocked {
         image: Box::new(LuksPayload::new(file, path, luks, &key)?),
         kind,
         keyslot,
         warnings,
+        damage,
     })
 }
 
@@ -875,12 +881,14 @@ pub struct VerifyReport {
     pub mismatch: Option<u64>,
     /// Header warnings.
     pub warnings: Vec<String>,
+    /// Header damage (a damaged or stale header copy, a segment over the header): verify fails.
+    pub damage: Vec<String>,
 }
 
 impl VerifyReport {
     /// True when everything checked out.
     pub fn ok(&self) -> bool {
-        self.mismatch.is_none()
+        self.mismatch.is_none() && self.damage.is_empty()
     }
 }
 
@@ -962,6 +970,7 @@ pub fn verify(
         source_size: src_size,
         mismatch: mismatch.into_inner().unwrap_or(None),
         warnings: u.warnings,
+        damage: u.damage,
     })
 }
 

@@ -515,12 +515,44 @@ fn damaged_headers_are_reported_with_file_field_and_offset() {
             "src.raw",
             "csum1.luks",
         ],
+    );
+    assert!(
+        r.code == 1
+            && r.stderr.contains("primary header copy is damaged")
+            && r.stderr.contains("using the secondary at 0x4000")
+            && r.stderr.contains("checksum mismatch")
+            && r.stdout.contains("DAMAGED")
+            && r.stdout.contains("cryptsetup repair")
+            && !r.stdout.contains("all structures valid"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    // decrypt still works from the good copy, with the warning.
+    let r = diskseal(
+        d,
+        &["decrypt", "--key-file", "pw", "csum1.luks", "csum1.raw"],
     )
     .ok();
     assert!(
-        r.stderr.contains("primary header copy is damaged")
-            && r.stderr.contains("checksum mismatch"),
+        r.stderr.contains("primary header copy is damaged"),
         "{}",
+        r.stderr
+    );
+    assert!(read(d.join("csum1.raw")) == read(d.join("src.raw")));
+    // A data segment at offset 0 in a single file: the "data" starts with the header.
+    std::fs::copy(d.join("good.luks"), d.join("off0.luks")).unwrap();
+    edit_luks2_json(&d.join("off0.luks"), 2, |v| {
+        v["segments"]["0"]["offset"] = serde_json::json!("0")
+    });
+    let r = diskseal(d, &["verify", "--key-file", "pw", "off0.luks"]);
+    assert!(
+        r.code == 1
+            && r.stdout.contains("DAMAGED")
+            && r.stdout.contains("overlaps the LUKS2 header area")
+            && !r.stdout.contains("all structures valid"),
+        "{}{}",
+        r.stdout,
         r.stderr
     );
     variant("csum2.luks", &|b| b[16384 + 4096 + 10] ^= 0x20);

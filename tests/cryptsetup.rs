@@ -604,3 +604,201 @@ fn every_hash_cryptsetup_allows_both_ways() {
         std::fs::remove_file(d.join("h1.luks")).unwrap();
     }
 }
+
+/// A diskseal LUKS2 image `img` of `src.raw` opened by `pw`, with the fast KDF.
+fn small_luks2(d: &Path, img: &str) {
+    encrypt_fast(
+        d,
+        &["-q", "--sector-size", "512", "--key-file", "pw"],
+        "src.raw",
+        img,
+    )
+    .ok();
+}
+
+#[test]
+fn unbound_and_ignored_keyslots_do_not_unlock_as_in_cryptsetup() {
+    require!("cryptsetup");
+    let dir = setup(MIB, 70);
+    let d = dir.path();
+    std::fs::write(d.join("pw2"), b"other pass").unwrap();
+    small_luks2(d, "u.luks");
+    cryptsetup(
+        d,
+        &[
+            "luksAddKey",
+            "--batch-mode",
+            "--unbound",
+            "--key-size",
+            "512",
+            "--key-file",
+            "pw2",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            "u.luks",
+            "pw2",
+        ],
+    )
+    .ok();
+    // The oracle: the unbound keyslot's passphrase does not open the data.
+    let theirs = cryptsetup(
+        d,
+        &["open", "--test-passphrase", "--key-file", "pw2", "u.luks"],
+    );
+    assert_ne!(theirs.code, 0, "{}", theirs.stderr);
+    let dump = diskseal(d, &["dump", "u.luks"]).ok().stdout;
+    assert!(dump.contains("  1: luks2 (unbound)"), "{dump}");
+    let json: serde_json::Value =
+        serde_json::from_str(&diskseal(d, &["dump", "--json", "u.luks"]).ok().stdout).unwrap();
+    assert_eq!(json["unbound_keyslots"], serde_json::json!([1]));
+    for cmd in [
+        &["decrypt", "--key-file", "pw2", "u.luks", "plain.raw"][..],
+        &["verify", "--key-file", "pw2", "u.luks"],
+    ] {
+        let r = diskseal(d, cmd);
+        assert_eq!(r.code, 2, "{cmd:?}: {}{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains("no keyslot opens") && r.stderr.contains("1 (unbound"),
+            "{}",
+            r.stderr
+        );
+        assert!(!d.join("plain.raw").exists());
+    }
+    diskseal(
+        d,
+        &[
+            "verify",
+            "-q",
+            "--key-file",
+            "pw",
+            "--against",
+            "src.raw",
+            "u.luks",
+        ],
+    )
+    .ok();
+
+    // Priority "ignore": cryptsetup does not try the keyslot unless it is named, nor does diskseal.
+    cryptsetup(
+        d,
+        &[
+            "config",
+            "--priority",
+            "ignore",
+            "--key-slot",
+            "0",
+            "u.luks",
+        ],
+    )
+    .ok();
+    let theirs = cryptsetup(
+        d,
+        &["open", "--test-passphrase", "--key-file", "pw", "u.luks"],
+    );
+    assert!(
+        theirs.code != 0 && theirs.stderr.contains("No usable keyslot"),
+        "{}",
+        theirs.stderr
+    );
+    let r = diskseal(d, &["decrypt", "--key-file", "pw", "u.luks", "plain.raw"]);
+    assert!(
+        r.code == 2
+            && r.stderr.contains("no usable keyslot")
+            && r.stderr.contains("0 (priority ignore)"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        diskseal(d, &["dump", "u.luks"])
+            .ok()
+            .stdout
+            .contains("Priority:   ignored")
+    );
+}
+
+#[test]
+fn reencryption_in_progress_is_shown_and_refused_until_cryptsetup_finishes_it() {
+    require!("cryptsetup");
+    let dir = setup(MIB, 71);
+    let d = dir.path();
+    small_luks2(d, "r.luks");
+    let kdf = ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"];
+    let mut args = vec![
+        "reencrypt",
+        "--init-only",
+        "--batch-mode",
+        "--key-file",
+        "pw",
+    ];
+    args.extend(kdf);
+    args.push("r.luks");
+    cryptsetup(d, &args).ok();
+    assert!(
+        cryptsetup(d, &["luksDump", "r.luks"])
+            .ok()
+            .stdout
+            .contains("online-reencrypt")
+    );
+    let dump = diskseal(d, &["dump", "r.luks"]).ok().stdout;
+    for want in [
+        "Requirements:   online-reencrypt",
+        "flags:  backup-previous",
+        "flags:  backup-final",
+        "reencrypt (unbound)",
+        "cryptsetup reencrypt --resume-only",
+    ] {
+        assert!(dump.contains(want), "{want}: {dump}");
+    }
+    for cmd in [
+        &["decrypt", "--key-file", "pw", "r.luks", "plain.raw"][..],
+        &[
+            "verify",
+            "--key-file",
+            "pw",
+            "--against",
+            "src.raw",
+            "r.luks",
+        ],
+    ] {
+        let r = diskseal(d, cmd);
+        assert_ne!(r.code, 0, "{cmd:?}: {}", r.stdout);
+        assert!(
+            r.stderr.contains("r.luks")
+                && r.stderr.contains("re-encryption")
+                && r.stderr.contains("online-reencrypt")
+                && r.stderr.contains("cryptsetup reencrypt --resume-only"),
+            "{cmd:?}: {}",
+            r.stderr
+        );
+        assert!(!d.join("plain.raw").exists());
+    }
+    // Finished by cryptsetup (offline), it verifies again.
+    cryptsetup(
+        d,
+        &[
+            "reencrypt",
+            "--resume-only",
+            "--force-offline-reencrypt",
+            "--batch-mode",
+            "--key-file",
+            "pw",
+            "r.luks",
+        ],
+    )
+    .ok();
+    diskseal(
+        d,
+        &[
+            "verify",
+            "-q",
+            "--key-file",
+            "pw",
+            "--against",
+            "src.raw",
+            "r.luks",
+        ],
+    )
+    .ok();
+}

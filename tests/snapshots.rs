@@ -167,7 +167,7 @@ fn json_documents_keep_their_keys() {
             "j.luks"
         ]),
         expect(
-            "against command encryption first_mismatch image keyslot ok payload_size plaintext_sha256 source_size"
+            "against command damage encryption first_mismatch image keyslot ok payload_size plaintext_sha256 source_size"
         )
     );
     assert_eq!(
@@ -177,7 +177,7 @@ fn json_documents_keep_their_keys() {
     assert_eq!(
         keys(&["dump", "--json", "j.luks"]),
         expect(
-            "cipher data_offset file_size flags key_bits keyslots_size label metadata metadata_size payload_size requirements sector_size seqid subsystem uuid version warnings"
+            "cipher damage data_offset file_size flags key_bits keyslots_size label metadata metadata_size payload_size requirements sector_size seqid subsystem unbound_keyslots uuid version warnings"
         )
     );
     assert_eq!(

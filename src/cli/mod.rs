@@ -1029,13 +1029,32 @@ fn verify(a: &VerifyArgs, out: &Out) -> Result<ExitCode> {
     if out.json {
         out.print_json(&json!({"command": "verify", "image": a.src, "ok": r.ok(), "encryption": r.kind,
             "keyslot": r.keyslot, "payload_size": r.payload_len, "plaintext_sha256": r.plaintext_sha256,
-            "against": a.against, "source_size": r.source_size, "first_mismatch": r.mismatch}));
+            "against": a.against, "source_size": r.source_size, "first_mismatch": r.mismatch,
+            "damage": r.damage}));
     } else if let Some(m) = r.mismatch {
         out.always(&format!(
             "{}: MISMATCH: the decrypted payload differs from {} at byte offset {m:#x} ({m})",
             a.src.display(),
             a.against.as_deref().unwrap_or(Path::new("?")).display()
         ));
+    } else if !r.damage.is_empty() {
+        let what = match &a.against {
+            Some(p) => format!("the payload is identical to {}, but ", p.display()),
+            None => String::new(),
+        };
+        out.always(&format!(
+            "{}: DAMAGED: {what}the header is not intact: {}",
+            a.src.display(),
+            r.damage.join("; ")
+        ));
+        if r.damage
+            .iter()
+            .any(|d| d.contains("copy") || d.contains("copies"))
+        {
+            out.always(
+                "hint: `cryptsetup repair FILE` rewrites the bad header copy from the good one",
+            );
+        }
     } else {
         let what = match &a.against {
             Some(p) => format!("identical to {}", p.display()),

@@ -214,6 +214,9 @@ pub struct Luks {
     pub file_len: u64,
     /// Non-fatal problems (e.g. one damaged LUKS2 copy).
     pub warnings: Vec<String>,
+    /// Structural damage that still lets the volume open (a damaged or stale LUKS2 header copy, a
+    /// data segment over the header area): warned about, and `verify` fails on it.
+    pub damage: Vec<String>,
 }
 
 /// True when the last 512 bytes are a valid fixed-VHD footer describing the rest of the file.
@@ -249,7 +252,7 @@ impl Luks {
         file.read_exact_at(&mut head, 0)
             .map_err(|e| Error::io("read", path, Some(0), e))?;
         let version = u16::from_be_bytes([head[6], head[7]]);
-        let (header, warnings) = if head[..6] == luks1::MAGIC && version == 1 {
+        let (header, mut warnings) = if head[..6] == luks1::MAGIC && version == 1 {
             (
                 Header::V1(luks1::Luks1Header::read(file, path, file_len)?),
                 Vec::new(),
@@ -292,11 +295,27 @@ impl Luks {
         segment
             .payload_len(file_len)
             .map_err(|e| e.with_path(path))?;
+        let mut damage = Vec::new();
+        if let Header::V2(h) = &header {
+            damage.extend(h.damage.iter().cloned());
+            // Offset 0 is a detached-header layout; in one file the "data" would be the header itself.
+            let areas_end = 2 * h.bin.hdr_size + h.meta.config.keyslots_size;
+            if segment.offset < areas_end {
+                let d = format!(
+                    "the data segment at {:#x} overlaps the LUKS2 header area (metadata and keyslots \
+                     end at {areas_end:#x}): the start of the decrypted data is the header itself",
+                    segment.offset
+                );
+                warnings.push(d.clone());
+                damage.push(d);
+            }
+        }
         Ok(Luks {
             header,
             segment,
             file_len,
             warnings,
+            damage,
         })
     }
 
@@ -309,6 +328,7 @@ impl Luks {
             segment,
             file_len,
             warnings: Vec::new(),
+            damage: Vec::new(),
         })
     }
 
@@ -407,10 +427,19 @@ impl Luks {
                 v["keyslots_size"] = json!(h.meta.config.keyslots_size);
                 v["flags"] = json!(h.meta.config.flags);
                 v["requirements"] = json!(h.meta.config.requirements);
+                v["unbound_keyslots"] = json!(
+                    h.meta
+                        .keyslots
+                        .iter()
+                        .filter(|k| !h.meta.is_bound(k.id))
+                        .map(|k| k.id)
+                        .collect::<Vec<_>>()
+                );
                 v["metadata"] = h.meta.raw.clone();
             }
         }
         v["warnings"] = json!(self.warnings);
+        v["damage"] = json!(self.damage);
         v
     }
 
@@ -480,12 +509,20 @@ impl Luks {
                 if !h.meta.config.flags.is_empty() {
                     let _ = writeln!(s, "Flags:          {}", h.meta.config.flags.join(" "));
                 }
-                if !h.meta.config.requirements.is_empty() {
+                let req = &h.meta.config.requirements;
+                if !req.is_empty() {
                     let _ = writeln!(
                         s,
                         "Requirements:   {} (unmet: diskseal cannot unlock this device)",
-                        h.meta.config.requirements.join(" ")
+                        req.join(" ")
                     );
+                    if req.iter().any(|r| r.starts_with("online-reencrypt")) {
+                        let _ = writeln!(
+                            s,
+                            "                a re-encryption is in progress or was interrupted; finish it with\n\
+                             \x20               `cryptsetup reencrypt --resume-only FILE`"
+                        );
+                    }
                 }
                 let _ = writeln!(s, "\nData segments:");
                 for g in &h.meta.segments {
@@ -494,6 +531,9 @@ impl Luks {
                         .map_or("dynamic".to_owned(), |v| format!("{v} [bytes]"));
                     let _ = writeln!(s, "  {}: {}", g.id, g.kind);
                     let _ = writeln!(s, "\toffset: {} [bytes]\n\tlength: {size}", g.offset);
+                    if !g.flags.is_empty() {
+                        let _ = writeln!(s, "\tflags:  {}", g.flags.join(" "));
+                    }
                     if g.kind == "crypt" {
                         let _ = writeln!(
                             s,
@@ -504,7 +544,18 @@ impl Luks {
                 }
                 let _ = writeln!(s, "\nKeyslots:");
                 for k in &h.meta.keyslots {
-                    let _ = writeln!(s, "  {}: {}", k.id, k.kind);
+                    let unbound = if h.meta.is_bound(k.id) {
+                        ""
+                    } else {
+                        " (unbound)"
+                    };
+                    let _ = writeln!(s, "  {}: {}{unbound}", k.id, k.kind);
+                    let priority = match k.priority {
+                        Some(0) => "ignored",
+                        Some(2) => "high",
+                        _ => "normal",
+                    };
+                    let _ = writeln!(s, "\tPriority:   {priority}");
                     if let Some(l) = &k.luks2 {
                         let _ = writeln!(s, "\tKey:        {} bits", k.key_size * 8);
                         let _ = writeln!(s, "\tCipher:     {}", l.area_encryption);

@@ -73,6 +73,16 @@ pub struct Segment {
     pub encryption: String,
     /// `sector_size` (crypt).
     pub sector_size: u32,
+    /// `flags` (e.g. "backup-previous" while a re-encryption is in progress).
+    pub flags: Vec<String>,
+}
+
+impl Segment {
+    /// A re-encryption backup segment (`backup-previous`, `backup-final`, `backup-moved-segment`):
+    /// it describes a key, not data on the device.
+    pub fn is_backup(&self) -> bool {
+        self.flags.iter().any(|f| f.starts_with("backup-"))
+    }
 }
 
 /// One digest.
@@ -246,6 +256,23 @@ fn parse_id(s: &str) -> Option<u32> {
 }
 
 impl Metadata {
+    /// The segment that holds the data: the first crypt segment that is not a re-encryption backup.
+    pub fn data_segment(&self) -> Option<&Segment> {
+        self.segments
+            .iter()
+            .find(|s| !s.is_backup() && s.kind == "crypt")
+    }
+
+    /// True when keyslot `id` is assigned (through its digest) to the data segment; an unbound keyslot
+    /// (`cryptsetup luksAddKey --unbound`) holds some other key and cannot unlock the data.
+    pub fn is_bound(&self, id: u32) -> bool {
+        self.data_segment().is_some_and(|s| {
+            self.digests
+                .iter()
+                .any(|d| d.keyslots.contains(&id) && d.segments.contains(&s.id))
+        })
+    }
+
     /// Parses and validates the JSON text of a header with binary `hdr_size` on a file of `file_len` bytes.
     pub fn parse(text: &str, hdr_size: u64, file_len: u64) -> Result<Metadata> {
         let raw: Value = serde_json::from_str(text)
@@ -417,6 +444,18 @@ impl Metadata {
             } else {
                 (0, String::new(), 512)
             };
+            let flags = match o.map.get("flags") {
+                None => Vec::new(),
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|f| {
+                        f.as_str()
+                            .map(str::to_owned)
+                            .ok_or_else(|| err(&o.field("flags"), "must hold strings"))
+                    })
+                    .collect::<Result<_>>()?,
+                Some(_) => return Err(err(&o.field("flags"), "must be an array")),
+            };
             segments.push(Segment {
                 id,
                 kind,
@@ -425,6 +464,7 @@ impl Metadata {
                 iv_tweak,
                 encryption,
                 sector_size,
+                flags,
             });
         }
         if segments.is_empty() {
@@ -437,7 +477,11 @@ impl Metadata {
                     format!("ids must run 0..n-1, found {}", s.id),
                 ));
             }
-            if s.size.is_none() && i + 1 != segments.len() {
+        }
+        // Backup segments (re-encryption) are set apart, as cryptsetup's validator does.
+        let data: Vec<&Segment> = segments.iter().filter(|s| !s.is_backup()).collect();
+        for (i, s) in data.iter().enumerate() {
+            if s.size.is_none() && i + 1 != data.len() {
                 return Err(err(
                     &format!("segments.{}.size", s.id),
                     "only the last segment may be dynamic",

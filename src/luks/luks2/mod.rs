@@ -200,6 +200,9 @@ pub struct Luks2Header {
     pub meta: Metadata,
     /// Problems found in the other copy (shown to the user as warnings).
     pub warnings: Vec<String>,
+    /// Header damage: a copy that is damaged or stale. The volume still opens (from the good copy),
+    /// but `verify` fails until it is repaired.
+    pub damage: Vec<String>,
 }
 
 /// One copy read and checked: its header and metadata.
@@ -283,67 +286,76 @@ impl Luks2Header {
                 break;
             }
         }
-        match (primary, secondary) {
+        let (bin, meta, damage) = match (primary, secondary) {
             (Ok(p), Ok(s)) => {
-                let mut warnings = Vec::new();
+                let mut damage = Vec::new();
                 if p.0.seqid != s.0.seqid {
-                    warnings.push(format!(
-                        "the two header copies differ (seqid {} and {}); using the newer one",
-                        p.0.seqid, s.0.seqid
+                    damage.push(format!(
+                        "the two LUKS2 header copies differ (seqid {} and {}); using the newer, the {} copy",
+                        p.0.seqid,
+                        s.0.seqid,
+                        if s.0.seqid > p.0.seqid { "secondary" } else { "primary" }
                     ));
                 }
                 let (bin, meta) = if s.0.seqid > p.0.seqid { s } else { p };
-                warnings.extend(meta.warnings.iter().cloned());
-                Ok(Luks2Header {
-                    bin,
-                    meta,
-                    warnings,
-                })
+                (bin, meta, damage)
             }
-            (Ok((bin, meta)), Err(e)) => {
-                let mut warnings = vec![format!(
+            (Ok((bin, meta)), Err(e)) => (
+                bin,
+                meta,
+                vec![format!(
                     "secondary header copy is damaged, using the primary: {e}"
-                )];
-                warnings.extend(meta.warnings.iter().cloned());
-                Ok(Luks2Header {
-                    bin,
-                    meta,
-                    warnings,
-                })
-            }
+                )],
+            ),
             (Err(e), Ok((bin, meta))) => {
-                let mut warnings = vec![format!(
-                    "primary header copy is damaged, using the secondary: {e}"
-                )];
-                warnings.extend(meta.warnings.iter().cloned());
-                Ok(Luks2Header {
+                let at = bin.hdr_offset;
+                (
                     bin,
                     meta,
-                    warnings,
-                })
+                    vec![format!(
+                        "primary header copy is damaged, using the secondary at {at:#x}: {e}"
+                    )],
+                )
             }
-            (Err(e), Err(_)) => Err(e.with_path(path)),
-        }
+            (Err(e), Err(_)) => return Err(e.with_path(path)),
+        };
+        let mut warnings = damage.clone();
+        warnings.extend(meta.warnings.iter().cloned());
+        Ok(Luks2Header {
+            bin,
+            meta,
+            warnings,
+            damage,
+        })
     }
 
-    /// The payload segment. Only a single `crypt` segment (no reencryption in progress) is supported.
+    /// The payload segment. Only a single data segment of type `crypt` is supported; while a
+    /// re-encryption is in progress (a mandatory requirement is set), the first crypt segment is
+    /// returned for `dump`, and [`unlock`](Self::unlock) refuses.
     pub fn segment(&self) -> Result<Segment> {
-        let segs = &self.meta.segments;
-        if segs.len() != 1 || segs[0].kind != "crypt" {
-            return Err(Error::unsupported(format!(
-                "LUKS2 header has {} segment(s) of type {}; diskseal needs exactly one crypt segment",
-                segs.len(),
-                segs.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>().join("+")
-            ))
-            .hint("an interrupted reencryption must be finished with cryptsetup first"));
-        }
-        let s = &segs[0];
-        let digest = self
+        let data: Vec<&json::Segment> = self
+            .meta
+            .segments
+            .iter()
+            .filter(|s| !s.is_backup())
+            .collect();
+        let single = data.len() == 1 && data[0].kind == "crypt";
+        let s = match self.meta.data_segment() {
+            Some(s) if single || !self.meta.config.requirements.is_empty() => s,
+            _ => {
+                return Err(Error::unsupported(format!(
+                    "LUKS2 header has {} data segment(s) of type {}; diskseal needs exactly one crypt segment",
+                    data.len(),
+                    data.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>().join("+")
+                ))
+                .hint("an interrupted reencryption must be finished with cryptsetup first"));
+            }
+        };
+        let key_bytes = self
             .meta
             .digests
             .iter()
-            .find(|d| d.segments.contains(&s.id));
-        let key_bytes = digest
+            .find(|d| d.segments.contains(&s.id))
             .and_then(|d| d.keyslots.first())
             .and_then(|k| self.meta.keyslots.iter().find(|x| x.id == *k))
             .map(|k| k.key_size as usize)
@@ -366,11 +378,20 @@ impl Luks2Header {
         if req.is_empty() {
             return Ok(());
         }
+        let list = req.join(", ");
+        if req.iter().any(|r| r.starts_with("online-reencrypt")) {
+            return Err(Error::unsupported(format!(
+                "a LUKS2 re-encryption of this device is in progress or was interrupted \
+                 (config.requirements.mandatory: {list}): part of the data may be under the old key and \
+                 part under the new one, so diskseal cannot read it"
+            ))
+            .hint("finish it with `cryptsetup reencrypt --resume-only FILE` (or roll it back with \
+                   cryptsetup), then run diskseal again"));
+        }
         Err(Error::unsupported(format!(
-            "LUKS2 config.requirements.mandatory lists {}, which diskseal does not implement",
-            req.join(", ")
+            "LUKS2 config.requirements.mandatory lists {list}, which diskseal does not implement"
         ))
-        .hint("finish or roll back the operation that set them (e.g. `cryptsetup reencrypt --resume-only`)"))
+        .hint("finish or roll back the operation that set them with cryptsetup"))
     }
 
     /// Tries every usable keyslot (high priority first) with `passphrase`.
@@ -381,27 +402,52 @@ impl Luks2Header {
         passphrase: &Passphrase,
     ) -> Result<(VolumeKey, u32)> {
         self.check_requirements().map_err(|e| e.with_path(path))?;
+        // Only keyslots whose digest covers the data segment hold its key; `priority: 0` ("ignore")
+        // keyslots are skipped, as cryptsetup does when no keyslot is named.
         let mut slots: Vec<&json::Keyslot> = self
             .meta
             .keyslots
             .iter()
-            .filter(|k| k.luks2.is_some() && k.priority != Some(0))
+            .filter(|k| k.luks2.is_some() && k.priority != Some(0) && self.meta.is_bound(k.id))
             .collect();
         slots.sort_by_key(|k| std::cmp::Reverse(k.priority.unwrap_or(1)));
+        let skipped: Vec<String> = self
+            .meta
+            .keyslots
+            .iter()
+            .filter(|k| k.luks2.is_some() && !slots.iter().any(|s| s.id == k.id))
+            .map(|k| {
+                let why = if self.meta.is_bound(k.id) {
+                    "priority ignore"
+                } else {
+                    "unbound: its key is not the data key"
+                };
+                format!("{} ({why})", k.id)
+            })
+            .collect();
+        let skipped_hint = if skipped.is_empty() {
+            String::new()
+        } else {
+            format!("; keyslots not tried: {}", skipped.join(", "))
+        };
         if slots.is_empty() {
             return Err(Error::new(
                 ErrorKind::WrongKey,
-                "the LUKS2 header has no usable keyslot",
+                format!("the LUKS2 header has no usable keyslot{skipped_hint}"),
             )
-            .with_path(path));
+            .with_path(path)
+            .hint("cryptsetup says the same (\"No usable keyslot is available\")"));
         }
         for k in slots {
             if let Some(key) = self.try_keyslot(file, path, k, passphrase)? {
                 return Ok((key, k.id));
             }
         }
-        Err(Error::new(ErrorKind::WrongKey, "no keyslot opens with this passphrase")
-            .with_path(path)
+        Err(Error::new(
+            ErrorKind::WrongKey,
+            format!("no keyslot opens with this passphrase{skipped_hint}"),
+        )
+        .with_path(path)
             .hint("check the key file: it is used verbatim, a trailing newline counts (see --strip-newline)"))
     }
 
@@ -493,12 +539,16 @@ impl Luks2Header {
     /// Checks a volume key against the digest of the payload segment.
     pub fn check_volume_key(&self, key: &VolumeKey) -> Result<bool> {
         self.check_requirements()?;
+        let seg = self
+            .meta
+            .data_segment()
+            .ok_or_else(|| Error::corrupt("the LUKS2 header has no crypt data segment"))?;
         let d = self
             .meta
             .digests
             .iter()
-            .find(|d| d.segments.contains(&0))
-            .ok_or_else(|| Error::corrupt("segment 0 has no digest"))?;
+            .find(|d| d.segments.contains(&seg.id))
+            .ok_or_else(|| Error::corrupt(format!("segment {} has no digest", seg.id)))?;
         check_digest(d, key.expose())
     }
 }
