@@ -983,6 +983,24 @@ pub fn info(path: &Path, format: Option<ImageFormat>) -> Result<serde_json::Valu
     let actual = meta.blocks() * 512;
     let file = File::open(path).map_err(|e| Error::io("open", path, None, e))?;
     let found = detect::detect(&file, meta.len());
+    if matches!(format, None | Some(ImageFormat::Ova(None))) && found == Detected::Ova {
+        let p = image::ova::package(&file, path)?;
+        let disks: Vec<serde_json::Value> = p
+            .disks
+            .iter()
+            .map(|d| json!({"number": d.number, "disk-id": d.id, "file": d.file, "file-size": d.file_size, "capacity": d.capacity, "format": d.format}))
+            .collect();
+        return Ok(json!({
+            "filename": path,
+            "format": "ova",
+            "virtual-size": p.disks.iter().filter_map(|d| d.capacity).sum::<u64>(),
+            "actual-size": actual,
+            "encrypted": false,
+            "ovf": p.ovf_name,
+            "manifest": p.manifest,
+            "disks": disks,
+        }));
+    }
     if format.is_none() && matches!(found, Detected::Luks(_) | Detected::VpcLuks) {
         let l = Luks::open(&file, path)?;
         return Ok(json!({

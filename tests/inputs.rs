@@ -66,6 +66,9 @@ fn make_inputs(d: &Path) -> Vec<(String, &'static str)> {
         &["-o", "extended_l2=on,cluster_size=128k"],
     );
     conv("prealloc.qcow2", "qcow2", &["-o", "preallocation=metadata"]);
+    conv("so.vmdk", "vmdk", &["-o", "subformat=streamOptimized"]);
+    conv("flat.vmdk", "vmdk", &["-o", "subformat=monolithicFlat"]);
+    conv("dyn.vhdx", "vhdx", &["-o", "block_size=1M"]);
     // A 3-deep chain with a raw base: base.raw <- mid.qcow2 <- top.qcow2, each layer written to.
     std::fs::copy(d.join("src.raw"), d.join("base.raw")).unwrap();
     qemu(

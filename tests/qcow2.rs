@@ -800,7 +800,7 @@ fn qcow2_backing_chain_errors() {
     );
     assert!(e.hint_text().unwrap().contains("orphan.qcow2"), "{e:?}");
     // A backing format diskseal does not read.
-    qimg(d, &["create", "-q", "-f", "vmdk", "b.vmdk", "1M"]);
+    qimg(d, &["create", "-q", "-f", "vdi", "b.vdi", "1M"]);
     qimg(
         d,
         &[
@@ -809,18 +809,18 @@ fn qcow2_backing_chain_errors() {
             "-f",
             "qcow2",
             "-b",
-            "b.vmdk",
+            "b.vdi",
             "-F",
-            "vmdk",
-            "onvmdk.qcow2",
+            "vdi",
+            "onvdi.qcow2",
             "1M",
         ],
     );
-    let e = open_err(d, "onvmdk.qcow2");
+    let e = open_err(d, "onvdi.qcow2");
     assert!(
         e.kind() == ErrorKind::Unsupported
-            && e.to_string().contains("\"vmdk\"")
-            && e.to_string().contains("onvmdk.qcow2"),
+            && e.to_string().contains("\"vdi\"")
+            && e.to_string().contains("onvdi.qcow2"),
         "{e}"
     );
     // A loop: a -> b -> a.

@@ -117,6 +117,9 @@ struct InfoArgs {
     /// Force the image format (default: detected).
     #[arg(short = 'f', long = "format", value_name = "FMT")]
     input_format: Option<String>,
+    /// With an OVA: describe disk N (1-based, as listed) instead of listing the disks.
+    #[arg(long, value_name = "N")]
+    disk: Option<u16>,
     /// The image.
     src: PathBuf,
 }
@@ -142,9 +145,13 @@ struct EncryptArgs {
     /// `vhd-util copy -k` writes it; the key file is the raw 32/64-byte DEK).
     #[arg(long, default_value = "luks2", value_name = "PROFILE")]
     profile: String,
-    /// Input format (default: detected; raw).
+    /// Input format (default: detected; raw): raw, vpc (vhd), qcow2, vmdk, vhdx or ova.
     #[arg(short = 'f', long = "format", value_name = "FMT")]
     input_format: Option<String>,
+    /// With an OVA input: encrypt disk N (1-based, as `diskseal info` lists them); needed when the OVA
+    /// holds several disks.
+    #[arg(long, value_name = "N")]
+    disk: Option<u16>,
     /// Output container: raw (a LUKS file), vhd (the LUKS file wrapped as a fixed VHD, still opened by
     /// cryptsetup as is) or qcow2 (QEMU-native LUKS1; the ibm-vpc default).
     #[arg(short = 'O', long = "output-format", value_parser = ["raw", "vhd", "qcow2"], value_name = "FMT")]
@@ -399,6 +406,17 @@ fn input_format(f: &Option<String>) -> Result<Option<ImageFormat>> {
     f.as_deref().map(ImageFormat::parse).transpose()
 }
 
+/// `-f` with `--disk N` (which implies an OVA).
+fn input_format_disk(f: &Option<String>, disk: Option<u16>) -> Result<Option<ImageFormat>> {
+    match (input_format(f)?, disk) {
+        (fmt, None) => Ok(fmt),
+        (None | Some(ImageFormat::Ova(_)), Some(n)) => Ok(Some(ImageFormat::Ova(Some(n)))),
+        (Some(_), Some(_)) => Err(Error::invalid(
+            "--disk picks a disk of an OVA: it needs -f ova or no -f",
+        )),
+    }
+}
+
 /// Runs `job` with a progress bar (on a terminal, unless quiet or JSON).
 fn with_progress<T>(
     out: &Out,
@@ -534,7 +552,7 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         key_bytes,
         sector_size: a.sector_size,
         pad: a.pad,
-        input_format: input_format(&a.input_format)?,
+        input_format: input_format_disk(&a.input_format, a.disk)?,
         force: a.force,
         container,
         sparse: a.sparse,
@@ -755,7 +773,7 @@ fn encrypt_classic_vhd(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
         .with_path(path));
     }
     let opts = ops::ClassicVhdOptions {
-        input_format: input_format(&a.input_format)?,
+        input_format: input_format_disk(&a.input_format, a.disk)?,
         force: a.force,
         resize: a.resize,
     };
@@ -1215,7 +1233,7 @@ fn dump_classic_vhd(a: &DumpArgs, out: &Out) -> Result<ExitCode> {
 }
 
 fn info(a: &InfoArgs, out: &Out) -> Result<ExitCode> {
-    let v = ops::info(&a.src, input_format(&a.input_format)?)?;
+    let v = ops::info(&a.src, input_format_disk(&a.input_format, a.disk)?)?;
     if out.json {
         out.print_json(&v);
         return Ok(ExitCode::SUCCESS);
@@ -1252,6 +1270,16 @@ fn info(a: &InfoArgs, out: &Out) -> Result<ExitCode> {
     }
     if let Some(f) = v.get("format-specific") {
         text += &format!("format specific information: {f}\n");
+    }
+    for d in v["disks"].as_array().into_iter().flatten() {
+        text += &format!(
+            "disk {}: {} ({}), capacity {}, file {} bytes\n",
+            d["number"],
+            d["file"].as_str().unwrap_or("?"),
+            d["disk-id"].as_str().unwrap_or("?"),
+            d["capacity"].as_u64().map_or("?".into(), report::bytes),
+            d["file-size"]
+        );
     }
     for (i, b) in v["backing-chain"]
         .as_array()

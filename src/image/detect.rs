@@ -86,6 +86,8 @@ pub enum Detected {
     Bochs,
     /// A LUKS file (version 1 or 2).
     Luks(u16),
+    /// An OVA: a tar archive whose first file is an `.ovf` descriptor.
+    Ova,
 }
 
 impl Detected {
@@ -112,6 +114,7 @@ impl Detected {
             Detected::Bochs => "Bochs image",
             Detected::Luks(1) => "LUKS1 file",
             Detected::Luks(_) => "LUKS2 file",
+            Detected::Ova => "OVA (OVF package)",
         }
     }
 
@@ -131,6 +134,7 @@ impl Detected {
             Detected::Dmg => "dmg",
             Detected::Bochs => "bochs",
             Detected::Luks(_) => "luks",
+            Detected::Ova => "ova",
         }
     }
 
@@ -140,6 +144,9 @@ impl Detected {
             Detected::Raw => Some(ImageFormat::Raw),
             Detected::Qcow2 | Detected::Qcow2Luks => Some(ImageFormat::Qcow2),
             Detected::Vpc | Detected::VpcEncrypted | Detected::VpcLuks => Some(ImageFormat::Vpc),
+            Detected::Vmdk | Detected::VmdkDescriptor => Some(ImageFormat::Vmdk),
+            Detected::Vhdx => Some(ImageFormat::Vhdx),
+            Detected::Ova => Some(ImageFormat::Ova(None)),
             _ => None,
         }
     }
@@ -274,6 +281,12 @@ pub fn detect_bytes(
     }
     if tail.is_some_and(|t| t.starts_with(&DMG_MAGIC)) {
         return Detected::Dmg;
+    }
+    if crate::image::ova::tar::is_tar(head) && {
+        let end = head[..100].iter().position(|&b| b == 0).unwrap_or(100);
+        head[..end].to_ascii_lowercase().ends_with(b".ovf")
+    } {
+        return Detected::Ova;
     }
     if is_vmdk_descriptor(head) {
         return Detected::VmdkDescriptor;

@@ -4,15 +4,21 @@
 //!
 //! - [`raw`]: plain files;
 //! - [`vhd`]: Microsoft VHD (fixed, dynamic, differencing with parent chains);
-//! - [`qcow2`]: QEMU qcow2 v2/v3 (zero, compressed zlib/zstd, extended L2, backing chains).
+//! - [`qcow2`]: QEMU qcow2 v2/v3 (zero, compressed zlib/zstd, extended L2, backing chains);
+//! - [`vmdk`]: VMware VMDK (sparse, stream-optimized, flat, multi-extent, delta disks);
+//! - [`vhdx`]: Hyper-V VHDX (dynamic, fixed, differencing);
+//! - [`ova`]: a VMDK disk read straight out of an OVA archive.
 //!
 //! Backing files and parents are opened through [`open_backing`], which bounds the chain depth and
 //! refuses loops.
 
 pub mod detect;
+pub mod ova;
 pub mod qcow2;
 pub mod raw;
 pub mod vhd;
+pub mod vhdx;
+pub mod vmdk;
 
 use std::fmt::Debug;
 use std::fs::File;
@@ -94,6 +100,12 @@ pub enum ImageFormat {
     Vpc,
     /// QEMU qcow2.
     Qcow2,
+    /// VMware VMDK.
+    Vmdk,
+    /// Hyper-V VHDX.
+    Vhdx,
+    /// An OVA archive; the number picks a disk (1-based, `--disk`).
+    Ova(Option<u16>),
 }
 
 impl ImageFormat {
@@ -103,15 +115,18 @@ impl ImageFormat {
             "raw" => Ok(ImageFormat::Raw),
             "vpc" | "vhd" => Ok(ImageFormat::Vpc),
             "qcow2" => Ok(ImageFormat::Qcow2),
-            "qcow" | "qed" | "vdi" | "parallels" | "vmdk" | "vhdx" | "cloop" | "dmg" | "bochs" => {
+            "vmdk" => Ok(ImageFormat::Vmdk),
+            "vhdx" => Ok(ImageFormat::Vhdx),
+            "ova" => Ok(ImageFormat::Ova(None)),
+            "qcow" | "qed" | "vdi" | "parallels" | "cloop" | "dmg" | "bochs" => {
                 Err(
                     Error::unsupported(format!("diskseal cannot read {name} images"))
-                        .hint(format!("convert it first: `qemu-img convert -f {name} -O raw IMAGE disk.raw`; diskseal reads raw, vpc (vhd), qcow2")),
+                        .hint(format!("convert it first: `qemu-img convert -f {name} -O raw IMAGE disk.raw`; diskseal reads raw, vpc (vhd), qcow2, vmdk, vhdx, ova")),
                 )
             }
             other => Err(
                 Error::unsupported(format!("unknown image format {other:?}"))
-                    .hint("supported: raw, vpc (vhd), qcow2"),
+                    .hint("supported: raw, vpc (vhd), qcow2, vmdk, vhdx, ova"),
             ),
         }
     }
@@ -177,6 +192,13 @@ pub fn open_backing(
         }
         ImageFormat::Vpc => vhd::open(file, path, chain),
         ImageFormat::Qcow2 => qcow2::open(file, path, chain),
+        ImageFormat::Vmdk => {
+            vmdk::open(file, path, chain).map(|i| Box::new(i) as Box<dyn DiskImage>)
+        }
+        ImageFormat::Vhdx => {
+            vhdx::open(file, path, chain).map(|i| Box::new(i) as Box<dyn DiskImage>)
+        }
+        ImageFormat::Ova(n) => ova::open(file, path, n).map(|i| Box::new(i) as Box<dyn DiskImage>),
     };
     chain.pop();
     r
