@@ -238,6 +238,35 @@ fn hostile_images_fail_fast_in_bounded_memory() {
     v[..8].copy_from_slice(b"conectix");
     std::fs::write(d.join("bat.vhd"), &v).unwrap();
     cases.push(("bat.vhd".into(), vec!["info", "-f", "vpc", "bat.vhd"]));
+    // A VMDK claiming 16 TiB whose grain directory (2 MiB) lies past the end of its 4 KiB file.
+    let mut k = vec![0u8; 4096];
+    k[..4].copy_from_slice(b"KDMV");
+    k[4..8].copy_from_slice(&1u32.to_le_bytes());
+    k[12..20].copy_from_slice(&(1u64 << 35).to_le_bytes());
+    k[20..28].copy_from_slice(&128u64.to_le_bytes());
+    k[44..48].copy_from_slice(&512u32.to_le_bytes());
+    k[56..64].copy_from_slice(&1u64.to_le_bytes());
+    std::fs::write(d.join("huge.vmdk"), &k).unwrap();
+    cases.push(("huge.vmdk".into(), vec!["info", "huge.vmdk"]));
+    // A VHDX of 2 MiB with no valid header.
+    let mut x = vec![0u8; 2 << 20];
+    x[..8].copy_from_slice(b"vhdxfile");
+    std::fs::write(d.join("bad.vhdx"), &x).unwrap();
+    cases.push(("bad.vhdx".into(), vec!["info", "bad.vhdx"]));
+    // An OVA whose tar entry claims 2^60 bytes (base-256 size field).
+    let mut t = vec![0u8; 2048];
+    t[..6].copy_from_slice(b"vm.ovf");
+    t[100..108].copy_from_slice(b"0000644\0");
+    t[124] = 0x80;
+    t[124 + 4] = 0x10;
+    t[156] = b'0';
+    t[257..263].copy_from_slice(b"ustar\0");
+    t[263..265].copy_from_slice(b"00");
+    t[148..156].fill(b' ');
+    let sum: u32 = t[..512].iter().map(|&b| u32::from(b)).sum();
+    t[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    std::fs::write(d.join("huge.ova"), &t).unwrap();
+    cases.push(("huge.ova".into(), vec!["info", "huge.ova"]));
     // A LUKS2 header with a 4 MiB JSON area full of one huge JSON value.
     encrypt_fast(
         d,

@@ -204,6 +204,16 @@ pub fn open_backing(
     r
 }
 
+/// Appends a run to an allocation map being built in order, merging it with the last run when they
+/// touch and are of the same kind (so a map costs memory per run, not per cluster).
+pub fn push_extent(out: &mut Vec<Extent>, offset: u64, len: u64, kind: ExtentKind) {
+    match out.last_mut() {
+        Some(l) if l.kind == kind && l.offset + l.len == offset => l.len += len,
+        _ if len == 0 => {}
+        _ => out.push(Extent { offset, len, kind }),
+    }
+}
+
 /// Merges adjacent extents of the same kind (helper for readers).
 pub fn coalesce(extents: Vec<Extent>) -> Vec<Extent> {
     let mut out: Vec<Extent> = Vec::with_capacity(extents.len());

@@ -90,7 +90,7 @@ pub fn read(file: &File, path: &Path, file_len: u64, region: &Region) -> Result<
     let len = u64::from(region.length);
     if len < 64 << 10
         || region.offset.checked_add(len).is_none_or(|e| e > file_len)
-        || len > 64 << 20
+        || len > 8 << 20
     {
         return Err(Error::corrupt(format!(
             "VHDX metadata region ({len} bytes at {:#x}) lies outside the file ({file_len} bytes) or has a bad size",

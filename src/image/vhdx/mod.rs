@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{
-    DiskImage, Extent, ExtentKind, ImageInfo, coalesce, open_backing, resolve_below,
+    DiskImage, Extent, ExtentKind, ImageInfo, coalesce, open_backing, push_extent, resolve_below,
 };
 use crate::io::read_exact_at;
 use header::{HeaderSection, guid_text};
@@ -391,7 +391,7 @@ impl DiskImage for VhdxImage {
         for b in 0..vsize.div_ceil(bs) {
             let start = b * bs;
             let len = bs.min(vsize - start);
-            let mut push = |offset, len, kind| own.push(Extent { offset, len, kind });
+            let mut push = |offset, len, kind| push_extent(&mut own, offset, len, kind);
             match self.entry(b) & 7 {
                 FULLY_PRESENT => push(start, len, ExtentKind::Data),
                 PARTIALLY_PRESENT => {

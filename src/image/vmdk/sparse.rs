@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use flate2::{Decompress, FlushDecompress, Status};
 
 use crate::error::{Error, Result};
-use crate::image::{Extent, ExtentKind, coalesce};
+use crate::image::{Extent, ExtentKind, push_extent};
 use crate::io::read_exact_at;
 
 /// Size of the header (and of a marker sector).
@@ -36,9 +36,9 @@ pub const GTE_ZEROED: u32 = 1;
 pub const MARKER_EOS: u32 = 0;
 /// Footer marker type.
 pub const MARKER_FOOTER: u32 = 3;
-/// Largest grain accepted (VMware writes 64 KiB; QEMU accepts up to 1 GiB, which would cost that much
-/// memory per compressed read).
-pub const MAX_GRAIN: u64 = 16 << 20;
+/// Largest grain accepted (VMware and qemu-img write 64 KiB; QEMU reads up to 1 GiB, which would cost
+/// three times that much memory per compressed read and thread).
+pub const MAX_GRAIN: u64 = 2 << 20;
 /// Largest grain directory accepted, in entries (QEMU: 32 Mi).
 pub const MAX_GD_ENTRIES: u64 = 32 << 20;
 
@@ -333,12 +333,13 @@ impl SparseExtent {
         })
     }
 
-    /// Calls `f(grain index, grain)` for every grain overlapping `off..off + len`.
+    /// Calls `f(first grain, count, grain)` for the grains overlapping `off..off + len`: one call per
+    /// grain, or one per run of grains whose grain table is not allocated.
     fn each_grain(
         &self,
         off: u64,
         len: u64,
-        mut f: impl FnMut(u64, Grain) -> Result<()>,
+        mut f: impl FnMut(u64, u64, Grain) -> Result<()>,
     ) -> Result<()> {
         if len == 0 {
             return Ok(());
@@ -348,14 +349,10 @@ impl SparseExtent {
         while g <= last {
             let n = (self.gtes - g % self.gtes).min(last - g + 1);
             match self.table(g, n)? {
-                None => {
-                    for i in 0..n {
-                        f(g + i, Grain::Unallocated)?;
-                    }
-                }
+                None => f(g, n, Grain::Unallocated)?,
                 Some(t) => {
                     for (i, &e) in t.iter().enumerate() {
-                        f(g + i as u64, self.grain_of(g + i as u64, e)?)?;
+                        f(g + i as u64, 1, self.grain_of(g + i as u64, e)?)?;
                     }
                 }
             }
@@ -373,9 +370,9 @@ impl SparseExtent {
     ) -> Result<()> {
         let end = off + buf.len() as u64;
         let mut scratch = Vec::new();
-        self.each_grain(off, buf.len() as u64, |g, grain| {
+        self.each_grain(off, buf.len() as u64, |g, n, grain| {
             let gs = g * self.grain;
-            let (a, b) = (gs.max(off), (gs + self.grain).min(end));
+            let (a, b) = (gs.max(off), (gs + n * self.grain).min(end));
             let part = &mut buf[(a - off) as usize..(b - off) as usize];
             match grain {
                 Grain::Unallocated => below(part, a),
@@ -448,20 +445,22 @@ impl SparseExtent {
     /// The extent's allocation: data, zeroed grains, and unallocated grains (extent-relative offsets).
     pub fn map(&self) -> Result<Vec<Extent>> {
         let mut out = Vec::new();
-        self.each_grain(0, self.capacity, |g, grain| {
+        self.each_grain(0, self.capacity, |g, n, grain| {
             let offset = g * self.grain;
-            out.push(Extent {
+            let kind = match grain {
+                Grain::Unallocated => ExtentKind::Unallocated,
+                Grain::Zero => ExtentKind::Zero,
+                Grain::At(_) => ExtentKind::Data,
+            };
+            push_extent(
+                &mut out,
                 offset,
-                len: self.grain.min(self.capacity - offset),
-                kind: match grain {
-                    Grain::Unallocated => ExtentKind::Unallocated,
-                    Grain::Zero => ExtentKind::Zero,
-                    Grain::At(_) => ExtentKind::Data,
-                },
-            });
+                (n * self.grain).min(self.capacity - offset),
+                kind,
+            );
             Ok(())
         })?;
-        Ok(coalesce(out))
+        Ok(out)
     }
 }
 
