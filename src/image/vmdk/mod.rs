@@ -119,7 +119,9 @@ pub fn open(file: File, path: &Path, chain: &mut Vec<PathBuf>) -> Result<VmdkIma
             let (ct, parts) = descriptor_parts(&d, path)?;
             (ct, Some(d), parts)
         } else {
-            single(ext, embedded)
+            let (ct, d, mut parts) = single(ext, embedded);
+            parts[0].file = Some(path.to_owned());
+            (ct, d, parts)
         }
     } else {
         if len > descriptor::MAX_SIZE {
