@@ -200,6 +200,10 @@ fn ova_disks_stream_out_of_the_archive_and_are_checked() {
     run_in(d, "tar", &["-cf", "badsize.ova", "vm.ovf", "disk1.vmdk"]).ok();
     let r = encrypt_fast(d, &["--key-file", "pw"], "badsize.ova", "x.luks");
     assert!(r.code == 2 && r.stderr.contains("12345"), "{}", r.stderr);
+    // A tar without an OVF is not taken for a raw disk.
+    run_in(d, "tar", &["-cf", "plain.tar", "disk1.vmdk"]).ok();
+    let r = encrypt_fast(d, &["--key-file", "pw"], "plain.tar", "x.luks");
+    assert!(r.code == 2 && r.stderr.contains("no .ovf"), "{}", r.stderr);
     // A truncated archive: the disk entry runs past the end.
     let one = read(d.join("one.ova"));
     std::fs::write(d.join("cut.ova"), &one[..one.len() - 65536]).unwrap();

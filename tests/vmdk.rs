@@ -221,6 +221,16 @@ fn stream_optimized_with_footer_descriptor_extents_and_delta_disks() {
     )
     .unwrap();
     same_as_qemu(d, "multi.vmdk");
+    // A descriptor kept in a sparse header of capacity 0 (ESX style): QEMU reads its extents.
+    let mut h = vec![0u8; 1024];
+    h[..4].copy_from_slice(b"KDMV");
+    h[4..8].copy_from_slice(&1u32.to_le_bytes());
+    h[28..36].copy_from_slice(&1u64.to_le_bytes());
+    h[36..44].copy_from_slice(&1u64.to_le_bytes());
+    let text = b"# Disk DescriptorFile\nversion=1\nCID=2\nparentCID=ffffffff\ncreateType=\"monolithicFlat\"\n\n# Extent description\nRW 4096 FLAT \"a.raw\" 1024\n";
+    h[512..512 + text.len()].copy_from_slice(text);
+    std::fs::write(d.join("holder.vmdk"), &h).unwrap();
+    same_as_qemu(d, "holder.vmdk");
     // A delta disk chain: base <- mid <- top, each written to.
     qemu(
         d,

@@ -5,7 +5,8 @@
 //! qcow2 and qcow version 1 (`QFI\xfb` + version), QED (`QED\0`), VDI (signature `0xbeda107f` at 64),
 //! Parallels (`WithoutFreeSpace`/`WithouFreSpacExt` + version 2), VMDK (`KDMV` hosted sparse, `COWD`
 //! VMware 3, and text descriptor files: comment and blank lines, then `version=1..3`), VHDX
-//! (`vhdxfile`), VHD (`conectix` at 0 or in the last 512 bytes: QEMU probes only the head, so a fixed
+//! (`vhdxfile`), tar archives (`ustar` with a valid header checksum: an OVA, read by [`crate::image::ova`]
+//! or refused, where QEMU sees a raw disk), VHD (`conectix` at 0 or in the last 512 bytes: QEMU probes only the head, so a fixed
 //! VHD is raw to it; here it is a VHD), cloop (its shell-script header), DMG (the `koly` trailer; QEMU
 //! goes by the `.dmg` name), Bochs (`Bochs Virtual HD Image`, type `Redolog`) and LUKS (`LUKS\xba\xbe`,
 //! version 1 or 2). It also tells apart diskseal's own outputs: a qcow2 with QEMU-native LUKS
@@ -86,7 +87,7 @@ pub enum Detected {
     Bochs,
     /// A LUKS file (version 1 or 2).
     Luks(u16),
-    /// An OVA: a tar archive whose first file is an `.ovf` descriptor.
+    /// A tar archive: an OVA when it holds an `.ovf` descriptor.
     Ova,
 }
 
@@ -114,7 +115,7 @@ impl Detected {
             Detected::Bochs => "Bochs image",
             Detected::Luks(1) => "LUKS1 file",
             Detected::Luks(_) => "LUKS2 file",
-            Detected::Ova => "OVA (OVF package)",
+            Detected::Ova => "OVA (OVF package) or tar archive",
         }
     }
 
@@ -282,10 +283,8 @@ pub fn detect_bytes(
     if tail.is_some_and(|t| t.starts_with(&DMG_MAGIC)) {
         return Detected::Dmg;
     }
-    if crate::image::ova::tar::is_tar(head) && {
-        let end = head[..100].iter().position(|&b| b == 0).unwrap_or(100);
-        head[..end].to_ascii_lowercase().ends_with(b".ovf")
-    } {
+    // Any tar archive: an OVA if it holds an .ovf (the OVA reader says so when it does not); never raw.
+    if crate::image::ova::tar::is_tar(head) {
         return Detected::Ova;
     }
     if is_vmdk_descriptor(head) {

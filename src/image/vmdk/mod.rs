@@ -108,34 +108,49 @@ pub fn open(file: File, path: &Path, chain: &mut Vec<PathBuf>) -> Result<VmdkIma
             path.display()
         )));
     }
-    let (create_type, descriptor, parts) = if head[..4] == sparse::MAGIC {
-        let header_capacity = sparse::RawHeader::decode(&head).capacity;
-        let ext = SparseExtent::open(file, path, &head)?;
-        let embedded = ext.embedded_descriptor()?;
-        if header_capacity == 0 && embedded.is_some() {
-            // A descriptor stored in a sparse file of no capacity: its extents make the disk.
-            let d = Descriptor::parse(embedded.as_deref().unwrap_or_default())
-                .map_err(|e| e.with_path(path))?;
+    let raw_header = sparse::RawHeader::decode(&head);
+    let (create_type, descriptor, parts) =
+        if head[..4] == sparse::MAGIC && raw_header.capacity == 0 && raw_header.desc_offset != 0 {
+            // A descriptor stored in a sparse file of no capacity (as QEMU reads it): its extents make
+            // the disk, the rest of the header does not matter.
+            let at = raw_header.desc_offset.saturating_mul(512);
+            let n = raw_header
+                .desc_size
+                .saturating_mul(512)
+                .min(descriptor::MAX_SIZE)
+                .min(len.saturating_sub(at));
+            if n == 0 {
+                return Err(Error::corrupt(format!(
+                    "VMDK embedded descriptor (sector {}) lies past the end of the file",
+                    raw_header.desc_offset
+                ))
+                .with_path(path)
+                .at(28));
+            }
+            let mut text = vec![0u8; n as usize];
+            read_exact_at(&file, path, &mut text, at)?;
+            let d = Descriptor::parse(&text).map_err(|e| e.with_path(path))?;
             let (ct, parts) = descriptor_parts(&d, path)?;
             (ct, Some(d), parts)
-        } else {
+        } else if head[..4] == sparse::MAGIC {
+            let ext = SparseExtent::open(file, path, &head)?;
+            let embedded = ext.embedded_descriptor()?;
             let (ct, d, mut parts) = single(ext, embedded);
             parts[0].file = Some(path.to_owned());
             (ct, d, parts)
-        }
-    } else {
-        if len > descriptor::MAX_SIZE {
-            return Err(Error::format(format!(
+        } else {
+            if len > descriptor::MAX_SIZE {
+                return Err(Error::format(format!(
                 "not a VMDK: no sparse header, and {len} bytes is too large for a descriptor file"
             ))
             .with_path(path));
-        }
-        let mut text = vec![0u8; len as usize];
-        read_exact_at(&file, path, &mut text, 0)?;
-        let d = Descriptor::parse(&text).map_err(|e| e.with_path(path))?;
-        let (ct, parts) = descriptor_parts(&d, path)?;
-        (ct, Some(d), parts)
-    };
+            }
+            let mut text = vec![0u8; len as usize];
+            read_exact_at(&file, path, &mut text, 0)?;
+            let d = Descriptor::parse(&text).map_err(|e| e.with_path(path))?;
+            let (ct, parts) = descriptor_parts(&d, path)?;
+            (ct, Some(d), parts)
+        };
     let size = parts.iter().map(|p| p.len).sum();
     let parent = match descriptor.as_ref().and_then(|d| d.parent_hint.clone()) {
         Some(hint) if !hint.is_empty() => {
