@@ -200,6 +200,13 @@ fn ova_disks_stream_out_of_the_archive_and_are_checked() {
     run_in(d, "tar", &["-cf", "badsize.ova", "vm.ovf", "disk1.vmdk"]).ok();
     let r = encrypt_fast(d, &["--key-file", "pw"], "badsize.ova", "x.luks");
     assert!(r.code == 2 && r.stderr.contains("12345"), "{}", r.stderr);
+    // --disk on something that is not an OVA.
+    let r = encrypt_fast(d, &["--disk", "1", "--key-file", "pw"], "a.raw", "x.luks");
+    assert!(
+        r.code == 2 && r.stderr.contains("not an OVA"),
+        "{}",
+        r.stderr
+    );
     // A tar without an OVF is not taken for a raw disk.
     run_in(d, "tar", &["-cf", "plain.tar", "disk1.vmdk"]).ok();
     let r = encrypt_fast(d, &["--key-file", "pw"], "plain.tar", "x.luks");

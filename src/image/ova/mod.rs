@@ -65,6 +65,13 @@ pub fn package(file: &File, path: &Path) -> Result<Package> {
         .metadata()
         .map_err(|e| Error::io("stat", path, None, e))?
         .len();
+    let mut head = [0u8; 512];
+    if len < 512 || read_exact_at(file, path, &mut head, 0).is_err() || !tar::is_tar(&head) {
+        return Err(Error::format("not an OVA: the file is not a tar archive")
+            .with_path(path)
+            .at(0)
+            .hint("-f ova and --disk apply to OVA files"));
+    }
     let entries = tar::index(file, path, len)?;
     let ovf_entry = entries
         .iter()
