@@ -172,6 +172,21 @@ fn ova_disks_stream_out_of_the_archive_and_are_checked() {
         ],
     )
     .ok();
+    diskseal(
+        d,
+        &[
+            "verify",
+            "-q",
+            "--key-file",
+            "pw",
+            "--disk",
+            "2",
+            "--against",
+            "two.ova",
+            "two.qcow2",
+        ],
+    )
+    .ok();
     let j: serde_json::Value =
         serde_json::from_str(&diskseal(d, &["info", "--json", "two.ova"]).ok().stdout).unwrap();
     assert_eq!(j["format"], "ova", "{j}");

@@ -289,6 +289,9 @@ struct VerifyArgs {
     /// Format of the --against image (default: detected).
     #[arg(short = 'f', long = "format", value_name = "FMT")]
     input_format: Option<String>,
+    /// With an OVA as --against: compare with its disk N (1-based, as `diskseal info` lists them).
+    #[arg(long, value_name = "N")]
+    disk: Option<u16>,
     /// Worker threads (default: all cores).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -1035,7 +1038,7 @@ fn decrypt(a: &DecryptArgs, out: &Out) -> Result<ExitCode> {
 
 fn verify(a: &VerifyArgs, out: &Out) -> Result<ExitCode> {
     let how = unlock_how(&a.key, a.profile.as_deref(), out, &a.src)?;
-    let fmt = input_format(&a.input_format)?;
+    let fmt = input_format_disk(&a.input_format, a.disk)?;
     let against = a.against.as_deref().map(|p| (p, fmt));
     let r = with_progress(out, "verifying", a.threads, |run| {
         ops::verify(&a.src, how, against, run)
