@@ -26,6 +26,16 @@ if ! command -v moto_server >/dev/null || ! python3 -c 'import boto3' 2>/dev/nul
     python3 -m pip install -q 'moto[server]' boto3 || echo "warning: moto/boto3 not installed; AWS KMS tests will be skipped" >&2
 fi
 
+# IBM's official Python SDKs, pinned, in a venv: the agent's contract tests (agent/tests/contract.rs) run
+# them against the fake IBM servers and hold the agent's requests to theirs.
+sdk_venv=target/ibm-sdk-venv
+sdk_pins=(softlayer==6.2.9 ibm-vpc==0.36.0 ibm-cloud-sdk-core==3.28.0 keyprotect==3.0.1 ibm-cos-sdk==2.16.2 boto3==1.44.5)
+if [[ "$(cat "$sdk_venv/pins" 2>/dev/null)" != "${sdk_pins[*]}" ]]; then
+    python3 -m venv "$sdk_venv" && "$sdk_venv/bin/pip" install -q "${sdk_pins[@]}" \
+        && echo "${sdk_pins[*]}" > "$sdk_venv/pins" \
+        || echo "warning: IBM SDKs not installed; the agent's contract tests will be skipped" >&2
+fi
+
 # The strict S3 server the upload tests also run against (SigV4 and checksum checks); 0.14.1 because
 # later versions need a newer rustc. Takes ~130 s the first time.
 if ! command -v s3s-fs >/dev/null; then

@@ -207,6 +207,9 @@ struct ShipArgs {
     /// Skip the cloud's image size rules (small trial images).
     #[arg(long)]
     allow_any_size: bool,
+    /// Classic: send a raw LUKS image (the 2018 flow) instead of refusing it, with a warning.
+    #[arg(long)]
+    legacy_luks: bool,
     /// Classic: bring your own license.
     #[arg(long)]
     byol: bool,
@@ -257,6 +260,9 @@ struct ImportArgs {
     /// Classic: bring your own license.
     #[arg(long)]
     byol: bool,
+    /// Classic: send a raw LUKS image (the 2018 flow) instead of refusing it, with a warning.
+    #[arg(long)]
+    legacy_luks: bool,
     /// Time between status polls (ms, default 10000).
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     poll_ms: u64,
@@ -812,6 +818,7 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
         s3_auth: a.auth.auth.clone(),
         profile: a.auth.profile.clone(),
         allow_any_size: a.allow_any_size,
+        legacy_luks: a.legacy_luks,
         byol: a.byol,
         poll: std::time::Duration::from_millis(a.poll_ms),
         wait: std::time::Duration::from_secs(a.wait_secs),
@@ -917,18 +924,21 @@ fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
     let (region, key) = rest
         .split_once('/')
         .ok_or_else(|| Error::Config(format!("{}: expected cos://REGION/BUCKET/KEY", a.object)))?;
-    for w in import::preflight(cloud, key, a.image.as_deref(), true)? {
+    for w in import::preflight(cloud, key, a.image.as_deref(), true, a.legacy_luks)? {
         eprintln!("diskseal-agent: warning: {w}");
     }
-    let endpoint = a.endpoint.clone().unwrap_or_else(|| match cloud {
-        Cloud::Vpc => format!("https://{region}.iaas.cloud.ibm.com"),
-        Cloud::Classic => "https://api.softlayer.com".into(),
-    });
-    let file = key.rsplit('/').next().unwrap_or(key);
+    let endpoint = match (&a.endpoint, cloud) {
+        (Some(e), _) => e.clone(),
+        (None, Cloud::Vpc) => import::vpc_endpoint(region, l.region())?,
+        (None, Cloud::Classic) => "https://api.softlayer.com".into(),
+    };
     let name = a
         .name
         .clone()
-        .unwrap_or_else(|| file.split('.').next().unwrap_or(file).to_owned());
+        .unwrap_or_else(|| import::default_name(Some(cloud), key));
+    if cloud == Cloud::Vpc {
+        import::check_vpc_name(&name)?;
+    }
     let s = import::ImportSettings {
         cloud,
         endpoint: endpoint.trim_end_matches('/').to_owned(),

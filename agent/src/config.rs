@@ -4,8 +4,9 @@
 //! Endpoints follow IBM's tables (`ibm-cloud.md` §2, §3) unless overridden, so tests can point every
 //! one of them at 127.0.0.1:
 //! - Key Protect: `https://<region>.kms.cloud.ibm.com` (`https://private.<region>...` with `private`);
-//! - Hyper Protect Crypto Services: `https://api.<region>.hs-crypto.cloud.ibm.com:<port>` (the port is
-//!   the instance's own, so `hpcs_port` or `endpoint` is required);
+//! - Hyper Protect Crypto Services: `https://<instance id>.api.<region>.hs-crypto.appdomain.cloud`
+//!   (the instance's own host, all new instances have one); older instances with `hpcs_port`:
+//!   `https://api.<region>.hs-crypto.cloud.ibm.com:<port>`;
 //! - IAM: `https://iam.cloud.ibm.com`.
 
 use std::path::{Path, PathBuf};
@@ -284,6 +285,11 @@ impl Layers {
             .to_owned()
     }
 
+    /// The IBM Cloud region (`--region`, IBMCLOUD_REGION, the config file), if any.
+    pub fn region(&self) -> Option<&str> {
+        self.merged.region.as_deref()
+    }
+
     /// The configured service name.
     pub fn service(&self) -> &str {
         self.merged.service.as_deref().unwrap_or("key-protect")
@@ -435,11 +441,12 @@ impl Layers {
                 format!("https://private.{r}.kms.cloud.ibm.com")
             }
             (None, Some(r), Service::KeyProtect) => format!("https://{r}.kms.cloud.ibm.com"),
-            (None, Some(r), Service::Hpcs) => match m.hpcs_port {
-                Some(p) => format!("https://api.{r}.hs-crypto.cloud.ibm.com:{p}"),
-                None => {
+            (None, Some(r), Service::Hpcs) => match (m.hpcs_port, &m.instance_id) {
+                (Some(p), _) => format!("https://api.{r}.hs-crypto.cloud.ibm.com:{p}"),
+                (None, Some(i)) => format!("https://{i}.api.{r}.hs-crypto.appdomain.cloud"),
+                (None, None) => {
                     return Err(Error::Config(
-                        "HPCS needs hpcs_port (the instance's port) or --endpoint".into(),
+                        "HPCS needs the instance id (--instance-id: its host is INSTANCE.api.REGION.hs-crypto.appdomain.cloud) or --endpoint".into(),
                     ));
                 }
             },
@@ -595,10 +602,6 @@ mod tests {
             !shown.contains("k3y") && shown.contains("<redacted>"),
             "{shown}"
         );
-        assert_eq!(
-            s.key_crn(),
-            "crn:v1:bluemix:public:kms:eu-de:a/:flag-inst:key:env-key"
-        );
     }
 
     #[test]
@@ -635,13 +638,9 @@ mod tests {
             service: Some("hpcs".into()),
             ..base()
         };
-        assert!(
-            Layers::new(hp, None, &env)
-                .unwrap()
-                .kms()
-                .unwrap_err()
-                .to_string()
-                .contains("hpcs_port")
+        assert_eq!(
+            Layers::new(hp, None, &env).unwrap().kms().unwrap().endpoint,
+            "https://i.api.us-south.hs-crypto.appdomain.cloud"
         );
         let bad = FileConfig {
             region: Some("mars-1".into()),

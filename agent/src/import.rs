@@ -1,8 +1,11 @@
-//! Image import into IBM Cloud (`ibm-cloud.md` §5): VPC `POST /v1/images` then polling
-//! `GET /v1/images/{id}` until `available` or `failed` (with `status_reasons` explained), and classic
-//! SoftLayer `createFromIcos` then polling `getObject` until the import transaction is gone. Both
-//! authenticate with an IAM bearer token made from the API key. [`preflight`] catches the documented
-//! pitfalls (names, container, sizes) before anything is sent.
+//! Image import into IBM Cloud (`ibm-cloud.md` §5), as IBM's official clients send it (the contract tests
+//! hold the requests against ibm-vpc and softlayer-python): VPC `POST /v1/images` then polling
+//! `GET /v1/images/{id}` until `available` or `failed` (with `status_reasons` explained), with an IAM
+//! bearer token; classic SoftLayer REST `createFromIcos` then polling `getObject` until the template
+//! and its children have no transaction (what `slcli image detail` shows), signed in with HTTP Basic
+//! `apikey:<API key>` as softlayer-python does. A create is never repeated blindly: after a timeout or
+//! a 5xx the image is looked up by name first and adopted when it exists. [`preflight`] catches the
+//! documented pitfalls (names, container, sizes) before anything is sent.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -16,11 +19,92 @@ use crate::http::{RemoteError, RemoteErrorKind, service};
 use crate::http::{Reply, with_retries};
 use crate::secret::SecretString;
 use crate::wire;
+use base64::Engine as _;
 
 /// The VPC API version date sent as `version=`.
 pub const VPC_API_VERSION: &str = "2024-04-30";
-const GB: u64 = 1_000_000_000;
-const SL_MASK: &str = "mask[id,name,globalIdentifier,status,transaction[transactionStatus,transactionGroup],children[id,datacenter,transaction[transactionStatus,transactionGroup],blockDevicesDiskSpaceTotal]]";
+/// The VPC regions (ibm-vpc's service URL table, `VpcV1.get_service_url_for_region`).
+pub const VPC_REGIONS: &[&str] = &[
+    "au-syd", "br-sao", "ca-mon", "ca-tor", "eu-de", "eu-es", "eu-gb", "in-che", "in-mum",
+    "jp-osa", "jp-tok", "us-east", "us-south",
+];
+
+/// The VPC API endpoint for an image in a bucket at `bucket_location`: that region's when it is a VPC
+/// region, else `region`'s (a cross-region bucket such as `us`, or a single-site one such as `ams03`,
+/// has no VPC of its own).
+pub fn vpc_endpoint(bucket_location: &str, region: Option<&str>) -> Result<String> {
+    let r = if VPC_REGIONS.contains(&bucket_location) {
+        bucket_location
+    } else {
+        match region {
+            Some(r) if VPC_REGIONS.contains(&r) => r,
+            _ => {
+                return Err(Error::Config(format!(
+                    "the bucket's location {bucket_location:?} is not a VPC region (a cross-region or single-site bucket): give --region (or IBMCLOUD_REGION) with the VPC region to import into, one of {}",
+                    VPC_REGIONS.join(", ")
+                )));
+            }
+        }
+    };
+    Ok(format!("https://{r}.iaas.cloud.ibm.com"))
+}
+
+/// IBM's sizes are GiB: its own VPC example makes the 100 GB image with `qemu-img resize ... 100G`.
+const GIB: u64 = 1 << 30;
+/// softlayer-python's `slcli image detail` mask (`SoftLayer/CLI/image/__init__.py` DETAIL_MASK), less
+/// the block devices, plus the template's own transaction.
+const SL_MASK: &str = "mask[id,createDate,note,accountId,name,globalIdentifier,parentId,publicFlag,flexImageFlag,imageType,firstChild,children[id,blockDevicesDiskSpaceTotal,datacenter,transaction[transactionGroup,transactionStatus]],status,transaction[transactionGroup,transactionStatus]]";
+/// softlayer-python's image list mask (`SoftLayer/managers/image.py` IMAGE_MASK) and the note.
+const SL_LIST_MASK: &str =
+    "mask[id,accountId,name,globalIdentifier,blockDevices,parentId,createDate,transaction,note]";
+
+/// Checks a VPC image name: `^([a-z]|[a-z][-a-z0-9]*[a-z0-9])$`, at most 63 characters, not beginning
+/// with `ibm-` (the VPC API's rule; names are also unique per region).
+pub fn check_vpc_name(name: &str) -> Result<()> {
+    let b = name.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[b.len() - 1] != b'-'
+        && !name.starts_with("ibm-");
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "image name {name:?}: VPC names must match ^([a-z]|[a-z][-a-z0-9]*[a-z0-9])$ (lowercase letters, digits and hyphens, starting with a letter), be at most 63 characters and not begin with ibm-; give --name"
+        )))
+    }
+}
+
+/// The default image name for an object key: its file name without extensions, made a valid VPC
+/// name (lowercase, `_`/`.`/spaces to `-`, other characters dropped, leading digits and hyphens
+/// dropped, at most 63 characters, `ibm-` avoided); classic takes the stem as it is.
+pub fn default_name(cloud: Option<Cloud>, object_key: &str) -> String {
+    let f = object_key.rsplit('/').next().unwrap_or(object_key);
+    let stem = f.split('.').next().unwrap_or(f);
+    if cloud != Some(Cloud::Vpc) {
+        return stem.to_owned();
+    }
+    let mut n: String = stem
+        .chars()
+        .filter_map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '-') => Some(c),
+            '_' | '.' | ' ' => Some('-'),
+            _ => None,
+        })
+        .collect();
+    n = n
+        .trim_start_matches(|c: char| !c.is_ascii_lowercase())
+        .to_owned();
+    n.truncate(63);
+    let mut n = n.trim_end_matches('-').to_owned();
+    if n.starts_with("ibm-") {
+        n.replace_range(..3, "img");
+    }
+    if n.is_empty() { "image".into() } else { n }
+}
 
 /// Where the image goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,15 +129,17 @@ impl Cloud {
 }
 
 /// Checks the object name and, when given, the image file against the target's documented rules:
-/// VPC takes lowercase `.qcow2`/`.vhd` names and qcow2 images with LUKS encryption of 10–250 GB
-/// (100 GB recommended for encrypted images); classic takes `NAME.vhd-0.vhd` VHDs of at most 100 GB.
+/// VPC takes lowercase `.qcow2`/`.vhd` names and qcow2 images with LUKS encryption of 10–250 GiB
+/// (100 GiB recommended for encrypted images); classic takes `NAME.vhd-0.vhd` VHDs of at most 100 GiB.
 /// Returns warnings that do not stop the import.
-/// `check_size` false skips the size rules (small trial images).
+/// `check_size` false skips the size rules (small trial images); `legacy_luks` lets a classic import
+/// send a raw LUKS image (the 2018 flow), with a warning.
 pub fn preflight(
     cloud: Cloud,
     object_key: &str,
     image: Option<&Path>,
     check_size: bool,
+    legacy_luks: bool,
 ) -> Result<Vec<String>> {
     let name = object_key.rsplit('/').next().unwrap_or(object_key);
     let bad = |m: String| Err(Error::Import(format!("pre-flight: {m}")));
@@ -82,24 +168,30 @@ pub fn preflight(
     };
     let size = match cloud {
         Cloud::Vpc => vpc_image_size(path)?,
+        Cloud::Classic if legacy_luks && sniff(path) == "a raw LUKS file" => {
+            warnings.push(format!("{}: --legacy-luks: sending a raw LUKS image to IBM classic (the 2018 createFromIcos flow); IBM classic has wanted vhd-util-encrypted VHDs since 2019 and may refuse it", path.display()));
+            std::fs::metadata(path)
+                .map_err(|e| Error::io("stat", path, e))?
+                .len()
+        }
         Cloud::Classic => classic_image_size(path)?,
     };
     match cloud {
         Cloud::Vpc => {
-            if check_size && !(10 * GB..=250 * GB).contains(&size) {
+            if check_size && !(10 * GIB..=250 * GIB).contains(&size) {
                 return bad(format!(
-                    "{}: virtual size {size} bytes; VPC images must be 10-250 GB",
+                    "{}: virtual size {size} bytes; VPC images must be 10-250 GiB",
                     path.display()
                 ));
             }
-            if check_size && size != 100 * GB {
-                warnings.push(format!("virtual size {size} bytes: IBM recommends exactly 100 GB for encrypted images (image-from-volume)"));
+            if check_size && size != 100 * GIB {
+                warnings.push(format!("virtual size {size} bytes: IBM recommends exactly 100 GiB for encrypted images (`diskseal encrypt --resize 100G`)"));
             }
         }
         Cloud::Classic => {
-            if check_size && size > 100 * GB {
+            if check_size && size > 100 * GIB {
                 return bad(format!(
-                    "{}: disk size {size} bytes; classic imports take at most 100 GB",
+                    "{}: disk size {size} bytes; classic imports take at most 100 GiB",
                     path.display()
                 ));
             }
@@ -171,6 +263,11 @@ fn classic_image_size(path: &Path) -> Result<u64> {
         ))
     };
     let what = sniff(path);
+    if what == "a raw LUKS file" {
+        return Err(bad(
+            "this is a raw LUKS file (the 2018 flow): IBM classic has wanted vhd-util-encrypted VHDs since 2019; pass --legacy-luks to send it anyway".into(),
+        ));
+    }
     if what != "a VHD" {
         return Err(bad(format!(
             "classic encrypted images must be VHDs encrypted with the vhd-util scheme, this is {what}"
@@ -255,8 +352,9 @@ pub fn explain(code: &str) -> &'static str {
 struct Api {
     s: ImportSettings,
     agent: ureq::Agent,
-    /// Bearer tokens, refreshed before they expire (imports can poll for an hour, a token's life).
-    tokens: IamTokens,
+    /// VPC: bearer tokens, refreshed before they expire (imports can poll for an hour, a token's
+    /// life). SoftLayer signs in with HTTP Basic `apikey:<API key>` instead.
+    tokens: Option<IamTokens>,
 }
 
 impl Api {
@@ -279,55 +377,82 @@ impl Api {
             Cloud::Vpc => wire::vpc_error(&r.body),
             Cloud::Classic => wire::softlayer_error(&r.body),
         };
+        let mut message = e
+            .message
+            .unwrap_or_else(|| r.body.chars().take(200).collect());
+        if self.s.cloud == Cloud::Vpc && r.status == 409 {
+            message.push_str(&format!("; VPC image names are unique per region: an image named {:?} exists already (delete it, or give another --name)", self.s.name));
+        }
         Error::Remote(RemoteError {
             kind: RemoteErrorKind::Http,
             service: self.service(),
             endpoint: format!("{} ({what})", self.label()),
             status: Some(r.status),
             code: e.reason,
-            message: e
-                .message
-                .unwrap_or_else(|| r.body.chars().take(200).collect()),
+            message,
             correlation_id: e.request_id.or_else(|| r.correlation_id.clone()),
             attempts: 1,
         })
     }
 
-    /// One request with a valid bearer token; a 401 (token revoked or expired early) gets one retry with
-    /// a fresh token.
-    fn call(&self, method: &str, url: &str, body: Option<&Value>) -> Result<Reply> {
-        let bearer = self.tokens.token()?;
-        let r = self.send(method, url, body, &bearer.token)?;
+    /// One request with the retries of `retry`: VPC with a valid bearer token, where a 401 (token
+    /// revoked or expired early) gets one retry with a fresh token; SoftLayer with Basic auth.
+    fn call_with(
+        &self,
+        retry: &RetryPolicy,
+        method: &str,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<Reply> {
+        let Some(tokens) = &self.tokens else {
+            let basic = base64::engine::general_purpose::STANDARD
+                .encode(format!("apikey:{}", self.s.api_key.expose()));
+            return self.send(retry, method, url, body, &format!("Basic {basic}"));
+        };
+        let bearer = tokens.token()?;
+        let auth = format!("Bearer {}", bearer.token.expose());
+        let r = self.send(retry, method, url, body, &auth)?;
         if r.status != 401 {
             return Ok(r);
         }
-        let fresh = self.tokens.refresh(bearer.generation)?;
-        self.send(method, url, body, &fresh.token)
+        let fresh = tokens.refresh(bearer.generation)?;
+        self.send(
+            retry,
+            method,
+            url,
+            body,
+            &format!("Bearer {}", fresh.token.expose()),
+        )
+    }
+
+    fn call(&self, method: &str, url: &str, body: Option<&Value>) -> Result<Reply> {
+        self.call_with(&self.s.retry, method, url, body)
     }
 
     fn send(
         &self,
+        retry: &RetryPolicy,
         method: &str,
         url: &str,
         body: Option<&Value>,
-        token: &SecretString,
+        auth: &str,
     ) -> Result<Reply> {
-        let auth = format!("Bearer {}", token.expose());
+        let auth = zeroize::Zeroizing::new(auth.to_owned());
         Ok(with_retries(
             self.service(),
-            &self.s.retry,
+            retry,
             &self.label(),
             || match (method, body) {
                 ("POST", Some(b)) => self
                     .agent
                     .post(url)
-                    .header("authorization", &auth)
+                    .header("authorization", auth.as_str())
                     .header("content-type", "application/json")
                     .send(b.to_string()),
                 _ => self
                     .agent
                     .get(url)
-                    .header("authorization", &auth)
+                    .header("authorization", auth.as_str())
                     .header("accept", "application/json")
                     .call(),
             },
@@ -376,9 +501,15 @@ pub fn import_resuming(
             .timeout_global(Some(s.retry.timeout))
             .build(),
     );
-    let tokens = IamTokens::new(&s.iam_endpoint, s.api_key.clone(), s.retry);
-    // Fetch the first token now: a refused API key stops the import before anything else.
-    tokens.token()?;
+    let tokens = match s.cloud {
+        Cloud::Vpc => {
+            let t = IamTokens::new(&s.iam_endpoint, s.api_key.clone(), s.retry);
+            // Fetch the first token now: a refused API key stops the import before anything else.
+            t.token()?;
+            Some(t)
+        }
+        Cloud::Classic => None,
+    };
     let api = Api { s, agent, tokens };
     let found = match resume {
         Resume::Created(id) => Some(id),
@@ -392,16 +523,74 @@ pub fn import_resuming(
         Some(id) => id,
         None => {
             record(Step::Sending)?;
-            match api.s.cloud {
-                Cloud::Vpc => vpc_create(&api)?,
-                Cloud::Classic => classic_create(&api)?,
-            }
+            create_once(&api)?
         }
     };
     record(Step::Created(&id))?;
     match api.s.cloud {
         Cloud::Vpc => vpc_poll(&api, id.0),
         Cloud::Classic => classic_poll(&api, id.0, id.1),
+    }
+}
+
+/// True for a failure after which the create may have gone through (what a blind retry would
+/// repeat): no answer or a timeout; a VPC 429 or 5xx; a SoftLayer 5xx that is not one of its own
+/// errors (SoftLayer answers every refusal with a 500 and a `code`, a definite answer) or its rate limit.
+fn uncertain(cloud: Cloud, e: &Error) -> bool {
+    let Error::Remote(r) = e else { return false };
+    if r.kind == RemoteErrorKind::Unreachable {
+        return true;
+    }
+    let server = r.status.is_some_and(|s| s >= 500 || s == 429);
+    match cloud {
+        Cloud::Vpc => server,
+        Cloud::Classic => {
+            server
+                && r.code
+                    .as_deref()
+                    .is_none_or(|c| !c.starts_with("SoftLayer_") || c.contains("RateLimit"))
+        }
+    }
+}
+
+/// Creates the image; after a failure that leaves it unknown whether the create went through, looks
+/// the image up by name (and key / note tag) and adopts it, else sends the create again, up to the
+/// retry policy's attempts.
+fn create_once(api: &Api) -> Result<ImageRef> {
+    let mut attempt = 1;
+    loop {
+        let r = match api.s.cloud {
+            Cloud::Vpc => vpc_create(api),
+            Cloud::Classic => classic_create(api),
+        };
+        match r {
+            Err(e) if uncertain(api.s.cloud, &e) && attempt < api.s.retry.max_attempts => {
+                std::thread::sleep(
+                    api.s
+                        .retry
+                        .base
+                        .saturating_mul(1 << attempt.min(8))
+                        .min(api.s.retry.max_wait),
+                );
+                let found = match api.s.cloud {
+                    Cloud::Vpc => vpc_find(api)?,
+                    Cloud::Classic => classic_find(api)?,
+                };
+                if let Some(id) = found {
+                    return Ok(id);
+                }
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// The create request's retry policy: one attempt (a retry is [`create_once`]'s, after a lookup).
+fn once(p: &RetryPolicy) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 1,
+        ..*p
     }
 }
 
@@ -415,7 +604,8 @@ fn vpc_create(api: &Api) -> Result<(String, Option<String>)> {
         "encrypted_data_key": s.wdek,
         "encryption_key": {"crn": s.key_crn},
     });
-    let r = api.call(
+    let r = api.call_with(
+        &once(&s.retry),
         "POST",
         &format!("{}/v1/images?{q}", s.endpoint),
         Some(&body),
@@ -458,20 +648,24 @@ fn classic_note(tag: &str) -> String {
     }
 }
 
-/// The account's image template named `s.name` whose note carries `s.tag`, if any
-/// (`SoftLayer_Account/getBlockDeviceTemplateGroups` with an objectFilter on the name).
+/// The account's image template named `s.name` whose note carries `s.tag`, if any: softlayer-python's
+/// `list_private_images(name=)` (`SoftLayer_Account/getPrivateBlockDeviceTemplateGroups`, objectFilter
+/// `_= NAME` sorted by id, the first 100).
 fn classic_find(api: &Api) -> Result<Option<ImageRef>> {
     let s = &api.s;
-    let filter = json!({"blockDeviceTemplateGroups": {"name": {"operation": s.name}}}).to_string();
+    let filter = json!({"privateBlockDeviceTemplateGroups": {
+        "id": {"operation": "orderBy", "options": [{"name": "sort", "value": ["ASC"]}]},
+        "name": {"operation": format!("_= {}", s.name)}}})
+    .to_string();
     let url = format!(
-        "{}/rest/v3.1/SoftLayer_Account/getBlockDeviceTemplateGroups.json?objectMask={}&objectFilter={}",
+        "{}/rest/v3.1/SoftLayer_Account/getPrivateBlockDeviceTemplateGroups.json?objectMask={}&objectFilter={}&resultLimit=0%2C100",
         s.endpoint,
-        crate::s3::uri_encode("mask[id,name,note,globalIdentifier]", true),
+        crate::s3::uri_encode(SL_LIST_MASK, true),
         crate::s3::uri_encode(&filter, true)
     );
     let r = api.call("GET", &url, None)?;
     if r.status != 200 {
-        return Err(api.http_error("getBlockDeviceTemplateGroups", &r));
+        return Err(api.http_error("getPrivateBlockDeviceTemplateGroups", &r));
     }
     Ok(wire::softlayer_template_named(
         &r.body,
@@ -547,7 +741,12 @@ fn classic_create(api: &Api) -> Result<(String, Option<String>)> {
         "isEncrypted": true,
         "byol": s.byol,
     }]});
-    let r = api.call("POST", &format!("{base}/createFromIcos.json"), Some(&body))?;
+    let r = api.call_with(
+        &once(&s.retry),
+        "POST",
+        &format!("{base}/createFromIcos.json"),
+        Some(&body),
+    )?;
     if r.status != 200 && r.status != 201 {
         return Err(api.http_error("createFromIcos", &r));
     }
@@ -578,7 +777,7 @@ fn classic_poll(api: &Api, id: String, guid: Option<String>) -> Result<Imported>
                 v.description.as_deref().unwrap_or("")
             )));
         }
-        if !v.busy && v.children_ready {
+        if !v.busy && v.status.as_deref().is_none_or(|k| k == "ACTIVE") {
             return Ok(Imported {
                 id,
                 global_identifier: guid,
@@ -587,10 +786,11 @@ fn classic_poll(api: &Api, id: String, guid: Option<String>) -> Result<Imported>
             });
         }
         if t0.elapsed() > s.timeout {
-            let st = v.transaction.as_deref().unwrap_or("pending");
             return Err(Error::Import(format!(
-                "classic image template {id} still importing ({st}) after {:?}",
-                s.timeout
+                "classic image template {id} still importing after {:?}: last seen status {}, transaction {}",
+                s.timeout,
+                v.status.as_deref().unwrap_or("(none)"),
+                v.transaction.as_deref().unwrap_or("(none)")
             )));
         }
     }

@@ -3,9 +3,10 @@
 //! ([`Auth::Iam`], IBM COS), and retried by the shared loop of [`crate::http`].
 //!
 //! - parts go out on `jobs` threads, each holding one part buffer (memory: jobs × part size);
-//! - every part carries `Content-MD5` and `x-amz-checksum-sha256` (signed headers) and is sent as
-//!   `UNSIGNED-PAYLOAD`, so each byte is hashed once for MD5 and once for SHA-256 here, and a strict
-//!   server does not hash it a third time to check the signature;
+//! - every part carries `Content-MD5`, `x-amz-checksum-sha256` and, signed, its SHA-256 as
+//!   `x-amz-content-sha256` (IBM COS asks for the payload's hash; its official SDK signs it);
+//! - a bucket in another region (`301 PermanentRedirect` / `x-amz-bucket-region`) is followed: the
+//!   requests are signed for its region (and sent to its AWS endpoint);
 //! - each part's answer is checked: an MD5 ETag must be the part's MD5, an echoed
 //!   `x-amz-checksum-sha256` must be the part's; a mismatch, or the server's `BadDigest` (the body was
 //!   damaged on the way), sends the part again, up to [`PART_TRIES`] times;
@@ -45,8 +46,6 @@ pub const MIN_PART: u64 = 5 << 20;
 pub const MAX_PART: u64 = 5 << 30;
 /// The default part size for small files.
 pub const DEFAULT_PART: u64 = 8 << 20;
-/// SigV4's `x-amz-content-sha256` for a payload covered by other signed headers.
-const UNSIGNED: &str = "UNSIGNED-PAYLOAD";
 /// Times a part is sent when the server's answer shows it did not arrive intact.
 pub const PART_TRIES: u32 = 3;
 
@@ -188,6 +187,8 @@ fn unquote(etag: &str) -> String {
 #[derive(Debug)]
 pub struct Client {
     t: Target,
+    /// The signing region and base URL, moved when S3 says the bucket is elsewhere.
+    at: std::sync::RwLock<(String, String)>,
     auth: Auth,
     retry: RetryPolicy,
     agent: ureq::Agent,
@@ -245,9 +246,12 @@ impl Client {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(30)))
+            // S3's region redirect (301 PermanentRedirect) has no Location: it is handled here.
+            .max_redirects(0)
             .timeout_global(Some(retry.timeout.max(Duration::from_secs(600))))
             .build();
         Client {
+            at: std::sync::RwLock::new((t.region.clone(), t.endpoint.clone())),
             t,
             auth: auth.into(),
             retry,
@@ -308,20 +312,19 @@ impl Client {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join("&");
-        let url = if query.is_empty() {
-            format!("{}{path}", self.t.endpoint)
-        } else {
-            format!("{}{path}?{query}", self.t.endpoint)
-        };
-        let host = self
-            .t
-            .endpoint
-            .split("://")
-            .nth(1)
-            .unwrap_or(&self.t.endpoint)
-            .to_owned();
         let mut refused = None;
+        let mut moved = false;
         loop {
+            let (region, endpoint) = self.at.read().map_or_else(
+                |_| (self.t.region.clone(), self.t.endpoint.clone()),
+                |a| a.clone(),
+            );
+            let url = if query.is_empty() {
+                format!("{endpoint}{path}")
+            } else {
+                format!("{endpoint}{path}?{query}")
+            };
+            let host = endpoint.split("://").nth(1).unwrap_or(&endpoint).to_owned();
             let bearer = match (&self.auth, refused) {
                 (Auth::Hmac(_), _) => None,
                 (Auth::Iam(iam), None) => Some(iam.token()?),
@@ -351,7 +354,7 @@ impl Client {
                             headers: &hr,
                             body,
                             payload_sha256: Some(&payload),
-                            region: &self.t.region,
+                            region: &region,
                             service: "s3",
                             amz_date: &amz_date,
                         };
@@ -388,6 +391,25 @@ impl Client {
                 && token_refused(&reply)
             {
                 refused = Some(b.generation);
+                continue;
+            }
+            // The bucket is in another region (301 PermanentRedirect, or 400 with the region named):
+            // sign for that region, and for an AWS endpoint of the old region go to the new one's.
+            if let Some(r) = reply
+                .bucket_region
+                .clone()
+                .filter(|r| !moved && *r != region && matches!(reply.status, 301 | 307 | 400))
+            {
+                let aws = format!("https://s3.{region}.amazonaws.com");
+                let endpoint = if endpoint == aws {
+                    format!("https://s3.{r}.amazonaws.com")
+                } else {
+                    endpoint
+                };
+                if let Ok(mut a) = self.at.write() {
+                    *a = (r, endpoint);
+                }
+                moved = true;
                 continue;
             }
             return Ok(reply);
@@ -470,10 +492,9 @@ impl Client {
             ("content-md5", b64(md5)),
             ("x-amz-checksum-sha256", b64(sha)),
         ];
-        // The body is bound to the signature through the signed Content-MD5 and x-amz-checksum-sha256
-        // (which S3 and COS check, and the ETag check below re-checks), so the payload is not signed
-        // again: a strict server then hashes each byte once less (as botocore does over HTTPS).
-        let r = self.send_hashed("PUT", true, &q, &h, data, UNSIGNED.into())?;
+        // The payload's SHA-256 is signed (x-amz-content-sha256), as IBM COS asks and its official SDK
+        // does; it is the part's SHA-256 the caller has already computed.
+        let r = self.send_hashed("PUT", true, &q, &h, data, hex(sha))?;
         if r.status != 200 {
             return Err(self.fail(&format!("UploadPart {n}"), &r));
         }
@@ -515,16 +536,19 @@ impl Client {
         upload_id: &str,
         parts: &BTreeMap<u32, PartDone>,
     ) -> Result<(String, Option<String>)> {
-        let mut x = String::from("<CompleteMultipartUpload>");
+        let mut x = String::from(
+            "<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">",
+        );
         for (n, p) in parts {
             x.push_str(&format!("<Part><PartNumber>{n}</PartNumber><ETag>\"{}\"</ETag><ChecksumSHA256>{}</ChecksumSHA256></Part>", p.etag, p.sha256_b64));
         }
         x.push_str("</CompleteMultipartUpload>");
+        // As the official COS SDK sends it: Content-MD5, no content type.
         let r = self.send(
             "POST",
             true,
             &[("uploadId", upload_id.to_owned())],
-            &[("content-type", "application/xml".into())],
+            &[("content-md5", b64(&Md5::digest(x.as_bytes())))],
             x.as_bytes(),
         )?;
         // S3 may answer 200 with an <Error> body.
@@ -1207,6 +1231,7 @@ mod tests {
             etag: None,
             content_length: None,
             checksum_sha256: None,
+            bucket_region: None,
         }
     }
 

@@ -45,6 +45,8 @@ pub struct Request {
     pub profile: Option<String>,
     /// Skip the cloud's image size rules.
     pub allow_any_size: bool,
+    /// Classic: send a raw LUKS image (the 2018 flow) instead of refusing it.
+    pub legacy_luks: bool,
     /// Classic: bring your own license.
     pub byol: bool,
     /// Time between import status polls.
@@ -141,7 +143,13 @@ fn prepare(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Prep
     let region = std::env::var("AWS_REGION").ok();
     let target = s3::Target::parse(&r.object, region.as_deref(), r.s3_endpoint.as_deref())?;
     if let Some(c) = cloud {
-        for w in import::preflight(c, &target.key, Some(&image), !r.allow_any_size)? {
+        for w in import::preflight(
+            c,
+            &target.key,
+            Some(&image),
+            !r.allow_any_size,
+            r.legacy_luks,
+        )? {
             on(Note::Warning(w));
         }
     }
@@ -171,14 +179,19 @@ fn prepare(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Prep
             state.target
         )));
     }
-    let name = r.name.clone().unwrap_or_else(|| {
-        let f = target.key.rsplit('/').next().unwrap_or(&target.key);
-        f.split('.').next().unwrap_or(f).to_owned()
-    });
-    let import_endpoint = r.import_endpoint.clone().unwrap_or_else(|| match cloud {
-        Some(Cloud::Classic) => "https://api.softlayer.com".into(),
-        _ => format!("https://{}.iaas.cloud.ibm.com", target.region),
-    });
+    let name = r
+        .name
+        .clone()
+        .unwrap_or_else(|| import::default_name(cloud, &target.key));
+    if cloud == Some(Cloud::Vpc) {
+        import::check_vpc_name(&name)?;
+    }
+    let import_endpoint = match (&r.import_endpoint, cloud) {
+        (Some(e), _) => e.clone(),
+        (None, Some(Cloud::Classic)) => "https://api.softlayer.com".into(),
+        (None, Some(Cloud::Vpc)) => import::vpc_endpoint(&target.region, l.region())?,
+        (None, None) => String::new(),
+    };
     Ok(Prepared {
         cloud,
         os,
@@ -193,11 +206,12 @@ fn prepare(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Prep
     })
 }
 
-/// The root key CRN the import names.
+/// The root key CRN the import names: `--key-crn`, else the key's own from Key Protect / HPCS
+/// (`GET /api/v2/keys/{id}`), which carries the account and the key id when the key is given by alias.
 fn key_crn(l: &Layers, r: &Request, cloud: Option<Cloud>) -> Result<String> {
     Ok(match (&r.key_crn, cloud) {
         (Some(c), _) => c.clone(),
-        (None, Some(_)) => l.kms()?.key_crn(),
+        (None, Some(_)) => crate::kms::keyprotect::KeyProtect::new(l.kms()?).key_crn()?,
         (None, None) => String::new(),
     })
 }
@@ -210,7 +224,17 @@ fn tag(sha: &str) -> String {
 pub fn plan(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Vec<String>> {
     let p = prepare(l, r, on)?;
     let (st, sha, name, os) = (&p.state, &p.sha, &p.name, &p.os);
-    let key_crn = key_crn(l, r, p.cloud)?;
+    let key_crn = match (&r.key_crn, p.cloud) {
+        (Some(c), _) => c.clone(),
+        (None, Some(_)) => {
+            let k = l.kms()?;
+            format!(
+                "<the key's CRN from GET {}/api/v2/keys/{}>",
+                k.endpoint, k.key_id
+            )
+        }
+        (None, None) => String::new(),
+    };
     let kms = l.wrapper()?;
     let size = p.verified.manifest.image.file_size;
     let part = s3::choose_part_size(size, r.upload.part_size)?;
@@ -293,7 +317,6 @@ pub fn plan(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Vec
 /// Ships `r`: wrap, upload, import, each once across reruns; every step is audited to `l`'s log.
 pub fn ship(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Shipped> {
     let p = prepare(l, r, on)?;
-    let key_crn = key_crn(l, r, p.cloud)?;
     let Prepared {
         cloud,
         os,
@@ -387,6 +410,7 @@ pub fn ship(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Shi
     if let Some(c) = cloud
         && st.image_id.is_none()
     {
+        let key_crn = key_crn(l, r, cloud)?;
         let s = import::ImportSettings {
             cloud: c,
             endpoint: import_endpoint.trim_end_matches('/').to_owned(),

@@ -188,6 +188,12 @@ pub fn kp_key_action(body: &str) -> Result<KeyAction, String> {
 }
 
 /// The documented Key Protect error body: `resources[0].reasons[0].{code,message,moreInfo}`, else
+/// The `crn` of the key in a Key Protect `GET /api/v2/keys/{id}` answer (`resources[0].crn`).
+pub fn kp_key_crn(body: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    v["resources"][0]["crn"].as_str().map(str::to_owned)
+}
+
 /// `resources[0].errorMsg`; the message ends with "; see MOREINFO" when there is one.
 pub fn kp_error(body: &str) -> ServiceError {
     let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);

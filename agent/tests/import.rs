@@ -209,7 +209,7 @@ fn preflight_catches_the_documented_pitfalls() {
         "ibm-vpc",
         "cos://us-south/bkt/disk.qcow2",
         &["--image", small.to_str().unwrap()],
-        "10-250 GB",
+        "10-250 GiB",
     );
     std::fs::write(p.join("raw.img"), vec![0u8; 4096]).unwrap();
     bad(
@@ -224,10 +224,11 @@ fn preflight_catches_the_documented_pitfalls() {
         &["--image", "raw.img"],
         "VHD",
     );
-    // 100 GB exactly, LUKS: accepted (and imported).
-    let ok = encrypted(p, "ok.qcow2", Container::Qcow2Luks, Some(100_000_000_000));
+    // 100 GiB exactly (`diskseal encrypt --resize 100G`, as IBM's own `qemu-img resize 100G`), LUKS:
+    // accepted without a warning (and imported); 100 decimal GB is accepted with the recommendation.
+    let ok = encrypted(p, "ok.qcow2", Container::Qcow2Luks, Some(100 << 30));
     let wdek = f.wrap(b64(PASSPHRASE).as_bytes());
-    run(
+    let out = run(
         &f,
         p,
         "ibm-vpc",
@@ -236,8 +237,20 @@ fn preflight_catches_the_documented_pitfalls() {
         &["--image", ok.to_str().unwrap()],
     )
     .ok();
+    assert!(!out.stderr.contains("warning"), "{}", out.stderr);
+    let gb = encrypted(p, "gb.qcow2", Container::Qcow2Luks, Some(100_000_000_000));
+    let out = run(
+        &f,
+        p,
+        "ibm-vpc",
+        "cos://us-south/bkt/disk.qcow2",
+        &wdek,
+        &["--image", gb.to_str().unwrap(), "--name", "disk-gb"],
+    )
+    .ok();
+    assert!(out.stderr.contains("exactly 100 GiB"), "{}", out.stderr);
     // Nothing was sent for the refused ones.
-    assert_eq!(f.with(|s| s.images.len()), 1);
+    assert_eq!(f.with(|s| s.images.len()), 2);
 }
 
 /// The pre-flight checks open the image with diskseal's readers: classic needs a dynamic VHD whose

@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-use crate::fake_ibm::{API_KEY, FakeIbm, INSTANCE, KEY_ACTION, ROOT_KEY};
+use crate::fake_ibm::{API_KEY, FakeIbm, INSTANCE, ROOT_KEY};
 
 /// One HTTP/1.1 request to the fake (Connection: close): (status, body).
 fn http(
@@ -89,14 +89,15 @@ fn capture_fuzz_seeds() {
             "grant_type=urn%3Aibm%3Aparams%3Aoauth%3Agrant-type%3Aapikey&apikey=nope",
         ),
     );
-    let kp = [
-        ("authorization", bearer.as_str()),
-        ("bluemix-instance", INSTANCE),
-        ("content-type", KEY_ACTION),
-        ("accept", KEY_ACTION),
-        ("correlation-id", "00000000-0000-4000-8000-000000000001"),
-    ];
     let action = |key: &str, a: &str, body: &str| {
+        let ct = format!("application/vnd.ibm.kms.key_action_{a}+json");
+        let kp = [
+            ("authorization", bearer.as_str()),
+            ("bluemix-instance", INSTANCE),
+            ("content-type", ct.as_str()),
+            ("accept", "application/json"),
+            ("correlation-id", "00000000-0000-4000-8000-000000000001"),
+        ];
         http(
             u,
             "POST",

@@ -6,9 +6,11 @@
 mod audit;
 mod aws;
 mod cli;
+mod contract;
 mod cos_iam;
 mod crash;
 mod fake_ibm;
+mod ibm_rules;
 mod import;
 mod kms;
 mod pkcs11;

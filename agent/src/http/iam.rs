@@ -1,7 +1,8 @@
 //! IBM Cloud IAM bearer tokens from an API key (`ibm-cloud.md` §3), shared by every IBM client of the
 //! agent (Key Protect / HPCS, IBM COS uploads):
 //!
-//! - `POST {iam}/identity/token` with the API-key grant; the answer's `expires_in` and `expiration`
+//! - `POST {iam}/identity/token` with the API-key grant and `response_type=cloud_iam` (as the official
+//!   SDKs' IAM authenticator sends it); the answer's `expires_in` and `expiration`
 //!   give the token's life;
 //! - a cached token is reused until 80 % of its life has passed (as IBM's SDKs do), then fetched anew;
 //! - [`IamTokens::refresh`] takes the generation of the token a server refused: the first caller with
@@ -111,6 +112,7 @@ impl IamTokens {
                 .send_form([
                     ("grant_type", "urn:ibm:params:oauth:grant-type:apikey"),
                     ("apikey", self.api_key.expose()),
+                    ("response_type", "cloud_iam"),
                 ])
         })?;
         if reply.status != 200 {

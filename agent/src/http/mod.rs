@@ -45,11 +45,39 @@ pub(crate) struct Reply {
     pub(crate) content_length: Option<u64>,
     /// The `x-amz-checksum-sha256` header (S3 UploadPart echoes the checksum it verified).
     pub(crate) checksum_sha256: Option<String>,
+    /// The `x-amz-bucket-region` header (S3's answer to a request sent to the wrong region).
+    pub(crate) bucket_region: Option<String>,
 }
 
-/// Sends with retries per `policy`; `send` makes one attempt. Retries connection errors, timeouts,
-/// 429, 5xx except 501 and AWS's 400 `ThrottlingException`, waiting `Retry-After` seconds when given, else exponential back-off with
-/// jitter, never longer than `policy.max_wait` at a time.
+/// True for an answer worth sending the request again: 429 and 5xx but 501, AWS KMS's HTTP 400
+/// `ThrottlingException`; SoftLayer answers every error with a 500, so there only its rate limit.
+fn retryable(service: Service, status: u16, body: &str) -> bool {
+    match service {
+        Service::SoftLayer => status == 429 || body.contains("RateLimit"),
+        _ => {
+            status == 429
+                || (status >= 500 && status != 501)
+                || (status == 400 && body.contains("ThrottlingException"))
+        }
+    }
+}
+
+/// A `Retry-After` value: delay seconds or an HTTP date (RFC 9110 §10.2.3), as a wait from now.
+pub(crate) fn retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(s) = v.parse::<u64>() {
+        return Some(Duration::from_secs(s));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Sends with retries per `policy`; `send` makes one attempt. Retries connection errors, timeouts and
+/// the answers [`retryable`] names, waiting `Retry-After` (seconds or an HTTP date) when given, else
+/// exponential back-off with jitter, never longer than `policy.max_wait` at a time.
 pub(crate) fn with_retries(
     service: Service,
     policy: &RetryPolicy,
@@ -77,14 +105,12 @@ pub(crate) fn with_retries(
                 let etag = header("etag");
                 let content_length = header("content-length").and_then(|v| v.trim().parse().ok());
                 let checksum_sha256 = header("x-amz-checksum-sha256");
+                let bucket_region = header("x-amz-bucket-region");
                 let body = resp.body_mut().read_to_string().unwrap_or_default();
-                // AWS KMS throttles with HTTP 400 and `ThrottlingException` in the body.
-                let throttled = status == 400 && body.contains("ThrottlingException");
-                let retryable = status == 429 || (status >= 500 && status != 501) || throttled;
-                if retryable && !last {
+                if retryable(service, status, &body) && !last {
                     let wait = retry_after
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs)
+                        .as_deref()
+                        .and_then(self::retry_after)
                         .unwrap_or_else(|| backoff(policy, attempt));
                     std::thread::sleep(wait.min(policy.max_wait));
                     continue;
@@ -96,6 +122,7 @@ pub(crate) fn with_retries(
                     etag,
                     content_length,
                     checksum_sha256,
+                    bucket_region,
                 });
             }
             Err(e) => {
@@ -135,4 +162,35 @@ fn backoff(p: &RetryPolicy, attempt: u32) -> Duration {
     let _ = getrandom::fill(&mut r);
     let frac = f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX);
     d.mul_f64(0.5 + frac / 2.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        assert_eq!(retry_after(" 7 "), Some(Duration::from_secs(7)));
+        let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(20));
+        let d = retry_after(&soon).unwrap();
+        assert!((18..=20).contains(&d.as_secs()), "{d:?}");
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after("soon"), None);
+    }
+
+    #[test]
+    fn softlayer_errors_are_retried_only_for_rate_limits() {
+        let sl = r#"{"error":"Unable to unwrap","code":"SoftLayer_Exception_Public"}"#;
+        assert!(!retryable(Service::SoftLayer, 500, sl));
+        assert!(retryable(
+            Service::SoftLayer,
+            500,
+            r#"{"code":"SoftLayer_Exception_WebService_RateLimitExceeded"}"#
+        ));
+        assert!(retryable(Service::Vpc, 503, ""));
+        assert!(!retryable(Service::S3, 501, ""));
+    }
 }

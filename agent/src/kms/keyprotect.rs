@@ -2,7 +2,8 @@
 //!
 //! - `POST {kms}/api/v2/keys/{id}/actions/wrap|unwrap|rewrap` with `authorization: Bearer`,
 //!   `bluemix-instance`, `correlation-id`, optional `x-kms-key-ring`, content type and accept
-//!   `application/vnd.ibm.kms.key_action+json`; body `{"plaintext": base64}` or `{"ciphertext": WDEK}`;
+//!   `application/vnd.ibm.kms.key_action_<action>+json` and accept `application/json` (as the official
+//!   client sends them); body `{"plaintext": base64}` or `{"ciphertext": WDEK}`;
 //!   an empty body to `wrap` makes the service generate a 32-byte key;
 //! - IAM bearer tokens from [`crate::http::iam::IamTokens`] (API-key grant), refreshed after 80 % of their
 //!   lifetime and once more when the KMS answers 401;
@@ -21,8 +22,6 @@ use crate::http::{RemoteError, RemoteErrorKind, RetryPolicy, service};
 use crate::secret::SecretBytes;
 use crate::secret::SecretString;
 use crate::wire;
-
-const KEY_ACTION: &str = "application/vnd.ibm.kms.key_action+json";
 
 /// Which IBM key service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +118,34 @@ impl KeyProtect {
         format!("{} at {}", self.service_name(), self.s.endpoint)
     }
 
+    /// The root key's CRN as the service has it (`GET /api/v2/keys/{id or alias}`, `resources[0].crn`):
+    /// the account id and the key id, where the configured key may be an alias. A CRN without an
+    /// account is refused: the import backplanes cannot find the key by it.
+    pub fn key_crn(&self) -> Result<String, RemoteError> {
+        let url = format!(
+            "{}/api/v2/keys/{}",
+            self.s.endpoint,
+            path_segment(&self.s.key_id)
+        );
+        let body = self.call("GET", &url, None)?.0;
+        let crn = wire::kp_key_crn(&body).ok_or_else(|| {
+            RemoteError::bad_response(
+                self.service_name(),
+                &self.kms_label(),
+                "no resources[0].crn in the key",
+            )
+        })?;
+        let account = crn.split(':').nth(6).and_then(|a| a.strip_prefix("a/"));
+        if account.is_none_or(str::is_empty) {
+            return Err(RemoteError::bad_response(
+                self.service_name(),
+                &self.kms_label(),
+                &format!("the key's CRN {crn} names no account"),
+            ));
+        }
+        Ok(crn)
+    }
+
     /// One key action; refreshes the token once on 401.
     fn action(
         &self,
@@ -130,6 +157,27 @@ impl KeyProtect {
             self.s.endpoint,
             path_segment(&self.s.key_id)
         );
+        // The official client's content type names the action (key_action_wrap+json, ...).
+        let ct = format!("application/vnd.ibm.kms.key_action_{action}+json");
+        let (text, cid_out) = self.call("POST", &url, Some((&ct, body)))?;
+        let v = wire::kp_key_action(&text).map_err(|e| {
+            RemoteError::bad_response(
+                self.service_name(),
+                &self.kms_label(),
+                &format!("{action} response is {e}"),
+            )
+        })?;
+        Ok((v, cid_out))
+    }
+
+    /// One request with a bearer token, the instance and a correlation id; refreshes the token once
+    /// on 401. Returns the body and the correlation id.
+    fn call(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<(&str, &Zeroizing<String>)>,
+    ) -> Result<(String, Option<String>), RemoteError> {
         let cid = uuid4();
         let mut refused = None;
         loop {
@@ -138,19 +186,33 @@ impl KeyProtect {
                 Some(g) => self.iam.refresh(g)?,
             };
             let auth = Zeroizing::new(format!("Bearer {}", b.token.expose()));
-            let reply = self.with_retries(&self.kms_label(), || {
-                let mut req = self
-                    .agent
-                    .post(&url)
-                    .header("accept", KEY_ACTION)
-                    .header("content-type", KEY_ACTION)
+            let headers = |r: ureq::RequestBuilder<_>| {
+                let r = r
+                    .header("accept", "application/json")
                     .header("authorization", auth.as_str())
                     .header("bluemix-instance", &self.s.instance_id)
                     .header("correlation-id", &cid);
-                if let Some(ring) = &self.s.key_ring {
-                    req = req.header("x-kms-key-ring", ring);
+                match &self.s.key_ring {
+                    Some(ring) => r.header("x-kms-key-ring", ring),
+                    None => r,
                 }
-                req.send(body.as_str())
+            };
+            let reply = self.with_retries(&self.kms_label(), || match (method, body) {
+                ("GET", _) | (_, None) => {
+                    let r = self.agent.get(url);
+                    let r = r
+                        .header("accept", "application/json")
+                        .header("authorization", auth.as_str())
+                        .header("bluemix-instance", &self.s.instance_id)
+                        .header("correlation-id", &cid);
+                    match &self.s.key_ring {
+                        Some(ring) => r.header("x-kms-key-ring", ring).call(),
+                        None => r.call(),
+                    }
+                }
+                (_, Some((ct, b))) => headers(self.agent.post(url))
+                    .header("content-type", ct)
+                    .send(b.as_str()),
             })?;
             let cid_out = reply.correlation_id.clone().or_else(|| Some(cid.clone()));
             if reply.status == 401 && refused.is_none() {
@@ -160,14 +222,7 @@ impl KeyProtect {
             if !(200..300).contains(&reply.status) {
                 return Err(self.kp_error(reply.status, &reply.body, cid_out));
             }
-            let v = wire::kp_key_action(&reply.body).map_err(|e| {
-                RemoteError::bad_response(
-                    self.service_name(),
-                    &self.kms_label(),
-                    &format!("{action} response is {e}"),
-                )
-            })?;
-            return Ok((v, cid_out));
+            return Ok((reply.body, cid_out));
         }
     }
 
