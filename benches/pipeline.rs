@@ -40,7 +40,11 @@ fn encrypt_once(src: &Path, dst: &Path, opts: &EncryptOptions, pass: &Passphrase
         progress: &progress,
         total: &total,
     };
-    ops::encrypt(src, dst, opts, pass, None, &run).expect("encrypt");
+    let key = ops::EncryptKey::Luks {
+        passphrase: Passphrase::new(Zeroizing::new(pass.expose().to_vec())).expect("pass"),
+        volume_key: None,
+    };
+    ops::encrypt(src, dst, opts, key, &run).expect("encrypt");
 }
 
 fn pipeline(c: &mut Criterion) {
@@ -56,15 +60,9 @@ fn pipeline(c: &mut Criterion) {
     let pass = Passphrase::new(Zeroizing::new(b"bench".to_vec())).expect("pass");
     let opts = EncryptOptions {
         luks: FormatOptions::for_tests(LuksVersion::Luks2),
-        key_bytes: 64,
         sector_size: Some(4096),
-        pad: false,
-        input_format: None,
         force: true,
-        container: ops::Container::Raw,
-        sparse: false,
-        resize: None,
-        cluster_bits: None,
+        ..EncryptOptions::new(ops::Container::Raw)
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut g = c.benchmark_group("raw-to-luks2");
@@ -103,15 +101,9 @@ fn qcow2_to_ibm_vpc(c: &mut Criterion, dir: &Path, data: &Path, pass: &Passphras
     }
     let opts = EncryptOptions {
         luks: FormatOptions::for_tests(LuksVersion::Luks1),
-        key_bytes: 64,
         sector_size: Some(512),
-        pad: false,
-        input_format: None,
         force: true,
-        container: ops::Container::Qcow2Luks,
-        sparse: false,
-        resize: None,
-        cluster_bits: None,
+        ..EncryptOptions::new(ops::Container::Qcow2Luks)
     };
     let dst = dir.join("out.qcow2");
     let mut g = c.benchmark_group("qcow2-to-ibm-vpc");

@@ -9,7 +9,7 @@
 //! - [`crypto`]: our AES-XTS engine and the IV rules;
 //! - [`luks`]: LUKS1/LUKS2 headers, keyslots, KDFs, the AF splitter;
 //! - [`image`]: disk-image readers behind the [`image::DiskImage`] trait;
-//! - [`pipeline`]: the parallel chunk engine;
+//! - [`pipeline`]: the parallel chunk engine and its modes, and the extent helpers;
 //! - [`io`]: positional I/O and safe output files;
 //! - [`ops`]: encrypt / decrypt / verify as library calls;
 //! - [`bundle`]: the air-gap hand-off bundle (image, manifest, age-sealed key).
@@ -24,7 +24,7 @@
 //! use std::sync::atomic::{AtomicBool, AtomicU64};
 //! use diskseal::luks::keys::Passphrase;
 //! use diskseal::luks::{FormatOptions, LuksVersion};
-//! use diskseal::ops::{self, Container, EncryptOptions, Run, Unlock};
+//! use diskseal::ops::{self, Container, EncryptKey, EncryptOptions, Encryption, Run, Unlock};
 //! use diskseal::pipeline::Progress;
 //! use zeroize::Zeroizing;
 //!
@@ -36,24 +36,14 @@
 //! let mut luks = FormatOptions::new(LuksVersion::Luks2);
 //! luks.cost.force_iterations = Some(4); // argon2id time cost; omit to benchmark like cryptsetup
 //! luks.cost.memory_kib = 32 * 1024;
-//! let opts = EncryptOptions {
-//!     luks,
-//!     key_bytes: 64,
-//!     sector_size: None,
-//!     pad: false,
-//!     input_format: None,
-//!     force: false,
-//!     container: Container::Raw,
-//!     sparse: false,
-//!     resize: None,
-//!     cluster_bits: None,
-//! };
+//! let opts = EncryptOptions { luks, ..EncryptOptions::new(Container::Raw) };
 //! let pass = || Passphrase::new(Zeroizing::new(b"correct horse".to_vec()));
 //! let (cancel, progress, total) = (AtomicBool::new(false), Progress::new(), AtomicU64::new(0));
 //! let run = Run { threads: None, cancel: &cancel, progress: &progress, total: &total };
 //!
-//! let report = ops::encrypt(&src, &dst, &opts, &pass()?, None, &run)?;
-//! assert_eq!(report.sector_size, 4096);
+//! let key = EncryptKey::Luks { passphrase: pass()?, volume_key: None };
+//! let report = ops::encrypt(&src, &dst, &opts, key, &run)?;
+//! assert!(matches!(report.encryption, Encryption::Luks { sector_size: 4096, .. }));
 //! let check = ops::verify(&dst, Unlock::Passphrase(pass()?), Some((&src, None)), &run)?;
 //! assert!(check.ok());
 //! # Ok(())

@@ -1,16 +1,20 @@
 //! The operations behind the commands — encrypt, decrypt, verify — as library calls taking validated
 //! options ("high args"); the CLI only parses, prompts and prints.
+//!
+//! [`encrypt`] is one path for every [`Container`]: a prepare step (options, output path, source), the
+//! container's writer (LUKS header + payload, qcow2 clusters, or vhd-util blocks) over the
+//! [`Pipeline`]'s modes, and a finish step (commit, one [`EncryptReport`]).
 
 use std::fs::File;
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
 use crate::crypto::IvScheme;
-use crate::crypto::iv::{luks_sector, qcow2_sector};
+use crate::crypto::iv::{VHD_UTIL_IV, luks_sector, qcow2_sector, vhd_util_sector};
 use crate::crypto::xts::Xts;
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::detect::{self, Detected};
@@ -21,28 +25,17 @@ use crate::image::vhd::classic::EncryptedVhd;
 use crate::image::vhd::footer as vhd_footer;
 use crate::image::vhd::writer::{self as vhd_writer, ClassicVhdWriter};
 use crate::image::{self, DiskImage, Extent, ExtentKind, ImageFormat};
-use crate::io::{OutputFile, same_file};
+use crate::io::{OutputFile, check_new_output, same_file};
 use crate::luks::kdf::Kdf;
 use crate::luks::keys::{Passphrase, VolumeKey};
 use crate::luks::payload::LuksPayload;
 use crate::luks::{self, FormatOptions, Luks, LuksVersion};
-use crate::pipeline::{DEFAULT_CHUNK, Pipeline, Progress};
+use crate::pipeline::extents::{data_ranges, fill, next_data};
+use crate::pipeline::{DEFAULT_CHUNK, Pipeline};
 
-/// How a job is run: worker count, cancellation flag, progress counter.
-#[derive(Debug)]
-pub struct Run<'a> {
-    /// Worker threads (all cores when `None`).
-    pub threads: Option<usize>,
-    /// Set to stop early (Ctrl-C); the output is then removed.
-    pub cancel: &'a AtomicBool,
-    /// Bytes done, read by the caller's progress display.
-    pub progress: &'a Progress,
-    /// Total bytes of the data phase, set once the header work is done.
-    pub total: &'a std::sync::atomic::AtomicU64,
-}
+pub use crate::pipeline::Run;
 
-/// The LUKS container the encrypted image is written in. (`ibm-classic-vhd` output has no LUKS header:
-/// [`encrypt_classic_vhd`] writes it.)
+/// The container the encrypted image is written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Container {
     /// A LUKS file (header, then the payload).
@@ -55,13 +48,44 @@ pub enum Container {
     },
     /// QEMU qcow2 v3 with qcow2-native LUKS1 (`encrypt.format=luks`), sparse.
     Qcow2Luks,
+    /// A dynamic VHD encrypted exactly as blktap's `vhd-util copy -k` lays it out (`ibm-classic-vhd`): no
+    /// LUKS header, the key is the raw DEK ([`EncryptKey::Dek`]), only 2 MiB blocks holding non-zero data
+    /// are allocated; the virtual size is rounded up to whole blocks, as vhd-util does.
+    ClassicVhd,
+}
+
+impl Container {
+    /// The name in `--json` output: raw, vhd, qcow2 or classic-vhd.
+    pub fn name(self) -> &'static str {
+        match self {
+            Container::Raw => "raw",
+            Container::Vhd { .. } => "vhd",
+            Container::Qcow2Luks => "qcow2",
+            Container::ClassicVhd => "classic-vhd",
+        }
+    }
+}
+
+/// The key material of [`encrypt`].
+#[derive(Debug)]
+pub enum EncryptKey {
+    /// A LUKS container: the keyslot passphrase, and the volume key (generated, of
+    /// [`EncryptOptions::key_bytes`], when `None`).
+    Luks {
+        /// The keyslot passphrase.
+        passphrase: Passphrase,
+        /// The volume key to use instead of a random one.
+        volume_key: Option<VolumeKey>,
+    },
+    /// [`Container::ClassicVhd`]: the raw DEK (32 or 64 bytes).
+    Dek(VolumeKey),
 }
 
 /// Options of [`encrypt`].
 #[derive(Debug, Clone)]
 pub struct EncryptOptions {
     /// The LUKS header to write (version, KDF, hash, label, offsets...). Its `sector_size` is ignored in
-    /// favour of [`EncryptOptions::sector_size`].
+    /// favour of [`EncryptOptions::sector_size`]. Unused for [`Container::ClassicVhd`].
     pub luks: FormatOptions,
     /// Volume key size when one is generated (32 or 64).
     pub key_bytes: usize,
@@ -85,27 +109,110 @@ pub struct EncryptOptions {
     pub cluster_bits: Option<u32>,
 }
 
+impl EncryptOptions {
+    /// The defaults for `container`: LUKS2 for raw and VHD output, LUKS1 for qcow2 (the only version
+    /// QEMU has), a generated 64-byte key, the source's format and size.
+    pub fn new(container: Container) -> EncryptOptions {
+        let version = match container {
+            Container::Raw | Container::Vhd { .. } => LuksVersion::Luks2,
+            Container::Qcow2Luks | Container::ClassicVhd => LuksVersion::Luks1,
+        };
+        EncryptOptions {
+            luks: FormatOptions::new(version),
+            key_bytes: 64,
+            sector_size: None,
+            pad: false,
+            input_format: None,
+            force: false,
+            container,
+            sparse: false,
+            resize: None,
+            cluster_bits: None,
+        }
+    }
+
+    /// Checks the options on their own (no file is opened): callers run it before asking for a
+    /// passphrase; [`encrypt`] runs it first.
+    pub fn check(&self) -> Result<()> {
+        let classic = self.container == Container::ClassicVhd;
+        let not_classic = |flag: &str| {
+            Err(Error::invalid(format!(
+                "{flag} does not apply to --profile ibm-classic-vhd"
+            )))
+        };
+        if let Some(bits) = self.cluster_bits {
+            match self.container {
+                // Checked before the key derivation, not after it in the writer.
+                Container::Qcow2Luks => check_cluster_bits(bits)?,
+                Container::ClassicVhd => return not_classic("--cluster-size"),
+                _ => {
+                    return Err(Error::invalid(
+                        "--cluster-size needs -O qcow2 (or --profile ibm-vpc)",
+                    ));
+                }
+            }
+        }
+        if self.sparse {
+            match self.container {
+                Container::Qcow2Luks => {
+                    return Err(Error::invalid(
+                        "--sparse applies to raw and vhd LUKS output; qcow2 output is always sparse",
+                    ));
+                }
+                Container::ClassicVhd => {
+                    return not_classic("--sparse (the output is always sparse)");
+                }
+                _ => {}
+            }
+        }
+        if classic {
+            if self.sector_size.is_some_and(|s| s != 512) {
+                return not_classic("--sector-size");
+            }
+            return Ok(());
+        }
+        let version = self.luks.version;
+        if self.container == Container::Qcow2Luks && version != LuksVersion::Luks1 {
+            return Err(
+                Error::invalid("qcow2 output holds LUKS1 only (QEMU has no LUKS2)")
+                    .hint("drop --type luks2"),
+            );
+        }
+        if let Some(sector) = self.sector_size {
+            if version == LuksVersion::Luks1 && sector != 512 {
+                return Err(Error::invalid("LUKS1 supports only 512-byte sectors")
+                    .hint("use --type luks2 for 4096-byte sectors"));
+            }
+            if !matches!(sector, 512 | 1024 | 2048 | 4096) {
+                return Err(Error::invalid(format!(
+                    "--sector-size {sector} must be 512, 1024, 2048 or 4096"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What [`encrypt`] did.
 #[derive(Debug, Clone)]
 pub struct EncryptReport {
-    /// LUKS version written.
-    pub version: LuksVersion,
-    /// UUID written.
+    /// The container written.
+    pub container: Container,
+    /// The encryption's parameters.
+    pub encryption: Encryption,
+    /// The LUKS UUID, or the VHD footer's unique id.
     pub uuid: String,
     /// Input format.
     pub input_format: &'static str,
     /// Source virtual size.
     pub source_size: u64,
-    /// Virtual size of the encrypted disk (after --resize / --pad).
+    /// Virtual size of the encrypted disk (after --resize, --pad, VHD alignment or 2 MiB blocks).
     pub virtual_size: u64,
-    /// Zero bytes added by `--pad`.
+    /// Zero bytes added beyond the size asked for (the source's, or --resize): --pad, -O vhd
+    /// --vhd-align, or vhd-util's whole 2 MiB blocks.
     pub padded: u64,
-    /// Payload offset (raw LUKS) or LUKS header offset (qcow2).
-    pub data_offset: u64,
-    /// Payload sector size.
-    pub sector_size: u32,
-    /// Keyslot KDF and cost.
-    pub kdf: Kdf,
+    /// Key size in bytes (32: AES-128-XTS, 64: AES-256-XTS).
+    pub key_bytes: usize,
     /// Output file size.
     pub output_size: u64,
     /// Bytes of the source read and encrypted (holes and zero runs are not read).
@@ -116,119 +223,215 @@ pub struct EncryptReport {
     pub threads: usize,
 }
 
-fn refuse_same(src: &Path, dst: &Path) -> Result<()> {
+/// The container-specific part of an [`EncryptReport`].
+#[derive(Debug, Clone)]
+pub enum Encryption {
+    /// A LUKS header (raw, VHD and qcow2 containers).
+    Luks {
+        /// LUKS version written.
+        version: LuksVersion,
+        /// Payload offset (raw LUKS) or LUKS header offset (qcow2).
+        data_offset: u64,
+        /// Payload sector size.
+        sector_size: u32,
+        /// Keyslot KDF and cost.
+        kdf: Kdf,
+    },
+    /// vhd-util encryption ([`Container::ClassicVhd`]).
+    VhdUtil {
+        /// SHA-256(zero nonce || key), as stored in the batmap header (`vhd-util key -p`).
+        keyhash: [u8; 32],
+        /// Blocks allocated (and encrypted) out of the BAT's entries.
+        allocated_blocks: u64,
+        /// BAT entries.
+        bat_entries: u64,
+    },
+}
+
+/// Refuses to write `dst` when it is `src`, or exists without `force` (before any slow work;
+/// [`OutputFile::create`] checks again).
+fn check_output(src: &Path, dst: &Path, force: bool) -> Result<()> {
     if same_file(src, dst) {
         return Err(Error::invalid("input and output are the same file")
             .with_path(dst)
             .hint("write the result to a new file"));
     }
-    Ok(())
+    check_new_output(dst, force)
 }
 
-/// Fills `buf` with the source's bytes at `off`: only `Data` extents are read, the rest (and anything past
-/// the source's end) is zeroed. Returns the number of bytes read from the source.
-fn fill(image: &dyn DiskImage, extents: &[Extent], buf: &mut [u8], off: u64) -> Result<u64> {
-    let end = off + buf.len() as u64;
-    buf.fill(0);
-    let mut read = 0;
-    let first = extents.partition_point(|e| e.offset + e.len <= off);
-    for e in extents[first..].iter().take_while(|e| e.offset < end) {
-        if e.kind != ExtentKind::Data {
-            continue;
-        }
-        let a = e.offset.max(off);
-        let b = (e.offset + e.len).min(end);
-        image.read_at(&mut buf[(a - off) as usize..(b - off) as usize], a)?;
-        read += b - a;
+/// The checked source of an encryption, common to every container.
+struct Source {
+    image: Box<dyn DiskImage>,
+    extents: Vec<Extent>,
+    /// The source's virtual size.
+    size: u64,
+    /// The size asked for: the source's, or `--resize`.
+    want: u64,
+}
+
+/// The prepare step of [`encrypt`]: the options, the output path, and the source (readable, not
+/// encrypted already, not empty, not larger than `--resize`).
+fn prepare(src: &Path, dst: &Path, opts: &EncryptOptions) -> Result<Source> {
+    opts.check()?;
+    check_output(src, dst, opts.force)?;
+    let image = image::open(src, opts.input_format)?;
+    if image.info().details.get("encrypt").is_some() {
+        return Err(Error::invalid("the input is already encrypted; encrypting it again would hide the ciphertext, not the data")
+            .with_path(src)
+            .hint("decrypt it first (`diskseal decrypt`), or pass -f raw to encrypt the file's bytes as they are"));
     }
-    Ok(read)
-}
-
-/// Sub-ranges of `[off, off+len)` (relative, sector-aligned) that hold source data.
-fn data_ranges(extents: &[Extent], off: u64, len: u64, sector: u64) -> Vec<(u64, u64)> {
-    let end = off + len;
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    let first = extents.partition_point(|e| e.offset + e.len <= off);
-    for e in extents[first..].iter().take_while(|e| e.offset < end) {
-        if e.kind != ExtentKind::Data {
-            continue;
-        }
-        let a = (e.offset.max(off) - off) / sector * sector;
-        let b = ((e.offset + e.len).min(end) - off).div_ceil(sector) * sector;
-        match out.last_mut() {
-            Some(last) if last.1 >= a => last.1 = last.1.max(b),
-            _ => out.push((a, b.min(len))),
-        }
+    let size = image.virtual_size();
+    if size == 0 {
+        return Err(Error::invalid("input is empty").with_path(src));
     }
-    out
+    let want = match opts.resize {
+        Some(r) if r < size => {
+            return Err(Error::invalid(format!(
+                "--resize {r} is smaller than the source's virtual size {size}"
+            ))
+            .hint("diskseal only grows disks; shrink the file system and the image first"));
+        }
+        Some(r) => r,
+        None => size,
+    };
+    let extents = image.extents()?;
+    Ok(Source {
+        image,
+        extents,
+        size,
+        want,
+    })
 }
 
-/// Encrypts the disk image `src` into a new file `dst` (a LUKS file, or qcow2 with native LUKS).
+/// What a container's writer produced, for the finish step.
+struct Written {
+    out: OutputFile,
+    encryption: Encryption,
+    uuid: String,
+    virtual_size: u64,
+    key_bytes: usize,
+    output_size: u64,
+    /// When the data phase started.
+    started: Instant,
+}
+
+/// Encrypts the disk image `src` into a new file `dst`, in any [`Container`]: a LUKS file (raw or
+/// wrapped as a fixed VHD), qcow2 with native LUKS, or a vhd-util encrypted VHD.
 pub fn encrypt(
+    src: &Path,
+    dst: &Path,
+    opts: &EncryptOptions,
+    key: EncryptKey,
+    run: &Run<'_>,
+) -> Result<EncryptReport> {
+    let source = prepare(src, dst, opts)?;
+    let pipeline = Pipeline::new(run.threads, DEFAULT_CHUNK)?;
+    let data_bytes = AtomicU64::new(0);
+    let read = Reader {
+        source: &source,
+        data_bytes: &data_bytes,
+    };
+    let w = match (opts.container, key) {
+        (Container::ClassicVhd, EncryptKey::Dek(key)) => {
+            write_classic_vhd(&read, src, dst, opts, &key, &pipeline, run)?
+        }
+        (Container::ClassicVhd, EncryptKey::Luks { .. }) => {
+            return Err(Error::invalid(
+                "ibm-classic-vhd output takes the raw DEK, not a passphrase",
+            ));
+        }
+        (
+            _,
+            EncryptKey::Luks {
+                passphrase,
+                volume_key,
+            },
+        ) => write_luks(
+            &read,
+            src,
+            dst,
+            opts,
+            &passphrase,
+            volume_key,
+            &pipeline,
+            run,
+        )?,
+        (_, EncryptKey::Dek(_)) => {
+            return Err(Error::invalid(
+                "LUKS output takes a passphrase (and optionally a volume key), not a DEK",
+            ));
+        }
+    };
+    // The finish step.
+    let elapsed = w.started.elapsed();
+    w.out.commit(0o644)?;
+    Ok(EncryptReport {
+        container: opts.container,
+        encryption: w.encryption,
+        uuid: w.uuid,
+        input_format: source.image.format_name(),
+        source_size: source.size,
+        virtual_size: w.virtual_size,
+        padded: w.virtual_size - source.want,
+        key_bytes: w.key_bytes,
+        output_size: w.output_size,
+        data_bytes: data_bytes.into_inner(),
+        elapsed,
+        threads: pipeline.threads(),
+    })
+}
+
+/// Reads the source for the writers, counting the bytes read.
+struct Reader<'a> {
+    source: &'a Source,
+    data_bytes: &'a AtomicU64,
+}
+
+impl Reader<'_> {
+    /// Fills `buf` with the source at `off` (zeros where it has no data).
+    fn fill(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        let n = fill(self.source.image.as_ref(), &self.source.extents, buf, off)?;
+        self.data_bytes.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Like [`Reader::fill`], but reads nothing and returns `false` when no `unit` of the chunk holds
+    /// data (the waves' `read`).
+    fn fill_units(&self, buf: &mut [u8], off: u64, unit: u64) -> Result<bool> {
+        if data_ranges(&self.source.extents, off, buf.len() as u64, unit).is_empty() {
+            return Ok(false);
+        }
+        self.fill(buf, off)?;
+        Ok(true)
+    }
+}
+
+/// The LUKS containers: the header, then the payload (raw, VHD) or the qcow2 clusters.
+#[allow(clippy::too_many_arguments)]
+fn write_luks(
+    read: &Reader<'_>,
     src: &Path,
     dst: &Path,
     opts: &EncryptOptions,
     passphrase: &Passphrase,
     volume_key: Option<VolumeKey>,
+    pipeline: &Pipeline,
     run: &Run<'_>,
-) -> Result<EncryptReport> {
-    refuse_same(src, dst)?;
-    if !opts.force && std::fs::symlink_metadata(dst).is_ok() {
-        return Err(Error::invalid("output file already exists")
-            .with_path(dst)
-            .hint("pass --force to overwrite it"));
-    }
-    let image = image::open(src, opts.input_format)?;
-    let source_size = image.virtual_size();
-    if source_size == 0 {
-        return Err(Error::invalid("input is empty").with_path(src));
-    }
-    let vsize = match opts.resize {
-        Some(r) if r < source_size => {
-            return Err(Error::invalid(format!(
-                "--resize {r} is smaller than the source's virtual size {source_size}"
-            ))
-            .hint("diskseal only grows disks; shrink the file system and the image first"));
-        }
-        Some(r) => r,
-        None => source_size,
-    };
-    let extents = image.extents()?;
+) -> Result<Written> {
+    let source = read.source;
+    let vsize = source.want;
     let version = opts.luks.version;
-    if let Some(bits) = opts.cluster_bits {
-        if opts.container != Container::Qcow2Luks {
-            return Err(Error::invalid("--cluster-size needs qcow2 output"));
-        }
-        // Checked before the key derivation, not after it in the writer.
-        check_cluster_bits(bits)?;
-    }
-    if opts.container == Container::Qcow2Luks {
-        if version != LuksVersion::Luks1 {
-            return Err(Error::invalid(
-                "qcow2 images hold LUKS1 only (QEMU has no LUKS2)",
-            ));
-        }
-        if std::str::from_utf8(passphrase.expose()).is_err() {
-            return Err(Error::invalid(
-                "the passphrase is not valid UTF-8, which QEMU requires for qcow2 encryption",
-            )
-            .hint("use a text passphrase, e.g. the base64 of random bytes"));
-        }
+    if opts.container == Container::Qcow2Luks && std::str::from_utf8(passphrase.expose()).is_err() {
+        return Err(Error::invalid(
+            "the passphrase is not valid UTF-8, which QEMU requires for qcow2 encryption",
+        )
+        .hint("use a text passphrase, e.g. the base64 of random bytes"));
     }
     let sector = match opts.sector_size {
         Some(s) => s,
-        None if version == LuksVersion::Luks2 && vsize % 4096 == 0 => 4096,
+        None if version == LuksVersion::Luks2 && vsize.is_multiple_of(4096) => 4096,
         None => 512,
     };
-    if version == LuksVersion::Luks1 && sector != 512 {
-        return Err(Error::invalid("LUKS1 supports only 512-byte sectors")
-            .hint("use --type luks2 for 4096-byte sectors"));
-    }
-    if !matches!(sector, 512 | 1024 | 2048 | 4096) {
-        return Err(Error::invalid(format!(
-            "--sector-size {sector} must be 512, 1024, 2048 or 4096"
-        )));
-    }
     let mut payload_len = vsize.div_ceil(u64::from(sector)) * u64::from(sector);
     if payload_len != vsize && !opts.pad {
         return Err(Error::invalid(format!(
@@ -256,21 +459,42 @@ pub fn encrypt(
     let formatted = luks::format(&fmt, &key, passphrase)?;
     let out = OutputFile::create(dst, opts.force)?;
     let xts = Xts::new(key.expose())?;
-    let pipeline = Pipeline::new(run.threads, DEFAULT_CHUNK)?;
-    run.total
-        .store(payload_len, std::sync::atomic::Ordering::Relaxed);
-    let start = Instant::now();
-    let data_bytes = AtomicU64::new(0);
+    run.total.store(payload_len, Ordering::Relaxed);
+    let started = Instant::now();
     let (data_offset, output_size) = match opts.container {
-        Container::Raw | Container::Vhd { .. } => {
+        Container::Qcow2Luks => {
+            let writer = Qcow2Writer::new(
+                &out,
+                payload_len,
+                Some(&formatted.header),
+                opts.cluster_bits.unwrap_or(DEFAULT_CLUSTER_BITS),
+            )?;
+            let cs = writer.cluster_size();
+            let fill = |buf: &mut [u8], at: u64| read.fill_units(buf, at, cs);
+            let size = write_qcow2(
+                pipeline,
+                payload_len,
+                &source.extents,
+                &fill,
+                Some(&xts),
+                writer,
+                &out,
+                run,
+            )?;
+            // The LUKS header sits at cluster 1.
+            (cs, size)
+        }
+        _ => {
             let data_offset = formatted.data_offset;
             out.write_at(&formatted.header, 0)?;
             let unit = sector as usize;
             let sparse = opts.sparse;
             pipeline.run(payload_len, run.cancel, run.progress, |buf, off| {
-                data_bytes.fetch_add(fill(image.as_ref(), &extents, buf, off)?, Ordering::Relaxed);
+                read.fill(buf, off)?;
                 if sparse {
-                    for (a, b) in data_ranges(&extents, off, buf.len() as u64, u64::from(sector)) {
+                    let ranges =
+                        data_ranges(&source.extents, off, buf.len() as u64, u64::from(sector));
+                    for (a, b) in ranges {
                         let part = &mut buf[a as usize..b as usize];
                         xts.encrypt(part, unit, luks_sector(0, off + a), IvScheme::Plain64)?;
                         out.write_at(part, data_offset + off + a)?;
@@ -296,181 +520,26 @@ pub fn encrypt(
             out.set_len(size)?;
             (data_offset, size)
         }
-        Container::Qcow2Luks => {
-            let writer = Qcow2Writer::new(
-                &out,
-                payload_len,
-                Some(&formatted.header),
-                opts.cluster_bits.unwrap_or(DEFAULT_CLUSTER_BITS),
-            )?;
-            let cs = writer.cluster_size();
-            let read = |buf: &mut [u8], at: u64| -> Result<bool> {
-                if data_ranges(&extents, at, buf.len() as u64, cs).is_empty() {
-                    return Ok(false);
-                }
-                data_bytes.fetch_add(fill(image.as_ref(), &extents, buf, at)?, Ordering::Relaxed);
-                Ok(true)
-            };
-            let size = write_qcow2(
-                &pipeline,
-                payload_len,
-                &extents,
-                &read,
-                Some(&xts),
-                writer,
-                &out,
-                run,
-            )?;
-            // The LUKS header sits at cluster 1.
-            (cs, size)
-        }
     };
-    let elapsed = start.elapsed();
-    out.commit(0o644)?;
-    Ok(EncryptReport {
-        version,
+    Ok(Written {
+        out,
+        encryption: Encryption::Luks {
+            version,
+            data_offset,
+            sector_size: sector,
+            kdf: formatted.keyslot_kdf,
+        },
         uuid: formatted.uuid,
-        input_format: image.format_name(),
-        source_size,
         virtual_size: payload_len,
-        padded: payload_len - vsize,
-        data_offset,
-        sector_size: sector,
-        kdf: formatted.keyslot_kdf,
+        key_bytes: key.len(),
         output_size,
-        data_bytes: data_bytes.into_inner(),
-        elapsed,
-        threads: pipeline.threads(),
+        started,
     })
 }
 
-/// Encrypts and writes a run of allocated units that follow each other both in the guest and in the
-/// file: (their bytes, the first unit's index, its host offset).
-type StoreUnit<'a> = dyn Fn(&mut [u8], u64, u64) -> Result<()> + Sync + 'a;
-
-/// A wave job: its buffer, guest offset, and (unit index in the chunk, host offset) of the units that
-/// hold data.
-type WaveJob = (Vec<u8>, u64, Vec<(u64, u64)>);
-
-/// The allocate-in-guest-order data path of the sparse writers (qcow2, vhd-util VHD), in waves of
-/// chunks made of whole `unit`s:
-/// 1. `read(buf, offset)` fills each chunk in parallel; `false` means "known zeros, nothing read";
-/// 2. every unit that is not all zeros is allocated, in guest order, with `allocate(unit_index)`;
-/// 3. `store(bytes, unit_index, host_offset)` encrypts and writes the allocated units in parallel, one
-///    call per run of units that are consecutive in the guest and in the file (one write instead of one
-///    per unit); the last unit may be short when `len` is not a whole number of units.
-///
-/// Step 3 of a wave runs alongside step 1 of the next one (two sets of wave buffers), so the workers
-/// read while the file's writes, which the kernel serialises per file, go on.
-/// `skip(offset)` returns the first offset at or after `offset` that may hold data, so holes cost no time.
-#[allow(clippy::too_many_arguments)]
-fn allocating_waves(
-    pipeline: &Pipeline,
-    len: u64,
-    unit: u64,
-    run: &Run<'_>,
-    skip: &dyn Fn(u64) -> u64,
-    read: &(dyn Fn(&mut [u8], u64) -> Result<bool> + Sync),
-    allocate: &mut dyn FnMut(u64) -> Result<u64>,
-    store: &StoreUnit<'_>,
-) -> Result<()> {
-    use rayon::prelude::*;
-    let chunk = (pipeline.chunk() as u64 / unit).max(1) * unit;
-    let wave = pipeline.threads() * 2;
-    let new_wave = || -> Vec<WaveJob> { (0..wave).map(|_| (Vec::new(), 0, Vec::new())).collect() };
-    // Lays out the next wave from `off` on (holes are skipped and counted as done); returns its size.
-    let mut off = 0u64;
-    let mut plan = |bufs: &mut [WaveJob]| -> Result<usize> {
-        let mut n = 0;
-        while off < len && n < bufs.len() {
-            Pipeline::check_cancel(run.cancel)?;
-            let next = (skip(off).min(len) / unit * unit).max(off);
-            if next > off {
-                Pipeline::advance(run.progress, next - off);
-                off = next;
-                continue;
-            }
-            let this = chunk.min(len - off);
-            let b = &mut bufs[n];
-            b.0.resize(this as usize, 0);
-            b.1 = off;
-            b.2.clear();
-            n += 1;
-            off += this;
-        }
-        Ok(n)
-    };
-    let fill = |jobs: &mut [WaveJob]| -> Result<()> {
-        jobs.par_iter_mut()
-            .try_for_each(|(buf, at, alloc)| -> Result<()> {
-                if !read(buf, *at)? {
-                    return Ok(());
-                }
-                for (i, u) in buf.chunks(unit as usize).enumerate() {
-                    if !is_zero(u) {
-                        alloc.push((i as u64, 0));
-                    }
-                }
-                Ok(())
-            })
-    };
-    let write = |jobs: &mut [WaveJob]| -> Result<()> {
-        jobs.par_iter_mut()
-            .try_for_each(|(buf, at, alloc)| -> Result<()> {
-                let blen = buf.len() as u64;
-                let mut k = 0;
-                while k < alloc.len() {
-                    let (i, host) = alloc[k];
-                    let mut n = 1;
-                    while alloc
-                        .get(k + n)
-                        .is_some_and(|&(j, h)| j == i + n as u64 && h == host + n as u64 * unit)
-                    {
-                        n += 1;
-                    }
-                    let run =
-                        &mut buf[(i * unit) as usize..((i + n as u64) * unit).min(blen) as usize];
-                    store(run, *at / unit + i, host)?;
-                    k += n;
-                }
-                Ok(())
-            })
-    };
-    let (mut cur, mut next) = (new_wave(), new_wave());
-    let mut n_cur = plan(&mut cur)?;
-    pipeline.install(|| fill(&mut cur[..n_cur]))?;
-    while n_cur > 0 {
-        for job in cur[..n_cur].iter_mut() {
-            let first = job.1 / unit;
-            for (i, host) in job.2.iter_mut() {
-                *host = allocate(first + *i)?;
-            }
-        }
-        let n_next = plan(&mut next)?;
-        let (stored, filled) = pipeline
-            .install(|| rayon::join(|| write(&mut cur[..n_cur]), || fill(&mut next[..n_next])));
-        stored?;
-        filled?;
-        for job in &cur[..n_cur] {
-            Pipeline::advance(run.progress, job.0.len() as u64);
-        }
-        std::mem::swap(&mut cur, &mut next);
-        n_cur = n_next;
-    }
-    Ok(())
-}
-
-/// The first offset at or after `off` where `extents` has data (`len` if none).
-fn next_data(extents: &[Extent], off: u64, len: u64) -> u64 {
-    extents[extents.partition_point(|e| e.offset + e.len <= off)..]
-        .iter()
-        .find(|e| e.kind == ExtentKind::Data)
-        .map_or(len, |e| e.offset.max(off))
-}
-
-/// The qcow2 data path: reads through `read` (see [`allocating_waves`]), allocates non-zero clusters in
-/// guest order, encrypts them with `xts` (IV = host offset / 512) when given, writes them, and finishes
-/// the metadata. Returns the final file length.
+/// The qcow2 data path: reads through `read` (see [`Pipeline::allocating_waves`]), allocates non-zero
+/// clusters in guest order, encrypts them with `xts` (IV = host offset / 512) when given, writes them,
+/// and finishes the metadata. Returns the final file length.
 #[allow(clippy::too_many_arguments)]
 fn write_qcow2(
     pipeline: &Pipeline,
@@ -499,8 +568,7 @@ fn write_qcow2(
         out.write_at(data, host)
     };
     let skip = |off: u64| next_data(extents, off, len);
-    allocating_waves(
-        pipeline,
+    pipeline.allocating_waves(
         len,
         cs,
         run,
@@ -512,85 +580,21 @@ fn write_qcow2(
     writer.finish(out)
 }
 
-/// Options of [`encrypt_classic_vhd`].
-#[derive(Debug, Clone, Default)]
-pub struct ClassicVhdOptions {
-    /// Force the input format.
-    pub input_format: Option<ImageFormat>,
-    /// Replace an existing output.
-    pub force: bool,
-    /// New virtual size (grow only; rounded up to 2 MiB like the source size).
-    pub resize: Option<u64>,
-}
-
-/// What [`encrypt_classic_vhd`] did.
-#[derive(Debug, Clone)]
-pub struct ClassicVhdReport {
-    /// The footer's unique id.
-    pub uuid: String,
-    /// Input format.
-    pub input_format: &'static str,
-    /// Source virtual size.
-    pub source_size: u64,
-    /// Virtual size of the VHD (`current_size`: the source size rounded up to whole 2 MiB blocks).
-    pub virtual_size: u64,
-    /// Key size in bytes (32: AES-128-XTS, 64: AES-256-XTS).
-    pub key_bytes: usize,
-    /// SHA-256(zero nonce || key), as stored in the batmap header (`vhd-util key -p`).
-    pub keyhash: [u8; 32],
-    /// Blocks allocated (and encrypted) out of the BAT's entries.
-    pub allocated_blocks: u64,
-    /// BAT entries.
-    pub bat_entries: u64,
-    /// Output file size.
-    pub output_size: u64,
-    /// Bytes of the source read (holes and zero runs are not read).
-    pub data_bytes: u64,
-    /// Time spent on the data.
-    pub elapsed: Duration,
-    /// Worker threads used.
-    pub threads: usize,
-}
-
-/// Encrypts the disk image `src` into a new dynamic VHD `dst` exactly as blktap's `vhd-util copy -k`
-/// lays it out (`ibm-classic-vhd`): `key` is the raw DEK (32 or 64 bytes); only 2 MiB blocks holding
-/// non-zero data are allocated, and every sector of them is AES-XTS encrypted with tweak = 32-bit LE
-/// virtual sector number; the key hash SHA-256(zero nonce || key) goes into the batmap header.
-/// The virtual size is the source's rounded up to whole 2 MiB blocks (as vhd-util does); sources beyond
+/// [`Container::ClassicVhd`]: `key` is the raw DEK (32 or 64 bytes); only 2 MiB blocks holding non-zero
+/// data are allocated, and every sector of them is AES-XTS encrypted with vhd-util's IV
+/// ([`vhd_util_sector`]); the key hash SHA-256(zero nonce || key) goes into the batmap header. The
+/// virtual size is the requested one rounded up to whole 2 MiB blocks (as vhd-util does); sizes beyond
 /// VHD's 2040 GiB are refused.
-pub fn encrypt_classic_vhd(
+fn write_classic_vhd(
+    read: &Reader<'_>,
     src: &Path,
     dst: &Path,
-    opts: &ClassicVhdOptions,
+    opts: &EncryptOptions,
     key: &VolumeKey,
+    pipeline: &Pipeline,
     run: &Run<'_>,
-) -> Result<ClassicVhdReport> {
-    refuse_same(src, dst)?;
-    if !opts.force && std::fs::symlink_metadata(dst).is_ok() {
-        return Err(Error::invalid("output file already exists")
-            .with_path(dst)
-            .hint("pass --force to overwrite it"));
-    }
-    let image = image::open(src, opts.input_format)?;
-    if image.info().details.get("encrypt").is_some() {
-        return Err(Error::invalid("the input is already encrypted; encrypting it again would hide the ciphertext, not the data")
-            .with_path(src)
-            .hint("decrypt it first (`diskseal decrypt`), or pass -f raw to encrypt the file's bytes as they are"));
-    }
-    let source_size = image.virtual_size();
-    if source_size == 0 {
-        return Err(Error::invalid("input is empty").with_path(src));
-    }
-    let want = match opts.resize {
-        Some(r) if r < source_size => {
-            return Err(Error::invalid(format!(
-                "--resize {r} is smaller than the source's virtual size {source_size}"
-            ))
-            .hint("diskseal only grows disks; shrink the file system and the image first"));
-        }
-        Some(r) => r,
-        None => source_size,
-    };
+) -> Result<Written> {
+    let want = read.source.want;
     if want > vhd_footer::MAX_VIRTUAL_SIZE {
         return Err(Error::invalid(format!(
             "the disk is {want} bytes, beyond VHD's 2040 GiB limit ({} bytes): it cannot be an ibm-classic-vhd image",
@@ -600,43 +604,34 @@ pub fn encrypt_classic_vhd(
         .hint("shrink the file system and the image first (IBM classic imports at most 100 GB anyway)"));
     }
     let vsize = want.next_multiple_of(vhd_writer::BLOCK_SIZE);
-    let extents = image.extents()?;
     let xts = Xts::new(key.expose())?;
     let uuid = uuid::Uuid::new_v4();
     let mut writer =
         ClassicVhdWriter::new(vsize, *uuid.as_bytes(), vhd_writer::vhd_timestamp_now())?;
     let footer = *writer.footer();
     let out = OutputFile::create(dst, opts.force)?;
-    let pipeline = Pipeline::new(run.threads, DEFAULT_CHUNK)?;
     run.total.store(vsize, Ordering::Relaxed);
-    let start = Instant::now();
-    let data_bytes = AtomicU64::new(0);
+    let started = Instant::now();
     let bs = vhd_writer::BLOCK_SIZE;
-    let read = |buf: &mut [u8], at: u64| -> Result<bool> {
-        if data_ranges(&extents, at, buf.len() as u64, 512).is_empty() {
-            return Ok(false);
-        }
-        data_bytes.fetch_add(fill(image.as_ref(), &extents, buf, at)?, Ordering::Relaxed);
-        Ok(true)
-    };
-    // Every sector of an allocated block is encrypted (tweak = virtual sector), then bitmap + data
-    // + a stale footer copy are written, as vhd-util does.
-    // Each block is preceded by its bitmap in the file, so runs are single blocks.
+    let fill = |buf: &mut [u8], at: u64| read.fill_units(buf, at, 512);
+    // Every sector of an allocated block is encrypted, then bitmap + data + a stale footer copy are
+    // written, as vhd-util does. Each block is preceded by its bitmap in the file, so runs are single
+    // blocks.
     let store = |block: &mut [u8], index: u64, at: u64| -> Result<()> {
         debug_assert_eq!(block.len() as u64, bs);
-        xts.encrypt(block, 512, index * bs / 512, IvScheme::Plain)?;
+        xts.encrypt(block, 512, vhd_util_sector(index * bs), VHD_UTIL_IV)?;
         out.write_at(&vhd_writer::FULL_BITMAP, at)?;
         out.write_at(block, at + 512)?;
         out.write_at(&footer, at + 512 + bs)
     };
-    let skip = |off: u64| next_data(&extents, off, vsize);
-    allocating_waves(
-        &pipeline,
+    let extents = &read.source.extents;
+    let skip = |off: u64| next_data(extents, off, vsize);
+    pipeline.allocating_waves(
         vsize,
         bs,
         run,
         &skip,
-        &read,
+        &fill,
         &mut |i| writer.allocate(i),
         &store,
     )?;
@@ -644,33 +639,19 @@ pub fn encrypt_classic_vhd(
     let allocated_blocks = writer.allocated();
     let bat_entries = writer.layout().entries;
     let output_size = writer.finish(&out, &keyhash)?;
-    let elapsed = start.elapsed();
-    out.commit(0o644)?;
-    Ok(ClassicVhdReport {
+    Ok(Written {
+        out,
+        encryption: Encryption::VhdUtil {
+            keyhash: keyhash.hash,
+            allocated_blocks,
+            bat_entries,
+        },
         uuid: uuid.to_string(),
-        input_format: image.format_name(),
-        source_size,
         virtual_size: vsize,
         key_bytes: key.len(),
-        keyhash: keyhash.hash,
-        allocated_blocks,
-        bat_entries,
         output_size,
-        data_bytes: data_bytes.into_inner(),
-        elapsed,
-        threads: pipeline.threads(),
+        started,
     })
-}
-
-/// True when `buf` holds only zero bytes (word-wise, fast on the all-zero case).
-fn is_zero(buf: &[u8]) -> bool {
-    let (words, rest) = buf.split_at(buf.len() / 8 * 8);
-    words.chunks_exact(64).all(|c| {
-        c.chunks_exact(8).fold(0u64, |acc, w| {
-            acc | u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]])
-        }) == 0
-    }) && words.chunks_exact(64).remainder().iter().all(|&b| b == 0)
-        && rest.iter().all(|&b| b == 0)
 }
 
 /// How to unlock an existing LUKS file.
@@ -818,12 +799,7 @@ pub fn decrypt(
     qcow2: Option<u32>,
     run: &Run<'_>,
 ) -> Result<DecryptReport> {
-    refuse_same(src, dst)?;
-    if !force && std::fs::symlink_metadata(dst).is_ok() {
-        return Err(Error::invalid("output file already exists")
-            .with_path(dst)
-            .hint("pass --force to overwrite it"));
-    }
+    check_output(src, dst, force)?;
     if let Some(bits) = qcow2 {
         // Before the key derivation, as in `encrypt`.
         check_cluster_bits(bits)?;

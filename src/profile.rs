@@ -18,6 +18,7 @@ use crate::luks::keys::{Passphrase, VolumeKey};
 
 /// An output profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Profile {
     /// LUKS2 raw file, passphrase key file.
     Luks2,

@@ -12,7 +12,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::require;
-use crate::util::{diskseal, pattern, read, run_in};
+use crate::util::{diskseal, encrypt_fast, pattern, read, run_in};
 
 const MIB: usize = 1 << 20;
 const BLOCK: usize = 2 * MIB;
@@ -953,6 +953,16 @@ fn classic_vhd_reader_follows_tapdisk_bitmap_rules() {
         "{}",
         r.stderr
     );
+    // Into LUKS too: the one encrypt path checks its source once for every container (the LUKS path
+    // used to encrypt the ciphertext).
+    std::fs::write(d.join("pw"), "pw").unwrap();
+    let r = encrypt_fast(d, &["--key-file", "pw"], "enc.vhd", "again.luks");
+    assert!(
+        r.code == 2 && r.stderr.contains("already encrypted"),
+        "{}",
+        r.stderr
+    );
+    assert!(!d.join("again.luks").exists());
 }
 
 /// Library-level reads at unaligned offsets and lengths, across sector and block boundaries.

@@ -116,35 +116,27 @@ pub fn make_bundle_as(dir: &Path, recipient: &str, profile: Profile) -> PathBuf 
         let q = QuietRun::default();
         let dek = Zeroizing::new(classic_dek());
         let key = diskseal::luks::keys::VolumeKey::from_bytes(dek.clone()).unwrap();
-        let opts = ops::ClassicVhdOptions {
-            input_format: None,
-            force: false,
-            resize: None,
-        };
-        ops::encrypt_classic_vhd(&src, &img, &opts, &key, &q.run()).unwrap();
+        let opts = EncryptOptions::new(ops::Container::ClassicVhd);
+        ops::encrypt(&src, &img, &opts, ops::EncryptKey::Dek(key), &q.run()).unwrap();
         return bundle_image(dir, &img, &dek, recipient, profile);
     }
     let vpc = profile == Profile::IbmVpc;
     let img = dir.join(if vpc { "disk.qcow2" } else { "disk.luks" });
     let q = QuietRun::default();
+    let container = if vpc {
+        ops::Container::Qcow2Luks
+    } else {
+        ops::Container::Raw
+    };
     let opts = EncryptOptions {
         luks: FormatOptions::for_tests(profile.default_version()),
-        key_bytes: 64,
-        sector_size: None,
-        pad: false,
-        input_format: None,
-        force: false,
-        container: if vpc {
-            ops::Container::Qcow2Luks
-        } else {
-            ops::Container::Raw
-        },
-        sparse: false,
-        resize: None,
-        cluster_bits: None,
+        ..EncryptOptions::new(container)
     };
-    let pass = Passphrase::new(Zeroizing::new(PASSPHRASE.to_vec())).unwrap();
-    ops::encrypt(&src, &img, &opts, &pass, None, &q.run()).unwrap();
+    let key = ops::EncryptKey::Luks {
+        passphrase: Passphrase::new(Zeroizing::new(PASSPHRASE.to_vec())).unwrap(),
+        volume_key: None,
+    };
+    ops::encrypt(&src, &img, &opts, key, &q.run()).unwrap();
     bundle_image(
         dir,
         &img,
@@ -193,18 +185,16 @@ pub fn encrypted(
     .default_version();
     let opts = EncryptOptions {
         luks: FormatOptions::for_tests(version),
-        key_bytes: 64,
-        sector_size: None,
-        pad: false,
-        input_format: None,
-        force: false,
-        container,
-        sparse: true,
+        // qcow2 output is always sparse (and refuses the flag).
+        sparse: container == ops::Container::Raw,
         resize,
-        cluster_bits: None,
+        ..EncryptOptions::new(container)
     };
-    let pass = Passphrase::new(Zeroizing::new(PASSPHRASE.to_vec())).unwrap();
-    ops::encrypt(&src, &img, &opts, &pass, None, &q.run()).unwrap();
+    let key = ops::EncryptKey::Luks {
+        passphrase: Passphrase::new(Zeroizing::new(PASSPHRASE.to_vec())).unwrap(),
+        volume_key: None,
+    };
+    ops::encrypt(&src, &img, &opts, key, &q.run()).unwrap();
     img
 }
 

@@ -8,6 +8,7 @@ use serde_json::json;
 use zeroize::Zeroizing;
 
 use diskseal::bundle::{self, BundleOptions};
+use diskseal::profile::Profile;
 use diskseal::{Error, Result};
 
 use super::report::Out;
@@ -36,8 +37,8 @@ pub(super) struct BundleArgs {
     strip_newline: bool,
     /// How the key file was used: luks2/luks1/ibm-vpc (passphrase), ibm-classic-luks or ibm-classic-vhd
     /// (raw DEK). Default: ibm-classic-vhd when the image is a vhd-util encrypted VHD, luks2 otherwise.
-    #[arg(long, value_name = "PROFILE")]
-    profile: Option<String>,
+    #[arg(long, value_enum, hide_possible_values = true, value_name = "PROFILE")]
+    profile: Option<Profile>,
     /// Replace DIR if it exists.
     #[arg(long)]
     force: bool,
@@ -60,7 +61,7 @@ pub(super) struct Request<'a> {
 }
 
 pub(super) fn run(a: &BundleArgs, out: &Out) -> Result<ExitCode> {
-    let profile = super::profile_for(a.profile.as_deref(), &a.image)?;
+    let profile = super::profile_for(a.profile, &a.image)?;
     bundle::parse_recipient(&a.recipient)?;
     let key = keys::read_key_file(&a.key_file, a.strip_newline, out)?;
     let opts = BundleOptions {

@@ -18,7 +18,7 @@ use diskseal::image::ImageFormat;
 use diskseal::image::qcow2::writer::DEFAULT_CLUSTER_BITS;
 use diskseal::luks::kdf::{Kdf, KdfCost, KdfType};
 use diskseal::luks::{self, FormatOptions, LuksVersion};
-use diskseal::ops::{self, Container, EncryptOptions, Run, Unlock};
+use diskseal::ops::{self, Container, EncryptOptions, Encryption, Run, Unlock};
 use diskseal::pipeline::Progress;
 use diskseal::profile::Profile;
 use diskseal::{Error, Result};
@@ -143,8 +143,8 @@ struct KeyArgs {
 struct EncryptArgs {
     /// Output profile: luks2, luks1, ibm-classic-luks, ibm-vpc or ibm-classic-vhd (a dynamic VHD as
     /// `vhd-util copy -k` writes it; the key file is the raw 32/64-byte DEK).
-    #[arg(long, default_value = "luks2", value_name = "PROFILE")]
-    profile: String,
+    #[arg(long, value_enum, hide_possible_values = true, default_value_t = Profile::Luks2, value_name = "PROFILE")]
+    profile: Profile,
     /// Input format (default: detected; raw): raw, vpc (vhd), qcow2, vmdk, vhdx or ova.
     #[arg(short = 'f', long = "format", value_name = "FMT")]
     input_format: Option<String>,
@@ -154,8 +154,8 @@ struct EncryptArgs {
     disk: Option<u16>,
     /// Output container: raw (a LUKS file), vhd (the LUKS file wrapped as a fixed VHD, still opened by
     /// cryptsetup as is) or qcow2 (QEMU-native LUKS1; the ibm-vpc default).
-    #[arg(short = 'O', long = "output-format", value_parser = ["raw", "vhd", "qcow2"], value_name = "FMT")]
-    output_format: Option<String>,
+    #[arg(short = 'O', long = "output-format", value_enum, value_name = "FMT")]
+    output_format: Option<OutputFormat>,
     /// With -O vhd: round the virtual size up to a whole MiB (Azure-style consumers require it).
     #[arg(long)]
     vhd_align: bool,
@@ -167,21 +167,26 @@ struct EncryptArgs {
     /// never reads blocks it did not write (e.g. a file system that was trimmed).
     #[arg(long)]
     sparse: bool,
-    /// LUKS version (default: the profile's).
-    #[arg(long = "type", value_parser = ["luks1", "luks2"], value_name = "TYPE")]
-    luks_type: Option<String>,
+    /// LUKS version: luks1 or luks2 (default: the profile's).
+    #[arg(
+        long = "type",
+        value_enum,
+        hide_possible_values = true,
+        value_name = "TYPE"
+    )]
+    luks_type: Option<LuksVersion>,
     /// Payload cipher.
-    #[arg(long, default_value = "aes-xts-plain64", value_name = "CIPHER")]
+    #[arg(long, default_value = "aes-xts-plain64", value_parser = ["aes-xts-plain64"], value_name = "CIPHER")]
     cipher: String,
     /// Volume key size in bits: 256 (AES-128-XTS) or 512 (AES-256-XTS).
-    #[arg(long, value_parser = ["256", "512"], value_name = "BITS")]
-    key_size: Option<String>,
+    #[arg(long, value_enum, value_name = "BITS")]
+    key_size: Option<KeySize>,
     /// Payload sector size: 512 or 4096 (default: 4096 when the image allows it, LUKS2 only).
     #[arg(long, value_name = "BYTES")]
     sector_size: Option<u32>,
     /// Keyslot KDF: argon2id (LUKS2 default), argon2i or pbkdf2.
-    #[arg(long, value_name = "KDF")]
-    pbkdf: Option<String>,
+    #[arg(long, value_enum, hide_possible_values = true, value_name = "KDF")]
+    pbkdf: Option<KdfType>,
     /// Target keyslot unlock time in ms.
     #[arg(long, default_value_t = 2000, value_name = "MS")]
     iter_time: u32,
@@ -253,11 +258,11 @@ struct DecryptArgs {
     /// How to read the key file: luks2/luks1 (passphrase), ibm-classic-luks (raw DEK) or ibm-classic-vhd
     /// (raw DEK, the input is a vhd-util encrypted VHD). Default: ibm-classic-vhd when the input is a
     /// vhd-util encrypted VHD, luks2 (the key file is the passphrase) otherwise.
-    #[arg(long, value_name = "PROFILE")]
-    profile: Option<String>,
+    #[arg(long, value_enum, hide_possible_values = true, value_name = "PROFILE")]
+    profile: Option<Profile>,
     /// Output format: raw, or qcow2 (plain, sparse: only non-zero clusters are stored).
-    #[arg(short = 'O', long = "output-format", default_value = "raw", value_parser = ["raw", "qcow2"], value_name = "FMT")]
-    output_format: String,
+    #[arg(short = 'O', long = "output-format", value_enum, default_value_t = PlainFormat::Raw, value_name = "FMT")]
+    output_format: PlainFormat,
     /// With -O qcow2: cluster size, a power of two from 512 to 2M (default 64K, as qemu-img's
     /// `-o cluster_size=`).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -281,8 +286,8 @@ struct VerifyArgs {
     /// How to read the key file: luks2/luks1 (passphrase), ibm-classic-luks (raw DEK) or ibm-classic-vhd
     /// (raw DEK, the input is a vhd-util encrypted VHD). Default: ibm-classic-vhd when the input is a
     /// vhd-util encrypted VHD, luks2 (the key file is the passphrase) otherwise.
-    #[arg(long, value_name = "PROFILE")]
-    profile: Option<String>,
+    #[arg(long, value_enum, hide_possible_values = true, value_name = "PROFILE")]
+    profile: Option<Profile>,
     /// Source image the plaintext must equal.
     #[arg(long, value_name = "SRC")]
     against: Option<PathBuf>,
@@ -319,6 +324,42 @@ struct KeygenArgs {
     /// Where to write the key (must not exist).
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     output: PathBuf,
+}
+
+/// `encrypt -O`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OutputFormat {
+    Raw,
+    Vhd,
+    Qcow2,
+}
+
+/// `decrypt -O`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PlainFormat {
+    Raw,
+    Qcow2,
+}
+
+/// `--key-size`, in bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum KeySize {
+    #[value(name = "256")]
+    Aes128,
+    #[value(name = "512")]
+    Aes256,
+}
+
+impl KeySize {
+    fn bits(self) -> usize {
+        match self {
+            KeySize::Aes128 => 256,
+            KeySize::Aes256 => 512,
+        }
+    }
+    fn bytes(self) -> usize {
+        self.bits() / 8
+    }
 }
 
 fn parse_key_bytes(s: &str) -> std::result::Result<usize, String> {
@@ -448,24 +489,98 @@ fn with_progress<T>(
 }
 
 fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
-    let profile = Profile::parse(&a.profile)?;
-    if profile == Profile::IbmClassicVhd {
-        return encrypt_classic_vhd(a, out);
+    let profile = a.profile;
+    let container = container(a)?;
+    let mut opts = EncryptOptions::new(container);
+    if container == Container::ClassicVhd {
+        classic_vhd_flags(a)?;
+    } else {
+        opts.luks = luks_options(a, a.luks_type.unwrap_or(profile.default_version()))?;
     }
-    if a.cipher != "aes-xts-plain64" {
-        return Err(
-            Error::unsupported(format!("cipher {:?} is not supported", a.cipher))
-                .hint("diskseal writes aes-xts-plain64"),
-        );
+    opts.sector_size = a.sector_size;
+    opts.pad = a.pad;
+    opts.input_format = input_format_disk(&a.input_format, a.disk)?;
+    opts.force = a.force;
+    opts.sparse = a.sparse;
+    opts.resize = a.resize;
+    opts.cluster_bits = cluster_bits(a.cluster_size)?;
+    opts.check()?;
+    let bundle_req = bundle_request(a, profile)?;
+    let manifest = manifest_request(a, profile)?;
+    let key = encrypt_key(a, out)?;
+    if container != Container::ClassicVhd {
+        out.note(&format!(
+            "{}: deriving the keyslot key and encrypting",
+            a.dst.display()
+        ));
     }
-    let version = match a.luks_type.as_deref() {
-        Some("luks1") => LuksVersion::Luks1,
-        Some(_) => LuksVersion::Luks2,
-        None => profile.default_version(),
+    let r = with_progress(out, "encrypting", a.threads, |run| {
+        ops::encrypt(&a.src, &a.dst, &opts, key, run)
+    })?;
+    encrypt_finish(a, &r, bundle_req, manifest, out)
+}
+
+/// The output container from --profile, -O and --vhd-align.
+fn container(a: &EncryptArgs) -> Result<Container> {
+    let c = match (a.profile, a.output_format) {
+        (Profile::IbmClassicVhd, None | Some(OutputFormat::Vhd)) => Container::ClassicVhd,
+        (Profile::IbmClassicVhd, Some(_)) => {
+            return Err(Error::invalid(
+                "-O does not apply to --profile ibm-classic-vhd",
+            ));
+        }
+        (_, Some(OutputFormat::Qcow2)) | (Profile::IbmVpc, None) => Container::Qcow2Luks,
+        (Profile::IbmVpc, Some(_)) => {
+            return Err(
+                Error::invalid("the ibm-vpc profile writes qcow2").hint("drop -O or use -O qcow2")
+            );
+        }
+        (_, Some(OutputFormat::Vhd)) => Container::Vhd { align: a.vhd_align },
+        (_, Some(OutputFormat::Raw) | None) => Container::Raw,
     };
+    if a.vhd_align && !matches!(c, Container::Vhd { .. }) {
+        return Err(Error::invalid(if c == Container::ClassicVhd {
+            "--vhd-align does not apply to --profile ibm-classic-vhd"
+        } else {
+            "--vhd-align needs -O vhd"
+        }));
+    }
+    Ok(c)
+}
+
+/// `--profile ibm-classic-vhd` has no LUKS header: refuses the LUKS-only flags `ops` cannot tell from
+/// their defaults, and a missing --key-file (the DEK).
+fn classic_vhd_flags(a: &EncryptArgs) -> Result<()> {
+    let luks_only = [
+        (a.luks_type.is_some(), "--type"),
+        (
+            a.pbkdf.is_some() || a.pbkdf_force_iterations.is_some(),
+            "--pbkdf",
+        ),
+        (a.offset.is_some(), "--offset"),
+        (a.uuid.is_some(), "--uuid"),
+        (
+            a.key.volume_key_file.is_some(),
+            "--volume-key-file (give the DEK with --key-file)",
+        ),
+    ];
+    if let Some((_, flag)) = luks_only.iter().find(|(set, _)| *set) {
+        return Err(Error::invalid(format!(
+            "{flag} does not apply to --profile ibm-classic-vhd"
+        )));
+    }
+    if a.key.key_file.is_none() {
+        return Err(Error::invalid("--profile ibm-classic-vhd needs --key-file with the raw DEK (32 or 64 bytes)")
+            .hint("make one with `diskseal keygen --bytes 64 -o dek.bin`, or `echo -n <DEK> | base64 -d > dek.bin`"));
+    }
+    Ok(())
+}
+
+/// The LUKS header options from the flags.
+fn luks_options(a: &EncryptArgs, version: LuksVersion) -> Result<FormatOptions> {
     let mut luks = FormatOptions::new(version);
-    if let Some(k) = &a.pbkdf {
-        luks.kdf = KdfType::parse(k)?;
+    if let Some(k) = a.pbkdf {
+        luks.kdf = k;
     }
     luks.hash = Hash::parse(&a.hash)?;
     let mut cost = KdfCost {
@@ -499,141 +614,163 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
             "--luks2-metadata-size and --luks2-keyslots-size need --type luks2",
         ));
     }
+    Ok(luks)
+}
 
+/// The key material: the raw DEK (ibm-classic-vhd), or the passphrase and an optional volume key;
+/// --key-size must match a given key.
+fn encrypt_key(a: &EncryptArgs, out: &Out) -> Result<ops::EncryptKey> {
+    let mismatch = |len: usize, what: &str| {
+        Error::invalid(format!(
+            "--key-size {} does not match the {len}-byte {what}",
+            a.key_size.map_or(0, KeySize::bits)
+        ))
+    };
+    if a.profile == Profile::IbmClassicVhd {
+        let path = a.key.key_file.as_deref().unwrap_or(Path::new("-"));
+        let key = keys::read_dek(path)?;
+        if a.key_size.is_some_and(|k| k.bytes() != key.len()) {
+            return Err(mismatch(key.len(), "DEK").with_path(path));
+        }
+        return Ok(ops::EncryptKey::Dek(key));
+    }
     let volume_key = a
         .key
         .volume_key_file
         .as_deref()
         .map(keys::read_volume_key)
         .transpose()?;
-    let key_bytes = match (&a.key_size, &volume_key) {
-        (Some(bits), Some(k)) if bits.parse::<usize>().unwrap_or(0) / 8 != k.len() => {
-            return Err(Error::invalid(format!(
-                "--key-size {bits} does not match the {}-byte volume key file",
-                k.len()
-            )));
-        }
-        (_, Some(k)) => k.len(),
-        (Some(bits), None) => bits.parse::<usize>().unwrap_or(512) / 8,
-        (None, None) => 64,
-    };
-    let bundle_req = bundle_request(a, profile)?;
-    let manifest = manifest_request(a, profile)?;
-    let cluster_bits = cluster_bits(a.cluster_size)?;
-    let passphrase = keys::passphrase(&a.key, profile, out, Some(&a.dst), true)?;
-    let container = match (a.output_format.as_deref(), profile) {
-        (Some("qcow2"), _) | (None, Profile::IbmVpc) => Container::Qcow2Luks,
-        (Some(_), Profile::IbmVpc) => {
-            return Err(
-                Error::invalid("the ibm-vpc profile writes qcow2").hint("drop -O or use -O qcow2")
-            );
-        }
-        (Some("vhd"), _) => Container::Vhd { align: a.vhd_align },
-        _ => Container::Raw,
-    };
-    if a.vhd_align && !matches!(container, Container::Vhd { .. }) {
-        return Err(Error::invalid("--vhd-align needs -O vhd"));
+    if let (Some(k), Some(size)) = (&volume_key, a.key_size)
+        && size.bytes() != k.len()
+    {
+        return Err(mismatch(k.len(), "volume key file"));
     }
-    if cluster_bits.is_some() && container != Container::Qcow2Luks {
-        return Err(Error::invalid(
-            "--cluster-size needs -O qcow2 (or --profile ibm-vpc)",
-        ));
-    }
-    if container == Container::Qcow2Luks && version != LuksVersion::Luks1 {
-        return Err(
-            Error::invalid("qcow2 output holds LUKS1 only (QEMU has no LUKS2)")
-                .hint("drop --type luks2"),
-        );
-    }
-    if a.sparse && container == Container::Qcow2Luks {
-        return Err(Error::invalid(
-            "--sparse applies to raw and vhd LUKS output; qcow2 output is always sparse",
-        ));
-    }
-    let opts = EncryptOptions {
-        luks,
-        key_bytes,
-        sector_size: a.sector_size,
-        pad: a.pad,
-        input_format: input_format_disk(&a.input_format, a.disk)?,
-        force: a.force,
-        container,
-        sparse: a.sparse,
-        resize: a.resize,
-        cluster_bits,
-    };
-    out.note(&format!(
-        "{}: deriving the keyslot key and encrypting",
-        a.dst.display()
-    ));
-    let r = with_progress(out, "encrypting", a.threads, |run| {
-        ops::encrypt(&a.src, &a.dst, &opts, &passphrase, volume_key, run)
-    })?;
-    let kdf = kdf_text(&r.kdf);
-    let rate = report::rate(r.virtual_size, r.elapsed);
+    let passphrase = keys::passphrase(&a.key, a.profile, out, Some(&a.dst), true)?;
+    Ok(ops::EncryptKey::Luks {
+        passphrase,
+        volume_key,
+    })
+}
+
+/// The finish step of `encrypt`: the warnings, the summary (text or JSON), then --bundle and
+/// --manifest.
+fn encrypt_finish(
+    a: &EncryptArgs,
+    r: &ops::EncryptReport,
+    bundle_req: Option<bundle::Request<'_>>,
+    manifest: Option<(PathBuf, Zeroizing<Vec<u8>>)>,
+    out: &Out,
+) -> Result<ExitCode> {
+    let profile = a.profile;
     if profile == Profile::IbmVpc && !(10 << 30..=250 << 30).contains(&r.virtual_size) {
         out.warn(&format!(
             "IBM VPC boot images must be 10 to 250 GiB; this one is {} (use --resize 100G)",
             report::bytes(r.virtual_size)
         ));
     }
-    if out.json {
-        let mut v = json!({
-            "command": "encrypt",
-            "profile": profile.name(),
-            "source": a.src, "output": a.dst,
-            "input_format": r.input_format,
-            "luks_version": r.version.name(),
-            "uuid": r.uuid,
-            "cipher": "aes-xts-plain64",
-            "key_bits": key_bytes * 8,
-            "sector_size": r.sector_size,
-            "data_offset": r.data_offset,
-            "container": match container { Container::Qcow2Luks => "qcow2", Container::Vhd { .. } => "vhd", Container::Raw => "raw" },
-            "source_size": r.source_size,
-            "virtual_size": r.virtual_size,
-            "padded_bytes": r.padded,
-            "data_bytes_read": r.data_bytes,
-            "output_size": r.output_size,
-            "kdf": kdf,
-            "seconds": r.elapsed.as_secs_f64(),
-            "threads": r.threads,
-        });
-        if let Some(req) = bundle_req {
-            let rep = bundle::build(req, out)?;
+    let mut v = json!({
+        "command": "encrypt",
+        "profile": profile.name(),
+        "source": a.src, "output": a.dst,
+        "input_format": r.input_format,
+        "uuid": r.uuid,
+        "key_bits": r.key_bytes * 8,
+        "container": r.container.name(),
+        "source_size": r.source_size,
+        "virtual_size": r.virtual_size,
+        "padded_bytes": r.padded,
+        "data_bytes_read": r.data_bytes,
+        "output_size": r.output_size,
+        "seconds": r.elapsed.as_secs_f64(),
+        "threads": r.threads,
+    });
+    let rate = report::rate(r.virtual_size, r.elapsed);
+    match &r.encryption {
+        Encryption::Luks {
+            version,
+            data_offset,
+            sector_size,
+            kdf,
+        } => {
+            let kdf = kdf_text(kdf);
+            v["luks_version"] = json!(version.name());
+            v["cipher"] = json!(a.cipher);
+            v["sector_size"] = json!(sector_size);
+            v["data_offset"] = json!(data_offset);
+            v["kdf"] = json!(kdf);
+            if !out.json {
+                if r.padded > 0 {
+                    out.warn(&format!(
+                        "payload padded with {} zero bytes to a whole sector",
+                        r.padded
+                    ));
+                }
+                out.summary(&format!(
+                    "{} -> {}: {}{} aes-xts-plain64 {}-bit, sector {sector_size}, {kdf}, UUID {}; {} in {:.2} s ({rate}), {} threads",
+                    a.src.display(),
+                    a.dst.display(),
+                    if r.container == Container::Qcow2Luks { "qcow2 + " } else { "" },
+                    version.name().to_uppercase(),
+                    r.key_bytes * 8,
+                    r.uuid,
+                    report::bytes(r.virtual_size),
+                    r.elapsed.as_secs_f64(),
+                    r.threads
+                ));
+            }
+        }
+        Encryption::VhdUtil {
+            keyhash,
+            allocated_blocks,
+            bat_entries,
+        } => {
+            let cipher = if r.key_bytes == 64 {
+                "AES-256-XTS"
+            } else {
+                "AES-128-XTS"
+            };
+            let hash = diskseal::image::vhd::batmap::hex(keyhash);
+            v["cipher"] = json!(cipher);
+            v["keyhash"] = json!({"nonce": "00".repeat(32), "hash": hash});
+            v["bat_entries"] = json!(bat_entries);
+            v["allocated_blocks"] = json!(allocated_blocks);
+            if !out.json {
+                if r.padded > 0 {
+                    out.warn(&format!(
+                        "the virtual size grew from {} to {} bytes: VHD blocks are 2 MiB and vhd-util rounds up the same way",
+                        r.virtual_size - r.padded,
+                        r.virtual_size
+                    ));
+                }
+                out.summary(&format!(
+                    "{} -> {}: dynamic VHD (vhd-util layout), {cipher}, {allocated_blocks} of {bat_entries} blocks allocated, key hash {hash}; {} in {:.2} s ({rate}), {} threads",
+                    a.src.display(),
+                    a.dst.display(),
+                    report::bytes(r.virtual_size),
+                    r.elapsed.as_secs_f64(),
+                    r.threads
+                ));
+            }
+        }
+    }
+    if let Some(req) = bundle_req {
+        let rep = bundle::build(req, out)?;
+        if out.json {
             v["bundle"] = json!({"dir": rep.dir, "manifest": rep.manifest});
+        } else {
+            bundle::summary(&rep, out);
         }
-        if let Some((path, key)) = &manifest {
-            v["manifest"] =
-                json!({"file": path, "manifest": write_manifest(a, path, key, profile, out)?});
+    }
+    if let Some((path, key)) = &manifest {
+        let m = write_manifest(a, path, key, profile, out)?;
+        if out.json {
+            v["manifest"] = json!({"file": path, "manifest": m});
+        } else {
+            manifest_summary(path, &m, out);
         }
+    }
+    if out.json {
         out.print_json(&v);
-    } else {
-        if r.padded > 0 {
-            out.warn(&format!(
-                "payload padded with {} zero bytes to a whole sector",
-                r.padded
-            ));
-        }
-        out.summary(&format!(
-            "{} -> {}: {}{} aes-xts-plain64 {}-bit, sector {}, {kdf}, UUID {}; {} in {:.2} s ({rate}), {} threads",
-            a.src.display(),
-            a.dst.display(),
-            if container == Container::Qcow2Luks { "qcow2 + " } else { "" },
-            r.version.name().to_uppercase(),
-            key_bytes * 8,
-            r.sector_size,
-            r.uuid,
-            report::bytes(r.virtual_size),
-            r.elapsed.as_secs_f64(),
-            r.threads
-        ));
-        if let Some(req) = bundle_req {
-            bundle::summary(&bundle::build(req, out)?, out);
-        }
-        if let Some((path, key)) = &manifest {
-            manifest_summary(path, &write_manifest(a, path, key, profile, out)?, out);
-        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -734,121 +871,6 @@ fn manifest_summary(path: &Path, m: &diskseal::bundle::ImageManifest, out: &Out)
     ));
 }
 
-/// `encrypt --profile ibm-classic-vhd`: no LUKS, the key file is the raw DEK.
-fn encrypt_classic_vhd(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
-    let luks_only = [
-        (a.output_format.as_deref().is_some_and(|f| f != "vhd"), "-O"),
-        (a.vhd_align, "--vhd-align"),
-        (a.cluster_size.is_some(), "--cluster-size"),
-        (a.sparse, "--sparse (the output is always sparse)"),
-        (a.luks_type.is_some(), "--type"),
-        (a.sector_size.is_some_and(|s| s != 512), "--sector-size"),
-        (
-            a.pbkdf.is_some() || a.pbkdf_force_iterations.is_some(),
-            "--pbkdf",
-        ),
-        (a.offset.is_some(), "--offset"),
-        (a.uuid.is_some(), "--uuid"),
-        (
-            a.key.volume_key_file.is_some(),
-            "--volume-key-file (give the DEK with --key-file)",
-        ),
-    ];
-    if let Some((_, flag)) = luks_only.iter().find(|(set, _)| *set) {
-        return Err(Error::invalid(format!(
-            "{flag} does not apply to --profile ibm-classic-vhd"
-        )));
-    }
-    let path = a.key.key_file.as_deref().ok_or_else(|| {
-        Error::invalid("--profile ibm-classic-vhd needs --key-file with the raw DEK (32 or 64 bytes)")
-            .hint("make one with `diskseal keygen --bytes 64 -o dek.bin`, or `echo -n <DEK> | base64 -d > dek.bin`")
-    })?;
-    let bundle_req = bundle_request(a, Profile::IbmClassicVhd)?;
-    let manifest = manifest_request(a, Profile::IbmClassicVhd)?;
-    let key = keys::read_dek(path)?;
-    if let Some(bits) = &a.key_size
-        && bits.parse::<usize>().unwrap_or(0) / 8 != key.len()
-    {
-        return Err(Error::invalid(format!(
-            "--key-size {bits} does not match the {}-byte DEK",
-            key.len()
-        ))
-        .with_path(path));
-    }
-    let opts = ops::ClassicVhdOptions {
-        input_format: input_format_disk(&a.input_format, a.disk)?,
-        force: a.force,
-        resize: a.resize,
-    };
-    let r = with_progress(out, "encrypting", a.threads, |run| {
-        ops::encrypt_classic_vhd(&a.src, &a.dst, &opts, &key, run)
-    })?;
-    let cipher = if r.key_bytes == 64 {
-        "AES-256-XTS"
-    } else {
-        "AES-128-XTS"
-    };
-    let hash = diskseal::image::vhd::batmap::hex(&r.keyhash);
-    let padded = r.virtual_size - r.source_size;
-    if out.json {
-        let mut v = json!({
-            "command": "encrypt",
-            "profile": "ibm-classic-vhd",
-            "source": a.src, "output": a.dst,
-            "input_format": r.input_format,
-            "container": "classic-vhd",
-            "cipher": cipher,
-            "key_bits": r.key_bytes * 8,
-            "uuid": r.uuid,
-            "keyhash": {"nonce": "00".repeat(32), "hash": hash},
-            "source_size": r.source_size,
-            "virtual_size": r.virtual_size,
-            "padded_bytes": padded,
-            "bat_entries": r.bat_entries,
-            "allocated_blocks": r.allocated_blocks,
-            "data_bytes_read": r.data_bytes,
-            "output_size": r.output_size,
-            "seconds": r.elapsed.as_secs_f64(),
-            "threads": r.threads,
-        });
-        if let Some(req) = bundle_req {
-            let rep = bundle::build(req, out)?;
-            v["bundle"] = json!({"dir": rep.dir, "manifest": rep.manifest});
-        }
-        if let Some((path, key)) = &manifest {
-            v["manifest"] = json!({"file": path, "manifest": write_manifest(a, path, key, Profile::IbmClassicVhd, out)?});
-        }
-        out.print_json(&v);
-    } else {
-        let asked = r.source_size.max(a.resize.unwrap_or(0));
-        if r.virtual_size > asked {
-            out.warn(&format!(
-                "the virtual size grew from {asked} to {} bytes: VHD blocks are 2 MiB and vhd-util rounds up the same way",
-                r.virtual_size
-            ));
-        }
-        out.summary(&format!(
-            "{} -> {}: dynamic VHD (vhd-util layout), {cipher}, {} of {} blocks allocated, key hash {hash}; {} in {:.2} s ({}), {} threads",
-            a.src.display(),
-            a.dst.display(),
-            r.allocated_blocks,
-            r.bat_entries,
-            report::bytes(r.virtual_size),
-            r.elapsed.as_secs_f64(),
-            report::rate(r.virtual_size, r.elapsed),
-            r.threads
-        ));
-        if let Some(req) = bundle_req {
-            bundle::summary(&bundle::build(req, out)?, out);
-        }
-        if let Some((path, key)) = &manifest {
-            let m = write_manifest(a, path, key, Profile::IbmClassicVhd, out)?;
-            manifest_summary(path, &m, out);
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 fn keyhash(a: &KeyhashArgs, out: &Out) -> Result<ExitCode> {
     use diskseal::image::vhd::batmap::{KeyHash, hex};
     if a.key_file.is_none() && a.image.is_none() {
@@ -940,10 +962,10 @@ fn kdf_text(k: &Kdf) -> String {
 
 /// The profile `decrypt`/`verify`/`bundle` read the key file with: the one given, else the one the image
 /// shows (a vhd-util key hash means ibm-classic-vhd), else luks2.
-fn profile_for(given: Option<&str>, target: &Path) -> Result<Profile> {
+fn profile_for(given: Option<Profile>, target: &Path) -> Result<Profile> {
     use diskseal::image::detect::{Detected, detect_path};
     match given {
-        Some(p) => Profile::parse(p),
+        Some(p) => Ok(p),
         None if detect_path(target).is_ok_and(|d| d == Detected::VpcEncrypted) => {
             Ok(Profile::IbmClassicVhd)
         }
@@ -953,7 +975,7 @@ fn profile_for(given: Option<&str>, target: &Path) -> Result<Profile> {
 
 /// Adds, to a wrong-key error when no --profile was given and the key file is not text, the hint that
 /// the key file may be an ibm-classic-luks raw DEK.
-fn hint_profile(e: Error, k: &KeyArgs, given: Option<&str>) -> Error {
+fn hint_profile(e: Error, k: &KeyArgs, given: Option<Profile>) -> Error {
     if e.kind() != diskseal::ErrorKind::WrongKey || given.is_some() {
         return e;
     }
@@ -972,7 +994,7 @@ fn hint_profile(e: Error, k: &KeyArgs, given: Option<&str>) -> Error {
     }
 }
 
-fn unlock_how(k: &KeyArgs, given: Option<&str>, out: &Out, target: &Path) -> Result<Unlock> {
+fn unlock_how(k: &KeyArgs, given: Option<Profile>, out: &Out, target: &Path) -> Result<Unlock> {
     let profile = profile_for(given, target)?;
     if profile == Profile::IbmClassicVhd {
         let path = k
@@ -1005,16 +1027,16 @@ fn unlock_how(k: &KeyArgs, given: Option<&str>, out: &Out, target: &Path) -> Res
 
 fn decrypt(a: &DecryptArgs, out: &Out) -> Result<ExitCode> {
     let cluster_bits = cluster_bits(a.cluster_size)?;
-    let qcow2 = match (a.output_format.as_str(), cluster_bits) {
-        ("qcow2", bits) => Some(bits.unwrap_or(DEFAULT_CLUSTER_BITS)),
+    let qcow2 = match (a.output_format, cluster_bits) {
+        (PlainFormat::Qcow2, bits) => Some(bits.unwrap_or(DEFAULT_CLUSTER_BITS)),
         (_, Some(_)) => return Err(Error::invalid("--cluster-size needs -O qcow2")),
         (_, None) => None,
     };
-    let how = unlock_how(&a.key, a.profile.as_deref(), out, &a.src)?;
+    let how = unlock_how(&a.key, a.profile, out, &a.src)?;
     let r = with_progress(out, "decrypting", a.threads, |run| {
         ops::decrypt(&a.src, &a.dst, how, a.force, qcow2, run)
     })
-    .map_err(|e| hint_profile(e, &a.key, a.profile.as_deref()))?;
+    .map_err(|e| hint_profile(e, &a.key, a.profile))?;
     for w in &r.warnings {
         out.warn(w);
     }
@@ -1037,13 +1059,13 @@ fn decrypt(a: &DecryptArgs, out: &Out) -> Result<ExitCode> {
 }
 
 fn verify(a: &VerifyArgs, out: &Out) -> Result<ExitCode> {
-    let how = unlock_how(&a.key, a.profile.as_deref(), out, &a.src)?;
+    let how = unlock_how(&a.key, a.profile, out, &a.src)?;
     let fmt = input_format_disk(&a.input_format, a.disk)?;
     let against = a.against.as_deref().map(|p| (p, fmt));
     let r = with_progress(out, "verifying", a.threads, |run| {
         ops::verify(&a.src, how, against, run)
     })
-    .map_err(|e| hint_profile(e, &a.key, a.profile.as_deref()))?;
+    .map_err(|e| hint_profile(e, &a.key, a.profile))?;
     for w in &r.warnings {
         out.warn(w);
     }

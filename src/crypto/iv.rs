@@ -4,7 +4,9 @@
 //! - LUKS (dm-crypt `plain64`): `sector = iv_tweak + byte_offset_in_segment / 512`, even with 4096-byte
 //!   sectors (cryptsetup never sets `iv_large_sectors` for LUKS), see [`luks_sector`].
 //! - QEMU qcow2 with native LUKS: `sector = host_file_offset / 512`, see [`qcow2_sector`].
-//! - `plain` truncates the sector number to 32 bits (vhd-util/blktap, old dm-crypt setups).
+//! - `plain` truncates the sector number to 32 bits (old dm-crypt setups).
+//! - vhd-util/blktap encrypted VHDs: `plain` of the **virtual** 512-byte sector (guest offset / 512),
+//!   whatever block or file offset holds it, see [`vhd_util_sector`] and [`VHD_UTIL_IV`].
 //!
 //! Sources: Linux `Documentation/admin-guide/device-mapper/dm-crypt.rst` (plain/plain64, iv_large_sectors),
 //! cryptsetup `lib/crypto_backend/crypto_storage.c`, QEMU `block/qcow2.c` (`crypt_physical_offset`).
@@ -84,6 +86,14 @@ pub fn luks_sector(iv_tweak: u64, offset_in_segment: u64) -> u64 {
 /// The sector number QEMU uses for qcow2-native LUKS data at `host_offset` in the image file.
 pub fn qcow2_sector(host_offset: u64) -> u64 {
     host_offset / 512
+}
+
+/// The IV scheme of vhd-util (blktap `block-crypto.c`): 32-bit `plain`.
+pub const VHD_UTIL_IV: IvScheme = IvScheme::Plain;
+
+/// The sector number vhd-util uses for the data at `virtual_offset` in the guest disk.
+pub fn vhd_util_sector(virtual_offset: u64) -> u64 {
+    virtual_offset / 512
 }
 
 #[cfg(test)]

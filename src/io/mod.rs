@@ -35,6 +35,17 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Refuses an existing `dest` unless `force`: "output file already exists" (checked before slow work,
+/// and again by [`OutputFile::create`]).
+pub fn check_new_output(dest: &Path, force: bool) -> Result<()> {
+    if !force && fs::symlink_metadata(dest).is_ok() {
+        return Err(Error::invalid("output file already exists")
+            .with_path(dest)
+            .hint("pass --force to overwrite it"));
+    }
+    Ok(())
+}
+
 /// The temporary name prefix for `dest`'s file name: `.NAME.diskseal-PID-N.tmp`.
 fn temp_prefix(name: &str) -> String {
     format!(".{name}.diskseal-")
@@ -78,11 +89,7 @@ pub struct OutputFile {
 impl OutputFile {
     /// Creates the temporary file for `dest`. Fails if `dest` exists and `force` is false.
     pub fn create(dest: &Path, force: bool) -> Result<OutputFile> {
-        if !force && fs::symlink_metadata(dest).is_ok() {
-            return Err(Error::invalid("output file already exists")
-                .with_path(dest)
-                .hint("pass --force to overwrite it"));
-        }
+        check_new_output(dest, force)?;
         if fs::metadata(dest).is_ok_and(|m| m.is_dir()) {
             return Err(Error::invalid("output is a directory").with_path(dest));
         }

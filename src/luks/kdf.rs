@@ -27,6 +27,7 @@ const DIGEST_TARGET_MS: u32 = 125;
 
 /// The KDF algorithm of a keyslot, without its parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum KdfType {
     /// PBKDF2-HMAC (LUKS1's only choice).
     Pbkdf2,

@@ -29,6 +29,7 @@ use keys::{Passphrase, VolumeKey};
 
 /// LUKS on-disk version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum LuksVersion {
     /// LUKS1 (cryptsetup, QEMU).
     Luks1,

@@ -5,6 +5,9 @@
 //!   positionally (encrypt, decrypt).
 //! - [`Pipeline::scan_ordered`]: parallel work in waves, and an in-order pass over each wave (hashing)
 //!   while the next wave is worked on.
+//! - [`Pipeline::allocating_waves`] (`waves.rs`): the sparse writers' mode: units that hold data are
+//!   allocated in guest order, then encrypted and written in parallel.
+//! - [`extents`]: which parts of a chunk hold source data, and the all-zero test.
 //!
 //! Cancellation (Ctrl-C) is checked between chunks; progress is an atomic counter the caller reads.
 
@@ -13,6 +16,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use rayon::prelude::*;
 
 use crate::error::{Error, ErrorKind, Result};
+
+pub mod extents;
+mod waves;
+
+pub use waves::StoreUnit;
 
 /// Default chunk size: large enough to amortise syscalls, small enough for many chunks per core.
 pub const DEFAULT_CHUNK: usize = 4 << 20;
@@ -35,6 +43,19 @@ impl Progress {
     fn add(&self, n: u64) {
         self.done.fetch_add(n, Ordering::Relaxed);
     }
+}
+
+/// How a job is run: worker count, cancellation flag, progress counter.
+#[derive(Debug)]
+pub struct Run<'a> {
+    /// Worker threads (all cores when `None`).
+    pub threads: Option<usize>,
+    /// Set to stop early (Ctrl-C); the output is then removed.
+    pub cancel: &'a AtomicBool,
+    /// Bytes done, read by the caller's progress display.
+    pub progress: &'a Progress,
+    /// Total bytes of the data phase, set once the header work is done.
+    pub total: &'a AtomicU64,
 }
 
 /// A worker pool and a chunk size.

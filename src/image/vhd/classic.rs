@@ -6,7 +6,7 @@
 //! Reads follow tapdisk (`vhd-util.md`, "How tapdisk reads"): a sector is present when its block is
 //! allocated and either the block's batmap bit or the sector's own bitmap bit is set; present sectors
 //! are AES-XTS decrypted per 512-byte sector with tweak = the 32-bit little-endian virtual sector
-//! number (`IvScheme::Plain`); everything else reads as zeros.
+//! number (`crypto::iv::vhd_util_sector`); everything else reads as zeros.
 //!
 //! Refused: fixed VHDs (they cannot carry a key hash), differencing VHDs, VHDs whose creator is not
 //! "tap\0" ≥ 1.2 or that have no batmap header (no key hash), a key hash cookie other than 1 (not
@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::crypto::{IvScheme, Xts};
+use crate::crypto::Xts;
+use crate::crypto::iv::{VHD_UTIL_IV, vhd_util_sector};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::detect::{self, Detected};
 use crate::image::vhd::batmap::{self, BatmapHeader};
@@ -296,7 +297,9 @@ impl EncryptedVhd {
         read_exact_at(self.inner.file(), &self.path, out, data_at + s0 * 512)?;
         let first = bi * writer::SECTORS_PER_BLOCK;
         if batmap::test_bit(&self.batmap.map, bi) {
-            return self.xts.decrypt(out, 512, first + s0, IvScheme::Plain);
+            return self
+                .xts
+                .decrypt(out, 512, vhd_util_sector((first + s0) * 512), VHD_UTIL_IV);
         }
         let mut bm = vec![0u8; (s1 - 1) as usize / 8 - s0 as usize / 8 + 1];
         read_exact_at(
@@ -309,7 +312,8 @@ impl EncryptedVhd {
             let s = s0 + k as u64;
             let i = s / 8 - s0 / 8;
             if bm[i as usize] & (0x80 >> (s % 8)) != 0 {
-                self.xts.decrypt(sector, 512, first + s, IvScheme::Plain)?;
+                self.xts
+                    .decrypt(sector, 512, vhd_util_sector((first + s) * 512), VHD_UTIL_IV)?;
             } else {
                 sector.fill(0);
             }

@@ -1,0 +1,99 @@
+//! The extent helpers every data path uses: which parts of a chunk hold source data, where the next
+//! data starts, filling a chunk from the source's data extents only, and the all-zero test.
+
+use crate::error::Result;
+use crate::image::{DiskImage, Extent, ExtentKind};
+
+/// Fills `buf` with the source's bytes at `off`: only `Data` extents are read, the rest (and anything past
+/// the source's end) is zeroed. Returns the number of bytes read from the source.
+pub fn fill(image: &dyn DiskImage, extents: &[Extent], buf: &mut [u8], off: u64) -> Result<u64> {
+    let end = off + buf.len() as u64;
+    buf.fill(0);
+    let mut read = 0;
+    let first = extents.partition_point(|e| e.offset + e.len <= off);
+    for e in extents[first..].iter().take_while(|e| e.offset < end) {
+        if e.kind != ExtentKind::Data {
+            continue;
+        }
+        let a = e.offset.max(off);
+        let b = (e.offset + e.len).min(end);
+        image.read_at(&mut buf[(a - off) as usize..(b - off) as usize], a)?;
+        read += b - a;
+    }
+    Ok(read)
+}
+
+/// Sub-ranges of `[off, off+len)` (relative, rounded out to whole `unit`s, merged) that hold source
+/// data.
+pub fn data_ranges(extents: &[Extent], off: u64, len: u64, unit: u64) -> Vec<(u64, u64)> {
+    let end = off + len;
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let first = extents.partition_point(|e| e.offset + e.len <= off);
+    for e in extents[first..].iter().take_while(|e| e.offset < end) {
+        if e.kind != ExtentKind::Data {
+            continue;
+        }
+        let a = (e.offset.max(off) - off) / unit * unit;
+        let b = ((e.offset + e.len).min(end) - off).div_ceil(unit) * unit;
+        match out.last_mut() {
+            Some(last) if last.1 >= a => last.1 = last.1.max(b),
+            _ => out.push((a, b.min(len))),
+        }
+    }
+    out
+}
+
+/// The first offset at or after `off` where `extents` has data (`len` if none).
+pub fn next_data(extents: &[Extent], off: u64, len: u64) -> u64 {
+    extents[extents.partition_point(|e| e.offset + e.len <= off)..]
+        .iter()
+        .find(|e| e.kind == ExtentKind::Data)
+        .map_or(len, |e| e.offset.max(off))
+}
+
+/// True when `buf` holds only zero bytes (word-wise, fast on the all-zero case).
+pub fn is_zero(buf: &[u8]) -> bool {
+    let (words, rest) = buf.split_at(buf.len() / 8 * 8);
+    words.chunks_exact(64).all(|c| {
+        c.chunks_exact(8).fold(0u64, |acc, w| {
+            acc | u64::from_ne_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]])
+        }) == 0
+    }) && words.chunks_exact(64).remainder().iter().all(|&b| b == 0)
+        && rest.iter().all(|&b| b == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ext(offset: u64, len: u64, kind: ExtentKind) -> Extent {
+        Extent { offset, len, kind }
+    }
+
+    #[test]
+    fn ranges_round_out_and_merge() {
+        let e = [
+            ext(0, 100, ExtentKind::Unallocated),
+            ext(100, 10, ExtentKind::Data),
+            ext(110, 400, ExtentKind::Zero),
+            ext(510, 20, ExtentKind::Data),
+            ext(530, 1000, ExtentKind::Unallocated),
+        ];
+        assert_eq!(data_ranges(&e, 0, 1024, 512), vec![(0, 1024)]);
+        assert_eq!(data_ranges(&e, 0, 1024, 64), vec![(64, 128), (448, 576)]);
+        assert_eq!(next_data(&e, 0, 2000), 100);
+        assert_eq!(next_data(&e, 120, 2000), 510);
+        assert_eq!(next_data(&e, 600, 2000), 2000);
+    }
+
+    #[test]
+    fn zero_test() {
+        let mut b = vec![0u8; 1003];
+        assert!(is_zero(&b));
+        for i in [0, 511, 512, 1002] {
+            b[i] = 1;
+            assert!(!is_zero(&b), "{i}");
+            b[i] = 0;
+        }
+    }
+}
