@@ -231,7 +231,7 @@ fn has_fixed_vhd_footer(file: &File, file_len: u64) -> bool {
         return false;
     }
     let raw = RawFooter::decode(&b);
-    &raw.cookie == b"conectix"
+    &raw.cookie == crate::image::vhd::footer::COOKIE
         && raw.disk_type == 2
         && raw.checksum == raw.computed_checksum()
         && raw.current_size == file_len - 512

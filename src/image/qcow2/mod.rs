@@ -270,7 +270,7 @@ fn luks_details(file: &File, path: &Path, off: u64, len: u64, file_len: u64) -> 
         .checked_add(LUKS1_PHDR_LEN as u64)
         .is_some_and(|e| e <= file_len)
         && read_exact_at(file, path, &mut hdr, off).is_ok()
-        && hdr[..6] == *b"LUKS\xba\xbe";
+        && hdr[..6] == crate::luks::luks1::MAGIC;
     if !readable {
         return v;
     }

@@ -227,7 +227,7 @@ impl Qcow2Writer {
         table_clusters: u64,
     ) -> Vec<u8> {
         let mut h = vec![0u8; 112];
-        h[0..4].copy_from_slice(b"QFI\xfb");
+        h[0..4].copy_from_slice(&super::header::MAGIC);
         h[4..8].copy_from_slice(&3u32.to_be_bytes());
         h[20..24].copy_from_slice(&self.cluster_bits.to_be_bytes());
         h[24..32].copy_from_slice(&self.virtual_size.to_be_bytes());

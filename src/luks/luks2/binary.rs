@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 /// Size of the binary part of each header copy.
 pub const BIN_SIZE: usize = 4096;
 /// Magic of the primary header.
-pub const MAGIC_PRIMARY: [u8; 6] = *b"LUKS\xba\xbe";
+pub const MAGIC_PRIMARY: [u8; 6] = crate::luks::luks1::MAGIC;
 /// Magic of the secondary header.
 pub const MAGIC_SECONDARY: [u8; 6] = *b"SKUL\xba\xbe";
 /// Allowed header sizes (binary + JSON area), 16 KiB .. 4 MiB.
