@@ -15,10 +15,11 @@
 //! - a state file next to the source (`FILE.diskseal-upload.json`: upload id, part size, source size and
 //!   mtime, finished parts with ETag, MD5 and SHA-256) lets a rerun send only the missing parts, after
 //!   reconciling with ListParts (moto answers `ListPartsResponse`, S3 `ListPartsResult`: both are read);
+//! - the source is read once: a part's bytes give its MD5, its SHA-256 and, in file order, the whole
+//!   file's SHA-256 (`InOrder`);
 //! - after Complete, HEAD must show the source's size and the composite ETag `md5(part md5s)-N`.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -953,8 +954,9 @@ pub fn upload(
     })
 }
 
-/// Sends `missing` parts on `o.jobs` threads while another thread hashes the whole source; records
-/// each finished part in the state file. Returns (the source's sha256, the first failure).
+/// Sends `missing` parts on `o.jobs` threads, each part read once for its digests, the upload and the
+/// whole source's SHA-256 ([`InOrder`]); records each finished part in the state file. Returns (the
+/// source's sha256, the first failure).
 #[allow(clippy::too_many_arguments)]
 fn send_parts(
     client: &Client,
@@ -976,28 +978,21 @@ fn send_parts(
         .iter()
         .map(|n| (size - u64::from(n - 1) * part_size).min(part_size))
         .sum();
+    let nparts = size.div_ceil(part_size).max(1) as u32;
+    let whole = InOrder {
+        f,
+        source,
+        size,
+        part_size,
+        nparts,
+        sent_now: missing.iter().copied().collect(),
+        st: std::sync::Mutex::new((1, BTreeMap::new(), Sha256::new())),
+    };
     std::thread::scope(|sc| {
-        let hasher = sc.spawn(|| -> Result<String> {
-            let mut r = std::fs::File::open(source).map_err(|e| Error::io("open", source, e))?;
-            let mut h = Sha256::new();
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                // A failed upload is reported at once, not after the rest of the file is hashed.
-                if stop.load(Ordering::Relaxed) {
-                    return Err(Error::Upload("stopped: the upload failed".into()));
-                }
-                let n = r.read(&mut buf).map_err(|e| Error::io("read", source, e))?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
-            Ok(hex(&h.finalize()))
-        });
         let (tx, rx) = mpsc::channel::<Result<(u32, Sent, u64)>>();
         for _ in 0..o.jobs.max(1) {
             let tx = tx.clone();
-            let (next, stop, upload_id) = (&next, &stop, &upload_id);
+            let (next, stop, upload_id, whole) = (&next, &stop, &upload_id, &whole);
             sc.spawn(move || {
                 let mut buf = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
@@ -1005,7 +1000,7 @@ fn send_parts(
                     let Some(&n) = missing.get(i) else { break };
                     let off = u64::from(n - 1) * part_size;
                     let len = (size - off).min(part_size);
-                    let r = send_part(client, f, source, &mut buf, upload_id, n, off, len)
+                    let r = send_part(client, whole, &mut buf, upload_id, n, off, len)
                         .map(|sent| (n, sent, len));
                     let failed = r.is_err();
                     if tx.send(r).is_err() || failed {
@@ -1042,9 +1037,7 @@ fn send_parts(
             }
         }
         on(Progress::PartsDone);
-        let sha = hasher
-            .join()
-            .unwrap_or_else(|_| Err(Error::Upload("the hashing thread panicked".into())));
+        let sha = whole.finish();
         if resent > 0 {
             notes.push(format!("{resent} part(s) sent again: the server's answer showed they had not arrived intact"));
         }
@@ -1077,26 +1070,93 @@ struct Sent {
     tries: u32,
 }
 
-/// Reads part `n` into `buf` and sends it, again while the server's answer shows the bytes did not
-/// arrive intact (an MD5 ETag or an echoed checksum that differs, or `BadDigest`), up to [`PART_TRIES`].
-#[allow(clippy::too_many_arguments)]
+/// The source's SHA-256 (for the audit log and the bundle check), fed the parts in file order as the
+/// workers read them, so each byte is read once: a part read out of order waits in `st` until its turn;
+/// parts an earlier run sent are read here when their turn comes.
+struct InOrder<'a> {
+    f: &'a std::fs::File,
+    source: &'a Path,
+    size: u64,
+    part_size: u64,
+    nparts: u32,
+    /// The parts this run reads (the others were sent by an earlier run).
+    sent_now: std::collections::BTreeSet<u32>,
+    /// The next part to hash, the parts read ahead of it, the hash so far.
+    #[allow(clippy::type_complexity)]
+    st: std::sync::Mutex<(u32, BTreeMap<u32, Arc<Vec<u8>>>, Sha256)>,
+}
+
+impl InOrder<'_> {
+    /// Part `n` was read: hash it, and whatever follows it, when its turn has come.
+    fn feed(&self, n: u32, data: Arc<Vec<u8>>) -> Result<()> {
+        let mut g = self
+            .st
+            .lock()
+            .map_err(|_| Error::Upload("the whole-file hash was poisoned".into()))?;
+        g.1.insert(n, data);
+        self.advance(&mut g)
+    }
+
+    fn advance(&self, g: &mut (u32, BTreeMap<u32, Arc<Vec<u8>>>, Sha256)) -> Result<()> {
+        let mut buf = Vec::new();
+        while g.0 <= self.nparts {
+            let n = g.0;
+            if let Some(d) = g.1.remove(&n) {
+                g.2.update(&d[..]);
+            } else if !self.sent_now.contains(&n) {
+                let off = u64::from(n - 1) * self.part_size;
+                let len = (self.size - off).min(self.part_size) as usize;
+                read_part(self.f, self.source, &mut buf, off, len)?;
+                g.2.update(&buf);
+            } else {
+                break;
+            }
+            g.0 += 1;
+        }
+        Ok(())
+    }
+
+    /// The hex SHA-256 of the whole source, once every part has been fed.
+    fn finish(&self) -> Result<String> {
+        let mut g = self
+            .st
+            .lock()
+            .map_err(|_| Error::Upload("the whole-file hash was poisoned".into()))?;
+        self.advance(&mut g)?;
+        if g.0 <= self.nparts {
+            return Err(Error::Upload(format!(
+                "stopped: part {} of {} was not read",
+                g.0, self.nparts
+            )));
+        }
+        Ok(hex(&std::mem::take(&mut g.2).finalize()))
+    }
+}
+
+/// Reads part `n` (into `buf`, or a new buffer when the whole-file hash still holds `buf`), hashes it
+/// once for its MD5 and SHA-256 and hands it to the whole-file hash, then sends it, again while the
+/// server's answer shows the bytes did not arrive intact (an MD5 ETag or an echoed checksum that
+/// differs, or `BadDigest`), up to [`PART_TRIES`].
 fn send_part(
     client: &Client,
-    f: &std::fs::File,
-    source: &Path,
+    whole: &InOrder<'_>,
     buf: &mut Vec<u8>,
     upload_id: &str,
     n: u32,
     off: u64,
     len: u64,
 ) -> Result<Sent> {
+    let mut data = std::mem::take(buf);
+    read_part(whole.f, whole.source, &mut data, off, len as usize)?;
+    let md5 = hex(&Md5::digest(&data[..]));
+    let sha = Sha256::digest(&data[..]);
+    let sha_b64 = b64(&sha);
+    let data = Arc::new(data);
+    whole.feed(n, Arc::clone(&data))?;
     let mut why = String::new();
+    let mut sent = None;
     for tries in 1..=PART_TRIES {
-        read_part(f, source, buf, off, len as usize)?;
-        let md5 = Md5::digest(&buf[..]);
-        let sha = Sha256::digest(&buf[..]);
-        let (md5, sha_b64) = (hex(&md5), b64(&sha));
-        let r = match client.put_part(upload_id, n, buf, &unhex(&md5), &sha) {
+        let r = match client.put_part(upload_id, n, &data, &unhex(&md5), &sha) {
             Ok(r) => r,
             Err(e) if digest_refused(&e) => {
                 why = e.to_string();
@@ -1123,19 +1183,26 @@ fn send_part(
             );
             continue;
         }
-        return Ok(Sent {
+        sent = Some(Sent {
             part: PartDone {
                 etag: r.etag,
-                md5,
-                sha256_b64: sha_b64,
+                md5: md5.clone(),
+                sha256_b64: sha_b64.clone(),
             },
             check,
             tries,
         });
+        break;
     }
-    Err(Error::Upload(format!(
-        "part {n} did not arrive intact in {PART_TRIES} attempts: {why}"
-    )))
+    // The buffer comes back for the next part once the whole-file hash is done with it.
+    if let Ok(d) = Arc::try_unwrap(data) {
+        *buf = d;
+    }
+    sent.ok_or_else(|| {
+        Error::Upload(format!(
+            "part {n} did not arrive intact in {PART_TRIES} attempts: {why}"
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -1215,3 +1215,58 @@ fn non_md5_part_etags_are_checked_through_the_composite_checksum_when_given() {
         out.stderr
     );
 }
+
+/// The bytes this process has read so far (`rchar` of /proc/self/io: files and sockets).
+fn bytes_read() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Issue 17: the upload reads each byte of the source once: the parts' MD5 and SHA-256 and the whole
+/// file's SHA-256 (the audit log's) come from the same read. The upload runs in this process, so
+/// `/proc/self/io` counts its reads (it read 2x the file when a second thread hashed the whole file).
+#[test]
+fn upload_reads_each_byte_of_the_source_once() {
+    let Some(s) = s3s_fs().or_else(moto_s3) else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let sha = big_file(d.path(), "once.img", 40);
+    let size = 40u64 << 20;
+    let t = diskseal_agent::s3::Target {
+        endpoint: s.url.clone(),
+        region: "us-east-1".into(),
+        bucket: "bkt".into(),
+        key: "once.img".into(),
+    };
+    let creds = diskseal_agent::s3::Credentials {
+        access_key_id: s.ak.clone(),
+        secret_access_key: diskseal_agent::secret::SecretString::new(s.sk.clone()),
+        session_token: None,
+    };
+    let c = diskseal_agent::s3::Client::new(
+        t,
+        diskseal_agent::s3::Auth::Hmac(creds),
+        diskseal_agent::http::RetryPolicy::default(),
+    );
+    let o = diskseal_agent::s3::Options {
+        jobs: 3,
+        part_size: Some(8 << 20),
+        force: true,
+    };
+    let before = bytes_read();
+    let u = diskseal_agent::s3::upload(&c, &d.path().join("once.img"), &o, &mut |_| {}).unwrap();
+    let read = bytes_read() - before;
+    assert_eq!(u.sha256, sha);
+    assert!(
+        read < size + size / 4,
+        "{} read {read} bytes for a {size}-byte file",
+        s.name
+    );
+}
