@@ -1,5 +1,5 @@
 //! The HTTP plumbing every remote client of the agent shares (`kms/`, [`crate::s3`], [`crate::import`]):
-//! bounded retries with back-off, jitter and `Retry-After` ([`with_retries`], [`RetryPolicy`]), IAM
+//! bounded retries with back-off, jitter and `Retry-After` (`with_retries`, [`RetryPolicy`]), IAM
 //! bearer tokens ([`iam`]), SigV4 ([`sigv4`]) and the one error type, [`RemoteError`].
 
 mod error;
