@@ -572,9 +572,26 @@ fn print(cli: &Cli, v: serde_json::Value, text: String) {
         if let serde_json::Value::Object(m) = v {
             out.extend(m);
         }
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        emit(&serde_json::to_string_pretty(&out).unwrap_or_default());
     } else if !cli.quiet {
-        println!("{text}");
+        emit(&text);
+    }
+}
+
+/// Writes a line to stdout. A closed pipe (`diskseal-agent ... | head`) ends the program quietly with
+/// success: a reader that stopped reading is not an error (`println!` would panic).
+fn emit(text: &str) {
+    emit_bytes(format!("{text}\n").as_bytes());
+}
+
+fn emit_bytes(bytes: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("diskseal-agent: error: cannot write to stdout: {e}");
+        std::process::exit(2);
     }
 }
 
@@ -714,9 +731,8 @@ fn run(cli: &Cli) -> Result<()> {
             use clap::CommandFactory;
             let mut script = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "diskseal-agent", &mut script);
-            std::io::stdout()
-                .write_all(&script)
-                .map_err(|e| Error::io("write", Path::new("<stdout>"), e))
+            emit_bytes(&script);
+            Ok(())
         }
         Command::Man { dir } => man(cli, dir),
         Command::Audit(AuditCmd::Verify { log }) => {
@@ -829,7 +845,7 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
         crate::ship::Note::Upload(p) => upload_progress(show, p),
     };
     if a.dry_run {
-        println!("{}", crate::ship::plan(&l, &r, &mut on)?.join("\n"));
+        emit(&crate::ship::plan(&l, &r, &mut on)?.join("\n"));
         return Ok(());
     }
     let s = crate::ship::ship(&l, &r, &mut on)?;

@@ -494,3 +494,23 @@ fn ibm_vpc_qcow2_bundle_verifies_deep_and_wraps_base64_of_the_passphrase() {
             .any(|b| *b == format!("{{\"plaintext\":\"{b64}\"}}"))
     }));
 }
+
+/// `diskseal-agent ... | head`: a reader that closed the pipe is not an error, and never a panic.
+#[test]
+fn closed_stdout_is_not_a_panic() {
+    for args in [&["init"][..], &["completions", "bash"]] {
+        let d = tempfile::tempdir().unwrap();
+        let mut child = crate::util::agent_command(d.path(), args, &[])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && !err.contains("panicked"),
+            "{args:?}: {err}"
+        );
+    }
+}
