@@ -1309,3 +1309,29 @@ fn qcow2_random_corruption_never_panics() {
     }
     assert!(opened > 0 && failed > 0, "opened {opened}, failed {failed}");
 }
+
+/// A qemu-img qcow2 cut anywhere inside its header area is reported as truncated, with where the file
+/// ends, not as a header extension "running past cluster 0".
+#[test]
+fn qcow2_cut_inside_its_header_is_reported_as_truncated() {
+    require!("qemu-img");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    qimg(d, &["create", "-q", "-f", "qcow2", "whole.qcow2", "1M"]);
+    let whole = read(d.join("whole.qcow2"));
+    for len in 104..=503 {
+        std::fs::write(d.join("cut.qcow2"), &whole[..len]).unwrap();
+        let e = open_err(d, "cut.qcow2");
+        let text = format!("{e} {}", e.hint_text().unwrap_or(""));
+        assert!(
+            text.contains("truncated") && !text.contains("past the end of cluster 0"),
+            "{len}: {text}"
+        );
+        if len >= 120 {
+            assert!(
+                text.contains(&format!("the file ends at {len:#x}")),
+                "{len}: {text}"
+            );
+        }
+    }
+}

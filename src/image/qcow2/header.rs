@@ -221,21 +221,20 @@ pub fn decode_extensions(
             return Ok(out);
         }
         if at + 8 > c0.len() {
-            return Err(
-                Error::corrupt("header extension area runs past the end of the file")
-                    .with_path(path)
-                    .at(at as u64)
-                    .hint("the file is truncated"),
-            );
+            return Err(Error::corrupt(format!(
+                "the file ends at {:#x}, inside its header: the header extension area continues at {at:#x}",
+                c0.len()
+            ))
+            .with_path(path)
+            .at(at as u64)
+            .hint("the file is truncated"));
         }
         let kind = be32(c0, at);
         let len = be32(c0, at + 4) as usize;
         if kind == 0 {
             return Ok(out);
         }
-        let data_end = (at + 8)
-            .checked_add(len)
-            .filter(|&e| e <= end && e <= c0.len());
+        let data_end = (at + 8).checked_add(len).filter(|&e| e <= end);
         let Some(data_end) = data_end else {
             return Err(Error::corrupt(format!(
                 "header extension {kind:#010x} of length {len:#x} runs past the end of cluster 0 ({end:#x})"
@@ -243,6 +242,17 @@ pub fn decode_extensions(
             .with_path(path)
             .at(at as u64));
         };
+        if data_end > c0.len() {
+            // Inside the cluster, past the end of the file: the file was cut inside its header.
+            return Err(Error::corrupt(format!(
+                "the file ends at {:#x}, inside its header: header extension {kind:#010x} of length \
+                 {len:#x} at {at:#x} needs {data_end:#x} bytes",
+                c0.len()
+            ))
+            .with_path(path)
+            .at(at as u64)
+            .hint("the file is truncated"));
+        }
         out.push(Extension {
             kind,
             data: c0[at + 8..data_end].to_vec(),
@@ -715,6 +725,15 @@ mod tests {
         let e = decode_extensions(&c0, 112, 4096, Path::new("x")).unwrap_err();
         assert!(
             e.to_string().contains("runs past the end of cluster 0") && e.offset() == Some(112),
+            "{e}"
+        );
+        // A file cut inside its header (the cluster is longer than the file): truncated, and where.
+        c0[112 + 4..112 + 8].copy_from_slice(&9u32.to_be_bytes());
+        let e = decode_extensions(&c0[..125], 112, 4096, Path::new("x")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("the file ends at 0x7d, inside its header")
+                && e.hint_text().is_some_and(|h| h.contains("truncated")),
             "{e}"
         );
     }
