@@ -280,6 +280,8 @@ pub fn seal(recipient: &age::x25519::Recipient, secret: &[u8]) -> Result<Vec<u8>
 struct TempDir {
     path: PathBuf,
     done: bool,
+    /// Dropped after the directory is removed.
+    _live: crate::io::LiveOutput,
 }
 
 impl Drop for TempDir {
@@ -300,13 +302,20 @@ fn temp_dir_for(dest: &Path) -> Result<TempDir> {
         Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
         _ => PathBuf::from("."),
     };
+    let mut live = Some(crate::io::LiveOutput::register());
     for attempt in 0..100 {
         let path = parent.join(format!(
             ".{name}.diskseal-{}-{attempt}.tmp",
             std::process::id()
         ));
         match fs::create_dir(&path) {
-            Ok(()) => return Ok(TempDir { path, done: false }),
+            Ok(()) => {
+                return Ok(TempDir {
+                    path,
+                    done: false,
+                    _live: live.take().unwrap_or_else(crate::io::LiveOutput::register),
+                });
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(Error::io("create bundle directory", &path, None, e)),
         }

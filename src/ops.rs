@@ -5,7 +5,6 @@
 //! container's writer (LUKS header + payload, qcow2 clusters, or vhd-util blocks) over the
 //! [`Pipeline`]'s modes, and a finish step (commit, one [`EncryptReport`]).
 
-use std::fs::File;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -684,11 +683,7 @@ pub struct Unlocked {
 /// Opens an encrypted image (a LUKS file, or a qcow2 with QEMU-native LUKS), checks its header, and
 /// recovers (or checks) the volume key.
 pub fn unlock(path: &Path, how: Unlock) -> Result<Unlocked> {
-    let file = File::open(path).map_err(|e| Error::io("open", path, None, e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| Error::io("stat", path, None, e))?
-        .len();
+    let (file, len) = crate::io::open_input(path)?;
     let found = detect::detect(&file, len);
     let how = match (found, how) {
         // A vhd-util encrypted VHD's key is the raw DEK, whatever the key option was called.
@@ -831,7 +826,8 @@ pub fn decrypt(
         out.set_len(len)?;
     }
     let elapsed = start.elapsed();
-    out.commit(0o644)?;
+    // Plaintext: readable by its owner only (the CLI's --mode widens it on request).
+    out.commit(0o600)?;
     Ok(DecryptReport {
         payload_len: len,
         keyslot: u.keyslot,
@@ -955,10 +951,13 @@ pub fn verify(
 pub fn info(path: &Path, format: Option<ImageFormat>) -> Result<serde_json::Value> {
     use serde_json::json;
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).map_err(|e| Error::io("stat", path, None, e))?;
-    let actual = meta.blocks() * 512;
-    let file = File::open(path).map_err(|e| Error::io("open", path, None, e))?;
-    let found = detect::detect(&file, meta.len());
+    let (file, len) = crate::io::open_input(path)?;
+    let actual = file
+        .metadata()
+        .map_err(|e| Error::io("stat", path, None, e))?
+        .blocks()
+        * 512;
+    let found = detect::detect(&file, len);
     if matches!(format, None | Some(ImageFormat::Ova(None))) && found == Detected::Ova {
         let p = image::ova::package(&file, path)?;
         let disks: Vec<serde_json::Value> = p

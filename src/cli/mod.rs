@@ -273,6 +273,10 @@ struct DecryptArgs {
     /// Overwrite DST if it exists.
     #[arg(long)]
     force: bool,
+    /// Permissions of the plaintext output, in octal (default 0600: the decrypted disk is readable by
+    /// its owner only).
+    #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
+    mode: Option<u32>,
     #[command(flatten)]
     key: KeyArgs,
     /// Encrypted image: LUKS file, qcow2 with LUKS, or vhd-util encrypted VHD.
@@ -371,6 +375,13 @@ fn parse_key_bytes(s: &str) -> std::result::Result<usize, String> {
 }
 
 /// Parses "16384", "16k", "4m", "1g" (binary units).
+fn parse_mode(s: &str) -> std::result::Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal file mode from 0 to 777 (e.g. 0640)"))
+}
+
 fn parse_size(s: &str) -> std::result::Result<u64, String> {
     let t = s.trim().to_ascii_lowercase();
     let (num, mult) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
@@ -411,10 +422,14 @@ fn cluster_bits(size: Option<u64>) -> Result<Option<u32>> {
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     let out = Out::new(cli.quiet, cli.json);
+    ignore_sigxfsz();
     let _ = ctrlc::set_handler(|| {
         if CANCEL.swap(true, Ordering::SeqCst) {
             std::process::exit(130);
         }
+        // Nothing written yet (e.g. during the key derivation): stop now. Otherwise the workers see
+        // CANCEL and the output's temporary file is removed on the way out.
+        diskseal::io::exit_if_nothing_written(130);
     });
     match run(&cli, &out) {
         Ok(code) => code,
@@ -422,6 +437,17 @@ pub(crate) fn main() -> ExitCode {
             out.error(&e);
             ExitCode::from(2)
         }
+    }
+}
+
+/// A file-size limit (`ulimit -f`) must fail the write with EFBIG, so that the error is reported and the
+/// temporary file removed, instead of SIGXFSZ killing the process and leaving it behind.
+#[allow(unsafe_code)]
+fn ignore_sigxfsz() {
+    // SAFETY: setting a signal's disposition to SIG_IGN installs no handler code; it runs first in
+    // main, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }
 
@@ -1037,6 +1063,11 @@ fn decrypt(a: &DecryptArgs, out: &Out) -> Result<ExitCode> {
         ops::decrypt(&a.src, &a.dst, how, a.force, qcow2, run)
     })
     .map_err(|e| hint_profile(e, &a.key, a.profile))?;
+    if let Some(mode) = a.mode {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&a.dst, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| Error::io("set permissions on", &a.dst, None, e))?;
+    }
     for w in &r.warnings {
         out.warn(w);
     }
@@ -1120,11 +1151,7 @@ fn verify(a: &VerifyArgs, out: &Out) -> Result<ExitCode> {
 
 fn dump(a: &DumpArgs, out: &Out) -> Result<ExitCode> {
     use diskseal::image::detect::{self, Detected};
-    let file = std::fs::File::open(&a.src).map_err(|e| Error::io("open", &a.src, None, e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| Error::io("stat", &a.src, None, e))?
-        .len();
+    let (file, len) = diskseal::io::open_input(&a.src)?;
     let found = detect::detect(&file, len);
     if matches!(found, Detected::Qcow2 | Detected::Qcow2Luks) {
         let q = diskseal::image::qcow2::Qcow2Image::open(file, &a.src, &mut Vec::new())?;

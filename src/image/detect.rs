@@ -189,11 +189,7 @@ impl Detected {
 
 /// What the file at `path` is (see the module docs).
 pub fn detect_path(path: &Path) -> Result<Detected> {
-    let file = File::open(path).map_err(|e| Error::io("open", path, None, e))?;
-    let len = file
-        .metadata()
-        .map_err(|e| Error::io("stat", path, None, e))?
-        .len();
+    let (file, len) = crate::io::open_input(path)?;
     Ok(detect(&file, len))
 }
 

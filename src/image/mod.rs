@@ -21,7 +21,6 @@ pub mod vhdx;
 pub mod vmdk;
 
 use std::fmt::Debug;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -147,27 +146,16 @@ pub fn open_backing(
     format: Option<ImageFormat>,
     chain: &mut Vec<PathBuf>,
 ) -> Result<Box<dyn DiskImage>> {
-    let file = File::open(path).map_err(|e| {
-        let hint = if chain.is_empty() {
-            None
+    let (file, len) = crate::io::open_input(path).map_err(|err| {
+        if chain.is_empty() {
+            err
         } else {
-            Some(format!(
+            err.hint(format!(
                 "it is the backing file of {}",
                 chain[chain.len() - 1].display()
             ))
-        };
-        let err = Error::io("open image", path, None, e);
-        match hint {
-            Some(h) => err.hint(h),
-            None => err,
         }
     })?;
-    let meta = file
-        .metadata()
-        .map_err(|e| Error::io("stat", path, None, e))?;
-    if meta.is_dir() {
-        return Err(Error::invalid("input is a directory").with_path(path));
-    }
     let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     if chain.contains(&canonical) {
         return Err(Error::corrupt("backing chain loops back to this file").with_path(path));
@@ -181,7 +169,7 @@ pub fn open_backing(
     let format = match format {
         Some(f) => f,
         None => {
-            let found = detect::detect(&file, meta.len());
+            let found = detect::detect(&file, len);
             found.image_format().ok_or_else(|| found.refusal(path))?
         }
     };

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::image::{DiskImage, Extent, ExtentKind, ImageInfo, coalesce};
 use crate::io::read_exact_at;
 
@@ -21,10 +21,7 @@ pub struct RawImage {
 impl RawImage {
     /// Wraps an open file.
     pub fn new(file: File, path: &Path) -> Result<RawImage> {
-        let size = file
-            .metadata()
-            .map_err(|e| Error::io("stat", path, None, e))?
-            .len();
+        let size = crate::io::input_len(&file, path)?;
         Ok(RawImage {
             file,
             path: path.to_owned(),

@@ -1,4 +1,5 @@
-//! File plumbing: positional reads and writes with errors that name the path and offset, and
+//! File plumbing: positional reads and writes with errors that name the path and offset, opening inputs
+//! ([`open_input`]: regular files and block devices only, a FIFO would block forever), and
 //! [`OutputFile`], which writes to a temporary file beside the destination and only renames it into
 //! place on success, so no half-written image is ever left behind. A run that was killed (SIGKILL, power
 //! loss) leaves `.NAME.diskseal-PID-N.tmp`; the next run for the same destination removes it.
@@ -9,6 +10,43 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+
+/// How many outputs (temporary files or directories) exist right now; see [`exit_if_nothing_written`].
+static LIVE_OUTPUTS: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+
+/// Marks an output as being written from before it is created until after it is removed or committed
+/// (hold it in a field declared after the file, or drop it last).
+#[derive(Debug)]
+pub struct LiveOutput(());
+
+impl LiveOutput {
+    /// Registers an output about to be created.
+    pub fn register() -> LiveOutput {
+        if let Ok(mut n) = LIVE_OUTPUTS.lock() {
+            *n += 1;
+        }
+        LiveOutput(())
+    }
+}
+
+impl Drop for LiveOutput {
+    fn drop(&mut self) {
+        if let Ok(mut n) = LIVE_OUTPUTS.lock() {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// Ends the process with `code` at once when no output is being written, so there is nothing to clean
+/// up (an interrupt during the key derivation); returns otherwise, and the caller cancels cleanly.
+/// The registry stays locked until the process is gone, so no output can start meanwhile.
+pub fn exit_if_nothing_written(code: i32) {
+    if let Ok(n) = LIVE_OUTPUTS.lock()
+        && *n == 0
+    {
+        std::process::exit(code);
+    }
+}
 
 /// Reads exactly `buf.len()` bytes at `offset`, or fails naming `path` and the offset.
 pub fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
@@ -25,6 +63,71 @@ pub fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> R
             Error::io("read", path, Some(offset), e)
         }
     })
+}
+
+/// Opens an input image or encrypted file for reading, with its size. Regular files and block devices
+/// (a whole disk, `/dev/sdX`; its size comes from the `BLKGETSIZE64` ioctl) are accepted; directories,
+/// FIFOs, sockets and character devices are refused before anything blocks on them.
+pub fn open_input(path: &Path) -> Result<(File, u64)> {
+    let meta = fs::metadata(path).map_err(|e| Error::io("open", path, None, e))?;
+    refuse_special(&meta, path)?;
+    // O_NONBLOCK: should the path be swapped for a FIFO after the check, the open does not hang
+    // (it has no effect on regular files and block devices).
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| Error::io("open", path, None, e))?;
+    let len = input_len(&file, path)?;
+    Ok((file, len))
+}
+
+/// The size of an open input: its length, or for a block device the device size.
+pub fn input_len(file: &File, path: &Path) -> Result<u64> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("stat", path, None, e))?;
+    refuse_special(&meta, path)?;
+    if meta.file_type().is_block_device() {
+        block_device_size(file)
+            .map_err(|e| Error::io("read the size of block device", path, None, e))
+    } else {
+        Ok(meta.len())
+    }
+}
+
+fn refuse_special(meta: &fs::Metadata, path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let what = if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else {
+        return Ok(());
+    };
+    Err(Error::invalid(format!("input is {what}"))
+        .with_path(path)
+        .hint(
+            "diskseal reads regular files and block devices (it needs random access and the size); \
+         copy the data to a file first",
+        ))
+}
+
+/// `ioctl(BLKGETSIZE64)`: the size in bytes of a block device.
+#[allow(unsafe_code)]
+fn block_device_size(file: &File) -> io::Result<u64> {
+    use rustix::ioctl::{Getter, ioctl, opcode};
+    // BLKGETSIZE64 is _IOR(0x12, 114, size_t) in <linux/fs.h>; size_t is 64 bits on every target we build.
+    const BLKGETSIZE64: rustix::ioctl::Opcode = opcode::read::<u64>(0x12, 114);
+    // SAFETY: BLKGETSIZE64 writes exactly one u64 to its argument, which is what Getter<_, u64> passes.
+    let size = unsafe { ioctl(file, Getter::<BLKGETSIZE64, u64>::new()) }?;
+    Ok(size)
 }
 
 /// True when `a` and `b` name the same existing file (same device and inode).
@@ -84,6 +187,8 @@ pub struct OutputFile {
     dest: PathBuf,
     force: bool,
     committed: bool,
+    /// Dropped after [`Drop::drop`] has removed the temporary file.
+    _live: LiveOutput,
 }
 
 impl OutputFile {
@@ -103,6 +208,7 @@ impl OutputFile {
             _ => PathBuf::from("."),
         };
         remove_stale_temps(&dir, &name);
+        let live = LiveOutput::register();
         let mut attempt = 0u32;
         loop {
             let tmp = dir.join(format!(
@@ -124,6 +230,7 @@ impl OutputFile {
                         dest: dest.to_owned(),
                         force,
                         committed: false,
+                        _live: live,
                     });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 100 => attempt += 1,

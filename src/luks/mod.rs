@@ -240,10 +240,7 @@ fn has_fixed_vhd_footer(file: &File, file_len: u64) -> bool {
 impl Luks {
     /// Opens the header of `file` (either version), checking every structure.
     pub fn open(file: &File, path: &Path) -> Result<Luks> {
-        let file_len = file
-            .metadata()
-            .map_err(|e| Error::io("stat", path, None, e))?
-            .len();
+        let file_len = crate::io::input_len(file, path)?;
         let mut head = [0u8; 8];
         if file_len < 8 {
             return Err(Error::format("file is too short to be LUKS")

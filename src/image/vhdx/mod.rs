@@ -207,11 +207,8 @@ fn find_parent(path: &Path, meta: &Metadata, chain: &mut Vec<PathBuf>) -> Result
         .with_path(path)
         .hint("put the parent image next to the child"));
     };
-    let f = File::open(p).map_err(|e| Error::io("open VHDX parent", p, None, e))?;
-    let flen = f
-        .metadata()
-        .map_err(|e| Error::io("stat", p, None, e))?
-        .len();
+    let (f, flen) = crate::io::open_input(p)
+        .map_err(|e| e.hint(format!("it is the parent of {}", path.display())))?;
     let hs = header::read(&f, p, flen)
         .map_err(|e| e.hint(format!("it is the parent of {}", path.display())))?;
     let got = format!("{{{}}}", guid_text(&hs.header.data_write_guid));

@@ -291,8 +291,8 @@ fn descriptor_parts(d: &Descriptor, path: &Path) -> Result<(String, Vec<Part>)> 
                 ));
             }
             let p = dir.join(rel);
-            let f = File::open(&p).map_err(|e| {
-                Error::io("open VMDK extent", &p, None, e).hint(format!(
+            let (f, _) = crate::io::open_input(&p).map_err(|e| {
+                e.hint(format!(
                     "it is named on line {} of {}",
                     x.line,
                     path.display()
