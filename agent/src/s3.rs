@@ -175,11 +175,6 @@ fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
-/// Pulls a tag's text out of XML.
-fn xml_tag<'a>(body: &'a str, tag: &str) -> Option<&'a str> {
-    crate::wire::xml_tag(body, tag)
-}
-
 fn unquote(etag: &str) -> String {
     crate::wire::unquote(etag)
 }
@@ -211,7 +206,8 @@ fn token_refused(r: &Reply) -> bool {
     match r.status {
         401 => true,
         403 => {
-            let code = xml_tag(&r.body, "Code").unwrap_or("");
+            let code = crate::wire::s3_error(&r.body).reason.unwrap_or_default();
+            let code = code.as_str();
             matches!(
                 code,
                 "AccessDenied" | "ExpiredToken" | "InvalidToken" | "TokenRefreshRequired" | ""
@@ -418,15 +414,15 @@ impl Client {
     }
 
     fn fail(&self, what: &str, r: &Reply) -> Error {
-        let reason = xml_tag(&r.body, "Code")
-            .map(str::to_owned)
-            .or_else(|| match r.status {
-                404 => Some("NotFound".into()),
-                403 => Some("Forbidden".into()),
-                _ => None,
-            });
-        let message = xml_tag(&r.body, "Message")
-            .map_or_else(|| r.body.chars().take(200).collect(), str::to_owned);
+        let e = crate::wire::s3_error(&r.body);
+        let reason = e.reason.or_else(|| match r.status {
+            404 => Some("NotFound".into()),
+            403 => Some("Forbidden".into()),
+            _ => None,
+        });
+        let message = e
+            .message
+            .unwrap_or_else(|| r.body.chars().take(200).collect());
         Error::Remote(RemoteError {
             kind: RemoteErrorKind::Http,
             service: service::S3,
@@ -434,10 +430,7 @@ impl Client {
             status: Some(r.status),
             code: reason,
             message,
-            correlation_id: r
-                .correlation_id
-                .clone()
-                .or_else(|| xml_tag(&r.body, "RequestId").map(str::to_owned)),
+            correlation_id: r.correlation_id.clone().or(e.request_id),
             attempts: 1,
         })
     }
@@ -471,8 +464,7 @@ impl Client {
         if r.status != 200 {
             return Err(self.fail("CreateMultipartUpload", &r));
         }
-        xml_tag(&r.body, "UploadId")
-            .map(str::to_owned)
+        crate::wire::s3_initiate(&r.body)
             .ok_or_else(|| self.fail("CreateMultipartUpload (no UploadId)", &r))
     }
 
@@ -553,13 +545,10 @@ impl Client {
             x.as_bytes(),
         )?;
         // S3 may answer 200 with an <Error> body.
-        if r.status != 200 || r.body.contains("<Error>") {
-            return Err(self.fail("CompleteMultipartUpload", &r));
+        match crate::wire::s3_complete(&r.body) {
+            Ok(done) if r.status == 200 => Ok(done),
+            _ => Err(self.fail("CompleteMultipartUpload", &r)),
         }
-        Ok((
-            xml_tag(&r.body, "ETag").map(unquote).unwrap_or_default(),
-            xml_tag(&r.body, "ChecksumSHA256").map(str::to_owned),
-        ))
     }
 
     /// AbortMultipartUpload (a gone upload counts as aborted).
@@ -1337,7 +1326,8 @@ mod tests {
     #[test]
     fn list_parts_roots_and_etags() {
         let body = "<ListPartsResponse><Part><PartNumber>2</PartNumber><ETag>&quot;ab&quot;</ETag></Part></ListPartsResponse>";
-        assert_eq!(xml_tag(body, "PartNumber"), Some("2"));
+        let page = crate::wire::s3_list_parts(body);
+        assert_eq!(page.parts.get(&2).map(String::as_str), Some("ab"));
         assert_eq!(unquote("&quot;ab&quot;"), "ab");
     }
 }

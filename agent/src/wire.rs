@@ -9,7 +9,7 @@
 //! The clients ([`crate::s3`], [`crate::kms`], [`crate::import`]) decide what a missing field means; these
 //! functions only say what is there. They never panic, whatever the input: the fuzz targets in `fuzz/`
 //! run them on arbitrary bytes. To keep those builds small, the targets include this file by path, so it
-//! uses nothing but `std`, `serde_json`, `base64` and `zeroize`.
+//! uses nothing but `std`, `serde` (derive), `serde_json`, `quick-xml` (serde), `base64` and `zeroize`.
 
 use std::collections::BTreeMap;
 
@@ -31,33 +31,74 @@ pub struct ServiceError {
 // ---------------------------------------------------------------------------------------------------
 // S3 (XML)
 
-/// The trimmed text of the first `<tag>...</tag>` in `body` (S3's XML is flat enough for this).
-pub fn xml_tag<'a>(body: &'a str, tag: &str) -> Option<&'a str> {
-    let start = body.find(&format!("<{tag}>"))? + tag.len() + 2;
-    let end = body[start..].find(&format!("</{tag}>"))? + start;
-    Some(body[start..end].trim())
+/// The fields of the S3 XML bodies the agent reads, whichever document they come in (quick-xml's serde
+/// reader ignores the root's name, its attributes such as `xmlns`, and unknown elements, and decodes
+/// entities). An AWS `<ErrorResponse>` nests its `<Error>`.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+struct S3Doc {
+    code: Option<String>,
+    message: Option<String>,
+    request_id: Option<String>,
+    error: Option<Box<S3Doc>>,
+    upload_id: Option<String>,
+    #[serde(rename = "ETag")]
+    etag: Option<String>,
+    #[serde(rename = "ChecksumSHA256")]
+    checksum_sha256: Option<String>,
+    is_truncated: Option<String>,
+    next_part_number_marker: Option<String>,
+    part: Vec<S3Part>,
 }
 
-/// An ETag without its quotes (`"..."`, `&quot;...&quot;` or `&#34;...&#34;`).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default, rename_all = "PascalCase")]
+struct S3Part {
+    part_number: Option<String>,
+    #[serde(rename = "ETag")]
+    etag: Option<String>,
+}
+
+/// `body` read as S3 XML; anything unreadable reads as an empty document.
+fn s3_doc(body: &str) -> S3Doc {
+    quick_xml::de::from_str(body).unwrap_or_default()
+}
+
+fn text(v: Option<String>) -> Option<String> {
+    v.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty())
+}
+
+/// An ETag without its quotes (`"..."`, also when a server double-escaped them).
 pub fn unquote(etag: &str) -> String {
     etag.replace("&quot;", "")
         .replace("&#34;", "")
+        .trim()
         .trim_matches('"')
         .to_owned()
 }
 
-/// An S3 `<Error>` body: `Code`, `Message`, `RequestId`.
-pub fn s3_error(body: &str) -> ServiceError {
+fn doc_error(d: S3Doc) -> ServiceError {
+    let request_id = text(d.request_id);
+    let inner = d.error.map(|e| *e);
+    let (code, message, inner_id) = match inner {
+        Some(e) => (e.code, e.message, e.request_id),
+        None => (d.code, d.message, None),
+    };
     ServiceError {
-        reason: xml_tag(body, "Code").map(str::to_owned),
-        message: xml_tag(body, "Message").map(str::to_owned),
-        request_id: xml_tag(body, "RequestId").map(str::to_owned),
+        reason: text(code),
+        message: text(message),
+        request_id: request_id.or_else(|| text(inner_id)),
     }
 }
 
+/// An S3 `<Error>` body: `Code`, `Message`, `RequestId`.
+pub fn s3_error(body: &str) -> ServiceError {
+    doc_error(s3_doc(body))
+}
+
 /// The `UploadId` of an `InitiateMultipartUploadResult`.
-pub fn s3_initiate(body: &str) -> Option<&str> {
-    xml_tag(body, "UploadId")
+pub fn s3_initiate(body: &str) -> Option<String> {
+    text(s3_doc(body).upload_id)
 }
 
 /// One page of a `ListPartsResult`.
@@ -69,32 +110,33 @@ pub struct ListPartsPage {
     pub next_marker: Option<u32>,
 }
 
-/// A `ListPartsResult` page.
+/// A `ListPartsResult` page (moto's `ListPartsResponse` too: the root's name is not read).
 pub fn s3_list_parts(body: &str) -> ListPartsPage {
+    let d = s3_doc(body);
     let mut page = ListPartsPage::default();
-    let mut rest = body;
-    while let Some(i) = rest.find("<Part>") {
-        let end = rest[i..].find("</Part>").map_or(rest.len(), |e| e + i);
-        let p = &rest[i..end];
-        if let Some(n) = xml_tag(p, "PartNumber").and_then(|n| n.parse().ok()) {
+    for p in d.part {
+        if let Some(n) = text(p.part_number).and_then(|n| n.parse().ok()) {
             page.parts
-                .insert(n, xml_tag(p, "ETag").map(unquote).unwrap_or_default());
+                .insert(n, p.etag.as_deref().map(unquote).unwrap_or_default());
         }
-        rest = &rest[end..];
     }
-    if xml_tag(body, "IsTruncated") == Some("true") {
-        page.next_marker = xml_tag(body, "NextPartNumberMarker").and_then(|m| m.parse().ok());
+    if text(d.is_truncated).as_deref() == Some("true") {
+        page.next_marker = text(d.next_part_number_marker).and_then(|m| m.parse().ok());
     }
     page
 }
 
-/// A `CompleteMultipartUploadResult`: its ETag (empty when absent), or the `<Error>` S3 may send with
-/// status 200.
-pub fn s3_complete(body: &str) -> Result<String, ServiceError> {
-    if body.contains("<Error>") {
-        return Err(s3_error(body));
+/// A `CompleteMultipartUploadResult`: its ETag (empty when absent) and `ChecksumSHA256` (the composite
+/// checksum, when the server gives it), or the `<Error>` S3 may send with status 200.
+pub fn s3_complete(body: &str) -> Result<(String, Option<String>), ServiceError> {
+    let d = s3_doc(body);
+    if d.code.is_some() || d.error.is_some() || body.contains("<Error>") {
+        return Err(doc_error(d));
     }
-    Ok(xml_tag(body, "ETag").map(unquote).unwrap_or_default())
+    Ok((
+        d.etag.as_deref().map(unquote).unwrap_or_default(),
+        text(d.checksum_sha256),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -250,18 +292,18 @@ pub fn aws_kms_reply(body: &str) -> Result<AwsKmsReply, String> {
 /// An AWS KMS error: JSON `__type` (without its namespace) and `message`/`Message`, or an XML
 /// `Code`/`Message`/`RequestId` (gateways and proxies).
 pub fn aws_kms_error(body: &str) -> ServiceError {
-    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let Ok(v) = serde_json::from_str::<Value>(body) else {
+        return s3_error(body);
+    };
     ServiceError {
         reason: v["__type"]
             .as_str()
-            .map(|t| t.rsplit('#').next().unwrap_or(t).to_owned())
-            .or_else(|| xml_tag(body, "Code").map(str::to_owned)),
+            .map(|t| t.rsplit('#').next().unwrap_or(t).to_owned()),
         message: v["message"]
             .as_str()
             .or_else(|| v["Message"].as_str())
-            .or_else(|| xml_tag(body, "Message"))
             .map(str::to_owned),
-        request_id: xml_tag(body, "RequestId").map(str::to_owned),
+        request_id: None,
     }
 }
 
@@ -422,7 +464,25 @@ mod tests {
         assert_eq!(page.next_marker, Some(2));
         let e = s3_complete("<Error><Code>InternalError</Code><Message>m</Message></Error>");
         assert_eq!(e.unwrap_err().reason.as_deref(), Some("InternalError"));
-        assert_eq!(s3_initiate("<UploadId> u1 </UploadId>"), Some("u1"));
+        assert_eq!(
+            s3_initiate("<InitiateMultipartUploadResult><UploadId> u1 </UploadId></InitiateMultipartUploadResult>").as_deref(),
+            Some("u1")
+        );
+        // A namespace, an attribute, entities and a CDATA section, which a search for tags misreads.
+        let ok = s3_complete(
+            "<?xml version=\"1.0\"?><CompleteMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+             <Location>http://h/b/k?a=1&amp;b=2</Location><ETag>&quot;abc-2&quot;</ETag>\
+             <ChecksumSHA256><![CDATA[c2hh-2]]></ChecksumSHA256></CompleteMultipartUploadResult>",
+        )
+        .unwrap();
+        assert_eq!(ok, ("abc-2".to_owned(), Some("c2hh-2".to_owned())));
+        let nested = s3_error(
+            "<ErrorResponse><Error><Code>SignatureDoesNotMatch</Code><Message>m</Message></Error><RequestId>r-1</RequestId></ErrorResponse>",
+        );
+        assert_eq!(
+            (nested.reason.as_deref(), nested.request_id.as_deref()),
+            (Some("SignatureDoesNotMatch"), Some("r-1"))
+        );
     }
 
     #[test]

@@ -1231,8 +1231,29 @@ fn bytes_read() -> u64 {
 /// Issue 17: the upload reads each byte of the source once: the parts' MD5 and SHA-256 and the whole
 /// file's SHA-256 (the audit log's) come from the same read. The upload runs in this process, so
 /// `/proc/self/io` counts its reads (it read 2x the file when a second thread hashed the whole file).
+/// It runs alone in a child process (this test binary, filtered to this test): other tests of this
+/// process read files too.
 #[test]
 fn upload_reads_each_byte_of_the_source_once() {
+    if std::env::var_os("DISKSEAL_READ_ONCE_CHILD").is_none() {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "upload::upload_reads_each_byte_of_the_source_once",
+                "--exact",
+                "--nocapture",
+            ])
+            .env("DISKSEAL_READ_ONCE_CHILD", "1")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success() && text.contains("1 passed"), "{text}");
+        eprint!("{text}");
+        return;
+    }
     let Some(s) = s3s_fs().or_else(moto_s3) else {
         return;
     };

@@ -17,14 +17,13 @@ fn s3_bodies_from_moto_and_s3s_fs() {
     for server in ["moto", "s3s-fs"] {
         let id = wire::s3_initiate(&seed(&format!(
             "s3_xml/{server}-CreateMultipartUpload-200.xml"
-        )))
-        .map(str::to_owned);
+        )));
         assert!(id.is_some_and(|i| !i.is_empty()), "{server}");
         let etag = wire::s3_complete(&seed(&format!(
             "s3_xml/{server}-CompleteMultipartUpload-200.xml"
         )))
         .unwrap();
-        assert_eq!(etag, "30dcfd3901d1c613b7fb532281748544-2", "{server}");
+        assert_eq!(etag.0, "30dcfd3901d1c613b7fb532281748544-2", "{server}");
         assert_eq!(
             wire::s3_error(&seed(&format!("s3_xml/{server}-GetObject-404.xml")))
                 .reason
