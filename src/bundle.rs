@@ -65,6 +65,10 @@ pub struct Manifest<K = KeyEntry> {
     /// The vhd-util encryption of an `ibm-classic-vhd` image (absent for the LUKS profiles).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vhd_util: Option<VhdUtilEntry>,
+    /// The source `encrypt` read, with every backing file (absent when the bundle or manifest was made
+    /// from an encrypted image alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceEntry>,
     /// The sealed key and what the KMS must wrap.
     pub key: K,
 }
@@ -139,6 +143,17 @@ pub struct VhdUtilEntry {
     pub key_bits: u32,
     /// The batmap key hash, SHA-256(nonce || DEK), lowercase hex.
     pub keyhash: String,
+}
+
+/// The source image `encrypt` read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceEntry {
+    /// The source file as given on the command line.
+    pub file: String,
+    /// The backing files its data was read through, top down: a backing file nobody expected is seen
+    /// here before the key leaves.
+    pub backing_files: Vec<String>,
 }
 
 /// The sealed key.
@@ -245,6 +260,8 @@ pub struct BundleOptions {
     pub recipient: String,
     /// Replace an existing bundle directory.
     pub force: bool,
+    /// The source `encrypt` read, recorded in the manifest.
+    pub source: Option<SourceEntry>,
 }
 
 /// What [`create`] wrote.
@@ -432,6 +449,7 @@ pub fn create(
             sha256: report.plaintext_sha256.clone(),
         },
         luks: header.luks_entry(),
+        source: opts.source.clone(),
         vhd_util: header.vhd_util_entry(),
         key: KeyEntry {
             file: SEALED_KEY.into(),
@@ -530,6 +548,7 @@ pub fn describe(
         plaintext: PlaintextEntry {
             sha256: report.plaintext_sha256,
         },
+        source: None,
         luks: header.luks_entry(),
         vhd_util: header.vhd_util_entry(),
         key: KeyInfo {
@@ -606,7 +625,8 @@ fn read_header(image: &Path) -> Result<(Luks, String)> {
         .len();
     let found = crate::image::detect::detect(&f, len);
     if found == Detected::Qcow2 || found == Detected::Qcow2Luks {
-        let q = crate::image::qcow2::Qcow2Image::open(f, image, &mut Vec::new())?;
+        let q =
+            crate::image::qcow2::Qcow2Image::open(f, image, &mut crate::image::Chain::default())?;
         let Some((h, _)) = q.luks_header()? else {
             return Err(Error::unsupported("the qcow2 image is not encrypted")
                 .with_path(image)
@@ -691,6 +711,7 @@ mod tests {
             plaintext: PlaintextEntry {
                 sha256: "b".repeat(64),
             },
+            source: None,
             luks: Some(LuksEntry {
                 version: 2,
                 uuid: "u".into(),

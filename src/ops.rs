@@ -5,7 +5,7 @@
 //! container's writer (LUKS header + payload, qcow2 clusters, or vhd-util blocks) over the
 //! [`Pipeline`]'s modes, and a finish step (commit, one [`EncryptReport`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -106,6 +106,9 @@ pub struct EncryptOptions {
     /// qcow2 output: cluster size as `cluster_bits` (9..=21, 512 B to 2 MiB); `None` is 64 KiB
     /// ([`DEFAULT_CLUSTER_BITS`]). Refused with other containers.
     pub cluster_bits: Option<u32>,
+    /// Which backing files of the source may be followed (default: only those in the folder of the
+    /// image that names them).
+    pub backing: image::BackingPolicy,
 }
 
 impl EncryptOptions {
@@ -127,6 +130,7 @@ impl EncryptOptions {
             sparse: false,
             resize: None,
             cluster_bits: None,
+            backing: image::BackingPolicy::default(),
         }
     }
 
@@ -220,6 +224,8 @@ pub struct EncryptReport {
     pub elapsed: Duration,
     /// Worker threads used.
     pub threads: usize,
+    /// The backing files the source was read through, top down.
+    pub backing_files: Vec<PathBuf>,
 }
 
 /// The container-specific part of an [`EncryptReport`].
@@ -273,7 +279,7 @@ struct Source {
 fn prepare(src: &Path, dst: &Path, opts: &EncryptOptions) -> Result<Source> {
     opts.check()?;
     check_output(src, dst, opts.force)?;
-    let image = image::open(src, opts.input_format)?;
+    let image = image::open_with(src, opts.input_format, opts.backing.clone())?;
     if image.info().details.get("encrypt").is_some() {
         return Err(Error::invalid("the input is already encrypted; encrypting it again would hide the ciphertext, not the data")
             .with_path(src)
@@ -377,6 +383,7 @@ pub fn encrypt(
         data_bytes: data_bytes.into_inner(),
         elapsed,
         threads: pipeline.threads(),
+        backing_files: image::backing_files(source.image.as_ref()),
     })
 }
 
@@ -709,7 +716,7 @@ pub fn unlock(path: &Path, how: Unlock) -> Result<Unlocked> {
         (_, other) => other,
     };
     if matches!(found, Detected::Qcow2 | Detected::Qcow2Luks) {
-        let mut q = Qcow2Image::open(file, path, &mut Vec::new())?;
+        let mut q = Qcow2Image::open(file, path, &mut crate::image::Chain::default())?;
         if q.luks_header()?.is_none() {
             return Err(Error::invalid("this qcow2 image is not encrypted").with_path(path));
         }
@@ -876,7 +883,8 @@ pub fn verify(
     let len = image.virtual_size();
     let extents = image.extents()?;
     let source = match against {
-        Some((p, f)) => Some(image::open(p, f)?),
+        // The source the user names: its chain is only compared, nothing leaves.
+        Some((p, f)) => Some(image::open_with(p, f, image::BackingPolicy::trust_all())?),
         None => None,
     };
     let src_size = source.as_ref().map(|s| s.virtual_size());
@@ -988,7 +996,8 @@ pub fn info(path: &Path, format: Option<ImageFormat>) -> Result<serde_json::Valu
         }));
     }
     drop(file);
-    let image = image::open(path, format)?;
+    // `info` shows the chain (with every backing file named); it does not encrypt it.
+    let image = image::open_with(path, format, image::BackingPolicy::trust_all())?;
     let extents = image.extents()?;
     let sum = |k: ExtentKind| {
         extents

@@ -54,8 +54,11 @@ fn write_mixed(d: &Path, name: &str, len: usize, seed: u64) {
     std::fs::write(d.join(name), mixed(len, seed)).unwrap();
 }
 
+/// Opens an image following every backing file (chains here use `../`; the rule that refuses such
+/// backing files by default is tested in `backing_files_outside_the_image_folder_are_refused_unless_allowed`).
 fn open(d: &Path, name: &str) -> Box<dyn DiskImage> {
-    image::open(&d.join(name), None).unwrap_or_else(|e| panic!("open {name}: {e} ({e:?})"))
+    image::open_with(&d.join(name), None, image::BackingPolicy::trust_all())
+        .unwrap_or_else(|e| panic!("open {name}: {e} ({e:?})"))
 }
 
 fn open_err(d: &Path, name: &str) -> diskseal::error::Error {
@@ -1334,4 +1337,142 @@ fn qcow2_cut_inside_its_header_is_reported_as_truncated() {
             );
         }
     }
+}
+
+/// A backing file outside the folder of the image that names it (absolute elsewhere, or `../`) is
+/// refused unless --allow-backing names it or --trust-backing is given; every backing file used is
+/// named in the summary, in --json and in the manifest.
+#[test]
+fn backing_files_outside_the_image_folder_are_refused_unless_allowed() {
+    require!("qemu-img");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("img")).unwrap();
+    std::fs::create_dir_all(d.join("outside")).unwrap();
+    std::fs::write(d.join("pw"), b"secret pass").unwrap();
+    std::fs::write(d.join("outside/secret.raw"), pattern(MIB, 80)).unwrap();
+    std::fs::write(d.join("img/base.raw"), pattern(MIB, 81)).unwrap();
+    let secret = d.join("outside/secret.raw");
+    let secret = secret.to_str().unwrap();
+    // As in the report: `qemu-img create -b /etc/shadow -F raw -u evil.qcow2`.
+    for (name, backing) in [
+        ("abs.qcow2", secret),
+        ("rel.qcow2", "../outside/secret.raw"),
+    ] {
+        qimg(
+            d,
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                backing,
+                "-F",
+                "raw",
+                "-u",
+                &format!("img/{name}"),
+                "1M",
+            ],
+        );
+        let img = format!("img/{name}");
+        let r = encrypt_fast(d, &["--key-file", "pw"], &img, "out.luks");
+        assert_eq!(r.code, 2, "{name}: {}{}", r.stdout, r.stderr);
+        for want in [
+            &img[..],
+            "outside/secret.raw",
+            "lies outside",
+            "--allow-backing",
+            "--trust-backing",
+        ] {
+            assert!(r.stderr.contains(want), "{name}: {want}: {}", r.stderr);
+        }
+        assert!(!d.join("out.luks").exists());
+    }
+    // Allowed by name: encrypted, and named in the summary, --json and the manifest.
+    let r = encrypt_fast(
+        d,
+        &[
+            "--key-file",
+            "pw",
+            "--allow-backing",
+            "outside/secret.raw",
+            "--manifest",
+            "m.json",
+        ],
+        "img/rel.qcow2",
+        "out.luks",
+    )
+    .ok();
+    assert!(
+        r.stdout.contains("read through backing file(s)")
+            && r.stdout.contains("outside/secret.raw"),
+        "{}",
+        r.stdout
+    );
+    let m: Value = serde_json::from_slice(&read(d.join("m.json"))).unwrap();
+    let files = m["source"]["backing_files"].as_array().unwrap();
+    assert!(
+        files.len() == 1 && files[0].as_str().unwrap().ends_with("outside/secret.raw"),
+        "{m}"
+    );
+    diskseal(
+        d,
+        &[
+            "verify",
+            "-q",
+            "--key-file",
+            "pw",
+            "--against",
+            "outside/secret.raw",
+            "out.luks",
+        ],
+    )
+    .ok();
+    // --trust-backing follows anything; --json lists it.
+    let r = encrypt_fast(
+        d,
+        &["--json", "--trust-backing", "--key-file", "pw"],
+        "img/abs.qcow2",
+        "t.luks",
+    )
+    .ok();
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(
+        v["backing_files"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("outside/secret.raw"),
+        "{v}"
+    );
+    // A backing file in the image's own folder needs no flag, and is named too.
+    qimg(
+        d,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.raw",
+            "-F",
+            "raw",
+            "img/ok.qcow2",
+        ],
+    );
+    let r = encrypt_fast(
+        d,
+        &["--json", "--key-file", "pw"],
+        "img/ok.qcow2",
+        "ok.luks",
+    )
+    .ok();
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(
+        v["backing_files"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("img/base.raw"),
+        "{v}"
+    );
 }

@@ -153,7 +153,7 @@ fn json_documents_keep_their_keys() {
     assert_eq!(
         keys(&args),
         expect(
-            "cipher command container data_bytes_read data_offset input_format kdf key_bits luks_version output output_size padded_bytes profile seconds sector_size source source_size threads uuid virtual_size"
+            "backing_files cipher command container data_bytes_read data_offset input_format kdf key_bits luks_version output output_size padded_bytes profile seconds sector_size source source_size threads uuid virtual_size"
         )
     );
     assert_eq!(

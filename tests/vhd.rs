@@ -1165,3 +1165,41 @@ fn vhd_deep_chains_open_and_too_deep_ones_are_refused() {
     let e = open_err(&d.join("l70.vhd"));
     assert!(e.to_string().contains("deeper than"), "{e}");
 }
+
+/// A VHD parent locator that leads out of the child's folder is refused like a qcow2 backing file,
+/// unless --allow-backing names the parent.
+#[test]
+fn vhd_parent_outside_the_child_folder_is_refused_unless_allowed() {
+    require!("qemu-img");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (base_path, _, _) = base(d);
+    std::fs::create_dir_all(d.join("child")).unwrap();
+    std::fs::write(d.join("pw"), b"secret pass").unwrap();
+    let diff = Layer {
+        uuid: [0x45; 16],
+        parent_uuid: vhd_uuid(&base_path),
+        parent_name: "base.vhd",
+        locators: vec![(b"W2ru", utf16le("..\\sub dir\\base.vhd"))],
+        vsize: 5 * MIB as u64,
+        block_size: 1 << 20,
+        own: ownership(5 * MIB / 512, 15),
+        data: pattern(5 * MIB, 16),
+    };
+    write_diff(&d.join("child/diff.vhd"), &diff);
+    let r = crate::util::encrypt_fast(d, &["--key-file", "pw"], "child/diff.vhd", "o.luks");
+    assert!(
+        r.code == 2 && r.stderr.contains("lies outside") && r.stderr.contains("--allow-backing"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    let r = crate::util::encrypt_fast(
+        d,
+        &["--key-file", "pw", "--allow-backing", "sub dir/base.vhd"],
+        "child/diff.vhd",
+        "o.luks",
+    )
+    .ok();
+    assert!(r.stdout.contains("sub dir/base.vhd"), "{}", r.stdout);
+}

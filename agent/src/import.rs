@@ -238,7 +238,7 @@ fn vpc_image_size(path: &Path) -> Result<u64> {
         )));
     }
     let f = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
-    let q = Qcow2Image::open(f, path, &mut Vec::new())
+    let q = Qcow2Image::open(f, path, &mut diskseal::image::Chain::default())
         .map_err(|e| bad(format!("not a valid qcow2 image: {}", e.message())))?;
     match q.luks_header() {
         Ok(Some(_)) => Ok(q.virtual_size()),

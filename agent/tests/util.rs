@@ -160,6 +160,7 @@ fn bundle_image(
         profile,
         recipient: recipient.into(),
         force: false,
+        source: None,
     };
     diskseal::bundle::create(img, key, &out, &bopts, &q.run()).unwrap();
     out

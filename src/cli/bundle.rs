@@ -68,6 +68,7 @@ pub(super) fn run(a: &BundleArgs, out: &Out) -> Result<ExitCode> {
         profile,
         recipient: a.recipient.clone(),
         force: a.force,
+        source: None,
     };
     let rep = build(
         Request {

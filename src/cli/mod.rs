@@ -152,6 +152,14 @@ struct EncryptArgs {
     /// holds several disks.
     #[arg(long, value_name = "N")]
     disk: Option<u16>,
+    /// Follow this backing file even though it lies outside the folder of the image that names it
+    /// (repeatable). By default such backing files (absolute paths elsewhere, `../`) are refused: a
+    /// hostile image could name any file, and its content would be encrypted as the disk.
+    #[arg(long, value_name = "PATH")]
+    allow_backing: Vec<PathBuf>,
+    /// Follow every backing file, wherever it lies.
+    #[arg(long)]
+    trust_backing: bool,
     /// Output container: raw (a LUKS file), vhd (the LUKS file wrapped as a fixed VHD, still opened by
     /// cryptsetup as is) or qcow2 (QEMU-native LUKS1; the ibm-vpc default).
     #[arg(short = 'O', long = "output-format", value_enum, value_name = "FMT")]
@@ -530,6 +538,10 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
     opts.sparse = a.sparse;
     opts.resize = a.resize;
     opts.cluster_bits = cluster_bits(a.cluster_size)?;
+    opts.backing = diskseal::image::BackingPolicy {
+        trust_all: a.trust_backing,
+        allowed: a.allow_backing.clone(),
+    };
     opts.check()?;
     let bundle_req = bundle_request(a, profile)?;
     let manifest = manifest_request(a, profile)?;
@@ -709,7 +721,28 @@ fn encrypt_finish(
         "output_size": r.output_size,
         "seconds": r.elapsed.as_secs_f64(),
         "threads": r.threads,
+        "backing_files": r.backing_files,
     });
+    if !r.backing_files.is_empty() && !out.json {
+        let names: Vec<String> = r
+            .backing_files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        out.always(&format!(
+            "{}: read through backing file(s) {}",
+            a.src.display(),
+            names.join(" <- ")
+        ));
+    }
+    let source = diskseal::bundle::SourceEntry {
+        file: a.src.display().to_string(),
+        backing_files: r
+            .backing_files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+    };
     let rate = report::rate(r.virtual_size, r.elapsed);
     match &r.encryption {
         Encryption::Luks {
@@ -779,7 +812,8 @@ fn encrypt_finish(
             }
         }
     }
-    if let Some(req) = bundle_req {
+    if let Some(mut req) = bundle_req {
+        req.opts.source = Some(source.clone());
         let rep = bundle::build(req, out)?;
         if out.json {
             v["bundle"] = json!({"dir": rep.dir, "manifest": rep.manifest});
@@ -788,7 +822,7 @@ fn encrypt_finish(
         }
     }
     if let Some((path, key)) = &manifest {
-        let m = write_manifest(a, path, key, profile, out)?;
+        let m = write_manifest(a, path, key, profile, source, out)?;
         if out.json {
             v["manifest"] = json!({"file": path, "manifest": m});
         } else {
@@ -822,6 +856,7 @@ fn bundle_request(a: &EncryptArgs, profile: Profile) -> Result<Option<bundle::Re
             profile,
             recipient: recipient.clone(),
             force: a.force,
+            source: None,
         },
         threads: a.threads,
     }))
@@ -878,11 +913,13 @@ fn write_manifest(
     path: &Path,
     key: &Zeroizing<Vec<u8>>,
     profile: Profile,
+    source: diskseal::bundle::SourceEntry,
     out: &Out,
 ) -> Result<diskseal::bundle::ImageManifest> {
-    let m = with_progress(out, "describing", a.threads, |run| {
+    let mut m = with_progress(out, "describing", a.threads, |run| {
         diskseal::bundle::describe(&a.dst, key, profile, run)
     })?;
+    m.source = Some(source);
     diskseal::bundle::write_manifest(path, &m, a.force)?;
     Ok(m)
 }
@@ -1154,7 +1191,11 @@ fn dump(a: &DumpArgs, out: &Out) -> Result<ExitCode> {
     let (file, len) = diskseal::io::open_input(&a.src)?;
     let found = detect::detect(&file, len);
     if matches!(found, Detected::Qcow2 | Detected::Qcow2Luks) {
-        let q = diskseal::image::qcow2::Qcow2Image::open(file, &a.src, &mut Vec::new())?;
+        let q = diskseal::image::qcow2::Qcow2Image::open(
+            file,
+            &a.src,
+            &mut diskseal::image::Chain::default(),
+        )?;
         let Some((h, base)) = q.luks_header()? else {
             return Err(Error::invalid("this qcow2 image is not encrypted")
                 .with_path(&a.src)

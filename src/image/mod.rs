@@ -9,8 +9,10 @@
 //! - [`vhdx`]: Hyper-V VHDX (dynamic, fixed, differencing);
 //! - [`ova`]: a VMDK disk read straight out of an OVA archive.
 //!
-//! Backing files and parents are opened through [`open_backing`], which bounds the chain depth and
-//! refuses loops.
+//! Backing files and parents are opened through [`open_backing`], which bounds the chain depth, refuses
+//! loops, and follows a backing file only when it lies in the folder of the image that names it, unless
+//! the [`BackingPolicy`] allows it (a hostile image can name `/etc/shadow` or `../x` as its backing file,
+//! whose content would then be encrypted as the disk). Every reader inherits the rule.
 
 pub mod detect;
 pub mod ova;
@@ -134,9 +136,116 @@ impl ImageFormat {
 /// Deepest backing chain accepted (QEMU has no fixed limit; this bounds memory and file handles).
 pub const MAX_CHAIN_DEPTH: usize = 64;
 
+/// Which backing files may be followed. By default only those inside the folder of the image that
+/// names them (after resolving `..` and symbolic links).
+#[derive(Debug, Clone, Default)]
+pub struct BackingPolicy {
+    /// Follow every backing file (`--trust-backing`).
+    pub trust_all: bool,
+    /// Backing files allowed wherever they are (`--allow-backing PATH`).
+    pub allowed: Vec<PathBuf>,
+}
+
+impl BackingPolicy {
+    /// Follows every backing file (for `info`, which only shows the chain).
+    pub fn trust_all() -> BackingPolicy {
+        BackingPolicy {
+            trust_all: true,
+            allowed: Vec::new(),
+        }
+    }
+
+    /// Refuses `backing` (named by the image `naming`, canonical) unless the policy allows it.
+    fn check(&self, naming: &Path, backing: &Path) -> Result<()> {
+        if self.trust_all {
+            return Ok(());
+        }
+        // What cannot be resolved does not exist: opening it gives the error.
+        let Ok(target) = std::fs::canonicalize(backing) else {
+            return Ok(());
+        };
+        let folder = naming.parent().unwrap_or(Path::new("/"));
+        if target.starts_with(folder)
+            || self
+                .allowed
+                .iter()
+                .any(|a| std::fs::canonicalize(a).is_ok_and(|a| a == target))
+        {
+            return Ok(());
+        }
+        Err(Error::invalid(format!(
+            "backing file {} (resolved to {}) lies outside {}, the folder of the image that names it; \
+             diskseal does not follow it unless told to",
+            backing.display(),
+            target.display(),
+            folder.display()
+        ))
+        .with_path(naming)
+        .hint(format!(
+            "an image can name any file as its backing file, and that file's content would be \
+             encrypted as the disk; if this one is expected, pass --allow-backing {} (or \
+             --trust-backing)",
+            backing.display()
+        )))
+    }
+}
+
+/// An open backing chain: the images above the one being opened (canonical paths, for the loop and
+/// depth checks; it dereferences to that list) and the [`BackingPolicy`].
+#[derive(Debug, Default)]
+pub struct Chain {
+    open: Vec<PathBuf>,
+    policy: BackingPolicy,
+}
+
+impl Chain {
+    /// An empty chain with `policy`.
+    pub fn new(policy: BackingPolicy) -> Chain {
+        Chain {
+            open: Vec::new(),
+            policy,
+        }
+    }
+}
+
+impl std::ops::Deref for Chain {
+    type Target = Vec<PathBuf>;
+    fn deref(&self) -> &Vec<PathBuf> {
+        &self.open
+    }
+}
+
+impl std::ops::DerefMut for Chain {
+    fn deref_mut(&mut self) -> &mut Vec<PathBuf> {
+        &mut self.open
+    }
+}
+
 /// Opens `path` as a disk image: `format` forces one, otherwise the magic decides (raw as the fallback).
+/// Backing files outside the folder of the image that names them are refused ([`open_with`] allows them).
 pub fn open(path: &Path, format: Option<ImageFormat>) -> Result<Box<dyn DiskImage>> {
-    open_backing(path, format, &mut Vec::new())
+    open_with(path, format, BackingPolicy::default())
+}
+
+/// [`open`] with the backing files `policy` allows.
+pub fn open_with(
+    path: &Path,
+    format: Option<ImageFormat>,
+    policy: BackingPolicy,
+) -> Result<Box<dyn DiskImage>> {
+    open_backing(path, format, &mut Chain::new(policy))
+}
+
+/// Every backing file of an opened image, top down (from its [`ImageInfo`] chain).
+pub fn backing_files(image: &dyn DiskImage) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let info = image.info();
+    let mut next = info.backing.as_deref();
+    while let Some(b) = next {
+        out.push(b.path.clone());
+        next = b.backing.as_deref();
+    }
+    out
 }
 
 /// Opens an image that is part of a chain; `chain` holds the files already open above it (for loop and
@@ -144,8 +253,11 @@ pub fn open(path: &Path, format: Option<ImageFormat>) -> Result<Box<dyn DiskImag
 pub fn open_backing(
     path: &Path,
     format: Option<ImageFormat>,
-    chain: &mut Vec<PathBuf>,
+    chain: &mut Chain,
 ) -> Result<Box<dyn DiskImage>> {
+    if let Some(naming) = chain.last() {
+        chain.policy.check(naming, path)?;
+    }
     let (file, len) = crate::io::open_input(path).map_err(|err| {
         if chain.is_empty() {
             err

@@ -44,7 +44,11 @@ pub struct Qcow2Image {
 }
 
 /// Opens a qcow2 file; `chain` holds the images above it (see [`open_backing`]).
-pub fn open(file: File, path: &Path, chain: &mut Vec<PathBuf>) -> Result<Box<dyn DiskImage>> {
+pub fn open(
+    file: File,
+    path: &Path,
+    chain: &mut crate::image::Chain,
+) -> Result<Box<dyn DiskImage>> {
     Ok(Box::new(Qcow2Image::open(file, path, chain)?))
 }
 
@@ -63,7 +67,7 @@ pub fn resolve_backing(image: &Path, name: &str) -> PathBuf {
 
 impl Qcow2Image {
     /// Reads and checks the header, loads the L1 table and opens the backing chain.
-    pub fn open(file: File, path: &Path, chain: &mut Vec<PathBuf>) -> Result<Qcow2Image> {
+    pub fn open(file: File, path: &Path, chain: &mut crate::image::Chain) -> Result<Qcow2Image> {
         let file_len = file
             .metadata()
             .map_err(|e| Error::io("stat", path, None, e))?

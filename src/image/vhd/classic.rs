@@ -98,7 +98,7 @@ pub fn read_batmap(path: &Path) -> Result<(VhdImage, Batmap)> {
             .with_path(path)
             .hint("--profile ibm-classic-vhd opens dynamic VHDs made by vhd-util or `diskseal encrypt --profile ibm-classic-vhd`; use the profile the image was made with"));
     }
-    let img = VhdImage::open(file, path, &mut Vec::new())?;
+    let img = VhdImage::open(file, path, &mut crate::image::Chain::default())?;
     let b = batmap_of(&img, luks)?;
     Ok((img, b))
 }

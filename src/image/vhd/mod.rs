@@ -44,7 +44,11 @@ use dynamic::{DynamicHeader, HEADER_SIZE, RawDynamicHeader, UNALLOCATED};
 use footer::{COOKIE, DiskType, FOOTER_SIZE, Footer, RawFooter, SizeRule, fourcc};
 
 /// Opens a VHD file (fixed, dynamic or differencing; a differencing image opens its parent chain).
-pub fn open(file: File, path: &Path, chain: &mut Vec<PathBuf>) -> Result<Box<dyn DiskImage>> {
+pub fn open(
+    file: File,
+    path: &Path,
+    chain: &mut crate::image::Chain,
+) -> Result<Box<dyn DiskImage>> {
     Ok(Box::new(VhdImage::open(file, path, chain)?))
 }
 
@@ -140,7 +144,7 @@ fn read_footer(
 
 impl VhdImage {
     /// Opens and validates a VHD; `chain` holds the images above it (for the parent's loop and depth checks).
-    pub fn open(file: File, path: &Path, chain: &mut Vec<PathBuf>) -> Result<VhdImage> {
+    pub fn open(file: File, path: &Path, chain: &mut crate::image::Chain) -> Result<VhdImage> {
         let len = file
             .metadata()
             .map_err(|e| Error::io("stat", path, None, e))?
@@ -397,7 +401,7 @@ fn find_parent(
     len: u64,
     header: &DynamicHeader,
     child_size: u64,
-    chain: &mut Vec<PathBuf>,
+    chain: &mut crate::image::Chain,
     warnings: &mut Vec<String>,
 ) -> Result<Parent> {
     let dir = match path.parent() {

@@ -69,7 +69,7 @@ pub struct VhdxImage {
 }
 
 /// Opens a VHDX; `chain` holds the images above it and this one.
-pub fn open(file: File, path: &Path, chain: &mut Vec<PathBuf>) -> Result<VhdxImage> {
+pub fn open(file: File, path: &Path, chain: &mut crate::image::Chain) -> Result<VhdxImage> {
     let file_len = file
         .metadata()
         .map_err(|e| Error::io("stat", path, None, e))?
@@ -176,7 +176,7 @@ pub fn open(file: File, path: &Path, chain: &mut Vec<PathBuf>) -> Result<VhdxIma
 }
 
 /// Finds, checks and opens the parent of a differencing VHDX.
-fn find_parent(path: &Path, meta: &Metadata, chain: &mut Vec<PathBuf>) -> Result<Parent> {
+fn find_parent(path: &Path, meta: &Metadata, chain: &mut crate::image::Chain) -> Result<Parent> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut candidates = Vec::new();
     if let Some(rel) = meta.locator("relative_path") {

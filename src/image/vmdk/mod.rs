@@ -90,7 +90,7 @@ fn not_here(path: &Path, line: usize, name: &str, why: &str) -> Error {
 
 /// Opens a VMDK: `file` is a sparse extent (`KDMV`) or a descriptor file. `chain` holds the images above
 /// it and this one (for the parent's loop and depth checks).
-pub fn open(file: File, path: &Path, chain: &mut Vec<PathBuf>) -> Result<VmdkImage> {
+pub fn open(file: File, path: &Path, chain: &mut crate::image::Chain) -> Result<VmdkImage> {
     let len = file
         .metadata()
         .map_err(|e| Error::io("stat", path, None, e))?
