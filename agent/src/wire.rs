@@ -394,8 +394,6 @@ pub fn softlayer_created(body: &str) -> Result<ImageRef, String> {
 pub struct SoftLayerTemplate {
     /// A transaction runs on the template or one of its children.
     pub busy: bool,
-    /// It has children and every child reports `blockDevicesDiskSpaceTotal` (the import finished).
-    pub children_ready: bool,
     /// `status.keyName`.
     pub status: Option<String>,
     /// `status.description`.
@@ -420,10 +418,6 @@ pub fn softlayer_template(body: &str) -> SoftLayerTemplate {
     let running = |t: &Value| t.get("transaction").is_some_and(|t| !t.is_null());
     SoftLayerTemplate {
         busy: running(&v) || children.iter().any(running),
-        children_ready: !children.is_empty()
-            && children
-                .iter()
-                .all(|c| c.get("blockDevicesDiskSpaceTotal").is_some()),
         status: v["status"]["keyName"].as_str().map(str::to_owned),
         description: v["status"]["description"].as_str().map(str::to_owned),
         transaction: v["transaction"]["transactionStatus"]["friendlyName"]
