@@ -61,10 +61,7 @@ pub struct Package {
 
 /// Reads the archive's index, its OVF and the disk list.
 pub fn package(file: &File, path: &Path) -> Result<Package> {
-    let len = file
-        .metadata()
-        .map_err(|e| Error::io("stat", path, None, e))?
-        .len();
+    let len = crate::io::input_len(file, path)?;
     let mut head = [0u8; 512];
     if len < 512 || read_exact_at(file, path, &mut head, 0).is_err() || !tar::is_tar(&head) {
         return Err(Error::format("not an OVA: the file is not a tar archive")

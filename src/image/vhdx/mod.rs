@@ -70,10 +70,7 @@ pub struct VhdxImage {
 
 /// Opens a VHDX; `chain` holds the images above it and this one.
 pub fn open(file: File, path: &Path, chain: &mut crate::image::Chain) -> Result<VhdxImage> {
-    let file_len = file
-        .metadata()
-        .map_err(|e| Error::io("stat", path, None, e))?
-        .len();
+    let file_len = crate::io::input_len(&file, path)?;
     let headers = header::read(&file, path, file_len)?;
     let meta = metadata::read(&file, path, file_len, &headers.metadata)?;
     let block = u64::from(meta.block_size);

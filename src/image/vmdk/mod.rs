@@ -91,10 +91,7 @@ fn not_here(path: &Path, line: usize, name: &str, why: &str) -> Error {
 /// Opens a VMDK: `file` is a sparse extent (`KDMV`) or a descriptor file. `chain` holds the images above
 /// it and this one (for the parent's loop and depth checks).
 pub fn open(file: File, path: &Path, chain: &mut crate::image::Chain) -> Result<VmdkImage> {
-    let len = file
-        .metadata()
-        .map_err(|e| Error::io("stat", path, None, e))?
-        .len();
+    let len = crate::io::input_len(&file, path)?;
     let mut head = [0u8; sparse::HEADER_SIZE];
     let n = usize::try_from(len.min(512)).unwrap_or(512);
     read_exact_at(&file, path, &mut head[..n], 0)?;

@@ -136,10 +136,7 @@ impl SparseExtent {
     /// Reads and checks the header (and footer), and loads the grain directory. `head` is the file's
     /// first sector.
     pub fn open(file: File, path: &Path, head: &[u8; HEADER_SIZE]) -> Result<SparseExtent> {
-        let file_len = file
-            .metadata()
-            .map_err(|e| Error::io("stat", path, None, e))?
-            .len();
+        let file_len = crate::io::input_len(&file, path)?;
         SparseExtent::open_window(file, path, 0, file_len, head)
     }
 
