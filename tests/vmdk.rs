@@ -309,23 +309,39 @@ fn bad_vmdk_input_is_refused_clearly() {
     }
     std::fs::write(d.join("deflate.vmdk"), &b).unwrap();
     fails("deflate.vmdk", &["compressed grain 0", "does not inflate"]);
-    // Extents outside the descriptor's folder, and missing ones.
+    // Extents outside the descriptor's folder (absolute, ../, a symbolic link out), and missing ones.
+    std::fs::create_dir(d.join("sub")).unwrap();
+    std::fs::write(d.join("x.raw"), vec![0u8; MIB]).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", d.join("sub/link.raw")).unwrap();
     for (name, extent, words) in [
-        ("abs.vmdk", "/etc/passwd", &["absolute path"][..]),
         (
-            "up.vmdk",
-            "../x.raw",
-            &["leaves the descriptor's folder"][..],
+            "sub/abs.vmdk",
+            "/etc/passwd",
+            &["lies outside", "--allow-backing"][..],
         ),
-        ("gone.vmdk", "gone.raw", &["gone.raw", "line 5"][..]),
+        (
+            "sub/up.vmdk",
+            "../x.raw",
+            &["lies outside", "--allow-backing"][..],
+        ),
+        ("sub/link.vmdk", "link.raw", &["lies outside", "line 5"][..]),
+        ("sub/gone.vmdk", "gone.raw", &["gone.raw", "line 5"][..]),
     ] {
         std::fs::write(
             d.join(name),
-            format!("# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicFlat\"\n\nRW 2048 FLAT \"{extent}\" 0\n"),
+            format!("# Disk DescriptorFile\nversion=1\ncreateType=\"monolithicFlat\"\n\nRW 1 FLAT \"{extent}\" 0\n"),
         )
         .unwrap();
         fails(name, words);
     }
+    // --allow-backing lets a named extent outside the folder through.
+    encrypt_fast(
+        d,
+        &["-q", "--allow-backing", "x.raw", "--key-file", "pw"],
+        "sub/up.vmdk",
+        "up.luks",
+    )
+    .ok();
     // A parent loop: a delta disk naming itself.
     std::fs::write(
         d.join("loop.vmdk"),

@@ -12,21 +12,22 @@
 //! grains read from the parent (or zeros). Unlike QEMU, `RDONLY` and `ZERO` extent lines are part of the
 //! disk (QEMU skips every line that is not `RW`, which makes the disk shorter than VMware's); `NOACCESS`
 //! extents, VMware 3 (`COWD`) and seSparse extents, and raw-device create types are refused by name.
-//! Extent files must lie in the descriptor's folder (a relative name without `..`): a descriptor cannot
-//! make diskseal read any other file.
+//! Extent files follow the backing-file rule ([`crate::image::BackingPolicy`]): one outside the
+//! descriptor's folder (absolute, `../`, a symbolic link out) is refused unless `--allow-backing` or
+//! `--trust-backing` allows it, so a descriptor cannot make diskseal encrypt any file it names.
 
 pub mod descriptor;
 pub mod sparse;
 
 use std::fs::File;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::raw::file_extents;
 use crate::image::{
-    DiskImage, Extent, ExtentKind, ImageInfo, coalesce, detect, open_backing, resolve_below,
+    Chain, DiskImage, Extent, ExtentKind, ImageInfo, coalesce, detect, open_backing, resolve_below,
 };
 use crate::io::read_exact_at;
 use descriptor::{Access, Descriptor};
@@ -80,14 +81,6 @@ pub struct VmdkImage {
     parent: Option<Parent>,
 }
 
-fn not_here(path: &Path, line: usize, name: &str, why: &str) -> Error {
-    Error::unsupported(format!(
-        "VMDK descriptor line {line}: extent file {name:?} {why}; diskseal reads extents only from the descriptor's folder"
-    ))
-    .with_path(path)
-    .hint("copy the extent next to the descriptor and name it there, or convert with `qemu-img convert -f vmdk -O raw`")
-}
-
 /// Opens a VMDK: `file` is a sparse extent (`KDMV`) or a descriptor file. `chain` holds the images above
 /// it and this one (for the parent's loop and depth checks).
 pub fn open(file: File, path: &Path, chain: &mut crate::image::Chain) -> Result<VmdkImage> {
@@ -127,7 +120,7 @@ pub fn open(file: File, path: &Path, chain: &mut crate::image::Chain) -> Result<
             let mut text = vec![0u8; n as usize];
             read_exact_at(&file, path, &mut text, at)?;
             let d = Descriptor::parse(&text).map_err(|e| e.with_path(path))?;
-            let (ct, parts) = descriptor_parts(&d, path)?;
+            let (ct, parts) = descriptor_parts(&d, path, chain)?;
             (ct, Some(d), parts)
         } else if head[..4] == sparse::MAGIC {
             let ext = SparseExtent::open(file, path, &head)?;
@@ -145,7 +138,7 @@ pub fn open(file: File, path: &Path, chain: &mut crate::image::Chain) -> Result<
             let mut text = vec![0u8; len as usize];
             read_exact_at(&file, path, &mut text, 0)?;
             let d = Descriptor::parse(&text).map_err(|e| e.with_path(path))?;
-            let (ct, parts) = descriptor_parts(&d, path)?;
+            let (ct, parts) = descriptor_parts(&d, path, chain)?;
             (ct, Some(d), parts)
         };
     let size = parts.iter().map(|p| p.len).sum();
@@ -239,7 +232,7 @@ pub fn open_window(file: File, path: &Path, base: u64, len: u64) -> Result<VmdkI
 }
 
 /// The parts of the disk a descriptor's extent lines describe.
-fn descriptor_parts(d: &Descriptor, path: &Path) -> Result<(String, Vec<Part>)> {
+fn descriptor_parts(d: &Descriptor, path: &Path, chain: &Chain) -> Result<(String, Vec<Part>)> {
     let ct = d.create_type.clone().unwrap_or_default();
     if !DESCRIPTOR_TYPES.contains(&ct.as_str()) {
         let what = if ct.is_empty() {
@@ -275,19 +268,23 @@ fn descriptor_parts(d: &Descriptor, path: &Path) -> Result<(String, Vec<Part>)> 
                 .with_path(path)
         })?;
         let open_extent = |name: &str| -> Result<(File, PathBuf)> {
-            let rel = Path::new(name);
-            if rel.is_absolute() {
-                return Err(not_here(path, x.line, name, "is an absolute path"));
+            let p = dir.join(name);
+            // The backing-file rule: an extent outside the descriptor's folder (absolute, ../, or a
+            // symbolic link out) is refused unless --allow-backing/--trust-backing allow it.
+            if let Some(naming) = chain.last() {
+                chain.policy.check(naming, &p).map_err(|e| {
+                    Error::new(
+                        e.kind(),
+                        format!("VMDK descriptor line {}: extent file {name:?}: {}", x.line, e.message()),
+                    )
+                    .with_path(path)
+                    .hint(format!(
+                        "a descriptor can name any file as an extent, and its content would be encrypted as the disk; \
+                         if this one is expected, pass --allow-backing {} (or --trust-backing)",
+                        p.display()
+                    ))
+                })?;
             }
-            if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
-                return Err(not_here(
-                    path,
-                    x.line,
-                    name,
-                    "leaves the descriptor's folder",
-                ));
-            }
-            let p = dir.join(rel);
             let (f, _) = crate::io::open_input(&p).map_err(|e| {
                 e.hint(format!(
                     "it is named on line {} of {}",
