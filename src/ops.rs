@@ -29,7 +29,7 @@ use crate::luks::kdf::Kdf;
 use crate::luks::keys::{Passphrase, VolumeKey};
 use crate::luks::payload::LuksPayload;
 use crate::luks::{self, FormatOptions, Luks, LuksVersion};
-use crate::pipeline::extents::{data_ranges, fill, next_data};
+use crate::pipeline::extents::{data_ranges, fill, is_zero, next_data};
 use crate::pipeline::{DEFAULT_CHUNK, Pipeline};
 
 pub use crate::pipeline::Run;
@@ -495,21 +495,34 @@ fn write_luks(
             out.write_at(&formatted.header, 0)?;
             let unit = sector as usize;
             let sparse = opts.sparse;
-            pipeline.run(payload_len, run.cancel, run.progress, |buf, off| {
-                read.fill(buf, off)?;
-                if sparse {
-                    let ranges =
-                        data_ranges(&source.extents, off, buf.len() as u64, u64::from(sector));
-                    for (a, b) in ranges {
-                        let part = &mut buf[a as usize..b as usize];
-                        xts.encrypt(part, unit, luks_sector(0, off + a), IvScheme::Plain64)?;
-                        out.write_at(part, data_offset + off + a)?;
+            let sector = u64::from(sector);
+            // Workers read and encrypt in parallel; one writer writes the chunks in order (two
+            // writers into one ext4 file serialise on its inode lock, see `Pipeline::scan_ordered`).
+            pipeline.scan_ordered(
+                payload_len,
+                run.cancel,
+                run.progress,
+                |buf, off| {
+                    read.fill(buf, off)?;
+                    if sparse {
+                        for (a, b) in data_ranges(&source.extents, off, buf.len() as u64, sector) {
+                            let part = &mut buf[a as usize..b as usize];
+                            xts.encrypt(part, unit, luks_sector(0, off + a), IvScheme::Plain64)?;
+                        }
+                        return Ok(());
                     }
-                    return Ok(());
-                }
-                xts.encrypt(buf, unit, luks_sector(0, off), IvScheme::Plain64)?;
-                out.write_at(buf, data_offset + off)
-            })?;
+                    xts.encrypt(buf, unit, luks_sector(0, off), IvScheme::Plain64)
+                },
+                |buf, off| {
+                    if sparse {
+                        for (a, b) in data_ranges(&source.extents, off, buf.len() as u64, sector) {
+                            out.write_at(&buf[a as usize..b as usize], data_offset + off + a)?;
+                        }
+                        return Ok(());
+                    }
+                    out.write_at(buf, data_offset + off)
+                },
+            )?;
             let mut size = data_offset + payload_len;
             if let Container::Vhd { .. } = opts.container {
                 vhd_footer::check_fixed_size(size)?;
@@ -826,10 +839,14 @@ pub fn decrypt(
         };
         write_qcow2(&pipeline, len, &extents, &read, None, writer, &out, run)?;
     } else {
-        pipeline.run(len, run.cancel, run.progress, |buf, off| {
-            fill(image, &extents, buf, off)?;
-            out.write_at(buf, off)
-        })?;
+        // Zero runs are left as holes of the new file (it reads the same, and costs no disk).
+        pipeline.scan_ordered(
+            len,
+            run.cancel,
+            run.progress,
+            |buf, off| fill(image, &extents, buf, off).map(|_| ()),
+            |buf, off| write_nonzero(&out, buf, off),
+        )?;
         out.set_len(len)?;
     }
     let elapsed = start.elapsed();
@@ -842,6 +859,32 @@ pub fn decrypt(
         warnings: u.warnings,
     })
 }
+
+/// Writes the parts of `buf` (at `off`) that are not all zeros, in runs of whole [`HOLE_UNIT`]s; the
+/// rest stays a hole of the new output file.
+fn write_nonzero(out: &OutputFile, buf: &[u8], off: u64) -> Result<()> {
+    let mut start = None;
+    let mut at = 0;
+    for piece in buf.chunks(HOLE_UNIT) {
+        match (is_zero(piece), start) {
+            (false, None) => start = Some(at),
+            (true, Some(a)) => {
+                out.write_at(&buf[a..at], off + a as u64)?;
+                start = None;
+            }
+            _ => {}
+        }
+        at += piece.len();
+    }
+    if let Some(a) = start {
+        out.write_at(&buf[a..], off + a as u64)?;
+    }
+    Ok(())
+}
+
+/// The granularity of the holes `decrypt` leaves (ext4's and XFS's block size is 4 KiB; 64 KiB keeps the
+/// writes few and large, as qemu-img's 64 KiB clusters do).
+const HOLE_UNIT: usize = 64 << 10;
 
 /// What [`verify`] found.
 #[derive(Debug, Clone)]

@@ -1169,3 +1169,32 @@ fn interrupt_during_key_derivation_stops_at_once() {
     assert_eq!(status.code(), Some(130));
     assert_eq!(listing(d), ["pw", "src.raw"]);
 }
+
+/// `decrypt` to raw leaves the zero runs of the plaintext as holes (the file reads the same and takes
+/// only its data's space), even when the encrypted image is dense.
+#[test]
+fn decrypt_leaves_zero_runs_as_holes() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = setup(MIB, 41);
+    let d = dir.path();
+    let mut src = read(d.join("src.raw"));
+    src.resize(16 * MIB, 0);
+    src[9 * MIB + 5] = 1;
+    std::fs::write(d.join("src.raw"), &src).unwrap();
+    make(d, "o.luks", &[]);
+    diskseal(
+        d,
+        &["decrypt", "-q", "--key-file", "pw", "o.luks", "back.raw"],
+    )
+    .ok();
+    assert!(read(d.join("back.raw")) == src);
+    let meta = std::fs::metadata(d.join("back.raw")).unwrap();
+    assert_eq!(meta.len(), 16 * MIB as u64);
+    // 1 MiB of data and one 64 KiB piece around the lone byte; a file system without holes (tmpfs has
+    // them too) would show all 16 MiB.
+    assert!(
+        meta.blocks() * 512 <= 2 * MIB as u64,
+        "{} bytes allocated",
+        meta.blocks() * 512
+    );
+}

@@ -48,6 +48,12 @@ pub fn exit_if_nothing_written(code: i32) {
     }
 }
 
+/// The largest single `pwrite` of an [`OutputFile`]. Buffered writes of 256 KiB and more into a new ext4
+/// file cost 3-4× the system time and wall time of 128 KiB ones (Linux 6.18, 2 GiB with `sync`:
+/// `dd bs=4M` 15 s, `bs=1M` 11 s, `bs=512K` 8.6 s, `bs=128K` 3.7 s, `cp` 2.4 s; reads of 4 MiB are not
+/// affected: `dd ibs=4M obs=128K` 3.7 s), so chunks are written in 128 KiB pieces.
+pub const WRITE_PIECE: usize = 128 << 10;
+
 /// Reads exactly `buf.len()` bytes at `offset`, or fails naming `path` and the offset.
 pub fn read_exact_at(file: &File, path: &Path, buf: &mut [u8], offset: u64) -> Result<()> {
     file.read_exact_at(buf, offset).map_err(|e| {
@@ -249,11 +255,16 @@ impl OutputFile {
         &self.dest
     }
 
-    /// Writes all of `buf` at `offset`.
+    /// Writes all of `buf` at `offset`, in calls of at most [`WRITE_PIECE`] bytes.
     pub fn write_at(&self, buf: &[u8], offset: u64) -> Result<()> {
-        self.file
-            .write_all_at(buf, offset)
-            .map_err(|e| Error::io("write", &self.dest, Some(offset), e))
+        let mut at = offset;
+        for piece in buf.chunks(WRITE_PIECE) {
+            self.file
+                .write_all_at(piece, at)
+                .map_err(|e| Error::io("write", &self.dest, Some(at), e))?;
+            at += piece.len() as u64;
+        }
+        Ok(())
     }
 
     /// Sets the file length (holes read as zeros).

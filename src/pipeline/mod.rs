@@ -1,10 +1,10 @@
 //! The parallel engine: a byte range is cut into chunks that a pool of workers processes with a bounded
 //! set of buffers (memory does not grow with the image).
 //!
-//! - [`Pipeline::run`]: unordered, fully parallel: each worker reads, transforms and writes its chunk
-//!   positionally (encrypt, decrypt).
-//! - [`Pipeline::scan_ordered`]: parallel work in waves, and an in-order pass over each wave (hashing)
-//!   while the next wave is worked on.
+//! - [`Pipeline::scan_ordered`]: parallel work in waves (read, encrypt or decrypt), and one in-order
+//!   pass over each wave (write, hash) while the next wave is worked on. Writes go out from one thread,
+//!   in order, 4 MiB at a time: two threads `pwrite`-ing into one ext4 file serialise on its inode lock
+//!   and its dirty-page throttling, which made two threads 3-4× slower than one on a real disk.
 //! - [`Pipeline::allocating_waves`] (`waves.rs`): the sparse writers' mode: units that hold data are
 //!   allocated in guest order, then encrypted and written in parallel.
 //! - [`extents`]: which parts of a chunk hold source data, and the all-zero test.
@@ -24,6 +24,9 @@ pub use waves::StoreUnit;
 
 /// Default chunk size: large enough to amortise syscalls, small enough for many chunks per core.
 pub const DEFAULT_CHUNK: usize = 4 << 20;
+
+/// The most chunks in one wave of [`Pipeline::scan_ordered`] (two waves in memory: 48 MiB of buffers).
+pub const MAX_WAVE: usize = 6;
 
 /// Counts processed bytes; cheap enough to update per chunk from every worker.
 #[derive(Debug, Default)]
@@ -112,49 +115,9 @@ impl Pipeline {
         }
     }
 
-    /// Runs `work(buf, offset)` for every chunk of `0..len`, in parallel and in no particular order.
-    /// `buf` is a scratch buffer of exactly the chunk's length.
-    pub fn run<F>(&self, len: u64, cancel: &AtomicBool, progress: &Progress, work: F) -> Result<()>
-    where
-        F: Fn(&mut [u8], u64) -> Result<()> + Sync,
-    {
-        let chunk = self.chunk as u64;
-        let n = len.div_ceil(chunk);
-        // Buffers are reused across chunks: at most one per worker is ever allocated.
-        let pool: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
-        let take = || {
-            pool.lock()
-                .map(|mut p| p.pop())
-                .ok()
-                .flatten()
-                .unwrap_or_default()
-        };
-        let give = |b: Vec<u8>| {
-            if let Ok(mut p) = pool.lock() {
-                p.push(b);
-            }
-        };
-        self.pool.install(|| {
-            (0..n).into_par_iter().try_for_each(|i| {
-                if cancel.load(Ordering::Relaxed) {
-                    return Err(interrupted());
-                }
-                let off = i * chunk;
-                let this = chunk.min(len - off) as usize;
-                let mut buf = take();
-                buf.resize(this, 0);
-                let r = work(&mut buf[..this], off);
-                give(buf);
-                r?;
-                progress.add(this as u64);
-                Ok(())
-            })
-        })
-    }
-
     /// Runs `work(buf, offset)` on waves of chunks in parallel, and `consume(buf, offset)` on each chunk
-    /// of a wave in order, while the next wave is being worked on (two sets of wave buffers: at most
-    /// four chunks per worker are in memory).
+    /// of a wave in order, while the next wave is being worked on (two sets of wave buffers of at most
+    /// [`MAX_WAVE`] chunks: memory does not grow with the thread count beyond that).
     pub fn scan_ordered<F, C>(
         &self,
         len: u64,
@@ -168,7 +131,7 @@ impl Pipeline {
         C: FnMut(&[u8], u64) -> Result<()> + Send,
     {
         let chunk = self.chunk as u64;
-        let wave = (self.threads() * 2).max(2);
+        let wave = (self.threads() * 2).clamp(2, MAX_WAVE);
         let mut off = 0u64;
         // Lays out the next wave's chunks from `off` on; returns how many.
         let mut plan = |bufs: &mut [(Vec<u8>, u64)]| -> usize {
@@ -218,24 +181,6 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
-
-    #[test]
-    fn run_covers_every_byte_once() {
-        let p = Pipeline::new(Some(2), 1000).unwrap();
-        let seen = Mutex::new(vec![0u8; 10_500]);
-        let progress = Progress::new();
-        p.run(10_500, &AtomicBool::new(false), &progress, |buf, off| {
-            let mut s = seen.lock().unwrap();
-            for i in 0..buf.len() {
-                s[off as usize + i] += 1;
-            }
-            Ok(())
-        })
-        .unwrap();
-        assert!(seen.into_inner().unwrap().iter().all(|&c| c == 1));
-        assert_eq!(progress.done(), 10_500);
-    }
 
     #[test]
     fn scan_is_in_order() {
@@ -305,14 +250,5 @@ mod tests {
                 .unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{at}");
         }
-    }
-
-    #[test]
-    fn cancel_stops_with_interrupted() {
-        let p = Pipeline::new(Some(1), 10).unwrap();
-        let e = p
-            .run(100, &AtomicBool::new(true), &Progress::new(), |_, _| Ok(()))
-            .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Interrupted);
     }
 }
