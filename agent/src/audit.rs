@@ -11,12 +11,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
 /// `prevHash` of the first line.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub use crate::records::GENESIS;
 
 /// One event to log.
 #[derive(Debug, Clone, Default)]
@@ -47,9 +46,7 @@ fn head_path(log: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn sha_hex(line: &[u8]) -> String {
-    diskseal::bundle::hex(&Sha256::digest(line))
-}
+use crate::records::sha_hex;
 
 fn initiator() -> Value {
     let user = std::env::var("USER")
@@ -198,87 +195,13 @@ pub fn verify(log: &Path) -> Result<Verified> {
         path: log.to_owned(),
         message,
     };
-    let mut text = std::fs::read(log).map_err(|e| Error::io("read audit log", log, e))?;
-    // A writer killed in the middle of its line (the kernel may stop a write between pages) leaves an
-    // unterminated tail that the head never covered: accepted below only if the head matches the whole
-    // lines before it, else it is a truncation.
-    let torn = text.last().is_some_and(|&b| b != b'\n');
-    if torn {
-        let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        text.truncate(keep);
-    }
-    let incomplete = || fail("the last line is incomplete (the log was truncated)".into());
-    let mut prev = GENESIS.to_owned();
-    let mut before_last = GENESIS.to_owned();
-    let mut n = 0u64;
-    let body = text.strip_suffix(b"\n").unwrap_or(&text);
-    let lines: Vec<&[u8]> = if body.is_empty() {
-        Vec::new()
-    } else {
-        body.split(|&b| b == b'\n').collect()
-    };
-    for (i, line) in lines.into_iter().enumerate() {
-        let lineno = i + 1;
-        let v: Value = serde_json::from_slice(line)
-            .map_err(|_| fail(format!("line {lineno} is not JSON (edited or truncated)")))?;
-        let seq = v["seq"]
-            .as_u64()
-            .ok_or_else(|| fail(format!("line {lineno} has no seq")))?;
-        if seq != lineno as u64 {
-            return Err(fail(format!(
-                "line {lineno} has seq {seq}: a line was removed, inserted or reordered"
-            )));
-        }
-        if v["prevHash"].as_str() != Some(prev.as_str()) {
-            return Err(fail(format!(
-                "line {lineno}: prevHash does not match the hash of line {}: that line was edited, or lines were removed or reordered",
-                lineno - 1
-            )));
-        }
-        before_last = std::mem::replace(&mut prev, sha_hex(line));
-        n += 1;
-    }
+    let text = std::fs::read(log).map_err(|e| Error::io("read audit log", log, e))?;
     let head = head_path(log);
-    let h: Value = std::fs::read(&head)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| {
-            fail(format!(
-                "{} is missing or unreadable: truncation cannot be ruled out",
-                head.display()
-            ))
-        })?;
-    // A writer killed between appending its line and renaming the head leaves the head one line behind,
-    // naming the line before: whole, and no weaker (anyone who can append can chain a line).
-    let lagging = n > 0
-        && h["seq"].as_u64() == Some(n - 1)
-        && h["sha256"].as_str() == Some(before_last.as_str());
-    if lagging {
-        return Ok(Verified {
-            lines: n,
-            tip: prev,
-        });
-    }
-    if torn && (h["seq"].as_u64() != Some(n) || h["sha256"].as_str() != Some(prev.as_str())) {
-        return Err(incomplete());
-    }
-    if h["seq"].as_u64() != Some(n) {
-        return Err(fail(format!(
-            "the log has {n} lines but {} records {}: lines were removed from the end",
-            head.display(),
-            h["seq"]
-        )));
-    }
-    if h["sha256"].as_str() != Some(prev.as_str()) {
-        return Err(fail(format!(
-            "the last line (line {n}) does not match {}: it was edited",
-            head.display()
-        )));
-    }
-    Ok(Verified {
-        lines: n,
-        tip: prev,
-    })
+    let head_bytes = std::fs::read(&head).ok();
+    let (lines, tip) =
+        crate::records::check_chain(text, head_bytes.as_deref(), &head.display().to_string())
+            .map_err(fail)?;
+    Ok(Verified { lines, tip })
 }
 /// Appends `ev` to the audit log `l` names.
 pub fn log(l: &crate::config::Layers, ev: Event) -> Result<()> {

@@ -28,6 +28,7 @@ pub mod http;
 pub mod identity;
 pub mod import;
 pub mod kms;
+pub mod records;
 pub mod s3;
 pub mod secret;
 pub mod ship;

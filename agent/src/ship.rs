@@ -81,26 +81,7 @@ pub struct Shipped {
     pub key_version: Option<String>,
 }
 
-/// What a `ship` run has done so far: a rerun skips every step recorded here. No secret: the WDEK is
-/// wrapped.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-struct State {
-    image_sha256: String,
-    target: String,
-    object: String,
-    wdek: Option<String>,
-    key_version: Option<String>,
-    uploaded_etag: Option<String>,
-    /// Created by the cloud, maybe not yet available: a rerun polls it instead of importing again.
-    image_created: Option<(String, Option<String>)>,
-    image_id: Option<String>,
-    /// The upload was started by a ship (the object did not exist, or --force): a rerun may replace it.
-    #[serde(default)]
-    upload_started: bool,
-    /// The create request was sent but its answer maybe not recorded: a rerun looks the image up first.
-    #[serde(default)]
-    import_sent: bool,
-}
+use crate::records::ShipState as State;
 
 /// Everything [`ship`] and [`plan`] work out before sending anything.
 struct Prepared {
@@ -158,7 +139,7 @@ fn prepare(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Prep
         .audit_log()
         .with_file_name(format!("ship-{}.json", &sha[..16.min(sha.len())]));
     let state: State = match std::fs::read(&state_path) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+        Ok(b) => State::parse(&b).map_err(|e| {
             Error::Config(format!(
                 "ship state {} is corrupt ({e}); delete it to start over",
                 state_path.display()
