@@ -116,50 +116,66 @@ fn every_vmdk_subformat_reads_like_qemu_img_and_encrypts_to_every_profile() {
             ],
         )
         .ok();
-    }
-    // The other profiles, on the stream-optimized input (what OVAs carry).
-    for (profile, key) in [("luks1", "pw"), ("ibm-classic-luks", "dek")] {
-        encrypt_fast(
-            d,
-            &["-q", "--force", "--profile", profile, "--key-file", key],
-            "streamOptimized.vmdk",
-            "o.luks",
-        )
-        .ok();
+        // The other profiles: LUKS1, ibm-classic-luks and ibm-classic-vhd from the same VMDK.
+        for (profile, key) in [("luks1", "pw"), ("ibm-classic-luks", "dek")] {
+            encrypt_fast(
+                d,
+                &["-q", "--force", "--profile", profile, "--key-file", key],
+                &name,
+                "o.luks",
+            )
+            .ok();
+            diskseal(
+                d,
+                &[
+                    "verify",
+                    "-q",
+                    "--profile",
+                    profile,
+                    "--key-file",
+                    key,
+                    "--against",
+                    "expect.raw",
+                    "o.luks",
+                ],
+            )
+            .ok();
+        }
         diskseal(
             d,
             &[
-                "verify",
+                "encrypt",
                 "-q",
+                "--force",
                 "--profile",
-                profile,
+                "ibm-classic-vhd",
                 "--key-file",
-                key,
-                "--against",
-                "expect.raw",
-                "o.luks",
+                "dek",
+                &name,
+                "o.vhd",
             ],
         )
         .ok();
+        // The classic VHD is rounded up to 2 MiB blocks: compare the source's length.
+        diskseal(
+            d,
+            &[
+                "decrypt",
+                "-q",
+                "--force",
+                "--key-file",
+                "dek",
+                "o.vhd",
+                "o.raw",
+            ],
+        )
+        .ok();
+        let (got, want) = (read(d.join("o.raw")), read(d.join("expect.raw")));
+        assert!(
+            got[..want.len()] == want[..] && got[want.len()..].iter().all(|&b| b == 0),
+            "{name}: ibm-classic-vhd"
+        );
     }
-    diskseal(
-        d,
-        &[
-            "encrypt",
-            "-q",
-            "--profile",
-            "ibm-classic-vhd",
-            "--key-file",
-            "dek",
-            "streamOptimized.vmdk",
-            "o.vhd",
-        ],
-    )
-    .ok();
-    // The classic VHD is rounded up to 2 MiB blocks: compare the source's length.
-    diskseal(d, &["decrypt", "-q", "--key-file", "dek", "o.vhd", "o.raw"]).ok();
-    let (got, want) = (read(d.join("o.raw")), read(d.join("expect.raw")));
-    assert!(got[..want.len()] == want[..] && got[want.len()..].iter().all(|&b| b == 0));
 }
 
 /// Appends VMware's footer (footer marker, header copy, end-of-stream marker) to a stream-optimized file
