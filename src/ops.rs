@@ -222,6 +222,8 @@ pub struct EncryptReport {
     pub data_bytes: u64,
     /// Time spent on the data.
     pub elapsed: Duration,
+    /// Time spent choosing and running the keyslot KDF (and the volume-key digest).
+    pub kdf_elapsed: Duration,
     /// Worker threads used.
     pub threads: usize,
     /// The backing files the source was read through, top down.
@@ -318,6 +320,8 @@ struct Written {
     output_size: u64,
     /// When the data phase started.
     started: Instant,
+    /// Time spent choosing and running the keyslot KDF (zero without LUKS).
+    kdf_elapsed: Duration,
 }
 
 /// Encrypts the disk image `src` into a new file `dst`, in any [`Container`]: a LUKS file (raw or
@@ -382,6 +386,7 @@ pub fn encrypt(
         output_size: w.output_size,
         data_bytes: data_bytes.into_inner(),
         elapsed,
+        kdf_elapsed: w.kdf_elapsed,
         threads: pipeline.threads(),
         backing_files: image::backing_files(source.image.as_ref()),
     })
@@ -431,7 +436,7 @@ fn write_luks(
         return Err(Error::invalid(
             "the passphrase is not valid UTF-8, which QEMU requires for qcow2 encryption",
         )
-        .hint("use a text passphrase, e.g. the base64 of random bytes"));
+        .hint("make a text passphrase with `diskseal keygen --passphrase -o pass.txt`"));
     }
     let sector = match opts.sector_size {
         Some(s) => s,
@@ -462,7 +467,21 @@ fn write_luks(
         Some(k) => k,
         None => VolumeKey::generate(opts.key_bytes)?,
     };
+    // The keyslot KDF takes seconds (by design): the progress display says so, with its cost.
+    let kdf_start = Instant::now();
+    if fmt.chosen_kdf.is_none() && fmt.cost.force_iterations.is_none() {
+        run.progress.set_stage(format!(
+            "benchmarking {} for --iter-time {} ms",
+            fmt.kdf.name(),
+            fmt.cost.iter_time_ms
+        ));
+    }
+    let kdf = fmt.keyslot_kdf(key.len())?;
+    run.progress
+        .set_stage(format!("deriving key ({})", kdf.summary()));
+    fmt.chosen_kdf = Some(kdf);
     let formatted = luks::format(&fmt, &key, passphrase)?;
+    let kdf_elapsed = kdf_start.elapsed();
     let out = OutputFile::create(dst, opts.force)?;
     let xts = Xts::new(key.expose())?;
     run.total.store(payload_len, Ordering::Relaxed);
@@ -553,6 +572,7 @@ fn write_luks(
         key_bytes: key.len(),
         output_size,
         started,
+        kdf_elapsed,
     })
 }
 
@@ -670,6 +690,7 @@ fn write_classic_vhd(
         key_bytes: key.len(),
         output_size,
         started,
+        kdf_elapsed: Duration::ZERO,
     })
 }
 
@@ -931,6 +952,22 @@ pub fn verify(
         None => None,
     };
     let src_size = source.as_ref().map(|s| s.virtual_size());
+    // A LUKS file's payload runs to the end of the file: one cut on a sector boundary is shorter than
+    // its source, which is said as such rather than as a difference at the payload's end.
+    if let Some(s) = src_size
+        && s > len
+        && matches!(u.kind, "LUKS1" | "LUKS2")
+    {
+        let found = std::fs::metadata(enc).map_or(0, |m| m.len());
+        return Err(Error::corrupt(format!(
+            "truncated: expected {} bytes, found {found}",
+            found + (s - len)
+        ))
+        .with_path(enc)
+        .hint(format!(
+            "the payload is {len} bytes and the source {s}: copy the encrypted file again, or check that it was made from this source"
+        )));
+    }
     let src_extents = match &source {
         Some(s) => s.extents()?,
         None => Vec::new(),
@@ -997,6 +1034,17 @@ pub fn verify(
     })
 }
 
+/// The disk size of a file that ends in a valid fixed-VHD footer.
+fn fixed_vhd_disk_size(file: &std::fs::File, len: u64) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let at = len.checked_sub(vhd_footer::FOOTER_SIZE as u64)?;
+    let mut b = [0u8; vhd_footer::FOOTER_SIZE];
+    file.read_exact_at(&mut b, at).ok()?;
+    let raw = vhd_footer::RawFooter::decode(&b);
+    let footer = vhd_footer::Footer::validate(raw, Path::new(""), at).ok()?;
+    (footer.disk_type == vhd_footer::DiskType::Fixed).then_some(footer.virtual_size)
+}
+
 /// `diskseal info`: what the image is, like `qemu-img info --output=json` (same key names where they
 /// exist), with the allocation summary and the backing chain. LUKS files are described too.
 pub fn info(path: &Path, format: Option<ImageFormat>) -> Result<serde_json::Value> {
@@ -1029,14 +1077,25 @@ pub fn info(path: &Path, format: Option<ImageFormat>) -> Result<serde_json::Valu
     }
     if format.is_none() && matches!(found, Detected::Luks(_) | Detected::VpcLuks) {
         let l = Luks::open(&file, path)?;
-        return Ok(json!({
+        let mut v = json!({
             "filename": path,
             "format": "luks",
             "virtual-size": l.payload_len(),
             "actual-size": actual,
             "encrypted": true,
             "format-specific": l.to_json(),
-        }));
+        });
+        // `-O vhd` output: a LUKS file with a fixed-VHD footer, which qemu-img reads as vpc (its disk
+        // being the whole LUKS file).
+        if matches!(found, Detected::VpcLuks)
+            && let Some(disk) = fixed_vhd_disk_size(&file, len)
+        {
+            v["format"] = json!("vpc");
+            v["vpc-subformat"] = json!("fixed");
+            v["holds"] = json!(l.version().name());
+            v["virtual-size"] = json!(disk);
+        }
+        return Ok(v);
     }
     drop(file);
     // `info` shows the chain (with every backing file named); it does not encrypt it.

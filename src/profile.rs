@@ -78,8 +78,12 @@ impl Profile {
             Profile::Luks2 | Profile::Luks1 => Passphrase::new(key_file),
             Profile::IbmVpc => {
                 if std::str::from_utf8(&key_file).is_err() {
-                    return Err(Error::invalid("the ibm-vpc passphrase must be valid UTF-8 (QEMU reads it as text)")
-                        .hint("use a text passphrase, e.g. `head -c 32 /dev/urandom | base64 -w0 > pass.txt`"));
+                    return Err(Error::invalid(
+                        "the ibm-vpc passphrase must be valid UTF-8 (QEMU reads it as text)",
+                    )
+                    .hint(
+                        "make a text passphrase with `diskseal keygen --passphrase -o pass.txt`",
+                    ));
                 }
                 Passphrase::new(key_file)
             }

@@ -317,7 +317,7 @@ fn classic_vhd_keyhash_and_dump_show_the_batmap() {
         "blocks set: 0 3",
         h256,
         "301/4/17",
-        "tap\\x00 1.3",
+        "creator:         tap 1.3 (host OS 0x00000000)",
     ] {
         assert!(
             r.stdout.contains(want),

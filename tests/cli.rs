@@ -183,6 +183,29 @@ fn refusals_input_equals_output_existing_output_unreadable_input() {
         &["exists.luks: output file already exists", "--force"],
     );
     assert_eq!(read(d.join("exists.luks")), b"keep me");
+    // A directory is named as such the first time, not "already exists ... --force".
+    std::fs::create_dir(d.join("outdir")).unwrap();
+    std::fs::write(d.join("dek"), (0u8..32).collect::<Vec<u8>>()).unwrap();
+    for args in [
+        &["encrypt", "--key-file", "pw", "src.raw", "outdir"][..],
+        &[
+            "encrypt",
+            "--profile",
+            "ibm-classic-vhd",
+            "--key-file",
+            "dek",
+            "src.raw",
+            "outdir",
+        ],
+        &["decrypt", "--key-file", "pw", "exists.luks", "outdir"],
+    ] {
+        let r = diskseal(d, args);
+        assert!(!r.stderr.contains("--force"), "{}", r.stderr);
+        fails_with(
+            r,
+            &["outdir: output is a directory", "hint: give a file name"],
+        );
+    }
     make(d, "exists.luks", &["--force"]);
     diskseal(
         d,
@@ -1197,4 +1220,106 @@ fn decrypt_leaves_zero_runs_as_holes() {
         "{} bytes allocated",
         meta.blocks() * 512
     );
+}
+
+#[test]
+fn truncated_luks_files_say_truncated_with_both_sizes() {
+    let dir = setup(MIB, 41);
+    let d = dir.path();
+    make(d, "good.luks", &[]);
+    let good = read(d.join("good.luks"));
+    let full = good.len();
+    // Cut inside a sector: the payload is not whole sectors.
+    std::fs::write(d.join("cut.luks"), &good[..full - 100]).unwrap();
+    fails_with(
+        diskseal(d, &["verify", "--key-file", "pw", "cut.luks"]),
+        &[
+            "cut.luks",
+            &format!("truncated: expected {full} bytes, found {}", full - 100),
+            "4096-byte sectors",
+        ],
+    );
+    // Cut on a sector boundary: only the source tells; a size, not a difference at an offset.
+    std::fs::write(d.join("short.luks"), &good[..full - 8192]).unwrap();
+    let r = diskseal(
+        d,
+        &[
+            "verify",
+            "--key-file",
+            "pw",
+            "--against",
+            "src.raw",
+            "short.luks",
+        ],
+    );
+    assert!(!r.stderr.contains("MISMATCH") && !r.stdout.contains("offset"));
+    fails_with(
+        r,
+        &[
+            "short.luks",
+            &format!("truncated: expected {full} bytes, found {}", full - 8192),
+        ],
+    );
+}
+
+#[test]
+fn encrypt_summary_times_key_derivation_and_data_apart_and_says_when_argon2_memory_was_lowered() {
+    let dir = setup(MIB, 42);
+    let d = dir.path();
+    // 64 MiB asked, 1 ms to unlock: the benchmark must lower the memory, and says by how much.
+    let args = [
+        "encrypt",
+        "--threads",
+        "1",
+        "--pbkdf-memory",
+        "65536",
+        "--iter-time",
+        "1",
+        "--key-file",
+        "pw",
+        "src.raw",
+    ];
+    let r = diskseal(d, &[&args[..], &["a.luks"]].concat()).ok();
+    assert!(r.stdout.contains("; key derivation "), "{}", r.stdout);
+    assert!(r.stdout.contains(" s; data 1.00 MiB in "), "{}", r.stdout);
+    assert!(r.stdout.trim_end().ends_with(", 1 thread"), "{}", r.stdout);
+    assert!(
+        r.stderr
+            .contains("diskseal: note: Argon2 memory lowered from 64 MiB to ")
+            && r.stderr.contains(
+                "% less): the benchmark lowered it to unlock in about --iter-time 1 ms here"
+            ),
+        "{}",
+        r.stderr
+    );
+    let r = diskseal(d, &[&args[..], &["--json", "j.luks"]].concat()).ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(v["kdf_seconds"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(v["argon2_memory_lowered"]["requested_kib"], 65536);
+    assert!(v["argon2_memory_lowered"]["used_kib"].as_u64().unwrap() < 65536);
+    // Nothing lowered, nothing said.
+    let mut fast = vec!["encrypt", "--key-file", "pw"];
+    fast.extend(FAST_PBKDF2);
+    let r = diskseal(d, &[&fast[..], &["src.raw", "p.luks"]].concat()).ok();
+    assert!(!r.stderr.contains("lowered"), "{}", r.stderr);
+}
+
+/// On a terminal, the key derivation shows a spinner naming the KDF and its cost before the data bar.
+#[test]
+fn progress_names_the_key_derivation_on_a_terminal() {
+    crate::require!("script");
+    let dir = setup(4 * MIB, 43);
+    let d = dir.path();
+    let cmd = format!(
+        "{} encrypt --pbkdf pbkdf2 --pbkdf-force-iterations 1500000 --key-file pw src.raw t.luks",
+        crate::util::diskseal_bin().display()
+    );
+    let r = run_in(d, "script", &["-qec", &cmd, "/dev/null"]).ok();
+    assert!(
+        r.stdout
+            .contains("deriving key (pbkdf2-sha256, 1500000 iterations)"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains("0 B/0 B"), "{}", r.stdout);
 }

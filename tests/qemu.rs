@@ -290,6 +290,12 @@ fn ibm_vpc_resize_and_utf8_passphrase() {
     );
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("UTF-8"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("hint: make a text passphrase with `diskseal keygen --passphrase"),
+        "{}",
+        r.stderr
+    );
     assert!(!d.join("x.qcow2").exists());
     // Shrinking is refused.
     let r = diskseal(
@@ -488,6 +494,15 @@ fn vhd_wrapped_luks_reads_in_qemu_and_opens_in_cryptsetup() {
             let dump = run_in(d, "cryptsetup", &["luksDump", "w.vhd"]).ok().stdout;
             assert!(!dump.contains("(whole device)"), "{dump}");
         }
+        // `info` names it as qemu-img does (vpc, its disk the whole LUKS file), and what it holds.
+        let info = diskseal(d, &["info", "w.vhd"]).ok().stdout;
+        assert!(
+            info.contains(&format!(
+                "file format: vpc (fixed) holding {}\nvirtual size: ",
+                ty.to_uppercase()
+            )) && info.contains(&format!("({} bytes)", len - 512)),
+            "{info}"
+        );
         // diskseal sees through the footer; with --vhd-align the payload grows by zeros.
         diskseal(
             d,

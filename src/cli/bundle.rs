@@ -16,13 +16,16 @@ use super::{keys, with_progress};
 
 pub(super) const EXAMPLES: &str = "\
 Examples:
-  # On the connected host, once: make the agent's identity and print its recipient
+  # On the connected host, once: make the agent's identity, print its recipient
   diskseal-agent init
-  # On the workstation: encrypt, then bundle the image with its key sealed to that recipient
+  # On the workstation: encrypt, then bundle the image with its key sealed to
+  # that recipient
   diskseal encrypt --key-file pass.txt disk.raw disk.luks
-  diskseal bundle --recipient age1... --key-file pass.txt disk.luks /media/usb/disk-bundle
+  diskseal bundle --recipient age1... --key-file pass.txt \\
+      disk.luks /media/usb/disk-bundle
   # The same in one step
-  diskseal encrypt --key-file pass.txt --bundle /media/usb/disk-bundle --recipient age1... disk.raw disk.luks";
+  diskseal encrypt --key-file pass.txt --recipient age1... \\
+      --bundle /media/usb/disk-bundle disk.raw disk.luks";
 
 #[derive(Debug, Args)]
 pub(super) struct BundleArgs {

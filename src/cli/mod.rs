@@ -29,15 +29,19 @@ static CANCEL: AtomicBool = AtomicBool::new(false);
 
 const EXAMPLES: &str = "\
 Examples:
-  # Encrypt a raw disk into LUKS2 (argon2id keyslot, passphrase read from a file, used verbatim):
+  # LUKS2 (argon2id keyslot), the passphrase read from a file, used verbatim:
   diskseal encrypt --key-file pass.txt disk.raw disk.luks
-  # LUKS1 for QEMU's driver=luks, with fixed KDF cost for reproducible timing:
-  diskseal encrypt --profile luks1 --pbkdf-force-iterations 100000 --key-file pass.txt disk.raw disk.luks1
-  # IBM classic import: the key file is the raw DEK, the passphrase is its base64 text:
+  # LUKS1 for QEMU's driver=luks, with a fixed KDF cost:
+  diskseal encrypt --profile luks1 --pbkdf-force-iterations 100000 \\
+      --key-file pass.txt disk.raw disk.luks1
+  # IBM classic LUKS: the key file is the raw DEK, the passphrase its base64:
   diskseal keygen --bytes 32 -o dek.bin
-  diskseal encrypt --profile ibm-classic-luks --key-file dek.bin disk.raw disk-enc.raw
-  # IBM classic encrypted VHD, as `vhd-util copy -k` makes it (key file = the raw 32/64-byte DEK):
-  diskseal encrypt --profile ibm-classic-vhd --key-file dek.bin disk.qcow2 disk.vhd
+  diskseal encrypt --profile ibm-classic-luks --key-file dek.bin \\
+      disk.raw disk-enc.raw
+  # IBM classic encrypted VHD, as `vhd-util copy -k` makes it (key file:
+  # the raw 32/64-byte DEK):
+  diskseal encrypt --profile ibm-classic-vhd --key-file dek.bin \\
+      disk.qcow2 disk.vhd
   diskseal keyhash disk.vhd
   # Check the result against its source, then look at the header:
   diskseal verify --key-file pass.txt --against disk.raw disk.luks
@@ -52,10 +56,10 @@ pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
     /// No progress bar and no summary on success.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = "Global options")]
     quiet: bool,
     /// Print the result as JSON on stdout.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     json: bool,
 }
 
@@ -78,7 +82,11 @@ enum Command {
     /// Make the air-gap hand-off bundle: the image, manifest.json and the key sealed with age (dek.age).
     #[command(after_help = bundle::EXAMPLES)]
     Bundle(bundle::BundleArgs),
-    /// Describe a disk image (format, sizes, allocation, backing chain, encryption), like `qemu-img info`.
+    /// Describe a disk image (format, sizes, allocation, backing chain, encryption), laid out like
+    /// `qemu-img info`.
+    #[command(
+        after_help = "With --json: the whole description as JSON (qemu-img's key names), with the LUKS2 metadata."
+    )]
     Info(InfoArgs),
     /// The vhd-util key hash: of an encrypted VHD ("nonce hash", or "none", like `vhd-util key -p -n IMG`),
     /// of a raw DEK file (the hash, like `vhd-util key -C -k KEY`), or both: then exit 1 unless the key
@@ -228,7 +236,6 @@ struct EncryptArgs {
     /// LUKS2 keyslots area size.
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     luks2_keyslots_size: Option<u64>,
-    // Declared here rather than next to -O: an earlier flag would move the global -q/--json in the help.
     /// qcow2 output: cluster size, a power of two from 512 to 2M (default 64K, as qemu-img's
     /// `-o cluster_size=`).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -546,12 +553,6 @@ fn encrypt(a: &EncryptArgs, out: &Out) -> Result<ExitCode> {
     let bundle_req = bundle_request(a, profile)?;
     let manifest = manifest_request(a, profile)?;
     let key = encrypt_key(a, out)?;
-    if container != Container::ClassicVhd {
-        out.note(&format!(
-            "{}: deriving the keyslot key and encrypting",
-            a.dst.display()
-        ));
-    }
     let r = with_progress(out, "encrypting", a.threads, |run| {
         ops::encrypt(&a.src, &a.dst, &opts, key, run)
     })?;
@@ -751,7 +752,21 @@ fn encrypt_finish(
             sector_size,
             kdf,
         } => {
+            let lowered = argon2_memory_lowered(
+                kdf,
+                a.pbkdf_memory,
+                a.pbkdf_memory.unwrap_or(KdfCost::default().memory_kib),
+                a.iter_time,
+            );
             let kdf = kdf_text(kdf);
+            v["kdf_seconds"] = json!(r.kdf_elapsed.as_secs_f64());
+            if let Some(l) = lowered {
+                out.info(&format!(
+                    "diskseal: note: {}",
+                    l["text"].as_str().unwrap_or("")
+                ));
+                v["argon2_memory_lowered"] = l;
+            }
             v["luks_version"] = json!(version.name());
             v["cipher"] = json!(a.cipher);
             v["sector_size"] = json!(sector_size);
@@ -765,16 +780,17 @@ fn encrypt_finish(
                     ));
                 }
                 out.summary(&format!(
-                    "{} -> {}: {}{} aes-xts-plain64 {}-bit, sector {sector_size}, {kdf}, UUID {}; {} in {:.2} s ({rate}), {} threads",
+                    "{} -> {}: {}{} aes-xts-plain64 {}-bit, sector {sector_size}, {kdf}, UUID {}; key derivation {:.2} s; data {} in {:.2} s ({rate}), {}",
                     a.src.display(),
                     a.dst.display(),
                     if r.container == Container::Qcow2Luks { "qcow2 + " } else { "" },
                     version.name().to_uppercase(),
                     r.key_bytes * 8,
                     r.uuid,
+                    r.kdf_elapsed.as_secs_f64(),
                     report::bytes(r.virtual_size),
                     r.elapsed.as_secs_f64(),
-                    r.threads
+                    report::count(r.threads, "thread")
                 ));
             }
         }
@@ -802,12 +818,12 @@ fn encrypt_finish(
                     ));
                 }
                 out.summary(&format!(
-                    "{} -> {}: dynamic VHD (vhd-util layout), {cipher}, {allocated_blocks} of {bat_entries} blocks allocated, key hash {hash}; {} in {:.2} s ({rate}), {} threads",
+                    "{} -> {}: dynamic VHD (vhd-util layout), {cipher}, {allocated_blocks} of {bat_entries} blocks allocated, key hash {hash}; {} in {:.2} s ({rate}), {}",
                     a.src.display(),
                     a.dst.display(),
                     report::bytes(r.virtual_size),
                     r.elapsed.as_secs_f64(),
-                    r.threads
+                    report::count(r.threads, "thread")
                 ));
             }
         }
@@ -1002,6 +1018,43 @@ fn keyhash(a: &KeyhashArgs, out: &Out) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// When the Argon2 memory used is below what was asked for (`--pbkdf-memory`, else cryptsetup's 1 GiB):
+/// by how much and why (capped at half the RAM, or lowered by the benchmark to unlock in about
+/// `--iter-time`, as cryptsetup does). JSON with the figures and a sentence under "text".
+fn argon2_memory_lowered(
+    kdf: &Kdf,
+    asked: Option<u32>,
+    allowed: u32,
+    iter_time_ms: u32,
+) -> Option<serde_json::Value> {
+    use diskseal::luks::kdf::memory_text;
+    let Kdf::Argon2 { memory_kib, .. } = *kdf else {
+        return None;
+    };
+    let requested = asked.unwrap_or(1 << 20);
+    if memory_kib >= requested {
+        return None;
+    }
+    let mut why = Vec::new();
+    if allowed < requested {
+        why.push("the default is capped at half the RAM".to_owned());
+    }
+    if memory_kib < allowed {
+        why.push(format!(
+            "the benchmark lowered it to unlock in about --iter-time {iter_time_ms} ms here"
+        ));
+    }
+    let less = 100 - u64::from(memory_kib) * 100 / u64::from(requested);
+    let text = format!(
+        "Argon2 memory lowered from {} to {} ({less}% less): {}, as cryptsetup does; \
+         --pbkdf-memory and --iter-time set it",
+        memory_text(requested),
+        memory_text(memory_kib),
+        why.join("; ")
+    );
+    Some(json!({"requested_kib": requested, "used_kib": memory_kib, "text": text}))
 }
 
 fn kdf_text(k: &Kdf) -> String {
@@ -1332,10 +1385,13 @@ fn info(a: &InfoArgs, out: &Out) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let num = |k: &str| v[k].as_u64().unwrap_or(0);
+    let mut format = v["format"].as_str().unwrap_or("?").to_owned();
+    if let (Some(sub), Some(holds)) = (v["vpc-subformat"].as_str(), v["holds"].as_str()) {
+        format = format!("{format} ({sub}) holding {}", holds.to_uppercase());
+    }
     let mut text = format!(
-        "image: {}\nfile format: {}\nvirtual size: {} ({} bytes)\ndisk size: {}\n",
+        "image: {}\nfile format: {format}\nvirtual size: {} ({} bytes)\ndisk size: {}\n",
         a.src.display(),
-        v["format"].as_str().unwrap_or("?"),
         report::bytes(num("virtual-size")),
         num("virtual-size"),
         report::bytes(num("actual-size")),
@@ -1362,7 +1418,8 @@ fn info(a: &InfoArgs, out: &Out) -> Result<ExitCode> {
         );
     }
     if let Some(f) = v.get("format-specific") {
-        text += &format!("format specific information: {f}\n");
+        text += "Format specific information:\n";
+        indented(&mut text, f, 1);
     }
     for d in v["disks"].as_array().into_iter().flatten() {
         text += &format!(
@@ -1390,6 +1447,42 @@ fn info(a: &InfoArgs, out: &Out) -> Result<ExitCode> {
     }
     out.always(text.trim_end());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Format-specific data laid out as `qemu-img info` does: one `key: value` a line, nested objects and
+/// lists on the following lines indented by four more spaces, list items as `[N]:`, `_` and `-` in keys
+/// read as spaces. The raw LUKS2 JSON metadata is left to `--json` and `diskseal dump`.
+fn indented(text: &mut String, v: &serde_json::Value, depth: usize) {
+    use serde_json::Value;
+    let pad = "    ".repeat(depth);
+    let entries: Vec<(String, &Value)> = match v {
+        Value::Object(m) => m
+            .iter()
+            .filter(|(k, v)| *k != "metadata" && !v.is_null() && **v != "")
+            .map(|(k, v)| (k.replace(['_', '-'], " "), v))
+            .collect(),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("[{i}]"), v))
+            .collect(),
+        other => {
+            text.push_str(&format!("{pad}{other}\n"));
+            return;
+        }
+    };
+    for (k, v) in entries {
+        match v {
+            Value::Object(m) if m.is_empty() => text.push_str(&format!("{pad}{k}: none\n")),
+            Value::Array(a) if a.is_empty() => text.push_str(&format!("{pad}{k}: none\n")),
+            Value::Object(_) | Value::Array(_) => {
+                text.push_str(&format!("{pad}{k}:\n"));
+                indented(text, v, depth + 1);
+            }
+            Value::String(s) => text.push_str(&format!("{pad}{k}: {s}\n")),
+            other => text.push_str(&format!("{pad}{k}: {other}\n")),
+        }
+    }
 }
 
 /// Writes diskseal.1 and diskseal-COMMAND.1 into `dir`.

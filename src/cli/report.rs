@@ -43,16 +43,9 @@ impl Out {
         }
     }
 
-    /// Progress notes on a terminal only.
     /// A line on stderr, shown unless quiet or JSON (also when stderr is not a terminal).
     pub(super) fn info(&self, msg: &str) {
         if !self.quiet && !self.json {
-            eprintln!("{msg}");
-        }
-    }
-
-    pub(super) fn note(&self, msg: &str) {
-        if self.show_progress() {
             eprintln!("{msg}");
         }
     }
@@ -91,20 +84,41 @@ pub(super) fn emit_bytes(bytes: &[u8]) {
     }
 }
 
-/// Draws a bar with rate and ETA until `done` is set.
+/// Until `done` is set: a spinner with the job's stage (e.g. "deriving key (argon2id, 1 GiB, 4
+/// iterations)") while there is no data total yet, then the bar with rate and ETA.
 pub(super) fn progress_bar(label: &str, progress: &Progress, total: &AtomicU64, done: &AtomicBool) {
-    let bar = indicatif::ProgressBar::new(0);
-    let style = indicatif::ProgressStyle::with_template(
-        "{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-    )
-    .map(|s| s.progress_chars("=> "));
-    if let Ok(style) = style {
+    let bar = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}") {
         bar.set_style(style);
     }
-    bar.set_message(label.to_owned());
+    let mut in_data = false;
     while !done.load(Ordering::SeqCst) {
-        bar.set_length(total.load(Ordering::Relaxed));
-        bar.set_position(progress.done());
+        let len = total.load(Ordering::Relaxed);
+        if len == 0 {
+            let stage = progress.stage();
+            bar.set_message(if stage.is_empty() {
+                label.to_owned()
+            } else {
+                stage
+            });
+            bar.tick();
+        } else {
+            bar.set_length(len);
+            bar.set_position(progress.done());
+            if !in_data {
+                in_data = true;
+                let style = indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                )
+                .map(|s| s.progress_chars("=> "));
+                if let Ok(style) = style {
+                    bar.set_style(style);
+                }
+                bar.set_message(label.to_owned());
+                bar.reset_elapsed();
+                bar.reset_eta();
+            }
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     bar.finish_and_clear();
@@ -123,6 +137,15 @@ pub(super) fn bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+/// "1 thread", "4 threads".
+pub(super) fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
     }
 }
 

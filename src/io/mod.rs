@@ -144,9 +144,15 @@ pub fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Refuses an existing `dest` unless `force`: "output file already exists" (checked before slow work,
-/// and again by [`OutputFile::create`]).
+/// Refuses a directory as `dest` (said first, as `--force` cannot help), and an existing `dest` unless
+/// `force`: "output file already exists" (checked before slow work, and again by
+/// [`OutputFile::create`]).
 pub fn check_new_output(dest: &Path, force: bool) -> Result<()> {
+    if fs::metadata(dest).is_ok_and(|m| m.is_dir()) {
+        return Err(Error::invalid("output is a directory")
+            .with_path(dest)
+            .hint("give a file name for the output, e.g. DIR/disk.luks"));
+    }
     if !force && fs::symlink_metadata(dest).is_ok() {
         return Err(Error::invalid("output file already exists")
             .with_path(dest)
@@ -201,9 +207,6 @@ impl OutputFile {
     /// Creates the temporary file for `dest`. Fails if `dest` exists and `force` is false.
     pub fn create(dest: &Path, force: bool) -> Result<OutputFile> {
         check_new_output(dest, force)?;
-        if fs::metadata(dest).is_ok_and(|m| m.is_dir()) {
-            return Err(Error::invalid("output is a directory").with_path(dest));
-        }
         let name = dest
             .file_name()
             .ok_or_else(|| Error::invalid("output path has no file name").with_path(dest))?

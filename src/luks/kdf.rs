@@ -91,6 +91,26 @@ impl Kdf {
         }
     }
 
+    /// What a progress display says while deriving: "argon2id, 1 GiB, 4 iterations",
+    /// "pbkdf2-sha256, 1000 iterations".
+    pub fn summary(&self) -> String {
+        match *self {
+            Kdf::Pbkdf2 { hash, iterations } => {
+                format!("pbkdf2-{}, {iterations} iterations", hash.name())
+            }
+            Kdf::Argon2 {
+                kind,
+                time,
+                memory_kib,
+                ..
+            } => format!(
+                "{}, {}, {time} iterations",
+                kind.name(),
+                memory_text(memory_kib)
+            ),
+        }
+    }
+
     /// Checks the parameters against cryptsetup's limits (`field` names where they came from).
     pub fn validate(&self, field: &str) -> Result<()> {
         match *self {
@@ -149,6 +169,15 @@ impl Kdf {
             }
         }
         Ok(out)
+    }
+}
+
+/// A memory cost in KiB as the largest whole binary unit: "1 GiB", "412 MiB", "1000 KiB".
+pub fn memory_text(kib: u32) -> String {
+    match kib {
+        k if k >= 1 << 20 && k % (1 << 20) == 0 => format!("{} GiB", k >> 20),
+        k if k >= 1 << 10 && k % (1 << 10) == 0 => format!("{} MiB", k >> 10),
+        k => format!("{k} KiB"),
     }
 }
 
@@ -313,6 +342,24 @@ pub fn digest_iterations(hash: Hash, forced: bool) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn summaries_name_the_cost() {
+        let a = Kdf::Argon2 {
+            kind: KdfType::Argon2id,
+            time: 4,
+            memory_kib: 1 << 20,
+            parallel: 4,
+        };
+        assert_eq!(a.summary(), "argon2id, 1 GiB, 4 iterations");
+        let p = Kdf::Pbkdf2 {
+            hash: Hash::Sha256,
+            iterations: 1000,
+        };
+        assert_eq!(p.summary(), "pbkdf2-sha256, 1000 iterations");
+        assert_eq!(memory_text(412 << 10), "412 MiB");
+        assert_eq!(memory_text(1000), "1000 KiB");
+    }
 
     #[test]
     fn argon2_known_answers() {

@@ -375,7 +375,7 @@ pub fn format(opts: &FormatOptions, key: &VolumeKey, passphrase: &Passphrase) ->
         }
         None => slots_end.div_ceil(2048) as u32 * 2048,
     };
-    let kdf = opts.cost.choose(KdfType::Pbkdf2, opts.hash, key_len)?;
+    let kdf = opts.keyslot_kdf(key_len)?;
     let Kdf::Pbkdf2 { iterations, .. } = kdf else {
         return Err(Error::invalid("LUKS1 keyslots use pbkdf2"));
     };

@@ -76,6 +76,9 @@ pub struct FormatOptions {
     pub segment_size: Option<u64>,
     /// LUKS2 `allow-discards` flag.
     pub allow_discards: bool,
+    /// The keyslot KDF with its cost, when the caller already chose it (to show the cost before the
+    /// slow derivation); chosen from `kdf` and `cost` when `None`.
+    pub chosen_kdf: Option<Kdf>,
 }
 
 impl FormatOptions {
@@ -99,7 +102,24 @@ impl FormatOptions {
             keyslots_size: None,
             segment_size: None,
             allow_discards: false,
+            chosen_kdf: None,
         }
+    }
+
+    /// The keyslot KDF with its cost: [`FormatOptions::chosen_kdf`], or chosen from `cost` (benchmarked
+    /// unless forced) for a `key_len`-byte volume key. LUKS1 keyslots are PBKDF2 only.
+    pub fn keyslot_kdf(&self, key_len: usize) -> Result<Kdf> {
+        if let Some(k) = self.chosen_kdf {
+            k.validate("keyslot KDF")?;
+            return Ok(k);
+        }
+        if self.version == LuksVersion::Luks1 && self.kdf != KdfType::Pbkdf2 {
+            return Err(Error::invalid(format!(
+                "LUKS1 keyslots use pbkdf2, not {}",
+                self.kdf.name()
+            )));
+        }
+        self.cost.choose(self.kdf, self.hash, key_len)
     }
 
     /// Cheap KDF costs for tests (pbkdf2, 1000 iterations).
@@ -168,12 +188,15 @@ impl Segment {
     pub fn payload_len(&self, file_len: u64) -> Result<u64> {
         let len = match self.size {
             Some(s) => {
-                if self.offset.saturating_add(s) > file_len {
+                let end = self.offset.saturating_add(s);
+                if end > file_len {
                     return Err(Error::corrupt(format!(
-                        "the segment ({s} bytes at {:#x}) runs past the end of the file ({file_len:#x})",
-                        self.offset
+                        "truncated: expected {end} bytes, found {file_len}"
                     ))
-                    .hint("the file is truncated"));
+                    .hint(format!(
+                        "the segment ({s} bytes at {:#x}) runs past the end of the file; copy the file again",
+                        self.offset
+                    )));
                 }
                 s
             }
@@ -185,10 +208,14 @@ impl Segment {
                 .hint("the file is truncated")
             })?,
         };
-        if len % u64::from(self.sector_size) != 0 {
+        let sector = u64::from(self.sector_size);
+        if len % sector != 0 {
             return Err(Error::corrupt(format!(
-                "the payload ({len} bytes) is not a whole number of {}-byte sectors",
-                self.sector_size
+                "truncated: expected {} bytes, found {file_len}",
+                self.offset + len.div_ceil(sector) * sector
+            ))
+            .hint(format!(
+                "the payload ({len} bytes) is not a whole number of {sector}-byte sectors; copy the file again"
             )));
         }
         Ok(len)

@@ -28,16 +28,28 @@ pub const DEFAULT_CHUNK: usize = 4 << 20;
 /// The most chunks in one wave of [`Pipeline::scan_ordered`] (two waves in memory: 48 MiB of buffers).
 pub const MAX_WAVE: usize = 6;
 
-/// Counts processed bytes; cheap enough to update per chunk from every worker.
+/// Counts processed bytes; cheap enough to update per chunk from every worker. Before the data phase,
+/// the stage says what the job is doing (e.g. "deriving key (argon2id, 1 GiB, 4 iterations)").
 #[derive(Debug, Default)]
 pub struct Progress {
     done: AtomicU64,
+    stage: std::sync::Mutex<String>,
 }
 
 impl Progress {
     /// A counter at zero.
     pub fn new() -> Self {
         Self::default()
+    }
+    /// Says what the job does before its data phase.
+    pub fn set_stage(&self, stage: impl Into<String>) {
+        if let Ok(mut s) = self.stage.lock() {
+            *s = stage.into();
+        }
+    }
+    /// The current stage ("" until one is set).
+    pub fn stage(&self) -> String {
+        self.stage.lock().map(|s| s.clone()).unwrap_or_default()
     }
     /// Bytes processed so far.
     pub fn done(&self) -> u64 {

@@ -346,12 +346,19 @@ impl Footer {
     }
 }
 
-/// A printable 4-byte id ("qemu", "win ", "tap\0" shown as "tap\u{0}" escaped).
+/// A 4-byte creator id as text: trailing NULs and spaces dropped ("tap\0" is `tap`, "win " is `win`,
+/// "Wi2k" stays), or `0x` and its 8 hex digits when what is left is empty or not printable ASCII.
 pub fn fourcc(b: &[u8; 4]) -> String {
-    b.iter()
-        .flat_map(|&c| std::ascii::escape_default(c))
-        .map(char::from)
-        .collect()
+    let end = b
+        .iter()
+        .rposition(|&c| c != 0 && c != b' ')
+        .map_or(0, |i| i + 1);
+    let text = &b[..end];
+    if !text.is_empty() && text.iter().all(|&c| c == b' ' || c.is_ascii_graphic()) {
+        String::from_utf8_lossy(text).into_owned()
+    } else {
+        format!("{:#010x}", u32::from_be_bytes(*b))
+    }
 }
 
 /// What differs between the footers diskseal writes.
@@ -442,6 +449,15 @@ pub fn aligned_size(size: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn creator_ids_read_as_text_or_hex() {
+        assert_eq!(fourcc(b"tap\0"), "tap");
+        assert_eq!(fourcc(b"Wi2k"), "Wi2k");
+        assert_eq!(fourcc(b"win "), "win");
+        assert_eq!(fourcc(&[0; 4]), "0x00000000");
+        assert_eq!(fourcc(&[0xff, b'a', 0, 1]), "0xff610001");
+    }
 
     #[test]
     fn raw_footer_round_trips() {

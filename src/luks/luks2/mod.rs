@@ -77,7 +77,7 @@ pub fn format(opts: &FormatOptions, key: &VolumeKey, passphrase: &Passphrase) ->
     }
 
     let cipher = CipherSpec::AES_XTS_PLAIN64.to_dm_string();
-    let kdf = opts.cost.choose(opts.kdf, opts.hash, key_len)?;
+    let kdf = opts.keyslot_kdf(key_len)?;
     let slot_salt = random_bytes(32)?;
     let slot_key = kdf.derive(passphrase.expose(), &slot_salt, key_len)?;
     let material = keyslot::seal(
