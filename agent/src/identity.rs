@@ -1,5 +1,6 @@
 //! The agent's age X25519 identity: made by `init` (file mode 0600, never overwritten, in the
-//! `age-keygen` file format), used to unseal a bundle's `dek.age`.
+//! `age-keygen` file format; `init` again prints the existing recipient), used to unseal a bundle's
+//! `dek.age`.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -12,8 +13,24 @@ use zeroize::Zeroizing;
 use crate::error::{Error, Result};
 use crate::secret::SecretBytes;
 
+/// The recipient ("age1...") of the identity file at `path`, and whether `init` just made it: an
+/// existing identity is never overwritten, its recipient is read back instead (so running `init` again
+/// prints the same recipient).
+pub fn init(path: &Path) -> Result<(String, bool)> {
+    if std::fs::symlink_metadata(path).is_ok() {
+        return Ok((recipient(path)?, false));
+    }
+    create(path).map(|r| (r, true))
+}
+
+/// The recipient of the first identity in the file at `path`.
+pub fn recipient(path: &Path) -> Result<String> {
+    let ids = load(path)?;
+    Ok(ids[0].to_public().to_string())
+}
+
 /// Makes a new identity file at `path` and returns its recipient ("age1...").
-pub fn init(path: &Path) -> Result<String> {
+fn create(path: &Path) -> Result<String> {
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
     }

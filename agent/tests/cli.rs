@@ -20,9 +20,16 @@ fn init_makes_a_private_identity_and_never_overwrites() {
     );
     let text = std::fs::read_to_string(&id).unwrap();
     assert!(text.contains(&format!("# public key: {r}")) && text.contains("AGE-SECRET-KEY-1"));
-    let again = agent(d.path(), &["init"], &[]);
-    assert_eq!(again.code, 2);
+    // Run again: the same recipient, exit 0, the file untouched.
+    let again = agent(d.path(), &["init"], &[]).ok();
+    assert_eq!(again.stdout.trim(), r);
     assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+    let json = agent(d.path(), &["--json", "init"], &[]).ok();
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(
+        (v["recipient"].as_str(), v["created"].as_bool()),
+        (Some(r.as_str()), Some(false))
+    );
     assert_eq!(std::fs::read_to_string(&id).unwrap(), text);
 }
 

@@ -59,8 +59,30 @@ fn help_texts() {
             cmd.replace(' ', "-")
         };
         check(&format!("help-{name}"), &r.stdout);
-        // Every command has worked examples.
+        // Every command has worked examples, none wider than an 80-column terminal.
         assert!(r.stdout.contains("\nExample"), "{cmd:?} has no examples");
+        let examples = r.stdout.split("\nExample").skip(1).flat_map(str::lines);
+        for line in examples.filter(|l| l.starts_with("  ")) {
+            assert!(
+                line.chars().count() <= 80,
+                "{cmd:?}: this example line wraps on an 80-column terminal:\n{line}"
+            );
+        }
+        // Each default is said once: by clap's "[default: ...]", not also in the text.
+        let mut entries: Vec<String> = Vec::new();
+        for line in r.stdout.lines() {
+            match entries.last_mut() {
+                Some(e) if !line.trim_start().starts_with('-') => e.push_str(line),
+                _ => entries.push(line.to_owned()),
+            }
+        }
+        for entry in entries.iter().filter(|e| e.contains("[default:")) {
+            let text = entry.split("[default:").next().unwrap_or("");
+            assert!(
+                !text.contains("default "),
+                "{cmd:?}: the default is said twice:\n{entry}"
+            );
+        }
     }
     let mut all = vec![String::new()];
     let top = diskseal_agent::cli::Cli::command();
@@ -89,7 +111,7 @@ fn has_keys(stdout: &str, documented: &str) {
 
 /// The README's "Machine output (`--json`)" table for the agent, key for key.
 pub const JSON_KEYS: &[(&str, &str)] = &[
-    ("init", "command identity recipient"),
+    ("init", "command identity recipient created"),
     (
         "bundle verify",
         "command bundle ok deep image image_sha256 profile key_bytes",
