@@ -314,6 +314,33 @@ pub fn push_extent(out: &mut Vec<Extent>, offset: u64, len: u64, kind: ExtentKin
     }
 }
 
+/// Refuses a read of `len` bytes at `offset` that does not lie inside the `vsize`-byte virtual disk of
+/// the image at `path` (the readers' `read_at` check).
+pub(crate) fn check_read(path: &Path, vsize: u64, offset: u64, len: usize) -> Result<()> {
+    if offset.checked_add(len as u64).is_none_or(|e| e > vsize) {
+        return Err(Error::invalid(format!(
+            "read of {len} bytes at {offset:#x} goes past the end of the {vsize}-byte virtual disk"
+        ))
+        .with_path(path));
+    }
+    Ok(())
+}
+
+/// Fills `buf` with the bytes at `pos` of the layer below (`parent`), zeros past its end; all zeros
+/// without a parent.
+pub(crate) fn read_parent(parent: Option<&dyn DiskImage>, buf: &mut [u8], pos: u64) -> Result<()> {
+    let k = parent.map_or(0, |p| {
+        usize::try_from(p.virtual_size().saturating_sub(pos))
+            .unwrap_or(usize::MAX)
+            .min(buf.len())
+    });
+    if let Some(p) = parent.filter(|_| k > 0) {
+        p.read_at(&mut buf[..k], pos)?;
+    }
+    buf[k..].fill(0);
+    Ok(())
+}
+
 /// Merges adjacent extents of the same kind (helper for readers).
 pub fn coalesce(extents: Vec<Extent>) -> Vec<Extent> {
     let mut out: Vec<Extent> = Vec::with_capacity(extents.len());

@@ -333,16 +333,7 @@ impl DiskImage for EncryptedVhd {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let vsize = self.virtual_size();
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|e| e > vsize)
-        {
-            return Err(Error::invalid(format!(
-                "read of {} bytes at {offset:#x} goes past the end of the {vsize}-byte virtual disk",
-                buf.len()
-            ))
-            .with_path(&self.path));
-        }
+        crate::image::check_read(&self.path, vsize, offset, buf.len())?;
         let bat = self.inner.bat().unwrap_or(&[]);
         let bs = writer::BLOCK_SIZE;
         let mut done = 0usize;

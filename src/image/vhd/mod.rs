@@ -257,20 +257,7 @@ impl VhdImage {
 
     /// Reads `buf.len()` bytes at `pos` from the layer below (the parent, zeros past its end, or zeros).
     fn read_below(&self, s: &Sparse, buf: &mut [u8], pos: u64) -> Result<()> {
-        match &s.parent {
-            None => buf.fill(0),
-            Some(p) => {
-                let psize = p.image.virtual_size();
-                let k = usize::try_from(psize.saturating_sub(pos))
-                    .unwrap_or(usize::MAX)
-                    .min(buf.len());
-                if k > 0 {
-                    p.image.read_at(&mut buf[..k], pos)?;
-                }
-                buf[k..].fill(0);
-            }
-        }
-        Ok(())
+        crate::image::read_parent(s.parent.as_ref().map(|p| &*p.image), buf, pos)
     }
 
     /// Reads the sector-bitmap bytes covering sectors `first..=last` of the block whose BAT entry is `entry`.
@@ -500,16 +487,7 @@ impl DiskImage for VhdImage {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let vsize = self.footer.virtual_size;
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|e| e > vsize)
-        {
-            return Err(Error::invalid(format!(
-                "read of {} bytes at {offset:#x} goes past the end of the {vsize}-byte virtual disk",
-                buf.len()
-            ))
-            .with_path(&self.path));
-        }
+        crate::image::check_read(&self.path, vsize, offset, buf.len())?;
         let Some(s) = &self.sparse else {
             return read_exact_at(&self.file, &self.path, buf, offset);
         };

@@ -237,19 +237,7 @@ impl VhdxImage {
 
     /// Reads `buf.len()` bytes at `pos` from the parent (zeros past its end), or zeros.
     fn read_below(&self, buf: &mut [u8], pos: u64) -> Result<()> {
-        match &self.parent {
-            None => buf.fill(0),
-            Some(p) => {
-                let k = usize::try_from(p.image.virtual_size().saturating_sub(pos))
-                    .unwrap_or(usize::MAX)
-                    .min(buf.len());
-                if k > 0 {
-                    p.image.read_at(&mut buf[..k], pos)?;
-                }
-                buf[k..].fill(0);
-            }
-        }
-        Ok(())
+        crate::image::read_parent(self.parent.as_ref().map(|p| &*p.image), buf, pos)
     }
 
     /// The sector-bitmap bits of block `b`, sectors `first..first + n` of the block.
@@ -337,16 +325,7 @@ impl DiskImage for VhdxImage {
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let vsize = self.meta.virtual_size;
-        if offset
-            .checked_add(buf.len() as u64)
-            .is_none_or(|e| e > vsize)
-        {
-            return Err(Error::invalid(format!(
-                "read of {} bytes at {offset:#x} goes past the end of the {vsize}-byte virtual disk",
-                buf.len()
-            ))
-            .with_path(&self.path));
-        }
+        crate::image::check_read(&self.path, vsize, offset, buf.len())?;
         let bs = self.block();
         let mut done = 0usize;
         while done < buf.len() {

@@ -364,20 +364,7 @@ fn descriptor_parts(d: &Descriptor, path: &Path, chain: &Chain) -> Result<(Strin
 impl VmdkImage {
     /// Reads `buf.len()` bytes at `pos` from the parent (zeros past its end), or zeros.
     fn read_below(&self, buf: &mut [u8], pos: u64) -> Result<()> {
-        match &self.parent {
-            None => buf.fill(0),
-            Some(p) => {
-                let psize = p.image.virtual_size();
-                let k = usize::try_from(psize.saturating_sub(pos))
-                    .unwrap_or(usize::MAX)
-                    .min(buf.len());
-                if k > 0 {
-                    p.image.read_at(&mut buf[..k], pos)?;
-                }
-                buf[k..].fill(0);
-            }
-        }
-        Ok(())
+        crate::image::read_parent(self.parent.as_ref().map(|p| &*p.image), buf, pos)
     }
 
     fn details(&self) -> Value {
@@ -418,17 +405,8 @@ impl DiskImage for VmdkImage {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .filter(|&e| e <= self.size)
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "read of {} bytes at {offset:#x} goes past the end of the {}-byte virtual disk",
-                    buf.len(),
-                    self.size
-                ))
-                .with_path(&self.path)
-            })?;
+        crate::image::check_read(&self.path, self.size, offset, buf.len())?;
+        let end = offset + buf.len() as u64;
         let first = self.parts.partition_point(|p| p.start + p.len <= offset);
         for p in &self.parts[first..] {
             if p.start >= end {
