@@ -170,3 +170,77 @@ pub fn encrypt_fast(dir: &Path, flags: &[&str], src: &str, dst: &str) -> Ran {
     args.extend([src, dst]);
     diskseal(dir, &args)
 }
+
+/// `img` (in `dir`, read by QEMU's `driver`) encrypts to every profile but LUKS2 (its callers verify that
+/// one already), and each output holds the disk of `expect.raw`, qemu-img's raw conversion of `img`:
+/// ibm-vpc by `qemu-img compare` against the image itself, LUKS1 and ibm-classic-luks by
+/// `verify --against`, ibm-classic-vhd by decrypting (its disk is rounded up to whole 2 MiB blocks of
+/// zeros). Needs the key files `pw` (a passphrase) and `dek` (64 bytes) in `dir`.
+pub fn encrypts_to_every_profile(dir: &Path, img: &str, driver: &str) {
+    let ok = |args: &[&str]| diskseal(dir, args).ok();
+    encrypt_fast(
+        dir,
+        &["-q", "--force", "--profile", "ibm-vpc", "--key-file", "pw"],
+        img,
+        "every.qcow2",
+    )
+    .ok();
+    run_in(
+        dir,
+        "qemu-img",
+        &[
+            "compare",
+            "--object",
+            "secret,id=s,file=pw",
+            "--image-opts",
+            "driver=qcow2,encrypt.key-secret=s,file.filename=every.qcow2",
+            &format!("driver={driver},file.filename={img}"),
+        ],
+    )
+    .ok();
+    for (profile, key) in [("luks1", "pw"), ("ibm-classic-luks", "dek")] {
+        encrypt_fast(
+            dir,
+            &["-q", "--force", "--profile", profile, "--key-file", key],
+            img,
+            "every.luks",
+        )
+        .ok();
+        ok(&[
+            "verify",
+            "-q",
+            "--profile",
+            profile,
+            "--key-file",
+            key,
+            "--against",
+            "expect.raw",
+            "every.luks",
+        ]);
+    }
+    ok(&[
+        "encrypt",
+        "-q",
+        "--force",
+        "--profile",
+        "ibm-classic-vhd",
+        "--key-file",
+        "dek",
+        img,
+        "every.vhd",
+    ]);
+    ok(&[
+        "decrypt",
+        "-q",
+        "--force",
+        "--key-file",
+        "dek",
+        "every.vhd",
+        "every.raw",
+    ]);
+    let (got, want) = (read(dir.join("every.raw")), read(dir.join("expect.raw")));
+    assert!(
+        got[..want.len()] == want[..] && got[want.len()..].iter().all(|&b| b == 0),
+        "{img}: ibm-classic-vhd"
+    );
+}
