@@ -1471,15 +1471,7 @@ fn classic_vhd_outputs_pass_vhd_util_check_and_match_its_copy_block_by_block() {
             "convert", "-f", "raw", "-O", "vpc", "-o", vpc, "ref.raw", "ref.vhd",
         ]);
         q(&[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "vpc",
-            "-o",
-            "subformat=dynamic,force_size=on",
-            "src.raw",
-            "src.vhd",
+            "convert", "-f", "raw", "-O", "vpc", "-o", vpc, "src.raw", "src.vhd",
         ]);
         q(&[
             "convert",

@@ -31,6 +31,24 @@ fn make_source(d: &Path) {
     f.set_len(9 * MIB as u64 + 512).unwrap();
 }
 
+/// `qemu-img convert` of `src.raw` to a VMDK of `subformat` named `name`.
+fn vmdk_from_source(d: &Path, subformat: &str, name: &str) {
+    qemu(
+        d,
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            &format!("subformat={subformat}"),
+            "src.raw",
+            name,
+        ],
+    );
+}
+
 fn qemu_size(d: &Path, img: &str) -> u64 {
     let r = run_in(d, "qemu-img", &["info", "--output=json", img]).ok();
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
@@ -80,20 +98,7 @@ fn every_vmdk_subformat_reads_like_qemu_img_and_encrypts_to_every_profile() {
         "streamOptimized",
     ] {
         let name = format!("{sub}.vmdk");
-        qemu(
-            d,
-            &[
-                "convert",
-                "-f",
-                "raw",
-                "-O",
-                "vmdk",
-                "-o",
-                &format!("subformat={sub}"),
-                "src.raw",
-                &name,
-            ],
-        );
+        vmdk_from_source(d, sub, &name);
         same_as_qemu(d, &name);
         encrypts_to_every_profile(d, &name, "vmdk");
     }
@@ -125,20 +130,7 @@ fn stream_optimized_with_footer_descriptor_extents_and_delta_disks() {
     let d = dir.path();
     std::fs::write(d.join("pw"), b"pw").unwrap();
     make_source(d);
-    qemu(
-        d,
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "vmdk",
-            "-o",
-            "subformat=streamOptimized",
-            "src.raw",
-            "so.vmdk",
-        ],
-    );
+    vmdk_from_source(d, "streamOptimized", "so.vmdk");
     gd_at_end(&d.join("so.vmdk"), &d.join("end.vmdk"));
     same_as_qemu(d, "end.vmdk");
     // A hand-written descriptor: 1 MiB of a.raw from sector 2048, a sparse extent, 512 KiB of a.raw
@@ -223,20 +215,7 @@ fn bad_vmdk_input_is_refused_clearly() {
     std::fs::write(d.join("gd.vmdk"), &b).unwrap();
     fails("gd.vmdk", &["grain table 0", "past the end of the file"]);
     // A compressed grain that does not inflate.
-    qemu(
-        d,
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "vmdk",
-            "-o",
-            "subformat=streamOptimized",
-            "src.raw",
-            "so.vmdk",
-        ],
-    );
+    vmdk_from_source(d, "streamOptimized", "so.vmdk");
     let mut b = read(d.join("so.vmdk"));
     let gd = u64::from_le_bytes(b[56..64].try_into().unwrap()) as usize * 512;
     let gt0 = u32::from_le_bytes(b[gd..gd + 4].try_into().unwrap()) as usize * 512;
