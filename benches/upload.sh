@@ -60,7 +60,7 @@ run() {
     echo "$(python3 -c "print(f'{$t1 - $t0:.3f}')") $(cat "$work/$name.time") $(python3 -c "print(f'{$s1 - $s0:.2f}')")"
 }
 for i in $(seq "$RUNS"); do
-    a=$(run agent "$BIN" --json upload "$work/big.bin" "s3://bench/agent$i.bin" --endpoint "$URL" --jobs "$JOBS" --part-size "$PART")
+    a=$(run agent "$BIN" --json upload "$work/big.bin" "s3://bench/agent$i.bin" --s3-endpoint "$URL" --jobs "$JOBS" --part-size "$PART")
     c=$(run cli aws --endpoint-url "$URL" s3 cp "$work/big.bin" "s3://bench/cli$i.bin" --only-show-errors)
     python3 - "$SIZE_MIB" "$SERVER" "$a" "$c" <<'PY'
 import sys

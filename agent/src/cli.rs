@@ -208,9 +208,8 @@ struct ShipArgs {
     /// S3 base URL (overrides the AWS / IBM COS endpoint).
     #[arg(long, value_name = "URL")]
     s3_endpoint: Option<String>,
-    /// VPC or SoftLayer base URL.
-    #[arg(long, value_name = "URL")]
-    import_endpoint: Option<String>,
+    #[command(flatten)]
+    import_endpoints: ImportEndpoints,
     /// Image name (default: the object's name without extension).
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
@@ -271,9 +270,11 @@ struct ImportArgs {
     /// The local image file, for the pre-flight checks (container, encryption, size).
     #[arg(long, value_name = "FILE")]
     image: Option<PathBuf>,
-    /// VPC or SoftLayer base URL (default: https://REGION.iaas.cloud.ibm.com, https://api.softlayer.com).
-    #[arg(long, value_name = "URL")]
-    endpoint: Option<String>,
+    #[command(flatten)]
+    endpoints: ImportEndpoints,
+    /// The old name of --vpc-endpoint / --sl-endpoint.
+    #[arg(long = "endpoint", value_name = "URL", hide = true)]
+    old_endpoint: Option<String>,
     /// IAM base URL.
     #[arg(long, value_name = "URL")]
     iam_endpoint: Option<String>,
@@ -292,6 +293,41 @@ struct ImportArgs {
     /// Give up waiting after this many seconds.
     #[arg(long, value_name = "S", default_value_t = 3600)]
     wait_secs: u64,
+}
+
+/// The import endpoints of `import` and `ship`: one flag per service. (`--endpoint` of `import` and
+/// `--import-endpoint` of `ship`, the old names, stay for one release as hidden aliases naming either.)
+#[derive(Debug, Args)]
+struct ImportEndpoints {
+    /// VPC API base URL, for --target ibm-vpc (default: https://REGION.iaas.cloud.ibm.com).
+    #[arg(long, value_name = "URL")]
+    vpc_endpoint: Option<String>,
+    /// SoftLayer API base URL, for --target ibm-classic (default: https://api.softlayer.com).
+    #[arg(long, value_name = "URL")]
+    sl_endpoint: Option<String>,
+    /// The old name, for either target.
+    #[arg(long = "import-endpoint", value_name = "URL", hide = true)]
+    old_import_endpoint: Option<String>,
+}
+
+impl ImportEndpoints {
+    /// The override for `target` (`ibm-vpc` or `ibm-classic`); the other service's flag is refused.
+    fn for_target(&self, target: &str, old_endpoint: Option<&String>) -> Result<Option<String>> {
+        let (mine, other, other_flag) = match target {
+            "ibm-classic" => (&self.sl_endpoint, &self.vpc_endpoint, "--vpc-endpoint"),
+            "ibm-vpc" => (&self.vpc_endpoint, &self.sl_endpoint, "--sl-endpoint"),
+            _ => (&None, &None, ""),
+        };
+        if other.is_some() {
+            return Err(Error::Config(format!(
+                "{other_flag} is not used by --target {target}"
+            )));
+        }
+        Ok(mine
+            .clone()
+            .or_else(|| self.old_import_endpoint.clone())
+            .or_else(|| old_endpoint.cloned()))
+    }
 }
 
 /// How `upload` and `ship` authenticate to S3 / IBM COS (the IBM Cloud API key for `iam` comes from
@@ -315,8 +351,8 @@ struct UploadArgs {
     /// ~/.aws/credentials or ~/.aws/config); for cos:// without them, an IBM Cloud API key (IAM tokens).
     url: String,
     /// S3 base URL (overrides the AWS / IBM COS endpoint).
-    #[arg(long, value_name = "URL")]
-    endpoint: Option<String>,
+    #[arg(long, value_name = "URL", alias = "endpoint")]
+    s3_endpoint: Option<String>,
     /// Signing region for s3:// (else AWS_REGION, AWS_DEFAULT_REGION, the profile's region, us-east-1).
     #[arg(long, value_name = "REGION")]
     region: Option<String>,
@@ -437,8 +473,8 @@ struct KmsArgs {
     #[arg(long, value_name = "ID")]
     key_ring: Option<String>,
     /// KMS base URL (overrides the region table).
-    #[arg(long, value_name = "URL")]
-    endpoint: Option<String>,
+    #[arg(long, value_name = "URL", alias = "endpoint")]
+    kms_endpoint: Option<String>,
     /// IAM base URL.
     #[arg(long, value_name = "URL")]
     iam_endpoint: Option<String>,
@@ -523,7 +559,7 @@ impl KmsArgs {
             instance_id: self.instance_id.clone(),
             key_id: self.key_id.clone(),
             key_ring: self.key_ring.clone(),
-            endpoint: self.endpoint.clone(),
+            endpoint: self.kms_endpoint.clone(),
             iam_endpoint: self.iam_endpoint.clone(),
             api_key_file: self.api_key_file.clone(),
             max_attempts: self.max_attempts,
@@ -568,7 +604,7 @@ fn hint(e: &Error) -> Option<&'static str> {
             Some("check IBMCLOUD_API_KEY / --api-key-file")
         }
         Error::Remote(k) if k.kind == RemoteErrorKind::Unreachable => {
-            Some("check the network, --region or --endpoint")
+            Some("check the network, --region or the --*-endpoint flags")
         }
         Error::Identity(_) => Some(
             "the bundle must be sealed to this agent's recipient (`diskseal-agent init` printed it)",
@@ -855,7 +891,7 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
         target: a.target.clone(),
         object: a.object.clone(),
         s3_endpoint: a.s3_endpoint.clone(),
-        import_endpoint: a.import_endpoint.clone(),
+        import_endpoint: a.import_endpoints.for_target(&a.target, None)?,
         name: a.name.clone(),
         os: a.os.clone(),
         key_crn: a.key_crn.clone(),
@@ -973,8 +1009,11 @@ fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
     for w in import::preflight(cloud, key, a.image.as_deref(), true, a.legacy_luks)? {
         eprintln!("diskseal-agent: warning: {w}");
     }
-    let endpoint = match (&a.endpoint, cloud) {
-        (Some(e), _) => e.clone(),
+    let endpoint = match (
+        a.endpoints.for_target(&a.target, a.old_endpoint.as_ref())?,
+        cloud,
+    ) {
+        (Some(e), _) => e,
         (None, Cloud::Vpc) => import::vpc_endpoint(region, l.region())?,
         (None, Cloud::Classic) => "https://api.softlayer.com".into(),
     };
@@ -1056,7 +1095,7 @@ fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
         retry,
     )?;
     let auth_name = auth.name();
-    let target = s3::Target::parse(&a.url, region.as_deref(), a.endpoint.as_deref())?;
+    let target = s3::Target::parse(&a.url, region.as_deref(), a.s3_endpoint.as_deref())?;
     let client = s3::Client::new(target.clone(), auth, retry);
     let url = target.url();
     if a.abort {
@@ -1159,5 +1198,135 @@ mod tests {
     #[test]
     fn verify_cli() {
         Cli::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Command {
+        Cli::try_parse_from([&["diskseal-agent"], args].concat())
+            .unwrap()
+            .command
+    }
+
+    /// One flag name per endpoint in every command; the old names still parse (hidden aliases).
+    #[test]
+    fn endpoint_flags_have_one_name_each_and_the_old_names_still_work() {
+        let import = |flag: &str, target: &str| match parse(&[
+            "import",
+            "--target",
+            target,
+            "cos://r/b/k",
+            "--os",
+            "o",
+            "--wdek-file",
+            "w",
+            "--key-crn",
+            "c",
+            flag,
+            "http://e",
+        ]) {
+            Command::Import(a) => a
+                .endpoints
+                .for_target(target, a.old_endpoint.as_ref())
+                .unwrap(),
+            c => panic!("{c:?}"),
+        };
+        let e = Some("http://e".to_owned());
+        for (flag, target) in [
+            ("--vpc-endpoint", "ibm-vpc"),
+            ("--sl-endpoint", "ibm-classic"),
+            ("--endpoint", "ibm-vpc"),
+            ("--endpoint", "ibm-classic"),
+        ] {
+            assert_eq!(import(flag, target), e, "{flag} {target}");
+        }
+        let ship = |extra: &[&str]| match parse(
+            &[
+                &[
+                    "ship",
+                    "b",
+                    "--target",
+                    "ibm-vpc",
+                    "--object",
+                    "cos://r/b/k",
+                ],
+                extra,
+            ]
+            .concat(),
+        ) {
+            Command::Ship(a) => (
+                a.kms.kms_endpoint.clone(),
+                a.s3_endpoint.clone(),
+                a.import_endpoints.for_target("ibm-vpc", None).unwrap(),
+            ),
+            c => panic!("{c:?}"),
+        };
+        let all = |k: &str, v: &str| (Some(k.to_owned()), Some("s".to_owned()), Some(v.to_owned()));
+        assert_eq!(
+            ship(&[
+                "--kms-endpoint",
+                "k",
+                "--s3-endpoint",
+                "s",
+                "--vpc-endpoint",
+                "v"
+            ]),
+            all("k", "v")
+        );
+        assert_eq!(
+            ship(&[
+                "--endpoint",
+                "k",
+                "--s3-endpoint",
+                "s",
+                "--import-endpoint",
+                "v"
+            ]),
+            all("k", "v")
+        );
+        for old in ["--endpoint", "--kms-endpoint"] {
+            match parse(&["wrap", old, "k", "--dek-file", "f"]) {
+                Command::Wrap(a) => assert_eq!(a.kms.kms_endpoint.as_deref(), Some("k")),
+                c => panic!("{c:?}"),
+            }
+        }
+        for old in ["--endpoint", "--s3-endpoint"] {
+            match parse(&["upload", "f", "s3://b/k", old, "s"]) {
+                Command::Upload(a) => assert_eq!(a.s3_endpoint.as_deref(), Some("s")),
+                c => panic!("{c:?}"),
+            }
+        }
+        // The other service's endpoint is refused, not ignored.
+        let Command::Import(a) = parse(&[
+            "import",
+            "--target",
+            "ibm-classic",
+            "cos://r/b/k",
+            "--os",
+            "o",
+            "--wdek-file",
+            "w",
+            "--key-crn",
+            "c",
+            "--vpc-endpoint",
+            "v",
+        ]) else {
+            panic!()
+        };
+        let e = a.endpoints.for_target("ibm-classic", None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--vpc-endpoint is not used by --target ibm-classic")
+        );
+        // Help names only the new flags.
+        for sub in ["import", "ship", "wrap", "unwrap", "rewrap", "upload"] {
+            let help = Cli::command()
+                .find_subcommand_mut(sub)
+                .unwrap()
+                .render_long_help()
+                .to_string();
+            assert!(
+                !help.contains("--endpoint") && !help.contains("--import-endpoint"),
+                "{sub}: {help}"
+            );
+        }
     }
 }

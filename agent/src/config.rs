@@ -446,13 +446,13 @@ impl Layers {
                 (None, Some(i)) => format!("https://{i}.api.{r}.hs-crypto.appdomain.cloud"),
                 (None, None) => {
                     return Err(Error::Config(
-                        "HPCS needs the instance id (--instance-id: its host is INSTANCE.api.REGION.hs-crypto.appdomain.cloud) or --endpoint".into(),
+                        "HPCS needs the instance id (--instance-id: its host is INSTANCE.api.REGION.hs-crypto.appdomain.cloud) or --kms-endpoint".into(),
                     ));
                 }
             },
             (None, None, _) => {
                 return Err(Error::Config(
-                    "no KMS endpoint: give --region (or IBMCLOUD_REGION) or --endpoint".into(),
+                    "no KMS endpoint: give --region (or IBMCLOUD_REGION) or --kms-endpoint".into(),
                 ));
             }
         };

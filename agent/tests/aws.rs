@@ -31,7 +31,7 @@ fn aws_args<'a>(m: &'a Moto, key: &'a str) -> Vec<&'a str> {
         "aws-kms",
         "--aws-region",
         "us-east-1",
-        "--endpoint",
+        "--kms-endpoint",
         &m.url,
         "--key-id",
         key,

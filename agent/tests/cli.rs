@@ -238,7 +238,7 @@ fn missing_api_key_is_explained() {
 
 pub fn kms_args(fake: &FakeIbm) -> Vec<String> {
     [
-        "--endpoint",
+        "--kms-endpoint",
         &fake.url,
         "--iam-endpoint",
         &fake.url,
@@ -432,7 +432,7 @@ fn kms_unreachable_through_the_cli() {
             "wrap",
             "--dek-file",
             "dek",
-            "--endpoint",
+            "--kms-endpoint",
             &url,
             "--iam-endpoint",
             &url,

@@ -34,7 +34,11 @@ fn run(
         "wdek",
         "--key-crn",
         &crn,
-        "--endpoint",
+        if target == "ibm-classic" {
+            "--sl-endpoint"
+        } else {
+            "--vpc-endpoint"
+        },
         &f.url,
         "--iam-endpoint",
         &f.url,

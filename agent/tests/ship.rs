@@ -257,14 +257,18 @@ pub fn ship_args_to<'a>(
         object,
         "--s3-endpoint",
         s3,
-        "--import-endpoint",
+        if target == "ibm-classic" {
+            "--sl-endpoint"
+        } else {
+            "--vpc-endpoint"
+        },
         ibm,
         "--os",
         os,
         "--allow-any-size",
         "--poll-ms",
         "10",
-        "--endpoint",
+        "--kms-endpoint",
         ibm,
         "--iam-endpoint",
         ibm,
