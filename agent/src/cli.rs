@@ -235,7 +235,7 @@ struct ShipArgs {
     /// Classic: bring your own license.
     #[arg(long)]
     byol: bool,
-    /// Print every request that would be made (secrets redacted) and stop.
+    /// Print every request that would be made (secrets redacted) and stop: nothing is sent.
     #[arg(long)]
     dry_run: bool,
     /// Time between import status polls (ms).
@@ -293,6 +293,9 @@ struct ImportArgs {
     /// Give up waiting after this many seconds.
     #[arg(long, value_name = "S", default_value_t = 3600)]
     wait_secs: u64,
+    /// Print every request that would be made (secrets redacted) and stop: nothing is sent.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// The import endpoints of `import` and `ship`: one flag per service. (`--endpoint` of `import` and
@@ -375,6 +378,9 @@ struct UploadArgs {
     /// First back-off step (ms, default 500).
     #[arg(long, value_name = "MS")]
     retry_base_ms: Option<u64>,
+    /// Print every request that would be made (secrets redacted) and stop: nothing is sent.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// The S3 upload options `upload` and `ship` share.
@@ -524,6 +530,9 @@ struct WrapArgs {
     /// Without --bundle/--dek-file: have the KMS generate a DEK and write it here (mode 0600).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["bundle", "dek_file"])]
     generate_to: Option<PathBuf>,
+    /// Print every request that would be made (secrets redacted) and stop: nothing is sent.
+    #[arg(long)]
+    dry_run: bool,
     #[command(flatten)]
     kms: KmsArgs,
 }
@@ -536,6 +545,9 @@ struct UnwrapArgs {
     /// Where to write the key bytes (must not exist; mode 0600).
     #[arg(short = 'o', long, value_name = "FILE")]
     output: PathBuf,
+    /// Print every request that would be made (secrets redacted) and stop: nothing is sent.
+    #[arg(long)]
+    dry_run: bool,
     #[command(flatten)]
     kms: KmsArgs,
 }
@@ -545,6 +557,9 @@ struct RewrapArgs {
     /// File holding the WDEK (base64 text).
     #[arg(long, value_name = "FILE")]
     wdek_file: PathBuf,
+    /// Print every request that would be made (secrets redacted) and stop: nothing is sent.
+    #[arg(long)]
+    dry_run: bool,
     #[command(flatten)]
     kms: KmsArgs,
 }
@@ -634,6 +649,23 @@ fn print(cli: &Cli, v: serde_json::Value, text: String) {
         emit(&serde_json::to_string_pretty(&out).unwrap_or_default());
     } else if !cli.quiet {
         emit(&text);
+    }
+}
+
+/// A dry run's result: the requests (and, in lines starting with `# `, what was checked locally), as
+/// text lines, or with --json one object: `command`, `dry_run` (true), `checked`, `requests`.
+fn print_plan(cli: &Cli, lines: &[String]) {
+    if cli.json {
+        let (checked, requests): (Vec<&String>, Vec<&String>) =
+            lines.iter().partition(|l| l.starts_with("# "));
+        let checked: Vec<&str> = checked.iter().map(|l| &l[2..]).collect();
+        print(
+            cli,
+            json!({"dry_run": true, "checked": checked, "requests": requests}),
+            String::new(),
+        );
+    } else {
+        emit(&lines.join("\n"));
     }
 }
 
@@ -744,8 +776,12 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Wrap(a) => wrap(cli, a),
         Command::Unwrap(a) => {
             let l = layers(cli, Some(&a.kms))?;
-            let kms = l.wrapper()?;
             let wdek = read_wdek(&a.wdek_file)?;
+            if a.dry_run {
+                print_plan(cli, &l.kms_plan("unwrap")?);
+                return Ok(());
+            }
+            let kms = l.wrapper()?;
             let r = kms.unwrap(&wdek);
             log_kms(
                 &l,
@@ -773,8 +809,12 @@ fn run(cli: &Cli) -> Result<()> {
         }
         Command::Rewrap(a) => {
             let l = layers(cli, Some(&a.kms))?;
-            let kms = l.wrapper()?;
             let wdek = read_wdek(&a.wdek_file)?;
+            if a.dry_run {
+                print_plan(cli, &l.kms_plan("rewrap")?);
+                return Ok(());
+            }
+            let kms = l.wrapper()?;
             let r = kms.rewrap(&wdek);
             log_kms(
                 &l,
@@ -797,7 +837,16 @@ fn run(cli: &Cli) -> Result<()> {
             use clap::CommandFactory;
             let mut script = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "diskseal-agent", &mut script);
-            emit_bytes(&script);
+            if cli.json {
+                let script = String::from_utf8_lossy(&script);
+                print(
+                    cli,
+                    json!({"shell": shell.to_string(), "script": script}),
+                    String::new(),
+                );
+            } else {
+                emit_bytes(&script);
+            }
             Ok(())
         }
         Command::Man { dir } => man(cli, dir),
@@ -838,6 +887,15 @@ fn wrap(cli: &Cli, a: &WrapArgs) -> Result<()> {
         }
         (None, None) => (None, None, None),
     };
+    if a.dry_run {
+        let mut lines: Vec<String> = bundle_name
+            .iter()
+            .map(|b| format!("# verified {b}: the key unseals"))
+            .collect();
+        lines.extend(l.kms_plan(if key.is_some() { "wrap" } else { "generate" })?);
+        print_plan(cli, &lines);
+        return Ok(());
+    }
     let kms = l.wrapper()?;
     let details = json!({"bundle": bundle_name});
     match key {
@@ -911,7 +969,7 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
         crate::ship::Note::Upload(p) => upload_progress(show, p),
     };
     if a.dry_run {
-        emit(&crate::ship::plan(&l, &r, &mut on)?.join("\n"));
+        print_plan(cli, &crate::ship::plan(&l, &r, &mut on)?);
         return Ok(());
     }
     let s = crate::ship::ship(&l, &r, &mut on)?;
@@ -1028,7 +1086,11 @@ fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
         cloud,
         endpoint: endpoint.trim_end_matches('/').to_owned(),
         iam_endpoint: l.iam_endpoint(),
-        api_key: l.api_key()?,
+        api_key: if a.dry_run {
+            crate::secret::SecretString::new(String::new())
+        } else {
+            l.api_key()?
+        },
         name: name.clone(),
         cos_uri: a.object.clone(),
         os: a.os.clone(),
@@ -1040,6 +1102,11 @@ fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
         timeout: std::time::Duration::from_secs(a.wait_secs),
         retry: crate::http::RetryPolicy::default(),
     };
+    if a.dry_run {
+        let shown = format!("<the WDEK in {}>", a.wdek_file.display());
+        print_plan(cli, &import::plan(&s, &shown));
+        return Ok(());
+    }
     let r = import::import(s);
     log(
         &l,
@@ -1094,10 +1161,54 @@ fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
         a.region.as_deref(),
         retry,
     )?;
-    let auth_name = auth.name();
+    let (auth_name, auth_shown) = (auth.name(), auth.redacted());
+    let iam = matches!(auth, s3::Auth::Iam(_));
     let target = s3::Target::parse(&a.url, region.as_deref(), a.s3_endpoint.as_deref())?;
     let client = s3::Client::new(target.clone(), auth, retry);
     let url = target.url();
+    if a.dry_run {
+        let mut lines = Vec::new();
+        if iam {
+            lines.push(format!(
+                "POST {}/identity/token (apikey: <redacted>)",
+                l.iam_endpoint()
+            ));
+        }
+        let state = s3::load_state(&s3::state_path(&a.file))?;
+        if a.abort {
+            match state {
+                Some(st) => lines.push(format!(
+                    "DELETE {url}?uploadId={} (Authorization: {})",
+                    st.upload_id, auth_shown
+                )),
+                None => lines.push(format!(
+                    "# no interrupted upload recorded for {}: nothing to abort",
+                    a.file.display()
+                )),
+            }
+        } else {
+            let size = std::fs::metadata(&a.file)
+                .map_err(|e| Error::io("stat", &a.file, e))?
+                .len();
+            if let Some(st) = state {
+                lines.push(format!(
+                    "# resumes upload {} (recorded in {}): the parts already sent are checked, not sent again",
+                    st.upload_id,
+                    s3::state_path(&a.file).display()
+                ));
+            }
+            lines.extend(s3::plan(
+                &url,
+                size,
+                &a.s3.options(a.s3.force),
+                retry.max_attempts,
+                auth_shown,
+                "",
+            )?);
+        }
+        print_plan(cli, &lines);
+        return Ok(());
+    }
     if a.abort {
         let r = s3::abort(&client, &a.file);
         log(

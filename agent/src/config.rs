@@ -499,6 +499,80 @@ impl Layers {
         )))
     }
 
+    /// The kind of credential the KMS calls use, for the audit log: `apikey` (IBM Cloud API key, IAM
+    /// tokens), `aws-access-key` (AWS, `+session-token` with one) or `pkcs11-pin`.
+    pub fn kms_credential(&self) -> String {
+        if self.is_pkcs11() {
+            return "pkcs11-pin".into();
+        }
+        if self.service() == "aws-kms" {
+            return if self.aws_env.2.is_some() {
+                "aws-access-key+session-token".into()
+            } else {
+                "aws-access-key".into()
+            };
+        }
+        "apikey".into()
+    }
+
+    /// The dry run of one KMS operation (`wrap`, `unwrap`, `rewrap` or `generate`): what it would send,
+    /// secrets redacted, one request per line. Nothing is contacted, no PIN is asked.
+    pub fn kms_plan(&self, op: &str) -> Result<Vec<String>> {
+        let body = match op {
+            "wrap" => "{\"plaintext\": <redacted>}",
+            "generate" => "{}",
+            _ => "{\"ciphertext\": <the WDEK>}",
+        };
+        if self.is_pkcs11() {
+            let m = &self.merged;
+            let call = match (op, m.mechanism.as_deref().unwrap_or("aes-kwp")) {
+                ("wrap" | "generate", "aes-kwp") => "C_WrapKey (CKM_AES_KEY_WRAP_PAD)",
+                (_, "aes-kwp") => "C_UnwrapKey (CKM_AES_KEY_WRAP_PAD)",
+                ("wrap" | "generate", _) => "C_Encrypt (RSA-OAEP)",
+                _ => "C_Decrypt (RSA-OAEP)",
+            };
+            let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "<not set>".into());
+            return Ok(vec![format!(
+                "PKCS#11 {}: C_Login on token {} (PIN: <redacted>), {call} with the key labelled {}",
+                m.pkcs11_module
+                    .as_ref()
+                    .map_or_else(|| "<no module>".into(), |p| p.display().to_string()),
+                or_none(&m.token_label),
+                or_none(&m.key_label),
+            )]);
+        }
+        if self.service() == "aws-kms" {
+            let a = self.aws()?;
+            let target = match op {
+                "wrap" => "Encrypt",
+                "unwrap" => "Decrypt",
+                "rewrap" => "ReEncrypt",
+                _ => "GenerateDataKey",
+            };
+            return Ok(vec![format!(
+                "POST {}/ (X-Amz-Target: TrentService.{target}; KeyId {}; Authorization: AWS4-HMAC-SHA256 <redacted>) {body}",
+                a.endpoint, a.key_id
+            )]);
+        }
+        let k = self.kms()?;
+        let action = if op == "generate" { "wrap" } else { op };
+        let ring = k
+            .key_ring
+            .as_ref()
+            .map(|r| format!("; x-kms-key-ring: {r}"))
+            .unwrap_or_default();
+        Ok(vec![
+            format!(
+                "POST {}/identity/token (apikey: <redacted>)",
+                k.iam_endpoint
+            ),
+            format!(
+                "POST {}/api/v2/keys/{}/actions/{action} (bluemix-instance: {}{ring}; Authorization: Bearer <redacted>) {body}",
+                k.endpoint, k.key_id, k.instance_id
+            ),
+        ])
+    }
+
     /// The S3 client's authorisation for `url` per `mode` (auto, hmac, iam), and the region the AWS
     /// settings give: HMAC keys as the AWS CLI finds them ([`crate::awsconfig`]); IAM bearer tokens from
     /// the IBM Cloud API key ([`Layers::api_key`]) for `--auth iam`, or for cos:// without HMAC keys.

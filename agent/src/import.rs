@@ -719,6 +719,44 @@ fn vpc_poll(api: &Api, id: String) -> Result<Imported> {
     }
 }
 
+/// The dry run of an import: the requests it would send, one per line, the API key redacted and the
+/// WDEK shown as `wdek_shown`.
+pub fn plan(s: &ImportSettings, wdek_shown: &str) -> Vec<String> {
+    let every = s.poll.as_millis();
+    match s.cloud {
+        Cloud::Vpc => {
+            let token = format!(
+                "POST {}/identity/token (apikey: <redacted>)",
+                s.iam_endpoint
+            );
+            let body = json!({"name": s.name, "file": {"href": s.cos_uri}, "operating_system": {"name": s.os}, "encrypted_data_key": wdek_shown, "encryption_key": {"crn": s.key_crn}});
+            vec![
+                token,
+                format!(
+                    "POST {}/v1/images?version={VPC_API_VERSION}&generation=2 (Authorization: Bearer <redacted>) {body}",
+                    s.endpoint
+                ),
+                format!(
+                    "GET  {}/v1/images/<id>?version={VPC_API_VERSION}&generation=2 every {every} ms until available or failed",
+                    s.endpoint
+                ),
+            ]
+        }
+        Cloud::Classic => {
+            let body = json!({"parameters": [{"name": s.name, "note": classic_note(&s.tag), "operatingSystemReferenceCode": s.os, "uri": s.cos_uri, "ibmApiKey": "<redacted>", "crkCrn": s.key_crn, "wrappedDek": wdek_shown, "cloudInit": true, "isEncrypted": true, "byol": s.byol}]});
+            let base = sl_base(s);
+            vec![
+                format!(
+                    "POST {base}/createFromIcos.json (Authorization: Basic <redacted apikey:API key>) {body}"
+                ),
+                format!(
+                    "GET  {base}/<id>/getObject.json?objectMask=... every {every} ms until the transaction is gone"
+                ),
+            ]
+        }
+    }
+}
+
 fn sl_base(s: &ImportSettings) -> String {
     format!(
         "{}/rest/v3.1/SoftLayer_Virtual_Guest_Block_Device_Template_Group",

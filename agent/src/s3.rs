@@ -130,6 +130,47 @@ impl Auth {
             Auth::Iam(_) => "iam",
         }
     }
+
+    /// The credential behind it, for the audit log: `hmac` keys, or an IBM Cloud `apikey`.
+    pub fn credential(&self) -> &'static str {
+        match self {
+            Auth::Hmac(_) => "hmac",
+            Auth::Iam(_) => "apikey",
+        }
+    }
+
+    /// The `Authorization` header as the dry runs show it.
+    pub fn redacted(&self) -> &'static str {
+        match self {
+            Auth::Hmac(_) => "AWS4-HMAC-SHA256 <redacted>",
+            Auth::Iam(_) => "Bearer <redacted IAM token>",
+        }
+    }
+}
+
+/// The dry run of an upload of `size` bytes to `url`: the requests it would send, one per line.
+/// `authorization` is [`Auth::redacted`] (or why there is none); `done` is appended to each line (a
+/// step an earlier run finished).
+pub fn plan(
+    url: &str,
+    size: u64,
+    o: &Options,
+    max_attempts: u32,
+    authorization: &str,
+    done: &str,
+) -> Result<Vec<String>> {
+    let part = choose_part_size(size, o.part_size)?;
+    let n = size.div_ceil(part).max(1);
+    Ok(vec![
+        format!("HEAD {url}{done}"),
+        format!("POST {url}?uploads (x-amz-checksum-algorithm: SHA256){done}"),
+        format!(
+            "PUT  {url}?partNumber=1..{n}&uploadId=<id> ({n} parts of {part} bytes, {} in parallel, up to {} attempts each; Content-MD5, x-amz-checksum-sha256; Authorization: {authorization}){done}",
+            o.jobs,
+            max_attempts.max(1)
+        ),
+        format!("POST {url}?uploadId=<id> (CompleteMultipartUpload), then HEAD {url}{done}"),
+    ])
 }
 
 impl From<Credentials> for Auth {

@@ -201,31 +201,11 @@ fn tag(sha: &str) -> String {
     format!("ship {}", &sha[..16.min(sha.len())])
 }
 
-/// The dry run: every request a [`ship`] of `r` would send, secrets redacted, one per line.
+/// The dry run: every request a [`ship`] of `r` would send, secrets redacted, one per line; lines
+/// starting with `# ` say what was checked locally. Nothing is sent.
 pub fn plan(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Vec<String>> {
     let p = prepare(l, r, on)?;
-    let (st, sha, name, os) = (&p.state, &p.sha, &p.name, &p.os);
-    let key_crn = match (&r.key_crn, p.cloud) {
-        (Some(c), _) => c.clone(),
-        (None, Some(_)) => {
-            let k = l.kms()?;
-            format!(
-                "<the key's CRN from GET {}/api/v2/keys/{}>",
-                k.endpoint, k.key_id
-            )
-        }
-        (None, None) => String::new(),
-    };
-    let kms = l.wrapper()?;
-    let size = p.verified.manifest.image.file_size;
-    let part = s3::choose_part_size(size, r.upload.part_size)?;
-    let n = size.div_ceil(part).max(1);
-    let url = p.target.url();
-    let mut lines = vec![format!(
-        "# verified {}: {} sha256 {sha}",
-        r.bundle.display(),
-        p.verified.manifest.image.file
-    )];
+    let (st, sha) = (&p.state, &p.sha);
     let done = |x: bool| {
         if x {
             " (done in an earlier run: skipped)"
@@ -233,16 +213,13 @@ pub fn plan(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Vec
             ""
         }
     };
-    lines.push(format!(
-        "wrap the key with {} (plaintext: <redacted>){}",
-        kms.target(),
-        done(st.wdek.is_some())
-    ));
-    lines.push(format!("HEAD {url}{}", done(st.uploaded_etag.is_some())));
-    lines.push(format!(
-        "POST {url}?uploads (x-amz-checksum-algorithm: SHA256){}",
-        done(st.uploaded_etag.is_some())
-    ));
+    let mut lines = vec![format!(
+        "# verified {}: {} sha256 {sha}",
+        r.bundle.display(),
+        p.verified.manifest.image.file
+    )];
+    let wrap_done = done(st.wdek.is_some());
+    lines.extend(l.kms_plan("wrap")?.into_iter().map(|x| x + wrap_done));
     let authorization = match l.s3_auth(
         &r.object,
         &r.s3_auth,
@@ -250,47 +227,52 @@ pub fn plan(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Vec
         None,
         RetryPolicy::default(),
     ) {
-        Ok((s3::Auth::Iam(_), _)) => "Bearer <redacted IAM token>",
-        Ok((s3::Auth::Hmac(_), _)) => "AWS4-HMAC-SHA256 <redacted>",
+        Ok((a, _)) => a.redacted(),
         Err(_) => "<no S3 credentials found: the upload would stop here>",
     };
-    lines.push(format!("PUT  {url}?partNumber=1..{n}&uploadId=<id> ({n} parts of {part} bytes, {} in parallel, up to {} attempts each; Content-MD5, x-amz-checksum-sha256; Authorization: {authorization})", r.upload.jobs, r.s3_max_attempts.max(1)));
-    lines.push(format!(
-        "POST {url}?uploadId=<id> (CompleteMultipartUpload), then HEAD {url}"
-    ));
-    let wdek = if st.wdek.is_some() {
-        "<WDEK from the earlier wrap>"
-    } else {
-        "<WDEK from the wrap>"
-    };
-    let ie = &p.import_endpoint;
-    match p.cloud {
-        Some(Cloud::Vpc) => {
-            let body = json!({"name": name, "file": {"href": r.object}, "operating_system": {"name": os}, "encrypted_data_key": wdek, "encryption_key": {"crn": key_crn}});
-            lines.push(format!(
-                "POST {}/identity/token (apikey: <redacted>)",
-                l.iam_endpoint()
-            ));
-            lines.push(format!(
-                "POST {ie}/v1/images?version={}&generation=2 {body}",
-                import::VPC_API_VERSION
-            ));
-            lines.push(format!(
-                "GET  {ie}/v1/images/<id>?version={}&generation=2 every {} ms until available or failed",
-                import::VPC_API_VERSION,
-                r.poll.as_millis()
-            ));
-        }
-        Some(Cloud::Classic) => {
-            let body = json!({"parameters": [{"name": name, "note": format!("imported by diskseal-agent ({})", tag(sha)), "operatingSystemReferenceCode": os, "uri": r.object, "ibmApiKey": "<redacted>", "crkCrn": key_crn, "wrappedDek": wdek, "cloudInit": true, "isEncrypted": true, "byol": r.byol}]});
-            lines.push(format!(
-                "POST {}/identity/token (apikey: <redacted>)",
-                l.iam_endpoint()
-            ));
-            lines.push(format!("POST {ie}/rest/v3.1/SoftLayer_Virtual_Guest_Block_Device_Template_Group/createFromIcos.json {body}"));
-            lines.push(format!("GET  {ie}/rest/v3.1/SoftLayer_Virtual_Guest_Block_Device_Template_Group/<id>/getObject.json?objectMask=... every {} ms until the transaction is gone", r.poll.as_millis()));
-        }
-        None => {}
+    lines.extend(s3::plan(
+        &p.target.url(),
+        p.verified.manifest.image.file_size,
+        &r.upload,
+        r.s3_max_attempts,
+        authorization,
+        done(st.uploaded_etag.is_some()),
+    )?);
+    if let Some(cloud) = p.cloud {
+        let key_crn = match &r.key_crn {
+            Some(c) => c.clone(),
+            None => {
+                let k = l.kms()?;
+                lines.push(format!(
+                    "GET  {}/api/v2/keys/{} (the key's CRN; Authorization: Bearer <redacted>)",
+                    k.endpoint, k.key_id
+                ));
+                "<the key's CRN>".into()
+            }
+        };
+        let s = import::ImportSettings {
+            cloud,
+            endpoint: p.import_endpoint.trim_end_matches('/').to_owned(),
+            iam_endpoint: l.iam_endpoint(),
+            api_key: crate::secret::SecretString::new(String::new()),
+            name: p.name.clone(),
+            cos_uri: r.object.clone(),
+            os: p.os.clone(),
+            wdek: String::new(),
+            key_crn,
+            byol: r.byol,
+            tag: tag(sha),
+            poll: r.poll,
+            timeout: r.wait,
+            retry: RetryPolicy::default(),
+        };
+        let wdek = if st.wdek.is_some() {
+            "<WDEK from the earlier wrap>"
+        } else {
+            "<WDEK from the wrap>"
+        };
+        let import_done = done(st.image_id.is_some());
+        lines.extend(import::plan(&s, wdek).into_iter().map(|x| x + import_done));
     }
     Ok(lines)
 }

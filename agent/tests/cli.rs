@@ -521,3 +521,32 @@ fn closed_stdout_is_not_a_panic() {
         );
     }
 }
+
+/// `--json` is honoured by every command: stdout is one JSON document whose `command` names it (the
+/// service commands, their dry runs included, are in `snapshots` and `dry_run`).
+#[test]
+fn json_is_one_document_for_every_local_command() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let r = init(p);
+    make_bundle(p, &r);
+    let log = p.join("home/audit.jsonl");
+    let log = log.to_str().unwrap();
+    for args in [
+        &["init"][..],
+        &["bundle", "verify", "bundle"],
+        &["audit", "verify", log],
+        &["completions", "bash"],
+        &["man", "man"],
+    ] {
+        let out = agent(p, &[&["--json"], args].concat(), &[]).ok();
+        let v: serde_json::Value = serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: not one JSON document ({e}): {}", out.stdout));
+        let name = if args[0] == "bundle" || args[0] == "audit" {
+            args[..2].join(" ")
+        } else {
+            args[0].to_owned()
+        };
+        assert_eq!(v["command"], name.as_str(), "{}", out.stdout);
+    }
+}

@@ -170,9 +170,13 @@ fn ship_to_classic_goes_bundle_wrap_upload_create_from_icos_and_polls_until_the_
     let mut dry = args.clone();
     dry.push("--dry-run");
     let out = agent(p, &dry, &env).ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let requests = v["requests"].as_array().unwrap();
     assert!(
-        out.stdout.contains("createFromIcos")
-            && out.stdout.contains("\"ibmApiKey\":\"<redacted>\""),
+        requests.iter().any(|r| {
+            let r = r.as_str().unwrap();
+            r.contains("createFromIcos") && r.contains("\"ibmApiKey\":\"<redacted>\"")
+        }),
         "{}",
         out.stdout
     );

@@ -9,6 +9,7 @@ mod cli;
 mod contract;
 mod cos_iam;
 mod crash;
+mod dry_run;
 mod fake_ibm;
 mod ibm_rules;
 mod import;
