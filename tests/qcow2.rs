@@ -1355,9 +1355,9 @@ fn backing_files_outside_the_image_folder_are_refused_unless_allowed() {
     let secret = d.join("outside/secret.raw");
     let secret = secret.to_str().unwrap();
     // As in the report: `qemu-img create -b /etc/shadow -F raw -u evil.qcow2`.
-    for (name, backing) in [
-        ("abs.qcow2", secret),
-        ("rel.qcow2", "../outside/secret.raw"),
+    for (name, backing, why) in [
+        ("abs.qcow2", secret, "named by an absolute path"),
+        ("rel.qcow2", "../outside/secret.raw", "lies outside"),
     ] {
         qimg(
             d,
@@ -1381,7 +1381,7 @@ fn backing_files_outside_the_image_folder_are_refused_unless_allowed() {
         for want in [
             &img[..],
             "outside/secret.raw",
-            "lies outside",
+            why,
             "--allow-backing",
             "--trust-backing",
         ] {
@@ -1475,4 +1475,38 @@ fn backing_files_outside_the_image_folder_are_refused_unless_allowed() {
             .ends_with("img/base.raw"),
         "{v}"
     );
+    // The same file named by an absolute path: refused although it lies in the folder (the image's
+    // author, not the user, chose where it points), followed when allowed by name.
+    let abs = d.join("img/base.raw");
+    qimg(
+        d,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            abs.to_str().unwrap(),
+            "-F",
+            "raw",
+            "img/absin.qcow2",
+        ],
+    );
+    let r = encrypt_fast(d, &["--key-file", "pw"], "img/absin.qcow2", "absin.luks");
+    assert!(
+        r.code == 2
+            && r.stderr.contains("named by an absolute path")
+            && r.stderr.contains("--allow-backing"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(!d.join("absin.luks").exists());
+    encrypt_fast(
+        d,
+        &["--key-file", "pw", "--allow-backing", "img/base.raw"],
+        "img/absin.qcow2",
+        "absin.luks",
+    )
+    .ok();
 }

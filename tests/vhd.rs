@@ -299,7 +299,14 @@ fn edit_dyn(data: &mut [u8], edit: impl Fn(&mut [u8])) {
 }
 
 fn open_err(p: &Path) -> diskseal::error::Error {
-    image::open(p, None).map(|i| format!("{i:?}")).unwrap_err()
+    open_trusted(p).map(|i| format!("{i:?}")).unwrap_err()
+}
+
+/// Opens `p` following every parent: the chain tests name parents by absolute locators, which the
+/// backing-file rule (tested in `vhd_parent_outside_the_child_folder_is_refused_unless_allowed`)
+/// refuses by default.
+fn open_trusted(p: &Path) -> diskseal::error::Result<Box<dyn image::DiskImage>> {
+    image::open_with(p, None, image::BackingPolicy::trust_all())
 }
 
 /// The error names the file, gives a hex offset and contains `what`.
@@ -758,7 +765,7 @@ fn vhd_differencing_two_and_three_deep() {
     let top_path = d.join("top.vhd");
     write_diff(&top_path, &top);
     apply(&mut model, &mut kinds, &top);
-    let img = image::open(&top_path, None).unwrap();
+    let img = open_trusted(&top_path).unwrap();
     check_reads(img.as_ref(), &model);
     check_extents(img.as_ref(), &kinds);
     let info = img.info();
@@ -787,7 +794,15 @@ fn vhd_differencing_two_and_three_deep() {
     std::fs::write(d.join("pw"), b"secret pass").unwrap();
     encrypt_fast(
         d,
-        &["-q", "--profile", "luks1", "--key-file", "pw"],
+        &[
+            "-q",
+            "--profile",
+            "luks1",
+            "--key-file",
+            "pw",
+            // top names mid by an absolute W2ku locator.
+            "--trust-backing",
+        ],
         top_path.to_str().unwrap(),
         "chain.luks",
     )
@@ -836,12 +851,12 @@ fn vhd_differencing_macx_and_name_fallback() {
     apply(&mut model, &mut kinds, &layer);
     let p = d.join("mac.vhd");
     write_diff(&p, &layer);
-    check_reads(image::open(&p, None).unwrap().as_ref(), &model);
+    check_reads(open_trusted(&p).unwrap().as_ref(), &model);
     // No locators: the parent name in the child's directory.
     layer.locators.clear();
     let p = d.join("sub dir/byname.vhd");
     write_diff(&p, &layer);
-    check_reads(image::open(&p, None).unwrap().as_ref(), &model);
+    check_reads(open_trusted(&p).unwrap().as_ref(), &model);
 }
 
 #[test]
@@ -1202,4 +1217,29 @@ fn vhd_parent_outside_the_child_folder_is_refused_unless_allowed() {
     )
     .ok();
     assert!(r.stdout.contains("sub dir/base.vhd"), "{}", r.stdout);
+    // An absolute W2ku locator is refused even when it points into the child's own folder.
+    std::fs::copy(&base_path, d.join("child/base.vhd")).unwrap();
+    let abs = d.join("child/base.vhd");
+    let diff = Layer {
+        parent_name: "elsewhere.vhd",
+        locators: vec![(b"W2ku", utf16le(abs.to_str().unwrap()))],
+        ..diff
+    };
+    write_diff(&d.join("child/abs.vhd"), &diff);
+    let r = crate::util::encrypt_fast(d, &["--key-file", "pw"], "child/abs.vhd", "a.luks");
+    assert!(
+        r.code == 2
+            && r.stderr.contains("named by an absolute path")
+            && r.stderr.contains("--allow-backing"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    crate::util::encrypt_fast(
+        d,
+        &["--key-file", "pw", "--allow-backing", "child/base.vhd"],
+        "child/abs.vhd",
+        "a.luks",
+    )
+    .ok();
 }

@@ -233,7 +233,7 @@ fn bad_vmdk_input_is_refused_clearly() {
         (
             "sub/abs.vmdk",
             "/etc/passwd",
-            &["lies outside", "--allow-backing"][..],
+            &["named by an absolute path", "--allow-backing"][..],
         ),
         (
             "sub/up.vmdk",

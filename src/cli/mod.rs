@@ -160,9 +160,9 @@ struct EncryptArgs {
     /// holds several disks.
     #[arg(long, value_name = "N")]
     disk: Option<u16>,
-    /// Follow this backing file even though it lies outside the folder of the image that names it
-    /// (repeatable). By default such backing files (absolute paths elsewhere, `../`) are refused: a
-    /// hostile image could name any file, and its content would be encrypted as the disk.
+    /// Follow this backing file although the image names it by an absolute path or it lies outside
+    /// the folder of the image that names it (repeatable). By default such backing files are
+    /// refused: a hostile image could name any file, and its content would be encrypted as the disk.
     #[arg(long, value_name = "PATH")]
     allow_backing: Vec<PathBuf>,
     /// Follow every backing file, wherever it lies.

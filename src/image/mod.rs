@@ -155,8 +155,10 @@ impl BackingPolicy {
         }
     }
 
-    /// Refuses `backing` (named by the image `naming`, canonical) unless the policy allows it.
-    fn check(&self, naming: &Path, backing: &Path) -> Result<()> {
+    /// Refuses `backing` (named by the image `naming`, canonical, as `named`) unless the policy allows
+    /// it: an absolute name is refused wherever it points, a relative one when it resolves outside
+    /// `naming`'s folder.
+    fn check(&self, naming: &Path, backing: &Path, named: Naming) -> Result<()> {
         if self.trust_all {
             return Ok(());
         }
@@ -164,21 +166,30 @@ impl BackingPolicy {
         let Ok(target) = std::fs::canonicalize(backing) else {
             return Ok(());
         };
-        let folder = naming.parent().unwrap_or(Path::new("/"));
-        if target.starts_with(folder)
-            || self
-                .allowed
-                .iter()
-                .any(|a| std::fs::canonicalize(a).is_ok_and(|a| a == target))
+        if self
+            .allowed
+            .iter()
+            .any(|a| std::fs::canonicalize(a).is_ok_and(|a| a == target))
         {
             return Ok(());
         }
+        let folder = naming.parent().unwrap_or(Path::new("/"));
+        let why = match named {
+            Naming::Relative if target.starts_with(folder) => return Ok(()),
+            Naming::Relative => format!(
+                "backing file {} (resolved to {}) lies outside {}, the folder of the image that names it",
+                backing.display(),
+                target.display(),
+                folder.display()
+            ),
+            Naming::Absolute => format!(
+                "backing file {} is named by an absolute path, which points wherever the image's \
+                 author chose",
+                backing.display()
+            ),
+        };
         Err(Error::invalid(format!(
-            "backing file {} (resolved to {}) lies outside {}, the folder of the image that names it; \
-             diskseal does not follow it unless told to",
-            backing.display(),
-            target.display(),
-            folder.display()
+            "{why}; diskseal does not follow it unless told to"
         ))
         .with_path(naming)
         .hint(format!(
@@ -187,6 +198,29 @@ impl BackingPolicy {
              --trust-backing)",
             backing.display()
         )))
+    }
+}
+
+/// How an image names a backing file, parent or extent: relative to its own folder (followed when it
+/// stays inside that folder) or by an absolute path (followed only when allowed by name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// Relative to the folder of the image that names it.
+    Relative,
+    /// An absolute path (`/x`, `C:\x`, `\\server\x`).
+    Absolute,
+}
+
+impl Naming {
+    /// How `name`, as the image wrote it, names its file (`/x`, `C:\x` and `\\server\x` are absolute).
+    pub fn of(name: &str) -> Naming {
+        let b = name.as_bytes();
+        let drive = b.len() >= 2 && b[0].is_ascii_alphabetic() && b[1] == b':';
+        if name.starts_with(['/', '\\']) || drive {
+            Naming::Absolute
+        } else {
+            Naming::Relative
+        }
     }
 }
 
@@ -204,6 +238,16 @@ impl Chain {
         Chain {
             open: Vec::new(),
             policy,
+        }
+    }
+}
+
+impl Chain {
+    /// Refuses `path`, named by the image last opened (as `named`), unless the policy allows it.
+    pub fn check(&self, path: &Path, named: Naming) -> Result<()> {
+        match self.last() {
+            Some(naming) => self.policy.check(naming, path, named),
+            None => Ok(()),
         }
     }
 }
@@ -233,7 +277,7 @@ pub fn open_with(
     format: Option<ImageFormat>,
     policy: BackingPolicy,
 ) -> Result<Box<dyn DiskImage>> {
-    open_backing(path, format, &mut Chain::new(policy))
+    open_backing(path, Naming::Relative, format, &mut Chain::new(policy))
 }
 
 /// Every backing file of an opened image, top down (from its [`ImageInfo`] chain).
@@ -249,15 +293,15 @@ pub fn backing_files(image: &dyn DiskImage) -> Vec<PathBuf> {
 }
 
 /// Opens an image that is part of a chain; `chain` holds the files already open above it (for loop and
-/// depth checks) and is extended by the callee before it opens its own backing file.
+/// depth checks) and is extended by the callee before it opens its own backing file. `named` says how
+/// the image above named `path` (see [`BackingPolicy`]).
 pub fn open_backing(
     path: &Path,
+    named: Naming,
     format: Option<ImageFormat>,
     chain: &mut Chain,
 ) -> Result<Box<dyn DiskImage>> {
-    if let Some(naming) = chain.last() {
-        chain.policy.check(naming, path)?;
-    }
+    chain.check(path, named)?;
     let (file, len) = crate::io::open_input(path).map_err(|err| {
         if chain.is_empty() {
             err
@@ -400,4 +444,24 @@ pub fn resolve_below(own: Vec<Extent>, below: Option<&[Extent]>) -> Vec<Extent> 
         }
     }
     coalesce(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Naming;
+
+    #[test]
+    fn absolute_names_are_unix_windows_and_unc_paths() {
+        for name in [
+            "/etc/shadow",
+            "C:\\disks\\base.vhd",
+            "c:/x",
+            "\\\\server\\share\\x",
+        ] {
+            assert_eq!(Naming::of(name), Naming::Absolute, "{name}");
+        }
+        for name in ["base.raw", "../x", "sub/base.vhd", ".\\base.vhd", "C", ""] {
+            assert_eq!(Naming::of(name), Naming::Relative, "{name}");
+        }
+    }
 }

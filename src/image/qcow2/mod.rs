@@ -25,7 +25,9 @@ use self::mapping::{Mapping, Run};
 use crate::crypto::iv::qcow2_sector;
 use crate::crypto::{IvScheme, Xts};
 use crate::error::{Error, ErrorKind, Result};
-use crate::image::{DiskImage, Extent, ExtentKind, ImageFormat, ImageInfo, coalesce, open_backing};
+use crate::image::{
+    DiskImage, Extent, ExtentKind, ImageFormat, ImageInfo, Naming, coalesce, open_backing,
+};
 use crate::io::read_exact_at;
 use crate::luks::keys::{Passphrase, VolumeKey};
 use crate::luks::luks1::Luks1Header;
@@ -116,7 +118,7 @@ impl Qcow2Image {
                     None => None,
                 };
                 let bpath = resolve_backing(path, name);
-                Some(open_backing(&bpath, format, chain)?)
+                Some(open_backing(&bpath, Naming::of(name), format, chain)?)
             }
         };
         Ok(Qcow2Image {

@@ -17,9 +17,11 @@
 //!   bitmaps); unallocated BAT entries read as zeros.
 //! - Differencing images: a set bitmap bit reads the sector from this file, a clear bit (or an unallocated
 //!   block) from the parent; parts past the parent's size read as zeros. QEMU ignores parents altogether.
-//! - The parent is looked for through the locators in the order W2ru (relative, against the child's
-//!   directory), W2ku (absolute), MacX (`file://` URL), then the parent Unicode name in the child's
-//!   directory; the first one whose footer unique id equals the child's parent unique id is used.
+//! - The parent is looked for first where a relative name leads: the W2ru locator (against the child's
+//!   directory), then the parent Unicode name in the child's directory; then where the absolute
+//!   locators lead, W2ku and MacX (`file://` URL), which the backing-file rule refuses unless allowed
+//!   ([`crate::image::BackingPolicy`]). The first one whose footer unique id equals the child's parent
+//!   unique id is used.
 //!
 //! Reads are positional (`&self`, any thread). The BAT is kept in memory (4 bytes per block, at most
 //! [`dynamic::MAX_BAT_ENTRIES`]); sector bitmaps are read on demand.
@@ -37,7 +39,9 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::image::{DiskImage, Extent, ExtentKind, ImageFormat, ImageInfo, coalesce, open_backing};
+use crate::image::{
+    DiskImage, Extent, ExtentKind, ImageFormat, ImageInfo, Naming, coalesce, open_backing,
+};
 use crate::io::read_exact_at;
 
 use dynamic::{DynamicHeader, HEADER_SIZE, RawDynamicHeader, UNALLOCATED};
@@ -395,7 +399,7 @@ fn find_parent(
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
     };
-    let mut candidates: Vec<PathBuf> = Vec::new();
+    let mut candidates: Vec<(PathBuf, Naming)> = Vec::new();
     for code in [dynamic::W2RU, dynamic::W2KU, dynamic::MACX] {
         for (i, l) in header
             .raw
@@ -406,12 +410,10 @@ fn find_parent(
         {
             match dynamic::locator_path(file, path, len, i, l, header.at) {
                 Ok(Some(s)) => {
-                    let p = PathBuf::from(&s);
-                    let has_drive = s.len() >= 2 && s.as_bytes()[1] == b':';
-                    candidates.push(if p.is_absolute() || has_drive {
-                        p
-                    } else {
-                        dir.join(p)
+                    let named = Naming::of(&s);
+                    candidates.push(match named {
+                        Naming::Absolute => (PathBuf::from(&s), named),
+                        Naming::Relative => (dir.join(&s), named),
                     });
                 }
                 Ok(None) => {}
@@ -422,13 +424,15 @@ fn find_parent(
     if let Some(name) = header.parent_name() {
         let base = name.rsplit(['/', '\\']).next().unwrap_or(&name).to_string();
         if !base.is_empty() {
-            candidates.push(dir.join(base));
+            candidates.push((dir.join(base), Naming::Relative));
         }
     }
+    // Relative names first: an absolute one is followed only when allowed.
+    candidates.sort_by_key(|(_, named)| *named == Naming::Absolute);
     let mut seen: Vec<PathBuf> = Vec::new();
     let want = uuid_string(&header.raw.parent_unique_id);
     let mut mismatch: Option<(PathBuf, String)> = None;
-    for c in candidates {
+    for (c, named) in candidates {
         if seen.contains(&c) {
             continue;
         }
@@ -436,7 +440,7 @@ fn find_parent(
         if !c.exists() {
             continue;
         }
-        let image = open_backing(&c, Some(ImageFormat::Vpc), chain)?;
+        let image = open_backing(&c, named, Some(ImageFormat::Vpc), chain)?;
         let got = image
             .info()
             .details

@@ -25,7 +25,8 @@ use serde_json::{Value, json};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{
-    DiskImage, Extent, ExtentKind, ImageInfo, coalesce, open_backing, push_extent, resolve_below,
+    DiskImage, Extent, ExtentKind, ImageInfo, Naming, coalesce, open_backing, push_extent,
+    resolve_below,
 };
 use crate::io::read_exact_at;
 use header::{HeaderSection, guid_text};
@@ -177,19 +178,22 @@ fn find_parent(path: &Path, meta: &Metadata, chain: &mut crate::image::Chain) ->
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut candidates = Vec::new();
     if let Some(rel) = meta.locator("relative_path") {
-        candidates.push(dir.join(rel.replace('\\', "/")));
+        candidates.push((dir.join(rel.replace('\\', "/")), Naming::of(rel)));
     }
     if let Some(abs) = meta.locator("absolute_win32_path")
         && let Some(name) = abs.rsplit(['\\', '/']).next()
     {
-        candidates.push(dir.join(name));
+        candidates.push((dir.join(name), Naming::Relative));
     }
     let want: Vec<&str> = ["parent_linkage", "parent_linkage2"]
         .iter()
         .filter_map(|k| meta.locator(k))
         .collect();
-    let Some(p) = candidates.iter().find(|c| c.is_file()) else {
-        let looked: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
+    let Some((p, named)) = candidates.iter().find(|(c, _)| c.is_file()) else {
+        let looked: Vec<String> = candidates
+            .iter()
+            .map(|(c, _)| c.display().to_string())
+            .collect();
         return Err(Error::new(
             ErrorKind::Io,
             format!(
@@ -219,7 +223,7 @@ fn find_parent(path: &Path, meta: &Metadata, chain: &mut crate::image::Chain) ->
         .hint("the parent was modified or replaced after the child was created"));
     }
     drop(f);
-    let image = open_backing(p, Some(crate::image::ImageFormat::Vhdx), chain)?;
+    let image = open_backing(p, *named, Some(crate::image::ImageFormat::Vhdx), chain)?;
     Ok(Parent {
         path: p.clone(),
         image,

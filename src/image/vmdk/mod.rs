@@ -27,7 +27,8 @@ use serde_json::{Value, json};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::raw::file_extents;
 use crate::image::{
-    Chain, DiskImage, Extent, ExtentKind, ImageInfo, coalesce, detect, open_backing, resolve_below,
+    Chain, DiskImage, Extent, ExtentKind, ImageInfo, Naming, coalesce, detect, open_backing,
+    resolve_below,
 };
 use crate::io::read_exact_at;
 use descriptor::{Access, Descriptor};
@@ -146,7 +147,7 @@ pub fn open(file: File, path: &Path, chain: &mut crate::image::Chain) -> Result<
         Some(hint) if !hint.is_empty() => {
             let base = path.parent().unwrap_or(Path::new("."));
             let p = base.join(&hint);
-            let image = open_backing(&p, None, chain).map_err(|e| {
+            let image = open_backing(&p, Naming::of(&hint), None, chain).map_err(|e| {
                 if e.kind() == ErrorKind::Io {
                     e.hint(format!(
                         "it is the parent of the VMDK delta disk {} (parentFileNameHint {hint:?})",
@@ -271,8 +272,7 @@ fn descriptor_parts(d: &Descriptor, path: &Path, chain: &Chain) -> Result<(Strin
             let p = dir.join(name);
             // The backing-file rule: an extent outside the descriptor's folder (absolute, ../, or a
             // symbolic link out) is refused unless --allow-backing/--trust-backing allow it.
-            if let Some(naming) = chain.last() {
-                chain.policy.check(naming, &p).map_err(|e| {
+            chain.check(&p, Naming::of(name)).map_err(|e| {
                     Error::new(
                         e.kind(),
                         format!("VMDK descriptor line {}: extent file {name:?}: {}", x.line, e.message()),
@@ -284,7 +284,6 @@ fn descriptor_parts(d: &Descriptor, path: &Path, chain: &Chain) -> Result<(Strin
                         p.display()
                     ))
                 })?;
-            }
             let (f, _) = crate::io::open_input(&p).map_err(|e| {
                 e.hint(format!(
                     "it is named on line {} of {}",
