@@ -15,6 +15,8 @@ use crate::error::{Error, Result};
 use crate::http::{RemoteErrorKind, service};
 use crate::secret::SecretBytes;
 
+mod provision;
+
 const EXAMPLES: &str = "\
 Examples:
   # prints the recipient for `diskseal bundle --recipient`:
@@ -104,6 +106,10 @@ enum Command {
     /// Verify a bundle, wrap its key, upload its image, import it, and print the image id; a rerun resumes.
     #[command(after_help = SHIP_EXAMPLES)]
     Ship(Box<ShipArgs>),
+    /// Order a server from the imported image (VPC instance or classic virtual server) and wait
+    /// until it runs; a rerun adopts the server of the same name instead of ordering again.
+    #[command(after_help = provision::PROVISION_EXAMPLES)]
+    Provision(Box<provision::ProvisionArgs>),
     /// The audit log.
     #[command(
         subcommand,
@@ -139,6 +145,7 @@ impl Command {
             Command::Upload(_) => "upload",
             Command::Import(_) => "import",
             Command::Ship(_) => "ship",
+            Command::Provision(_) => "provision",
             Command::Audit(AuditCmd::Verify { .. }) => "audit verify",
             Command::Completions { .. } => "completions",
             Command::Man { .. } => "man",
@@ -833,6 +840,7 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Upload(a) => upload(cli, a),
         Command::Import(a) => import(cli, a),
         Command::Ship(a) => ship(cli, a),
+        Command::Provision(a) => provision::run(cli, a),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut script = Vec::new();

@@ -48,6 +48,9 @@ pub enum Error {
     /// An image import was refused by a pre-flight check or failed in the cloud.
     #[error("import: {0}")]
     Import(String),
+    /// A server order was refused by a check, by the operator, or failed in the cloud.
+    #[error("provision: {0}")]
+    Provision(String),
     /// An error from the diskseal library.
     #[error("{0}")]
     Diskseal(#[from] diskseal::Error),

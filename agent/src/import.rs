@@ -12,14 +12,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::cloud::Client;
 use crate::error::{Error, Result};
 use crate::http::RetryPolicy;
-use crate::http::iam::IamTokens;
-use crate::http::{RemoteError, RemoteErrorKind, service};
-use crate::http::{Reply, with_retries};
+use crate::http::{RemoteErrorKind, Reply};
 use crate::secret::SecretString;
 use crate::wire;
-use base64::Engine as _;
 
 /// The VPC API version date sent as `version=`.
 pub const VPC_API_VERSION: &str = "2024-04-30";
@@ -351,52 +349,22 @@ pub fn explain(code: &str) -> &'static str {
 
 struct Api {
     s: ImportSettings,
-    agent: ureq::Agent,
-    /// VPC: bearer tokens, refreshed before they expire (imports can poll for an hour, a token's
-    /// life). SoftLayer signs in with HTTP Basic `apikey:<API key>` instead.
-    tokens: Option<IamTokens>,
+    c: Client,
 }
 
 impl Api {
-    fn service(&self) -> crate::http::Service {
-        match self.s.cloud {
-            Cloud::Vpc => service::VPC,
-            Cloud::Classic => service::SOFTLAYER,
-        }
-    }
-
     fn label(&self) -> String {
-        match self.s.cloud {
-            Cloud::Vpc => format!("VPC at {}", self.s.endpoint),
-            Cloud::Classic => format!("SoftLayer at {}", self.s.endpoint),
-        }
+        self.c.label()
     }
 
     fn http_error(&self, what: &str, r: &Reply) -> Error {
-        let e = match self.s.cloud {
-            Cloud::Vpc => wire::vpc_error(&r.body),
-            Cloud::Classic => wire::softlayer_error(&r.body),
-        };
-        let mut message = e
-            .message
-            .unwrap_or_else(|| r.body.chars().take(200).collect());
+        let mut e = self.c.error(what, r);
         if self.s.cloud == Cloud::Vpc && r.status == 409 {
-            message.push_str(&format!("; VPC image names are unique per region: an image named {:?} exists already (delete it, or give another --name)", self.s.name));
+            e.message.push_str(&format!("; VPC image names are unique per region: an image named {:?} exists already (delete it, or give another --name)", self.s.name));
         }
-        Error::Remote(RemoteError {
-            kind: RemoteErrorKind::Http,
-            service: self.service(),
-            endpoint: format!("{} ({what})", self.label()),
-            status: Some(r.status),
-            code: e.reason,
-            message,
-            correlation_id: e.request_id.or_else(|| r.correlation_id.clone()),
-            attempts: 1,
-        })
+        Error::Remote(e)
     }
 
-    /// One request with the retries of `retry`: VPC with a valid bearer token, where a 401 (token
-    /// revoked or expired early) gets one retry with a fresh token; SoftLayer with Basic auth.
     fn call_with(
         &self,
         retry: &RetryPolicy,
@@ -404,59 +372,11 @@ impl Api {
         url: &str,
         body: Option<&Value>,
     ) -> Result<Reply> {
-        let Some(tokens) = &self.tokens else {
-            let basic = base64::engine::general_purpose::STANDARD
-                .encode(format!("apikey:{}", self.s.api_key.expose()));
-            return self.send(retry, method, url, body, &format!("Basic {basic}"));
-        };
-        let bearer = tokens.token()?;
-        let auth = format!("Bearer {}", bearer.token.expose());
-        let r = self.send(retry, method, url, body, &auth)?;
-        if r.status != 401 {
-            return Ok(r);
-        }
-        let fresh = tokens.refresh(bearer.generation)?;
-        self.send(
-            retry,
-            method,
-            url,
-            body,
-            &format!("Bearer {}", fresh.token.expose()),
-        )
+        self.c.call_with(retry, method, url, body)
     }
 
     fn call(&self, method: &str, url: &str, body: Option<&Value>) -> Result<Reply> {
-        self.call_with(&self.s.retry, method, url, body)
-    }
-
-    fn send(
-        &self,
-        retry: &RetryPolicy,
-        method: &str,
-        url: &str,
-        body: Option<&Value>,
-        auth: &str,
-    ) -> Result<Reply> {
-        let auth = zeroize::Zeroizing::new(auth.to_owned());
-        Ok(with_retries(
-            self.service(),
-            retry,
-            &self.label(),
-            || match (method, body) {
-                ("POST", Some(b)) => self
-                    .agent
-                    .post(url)
-                    .header("authorization", auth.as_str())
-                    .header("content-type", "application/json")
-                    .send(b.to_string()),
-                _ => self
-                    .agent
-                    .get(url)
-                    .header("authorization", auth.as_str())
-                    .header("accept", "application/json")
-                    .call(),
-            },
-        )?)
+        self.c.call(method, url, body)
     }
 }
 
@@ -495,22 +415,14 @@ pub fn import_resuming(
     resume: Resume,
     mut record: impl FnMut(Step<'_>) -> Result<()>,
 ) -> Result<Imported> {
-    let agent = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(s.retry.timeout))
-            .build(),
-    );
-    let tokens = match s.cloud {
-        Cloud::Vpc => {
-            let t = IamTokens::new(&s.iam_endpoint, s.api_key.clone(), s.retry);
-            // Fetch the first token now: a refused API key stops the import before anything else.
-            t.token()?;
-            Some(t)
-        }
-        Cloud::Classic => None,
-    };
-    let api = Api { s, agent, tokens };
+    let c = Client::new(
+        s.cloud,
+        &s.endpoint,
+        &s.iam_endpoint,
+        s.api_key.clone(),
+        s.retry,
+    )?;
+    let api = Api { s, c };
     let found = match resume {
         Resume::Created(id) => Some(id),
         Resume::MaybeSent => match api.s.cloud {
@@ -536,7 +448,7 @@ pub fn import_resuming(
 /// True for a failure after which the create may have gone through (what a blind retry would
 /// repeat): no answer or a timeout; a VPC 429 or 5xx; a SoftLayer 5xx that is not one of its own
 /// errors (SoftLayer answers every refusal with a 500 and a `code`, a definite answer) or its rate limit.
-fn uncertain(cloud: Cloud, e: &Error) -> bool {
+pub(crate) fn uncertain(cloud: Cloud, e: &Error) -> bool {
     let Error::Remote(r) = e else { return false };
     if r.kind == RemoteErrorKind::Unreachable {
         return true;

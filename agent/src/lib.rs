@@ -10,6 +10,9 @@
 //! - [`s3`]: resumable parallel multipart upload to S3 / IBM COS (`upload`), HMAC (SigV4) or IAM
 //!   bearer auth; [`awsconfig`]: AWS profiles (`~/.aws/credentials`, `~/.aws/config`);
 //! - [`import`]: IBM VPC / classic image import with pre-flight checks and polling (`import`);
+//! - [`provision`]: ordering a server from the imported image (VPC instance, classic virtual guest),
+//!   with name resolution, a quote, lookup by name before ordering and polling (`provision`);
+//! - `cloud`: the VPC / SoftLayer REST client import and provision share;
 //! - [`ship`]: bundle → wrapped key → uploaded object → imported image, resumable (`ship`);
 //! - [`audit`]: the hash-chained CADF-shaped JSONL audit log and its verifier;
 //! - [`wire`]: the server response parsers (S3 XML, IAM / Key Protect / AWS KMS / VPC /
@@ -22,12 +25,14 @@
 pub mod audit;
 pub mod awsconfig;
 pub mod cli;
+pub(crate) mod cloud;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod identity;
 pub mod import;
 pub mod kms;
+pub mod provision;
 pub mod records;
 pub mod s3;
 pub mod secret;

@@ -12,12 +12,15 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::fake_ibm::{API_KEY, FakeIbm, INSTANCE, KEY_ALIAS, ROOT_KEY, Recorded};
+use crate::fake_ibm::{
+    API_KEY, FakeIbm, INSTANCE, KEY_ALIAS, KEY_ID, ROOT_KEY, Recorded, SL_KEY_ID, SUBNET_ID, VPC_ID,
+};
 use diskseal_agent::http::RetryPolicy;
 use diskseal_agent::http::iam::IamTokens;
 use diskseal_agent::import::{self, Cloud, ImportSettings, Resume};
 use diskseal_agent::kms::KeyWrapper;
 use diskseal_agent::kms::keyprotect::{KeyProtect, KmsSettings, Service};
+use diskseal_agent::provision;
 use diskseal_agent::s3;
 use diskseal_agent::secret::{SecretBytes, SecretString};
 
@@ -527,4 +530,290 @@ fn cos_requests_with_hmac_keys_are_the_official_clients() {
 #[test]
 fn cos_requests_with_iam_tokens_are_the_official_clients() {
     cos_contract("iam");
+}
+
+fn order_settings(f: &FakeIbm, cloud: Cloud, order: provision::Order) -> provision::Settings {
+    provision::Settings {
+        cloud,
+        endpoint: f.url.clone(),
+        iam_endpoint: f.url.clone(),
+        api_key: SecretString::new(API_KEY.into()),
+        order,
+        poll: Duration::from_millis(5),
+        timeout: Duration::from_secs(30),
+        retry: retry(),
+    }
+}
+
+fn arg<'a>(r: &'a Recorded, key: &str) -> &'a str {
+    r.query
+        .iter()
+        .find(|(k, _)| k == key)
+        .map_or("", |(_, v)| v.as_str())
+}
+
+/// The VPC order: the official ibm-vpc client creates an instance from an encrypted image (the
+/// `...InstanceByImage...ByNetworkInterface` prototype, a boot volume with its own root key, keys,
+/// user data) and reads it back; the agent resolves the same names with the list calls the client
+/// has, orders, polls and reads the boot volume, and every request agrees with the client's.
+#[test]
+fn vpc_instance_requests_are_the_official_clients() {
+    let f = FakeIbm::start();
+    f.with(|s| s.import_polls = 1);
+    let sdk_image = f.add_image("sdk-disk");
+    f.add_image("agent-disk");
+    let crn = FakeIbm::key_crn();
+    let proto = |name: &str, image: &str| {
+        json!({"name": name, "image": {"id": image}, "zone": {"name": "us-south-1"},
+            "profile": {"name": "bx2-2x8"}, "vpc": {"id": VPC_ID},
+            "primary_network_interface": {"subnet": {"id": SUBNET_ID}}, "keys": [{"id": KEY_ID}],
+            "user_data": "#cloud-config\n",
+            "boot_volume_attachment": {"volume": {"profile": {"name": "general-purpose"}, "encryption_key": {"crn": crn}}}})
+    };
+    let Some((created, official_create)) = sdk(
+        &f,
+        "vpc_create_instance",
+        json!({"prototype": proto("sdk-vm", &sdk_image)}),
+    ) else {
+        return;
+    };
+    assert_eq!(created["status"], json!("pending"));
+    let order = provision::Order {
+        image: "agent-disk".into(),
+        name: Some("agent-vm".into()),
+        keys: vec!["my-key".into()],
+        user_data: Some("#cloud-config\n".into()),
+        profile: Some("bx2-2x8".into()),
+        vpc: Some("my-vpc".into()),
+        subnet: Some("my-subnet".into()),
+        boot_volume_key: Some(crn.clone()),
+        ..provision::Order::default()
+    };
+    let n = f.with(|s| s.requests.len());
+    let pv = provision::Provisioner::connect(order_settings(&f, Cloud::Vpc, order)).unwrap();
+    let p = pv.prepare().unwrap();
+    assert_eq!(pv.find(&p).unwrap(), None);
+    let id = pv.create(&p).unwrap();
+    let done = pv.wait(&id).unwrap();
+    let agent = since(&f, n, false);
+    assert_eq!(done.status, "running");
+    assert_eq!(done.boot_volume_key.as_deref(), Some(crn.as_str()));
+    let (got, official_get) = sdk(&f, "vpc_get_instance", json!({"id": id})).unwrap();
+    assert_eq!(
+        got["primary_network_interface"]["primary_ip"]["address"].as_str(),
+        done.primary_ip.as_deref()
+    );
+    let vol = got["boot_volume_attachment"]["volume"]["id"]
+        .as_str()
+        .unwrap();
+    let (v, official_vol) = sdk(&f, "vpc_get_volume", json!({"id": vol})).unwrap();
+    assert_eq!(v["encryption_key"]["crn"], json!(crn));
+    let l = json!(100);
+    let ops = [
+        (
+            "vpc_list_images",
+            json!({"name": "agent-disk", "limit": l}),
+            "GET",
+            "/v1/images",
+        ),
+        ("vpc_list_vpcs", json!({"limit": l}), "GET", "/v1/vpcs"),
+        (
+            "vpc_list_subnets",
+            json!({"limit": l, "vpc_id": VPC_ID}),
+            "GET",
+            "/v1/subnets",
+        ),
+        (
+            "vpc_list_instance_profiles",
+            json!({"limit": l}),
+            "GET",
+            "/v1/instance/profiles",
+        ),
+        ("vpc_list_keys", json!({"limit": l}), "GET", "/v1/keys"),
+        (
+            "vpc_list_instances",
+            json!({"name": "agent-vm", "limit": l}),
+            "GET",
+            "/v1/instances",
+        ),
+    ];
+    let any = ["version"];
+    for (op, a, method, path) in ops {
+        let (_, official) = sdk(&f, op, a).unwrap();
+        let mine = agent
+            .iter()
+            .find(|r| r.method == method && r.path == path)
+            .unwrap_or_else(|| panic!("the agent sent no {method} {path}"));
+        same(op, &official[0], mine, &any);
+    }
+    same(
+        "create instance",
+        &official_create[0],
+        find(&agent, "POST", "/v1/instances"),
+        &any,
+    );
+    same(
+        "get instance",
+        &official_get[0],
+        find(&agent, "GET", &format!("/v1/instances/{id}")),
+        &any,
+    );
+    same(
+        "get volume",
+        &official_vol[0],
+        find(&agent, "GET", "/v1/volumes/"),
+        &any,
+    );
+    // An image given by id: looked up by name first, then read with get_image.
+    let by_id = provision::Order {
+        image: sdk_image.clone(),
+        name: Some("agent-vm2".into()),
+        profile: Some("bx2-2x8".into()),
+        subnet: Some(SUBNET_ID.into()),
+        ..provision::Order::default()
+    };
+    let n = f.with(|s| s.requests.len());
+    let pv = provision::Provisioner::connect(order_settings(&f, Cloud::Vpc, by_id)).unwrap();
+    assert_eq!(pv.prepare().unwrap().image_id, sdk_image);
+    let agent = since(&f, n, false);
+    let (_, official) = sdk(&f, "vpc_get_image", json!({"id": sdk_image})).unwrap();
+    same(
+        "get image",
+        &official[0],
+        find(&agent, "GET", &format!("/v1/images/{sdk_image}")),
+        &any,
+    );
+    assert_eq!(arg(find(&agent, "GET", "/v1/images"), "name"), sdk_image);
+}
+
+/// The classic order: softlayer-python's `VSManager` prices (`order_guest(test=True)`:
+/// generateOrderTemplate, verifyOrder), creates (`create_instance`: createObject with the template's
+/// global identifier), finds (`list_instances(hostname=, domain=)`) and reads (`get_instance`) a
+/// virtual server, and resolves an SSH key label (`SshKeyManager.list_keys(label=)`); the agent's
+/// requests agree.
+#[test]
+fn softlayer_guest_requests_are_the_official_clients() {
+    let f = FakeIbm::start();
+    f.with(|s| s.import_polls = 1);
+    let guid = f.add_template("disk");
+    let guest = |host: &str| {
+        json!({"hostname": host, "domain": "example.com", "cpus": 2, "memory": 4096, "hourly": true,
+            "datacenter": "dal13", "image_id": guid, "local_disk": true, "nic_speed": 100,
+            "ssh_keys": [SL_KEY_ID], "post_uri": "https://example.com/post.sh", "userdata": "#cloud-config\n"})
+    };
+    let Some((quote, official_verify)) =
+        sdk(&f, "sl_verify_guest", json!({"guest": guest("sdk-vm")}))
+    else {
+        return;
+    };
+    assert!(quote["prices"][0]["hourlyRecurringFee"].is_string());
+    let (created, official_create) =
+        sdk(&f, "sl_create_guest", json!({"guest": guest("sdk-vm")})).unwrap();
+    assert!(created["id"].is_number());
+    let order = provision::Order {
+        image: guid.clone(),
+        name: Some("agent-vm".into()),
+        domain: Some("example.com".into()),
+        datacenter: Some("dal13".into()),
+        cpus: Some(2),
+        memory_mb: Some(4096),
+        network_speed: Some(100),
+        keys: vec!["my-key".into()],
+        post_install: Some("https://example.com/post.sh".into()),
+        user_data: Some("#cloud-config\n".into()),
+        ..provision::Order::default()
+    };
+    let n = f.with(|s| s.requests.len());
+    let pv = provision::Provisioner::connect(order_settings(&f, Cloud::Classic, order)).unwrap();
+    let p = pv.prepare().unwrap();
+    assert!(
+        p.summary_lines()
+            .iter()
+            .any(|l| l
+                == "billing: hourly: 0.055 USD per hour (verifyOrder's hourlyRecurringFee total)"),
+        "{:?}",
+        p.summary_lines()
+    );
+    assert_eq!(pv.find(&p).unwrap(), None);
+    let id = pv.create(&p).unwrap();
+    let done = pv.wait(&id).unwrap();
+    assert_eq!(done.status, "RUNNING");
+    assert!(done.polls >= 2, "polled while provisioning");
+    let agent = since(&f, n, false);
+    let mask = "mask[id,globalIdentifier,hostname,domain,fullyQualifiedDomainName,primaryIpAddress,primaryBackendIpAddress,provisionDate,powerState,status,activeTransaction[id,transactionStatus[name,friendlyName]],lastOperatingSystemReload.id,blockDeviceTemplateGroup[id,name,globalIdentifier]]";
+    let (got, official_get) = sdk(
+        &f,
+        "sl_get_guest",
+        json!({"id": id.parse::<u64>().unwrap(), "mask": mask}),
+    )
+    .unwrap();
+    assert_eq!(got["primaryIpAddress"].as_str(), done.primary_ip.as_deref());
+    let (_, official_find) = sdk(
+        &f,
+        "sl_find_guest",
+        json!({"hostname": "agent-vm", "domain": "example.com", "mask": mask}),
+    )
+    .unwrap();
+    let (_, official_keys) = sdk(&f, "sl_ssh_keys", json!({"label": "my-key"})).unwrap();
+    let any = ["objectMask", "objectFilter"];
+    let base = "/rest/v3.1/";
+    let by_path = |p: &str| {
+        find(
+            &agent,
+            if p.contains("/get") { "GET" } else { "POST" },
+            &format!("{base}{p}"),
+        )
+    };
+    same(
+        "getSshKeys",
+        &official_keys[0],
+        by_path("SoftLayer_Account/getSshKeys"),
+        &any,
+    );
+    same(
+        "generateOrderTemplate",
+        &official_verify[0],
+        by_path("SoftLayer_Virtual_Guest/generateOrderTemplate"),
+        &any,
+    );
+    same(
+        "verifyOrder",
+        &official_verify[1],
+        by_path("SoftLayer_Product_Order/verifyOrder"),
+        &any,
+    );
+    same(
+        "getVirtualGuests",
+        &official_find[0],
+        by_path("SoftLayer_Account/getVirtualGuests"),
+        &any,
+    );
+    same(
+        "createObject",
+        &official_create[0],
+        by_path("SoftLayer_Virtual_Guest/createObject"),
+        &any,
+    );
+    same(
+        "getObject",
+        &official_get[0],
+        find(
+            &agent,
+            "GET",
+            &format!("{base}SoftLayer_Virtual_Guest/{id}/getObject"),
+        ),
+        &any,
+    );
+    // The filters are the official client's, value for value.
+    let filter = |r: &Recorded| -> Value { serde_json::from_str(arg(r, "objectFilter")).unwrap() };
+    assert_eq!(
+        filter(by_path("SoftLayer_Account/getVirtualGuests")),
+        filter(&official_find[0])
+    );
+    assert_eq!(
+        filter(by_path("SoftLayer_Account/getSshKeys")),
+        filter(&official_keys[0])
+    );
+    // A rerun finds the guest by hostname and domain and adopts it.
+    assert_eq!(pv.find(&p).unwrap(), Some(id));
 }

@@ -1,4 +1,5 @@
-//! `--dry-run` of every command that talks to a service (wrap, unwrap, rewrap, upload, import, ship):
+//! `--dry-run` of every command that talks to a service (wrap, unwrap, rewrap, upload, import, ship,
+//! provision):
 //! it prints the requests, secrets redacted, and sends nothing — every endpoint points at the IBM fake
 //! (which also serves S3), and the fake records no request. With `--json` the plan is one JSON document.
 
@@ -133,6 +134,50 @@ fn dry_runs(f: &FakeIbm, p: &std::path::Path) -> Vec<Vec<String>> {
             "UBUNTU_22_64",
         ),
         ship(&vpc_bundle, "s3-only", "s3://bkt/disk.qcow2", ""),
+        with(
+            &[
+                "provision",
+                "--target",
+                "ibm-vpc",
+                "--image",
+                "disk",
+                "--profile",
+                "bx2-2x8",
+                "--subnet",
+                "my-subnet",
+                "--keys",
+                "my-key",
+                "--vpc-endpoint",
+                u,
+                "--iam-endpoint",
+                u,
+            ],
+            &[],
+        ),
+        with(
+            &[
+                "provision",
+                "--target",
+                "ibm-classic",
+                "--image",
+                "0B5DEAF4-0000",
+                "--name",
+                "vm",
+                "--domain",
+                "example.com",
+                "--datacenter",
+                "dal13",
+                "--cpus",
+                "1",
+                "--memory",
+                "2048",
+                "--keys",
+                "my-key",
+                "--sl-endpoint",
+                u,
+            ],
+            &[],
+        ),
     ]
 }
 

@@ -24,6 +24,11 @@ pub const ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
 pub const KEY_ACTION: &str = "application/json";
 /// The root key's alias.
 pub const KEY_ALIAS: &str = "disk-root";
+/// The fake VPC's VPC, subnet (zone us-south-1) and SSH key; the classic SSH key.
+pub const VPC_ID: &str = "r006-vpc-0001";
+pub const SUBNET_ID: &str = "0717-subnet-1";
+pub const KEY_ID: &str = "r006-key-0001";
+pub const SL_KEY_ID: u64 = 4242;
 /// The region of the fake COS bucket `elsewhere` (others are in the signing region asked for).
 pub const OTHER_REGION: &str = "eu-de";
 
@@ -73,7 +78,7 @@ pub enum Fault {
 pub struct State {
     pub token_ttl_secs: u64,
     tokens: HashMap<String, Instant>,
-    next: u64,
+    pub next: u64,
     wraps: HashMap<String, (String, String)>,
     pub kp_faults: VecDeque<Fault>,
     pub iam_faults: VecDeque<Fault>,
@@ -100,6 +105,28 @@ pub struct State {
     pub sl_no_disk_total: bool,
     /// Every image or template created: (id, name, key CRN for VPC / note for classic), in order.
     pub created: Vec<(String, String, String)>,
+    /// VPC compute (`compute.rs`'s half of the fake): the VPCs, subnets, SSH keys and instance
+    /// profiles the list calls return; profiles map to the zones they exist in.
+    pub vpcs: Vec<Value>,
+    pub subnets: Vec<Value>,
+    pub ssh_keys: Vec<Value>,
+    pub profiles: Vec<(String, Vec<String>)>,
+    /// VPC instances (as `GET /v1/instances/{id}` shows them once running), polls left before they run.
+    pub instances: Vec<Value>,
+    pub instance_polls: HashMap<String, u32>,
+    /// A status reason code an instance fails with instead of running.
+    pub instance_fails: Option<&'static str>,
+    /// The boot volumes: id -> volume.
+    pub volumes: HashMap<String, Value>,
+    /// KMS instance GUIDs Block Storage is authorised (IAM service to service) to read keys of.
+    pub block_storage_authorised: Vec<String>,
+    /// Instances (VPC) or guests (classic) the account may have.
+    pub quota: usize,
+    /// Classic guests, polls left before each is ready, SSH keys, and where templates are.
+    pub guests: Vec<Value>,
+    pub guest_polls: HashMap<u64, u32>,
+    pub sl_keys: Vec<Value>,
+    pub template_datacenters: Vec<String>,
 }
 
 impl State {
@@ -139,6 +166,20 @@ impl FakeIbm {
         let state = Arc::new(Mutex::new(State {
             token_ttl_secs: 3600,
             import_polls: 2,
+            vpcs: vec![json!({"id": VPC_ID, "name": "my-vpc"})],
+            subnets: vec![
+                json!({"id": SUBNET_ID, "name": "my-subnet", "vpc": {"id": VPC_ID, "name": "my-vpc"}, "zone": {"name": "us-south-1"}}),
+                json!({"id": "0727-subnet-2", "name": "other-subnet", "vpc": {"id": VPC_ID, "name": "my-vpc"}, "zone": {"name": "us-south-2"}}),
+            ],
+            ssh_keys: vec![json!({"id": KEY_ID, "name": "my-key", "type": "ed25519"})],
+            profiles: vec![
+                ("bx2-2x8".into(), vec![]),
+                ("gx3-16x80x1l4".into(), vec!["us-south-2".into()]),
+            ],
+            block_storage_authorised: vec![INSTANCE.into()],
+            quota: 10,
+            sl_keys: vec![json!({"id": SL_KEY_ID, "label": "my-key"})],
+            template_datacenters: vec!["dal13".into()],
             ..State::default()
         }));
         let (s2, st2) = (server.clone(), state.clone());
@@ -166,6 +207,33 @@ impl FakeIbm {
             let handle = format!("h-{}", s.next);
             s.wraps.insert(handle.clone(), (ROOT_KEY.to_owned(), b64(plain)));
             b64(json!({"ciphertext": b64(b"sealed"), "iv": "aXY=", "version": "4.0.0", "handle": handle}).to_string().as_bytes())
+        })
+    }
+
+    /// An available VPC image named `name` encrypted under the root key; its id.
+    pub fn add_image(&self, name: &str) -> String {
+        self.with(|s| {
+            s.next += 1;
+            let id = format!("r006-{:08}", s.next);
+            s.images.insert(id.clone(), (0, "available", None));
+            s.created
+                .push((id.clone(), name.into(), FakeIbm::key_crn()));
+            id
+        })
+    }
+
+    /// A finished classic image template named `name`; its global identifier.
+    pub fn add_template(&self, name: &str) -> String {
+        self.with(|s| {
+            s.next += 1;
+            let id = 1000 + s.next;
+            s.templates.insert(id, 0);
+            s.created.push((
+                id.to_string(),
+                name.into(),
+                "imported by diskseal-agent".into(),
+            ));
+            format!("0B5DEAF4-0000-0000-0000-{id:012}")
         })
     }
 
@@ -273,7 +341,7 @@ fn handle(mut req: tiny_http::Request, state: &Arc<Mutex<State>>) {
         }
         Some(Fault::Delay(d)) => std::thread::sleep(d),
         Some(Fault::After(code)) => {
-            if url.starts_with("/v1/images") || url.starts_with("/rest/v3.1/") {
+            if url.starts_with("/v1/") || url.starts_with("/rest/v3.1/") {
                 let _ = import(&req, &url, &body, state);
             } else {
                 let _ = kp(&req, &url, &body, state);
@@ -294,7 +362,7 @@ fn handle(mut req: tiny_http::Request, state: &Arc<Mutex<State>>) {
     if url.starts_with("/cos-bucket/") || url.starts_with("/elsewhere/") {
         return cos(req, &rec, state);
     }
-    if url.starts_with("/v1/images") || url.starts_with("/rest/v3.1/") {
+    if url.starts_with("/v1/") || url.starts_with("/rest/v3.1/") {
         let (status, out) = import(&req, &url, &body, state);
         return respond(
             req,
@@ -563,11 +631,11 @@ fn passphrase_of(wrapped_b64: &str) -> Vec<u8> {
         .unwrap_or(text)
 }
 
-fn vpc_error(status: u16, code: &str, message: &str) -> (u16, String) {
+pub fn vpc_error(status: u16, code: &str, message: &str) -> (u16, String) {
     (status, json!({"errors": [{"code": code, "message": message, "more_info": "https://cloud.ibm.com/docs/vpc"}], "trace": "trace-77", "status_code": status}).to_string())
 }
 
-fn sl_error(status: u16, code: &str, message: &str) -> (u16, String) {
+pub fn sl_error(status: u16, code: &str, message: &str) -> (u16, String) {
     (status, json!({"error": message, "code": code}).to_string())
 }
 
@@ -613,6 +681,9 @@ fn import(
                 "validation_required_field_missing",
                 "version and generation=2 are required",
             );
+        }
+        if !path.starts_with("/v1/images") {
+            return crate::fake_compute::vpc(&mut s, req.method().as_str(), path, query, &v);
         }
         if path == "/v1/images" && req.method() == &tiny_http::Method::Post {
             let name = v["name"].as_str().unwrap_or("");
@@ -681,7 +752,7 @@ fn import(
                 .created
                 .iter()
                 .filter(|(id, name, _)| id.starts_with("r006-") && Some(name) == want.as_ref())
-                .map(|(id, name, crn)| json!({"id": id, "name": name, "status": s.images[id].1, "encryption_key": {"crn": crn}}))
+                .map(|(id, name, crn)| json!({"id": id, "name": name, "status": if s.images[id].0 > 0 { "pending" } else { s.images[id].1 }, "encryption": if crn.is_empty() { "none" } else { "user_managed" }, "encryption_key": {"crn": crn}}))
                 .collect();
             return (200, json!({"images": images, "limit": 50}).to_string());
         }
@@ -696,10 +767,23 @@ fn import(
             return (200, json!({"id": id, "status": "pending", "status_reasons": [{"code": "image_request_in_progress", "message": "in progress"}]}).to_string());
         }
         let reasons = img.2.map_or(json!([]), |c| json!([{"code": c, "message": "The encrypted data key is not valid for the encryption key."}]));
-        return (
-            200,
-            json!({"id": id, "status": img.1, "status_reasons": reasons}).to_string(),
-        );
+        let status = img.1;
+        let (name, crn) = s
+            .created
+            .iter()
+            .find(|c| c.0 == id)
+            .map(|c| (c.1.clone(), c.2.clone()))
+            .unwrap_or_default();
+        let mut out = json!({"id": id, "name": name, "status": status, "status_reasons": reasons, "encryption": "none"});
+        if !crn.is_empty() {
+            out["encryption"] = json!("user_managed");
+            out["encryption_key"] = json!({"crn": crn});
+        }
+        return (200, out.to_string());
+    }
+    if let Some(r) = crate::fake_compute::softlayer(&mut s, req.method().as_str(), path, query, &v)
+    {
+        return r;
     }
     if path == "/rest/v3.1/SoftLayer_Account/getPrivateBlockDeviceTemplateGroups.json" {
         // softlayer-python's list_private_images(name=): objectFilter

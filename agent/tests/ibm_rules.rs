@@ -9,6 +9,7 @@ use crate::fake_ibm::{
 use diskseal_agent::http::RetryPolicy;
 use diskseal_agent::import::{self, Cloud, ImportSettings};
 use diskseal_agent::kms::keyprotect::{KeyProtect, KmsSettings, Service};
+use diskseal_agent::provision;
 use diskseal_agent::s3;
 use diskseal_agent::secret::SecretString;
 
@@ -310,4 +311,255 @@ fn legacy_luks_images_go_to_classic_only_when_asked() {
     assert!(e.contains("--legacy-luks") && e.contains("2019"), "{e}");
     let w = import::preflight(Cloud::Classic, "disk.vhd-0.vhd", Some(&luks), false, true).unwrap();
     assert!(w.iter().any(|w| w.contains("--legacy-luks")), "{w:?}");
+}
+
+fn vpc_order(image: &str, name: &str) -> provision::Order {
+    provision::Order {
+        image: image.into(),
+        name: Some(name.into()),
+        profile: Some("bx2-2x8".into()),
+        subnet: Some("my-subnet".into()),
+        keys: vec!["my-key".into()],
+        ..provision::Order::default()
+    }
+}
+
+fn order_settings(f: &FakeIbm, cloud: Cloud, order: provision::Order) -> provision::Settings {
+    provision::Settings {
+        cloud,
+        endpoint: f.url.clone(),
+        iam_endpoint: f.url.clone(),
+        api_key: SecretString::new(API_KEY.into()),
+        order,
+        poll: Duration::from_millis(5),
+        timeout: Duration::from_secs(20),
+        retry: retry(),
+    }
+}
+
+/// Prepares, finds or orders, and waits: the server and whether it was adopted.
+fn order(f: &FakeIbm, cloud: Cloud, o: provision::Order) -> Result<provision::Provisioned, String> {
+    let pv =
+        provision::Provisioner::connect(order_settings(f, cloud, o)).map_err(|e| e.to_string())?;
+    let p = pv.prepare().map_err(|e| e.to_string())?;
+    let (id, adopted) = match pv.find(&p).map_err(|e| e.to_string())? {
+        Some(id) => (id, true),
+        None => (pv.create(&p).map_err(|e| e.to_string())?, false),
+    };
+    let mut d = pv.wait(&id).map_err(|e| e.to_string())?;
+    d.adopted = adopted;
+    Ok(d)
+}
+
+fn posts(f: &FakeIbm, path: &str) -> usize {
+    f.with(|s| {
+        s.requests
+            .iter()
+            .filter(|r| r.method == "POST" && r.path.ends_with(path))
+            .count()
+    })
+}
+
+/// Issue 20: VPC instance names are unique per region: a second order of the same name from the
+/// same image adopts the first instance (nothing ordered twice), from another image it is refused;
+/// an order whose answer was lost is looked up and adopted, not sent again.
+#[test]
+fn vpc_instance_names_are_unique_and_an_existing_instance_is_adopted() {
+    let f = FakeIbm::start();
+    f.with(|s| s.import_polls = 1);
+    f.add_image("disk");
+    f.add_image("other-disk");
+    let a = order(&f, Cloud::Vpc, vpc_order("disk", "vm")).unwrap();
+    assert!(!a.adopted && a.status == "running" && a.primary_ip.is_some());
+    assert_eq!(
+        a.boot_volume_key.as_deref(),
+        Some(FakeIbm::key_crn().as_str())
+    );
+    let b = order(&f, Cloud::Vpc, vpc_order("disk", "vm")).unwrap();
+    assert!(b.adopted && b.id == a.id);
+    assert_eq!(posts(&f, "/v1/instances"), 1);
+    let e = order(&f, Cloud::Vpc, vpc_order("other-disk", "vm")).unwrap_err();
+    assert!(
+        e.contains("boots another image") && e.contains("--name"),
+        "{e}"
+    );
+    // The fake refuses the clash itself too (what the VPC does).
+    let pv = provision::Provisioner::connect(order_settings(
+        &f,
+        Cloud::Vpc,
+        vpc_order("other-disk", "vm"),
+    ))
+    .unwrap();
+    let p = pv.prepare().unwrap();
+    let e = pv.create(&p).unwrap_err().to_string();
+    assert!(e.contains("409") && e.contains("unique per region"), "{e}");
+    // A lost answer: the instance exists, the agent looks it up and adopts it.
+    let pv =
+        provision::Provisioner::connect(order_settings(&f, Cloud::Vpc, vpc_order("disk", "vm2")))
+            .unwrap();
+    let p = pv.prepare().unwrap();
+    f.with(|s| s.kp_faults.push_back(Fault::After(503)));
+    let id = pv.create(&p).unwrap();
+    assert_eq!(
+        f.with(|s| s.instances.iter().filter(|i| i["name"] == "vm2").count()),
+        1
+    );
+    assert_eq!(pv.wait(&id).unwrap().status, "running");
+}
+
+/// Issue 20: the encrypted-image boot rule. The boot volume is encrypted with the image's root key, or
+/// the one given; Block Storage must be authorised to read it, and when it is not the order is refused
+/// with the VPC's "CRN not valid" and the agent says why.
+#[test]
+fn the_boot_volume_of_an_encrypted_image_needs_a_key_block_storage_may_read() {
+    let f = FakeIbm::start();
+    f.with(|s| s.import_polls = 0);
+    f.add_image("disk");
+    let other = format!("crn:v1:bluemix:public:kms:us-south:a/{ACCOUNT}:{INSTANCE}:key:other-root");
+    let mut o = vpc_order("disk", "vm");
+    o.boot_volume_key = Some(other.clone());
+    let d = order(&f, Cloud::Vpc, o).unwrap();
+    assert_eq!(d.boot_volume_key.as_deref(), Some(other.as_str()));
+    let sent = f.with(|s| {
+        s.requests
+            .iter()
+            .rev()
+            .find(|r| r.method == "POST" && r.path == "/v1/instances")
+            .cloned()
+            .unwrap()
+    });
+    let body: serde_json::Value = serde_json::from_slice(&sent.body).unwrap();
+    assert_eq!(
+        body["boot_volume_attachment"]["volume"]["profile"]["name"],
+        "general-purpose"
+    );
+    // Block Storage not authorised for the KMS instance: refused and explained.
+    f.with(|s| s.block_storage_authorised.clear());
+    let e = order(&f, Cloud::Vpc, vpc_order("disk", "vm3")).unwrap_err();
+    assert!(
+        e.contains("volume_crn_invalid") && e.contains("Block Storage must be authorised"),
+        "{e}"
+    );
+    // An instance that cannot attach its boot volume fails with its reason explained.
+    f.with(|s| {
+        s.block_storage_authorised.push(INSTANCE.into());
+        s.instance_fails = Some("cannot_start_storage");
+    });
+    let e = order(&f, Cloud::Vpc, vpc_order("disk", "vm4")).unwrap_err();
+    assert!(
+        e.contains("cannot_start_storage") && e.contains("root key"),
+        "{e}"
+    );
+}
+
+/// Issue 20: errors explained: an image still importing is refused before anything is ordered; a
+/// profile not in the zone, the quota, unknown names; the subnet outside the zone.
+#[test]
+fn provision_errors_are_explained() {
+    let f = FakeIbm::start();
+    f.with(|s| s.import_polls = 0);
+    f.add_image("disk");
+    let pending = f.add_image("pending-disk");
+    f.with(|s| s.images.get_mut(&pending).unwrap().0 = 5);
+    let e = order(&f, Cloud::Vpc, vpc_order("pending-disk", "vm")).unwrap_err();
+    assert!(
+        e.contains("is pending, not available") && e.contains("still running"),
+        "{e}"
+    );
+    let mut o = vpc_order("disk", "vm");
+    o.profile = Some("gx3-16x80x1l4".into());
+    let e = order(&f, Cloud::Vpc, o).unwrap_err();
+    assert!(e.contains("not available in this zone"), "{e}");
+    f.with(|s| s.quota = 0);
+    let e = order(&f, Cloud::Vpc, vpc_order("disk", "vm")).unwrap_err();
+    assert!(e.contains("quota"), "{e}");
+    f.with(|s| s.quota = 10);
+    for (o, want) in [
+        (
+            vpc_order("no-such-disk", "vm"),
+            "no image with id or name \"no-such-disk\"",
+        ),
+        (
+            {
+                let mut o = vpc_order("disk", "vm");
+                o.subnet = Some("nope".into());
+                o
+            },
+            "no subnet with id or name \"nope\" (--subnet); there are: my-subnet, other-subnet",
+        ),
+        (
+            {
+                let mut o = vpc_order("disk", "vm");
+                o.keys = vec!["nope".into()];
+                o
+            },
+            "no SSH key with id or name \"nope\"",
+        ),
+        (
+            {
+                let mut o = vpc_order("disk", "vm");
+                o.zone = Some("us-south-2".into());
+                o
+            },
+            "subnet my-subnet is in zone us-south-1, not us-south-2",
+        ),
+        (
+            {
+                let mut o = vpc_order("disk", "vm");
+                o.profile = Some("zz-1x1".into());
+                o
+            },
+            "no instance profile \"zz-1x1\"",
+        ),
+    ] {
+        let e = order(&f, Cloud::Vpc, o).unwrap_err();
+        assert!(e.contains(want), "{e}");
+    }
+    assert_eq!(
+        posts(&f, "/v1/instances"),
+        2,
+        "only the profile and quota orders reached the VPC"
+    );
+}
+
+/// Issue 20, classic: a template can be ordered only once its import finished and in a datacenter it
+/// is in (the agent explains how to copy it); the required properties; a guest of the same hostname
+/// and domain from the same template is adopted, from another refused.
+#[test]
+fn classic_orders_need_a_finished_template_in_the_datacenter() {
+    let f = FakeIbm::start();
+    f.with(|s| s.import_polls = 0);
+    let guid = f.add_template("disk");
+    let o = |dc: &str, host: &str| provision::Order {
+        image: guid.clone(),
+        name: Some(host.into()),
+        domain: Some("example.com".into()),
+        datacenter: Some(dc.into()),
+        cpus: Some(1),
+        memory_mb: Some(2048),
+        ..provision::Order::default()
+    };
+    let e = order(&f, Cloud::Classic, o("lon02", "vm")).unwrap_err();
+    assert!(
+        e.contains("not available in datacenter lon02") && e.contains("slcli image datacenter"),
+        "{e}"
+    );
+    let mut missing = o("dal13", "vm");
+    missing.cpus = None;
+    let e = order(&f, Cloud::Classic, missing).unwrap_err();
+    assert!(e.contains("--cpus"), "{e}");
+    f.with(|s| *s.templates.values_mut().next().unwrap() = 3);
+    let e = order(&f, Cloud::Classic, o("dal13", "vm")).unwrap_err();
+    assert!(e.contains("not ready"), "{e}");
+    f.with(|s| *s.templates.values_mut().next().unwrap() = 0);
+    let a = order(&f, Cloud::Classic, o("dal13", "vm")).unwrap();
+    assert!(!a.adopted && a.primary_ip.is_some() && a.name == "vm.example.com");
+    let b = order(&f, Cloud::Classic, o("dal13", "vm")).unwrap();
+    assert!(b.adopted && b.id == a.id);
+    assert_eq!(posts(&f, "createObject.json"), 1);
+    let other = f.add_template("other");
+    let mut o2 = o("dal13", "vm");
+    o2.image = other;
+    let e = order(&f, Cloud::Classic, o2).unwrap_err();
+    assert!(e.contains("from another image"), "{e}");
 }

@@ -39,6 +39,7 @@ const COMMANDS: &[&str] = &[
     "upload",
     "import",
     "ship",
+    "provision",
     "audit",
     "audit verify",
     "completions",
@@ -125,6 +126,10 @@ pub const JSON_KEYS: &[(&str, &str)] = &[
     (
         "ship",
         "command image_id object sha256 etag wdek key_version",
+    ),
+    (
+        "provision",
+        "command id name status primary_ip boot_volume_key adopted polls",
     ),
 ];
 

@@ -97,7 +97,27 @@ def run(op, base, a):
         if op == "vpc_get_image":
             return c.get_image(a["id"]).get_result()
         if op == "vpc_list_images":
-            return c.list_images(name=a["name"]).get_result()
+            return c.list_images(name=a["name"], limit=a.get("limit")).get_result()
+        if op == "vpc_list_vpcs":
+            return c.list_vpcs(limit=a.get("limit")).get_result()
+        if op == "vpc_list_subnets":
+            return c.list_subnets(limit=a.get("limit"), vpc_id=a.get("vpc_id")).get_result()
+        if op == "vpc_list_keys":
+            return c.list_keys(limit=a.get("limit")).get_result()
+        if op == "vpc_list_instance_profiles":
+            return c.list_instance_profiles(limit=a.get("limit")).get_result()
+        if op == "vpc_list_instances":
+            return c.list_instances(name=a["name"], limit=a.get("limit")).get_result()
+        if op == "vpc_create_instance":
+            from ibm_vpc.vpc_v1 import (
+                InstancePrototypeInstanceByImageInstanceByImageInstanceByNetworkInterface as ByImage,
+            )
+
+            return c.create_instance(ByImage.from_dict(a["prototype"])).get_result()
+        if op == "vpc_get_instance":
+            return c.get_instance(a["id"]).get_result()
+        if op == "vpc_get_volume":
+            return c.get_volume(a["id"]).get_result()
     if op.startswith("sl_"):
         c = softlayer(base)
         if op == "sl_create_from_icos":
@@ -120,6 +140,25 @@ def run(op, base, a):
             from SoftLayer.managers.image import ImageManager
 
             return ImageManager(c).get_image(a["id"], mask=image_mod.DETAIL_MASK)
+        if op in ("sl_create_guest", "sl_verify_guest"):
+            from SoftLayer.managers.vs import VSManager
+
+            vs = VSManager(c)
+            if op == "sl_verify_guest":
+                return vs.order_guest(dict(a["guest"]), test=True)
+            return vs.create_instance(**a["guest"])
+        if op == "sl_find_guest":
+            from SoftLayer.managers.vs import VSManager
+
+            return list(VSManager(c).list_instances(hostname=a["hostname"], domain=a["domain"], mask=a["mask"]))
+        if op == "sl_get_guest":
+            from SoftLayer.managers.vs import VSManager
+
+            return VSManager(c).get_instance(a["id"], mask=a["mask"])
+        if op == "sl_ssh_keys":
+            from SoftLayer.managers.sshkey import SshKeyManager
+
+            return SshKeyManager(c).list_keys(label=a["label"])
         if op == "sl_find_by_name":
             from SoftLayer.managers.image import ImageManager
 

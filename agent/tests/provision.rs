@@ -1,0 +1,155 @@
+//! `diskseal-agent provision` from the command line, against the fake: the dry run sends nothing and
+//! redacts; without `--yes` and without a terminal nothing is ordered (refused, audited); with `--yes`
+//! the server is ordered, polled to running and printed; a rerun adopts it; every step is audited.
+
+use crate::fake_ibm::{API_KEY, FakeIbm};
+use crate::util::agent;
+
+fn vpc_args<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "provision",
+        "--target",
+        "ibm-vpc",
+        "--image",
+        "disk",
+        "--profile",
+        "bx2-2x8",
+        "--subnet",
+        "my-subnet",
+        "--keys",
+        "my-key",
+        "--vpc-endpoint",
+        url,
+        "--iam-endpoint",
+        url,
+        "--poll-ms",
+        "5",
+        "--user-data",
+        "user-data.yaml",
+    ];
+    a.extend_from_slice(extra);
+    a
+}
+
+fn audit(p: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(p.join("home/audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn instance_posts(f: &FakeIbm) -> usize {
+    f.with(|s| {
+        s.requests
+            .iter()
+            .filter(|r| r.method == "POST" && r.path == "/v1/instances")
+            .count()
+    })
+}
+
+#[test]
+fn provision_vpc_dry_run_refusal_order_and_rerun() {
+    let f = FakeIbm::start();
+    f.with(|s| s.import_polls = 1);
+    f.add_image("disk");
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    std::fs::write(
+        p.join("user-data.yaml"),
+        "#cloud-config\npassword: s3cret-user-data\n",
+    )
+    .unwrap();
+    let env = [("IBMCLOUD_API_KEY", API_KEY)];
+    // The dry run: every request, nothing sent, the API key and the user data redacted.
+    let out = agent(p, &vpc_args(&f.url, &["--dry-run"]), &env).ok();
+    for want in [
+        "/identity/token",
+        "/v1/images?",
+        "/v1/subnets?",
+        "/v1/keys?",
+        "POST",
+        "/v1/instances?",
+        "<user data: ",
+    ] {
+        assert!(out.stdout.contains(want), "{want}: {}", out.stdout);
+    }
+    assert!(!out.stdout.contains(API_KEY) && !out.stdout.contains("s3cret-user-data"));
+    assert_eq!(f.with(|s| s.requests.len()), 0);
+    // No --yes and no terminal: refused, nothing ordered, audited as a refusal.
+    let out = agent(p, &vpc_args(&f.url, &[]), &env);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("refused") && out.stderr.contains("--yes"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(instance_posts(&f), 0);
+    let log = audit(p);
+    let refusal = log
+        .iter()
+        .find(|e| e["action"] == "diskseal.instance.order.ibm-vpc")
+        .unwrap();
+    assert_eq!(refusal["outcome"], "failure");
+    assert_eq!(refusal["requestData"]["details"]["refused"], true);
+    // --yes: ordered, polled to running, printed.
+    let out = agent(p, &vpc_args(&f.url, &["--yes", "--json"]), &env).ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let documented = crate::snapshots::JSON_KEYS
+        .iter()
+        .find(|(c, _)| *c == "provision")
+        .unwrap()
+        .1;
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        documented.split_whitespace().collect::<Vec<_>>(),
+        "the README's keys"
+    );
+    assert_eq!(v["status"], "running");
+    assert_eq!(v["boot_volume_key"], FakeIbm::key_crn());
+    assert!(v["primary_ip"].as_str().unwrap().starts_with("10.240."));
+    assert_eq!(v["adopted"], false);
+    let sent = f.with(|s| {
+        s.requests
+            .iter()
+            .find(|r| r.method == "POST" && r.path == "/v1/instances")
+            .cloned()
+            .unwrap()
+    });
+    let body: serde_json::Value = serde_json::from_slice(&sent.body).unwrap();
+    assert_eq!(body["name"], "disk");
+    assert!(
+        body["user_data"]
+            .as_str()
+            .unwrap()
+            .contains("s3cret-user-data")
+    );
+    // A rerun adopts the instance: nothing ordered twice.
+    let out = agent(p, &vpc_args(&f.url, &["--yes"]), &env).ok();
+    assert!(out.stdout.contains("adopted"), "{}", out.stdout);
+    assert_eq!(instance_posts(&f), 1);
+    // Every step audited; no secret in the log.
+    let text = std::fs::read_to_string(p.join("home/audit.jsonl")).unwrap();
+    for a in [
+        "diskseal.instance.verify.ibm-vpc",
+        "diskseal.instance.order.ibm-vpc",
+        "diskseal.instance.provision.ibm-vpc",
+    ] {
+        assert!(text.contains(a), "{a}");
+    }
+    assert!(!text.contains(API_KEY) && !text.contains("s3cret-user-data"));
+    // --verify-only resolves and checks, orders nothing.
+    let out = agent(
+        p,
+        &vpc_args(&f.url, &["--verify-only", "--name", "vm-2"]),
+        &env,
+    )
+    .ok();
+    assert!(
+        out.stdout.contains("nothing ordered") && out.stdout.contains("profile: bx2-2x8"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(instance_posts(&f), 1);
+}
