@@ -252,6 +252,8 @@ struct ShipArgs {
     #[arg(long, value_name = "S", default_value_t = 3600)]
     wait_secs: u64,
     #[command(flatten)]
+    provision: provision::ShipProvisionArgs,
+    #[command(flatten)]
     kms: KmsArgs,
 }
 
@@ -970,11 +972,13 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
         byol: a.byol,
         poll: std::time::Duration::from_millis(a.poll_ms),
         wait: std::time::Duration::from_secs(a.wait_secs),
+        provision: a.provision.order(a.dry_run)?,
     };
     let show = !cli.json && !cli.quiet;
     let mut on = |n: crate::ship::Note<'_>| match n {
         crate::ship::Note::Warning(w) => eprintln!("diskseal-agent: warning: {w}"),
         crate::ship::Note::Upload(p) => upload_progress(show, p),
+        crate::ship::Note::Confirm(p, answer) => *answer = Some(a.provision.ask(p)),
     };
     if a.dry_run {
         print_plan(cli, &crate::ship::plan(&l, &r, &mut on)?);
@@ -984,13 +988,25 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
     print(
         cli,
         serde_json::to_value(&s).unwrap_or_default(),
-        s.image_id.clone().unwrap_or_else(|| {
-            format!(
+        match (&s.image_id, &s.instance) {
+            (Some(id), Some(i)) => format!(
+                "{id}\ninstance {} {} is {}{}; primary IP {}; boot volume key {}",
+                i.id,
+                i.name,
+                i.status,
+                if i.adopted { " (adopted)" } else { "" },
+                i.primary_ip.as_deref().unwrap_or("(none)"),
+                i.boot_volume_key
+                    .as_deref()
+                    .unwrap_or("(the image template's)")
+            ),
+            (Some(id), None) => id.clone(),
+            (None, _) => format!(
                 "{} uploaded; WDEK {}",
                 s.object,
                 s.wdek.as_deref().unwrap_or("")
-            )
-        }),
+            ),
+        },
     );
     Ok(())
 }

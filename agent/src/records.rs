@@ -120,6 +120,12 @@ pub struct ShipState {
     /// The create request was sent but its answer maybe not recorded: a rerun looks the image up first.
     #[serde(default)]
     pub import_sent: bool,
+    /// `--provision`: the order was sent (a rerun looks the server up by name before ordering).
+    #[serde(default)]
+    pub provision_sent: bool,
+    /// `--provision`: the server ordered (or adopted); a rerun only polls it.
+    #[serde(default)]
+    pub instance_id: Option<String>,
 }
 
 impl ShipState {

@@ -53,6 +53,8 @@ pub struct Request {
     pub poll: Duration,
     /// Give up waiting for the import after this long.
     pub wait: Duration,
+    /// `--provision`: the server to order from the imported image (its `image` is ignored).
+    pub provision: Option<crate::provision::Order>,
 }
 
 /// What [`ship`] tells its caller as it goes.
@@ -62,6 +64,11 @@ pub enum Note<'a> {
     Warning(String),
     /// Upload progress.
     Upload(s3::Progress<'a>),
+    /// `--provision`: the order about to be placed; the callback answers (none: refused).
+    Confirm(
+        &'a crate::provision::Prepared,
+        &'a mut Option<crate::provision::Answer>,
+    ),
 }
 
 /// A finished ship.
@@ -79,6 +86,8 @@ pub struct Shipped {
     pub wdek: Option<String>,
     /// The root key version that wrapped it.
     pub key_version: Option<String>,
+    /// `--provision`: the server running the image.
+    pub instance: Option<crate::provision::Provisioned>,
 }
 
 use crate::records::ShipState as State;
@@ -273,6 +282,18 @@ pub fn plan(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Vec
         };
         let import_done = done(st.image_id.is_some());
         lines.extend(import::plan(&s, wdek).into_iter().map(|x| x + import_done));
+        if let Some(o) = &r.provision {
+            let s = provision_settings(
+                l,
+                cloud,
+                &p.import_endpoint,
+                r,
+                o,
+                "<the imported image>".into(),
+                None,
+            );
+            lines.extend(crate::provision::plan(&s, &l.iam_endpoint())?);
+        }
     }
     Ok(lines)
 }
@@ -419,6 +440,46 @@ pub fn ship(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Shi
         st.image_id = Some(i?.id);
         save(st)?;
     }
+    // 4. Provision (once: the state records the server; a rerun without it looks it up by name).
+    let instance = match (&r.provision, cloud) {
+        (Some(o), Some(c)) => {
+            let image = match (c, &st.image_created) {
+                (Cloud::Classic, Some((_, Some(guid)))) => guid.clone(),
+                _ => st.image_id.clone().unwrap_or_default(),
+            };
+            let s = provision_settings(l, c, &import_endpoint, r, o, image, Some(l.api_key()?));
+            let known = st.instance_id.clone();
+            let mut confirm = |p: &crate::provision::Prepared| {
+                for w in &p.warnings {
+                    on(Note::Warning(w.clone()));
+                }
+                let mut answer = None;
+                on(Note::Confirm(p, &mut answer));
+                answer.unwrap_or_else(|| crate::provision::Answer::Refused("not confirmed".into()))
+            };
+            let (_, done) = crate::provision::run(
+                l,
+                s,
+                false,
+                known,
+                &mut confirm,
+                &mut |step| match step {
+                    crate::provision::Step::Prepared(_) => Ok(()),
+                    crate::provision::Step::Sending => {
+                        st.provision_sent = true;
+                        save(st)
+                    }
+                    crate::provision::Step::Created(id, _) => {
+                        st.instance_id = Some(id.to_owned());
+                        save(st)
+                    }
+                },
+                Some(sha.clone()),
+            )?;
+            done
+        }
+        _ => None,
+    };
     audit::log(
         l,
         Event {
@@ -428,7 +489,7 @@ pub fn ship(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Shi
             target_id: r.object.clone(),
             target_type: "image".into(),
             image_sha256: Some(sha.clone()),
-            details: json!({"target": r.target, "image_id": st.image_id, "etag": st.uploaded_etag}),
+            details: json!({"target": r.target, "image_id": st.image_id, "etag": st.uploaded_etag, "instance_id": st.instance_id}),
             ..Event::default()
         },
     )?;
@@ -439,5 +500,29 @@ pub fn ship(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Shi
         etag: st.uploaded_etag.clone(),
         wdek: st.wdek.clone(),
         key_version: st.key_version.clone(),
+        instance,
     })
+}
+
+/// The provision settings of `ship --provision`: the order `o` of the imported `image` at the import's
+/// endpoint, polled as the import is.
+fn provision_settings(
+    l: &Layers,
+    cloud: Cloud,
+    endpoint: &str,
+    r: &Request,
+    o: &crate::provision::Order,
+    image: String,
+    api_key: Option<crate::secret::SecretString>,
+) -> crate::provision::Settings {
+    crate::provision::Settings {
+        cloud,
+        endpoint: endpoint.trim_end_matches('/').to_owned(),
+        iam_endpoint: l.iam_endpoint(),
+        api_key: api_key.unwrap_or_else(|| crate::secret::SecretString::new(String::new())),
+        order: crate::provision::Order { image, ..o.clone() },
+        poll: r.poll,
+        timeout: r.wait,
+        retry: RetryPolicy::default(),
+    }
 }

@@ -153,3 +153,103 @@ fn provision_vpc_dry_run_refusal_order_and_rerun() {
     );
     assert_eq!(instance_posts(&f), 1);
 }
+
+/// `ship --provision`: refused up front without `--yes` and without a terminal (nothing wrapped,
+/// uploaded or imported); the dry run shows the order; with `--yes` the server is ordered after the
+/// import; a rerun polls the recorded server; a run killed after sending the order, before recording
+/// it, adopts the server by name: one server in every case.
+#[test]
+fn ship_provision_orders_one_server_across_reruns() {
+    use diskseal::profile::Profile;
+    let Some(s3) = crate::upload::moto_s3() else {
+        return;
+    };
+    let f = FakeIbm::start();
+    f.with(|s| s.import_polls = 1);
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let recipient = crate::util::init(p);
+    let bundle = crate::util::make_bundle_as(p, &recipient, Profile::IbmVpc);
+    let env = [
+        ("AWS_ACCESS_KEY_ID", s3.ak.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", s3.sk.as_str()),
+        ("IBMCLOUD_API_KEY", API_KEY),
+    ];
+    let mut args = crate::ship::ship_args_to(
+        "ibm-vpc",
+        "cos://us-south/bkt/disk.qcow2",
+        "debian-12-amd64",
+        bundle.to_str().unwrap(),
+        &s3.url,
+        &f.url,
+    );
+    args.extend([
+        "--provision",
+        "--instance-profile",
+        "bx2-2x8",
+        "--subnet",
+        "my-subnet",
+        "--keys",
+        "my-key",
+    ]);
+    let out = agent(p, &args, &env);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("refused") && out.stderr.contains("--yes"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(f.with(|s| (s.kp_calls, s.images.len())), (0, 0));
+    let mut dry = args.clone();
+    dry.push("--dry-run");
+    let out = agent(p, &dry, &env).ok();
+    assert!(
+        out.stdout.contains("/v1/instances?") && out.stdout.contains("<the imported image>"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(f.with(|s| s.kp_calls), 0);
+    args.push("--yes");
+    let out = agent(p, &args, &env).ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let image = v["image_id"].as_str().unwrap().to_owned();
+    let inst = v["instance"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(v["instance"]["status"], "running");
+    assert_eq!(v["instance"]["boot_volume_key"], FakeIbm::key_crn());
+    assert_eq!(
+        f.with(|s| s.instances[0]["image"]["id"].clone()),
+        image.as_str()
+    );
+    // A rerun: the recorded server is polled, nothing ordered.
+    let v: serde_json::Value = serde_json::from_str(&agent(p, &args, &env).ok().stdout).unwrap();
+    assert_eq!(v["instance"]["id"], inst.as_str());
+    assert_eq!(instance_posts(&f), 1);
+    // Killed after the order went out, before its id was recorded: the rerun adopts it by name.
+    let state = std::fs::read_dir(p.join("home"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("ship-")
+        })
+        .unwrap();
+    let mut st: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(st["instance_id"], inst.as_str());
+    st["instance_id"] = serde_json::Value::Null;
+    std::fs::write(&state, st.to_string()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&agent(p, &args, &env).ok().stdout).unwrap();
+    assert_eq!(
+        (
+            v["instance"]["id"].as_str(),
+            v["instance"]["adopted"].as_bool()
+        ),
+        (Some(inst.as_str()), Some(true))
+    );
+    assert_eq!(instance_posts(&f), 1);
+    let log = std::fs::read_to_string(p.join("home/audit.jsonl")).unwrap();
+    assert!(log.contains("diskseal.instance.provision.ibm-vpc") && !log.contains(API_KEY));
+}

@@ -125,7 +125,7 @@ pub const JSON_KEYS: &[(&str, &str)] = &[
     ("import", "command id global_identifier status polls"),
     (
         "ship",
-        "command image_id object sha256 etag wdek key_version",
+        "command image_id object sha256 etag wdek key_version instance",
     ),
     (
         "provision",

@@ -144,6 +144,50 @@ fn ask(yes: bool, p: &Prepared) -> Answer {
     }
 }
 
+/// `ship --provision`'s flags (the order flags, and the two `ship` names differently).
+#[derive(Debug, Args)]
+pub(super) struct ShipProvisionArgs {
+    /// After the import, order a server from the image (the order flags below) and wait until it runs.
+    #[arg(long)]
+    provision: bool,
+    /// With --provision: the VPC instance name (default: the image's name) or classic hostname.
+    #[arg(long, value_name = "NAME")]
+    instance_name: Option<String>,
+    /// With --provision: the VPC instance profile, e.g. bx2-2x8.
+    #[arg(long, value_name = "PROFILE", help_heading = "VPC order")]
+    instance_profile: Option<String>,
+    #[command(flatten)]
+    order: OrderArgs,
+}
+
+impl ShipProvisionArgs {
+    /// The order, when --provision; refused up front when it could not be confirmed (no --yes and no
+    /// terminal), before anything is wrapped or uploaded.
+    pub(super) fn order(&self, dry_run: bool) -> Result<Option<Order>> {
+        if !self.provision {
+            return Ok(None);
+        }
+        let can_ask = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+        if !(dry_run || self.order.yes || can_ask) {
+            return Err(Error::Provision(
+                "refused: --provision orders a server, which costs money, and there is no terminal to ask on: pass --yes to order without asking; nothing was done".into(),
+            ));
+        }
+        self.order
+            .order(
+                String::new(),
+                self.instance_name.clone(),
+                self.instance_profile.clone(),
+            )
+            .map(Some)
+    }
+
+    /// The answer to an order ([`crate::ship::Note::Confirm`]).
+    pub(super) fn ask(&self, p: &Prepared) -> Answer {
+        ask(self.order.yes, p)
+    }
+}
+
 /// `provision`'s flags.
 #[derive(Debug, Args)]
 pub(super) struct ProvisionArgs {
