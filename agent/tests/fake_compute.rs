@@ -16,17 +16,30 @@ use crate::fake_ibm::{State, crn_ok, query_param, sl_error, vpc_error, vpc_name_
 
 type Reply = (u16, String);
 
-fn list(name: &str, items: Vec<Value>) -> Reply {
-    (
-        200,
-        json!({ name: items, "limit": 100, "first": {"href": "first"} }).to_string(),
-    )
+/// One page of a collection: `limit` items (at most `State::page_size` when set) from `start`, with
+/// `next.href` carrying the next page's `start` when there is one.
+fn list(s: &State, query: &str, name: &str, items: Vec<Value>) -> Reply {
+    let start: usize = query_param(query, "start")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut limit: usize = query_param(query, "limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    if s.page_size > 0 {
+        limit = limit.min(s.page_size);
+    }
+    let page: Vec<Value> = items.iter().skip(start).take(limit).cloned().collect();
+    let mut out = json!({ name: page, "limit": limit, "first": {"href": format!("https://fake/v1/{name}?limit={limit}")} });
+    if start + limit < items.len() {
+        out["next"] = json!({"href": format!("https://fake/v1/{name}?limit={limit}&start={}", start + limit)});
+    }
+    (200, out.to_string())
 }
 
 /// The VPC compute routes (`method`, `path` without the query).
 pub fn vpc(s: &mut State, method: &str, path: &str, query: &str, v: &Value) -> Reply {
     match (method, path) {
-        ("GET", "/v1/vpcs") => list("vpcs", s.vpcs.clone()),
+        ("GET", "/v1/vpcs") => list(s, query, "vpcs", s.vpcs.clone()),
         ("GET", "/v1/subnets") => {
             let vpc = query_param(query, "vpc.id");
             let items = s
@@ -35,10 +48,12 @@ pub fn vpc(s: &mut State, method: &str, path: &str, query: &str, v: &Value) -> R
                 .filter(|n| vpc.as_ref().is_none_or(|id| n["vpc"]["id"] == id.as_str()))
                 .cloned()
                 .collect();
-            list("subnets", items)
+            list(s, query, "subnets", items)
         }
-        ("GET", "/v1/keys") => list("keys", s.ssh_keys.clone()),
+        ("GET", "/v1/keys") => list(s, query, "keys", s.ssh_keys.clone()),
         ("GET", "/v1/instance/profiles") => list(
+            s,
+            query,
             "profiles",
             s.profiles.iter().map(|(n, _)| json!({"name": n})).collect(),
         ),
@@ -50,7 +65,7 @@ pub fn vpc(s: &mut State, method: &str, path: &str, query: &str, v: &Value) -> R
                 .filter(|i| name.as_ref().is_none_or(|n| i["name"] == n.as_str()))
                 .map(|i| shown(s, i))
                 .collect();
-            list("instances", items)
+            list(s, query, "instances", items)
         }
         ("POST", "/v1/instances") => create_instance(s, v),
         ("GET", p) if p.starts_with("/v1/instances/") => {

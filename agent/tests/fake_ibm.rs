@@ -127,6 +127,8 @@ pub struct State {
     pub guest_polls: HashMap<u64, u32>,
     pub sl_keys: Vec<Value>,
     pub template_datacenters: Vec<String>,
+    /// The VPC compute lists' largest page (0: the `limit` asked for).
+    pub page_size: usize,
 }
 
 impl State {

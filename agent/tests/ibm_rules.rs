@@ -563,3 +563,28 @@ fn classic_orders_need_a_finished_template_in_the_datacenter() {
     let e = order(&f, Cloud::Classic, o2).unwrap_err();
     assert!(e.contains("from another image"), "{e}");
 }
+
+/// Issue 20: the VPC lists are read page by page (`next.href`'s `start`), as the SDK's pagers do: a
+/// subnet on the second page is found.
+#[test]
+fn vpc_lists_are_read_page_by_page() {
+    let f = FakeIbm::start();
+    f.with(|s| {
+        s.import_polls = 0;
+        s.page_size = 1;
+    });
+    f.add_image("disk");
+    let mut o = vpc_order("disk", "vm");
+    o.subnet = Some("other-subnet".into());
+    let d = order(&f, Cloud::Vpc, o).unwrap();
+    assert_eq!(d.status, "running");
+    let starts = f.with(|s| {
+        s.requests
+            .iter()
+            .filter(|r| {
+                r.path == "/v1/subnets" && r.query.iter().any(|(k, v)| k == "start" && v == "1")
+            })
+            .count()
+    });
+    assert_eq!(starts, 1);
+}

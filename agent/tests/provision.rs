@@ -253,3 +253,129 @@ fn ship_provision_orders_one_server_across_reruns() {
     let log = std::fs::read_to_string(p.join("home/audit.jsonl")).unwrap();
     assert!(log.contains("diskseal.instance.provision.ibm-vpc") && !log.contains(API_KEY));
 }
+
+/// Runs `args` on a pseudo-terminal (util-linux `script`), typing `answer` after a moment.
+fn on_terminal(p: &std::path::Path, args: &[&str], answer: &str) -> (i32, String) {
+    use std::io::Write;
+    let quote = |a: &str| format!("'{}'", a.replace('\'', r"'\''"));
+    let line: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_diskseal-agent"))
+        .chain(args.iter().copied())
+        .map(quote)
+        .collect();
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &line.join(" "), "/dev/null"])
+        .current_dir(p)
+        .env("DISKSEAL_AGENT_HOME", p.join("home"))
+        .env("IBMCLOUD_API_KEY", API_KEY)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(answer.as_bytes()).unwrap();
+    drop(stdin);
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into(),
+    )
+}
+
+/// On a terminal, without `--yes`: the order is shown (profile, zone, image, boot volume key, billing)
+/// and asked about; "n" orders nothing, "y" orders.
+#[test]
+fn provision_asks_on_a_terminal() {
+    if !crate::util::have("script") {
+        return;
+    }
+    let f = FakeIbm::start();
+    f.with(|s| s.import_polls = 0);
+    f.add_image("disk");
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    std::fs::write(p.join("user-data.yaml"), "#cloud-config\n").unwrap();
+    let args = vpc_args(&f.url, &[]);
+    let (code, out) = on_terminal(p, &args, "n\n");
+    assert_eq!(code, 2, "{out}");
+    for want in [
+        "about to order (this costs money)",
+        "profile: bx2-2x8",
+        "zone: us-south-1",
+        "image: disk (",
+        "boot volume key: crn:",
+        "billing: hourly",
+        "Order it? [y/N]",
+        "declined at the prompt",
+    ] {
+        assert!(out.contains(want), "{want}: {out}");
+    }
+    assert_eq!(instance_posts(&f), 0);
+    let (code, out) = on_terminal(p, &args, "y\n");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("is running"), "{out}");
+    assert_eq!(instance_posts(&f), 1);
+}
+
+/// Classic from the command line: `--verify-only` prices the order with verifyOrder and orders
+/// nothing; with `--yes` the guest is ordered and polled until it runs.
+#[test]
+fn provision_classic_verify_only_then_order() {
+    let f = FakeIbm::start();
+    f.with(|s| s.import_polls = 1);
+    let guid = f.add_template("disk");
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let env = [("IBMCLOUD_API_KEY", API_KEY)];
+    let args = |extra: &[&'static str]| {
+        let mut a: Vec<String> = [
+            "provision",
+            "--target",
+            "ibm-classic",
+            "--image",
+            &guid,
+            "--name",
+            "vm",
+            "--domain",
+            "example.com",
+            "--datacenter",
+            "dal13",
+            "--cpus",
+            "2",
+            "--memory",
+            "4096",
+            "--keys",
+            "my-key",
+            "--sl-endpoint",
+            &f.url,
+            "--poll-ms",
+            "5",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        a.extend(extra.iter().map(|s| (*s).to_owned()));
+        a
+    };
+    let run = |a: Vec<String>| agent(p, &a.iter().map(String::as_str).collect::<Vec<_>>(), &env);
+    let out = run(args(&["--verify-only"])).ok();
+    assert!(
+        out.stdout.contains("billing: hourly: 0.055 USD per hour")
+            && out.stdout.contains("nothing ordered"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(f.with(|s| s.guests.len()), 0);
+    let out = run(args(&["--yes", "--json"])).ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(
+        (v["status"].as_str(), v["name"].as_str()),
+        (Some("RUNNING"), Some("vm.example.com"))
+    );
+    assert_eq!(f.with(|s| s.guests.len()), 1);
+    let log = std::fs::read_to_string(p.join("home/audit.jsonl")).unwrap();
+    assert!(
+        log.contains("diskseal.instance.order.ibm-classic")
+            && log.contains("diskseal.instance.provision.ibm-classic")
+    );
+}
