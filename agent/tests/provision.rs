@@ -379,3 +379,56 @@ fn provision_classic_verify_only_then_order() {
             && log.contains("diskseal.instance.provision.ibm-classic")
     );
 }
+
+/// `ship --provision --target ibm-classic`: the guest is ordered from the template the import made
+/// (its global identifier), and a rerun orders nothing.
+#[test]
+fn ship_provision_classic_orders_from_the_imported_template() {
+    use diskseal::profile::Profile;
+    let Some(s3) = crate::upload::moto_s3() else {
+        return;
+    };
+    let f = FakeIbm::start();
+    f.with(|s| s.import_polls = 1);
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let recipient = crate::util::init(p);
+    let bundle = crate::util::make_bundle_as(p, &recipient, Profile::IbmClassicVhd);
+    let env = [
+        ("AWS_ACCESS_KEY_ID", s3.ak.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", s3.sk.as_str()),
+        ("IBMCLOUD_API_KEY", API_KEY),
+    ];
+    let mut args = crate::ship::ship_args_to(
+        "ibm-classic",
+        "cos://us-south/bkt/disk.vhd-0.vhd",
+        "UBUNTU_22_64",
+        bundle.to_str().unwrap(),
+        &s3.url,
+        &f.url,
+    );
+    args.extend([
+        "--provision",
+        "--yes",
+        "--instance-name",
+        "vm",
+        "--domain",
+        "example.com",
+        "--datacenter",
+        "dal13",
+        "--cpus",
+        "1",
+        "--memory",
+        "2048",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&agent(p, &args, &env).ok().stdout).unwrap();
+    assert_eq!(v["instance"]["status"], "RUNNING");
+    let guid = f.with(|s| s.guests[0]["blockDeviceTemplateGroup"]["globalIdentifier"].clone());
+    let template = v["image_id"].as_str().unwrap().parse::<u64>().unwrap();
+    assert_eq!(
+        guid,
+        format!("0B5DEAF4-0000-0000-0000-{template:012}").as_str()
+    );
+    agent(p, &args, &env).ok();
+    assert_eq!(f.with(|s| s.guests.len()), 1);
+}
