@@ -830,8 +830,18 @@ pub fn upload(
         }
         s => s,
     };
+    // Killed after CompleteMultipartUpload but before the state file was removed: S3 has forgotten
+    // the upload, and the object is there, made of exactly the parts the state recorded.
+    let mut completed_earlier = false;
     if let Some(s) = &mut state {
         match client.list_parts(&s.upload_id)? {
+            None if is_the_completed_object(client, s)? => {
+                notes.push(format!(
+                    "upload {} was completed by an earlier run: the object is there, made of its parts",
+                    s.upload_id
+                ));
+                completed_earlier = true;
+            }
             None => {
                 notes.push(format!(
                     "upload {} is gone on the server (aborted or expired): starting over",
@@ -925,14 +935,25 @@ pub fn upload(
         return Err(interrupted(e, &upload_id));
     }
     let sha = sha?;
-    let (etag, composite_checksum) = client
-        .complete(&upload_id, &state.parts)
-        .map_err(|e| interrupted(e, &upload_id))?;
-    let mut md5s = Vec::new();
-    for p in state.parts.values() {
-        md5s.extend(unhex(&p.md5));
-    }
-    let expected = format!("{}-{}", hex(&Md5::digest(&md5s)), state.parts.len());
+    let (etag, composite_checksum) = if completed_earlier {
+        (String::new(), None)
+    } else {
+        match client.complete(&upload_id, &state.parts) {
+            Ok(done) => done,
+            // An earlier attempt's answer was lost and the retry found the upload gone.
+            Err(Error::Remote(e))
+                if e.status == Some(404) && is_the_completed_object(client, &state)? =>
+            {
+                notes.push(format!(
+                    "upload {upload_id} was completed by an earlier attempt whose answer was lost: \
+                     the object is there, made of its parts"
+                ));
+                (String::new(), None)
+            }
+            Err(e) => return Err(interrupted(e, &upload_id)),
+        }
+    };
+    let expected = composite_etag(&state.parts);
     let Some((got_size, got_etag)) = client.head()? else {
         return Err(Error::Upload(format!(
             "{url}: HEAD after CompleteMultipartUpload says it does not exist"
@@ -982,6 +1003,27 @@ pub fn upload(
         resumed,
         notes,
     })
+}
+
+/// The composite ETag S3 gives an object completed from `parts`: `md5(part md5s)-N`.
+fn composite_etag(parts: &BTreeMap<u32, PartDone>) -> String {
+    let mut md5s = Vec::new();
+    for p in parts.values() {
+        md5s.extend(unhex(&p.md5));
+    }
+    format!("{}-{}", hex(&Md5::digest(&md5s)), parts.len())
+}
+
+/// Whether the object exists as the completion of the upload `s` describes: `s` holds every part,
+/// and the object has the source's size and the composite ETag of those parts.
+fn is_the_completed_object(client: &Client, s: &State) -> Result<bool> {
+    let nparts = s.size.div_ceil(s.part_size).max(1);
+    if s.parts.len() as u64 != nparts {
+        return Ok(false);
+    }
+    Ok(client
+        .head()?
+        .is_some_and(|(size, etag)| size == s.size && etag == composite_etag(&s.parts)))
 }
 
 /// Sends `missing` parts on `o.jobs` threads, each part read once for its digests, the upload and the

@@ -1,6 +1,8 @@
-//! Crash safety of `ship` (issue #9 item 3): SIGKILL at seeded-random points while it works, then a
-//! rerun finishes the job: the object has the bundle's sha256, the cloud saw exactly one image created,
-//! a key the state records as wrapped is not wrapped again, and the state and audit files are whole
+//! Crash safety of `ship` (issue #9 item 3, issue #16 item 13): SIGKILL at seeded-random points while
+//! it works, then a rerun finishes the job: the object has the bundle's sha256, the cloud saw exactly
+//! one image created, a key the state records as wrapped is not wrapped again, the object was completed
+//! once and no part was sent again but those in flight at a kill (counted by
+//! [`S3Like`], a proxy in front of moto that forgets completed uploads as S3 does), and the state and audit files are whole
 //! after every kill.
 
 use std::path::Path;
@@ -11,7 +13,7 @@ use diskseal::profile::Profile;
 
 use crate::fake_ibm::{API_KEY, FakeIbm};
 use crate::ship::ship_args_to;
-use crate::upload::{moto_s3, remote_sha256};
+use crate::upload::{S3Like, moto_s3, remote_sha256};
 use crate::util::{agent, init, make_bundle_as};
 
 /// xorshift64*: a small seeded generator, so a failing trial can be replayed.
@@ -29,6 +31,9 @@ impl Rng {
 /// The default seed; `DISKSEAL_CRASH_SEED=N` tries another.
 const SEED: u64 = 0x5eed_d15c_5ea1_0009;
 const TRIALS: usize = 24;
+/// Part size and parallel parts of every ship.
+const PART: u64 = 64 << 10;
+const JOBS: usize = 2;
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -66,6 +71,7 @@ fn wraps(f: &FakeIbm) -> usize {
 #[test]
 fn ship_killed_at_random_points_resumes_without_duplicate_imports_or_needless_rewraps() {
     let Some(s3) = moto_s3() else { return };
+    let counter = S3Like::start(&s3.url, 0);
     let f = FakeIbm::start();
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
@@ -87,7 +93,8 @@ fn ship_killed_at_random_points_resumes_without_duplicate_imports_or_needless_re
         let m: serde_json::Value =
             serde_json::from_slice(&std::fs::read(b.join("manifest.json")).unwrap()).unwrap();
         let sha = m["image"]["sha256"].as_str().unwrap().to_owned();
-        (b, target, file, os, sha)
+        let size = m["image"]["file_size"].as_u64().unwrap();
+        (b, target, file, os, sha, size)
     });
     let env = [
         ("AWS_ACCESS_KEY_ID", s3.ak.as_str()),
@@ -97,7 +104,7 @@ fn ship_killed_at_random_points_resumes_without_duplicate_imports_or_needless_re
     // Each trial ships a fresh copy of a bundle (the upload state lives beside the image) from a fresh
     // agent home holding the same identity, to its own object and image name.
     let setup = |t: &str, which: usize| {
-        let (b, target, file, os, sha) = &bundles[which];
+        let (b, target, file, os, sha, _) = &bundles[which];
         let dir = p.join(t);
         copy_dir(b, &dir.join("bundle"));
         std::fs::create_dir_all(dir.join("home")).unwrap();
@@ -113,13 +120,23 @@ fn ship_killed_at_random_points_resumes_without_duplicate_imports_or_needless_re
             object,
             os,
             bundle.to_str().unwrap(),
-            &s3.url,
+            &counter.url,
             &f.url,
         )
         .into_iter()
         .map(str::to_owned)
         .collect();
-        a.extend(["--name", name, "--part-size", "64K", "--jobs", "2"].map(str::to_owned));
+        a.extend(
+            [
+                "--name",
+                name,
+                "--part-size",
+                &PART.to_string(),
+                "--jobs",
+                &JOBS.to_string(),
+            ]
+            .map(str::to_owned),
+        );
         a
     };
     // How long an uninterrupted ship takes, per target: kills land within that.
@@ -142,6 +159,7 @@ fn ship_killed_at_random_points_resumes_without_duplicate_imports_or_needless_re
     let mut kills = 0;
     // Kills seen after: nothing recorded, wrapped, upload started, import sent, image created.
     let mut phases = [0u32; 5];
+    let mut resent = 0;
     for trial in 0..TRIALS {
         let which = trial % 2;
         let t = format!("t{trial}");
@@ -149,6 +167,7 @@ fn ship_killed_at_random_points_resumes_without_duplicate_imports_or_needless_re
         let a = argv(&dir, target, &object, os, &t);
         let home = dir.join("home");
         let mut wrapped_before: Option<usize> = None;
+        let mut trial_kills = 0;
         for _ in 0..1 + rng.below(2) {
             let delay = rng.below(full_ms[which]);
             let mut child = Command::new(env!("CARGO_BIN_EXE_diskseal-agent"))
@@ -166,6 +185,7 @@ fn ship_killed_at_random_points_resumes_without_duplicate_imports_or_needless_re
             child.kill().unwrap(); // SIGKILL
             child.wait().unwrap();
             kills += 1;
+            trial_kills += 1;
             // Whole after every kill: the state parses, the audit chain verifies.
             let st = ship_state(&home);
             let log = home.join("audit.jsonl");
@@ -210,12 +230,32 @@ fn ship_killed_at_random_points_resumes_without_duplicate_imports_or_needless_re
             sha,
             "trial {trial}: object sha256"
         );
+        // One upload: completed once; a new multipart upload only after a kill that came before the
+        // first one was recorded; parts sent again only those in flight at a kill.
+        let (completes, starts, parts) = counter.counts(&format!("/bkt/{t}/"));
+        let needed = bundles[which].5.div_ceil(PART) as usize;
+        assert_eq!(
+            completes,
+            1,
+            "trial {trial} (seed {seed:#x}): completed {completes} times: {:#?}",
+            counter.requests(&format!("/bkt/{t}/"))
+        );
+        assert!(
+            (1..=1 + trial_kills).contains(&starts),
+            "trial {trial} (seed {seed:#x}): {starts} multipart uploads after {trial_kills} kills"
+        );
+        assert!(
+            (needed..=needed + trial_kills * JOBS).contains(&parts),
+            "trial {trial} (seed {seed:#x}): {parts} part requests for {needed} parts after \
+             {trial_kills} kills"
+        );
+        resent += parts - needed;
         diskseal_agent::audit::verify(&home.join("audit.jsonl")).unwrap();
     }
     assert_eq!(f.with(|s| s.created.len()), TRIALS + 2);
     eprintln!(
         "{TRIALS} trials, {kills} SIGKILLs (full runs {full_ms:?} ms) in {:?}; state at the kills \
-         (none, wrapped, uploading, import sent, created): {phases:?}",
+         (none, wrapped, uploading, import sent, created): {phases:?}; parts sent again: {resent}",
         started.elapsed()
     );
 }

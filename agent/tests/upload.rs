@@ -7,8 +7,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -220,6 +220,86 @@ fn proxy(upstream: &str, fail_every: u64, delay: Duration) -> (String, Arc<Atomi
         |_, _| {},
     );
     (url, faults)
+}
+
+/// A proxy in front of moto that records every S3 request line and, as S3 does and moto does not,
+/// forgets a multipart upload once it is completed: ListParts, UploadPart and Complete on it get
+/// `404 NoSuchUpload` (moto still lists and completes it again). The first `lose` successful
+/// Complete answers are replaced by a 500, as if the answer was lost on the way back.
+pub struct S3Like {
+    pub url: String,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl S3Like {
+    pub fn start(upstream: &str, lose: usize) -> S3Like {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let done: Arc<Mutex<Vec<String>>> = Arc::default();
+        let upload_id = |line: &str| {
+            line.split_whitespace()
+                .nth(1)
+                .and_then(|t| t.split_once('?'))
+                .and_then(|(_, q)| q.split('&').find_map(|kv| kv.strip_prefix("uploadId=")))
+                .map(str::to_owned)
+        };
+        let (log, gone, gone2) = (seen.clone(), done.clone(), done);
+        let lost = AtomicUsize::new(0);
+        let url = hook_proxy(
+            upstream,
+            move |r| {
+                log.lock().unwrap().push(r.line.clone());
+                match upload_id(&r.line) {
+                    Some(id) if gone.lock().unwrap().contains(&id) => Act::Respond(
+                        404,
+                        "<Error><Code>NoSuchUpload</Code><Message>The specified upload does not \
+                         exist.</Message></Error>"
+                            .into(),
+                    ),
+                    _ => Act::Forward,
+                }
+            },
+            move |r, resp| {
+                if r.line.starts_with("POST ") && resp.status.contains(" 200") {
+                    gone2.lock().unwrap().extend(upload_id(&r.line));
+                    if upload_id(&r.line).is_some() && lost.fetch_add(1, Ordering::SeqCst) < lose {
+                        resp.status = "HTTP/1.1 500 Internal Server Error".into();
+                        resp.body = b"<Error><Code>InternalError</Code><Message>We encountered \
+                            an internal error.</Message></Error>"
+                            .to_vec();
+                    }
+                }
+            },
+        );
+        S3Like { url, seen }
+    }
+
+    /// The requests seen under `prefix`, but the parts.
+    pub fn requests(&self, prefix: &str) -> Vec<String> {
+        let seen = self.seen.lock().unwrap();
+        seen.iter()
+            .filter(|l| l.contains(prefix) && !l.contains("partNumber="))
+            .cloned()
+            .collect()
+    }
+
+    /// (objects completed or put whole, multipart uploads started, part requests) under `prefix`.
+    pub fn counts(&self, prefix: &str) -> (usize, usize, usize) {
+        let seen = self.seen.lock().unwrap();
+        let mine = || seen.iter().filter(|l| l.contains(prefix));
+        let completes = mine()
+            .filter(|l| {
+                (l.starts_with("POST ") && l.contains("uploadId="))
+                    || (l.starts_with("PUT ") && !l.contains("partNumber="))
+            })
+            .count();
+        let starts = mine()
+            .filter(|l| l.starts_with("POST ") && l.contains("?uploads"))
+            .count();
+        let parts = mine()
+            .filter(|l| l.starts_with("PUT ") && l.contains("partNumber="))
+            .count();
+        (completes, starts, parts)
+    }
 }
 
 fn read_head(r: &mut impl BufRead) -> Option<(String, Vec<(String, String)>)> {
@@ -822,6 +902,64 @@ fn a_failed_part_of_a_huge_file_is_reported_without_hashing_the_rest() {
         "{}",
         out.stderr
     );
+}
+
+/// CompleteMultipartUpload reached the server but its answer was lost; S3 then forgets the upload.
+/// Within the run, the retried Complete gets NoSuchUpload: the object is checked (size and composite
+/// ETag) and adopted. With no retry left the run stops keeping its state, and the rerun (ListParts:
+/// NoSuchUpload) adopts the object too. Neither uploads a byte again.
+#[test]
+fn a_complete_whose_answer_was_lost_is_adopted_not_uploaded_again() {
+    let Some(s) = moto_s3() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let sha = big_file(p, "disk.img", 3);
+    let upload = |proxy: &S3Like, key: &str, more: &[&str]| {
+        let mut a = vec![
+            "--json",
+            "upload",
+            "disk.img",
+            key,
+            "--s3-endpoint",
+            &proxy.url,
+            "--part-size",
+            "1M",
+        ];
+        a.extend(more);
+        agent(p, &a, &env(&s))
+    };
+    // Within one run.
+    let proxy = S3Like::start(&s.url, 1);
+    let v = parse(&upload(&proxy, "s3://bkt/a.img", &[]).ok().stdout);
+    assert_eq!(v["sha256"], sha.as_str());
+    assert!(format!("{v}").contains("completed by an earlier"), "{v}");
+    assert_eq!(
+        proxy.counts("/bkt/a.img"),
+        (2, 1, 3),
+        "{:#?}",
+        proxy.requests("/bkt/a.img")
+    );
+    assert_eq!(remote_sha256(&s, "a.img"), sha);
+    // Across runs.
+    let proxy = S3Like::start(&s.url, 1);
+    let out = upload(&proxy, "s3://bkt/b.img", &["--max-attempts", "1"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(p.join("disk.img.diskseal-upload.json").exists());
+    let v = parse(&upload(&proxy, "s3://bkt/b.img", &[]).ok().stdout);
+    assert_eq!(v["sha256"], sha.as_str());
+    assert_eq!(
+        (v["parts_uploaded"].as_u64(), v["resumed"].as_bool()),
+        (Some(0), Some(true)),
+        "{v}"
+    );
+    assert_eq!(
+        proxy.counts("/bkt/b.img"),
+        (1, 1, 3),
+        "{:#?}",
+        proxy.requests("/bkt/b.img")
+    );
+    assert_eq!(remote_sha256(&s, "b.img"), sha);
+    assert!(!p.join("disk.img.diskseal-upload.json").exists());
 }
 
 #[test]
