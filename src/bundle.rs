@@ -2,14 +2,14 @@
 //! connected host, holding
 //!
 //! - the encrypted image, under its own file name;
-//! - `manifest.json` ([`Manifest`]): profile, sizes, the sha256 of the image file and of the plaintext
-//!   virtual disk, the LUKS UUID and parameters (or, for `ibm-classic-vhd`, the VHD's id and key hash),
+//! - `manifest.json` ([`Manifest`]): profile, sizes, the sha256 of the image file, the dm-verity root
+//!   hash of the plaintext virtual disk (schema 2; schema 1 had its SHA-256), the LUKS UUID and parameters (or, for `ibm-classic-vhd`, the VHD's id and key hash),
 //!   and what the KMS must wrap; never a secret;
 //! - `dek.age`: the key file's bytes sealed with the age format to the agent's X25519 recipient
 //!   (readable by the `age`/`rage` command-line tools).
 //!
-//! [`create`] proves the key opens the image (by decrypting the whole payload, which also gives the
-//! plaintext hash) before anything is written, builds the bundle in a temporary directory beside the
+//! [`create`] proves the key opens the image (by decrypting what the image allocates, which also gives
+//! the plaintext's root hash) before anything is written, builds the bundle in a temporary directory beside the
 //! destination and renames it into place only on success.
 //!
 //! [`describe`] and [`write_manifest`] make the same manifest for an image alone, without the sealed key
@@ -38,10 +38,12 @@ use crate::profile::Profile;
 pub const MANIFEST: &str = "manifest.json";
 /// The sealed key's file name inside a bundle.
 pub const SEALED_KEY: &str = "dek.age";
-/// The manifest schema this build writes and reads.
-pub const SCHEMA: &str = "diskseal-bundle/1";
+/// The manifest schema this build writes (and reads, with [`SCHEMA_V1`]).
+pub const SCHEMA: &str = "diskseal-bundle/2";
+/// The first schema, still read: its plaintext digest is the SHA-256 of the whole disk.
+pub const SCHEMA_V1: &str = "diskseal-bundle/1";
 /// The schema of an [`ImageManifest`].
-pub const IMAGE_SCHEMA: &str = "diskseal-manifest/1";
+pub const IMAGE_SCHEMA: &str = "diskseal-manifest/2";
 
 /// `manifest.json`: everything the connected host needs to know about the image, and no secret.
 /// `K` is the key entry: the sealed key of a bundle ([`KeyEntry`]), or only what the key is
@@ -107,12 +109,74 @@ pub struct ImageEntry {
     pub sha256: String,
 }
 
-/// The plaintext virtual disk.
+/// The plaintext virtual disk's digests: schema 2 has its dm-verity root hash (and the SHA-256 of the
+/// whole disk only when asked for: it costs a pass over every byte); schema 1 has the SHA-256 only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PlaintextEntry {
-    /// SHA-256 of the decrypted virtual disk, lowercase hex.
-    pub sha256: String,
+    /// The dm-verity root hash of the decrypted virtual disk (schema 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dm_verity: Option<VerityEntry>,
+    /// SHA-256 of the decrypted virtual disk, lowercase hex (schema 1; schema 2 with
+    /// `--plaintext-sha256`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// The dm-verity root hash of the plaintext, which
+/// `veritysetup format --no-superblock --hash sha256 --data-block-size D --hash-block-size 4096
+/// --salt S DISK HASHFILE` prints as its "Root hash" (S is `-` for an empty salt).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerityEntry {
+    /// The root hash, lowercase hex.
+    pub root_hash: String,
+    /// The salt, lowercase hex ("" for none).
+    pub salt: String,
+    /// The hash algorithm: "sha256".
+    pub hash: String,
+    /// dm-verity hash format: 1 (veritysetup's default; the salt is hashed before each block).
+    pub hash_type: u32,
+    /// Data block size in bytes (4096, or 512 when 4096 does not divide the disk).
+    pub data_block_size: u32,
+    /// Hash block size in bytes: 4096.
+    pub hash_block_size: u32,
+}
+
+impl VerityEntry {
+    /// The entry for a digest [`ops::verify`] computed.
+    pub fn of(v: &ops::VerityDigest) -> VerityEntry {
+        VerityEntry {
+            root_hash: v.root_hash.clone(),
+            salt: v.salt.clone(),
+            hash: "sha256".into(),
+            hash_type: 1,
+            data_block_size: v.data_block_size,
+            hash_block_size: crate::crypto::verity::HASH_BLOCK as u32,
+        }
+    }
+
+    /// The salt's bytes (checked hex).
+    pub fn salt_bytes(&self) -> Result<Vec<u8>> {
+        unhex(&self.salt).ok_or_else(|| {
+            Error::format("manifest field plaintext.dm_verity.salt is not lowercase hex")
+        })
+    }
+}
+
+/// The bytes of lowercase hex `s` (`None` when it is not).
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2)
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
 }
 
 /// LUKS header parameters (public header data).
@@ -187,12 +251,13 @@ impl Manifest {
 
     /// The consistency checks of [`Manifest::parse`].
     pub fn check(&self) -> Result<()> {
-        if self.schema != SCHEMA {
+        if self.schema != SCHEMA && self.schema != SCHEMA_V1 {
             return Err(Error::unsupported(format!(
-                "manifest schema {:?} is not {SCHEMA:?}",
+                "manifest schema {:?} is not {SCHEMA:?} (nor {SCHEMA_V1:?})",
                 self.schema
             )));
         }
+        self.plaintext.check(self.schema == SCHEMA_V1)?;
         Profile::parse(&self.profile)?;
         for (field, name) in [
             ("image.file", &self.image.file),
@@ -209,20 +274,7 @@ impl Manifest {
                 )));
             }
         }
-        for (field, hex) in [
-            ("image.sha256", &self.image.sha256),
-            ("plaintext.sha256", &self.plaintext.sha256),
-        ] {
-            if hex.len() != 64
-                || !hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            {
-                return Err(Error::format(format!(
-                    "manifest field {field} is not a lowercase hex SHA-256"
-                )));
-            }
-        }
+        check_sha256("image.sha256", &self.image.sha256)?;
         // A sparse qcow2 can be far smaller than its virtual disk, so only zero is refused.
         if self.image.virtual_size == 0 || self.image.file_size == 0 {
             return Err(Error::format(
@@ -251,6 +303,71 @@ impl Manifest {
     }
 }
 
+/// Refuses a manifest field that is not a lowercase hex SHA-256.
+fn check_sha256(field: &str, hex: &str) -> Result<()> {
+    if hex.len() != 64 || unhex(hex).is_none() {
+        return Err(Error::format(format!(
+            "manifest field {field} is not a lowercase hex SHA-256"
+        )));
+    }
+    Ok(())
+}
+
+impl PlaintextEntry {
+    /// Schema 1 (`v1`): the SHA-256 and no dm-verity entry; schema 2: a dm-verity entry diskseal can
+    /// check (sha256, format 1, 4096-byte hash blocks, 512- or 4096-byte data blocks, a salt of at most
+    /// 256 bytes as veritysetup allows), and the SHA-256 if present.
+    fn check(&self, v1: bool) -> Result<()> {
+        match (&self.dm_verity, v1) {
+            (Some(_), true) => {
+                return Err(Error::format(
+                    "a diskseal-bundle/1 manifest has no plaintext.dm_verity",
+                ));
+            }
+            (None, false) => {
+                return Err(Error::format(
+                    "manifest field plaintext.dm_verity is missing",
+                ));
+            }
+            (None, true) if self.sha256.is_none() => {
+                return Err(Error::format("manifest field plaintext.sha256 is missing"));
+            }
+            _ => {}
+        }
+        if let Some(h) = &self.sha256 {
+            check_sha256("plaintext.sha256", h)?;
+        }
+        if let Some(v) = &self.dm_verity {
+            check_sha256("plaintext.dm_verity.root_hash", &v.root_hash)?;
+            if v.salt_bytes()?.len() > 256 {
+                return Err(Error::format(
+                    "manifest field plaintext.dm_verity.salt is longer than 256 bytes",
+                ));
+            }
+            if v.hash != "sha256"
+                || v.hash_type != 1
+                || v.hash_block_size != crate::crypto::verity::HASH_BLOCK as u32
+                || !matches!(v.data_block_size, 512 | 4096)
+            {
+                return Err(Error::unsupported(format!(
+                    "plaintext.dm_verity is {} format {} with {}-byte data and {}-byte hash blocks; \
+                     diskseal checks sha256, format 1, 512- or 4096-byte data and 4096-byte hash blocks",
+                    v.hash, v.hash_type, v.data_block_size, v.hash_block_size
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The entry for what [`ops::verify`] found.
+    fn of(r: &ops::VerifyReport) -> PlaintextEntry {
+        PlaintextEntry {
+            dm_verity: Some(VerityEntry::of(&r.verity)),
+            sha256: r.plaintext_sha256.clone(),
+        }
+    }
+}
+
 /// Options of [`create`].
 #[derive(Debug, Clone)]
 pub struct BundleOptions {
@@ -262,6 +379,8 @@ pub struct BundleOptions {
     pub force: bool,
     /// The source `encrypt` read, recorded in the manifest.
     pub source: Option<SourceEntry>,
+    /// Also record the SHA-256 of the whole plaintext (a pass over every byte of the virtual disk).
+    pub plaintext_sha256: bool,
 }
 
 /// What [`create`] wrote.
@@ -422,7 +541,7 @@ pub fn create(
             Error::invalid(format!("the image may not be called {file_name}")).with_path(image),
         );
     }
-    let (header, format, report) = inspect(image, key, opts.profile, run)?;
+    let (header, format, report) = inspect(image, key, opts.profile, opts.plaintext_sha256, run)?;
 
     let tmp = temp_dir_for(dir)?;
     let (file_size, image_sha) = hash_file(image, Some(&tmp.path.join(&file_name)), run)?;
@@ -445,9 +564,7 @@ pub fn create(
             virtual_size: report.payload_len,
             sha256: image_sha,
         },
-        plaintext: PlaintextEntry {
-            sha256: report.plaintext_sha256.clone(),
-        },
+        plaintext: PlaintextEntry::of(&report),
         luks: header.luks_entry(),
         source: opts.source.clone(),
         vhd_util: header.vhd_util_entry(),
@@ -477,11 +594,13 @@ pub fn create(
 }
 
 /// Unlocks `image` with the key file bytes `key` as `profile` uses them (which proves it is the right
-/// key) and hashes the plaintext on the way: (the header entry, the container's name, the report).
+/// key) and hashes the plaintext on the way (its dm-verity root hash with no salt; with `sha256` its
+/// SHA-256 too): (the header entry, the container's name, the report).
 fn inspect(
     image: &Path,
     key: &Zeroizing<Vec<u8>>,
     profile: Profile,
+    sha256: bool,
     run: &Run<'_>,
 ) -> Result<(Header, String, ops::VerifyReport)> {
     let (header, format, unlock) = if profile == Profile::IbmClassicVhd {
@@ -509,7 +628,11 @@ fn inspect(
         )
     };
     // Unlocking with the key proves it is the right one, and hashes the plaintext on the way.
-    let report = ops::verify(image, unlock, None, run).map_err(|e| {
+    let digests = ops::Digests {
+        verity_salt: Vec::new(),
+        sha256,
+    };
+    let report = ops::verify(image, unlock, None, &digests, run).map_err(|e| {
         if e.kind() == ErrorKind::WrongKey {
             e.hint(format!(
                 "the key file must be the one given to `diskseal encrypt --profile {}`",
@@ -523,15 +646,17 @@ fn inspect(
 }
 
 /// Describes the encrypted image `image` (the output of `diskseal encrypt` with the key file bytes `key`
-/// and `profile`): unlocks it and hashes its plaintext, hashes the file, and fills an [`ImageManifest`].
+/// and `profile`): unlocks it and hashes its plaintext (with `sha256`, also its SHA-256), hashes the
+/// file, and fills an [`ImageManifest`].
 pub fn describe(
     image: &Path,
     key: &Zeroizing<Vec<u8>>,
     profile: Profile,
+    sha256: bool,
     run: &Run<'_>,
 ) -> Result<ImageManifest> {
     let file = file_name(image)?;
-    let (header, format, report) = inspect(image, key, profile, run)?;
+    let (header, format, report) = inspect(image, key, profile, sha256, run)?;
     let (file_size, sha256) = hash_file(image, None, run)?;
     let (kind, kms_plaintext) = key_meaning(profile);
     Ok(Manifest {
@@ -545,9 +670,7 @@ pub fn describe(
             virtual_size: report.payload_len,
             sha256,
         },
-        plaintext: PlaintextEntry {
-            sha256: report.plaintext_sha256,
-        },
+        plaintext: PlaintextEntry::of(&report),
         source: None,
         luks: header.luks_entry(),
         vhd_util: header.vhd_util_entry(),
@@ -709,7 +832,15 @@ mod tests {
                 sha256: "a".repeat(64),
             },
             plaintext: PlaintextEntry {
-                sha256: "b".repeat(64),
+                dm_verity: Some(VerityEntry {
+                    root_hash: "c".repeat(64),
+                    salt: String::new(),
+                    hash: "sha256".into(),
+                    hash_type: 1,
+                    data_block_size: 4096,
+                    hash_block_size: 4096,
+                }),
+                sha256: None,
             },
             source: None,
             luks: Some(LuksEntry {
@@ -743,6 +874,35 @@ mod tests {
         let mut bad = m.clone();
         bad.image.sha256 = "xyz".into();
         assert!(bad.check().unwrap_err().message().contains("image.sha256"));
+        // Schema 1 (SHA-256 of the plaintext) is still read; each schema has its own digest.
+        let mut v1 = m.clone();
+        v1.schema = SCHEMA_V1.into();
+        v1.plaintext = PlaintextEntry {
+            dm_verity: None,
+            sha256: Some("b".repeat(64)),
+        };
+        v1.check().unwrap();
+        let mut bad = v1.clone();
+        bad.plaintext.sha256 = None;
+        assert!(
+            bad.check()
+                .unwrap_err()
+                .message()
+                .contains("plaintext.sha256")
+        );
+        let mut bad = m.clone();
+        bad.plaintext.dm_verity = None;
+        assert!(bad.check().unwrap_err().message().contains("dm_verity"));
+        let mut bad = m.clone();
+        if let Some(v) = &mut bad.plaintext.dm_verity {
+            v.salt = "abc".into();
+        }
+        assert!(bad.check().unwrap_err().message().contains("salt"));
+        let mut bad = m.clone();
+        if let Some(v) = &mut bad.plaintext.dm_verity {
+            v.data_block_size = 1024;
+        }
+        assert!(bad.check().unwrap_err().message().contains("data"));
         let mut v: serde_json::Value = serde_json::from_slice(&text).unwrap();
         v["surprise"] = serde_json::json!(1);
         let e = Manifest::parse(v.to_string().as_bytes()).unwrap_err();

@@ -44,7 +44,7 @@
 //! let key = EncryptKey::Luks { passphrase: pass()?, volume_key: None };
 //! let report = ops::encrypt(&src, &dst, &opts, key, &run)?;
 //! assert!(matches!(report.encryption, Encryption::Luks { sector_size: 4096, .. }));
-//! let check = ops::verify(&dst, Unlock::Passphrase(pass()?), Some((&src, None)), &run)?;
+//! let check = ops::verify(&dst, Unlock::Passphrase(pass()?), Some((&src, None)), &Default::default(), &run)?;
 //! assert!(check.ok());
 //! # Ok(())
 //! # }

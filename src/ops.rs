@@ -29,7 +29,7 @@ use crate::luks::kdf::Kdf;
 use crate::luks::keys::{Passphrase, VolumeKey};
 use crate::luks::payload::LuksPayload;
 use crate::luks::{self, FormatOptions, Luks, LuksVersion};
-use crate::pipeline::extents::{data_ranges, fill, is_zero, next_data};
+use crate::pipeline::extents::{data_ranges, data_spans, fill, is_zero, next_data};
 use crate::pipeline::{DEFAULT_CHUNK, Pipeline};
 
 pub use crate::pipeline::Run;
@@ -860,13 +860,16 @@ pub fn decrypt(
         };
         write_qcow2(&pipeline, len, &extents, &read, None, writer, &out, run)?;
     } else {
-        // Zero runs are left as holes of the new file (it reads the same, and costs no disk).
-        pipeline.scan_ordered(
+        // Zero runs and what the image does not allocate are left as holes of the new file (it reads
+        // the same, and costs no disk); the latter are not even visited.
+        let spans = data_spans(&[&extents], len, HOLE_UNIT as u64);
+        pipeline.scan_ranges(
             len,
+            &spans,
             run.cancel,
             run.progress,
             |buf, off| fill(image, &extents, buf, off).map(|_| ()),
-            |buf, off| write_nonzero(&out, buf, off),
+            |buf, off, ()| write_nonzero(&out, buf, off),
         )?;
         out.set_len(len)?;
     }
@@ -907,6 +910,28 @@ fn write_nonzero(out: &OutputFile, buf: &[u8], off: u64) -> Result<()> {
 /// writes few and large, as qemu-img's 64 KiB clusters do).
 const HOLE_UNIT: usize = 64 << 10;
 
+/// Which digests of the plaintext [`verify`] computes.
+#[derive(Debug, Clone, Default)]
+pub struct Digests {
+    /// The salt of the dm-verity root hash (empty: no salt, `veritysetup --salt -`).
+    pub verity_salt: Vec<u8>,
+    /// Also the SHA-256 of the whole plaintext: a pass over every byte, the unallocated zeros included,
+    /// so its cost grows with the virtual size.
+    pub sha256: bool,
+}
+
+/// The dm-verity root hash of a plaintext disk (hash format 1, SHA-256, 4096-byte hash blocks), as
+/// `veritysetup format --no-superblock --data-block-size B --salt S DISK HASHFILE` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerityDigest {
+    /// The root hash, lowercase hex.
+    pub root_hash: String,
+    /// The salt, lowercase hex ("" for none).
+    pub salt: String,
+    /// The data block size (4096, or 512 when 4096 does not divide the disk).
+    pub data_block_size: u32,
+}
+
 /// What [`verify`] found.
 #[derive(Debug, Clone)]
 pub struct VerifyReport {
@@ -916,8 +941,12 @@ pub struct VerifyReport {
     pub keyslot: Option<u32>,
     /// Payload size.
     pub payload_len: u64,
-    /// SHA-256 of the decrypted payload, hex.
-    pub plaintext_sha256: String,
+    /// The dm-verity root hash of the decrypted payload.
+    pub verity: VerityDigest,
+    /// SHA-256 of the decrypted payload, hex, when [`Digests::sha256`] asked for it.
+    pub plaintext_sha256: Option<String>,
+    /// Bytes decrypted (the rest is unallocated in the image and, with a source, in the source too).
+    pub data_bytes: u64,
     /// With a source: its virtual size.
     pub source_size: Option<u64>,
     /// With a source: the first differing byte offset, if any.
@@ -935,11 +964,14 @@ impl VerifyReport {
     }
 }
 
-/// Unlocks `enc`, decrypts the whole payload (hashing it), and compares it with `against` if given.
+/// Unlocks `enc`, decrypts the payload (computing `digests`), and compares it with `against` if given.
+/// Only what holds data in the image or in the source is read: the rest reads as zeros on both sides
+/// and costs nothing (as `qemu-img compare` skips what is unallocated in both).
 pub fn verify(
     enc: &Path,
     how: Unlock,
     against: Option<(&Path, Option<ImageFormat>)>,
+    digests: &Digests,
     run: &Run<'_>,
 ) -> Result<VerifyReport> {
     let u = unlock(enc, how)?;
@@ -979,12 +1011,27 @@ pub fn verify(
     });
     let pipeline = Pipeline::new(run.threads, DEFAULT_CHUNK)?;
     run.total.store(len, std::sync::atomic::Ordering::Relaxed);
-    let mut hasher = Sha256::new();
+    let block = crate::crypto::verity::data_block_size(len);
+    let mut tree = crate::crypto::verity::VerityTree::new(len, block, &digests.verity_salt);
+    let hasher = tree.hasher().clone();
+    let mut sha = digests.sha256.then(Sha256::new);
+    let zeros = vec![0u8; DEFAULT_CHUNK];
+    let hash_zeros = |sha: &mut Sha256, mut n: u64| {
+        while n > 0 {
+            let k = n.min(zeros.len() as u64);
+            sha.update(&zeros[..k as usize]);
+            n -= k;
+        }
+    };
+    let spans = data_spans(&[&extents, &src_extents], len, u64::from(block));
+    let data_bytes = spans.iter().map(|s| s.1).sum();
     // The source's bytes for a chunk, in buffers reused across chunks (one per worker at most).
     let spare: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
     let lock_failed = || Error::new(ErrorKind::Io, "worker panicked");
-    pipeline.scan_ordered(
+    let mut pos = 0u64;
+    pipeline.scan_ranges(
         len,
+        &spans,
         run.cancel,
         run.progress,
         |buf, off| {
@@ -1010,23 +1057,37 @@ pub fn verify(
                 spare.lock().map_err(|_| lock_failed())?.push(theirs);
                 filled?;
             }
-            Ok(())
+            Ok(hasher.hash_all(buf))
         },
-        |buf, _| {
-            hasher.update(buf);
+        |buf, off, hashes| {
+            // The gap before this chunk holds zeros.
+            tree.push_zeros((off - pos) / u64::from(block));
+            if let Some(sha) = &mut sha {
+                hash_zeros(sha, off - pos);
+                sha.update(buf);
+            }
+            for h in hashes {
+                tree.push(h);
+            }
+            pos = off + buf.len() as u64;
             Ok(())
         },
     )?;
-    let plaintext_sha256 = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    if let Some(sha) = &mut sha {
+        hash_zeros(sha, len - pos);
+    }
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
     Ok(VerifyReport {
         kind: u.kind,
         keyslot: u.keyslot,
         payload_len: len,
-        plaintext_sha256,
+        verity: VerityDigest {
+            root_hash: hex(&tree.finish()),
+            salt: hex(&digests.verity_salt),
+            data_block_size: block,
+        },
+        plaintext_sha256: sha.map(|s| hex(&s.finalize())),
+        data_bytes,
         source_size: src_size,
         mismatch: mismatch.into_inner().unwrap_or(None),
         warnings: u.warnings,

@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use crate::require;
-use crate::util::{FAST_PBKDF2, diskseal, encrypt_fast, read, run_in, setup};
+use crate::util::{
+    FAST_PBKDF2, diskseal, encrypt_fast, have, read, run_in, setup, veritysetup_root,
+};
 
 const MIB: usize = 1 << 20;
 
@@ -26,6 +28,26 @@ fn encrypt(d: &Path, extra: &[&str]) {
     args.extend(extra);
     args.extend(["src.raw", "disk.luks"]);
     diskseal(d, &args).ok();
+}
+
+/// Checks that the manifest `m` holds the dm-verity root hash veritysetup computes for `plain` (a
+/// file in `d` holding the plaintext disk), with no salt, and no SHA-256 of the plaintext.
+#[track_caller]
+fn assert_verity(d: &Path, m: &serde_json::Value, plain: &str) {
+    let v = &m["plaintext"]["dm_verity"];
+    assert_eq!(v["salt"], "", "{m}");
+    assert_eq!(v["hash"], "sha256");
+    assert_eq!(v["hash_type"], 1);
+    assert_eq!(v["hash_block_size"], 4096);
+    assert!(m["plaintext"].get("sha256").is_none(), "{m}");
+    if have("veritysetup") {
+        let block = v["data_block_size"].as_u64().unwrap() as u32;
+        assert_eq!(
+            v["root_hash"],
+            veritysetup_root(d, plain, block, "-"),
+            "{m}"
+        );
+    }
 }
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -56,7 +78,7 @@ fn bundle_holds_image_manifest_and_sealed_key() {
     let b = d.join("out");
     assert_eq!(read(b.join("disk.luks")), read(d.join("disk.luks")));
     let m: serde_json::Value = serde_json::from_slice(&read(b.join("manifest.json"))).unwrap();
-    assert_eq!(m["schema"], "diskseal-bundle/1");
+    assert_eq!(m["schema"], "diskseal-bundle/2");
     assert_eq!(m["profile"], "luks2");
     assert_eq!(m["image"]["file"], "disk.luks");
     assert_eq!(m["image"]["format"], "luks2");
@@ -66,10 +88,7 @@ fn bundle_holds_image_manifest_and_sealed_key() {
         std::fs::metadata(d.join("disk.luks")).unwrap().len()
     );
     assert_eq!(m["image"]["sha256"], sha256_hex(&read(d.join("disk.luks"))));
-    assert_eq!(
-        m["plaintext"]["sha256"],
-        sha256_hex(&read(d.join("src.raw")))
-    );
+    assert_verity(d, &m, "src.raw");
     assert_eq!(m["luks"]["version"], 2);
     assert_eq!(m["luks"]["cipher"], "aes-xts-plain64");
     assert_eq!(m["key"]["recipient"], recipient.as_str());
@@ -403,10 +422,7 @@ fn ibm_vpc_qcow2_bundle() {
         m["image"]["file_size"].as_u64().unwrap() < 8 * MIB as u64,
         "{m}"
     );
-    assert_eq!(
-        m["plaintext"]["sha256"],
-        sha256_hex(&read(d.join("src.raw")))
-    );
+    assert_verity(d, m, "src.raw");
     assert_eq!(m["key"]["kind"], "passphrase");
 }
 
@@ -465,7 +481,8 @@ fn ibm_classic_vhd_bundle() {
     // The plaintext is the source padded to whole 2 MiB blocks.
     let mut plain = read(d.join("src.raw"));
     plain.resize(2 * MIB, 0);
-    assert_eq!(m["plaintext"]["sha256"], sha256_hex(&plain));
+    std::fs::write(d.join("plain.raw"), &plain).unwrap();
+    assert_verity(d, m, "plain.raw");
     // Another DEK does not open it: refused, nothing written.
     let other: Vec<u8> = (1..65u8).collect();
     std::fs::write(d.join("other.bin"), &other).unwrap();
@@ -495,7 +512,7 @@ fn ibm_classic_vhd_bundle() {
     let m3: serde_json::Value = serde_json::from_slice(&read(d.join("b3/manifest.json"))).unwrap();
     assert_eq!(v["bundle"]["manifest"], m3);
     assert_eq!(m3["vhd_util"]["keyhash"], m["vhd_util"]["keyhash"]);
-    assert_eq!(m3["plaintext"]["sha256"], m["plaintext"]["sha256"]);
+    assert_eq!(m3["plaintext"], m["plaintext"]);
     assert_eq!(read(d.join("b3/disk3.vhd")), read(d.join("disk3.vhd")));
     assert!(d.join("b3/dek.age").exists());
 }
@@ -535,14 +552,14 @@ fn encrypt_manifest_describes_the_output_for_every_profile_kind() {
         let text = read(d.join("m.json"));
         let m: serde_json::Value = serde_json::from_slice(&text).unwrap();
         assert_eq!(j["manifest"]["manifest"], m, "{out}");
-        assert_eq!(m["schema"], "diskseal-manifest/1");
+        assert_eq!(m["schema"], "diskseal-manifest/2");
         assert_eq!(m["image"]["file"], out);
         assert_eq!(m["image"]["format"], format);
         let image = read(d.join(out));
         assert_eq!(m["image"]["file_size"], image.len());
         assert_eq!(m["image"]["sha256"], sha256_hex(&image));
         assert_eq!(m["image"]["virtual_size"], 4 * MIB);
-        assert_eq!(m["plaintext"]["sha256"], src_sha.as_str(), "{out}");
+        assert_verity(d, &m, "src.raw");
         assert!(m.get("key").and_then(|k| k.get("recipient")).is_none());
         let t = String::from_utf8(text).unwrap();
         assert!(
@@ -576,6 +593,25 @@ fn encrypt_manifest_describes_the_output_for_every_profile_kind() {
             );
         }
     }
+    // --plaintext-sha256 adds the SHA-256 of the whole plaintext (here the source) to the root hash.
+    encrypt_fast(
+        d,
+        &[
+            "-q",
+            "--force",
+            "--manifest",
+            "m.json",
+            "--plaintext-sha256",
+            "--key-file",
+            "pw",
+        ],
+        "src.raw",
+        "disk.luks",
+    )
+    .ok();
+    let m: serde_json::Value = serde_json::from_slice(&read(d.join("m.json"))).unwrap();
+    assert_eq!(m["plaintext"]["sha256"], src_sha.as_str());
+    assert_eq!(m["plaintext"]["dm_verity"]["data_block_size"], 4096);
 }
 
 #[test]

@@ -431,9 +431,19 @@ fn json_output_and_plaintext_hash() {
     assert_eq!(j["data_offset"], 16 * MIB as u64);
     assert_eq!(j["output_size"], 17 * MIB as u64);
     let v: serde_json::Value = serde_json::from_str(
-        &diskseal(d, &["verify", "--json", "--key-file", "pw", "o.luks"])
-            .ok()
-            .stdout,
+        &diskseal(
+            d,
+            &[
+                "verify",
+                "--json",
+                "--key-file",
+                "pw",
+                "--plaintext-sha256",
+                "o.luks",
+            ],
+        )
+        .ok()
+        .stdout,
     )
     .unwrap();
     use sha2::Digest;

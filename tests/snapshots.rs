@@ -175,7 +175,7 @@ fn json_documents_keep_their_keys() {
             "j.luks"
         ]),
         expect(
-            "against command damage encryption first_mismatch image keyslot ok payload_size plaintext_sha256 source_size"
+            "against command damage data_bytes encryption first_mismatch image keyslot ok payload_size plaintext_dm_verity plaintext_sha256 source_size"
         )
     );
     assert_eq!(

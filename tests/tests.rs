@@ -19,6 +19,7 @@ mod ova;
 mod qcow2;
 mod qemu;
 mod snapshots;
+mod verity;
 mod vhd;
 mod vhdx;
 mod vmdk;

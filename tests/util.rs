@@ -78,9 +78,21 @@ pub fn run_in(dir: &Path, prog: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> R
     Ran::from(o)
 }
 
+/// How often diskseal writes a progress line when stderr is not a terminal, in the runs of
+/// [`diskseal`] and [`diskseal_stdin`]: never within a test (their stderr is compared), unless a test
+/// sets it itself.
+pub const PROGRESS_SECONDS: (&str, &str) = ("DISKSEAL_PROGRESS_SECONDS", "86400");
+
 /// Runs `diskseal` with arguments in `dir`.
 pub fn diskseal(dir: &Path, args: &[&str]) -> Ran {
-    run_in(dir, diskseal_bin(), args)
+    let o = Command::new(diskseal_bin())
+        .args(args)
+        .current_dir(dir)
+        .env(PROGRESS_SECONDS.0, PROGRESS_SECONDS.1)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run diskseal: {e}"));
+    Ran::from(o)
 }
 
 /// Runs `diskseal` feeding `stdin`.
@@ -89,6 +101,7 @@ pub fn diskseal_stdin(dir: &Path, args: &[&str], stdin: &[u8]) -> Ran {
     let mut child = Command::new(diskseal_bin())
         .args(args)
         .current_dir(dir)
+        .env(PROGRESS_SECONDS.0, PROGRESS_SECONDS.1)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -243,4 +256,39 @@ pub fn encrypts_to_every_profile(dir: &Path, img: &str, driver: &str) {
         got[..want.len()] == want[..] && got[want.len()..].iter().all(|&b| b == 0),
         "{img}: ibm-classic-vhd"
     );
+}
+
+/// The root hash `veritysetup format --no-superblock` prints for the disk `file` in `dir` (SHA-256,
+/// format 1, 4096-byte hash blocks, `data_block`-byte data blocks, `salt` in hex or "-" for none): the
+/// reference for diskseal's plaintext digest. Callers `require!("veritysetup")` first.
+pub fn veritysetup_root(dir: &Path, file: &str, data_block: u32, salt: &str) -> String {
+    let hash = dir.join(format!("{file}.verity"));
+    let out = run_in(
+        dir,
+        "veritysetup",
+        &[
+            "format",
+            "--no-superblock",
+            "--hash",
+            "sha256",
+            "--format",
+            "1",
+            "--hash-block-size",
+            "4096",
+            "--data-block-size",
+            &data_block.to_string(),
+            "--salt",
+            salt,
+            file,
+            hash.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    let _ = std::fs::remove_file(&hash);
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Root hash:"))
+        .unwrap_or_else(|| panic!("no root hash in {}", out.stdout))
+        .trim()
+        .to_owned()
 }

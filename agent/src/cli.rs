@@ -440,10 +440,11 @@ fn parse_size(s: &str) -> std::result::Result<u64, String> {
 enum BundleCmd {
     /// Check a bundle: manifest, image sha256, and that the key unseals with the identity.
     #[command(
-        after_help = "Examples:\n  diskseal-agent bundle verify /media/usb/disk-bundle\n  # also decrypt the whole disk and check its sha256:\n  diskseal-agent bundle verify --deep --json /media/usb/disk-bundle"
+        after_help = "Examples:\n  diskseal-agent bundle verify /media/usb/disk-bundle\n  # also decrypt the disk and check its digest (a line on stderr every 10 s):\n  diskseal-agent bundle verify --deep --json /media/usb/disk-bundle"
     )]
     Verify {
-        /// Also unlock the image with the key and check the plaintext's sha256 (reads the whole image).
+        /// Also unlock the image with the key, decrypt what it allocates and check the plaintext's
+        /// dm-verity root hash (a bundle of schema 1: the SHA-256 of the whole disk).
         #[arg(long)]
         deep: bool,
         /// The bundle directory.
@@ -766,7 +767,7 @@ fn run(cli: &Cli) -> Result<()> {
         }
         Command::Bundle(BundleCmd::Verify { bundle, deep }) => {
             let l = layers(cli, None)?;
-            let v = crate::verify::verify_logged(&l, bundle, *deep)?;
+            let v = crate::verify::verify_logged(&l, bundle, *deep, !cli.quiet && !cli.json)?;
             let m = &v.manifest;
             print(
                 cli,
@@ -881,7 +882,7 @@ fn wrap(cli: &Cli, a: &WrapArgs) -> Result<()> {
     let l = layers(cli, Some(&a.kms))?;
     let (key, image_sha, bundle_name) = match (&a.bundle, &a.dek_file) {
         (Some(b), _) => {
-            let v = crate::verify::verify_logged(&l, b, false)?;
+            let v = crate::verify::verify_logged(&l, b, false, false)?;
             (
                 Some(v.key),
                 Some(v.manifest.image.sha256.clone()),

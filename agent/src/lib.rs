@@ -32,6 +32,7 @@ pub mod http;
 pub mod identity;
 pub mod import;
 pub mod kms;
+pub mod progress;
 pub mod provision;
 pub mod records;
 pub mod s3;

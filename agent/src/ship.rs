@@ -128,7 +128,7 @@ fn prepare(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Prep
         }
     };
     // The bundle: manifest, image sha256, the key unseals.
-    let verified = crate::verify::verify_logged(l, &r.bundle, false)?;
+    let verified = crate::verify::verify_logged(l, &r.bundle, false, false)?;
     let image = r.bundle.join(&verified.manifest.image.file);
     let region = std::env::var("AWS_REGION").ok();
     let target = s3::Target::parse(&r.object, region.as_deref(), r.s3_endpoint.as_deref())?;

@@ -135,14 +135,30 @@ pub fn verify(dir: &Path, identities: &[age::x25519::Identity]) -> Result<Verifi
     })
 }
 
-/// The deep check: unlocks the image with the unsealed key, decrypts the whole payload and compares its
-/// SHA-256 with the manifest's `plaintext.sha256` (slow: a KDF plus a full read).
-pub fn verify_plaintext(v: &Verified) -> Result<()> {
+/// The deep check: unlocks the image with the unsealed key, decrypts what it allocates and compares the
+/// plaintext's digest with the manifest's (in constant time): the dm-verity root hash (schema 2, a KDF
+/// plus a read of the allocated data), or the SHA-256 of the whole disk (schema 1, a read of every
+/// byte of the virtual size).
+/// With `show`, a progress line goes to stderr every 10 s.
+pub fn verify_plaintext(v: &Verified, show: bool) -> Result<()> {
     let profile = Profile::parse(&v.manifest.profile)?;
     let unlock = unlock_with(profile, &v.key)?;
     let image = v.dir.join(&v.manifest.image.file);
+    let plain = &v.manifest.plaintext;
+    let digests = diskseal::ops::Digests {
+        verity_salt: match &plain.dm_verity {
+            Some(d) => d
+                .salt_bytes()
+                .map_err(|e| bad(&v.dir, e.message().to_owned()))?,
+            None => Vec::new(),
+        },
+        sha256: plain.dm_verity.is_none(),
+    };
     let q = diskseal::bundle::QuietRun::default();
-    let r = diskseal::ops::verify(&image, unlock, None, &q.run()).map_err(|e| {
+    let r = crate::progress::with_lines("deep verify", &q, show, |run| {
+        diskseal::ops::verify(&image, unlock, None, &digests, run)
+    })
+    .map_err(|e| {
         if e.kind() == diskseal::ErrorKind::WrongKey {
             bad(
                 &v.dir,
@@ -156,13 +172,22 @@ pub fn verify_plaintext(v: &Verified) -> Result<()> {
             Error::Diskseal(e)
         }
     })?;
-    if r.plaintext_sha256 != v.manifest.plaintext.sha256 {
+    let (what, found, expected) = match (&plain.dm_verity, &plain.sha256, &r.plaintext_sha256) {
+        (Some(d), _, _) => (
+            "plaintext dm-verity root hash",
+            r.verity.root_hash.as_str(),
+            d.root_hash.as_str(),
+        ),
+        (None, Some(want), Some(got)) => ("plaintext sha256", got.as_str(), want.as_str()),
+        _ => return Err(bad(&v.dir, "the manifest has no plaintext digest")),
+    };
+    let same = unhex(found)
+        .zip(unhex(expected))
+        .is_some_and(|(a, b)| bool::from(a.ct_eq(&b)));
+    if !same {
         return Err(bad(
             &v.dir,
-            format!(
-                "plaintext sha256 {} does not match the manifest's {}",
-                r.plaintext_sha256, v.manifest.plaintext.sha256
-            ),
+            format!("{what} {found} does not match the manifest's {expected}"),
         ));
     }
     Ok(())
@@ -177,13 +202,14 @@ fn unlock_with(profile: Profile, key: &SecretBytes) -> diskseal::Result<Unlock> 
     }
     Ok(Unlock::Passphrase(profile.passphrase(bytes)?))
 }
-/// [`verify`] (and with `deep` [`verify_plaintext`]) with the identity `l` names, logged to `l`'s audit log.
-pub fn verify_logged(l: &Layers, bundle: &Path, deep: bool) -> Result<Verified> {
+/// [`verify`] (and with `deep` [`verify_plaintext`], with progress lines when `show`) with the identity
+/// `l` names, logged to `l`'s audit log.
+pub fn verify_logged(l: &Layers, bundle: &Path, deep: bool, show: bool) -> Result<Verified> {
     let r = crate::identity::load(&l.identity())
         .and_then(|ids| verify(bundle, &ids))
         .and_then(|v| {
             if deep {
-                verify_plaintext(&v)?;
+                verify_plaintext(&v, show)?;
             }
             Ok(v)
         });

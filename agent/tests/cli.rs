@@ -480,6 +480,64 @@ fn deep_verify_unlocks_the_image() {
     );
 }
 
+/// `--deep` compares the plaintext's dm-verity root hash (schema 2) with the manifest's, or, in a
+/// bundle of schema 1, the SHA-256 of the whole plaintext; it says how far it is on stderr.
+#[test]
+fn deep_verify_checks_the_plaintext_digest_of_either_schema() {
+    use sha2::{Digest, Sha256};
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let r = init(p);
+    let b = make_bundle(p, &r);
+    let manifest = b.join("manifest.json");
+    let good: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    assert_eq!(good["schema"], "diskseal-bundle/2");
+    let rewrite = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut m = good.clone();
+        edit(&mut m);
+        std::fs::write(&manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    };
+    let deep = || {
+        agent(
+            p,
+            &["bundle", "verify", "--deep", "bundle"],
+            &[("DISKSEAL_PROGRESS_SECONDS", "0.001")],
+        )
+    };
+    let out = deep().ok();
+    assert!(
+        out.stderr.contains("diskseal-agent: deep verify: "),
+        "{}",
+        out.stderr
+    );
+    // Another root hash: the shallow check passes, the deep one does not.
+    rewrite(&|m| m["plaintext"]["dm_verity"]["root_hash"] = "ab".repeat(32).into());
+    agent(p, &["bundle", "verify", "bundle"], &[]).ok();
+    let out = deep();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("plaintext dm-verity root hash")
+            && out.stderr.contains("does not match"),
+        "{}",
+        out.stderr
+    );
+    // Schema 1: the SHA-256 of the whole disk.
+    let sha = diskseal::bundle::hex(&Sha256::digest(std::fs::read(p.join("disk.raw")).unwrap()));
+    let v1 = |sha: String| {
+        move |m: &mut serde_json::Value| {
+            m["schema"] = "diskseal-bundle/1".into();
+            m["plaintext"] = serde_json::json!({ "sha256": sha.clone() });
+        }
+    };
+    rewrite(&v1(sha));
+    deep().ok();
+    rewrite(&v1("0".repeat(64)));
+    let out = deep();
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("plaintext sha256"), "{}", out.stderr);
+}
+
 #[test]
 fn ibm_vpc_qcow2_bundle_verifies_deep_and_wraps_base64_of_the_passphrase() {
     let fake = FakeIbm::start();

@@ -161,6 +161,7 @@ fn bundle_image(
         recipient: recipient.into(),
         force: false,
         source: None,
+        plaintext_sha256: false,
     };
     diskseal::bundle::create(img, key, &out, &bopts, &q.run()).unwrap();
     out

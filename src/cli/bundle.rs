@@ -48,6 +48,10 @@ pub(super) struct BundleArgs {
     /// Worker threads (default: all cores).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Also record the SHA-256 of the whole plaintext disk in the manifest (reads every byte of the
+    /// virtual size, the unallocated zeros too; the dm-verity root hash costs only what holds data).
+    #[arg(long)]
+    plaintext_sha256: bool,
     /// The encrypted image (`diskseal encrypt` output).
     image: PathBuf,
     /// The bundle directory to create.
@@ -72,6 +76,7 @@ pub(super) fn run(a: &BundleArgs, out: &Out) -> Result<ExitCode> {
         recipient: a.recipient.clone(),
         force: a.force,
         source: None,
+        plaintext_sha256: a.plaintext_sha256,
     };
     let rep = build(
         Request {

@@ -255,11 +255,15 @@ struct EncryptArgs {
     /// The agent's age recipient for --bundle.
     #[arg(long, value_name = "AGE1...", requires = "bundle")]
     recipient: Option<String>,
-    /// Also write the image's manifest to FILE: sizes, sha256 of the file and of the plaintext, LUKS or
-    /// vhd-util parameters, what a KMS must wrap; no secret. Reads the output back (unlocks it with
-    /// --key-file FILE, which it needs).
+    /// Also write the image's manifest to FILE: sizes, sha256 of the file, the plaintext's dm-verity root
+    /// hash, LUKS or vhd-util parameters, what a KMS must wrap; no secret. Reads the output back (unlocks
+    /// it with --key-file FILE, which it needs).
     #[arg(long, value_name = "FILE")]
     manifest: Option<PathBuf>,
+    /// With --bundle or --manifest: also record the SHA-256 of the whole plaintext disk (reads every
+    /// byte of the virtual size, the unallocated zeros too).
+    #[arg(long)]
+    plaintext_sha256: bool,
     #[command(flatten)]
     key: KeyArgs,
     /// Source disk image.
@@ -319,6 +323,14 @@ struct VerifyArgs {
     /// Worker threads (default: all cores).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Also compute the SHA-256 of the whole plaintext disk (reads every byte of the virtual size, the
+    /// unallocated zeros too; the dm-verity root hash, always shown, costs only what holds data).
+    #[arg(long)]
+    plaintext_sha256: bool,
+    /// The salt of the dm-verity root hash, hex (default: none, veritysetup's `--salt -`; a manifest
+    /// records the one it used).
+    #[arg(long, value_name = "HEX")]
+    salt: Option<String>,
     #[command(flatten)]
     key: KeyArgs,
     /// Encrypted image: LUKS file, qcow2 with LUKS, or vhd-util encrypted VHD.
@@ -502,7 +514,8 @@ fn input_format_disk(f: &Option<String>, disk: Option<u16>) -> Result<Option<Ima
     }
 }
 
-/// Runs `job` with a progress bar (on a terminal, unless quiet or JSON).
+/// Runs `job` with a progress bar (on a terminal), or a plain progress line on stderr every 10 s
+/// (`DISKSEAL_PROGRESS_SECONDS`) when stderr is not a terminal; neither when quiet or JSON.
 fn with_progress<T>(
     out: &Out,
     label: &str,
@@ -517,12 +530,26 @@ fn with_progress<T>(
         progress: &progress,
         total: &total,
     };
-    if !out.show_progress() {
+    if !out.show_progress() && !out.show_lines() {
         return job(&run);
     }
     let done = AtomicBool::new(false);
+    let every = diskseal::pipeline::progress_interval();
     std::thread::scope(|s| {
-        s.spawn(|| report::progress_bar(label, &progress, &total, &done));
+        if out.show_progress() {
+            s.spawn(|| report::progress_bar(label, &progress, &total, &done));
+        } else {
+            s.spawn(|| {
+                diskseal::pipeline::progress_lines(
+                    label,
+                    &progress,
+                    &total,
+                    &done,
+                    every,
+                    &mut |l| eprintln!("diskseal: {l}"),
+                )
+            });
+        }
         let r = job(&run);
         done.store(true, Ordering::SeqCst);
         r
@@ -873,6 +900,7 @@ fn bundle_request(a: &EncryptArgs, profile: Profile) -> Result<Option<bundle::Re
             recipient: recipient.clone(),
             force: a.force,
             source: None,
+            plaintext_sha256: a.plaintext_sha256,
         },
         threads: a.threads,
     }))
@@ -933,7 +961,7 @@ fn write_manifest(
     out: &Out,
 ) -> Result<diskseal::bundle::ImageManifest> {
     let mut m = with_progress(out, "describing", a.threads, |run| {
-        diskseal::bundle::describe(&a.dst, key, profile, run)
+        diskseal::bundle::describe(&a.dst, key, profile, a.plaintext_sha256, run)
     })?;
     m.source = Some(source);
     diskseal::bundle::write_manifest(path, &m, a.force)?;
@@ -942,12 +970,26 @@ fn write_manifest(
 
 fn manifest_summary(path: &Path, m: &diskseal::bundle::ImageManifest, out: &Out) {
     out.summary(&format!(
-        "{}: manifest of {} (sha256 {}; plaintext sha256 {})",
+        "{}: manifest of {} (sha256 {}; plaintext {})",
         path.display(),
         m.image.file,
         m.image.sha256,
-        m.plaintext.sha256
+        plaintext_digests(&m.plaintext)
     ));
+}
+
+/// "dm-verity root hash R[, sha256 S]" for summaries.
+fn plaintext_digests(p: &diskseal::bundle::PlaintextEntry) -> String {
+    let mut t = p.dm_verity.as_ref().map_or(String::new(), |v| {
+        format!("dm-verity root hash {}", v.root_hash)
+    });
+    if let Some(s) = &p.sha256 {
+        if !t.is_empty() {
+            t.push_str(", ");
+        }
+        t.push_str(&format!("sha256 {s}"));
+    }
+    t
 }
 
 fn keyhash(a: &KeyhashArgs, out: &Out) -> Result<ExitCode> {
@@ -1183,8 +1225,15 @@ fn verify(a: &VerifyArgs, out: &Out) -> Result<ExitCode> {
     let how = unlock_how(&a.key, a.profile, out, &a.src)?;
     let fmt = input_format_disk(&a.input_format, a.disk)?;
     let against = a.against.as_deref().map(|p| (p, fmt));
+    let digests = ops::Digests {
+        verity_salt: match &a.salt {
+            Some(h) => parse_hex_salt(h)?,
+            None => Vec::new(),
+        },
+        sha256: a.plaintext_sha256,
+    };
     let r = with_progress(out, "verifying", a.threads, |run| {
-        ops::verify(&a.src, how, against, run)
+        ops::verify(&a.src, how, against, &digests, run)
     })
     .map_err(|e| hint_profile(e, &a.key, a.profile))?;
     for w in &r.warnings {
@@ -1193,6 +1242,9 @@ fn verify(a: &VerifyArgs, out: &Out) -> Result<ExitCode> {
     if out.json {
         out.print_json(&json!({"command": "verify", "image": a.src, "ok": r.ok(), "encryption": r.kind,
             "keyslot": r.keyslot, "payload_size": r.payload_len, "plaintext_sha256": r.plaintext_sha256,
+            "plaintext_dm_verity": {"root_hash": r.verity.root_hash, "salt": r.verity.salt,
+                "data_block_size": r.verity.data_block_size, "hash_block_size": 4096, "hash": "sha256"},
+            "data_bytes": r.data_bytes,
             "against": a.against, "source_size": r.source_size, "first_mismatch": r.mismatch,
             "damage": r.damage}));
     } else if let Some(m) = r.mismatch {
@@ -1224,12 +1276,16 @@ fn verify(a: &VerifyArgs, out: &Out) -> Result<ExitCode> {
             Some(p) => format!("identical to {}", p.display()),
             None => "all structures valid".into(),
         };
+        let sha = r
+            .plaintext_sha256
+            .as_ref()
+            .map_or(String::new(), |s| format!(", sha256 {s}"));
         out.summary(&format!(
-            "{}: OK, {}, payload {} {what}; plaintext sha256 {}",
+            "{}: OK, {}, payload {} {what}; plaintext dm-verity root hash {}{sha}",
             a.src.display(),
             r.kind,
             report::bytes(r.payload_len),
-            r.plaintext_sha256
+            r.verity.root_hash
         ));
     }
     Ok(if r.ok() {
@@ -1237,6 +1293,29 @@ fn verify(a: &VerifyArgs, out: &Out) -> Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `--salt HEX`: at most 256 bytes, as veritysetup allows ("-" is no salt).
+fn parse_hex_salt(h: &str) -> Result<Vec<u8>> {
+    let h = h.trim();
+    if h == "-" {
+        return Ok(Vec::new());
+    }
+    let bytes: Option<Vec<u8>> = if h.len().is_multiple_of(2) && h.is_ascii() {
+        (0..h.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&h[i..i + 2], 16).ok())
+            .collect()
+    } else {
+        None
+    };
+    match bytes {
+        Some(b) if b.len() <= 256 => Ok(b),
+        _ => Err(Error::invalid(format!(
+            "--salt {h:?} is not a hex salt of at most 256 bytes"
+        ))
+        .hint("give the salt as veritysetup prints it (or a manifest's plaintext.dm_verity.salt), or - for none")),
+    }
 }
 
 fn dump(a: &DumpArgs, out: &Out) -> Result<ExitCode> {

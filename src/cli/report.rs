@@ -1,5 +1,5 @@
 //! Output for humans and machines: errors with their hint, warnings, the summary line, JSON, and the
-//! progress bar (only on a terminal, never with -q or --json).
+//! progress bar (on a terminal; elsewhere a plain line every 10 s; never with -q or --json).
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,6 +27,11 @@ impl Out {
 
     pub(super) fn show_progress(&self) -> bool {
         self.tty && !self.quiet && !self.json
+    }
+
+    /// Plain progress lines instead of the bar: stderr is not a terminal (a log, a pipe).
+    pub(super) fn show_lines(&self) -> bool {
+        !self.tty && !self.quiet && !self.json
     }
 
     /// An error: what failed, then what to try.

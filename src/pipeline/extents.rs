@@ -43,6 +43,34 @@ pub fn data_ranges(extents: &[Extent], off: u64, len: u64, unit: u64) -> Vec<(u6
     out
 }
 
+/// The parts of `0..len` where any of the allocation maps `maps` has data, rounded out to whole `unit`s
+/// (clipped to `len`), merged, as sorted `(offset, length)` pairs: everything else reads as zeros in
+/// every map, so [`Pipeline::scan_ranges`](super::Pipeline::scan_ranges) need not visit it.
+pub fn data_spans(maps: &[&[Extent]], len: u64, unit: u64) -> Vec<(u64, u64)> {
+    let mut spans: Vec<(u64, u64)> = maps
+        .iter()
+        .flat_map(|m| m.iter())
+        .filter(|e| e.kind == ExtentKind::Data && e.offset < len && e.len > 0)
+        .map(|e| {
+            let a = e.offset / unit * unit;
+            let b = (e.offset + e.len)
+                .div_ceil(unit)
+                .saturating_mul(unit)
+                .min(len);
+            (a, b)
+        })
+        .collect();
+    spans.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(spans.len());
+    for (a, b) in spans {
+        match out.last_mut() {
+            Some(last) if last.0 + last.1 >= a => last.1 = last.1.max(b - last.0),
+            _ => out.push((a, b - a)),
+        }
+    }
+    out
+}
+
 /// The first offset at or after `off` where `extents` has data (`len` if none).
 pub fn next_data(extents: &[Extent], off: u64, len: u64) -> u64 {
     extents[extents.partition_point(|e| e.offset + e.len <= off)..]
@@ -84,6 +112,24 @@ mod tests {
         assert_eq!(next_data(&e, 0, 2000), 100);
         assert_eq!(next_data(&e, 120, 2000), 510);
         assert_eq!(next_data(&e, 600, 2000), 2000);
+    }
+
+    #[test]
+    fn spans_merge_maps_and_round_out() {
+        let a = [
+            ext(0, 100, ExtentKind::Unallocated),
+            ext(100, 10, ExtentKind::Data),
+            ext(110, 4000, ExtentKind::Zero),
+            ext(9000, 10, ExtentKind::Data),
+        ];
+        let b = [
+            ext(0, 4096, ExtentKind::Zero),
+            ext(4096, 5000, ExtentKind::Data),
+        ];
+        assert_eq!(data_spans(&[&a], 9010, 512), vec![(0, 512), (8704, 306)]);
+        assert_eq!(data_spans(&[&a, &b], 9010, 4096), vec![(0, 9010)]);
+        assert_eq!(data_spans(&[&b], 20000, 4096), vec![(4096, 8192)]);
+        assert!(data_spans(&[], 100, 512).is_empty());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The parallel engine: a byte range is cut into chunks that a pool of workers processes with a bounded
 //! set of buffers (memory does not grow with the image).
 //!
-//! - [`Pipeline::scan_ordered`]: parallel work in waves (read, encrypt or decrypt), and one in-order
+//! - [`Pipeline::scan_ordered`] (and [`Pipeline::scan_ranges`], the same over the data ranges only):
+//!   parallel work in waves (read, encrypt or decrypt), and one in-order
 //!   pass over each wave (write, hash) while the next wave is worked on. Writes go out from one thread,
 //!   in order, 4 MiB at a time: two threads `pwrite`-ing into one ext4 file serialise on its inode lock
 //!   and its dirty-page throttling, which made two threads 3-4× slower than one on a real disk.
@@ -57,6 +58,61 @@ impl Progress {
     }
     fn add(&self, n: u64) {
         self.done.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// How often [`progress_lines`] writes a line: `DISKSEAL_PROGRESS_SECONDS` (a positive number of
+/// seconds), else every 10 s.
+pub fn progress_interval() -> std::time::Duration {
+    let secs = std::env::var("DISKSEAL_PROGRESS_SECONDS")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .unwrap_or(10.0);
+    std::time::Duration::from_secs_f64(secs)
+}
+
+/// Until `done` is set, gives `emit` a plain progress line every `every` (for a log or a pipe, where a
+/// bar would be noise): "LABEL: 1.20 of 100.00 GiB (1%), 12 s", or "LABEL: STAGE, 3 s" before the data
+/// phase (while `total` is 0).
+pub fn progress_lines(
+    label: &str,
+    progress: &Progress,
+    total: &AtomicU64,
+    done: &AtomicBool,
+    every: std::time::Duration,
+    emit: &mut dyn FnMut(&str),
+) {
+    let start = std::time::Instant::now();
+    let mut next = every;
+    while !done.load(Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(50).min(every));
+        let t = start.elapsed();
+        if t < next || done.load(Ordering::SeqCst) {
+            continue;
+        }
+        next = t + every;
+        let len = total.load(Ordering::Relaxed);
+        let gib = |b: u64| b as f64 / f64::from(1u32 << 30);
+        let line = if len == 0 {
+            let stage = progress.stage();
+            let stage = if stage.is_empty() {
+                "starting".into()
+            } else {
+                stage
+            };
+            format!("{label}: {stage}, {} s", t.as_secs())
+        } else {
+            let d = progress.done().min(len);
+            format!(
+                "{label}: {:.2} of {:.2} GiB ({}%), {} s",
+                gib(d),
+                gib(len),
+                d * 100 / len,
+                t.as_secs()
+            )
+        };
+        emit(&line);
     }
 }
 
@@ -142,14 +198,44 @@ impl Pipeline {
         F: Fn(&mut [u8], u64) -> Result<()> + Sync,
         C: FnMut(&[u8], u64) -> Result<()> + Send,
     {
+        self.scan_ranges(len, &[(0, len)], cancel, progress, work, |buf, off, ()| {
+            consume(buf, off)
+        })
+    }
+
+    /// [`Pipeline::scan_ordered`] over the sorted, disjoint `(offset, length)` `ranges` of `0..len`
+    /// only (the parts of a disk that hold data): what lies between them is not visited, so its cost
+    /// is nothing; progress counts it as done when the next chunk (or the end) is consumed. `work`
+    /// returns a value per chunk that `consume` receives with it.
+    pub fn scan_ranges<T, F, C>(
+        &self,
+        len: u64,
+        ranges: &[(u64, u64)],
+        cancel: &AtomicBool,
+        progress: &Progress,
+        work: F,
+        mut consume: C,
+    ) -> Result<()>
+    where
+        T: Send + Default,
+        F: Fn(&mut [u8], u64) -> Result<T> + Sync,
+        C: FnMut(&[u8], u64, T) -> Result<()> + Send,
+    {
         let chunk = self.chunk as u64;
         let wave = (self.threads() * 2).clamp(2, MAX_WAVE);
-        let mut off = 0u64;
-        // Lays out the next wave's chunks from `off` on; returns how many.
-        let mut plan = |bufs: &mut [(Vec<u8>, u64)]| -> usize {
+        let (mut range, mut off) = (0usize, ranges.first().map_or(0, |r| r.0));
+        // Lays out the next wave's chunks from (`range`, `off`) on; returns how many.
+        let mut plan = |bufs: &mut [(Vec<u8>, u64, T)]| -> usize {
             let mut n = 0;
-            while off < len && n < bufs.len() {
-                let this = chunk.min(len - off) as usize;
+            while n < bufs.len() && range < ranges.len() {
+                let (start, rlen) = ranges[range];
+                let end = start + rlen;
+                if off >= end {
+                    range += 1;
+                    off = ranges.get(range).map_or(0, |r| r.0);
+                    continue;
+                }
+                let this = chunk.min(end - off) as usize;
                 bufs[n].0.resize(this, 0);
                 bufs[n].1 = off;
                 off += this as u64;
@@ -157,13 +243,19 @@ impl Pipeline {
             }
             n
         };
-        let fill = |jobs: &mut [(Vec<u8>, u64)]| -> Result<()> {
-            jobs.par_iter_mut().try_for_each(|(buf, o)| work(buf, *o))
+        let fill = |jobs: &mut [(Vec<u8>, u64, T)]| -> Result<()> {
+            jobs.par_iter_mut().try_for_each(|(buf, o, t)| {
+                *t = work(buf, *o)?;
+                Ok(())
+            })
         };
-        let mut cur: Vec<(Vec<u8>, u64)> = vec![(Vec::new(), 0); wave];
-        let mut next = cur.clone();
+        let new_wave = || -> Vec<(Vec<u8>, u64, T)> {
+            (0..wave).map(|_| (Vec::new(), 0, T::default())).collect()
+        };
+        let (mut cur, mut next) = (new_wave(), new_wave());
         let mut n_cur = plan(&mut cur);
         self.pool.install(|| fill(&mut cur[..n_cur]))?;
+        let mut done = 0u64;
         while n_cur > 0 {
             if cancel.load(Ordering::Relaxed) {
                 return Err(interrupted());
@@ -172,9 +264,11 @@ impl Pipeline {
             let (consumed, filled) = self.pool.install(|| {
                 rayon::join(
                     || -> Result<()> {
-                        for (buf, o) in &cur[..n_cur] {
-                            consume(buf, *o)?;
-                            progress.add(buf.len() as u64);
+                        for (buf, o, t) in &mut cur[..n_cur] {
+                            consume(buf, *o, std::mem::take(t))?;
+                            let end = *o + buf.len() as u64;
+                            progress.add(end - done);
+                            done = end;
                         }
                         Ok(())
                     },
@@ -186,6 +280,7 @@ impl Pipeline {
             std::mem::swap(&mut cur, &mut next);
             n_cur = n_next;
         }
+        progress.add(len.saturating_sub(done));
         Ok(())
     }
 }
