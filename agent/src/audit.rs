@@ -5,6 +5,10 @@
 //! lines. (The chain proves integrity against edits, not against someone who rewrites the whole log
 //! and its head: ship it to an append-only store for that.)
 //!
+//! `outcome` is CADF's `success` or `failure`, or `refused` (stopped before anything was sent) or
+//! `dry-run`; the initiator is the local user (the real uid's name) at the host, with the kind of
+//! credential the step used.
+//!
 //! No secret is ever written: events hold actions, outcomes, ids, hashes and versions only.
 
 use std::io::Write;
@@ -17,13 +21,51 @@ use crate::error::{Error, Result};
 /// `prevHash` of the first line.
 pub use crate::records::GENESIS;
 
+/// How an action ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Outcome {
+    /// It was done.
+    #[default]
+    Success,
+    /// It was tried and failed (the reason is in `reasonForFailure`).
+    Failure,
+    /// A pre-flight check or a safety rule stopped it before anything was sent.
+    Refused,
+    /// `--dry-run`: the requests were shown, none was sent.
+    DryRun,
+}
+
+impl Outcome {
+    /// `Success` for `true`, `Failure` for `false`.
+    pub fn of(ok: bool) -> Outcome {
+        if ok {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        }
+    }
+
+    /// The log's `outcome` and `reason.reasonType`.
+    fn names(self) -> (&'static str, &'static str) {
+        match self {
+            Outcome::Success => ("success", "OK"),
+            Outcome::Failure => ("failure", "Error"),
+            Outcome::Refused => ("refused", "Refused"),
+            Outcome::DryRun => ("dry-run", "DryRun"),
+        }
+    }
+}
+
 /// One event to log.
 #[derive(Debug, Clone, Default)]
 pub struct Event {
     /// `service.objectType.action`, e.g. `kms.secrets.wrap`.
     pub action: String,
-    /// `success` or `failure`.
-    pub success: bool,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The kind of credential used (`apikey`, `hmac`, `aws-access-key`, `pkcs11-pin`, `age-identity`;
+    /// empty: none).
+    pub credential: String,
     /// HTTP-like reason code (200 on success, the KMS status on failure, 0 when none).
     pub reason_code: u16,
     /// Why it failed (an error message, never a secret).
@@ -48,25 +90,35 @@ fn head_path(log: &Path) -> PathBuf {
 
 use crate::records::sha_hex;
 
-fn initiator() -> Value {
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into());
+/// The local user running the agent: the real uid's name (the password database, NSS included),
+/// else `$USER`, else `uid N`.
+fn local_user() -> String {
+    let uid = nix::unistd::getuid();
+    nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty()))
+        .unwrap_or_else(|| format!("uid {uid}"))
+}
+
+fn initiator(credential: &str) -> Value {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into());
     json!({
-        "id": format!("{user}@{host}"),
+        "id": format!("{}@{host}", local_user()),
         "typeURI": "service/security/account/user",
-        "credential": {"type": "apikey"},
+        "credential": {"type": if credential.is_empty() { "none" } else { credential }},
         "host": {"agent": concat!("diskseal-agent/", env!("CARGO_PKG_VERSION"))},
     })
 }
 
-fn severity(code: u16, success: bool) -> &'static str {
-    match code {
-        _ if success => "normal",
-        401 | 403 | 503 | 507 => "critical",
+fn severity(code: u16, outcome: Outcome) -> &'static str {
+    match (outcome, code) {
+        (Outcome::Success | Outcome::DryRun, _) => "normal",
+        (Outcome::Failure, 401 | 403 | 503 | 507) => "critical",
         _ => "warning",
     }
 }
@@ -86,6 +138,14 @@ fn tip(log: &Path) -> Result<(u64, String)> {
         message: "the last line is not JSON (truncated?); run `audit verify`".into(),
     })?;
     Ok((v["seq"].as_u64().unwrap_or(0), sha_hex(last)))
+}
+
+/// Set once this process has recorded a failure or a refusal.
+static FAILURE_RECORDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// True once this process has recorded a failure or a refusal (so a command's failure is recorded once).
+pub fn failure_recorded() -> bool {
+    FAILURE_RECORDED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Appends `ev` to `log` (created with mode 0600), chained to the previous line; updates the head file.
@@ -114,8 +174,8 @@ pub fn append(log: &Path, ev: &Event) -> Result<()> {
     if seq == 0 && !head.exists() {
         write_head(&head, 0, GENESIS)?;
     }
-    let outcome = if ev.success { "success" } else { "failure" };
-    let mut reason = json!({"reasonCode": ev.reason_code, "reasonType": if ev.success { "OK" } else { "Error" }});
+    let (outcome, reason_type) = ev.outcome.names();
+    let mut reason = json!({"reasonCode": ev.reason_code, "reasonType": reason_type});
     if let Some(f) = &ev.failure {
         reason["reasonForFailure"] = json!(f);
     }
@@ -127,8 +187,8 @@ pub fn append(log: &Path, ev: &Event) -> Result<()> {
         "action": ev.action,
         "outcome": outcome,
         "reason": reason,
-        "severity": severity(ev.reason_code, ev.success),
-        "initiator": initiator(),
+        "severity": severity(ev.reason_code, ev.outcome),
+        "initiator": initiator(&ev.credential),
         "target": {"id": ev.target_id, "typeURI": ev.target_type},
         "observer": {"name": "diskseal-agent"},
         "correlationId": ev.correlation_id,
@@ -140,6 +200,9 @@ pub fn append(log: &Path, ev: &Event) -> Result<()> {
         .and_then(|()| f.sync_all())
         .map_err(|e| Error::io("append to audit log", log, e))?;
     write_head(&head, seq + 1, &sha_hex(line.as_bytes()))?;
+    if matches!(ev.outcome, Outcome::Failure | Outcome::Refused) {
+        FAILURE_RECORDED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     f.unlock()
         .map_err(|e| Error::io("unlock audit log", log, e))?;
     Ok(())
@@ -217,10 +280,10 @@ pub fn log_kms(
     image_sha256: Option<String>,
     details: serde_json::Value,
 ) -> Result<()> {
-    let (success, reason_code, failure, correlation_id) = match r {
-        Ok(cid) => (true, 200, None, cid),
+    let (outcome, reason_code, failure, correlation_id) = match r {
+        Ok(cid) => (Outcome::Success, 200, None, cid),
         Err(e) => (
-            false,
+            Outcome::Failure,
             e.reason_code(),
             Some(e.to_string()),
             e.correlation_id.clone(),
@@ -230,7 +293,8 @@ pub fn log_kms(
         l,
         Event {
             action: action.into(),
-            success,
+            outcome,
+            credential: l.kms_credential(),
             reason_code,
             failure,
             target_id: kms.target(),

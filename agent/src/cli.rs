@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::audit::{self, Event, log, log_kms};
+use crate::audit::{self, Event, Outcome, log, log_kms};
 use crate::config::{FileConfig, Layers};
 use crate::error::{Error, Result};
 use crate::http::{RemoteErrorKind, service};
@@ -664,7 +664,7 @@ fn print(cli: &Cli, v: serde_json::Value, text: String) {
 
 /// A dry run's result: the requests (and, in lines starting with `# `, what was checked locally), as
 /// text lines, or with --json one object: `command`, `dry_run` (true), `checked`, `requests`.
-fn print_plan(cli: &Cli, lines: &[String]) {
+fn print_plan(cli: &Cli, l: &Layers, lines: &[String]) -> Result<()> {
     if cli.json {
         let (checked, requests): (Vec<&String>, Vec<&String>) =
             lines.iter().partition(|l| l.starts_with("# "));
@@ -677,6 +677,7 @@ fn print_plan(cli: &Cli, lines: &[String]) {
     } else {
         emit(&lines.join("\n"));
     }
+    record_outcome(cli, l, Outcome::DryRun, None)
 }
 
 /// Writes a line to stdout. A closed pipe (`diskseal-agent ... | head`) ends the program quietly with
@@ -733,7 +734,102 @@ fn man(cli: &Cli, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Runs the command; a failure nothing recorded yet is recorded as the command's outcome.
 fn run(cli: &Cli) -> Result<()> {
+    let r = run_command(cli);
+    if let Err(e) = &r
+        && !audit::failure_recorded()
+    {
+        let outcome = match e {
+            Error::Refused(_) => Outcome::Refused,
+            _ => Outcome::Failure,
+        };
+        // The log's place comes from the settings; when they are what failed, from the flags alone.
+        let l = command_layers(cli).or_else(|_| {
+            let flags = FileConfig {
+                identity: cli.identity.clone(),
+                audit_log: cli.audit_log.clone(),
+                ..FileConfig::default()
+            };
+            Layers::new(flags, None, &|k| std::env::var(k).ok())
+        });
+        if let Err(le) = l.and_then(|l| record_outcome(cli, &l, outcome, Some(e))) {
+            eprintln!("diskseal-agent: warning: the failure is not in the audit log: {le}");
+        }
+    }
+    r
+}
+
+/// The settings of the command (its KMS flags included).
+fn command_layers(cli: &Cli) -> Result<Layers> {
+    match &cli.command {
+        Command::Wrap(a) => layers(cli, Some(&a.kms)),
+        Command::Unwrap(a) => layers(cli, Some(&a.kms)),
+        Command::Rewrap(a) => layers(cli, Some(&a.kms)),
+        Command::Ship(a) => layers(cli, Some(&a.kms)),
+        _ => layers(cli, None),
+    }
+}
+
+/// Records how a command that starts an action ended when no step of it did: a dry run, or a failure
+/// before (or outside) the step that records itself. Commands that start no action record nothing.
+fn record_outcome(cli: &Cli, l: &Layers, outcome: Outcome, e: Option<&Error>) -> Result<()> {
+    let kms = |action: &str| (action.to_owned(), l.kms_target(), "kms/secrets");
+    let (action, target_id, target_type) = match &cli.command {
+        Command::Init => (
+            "diskseal.identity.create".to_owned(),
+            l.identity().display().to_string(),
+            "age/identity",
+        ),
+        Command::Bundle(BundleCmd::Verify { bundle, .. }) => (
+            "diskseal.bundle.verify".to_owned(),
+            bundle.display().to_string(),
+            "diskseal/bundle",
+        ),
+        Command::Wrap(_) => kms("kms.secrets.wrap"),
+        Command::Unwrap(_) => kms("kms.secrets.unwrap"),
+        Command::Rewrap(_) => kms("kms.secrets.rewrap"),
+        Command::Upload(a) => (
+            if a.abort {
+                "diskseal.object.upload-abort"
+            } else {
+                "diskseal.object.upload"
+            }
+            .to_owned(),
+            a.url.clone(),
+            "s3/object",
+        ),
+        Command::Import(a) => (
+            format!("diskseal.image.import.{}", a.target),
+            a.object.clone(),
+            "image",
+        ),
+        Command::Ship(a) => ("diskseal.ship".to_owned(), a.object.clone(), "image"),
+        Command::Provision(a) => {
+            let (action, image) = a.audit_action();
+            (action, image, "instance")
+        }
+        Command::Audit(_) | Command::Completions { .. } | Command::Man { .. } => return Ok(()),
+    };
+    log(
+        l,
+        Event {
+            action,
+            outcome,
+            reason_code: match e {
+                Some(Error::Remote(k)) => k.reason_code(),
+                _ => 0,
+            },
+            failure: e.map(ToString::to_string),
+            target_id,
+            target_type: target_type.into(),
+            details: json!({"dry_run": outcome == Outcome::DryRun}),
+            ..Event::default()
+        },
+    )
+}
+
+fn run_command(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Init => {
             let l = layers(cli, None)?;
@@ -744,7 +840,6 @@ fn run(cli: &Cli) -> Result<()> {
                     &l,
                     Event {
                         action: "diskseal.identity.create".into(),
-                        success: true,
                         reason_code: 200,
                         target_id: path.display().to_string(),
                         target_type: "age/identity".into(),
@@ -787,8 +882,15 @@ fn run(cli: &Cli) -> Result<()> {
         Command::Unwrap(a) => {
             let l = layers(cli, Some(&a.kms))?;
             let wdek = read_wdek(&a.wdek_file)?;
+            // Refused before the key is unwrapped, not after.
+            if a.output.exists() {
+                return Err(Error::Refused(format!(
+                    "configuration: {} already exists; it is never overwritten",
+                    a.output.display()
+                )));
+            }
             if a.dry_run {
-                print_plan(cli, &l.kms_plan("unwrap")?);
+                print_plan(cli, &l, &l.kms_plan("unwrap")?)?;
                 return Ok(());
             }
             let kms = l.wrapper()?;
@@ -821,7 +923,7 @@ fn run(cli: &Cli) -> Result<()> {
             let l = layers(cli, Some(&a.kms))?;
             let wdek = read_wdek(&a.wdek_file)?;
             if a.dry_run {
-                print_plan(cli, &l.kms_plan("rewrap")?);
+                print_plan(cli, &l, &l.kms_plan("rewrap")?)?;
                 return Ok(());
             }
             let kms = l.wrapper()?;
@@ -904,7 +1006,7 @@ fn wrap(cli: &Cli, a: &WrapArgs) -> Result<()> {
             .map(|b| format!("# verified {b}: the key unseals"))
             .collect();
         lines.extend(l.kms_plan(if key.is_some() { "wrap" } else { "generate" })?);
-        print_plan(cli, &lines);
+        print_plan(cli, &l, &lines)?;
         return Ok(());
     }
     let kms = l.wrapper()?;
@@ -929,8 +1031,8 @@ fn wrap(cli: &Cli, a: &WrapArgs) -> Result<()> {
                 Error::Config("give --bundle, --dek-file, or --generate-to FILE".into())
             })?;
             if out.exists() {
-                return Err(Error::Config(format!(
-                    "{} already exists; it is never overwritten",
+                return Err(Error::Refused(format!(
+                    "configuration: {} already exists; it is never overwritten",
                     out.display()
                 )));
             }
@@ -982,7 +1084,7 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
         crate::ship::Note::Confirm(p, answer) => *answer = Some(a.provision.ask(p)),
     };
     if a.dry_run {
-        print_plan(cli, &crate::ship::plan(&l, &r, &mut on)?);
+        print_plan(cli, &l, &crate::ship::plan(&l, &r, &mut on)?)?;
         return Ok(());
     }
     let s = crate::ship::ship(&l, &r, &mut on)?;
@@ -1129,7 +1231,7 @@ fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
     };
     if a.dry_run {
         let shown = format!("<the WDEK in {}>", a.wdek_file.display());
-        print_plan(cli, &import::plan(&s, &shown));
+        print_plan(cli, &l, &import::plan(&s, &shown))?;
         return Ok(());
     }
     let r = import::import(s);
@@ -1137,7 +1239,8 @@ fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
         &l,
         Event {
             action: format!("diskseal.image.import.{}", a.target),
-            success: r.is_ok(),
+            outcome: Outcome::of(r.is_ok()),
+            credential: "apikey".into(),
             reason_code: match &r {
                 Ok(_) => 200,
                 Err(Error::Remote(k)) => k.reason_code(),
@@ -1188,6 +1291,7 @@ fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
     )?;
     let (auth_name, auth_shown) = (auth.name(), auth.redacted());
     let iam = matches!(auth, s3::Auth::Iam(_));
+    let auth_credential = auth.credential();
     let target = s3::Target::parse(&a.url, region.as_deref(), a.s3_endpoint.as_deref())?;
     let client = s3::Client::new(target.clone(), auth, retry);
     let url = target.url();
@@ -1231,7 +1335,7 @@ fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
                 "",
             )?);
         }
-        print_plan(cli, &lines);
+        print_plan(cli, &l, &lines)?;
         return Ok(());
     }
     if a.abort {
@@ -1240,7 +1344,8 @@ fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
             &l,
             Event {
                 action: "diskseal.object.upload-abort".into(),
-                success: r.is_ok(),
+                outcome: Outcome::of(r.is_ok()),
+                credential: auth_credential.into(),
                 reason_code: if r.is_ok() { 200 } else { 0 },
                 failure: r.as_ref().err().map(ToString::to_string),
                 target_id: url.clone(),
@@ -1265,7 +1370,8 @@ fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
     };
     log(&l, Event {
         action: "diskseal.object.upload".into(),
-        success: ok,
+        outcome: Outcome::of(ok),
+        credential: auth_credential.into(),
         reason_code: match &r {
             Ok(_) => 200,
             Err(Error::Remote(k)) => k.reason_code(),

@@ -499,6 +499,26 @@ impl Layers {
         )))
     }
 
+    /// The root key the KMS commands act on, for the audit log, resolved without contacting anything
+    /// (a CRN, an ARN or id, a PKCS#11 URI; empty when not configured).
+    pub fn kms_target(&self) -> String {
+        let m = &self.merged;
+        let or_empty = |v: &Option<String>| v.clone().unwrap_or_default();
+        if self.is_pkcs11() {
+            return format!(
+                "pkcs11:token={};object={}",
+                or_empty(&m.token_label),
+                or_empty(&m.key_label)
+            );
+        }
+        if self.service() != "aws-kms"
+            && let Ok(k) = self.kms()
+        {
+            return k.key_crn();
+        }
+        or_empty(&m.key_id)
+    }
+
     /// The kind of credential the KMS calls use, for the audit log: `apikey` (IBM Cloud API key, IAM
     /// tokens), `aws-access-key` (AWS, `+session-token` with one) or `pkcs11-pin`.
     pub fn kms_credential(&self) -> String {

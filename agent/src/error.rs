@@ -51,6 +51,11 @@ pub enum Error {
     /// A server order was refused by a check, by the operator, or failed in the cloud.
     #[error("provision: {0}")]
     Provision(String),
+    /// A pre-flight check or a safety rule refused the action before anything was sent (an image the
+    /// cloud would reject, an object that exists without --force, a file that is never overwritten);
+    /// the message carries its own prefix (`import: pre-flight: ...`).
+    #[error("{0}")]
+    Refused(String),
     /// An error from the diskseal library.
     #[error("{0}")]
     Diskseal(#[from] diskseal::Error),

@@ -140,7 +140,7 @@ pub fn preflight(
     legacy_luks: bool,
 ) -> Result<Vec<String>> {
     let name = object_key.rsplit('/').next().unwrap_or(object_key);
-    let bad = |m: String| Err(Error::Import(format!("pre-flight: {m}")));
+    let bad = |m: String| Err(Error::Refused(format!("import: pre-flight: {m}")));
     let mut warnings = Vec::new();
     match cloud {
         Cloud::Vpc => {
@@ -228,7 +228,12 @@ fn sniff(path: &Path) -> &'static str {
 fn vpc_image_size(path: &Path) -> Result<u64> {
     use diskseal::image::DiskImage;
     use diskseal::image::qcow2::Qcow2Image;
-    let bad = |m: String| Error::Import(format!("pre-flight: {}: {m}; {VPC_HINT}", path.display()));
+    let bad = |m: String| {
+        Error::Refused(format!(
+            "import: pre-flight: {}: {m}; {VPC_HINT}",
+            path.display()
+        ))
+    };
     let what = sniff(path);
     if what != "a qcow2 image" {
         return Err(bad(format!(
@@ -255,8 +260,8 @@ fn vpc_image_size(path: &Path) -> Result<u64> {
 /// whose batmap carries a key hash (cookie 1), checked with diskseal's vhd-util reader.
 fn classic_image_size(path: &Path) -> Result<u64> {
     let bad = |m: String| {
-        Error::Import(format!(
-            "pre-flight: {}: {m}; {CLASSIC_HINT}",
+        Error::Refused(format!(
+            "import: pre-flight: {}: {m}; {CLASSIC_HINT}",
             path.display()
         ))
     };

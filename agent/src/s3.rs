@@ -893,8 +893,8 @@ pub fn upload(
             if !o.force
                 && let Some((sz, _)) = client.head()?
             {
-                return Err(Error::Upload(format!(
-                    "{url} already exists ({sz} bytes); use --force to overwrite it"
+                return Err(Error::Refused(format!(
+                    "upload: {url} already exists ({sz} bytes); use --force to overwrite it"
                 )));
             }
             let part_size = choose_part_size(size, o.part_size)?;

@@ -162,8 +162,8 @@ fn prepare(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Prep
         },
     };
     if state.object != r.object || state.target != r.target {
-        return Err(Error::Config(format!(
-            "{} records a ship of this image to {} ({}); delete it to ship elsewhere",
+        return Err(Error::Refused(format!(
+            "configuration: {} records a ship of this image to {} ({}); delete it to ship elsewhere",
             state_path.display(),
             state.object,
             state.target
@@ -298,8 +298,52 @@ pub fn plan(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Vec
     Ok(lines)
 }
 
-/// Ships `r`: wrap, upload, import, each once across reruns; every step is audited to `l`'s log.
+/// Ships `r`: wrap, upload, import, each once across reruns; every step is audited to `l`'s log, and
+/// then the ship's outcome (`diskseal.ship`: success, failure or refused, with the credentials used).
 pub fn ship(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Shipped> {
+    let mut used = Vec::new();
+    let s = steps(l, r, on, &mut used);
+    used.sort();
+    used.dedup();
+    let outcome = match &s {
+        Ok(_) => audit::Outcome::Success,
+        Err(Error::Refused(_)) => audit::Outcome::Refused,
+        Err(_) => audit::Outcome::Failure,
+    };
+    audit::log(
+        l,
+        Event {
+            action: "diskseal.ship".into(),
+            outcome,
+            credential: used.join("+"),
+            reason_code: match &s {
+                Ok(_) => 200,
+                Err(Error::Remote(k)) => k.reason_code(),
+                Err(_) => 0,
+            },
+            failure: s.as_ref().err().map(ToString::to_string),
+            target_id: r.object.clone(),
+            target_type: "image".into(),
+            image_sha256: s.as_ref().ok().map(|s| s.sha256.clone()),
+            details: match &s {
+                Ok(s) => {
+                    json!({"target": r.target, "image_id": s.image_id, "etag": s.etag, "instance_id": s.instance.as_ref().map(|i| &i.id)})
+                }
+                Err(_) => json!({"target": r.target}),
+            },
+            ..Event::default()
+        },
+    )?;
+    s
+}
+
+/// The steps of [`ship`]; `used` collects the kinds of credential they used.
+fn steps(
+    l: &Layers,
+    r: &Request,
+    on: &mut dyn FnMut(Note<'_>),
+    used: &mut Vec<String>,
+) -> Result<Shipped> {
     let p = prepare(l, r, on)?;
     let Prepared {
         cloud,
@@ -324,6 +368,7 @@ pub fn ship(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Shi
     // 1. Wrap (once).
     if st.wdek.is_none() {
         let kms = l.wrapper()?;
+        used.push(l.kms_credential());
         let w = kms.wrap(&verified.key);
         audit::log_kms(
             l,
@@ -348,6 +393,8 @@ pub fn ship(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Shi
             ..RetryPolicy::default()
         };
         let (auth, _) = l.s3_auth(&r.object, &r.s3_auth, r.profile.as_deref(), None, retry)?;
+        let credential = auth.credential();
+        used.push(credential.into());
         let client = s3::Client::new(target.clone(), auth, retry);
         // The object must not exist unless --force; once this ship has started its upload, a rerun
         // replaces what it finds (a run killed after the upload completed but before the state said so).
@@ -355,8 +402,8 @@ pub fn ship(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Shi
             if !r.upload.force
                 && let Some((size, _)) = client.head()?
             {
-                return Err(Error::Upload(format!(
-                    "{} already exists ({size} bytes); use --force to overwrite it",
+                return Err(Error::Refused(format!(
+                    "upload: {} already exists ({size} bytes); use --force to overwrite it",
                     target.url()
                 )));
             }
@@ -370,7 +417,8 @@ pub fn ship(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Shi
         let u = s3::upload(&client, &image, &o, &mut |p| on(Note::Upload(p)));
         audit::log(l, Event {
             action: "diskseal.object.upload".into(),
-            success: u.is_ok(),
+            outcome: audit::Outcome::of(u.is_ok()),
+            credential: credential.into(),
             reason_code: if u.is_ok() { 200 } else { 0 },
             failure: u.as_ref().err().map(ToString::to_string),
             target_id: target.url(),
@@ -394,6 +442,7 @@ pub fn ship(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Shi
     if let Some(c) = cloud
         && st.image_id.is_none()
     {
+        used.push("apikey".into());
         let key_crn = key_crn(l, r, cloud)?;
         let s = import::ImportSettings {
             cloud: c,
@@ -427,7 +476,8 @@ pub fn ship(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Shi
             l,
             Event {
                 action: format!("diskseal.image.import.{}", r.target),
-                success: i.is_ok(),
+                outcome: audit::Outcome::of(i.is_ok()),
+                credential: "apikey".into(),
                 reason_code: if i.is_ok() { 200 } else { 0 },
                 failure: i.as_ref().err().map(ToString::to_string),
                 target_id: r.object.clone(),
@@ -480,19 +530,6 @@ pub fn ship(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Shi
         }
         _ => None,
     };
-    audit::log(
-        l,
-        Event {
-            action: "diskseal.ship".into(),
-            success: true,
-            reason_code: 200,
-            target_id: r.object.clone(),
-            target_type: "image".into(),
-            image_sha256: Some(sha.clone()),
-            details: json!({"target": r.target, "image_id": st.image_id, "etag": st.uploaded_etag, "instance_id": st.instance_id}),
-            ..Event::default()
-        },
-    )?;
     Ok(Shipped {
         image_id: st.image_id.clone(),
         object: r.object.clone(),

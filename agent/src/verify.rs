@@ -221,7 +221,8 @@ pub fn verify_logged(l: &Layers, bundle: &Path, deep: bool, show: bool) -> Resul
         l,
         crate::audit::Event {
             action: "diskseal.bundle.verify".into(),
-            success: ok,
+            outcome: crate::audit::Outcome::of(ok),
+            credential: "age-identity".into(),
             reason_code: if ok { 200 } else { 400 },
             failure,
             target_id: bundle.display().to_string(),

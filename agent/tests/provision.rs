@@ -90,7 +90,7 @@ fn provision_vpc_dry_run_refusal_order_and_rerun() {
         .iter()
         .find(|e| e["action"] == "diskseal.instance.order.ibm-vpc")
         .unwrap();
-    assert_eq!(refusal["outcome"], "failure");
+    assert_eq!(refusal["outcome"], "refused");
     assert_eq!(refusal["requestData"]["details"]["refused"], true);
     // --yes: ordered, polled to running, printed.
     let out = agent(p, &vpc_args(&f.url, &["--yes", "--json"]), &env).ok();

@@ -302,7 +302,7 @@ pub(super) fn run(cli: &Cli, a: &ProvisionArgs) -> Result<()> {
             timeout: std::time::Duration::from_secs(a.wait_secs),
             retry: crate::http::RetryPolicy::default(),
         };
-        print_plan(cli, &provision::plan(&s, &l.iam_endpoint())?);
+        print_plan(cli, &l, &provision::plan(&s, &l.iam_endpoint())?)?;
         return Ok(());
     }
     let s = provision::Settings {
@@ -364,4 +364,14 @@ pub(super) fn run(cli: &Cli, a: &ProvisionArgs) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+impl ProvisionArgs {
+    /// The audit log's action and target for a provision that ended before its steps recorded it.
+    pub(super) fn audit_action(&self) -> (String, String) {
+        (
+            format!("diskseal.instance.provision.{}", self.target),
+            self.image.clone(),
+        )
+    }
 }

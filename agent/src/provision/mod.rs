@@ -300,7 +300,12 @@ pub fn run(
     let ev =
         |action: &str, r: std::result::Result<(), &Error>, target: &str, details: Value| Event {
             action: format!("diskseal.instance.{action}.{t}"),
-            success: r.is_ok(),
+            outcome: match r {
+                Ok(()) => crate::audit::Outcome::Success,
+                Err(Error::Refused(_)) => crate::audit::Outcome::Refused,
+                Err(_) => crate::audit::Outcome::Failure,
+            },
+            credential: "apikey".into(),
             reason_code: reason_code(&r),
             failure: r.err().map(ToString::to_string),
             target_id: target.to_owned(),
@@ -365,7 +370,7 @@ pub fn run(
         Some(id) => id,
         None => {
             if let Answer::Refused(why) = confirm(&p) {
-                let e = Error::Provision(format!("refused: {why}; nothing was ordered"));
+                let e = Error::Refused(format!("provision: refused: {why}; nothing was ordered"));
                 log(
                     l,
                     ev(
