@@ -24,7 +24,7 @@ for t in $(cargo fuzz list); do
     mkdir -p "corpus/$t"
     max_len=65536
     [[ $t == luks_file ]] && max_len=300000
-    [[ $t == vhdx ]] && max_len=4200000
+    [[ $t == vhdx ]] && max_len=100000
     [[ $t == vmdk || $t == ova ]] && max_len=200000
     echo "== fuzz $t: ${limit[*]}"
     if ! cargo fuzz run "$t" "corpus/$t" "seeds/$t" -- "${limit[@]}" -max_len="$max_len" -timeout=10 \

@@ -1,4 +1,6 @@
 //! Shared by the file-based targets: write the input to a per-process file on tmpfs and exercise a reader.
+// Each target uses a part of this file.
+#![allow(dead_code)]
 use std::path::PathBuf;
 
 use diskseal::image::{self, ImageFormat};
@@ -12,7 +14,12 @@ pub fn scratch(name: &str) -> PathBuf {
 pub fn exercise_image(name: &str, data: &[u8], format: ImageFormat) {
     let path = scratch(name);
     std::fs::write(&path, data).expect("write scratch file");
-    if let Ok(img) = image::open(&path, Some(format)) {
+    exercise_file(&path, format);
+}
+
+/// Opens the file at `path` as an image of `format` and reads its metadata and a few ranges.
+pub fn exercise_file(path: &std::path::Path, format: ImageFormat) {
+    if let Ok(img) = image::open(path, Some(format)) {
         let size = img.virtual_size();
         let _ = img.info();
         if let Ok(ext) = img.extents() {
