@@ -325,14 +325,23 @@ struct ImportEndpoints {
 impl ImportEndpoints {
     /// The override for `target` (`ibm-vpc` or `ibm-classic`); the other service's flag is refused.
     fn for_target(&self, target: &str, old_endpoint: Option<&String>) -> Result<Option<String>> {
-        let (mine, other, other_flag) = match target {
-            "ibm-classic" => (&self.sl_endpoint, &self.vpc_endpoint, "--vpc-endpoint"),
-            "ibm-vpc" => (&self.vpc_endpoint, &self.sl_endpoint, "--sl-endpoint"),
-            _ => (&None, &None, ""),
+        let (mine, other, flags) = match target {
+            "ibm-classic" => (
+                &self.sl_endpoint,
+                &self.vpc_endpoint,
+                ("--sl-endpoint", "--vpc-endpoint"),
+            ),
+            "ibm-vpc" => (
+                &self.vpc_endpoint,
+                &self.sl_endpoint,
+                ("--vpc-endpoint", "--sl-endpoint"),
+            ),
+            _ => (&None, &None, ("", "")),
         };
         if other.is_some() {
             return Err(Error::Config(format!(
-                "{other_flag} is not used by --target {target}"
+                "{} is not used by --target {target}: its endpoint is {}",
+                flags.1, flags.0
             )));
         }
         Ok(mine

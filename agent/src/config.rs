@@ -46,7 +46,8 @@ pub struct FileConfig {
     pub key_id: Option<String>,
     /// Key ring (`x-kms-key-ring`).
     pub key_ring: Option<String>,
-    /// KMS endpoint override.
+    /// KMS endpoint override (`kms_endpoint`, as the flag; `endpoint`, the old name, is still read).
+    #[serde(rename = "kms_endpoint", alias = "endpoint")]
     pub endpoint: Option<String>,
     /// IAM endpoint override.
     pub iam_endpoint: Option<String>,
@@ -123,7 +124,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("DISKSEAL_KMS_INSTANCE_ID", "instance_id"),
     ("DISKSEAL_KMS_KEY_ID", "key_id"),
     ("DISKSEAL_KMS_KEY_RING", "key_ring"),
-    ("DISKSEAL_KMS_ENDPOINT", "endpoint"),
+    ("DISKSEAL_KMS_ENDPOINT", "kms_endpoint"),
     ("DISKSEAL_IAM_ENDPOINT", "iam_endpoint"),
     ("DISKSEAL_AGENT_IDENTITY", "identity"),
     ("DISKSEAL_AGENT_AUDIT_LOG", "audit_log"),
@@ -668,6 +669,17 @@ mod tests {
                 .find(|(n, _)| *n == k)
                 .map(|(_, v)| (*v).to_owned())
         }
+    }
+
+    /// The config file names the KMS endpoint as the flag does (`kms_endpoint`); the old `endpoint`
+    /// still reads.
+    #[test]
+    fn kms_endpoint_key_and_its_old_name() {
+        for key in ["kms_endpoint", "endpoint"] {
+            let c: FileConfig = toml::from_str(&format!("{key} = \"http://k\"")).unwrap();
+            assert_eq!(c.endpoint.as_deref(), Some("http://k"), "{key}");
+        }
+        assert!(toml::from_str::<FileConfig>("vpc_endpoint = \"x\"").is_err());
     }
 
     #[test]

@@ -165,7 +165,8 @@ pub fn plan(
         format!("HEAD {url}{done}"),
         format!("POST {url}?uploads (x-amz-checksum-algorithm: SHA256){done}"),
         format!(
-            "PUT  {url}?partNumber=1..{n}&uploadId=<id> ({n} parts of {part} bytes, {} in parallel, up to {} attempts each; Content-MD5, x-amz-checksum-sha256; Authorization: {authorization}){done}",
+            "PUT  {url}?partNumber=1..{n}&uploadId=<id> ({n} part{} of {part} bytes, {} in parallel, up to {} attempts each; Content-MD5, x-amz-checksum-sha256; Authorization: {authorization}){done}",
+            if n == 1 { "" } else { "s" },
             o.jobs,
             max_attempts.max(1)
         ),

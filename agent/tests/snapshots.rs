@@ -250,3 +250,111 @@ fn json_results_have_the_documented_keys() {
     .ok();
     assert_eq!(out.stdout, "");
 }
+
+/// The dry runs' text and the endpoint flag messages (snapshots `message-*.txt`): fixed endpoints, and
+/// nothing is sent, so no server is needed.
+#[test]
+fn dry_run_and_endpoint_messages() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    std::fs::write(p.join("wdek"), "d2RlawAAAA==").unwrap();
+    std::fs::write(p.join("disk.img"), vec![0u8; 20 << 20]).unwrap();
+    let env = [
+        ("IBMCLOUD_API_KEY", API_KEY),
+        ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+        ("AWS_SECRET_ACCESS_KEY", "secret"),
+    ];
+    let import = |target: &str, object: &str, flag: &str| -> Vec<String> {
+        [
+            "import",
+            "--target",
+            target,
+            object,
+            "--os",
+            "debian-12-amd64",
+            "--wdek-file",
+            "wdek",
+            "--key-crn",
+            "crn:v1:bluemix:public:kms:us-south:a/ACCOUNT:INSTANCE:key:KEY",
+            flag,
+            "https://import.example",
+            "--iam-endpoint",
+            "https://iam.example",
+            "--dry-run",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let kms = [
+        "--kms-endpoint",
+        "https://kms.example",
+        "--iam-endpoint",
+        "https://iam.example",
+        "--instance-id",
+        "INSTANCE",
+        "--key-id",
+        "KEY",
+        "--key-ring",
+        "RING",
+        "--dry-run",
+    ];
+    let cases: Vec<(&str, Vec<String>, i32)> = vec![
+        (
+            "dry-run-import-vpc",
+            import("ibm-vpc", "cos://us-south/bkt/disk.qcow2", "--vpc-endpoint"),
+            0,
+        ),
+        (
+            "dry-run-import-classic",
+            import(
+                "ibm-classic",
+                "cos://us-south/bkt/disk.vhd-0.vhd",
+                "--sl-endpoint",
+            ),
+            0,
+        ),
+        (
+            "dry-run-wrap",
+            [&["wrap", "--generate-to", "dek.bin"][..], &kms]
+                .concat()
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            0,
+        ),
+        (
+            "dry-run-upload",
+            [
+                "upload",
+                "disk.img",
+                "s3://bkt/disk.img",
+                "--s3-endpoint",
+                "https://s3.example",
+                "--part-size",
+                "8M",
+                "--dry-run",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            0,
+        ),
+        (
+            "error-endpoint-of-the-other-target",
+            import(
+                "ibm-classic",
+                "cos://us-south/bkt/disk.vhd-0.vhd",
+                "--vpc-endpoint",
+            ),
+            2,
+        ),
+    ];
+    for (name, args, code) in cases {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = agent(p, &argv, &env);
+        assert_eq!(out.code, code, "{name}: {}", out.stderr);
+        check(
+            &format!("message-{name}"),
+            &format!("{}{}", out.stdout, out.stderr),
+        );
+    }
+}
