@@ -128,4 +128,27 @@ fn aws_kms_round_trips_and_wrong_secret_is_403() {
     );
     let log = std::fs::read_to_string(p.join("home/audit.jsonl")).unwrap();
     assert!(!log.contains(&sk) && !log.contains(&diskseal_agent::kms::b64(&dek)));
+    assert!(!log.contains("wrong-secret"));
+    // The credential recorded is the AWS access key kind, the failure with its reason.
+    let events: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        events
+            .iter()
+            .all(|e| e["initiator"]["credential"]["type"] == "aws-access-key"),
+        "{log}"
+    );
+    let failed = events.last().unwrap();
+    assert_eq!(
+        (failed["action"].as_str(), failed["outcome"].as_str()),
+        (Some("kms.secrets.wrap"), Some("failure"))
+    );
+    assert!(
+        failed["reason"]["reasonForFailure"]
+            .as_str()
+            .unwrap()
+            .contains("403")
+    );
 }

@@ -234,6 +234,12 @@ fn aes_kwp_round_trip_matches_an_independent_implementation() {
     let log = std::fs::read_to_string(p.join("home/audit.jsonl")).unwrap();
     assert!(log.contains("pkcs11:token=agent-test;object=kek"));
     assert!(!log.contains(&base64::engine::general_purpose::STANDARD.encode(pattern(32, 1))));
+    // The credential recorded is the token's PIN, never the PIN itself.
+    for line in log.lines().filter(|l| l.contains("\"kms.secrets.")) {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(e["initiator"]["credential"]["type"], "pkcs11-pin", "{line}");
+    }
+    assert!(!log.contains(&format!("\"{PIN}\"")) && !log.contains(&format!("{PIN}\\n")));
 }
 
 #[test]
