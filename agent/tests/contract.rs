@@ -582,7 +582,7 @@ fn vpc_instance_requests_are_the_official_clients() {
         image: "agent-disk".into(),
         name: Some("agent-vm".into()),
         keys: vec!["my-key".into()],
-        user_data: Some("#cloud-config\n".into()),
+        user_data: Some(SecretString::new("#cloud-config\n".into())),
         profile: Some("bx2-2x8".into()),
         vpc: Some("my-vpc".into()),
         subnet: Some("my-subnet".into()),
@@ -720,7 +720,7 @@ fn softlayer_guest_requests_are_the_official_clients() {
         network_speed: Some(100),
         keys: vec!["my-key".into()],
         post_install: Some("https://example.com/post.sh".into()),
-        user_data: Some("#cloud-config\n".into()),
+        user_data: Some(SecretString::new("#cloud-config\n".into())),
         ..provision::Order::default()
     };
     let n = f.with(|s| s.requests.len());

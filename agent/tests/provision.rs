@@ -139,6 +139,24 @@ fn provision_vpc_dry_run_refusal_order_and_rerun() {
         assert!(text.contains(a), "{a}");
     }
     assert!(!text.contains(API_KEY) && !text.contains("s3cret-user-data"));
+    // A check that stops the order before anything is ordered is a refusal in the log.
+    let out = agent(
+        p,
+        &vpc_args(&f.url, &["--yes", "--zone", "us-south-2"]),
+        &env,
+    );
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr
+            .contains("subnet my-subnet is in zone us-south-1"),
+        "{}",
+        out.stderr
+    );
+    let last = audit(p).pop().unwrap();
+    assert_eq!(
+        (last["action"].as_str(), last["outcome"].as_str()),
+        (Some("diskseal.instance.verify.ibm-vpc"), Some("refused"))
+    );
     // --verify-only resolves and checks, orders nothing.
     let out = agent(
         p,
@@ -200,6 +218,13 @@ fn ship_provision_orders_one_server_across_reruns() {
         out.stderr
     );
     assert_eq!(f.with(|s| (s.kp_calls, s.images.len())), (0, 0));
+    let refused = audit(p);
+    assert!(
+        refused
+            .iter()
+            .any(|e| e["action"] == "diskseal.ship" && e["outcome"] == "refused"),
+        "{refused:?}"
+    );
     let mut dry = args.clone();
     dry.push("--dry-run");
     let out = agent(p, &dry, &env).ok();

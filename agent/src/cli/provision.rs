@@ -86,9 +86,9 @@ impl OrderArgs {
         profile: Option<String>,
     ) -> Result<Order> {
         let user_data = match &self.user_data {
-            Some(p) => {
-                Some(std::fs::read_to_string(p).map_err(|e| Error::io("read user data", p, e))?)
-            }
+            Some(p) => Some(crate::secret::SecretString::new(
+                std::fs::read_to_string(p).map_err(|e| Error::io("read user data", p, e))?,
+            )),
             None => None,
         };
         Ok(Order {
@@ -169,8 +169,8 @@ impl ShipProvisionArgs {
         }
         let can_ask = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
         if !(dry_run || self.order.yes || can_ask) {
-            return Err(Error::Provision(
-                "refused: --provision orders a server, which costs money, and there is no terminal to ask on: pass --yes to order without asking; nothing was done".into(),
+            return Err(Error::Refused(
+                "provision: refused: --provision orders a server, which costs money, and there is no terminal to ask on: pass --yes to order without asking; nothing was done".into(),
             ));
         }
         self.order

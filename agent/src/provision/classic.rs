@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{Order, Prepared, Provisioned, Settings, bad, redacted_user_data};
+use super::{Order, Prepared, Provisioned, Settings, bad, redacted_user_data, refuse};
 use crate::cloud::Client;
 use crate::error::{Error, Result};
 use crate::http::RetryPolicy;
@@ -85,12 +85,12 @@ fn key_ids(c: &Client, keys: &[String]) -> Result<Vec<u64>> {
         match hits[..] {
             [id] => out.push(id),
             [] => {
-                return Err(bad(format!(
+                return Err(refuse(format!(
                     "no SSH key labelled {k:?} on the account (--keys): `slcli sshkey list` shows them"
                 )));
             }
             _ => {
-                return Err(bad(format!(
+                return Err(refuse(format!(
                     "{} SSH keys are labelled {k:?} (--keys): give its id",
                     hits.len()
                 )));
@@ -104,10 +104,10 @@ fn key_ids(c: &Client, keys: &[String]) -> Result<Vec<u64>> {
 fn template(o: &Order, hostname: &str, domain: &str, dc: &str, keys: &[u64]) -> Result<Value> {
     let cpus = o
         .cpus
-        .ok_or_else(|| bad("give --cpus for --target ibm-classic".into()))?;
+        .ok_or_else(|| refuse("give --cpus for --target ibm-classic".into()))?;
     let mem = o
         .memory_mb
-        .ok_or_else(|| bad("give --memory (MB, e.g. 4096) for --target ibm-classic".into()))?;
+        .ok_or_else(|| refuse("give --memory (MB, e.g. 4096) for --target ibm-classic".into()))?;
     let mut t = json!({
         "startCpus": cpus,
         "maxMemory": mem,
@@ -120,7 +120,7 @@ fn template(o: &Order, hostname: &str, domain: &str, dc: &str, keys: &[u64]) -> 
         "datacenter": {"name": dc},
     });
     if let Some(u) = &o.user_data {
-        t["userData"] = json!([{ "value": u }]);
+        t["userData"] = json!([{ "value": u.expose() }]);
     }
     if let Some(n) = o.network_speed {
         t["networkComponents"] = json!([{ "maxSpeed": n }]);
@@ -137,7 +137,7 @@ fn template(o: &Order, hostname: &str, domain: &str, dc: &str, keys: &[u64]) -> 
 fn need<'a>(v: &'a Option<String>, flag: &str) -> Result<&'a str> {
     v.as_deref()
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| bad(format!("give {flag} for --target ibm-classic")))
+        .ok_or_else(|| refuse(format!("give {flag} for --target ibm-classic")))
 }
 
 /// Resolves the keys, checks and prices the order with `generateOrderTemplate` + `verifyOrder`
@@ -147,7 +147,9 @@ pub(super) fn prepare(c: &Client, o: &Order) -> Result<Prepared> {
     let domain = need(&o.domain, "--domain")?;
     let dc = need(&o.datacenter, "--datacenter")?;
     if o.image.is_empty() {
-        return Err(bad("give --image (the template's global identifier)".into()));
+        return Err(refuse(
+            "give --image (the template's global identifier)".into(),
+        ));
     }
     let keys = key_ids(c, &o.keys)?;
     let t = template(o, hostname, domain, dc, &keys)?;
@@ -164,7 +166,7 @@ pub(super) fn prepare(c: &Client, o: &Order) -> Result<Prepared> {
     if let Some(u) = &o.user_data
         && let Some(g) = container["virtualGuests"].get_mut(0)
     {
-        g["userData"] = json!([{ "value": u }]);
+        g["userData"] = json!([{ "value": u.expose() }]);
     }
     let verified = post(
         c,
@@ -257,7 +259,7 @@ pub(super) fn find(c: &Client, p: &Prepared) -> Result<Option<String>> {
     };
     let id = g["id"].as_u64().map(|i| i.to_string()).unwrap_or_default();
     if g["blockDeviceTemplateGroup"]["globalIdentifier"] != p.image_id.as_str() {
-        return Err(bad(format!(
+        return Err(refuse(format!(
             "a virtual server {}.{} exists already ({id}) from another image: give another --name or --domain",
             p.name, p.domain
         )));
@@ -362,7 +364,9 @@ pub(super) fn plan(st: &Settings) -> Result<Vec<String>> {
     o2.cpus = o.cpus.or(Some(0));
     o2.memory_mb = o.memory_mb.or(Some(0));
     if let Some(u) = &o.user_data {
-        o2.user_data = Some(redacted_user_data(u));
+        o2.user_data = Some(crate::secret::SecretString::new(redacted_user_data(
+            u.expose(),
+        )));
     }
     let mut t = template(&o2, &hostname, &domain, &dc, &keys)?;
     if !labels.is_empty() {

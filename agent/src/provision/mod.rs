@@ -39,7 +39,7 @@ pub struct Order {
     /// SSH keys: VPC key ids or names; classic key ids or labels.
     pub keys: Vec<String>,
     /// User data (cloud-init), from a file. It may hold secrets: never logged or printed.
-    pub user_data: Option<String>,
+    pub user_data: Option<SecretString>,
     /// VPC instance profile, e.g. `bx2-2x8`.
     pub profile: Option<String>,
     /// VPC zone, e.g. `us-south-1` (default: the subnet's).
@@ -90,7 +90,7 @@ pub struct Settings {
 }
 
 /// An order ready to send: ids resolved, checked, priced where the cloud says.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Prepared {
     /// The VPC instance name / classic hostname.
     pub name: String,
@@ -104,6 +104,17 @@ pub struct Prepared {
     pub warnings: Vec<String>,
     /// The create request's body.
     body: Value,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the body: it holds the user data.
+        f.debug_struct("Prepared")
+            .field("name", &self.name)
+            .field("image_id", &self.image_id)
+            .field("summary", &self.summary)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Prepared {
@@ -427,9 +438,15 @@ pub(crate) fn redacted_user_data(u: &str) -> String {
     format!("<user data: {} bytes, redacted>", u.len())
 }
 
-/// An error about the order itself (not the service's).
+/// A failure of the order in the cloud (not the service's own error).
 pub(crate) fn bad(m: String) -> Error {
     Error::Provision(m)
+}
+
+/// An order stopped by a check before anything was ordered (a missing flag, a name that resolves to
+/// nothing, an image not available, a name taken by another server).
+pub(crate) fn refuse(m: String) -> Error {
+    Error::Refused(format!("provision: {m}"))
 }
 
 /// The value of `key` in a URL's query (`next.href` of a VPC page).
@@ -444,6 +461,24 @@ pub(crate) fn query_value(url: &str, key: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_data_stays_out_of_debug() {
+        let o = Order {
+            user_data: Some(SecretString::new("password: hunter2".into())),
+            ..Order::default()
+        };
+        assert!(!format!("{o:?}").contains("hunter2"));
+        let p = Prepared {
+            name: "vm".into(),
+            domain: String::new(),
+            image_id: "i".into(),
+            summary: Vec::new(),
+            warnings: Vec::new(),
+            body: serde_json::json!({"user_data": "password: hunter2"}),
+        };
+        assert!(!format!("{p:?}").contains("hunter2"));
+    }
 
     #[test]
     fn next_page_start_is_read_from_the_href() {

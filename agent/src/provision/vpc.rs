@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{Order, Prepared, Provisioned, Settings, bad, query_value, redacted_user_data};
+use super::{Order, Prepared, Provisioned, Settings, bad, query_value, redacted_user_data, refuse};
 use crate::cloud::Client;
 use crate::error::{Error, Result};
 use crate::http::RetryPolicy;
@@ -66,7 +66,7 @@ fn pick<'a>(all: &'a [Value], want: &str, what: &str, flag: &str) -> Result<&'a 
         [one] => Ok(one),
         [] => {
             let names: Vec<&str> = all.iter().filter_map(|v| v["name"].as_str()).collect();
-            Err(bad(format!(
+            Err(refuse(format!(
                 "no {what} with id or name {want:?} ({flag}); there are: {}",
                 if names.is_empty() {
                     "none".to_owned()
@@ -75,7 +75,7 @@ fn pick<'a>(all: &'a [Value], want: &str, what: &str, flag: &str) -> Result<&'a 
                 }
             )))
         }
-        _ => Err(bad(format!(
+        _ => Err(refuse(format!(
             "{} {what}s are named {want:?} ({flag}): give its id",
             by_name.len()
         ))),
@@ -106,7 +106,7 @@ fn image(c: &Client, want: &str) -> Result<Value> {
     let r = c.call("GET", &url, None)?;
     match r.status {
         200 => serde_json::from_str(&r.body).map_err(|e| bad(format!("image {want}: {e}"))),
-        404 => Err(bad(format!(
+        404 => Err(refuse(format!(
             "no image with id or name {want:?} in {} (--image): list them with `ibmcloud is images --visibility private`",
             c.endpoint
         ))),
@@ -119,11 +119,11 @@ pub(super) fn prepare(c: &Client, o: &Order) -> Result<Prepared> {
     let profile = o
         .profile
         .as_deref()
-        .ok_or_else(|| bad("give --profile (e.g. bx2-2x8) for --target ibm-vpc".into()))?;
+        .ok_or_else(|| refuse("give --profile (e.g. bx2-2x8) for --target ibm-vpc".into()))?;
     let subnet_want = o
         .subnet
         .as_deref()
-        .ok_or_else(|| bad("give --subnet (id or name) for --target ibm-vpc".into()))?;
+        .ok_or_else(|| refuse("give --subnet (id or name) for --target ibm-vpc".into()))?;
     let mut warnings = Vec::new();
     let img = image(c, &o.image)?;
     let image_id = s(&img["id"]);
@@ -139,7 +139,7 @@ pub(super) fn prepare(c: &Client, o: &Order) -> Result<Prepared> {
                 format!("{code} ({})", crate::import::explain(code))
             })
             .collect();
-        return Err(bad(format!(
+        return Err(refuse(format!(
             "image {image_name} ({image_id}) is {status}, not available{}: an instance can only boot from an available image{}",
             if reasons.is_empty() {
                 String::new()
@@ -174,7 +174,7 @@ pub(super) fn prepare(c: &Client, o: &Order) -> Result<Prepared> {
     let subnet_zone = s(&subnet["zone"]["name"]);
     let zone = o.zone.clone().unwrap_or_else(|| subnet_zone.clone());
     if zone != subnet_zone {
-        return Err(bad(format!(
+        return Err(refuse(format!(
             "subnet {} is in zone {subnet_zone}, not {zone}: an instance's subnet must be in its zone (give --zone {subnet_zone}, or a subnet of {zone})",
             s(&subnet["name"])
         )));
@@ -184,7 +184,7 @@ pub(super) fn prepare(c: &Client, o: &Order) -> Result<Prepared> {
         .map_or_else(|| s(&subnet["vpc"]["id"]), |v| s(&v["id"]));
     let profiles = list(c, "instance/profiles", "", "profiles")?;
     if !profiles.iter().any(|p| p["name"] == profile) {
-        return Err(bad(format!(
+        return Err(refuse(format!(
             "no instance profile {profile:?} in {} (--profile); there are: {}",
             c.endpoint,
             profiles
@@ -205,7 +205,7 @@ pub(super) fn prepare(c: &Client, o: &Order) -> Result<Prepared> {
     }
     let name = o.name.clone().unwrap_or_else(|| image_name.clone());
     crate::import::check_vpc_name(&name)
-        .map_err(|_| bad(format!("instance name {name:?}: VPC names must match ^([a-z]|[a-z][-a-z0-9]*[a-z0-9])$, be at most 63 characters and not begin with ibm-; give --name")))?;
+        .map_err(|_| refuse(format!("instance name {name:?}: VPC names must match ^([a-z]|[a-z][-a-z0-9]*[a-z0-9])$, be at most 63 characters and not begin with ibm-; give --name")))?;
     let mut body = json!({
         "name": name,
         "image": {"id": image_id},
@@ -218,7 +218,7 @@ pub(super) fn prepare(c: &Client, o: &Order) -> Result<Prepared> {
         body["keys"] = key_ids.iter().map(|k| json!({"id": k})).collect();
     }
     if let Some(u) = &o.user_data {
-        body["user_data"] = json!(u);
+        body["user_data"] = json!(u.expose());
     }
     if let Some(crn) = &o.boot_volume_key {
         body["boot_volume_attachment"] = json!({"volume": {
@@ -274,7 +274,7 @@ pub(super) fn find(c: &Client, p: &Prepared) -> Result<Option<String>> {
         return Ok(None);
     };
     if i["image"]["id"] != p.image_id.as_str() {
-        return Err(bad(format!(
+        return Err(refuse(format!(
             "an instance named {:?} exists already ({}) and boots another image ({}): VPC instance names are unique per region; give another --name",
             p.name,
             s(&i["id"]),
@@ -484,7 +484,7 @@ pub(super) fn plan(st: &Settings, iam_endpoint: &str) -> Result<Vec<String>> {
             .collect();
     }
     if let Some(u) = &o.user_data {
-        body["user_data"] = json!(redacted_user_data(u));
+        body["user_data"] = json!(redacted_user_data(u.expose()));
     }
     if let Some(crn) = &o.boot_volume_key {
         body["boot_volume_attachment"] = json!({"volume": {"profile": {"name": BOOT_VOLUME_PROFILE}, "encryption_key": {"crn": crn}}});
