@@ -103,7 +103,8 @@ enum Command {
     /// Import an uploaded image into IBM Cloud VPC or classic and wait until it is ready.
     #[command(after_help = IMPORT_EXAMPLES)]
     Import(ImportArgs),
-    /// Verify a bundle, wrap its key, upload its image, import it, and print the image id; a rerun resumes.
+    /// Verify a bundle, wrap its key, upload its image, import it, and print the image id (with
+    /// --provision, then order a server from it); a rerun resumes.
     #[command(after_help = SHIP_EXAMPLES)]
     Ship(Box<ShipArgs>),
     /// Order a server from the imported image (VPC instance or classic virtual server) and wait
@@ -1266,7 +1267,14 @@ fn import(cli: &Cli, a: &ImportArgs) -> Result<()> {
     print(
         cli,
         serde_json::to_value(&i).unwrap_or_default(),
-        format!("image {} is {} ({} polls)", i.id, i.status, i.polls),
+        match &i.global_identifier {
+            // Classic orders name the template by its global identifier (`provision --image`).
+            Some(g) => format!(
+                "image {} (global identifier {g}) is {} ({} polls)",
+                i.id, i.status, i.polls
+            ),
+            None => format!("image {} is {} ({} polls)", i.id, i.status, i.polls),
+        },
     );
     Ok(())
 }

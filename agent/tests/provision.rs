@@ -342,16 +342,47 @@ fn provision_asks_on_a_terminal() {
     assert_eq!(instance_posts(&f), 1);
 }
 
-/// Classic from the command line: `--verify-only` prices the order with verifyOrder and orders
-/// nothing; with `--yes` the guest is ordered and polled until it runs.
+/// Classic from the command line: the import prints the template's global identifier; `--verify-only`
+/// prices the order with verifyOrder and orders nothing; with `--yes` the guest is ordered and polled
+/// until it runs.
 #[test]
 fn provision_classic_verify_only_then_order() {
     let f = FakeIbm::start();
     f.with(|s| s.import_polls = 1);
-    let guid = f.add_template("disk");
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
     let env = [("IBMCLOUD_API_KEY", API_KEY)];
+    // The import says the template's global identifier, which the order names.
+    std::fs::write(p.join("wdek"), f.wrap(&[7u8; 32])).unwrap();
+    let crn = FakeIbm::key_crn();
+    let out = agent(
+        p,
+        &[
+            "import",
+            "--target",
+            "ibm-classic",
+            "cos://us-south/bkt/disk.vhd-0.vhd",
+            "--os",
+            "UBUNTU_22_64",
+            "--wdek-file",
+            "wdek",
+            "--key-crn",
+            &crn,
+            "--sl-endpoint",
+            &f.url,
+            "--poll-ms",
+            "5",
+        ],
+        &env,
+    )
+    .ok();
+    let guid = out
+        .stdout
+        .split("(global identifier ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("{}", out.stdout))
+        .to_owned();
     let args = |extra: &[&'static str]| {
         let mut a: Vec<String> = [
             "provision",
