@@ -132,13 +132,19 @@ impl Client {
         self.call_with(&self.retry, method, url, body)
     }
 
-    /// A GET whose answer must be 200 and JSON.
-    pub(crate) fn get_json(&self, what: &str, url: &str) -> Result<Value> {
+    /// A GET whose answer must be 200: its body (for a [`crate::wire`] parser).
+    pub(crate) fn get_body(&self, what: &str, url: &str) -> Result<String> {
         let r = self.call("GET", url, None)?;
         if r.status != 200 {
             return Err(Error::Remote(self.error(what, &r)));
         }
-        serde_json::from_str(&r.body).map_err(|e| {
+        Ok(r.body)
+    }
+
+    /// A GET whose answer must be 200 and JSON.
+    pub(crate) fn get_json(&self, what: &str, url: &str) -> Result<Value> {
+        let body = self.get_body(what, url)?;
+        serde_json::from_str(&body).map_err(|e| {
             Error::Remote(RemoteError::bad_response(
                 self.service(),
                 &format!("{} ({what})", self.label()),

@@ -4,9 +4,10 @@
 //!   a 200), and the `<Error>` body;
 //! - IBM IAM token and error JSON; Key Protect / Hyper Protect Crypto Services key-action and error JSON;
 //! - AWS KMS JSON (and the XML errors some proxies send);
-//! - IBM VPC image JSON and SoftLayer image template JSON.
+//! - IBM VPC image JSON and SoftLayer image template JSON;
+//! - IBM VPC instance and volume JSON and SoftLayer virtual guest JSON (`provision`).
 //!
-//! The clients ([`crate::s3`], [`crate::kms`], [`crate::import`]) decide what a missing field means; these
+//! The clients ([`crate::s3`], [`crate::kms`], [`crate::import`], [`crate::provision`]) decide what a missing field means; these
 //! functions only say what is there. They never panic, whatever the input: the fuzz targets in `fuzz/`
 //! run them on arbitrary bytes. To keep those builds small, the targets include this file by path, so it
 //! uses nothing but `std`, `serde` (derive), `serde_json`, `quick-xml` (serde), `base64` and `zeroize`.
@@ -443,6 +444,153 @@ pub fn softlayer_template_named(body: &str, name: &str, note: &str) -> Option<Im
     })
 }
 
+// ---------------------------------------------------------------------------------------------------
+// IBM VPC instances and SoftLayer virtual guests (JSON)
+
+/// A VPC instance (`POST /v1/instances`, `GET /v1/instances/{id}`), as far as the agent reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VpcInstance {
+    /// `id` (empty when absent).
+    pub id: String,
+    /// `name`.
+    pub name: String,
+    /// `status` (`pending`, `starting`, `running`, `failed`, ...; empty when absent).
+    pub status: String,
+    /// `status_reasons` as (code, message).
+    pub reasons: Vec<(String, String)>,
+    /// `image.id`.
+    pub image_id: Option<String>,
+    /// The primary IP: `primary_network_interface.primary_ip.address`, else the network attachment's,
+    /// else the older `primary_ipv4_address`.
+    pub primary_ip: Option<String>,
+    /// `boot_volume_attachment.volume.id`.
+    pub boot_volume_id: Option<String>,
+}
+
+fn reasons(v: &Value) -> Vec<(String, String)> {
+    v["status_reasons"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    (
+                        r["code"].as_str().unwrap_or("?").to_owned(),
+                        r["message"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn string(v: &Value) -> Option<String> {
+    v.as_str().map(str::to_owned)
+}
+
+fn vpc_instance_of(v: &Value) -> VpcInstance {
+    VpcInstance {
+        id: v["id"].as_str().unwrap_or("").to_owned(),
+        name: v["name"].as_str().unwrap_or("").to_owned(),
+        status: v["status"].as_str().unwrap_or("").to_owned(),
+        reasons: reasons(v),
+        image_id: string(&v["image"]["id"]),
+        primary_ip: string(&v["primary_network_interface"]["primary_ip"]["address"])
+            .or_else(|| string(&v["primary_network_attachment"]["primary_ip"]["address"]))
+            .or_else(|| string(&v["primary_network_interface"]["primary_ipv4_address"])),
+        boot_volume_id: string(&v["boot_volume_attachment"]["volume"]["id"]),
+    }
+}
+
+/// A VPC instance body; `Err` when it is not JSON.
+pub fn vpc_instance(body: &str) -> Result<VpcInstance, String> {
+    let v: Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
+    Ok(vpc_instance_of(&v))
+}
+
+/// The instances of a `GET /v1/instances` page (`instances[]`); nothing when it is not one.
+pub fn vpc_instances(body: &str) -> Vec<VpcInstance> {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    v["instances"]
+        .as_array()
+        .map(|a| a.iter().map(vpc_instance_of).collect())
+        .unwrap_or_default()
+}
+
+/// The root key CRN of a VPC volume (`GET /v1/volumes/{id}`: `encryption_key.crn`).
+pub fn vpc_volume_key(body: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(body).ok()?;
+    string(&v["encryption_key"]["crn"])
+}
+
+/// A SoftLayer virtual guest as `getObject` / `getVirtualGuests` show it with the agent's mask.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SoftLayerGuest {
+    /// `id` (0 when absent).
+    pub id: u64,
+    /// `hostname`, `domain`, `fullyQualifiedDomainName`.
+    pub hostname: String,
+    /// The domain.
+    pub domain: String,
+    /// The fully qualified domain name.
+    pub fqdn: String,
+    /// `blockDeviceTemplateGroup.globalIdentifier`: the image template it was made from.
+    pub template: Option<String>,
+    /// `provisionDate` is set.
+    pub provisioned: bool,
+    /// An `activeTransaction` runs; its `transactionStatus` friendly name or name.
+    pub transaction: Option<String>,
+    /// `powerState.keyName` (`RUNNING`, `HALTED`).
+    pub power: String,
+    /// `status.keyName` (`ACTIVE`, `DISCONNECTED`, ...).
+    pub status: String,
+    /// `primaryIpAddress`, else `primaryBackendIpAddress`.
+    pub primary_ip: Option<String>,
+}
+
+impl SoftLayerGuest {
+    /// What `wait_for_ready` reads as ready (a provision date, no transaction), and powered on.
+    pub fn ready(&self) -> bool {
+        self.provisioned && self.transaction.is_none() && self.power == "RUNNING"
+    }
+}
+
+fn softlayer_guest_of(g: &Value) -> SoftLayerGuest {
+    let tx = &g["activeTransaction"];
+    SoftLayerGuest {
+        id: g["id"].as_u64().unwrap_or(0),
+        hostname: g["hostname"].as_str().unwrap_or("").to_owned(),
+        domain: g["domain"].as_str().unwrap_or("").to_owned(),
+        fqdn: g["fullyQualifiedDomainName"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned(),
+        template: string(&g["blockDeviceTemplateGroup"]["globalIdentifier"]),
+        provisioned: g["provisionDate"].is_string(),
+        transaction: tx.is_object().then(|| {
+            string(&tx["transactionStatus"]["friendlyName"])
+                .or_else(|| string(&tx["transactionStatus"]["name"]))
+                .unwrap_or_else(|| "a transaction".into())
+        }),
+        power: g["powerState"]["keyName"].as_str().unwrap_or("").to_owned(),
+        status: g["status"]["keyName"].as_str().unwrap_or("").to_owned(),
+        primary_ip: string(&g["primaryIpAddress"])
+            .or_else(|| string(&g["primaryBackendIpAddress"])),
+    }
+}
+
+/// A `getObject` body of a virtual guest (anything else reads as an empty guest).
+pub fn softlayer_guest(body: &str) -> SoftLayerGuest {
+    softlayer_guest_of(&serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// The guests of a `getVirtualGuests` answer; nothing when it is not a list.
+pub fn softlayer_guests(body: &str) -> Vec<SoftLayerGuest> {
+    let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    v.as_array()
+        .map(|a| a.iter().map(softlayer_guest_of).collect())
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,6 +625,45 @@ mod tests {
             (nested.reason.as_deref(), nested.request_id.as_deref()),
             (Some("SignatureDoesNotMatch"), Some("r-1"))
         );
+    }
+
+    #[test]
+    fn servers() {
+        let i = vpc_instance(
+            r#"{"id":"0717_1","name":"vm","status":"running","image":{"id":"r006-i"},
+                "primary_network_attachment":{"primary_ip":{"address":"10.0.0.5"}},
+                "boot_volume_attachment":{"volume":{"id":"r006-v"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                i.primary_ip.as_deref(),
+                i.boot_volume_id.as_deref(),
+                i.image_id.as_deref()
+            ),
+            (Some("10.0.0.5"), Some("r006-v"), Some("r006-i"))
+        );
+        assert!(vpc_instance("[").is_err());
+        assert_eq!(
+            vpc_instances(r#"{"instances":[{"id":"a"},{"id":"b"}]}"#).len(),
+            2
+        );
+        assert_eq!(
+            vpc_volume_key(r#"{"encryption_key":{"crn":"crn:k"}}"#).as_deref(),
+            Some("crn:k")
+        );
+        let busy = softlayer_guest(
+            r#"{"id":7,"provisionDate":"d","powerState":{"keyName":"RUNNING"},"activeTransaction":{"id":1}}"#,
+        );
+        assert_eq!(
+            (busy.transaction.as_deref(), busy.ready()),
+            (Some("a transaction"), false)
+        );
+        let ready = softlayer_guest(
+            r#"{"id":7,"provisionDate":"d","powerState":{"keyName":"RUNNING"},"primaryBackendIpAddress":"10.1.1.1"}"#,
+        );
+        assert!(ready.ready() && ready.primary_ip.as_deref() == Some("10.1.1.1"));
+        assert!(!softlayer_guest("null").ready());
     }
 
     #[test]

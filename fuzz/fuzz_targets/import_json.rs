@@ -1,4 +1,5 @@
-//! The agent's IBM VPC image and SoftLayer image template response parsers.
+//! The agent's IBM VPC image / instance / volume and SoftLayer image template / virtual guest response
+//! parsers.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
@@ -18,4 +19,12 @@ fuzz_target!(|data: &[u8]| {
         assert!(k.contains("FAIL") || k == "ERROR");
     }
     let _ = wire::softlayer_template_named(&body, "disk", "imported by diskseal-agent");
+    let _ = wire::vpc_instance(&body);
+    let _ = wire::vpc_instances(&body);
+    let _ = wire::vpc_volume_key(&body);
+    let g = wire::softlayer_guest(&body);
+    if g.ready() {
+        assert!(g.provisioned && g.transaction.is_none());
+    }
+    let _ = wire::softlayer_guests(&body);
 });

@@ -15,6 +15,7 @@ use crate::cloud::Client;
 use crate::error::{Error, Result};
 use crate::http::RetryPolicy;
 use crate::s3::uri_encode;
+use crate::wire;
 
 /// The guest mask of the lookup and the polls.
 const GUEST_MASK: &str = "mask[id,globalIdentifier,hostname,domain,fullyQualifiedDomainName,primaryIpAddress,primaryBackendIpAddress,provisionDate,powerState,status,activeTransaction[id,transactionStatus[name,friendlyName]],lastOperatingSystemReload.id,blockDeviceTemplateGroup[id,name,globalIdentifier]]";
@@ -248,23 +249,20 @@ pub(super) fn find(c: &Client, p: &Prepared) -> Result<Option<String>> {
         uri_encode(GUEST_MASK, true),
         uri_encode(&filter, true)
     );
-    let v = c.get_json("getVirtualGuests", &url)?;
-    let Some(g) = v
-        .as_array()
+    let guests = wire::softlayer_guests(&c.get_body("getVirtualGuests", &url)?);
+    let Some(g) = guests
         .into_iter()
-        .flatten()
-        .find(|g| g["hostname"] == p.name.as_str() && g["domain"] == p.domain.as_str())
+        .find(|g| g.hostname == p.name && g.domain == p.domain)
     else {
         return Ok(None);
     };
-    let id = g["id"].as_u64().map(|i| i.to_string()).unwrap_or_default();
-    if g["blockDeviceTemplateGroup"]["globalIdentifier"] != p.image_id.as_str() {
+    if g.template.as_deref() != Some(p.image_id.as_str()) {
         return Err(refuse(format!(
-            "a virtual server {}.{} exists already ({id}) from another image: give another --name or --domain",
-            p.name, p.domain
+            "a virtual server {}.{} exists already ({}) from another image: give another --name or --domain",
+            p.name, p.domain, g.id
         )));
     }
-    Ok(Some(id))
+    Ok(Some(g.id.to_string()))
 }
 
 /// `createObject` once.
@@ -293,31 +291,22 @@ pub(super) fn wait(c: &Client, id: &str, poll: Duration, timeout: Duration) -> R
     );
     loop {
         polls += 1;
-        let g = c.get_json(&format!("getObject {id}"), &url)?;
-        let tx = g["activeTransaction"]["transactionStatus"]["friendlyName"]
-            .as_str()
-            .or_else(|| g["activeTransaction"]["transactionStatus"]["name"].as_str());
-        let busy = g["activeTransaction"].is_object();
-        let power = g["powerState"]["keyName"].as_str().unwrap_or("");
-        let status = g["status"]["keyName"].as_str().unwrap_or("");
-        if matches!(status, "DISCONNECTED" | "RECLAIM" | "DEACTIVATED") {
+        let g = wire::softlayer_guest(&c.get_body(&format!("getObject {id}"), &url)?);
+        if matches!(
+            g.status.as_str(),
+            "DISCONNECTED" | "RECLAIM" | "DEACTIVATED"
+        ) {
             return Err(bad(format!(
-                "classic virtual server {id} is {status}: see it in the console"
+                "classic virtual server {id} is {}: see it in the console",
+                g.status
             )));
         }
-        if g["provisionDate"].is_string() && !busy && power == "RUNNING" {
-            let ip = g["primaryIpAddress"]
-                .as_str()
-                .or_else(|| g["primaryBackendIpAddress"].as_str())
-                .map(str::to_owned);
+        if g.ready() {
             return Ok(Provisioned {
                 id: id.to_owned(),
-                name: g["fullyQualifiedDomainName"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_owned(),
-                status: power.to_owned(),
-                primary_ip: ip,
+                name: g.fqdn,
+                status: g.power,
+                primary_ip: g.primary_ip,
                 boot_volume_key: None,
                 adopted: false,
                 polls,
@@ -326,8 +315,12 @@ pub(super) fn wait(c: &Client, id: &str, poll: Duration, timeout: Duration) -> R
         if t0.elapsed() > timeout {
             return Err(bad(format!(
                 "classic virtual server {id} not ready after {timeout:?}: power state {}, transaction {}",
-                if power.is_empty() { "(none)" } else { power },
-                tx.unwrap_or("(none)")
+                if g.power.is_empty() {
+                    "(none)"
+                } else {
+                    &g.power
+                },
+                g.transaction.as_deref().unwrap_or("(none)")
             )));
         }
         std::thread::sleep(poll);

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::http::RetryPolicy;
 use crate::import::VPC_API_VERSION;
 use crate::s3::uri_encode;
+use crate::wire;
 
 /// The boot volume profile sent with `--boot-volume-key`.
 pub const BOOT_VOLUME_PROFILE: &str = "general-purpose";
@@ -270,18 +271,22 @@ pub(super) fn find(c: &Client, p: &Prepared) -> Result<Option<String>> {
         &format!("&name={}", uri_encode(&p.name, true)),
         "instances",
     )?;
-    let Some(i) = all.iter().find(|i| i["name"] == p.name.as_str()) else {
+    let Some(i) = all
+        .iter()
+        .map(|i| wire::vpc_instance(&i.to_string()).unwrap_or_default())
+        .find(|i| i.name == p.name)
+    else {
         return Ok(None);
     };
-    if i["image"]["id"] != p.image_id.as_str() {
+    if i.image_id.as_deref() != Some(p.image_id.as_str()) {
         return Err(refuse(format!(
             "an instance named {:?} exists already ({}) and boots another image ({}): VPC instance names are unique per region; give another --name",
             p.name,
-            s(&i["id"]),
-            i["image"]["id"].as_str().unwrap_or("unknown")
+            i.id,
+            i.image_id.as_deref().unwrap_or("unknown")
         )));
     }
-    Ok(Some(s(&i["id"])))
+    Ok(Some(i.id))
 }
 
 /// Explains a VPC error code of `POST /v1/instances` (what the agent knows of the ones that matter
@@ -314,9 +319,8 @@ pub(super) fn create(c: &Client, retry: &RetryPolicy, p: &Prepared) -> Result<St
         }
         return Err(Error::Remote(e));
     }
-    let v: Value = serde_json::from_str(&r.body).unwrap_or(Value::Null);
-    match v["id"].as_str() {
-        Some(id) if !id.is_empty() => Ok(id.to_owned()),
+    match wire::vpc_instance(&r.body) {
+        Ok(i) if !i.id.is_empty() => Ok(i.id),
         _ => Err(bad(format!(
             "{}: no id in the instance response",
             c.label()
@@ -353,54 +357,42 @@ pub(super) fn wait(c: &Client, id: &str, poll: Duration, timeout: Duration) -> R
     );
     loop {
         polls += 1;
-        let v = c.get_json("GET /v1/instances/{id}", &url)?;
-        let status = s(&v["status"]);
-        match status.as_str() {
+        let body = c.get_body("GET /v1/instances/{id}", &url)?;
+        let i = wire::vpc_instance(&body)
+            .map_err(|e| bad(format!("{}: instance {id}: {e}", c.label())))?;
+        match i.status.as_str() {
             "running" => {
-                let ip = v["primary_network_interface"]["primary_ip"]["address"]
-                    .as_str()
-                    .or_else(|| v["primary_network_attachment"]["primary_ip"]["address"].as_str())
-                    .or_else(|| v["primary_network_interface"]["primary_ipv4_address"].as_str())
-                    .map(str::to_owned);
-                let vol = s(&v["boot_volume_attachment"]["volume"]["id"]);
-                let boot_volume_key = if vol.is_empty() {
-                    None
-                } else {
-                    let url = format!(
-                        "{}/v1/volumes/{}?{}",
-                        c.endpoint,
-                        uri_encode(&vol, true),
-                        q()
-                    );
-                    let vv = c.get_json("GET /v1/volumes/{id}", &url)?;
-                    vv["encryption_key"]["crn"].as_str().map(str::to_owned)
+                let boot_volume_key = match &i.boot_volume_id {
+                    Some(vol) => {
+                        let url = format!(
+                            "{}/v1/volumes/{}?{}",
+                            c.endpoint,
+                            uri_encode(vol, true),
+                            q()
+                        );
+                        wire::vpc_volume_key(&c.get_body("GET /v1/volumes/{id}", &url)?)
+                    }
+                    None => None,
                 };
                 return Ok(Provisioned {
                     id: id.to_owned(),
-                    name: s(&v["name"]),
-                    status,
-                    primary_ip: ip,
+                    name: i.name,
+                    status: i.status,
+                    primary_ip: i.primary_ip,
                     boot_volume_key,
                     adopted: false,
                     polls,
                 });
             }
             "failed" | "deleting" | "stopped" => {
-                let reasons: Vec<String> = v["status_reasons"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|r| {
-                        let code = r["code"].as_str().unwrap_or("?");
-                        format!(
-                            "{code}: {} ({})",
-                            r["message"].as_str().unwrap_or(""),
-                            explain_status(code)
-                        )
-                    })
+                let reasons: Vec<String> = i
+                    .reasons
+                    .iter()
+                    .map(|(code, message)| format!("{code}: {message} ({})", explain_status(code)))
                     .collect();
                 return Err(bad(format!(
-                    "VPC instance {id} is {status}{}",
+                    "VPC instance {id} is {}{}",
+                    i.status,
                     if reasons.is_empty() {
                         String::new()
                     } else {
@@ -412,7 +404,8 @@ pub(super) fn wait(c: &Client, id: &str, poll: Duration, timeout: Duration) -> R
         }
         if t0.elapsed() > timeout {
             return Err(bad(format!(
-                "VPC instance {id} still {status:?} after {timeout:?}; poll it with GET /v1/instances/{id}"
+                "VPC instance {id} still {:?} after {timeout:?}; poll it with GET /v1/instances/{id}",
+                i.status
             )));
         }
         std::thread::sleep(poll);
