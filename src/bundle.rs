@@ -468,9 +468,14 @@ fn create_file(path: &Path, mode: u32) -> Result<File> {
         .map_err(|e| Error::io("create", path, None, e))
 }
 
-/// The length and SHA-256 of `src`; with `dst`, also copies it there (a new file).
+/// The length and SHA-256 of `src`; with `dst`, also copies it there (a new file). Progress restarts
+/// with the file's length as its total.
 fn hash_file(src: &Path, dst: Option<&Path>, run: &Run<'_>) -> Result<(u64, String)> {
     let mut input = File::open(src).map_err(|e| Error::io("open image", src, None, e))?;
+    if let Ok(m) = input.metadata() {
+        run.progress.restart();
+        run.total.store(m.len().max(1), Ordering::Relaxed);
+    }
     let mut output = dst
         .map(|d| create_file(d, 0o644).map(|f| (f, d)))
         .transpose()?;
@@ -488,6 +493,7 @@ fn hash_file(src: &Path, dst: Option<&Path>, run: &Run<'_>) -> Result<(u64, Stri
             break;
         }
         hasher.update(&buf[..n]);
+        crate::pipeline::Pipeline::advance(run.progress, n as u64);
         if let Some((f, d)) = &mut output {
             f.write_all(&buf[..n])
                 .map_err(|e| Error::io("write", d, Some(total), e))?;

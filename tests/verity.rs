@@ -185,22 +185,28 @@ fn progress_lines_without_a_terminal() {
     let dir = setup(48 * MIB as usize, 83);
     let d = dir.path();
     encrypt_fast(d, &["-q", "--key-file", "pw"], "src.raw", "disk.luks").ok();
+    let recipient = age::x25519::Identity::generate().to_public().to_string();
     let run = |extra: &[&str]| {
-        let mut args = vec!["verify", "--key-file", "pw"];
-        args.extend(extra);
-        args.push("disk.luks");
+        let mut args = extra.to_vec();
+        args.extend(["--key-file", "pw", "disk.luks"]);
+        if args[0] == "bundle" {
+            args.push("b");
+        }
         let o = std::process::Command::new(diskseal_bin())
             .args(&args)
             .current_dir(d)
             .env("DISKSEAL_PROGRESS_SECONDS", "0.01")
             .output()
             .unwrap();
-        assert!(o.status.success());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8(o.stderr).unwrap()
     };
-    let err = run(&[]);
+    let err = run(&["verify"]);
     assert!(err.contains("diskseal: verifying: "), "{err}");
     assert!(err.lines().any(|l| l.contains(" GiB (")), "{err}");
-    assert_eq!(run(&["-q"]), "");
-    assert_eq!(run(&["--json"]), "");
+    assert_eq!(run(&["verify", "-q"]), "");
+    assert_eq!(run(&["verify", "--json"]), "");
+    // bundle: the root hash, then the copy of the image file, each counted to its own total.
+    let err = run(&["bundle", "--recipient", &recipient, "--force"]);
+    assert!(err.contains("diskseal: bundling: "), "{err}");
 }

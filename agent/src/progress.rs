@@ -1,5 +1,6 @@
-//! Plain progress lines on stderr for the agent's long local work (`bundle verify --deep`): one line
-//! every 10 s (`DISKSEAL_PROGRESS_SECONDS`), terminal or not, unless the caller says quiet.
+//! Plain progress lines on stderr for the agent's long local work (`bundle verify`: hashing the image,
+//! and with `--deep` decrypting it): one line every 10 s (`DISKSEAL_PROGRESS_SECONDS`), terminal or
+//! not, unless the caller says quiet.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

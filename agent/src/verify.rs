@@ -51,8 +51,11 @@ fn read_small(dir: &Path, name: &str) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// SHA-256 of a file, streaming.
-pub fn sha256_file(path: &Path) -> Result<(u64, [u8; 32])> {
+/// SHA-256 of a file, streaming; the bytes read count on `progress`.
+pub fn sha256_file(
+    path: &Path,
+    progress: &diskseal::pipeline::Progress,
+) -> Result<(u64, [u8; 32])> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -63,6 +66,7 @@ pub fn sha256_file(path: &Path) -> Result<(u64, [u8; 32])> {
             break;
         }
         h.update(&buf[..got]);
+        diskseal::pipeline::Pipeline::advance(progress, got as u64);
         n += got as u64;
     }
     Ok((n, h.finalize().into()))
@@ -79,8 +83,9 @@ fn unhex(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Verifies the bundle `dir` and unseals its key with `identities`.
-pub fn verify(dir: &Path, identities: &[age::x25519::Identity]) -> Result<Verified> {
+/// Verifies the bundle `dir` and unseals its key with `identities` (with `show`, a progress line on
+/// stderr every 10 s while the image is hashed).
+pub fn verify(dir: &Path, identities: &[age::x25519::Identity], show: bool) -> Result<Verified> {
     if !dir.is_dir() {
         return Err(bad(dir, "not a directory"));
     }
@@ -100,7 +105,12 @@ pub fn verify(dir: &Path, identities: &[age::x25519::Identity]) -> Result<Verifi
             ),
         ));
     }
-    let (_, digest) = sha256_file(&image)?;
+    let q = diskseal::bundle::QuietRun::default();
+    let (_, digest) = crate::progress::with_lines("bundle verify", &q, show, |run| {
+        run.total
+            .store(meta.len().max(1), std::sync::atomic::Ordering::Relaxed);
+        sha256_file(&image, run.progress)
+    })?;
     let expected = unhex(&manifest.image.sha256)
         .ok_or_else(|| bad(dir, "manifest image.sha256 is not hex"))?;
     if !bool::from(digest.ct_eq(&expected)) {
@@ -206,7 +216,7 @@ fn unlock_with(profile: Profile, key: &SecretBytes) -> diskseal::Result<Unlock> 
 /// `l` names, logged to `l`'s audit log.
 pub fn verify_logged(l: &Layers, bundle: &Path, deep: bool, show: bool) -> Result<Verified> {
     let r = crate::identity::load(&l.identity())
-        .and_then(|ids| verify(bundle, &ids))
+        .and_then(|ids| verify(bundle, &ids, show))
         .and_then(|v| {
             if deep {
                 verify_plaintext(&v, show)?;

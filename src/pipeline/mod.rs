@@ -56,6 +56,10 @@ impl Progress {
     pub fn done(&self) -> u64 {
         self.done.load(Ordering::Relaxed)
     }
+    /// Starts counting again from zero (a job's next phase, with its own total).
+    pub fn restart(&self) {
+        self.done.store(0, Ordering::Relaxed);
+    }
     fn add(&self, n: u64) {
         self.done.fetch_add(n, Ordering::Relaxed);
     }
