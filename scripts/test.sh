@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite. Installs the oracle tools the tests drive (cryptsetup, qemu-img, age, softhsm2, opensc) when they are
+# The whole test suite. Installs the oracle tools the tests drive (cryptsetup, veritysetup, qemu-img, age, softhsm2, opensc) when they are
 # missing and this runs as root; otherwise the oracle tests say SKIPPED-ORACLE and pass.
 # Runs every check even after one fails, and ends with one line "N passed, M failed": N and M sum the
 # results of every test binary; M also counts each check that failed as a whole (fmt, clippy, rustdoc,
@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v cryptsetup >/dev/null || need+=(cryptsetup-bin)
+# veritysetup (cryptsetup-bin too) is the reference for the manifests' dm-verity root hash.
+command -v veritysetup >/dev/null || need+=(cryptsetup-bin)
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 [[ -x /usr/bin/time ]] || need+=(time)
 command -v age >/dev/null || need+=(age)
