@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use diskseal::luks::keys::Passphrase;
+use diskseal::crypto::keys::Passphrase;
 use diskseal::luks::{FormatOptions, LuksVersion};
 use diskseal::ops::{self, EncryptOptions, Run};
 use diskseal::pipeline::Progress;

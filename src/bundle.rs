@@ -27,9 +27,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use crate::crypto::keys::VolumeKey;
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::detect::Detected;
-use crate::luks::keys::VolumeKey;
 use crate::luks::{Luks, LuksVersion};
 use crate::ops::{self, Run, Unlock};
 use crate::profile::Profile;
@@ -771,7 +771,7 @@ fn read_header(image: &Path) -> Result<(Luks, String)> {
         .with_path(image)
         .hint("bundle the output of `diskseal encrypt`"));
     }
-    let l = Luks::open(&f, image)?;
+    let l = crate::image::luks::open(&f, image)?;
     let name = l.version().name().to_owned();
     Ok((l, name))
 }

@@ -22,7 +22,7 @@
 //!
 //! ```
 //! use std::sync::atomic::{AtomicBool, AtomicU64};
-//! use diskseal::luks::keys::Passphrase;
+//! use diskseal::crypto::keys::Passphrase;
 //! use diskseal::luks::{FormatOptions, LuksVersion};
 //! use diskseal::ops::{self, Container, EncryptKey, EncryptOptions, Encryption, Run, Unlock};
 //! use diskseal::pipeline::Progress;

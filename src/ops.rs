@@ -14,9 +14,11 @@ use sha2::{Digest, Sha256};
 
 use crate::crypto::IvScheme;
 use crate::crypto::iv::{VHD_UTIL_IV, luks_sector, qcow2_sector, vhd_util_sector};
+use crate::crypto::keys::{Passphrase, VolumeKey};
 use crate::crypto::xts::Xts;
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::detect::{self, Detected};
+use crate::image::luks::LuksPayload;
 use crate::image::qcow2::Qcow2Image;
 use crate::image::qcow2::writer::{DEFAULT_CLUSTER_BITS, Qcow2Writer, check_cluster_bits};
 use crate::image::vhd::batmap::KeyHash;
@@ -26,9 +28,7 @@ use crate::image::vhd::writer::{self as vhd_writer, ClassicVhdWriter};
 use crate::image::{self, DiskImage, Extent, ExtentKind, ImageFormat};
 use crate::io::{OutputFile, check_new_output, same_file};
 use crate::luks::kdf::Kdf;
-use crate::luks::keys::{Passphrase, VolumeKey};
-use crate::luks::payload::LuksPayload;
-use crate::luks::{self, FormatOptions, Luks, LuksVersion};
+use crate::luks::{self, FormatOptions, LuksVersion};
 use crate::pipeline::extents::{data_ranges, data_spans, fill, is_zero, next_data};
 use crate::pipeline::{DEFAULT_CHUNK, Pipeline};
 
@@ -717,7 +717,7 @@ pub struct Unlocked {
     pub keyslot: Option<u32>,
     /// Header warnings.
     pub warnings: Vec<String>,
-    /// Header damage the image opened despite (see [`Luks::damage`]); `verify` fails on it.
+    /// Header damage the image opened despite (see [`luks::Luks::damage`]); `verify` fails on it.
     pub damage: Vec<String>,
 }
 
@@ -785,7 +785,7 @@ pub fn unlock(path: &Path, how: Unlock) -> Result<Unlocked> {
             );
         }
     }
-    let luks = Luks::open(&file, path)?;
+    let luks = crate::image::luks::open(&file, path)?;
     let (key, keyslot) = match how {
         Unlock::Passphrase(p) => {
             let (k, slot) = luks.unlock(&file, path, &p)?;
@@ -1137,7 +1137,7 @@ pub fn info(path: &Path, format: Option<ImageFormat>) -> Result<serde_json::Valu
         }));
     }
     if format.is_none() && matches!(found, Detected::Luks(_) | Detected::VpcLuks) {
-        let l = Luks::open(&file, path)?;
+        let l = crate::image::luks::open(&file, path)?;
         let mut v = json!({
             "filename": path,
             "format": "luks",

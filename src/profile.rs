@@ -12,9 +12,9 @@
 use base64::Engine;
 use zeroize::Zeroizing;
 
+use crate::crypto::keys::{Passphrase, VolumeKey};
 use crate::error::{Error, Result};
 use crate::luks::LuksVersion;
-use crate::luks::keys::{Passphrase, VolumeKey};
 
 /// An output profile.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

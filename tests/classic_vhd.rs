@@ -970,9 +970,9 @@ fn classic_vhd_reader_follows_tapdisk_bitmap_rules() {
 /// Library-level reads at unaligned offsets and lengths, across sector and block boundaries.
 #[test]
 fn classic_vhd_unaligned_reads() {
+    use diskseal::crypto::keys::VolumeKey;
     use diskseal::image::DiskImage;
     use diskseal::image::vhd::classic::EncryptedVhd;
-    use diskseal::luks::keys::VolumeKey;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let key = zeroize::Zeroizing::new(read(fixture("key-aes256-xts.bin")));
@@ -1344,9 +1344,9 @@ fn classic_vhd_outputs_pass_vhd_util_check_rules() {
 /// a 2-block VHD at once; its plaintext reads back.
 #[test]
 fn classic_vhd_huge_sparse_source_is_fast() {
+    use diskseal::crypto::keys::VolumeKey;
     use diskseal::image::DiskImage;
     use diskseal::image::vhd::classic::EncryptedVhd;
-    use diskseal::luks::keys::VolumeKey;
     use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

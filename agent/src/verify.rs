@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use diskseal::bundle::{MANIFEST, Manifest, hex};
-use diskseal::luks::keys::VolumeKey;
+use diskseal::crypto::keys::VolumeKey;
 use diskseal::ops::Unlock;
 use diskseal::profile::Profile;
 use sha2::{Digest, Sha256};

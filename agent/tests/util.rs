@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use diskseal::bundle::{BundleOptions, QuietRun};
+use diskseal::crypto::keys::Passphrase;
 use diskseal::luks::FormatOptions;
-use diskseal::luks::keys::Passphrase;
 use diskseal::ops::{self, EncryptOptions};
 use diskseal::profile::Profile;
 use zeroize::Zeroizing;
@@ -115,7 +115,7 @@ pub fn make_bundle_as(dir: &Path, recipient: &str, profile: Profile) -> PathBuf 
         let img = dir.join("disk.vhd");
         let q = QuietRun::default();
         let dek = Zeroizing::new(classic_dek());
-        let key = diskseal::luks::keys::VolumeKey::from_bytes(dek.clone()).unwrap();
+        let key = diskseal::crypto::keys::VolumeKey::from_bytes(dek.clone()).unwrap();
         let opts = EncryptOptions::new(ops::Container::ClassicVhd);
         ops::encrypt(&src, &img, &opts, ops::EncryptKey::Dek(key), &q.run()).unwrap();
         return bundle_image(dir, &img, &dek, recipient, profile);

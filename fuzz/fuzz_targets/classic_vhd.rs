@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(&path, data).expect("write scratch file");
     let _ = diskseal::image::vhd::classic::read_batmap(&path);
     let key: Vec<u8> = (0u8..64).collect();
-    let key = diskseal::luks::keys::VolumeKey::from_bytes(zeroize::Zeroizing::new(key)).expect("key");
+    let key = diskseal::crypto::keys::VolumeKey::from_bytes(zeroize::Zeroizing::new(key)).expect("key");
     if let Ok(img) = diskseal::image::vhd::classic::EncryptedVhd::open(&path, &key) {
         let size = img.virtual_size();
         let mut buf = vec![0u8; 4096];

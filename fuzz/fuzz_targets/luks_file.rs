@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let path = common::scratch("luks");
     std::fs::write(&path, data).expect("write scratch file");
     let file = std::fs::File::open(&path).expect("open scratch file");
-    if let Ok(l) = diskseal::luks::Luks::open(&file, &path) {
+    if let Ok(l) = diskseal::image::luks::open(&file, &path) {
         let _ = l.dump_text();
         let _ = l.to_json();
     }

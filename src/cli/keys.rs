@@ -8,7 +8,7 @@ use std::path::Path;
 
 use zeroize::Zeroizing;
 
-use diskseal::luks::keys::{Passphrase, VolumeKey, random_bytes};
+use diskseal::crypto::keys::{Passphrase, VolumeKey, random_bytes};
 use diskseal::profile::Profile;
 use diskseal::{Error, Result};
 

@@ -1365,7 +1365,7 @@ fn dump(a: &DumpArgs, out: &Out) -> Result<ExitCode> {
             .hint("see `diskseal info`"));
         }
     }
-    let l = luks::Luks::open(&file, &a.src)?;
+    let l = diskseal::image::luks::open(&file, &a.src)?;
     if out.json {
         out.print_json(&l.to_json());
     } else {

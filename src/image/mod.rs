@@ -7,7 +7,9 @@
 //! - [`qcow2`]: QEMU qcow2 v2/v3 (zero, compressed zlib/zstd, extended L2, backing chains);
 //! - [`vmdk`]: VMware VMDK (sparse, stream-optimized, flat, multi-extent, delta disks);
 //! - [`vhdx`]: Hyper-V VHDX (dynamic, fixed, differencing);
-//! - [`ova`]: a VMDK disk read straight out of an OVA archive.
+//! - [`ova`]: a VMDK disk read straight out of an OVA archive;
+//! - [`luks`]: a LUKS file's header (alone or inside `-O vhd`'s fixed VHD) and, unlocked, its
+//!   plaintext.
 //!
 //! Backing files and parents are opened through [`open_backing`], which bounds the chain depth, refuses
 //! loops, and follows a backing file only when it lies in the folder of the image that names it, unless
@@ -15,6 +17,7 @@
 //! whose content would then be encrypted as the disk). Every reader inherits the rule.
 
 pub mod detect;
+pub mod luks;
 pub mod ova;
 pub mod qcow2;
 pub mod raw;

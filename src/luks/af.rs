@@ -7,8 +7,8 @@
 use zeroize::Zeroizing;
 
 use crate::crypto::hash::Hash;
+use crate::crypto::keys::random_bytes;
 use crate::error::Result;
-use crate::luks::keys::random_bytes;
 
 fn diffuse(buf: &mut [u8], hash: Hash) {
     let ds = hash.output_len();

@@ -1,19 +1,19 @@
 //! LUKS containers, versions 1 and 2: the one way to format a header ([`format()`](fn@format)) and to open one
 //! ([`Luks::open`]).
 //!
-//! - [`keys`]: `VolumeKey` and `Passphrase`, zeroizing and redacted;
 //! - [`kdf`]: PBKDF2/Argon2 and the cost benchmark;
 //! - [`af`]: the anti-forensic splitter;
 //! - [`keyslot`]: keyslot material and the volume-key digest (shared by both versions);
 //! - [`luks1`] and [`luks2`]: the on-disk headers.
+//!
+//! Keys live in [`crate::crypto::keys`]; a LUKS file read as a disk image is `image::luks`, above
+//! this module (which imports nothing from `image`).
 
 pub mod af;
 pub mod kdf;
-pub mod keys;
 pub mod keyslot;
 pub mod luks1;
 pub mod luks2;
-pub mod payload;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -23,9 +23,9 @@ use serde_json::{Value, json};
 
 use crate::crypto::hash::Hash;
 use crate::crypto::iv::CipherSpec;
+use crate::crypto::keys::{Passphrase, VolumeKey};
 use crate::error::{Error, Result};
 use kdf::{Kdf, KdfCost, KdfType};
-use keys::{Passphrase, VolumeKey};
 
 /// LUKS on-disk version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,26 +247,11 @@ pub struct Luks {
     pub damage: Vec<String>,
 }
 
-/// True when the last 512 bytes are a valid fixed-VHD footer describing the rest of the file.
-fn has_fixed_vhd_footer(file: &File, file_len: u64) -> bool {
-    use crate::image::vhd::footer::{FOOTER_SIZE, RawFooter};
-    if file_len < 1024 {
-        return false;
-    }
-    let mut b = [0u8; FOOTER_SIZE];
-    if file.read_exact_at(&mut b, file_len - 512).is_err() {
-        return false;
-    }
-    let raw = RawFooter::decode(&b);
-    &raw.cookie == crate::image::vhd::footer::COOKIE
-        && raw.disk_type == 2
-        && raw.checksum == raw.computed_checksum()
-        && raw.current_size == file_len - 512
-}
-
 impl Luks {
-    /// Opens the header of `file` (either version), checking every structure.
-    pub fn open(file: &File, path: &Path) -> Result<Luks> {
+    /// Opens the header of `file` (either version), checking every structure. The LUKS file ends at
+    /// `end` (the file's length, less what a container around it adds after it: a fixed VHD's
+    /// footer, which `image::luks::open` finds): a payload that runs to the end stops there.
+    pub fn open(file: &File, path: &Path, end: u64) -> Result<Luks> {
         let file_len = crate::io::input_len(file, path)?;
         let mut head = [0u8; 8];
         if file_len < 8 {
@@ -311,9 +296,8 @@ impl Luks {
             Header::V2(h) => h.segment(),
         }
         .map_err(|e| e.with_path(path))?;
-        // A LUKS file wrapped as a fixed VHD (`-O vhd`): the footer is not payload.
-        let file_len = if segment.size.is_none() && has_fixed_vhd_footer(file, file_len) {
-            file_len - 512
+        let file_len = if segment.size.is_none() {
+            end.min(file_len)
         } else {
             file_len
         };

@@ -75,7 +75,7 @@ impl KeyWrapper for FakeWrapper {
     }
 
     fn generate(&self) -> Result<Generated, RemoteError> {
-        let key = diskseal::luks::keys::random_bytes(32).map_err(|e| RemoteError {
+        let key = diskseal::crypto::keys::random_bytes(32).map_err(|e| RemoteError {
             kind: RemoteErrorKind::BadResponse,
             service: crate::http::Service::Fake,
             endpoint: "fake KMS".into(),

@@ -23,13 +23,13 @@ use self::compressed::{InflateError, inflate_zlib, inflate_zstd};
 use self::header::Header;
 use self::mapping::{Mapping, Run};
 use crate::crypto::iv::qcow2_sector;
+use crate::crypto::keys::{Passphrase, VolumeKey};
 use crate::crypto::{IvScheme, Xts};
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::{
     DiskImage, Extent, ExtentKind, ImageFormat, ImageInfo, Naming, coalesce, open_backing,
 };
 use crate::io::read_exact_at;
-use crate::luks::keys::{Passphrase, VolumeKey};
 use crate::luks::luks1::Luks1Header;
 
 /// An open qcow2 image (and its backing chain).

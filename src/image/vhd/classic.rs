@@ -19,6 +19,7 @@ use serde_json::json;
 
 use crate::crypto::Xts;
 use crate::crypto::iv::{VHD_UTIL_IV, vhd_util_sector};
+use crate::crypto::keys::VolumeKey;
 use crate::error::{Error, ErrorKind, Result};
 use crate::image::detect::{self, Detected};
 use crate::image::vhd::batmap::{self, BatmapHeader};
@@ -27,7 +28,6 @@ use crate::image::vhd::footer::{DiskType, fourcc};
 use crate::image::vhd::{VhdImage, writer};
 use crate::image::{DiskImage, Extent, ImageInfo};
 use crate::io::read_exact_at;
-use crate::luks::keys::VolumeKey;
 
 /// A dynamic VHD's batmap, read and checked (no key involved).
 #[derive(Debug, Clone)]

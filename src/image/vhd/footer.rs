@@ -409,6 +409,25 @@ pub fn build_footer(
     raw.encode()
 }
 
+/// Where the data of a fixed VHD ends: `file_len - 512` when the last 512 bytes of `file` are a valid
+/// fixed-VHD footer describing the rest of the file (how `-O vhd` wraps a LUKS file), else `file_len`.
+pub fn fixed_data_end(file: &std::fs::File, file_len: u64) -> u64 {
+    use std::os::unix::fs::FileExt;
+    if file_len < 1024 {
+        return file_len;
+    }
+    let mut b = [0u8; FOOTER_SIZE];
+    if file.read_exact_at(&mut b, file_len - 512).is_err() {
+        return file_len;
+    }
+    let raw = RawFooter::decode(&b);
+    let fixed = &raw.cookie == COOKIE
+        && raw.disk_type == 2
+        && raw.checksum == raw.computed_checksum()
+        && raw.current_size == file_len - 512;
+    if fixed { file_len - 512 } else { file_len }
+}
+
 /// Builds the footer of a **fixed** VHD whose data part is `size` bytes (`size` must be a multiple of 512 and
 /// at most [`MAX_VIRTUAL_SIZE`]; see [`check_fixed_size`]). The creator is [`WRITER_CREATOR_APP`] (so QEMU
 /// reports exactly `size`).

@@ -20,9 +20,9 @@ use zeroize::Zeroizing;
 
 use crate::crypto::hash::Hash;
 use crate::crypto::iv::CipherSpec;
+use crate::crypto::keys::{Passphrase, VolumeKey, random_bytes};
 use crate::error::{Error, ErrorKind, Result};
 use crate::luks::kdf::{self, Kdf, KdfType};
-use crate::luks::keys::{Passphrase, VolumeKey, random_bytes};
 use crate::luks::keyslot::{self, STRIPES};
 use crate::luks::{FormatOptions, Formatted, Segment};
 

@@ -1,5 +1,7 @@
-//! The plaintext view of an unlocked LUKS file, as a [`DiskImage`]: positional reads decrypt whole
-//! sectors (aes-xts with the segment's IV rule), so decrypt and verify treat a LUKS file like any image.
+//! A LUKS file as an image: [`open`] reads its header (alone, or wrapped as a fixed VHD by `-O vhd`)
+//! and [`LuksPayload`] is the plaintext view of an unlocked one, as a [`DiskImage`]: positional reads
+//! decrypt whole sectors (aes-xts with the segment's IV rule), so decrypt and verify treat a LUKS file
+//! like any image.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -8,11 +10,21 @@ use serde_json::json;
 
 use crate::crypto::Xts;
 use crate::crypto::iv::luks_sector;
+use crate::crypto::keys::VolumeKey;
 use crate::error::{Error, Result};
 use crate::image::{DiskImage, ImageInfo};
 use crate::io::read_exact_at;
 use crate::luks::Luks;
-use crate::luks::keys::VolumeKey;
+
+/// Opens the LUKS header of `file`; a fixed-VHD footer after the LUKS file is not payload.
+pub fn open(file: &File, path: &Path) -> Result<Luks> {
+    let len = crate::io::input_len(file, path)?;
+    Luks::open(
+        file,
+        path,
+        crate::image::vhd::footer::fixed_data_end(file, len),
+    )
+}
 
 /// An unlocked LUKS file's payload.
 #[derive(Debug)]
