@@ -19,6 +19,17 @@ fn qimg(d: &Path, args: &[&str]) -> String {
     run_in(d, "qemu-img", args).ok().stdout
 }
 
+/// `qemu-img create -f qcow2 -b BACKING -F FORMAT NAME [SIZE]` (no size: the backing file's).
+fn overlay(d: &Path, backing: &str, format: &str, name: &str, size: &str) {
+    let mut args = vec![
+        "create", "-q", "-f", "qcow2", "-b", backing, "-F", format, name,
+    ];
+    if !size.is_empty() {
+        args.push(size);
+    }
+    qimg(d, &args);
+}
+
 /// Runs qemu-io commands on a qcow2 image (its backing chain is opened by qemu-io).
 fn qio(d: &Path, img: &str, cmds: &[&str]) {
     let mut args = vec!["-f", "qcow2", img];
@@ -475,21 +486,7 @@ fn qcow2_three_deep_backing_chain_with_raw_base() {
     // The base is shorter than the overlays: what lies past its end reads as zeros.
     write_mixed(d, "base.raw", 3 * MIB, 4);
     // mid names its backing file relative to its own directory.
-    qimg(
-        d,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "../base.raw",
-            "-F",
-            "raw",
-            "m/mid.qcow2",
-            "5M",
-        ],
-    );
+    overlay(d, "../base.raw", "raw", "m/mid.qcow2", "5M");
     qio(
         d,
         "m/mid.qcow2",
@@ -500,21 +497,7 @@ fn qcow2_three_deep_backing_chain_with_raw_base() {
             "write -P 0x23 4M 100k",
         ],
     );
-    qimg(
-        d,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "m/mid.qcow2",
-            "-F",
-            "qcow2",
-            "top.qcow2",
-            "6M",
-        ],
-    );
+    overlay(d, "m/mid.qcow2", "qcow2", "top.qcow2", "6M");
     qio(
         d,
         "top.qcow2",
@@ -779,21 +762,7 @@ fn qcow2_backing_chain_errors() {
     let d = dir.path();
     // Missing backing file: the message shows the path looked for.
     qimg(d, &["create", "-q", "-f", "raw", "gone.raw", "1M"]);
-    qimg(
-        d,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "gone.raw",
-            "-F",
-            "raw",
-            "orphan.qcow2",
-            "1M",
-        ],
-    );
+    overlay(d, "gone.raw", "raw", "orphan.qcow2", "1M");
     std::fs::remove_file(d.join("gone.raw")).unwrap();
     let e = open_err(d, "orphan.qcow2");
     assert!(
@@ -804,21 +773,7 @@ fn qcow2_backing_chain_errors() {
     assert!(e.hint_text().unwrap().contains("orphan.qcow2"), "{e:?}");
     // A backing format diskseal does not read.
     qimg(d, &["create", "-q", "-f", "vdi", "b.vdi", "1M"]);
-    qimg(
-        d,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "b.vdi",
-            "-F",
-            "vdi",
-            "onvdi.qcow2",
-            "1M",
-        ],
-    );
+    overlay(d, "b.vdi", "vdi", "onvdi.qcow2", "1M");
     let e = open_err(d, "onvdi.qcow2");
     assert!(
         e.kind() == ErrorKind::Unsupported
@@ -828,12 +783,7 @@ fn qcow2_backing_chain_errors() {
     );
     // A loop: a -> b -> a.
     qimg(d, &["create", "-q", "-f", "qcow2", "a.qcow2", "1M"]);
-    qimg(
-        d,
-        &[
-            "create", "-q", "-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", "b.qcow2", "1M",
-        ],
-    );
+    overlay(d, "a.qcow2", "qcow2", "b.qcow2", "1M");
     qimg(
         d,
         &["rebase", "-u", "-b", "b.qcow2", "-F", "qcow2", "a.qcow2"],
@@ -844,12 +794,7 @@ fn qcow2_backing_chain_errors() {
     qimg(d, &["create", "-q", "-f", "qcow2", "l0.qcow2", "1M"]);
     for i in 1..70 {
         let (below, this) = (format!("l{}.qcow2", i - 1), format!("l{i}.qcow2"));
-        qimg(
-            d,
-            &[
-                "create", "-q", "-f", "qcow2", "-b", &below, "-F", "qcow2", &this, "1M",
-            ],
-        );
+        overlay(d, &below, "qcow2", &this, "1M");
     }
     let e = open_err(d, "l69.qcow2");
     assert!(e.to_string().contains("deeper than"), "{e}");
@@ -1081,21 +1026,7 @@ fn qcow2_encrypt_end_to_end() {
         d,
         &["convert", "-c", "-O", "qcow2", "base.raw", "base.qcow2"],
     );
-    qimg(
-        d,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.qcow2",
-            "-F",
-            "qcow2",
-            "top.qcow2",
-            "4M",
-        ],
-    );
+    overlay(d, "base.qcow2", "qcow2", "top.qcow2", "4M");
     qio(
         d,
         "top.qcow2",
@@ -1446,20 +1377,7 @@ fn backing_files_outside_the_image_folder_are_refused_unless_allowed() {
         "{v}"
     );
     // A backing file in the image's own folder needs no flag, and is named too.
-    qimg(
-        d,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.raw",
-            "-F",
-            "raw",
-            "img/ok.qcow2",
-        ],
-    );
+    overlay(d, "base.raw", "raw", "img/ok.qcow2", "");
     let r = encrypt_fast(
         d,
         &["--json", "--key-file", "pw"],
@@ -1478,35 +1396,6 @@ fn backing_files_outside_the_image_folder_are_refused_unless_allowed() {
     // The same file named by an absolute path: refused although it lies in the folder (the image's
     // author, not the user, chose where it points), followed when allowed by name.
     let abs = d.join("img/base.raw");
-    qimg(
-        d,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            abs.to_str().unwrap(),
-            "-F",
-            "raw",
-            "img/absin.qcow2",
-        ],
-    );
-    let r = encrypt_fast(d, &["--key-file", "pw"], "img/absin.qcow2", "absin.luks");
-    assert!(
-        r.code == 2
-            && r.stderr.contains("named by an absolute path")
-            && r.stderr.contains("--allow-backing"),
-        "{}{}",
-        r.stdout,
-        r.stderr
-    );
-    assert!(!d.join("absin.luks").exists());
-    encrypt_fast(
-        d,
-        &["--key-file", "pw", "--allow-backing", "img/base.raw"],
-        "img/absin.qcow2",
-        "absin.luks",
-    )
-    .ok();
+    overlay(d, abs.to_str().unwrap(), "raw", "img/absin.qcow2", "");
+    crate::util::absolute_backing_needs_allowing(d, "img/absin.qcow2", "img/base.raw");
 }

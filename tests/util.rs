@@ -292,3 +292,25 @@ pub fn veritysetup_root(dir: &Path, file: &str, data_block: u32, salt: &str) -> 
         .trim()
         .to_owned()
 }
+
+/// `diskseal encrypt` of `img` (in `d`, with the key file `pw`) is refused because the image names
+/// its backing file `backing` by an absolute path, and succeeds with `--allow-backing BACKING`.
+pub fn absolute_backing_needs_allowing(d: &Path, img: &str, backing: &str) {
+    let r = encrypt_fast(d, &["--key-file", "pw"], img, "allowed.luks");
+    assert!(
+        r.code == 2
+            && r.stderr.contains("named by an absolute path")
+            && r.stderr.contains("--allow-backing"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(!d.join("allowed.luks").exists());
+    encrypt_fast(
+        d,
+        &["--key-file", "pw", "--allow-backing", backing],
+        img,
+        "allowed.luks",
+    )
+    .ok();
+}

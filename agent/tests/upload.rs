@@ -282,6 +282,12 @@ impl S3Like {
             .collect()
     }
 
+    /// Asserts [`S3Like::counts`] under `prefix`.
+    #[track_caller]
+    pub fn expect(&self, prefix: &str, want: (usize, usize, usize)) {
+        assert_eq!(self.counts(prefix), want, "{:#?}", self.requests(prefix));
+    }
+
     /// (objects completed or put whole, multipart uploads started, part requests) under `prefix`.
     pub fn counts(&self, prefix: &str) -> (usize, usize, usize) {
         let seen = self.seen.lock().unwrap();
@@ -933,12 +939,7 @@ fn a_complete_whose_answer_was_lost_is_adopted_not_uploaded_again() {
     let v = parse(&upload(&proxy, "s3://bkt/a.img", &[]).ok().stdout);
     assert_eq!(v["sha256"], sha.as_str());
     assert!(format!("{v}").contains("completed by an earlier"), "{v}");
-    assert_eq!(
-        proxy.counts("/bkt/a.img"),
-        (2, 1, 3),
-        "{:#?}",
-        proxy.requests("/bkt/a.img")
-    );
+    proxy.expect("/bkt/a.img", (2, 1, 3));
     assert_eq!(remote_sha256(&s, "a.img"), sha);
     // Across runs.
     let proxy = S3Like::start(&s.url, 1);
@@ -952,12 +953,7 @@ fn a_complete_whose_answer_was_lost_is_adopted_not_uploaded_again() {
         (Some(0), Some(true)),
         "{v}"
     );
-    assert_eq!(
-        proxy.counts("/bkt/b.img"),
-        (1, 1, 3),
-        "{:#?}",
-        proxy.requests("/bkt/b.img")
-    );
+    proxy.expect("/bkt/b.img", (1, 1, 3));
     assert_eq!(remote_sha256(&s, "b.img"), sha);
     assert!(!p.join("disk.img.diskseal-upload.json").exists());
 }
