@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-use crate::fake_ibm::{API_KEY, FakeIbm, INSTANCE, ROOT_KEY};
+use crate::fake_ibm::{API_KEY, FakeIbm, INSTANCE, ROOT_KEY, SUBNET_ID};
 
 /// One HTTP/1.1 request to the fake (Connection: close): (status, body).
 fn http(
@@ -251,6 +251,86 @@ fn capture_fuzz_seeds() {
             u,
             "GET",
             &format!("{sl}/999/getObject.json?objectMask=mask%5Bid%5D"),
+            &json_h,
+            "",
+        ),
+    );
+    // provision: a VPC instance created, polled pending -> running, listed by name, its boot volume, a
+    // name clash; a SoftLayer guest ordered, polled provisioning -> running, listed by hostname.
+    let image = f.add_image("disk");
+    let inst =
+        serde_json::json!({"name": "vm", "image": {"id": image}, "zone": {"name": "us-south-1"},
+        "profile": {"name": "bx2-2x8"}, "primary_network_interface": {"subnet": {"id": SUBNET_ID}}})
+        .to_string();
+    let c = http(u, "POST", &format!("/v1/instances?{q}"), &json_h, &inst);
+    let v: serde_json::Value = serde_json::from_str(&c.1).unwrap();
+    let (iid, vol) = (
+        v["id"].as_str().unwrap().to_owned(),
+        v["boot_volume_attachment"]["volume"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+    save("import_json", "vpc-instance-create", c);
+    for i in 0..3 {
+        save(
+            "import_json",
+            &format!("vpc-instance-poll{i}"),
+            http(u, "GET", &format!("/v1/instances/{iid}?{q}"), &json_h, ""),
+        );
+    }
+    save(
+        "import_json",
+        "vpc-instance-list",
+        http(u, "GET", &format!("/v1/instances?{q}&name=vm"), &json_h, ""),
+    );
+    save(
+        "import_json",
+        "vpc-volume",
+        http(u, "GET", &format!("/v1/volumes/{vol}?{q}"), &json_h, ""),
+    );
+    save(
+        "import_json",
+        "vpc-instance-duplicate",
+        http(u, "POST", &format!("/v1/instances?{q}"), &json_h, &inst),
+    );
+    let guid = f.add_template("disk");
+    let guest = serde_json::json!({"parameters": [{"hostname": "vm", "domain": "example.com",
+        "startCpus": 1, "maxMemory": 2048, "hourlyBillingFlag": true, "localDiskFlag": true,
+        "datacenter": {"name": "dal13"}, "blockDeviceTemplateGroup": {"globalIdentifier": guid}}]})
+    .to_string();
+    let vg = "/rest/v3.1/SoftLayer_Virtual_Guest";
+    let c = http(
+        u,
+        "POST",
+        &format!("{vg}/createObject.json"),
+        &json_h,
+        &guest,
+    );
+    let gid = serde_json::from_str::<serde_json::Value>(&c.1).unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    save("import_json", "sl-guest-create", c);
+    for i in 0..3 {
+        save(
+            "import_json",
+            &format!("sl-guest-poll{i}"),
+            http(
+                u,
+                "GET",
+                &format!("{vg}/{gid}/getObject.json?objectMask=mask%5Bid%5D"),
+                &json_h,
+                "",
+            ),
+        );
+    }
+    save(
+        "import_json",
+        "sl-guest-list",
+        http(
+            u,
+            "GET",
+            "/rest/v3.1/SoftLayer_Account/getVirtualGuests.json",
             &json_h,
             "",
         ),
