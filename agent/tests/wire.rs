@@ -137,3 +137,26 @@ fn iam_token_debug_is_redacted_whatever_the_token() {
     let k = wire::kp_key_action(r#"{"plaintext":"c2VjcmV0","ciphertext":"x"}"#).unwrap();
     assert!(!format!("{k:?}").contains("c2VjcmV0") && !format!("{k:?}").contains("115"));
 }
+
+#[test]
+fn provision_bodies_from_the_ibm_fake() {
+    let c = wire::vpc_instance(&seed("import_json/fake-vpc-instance-create-201.json")).unwrap();
+    assert!(c.status == "pending" && c.boot_volume_id.is_some() && c.image_id.is_some());
+    let up = wire::vpc_instance(&seed("import_json/fake-vpc-instance-poll2-200.json")).unwrap();
+    assert!(up.status == "running" && up.primary_ip.is_some());
+    let list = wire::vpc_instances(&seed("import_json/fake-vpc-instance-list-200.json"));
+    assert_eq!((list.len(), list[0].name.as_str()), (1, "vm"));
+    assert!(wire::vpc_volume_key(&seed("import_json/fake-vpc-volume-200.json")).is_some());
+    assert_eq!(
+        wire::vpc_error(&seed("import_json/fake-vpc-instance-duplicate-409.json"))
+            .reason
+            .as_deref(),
+        Some("instance_name_duplicate")
+    );
+    let busy = wire::softlayer_guest(&seed("import_json/fake-sl-guest-poll0-200.json"));
+    assert!(!busy.ready() && busy.transaction.is_some());
+    let ready = wire::softlayer_guest(&seed("import_json/fake-sl-guest-poll2-200.json"));
+    assert!(ready.ready() && ready.primary_ip.is_some() && ready.template.is_some());
+    let guests = wire::softlayer_guests(&seed("import_json/fake-sl-guest-list-200.json"));
+    assert_eq!(guests.len(), 1);
+}
