@@ -1381,6 +1381,9 @@ fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
     let o = a.s3.options(a.s3.force);
     let show = !cli.json && !cli.quiet;
     let r = s3::upload(&client, &a.file, &o, &mut |p| upload_progress(show, p));
+    if r.is_ok() {
+        s3::forget(&a.file);
+    }
     let (ok, failure) = match &r {
         Ok(_) => (true, None),
         Err(e) => (false, Some(e.to_string())),

@@ -437,6 +437,7 @@ fn steps(
         }
         st.uploaded_etag = Some(u.etag);
         save(st)?;
+        s3::forget(&image);
     }
     // 3. Import (once).
     if let Some(c) = cloud

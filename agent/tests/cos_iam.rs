@@ -223,3 +223,58 @@ fn cos_upload_without_hmac_keys_or_api_key_says_what_to_set() {
         out.stderr
     );
 }
+
+/// With IAM tokens nothing is signed, so each part's MD5 is computed, sent as Content-MD5 and checked
+/// against the ETag: a part whose first answer carries a wrong ETag is sent again; one that always
+/// does stops the upload, naming the part and both values. (With HMAC keys the server checks the
+/// signed payload hash instead: `upload::a_part_damaged_on_the_way_gets_bad_digest_and_is_sent_again`.)
+#[test]
+fn with_iam_tokens_a_part_etag_that_is_not_its_md5_is_sent_again_and_a_persistent_one_fails() {
+    let Some(s3) = open_moto() else { return };
+    let fake = FakeIbm::start();
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let data = pattern(6 << 20, 9);
+    std::fs::write(p.join("disk.img"), &data).unwrap();
+    let cos_url = cos(&s3, &fake, |_, _| {}, Arc::default());
+    let wrong = "\"0123456789abcdef0123456789abcdef\"";
+    let sends = Arc::new(AtomicU32::new(0));
+    let s2 = sends.clone();
+    let purl = hook_proxy(
+        &cos_url,
+        |_| Act::Forward,
+        move |r, resp| {
+            if r.part() == Some(3) && s2.fetch_add(1, Ordering::SeqCst) == 0 {
+                resp.set_header("ETag", wrong);
+            }
+        },
+    );
+    let out = run(p, &purl, &fake, "etag.img", "2").ok();
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(sends.load(Ordering::SeqCst), 2, "{v}");
+    assert!(v["notes"].to_string().contains("sent again"), "{v}");
+    assert_eq!(
+        remote_sha256(&s3, "etag.img"),
+        diskseal::bundle::hex(&Sha256::digest(&data))
+    );
+    let purl = hook_proxy(
+        &cos_url,
+        |_| Act::Forward,
+        move |r, resp| {
+            if r.part() == Some(2) {
+                resp.set_header("ETag", wrong);
+            }
+        },
+    );
+    let out = run(p, &purl, &fake, "etag2.img", "2");
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("part 2 did not arrive intact in 3 attempts")
+            && out
+                .stderr
+                .contains("ETag 0123456789abcdef0123456789abcdef is not the part's MD5"),
+        "{}",
+        out.stderr
+    );
+}
