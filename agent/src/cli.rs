@@ -326,30 +326,39 @@ struct ImportEndpoints {
 impl ImportEndpoints {
     /// The override for `target` (`ibm-vpc` or `ibm-classic`); the other service's flag is refused.
     fn for_target(&self, target: &str, old_endpoint: Option<&String>) -> Result<Option<String>> {
-        let (mine, other, flags) = match target {
-            "ibm-classic" => (
-                &self.sl_endpoint,
-                &self.vpc_endpoint,
-                ("--sl-endpoint", "--vpc-endpoint"),
-            ),
-            "ibm-vpc" => (
-                &self.vpc_endpoint,
-                &self.sl_endpoint,
-                ("--vpc-endpoint", "--sl-endpoint"),
-            ),
-            _ => (&None, &None, ("", "")),
+        let mine = match crate::import::Cloud::parse(target) {
+            Ok(cloud) => {
+                target_endpoint(cloud, self.vpc_endpoint.as_ref(), self.sl_endpoint.as_ref())?
+            }
+            Err(_) => None,
         };
-        if other.is_some() {
-            return Err(Error::Config(format!(
-                "{} is not used by --target {target}: its endpoint is {}",
-                flags.1, flags.0
-            )));
-        }
         Ok(mine
-            .clone()
-            .or_else(|| self.old_import_endpoint.clone())
-            .or_else(|| old_endpoint.cloned()))
+            .or(self.old_import_endpoint.as_ref())
+            .or(old_endpoint)
+            .cloned())
     }
+}
+
+/// The endpoint flag given for `cloud`'s service (`--vpc-endpoint` or `--sl-endpoint`); the other
+/// service's flag is refused, not ignored.
+fn target_endpoint<'a>(
+    cloud: crate::import::Cloud,
+    vpc: Option<&'a String>,
+    sl: Option<&'a String>,
+) -> Result<Option<&'a String>> {
+    let (mine, other, flags, target) = match cloud {
+        crate::import::Cloud::Vpc => (vpc, sl, ("--vpc-endpoint", "--sl-endpoint"), "ibm-vpc"),
+        crate::import::Cloud::Classic => {
+            (sl, vpc, ("--sl-endpoint", "--vpc-endpoint"), "ibm-classic")
+        }
+    };
+    if other.is_some() {
+        return Err(Error::Config(format!(
+            "{} is not used by --target {target}: its endpoint is {}",
+            flags.1, flags.0
+        )));
+    }
+    Ok(mine)
 }
 
 /// How `upload` and `ship` authenticate to S3 / IBM COS (the IBM Cloud API key for `iam` comes from

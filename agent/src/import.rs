@@ -482,13 +482,7 @@ fn create_once(api: &Api) -> Result<ImageRef> {
         };
         match r {
             Err(e) if uncertain(api.s.cloud, &e) && attempt < api.s.retry.max_attempts => {
-                std::thread::sleep(
-                    api.s
-                        .retry
-                        .base
-                        .saturating_mul(1 << attempt.min(8))
-                        .min(api.s.retry.max_wait),
-                );
+                std::thread::sleep(crate::http::backoff(&api.s.retry, attempt + 1));
                 let found = match api.s.cloud {
                     Cloud::Vpc => vpc_find(api)?,
                     Cloud::Classic => classic_find(api)?,

@@ -241,21 +241,7 @@ pub(super) fn endpoint(
     sl: Option<&String>,
     region: Option<&str>,
 ) -> Result<String> {
-    let (mine, other, other_flag) = match cloud {
-        Cloud::Vpc => (vpc, sl, "--sl-endpoint"),
-        Cloud::Classic => (sl, vpc, "--vpc-endpoint"),
-    };
-    if other.is_some() {
-        return Err(Error::Config(format!(
-            "{other_flag} is not used by --target {}",
-            if cloud == Cloud::Vpc {
-                "ibm-vpc"
-            } else {
-                "ibm-classic"
-            }
-        )));
-    }
-    Ok(match (mine, cloud) {
+    Ok(match (super::target_endpoint(cloud, vpc, sl)?, cloud) {
         (Some(e), _) => e.trim_end_matches('/').to_owned(),
         (None, Cloud::Classic) => "https://api.softlayer.com".into(),
         (None, Cloud::Vpc) => match region {

@@ -153,7 +153,7 @@ pub(crate) fn with_retries(
 }
 
 /// Exponential back-off with jitter: a random wait in [d/2, d] for d = base * 2^(attempt-1).
-fn backoff(p: &RetryPolicy, attempt: u32) -> Duration {
+pub fn backoff(p: &RetryPolicy, attempt: u32) -> Duration {
     let d = p
         .base
         .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))

@@ -220,13 +220,7 @@ impl Provisioner {
                     if crate::import::uncertain(self.s.cloud, &e)
                         && attempt < self.s.retry.max_attempts =>
                 {
-                    std::thread::sleep(
-                        self.s
-                            .retry
-                            .base
-                            .saturating_mul(1 << attempt.min(8))
-                            .min(self.s.retry.max_wait),
-                    );
+                    std::thread::sleep(crate::http::backoff(&self.s.retry, attempt + 1));
                     if let Some(id) = self.find(p)? {
                         return Ok(id);
                     }
