@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use diskseal::profile::Profile;
 
-use crate::fake_ibm::{API_KEY, FakeIbm};
+use crate::fake_ibm::FakeIbm;
 use crate::ship::ship_args_to;
 use crate::upload::{S3Like, moto_s3, remote_sha256};
 use crate::util::{agent, init, make_bundle_as};
@@ -96,11 +96,7 @@ fn ship_killed_at_random_points_resumes_without_duplicate_imports_or_needless_re
         let size = m["image"]["file_size"].as_u64().unwrap();
         (b, target, file, os, sha, size)
     });
-    let env = [
-        ("AWS_ACCESS_KEY_ID", s3.ak.as_str()),
-        ("AWS_SECRET_ACCESS_KEY", s3.sk.as_str()),
-        ("IBMCLOUD_API_KEY", API_KEY),
-    ];
+    let env = s3.ship_env();
     // Each trial ships a fresh copy of a bundle (the upload state lives beside the image) from a fresh
     // agent home holding the same identity, to its own object and image name.
     let setup = |t: &str, which: usize| {
@@ -270,11 +266,7 @@ fn a_rerun_after_a_kill_between_create_and_its_record_finds_the_image_instead_of
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
     let recipient = init(p);
-    let env = [
-        ("AWS_ACCESS_KEY_ID", s3.ak.as_str()),
-        ("AWS_SECRET_ACCESS_KEY", s3.sk.as_str()),
-        ("IBMCLOUD_API_KEY", API_KEY),
-    ];
+    let env = s3.ship_env();
     for (profile, target, object, os) in [
         (
             Profile::IbmClassicVhd,

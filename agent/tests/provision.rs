@@ -188,11 +188,7 @@ fn ship_provision_orders_one_server_across_reruns() {
     let p = d.path();
     let recipient = crate::util::init(p);
     let bundle = crate::util::make_bundle_as(p, &recipient, Profile::IbmVpc);
-    let env = [
-        ("AWS_ACCESS_KEY_ID", s3.ak.as_str()),
-        ("AWS_SECRET_ACCESS_KEY", s3.sk.as_str()),
-        ("IBMCLOUD_API_KEY", API_KEY),
-    ];
+    let env = s3.ship_env();
     let mut args = crate::ship::ship_args_to(
         "ibm-vpc",
         "cos://us-south/bkt/disk.qcow2",
@@ -450,11 +446,7 @@ fn ship_provision_classic_orders_from_the_imported_template() {
     let p = d.path();
     let recipient = crate::util::init(p);
     let bundle = crate::util::make_bundle_as(p, &recipient, Profile::IbmClassicVhd);
-    let env = [
-        ("AWS_ACCESS_KEY_ID", s3.ak.as_str()),
-        ("AWS_SECRET_ACCESS_KEY", s3.sk.as_str()),
-        ("IBMCLOUD_API_KEY", API_KEY),
-    ];
+    let env = s3.ship_env();
     let mut args = crate::ship::ship_args_to(
         "ibm-classic",
         "cos://us-south/bkt/disk.vhd-0.vhd",

@@ -19,11 +19,7 @@ fn ship_goes_bundle_wrap_upload_import_available_and_a_rerun_repeats_nothing() {
         serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap())
             .unwrap();
     let sha = manifest["image"]["sha256"].as_str().unwrap().to_owned();
-    let env = [
-        ("AWS_ACCESS_KEY_ID", s3.ak.as_str()),
-        ("AWS_SECRET_ACCESS_KEY", s3.sk.as_str()),
-        ("IBMCLOUD_API_KEY", API_KEY),
-    ];
+    let env = s3.ship_env();
     let bundle_s = bundle.to_str().unwrap();
     let args = ship_args(bundle_s, &s3.url, &f.url);
     // Dry run first: nothing is sent to the KMS, S3 or the VPC; secrets are redacted.
@@ -98,11 +94,7 @@ fn ship_interrupted_while_the_import_is_pending_polls_the_same_image_on_rerun() 
     let p = d.path();
     let recipient = init(p);
     let bundle = make_bundle_as(p, &recipient, Profile::IbmVpc);
-    let env = [
-        ("AWS_ACCESS_KEY_ID", s3.ak.as_str()),
-        ("AWS_SECRET_ACCESS_KEY", s3.sk.as_str()),
-        ("IBMCLOUD_API_KEY", API_KEY),
-    ];
+    let env = s3.ship_env();
     let bundle_s = bundle.to_str().unwrap();
     let mut args = ship_args(bundle_s, &s3.url, &f.url);
     let mut first = args.clone();
@@ -154,11 +146,7 @@ fn ship_to_classic_goes_bundle_wrap_upload_create_from_icos_and_polls_until_the_
         (Some("vhd-util"), Some("raw-dek"))
     );
     let sha = manifest["image"]["sha256"].as_str().unwrap().to_owned();
-    let env = [
-        ("AWS_ACCESS_KEY_ID", s3.ak.as_str()),
-        ("AWS_SECRET_ACCESS_KEY", s3.sk.as_str()),
-        ("IBMCLOUD_API_KEY", API_KEY),
-    ];
+    let env = s3.ship_env();
     let args = ship_args_to(
         "ibm-classic",
         "cos://us-south/bkt/disk.vhd-0.vhd",

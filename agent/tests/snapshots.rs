@@ -209,11 +209,7 @@ fn json_results_have_the_documented_keys() {
     has_keys(&out.stdout, documented("import"));
     // upload and ship need the S3 server.
     let Some(s3) = moto_s3() else { return };
-    let s3env = [
-        ("AWS_ACCESS_KEY_ID", s3.ak.as_str()),
-        ("AWS_SECRET_ACCESS_KEY", s3.sk.as_str()),
-        ("IBMCLOUD_API_KEY", API_KEY),
-    ];
+    let s3env = s3.ship_env();
     std::fs::write(p.join("f.bin"), b"some bytes").unwrap();
     let out = agent(
         p,

@@ -25,6 +25,18 @@ pub struct S3 {
     pub name: &'static str,
 }
 
+impl S3 {
+    /// The environment of a `ship` to this server and the IBM fake: its HMAC keys and the fake's
+    /// API key.
+    pub fn ship_env(&self) -> [(&'static str, &str); 3] {
+        [
+            ("AWS_ACCESS_KEY_ID", self.ak.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", self.sk.as_str()),
+            ("IBMCLOUD_API_KEY", crate::fake_ibm::API_KEY),
+        ]
+    }
+}
+
 /// moto in IAM mode with a user allowed s3:* and a bucket `bkt`.
 pub fn moto_s3() -> Option<S3> {
     let setup = r#"s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=k["AccessKeyId"], aws_secret_access_key=k["SecretAccessKey"])
