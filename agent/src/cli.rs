@@ -462,8 +462,9 @@ enum BundleCmd {
         after_help = "Examples:\n  diskseal-agent bundle verify /media/usb/disk-bundle\n  # also decrypt the disk and check its digest (a line on stderr every 10 s):\n  diskseal-agent bundle verify --deep --json /media/usb/disk-bundle"
     )]
     Verify {
-        /// Also unlock the image with the key, decrypt what it allocates and check the plaintext's
-        /// dm-verity root hash (a bundle of schema 1: the SHA-256 of the whole disk).
+        /// Also unlock the image with the key, decrypt what it allocates and check every plaintext
+        /// digest the manifest records: the dm-verity root hash, and the SHA-256 of the whole disk when
+        /// there is one (`--plaintext-sha256`, or a bundle of schema 1).
         #[arg(long)]
         deep: bool,
         /// The bundle directory.

@@ -145,10 +145,11 @@ pub fn verify(dir: &Path, identities: &[age::x25519::Identity], show: bool) -> R
     })
 }
 
-/// The deep check: unlocks the image with the unsealed key, decrypts what it allocates and compares the
-/// plaintext's digest with the manifest's (in constant time): the dm-verity root hash (schema 2, a KDF
-/// plus a read of the allocated data), or the SHA-256 of the whole disk (schema 1, a read of every
-/// byte of the virtual size).
+/// The deep check: unlocks the image with the unsealed key, decrypts what it allocates and compares every
+/// plaintext digest the manifest records with its own (in constant time): the dm-verity root hash
+/// (schema 2, a KDF plus a read of the allocated data) and the SHA-256 of the whole disk (schema 1, and
+/// schema 2 written with `--plaintext-sha256`: a read of every byte of the virtual size). The error
+/// names each digest that does not match.
 /// With `show`, a progress line goes to stderr every 10 s.
 pub fn verify_plaintext(v: &Verified, show: bool) -> Result<()> {
     let profile = Profile::parse(&v.manifest.profile)?;
@@ -162,7 +163,7 @@ pub fn verify_plaintext(v: &Verified, show: bool) -> Result<()> {
                 .map_err(|e| bad(&v.dir, e.message().to_owned()))?,
             None => Vec::new(),
         },
-        sha256: plain.dm_verity.is_none(),
+        sha256: plain.sha256.is_some(),
     };
     let q = diskseal::bundle::QuietRun::default();
     let r = crate::progress::with_lines("deep verify", &q, show, |run| {
@@ -182,23 +183,38 @@ pub fn verify_plaintext(v: &Verified, show: bool) -> Result<()> {
             Error::Diskseal(e)
         }
     })?;
-    let (what, found, expected) = match (&plain.dm_verity, &plain.sha256, &r.plaintext_sha256) {
-        (Some(d), _, _) => (
+    // Every digest the manifest records is checked; the error names each one that differs.
+    let mut checks = Vec::new();
+    if let Some(d) = &plain.dm_verity {
+        checks.push((
             "plaintext dm-verity root hash",
             r.verity.root_hash.as_str(),
             d.root_hash.as_str(),
-        ),
-        (None, Some(want), Some(got)) => ("plaintext sha256", got.as_str(), want.as_str()),
-        _ => return Err(bad(&v.dir, "the manifest has no plaintext digest")),
-    };
-    let same = unhex(found)
-        .zip(unhex(expected))
-        .is_some_and(|(a, b)| bool::from(a.ct_eq(&b)));
-    if !same {
-        return Err(bad(
-            &v.dir,
-            format!("{what} {found} does not match the manifest's {expected}"),
         ));
+    }
+    if let Some(want) = &plain.sha256 {
+        checks.push((
+            "plaintext sha256",
+            r.plaintext_sha256.as_deref().unwrap_or_default(),
+            want.as_str(),
+        ));
+    }
+    if checks.is_empty() {
+        return Err(bad(&v.dir, "the manifest has no plaintext digest"));
+    }
+    let failed: Vec<String> = checks
+        .into_iter()
+        .filter(|(_, found, expected)| {
+            !unhex(found)
+                .zip(unhex(expected))
+                .is_some_and(|(a, b)| bool::from(a.ct_eq(&b)))
+        })
+        .map(|(what, found, expected)| {
+            format!("{what} {found} does not match the manifest's {expected}")
+        })
+        .collect();
+    if !failed.is_empty() {
+        return Err(bad(&v.dir, failed.join("; ")));
     }
     Ok(())
 }

@@ -538,6 +538,54 @@ fn deep_verify_checks_the_plaintext_digest_of_either_schema() {
     assert!(out.stderr.contains("plaintext sha256"), "{}", out.stderr);
 }
 
+/// A bundle with both plaintext digests (`diskseal encrypt --bundle ... --plaintext-sha256`): `--deep`
+/// computes and checks both, and names the one that does not match.
+#[test]
+fn deep_verify_checks_both_plaintext_digests() {
+    use sha2::{Digest, Sha256};
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let r = init(p);
+    let b = crate::util::make_bundle_plaintext_sha256(p, &r);
+    let manifest = b.join("manifest.json");
+    let good: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    let sha = diskseal::bundle::hex(&Sha256::digest(std::fs::read(p.join("disk.raw")).unwrap()));
+    assert_eq!(good["schema"], "diskseal-bundle/2");
+    assert_eq!(good["plaintext"]["sha256"], sha.as_str());
+    assert!(good["plaintext"]["dm_verity"]["root_hash"].is_string());
+    let deep = || agent(p, &["bundle", "verify", "--deep", "bundle"], &[]);
+    deep().ok();
+    // (field, the name in the error); the manifest is not signed, the image and key stay consistent.
+    for (field, name) in [
+        ("sha256", "plaintext sha256"),
+        ("dm_verity", "plaintext dm-verity root hash"),
+    ] {
+        let mut m = good.clone();
+        if field == "sha256" {
+            m["plaintext"]["sha256"] = "0".repeat(64).into();
+        } else {
+            m["plaintext"]["dm_verity"]["root_hash"] = "ab".repeat(32).into();
+        }
+        std::fs::write(&manifest, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+        agent(p, &["bundle", "verify", "bundle"], &[]).ok();
+        let out = deep();
+        assert_eq!(out.code, 1, "{field}: {}", out.stderr);
+        let other = if field == "sha256" {
+            "plaintext dm-verity root hash"
+        } else {
+            "plaintext sha256"
+        };
+        assert!(
+            out.stderr.contains(&format!("{name} "))
+                && out.stderr.contains("does not match")
+                && !out.stderr.contains(other),
+            "{field}: {}",
+            out.stderr
+        );
+    }
+}
+
 #[test]
 fn ibm_vpc_qcow2_bundle_verifies_deep_and_wraps_base64_of_the_passphrase() {
     let fake = FakeIbm::start();

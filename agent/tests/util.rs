@@ -109,6 +109,16 @@ pub fn classic_dek() -> Vec<u8> {
 /// Like [`make_bundle`] for `profile` (ibm-vpc: `disk.qcow2`, qcow2 with QEMU-native LUKS1;
 /// ibm-classic-vhd: `disk.vhd`, a vhd-util encrypted dynamic VHD keyed by [`classic_dek`]).
 pub fn make_bundle_as(dir: &Path, recipient: &str, profile: Profile) -> PathBuf {
+    bundle_of(dir, recipient, profile, false)
+}
+
+/// Like [`make_bundle`], with the SHA-256 of the whole plaintext in the manifest too (what
+/// `diskseal encrypt --bundle ... --plaintext-sha256` writes: both plaintext digests).
+pub fn make_bundle_plaintext_sha256(dir: &Path, recipient: &str) -> PathBuf {
+    bundle_of(dir, recipient, Profile::Luks2, true)
+}
+
+fn bundle_of(dir: &Path, recipient: &str, profile: Profile, plaintext_sha256: bool) -> PathBuf {
     let src = dir.join("disk.raw");
     std::fs::write(&src, pattern(1 << 20, 9)).unwrap();
     if profile == Profile::IbmClassicVhd {
@@ -118,7 +128,7 @@ pub fn make_bundle_as(dir: &Path, recipient: &str, profile: Profile) -> PathBuf 
         let key = diskseal::crypto::keys::VolumeKey::from_bytes(dek.clone()).unwrap();
         let opts = EncryptOptions::new(ops::Container::ClassicVhd);
         ops::encrypt(&src, &img, &opts, ops::EncryptKey::Dek(key), &q.run()).unwrap();
-        return bundle_image(dir, &img, &dek, recipient, profile);
+        return bundle_image(dir, &img, &dek, recipient, profile, plaintext_sha256);
     }
     let vpc = profile == Profile::IbmVpc;
     let img = dir.join(if vpc { "disk.qcow2" } else { "disk.luks" });
@@ -143,6 +153,7 @@ pub fn make_bundle_as(dir: &Path, recipient: &str, profile: Profile) -> PathBuf 
         &Zeroizing::new(PASSPHRASE.to_vec()),
         recipient,
         profile,
+        plaintext_sha256,
     )
 }
 
@@ -153,6 +164,7 @@ fn bundle_image(
     key: &Zeroizing<Vec<u8>>,
     recipient: &str,
     profile: Profile,
+    plaintext_sha256: bool,
 ) -> PathBuf {
     let q = QuietRun::default();
     let out = dir.join("bundle");
@@ -161,7 +173,7 @@ fn bundle_image(
         recipient: recipient.into(),
         force: false,
         source: None,
-        plaintext_sha256: false,
+        plaintext_sha256,
     };
     diskseal::bundle::create(img, key, &out, &bopts, &q.run()).unwrap();
     out
