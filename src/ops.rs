@@ -591,20 +591,12 @@ fn write_qcow2(
     run: &Run<'_>,
 ) -> Result<u64> {
     let cs = writer.cluster_size();
-    let store = |data: &mut [u8], _index: u64, host: u64| -> Result<()> {
-        // Only the disk's last cluster can be short: pad it to a whole cluster.
-        let mut padded;
-        let data: &mut [u8] = if (data.len() as u64).is_multiple_of(cs) {
-            data
-        } else {
-            padded = vec![0u8; (data.len() as u64).next_multiple_of(cs) as usize];
-            padded[..data.len()].copy_from_slice(data);
-            &mut padded
-        };
-        if let Some(xts) = xts {
-            xts.encrypt(data, 512, qcow2_sector(host), IvScheme::Plain64)?;
+    // The pipeline pads the disk's last cluster to a whole one.
+    let seal = |data: &mut [u8], _index: u64, host: u64| -> Result<()> {
+        match xts {
+            Some(xts) => xts.encrypt(data, 512, qcow2_sector(host), IvScheme::Plain64),
+            None => Ok(()),
         }
-        out.write_at(data, host)
     };
     let skip = |off: u64| next_data(extents, off, len);
     pipeline.allocating_waves(
@@ -614,7 +606,8 @@ fn write_qcow2(
         &skip,
         read,
         &mut |i| writer.allocate(i),
-        &store,
+        &seal,
+        &mut |data, _, host| out.write_at(data, host),
     )?;
     writer.finish(out)
 }
@@ -656,9 +649,11 @@ fn write_classic_vhd(
     // Every sector of an allocated block is encrypted, then bitmap + data + a stale footer copy are
     // written, as vhd-util does. Each block is preceded by its bitmap in the file, so runs are single
     // blocks.
-    let store = |block: &mut [u8], index: u64, at: u64| -> Result<()> {
+    let seal = |block: &mut [u8], index: u64, _at: u64| -> Result<()> {
         debug_assert_eq!(block.len() as u64, bs);
-        xts.encrypt(block, 512, vhd_util_sector(index * bs), VHD_UTIL_IV)?;
+        xts.encrypt(block, 512, vhd_util_sector(index * bs), VHD_UTIL_IV)
+    };
+    let put = |block: &[u8], _index: u64, at: u64| -> Result<()> {
         out.write_at(&vhd_writer::FULL_BITMAP, at)?;
         out.write_at(block, at + 512)?;
         out.write_at(&footer, at + 512 + bs)
@@ -672,7 +667,8 @@ fn write_classic_vhd(
         &skip,
         &fill,
         &mut |i| writer.allocate(i),
-        &store,
+        &seal,
+        &mut { put },
     )?;
     let keyhash = KeyHash::of_key(key.expose(), [0; 32]);
     let allocated_blocks = writer.allocated();

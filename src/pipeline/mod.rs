@@ -7,7 +7,7 @@
 //!   in order, 4 MiB at a time: two threads `pwrite`-ing into one ext4 file serialise on its inode lock
 //!   and its dirty-page throttling, which made two threads 3-4× slower than one on a real disk.
 //! - [`Pipeline::allocating_waves`] (`waves.rs`): the sparse writers' mode: units that hold data are
-//!   allocated in guest order, then encrypted and written in parallel.
+//!   allocated in guest order and encrypted in parallel, then written in file order by one thread.
 //! - [`extents`]: which parts of a chunk hold source data, and the all-zero test.
 //!
 //! Cancellation (Ctrl-C) is checked between chunks; progress is an atomic counter the caller reads.
@@ -21,7 +21,7 @@ use crate::error::{Error, ErrorKind, Result};
 pub mod extents;
 mod waves;
 
-pub use waves::StoreUnit;
+pub use waves::{PutUnits, SealUnits};
 
 /// Default chunk size: large enough to amortise syscalls, small enough for many chunks per core.
 pub const DEFAULT_CHUNK: usize = 4 << 20;
