@@ -423,6 +423,11 @@ struct S3Args {
     /// Overwrite an existing object.
     #[arg(long)]
     force: bool,
+    /// Send Content-MD5 with every part with HMAC keys too (IAM tokens always send it), for buckets that
+    /// require it (Object Lock, IBM COS immutable-storage retention); without it, the first part
+    /// refused for lack of it switches the rest of the upload to it, with a note.
+    #[arg(long)]
+    content_md5: bool,
 }
 
 impl S3Args {
@@ -432,6 +437,7 @@ impl S3Args {
             jobs: self.jobs.max(1),
             part_size: self.part_size,
             force,
+            content_md5: self.content_md5,
         }
     }
 }
@@ -1100,6 +1106,7 @@ fn ship(cli: &Cli, a: &ShipArgs) -> Result<()> {
     let show = !cli.json && !cli.quiet;
     let mut on = |n: crate::ship::Note<'_>| match n {
         crate::ship::Note::Warning(w) => eprintln!("diskseal-agent: warning: {w}"),
+        crate::ship::Note::Remark(n) => eprintln!("diskseal-agent: note: {n}"),
         crate::ship::Note::Upload(p) => upload_progress(show, p),
         crate::ship::Note::Confirm(p, answer) => *answer = Some(a.provision.ask(p)),
     };
@@ -1320,7 +1327,7 @@ fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
     let iam = matches!(auth, s3::Auth::Iam(_));
     let auth_credential = auth.credential();
     let target = s3::Target::parse(&a.url, region.as_deref(), a.s3_endpoint.as_deref())?;
-    let client = s3::Client::new(target.clone(), auth, retry);
+    let client = s3::Client::new(target.clone(), auth.clone(), retry);
     let url = target.url();
     if a.dry_run {
         let mut lines = Vec::new();
@@ -1358,7 +1365,7 @@ fn upload(cli: &Cli, a: &UploadArgs) -> Result<()> {
                 size,
                 &a.s3.options(a.s3.force),
                 retry.max_attempts,
-                auth_shown,
+                Some(&auth),
                 "",
             )?);
         }

@@ -7,6 +7,10 @@
 //!   `x-amz-content-sha256` (IBM COS asks for the payload's hash; its official SDK signs it), which
 //!   the server checks, so no MD5 is computed; with IAM tokens nothing is signed, and the part
 //!   carries `Content-MD5` (what IBM COS checks) instead;
+//! - `Content-MD5` on every part with HMAC keys too when asked ([`Options::content_md5`]), or from the
+//!   first part a server refuses for lack of it (a bucket with Object Lock or an immutable-storage
+//!   retention policy): that part is sent again with it, and so is every part after
+//!   it (the switch is a note of the upload and is kept in the state file for a rerun);
 //! - a bucket in another region (`301 PermanentRedirect` / `x-amz-bucket-region`) is followed: the
 //!   requests are signed for its region (and sent to its AWS endpoint);
 //! - each part's answer is checked: an echoed `x-amz-checksum-sha256` must be the part's, and with
@@ -152,24 +156,35 @@ impl Auth {
     }
 }
 
-/// The dry run of an upload of `size` bytes to `url`: the requests it would send, one per line.
-/// `authorization` is [`Auth::redacted`] (or why there is none); `done` is appended to each line (a
-/// step an earlier run finished).
+/// The dry run of an upload of `size` bytes to `url` with `auth` (none: no credentials were found):
+/// the requests it would send, one per line. `done` is appended to each line (a step an earlier run
+/// finished).
 pub fn plan(
     url: &str,
     size: u64,
     o: &Options,
     max_attempts: u32,
-    authorization: &str,
+    auth: Option<&Auth>,
     done: &str,
 ) -> Result<Vec<String>> {
     let part = choose_part_size(size, o.part_size)?;
     let n = size.div_ceil(part).max(1);
+    let authorization = auth.map_or(
+        "<no S3 credentials found: the upload would stop here>",
+        Auth::redacted,
+    );
+    let checks = match auth {
+        Some(Auth::Hmac(_)) if !o.content_md5 => {
+            "x-amz-checksum-sha256, signed x-amz-content-sha256 (Content-MD5 too from the first part \
+             refused without it)"
+        }
+        _ => "Content-MD5, x-amz-checksum-sha256",
+    };
     Ok(vec![
         format!("HEAD {url}{done}"),
         format!("POST {url}?uploads (x-amz-checksum-algorithm: SHA256){done}"),
         format!(
-            "PUT  {url}?partNumber=1..{n}&uploadId=<id> ({n} part{} of {part} bytes, {} in parallel, up to {} attempts each; Content-MD5, x-amz-checksum-sha256; Authorization: {authorization}){done}",
+            "PUT  {url}?partNumber=1..{n}&uploadId=<id> ({n} part{} of {part} bytes, {} in parallel, up to {} attempts each; {checks}; Authorization: {authorization}){done}",
             if n == 1 { "" } else { "s" },
             o.jobs,
             max_attempts.max(1)
@@ -269,6 +284,18 @@ fn digest_refused(e: &Error) -> bool {
         k.code.as_deref(),
         Some("BadDigest" | "InvalidDigest" | "XAmzContentSHA256Mismatch" | "InvalidChecksum")
     ))
+}
+
+/// True for the server refusing a part because it carries no `Content-MD5`: S3 and IBM COS buckets with
+/// Object Lock (or COS's immutable-storage retention) may require it. AWS answers `400 InvalidRequest`
+/// "Content-MD5 OR x-amz-checksum- HTTP header is required for Put Part requests with Object Lock
+/// parameters" (its PutObject wording: "Content-MD5 HTTP header is required ..."); S3-compatible servers
+/// `400 MissingContentMD5`. A refused digest (`BadDigest`, ...) is not this.
+fn md5_required(e: &Error) -> bool {
+    matches!(e, Error::Remote(k) if k.status == Some(400)
+        && !digest_refused(e)
+        && (k.code.as_deref() == Some("MissingContentMD5")
+            || k.message.to_ascii_lowercase().contains("content-md5")))
 }
 
 fn with_headers<B>(
@@ -648,6 +675,9 @@ pub struct State {
     pub mtime_ns: u128,
     /// Finished parts.
     pub parts: BTreeMap<u32, PartDone>,
+    /// The server refused a part without `Content-MD5`: every part carries it (a rerun too).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub content_md5: bool,
 }
 
 /// `FILE.diskseal-upload.json`.
@@ -717,6 +747,8 @@ pub struct Options {
     pub part_size: Option<u64>,
     /// Overwrite an existing object.
     pub force: bool,
+    /// `Content-MD5` on every part with HMAC keys too (IAM uploads always send it).
+    pub content_md5: bool,
 }
 
 /// What [`upload`] tells its caller as it goes.
@@ -926,6 +958,7 @@ pub fn upload(
                 size,
                 mtime_ns: mtime,
                 parts: BTreeMap::new(),
+                content_md5: false,
             };
             save_state(&sp, &s)?;
             s
@@ -1079,11 +1112,15 @@ fn send_parts(
         sent_now: missing.iter().copied().collect(),
         st: std::sync::Mutex::new((1, BTreeMap::new(), Sha256::new())),
     };
+    let md5 = Md5Mode {
+        on: AtomicBool::new(o.content_md5 || state.content_md5 || !client.signs_payload()),
+        refused: std::sync::OnceLock::new(),
+    };
     std::thread::scope(|sc| {
         let (tx, rx) = mpsc::channel::<Result<(u32, Sent, u64)>>();
         for _ in 0..o.jobs.max(1) {
             let tx = tx.clone();
-            let (next, stop, upload_id, whole) = (&next, &stop, &upload_id, &whole);
+            let (next, stop, upload_id, whole, md5) = (&next, &stop, &upload_id, &whole, &md5);
             sc.spawn(move || {
                 let mut buf = Vec::new();
                 while !stop.load(Ordering::Relaxed) {
@@ -1091,7 +1128,7 @@ fn send_parts(
                     let Some(&n) = missing.get(i) else { break };
                     let off = u64::from(n - 1) * part_size;
                     let len = (size - off).min(part_size);
-                    let r = send_part(client, whole, &mut buf, upload_id, n, off, len)
+                    let r = send_part(client, whole, md5, &mut buf, upload_id, n, off, len)
                         .map(|sent| (n, sent, len));
                     let failed = r.is_err();
                     if tx.send(r).is_err() || failed {
@@ -1110,6 +1147,7 @@ fn send_parts(
                     *checks.entry(sent.check).or_insert(0) += 1;
                     resent += sent.tries - 1;
                     state.parts.insert(n, sent.part);
+                    state.content_md5 |= md5.refused.get().is_some();
                     if let Err(e) = save_state(sp, state) {
                         failure.get_or_insert(e);
                         stop.store(true, Ordering::Relaxed);
@@ -1131,6 +1169,9 @@ fn send_parts(
         let sha = whole.finish();
         if resent > 0 {
             notes.push(format!("{resent} part(s) sent again: the server's answer showed they had not arrived intact"));
+        }
+        if let Some(why) = md5.refused.get() {
+            notes.push(format!("{why}: it and every part after it went out with Content-MD5 (buckets with Object Lock or an immutable-storage retention policy require it); pass --content-md5 to send it from the first part"));
         }
         if let Some(k) = checks.get(&Check::Checksum) {
             notes.push(format!("{k} part(s) answered with ETags that are not MD5s (e.g. SSE-KMS): checked against the x-amz-checksum-sha256 the server echoed"));
@@ -1154,6 +1195,30 @@ enum Check {
     Checksum,
     /// Neither can be checked: the server's own Content-MD5 / checksum validation is all there is.
     ServerOnly,
+}
+
+/// Whether parts carry `Content-MD5`, and the first refusal of a part without it, which switched it on
+/// for the rest of the upload.
+struct Md5Mode {
+    on: AtomicBool,
+    refused: std::sync::OnceLock<String>,
+}
+
+impl Md5Mode {
+    /// Part `n` was refused without `Content-MD5` (`e`, see [`md5_required`]): every part carries it
+    /// from now on.
+    fn switch(&self, n: u32, e: &Error) {
+        self.on.store(true, Ordering::Relaxed);
+        self.refused.get_or_init(|| match e {
+            Error::Remote(k) => format!(
+                "the server refused part {n} without Content-MD5 ({} {}: {})",
+                k.status.unwrap_or_default(),
+                k.code.as_deref().unwrap_or("?"),
+                k.message
+            ),
+            _ => format!("the server refused part {n} without Content-MD5 ({e})"),
+        });
+    }
 }
 
 /// A part the server took.
@@ -1228,12 +1293,15 @@ impl InOrder<'_> {
 }
 
 /// Reads part `n` (into `buf`, or a new buffer when the whole-file hash still holds `buf`), hashes it
-/// once for its MD5 and SHA-256 and hands it to the whole-file hash, then sends it, again while the
-/// server's answer shows the bytes did not arrive intact (an MD5 ETag or an echoed checksum that
-/// differs, or `BadDigest`), up to [`PART_TRIES`].
+/// once for its SHA-256 (and its MD5 while `md5` is on) and hands it to the whole-file hash, then sends
+/// it, again while the server's answer shows the bytes did not arrive intact (an MD5 ETag or an echoed
+/// checksum that differs, or `BadDigest`), up to [`PART_TRIES`]; a refusal for lack of `Content-MD5`
+/// switches `md5` on and sends the part again at once, with it.
+#[allow(clippy::too_many_arguments)]
 fn send_part(
     client: &Client,
     whole: &InOrder<'_>,
+    md5_mode: &Md5Mode,
     buf: &mut Vec<u8>,
     upload_id: &str,
     n: u32,
@@ -1242,8 +1310,12 @@ fn send_part(
 ) -> Result<Sent> {
     let mut data = std::mem::take(buf);
     read_part(whole.f, whole.source, &mut data, off, len as usize)?;
-    // A signed payload hash is checked by the server: MD5 (1.4 s of CPU per GiB) only without one.
-    let md5 = (!client.signs_payload()).then(|| Md5::digest(&data[..]));
+    // A signed payload hash is checked by the server: MD5 (1.4 s of CPU per GiB) only without one, or
+    // when the bucket requires it.
+    let mut md5 = md5_mode
+        .on
+        .load(Ordering::Relaxed)
+        .then(|| Md5::digest(&data[..]));
     let sha = Sha256::digest(&data[..]);
     let sha_b64 = b64(&sha);
     let data = Arc::new(data);
@@ -1252,6 +1324,14 @@ fn send_part(
     let mut sent = None;
     for tries in 1..=PART_TRIES {
         let r = match client.put_part(upload_id, n, &data, md5.as_deref(), &sha) {
+            Err(e) if md5.is_none() && md5_required(&e) => {
+                md5_mode.switch(n, &e);
+                md5 = Some(Md5::digest(&data[..]));
+                client.put_part(upload_id, n, &data, md5.as_deref(), &sha)
+            }
+            r => r,
+        };
+        let r = match r {
             Ok(r) => r,
             Err(e) if digest_refused(&e) => {
                 why = e.to_string();

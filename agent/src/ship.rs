@@ -62,6 +62,8 @@ pub struct Request {
 pub enum Note<'a> {
     /// A warning that does not stop the run (a pre-flight remark).
     Warning(String),
+    /// A note of a finished step (the upload's notes, also in its audit entry).
+    Remark(String),
     /// Upload progress.
     Upload(s3::Progress<'a>),
     /// `--provision`: the order about to be placed; the callback answers (none: refused).
@@ -229,22 +231,22 @@ pub fn plan(l: &Layers, r: &Request, on: &mut dyn FnMut(Note<'_>)) -> Result<Vec
     )];
     let wrap_done = done(st.wdek.is_some());
     lines.extend(l.kms_plan("wrap")?.into_iter().map(|x| x + wrap_done));
-    let authorization = match l.s3_auth(
-        &r.object,
-        &r.s3_auth,
-        r.profile.as_deref(),
-        None,
-        RetryPolicy::default(),
-    ) {
-        Ok((a, _)) => a.redacted(),
-        Err(_) => "<no S3 credentials found: the upload would stop here>",
-    };
+    let auth = l
+        .s3_auth(
+            &r.object,
+            &r.s3_auth,
+            r.profile.as_deref(),
+            None,
+            RetryPolicy::default(),
+        )
+        .ok()
+        .map(|(a, _)| a);
     lines.extend(s3::plan(
         &p.target.url(),
         p.verified.manifest.image.file_size,
         &r.upload,
         r.s3_max_attempts,
-        authorization,
+        auth.as_ref(),
         done(st.uploaded_etag.is_some()),
     )?);
     if let Some(cloud) = p.cloud {
@@ -428,6 +430,9 @@ fn steps(
             ..Event::default()
         })?;
         let u = u?;
+        for n in &u.notes {
+            on(Note::Remark(n.clone()));
+        }
         if u.sha256 != sha {
             return Err(Error::Upload(format!(
                 "{}: the uploaded bytes hash to {}, the bundle says {sha}",

@@ -496,6 +496,7 @@ fn cos_contract(auth: &str) {
         jobs: 1,
         part_size: None,
         force: true,
+        content_md5: false,
     };
     s3::upload(&client, &file, &o, &mut |_| {}).unwrap();
     let agent = since(&f, n, false);

@@ -232,3 +232,42 @@ fn every_service_command_dry_runs_without_sending_a_request_in_text_and_json() {
     // Nothing was written either.
     assert!(!p.join("new.dek").exists() && !p.join("out.dek").exists());
 }
+
+/// The part line of `upload`'s and `ship`'s dry runs says what each part carries: with HMAC keys the
+/// signed payload hash (Content-MD5 only from a refusal on), with `--content-md5` Content-MD5 from the
+/// first part.
+#[test]
+fn the_upload_plan_says_whether_parts_carry_content_md5() {
+    let f = FakeIbm::start();
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let env = [
+        ("IBMCLOUD_API_KEY", API_KEY),
+        ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+        ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
+    ];
+    let uploads = dry_runs(&f, p)
+        .into_iter()
+        .filter(|a| (a[0] == "upload" && !a.iter().any(|x| x == "--abort")) || a[0] == "ship");
+    let mut seen = 0;
+    for args in uploads {
+        for flag in [false, true] {
+            let mut argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            if flag {
+                argv.push("--content-md5");
+            }
+            let out = agent(p, &argv, &env).ok();
+            let put = out
+                .stdout
+                .lines()
+                .find(|l| l.contains("partNumber="))
+                .unwrap_or_else(|| panic!("{argv:?}: {}", out.stdout));
+            let md5_first = put.contains("; Content-MD5, x-amz-checksum-sha256;");
+            let md5_later = put.contains("signed x-amz-content-sha256 (Content-MD5 too from");
+            assert!(md5_first == flag && md5_later != flag, "{argv:?}: {put}");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 8);
+    assert_eq!(f.with(|s| s.requests.len()), 0);
+}

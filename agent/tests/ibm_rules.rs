@@ -255,6 +255,7 @@ fn endpoints_follow_the_vpc_region_table_and_s3_redirects() {
         jobs: 1,
         part_size: None,
         force: false,
+        content_md5: false,
     };
     let u = s3::upload(&c, &file, &o, &mut |_| {}).unwrap();
     assert_eq!(u.size, 3000);

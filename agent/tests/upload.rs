@@ -1038,24 +1038,128 @@ fn bad_digest(r: &Req) -> Option<Act> {
 }
 
 fn upload_via(s: &S3, dir: &Path, purl: &str, key: &str) -> crate::util::Ran {
-    agent(
-        dir,
-        &[
-            "--json",
-            "upload",
-            "disk.img",
-            &format!("s3://bkt/{key}"),
-            "--s3-endpoint",
-            purl,
-            "--jobs",
-            "3",
-            "--part-size",
-            part(s, "1M"),
-            "--retry-base-ms",
-            "10",
-        ],
-        &env(s),
-    )
+    upload_via_with(s, dir, purl, key, &[])
+}
+
+/// [`upload_via`] with `more` arguments.
+fn upload_via_with(s: &S3, dir: &Path, purl: &str, key: &str, more: &[&str]) -> crate::util::Ran {
+    let url = format!("s3://bkt/{key}");
+    let mut args = vec![
+        "--json",
+        "upload",
+        "disk.img",
+        &url,
+        "--s3-endpoint",
+        purl,
+        "--jobs",
+        "3",
+        "--part-size",
+        part(s, "1M"),
+        "--retry-base-ms",
+        "10",
+    ];
+    args.extend(more);
+    agent(dir, &args, &env(s))
+}
+
+/// What a bucket that requires `Content-MD5` on UploadPart answers a part without it: AWS S3 with
+/// Object Lock (`InvalidRequest`, its wording), or an S3-compatible server's `MissingContentMD5`.
+const MD5_REQUIRED: [&str; 2] = [
+    "<Error><Code>InvalidRequest</Code><Message>Content-MD5 OR x-amz-checksum- HTTP header is required for Put Part requests with Object Lock parameters</Message><RequestId>4442587FB7D0A2F9</RequestId></Error>",
+    "<Error><Code>MissingContentMD5</Code><Message>Missing required header for this request: Content-Md5.</Message><RequestId>4442587FB7D0A2F9</RequestId></Error>",
+];
+
+/// A proxy in front of `s` that answers every UploadPart without `Content-MD5` with `refusal` (400) and
+/// checks the digests of the others as S3 does ([`bad_digest`]), and part `denied` (if any) with 403;
+/// counts (refused, parts with MD5).
+fn md5_bucket(
+    s: &S3,
+    refusal: &'static str,
+    denied: Option<u32>,
+) -> (String, Arc<AtomicU64>, Arc<AtomicU64>) {
+    let (refused, with_md5) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (r2, m2) = (refused.clone(), with_md5.clone());
+    let url = hook_proxy(
+        &s.url,
+        move |r| {
+            if r.part().is_none() {
+                return Act::Forward;
+            }
+            if r.part() == denied {
+                return Act::Respond(
+                    403,
+                    "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+                        .into(),
+                );
+            }
+            if r.header("content-md5").is_none() {
+                r2.fetch_add(1, Ordering::SeqCst);
+                return Act::Respond(400, refusal.into());
+            }
+            m2.fetch_add(1, Ordering::SeqCst);
+            bad_digest(r).unwrap_or(Act::Forward)
+        },
+        |_, _| {},
+    );
+    (url, refused, with_md5)
+}
+
+/// A bucket that requires Content-MD5 (Object Lock, IBM COS retention): with HMAC keys the parts go
+/// out without it until the first refusal, then that part and every later one carry it, with a note
+/// on stderr, in the result and in the audit log; with `--content-md5` none is refused.
+#[test]
+fn a_bucket_that_requires_content_md5_switches_the_upload_to_it() {
+    for s in servers() {
+        for (i, refusal) in MD5_REQUIRED.iter().enumerate() {
+            eprintln!("Content-MD5 required against {}, answer {i}", s.name);
+            let d = tempfile::tempdir().unwrap();
+            let p = d.path();
+            let sha = big_file(p, "disk.img", 16);
+            let parts = if s.data.is_some() { 4 } else { 16 };
+            let (purl, refused, with_md5) = md5_bucket(&s, refusal, None);
+            let key = format!("md5-{i}.img");
+            let out = upload_via(&s, p, &purl, &key).ok();
+            let v = parse(&out.stdout);
+            assert_eq!(v["sha256"], sha.as_str());
+            assert_eq!(remote_sha256(&s, &key), sha);
+            // Only the parts already on their way when the first was refused (3 jobs) go out without it.
+            let r = refused.load(Ordering::SeqCst);
+            assert!((1..=3).contains(&r), "{r} parts refused");
+            assert_eq!(with_md5.load(Ordering::SeqCst), parts);
+            let notes = v["notes"].to_string();
+            assert!(
+                notes.contains("without Content-MD5 (400 ")
+                    && notes.contains("--content-md5")
+                    && notes.contains(if i == 0 {
+                        "InvalidRequest"
+                    } else {
+                        "MissingContentMD5"
+                    })
+                    && !notes.contains("sent again"),
+                "{notes}"
+            );
+            assert!(
+                out.stderr
+                    .contains("diskseal-agent: note: the server refused part"),
+                "{}",
+                out.stderr
+            );
+            let log = std::fs::read_to_string(p.join("home/audit.jsonl")).unwrap();
+            assert!(log.contains("pass --content-md5"), "{log}");
+            // Asked for: every part carries it from the first.
+            let (purl, refused, with_md5) = md5_bucket(&s, refusal, None);
+            let out =
+                upload_via_with(&s, p, &purl, &format!("flag-{key}"), &["--content-md5"]).ok();
+            assert_eq!(refused.load(Ordering::SeqCst), 0);
+            assert_eq!(with_md5.load(Ordering::SeqCst), parts);
+            assert!(
+                !parse(&out.stdout)["notes"]
+                    .to_string()
+                    .contains("Content-MD5")
+            );
+            assert_eq!(remote_sha256(&s, &format!("flag-{key}")), sha);
+        }
+    }
 }
 
 #[test]
@@ -1097,6 +1201,27 @@ fn a_part_damaged_on_the_way_gets_bad_digest_and_is_sent_again() {
         assert_eq!(digests.load(Ordering::SeqCst), 1);
         assert_eq!(remote_sha256(&s, "damaged.img"), sha);
     }
+}
+
+/// The switch to Content-MD5 is kept in the state file: a rerun of an interrupted upload sends it from
+/// its first part.
+#[test]
+fn an_upload_switched_to_content_md5_resumes_with_it() {
+    let Some(s) = moto_s3() else { return };
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path();
+    let sha = big_file(p, "disk.img", 8);
+    // Part 6 is refused for good (403, not retried): the upload stops after the switch.
+    let (purl, _, _) = md5_bucket(&s, MD5_REQUIRED[0], Some(6));
+    let out = upload_via(&s, p, &purl, "resumed.img");
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let state = std::fs::read_to_string(p.join("disk.img.diskseal-upload.json")).unwrap();
+    assert!(state.contains("\"content_md5\": true"), "{state}");
+    let (purl, refused, _) = md5_bucket(&s, MD5_REQUIRED[0], None);
+    let out = upload_via(&s, p, &purl, "resumed.img").ok();
+    assert_eq!(refused.load(Ordering::SeqCst), 0);
+    assert_eq!(parse(&out.stdout)["sha256"], sha.as_str());
+    assert_eq!(remote_sha256(&s, "resumed.img"), sha);
 }
 
 #[test]
@@ -1383,6 +1508,7 @@ fn upload_reads_each_byte_of_the_source_once() {
         jobs: 3,
         part_size: Some(8 << 20),
         force: true,
+        content_md5: false,
     };
     let before = bytes_read();
     let u = diskseal_agent::s3::upload(&c, &d.path().join("once.img"), &o, &mut |_| {}).unwrap();
