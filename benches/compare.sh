@@ -48,22 +48,24 @@ fi
 # group NAME CMD [NAME CMD...]: runs the commands interleaved (A B C A B C ...) $RUNS times in the current
 # directory, each writing a new `o.*` file (removed before each run, so no tool pays for freeing an old
 # one); with SYNC=1 (disk-backed file systems) `sync` runs before each command and inside its timing.
-# Sets MED[NAME] (the median, seconds) and SPREAD[NAME] ("min-max").
-declare -A MED SPREAD
+# Sets MED[NAME] (the median, seconds), SPREAD[NAME] ("min-max") and CPU[NAME] (the median user + system
+# time of the command's processes, sync excluded: what the work costs the cores, whatever the wait).
+declare -A MED SPREAD CPU
 group() {
     local -a names=() cmds=()
     while (($#)); do names+=("$1"); cmds+=("$2"); shift 2; done
-    local -A all=()
+    local -A all=() cpu=()
     local r i s e
     for r in $(seq "$RUNS"); do
         for i in "${!names[@]}"; do
             rm -f o.*
             if ((SYNC)); then sync; fi
             s=$(date +%s.%N)
-            bash -c "${cmds[$i]}" >/dev/null 2>&1 || { echo "FAILED: ${names[$i]}: ${cmds[$i]}" >&2; exit 1; }
+            /usr/bin/time -f '%U %S' -o cpu.time bash -c "${cmds[$i]}" >/dev/null 2>&1 || { echo "FAILED: ${names[$i]}: ${cmds[$i]}" >&2; exit 1; }
             if ((SYNC)); then sync; fi
             e=$(date +%s.%N)
             all[$i]+=" $(echo "$e - $s" | bc -l)"
+            cpu[$i]+=" $(awk '{print $1 + $2}' cpu.time)"
         done
     done
     rm -f o.*
@@ -73,15 +75,18 @@ group() {
         n=$(wc -l <<<"$sorted")
         MED[${names[$i]}]=$(printf '%.2f' "$(sed -n "$(((n + 1) / 2))p" <<<"$sorted")")
         SPREAD[${names[$i]}]="$(printf '%.2f' "$(head -1 <<<"$sorted")")-$(printf '%.2f' "$(tail -1 <<<"$sorted")")"
-        printf '%-44s median %6s s (%s s, %s runs)\n' "${names[$i]}" "${MED[${names[$i]}]}" "${SPREAD[${names[$i]}]}" "$RUNS" >&2
+        sorted=$(tr ' ' '\n' <<<"${cpu[$i]}" | grep . | sort -g)
+        CPU[${names[$i]}]=$(printf '%.2f' "$(sed -n "$(((n + 1) / 2))p" <<<"$sorted")")
+        printf '%-44s median %6s s (%s s, %s runs), CPU %s s\n' "${names[$i]}" "${MED[${names[$i]}]}" "${SPREAD[${names[$i]}]}" "$RUNS" "${CPU[${names[$i]}]}" >&2
     done
 }
 # row WORK NAME FLOOR: a table row "work | median (spread) | floor | × floor".
-row() { rows+=("| $1 | ${MED[$2]} s (${SPREAD[$2]}) | ${MED[$3]} s ($3) | $(ratio "${MED[$2]}" "${MED[$3]}")× |"); }
+row() { rows+=("| $1 | ${MED[$2]} s (${SPREAD[$2]}; CPU ${CPU[$2]} s) | ${MED[$3]} s ($3; CPU ${CPU[$3]} s) | $(ratio "${MED[$2]}" "${MED[$3]}")× |"); }
 
 # The real vhd-util (see ../shared/oracles/vhd-util/README.md), beside the repository or its worktree.
 VHD_UTIL=${VHD_UTIL:-$(ls "$REPO"/../shared/oracles/vhd-util/vhd-util "$REPO"/../../shared/oracles/vhd-util/vhd-util 2>/dev/null | head -1 || true)}
 qemu-img convert -f raw -O vpc -o subformat=dynamic src.raw src.vhd
+qemu-img convert -f raw -O qcow2 src.raw src.qcow2
 head -c 64 /dev/urandom > dek
 "$DS" encrypt -q "${FAST[@]}" --key-file pw src.raw enc.luks
 "$DS" encrypt -q --profile ibm-vpc "${FAST[@]}" --key-file pw src.raw enc.qcow2
@@ -102,8 +107,13 @@ on_fs() {
     ddn+="wait"
     group "$fs: cp" "cp src.raw o.cp" \
         "$fs: dd, $n writers" "$ddn" \
+        "$fs: dd, 1 writer" "dd if=/dev/zero of=o.dd bs=4M count=$((SIZE_MIB / 4)) status=none" \
         "$fs: luks2, 1 thread" "$DS encrypt -q --threads 1 ${FAST[*]} --key-file pw src.raw o.luks" \
         "$fs: luks2, $n threads" "$DS encrypt -q ${FAST[*]} --key-file pw src.raw o.luks" \
+        "$fs: luks1, $n threads" "$DS encrypt -q --profile luks1 ${FAST[*]} --key-file pw src.raw o.luks" \
+        "$fs: ibm-classic-luks, $n threads" "$DS encrypt -q --profile ibm-classic-luks ${FAST[*]} --key-file dek src.raw o.luks" \
+        "$fs: dense qcow2 -> luks2, $n threads" "$DS encrypt -q ${FAST[*]} --key-file pw src.qcow2 o.luks" \
+        "$fs: dynamic VHD -> luks2, $n threads" "$DS encrypt -q ${FAST[*]} --key-file pw src.vhd o.luks" \
         "$fs: luks1 -O vhd, $n threads" "$DS encrypt -q --profile luks1 -O vhd ${FAST[*]} --key-file pw src.raw o.vhd" \
         "$fs: ibm-vpc, 1 thread" "$DS encrypt -q --threads 1 --profile ibm-vpc ${FAST[*]} --key-file pw src.raw o.qcow2" \
         "$fs: ibm-vpc, $n threads" "$DS encrypt -q --profile ibm-vpc ${FAST[*]} --key-file pw src.raw o.qcow2" \
@@ -116,9 +126,13 @@ on_fs() {
     floor="$fs: cp"
     [[ $SYNC == 0 ]] && floor="$fs: dd, $n writers"
     rows+=("| **$fs** (${SIZE_MIB} MiB random; median of $RUNS interleaved rounds, min-max) | | | |")
-    rows+=("| floor: \`cp\` / \`dd\` with $n writers | ${MED[$fs: cp]} s (${SPREAD[$fs: cp]}) / ${MED[$fs: dd, $n writers]} s (${SPREAD[$fs: dd, $n writers]}) | | |")
+    rows+=("| floor: \`cp\` / \`dd\` with $n writers / \`dd\` with 1 writer | ${MED[$fs: cp]} s (${SPREAD[$fs: cp]}; CPU ${CPU[$fs: cp]} s) / ${MED[$fs: dd, $n writers]} s (${SPREAD[$fs: dd, $n writers]}; CPU ${CPU[$fs: dd, $n writers]} s) / ${MED[$fs: dd, 1 writer]} s (${SPREAD[$fs: dd, 1 writer]}; CPU ${CPU[$fs: dd, 1 writer]} s) | | |")
     row "raw → LUKS2, 1 thread" "$fs: luks2, 1 thread" "$floor"
     row "raw → LUKS2, $n threads" "$fs: luks2, $n threads" "$floor"
+    row "raw → LUKS1, $n threads" "$fs: luks1, $n threads" "$floor"
+    row "raw → ibm-classic-luks, $n threads" "$fs: ibm-classic-luks, $n threads" "$floor"
+    row "dense qcow2 → LUKS2, $n threads" "$fs: dense qcow2 -> luks2, $n threads" "$floor"
+    row "dynamic VHD → LUKS2, $n threads" "$fs: dynamic VHD -> luks2, $n threads" "$floor"
     row "raw → LUKS1 in a fixed VHD (-O vhd), $n threads" "$fs: luks1 -O vhd, $n threads" "$floor"
     row "raw → ibm-vpc, 1 thread" "$fs: ibm-vpc, 1 thread" "$floor"
     row "raw → ibm-vpc, $n threads" "$fs: ibm-vpc, $n threads" "$floor"
@@ -132,13 +146,13 @@ SYNC=0 on_fs tmpfs
 if [[ -n ${DISK_DIR:-} ]]; then
     # The same files on the disk-backed file system.
     mkdir -p "$DISK_DIR/diskseal-compare"
-    cp src.raw src.vhd dek pw enc.luks copy.raw "$DISK_DIR/diskseal-compare/"
+    cp src.raw src.vhd src.qcow2 dek pw enc.luks copy.raw "$DISK_DIR/diskseal-compare/"
     trap 'rm -rf "$WORK" "$DISK_DIR/diskseal-compare"' EXIT
     pushd "$DISK_DIR/diskseal-compare" >/dev/null
     SYNC=1 on_fs "disk ($(df --output=fstype . | tail -1 | xargs))"
     popd >/dev/null
 fi
-rm -f src.vhd enc.luks enc.qcow2 copy.raw
+rm -f src.vhd src.qcow2 enc.luks enc.qcow2 copy.raw
 
 echo "== sparse qcow2 (2 GiB, 512 MiB allocated) -> ibm-vpc, tmpfs" >&2
 truncate -s 2G sp.raw
