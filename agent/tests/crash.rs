@@ -13,8 +13,8 @@ use diskseal::profile::Profile;
 
 use crate::fake_ibm::FakeIbm;
 use crate::ship::ship_args_to;
-use crate::upload::{S3Like, moto_s3, remote_sha256};
-use crate::util::{agent, init, make_bundle_as};
+use crate::upload::{S3Like, ShipWorld, remote_sha256};
+use crate::util::agent;
 
 /// xorshift64*: a small seeded generator, so a failing trial can be replayed.
 struct Rng(u64);
@@ -70,12 +70,9 @@ fn wraps(f: &FakeIbm) -> usize {
 
 #[test]
 fn ship_killed_at_random_points_resumes_without_duplicate_imports_or_needless_rewraps() {
-    let Some(s3) = moto_s3() else { return };
+    let Some(w) = ShipWorld::start(2) else { return };
+    let (s3, f, p) = (&w.s3, &w.f, w.p());
     let counter = S3Like::start(&s3.url, 0);
-    let f = FakeIbm::start();
-    let d = tempfile::tempdir().unwrap();
-    let p = d.path();
-    let recipient = init(p);
     let identity = p.join("home/identity.txt");
     let bundles = [
         (
@@ -89,7 +86,7 @@ fn ship_killed_at_random_points_resumes_without_duplicate_imports_or_needless_re
     .map(|(profile, target, file, os)| {
         let dir = p.join(target);
         std::fs::create_dir(&dir).unwrap();
-        let b = make_bundle_as(&dir, &recipient, profile);
+        let b = w.bundle(&dir, profile);
         let m: serde_json::Value =
             serde_json::from_slice(&std::fs::read(b.join("manifest.json")).unwrap()).unwrap();
         let sha = m["image"]["sha256"].as_str().unwrap().to_owned();
@@ -199,7 +196,7 @@ fn ship_killed_at_random_points_resumes_without_duplicate_imports_or_needless_re
             };
             phases[phase] += 1;
             if st.is_some_and(|s| s["wdek"].is_string()) && wrapped_before.is_none() {
-                wrapped_before = Some(wraps(&f));
+                wrapped_before = Some(wraps(f));
             }
         }
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
@@ -216,16 +213,12 @@ fn ship_killed_at_random_points_resumes_without_duplicate_imports_or_needless_re
         assert_eq!(v["image_id"], id.as_str(), "trial {trial}");
         if let Some(n) = wrapped_before {
             assert_eq!(
-                wraps(&f),
+                wraps(f),
                 n,
                 "trial {trial}: wrapped again though the state had the WDEK"
             );
         }
-        assert_eq!(
-            remote_sha256(&s3, &key),
-            sha,
-            "trial {trial}: object sha256"
-        );
+        assert_eq!(remote_sha256(s3, &key), sha, "trial {trial}: object sha256");
         // One upload: completed once; a new multipart upload only after a kill that came before the
         // first one was recorded; parts sent again only those in flight at a kill.
         let (completes, starts, parts) = counter.counts(&format!("/bkt/{t}/"));
@@ -261,11 +254,8 @@ fn ship_killed_at_random_points_resumes_without_duplicate_imports_or_needless_re
 /// the note's ship tag) instead of creating a second one; with nothing found it creates it.
 #[test]
 fn a_rerun_after_a_kill_between_create_and_its_record_finds_the_image_instead_of_importing_again() {
-    let Some(s3) = moto_s3() else { return };
-    let f = FakeIbm::start();
-    let d = tempfile::tempdir().unwrap();
-    let p = d.path();
-    let recipient = init(p);
+    let Some(w) = ShipWorld::start(2) else { return };
+    let (s3, f, p) = (&w.s3, &w.f, w.p());
     let env = s3.ship_env();
     for (profile, target, object, os) in [
         (
@@ -285,7 +275,7 @@ fn a_rerun_after_a_kill_between_create_and_its_record_finds_the_image_instead_of
         std::fs::create_dir(&dir).unwrap();
         std::fs::create_dir(dir.join("home")).unwrap();
         std::fs::copy(p.join("home/identity.txt"), dir.join("home/identity.txt")).unwrap();
-        let bundle = make_bundle_as(&dir, &recipient, profile);
+        let bundle = w.bundle(&dir, profile);
         let args = ship_args_to(
             target,
             object,

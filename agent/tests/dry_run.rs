@@ -10,6 +10,13 @@ use crate::util::{PASSPHRASE, agent, init, make_bundle_as};
 
 const AWS_SECRET: &str = "aws-secret-never-shown-0123456789";
 
+/// The credentials every dry run here finds: the IBM fake's API key and HMAC keys.
+const ENV: [(&str, &str); 3] = [
+    ("IBMCLOUD_API_KEY", API_KEY),
+    ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+    ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
+];
+
 /// Every service command in its dry run against `f`, run in `p` (with a bundle in `p/vpc`, a classic
 /// bundle in `p/classic`, a WDEK file and a key file).
 fn dry_runs(f: &FakeIbm, p: &std::path::Path) -> Vec<Vec<String>> {
@@ -134,50 +141,8 @@ fn dry_runs(f: &FakeIbm, p: &std::path::Path) -> Vec<Vec<String>> {
             "UBUNTU_22_64",
         ),
         ship(&vpc_bundle, "s3-only", "s3://bkt/disk.qcow2", ""),
-        with(
-            &[
-                "provision",
-                "--target",
-                "ibm-vpc",
-                "--image",
-                "disk",
-                "--profile",
-                "bx2-2x8",
-                "--subnet",
-                "my-subnet",
-                "--keys",
-                "my-key",
-                "--vpc-endpoint",
-                u,
-                "--iam-endpoint",
-                u,
-            ],
-            &[],
-        ),
-        with(
-            &[
-                "provision",
-                "--target",
-                "ibm-classic",
-                "--image",
-                "0B5DEAF4-0000",
-                "--name",
-                "vm",
-                "--domain",
-                "example.com",
-                "--datacenter",
-                "dal13",
-                "--cpus",
-                "1",
-                "--memory",
-                "2048",
-                "--keys",
-                "my-key",
-                "--sl-endpoint",
-                u,
-            ],
-            &[],
-        ),
+        with(&crate::provision::vpc_order(u), &[]),
+        with(&crate::provision::classic_order("0B5DEAF4-0000", u), &[]),
     ]
 }
 
@@ -186,11 +151,6 @@ fn every_service_command_dry_runs_without_sending_a_request_in_text_and_json() {
     let f = FakeIbm::start();
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
-    let env = [
-        ("IBMCLOUD_API_KEY", API_KEY),
-        ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
-        ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
-    ];
     use base64::Engine;
     let pass_b64 = base64::engine::general_purpose::STANDARD.encode(PASSPHRASE);
     let secrets = [
@@ -201,13 +161,13 @@ fn every_service_command_dry_runs_without_sending_a_request_in_text_and_json() {
     ];
     for args in dry_runs(&f, p) {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let text = agent(p, &argv, &env).ok();
+        let text = agent(p, &argv, &ENV).ok();
         assert!(
             text.stdout.contains(&f.url) || text.stdout.contains("nothing to abort"),
             "{args:?}: {}",
             text.stdout
         );
-        let json = agent(p, &[&["--json"], &argv[..]].concat(), &env).ok();
+        let json = agent(p, &[&["--json"], &argv[..]].concat(), &ENV).ok();
         let v: serde_json::Value = serde_json::from_str(&json.stdout)
             .unwrap_or_else(|e| panic!("{args:?}: not one JSON document ({e}): {}", json.stdout));
         assert_eq!(v["command"], args[0].as_str(), "{args:?}");
@@ -241,11 +201,6 @@ fn the_upload_plan_says_whether_parts_carry_content_md5() {
     let f = FakeIbm::start();
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
-    let env = [
-        ("IBMCLOUD_API_KEY", API_KEY),
-        ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
-        ("AWS_SECRET_ACCESS_KEY", AWS_SECRET),
-    ];
     let uploads = dry_runs(&f, p)
         .into_iter()
         .filter(|a| (a[0] == "upload" && !a.iter().any(|x| x == "--abort")) || a[0] == "ship");
@@ -256,7 +211,7 @@ fn the_upload_plan_says_whether_parts_carry_content_md5() {
             if flag {
                 argv.push("--content-md5");
             }
-            let out = agent(p, &argv, &env).ok();
+            let out = agent(p, &argv, &ENV).ok();
             let put = out
                 .stdout
                 .lines()

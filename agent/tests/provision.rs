@@ -5,8 +5,9 @@
 use crate::fake_ibm::{API_KEY, FakeIbm};
 use crate::util::agent;
 
-fn vpc_args<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec![
+/// `provision` of a VPC server from the image `disk` against the fake at `url`.
+pub fn vpc_order(url: &str) -> Vec<&str> {
+    vec![
         "provision",
         "--target",
         "ibm-vpc",
@@ -22,11 +23,44 @@ fn vpc_args<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
         url,
         "--iam-endpoint",
         url,
-        "--poll-ms",
-        "5",
-        "--user-data",
-        "user-data.yaml",
+    ]
+}
+
+/// The classic guest the tests order: 1 core and 2 GiB in dal13.
+const CLASSIC_GUEST: [&str; 8] = [
+    "--domain",
+    "example.com",
+    "--datacenter",
+    "dal13",
+    "--cpus",
+    "1",
+    "--memory",
+    "2048",
+];
+
+/// `provision` of the [`CLASSIC_GUEST`] `vm` from the template `image` against the fake at `url`.
+pub fn classic_order<'a>(image: &'a str, url: &'a str) -> Vec<&'a str> {
+    let mut a = vec![
+        "provision",
+        "--target",
+        "ibm-classic",
+        "--image",
+        image,
+        "--name",
+        "vm",
+        "--keys",
+        "my-key",
+        "--sl-endpoint",
+        url,
     ];
+    a.extend(CLASSIC_GUEST);
+    a
+}
+
+/// [`vpc_order`] polling every 5 ms with `user-data.yaml`, and `extra`.
+fn vpc_args<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vpc_order(url);
+    a.extend(["--poll-ms", "5", "--user-data", "user-data.yaml"]);
     a.extend_from_slice(extra);
     a
 }
@@ -179,15 +213,11 @@ fn provision_vpc_dry_run_refusal_order_and_rerun() {
 #[test]
 fn ship_provision_orders_one_server_across_reruns() {
     use diskseal::profile::Profile;
-    let Some(s3) = crate::upload::moto_s3() else {
+    let Some(w) = crate::upload::ShipWorld::start(1) else {
         return;
     };
-    let f = FakeIbm::start();
-    f.with(|s| s.import_polls = 1);
-    let d = tempfile::tempdir().unwrap();
-    let p = d.path();
-    let recipient = crate::util::init(p);
-    let bundle = crate::util::make_bundle_as(p, &recipient, Profile::IbmVpc);
+    let (s3, f, p) = (&w.s3, &w.f, w.p());
+    let bundle = w.bundle(p, Profile::IbmVpc);
     let env = s3.ship_env();
     let mut args = crate::ship::ship_args_to(
         "ibm-vpc",
@@ -244,7 +274,7 @@ fn ship_provision_orders_one_server_across_reruns() {
     // A rerun: the recorded server is polled, nothing ordered.
     let v: serde_json::Value = serde_json::from_str(&agent(p, &args, &env).ok().stdout).unwrap();
     assert_eq!(v["instance"]["id"], inst.as_str());
-    assert_eq!(instance_posts(&f), 1);
+    assert_eq!(instance_posts(f), 1);
     // Killed after the order went out, before its id was recorded: the rerun adopts it by name.
     let state = std::fs::read_dir(p.join("home"))
         .unwrap()
@@ -270,7 +300,7 @@ fn ship_provision_orders_one_server_across_reruns() {
         ),
         (Some(inst.as_str()), Some(true))
     );
-    assert_eq!(instance_posts(&f), 1);
+    assert_eq!(instance_posts(f), 1);
     let log = std::fs::read_to_string(p.join("home/audit.jsonl")).unwrap();
     assert!(log.contains("diskseal.instance.provision.ibm-vpc") && !log.contains(API_KEY));
 }
@@ -380,32 +410,11 @@ fn provision_classic_verify_only_then_order() {
         .unwrap_or_else(|| panic!("{}", out.stdout))
         .to_owned();
     let args = |extra: &[&'static str]| {
-        let mut a: Vec<String> = [
-            "provision",
-            "--target",
-            "ibm-classic",
-            "--image",
-            &guid,
-            "--name",
-            "vm",
-            "--domain",
-            "example.com",
-            "--datacenter",
-            "dal13",
-            "--cpus",
-            "2",
-            "--memory",
-            "4096",
-            "--keys",
-            "my-key",
-            "--sl-endpoint",
-            &f.url,
-            "--poll-ms",
-            "5",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+        let mut a: Vec<String> = classic_order(&guid, &f.url)
+            .iter()
+            .chain(&["--poll-ms", "5"])
+            .map(|s| (*s).to_owned())
+            .collect();
         a.extend(extra.iter().map(|s| (*s).to_owned()));
         a
     };
@@ -437,15 +446,11 @@ fn provision_classic_verify_only_then_order() {
 #[test]
 fn ship_provision_classic_orders_from_the_imported_template() {
     use diskseal::profile::Profile;
-    let Some(s3) = crate::upload::moto_s3() else {
+    let Some(w) = crate::upload::ShipWorld::start(1) else {
         return;
     };
-    let f = FakeIbm::start();
-    f.with(|s| s.import_polls = 1);
-    let d = tempfile::tempdir().unwrap();
-    let p = d.path();
-    let recipient = crate::util::init(p);
-    let bundle = crate::util::make_bundle_as(p, &recipient, Profile::IbmClassicVhd);
+    let (s3, f, p) = (&w.s3, &w.f, w.p());
+    let bundle = w.bundle(p, Profile::IbmClassicVhd);
     let env = s3.ship_env();
     let mut args = crate::ship::ship_args_to(
         "ibm-classic",
@@ -455,20 +460,8 @@ fn ship_provision_classic_orders_from_the_imported_template() {
         &s3.url,
         &f.url,
     );
-    args.extend([
-        "--provision",
-        "--yes",
-        "--instance-name",
-        "vm",
-        "--domain",
-        "example.com",
-        "--datacenter",
-        "dal13",
-        "--cpus",
-        "1",
-        "--memory",
-        "2048",
-    ]);
+    args.extend(["--provision", "--yes", "--instance-name", "vm"]);
+    args.extend(CLASSIC_GUEST);
     let v: serde_json::Value = serde_json::from_str(&agent(p, &args, &env).ok().stdout).unwrap();
     assert_eq!(v["instance"]["status"], "RUNNING");
     let guid = f.with(|s| s.guests[0]["blockDeviceTemplateGroup"]["globalIdentifier"].clone());

@@ -4,17 +4,14 @@
 use diskseal::profile::Profile;
 
 use crate::fake_ibm::{API_KEY, FakeIbm, INSTANCE, ROOT_KEY};
-use crate::upload::{moto_s3, remote_sha256};
-use crate::util::{agent, init, make_bundle_as};
+use crate::upload::{ShipWorld, remote_sha256};
+use crate::util::agent;
 
 #[test]
 fn ship_goes_bundle_wrap_upload_import_available_and_a_rerun_repeats_nothing() {
-    let Some(s3) = moto_s3() else { return };
-    let f = FakeIbm::start();
-    let d = tempfile::tempdir().unwrap();
-    let p = d.path();
-    let recipient = init(p);
-    let bundle = make_bundle_as(p, &recipient, Profile::IbmVpc);
+    let Some(w) = ShipWorld::start(2) else { return };
+    let (s3, f, p) = (&w.s3, &w.f, w.p());
+    let bundle = w.bundle(p, Profile::IbmVpc);
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap())
             .unwrap();
@@ -42,7 +39,7 @@ fn ship_goes_bundle_wrap_upload_import_available_and_a_rerun_repeats_nothing() {
     let id = v["image_id"].as_str().unwrap().to_owned();
     assert!(id.starts_with("r006-"));
     assert_eq!(f.with(|s| s.images[&id].1), "available");
-    assert_eq!(remote_sha256(&s3, "disk.qcow2"), sha);
+    assert_eq!(remote_sha256(s3, "disk.qcow2"), sha);
     let kp_calls = f.with(|s| s.kp_calls);
     // A rerun: no new wrap, upload or import; the same image id.
     let out = agent(p, &args, &env).ok();
@@ -87,13 +84,11 @@ fn ship_goes_bundle_wrap_upload_import_available_and_a_rerun_repeats_nothing() {
 
 #[test]
 fn ship_interrupted_while_the_import_is_pending_polls_the_same_image_on_rerun() {
-    let Some(s3) = moto_s3() else { return };
-    let f = FakeIbm::start();
-    f.with(|s| s.import_polls = 30);
-    let d = tempfile::tempdir().unwrap();
-    let p = d.path();
-    let recipient = init(p);
-    let bundle = make_bundle_as(p, &recipient, Profile::IbmVpc);
+    let Some(w) = ShipWorld::start(30) else {
+        return;
+    };
+    let (s3, f, p) = (&w.s3, &w.f, w.p());
+    let bundle = w.bundle(p, Profile::IbmVpc);
     let env = s3.ship_env();
     let bundle_s = bundle.to_str().unwrap();
     let mut args = ship_args(bundle_s, &s3.url, &f.url);
@@ -110,12 +105,12 @@ fn ship_interrupted_while_the_import_is_pending_polls_the_same_image_on_rerun() 
                 .count()
         })
     };
-    let wrapped = wraps(&f);
+    let wrapped = wraps(f);
     args.extend(["--wait-secs", "60"]);
     let out = agent(p, &args, &env).ok();
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(
-        (f.with(|s| s.images.len()), wraps(&f)),
+        (f.with(|s| s.images.len()), wraps(f)),
         (1, wrapped),
         "no second import, no second wrap"
     );
@@ -128,13 +123,9 @@ fn ship_interrupted_while_the_import_is_pending_polls_the_same_image_on_rerun() 
 #[test]
 fn ship_to_classic_goes_bundle_wrap_upload_create_from_icos_and_polls_until_the_transaction_is_gone()
  {
-    let Some(s3) = moto_s3() else { return };
-    let f = FakeIbm::start();
-    f.with(|s| s.import_polls = 3);
-    let d = tempfile::tempdir().unwrap();
-    let p = d.path();
-    let recipient = init(p);
-    let bundle = make_bundle_as(p, &recipient, Profile::IbmClassicVhd);
+    let Some(w) = ShipWorld::start(3) else { return };
+    let (s3, f, p) = (&w.s3, &w.f, w.p());
+    let bundle = w.bundle(p, Profile::IbmClassicVhd);
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap())
             .unwrap();
@@ -175,7 +166,7 @@ fn ship_to_classic_goes_bundle_wrap_upload_create_from_icos_and_polls_until_the_
     let n: u64 = id.parse().expect("a numeric SoftLayer template id");
     // The fake polled down to the finished state: the transaction is gone.
     assert_eq!(f.with(|s| s.templates.get(&n).copied()), Some(0));
-    assert_eq!(remote_sha256(&s3, "disk.vhd-0.vhd"), sha);
+    assert_eq!(remote_sha256(s3, "disk.vhd-0.vhd"), sha);
     // createFromIcos got an encrypted template whose wrappedDek the fake unwrapped with the crkCrn.
     let created = f.with(|s| {
         s.bodies

@@ -37,6 +37,42 @@ impl S3 {
     }
 }
 
+/// What a `ship` test starts from: moto's S3, the IBM fake (an import is done after `import_polls`
+/// polls), and a temporary directory with the agent's identity.
+pub struct ShipWorld {
+    pub s3: S3,
+    pub f: crate::fake_ibm::FakeIbm,
+    pub recipient: String,
+    d: tempfile::TempDir,
+}
+
+impl ShipWorld {
+    /// `None` without moto (the test is skipped).
+    pub fn start(import_polls: u32) -> Option<ShipWorld> {
+        let s3 = moto_s3()?;
+        let f = crate::fake_ibm::FakeIbm::start();
+        f.with(|s| s.import_polls = import_polls);
+        let d = tempfile::tempdir().unwrap();
+        let recipient = crate::util::init(d.path());
+        Some(ShipWorld {
+            s3,
+            f,
+            recipient,
+            d,
+        })
+    }
+
+    /// The temporary directory (the agent's home is `home` in it).
+    pub fn p(&self) -> &Path {
+        self.d.path()
+    }
+
+    /// A bundle of `profile` for the identity, made in `dir` (see [`crate::util::make_bundle_as`]).
+    pub fn bundle(&self, dir: &Path, profile: diskseal::profile::Profile) -> std::path::PathBuf {
+        crate::util::make_bundle_as(dir, &self.recipient, profile)
+    }
+}
+
 /// moto in IAM mode with a user allowed s3:* and a bucket `bkt`.
 pub fn moto_s3() -> Option<S3> {
     let setup = r#"s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id=k["AccessKeyId"], aws_secret_access_key=k["SecretAccessKey"])
