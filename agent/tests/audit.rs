@@ -246,20 +246,14 @@ fn every_action_records_its_outcome_initiator_and_credential_and_no_secret() {
         2
     );
     // Refused by pre-flight: an object name VPC would reject; a ship whose import would be refused.
-    let import = [
-        "import",
-        "--target",
+    let import = crate::import::import_args(
         "ibm-vpc",
         "cos://us-south/bkt/disk.QCOW2",
-        "--os",
         "debian-12-amd64",
-        "--wdek-file",
-        "wdek",
-        "--key-crn",
         "crn:v1:x",
-        "--vpc-endpoint",
         u,
-    ];
+        u,
+    );
     assert_eq!(run(&import, &env).code, 2);
     let ship = |object: &'static str| -> Vec<&str> {
         [

@@ -6,6 +6,7 @@
 use diskseal::profile::Profile;
 
 use crate::fake_ibm::{API_KEY, FakeIbm, INSTANCE, ROOT_KEY};
+use crate::import::import_args;
 use crate::util::{PASSPHRASE, agent, init, make_bundle_as};
 
 const AWS_SECRET: &str = "aws-secret-never-shown-0123456789";
@@ -93,39 +94,25 @@ fn dry_runs(f: &FakeIbm, p: &std::path::Path) -> Vec<Vec<String>> {
             &[],
         ),
         with(
-            &[
-                "import",
-                "--target",
+            &import_args(
                 "ibm-vpc",
                 "cos://us-south/bkt/disk.qcow2",
-                "--os",
                 "debian-12-amd64",
-                "--wdek-file",
-                "wdek",
-                "--key-crn",
                 &crn,
-                "--vpc-endpoint",
                 u,
-                "--iam-endpoint",
                 u,
-            ],
+            ),
             &[],
         ),
         with(
-            &[
-                "import",
-                "--target",
+            &import_args(
                 "ibm-classic",
                 "cos://us-south/bkt/d.vhd-0.vhd",
-                "--os",
                 "UBUNTU_22_64",
-                "--wdek-file",
-                "wdek",
-                "--key-crn",
                 &crn,
-                "--sl-endpoint",
                 u,
-            ],
+                u,
+            ),
             &[],
         ),
         ship(

@@ -12,6 +12,38 @@ fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
+/// `import --target TARGET OBJECT --os OS --wdek-file wdek --key-crn CRN` against `endpoint` (its flag:
+/// `--sl-endpoint` for ibm-classic, else `--vpc-endpoint`) and the IAM at `iam`.
+pub fn import_args<'a>(
+    target: &'a str,
+    object: &'a str,
+    os: &'a str,
+    crn: &'a str,
+    endpoint: &'a str,
+    iam: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "import",
+        "--target",
+        target,
+        object,
+        "--os",
+        os,
+        "--wdek-file",
+        "wdek",
+        "--key-crn",
+        crn,
+        if target == "ibm-classic" {
+            "--sl-endpoint"
+        } else {
+            "--vpc-endpoint"
+        },
+        endpoint,
+        "--iam-endpoint",
+        iam,
+    ]
+}
+
 fn run(
     f: &FakeIbm,
     p: &std::path::Path,
@@ -22,29 +54,16 @@ fn run(
 ) -> crate::util::Ran {
     std::fs::write(p.join("wdek"), wdek).unwrap();
     let crn = FakeIbm::key_crn();
-    let mut a = vec![
-        "--json",
-        "import",
-        "--target",
+    let mut a = vec!["--json"];
+    a.extend(import_args(
         target,
         object,
-        "--os",
         "debian-12-amd64",
-        "--wdek-file",
-        "wdek",
-        "--key-crn",
         &crn,
-        if target == "ibm-classic" {
-            "--sl-endpoint"
-        } else {
-            "--vpc-endpoint"
-        },
         &f.url,
-        "--iam-endpoint",
         &f.url,
-        "--poll-ms",
-        "10",
-    ];
+    ));
+    a.extend(["--poll-ms", "10"]);
     a.extend_from_slice(extra);
     agent(p, &a, &[("IBMCLOUD_API_KEY", API_KEY)])
 }

@@ -381,27 +381,16 @@ fn provision_classic_verify_only_then_order() {
     // The import says the template's global identifier, which the order names.
     std::fs::write(p.join("wdek"), f.wrap(&[7u8; 32])).unwrap();
     let crn = FakeIbm::key_crn();
-    let out = agent(
-        p,
-        &[
-            "import",
-            "--target",
-            "ibm-classic",
-            "cos://us-south/bkt/disk.vhd-0.vhd",
-            "--os",
-            "UBUNTU_22_64",
-            "--wdek-file",
-            "wdek",
-            "--key-crn",
-            &crn,
-            "--sl-endpoint",
-            &f.url,
-            "--poll-ms",
-            "5",
-        ],
-        &env,
-    )
-    .ok();
+    let mut import = crate::import::import_args(
+        "ibm-classic",
+        "cos://us-south/bkt/disk.vhd-0.vhd",
+        "UBUNTU_22_64",
+        &crn,
+        &f.url,
+        &f.url,
+    );
+    import.extend(["--poll-ms", "5"]);
+    let out = agent(p, &import, &env).ok();
     let guid = out
         .stdout
         .split("(global identifier ")

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use diskseal::profile::Profile;
 
 use crate::fake_ibm::{API_KEY, FakeIbm};
+use crate::import::import_args;
 use crate::upload::moto_s3;
 use crate::util::{PASSPHRASE, agent, make_bundle, make_bundle_as};
 
@@ -182,27 +183,17 @@ fn json_results_have_the_documented_keys() {
     );
     std::fs::write(p.join("wdek"), wdek).unwrap();
     let crn = FakeIbm::key_crn();
+    let import = import_args(
+        "ibm-classic",
+        "cos://us-south/bkt/d.vhd-0.vhd",
+        "UBUNTU_22_64",
+        &crn,
+        &f.url,
+        &f.url,
+    );
     let out = agent(
         p,
-        &[
-            "--json",
-            "import",
-            "--target",
-            "ibm-classic",
-            "cos://us-south/bkt/d.vhd-0.vhd",
-            "--os",
-            "UBUNTU_22_64",
-            "--wdek-file",
-            "wdek",
-            "--key-crn",
-            &crn,
-            "--sl-endpoint",
-            &f.url,
-            "--iam-endpoint",
-            &f.url,
-            "--poll-ms",
-            "10",
-        ],
+        &[&["--json"], &import[..], &["--poll-ms", "10"]].concat(),
         &env,
     )
     .ok();
