@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::hash::Hash;
 use crate::crypto::iv::CipherSpec;
-use crate::crypto::keys::{Passphrase, VolumeKey, filler, random_bytes};
+use crate::crypto::keys::{Passphrase, VolumeKey, fill_random_looking, random_bytes};
 use crate::error::{Error, ErrorKind, Result};
 use crate::luks::kdf::{self, Kdf, KdfType};
 use crate::luks::keyslot::{self, STRIPES};
@@ -429,8 +429,7 @@ pub fn format(opts: &FormatOptions, key: &VolumeKey, passphrase: &Passphrase) ->
     let data_offset = u64::from(payload_sectors) * 512;
     let mut header = vec![0u8; data_offset as usize];
     // Unused key material areas get random bytes, as cryptsetup does.
-    let fill = filler((slots_end * 512 - 4096) as usize)?;
-    header[4096..(slots_end * 512) as usize].copy_from_slice(&fill);
+    fill_random_looking(&mut header[4096..(slots_end * 512) as usize])?;
     header[..PHDR_SIZE].copy_from_slice(&h.encode());
     header[4096..4096 + material.len()].copy_from_slice(&material);
     Ok(Formatted {
