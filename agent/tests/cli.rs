@@ -505,12 +505,11 @@ fn deep_verify_checks_the_plaintext_digest_of_either_schema() {
             &[("DISKSEAL_PROGRESS_SECONDS", "0.001")],
         )
     };
-    let out = deep().ok();
-    assert!(
-        out.stderr.contains("diskseal-agent: deep verify: "),
-        "{}",
-        out.stderr
-    );
+    // A line comes only when the run outlasts the 1 ms interval, and on a loaded machine the thread
+    // that prints it may not run before a deep verify of 1 MiB is done (it failed 2 runs of ~20 that
+    // way): one of several runs shows it.
+    let shown = (0..20).any(|_| deep().ok().stderr.contains("diskseal-agent: deep verify: "));
+    assert!(shown, "no progress line in 20 deep verifies");
     // Another root hash: the shallow check passes, the deep one does not.
     rewrite(&|m| m["plaintext"]["dm_verity"]["root_hash"] = "ab".repeat(32).into());
     agent(p, &["bundle", "verify", "bundle"], &[]).ok();
