@@ -16,7 +16,7 @@ pub fn with_lines<T>(label: &str, q: &QuietRun, show: bool, job: impl FnOnce(&Ru
     let done = AtomicBool::new(false);
     let every = diskseal::pipeline::progress_interval();
     std::thread::scope(|s| {
-        s.spawn(|| {
+        let lines = s.spawn(|| {
             diskseal::pipeline::progress_lines(
                 label,
                 run.progress,
@@ -28,6 +28,7 @@ pub fn with_lines<T>(label: &str, q: &QuietRun, show: bool, job: impl FnOnce(&Ru
         });
         let r = job(&run);
         done.store(true, Ordering::SeqCst);
+        lines.thread().unpark();
         r
     })
 }

@@ -536,8 +536,8 @@ fn with_progress<T>(
     let done = AtomicBool::new(false);
     let every = diskseal::pipeline::progress_interval();
     std::thread::scope(|s| {
-        if out.show_progress() {
-            s.spawn(|| report::progress_bar(label, &progress, &total, &done));
+        let shown = if out.show_progress() {
+            s.spawn(|| report::progress_bar(label, &progress, &total, &done))
         } else {
             s.spawn(|| {
                 diskseal::pipeline::progress_lines(
@@ -548,10 +548,11 @@ fn with_progress<T>(
                     every,
                     &mut |l| eprintln!("diskseal: {l}"),
                 )
-            });
-        }
+            })
+        };
         let r = job(&run);
         done.store(true, Ordering::SeqCst);
+        shown.thread().unpark();
         r
     })
 }

@@ -124,7 +124,7 @@ pub(super) fn progress_bar(label: &str, progress: &Progress, total: &AtomicU64, 
                 bar.reset_eta();
             }
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::park_timeout(Duration::from_millis(100));
     }
     bar.finish_and_clear();
 }

@@ -76,8 +76,8 @@ pub fn progress_interval() -> std::time::Duration {
     std::time::Duration::from_secs_f64(secs)
 }
 
-/// Until `done` is set, gives `emit` a plain progress line every `every` (for a log or a pipe, where a
-/// bar would be noise): "LABEL: 1.20 of 100.00 GiB (1%), 12 s", or "LABEL: STAGE, 3 s" before the data
+/// Until `done` is set (then unpark the thread that runs this), gives `emit` a plain progress line every
+/// `every` (for a log or a pipe, where a bar would be noise): "LABEL: 1.20 of 100.00 GiB (1%), 12 s", or "LABEL: STAGE, 3 s" before the data
 /// phase (while `total` is 0).
 pub fn progress_lines(
     label: &str,
@@ -90,7 +90,9 @@ pub fn progress_lines(
     let start = std::time::Instant::now();
     let mut next = every;
     while !done.load(Ordering::SeqCst) {
-        std::thread::sleep(std::time::Duration::from_millis(50).min(every));
+        // Parked, not asleep: the caller unparks this thread once `done` is set, so a job does not wait
+        // for the rest of a nap before it exits.
+        std::thread::park_timeout(std::time::Duration::from_millis(50).min(every));
         let t = start.elapsed();
         if t < next || done.load(Ordering::SeqCst) {
             continue;
