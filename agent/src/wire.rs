@@ -348,19 +348,7 @@ pub struct VpcImage {
 /// A VPC image body (`POST /v1/images`, `GET /v1/images/{id}`); `Err` when it is not JSON.
 pub fn vpc_image(body: &str) -> Result<VpcImage, String> {
     let v: Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
-    let reasons = v["status_reasons"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|r| {
-                    (
-                        r["code"].as_str().unwrap_or("?").to_owned(),
-                        r["message"].as_str().unwrap_or("").to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let reasons = reasons(&v);
     Ok(VpcImage {
         id: v["id"].as_str().unwrap_or("").to_owned(),
         status: v["status"].as_str().unwrap_or("").to_owned(),
@@ -467,6 +455,7 @@ pub struct VpcInstance {
     pub boot_volume_id: Option<String>,
 }
 
+/// `status_reasons[].{code,message}` of a VPC image or instance, as (code, message).
 fn reasons(v: &Value) -> Vec<(String, String)> {
     v["status_reasons"]
         .as_array()
