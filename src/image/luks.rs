@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::crypto::Xts;
 use crate::crypto::iv::luks_sector;
 use crate::crypto::keys::VolumeKey;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::image::{DiskImage, ImageInfo};
 use crate::io::read_exact_at;
 use crate::luks::Luks;
@@ -74,16 +74,8 @@ impl DiskImage for LuksPayload {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        let size = self.virtual_size();
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .filter(|&e| e <= size)
-            .ok_or_else(|| {
-                Error::invalid(format!(
-                    "read at {offset:#x} is past the payload size {size:#x}"
-                ))
-                .with_path(&self.path)
-            })?;
+        crate::image::check_read(&self.path, self.virtual_size(), offset, buf.len())?;
+        let end = offset + buf.len() as u64;
         let sector = u64::from(self.luks.segment.sector_size);
         let (start, stop) = (offset / sector * sector, end.div_ceil(sector) * sector);
         if start == offset && stop == end {
