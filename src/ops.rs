@@ -653,7 +653,7 @@ fn write_classic_vhd(
         debug_assert_eq!(block.len() as u64, bs);
         xts.encrypt(block, 512, vhd_util_sector(index * bs), VHD_UTIL_IV)
     };
-    let put = |block: &[u8], _index: u64, at: u64| -> Result<()> {
+    let mut put = |block: &[u8], _index: u64, at: u64| -> Result<()> {
         out.write_at(&vhd_writer::FULL_BITMAP, at)?;
         out.write_at(block, at + 512)?;
         out.write_at(&footer, at + 512 + bs)
@@ -668,7 +668,7 @@ fn write_classic_vhd(
         &fill,
         &mut |i| writer.allocate(i),
         &seal,
-        &mut { put },
+        &mut put,
     )?;
     let keyhash = KeyHash::of_key(key.expose(), [0; 32]);
     let allocated_blocks = writer.allocated();

@@ -23,25 +23,23 @@ struct Job {
     alloc: Vec<(u64, u64)>,
 }
 
-impl Job {
-    /// The runs of allocated units that are consecutive in the guest and in the file, as (first unit
-    /// index in the chunk, unit count, host offset): one seal and one write per run.
-    fn runs(&self, unit: u64) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
-        let mut k = 0;
-        std::iter::from_fn(move || {
-            let &(i, host) = self.alloc.get(k)?;
-            let mut n = 1;
-            while self
-                .alloc
-                .get(k + n)
-                .is_some_and(|&(j, h)| j == i + n as u64 && h == host + n as u64 * unit)
-            {
-                n += 1;
-            }
-            k += n;
-            Some((i, n as u64, host))
-        })
-    }
+/// The runs of allocated units (`alloc`: unit index in the chunk, host offset) that are consecutive in
+/// the guest and in the file, as (first unit index in the chunk, unit count, host offset): one seal and
+/// one write per run.
+fn runs(alloc: &[(u64, u64)], unit: u64) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+    let mut k = 0;
+    std::iter::from_fn(move || {
+        let &(i, host) = alloc.get(k)?;
+        let mut n = 1;
+        while alloc
+            .get(k + n)
+            .is_some_and(|&(j, h)| j == i + n as u64 && h == host + n as u64 * unit)
+        {
+            n += 1;
+        }
+        k += n;
+        Some((i, n as u64, host))
+    })
 }
 
 impl Pipeline {
@@ -122,8 +120,7 @@ impl Pipeline {
         };
         let seal_all = |jobs: &mut [Job]| -> Result<()> {
             jobs.par_iter_mut().try_for_each(|job| -> Result<()> {
-                let runs: Vec<_> = job.runs(unit).collect();
-                for (i, n, host) in runs {
+                for (i, n, host) in runs(&job.alloc, unit) {
                     let bytes = &mut job.buf[(i * unit) as usize..((i + n) * unit) as usize];
                     seal(bytes, job.at / unit + i, host)?;
                 }
@@ -132,7 +129,7 @@ impl Pipeline {
         };
         let mut put_all = |jobs: &[Job]| -> Result<()> {
             for job in jobs {
-                for (i, n, host) in job.runs(unit) {
+                for (i, n, host) in runs(&job.alloc, unit) {
                     let bytes = &job.buf[(i * unit) as usize..((i + n) * unit) as usize];
                     put(bytes, job.at / unit + i, host)?;
                 }
