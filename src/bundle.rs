@@ -362,7 +362,7 @@ impl PlaintextEntry {
     /// The entry for what [`ops::verify`] found.
     fn of(r: &ops::VerifyReport) -> PlaintextEntry {
         PlaintextEntry {
-            dm_verity: Some(VerityEntry::of(&r.verity)),
+            dm_verity: r.verity.as_ref().map(VerityEntry::of),
             sha256: r.plaintext_sha256.clone(),
         }
     }
@@ -635,7 +635,7 @@ fn inspect(
     };
     // Unlocking with the key proves it is the right one, and hashes the plaintext on the way.
     let digests = ops::Digests {
-        verity_salt: Vec::new(),
+        verity_salt: Some(Vec::new()),
         sha256,
     };
     let report = ops::verify(image, unlock, None, &digests, run).map_err(|e| {

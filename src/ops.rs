@@ -909,8 +909,9 @@ const HOLE_UNIT: usize = 64 << 10;
 /// Which digests of the plaintext [`verify`] computes.
 #[derive(Debug, Clone, Default)]
 pub struct Digests {
-    /// The salt of the dm-verity root hash (empty: no salt, `veritysetup --salt -`).
-    pub verity_salt: Vec<u8>,
+    /// The dm-verity root hash, with this salt (empty: no salt, `veritysetup --salt -`); `None`: not
+    /// computed (a SHA-256 of every 4 KiB block that holds data, about 0.5 s of CPU per GiB).
+    pub verity_salt: Option<Vec<u8>>,
     /// Also the SHA-256 of the whole plaintext: a pass over every byte, the unallocated zeros included,
     /// so its cost grows with the virtual size.
     pub sha256: bool,
@@ -937,8 +938,8 @@ pub struct VerifyReport {
     pub keyslot: Option<u32>,
     /// Payload size.
     pub payload_len: u64,
-    /// The dm-verity root hash of the decrypted payload.
-    pub verity: VerityDigest,
+    /// The dm-verity root hash of the decrypted payload, when [`Digests::verity_salt`] asked for it.
+    pub verity: Option<VerityDigest>,
     /// SHA-256 of the decrypted payload, hex, when [`Digests::sha256`] asked for it.
     pub plaintext_sha256: Option<String>,
     /// Bytes decrypted (the rest is unallocated in the image and, with a source, in the source too).
@@ -1008,8 +1009,11 @@ pub fn verify(
     let pipeline = Pipeline::new(run.threads, DEFAULT_CHUNK)?;
     run.total.store(len, std::sync::atomic::Ordering::Relaxed);
     let block = crate::crypto::verity::data_block_size(len);
-    let mut tree = crate::crypto::verity::VerityTree::new(len, block, &digests.verity_salt);
-    let hasher = tree.hasher().clone();
+    let mut tree = digests
+        .verity_salt
+        .as_ref()
+        .map(|salt| crate::crypto::verity::VerityTree::new(len, block, salt));
+    let hasher = tree.as_ref().map(|t| t.hasher().clone());
     let mut sha = digests.sha256.then(Sha256::new);
     let zeros = vec![0u8; DEFAULT_CHUNK];
     let hash_zeros = |sha: &mut Sha256, mut n: u64| {
@@ -1053,17 +1057,19 @@ pub fn verify(
                 spare.lock().map_err(|_| lock_failed())?.push(theirs);
                 filled?;
             }
-            Ok(hasher.hash_all(buf))
+            Ok(hasher.as_ref().map(|h| h.hash_all(buf)))
         },
         |buf, off, hashes| {
             // The gap before this chunk holds zeros.
-            tree.push_zeros((off - pos) / u64::from(block));
+            if let (Some(tree), Some(hashes)) = (&mut tree, hashes) {
+                tree.push_zeros((off - pos) / u64::from(block));
+                for h in hashes {
+                    tree.push(h);
+                }
+            }
             if let Some(sha) = &mut sha {
                 hash_zeros(sha, off - pos);
                 sha.update(buf);
-            }
-            for h in hashes {
-                tree.push(h);
             }
             pos = off + buf.len() as u64;
             Ok(())
@@ -1077,11 +1083,13 @@ pub fn verify(
         kind: u.kind,
         keyslot: u.keyslot,
         payload_len: len,
-        verity: VerityDigest {
-            root_hash: hex(&tree.finish()),
-            salt: hex(&digests.verity_salt),
-            data_block_size: block,
-        },
+        verity: tree
+            .zip(digests.verity_salt.as_ref())
+            .map(|(tree, salt)| VerityDigest {
+                root_hash: hex(&tree.finish()),
+                salt: hex(salt),
+                data_block_size: block,
+            }),
         plaintext_sha256: sha.map(|s| hex(&s.finalize())),
         data_bytes,
         source_size: src_size,

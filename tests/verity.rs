@@ -71,6 +71,15 @@ fn root_hash_is_what_veritysetup_computes() {
             "{out}"
         );
         assert!(v["plaintext_sha256"].is_null(), "{v}");
+        // With --against the comparison is the proof: the root hash only on request.
+        let v = verify_json(d, out, &["--against", src]);
+        assert!(v["plaintext_dm_verity"].is_null(), "{v}");
+        let v = verify_json(d, out, &["--against", src, "--root-hash"]);
+        assert_eq!(
+            v["plaintext_dm_verity"]["root_hash"],
+            veritysetup_root(d, src, block, "-"),
+            "{out}"
+        );
         // A salt is hashed as veritysetup does (format 1: before each block).
         let salt = "00ff17e3a9";
         let v = verify_json(d, out, &["--salt", salt, "--plaintext-sha256"]);

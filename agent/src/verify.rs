@@ -158,10 +158,11 @@ pub fn verify_plaintext(v: &Verified, show: bool) -> Result<()> {
     let plain = &v.manifest.plaintext;
     let digests = diskseal::ops::Digests {
         verity_salt: match &plain.dm_verity {
-            Some(d) => d
-                .salt_bytes()
-                .map_err(|e| bad(&v.dir, e.message().to_owned()))?,
-            None => Vec::new(),
+            Some(d) => Some(
+                d.salt_bytes()
+                    .map_err(|e| bad(&v.dir, e.message().to_owned()))?,
+            ),
+            None => None,
         },
         sha256: plain.sha256.is_some(),
     };
@@ -188,7 +189,7 @@ pub fn verify_plaintext(v: &Verified, show: bool) -> Result<()> {
     if let Some(d) = &plain.dm_verity {
         checks.push((
             "plaintext dm-verity root hash",
-            r.verity.root_hash.as_str(),
+            r.verity.as_ref().map_or("", |v| v.root_hash.as_str()),
             d.root_hash.as_str(),
         ));
     }
