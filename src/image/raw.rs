@@ -62,10 +62,23 @@ impl DiskImage for RawImage {
 }
 
 /// The allocation of `file`'s bytes `start..start + len` from the file system (`SEEK_DATA`/`SEEK_HOLE`),
-/// as extents relative to `start`: holes are unallocated, the rest is data.
+/// as extents relative to `start`: holes are unallocated, the rest is data. A regular file with as many
+/// blocks allocated as its length has no holes and is not asked: on tmpfs, `SEEK_HOLE` walks every
+/// page of a file without holes (25 ms per GiB, 5 % of an encrypt).
 pub fn file_extents(file: &File, start: u64, len: u64) -> Vec<Extent> {
     use rustix::fs::{SeekFrom, seek};
+    use std::os::unix::fs::MetadataExt;
     let end = start + len;
+    if file
+        .metadata()
+        .is_ok_and(|m| m.is_file() && m.blocks().saturating_mul(512) >= m.len() && end <= m.len())
+    {
+        return coalesce(vec![Extent {
+            offset: 0,
+            len,
+            kind: ExtentKind::Data,
+        }]);
+    }
     let mut out = Vec::new();
     let mut pos = start;
     while pos < end {
@@ -98,4 +111,44 @@ pub fn file_extents(file: &File, start: u64, len: u64) -> Vec<Extent> {
         pos = hole;
     }
     coalesce(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    /// A file with a hole is asked for its holes; a file with every block allocated is one data extent
+    /// (of the range asked for), without asking.
+    #[test]
+    fn holes_are_found_and_dense_files_are_one_extent() {
+        let dir = tempfile::tempdir().unwrap();
+        let sparse = File::create_new(dir.path().join("sparse")).unwrap();
+        sparse.set_len(4 << 20).unwrap();
+        sparse.write_all_at(&[1u8; 4096], 1 << 20).unwrap();
+        let ext = file_extents(&sparse, 0, 4 << 20);
+        let data: Vec<_> = ext
+            .iter()
+            .filter(|e| e.kind == ExtentKind::Data)
+            .map(|e| (e.offset, e.len))
+            .collect();
+        // File systems without SEEK_DATA report everything as data; tmpfs and ext4 find the block.
+        assert!(
+            data == [(1 << 20, 4096)] || data == [(0, 4 << 20)],
+            "{ext:?}"
+        );
+        let dense = File::create_new(dir.path().join("dense")).unwrap();
+        dense.write_all_at(&vec![2u8; 1 << 20], 0).unwrap();
+        // Extents are relative to the start of the range.
+        let one = |len| {
+            vec![Extent {
+                offset: 0,
+                len,
+                kind: ExtentKind::Data,
+            }]
+        };
+        assert_eq!(file_extents(&dense, 0, 1 << 20), one(1 << 20));
+        assert_eq!(file_extents(&dense, 4096, 8192), one(8192));
+        assert!(file_extents(&dense, 0, 0).is_empty());
+    }
 }
