@@ -4,7 +4,7 @@
 //! - [`Pipeline::scan_ordered`] (and [`Pipeline::scan_ranges`], the same over the data ranges only):
 //!   parallel work in waves (read, encrypt or decrypt), and one in-order
 //!   pass over each wave (write, hash) while the next wave is worked on. Writes go out from one thread,
-//!   in order, 4 MiB at a time: two threads `pwrite`-ing into one ext4 file serialise on its inode lock
+//!   in order, a chunk at a time: two threads `pwrite`-ing into one ext4 file serialise on its inode lock
 //!   and its dirty-page throttling, which made two threads 3-4× slower than one on a real disk.
 //! - [`Pipeline::allocating_waves`] (`waves.rs`): the sparse writers' mode: units that hold data are
 //!   allocated in guest order and encrypted in parallel, then written in file order by one thread.
@@ -23,11 +23,20 @@ mod waves;
 
 pub use waves::{PutUnits, SealUnits};
 
-/// Default chunk size: large enough to amortise syscalls, small enough for many chunks per core.
-pub const DEFAULT_CHUNK: usize = 4 << 20;
+/// Default chunk size: large enough to amortise syscalls, small enough that a wave stays in the CPU's
+/// caches between the worker that encrypts it and the thread that writes it. 1 MiB chunks made every
+/// encrypt and decrypt 7-15 % faster than 4 MiB ones on tmpfs, and no slower on ext4 (1 GiB, 9 and 7
+/// interleaved rounds): the writer copies warm data, and the first write starts sooner.
+pub const DEFAULT_CHUNK: usize = 1 << 20;
 
-/// The most chunks in one wave of [`Pipeline::scan_ordered`] (two waves in memory: 48 MiB of buffers).
-pub const MAX_WAVE: usize = 6;
+/// The most bytes of chunks in one wave (two waves in memory: 32 MiB of buffers at most, whatever the
+/// thread count).
+pub const MAX_WAVE_BYTES: usize = 16 << 20;
+
+/// Chunks per wave: two per worker, at most [`MAX_WAVE_BYTES`] of them.
+fn wave_chunks(threads: usize, chunk: usize) -> usize {
+    (threads * 2).clamp(2, (MAX_WAVE_BYTES / chunk.max(1)).max(2))
+}
 
 /// Counts processed bytes; cheap enough to update per chunk from every worker. Before the data phase,
 /// the stage says what the job is doing (e.g. "deriving key (argon2id, 1 GiB, 4 iterations)").
@@ -191,7 +200,7 @@ impl Pipeline {
 
     /// Runs `work(buf, offset)` on waves of chunks in parallel, and `consume(buf, offset)` on each chunk
     /// of a wave in order, while the next wave is being worked on (two sets of wave buffers of at most
-    /// [`MAX_WAVE`] chunks: memory does not grow with the thread count beyond that).
+    /// [`MAX_WAVE_BYTES`]: memory does not grow with the thread count beyond that).
     pub fn scan_ordered<F, C>(
         &self,
         len: u64,
@@ -228,7 +237,7 @@ impl Pipeline {
         C: FnMut(&[u8], u64, T) -> Result<()> + Send,
     {
         let chunk = self.chunk as u64;
-        let wave = (self.threads() * 2).clamp(2, MAX_WAVE);
+        let wave = wave_chunks(self.threads(), self.chunk);
         let (mut range, mut off) = (0usize, ranges.first().map_or(0, |r| r.0));
         // Lays out the next wave's chunks from (`range`, `off`) on; returns how many.
         let mut plan = |bufs: &mut [(Vec<u8>, u64, T)]| -> usize {

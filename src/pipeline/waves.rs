@@ -70,7 +70,7 @@ impl Pipeline {
     ) -> Result<()> {
         use rayon::prelude::*;
         let chunk = (self.chunk() as u64 / unit).max(1) * unit;
-        let wave = self.threads() * 2;
+        let wave = super::wave_chunks(self.threads(), chunk as usize);
         let new_wave = || -> Vec<Job> { (0..wave).map(|_| Job::default()).collect() };
         // Lays out the next wave from `off` on (holes are skipped and counted as done); returns its size.
         let mut off = 0u64;
