@@ -3,7 +3,7 @@
 //! ```text
 //!  image::open(src) ──► DiskImage::read_at ──► pipeline (rayon workers, bounded buffers)
 //!                                                 │  crypto::Xts::encrypt (aes-xts-plain64)
-//!  luks::format(opts, volume key, passphrase) ──► header bytes ──► io::OutputFile (temp + rename)
+//!  luks::format(opts, volume key, passphrase) ──► header + filler ──► io::OutputFile (temp + rename)
 //! ```
 //!
 //! - [`crypto`]: our AES-XTS engine and the IV rules;

@@ -491,7 +491,7 @@ fn write_luks(
             let writer = Qcow2Writer::new(
                 &out,
                 payload_len,
-                Some(&formatted.header),
+                Some(&formatted.bytes()?),
                 opts.cluster_bits.unwrap_or(DEFAULT_CLUSTER_BITS),
             )?;
             let cs = writer.cluster_size();
@@ -511,7 +511,7 @@ fn write_luks(
         }
         _ => {
             let data_offset = formatted.data_offset;
-            out.write_at(&formatted.header, 0)?;
+            formatted.write(&mut |b, at| out.write_at(b, at))?;
             let unit = sector as usize;
             let sparse = opts.sparse;
             let sector = u64::from(sector);

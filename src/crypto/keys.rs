@@ -19,24 +19,36 @@ pub fn random_bytes(len: usize) -> Result<Zeroizing<Vec<u8>>> {
     Ok(buf)
 }
 
-/// Fills `buf` with bytes that cannot be told from random ones, for the unused LUKS keyslot areas that
-/// cryptsetup fills with random data so that they look used: AES-256-XTS of zeros under a fresh random
-/// key (and the OS generator for a tail of less than 512 bytes). Our engine makes the 16 MiB of a LUKS2
-/// keyslots area in about a millisecond; the kernel's generator took 50 ms here, 7% of a 1 GiB encrypt.
-/// Never use it for keys or salts: those come from [`random_bytes`].
-pub fn fill_random_looking(buf: &mut [u8]) -> Result<()> {
-    buf.fill(0);
-    let whole = buf.len() / 512 * 512;
-    let key = VolumeKey::generate(64)?;
-    crate::crypto::xts::Xts::new(key.expose())?.encrypt(
-        &mut buf[..whole],
-        512,
-        0,
-        crate::crypto::iv::IvScheme::Plain64,
-    )?;
-    let tail = random_bytes(buf.len() - whole)?;
-    buf[whole..].copy_from_slice(&tail);
-    Ok(())
+/// Bytes that cannot be told from random ones, for the unused LUKS keyslot areas that cryptsetup fills
+/// with random data so that they look used: AES-256-XTS of zeros under a fresh random key, each
+/// 512-byte sector with its own number (and the OS generator for a tail shorter than a sector). Our
+/// engine makes the 16 MiB of a LUKS2 keyslots area in about a millisecond; the kernel's generator took
+/// 50 ms here, 7% of a 1 GiB encrypt. Never use it for keys or salts: those come from [`random_bytes`].
+#[derive(Debug)]
+pub struct Filler(crate::crypto::xts::Xts);
+
+impl Filler {
+    /// A filler with a fresh random key.
+    pub fn new() -> Result<Filler> {
+        let key = VolumeKey::generate(64)?;
+        Ok(Filler(crate::crypto::xts::Xts::new(key.expose())?))
+    }
+
+    /// Fills `buf` with the filler's bytes `at..at + buf.len()` (`at` a multiple of 512: the pieces of
+    /// one area, filled in any order, never repeat each other).
+    pub fn fill(&self, buf: &mut [u8], at: u64) -> Result<()> {
+        buf.fill(0);
+        let whole = buf.len() / 512 * 512;
+        self.0.encrypt(
+            &mut buf[..whole],
+            512,
+            at / 512,
+            crate::crypto::iv::IvScheme::Plain64,
+        )?;
+        let tail = random_bytes(buf.len() - whole)?;
+        buf[whole..].copy_from_slice(&tail);
+        Ok(())
+    }
 }
 
 /// The key that encrypts the payload (LUKS "volume key"/"master key"): 32 or 64 bytes of AES-XTS key.
@@ -146,12 +158,13 @@ mod tests {
     }
 
     /// The filler looks random: every byte value about as often as the others, no repeated 16-byte
-    /// block, a different stream each time, and a tail shorter than a sector filled too.
+    /// block (within a piece or across two pieces of one area), a different stream each time, and a
+    /// tail shorter than a sector filled too.
     #[test]
     fn filler_looks_random() {
         let filler = |n: usize| {
             let mut v = vec![0xeeu8; n];
-            fill_random_looking(&mut v).unwrap();
+            Filler::new().unwrap().fill(&mut v, 0).unwrap();
             v
         };
         let (a, b) = (filler(1 << 20), filler(1 << 20));
@@ -167,5 +180,12 @@ mod tests {
         assert_eq!(blocks.len(), a.len() / 16);
         let t = filler(512 + 100);
         assert_ne!(&t[512..], &[0u8; 100][..]);
+        // Two pieces of one area: the second is not the first again.
+        let f = Filler::new().unwrap();
+        let (mut p, mut q) = (vec![0u8; 4096], vec![0u8; 4096]);
+        f.fill(&mut p, 0).unwrap();
+        f.fill(&mut q, 4096).unwrap();
+        let blocks: std::collections::HashSet<_> = p.chunks(16).chain(q.chunks(16)).collect();
+        assert_eq!(blocks.len(), 2 * 4096 / 16);
     }
 }

@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::hash::Hash;
 use crate::crypto::iv::CipherSpec;
-use crate::crypto::keys::{Passphrase, VolumeKey, fill_random_looking, random_bytes};
+use crate::crypto::keys::{Passphrase, VolumeKey, random_bytes};
 use crate::error::{Error, ErrorKind, Result};
 use crate::luks::kdf::{self, Kdf, KdfType};
 use crate::luks::keyslot::{self, STRIPES};
@@ -427,13 +427,14 @@ pub fn format(opts: &FormatOptions, key: &VolumeKey, passphrase: &Passphrase) ->
         slots,
     };
     let data_offset = u64::from(payload_sectors) * 512;
-    let mut header = vec![0u8; data_offset as usize];
-    // Unused key material areas get random bytes, as cryptsetup does.
-    fill_random_looking(&mut header[4096..(slots_end * 512) as usize])?;
+    // Keyslot 0's material at 4096; the unused key material areas after it get random-looking bytes
+    // (the filler), as cryptsetup fills them with random ones.
+    let mut header = vec![0u8; 4096];
     header[..PHDR_SIZE].copy_from_slice(&h.encode());
-    header[4096..4096 + material.len()].copy_from_slice(&material);
+    header.extend_from_slice(&material);
     Ok(Formatted {
         header,
+        filler_end: slots_end * 512,
         data_offset,
         uuid,
         keyslot_kdf: kdf,

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use crate::crypto::hash::Hash;
 use crate::crypto::iv::CipherSpec;
-use crate::crypto::keys::{Passphrase, VolumeKey};
+use crate::crypto::keys::{Filler, Passphrase, VolumeKey};
 use crate::error::{Error, Result};
 use kdf::{Kdf, KdfCost, KdfType};
 
@@ -132,17 +132,55 @@ impl FormatOptions {
     }
 }
 
-/// A formatted header region, ready to be written at offset 0 of the output.
+/// A formatted header region, ready to be written at offset 0 of the output: `header`, then
+/// random-looking bytes up to `filler_end` (the unused rest of the keyslots area), then zeros up to
+/// `data_offset`. The filler is made as it is written: built whole, the 16 MiB of a LUKS2 header cost
+/// 10 ms of page faults here before the first byte went out.
 #[derive(Debug)]
 pub struct Formatted {
-    /// Header bytes up to the payload (`data_offset` bytes).
+    /// The bytes that carry the header: the binary header(s), the LUKS2 JSON areas, keyslot 0's
+    /// key material.
     pub header: Vec<u8>,
+    /// Where the filler ends (it starts at `header.len()`, a multiple of 512).
+    pub filler_end: u64,
     /// Where the payload starts.
     pub data_offset: u64,
     /// The UUID written.
     pub uuid: String,
     /// The keyslot KDF with its chosen cost.
     pub keyslot_kdf: Kdf,
+}
+
+impl Formatted {
+    /// The filler in pieces of at most this size.
+    const PIECE: usize = 1 << 20;
+
+    /// Writes the header region with `write(bytes, offset)`: the header, then the filler a piece at a
+    /// time. The zeros after the filler are not written: a new file reads as zeros there.
+    pub fn write(&self, write: &mut dyn FnMut(&[u8], u64) -> Result<()>) -> Result<()> {
+        write(&self.header, 0)?;
+        let filler = Filler::new()?;
+        let (start, end) = (self.header.len() as u64, self.filler_end);
+        let mut piece = vec![0u8; Self::PIECE.min(end.saturating_sub(start) as usize)];
+        let mut at = start;
+        while at < end {
+            let n = (end - at).min(piece.len() as u64) as usize;
+            filler.fill(&mut piece[..n], at - start)?;
+            write(&piece[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// The whole header region, `data_offset` bytes.
+    pub fn bytes(&self) -> Result<Vec<u8>> {
+        let mut all = vec![0u8; self.data_offset as usize];
+        self.write(&mut |b, at| {
+            all[at as usize..at as usize + b.len()].copy_from_slice(b);
+            Ok(())
+        })?;
+        Ok(all)
+    }
 }
 
 /// Formats a header of `opts.version` for `key`, with keyslot 0 opened by `passphrase`.

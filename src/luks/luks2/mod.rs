@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 
 use crate::crypto::hash::Hash;
 use crate::crypto::iv::CipherSpec;
-use crate::crypto::keys::{Passphrase, VolumeKey, fill_random_looking, random_bytes};
+use crate::crypto::keys::{Passphrase, VolumeKey, random_bytes};
 use crate::error::{Error, ErrorKind, Result};
 use crate::luks::kdf::{self, Kdf, KdfType};
 use crate::luks::keyslot::{self, STRIPES};
@@ -154,10 +154,10 @@ pub fn format(opts: &FormatOptions, key: &VolumeKey, passphrase: &Passphrase) ->
         .uuid
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let mut header = vec![0u8; data_offset as usize];
-    // The whole keyslots area gets random bytes first, as cryptsetup does, so unused slots look used.
-    fill_random_looking(&mut header[area_offset as usize..(area_offset + keyslots_size) as usize])?;
-    header[area_offset as usize..area_offset as usize + material.len()].copy_from_slice(&material);
+    // Keyslot 0's material starts the keyslots area; the rest of it gets random-looking bytes (the
+    // filler), as cryptsetup fills it with random ones, so that unused slots look used.
+    let mut header = vec![0u8; area_offset as usize];
+    header.extend_from_slice(&material);
     for (primary, at) in [(true, 0u64), (false, metadata_size)] {
         let mut salt = [0u8; 64];
         salt.copy_from_slice(&random_bytes(64)?);
@@ -184,6 +184,7 @@ pub fn format(opts: &FormatOptions, key: &VolumeKey, passphrase: &Passphrase) ->
     }
     Ok(Formatted {
         header,
+        filler_end: area_offset + keyslots_size,
         data_offset,
         uuid,
         keyslot_kdf: kdf,
