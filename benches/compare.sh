@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Side-by-side speed comparison: diskseal vs its floor (`cp` of the same bytes, `dd` with as many writers
-# as diskseal has threads, `cmp` for verify --against), `openssl speed`, `qemu-img convert` and the real
-# `vhd-util copy -k`, on tmpfs and (with DISK_DIR) on a disk-backed file system with `sync` before each
-# command and inside its timing. The commands of a table run interleaved (A B C A B C ...), RUNS rounds,
-# and every row shows the median and the spread (min-max): this machine's memory work varies 2-5× from
-# run to run, so one best-of-N figure is not a measurement. Checks diskseal's outputs for correctness and
-# prints a markdown table of times and ratios.
+# Side-by-side speed comparison: diskseal vs its floor (`dd` with as many writers as diskseal has threads
+# on tmpfs, `cp` of the same bytes on a disk and for decrypt, `cmp` for verify --against), `openssl
+# speed`, `qemu-img convert` and the real `vhd-util copy -k`, on tmpfs and (with DISK_DIR) on a
+# disk-backed file system with `sync` before each command and inside its timing. The commands of a table
+# run interleaved (A B C A B C ...), RUNS rounds, and every row shows the median and the spread
+# (min-max): this machine's memory work varies 2-5× from run to run, so one best-of-N figure is not a
+# measurement. Checks diskseal's outputs for correctness and prints a markdown table of times and ratios.
 #
 #   DISK_DIR=/var/tmp bash benches/compare.sh            # 2 GiB inputs in /dev/shm and on /var/tmp's disk
 #   SIZE_MIB=64 RUNS=5 bash benches/compare.sh          # smaller inputs, tmpfs only
 #   SKIP_XTS=1 ...                                      # without the engine rows (criterion build)
+#   DROP_CACHES=1 ...                                   # (root) free the page cache first: with little free
+#                                                       # memory, every new page waits for reclaim
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${SIZE_MIB:-2048}
@@ -17,6 +19,7 @@ WORK=${WORK:-/dev/shm/diskseal-compare}
 THREADS=$(nproc)
 
 cargo build --release --locked -q
+if [[ ${DROP_CACHES:-0} == 1 ]]; then sync && echo 3 > /proc/sys/vm/drop_caches; fi
 DS=$PWD/target/release/diskseal
 REPO=$PWD
 rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK"
@@ -29,7 +32,7 @@ FAST=(--pbkdf pbkdf2 --pbkdf-force-iterations 1000)
 rows=()
 RUNS=${RUNS:-5}
 gbps() { printf '%.2f' "$(echo "$bytes / $1 / 1000000000" | bc -l)"; }
-ratio() { printf '%.1f' "$(echo "$1 / $2" | bc -l)"; }
+ratio() { printf '%.2f' "$(echo "$1 / $2" | bc -l)"; }
 r2() { printf '%.2f' "$1"; }
 
 if [[ ${SKIP_XTS:-0} != 1 ]]; then
@@ -139,7 +142,7 @@ on_fs() {
     row "dynamic VHD → ibm-classic-vhd, $n threads" "$fs: ibm-classic-vhd, $n threads" "$floor"
     if [[ -x $VHD_UTIL ]]; then row "the same by \`vhd-util copy -k\`" "$fs: vhd-util copy -k" "$floor"; fi
     row "the same raw → LUKS2 by \`qemu-img convert -O luks\`" "$fs: qemu-img convert -O luks" "$floor"
-    row "decrypt LUKS2 → raw" "$fs: decrypt luks2 -> raw" "$floor"
+    row "decrypt LUKS2 → raw (floor: \`cp\`)" "$fs: decrypt luks2 -> raw" "$fs: cp"
     row "verify --against the source (floor: \`cmp\`)" "$fs: verify --against" "$fs: cmp"
 }
 SYNC=0 on_fs tmpfs
