@@ -386,11 +386,11 @@ mod tests {
     }
 
     /// A file in /dev/shm (when it is a tmpfs) is in memory; one beside the build is not, unless that
-    /// is a tmpfs too.
+    /// is a tmpfs or ramfs too.
     #[test]
     fn tmpfs_outputs_are_known_to_be_in_memory() {
         let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
-        let is_tmpfs = |dir: &str| {
+        let in_ram = |dir: &str| {
             mounts
                 .lines()
                 .filter_map(|l| {
@@ -399,14 +399,14 @@ mod tests {
                 })
                 .filter(|(at, _)| dir.starts_with(at))
                 .max_by_key(|(at, _)| at.len())
-                .is_some_and(|(_, kind)| kind == "tmpfs")
+                .is_some_and(|(_, kind)| kind == "tmpfs" || kind == "ramfs")
         };
         for dir in ["/dev/shm", env!("CARGO_MANIFEST_DIR")] {
             let Ok(d) = tempfile::tempdir_in(dir) else {
                 continue;
             };
             let out = OutputFile::create(&d.path().join("o"), false).unwrap();
-            assert_eq!(out.in_memory, is_tmpfs(dir), "{dir}");
+            assert_eq!(out.in_memory, in_ram(dir), "{dir}");
         }
     }
 

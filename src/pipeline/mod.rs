@@ -86,8 +86,8 @@ pub fn progress_interval() -> std::time::Duration {
 }
 
 /// Until `done` is set (then unpark the thread that runs this), gives `emit` a plain progress line every
-/// `every` (for a log or a pipe, where a bar would be noise): "LABEL: 1.20 of 100.00 GiB (1%), 12 s", or "LABEL: STAGE, 3 s" before the data
-/// phase (while `total` is 0).
+/// `every` (for a log or a pipe, where a bar would be noise): "LABEL: 1.20 of 100.00 GiB (1%), 12 s",
+/// or "LABEL: STAGE, 3 s" before the data phase (while `total` is 0).
 pub fn progress_lines(
     label: &str,
     progress: &Progress,
