@@ -592,7 +592,7 @@ fn write_qcow2(
 ) -> Result<u64> {
     let cs = writer.cluster_size();
     // The pipeline pads the disk's last cluster to a whole one.
-    let seal = |data: &mut [u8], _index: u64, host: u64| -> Result<()> {
+    let seal = |data: &mut [u8], _guest: u64, host: u64| -> Result<()> {
         match xts {
             Some(xts) => xts.encrypt(data, 512, qcow2_sector(host), IvScheme::Plain64),
             None => Ok(()),
@@ -647,16 +647,23 @@ fn write_classic_vhd(
     let bs = vhd_writer::BLOCK_SIZE;
     let fill = |buf: &mut [u8], at: u64| read.fill_units(buf, at, 512);
     // Every sector of an allocated block is encrypted, then bitmap + data + a stale footer copy are
-    // written, as vhd-util does. Each block is preceded by its bitmap in the file, so runs are single
-    // blocks.
-    let seal = |block: &mut [u8], index: u64, _at: u64| -> Result<()> {
-        debug_assert_eq!(block.len() as u64, bs);
-        xts.encrypt(block, 512, vhd_util_sector(index * bs), VHD_UTIL_IV)
+    // written, as vhd-util does. `allocate` gives the block's bitmap offset; the pipeline hands over
+    // the block in parts (each at that offset plus its offset in the block), never two blocks at once
+    // (each block is preceded by its bitmap in the file).
+    let seal = |data: &mut [u8], guest: u64, _host: u64| -> Result<()> {
+        xts.encrypt(data, 512, vhd_util_sector(guest), VHD_UTIL_IV)
     };
-    let mut put = |block: &[u8], _index: u64, at: u64| -> Result<()> {
-        out.write_at(&vhd_writer::FULL_BITMAP, at)?;
-        out.write_at(block, at + 512)?;
-        out.write_at(&footer, at + 512 + bs)
+    let mut put = |data: &[u8], guest: u64, host: u64| -> Result<()> {
+        let within = guest % bs;
+        let block = host - within;
+        if within == 0 {
+            out.write_at(&vhd_writer::FULL_BITMAP, block)?;
+        }
+        out.write_at(data, block + 512 + within)?;
+        if within + data.len() as u64 == bs {
+            out.write_at(&footer, block + 512 + bs)?;
+        }
+        Ok(())
     };
     let extents = &read.source.extents;
     let skip = |off: u64| next_data(extents, off, vsize);

@@ -3,11 +3,11 @@
 //!
 //! - [`Pipeline::scan_ordered`] (and [`Pipeline::scan_ranges`], the same over the data ranges only):
 //!   parallel work in waves (read, encrypt or decrypt), and one in-order
-//!   pass over each wave (write, hash) while the next wave is worked on. Writes go out from one thread,
-//!   in order, a chunk at a time: two threads `pwrite`-ing into one ext4 file serialise on its inode lock
+//!   pass over each wave (write, hash) while the next wave is worked on. Writes go out in order, one
+//!   chunk at a time: two threads `pwrite`-ing into one ext4 file serialise on its inode lock
 //!   and its dirty-page throttling, which made two threads 3-4× slower than one on a real disk.
 //! - [`Pipeline::allocating_waves`] (`waves.rs`): the sparse writers' mode: units that hold data are
-//!   allocated in guest order and encrypted in parallel, then written in file order by one thread.
+//!   allocated in guest order and encrypted in parallel, then written in file order, one at a time.
 //! - [`extents`]: which parts of a chunk hold source data, and the all-zero test.
 //!
 //! Cancellation (Ctrl-C) is checked between chunks; progress is an atomic counter the caller reads.
@@ -36,6 +36,13 @@ pub const MAX_WAVE_BYTES: usize = 16 << 20;
 /// Chunks per wave: two per worker, at most [`MAX_WAVE_BYTES`] of them.
 fn wave_chunks(threads: usize, chunk: usize) -> usize {
     (threads * 2).clamp(2, (MAX_WAVE_BYTES / chunk.max(1)).max(2))
+}
+
+/// How many chunks the next wave may hold: one for the first wave, then twice the last wave's, up to
+/// `wave`. Nothing is written until the first wave is ready, so a small first wave starts the writer
+/// sooner; the writer is slower than the workers, so the next, larger wave is ready when it needs it.
+fn ramp(last: usize, wave: usize) -> usize {
+    (last * 2).clamp(1, wave)
 }
 
 /// Counts processed bytes; cheap enough to update per chunk from every worker. Before the data phase,
@@ -268,14 +275,14 @@ impl Pipeline {
             (0..wave).map(|_| (Vec::new(), 0, T::default())).collect()
         };
         let (mut cur, mut next) = (new_wave(), new_wave());
-        let mut n_cur = plan(&mut cur);
+        let mut n_cur = plan(&mut cur[..ramp(0, wave)]);
         self.pool.install(|| fill(&mut cur[..n_cur]))?;
         let mut done = 0u64;
         while n_cur > 0 {
             if cancel.load(Ordering::Relaxed) {
                 return Err(interrupted());
             }
-            let n_next = plan(&mut next);
+            let n_next = plan(&mut next[..ramp(n_cur, wave)]);
             let (consumed, filled) = self.pool.install(|| {
                 rayon::join(
                     || -> Result<()> {

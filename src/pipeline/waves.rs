@@ -1,39 +1,42 @@
 //! The allocate-in-guest-order mode of the pipeline, used by the sparse writers (qcow2, vhd-util VHD):
 //! waves of chunks are read in parallel, their non-zero units allocated in guest order and encrypted in
-//! parallel, then written by one thread in file order while the next wave is read and encrypted.
+//! parallel, then written one at a time in file order while the next wave is read and encrypted.
 
 use super::extents::is_zero;
 use super::{Pipeline, Run};
 use crate::error::Result;
 
-/// Encrypts, in place, a run of allocated units that follow each other both in the guest and in the
-/// file: (their bytes, the first unit's index, its host offset). Called from the workers in parallel.
+/// Encrypts, in place, a run of allocated bytes that follow each other both in the guest and in the
+/// file: (the bytes, their guest offset, their host offset). The run is whole units, or a whole part of
+/// one unit when units are larger than a chunk. Called from the workers in parallel.
 pub type SealUnits<'a> = dyn Fn(&mut [u8], u64, u64) -> Result<()> + Sync + 'a;
 
-/// Writes a sealed run (same arguments as [`SealUnits`]). Called from one thread, in file order.
+/// Writes a sealed run (same arguments as [`SealUnits`]). Called one run at a time, in file order.
 pub type PutUnits<'a> = dyn FnMut(&[u8], u64, u64) -> Result<()> + Send + 'a;
 
-/// A chunk of a wave: its buffer (whole units), guest offset, bytes of the disk in it, and
-/// (unit index in the chunk, host offset) of the units that hold data.
+/// A chunk of a wave: its buffer (whole segments), guest offset, bytes of the disk in it, whether the
+/// disk was read into it (else it holds stale bytes where the disk is known to be zeros), and (segment
+/// index in the chunk, host offset) of the segments that are written.
 #[derive(Default)]
 struct Job {
     buf: Vec<u8>,
     at: u64,
     len: usize,
+    read: bool,
     alloc: Vec<(u64, u64)>,
 }
 
-/// The runs of allocated units (`alloc`: unit index in the chunk, host offset) that are consecutive in
-/// the guest and in the file, as (first unit index in the chunk, unit count, host offset): one seal and
-/// one write per run.
-fn runs(alloc: &[(u64, u64)], unit: u64) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+/// The runs of written segments (`alloc`: segment index in the chunk, host offset) that are consecutive
+/// in the guest and in the file, as (first segment index in the chunk, segment count, host offset): one
+/// seal and one write per run.
+fn runs(alloc: &[(u64, u64)], seg: u64) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
     let mut k = 0;
     std::iter::from_fn(move || {
         let &(i, host) = alloc.get(k)?;
         let mut n = 1;
         while alloc
             .get(k + n)
-            .is_some_and(|&(j, h)| j == i + n as u64 && h == host + n as u64 * unit)
+            .is_some_and(|&(j, h)| j == i + n as u64 && h == host + n as u64 * seg)
         {
             n += 1;
         }
@@ -42,15 +45,31 @@ fn runs(alloc: &[(u64, u64)], unit: u64) -> impl Iterator<Item = (u64, u64, u64)
     })
 }
 
+/// How the waves cut the disk for allocation units of `unit` bytes and chunks of about `chunk` bytes:
+/// (chunk bytes, segment bytes, chunks per unit). A chunk holds whole units; a unit larger than a
+/// chunk that whole chunks divide (vhd-util's 2 MiB blocks) is cut into chunks instead, so each piece is
+/// read and encrypted while it is still in the worker's cache (a 2 MiB chunk made every encrypt ~9 %
+/// slower than 1 MiB ones on tmpfs). The segment is what is tested for zeros and sealed at once.
+fn layout(unit: u64, chunk: u64) -> (u64, u64, u64) {
+    if unit > chunk && unit.is_multiple_of(chunk) {
+        (chunk, chunk, unit / chunk)
+    } else {
+        let job = (chunk / unit).max(1) * unit;
+        (job, unit, 1)
+    }
+}
+
 impl Pipeline {
     /// The allocate-in-guest-order data path of the sparse writers (qcow2, vhd-util VHD), in waves of
-    /// chunks made of whole `unit`s:
+    /// chunks (see [`layout`] for units larger than a chunk):
     /// 1. `read(buf, offset)` fills each chunk in parallel; `false` means "known zeros, nothing read";
-    ///    a chunk that ends the disk inside a unit is padded with zeros to the whole unit;
-    /// 2. every unit that is not all zeros is allocated, in guest order, with `allocate(unit_index)`;
-    /// 3. `seal(bytes, unit_index, host_offset)` encrypts the allocated units in parallel, one call per run
-    ///    of units that are consecutive in the guest and in the file;
-    /// 4. `put` writes the same runs from one thread, in file order.
+    ///    the disk's last unit is padded with zeros to a whole unit;
+    /// 2. every unit that is not all zeros is allocated, in guest order, with `allocate(unit_index)`,
+    ///    which returns its host offset;
+    /// 3. `seal(bytes, guest_offset, host_offset)` encrypts the allocated units in parallel, one call
+    ///    per run of bytes that are consecutive in the guest and in the file (a part of a unit lies at
+    ///    the unit's host offset plus its offset in the unit);
+    /// 4. `put` writes the same runs one at a time, in file order.
     ///
     /// Step 4 of a wave runs alongside steps 1-3 of the next one (two sets of wave buffers): one thread
     /// writes while the others read and encrypt. Two threads writing into one ext4 file at once
@@ -69,39 +88,47 @@ impl Pipeline {
         put: &mut PutUnits<'_>,
     ) -> Result<()> {
         use rayon::prelude::*;
-        let chunk = (self.chunk() as u64 / unit).max(1) * unit;
-        let wave = super::wave_chunks(self.threads(), chunk as usize);
+        let (chunk, seg, parts) = layout(unit, self.chunk() as u64);
+        // Waves hold whole units: the parts of one unit are allocated together.
+        let whole = |n: usize| n.next_multiple_of(parts as usize);
+        let wave = whole(super::wave_chunks(self.threads(), chunk as usize));
         let new_wave = || -> Vec<Job> { (0..wave).map(|_| Job::default()).collect() };
         // Lays out the next wave from `off` on (holes are skipped and counted as done); returns its size.
+        // The disk's last unit gets all its parts, past the end of the disk if need be (zeros).
         let mut off = 0u64;
         let mut plan = |jobs: &mut [Job]| -> Result<usize> {
             let mut n = 0;
-            while off < len && n < jobs.len() {
+            while (off < len || (parts > 1 && !off.is_multiple_of(unit))) && n < jobs.len() {
                 Pipeline::check_cancel(run.cancel)?;
-                let next = (skip(off).min(len) / unit * unit).max(off);
-                if next > off {
-                    Pipeline::advance(run.progress, next - off);
-                    off = next;
-                    continue;
+                if off.is_multiple_of(unit) {
+                    let next = (skip(off).min(len) / unit * unit).max(off);
+                    if next > off {
+                        Pipeline::advance(run.progress, next - off);
+                        off = next;
+                        continue;
+                    }
                 }
-                let this = chunk.min(len - off);
+                let this = chunk.min(len.saturating_sub(off));
                 let job = &mut jobs[n];
-                job.buf.resize(this.next_multiple_of(unit) as usize, 0);
+                job.buf
+                    .resize(this.max(1).next_multiple_of(seg) as usize, 0);
                 job.buf[this as usize..].fill(0);
                 job.at = off;
                 job.len = this as usize;
+                job.read = false;
                 job.alloc.clear();
                 n += 1;
-                off += this;
+                off += if parts > 1 { chunk } else { this };
             }
             Ok(n)
         };
         let fill = |jobs: &mut [Job]| -> Result<()> {
             jobs.par_iter_mut().try_for_each(|job| -> Result<()> {
-                if !read(&mut job.buf[..job.len], job.at)? {
+                job.read = job.len > 0 && read(&mut job.buf[..job.len], job.at)?;
+                if !job.read {
                     return Ok(());
                 }
-                for (i, u) in job.buf.chunks(unit as usize).enumerate() {
+                for (i, u) in job.buf.chunks(seg as usize).enumerate() {
                     if !is_zero(u) {
                         job.alloc.push((i as u64, 0));
                     }
@@ -110,39 +137,59 @@ impl Pipeline {
             })
         };
         let mut place = |jobs: &mut [Job]| -> Result<()> {
-            for job in jobs {
-                let first = job.at / unit;
-                for (i, host) in job.alloc.iter_mut() {
-                    *host = allocate(first + *i)?;
+            if parts == 1 {
+                for job in jobs {
+                    let first = job.at / unit;
+                    for (i, host) in job.alloc.iter_mut() {
+                        *host = allocate(first + *i)?;
+                    }
+                }
+                return Ok(());
+            }
+            // A unit whose parts are not all zeros is allocated and written whole; a part that was
+            // not read is zeros.
+            for group in jobs.chunks_mut(parts as usize) {
+                debug_assert!(group[0].at.is_multiple_of(unit));
+                if group.iter().all(|j| j.alloc.is_empty()) {
+                    continue;
+                }
+                let host = allocate(group[0].at / unit)?;
+                for (p, job) in group.iter_mut().enumerate() {
+                    if !job.read {
+                        job.buf.fill(0);
+                    }
+                    job.alloc.clear();
+                    job.alloc.push((0, host + p as u64 * seg));
                 }
             }
             Ok(())
         };
         let seal_all = |jobs: &mut [Job]| -> Result<()> {
             jobs.par_iter_mut().try_for_each(|job| -> Result<()> {
-                for (i, n, host) in runs(&job.alloc, unit) {
-                    let bytes = &mut job.buf[(i * unit) as usize..((i + n) * unit) as usize];
-                    seal(bytes, job.at / unit + i, host)?;
+                for (i, n, host) in runs(&job.alloc, seg) {
+                    let bytes = &mut job.buf[(i * seg) as usize..((i + n) * seg) as usize];
+                    seal(bytes, job.at + i * seg, host)?;
                 }
                 Ok(())
             })
         };
         let mut put_all = |jobs: &[Job]| -> Result<()> {
             for job in jobs {
-                for (i, n, host) in runs(&job.alloc, unit) {
-                    let bytes = &job.buf[(i * unit) as usize..((i + n) * unit) as usize];
-                    put(bytes, job.at / unit + i, host)?;
+                for (i, n, host) in runs(&job.alloc, seg) {
+                    let bytes = &job.buf[(i * seg) as usize..((i + n) * seg) as usize];
+                    put(bytes, job.at + i * seg, host)?;
                 }
             }
             Ok(())
         };
+        let ramp = |last: usize| whole(super::ramp(last, wave));
         let (mut cur, mut next) = (new_wave(), new_wave());
-        let mut n_cur = plan(&mut cur)?;
+        let mut n_cur = plan(&mut cur[..ramp(0)])?;
         self.install(|| fill(&mut cur[..n_cur]))?;
         place(&mut cur[..n_cur])?;
         self.install(|| seal_all(&mut cur[..n_cur]))?;
         while n_cur > 0 {
-            let n_next = plan(&mut next)?;
+            let n_next = plan(&mut next[..ramp(n_cur)])?;
             let (written, prepared) = self.install(|| {
                 rayon::join(
                     || put_all(&cur[..n_cur]),
@@ -172,9 +219,9 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicU64};
 
     /// Units 0-1 and 4 and the short last unit hold data: they are allocated in guest order, sealed, and
-    /// written in file order by one thread; the last unit is padded with zeros.
+    /// written in file order (`put` is `FnMut`: one call at a time); the last unit is padded with zeros.
     #[test]
-    fn units_are_allocated_in_order_and_written_in_order_by_one_thread() {
+    fn units_are_allocated_in_order_and_written_in_order() {
         let (unit, len) = (8u64, 8 * 10 + 3);
         let disk: Vec<u8> = (0..len)
             .map(|o| match o / unit {
@@ -192,7 +239,7 @@ mod tests {
             total: &total,
         };
         let mut allocated = Vec::new();
-        let mut written: Vec<(u64, u64, Vec<u8>, std::thread::ThreadId)> = Vec::new();
+        let mut written: Vec<(u64, u64, Vec<u8>)> = Vec::new();
         p.allocating_waves(
             len,
             unit,
@@ -210,16 +257,15 @@ mod tests {
                 bytes.iter_mut().for_each(|b| *b ^= 0xff);
                 Ok(())
             },
-            &mut |bytes, index, host| {
-                written.push((index, host, bytes.to_vec(), std::thread::current().id()));
+            &mut |bytes, guest, host| {
+                written.push((guest, host, bytes.to_vec()));
                 Ok(())
             },
         )
         .unwrap();
         assert_eq!(allocated, [0, 1, 4, 10]);
         let hosts: Vec<_> = written.iter().map(|w| (w.0, w.1)).collect();
-        assert_eq!(hosts, [(0, 1000), (4, 1016), (10, 1024)]);
-        assert!(written.iter().all(|w| w.3 == written[0].3));
+        assert_eq!(hosts, [(0, 1000), (32, 1016), (80, 1024)]);
         let sealed = |from: u64, to: u64| -> Vec<u8> {
             let mut v = disk[from as usize..to.min(len) as usize].to_vec();
             v.resize((to - from) as usize, 0);
@@ -228,6 +274,81 @@ mod tests {
         assert_eq!(written[0].2, sealed(0, 16));
         assert_eq!(written[1].2, sealed(32, 40));
         assert_eq!(written[2].2, sealed(80, 88));
+        assert_eq!(progress.done(), len);
+    }
+
+    /// Units of 32 bytes with chunks of 8 are cut into four parts: a unit with data in any part is
+    /// allocated, sealed and written whole, part by part, each at the unit's host offset plus its offset
+    /// in the unit; the disk ends inside the last unit's second part, and every part of it is written.
+    /// Parts known to be zeros are not read, and their buffers held another wave's data before.
+    #[test]
+    fn units_larger_than_a_chunk_are_written_whole_in_parts() {
+        assert_eq!(layout(32, 8), (8, 8, 4));
+        assert_eq!(layout(24, 16), (24, 24, 1));
+        assert_eq!(layout(8, 24), (24, 8, 1));
+        let (unit, len) = (32u64, 32 * 3 + 10);
+        // Unit 0: data in its last part only; unit 1: zeros; unit 2: data in its first part; unit 3:
+        // 10 bytes of data, then the end of the disk.
+        let disk: Vec<u8> = (0..len)
+            .map(|o| match o {
+                24..=31 | 64..=65 | 96.. => 7,
+                _ => 0,
+            })
+            .collect();
+        let p = Pipeline::new(Some(2), 8).unwrap();
+        let (cancel, progress, total) =
+            (AtomicBool::new(false), Progress::new(), AtomicU64::new(len));
+        let run = Run {
+            threads: Some(2),
+            cancel: &cancel,
+            progress: &progress,
+            total: &total,
+        };
+        let mut allocated = Vec::new();
+        let mut written: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+        p.allocating_waves(
+            len,
+            unit,
+            &run,
+            &|off| off,
+            &|buf, at| {
+                let part = &disk[at as usize..at as usize + buf.len()];
+                if part.iter().all(|&b| b == 0) {
+                    return Ok(false);
+                }
+                buf.copy_from_slice(part);
+                Ok(true)
+            },
+            &mut |i| {
+                allocated.push(i);
+                Ok(1000 * allocated.len() as u64)
+            },
+            &|bytes, guest, host| {
+                assert_eq!(host % 1000, guest % unit);
+                bytes.iter_mut().for_each(|b| *b ^= 0xff);
+                Ok(())
+            },
+            &mut |bytes, guest, host| {
+                written.push((guest, host, bytes.to_vec()));
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(allocated, [0, 2, 3]);
+        let hosts: Vec<_> = written.iter().map(|w| (w.0, w.1)).collect();
+        let parts = |guest: u64, host: u64| (0..4).map(move |p| (guest + 8 * p, host + 8 * p));
+        let want: Vec<_> = parts(0, 1000)
+            .chain(parts(64, 2000))
+            .chain(parts(96, 3000))
+            .collect();
+        assert_eq!(hosts, want);
+        for (guest, _, bytes) in &written {
+            let plain: Vec<u8> = (*guest..guest + 8)
+                .map(|o| disk.get(o as usize).copied().unwrap_or(0))
+                .collect();
+            let sealed: Vec<u8> = plain.iter().map(|b| b ^ 0xff).collect();
+            assert_eq!(bytes, &sealed, "{guest}");
+        }
         assert_eq!(progress.done(), len);
     }
 }
