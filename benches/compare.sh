@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Side-by-side speed comparison: diskseal vs its floor (`dd` with as many writers as diskseal has threads
-# on tmpfs, `cp` of the same bytes on a disk and for decrypt, `cmp` for verify --against), `openssl
-# speed`, `qemu-img convert` and the real `vhd-util copy -k`, on tmpfs and (with DISK_DIR) on a
-# disk-backed file system with `sync` before each command and inside its timing. The commands of a table
-# run interleaved (A B C A B C ...), RUNS rounds, and every row shows the median and the spread
-# (min-max): this machine's memory work varies 2-5× from run to run, so one best-of-N figure is not a
-# measurement. Checks diskseal's outputs for correctness and prints a markdown table of times and ratios.
+# Side-by-side speed comparison: diskseal vs its floor (on tmpfs `dd` with as many writers as diskseal
+# has threads, writing as many bytes as the row's output; on a disk and for decrypt `cp` of the source;
+# `cmp` for verify --against), `openssl speed`, `qemu-img convert` and the real `vhd-util copy -k`, on
+# tmpfs and (with DISK_DIR) on a disk-backed file system with `sync` before each command and inside its
+# timing. The commands of a table run interleaved (A B C A B C ...), RUNS rounds, and every row shows the
+# median and the spread (min-max): this machine's memory work varies 2-5× from run to run, so one
+# best-of-N figure is not a measurement. Checks diskseal's outputs for correctness and prints a markdown
+# table of times and ratios.
 #
 #   DISK_DIR=/var/tmp bash benches/compare.sh            # 2 GiB inputs in /dev/shm and on /var/tmp's disk
 #   SIZE_MIB=64 RUNS=5 bash benches/compare.sh          # smaller inputs, tmpfs only
@@ -100,48 +101,69 @@ qemu-img compare --object secret,id=s,file=pw --image-opts "driver=qcow2,encrypt
 rm -f ds.vhd
 cp src.raw copy.raw
 
+# The rows: KEY, command, label. Each command writes one `o.*` file.
+n=$THREADS
+ROWS=(
+    "luks2, 1 thread" "$DS encrypt -q --threads 1 ${FAST[*]} --key-file pw src.raw o.luks" "raw → LUKS2, 1 thread"
+    "luks2, $n threads" "$DS encrypt -q ${FAST[*]} --key-file pw src.raw o.luks" "raw → LUKS2, $n threads"
+    "luks1, $n threads" "$DS encrypt -q --profile luks1 ${FAST[*]} --key-file pw src.raw o.luks" "raw → LUKS1, $n threads"
+    "ibm-classic-luks, $n threads" "$DS encrypt -q --profile ibm-classic-luks ${FAST[*]} --key-file dek src.raw o.luks" "raw → ibm-classic-luks, $n threads"
+    "dense qcow2 -> luks2, $n threads" "$DS encrypt -q ${FAST[*]} --key-file pw src.qcow2 o.luks" "dense qcow2 → LUKS2, $n threads"
+    "dynamic VHD -> luks2, $n threads" "$DS encrypt -q ${FAST[*]} --key-file pw src.vhd o.luks" "dynamic VHD → LUKS2, $n threads"
+    "luks1 -O vhd, $n threads" "$DS encrypt -q --profile luks1 -O vhd ${FAST[*]} --key-file pw src.raw o.vhd" "raw → LUKS1 in a fixed VHD (-O vhd), $n threads"
+    "ibm-vpc, 1 thread" "$DS encrypt -q --threads 1 --profile ibm-vpc ${FAST[*]} --key-file pw src.raw o.qcow2" "raw → ibm-vpc, 1 thread"
+    "ibm-vpc, $n threads" "$DS encrypt -q --profile ibm-vpc ${FAST[*]} --key-file pw src.raw o.qcow2" "raw → ibm-vpc, $n threads"
+    "ibm-classic-vhd, $n threads" "$DS encrypt -q --profile ibm-classic-vhd --key-file dek src.vhd o.vhd" "dynamic VHD → ibm-classic-vhd, $n threads"
+)
+if [[ -x $VHD_UTIL ]]; then ROWS+=("vhd-util copy -k" "$VHD_UTIL copy -n src.vhd -N o.vhdu -k dek" "the same by \`vhd-util copy -k\`"); fi
+ROWS+=("qemu-img convert -O luks" "qemu-img convert -f raw -O luks --object secret,id=s,file=pw -o key-secret=s,iter-time=10 src.raw o.qluks" "the same raw → LUKS2 by \`qemu-img convert -O luks\`")
+
+# The floor of a row on tmpfs is `dd` writing as many bytes as the row's output (whole MiB, rounded
+# down), with as many writers as diskseal has threads: a LUKS2 output is the source plus a 16 MiB
+# header. OUT_MIB[KEY] is that size, from one run of the row's command here.
+declare -A OUT_MIB
+for ((i = 0; i < ${#ROWS[@]}; i += 3)); do
+    rm -f o.*
+    bash -c "${ROWS[i + 1]}" >/dev/null 2>&1 || { echo "FAILED: ${ROWS[i]}: ${ROWS[i + 1]}" >&2; exit 1; }
+    OUT_MIB[${ROWS[i]}]=$(($(stat -c %s o.* | paste -sd+ | bc) >> 20))
+done
+rm -f o.*
+# ddn MIB: `dd` with $n writers writing MIB MiB of zeros into one new file, each its share.
+ddn() {
+    local mib=$1 k cmd="" at=0 share
+    for k in $(seq 0 $((n - 1))); do
+        share=$(((mib - at) / (n - k)))
+        cmd+="dd if=/dev/zero of=o.dd bs=1M count=$share seek=$at conv=notrunc status=none & "
+        at=$((at + share))
+    done
+    echo "${cmd}wait"
+}
+
 # Every row on one file system: $1 its name, SYNC=1 for a disk.
 on_fs() {
-    local fs=$1 floor
+    local fs=$1 i m
     echo "== $fs (sync inside the timing: $SYNC), $RUNS interleaved rounds" >&2
-    local n=$THREADS half=$((SIZE_MIB / 4 / THREADS))
-    local ddn="" k
-    for k in $(seq 0 $((THREADS - 1))); do ddn+="dd if=/dev/zero of=o.dd bs=4M count=$half seek=$((k * half)) conv=notrunc status=none & "; done
-    ddn+="wait"
-    group "$fs: cp" "cp src.raw o.cp" \
-        "$fs: dd, $n writers" "$ddn" \
-        "$fs: dd, 1 writer" "dd if=/dev/zero of=o.dd bs=4M count=$((SIZE_MIB / 4)) status=none" \
-        "$fs: luks2, 1 thread" "$DS encrypt -q --threads 1 ${FAST[*]} --key-file pw src.raw o.luks" \
-        "$fs: luks2, $n threads" "$DS encrypt -q ${FAST[*]} --key-file pw src.raw o.luks" \
-        "$fs: luks1, $n threads" "$DS encrypt -q --profile luks1 ${FAST[*]} --key-file pw src.raw o.luks" \
-        "$fs: ibm-classic-luks, $n threads" "$DS encrypt -q --profile ibm-classic-luks ${FAST[*]} --key-file dek src.raw o.luks" \
-        "$fs: dense qcow2 -> luks2, $n threads" "$DS encrypt -q ${FAST[*]} --key-file pw src.qcow2 o.luks" \
-        "$fs: dynamic VHD -> luks2, $n threads" "$DS encrypt -q ${FAST[*]} --key-file pw src.vhd o.luks" \
-        "$fs: luks1 -O vhd, $n threads" "$DS encrypt -q --profile luks1 -O vhd ${FAST[*]} --key-file pw src.raw o.vhd" \
-        "$fs: ibm-vpc, 1 thread" "$DS encrypt -q --threads 1 --profile ibm-vpc ${FAST[*]} --key-file pw src.raw o.qcow2" \
-        "$fs: ibm-vpc, $n threads" "$DS encrypt -q --profile ibm-vpc ${FAST[*]} --key-file pw src.raw o.qcow2" \
-        "$fs: ibm-classic-vhd, $n threads" "$DS encrypt -q --profile ibm-classic-vhd --key-file dek src.vhd o.vhd" \
-        "$fs: vhd-util copy -k" "$([[ -x $VHD_UTIL ]] && echo "$VHD_UTIL copy -n src.vhd -N o.vhdu -k dek" || echo true)" \
-        "$fs: qemu-img convert -O luks" "qemu-img convert -f raw -O luks --object secret,id=s,file=pw -o key-secret=s,iter-time=10 src.raw o.qluks" \
-        "$fs: decrypt luks2 -> raw" "$DS decrypt -q --key-file pw enc.luks o.raw" \
+    local -a cmds=("$fs: cp" "cp src.raw o.cp" "$fs: dd, $n writers" "$(ddn "$SIZE_MIB")" \
+        "$fs: dd, 1 writer" "dd if=/dev/zero of=o.dd bs=4M count=$((SIZE_MIB / 4)) status=none")
+    local -A floors=()
+    if [[ $SYNC == 0 ]]; then
+        for m in "${OUT_MIB[@]}"; do floors[$m]=1; done
+        for m in "${!floors[@]}"; do cmds+=("$fs: dd, $n writers, $m MiB" "$(ddn "$m")"); done
+    fi
+    for ((i = 0; i < ${#ROWS[@]}; i += 3)); do cmds+=("$fs: ${ROWS[i]}" "${ROWS[i + 1]}"); done
+    cmds+=("$fs: decrypt luks2 -> raw" "$DS decrypt -q --key-file pw enc.luks o.raw" \
         "$fs: verify --against" "$DS verify -q --key-file pw --against src.raw enc.luks" \
-        "$fs: cmp" "cmp src.raw copy.raw"
-    floor="$fs: cp"
-    [[ $SYNC == 0 ]] && floor="$fs: dd, $n writers"
+        "$fs: cmp" "cmp src.raw copy.raw")
+    group "${cmds[@]}"
     rows+=("| **$fs** (${SIZE_MIB} MiB random; median of $RUNS interleaved rounds, min-max) | | | |")
     rows+=("| floor: \`cp\` / \`dd\` with $n writers / \`dd\` with 1 writer | ${MED[$fs: cp]} s (${SPREAD[$fs: cp]}; CPU ${CPU[$fs: cp]} s) / ${MED[$fs: dd, $n writers]} s (${SPREAD[$fs: dd, $n writers]}; CPU ${CPU[$fs: dd, $n writers]} s) / ${MED[$fs: dd, 1 writer]} s (${SPREAD[$fs: dd, 1 writer]}; CPU ${CPU[$fs: dd, 1 writer]} s) | | |")
-    row "raw → LUKS2, 1 thread" "$fs: luks2, 1 thread" "$floor"
-    row "raw → LUKS2, $n threads" "$fs: luks2, $n threads" "$floor"
-    row "raw → LUKS1, $n threads" "$fs: luks1, $n threads" "$floor"
-    row "raw → ibm-classic-luks, $n threads" "$fs: ibm-classic-luks, $n threads" "$floor"
-    row "dense qcow2 → LUKS2, $n threads" "$fs: dense qcow2 -> luks2, $n threads" "$floor"
-    row "dynamic VHD → LUKS2, $n threads" "$fs: dynamic VHD -> luks2, $n threads" "$floor"
-    row "raw → LUKS1 in a fixed VHD (-O vhd), $n threads" "$fs: luks1 -O vhd, $n threads" "$floor"
-    row "raw → ibm-vpc, 1 thread" "$fs: ibm-vpc, 1 thread" "$floor"
-    row "raw → ibm-vpc, $n threads" "$fs: ibm-vpc, $n threads" "$floor"
-    row "dynamic VHD → ibm-classic-vhd, $n threads" "$fs: ibm-classic-vhd, $n threads" "$floor"
-    if [[ -x $VHD_UTIL ]]; then row "the same by \`vhd-util copy -k\`" "$fs: vhd-util copy -k" "$floor"; fi
-    row "the same raw → LUKS2 by \`qemu-img convert -O luks\`" "$fs: qemu-img convert -O luks" "$floor"
+    for ((i = 0; i < ${#ROWS[@]}; i += 3)); do
+        if [[ $SYNC == 0 ]]; then
+            row "${ROWS[i + 2]}" "$fs: ${ROWS[i]}" "$fs: dd, $n writers, ${OUT_MIB[${ROWS[i]}]} MiB"
+        else
+            row "${ROWS[i + 2]}" "$fs: ${ROWS[i]}" "$fs: cp"
+        fi
+    done
     row "decrypt LUKS2 → raw (floor: \`cp\`)" "$fs: decrypt luks2 -> raw" "$fs: cp"
     row "verify --against the source (floor: \`cmp\`)" "$fs: verify --against" "$fs: cmp"
 }

@@ -61,7 +61,7 @@ fn layout(unit: u64, chunk: u64) -> (u64, u64, u64) {
 
 impl Pipeline {
     /// The allocate-in-guest-order data path of the sparse writers (qcow2, vhd-util VHD), in waves of
-    /// chunks (see [`layout`] for units larger than a chunk):
+    /// chunks (units larger than a chunk are cut into chunk-sized parts, see `layout`):
     /// 1. `read(buf, offset)` fills each chunk in parallel; `false` means "known zeros, nothing read";
     ///    the disk's last unit is padded with zeros to a whole unit;
     /// 2. every unit that is not all zeros is allocated, in guest order, with `allocate(unit_index)`,
