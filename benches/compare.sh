@@ -52,9 +52,10 @@ fi
 # group NAME CMD [NAME CMD...]: runs the commands interleaved (A B C A B C ...) $RUNS times in the current
 # directory, each writing a new `o.*` file (removed before each run, so no tool pays for freeing an old
 # one); with SYNC=1 (disk-backed file systems) `sync` runs before each command and inside its timing.
-# Sets MED[NAME] (the median, seconds), SPREAD[NAME] ("min-max") and CPU[NAME] (the median user + system
-# time of the command's processes, sync excluded: what the work costs the cores, whatever the wait).
-declare -A MED SPREAD CPU
+# Sets MED[NAME] (the median, seconds), SPREAD[NAME] ("min-max"), TIMES[NAME] (every round's time, in
+# round order) and CPU[NAME] (the median user + system time of the command's processes, sync excluded:
+# what the work costs the cores, whatever the wait).
+declare -A MED SPREAD TIMES CPU
 group() {
     local -a names=() cmds=()
     while (($#)); do names+=("$1"); cmds+=("$2"); shift 2; done
@@ -77,15 +78,28 @@ group() {
         local sorted n
         sorted=$(tr ' ' '\n' <<<"${all[$i]}" | grep . | sort -g)
         n=$(wc -l <<<"$sorted")
-        MED[${names[$i]}]=$(printf '%.2f' "$(sed -n "$(((n + 1) / 2))p" <<<"$sorted")")
+        TIMES[${names[$i]}]=${all[$i]}
+        MED[${names[$i]}]=$(printf '%.3f' "$(sed -n "$(((n + 1) / 2))p" <<<"$sorted")")
         SPREAD[${names[$i]}]="$(printf '%.2f' "$(head -1 <<<"$sorted")")-$(printf '%.2f' "$(tail -1 <<<"$sorted")")"
         sorted=$(tr ' ' '\n' <<<"${cpu[$i]}" | grep . | sort -g)
         CPU[${names[$i]}]=$(printf '%.2f' "$(sed -n "$(((n + 1) / 2))p" <<<"$sorted")")
         printf '%-44s median %6s s (%s s, %s runs), CPU %s s\n' "${names[$i]}" "${MED[${names[$i]}]}" "${SPREAD[${names[$i]}]}" "$RUNS" "${CPU[${names[$i]}]}" >&2
     done
 }
-# row WORK NAME FLOOR: a table row "work | median (spread) | floor | × floor".
-row() { rows+=("| $1 | ${MED[$2]} s (${SPREAD[$2]}; CPU ${CPU[$2]} s) | ${MED[$3]} s ($3; CPU ${CPU[$3]} s) | $(ratio "${MED[$2]}" "${MED[$3]}")× |"); }
+# paired A B: the median and the min-max of A's time over B's in the same round (both from one group):
+# slow and fast phases of the machine hit both commands of a round, so this is steadier than the ratio
+# of the medians, which row prints beside it.
+paired() {
+    local -a a b
+    read -ra a <<<"${TIMES[$1]}"
+    read -ra b <<<"${TIMES[$2]}"
+    local i sorted n
+    sorted=$(for i in "${!a[@]}"; do echo "${a[$i]} / ${b[$i]}" | bc -l; done | sort -g)
+    n=$(wc -l <<<"$sorted")
+    printf '%.2f× (rounds %.2f-%.2f' "$(sed -n "$(((n + 1) / 2))p" <<<"$sorted")" "$(head -1 <<<"$sorted")" "$(tail -1 <<<"$sorted")"
+}
+# row WORK NAME FLOOR: a table row "work | median (spread) | floor | × floor (per round; of the medians)".
+row() { rows+=("| $1 | ${MED[$2]} s (${SPREAD[$2]}; CPU ${CPU[$2]} s) | ${MED[$3]} s ($3; CPU ${CPU[$3]} s) | $(paired "$2" "$3"); medians $(ratio "${MED[$2]}" "${MED[$3]}")×) |"); }
 
 # The real vhd-util (see ../shared/oracles/vhd-util/README.md), beside the repository or its worktree.
 VHD_UTIL=${VHD_UTIL:-$(ls "$REPO"/../shared/oracles/vhd-util/vhd-util "$REPO"/../../shared/oracles/vhd-util/vhd-util 2>/dev/null | head -1 || true)}
