@@ -3,10 +3,10 @@
 # has threads, writing as many bytes as the row's output; on a disk and for decrypt `cp` of the source;
 # `cmp` for verify --against), `openssl speed`, `qemu-img convert` and the real `vhd-util copy -k`, on
 # tmpfs and (with DISK_DIR) on a disk-backed file system with `sync` before each command and inside its
-# timing. The commands of a table run interleaved (A B C A B C ...), RUNS rounds, and every row shows the
-# median and the spread (min-max): this machine's memory work varies 2-5× from run to run, so one
-# best-of-N figure is not a measurement. Checks diskseal's outputs for correctness and prints a markdown
-# table of times and ratios.
+# timing. The commands of a table run interleaved (A B C, B C A, C A B, ...), RUNS rounds, and every row
+# shows the median and the spread (min-max): this machine's memory work varies 2-5× from run to run, so
+# one best-of-N figure is not a measurement. Checks diskseal's outputs for correctness and prints a
+# markdown table of times and ratios.
 #
 #   DISK_DIR=/var/tmp bash benches/compare.sh            # 2 GiB inputs in /dev/shm and on /var/tmp's disk
 #   SIZE_MIB=64 RUNS=5 bash benches/compare.sh          # smaller inputs, tmpfs only
@@ -49,8 +49,8 @@ rows+=("| AES-256-XTS, 4096-byte units, 1 thread | ${d4096g} GB/s | openssl spee
 rows+=("| AES-256-XTS, 512-byte units, 1 thread | ${d512g} GB/s | openssl speed: ${o512g} GB/s | $(ratio "$d512g" "$o512g")× |")
 fi
 
-# group NAME CMD [NAME CMD...]: runs the commands interleaved (A B C A B C ...) $RUNS times in the current
-# directory, each writing a new `o.*` file (removed before each run, so no tool pays for freeing an old
+# group NAME CMD [NAME CMD...]: runs the commands interleaved (A B C, B C A, C A B, ...) $RUNS times in
+# the current directory, each writing a new `o.*` file (removed before each run, so no tool pays for freeing an old
 # one); with SYNC=1 (disk-backed file systems) `sync` runs before each command and inside its timing.
 # Sets MED[NAME] (the median, seconds), SPREAD[NAME] ("min-max"), TIMES[NAME] (every round's time, in
 # round order) and CPU[NAME] (the median user + system time of the command's processes, sync excluded:
@@ -60,9 +60,12 @@ group() {
     local -a names=() cmds=()
     while (($#)); do names+=("$1"); cmds+=("$2"); shift 2; done
     local -A all=() cpu=()
-    local r i s e
+    local r k i s e
     for r in $(seq "$RUNS"); do
-        for i in "${!names[@]}"; do
+        # Each round starts one command later than the last: a slow phase of the machine after a burst
+        # of writes (the floors) would otherwise always hit the same commands.
+        for k in "${!names[@]}"; do
+            i=$(((k + r) % ${#names[@]}))
             rm -f o.*
             if ((SYNC)); then sync; fi
             s=$(date +%s.%N)
