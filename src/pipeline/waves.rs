@@ -218,18 +218,21 @@ mod tests {
     use crate::pipeline::Progress;
     use std::sync::atomic::{AtomicBool, AtomicU64};
 
-    /// Units 0-1 and 4 and the short last unit hold data: they are allocated in guest order, sealed, and
-    /// written in file order (`put` is `FnMut`: one call at a time); the last unit is padded with zeros.
-    #[test]
-    fn units_are_allocated_in_order_and_written_in_order() {
-        let (unit, len) = (8u64, 8 * 10 + 3);
-        let disk: Vec<u8> = (0..len)
-            .map(|o| match o / unit {
-                0 | 1 | 4 | 10 => o as u8 | 1,
-                _ => 0,
-            })
-            .collect();
-        let p = Pipeline::new(Some(2), 24).unwrap();
+    /// What a run of the waves did: the allocated unit indexes, the writes (guest offset, host offset,
+    /// bytes), the progress at the end.
+    type Outcome = (Vec<u64>, Vec<(u64, u64, Vec<u8>)>, u64);
+
+    /// Runs the waves over `disk` with 2 threads and `chunk`-byte chunks. A chunk of zeros is "known
+    /// zeros" (not read, so its buffer keeps what it held); the n-th allocated unit (from 0) lies at
+    /// `host(n)`; sealing flips every bit.
+    fn run_waves(
+        disk: &[u8],
+        unit: u64,
+        chunk: usize,
+        host: impl Fn(u64) -> u64 + Sync,
+    ) -> Outcome {
+        let len = disk.len() as u64;
+        let p = Pipeline::new(Some(2), chunk).unwrap();
         let (cancel, progress, total) =
             (AtomicBool::new(false), Progress::new(), AtomicU64::new(len));
         let run = Run {
@@ -239,19 +242,23 @@ mod tests {
             total: &total,
         };
         let mut allocated = Vec::new();
-        let mut written: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+        let mut written = Vec::new();
         p.allocating_waves(
             len,
             unit,
             &run,
             &|off| off,
             &|buf, at| {
-                buf.copy_from_slice(&disk[at as usize..at as usize + buf.len()]);
+                let part = &disk[at as usize..at as usize + buf.len()];
+                if part.iter().all(|&b| b == 0) {
+                    return Ok(false);
+                }
+                buf.copy_from_slice(part);
                 Ok(true)
             },
             &mut |i| {
                 allocated.push(i);
-                Ok(1000 + (allocated.len() as u64 - 1) * unit)
+                Ok(host(allocated.len() as u64 - 1))
             },
             &|bytes, _, _| {
                 bytes.iter_mut().for_each(|b| *b ^= 0xff);
@@ -263,18 +270,35 @@ mod tests {
             },
         )
         .unwrap();
+        (allocated, written, progress.done())
+    }
+
+    /// `disk[from..to]`, zeros past its end, sealed.
+    fn sealed(disk: &[u8], from: u64, to: u64) -> Vec<u8> {
+        (from..to)
+            .map(|o| !disk.get(o as usize).copied().unwrap_or(0))
+            .collect()
+    }
+
+    /// Units 0-1 and 4 and the short last unit hold data: they are allocated in guest order, sealed, and
+    /// written in file order (`put` is `FnMut`: one call at a time); the last unit is padded with zeros.
+    #[test]
+    fn units_are_allocated_in_order_and_written_in_order() {
+        let (unit, len) = (8u64, 8 * 10 + 3);
+        let disk: Vec<u8> = (0..len)
+            .map(|o| match o / unit {
+                0 | 1 | 4 | 10 => o as u8 | 1,
+                _ => 0,
+            })
+            .collect();
+        let (allocated, written, done) = run_waves(&disk, unit, 24, |n| 1000 + n * unit);
         assert_eq!(allocated, [0, 1, 4, 10]);
         let hosts: Vec<_> = written.iter().map(|w| (w.0, w.1)).collect();
         assert_eq!(hosts, [(0, 1000), (32, 1016), (80, 1024)]);
-        let sealed = |from: u64, to: u64| -> Vec<u8> {
-            let mut v = disk[from as usize..to.min(len) as usize].to_vec();
-            v.resize((to - from) as usize, 0);
-            v.iter().map(|b| b ^ 0xff).collect()
-        };
-        assert_eq!(written[0].2, sealed(0, 16));
-        assert_eq!(written[1].2, sealed(32, 40));
-        assert_eq!(written[2].2, sealed(80, 88));
-        assert_eq!(progress.done(), len);
+        assert_eq!(written[0].2, sealed(&disk, 0, 16));
+        assert_eq!(written[1].2, sealed(&disk, 32, 40));
+        assert_eq!(written[2].2, sealed(&disk, 80, 88));
+        assert_eq!(done, len);
     }
 
     /// Units of 32 bytes with chunks of 8 are cut into four parts: a unit with data in any part is
@@ -295,45 +319,7 @@ mod tests {
                 _ => 0,
             })
             .collect();
-        let p = Pipeline::new(Some(2), 8).unwrap();
-        let (cancel, progress, total) =
-            (AtomicBool::new(false), Progress::new(), AtomicU64::new(len));
-        let run = Run {
-            threads: Some(2),
-            cancel: &cancel,
-            progress: &progress,
-            total: &total,
-        };
-        let mut allocated = Vec::new();
-        let mut written: Vec<(u64, u64, Vec<u8>)> = Vec::new();
-        p.allocating_waves(
-            len,
-            unit,
-            &run,
-            &|off| off,
-            &|buf, at| {
-                let part = &disk[at as usize..at as usize + buf.len()];
-                if part.iter().all(|&b| b == 0) {
-                    return Ok(false);
-                }
-                buf.copy_from_slice(part);
-                Ok(true)
-            },
-            &mut |i| {
-                allocated.push(i);
-                Ok(1000 * allocated.len() as u64)
-            },
-            &|bytes, guest, host| {
-                assert_eq!(host % 1000, guest % unit);
-                bytes.iter_mut().for_each(|b| *b ^= 0xff);
-                Ok(())
-            },
-            &mut |bytes, guest, host| {
-                written.push((guest, host, bytes.to_vec()));
-                Ok(())
-            },
-        )
-        .unwrap();
+        let (allocated, written, done) = run_waves(&disk, unit, 8, |n| 1000 * (n + 1));
         assert_eq!(allocated, [0, 2, 3]);
         let hosts: Vec<_> = written.iter().map(|w| (w.0, w.1)).collect();
         let parts = |guest: u64, host: u64| (0..4).map(move |p| (guest + 8 * p, host + 8 * p));
@@ -343,12 +329,8 @@ mod tests {
             .collect();
         assert_eq!(hosts, want);
         for (guest, _, bytes) in &written {
-            let plain: Vec<u8> = (*guest..guest + 8)
-                .map(|o| disk.get(o as usize).copied().unwrap_or(0))
-                .collect();
-            let sealed: Vec<u8> = plain.iter().map(|b| b ^ 0xff).collect();
-            assert_eq!(bytes, &sealed, "{guest}");
+            assert_eq!(bytes, &sealed(&disk, *guest, guest + 8), "{guest}");
         }
-        assert_eq!(progress.done(), len);
+        assert_eq!(done, len);
     }
 }
