@@ -14,15 +14,13 @@ pub type SealUnits<'a> = dyn Fn(&mut [u8], u64, u64) -> Result<()> + Sync + 'a;
 /// Writes a sealed run (same arguments as [`SealUnits`]). Called one run at a time, in file order.
 pub type PutUnits<'a> = dyn FnMut(&[u8], u64, u64) -> Result<()> + Send + 'a;
 
-/// A chunk of a wave: its buffer (whole segments), guest offset, bytes of the disk in it, whether the
-/// disk was read into it (else it holds stale bytes where the disk is known to be zeros), and (segment
+/// A chunk of a wave: its buffer (whole segments), guest offset, bytes of the disk in it, and (segment
 /// index in the chunk, host offset) of the segments that are written.
 #[derive(Default)]
 struct Job {
     buf: Vec<u8>,
     at: u64,
     len: usize,
-    read: bool,
     alloc: Vec<(u64, u64)>,
 }
 
@@ -115,7 +113,6 @@ impl Pipeline {
                 job.buf[this as usize..].fill(0);
                 job.at = off;
                 job.len = this as usize;
-                job.read = false;
                 job.alloc.clear();
                 n += 1;
                 off += if parts > 1 { chunk } else { this };
@@ -124,8 +121,7 @@ impl Pipeline {
         };
         let fill = |jobs: &mut [Job]| -> Result<()> {
             jobs.par_iter_mut().try_for_each(|job| -> Result<()> {
-                job.read = job.len > 0 && read(&mut job.buf[..job.len], job.at)?;
-                if !job.read {
+                if job.len == 0 || !read(&mut job.buf[..job.len], job.at)? {
                     return Ok(());
                 }
                 for (i, u) in job.buf.chunks(seg as usize).enumerate() {
@@ -146,8 +142,9 @@ impl Pipeline {
                 }
                 return Ok(());
             }
-            // A unit whose parts are not all zeros is allocated and written whole; a part that was
-            // not read is zeros.
+            // A unit whose parts are not all zeros is allocated and written whole. A part with no
+            // data is zeros: zeroed here, as one known to be zeros was not read and its buffer holds
+            // another wave's bytes.
             for group in jobs.chunks_mut(parts as usize) {
                 debug_assert!(group[0].at.is_multiple_of(unit));
                 if group.iter().all(|j| j.alloc.is_empty()) {
@@ -155,7 +152,7 @@ impl Pipeline {
                 }
                 let host = allocate(group[0].at / unit)?;
                 for (p, job) in group.iter_mut().enumerate() {
-                    if !job.read {
+                    if job.alloc.is_empty() {
                         job.buf.fill(0);
                     }
                     job.alloc.clear();
