@@ -3,14 +3,16 @@
 # has threads, writing as many bytes as the row's output; on a disk and for decrypt `cp` of the source;
 # `cmp` for verify --against), `openssl speed`, `qemu-img convert` and the real `vhd-util copy -k`, on
 # tmpfs and (with DISK_DIR) on a disk-backed file system with `sync` before each command and inside its
-# timing. The commands of a table run interleaved (A B C, B C A, C A B, ...), RUNS rounds, and every row
-# shows the median and the spread (min-max): this machine's memory work varies 2-5× from run to run, so
-# one best-of-N figure is not a measurement. Checks diskseal's outputs for correctness and prints a
+# timing. Each row runs right beside its own floor run, the pairs interleaved (P1 P2 P3, P2 P3 P1, ...),
+# RUNS rounds, and every row shows the median and the spread (min-max) and the median of its per-round
+# ratios: this machine's memory work varies 2-5× in phases of seconds, so one best-of-N figure is not a
+# measurement. Checks diskseal's outputs for correctness and prints a
 # markdown table of times and ratios.
 #
 #   DISK_DIR=/var/tmp bash benches/compare.sh            # 2 GiB inputs in /dev/shm and on /var/tmp's disk
 #   SIZE_MIB=64 RUNS=5 bash benches/compare.sh          # smaller inputs, tmpfs only
 #   SKIP_XTS=1 ...                                      # without the engine rows (criterion build)
+#   TRACE=/tmp/t.log ...                                # log each run: start (epoch s), seconds, user, system, name
 #   DROP_CACHES=1 ...                                   # (root) free the page cache first: with little free
 #                                                       # memory, every new page waits for reclaim
 set -euo pipefail
@@ -49,9 +51,13 @@ rows+=("| AES-256-XTS, 4096-byte units, 1 thread | ${d4096g} GB/s | openssl spee
 rows+=("| AES-256-XTS, 512-byte units, 1 thread | ${d512g} GB/s | openssl speed: ${o512g} GB/s | $(ratio "$d512g" "$o512g")× |")
 fi
 
-# group NAME CMD [NAME CMD...]: runs the commands interleaved (A B C, B C A, C A B, ...) $RUNS times in
-# the current directory, each writing a new `o.*` file (removed before each run, so no tool pays for freeing an old
-# one); with SYNC=1 (disk-backed file systems) `sync` runs before each command and inside its timing.
+# group NAME CMD [NAME CMD...]: runs the commands interleaved $RUNS times in the current directory, each
+# writing a new `o.*` file (removed before each run, so no tool pays for freeing an old one); with SYNC=1
+# (disk-backed file systems) `sync` runs before each command and inside its timing. With PAIRS=1 the
+# commands are pairs (floor, work): a pair runs back to back, so both meet the same phase of the machine
+# (its slow phases last seconds here), floor then work in one round and work then floor in the next, and
+# each round starts one pair later than the last (P1 P2 P3, P2 P3 P1, ...); otherwise each round starts one
+# command later (A B C, B C A, ...).
 # Sets MED[NAME] (the median, seconds), SPREAD[NAME] ("min-max"), TIMES[NAME] (every round's time, in
 # round order) and CPU[NAME] (the median user + system time of the command's processes, sync excluded:
 # what the work costs the cores, whatever the wait).
@@ -62,10 +68,12 @@ group() {
     local -A all=() cpu=()
     local r k i s e
     for r in $(seq "$RUNS"); do
-        # Each round starts one command later than the last: a slow phase of the machine after a burst
-        # of writes (the floors) would otherwise always hit the same commands.
         for k in "${!names[@]}"; do
-            i=$(((k + r) % ${#names[@]}))
+            if ((${PAIRS:-0})); then
+                i=$(((k / 2 * 2 + 2 * r) % ${#names[@]} + (k + r) % 2))
+            else
+                i=$(((k + r) % ${#names[@]}))
+            fi
             rm -f o.*
             if ((SYNC)); then sync; fi
             s=$(date +%s.%N)
@@ -73,6 +81,7 @@ group() {
             if ((SYNC)); then sync; fi
             e=$(date +%s.%N)
             all[$i]+=" $(echo "$e - $s" | bc -l)"
+            if [[ -n ${TRACE:-} ]]; then echo "$s $(echo "$e - $s" | bc -l) $(cat cpu.time) ${names[$i]}" >>"$TRACE"; fi
             cpu[$i]+=" $(awk '{print $1 + $2}' cpu.time)"
         done
     done
@@ -102,7 +111,7 @@ paired() {
     printf '%.2f× (rounds %.2f-%.2f' "$(sed -n "$(((n + 1) / 2))p" <<<"$sorted")" "$(head -1 <<<"$sorted")" "$(tail -1 <<<"$sorted")"
 }
 # row WORK NAME FLOOR: a table row "work | median (spread) | floor | × floor (per round; of the medians)".
-row() { rows+=("| $1 | ${MED[$2]} s (${SPREAD[$2]}; CPU ${CPU[$2]} s) | ${MED[$3]} s ($3; CPU ${CPU[$3]} s) | $(paired "$2" "$3"); medians $(ratio "${MED[$2]}" "${MED[$3]}")×) |"); }
+row() { rows+=("| $1 | ${MED[$2]} s (${SPREAD[$2]}; CPU ${CPU[$2]} s) | ${MED[$3]} s (${3%%, beside*}; CPU ${CPU[$3]} s) | $(paired "$2" "$3"); medians $(ratio "${MED[$2]}" "${MED[$3]}")×) |"); }
 
 # The real vhd-util (see ../shared/oracles/vhd-util/README.md), beside the repository or its worktree.
 VHD_UTIL=${VHD_UTIL:-$(ls "$REPO"/../shared/oracles/vhd-util/vhd-util "$REPO"/../../shared/oracles/vhd-util/vhd-util 2>/dev/null | head -1 || true)}
@@ -156,30 +165,29 @@ ddn() {
     echo "${cmd}wait"
 }
 
-# Every row on one file system: $1 its name, SYNC=1 for a disk.
+# Every row on one file system: $1 its name, SYNC=1 for a disk. Each row runs beside its own floor run
+# (PAIRS=1): on tmpfs `dd` with $n writers writing the row's output size, on a disk `cp` of the source.
 on_fs() {
-    local fs=$1 i m
-    echo "== $fs (sync inside the timing: $SYNC), $RUNS interleaved rounds" >&2
-    local -a cmds=("$fs: cp" "cp src.raw o.cp" "$fs: dd, $n writers" "$(ddn "$SIZE_MIB")" \
-        "$fs: dd, 1 writer" "dd if=/dev/zero of=o.dd bs=4M count=$((SIZE_MIB / 4)) status=none")
-    local -A floors=()
-    if [[ $SYNC == 0 ]]; then
-        for m in "${OUT_MIB[@]}"; do floors[$m]=1; done
-        for m in "${!floors[@]}"; do cmds+=("$fs: dd, $n writers, $m MiB" "$(ddn "$m")"); done
-    fi
-    for ((i = 0; i < ${#ROWS[@]}; i += 3)); do cmds+=("$fs: ${ROWS[i]}" "${ROWS[i + 1]}"); done
-    cmds+=("$fs: decrypt luks2 -> raw" "$DS decrypt -q --key-file pw enc.luks o.raw" \
-        "$fs: verify --against" "$DS verify -q --key-file pw --against src.raw enc.luks" \
-        "$fs: cmp" "cmp src.raw copy.raw")
-    group "${cmds[@]}"
-    rows+=("| **$fs** (${SIZE_MIB} MiB random; median of $RUNS interleaved rounds, min-max) | | | |")
-    rows+=("| floor: \`cp\` / \`dd\` with $n writers / \`dd\` with 1 writer | ${MED[$fs: cp]} s (${SPREAD[$fs: cp]}; CPU ${CPU[$fs: cp]} s) / ${MED[$fs: dd, $n writers]} s (${SPREAD[$fs: dd, $n writers]}; CPU ${CPU[$fs: dd, $n writers]} s) / ${MED[$fs: dd, 1 writer]} s (${SPREAD[$fs: dd, 1 writer]}; CPU ${CPU[$fs: dd, 1 writer]} s) | | |")
+    local fs=$1 i floor
+    echo "== $fs (sync inside the timing: $SYNC), $RUNS interleaved rounds of pairs (floor, work)" >&2
+    local -a cmds=("$fs: dd, 1 writer" "dd if=/dev/zero of=o.dd bs=4M count=$((SIZE_MIB / 4)) status=none" \
+        "$fs: dd, $n writers" "$(ddn "$SIZE_MIB")" \
+        "$fs: cp" "cp src.raw o.cp" "$fs: decrypt luks2 -> raw" "$DS decrypt -q --key-file pw enc.luks o.raw" \
+        "$fs: cmp" "cmp src.raw copy.raw" "$fs: verify --against" "$DS verify -q --key-file pw --against src.raw enc.luks")
     for ((i = 0; i < ${#ROWS[@]}; i += 3)); do
         if [[ $SYNC == 0 ]]; then
-            row "${ROWS[i + 2]}" "$fs: ${ROWS[i]}" "$fs: dd, $n writers, ${OUT_MIB[${ROWS[i]}]} MiB"
+            cmds+=("$fs: dd, $n writers, ${OUT_MIB[${ROWS[i]}]} MiB, beside ${ROWS[i]}" "$(ddn "${OUT_MIB[${ROWS[i]}]}")")
         else
-            row "${ROWS[i + 2]}" "$fs: ${ROWS[i]}" "$fs: cp"
+            cmds+=("$fs: cp, beside ${ROWS[i]}" "cp src.raw o.cp")
         fi
+        cmds+=("$fs: ${ROWS[i]}" "${ROWS[i + 1]}")
+    done
+    PAIRS=1 group "${cmds[@]}"
+    rows+=("| **$fs** (${SIZE_MIB} MiB random; median of $RUNS interleaved rounds, min-max; each row's floor ran beside it) | | | |")
+    rows+=("| floor: \`cp\` / \`dd\` with $n writers / \`dd\` with 1 writer | ${MED[$fs: cp]} s (${SPREAD[$fs: cp]}; CPU ${CPU[$fs: cp]} s) / ${MED[$fs: dd, $n writers]} s (${SPREAD[$fs: dd, $n writers]}; CPU ${CPU[$fs: dd, $n writers]} s) / ${MED[$fs: dd, 1 writer]} s (${SPREAD[$fs: dd, 1 writer]}; CPU ${CPU[$fs: dd, 1 writer]} s) | | |")
+    for ((i = 0; i < ${#ROWS[@]}; i += 3)); do
+        if [[ $SYNC == 0 ]]; then floor="$fs: dd, $n writers, ${OUT_MIB[${ROWS[i]}]} MiB, beside ${ROWS[i]}"; else floor="$fs: cp, beside ${ROWS[i]}"; fi
+        row "${ROWS[i + 2]}" "$fs: ${ROWS[i]}" "$floor"
     done
     row "decrypt LUKS2 → raw (floor: \`cp\`)" "$fs: decrypt luks2 -> raw" "$fs: cp"
     row "verify --against the source (floor: \`cmp\`)" "$fs: verify --against" "$fs: cmp"
