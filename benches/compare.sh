@@ -60,8 +60,11 @@ fi
 # command later (A B C, B C A, ...).
 # Sets MED[NAME] (the median, seconds), SPREAD[NAME] ("min-max"), TIMES[NAME] (every round's time, in
 # round order) and CPU[NAME] (the median user + system time of the command's processes, sync excluded:
-# what the work costs the cores, whatever the wait).
+# what the work costs the cores, whatever the wait), and SLOW to "K of N": how many of the group's runs
+# took over 1.5× their command's fastest run. This machine has phases in which a third of the runs that
+# fill new pages take 2-7× as long (in system time only); a quiet run has next to none.
 declare -A MED SPREAD TIMES CPU
+SLOW=
 group() {
     local -a names=() cmds=()
     while (($#)); do names+=("$1"); cmds+=("$2"); shift 2; done
@@ -86,10 +89,12 @@ group() {
         done
     done
     rm -f o.*
+    local slow=0
     for i in "${!names[@]}"; do
         local sorted n
         sorted=$(tr ' ' '\n' <<<"${all[$i]}" | grep . | sort -g)
         n=$(wc -l <<<"$sorted")
+        slow=$((slow + $(awk -v min="$(head -1 <<<"$sorted")" '$1 > 1.5 * min' <<<"$sorted" | wc -l)))
         TIMES[${names[$i]}]=${all[$i]}
         MED[${names[$i]}]=$(printf '%.3f' "$(sed -n "$(((n + 1) / 2))p" <<<"$sorted")")
         SPREAD[${names[$i]}]="$(printf '%.2f' "$(head -1 <<<"$sorted")")-$(printf '%.2f' "$(tail -1 <<<"$sorted")")"
@@ -97,6 +102,8 @@ group() {
         CPU[${names[$i]}]=$(printf '%.2f' "$(sed -n "$(((n + 1) / 2))p" <<<"$sorted")")
         printf '%-44s median %6s s (%s s, %s runs), CPU %s s\n' "${names[$i]}" "${MED[${names[$i]}]}" "${SPREAD[${names[$i]}]}" "$RUNS" "${CPU[${names[$i]}]}" >&2
     done
+    SLOW="$slow of $((RUNS * ${#names[@]}))"
+    echo "runs over 1.5× their command's fastest: $SLOW" >&2
 }
 # paired A B: the median and the min-max of A's time over B's in the same round (both from one group):
 # slow and fast phases of the machine hit both commands of a round, so this is steadier than the ratio
@@ -183,7 +190,7 @@ on_fs() {
         cmds+=("$fs: ${ROWS[i]}" "${ROWS[i + 1]}")
     done
     PAIRS=1 group "${cmds[@]}"
-    rows+=("| **$fs** (${SIZE_MIB} MiB random; median of $RUNS interleaved rounds, min-max; each row's floor ran beside it) | | | |")
+    rows+=("| **$fs** (${SIZE_MIB} MiB random; median of $RUNS interleaved rounds, min-max; each row's floor ran beside it; runs over 1.5× their command's fastest: $SLOW) | | | |")
     rows+=("| floor: \`cp\` / \`dd\` with $n writers / \`dd\` with 1 writer | ${MED[$fs: cp]} s (${SPREAD[$fs: cp]}; CPU ${CPU[$fs: cp]} s) / ${MED[$fs: dd, $n writers]} s (${SPREAD[$fs: dd, $n writers]}; CPU ${CPU[$fs: dd, $n writers]} s) / ${MED[$fs: dd, 1 writer]} s (${SPREAD[$fs: dd, 1 writer]}; CPU ${CPU[$fs: dd, 1 writer]} s) | | |")
     for ((i = 0; i < ${#ROWS[@]}; i += 3)); do
         if [[ $SYNC == 0 ]]; then floor="$fs: dd, $n writers, ${OUT_MIB[${ROWS[i]}]} MiB, beside ${ROWS[i]}"; else floor="$fs: cp, beside ${ROWS[i]}"; fi
