@@ -219,13 +219,15 @@ mod tests {
     /// bytes), the progress at the end.
     type Outcome = (Vec<u64>, Vec<(u64, u64, Vec<u8>)>, u64);
 
-    /// Runs the waves over `disk` with 2 threads and `chunk`-byte chunks. A chunk of zeros is "known
-    /// zeros" (not read, so its buffer keeps what it held); the n-th allocated unit (from 0) lies at
-    /// `host(n)`; sealing flips every bit.
+    /// Runs the waves over `disk` with 2 threads and `chunk`-byte chunks. With `known_zeros`, a chunk of
+    /// zeros is not read (so its buffer keeps what it held), else every chunk is read; the n-th
+    /// allocated unit (from 0) lies at `host(n)`; sealing flips every bit. Every run is sealed with the
+    /// same guest and host offsets it is written with.
     fn run_waves(
         disk: &[u8],
         unit: u64,
         chunk: usize,
+        known_zeros: bool,
         host: impl Fn(u64) -> u64 + Sync,
     ) -> Outcome {
         let len = disk.len() as u64;
@@ -240,6 +242,7 @@ mod tests {
         };
         let mut allocated = Vec::new();
         let mut written = Vec::new();
+        let seals = std::sync::Mutex::new(Vec::new());
         p.allocating_waves(
             len,
             unit,
@@ -247,7 +250,7 @@ mod tests {
             &|off| off,
             &|buf, at| {
                 let part = &disk[at as usize..at as usize + buf.len()];
-                if part.iter().all(|&b| b == 0) {
+                if known_zeros && part.iter().all(|&b| b == 0) {
                     return Ok(false);
                 }
                 buf.copy_from_slice(part);
@@ -257,7 +260,8 @@ mod tests {
                 allocated.push(i);
                 Ok(host(allocated.len() as u64 - 1))
             },
-            &|bytes, _, _| {
+            &|bytes, guest, host| {
+                seals.lock().unwrap().push((guest, host, bytes.len()));
                 bytes.iter_mut().for_each(|b| *b ^= 0xff);
                 Ok(())
             },
@@ -267,6 +271,11 @@ mod tests {
             },
         )
         .unwrap();
+        let mut seals = seals.into_inner().unwrap();
+        seals.sort_unstable();
+        let mut puts: Vec<_> = written.iter().map(|w| (w.0, w.1, w.2.len())).collect();
+        puts.sort_unstable();
+        assert_eq!(seals, puts);
         (allocated, written, progress.done())
     }
 
@@ -288,7 +297,7 @@ mod tests {
                 _ => 0,
             })
             .collect();
-        let (allocated, written, done) = run_waves(&disk, unit, 24, |n| 1000 + n * unit);
+        let (allocated, written, done) = run_waves(&disk, unit, 24, false, |n| 1000 + n * unit);
         assert_eq!(allocated, [0, 1, 4, 10]);
         let hosts: Vec<_> = written.iter().map(|w| (w.0, w.1)).collect();
         assert_eq!(hosts, [(0, 1000), (32, 1016), (80, 1024)]);
@@ -316,7 +325,7 @@ mod tests {
                 _ => 0,
             })
             .collect();
-        let (allocated, written, done) = run_waves(&disk, unit, 8, |n| 1000 * (n + 1));
+        let (allocated, written, done) = run_waves(&disk, unit, 8, true, |n| 1000 * (n + 1));
         assert_eq!(allocated, [0, 2, 3]);
         let hosts: Vec<_> = written.iter().map(|w| (w.0, w.1)).collect();
         let parts = |guest: u64, host: u64| (0..4).map(move |p| (guest + 8 * p, host + 8 * p));
