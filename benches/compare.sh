@@ -6,8 +6,7 @@
 # timing. Each row runs right beside its own floor run, the pairs interleaved (P1 P2 P3, P2 P3 P1, ...),
 # RUNS rounds, and every row shows the median and the spread (min-max) and the median of its per-round
 # ratios: this machine's memory work varies 2-5× in phases of seconds, so one best-of-N figure is not a
-# measurement. Checks diskseal's outputs for correctness and prints a
-# markdown table of times and ratios.
+# measurement. Checks diskseal's outputs for correctness and prints a markdown table of times and ratios.
 #
 #   DISK_DIR=/var/tmp bash benches/compare.sh            # 2 GiB inputs in /dev/shm and on /var/tmp's disk
 #   SIZE_MIB=64 RUNS=5 bash benches/compare.sh          # smaller inputs, tmpfs only
@@ -69,7 +68,7 @@ group() {
     local -a names=() cmds=()
     while (($#)); do names+=("$1"); cmds+=("$2"); shift 2; done
     local -A all=() cpu=()
-    local r k i s e
+    local r k i s e d
     for r in $(seq "$RUNS"); do
         for k in "${!names[@]}"; do
             if ((${PAIRS:-0})); then
@@ -83,8 +82,9 @@ group() {
             /usr/bin/time -f '%U %S' -o cpu.time bash -c "${cmds[$i]}" >/dev/null 2>&1 || { echo "FAILED: ${names[$i]}: ${cmds[$i]}" >&2; exit 1; }
             if ((SYNC)); then sync; fi
             e=$(date +%s.%N)
-            all[$i]+=" $(echo "$e - $s" | bc -l)"
-            if [[ -n ${TRACE:-} ]]; then echo "$s $(echo "$e - $s" | bc -l) $(cat cpu.time) ${names[$i]}" >>"$TRACE"; fi
+            d=$(echo "$e - $s" | bc -l)
+            all[$i]+=" $d"
+            if [[ -n ${TRACE:-} ]]; then echo "$s $d $(cat cpu.time) ${names[$i]}" >>"$TRACE"; fi
             cpu[$i]+=" $(awk '{print $1 + $2}' cpu.time)"
         done
     done
