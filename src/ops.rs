@@ -407,7 +407,7 @@ impl Reader<'_> {
     }
 
     /// Like [`Reader::fill`], but reads nothing and returns `false` when no `unit` of the chunk holds
-    /// data (the waves' `read`).
+    /// data (the `read` of [`Pipeline::scan_allocating`]).
     fn fill_units(&self, buf: &mut [u8], off: u64, unit: u64) -> Result<bool> {
         if data_ranges(&self.source.extents, off, buf.len() as u64, unit).is_empty() {
             return Ok(false);
@@ -515,8 +515,8 @@ fn write_luks(
             let unit = sector as usize;
             let sparse = opts.sparse;
             let sector = u64::from(sector);
-            // Workers read and encrypt in parallel; one writer writes the chunks in order (two
-            // writers into one ext4 file serialise on its inode lock, see `Pipeline::scan_ordered`).
+            // Workers read and encrypt in parallel and write the chunks in order, one at a time (two
+            // writers into one ext4 file at once serialise on its inode lock, see `crate::pipeline`).
             pipeline.scan_ordered(
                 payload_len,
                 run.cancel,
@@ -576,7 +576,7 @@ fn write_luks(
     })
 }
 
-/// The qcow2 data path: reads through `read` (see [`Pipeline::allocating_waves`]), allocates non-zero
+/// The qcow2 data path: reads through `read` (see [`Pipeline::scan_allocating`]), allocates non-zero
 /// clusters in guest order, encrypts them with `xts` (IV = host offset / 512) when given, writes them,
 /// and finishes the metadata. Returns the final file length.
 #[allow(clippy::too_many_arguments)]
@@ -599,7 +599,7 @@ fn write_qcow2(
         }
     };
     let skip = |off: u64| next_data(extents, off, len);
-    pipeline.allocating_waves(
+    pipeline.scan_allocating(
         len,
         cs,
         run,
@@ -667,7 +667,7 @@ fn write_classic_vhd(
     };
     let extents = &read.source.extents;
     let skip = |off: u64| next_data(extents, off, vsize);
-    pipeline.allocating_waves(
+    pipeline.scan_allocating(
         vsize,
         bs,
         run,

@@ -1,49 +1,40 @@
-//! The parallel engine: a byte range is cut into chunks that a pool of workers processes with a bounded
-//! set of buffers (memory does not grow with the image).
+//! The parallel engine: a byte range is cut into chunks that a pool of workers processes, each worker
+//! with buffers of its own (memory does not grow with the image).
+//!
+//! Each worker takes the next chunk, reads and encrypts (or decrypts) it, then waits for its turn and
+//! writes (or hashes) it itself, in chunk order (`turns.rs`). The chunk never leaves the core that
+//! prepared it, so the write copies data still in that core's cache, and the writes go out in order,
+//! one at a time: two threads `pwrite`-ing into one ext4 file at once serialise on its inode lock and
+//! its dirty-page throttling, which made two threads 3-4× slower than one on a real disk. With two
+//! workers, one writes while the other prepares the next chunk.
 //!
 //! - [`Pipeline::scan_ordered`] (and [`Pipeline::scan_ranges`], the same over the data ranges only):
-//!   parallel work in waves (read, encrypt or decrypt), and one in-order
-//!   pass over each wave (write, hash) while the next wave is worked on. Writes go out in order, one
-//!   chunk at a time: two threads `pwrite`-ing into one ext4 file serialise on its inode lock
-//!   and its dirty-page throttling, which made two threads 3-4× slower than one on a real disk.
-//! - [`Pipeline::allocating_waves`] (`waves.rs`): the sparse writers' mode: units that hold data are
-//!   allocated in guest order and encrypted in parallel, then written in file order, one at a time.
+//!   `work` in parallel, `consume` in order.
+//! - [`Pipeline::scan_allocating`] (`allocating.rs`): the sparse writers' mode: units that hold data
+//!   are allocated in guest order, encrypted in parallel, and written in file order.
 //! - [`extents`]: which parts of a chunk hold source data, and the all-zero test.
 //!
 //! Cancellation (Ctrl-C) is checked between chunks; progress is an atomic counter the caller reads.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
-use rayon::prelude::*;
 
 use crate::error::{Error, ErrorKind, Result};
 
+mod allocating;
 pub mod extents;
-mod waves;
+mod turns;
 
-pub use waves::{PutUnits, SealUnits};
+pub use allocating::{PutUnits, SealUnits};
 
-/// Default chunk size: large enough to amortise syscalls, small enough that a wave stays in the CPU's
-/// caches between the worker that encrypts it and the thread that writes it. 1 MiB chunks made every
-/// encrypt and decrypt 7-15 % faster than 4 MiB ones on tmpfs, and no slower on ext4 (1 GiB, 9 and 7
-/// interleaved rounds): the writer copies warm data, and the first write starts sooner.
+/// Default chunk size: large enough to amortise syscalls, small enough to stay in the worker's L2
+/// cache (1 MiB here) from its read to its write. 1 MiB chunks made every encrypt and decrypt 7-15 %
+/// faster than 4 MiB ones on tmpfs, and no slower on ext4 (1 GiB, 9 and 7 interleaved rounds).
 pub const DEFAULT_CHUNK: usize = 1 << 20;
 
-/// The most bytes of chunks in one wave (two waves in memory: 32 MiB of buffers at most, whatever the
-/// thread count).
-pub const MAX_WAVE_BYTES: usize = 16 << 20;
-
-/// Chunks per wave: two per worker, at most [`MAX_WAVE_BYTES`] of them.
-fn wave_chunks(threads: usize, chunk: usize) -> usize {
-    (threads * 2).clamp(2, (MAX_WAVE_BYTES / chunk.max(1)).max(2))
-}
-
-/// How many chunks the next wave may hold: one for the first wave, then twice the last wave's, up to
-/// `wave`. Nothing is written until the first wave is ready, so a small first wave starts the writer
-/// sooner; the writer is slower than the workers, so the next, larger wave is ready when it needs it.
-fn ramp(last: usize, wave: usize) -> usize {
-    (last * 2).clamp(1, wave)
-}
+/// The most bytes of buffers all workers hold together: more workers than this allows stay idle (one
+/// writes at a time, so they would add little).
+pub const MAX_BUFFER_BYTES: usize = 32 << 20;
 
 /// Counts processed bytes; cheap enough to update per chunk from every worker. Before the data phase,
 /// the stage says what the job is doing (e.g. "deriving key (argon2id, 1 GiB, 4 iterations)").
@@ -173,12 +164,22 @@ impl Pipeline {
             .thread_name(|i| format!("diskseal-{i}"))
             .build()
             .map_err(|e| Error::invalid(format!("cannot start worker threads: {e}")))?;
+        let chunk = std::env::var("XCHUNK")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .map_or(chunk, |k| k << 10);
         Ok(Pipeline { pool, chunk })
     }
 
     /// Number of workers.
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
+    }
+
+    /// How many workers take part when each needs `bytes` of buffers: all of them, up to
+    /// [`MAX_BUFFER_BYTES`] of buffers together.
+    fn workers(&self, bytes: usize) -> usize {
+        self.threads().min(MAX_BUFFER_BYTES / bytes.max(1)).max(1)
     }
 
     /// Chunk size in bytes.
@@ -205,9 +206,8 @@ impl Pipeline {
         }
     }
 
-    /// Runs `work(buf, offset)` on waves of chunks in parallel, and `consume(buf, offset)` on each chunk
-    /// of a wave in order, while the next wave is being worked on (two sets of wave buffers of at most
-    /// [`MAX_WAVE_BYTES`]: memory does not grow with the thread count beyond that).
+    /// Runs `work(buf, offset)` on the chunks in parallel, and `consume(buf, offset)` on each chunk in
+    /// order, each in the worker that ran `work` on it (one chunk buffer per worker).
     pub fn scan_ordered<F, C>(
         &self,
         len: u64,
@@ -244,64 +244,50 @@ impl Pipeline {
         C: FnMut(&[u8], u64, T) -> Result<()> + Send,
     {
         let chunk = self.chunk as u64;
-        let wave = wave_chunks(self.threads(), self.chunk);
-        let (mut range, mut off) = (0usize, ranges.first().map_or(0, |r| r.0));
-        // Lays out the next wave's chunks from (`range`, `off`) on; returns how many.
-        let mut plan = |bufs: &mut [(Vec<u8>, u64, T)]| -> usize {
-            let mut n = 0;
-            while n < bufs.len() && range < ranges.len() {
-                let (start, rlen) = ranges[range];
-                let end = start + rlen;
-                if off >= end {
-                    range += 1;
-                    off = ranges.get(range).map_or(0, |r| r.0);
+        // The next chunk to do: its number, offset and length (none once past the last range).
+        let plan = Mutex::new((0u64, 0usize, ranges.first().map_or(0, |r| r.0)));
+        let next_chunk = || -> Option<(u64, u64, usize)> {
+            let mut guard = plan.lock().unwrap_or_else(|e| e.into_inner());
+            let (i, range, off) = &mut *guard;
+            while let Some(&(start, rlen)) = ranges.get(*range) {
+                if *off >= start + rlen {
+                    *range += 1;
+                    *off = ranges.get(*range).map_or(0, |r| r.0);
                     continue;
                 }
-                let this = chunk.min(end - off) as usize;
-                bufs[n].0.resize(this, 0);
-                bufs[n].1 = off;
-                off += this as u64;
-                n += 1;
+                let this = chunk.min(start + rlen - *off);
+                let at = (*i, *off, this as usize);
+                *i += 1;
+                *off += this;
+                return Some(at);
             }
-            n
+            None
         };
-        let fill = |jobs: &mut [(Vec<u8>, u64, T)]| -> Result<()> {
-            jobs.par_iter_mut().try_for_each(|(buf, o, t)| {
-                *t = work(buf, *o)?;
-                Ok(())
-            })
-        };
-        let new_wave = || -> Vec<(Vec<u8>, u64, T)> {
-            (0..wave).map(|_| (Vec::new(), 0, T::default())).collect()
-        };
-        let (mut cur, mut next) = (new_wave(), new_wave());
-        let mut n_cur = plan(&mut cur[..ramp(0, wave)]);
-        self.pool.install(|| fill(&mut cur[..n_cur]))?;
-        let mut done = 0u64;
-        while n_cur > 0 {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(interrupted());
+        let workers = self.workers(self.chunk);
+        let turns = turns::Turns::new(workers);
+        // The in-order step and the bytes it has counted as done.
+        let ordered = Mutex::new((&mut consume, 0u64));
+        turns::crew(&self.pool, workers, &[&turns], || -> Result<()> {
+            let mut buf = Vec::new();
+            while let Some((i, at, n)) = next_chunk() {
+                Pipeline::check_cancel(cancel)?;
+                buf.resize(n, 0);
+                let value = work(&mut buf, at)?;
+                if !turns.wait(i) {
+                    return Ok(());
+                }
+                let mut guard = ordered.lock().unwrap_or_else(|e| e.into_inner());
+                let (consume, done) = &mut *guard;
+                consume(&buf, at, value)?;
+                let end = at + n as u64;
+                progress.add(end - *done);
+                *done = end;
+                drop(guard);
+                turns.pass(i);
             }
-            let n_next = plan(&mut next[..ramp(n_cur, wave)]);
-            let (consumed, filled) = self.pool.install(|| {
-                rayon::join(
-                    || -> Result<()> {
-                        for (buf, o, t) in &mut cur[..n_cur] {
-                            consume(buf, *o, std::mem::take(t))?;
-                            let end = *o + buf.len() as u64;
-                            progress.add(end - done);
-                            done = end;
-                        }
-                        Ok(())
-                    },
-                    || fill(&mut next[..n_next]),
-                )
-            });
-            consumed?;
-            filled?;
-            std::mem::swap(&mut cur, &mut next);
-            n_cur = n_next;
-        }
+            Ok(())
+        })?;
+        let done = ordered.into_inner().unwrap_or_else(|e| e.into_inner()).1;
         progress.add(len.saturating_sub(done));
         Ok(())
     }

@@ -1,8 +1,12 @@
 //! The allocate-in-guest-order mode of the pipeline, used by the sparse writers (qcow2, vhd-util VHD):
-//! waves of chunks are read in parallel, their non-zero units allocated in guest order and encrypted in
-//! parallel, then written one at a time in file order while the next wave is read and encrypted.
+//! each worker reads a chunk (or the chunks of one unit), allocates its non-zero units when the
+//! chunk's allocation turn comes, encrypts them, and writes them when its write turn comes: units are
+//! allocated in guest order and written in file order, while the other workers read and encrypt.
+
+use std::sync::Mutex;
 
 use super::extents::is_zero;
+use super::turns::{Turns, crew};
 use super::{Pipeline, Run};
 use crate::error::Result;
 
@@ -14,7 +18,7 @@ pub type SealUnits<'a> = dyn Fn(&mut [u8], u64, u64) -> Result<()> + Sync + 'a;
 /// Writes a sealed run (same arguments as [`SealUnits`]). Called one run at a time, in file order.
 pub type PutUnits<'a> = dyn FnMut(&[u8], u64, u64) -> Result<()> + Send + 'a;
 
-/// A chunk of a wave: its buffer (whole segments), guest offset, bytes of the disk in it, and (segment
+/// A chunk of a group: its buffer (whole segments), guest offset, bytes of the disk in it, and (segment
 /// index in the chunk, host offset) of the segments that are written.
 #[derive(Default)]
 struct Job {
@@ -43,7 +47,7 @@ fn runs(alloc: &[(u64, u64)], seg: u64) -> impl Iterator<Item = (u64, u64, u64)>
     })
 }
 
-/// How the waves cut the disk for allocation units of `unit` bytes and chunks of about `chunk` bytes:
+/// How the scan cuts the disk for allocation units of `unit` bytes and chunks of about `chunk` bytes:
 /// (chunk bytes, segment bytes, chunks per unit). A chunk holds whole units; a unit larger than a
 /// chunk that whole chunks divide (vhd-util's 2 MiB blocks) is cut into chunks instead, so each piece is
 /// read and encrypted while it is still in the worker's cache (a 2 MiB chunk made every encrypt ~9 %
@@ -58,10 +62,11 @@ fn layout(unit: u64, chunk: u64) -> (u64, u64, u64) {
 }
 
 impl Pipeline {
-    /// The allocate-in-guest-order data path of the sparse writers (qcow2, vhd-util VHD), in waves of
-    /// chunks (units larger than a chunk are cut into chunk-sized parts, see `layout`):
-    /// 1. `read(buf, offset)` fills each chunk in parallel; `false` means "known zeros, nothing read";
-    ///    the disk's last unit is padded with zeros to a whole unit;
+    /// The allocate-in-guest-order data path of the sparse writers (qcow2, vhd-util VHD), by chunks
+    /// (units larger than a chunk are cut into chunk-sized parts, see `layout`, and a worker takes all
+    /// the parts of one unit):
+    /// 1. `read(buf, offset)` fills each chunk, in parallel; `false` means "known zeros, nothing
+    ///    read"; the disk's last unit is padded with zeros to a whole unit;
     /// 2. every unit that is not all zeros is allocated, in guest order, with `allocate(unit_index)`,
     ///    which returns its host offset;
     /// 3. `seal(bytes, guest_offset, host_offset)` encrypts the allocated units in parallel, one call
@@ -69,72 +74,73 @@ impl Pipeline {
     ///    the unit's host offset plus its offset in the unit);
     /// 4. `put` writes the same runs one at a time, in file order.
     ///
-    /// Step 4 of a wave runs alongside steps 1-3 of the next one (two sets of wave buffers): one thread
-    /// writes while the others read and encrypt. Two threads writing into one ext4 file at once
-    /// serialise on its inode lock (see [`Pipeline::scan_ordered`]), so more writers would only wait.
-    /// `skip(offset)` returns the first offset at or after `offset` that may hold data, so holes cost no time.
+    /// Steps 2 and 4 take turns in chunk order (see the module docs of [`crate::pipeline`]); steps 1
+    /// and 3 run in parallel with the other workers' turns. `skip(offset)` returns the first offset at
+    /// or after `offset` that may hold data, so holes cost no time.
     #[allow(clippy::too_many_arguments)]
-    pub fn allocating_waves(
+    pub fn scan_allocating(
         &self,
         len: u64,
         unit: u64,
         run: &Run<'_>,
-        skip: &dyn Fn(u64) -> u64,
+        skip: &(dyn Fn(u64) -> u64 + Sync),
         read: &(dyn Fn(&mut [u8], u64) -> Result<bool> + Sync),
         allocate: &mut (dyn FnMut(u64) -> Result<u64> + Send),
         seal: &SealUnits<'_>,
         put: &mut PutUnits<'_>,
     ) -> Result<()> {
-        use rayon::prelude::*;
         let (chunk, seg, parts) = layout(unit, self.chunk() as u64);
-        // Waves hold whole units: the parts of one unit are allocated together.
-        let whole = |n: usize| n.next_multiple_of(parts as usize);
-        let wave = whole(super::wave_chunks(self.threads(), chunk as usize));
-        let new_wave = || -> Vec<Job> { (0..wave).map(|_| Job::default()).collect() };
-        // Lays out the next wave from `off` on (holes are skipped and counted as done); returns its size.
-        // The disk's last unit gets all its parts, past the end of the disk if need be (zeros).
-        let mut off = 0u64;
-        let mut plan = |jobs: &mut [Job]| -> Result<usize> {
+        // The next group to do (a chunk, or the `parts` chunks of one unit: the parts of a unit are
+        // allocated together): (its number, the offset it starts at). Holes are skipped and counted as
+        // done. The disk's last unit gets all its parts, past the end of the disk if need be (zeros).
+        let plan = Mutex::new((0u64, 0u64));
+        let next_group = |jobs: &mut [Job]| -> Result<Option<(u64, usize)>> {
+            let mut guard = plan.lock().unwrap_or_else(|e| e.into_inner());
+            let (i, off) = &mut *guard;
             let mut n = 0;
-            while (off < len || (parts > 1 && !off.is_multiple_of(unit))) && n < jobs.len() {
+            while (*off < len || (parts > 1 && !off.is_multiple_of(unit))) && n < jobs.len() {
                 Pipeline::check_cancel(run.cancel)?;
-                if off.is_multiple_of(unit) {
-                    let next = (skip(off).min(len) / unit * unit).max(off);
-                    if next > off {
-                        Pipeline::advance(run.progress, next - off);
-                        off = next;
+                if n == 0 {
+                    let next = (skip(*off).min(len) / unit * unit).max(*off);
+                    if next > *off {
+                        Pipeline::advance(run.progress, next - *off);
+                        *off = next;
                         continue;
                     }
                 }
-                let this = chunk.min(len.saturating_sub(off));
+                let this = chunk.min(len.saturating_sub(*off));
                 let job = &mut jobs[n];
                 job.buf
                     .resize(this.max(1).next_multiple_of(seg) as usize, 0);
                 job.buf[this as usize..].fill(0);
-                job.at = off;
+                job.at = *off;
                 job.len = this as usize;
                 job.alloc.clear();
                 n += 1;
-                off += if parts > 1 { chunk } else { this };
+                *off += if parts > 1 { chunk } else { this };
             }
-            Ok(n)
+            if n == 0 {
+                return Ok(None);
+            }
+            *i += 1;
+            Ok(Some((*i - 1, n)))
         };
-        let fill = |jobs: &mut [Job]| -> Result<()> {
-            jobs.par_iter_mut().try_for_each(|job| -> Result<()> {
-                if job.len == 0 || !read(&mut job.buf[..job.len], job.at)? {
-                    return Ok(());
+        let fill = |job: &mut Job| -> Result<()> {
+            if job.len == 0 || !read(&mut job.buf[..job.len], job.at)? {
+                return Ok(());
+            }
+            for (i, u) in job.buf.chunks(seg as usize).enumerate() {
+                if !is_zero(u) {
+                    job.alloc.push((i as u64, 0));
                 }
-                for (i, u) in job.buf.chunks(seg as usize).enumerate() {
-                    if !is_zero(u) {
-                        job.alloc.push((i as u64, 0));
-                    }
-                }
-                Ok(())
-            })
+            }
+            Ok(())
         };
-        let mut place = |jobs: &mut [Job]| -> Result<()> {
+        let allocate = Mutex::new(allocate);
+        let place = |group: &mut [Job]| -> Result<()> {
+            let mut allocate = allocate.lock().unwrap_or_else(|e| e.into_inner());
             if parts == 1 {
-                for job in jobs {
+                for job in group {
                     let first = job.at / unit;
                     for (i, host) in job.alloc.iter_mut() {
                         *host = allocate(first + *i)?;
@@ -144,68 +150,68 @@ impl Pipeline {
             }
             // A unit whose parts are not all zeros is allocated and written whole. A part with no
             // data is zeros: zeroed here, as one known to be zeros was not read and its buffer holds
-            // another wave's bytes.
-            for group in jobs.chunks_mut(parts as usize) {
-                debug_assert!(group[0].at.is_multiple_of(unit));
-                if group.iter().all(|j| j.alloc.is_empty()) {
-                    continue;
+            // an earlier chunk's bytes.
+            debug_assert!(group[0].at.is_multiple_of(unit));
+            if group.iter().all(|j| j.alloc.is_empty()) {
+                return Ok(());
+            }
+            let host = allocate(group[0].at / unit)?;
+            for (p, job) in group.iter_mut().enumerate() {
+                if job.alloc.is_empty() {
+                    job.buf.fill(0);
                 }
-                let host = allocate(group[0].at / unit)?;
-                for (p, job) in group.iter_mut().enumerate() {
-                    if job.alloc.is_empty() {
-                        job.buf.fill(0);
-                    }
-                    job.alloc.clear();
-                    job.alloc.push((0, host + p as u64 * seg));
-                }
+                job.alloc.clear();
+                job.alloc.push((0, host + p as u64 * seg));
             }
             Ok(())
         };
-        let seal_all = |jobs: &mut [Job]| -> Result<()> {
-            jobs.par_iter_mut().try_for_each(|job| -> Result<()> {
+        let seal_all = |group: &mut [Job]| -> Result<()> {
+            for job in group {
                 for (i, n, host) in runs(&job.alloc, seg) {
                     let bytes = &mut job.buf[(i * seg) as usize..((i + n) * seg) as usize];
                     seal(bytes, job.at + i * seg, host)?;
                 }
-                Ok(())
-            })
+            }
+            Ok(())
         };
-        let mut put_all = |jobs: &[Job]| -> Result<()> {
-            for job in jobs {
+        let put = Mutex::new(put);
+        let put_all = |group: &[Job]| -> Result<()> {
+            let mut put = put.lock().unwrap_or_else(|e| e.into_inner());
+            for job in group {
                 for (i, n, host) in runs(&job.alloc, seg) {
                     let bytes = &job.buf[(i * seg) as usize..((i + n) * seg) as usize];
                     put(bytes, job.at + i * seg, host)?;
                 }
+                Pipeline::advance(run.progress, job.len as u64);
             }
             Ok(())
         };
-        let ramp = |last: usize| whole(super::ramp(last, wave));
-        let (mut cur, mut next) = (new_wave(), new_wave());
-        let mut n_cur = plan(&mut cur[..ramp(0)])?;
-        self.install(|| fill(&mut cur[..n_cur]))?;
-        place(&mut cur[..n_cur])?;
-        self.install(|| seal_all(&mut cur[..n_cur]))?;
-        while n_cur > 0 {
-            let n_next = plan(&mut next[..ramp(n_cur)])?;
-            let (written, prepared) = self.install(|| {
-                rayon::join(
-                    || put_all(&cur[..n_cur]),
-                    || -> Result<()> {
-                        fill(&mut next[..n_next])?;
-                        place(&mut next[..n_next])?;
-                        seal_all(&mut next[..n_next])
-                    },
-                )
-            });
-            written?;
-            prepared?;
-            for job in &cur[..n_cur] {
-                Pipeline::advance(run.progress, job.len as u64);
-            }
-            std::mem::swap(&mut cur, &mut next);
-            n_cur = n_next;
-        }
-        Ok(())
+        let workers = self.workers((chunk * parts) as usize);
+        let (allocating, putting) = (Turns::new(workers), Turns::new(workers));
+        crew(
+            &self.pool,
+            workers,
+            &[&allocating, &putting],
+            || -> Result<()> {
+                let mut jobs: Vec<Job> = (0..parts).map(|_| Job::default()).collect();
+                while let Some((i, n)) = next_group(&mut jobs)? {
+                    let group = &mut jobs[..n];
+                    group.iter_mut().try_for_each(fill)?;
+                    if !allocating.wait(i) {
+                        return Ok(());
+                    }
+                    place(group)?;
+                    allocating.pass(i);
+                    seal_all(group)?;
+                    if !putting.wait(i) {
+                        return Ok(());
+                    }
+                    put_all(group)?;
+                    putting.pass(i);
+                }
+                Ok(())
+            },
+        )
     }
 }
 
@@ -215,15 +221,15 @@ mod tests {
     use crate::pipeline::Progress;
     use std::sync::atomic::{AtomicBool, AtomicU64};
 
-    /// What a run of the waves did: the allocated unit indexes, the writes (guest offset, host offset,
+    /// What a run of the scan did: the allocated unit indexes, the writes (guest offset, host offset,
     /// bytes), the progress at the end.
     type Outcome = (Vec<u64>, Vec<(u64, u64, Vec<u8>)>, u64);
 
-    /// Runs the waves over `disk` with 2 threads and `chunk`-byte chunks. With `known_zeros`, a chunk of
+    /// Runs the scan over `disk` with 2 threads and `chunk`-byte chunks. With `known_zeros`, a chunk of
     /// zeros is not read (so its buffer keeps what it held), else every chunk is read; the n-th
     /// allocated unit (from 0) lies at `host(n)`; sealing flips every bit. Every run is sealed with the
     /// same guest and host offsets it is written with.
-    fn run_waves(
+    fn run_scan(
         disk: &[u8],
         unit: u64,
         chunk: usize,
@@ -243,7 +249,7 @@ mod tests {
         let mut allocated = Vec::new();
         let mut written = Vec::new();
         let seals = std::sync::Mutex::new(Vec::new());
-        p.allocating_waves(
+        p.scan_allocating(
             len,
             unit,
             &run,
@@ -297,7 +303,7 @@ mod tests {
                 _ => 0,
             })
             .collect();
-        let (allocated, written, done) = run_waves(&disk, unit, 24, false, |n| 1000 + n * unit);
+        let (allocated, written, done) = run_scan(&disk, unit, 24, false, |n| 1000 + n * unit);
         assert_eq!(allocated, [0, 1, 4, 10]);
         let hosts: Vec<_> = written.iter().map(|w| (w.0, w.1)).collect();
         assert_eq!(hosts, [(0, 1000), (32, 1016), (80, 1024)]);
@@ -310,7 +316,7 @@ mod tests {
     /// Units of 32 bytes with chunks of 8 are cut into four parts: a unit with data in any part is
     /// allocated, sealed and written whole, part by part, each at the unit's host offset plus its offset
     /// in the unit; the disk ends inside the last unit's second part, and every part of it is written.
-    /// Parts known to be zeros are not read, and their buffers held another wave's data before.
+    /// Parts known to be zeros are not read, and their buffers held another chunk's data before.
     #[test]
     fn units_larger_than_a_chunk_are_written_whole_in_parts() {
         assert_eq!(layout(32, 8), (8, 8, 4));
@@ -325,7 +331,7 @@ mod tests {
                 _ => 0,
             })
             .collect();
-        let (allocated, written, done) = run_waves(&disk, unit, 8, true, |n| 1000 * (n + 1));
+        let (allocated, written, done) = run_scan(&disk, unit, 8, true, |n| 1000 * (n + 1));
         assert_eq!(allocated, [0, 2, 3]);
         let hosts: Vec<_> = written.iter().map(|w| (w.0, w.1)).collect();
         let parts = |guest: u64, host: u64| (0..4).map(move |p| (guest + 8 * p, host + 8 * p));
@@ -338,5 +344,61 @@ mod tests {
             assert_eq!(bytes, &sealed(&disk, *guest, guest + 8), "{guest}");
         }
         assert_eq!(done, len);
+    }
+
+    /// An error in any step, at the first, a middle or the last unit, ends the scan with that error,
+    /// whichever worker meets it and however many wait for their turn; so does a cancellation.
+    #[test]
+    fn errors_and_cancellation_end_the_scan() {
+        use crate::error::{Error, ErrorKind};
+        let (unit, len) = (8u64, 8 * 40);
+        let disk = vec![1u8; len as usize];
+        for threads in [1, 2, 5] {
+            let p = Pipeline::new(Some(threads), 16).unwrap();
+            for step in 0..5 {
+                for bad in [0, 12, 38] {
+                    let (cancel, progress, total) = (
+                        AtomicBool::new(step == 4),
+                        Progress::new(),
+                        AtomicU64::new(len),
+                    );
+                    let run = Run {
+                        threads: Some(threads),
+                        cancel: &cancel,
+                        progress: &progress,
+                        total: &total,
+                    };
+                    let fail = |s: usize, at: u64| -> Result<()> {
+                        if s == step && at / unit == bad {
+                            Err(Error::invalid("boom"))
+                        } else {
+                            Ok(())
+                        }
+                    };
+                    let e = p
+                        .scan_allocating(
+                            len,
+                            unit,
+                            &run,
+                            &|off| off,
+                            &|buf, at| {
+                                fail(0, at)?;
+                                buf.copy_from_slice(&disk[at as usize..at as usize + buf.len()]);
+                                Ok(true)
+                            },
+                            &mut |i| fail(1, i * unit).map(|()| 1000 + i * unit),
+                            &|_, guest, _| fail(2, guest),
+                            &mut |_, guest, _| fail(3, guest),
+                        )
+                        .unwrap_err();
+                    let want = if step == 4 {
+                        ErrorKind::Interrupted
+                    } else {
+                        ErrorKind::InvalidArgument
+                    };
+                    assert_eq!(e.kind(), want, "threads {threads}, step {step}, unit {bad}");
+                }
+            }
+        }
     }
 }
