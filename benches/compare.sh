@@ -107,15 +107,26 @@ group() {
 }
 # paired A B: the median and the min-max of A's time over B's in the same round (both from one group):
 # slow and fast phases of the machine hit both commands of a round, so this is steadier than the ratio
-# of the medians, which row prints beside it.
+# of the medians, which row prints beside it. Then the median ratio of the clean pairs: the rounds in
+# which neither run took over 1.3× its command's fastest (a slow phase can hit one run of a pair and not
+# the other, so in a noisy run the per-round ratios spread wide; the clean pairs do not).
 paired() {
     local -a a b
     read -ra a <<<"${TIMES[$1]}"
     read -ra b <<<"${TIMES[$2]}"
-    local i sorted n
+    local i sorted n clean
     sorted=$(for i in "${!a[@]}"; do echo "${a[$i]} / ${b[$i]}" | bc -l; done | sort -g)
     n=$(wc -l <<<"$sorted")
     printf '%.2f× (rounds %.2f-%.2f' "$(sed -n "$(((n + 1) / 2))p" <<<"$sorted")" "$(head -1 <<<"$sorted")" "$(tail -1 <<<"$sorted")"
+    clean=$(for i in "${!a[@]}"; do echo "${a[$i]} ${b[$i]}"; done | awk '
+        { a[NR] = $1; b[NR] = $2; if (NR == 1 || $1 < ma) ma = $1; if (NR == 1 || $2 < mb) mb = $2 }
+        END { for (i = 1; i <= NR; i++) if (a[i] <= 1.3 * ma && b[i] <= 1.3 * mb) print a[i] / b[i] }' | sort -g)
+    n=$(grep -c . <<<"$clean" || true)
+    if ((n > 0)); then
+        printf '; %d clean pairs %.2f×' "$n" "$(sed -n "$(((n + 1) / 2))p" <<<"$clean")"
+    else
+        printf '; no clean pair'
+    fi
 }
 # row WORK NAME FLOOR: a table row "work | median (spread) | floor | × floor (per round; of the medians)".
 row() { rows+=("| $1 | ${MED[$2]} s (${SPREAD[$2]}; CPU ${CPU[$2]} s) | ${MED[$3]} s (${3%%, beside*}; CPU ${CPU[$3]} s) | $(paired "$2" "$3"); medians $(ratio "${MED[$2]}" "${MED[$3]}")×) |"); }

@@ -239,7 +239,6 @@ impl Pipeline {
         mut consume: C,
     ) -> Result<()>
     where
-        T: Send + Default,
         F: Fn(&mut [u8], u64) -> Result<T> + Sync,
         C: FnMut(&[u8], u64, T) -> Result<()> + Send,
     {

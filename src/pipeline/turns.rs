@@ -100,7 +100,7 @@ impl Turns {
 
 /// Runs `worker` on `workers` threads of `pool` at once and waits for all of them. The first error a
 /// worker returns stops `turns` (so the others stop waiting for a turn that will not come) and is
-/// returned.
+/// returned; a worker's panic stops them too, then reaches the caller (instead of a hang).
 pub(super) fn crew(
     pool: &rayon::ThreadPool,
     workers: usize,
@@ -112,12 +112,20 @@ pub(super) fn crew(
         if ctx.index() >= workers {
             return;
         }
-        if let Err(e) = worker() {
-            failure
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert(e);
-            turns.iter().for_each(|t| t.stop());
+        let stop = || turns.iter().for_each(|t| t.stop());
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&worker)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(e);
+                stop();
+            }
+            Err(panic) => {
+                stop();
+                std::panic::resume_unwind(panic);
+            }
         }
     });
     failure
@@ -151,6 +159,33 @@ mod tests {
             }
         });
         assert_eq!(order.into_inner().unwrap(), (0..40).collect::<Vec<_>>());
+    }
+
+    /// A worker that panics while the others wait for its turn: the panic reaches the caller.
+    #[test]
+    fn a_panic_stops_the_crew() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let turns = Turns::new(3);
+        let next = AtomicU64::new(0);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crew(&pool, 3, &[&turns], || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i == 4 {
+                        std::thread::sleep(SPIN * 4);
+                        panic!("boom");
+                    }
+                    if !turns.wait(i) {
+                        return Ok(());
+                    }
+                    turns.pass(i);
+                }
+            })
+        }));
+        assert!(outcome.is_err());
     }
 
     #[test]
