@@ -164,10 +164,6 @@ impl Pipeline {
             .thread_name(|i| format!("diskseal-{i}"))
             .build()
             .map_err(|e| Error::invalid(format!("cannot start worker threads: {e}")))?;
-        let chunk = std::env::var("XCHUNK")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .map_or(chunk, |k| k << 10);
         Ok(Pipeline { pool, chunk })
     }
 
