@@ -137,33 +137,27 @@ impl Pipeline {
             Ok(())
         };
         let allocate = Mutex::new(allocate);
+        // Units of one chunk or less: allocates every unit with data, in guest order.
         let place = |group: &mut [Job]| -> Result<()> {
             let mut allocate = allocate.lock().unwrap_or_else(|e| e.into_inner());
-            if parts == 1 {
-                for job in group {
-                    let first = job.at / unit;
-                    for (i, host) in job.alloc.iter_mut() {
-                        *host = allocate(first + *i)?;
-                    }
+            for job in group {
+                let first = job.at / unit;
+                for (i, host) in job.alloc.iter_mut() {
+                    *host = allocate(first + *i)?;
                 }
-                return Ok(());
-            }
-            // A unit whose parts are not all zeros is allocated and written whole. A part with no
-            // data is zeros: zeroed here, as one known to be zeros was not read and its buffer holds
-            // an earlier chunk's bytes.
-            debug_assert!(group[0].at.is_multiple_of(unit));
-            if group.iter().all(|j| j.alloc.is_empty()) {
-                return Ok(());
-            }
-            let host = allocate(group[0].at / unit)?;
-            for (p, job) in group.iter_mut().enumerate() {
-                if job.alloc.is_empty() {
-                    job.buf.fill(0);
-                }
-                job.alloc.clear();
-                job.alloc.push((0, host + p as u64 * seg));
             }
             Ok(())
+        };
+        // Units larger than a chunk: a unit whose parts are not all zeros is allocated and written
+        // whole. Part `p` of the unit at `host` is written at `host + p * seg`; a part with no data is
+        // zeros, zeroed here, as one known to be zeros was not read and its buffer holds an earlier
+        // chunk's bytes.
+        let claim_part = |job: &mut Job, p: usize, host: u64| {
+            if job.alloc.is_empty() {
+                job.buf.fill(0);
+            }
+            job.alloc.clear();
+            job.alloc.push((0, host + p as u64 * seg));
         };
         let seal_all = |group: &mut [Job]| -> Result<()> {
             for job in group {
@@ -196,13 +190,48 @@ impl Pipeline {
                 let mut jobs: Vec<Job> = (0..parts).map(|_| Job::default()).collect();
                 while let Some((i, n)) = next_group(&mut jobs)? {
                     let group = &mut jobs[..n];
-                    group.iter_mut().try_for_each(fill)?;
-                    if !allocating.wait(i) {
-                        return Ok(());
+                    if parts == 1 {
+                        group.iter_mut().try_for_each(fill)?;
+                        if !allocating.wait(i) {
+                            return Ok(());
+                        }
+                        place(group)?;
+                        allocating.pass(i);
+                        seal_all(group)?;
+                    } else {
+                        // Each part is encrypted right after its read, while it is in the cache: the
+                        // unit is allocated as soon as one of its parts holds data (the parts before
+                        // it are zeros), or not at all.
+                        debug_assert!(group[0].at.is_multiple_of(unit));
+                        let mut host = None;
+                        for p in 0..n {
+                            fill(&mut group[p])?;
+                            if host.is_none() && !group[p].alloc.is_empty() {
+                                if !allocating.wait(i) {
+                                    return Ok(());
+                                }
+                                let h = allocate.lock().unwrap_or_else(|e| e.into_inner())(
+                                    group[0].at / unit,
+                                )?;
+                                allocating.pass(i);
+                                for (q, job) in group[..p].iter_mut().enumerate() {
+                                    claim_part(job, q, h);
+                                    seal_all(std::slice::from_mut(job))?;
+                                }
+                                host = Some(h);
+                            }
+                            if let Some(h) = host {
+                                claim_part(&mut group[p], p, h);
+                                seal_all(&mut group[p..=p])?;
+                            }
+                        }
+                        if host.is_none() {
+                            if !allocating.wait(i) {
+                                return Ok(());
+                            }
+                            allocating.pass(i);
+                        }
                     }
-                    place(group)?;
-                    allocating.pass(i);
-                    seal_all(group)?;
                     if !putting.wait(i) {
                         return Ok(());
                     }
@@ -351,12 +380,16 @@ mod tests {
     #[test]
     fn errors_and_cancellation_end_the_scan() {
         use crate::error::{Error, ErrorKind};
-        let (unit, len) = (8u64, 8 * 40);
+        let len = 8 * 40u64;
         let disk = vec![1u8; len as usize];
-        for threads in [1, 2, 5] {
-            let p = Pipeline::new(Some(threads), 16).unwrap();
+        // (unit, chunk, units to fail at): units of two per chunk, and units of four chunks.
+        let cases = [(8u64, 16, [0, 12, 38]), (32, 8, [0, 5, 9])];
+        for ((unit, chunk, bads), threads) in
+            cases.into_iter().flat_map(|c| [1, 2, 5].map(|t| (c, t)))
+        {
+            let p = Pipeline::new(Some(threads), chunk).unwrap();
             for step in 0..5 {
-                for bad in [0, 12, 38] {
+                for bad in bads {
                     let (cancel, progress, total) = (
                         AtomicBool::new(step == 4),
                         Progress::new(),
@@ -396,7 +429,11 @@ mod tests {
                     } else {
                         ErrorKind::InvalidArgument
                     };
-                    assert_eq!(e.kind(), want, "threads {threads}, step {step}, unit {bad}");
+                    assert_eq!(
+                        e.kind(),
+                        want,
+                        "unit {unit}, threads {threads}, step {step}, at {bad}"
+                    );
                 }
             }
         }
