@@ -192,11 +192,9 @@ impl Pipeline {
                     let group = &mut jobs[..n];
                     if parts == 1 {
                         group.iter_mut().try_for_each(fill)?;
-                        if !allocating.wait(i) {
+                        if allocating.take(i, || place(group))?.is_none() {
                             return Ok(());
                         }
-                        place(group)?;
-                        allocating.pass(i);
                         seal_all(group)?;
                     } else {
                         // Each part is encrypted right after its read, while it is in the cache: the
@@ -207,13 +205,13 @@ impl Pipeline {
                         for p in 0..n {
                             fill(&mut group[p])?;
                             if host.is_none() && !group[p].alloc.is_empty() {
-                                if !allocating.wait(i) {
+                                let unit_index = group[0].at / unit;
+                                let allocated = allocating.take(i, || {
+                                    allocate.lock().unwrap_or_else(|e| e.into_inner())(unit_index)
+                                })?;
+                                let Some(h) = allocated else {
                                     return Ok(());
-                                }
-                                let h = allocate.lock().unwrap_or_else(|e| e.into_inner())(
-                                    group[0].at / unit,
-                                )?;
-                                allocating.pass(i);
+                                };
                                 for (q, job) in group[..p].iter_mut().enumerate() {
                                     claim_part(job, q, h);
                                     seal_all(std::slice::from_mut(job))?;
@@ -225,18 +223,13 @@ impl Pipeline {
                                 seal_all(&mut group[p..=p])?;
                             }
                         }
-                        if host.is_none() {
-                            if !allocating.wait(i) {
-                                return Ok(());
-                            }
-                            allocating.pass(i);
+                        if host.is_none() && allocating.take(i, || Ok(()))?.is_none() {
+                            return Ok(());
                         }
                     }
-                    if !putting.wait(i) {
+                    if putting.take(i, || put_all(group))?.is_none() {
                         return Ok(());
                     }
-                    put_all(group)?;
-                    putting.pass(i);
                 }
                 Ok(())
             },

@@ -268,17 +268,18 @@ impl Pipeline {
                 Pipeline::check_cancel(cancel)?;
                 buf.resize(n, 0);
                 let value = work(&mut buf, at)?;
-                if !turns.wait(i) {
+                let written = turns.take(i, || {
+                    let mut guard = ordered.lock().unwrap_or_else(|e| e.into_inner());
+                    let (consume, done) = &mut *guard;
+                    consume(&buf, at, value)?;
+                    let end = at + n as u64;
+                    progress.add(end - *done);
+                    *done = end;
+                    Ok(())
+                })?;
+                if written.is_none() {
                     return Ok(());
                 }
-                let mut guard = ordered.lock().unwrap_or_else(|e| e.into_inner());
-                let (consume, done) = &mut *guard;
-                consume(&buf, at, value)?;
-                let end = at + n as u64;
-                progress.add(end - *done);
-                *done = end;
-                drop(guard);
-                turns.pass(i);
             }
             Ok(())
         })?;

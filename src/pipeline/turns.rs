@@ -75,6 +75,18 @@ impl Turns {
         ready()
     }
 
+    /// Runs `step` in chunk `i`'s turn, then ends the turn: `Some` of its value, or `None` if the run
+    /// stopped before the turn came. An error in `step` is returned and the turn is not passed (the
+    /// caller's error stops the run, see [`crew`]).
+    pub(super) fn take<T>(&self, i: u64, step: impl FnOnce() -> Result<T>) -> Result<Option<T>> {
+        if !self.wait(i) {
+            return Ok(None);
+        }
+        let value = step()?;
+        self.pass(i);
+        Ok(Some(value))
+    }
+
     /// Ends chunk `i`'s turn: the next chunk's worker goes on.
     pub(super) fn pass(&self, i: u64) {
         self.next.store(i + 1, Ordering::SeqCst);
