@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use super::extents::is_zero;
 use super::turns::{Turns, crew};
-use super::{Pipeline, Run};
+use super::{Pipeline, Run, lock};
 use crate::error::Result;
 
 /// Encrypts, in place, a run of allocated bytes that follow each other both in the guest and in the
@@ -95,7 +95,7 @@ impl Pipeline {
         // done. The disk's last unit gets all its parts, past the end of the disk if need be (zeros).
         let plan = Mutex::new((0u64, 0u64));
         let next_group = |jobs: &mut [Job]| -> Result<Option<(u64, usize)>> {
-            let mut guard = plan.lock().unwrap_or_else(|e| e.into_inner());
+            let mut guard = lock(&plan);
             let (i, off) = &mut *guard;
             let mut n = 0;
             while (*off < len || (parts > 1 && !off.is_multiple_of(unit))) && n < jobs.len() {
@@ -139,7 +139,7 @@ impl Pipeline {
         let allocate = Mutex::new(allocate);
         // Units of one chunk or less: allocates every unit with data, in guest order.
         let place = |group: &mut [Job]| -> Result<()> {
-            let mut allocate = allocate.lock().unwrap_or_else(|e| e.into_inner());
+            let mut allocate = lock(&allocate);
             for job in group {
                 let first = job.at / unit;
                 for (i, host) in job.alloc.iter_mut() {
@@ -170,7 +170,7 @@ impl Pipeline {
         };
         let put = Mutex::new(put);
         let put_all = |group: &[Job]| -> Result<()> {
-            let mut put = put.lock().unwrap_or_else(|e| e.into_inner());
+            let mut put = lock(&put);
             for job in group {
                 for (i, n, host) in runs(&job.alloc, seg) {
                     let bytes = &job.buf[(i * seg) as usize..((i + n) * seg) as usize];
@@ -206,9 +206,8 @@ impl Pipeline {
                             fill(&mut group[p])?;
                             if host.is_none() && !group[p].alloc.is_empty() {
                                 let unit_index = group[0].at / unit;
-                                let allocated = allocating.take(i, || {
-                                    allocate.lock().unwrap_or_else(|e| e.into_inner())(unit_index)
-                                })?;
+                                let allocated =
+                                    allocating.take(i, || lock(&allocate)(unit_index))?;
                                 let Some(h) = allocated else {
                                     return Ok(());
                                 };

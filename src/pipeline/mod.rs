@@ -16,8 +16,8 @@
 //!
 //! Cancellation (Ctrl-C) is checked between chunks; progress is an atomic counter the caller reads.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::error::{Error, ErrorKind, Result};
 
@@ -26,6 +26,12 @@ pub mod extents;
 mod turns;
 
 pub use allocating::{PutUnits, SealUnits};
+
+/// Locks `m` even when a worker panicked while holding it: the crew stops every turn and re-raises that
+/// panic (`turns::crew`), so nothing goes on with what the mutex guards except to end the run.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// Default chunk size: large enough to amortise syscalls, small enough to stay in the worker's L2
 /// cache (1 MiB here) from its read to its write. 1 MiB chunks made every encrypt and decrypt 7-15 %
@@ -242,7 +248,7 @@ impl Pipeline {
         // The next chunk to do: its number, offset and length (none once past the last range).
         let plan = Mutex::new((0u64, 0usize, ranges.first().map_or(0, |r| r.0)));
         let next_chunk = || -> Option<(u64, u64, usize)> {
-            let mut guard = plan.lock().unwrap_or_else(|e| e.into_inner());
+            let mut guard = lock(&plan);
             let (i, range, off) = &mut *guard;
             while let Some(&(start, rlen)) = ranges.get(*range) {
                 if *off >= start + rlen {
@@ -269,7 +275,7 @@ impl Pipeline {
                 buf.resize(n, 0);
                 let value = work(&mut buf, at)?;
                 let written = turns.take(i, || {
-                    let mut guard = ordered.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut guard = lock(&ordered);
                     let (consume, done) = &mut *guard;
                     consume(&buf, at, value)?;
                     let end = at + n as u64;
@@ -283,7 +289,10 @@ impl Pipeline {
             }
             Ok(())
         })?;
-        let done = ordered.into_inner().unwrap_or_else(|e| e.into_inner()).1;
+        let done = ordered
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1;
         progress.add(len.saturating_sub(done));
         Ok(())
     }

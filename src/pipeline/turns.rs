@@ -8,10 +8,11 @@
 //! 2 cores took 1.75× the time of 2; sleeping at once, 1.1×).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
+use super::lock;
 use crate::error::Result;
 
 /// How long a worker spins for its turn before it sleeps.
@@ -106,7 +107,7 @@ impl Turns {
     }
 
     fn sleepers(&self) -> MutexGuard<'_, Vec<(u64, Thread)>> {
-        self.sleepers.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.sleepers)
     }
 }
 
@@ -128,10 +129,7 @@ pub(super) fn crew(
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(&worker)) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                failure
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_or_insert(e);
+                lock(&failure).get_or_insert(e);
                 stop();
             }
             Err(panic) => {
@@ -142,7 +140,7 @@ pub(super) fn crew(
     });
     failure
         .into_inner()
-        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(PoisonError::into_inner)
         .map_or(Ok(()), Err)
 }
 
