@@ -41,9 +41,10 @@ if [[ ${QUIET_VM:-0} == 1 && -w $pr ]]; then
     trap 'cleanup; echo "$old_order" >"$pr"' EXIT
     fill=$(($(awk '/MemAvailable/ {print int($2 / 1024)}' /proc/meminfo) - 2048))
     room=$(($(df --output=avail -m "$WORK" | tail -1) - 1024))
-    dd if=/dev/zero of=fill bs=1M count=$((fill < room ? fill : room)) status=none
+    fill=$((fill < room ? fill : room))
+    dd if=/dev/zero of=fill bs=1M count="$fill" status=none
     rm -f fill
-    VM_QUIET="yes ($((fill < room ? fill : room)) MiB touched)"
+    VM_QUIET="yes ($fill MiB touched)"
 fi
 printf 'bench passphrase' > pw
 head -c $((SIZE_MIB << 20)) /dev/urandom > src.raw
